@@ -1,0 +1,72 @@
+"""The ``natkit`` command line: parse arguments, call a library function, print.
+
+Each verb lives in a module of its own here (``natkit/cli/<verb>.py``) exposing
+``register(subparsers)``; the modules hold no logic a library caller would need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from natkit.errors import UsageError
+
+# verb -> (module, one-line help). Order is the order of ``natkit --help``.
+VERBS: dict[str, tuple[str, str]] = {
+    "serve": ("natkit.cli.serve", "run a STUN responder or TURN relay (serve stun | serve turn)"),
+    "probe": ("natkit.cli.probe", "find the public address and classify the NAT (RFC 4787/5780)"),
+    "gather": ("natkit.cli.gather", "gather ICE candidates per server, reporting every failure"),
+    "candidates": ("natkit.cli.candidates", "parse, classify and validate ICE candidates / SDP"),
+    "check": ("natkit.cli.check", "validate an iceServers configuration, statically and live"),
+    "lab": ("natkit.cli.lab", "NAT test lab: real Linux NATs and real WebRTC peers"),
+    "bench": ("natkit.cli.bench", "benchmarks against coturn (bench stun | bench turn | bench probe)"),
+    "demo": ("natkit.cli.demo", "start a local RFC 5780 responder and probe it (a self-test)"),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="natkit",
+        description="natkit: STUN/TURN and NAT-traversal toolkit. "
+        "Run a NAT test lab, probe your public address, validate ICE server configs.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+    sub.required = True
+    for verb, (module_name, help_text) in VERBS.items():
+        module = importlib.import_module(module_name)
+        module.register(sub, verb, help_text)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"natkit {version('natkit')}"
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "natkit (source)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except UsageError as exc:
+        print(f"natkit {args.verb}: error: {exc}", file=sys.stderr)
+        return UsageError.exit_code
+    except KeyboardInterrupt:
+        print("natkit: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
