@@ -1,0 +1,50 @@
+"""Suite-wide guards: nothing a test starts may outlive the run.
+
+Under CI (``CI=true``) the run fails when network namespaces named with natkit's prefix or
+coturn processes started by the tests are still there at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+PREFIX = "nk"
+
+
+def _namespaces() -> set[str]:
+    try:
+        out = subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    return {line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)}
+
+
+def _turnservers() -> set[str]:
+    try:
+        out = subprocess.run(
+            ["pgrep", "-x", "turnserver"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    return set(out.split())
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._natkit_before = (_namespaces(), _turnservers())  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before_ns, before_ts = getattr(session.config, "_natkit_before", (set(), set()))
+    leaked_ns = _namespaces() - before_ns
+    leaked_ts = _turnservers() - before_ts
+    if not (leaked_ns or leaked_ts):
+        return
+    message = f"left behind: namespaces {sorted(leaked_ns)}, turnserver pids {sorted(leaked_ts)}"
+    print(f"\nnatkit: {message}")
+    if os.environ.get("CI") == "true" and session.exitstatus == 0:
+        session.exitstatus = 1
