@@ -1,0 +1,202 @@
+"""natkit/client/turn.py against coturn on loopback: long-term credentials (401 then signed,
+438 stale nonce), Allocate/Refresh, CreatePermission, Send/Data, ChannelBind/ChannelData over
+UDP and TCP, and each failure told apart (error code, refused, timeout)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from natkit.client.turn import (
+    TurnClient,
+    TurnConnectionError,
+    TurnError,
+    TurnTimeout,
+)
+from natkit.stun import Attr, Class, Message, Method, decode
+
+pytestmark = [pytest.mark.coturn, pytest.mark.timeout(60)]
+
+
+def _free_port() -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+@pytest.fixture(scope="module")
+def coturn_port() -> Iterator[int]:
+    binary = shutil.which("turnserver")
+    if binary is None:
+        pytest.skip("coturn's turnserver is not installed (apt-get install coturn)")
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="nkturnclient-")
+    proc = subprocess.Popen([
+        binary, "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}",
+        "--relay-ip=127.0.0.1", "--min-port=40000", "--max-port=60000", "--no-cli", "--no-tls",
+        "--no-dtls", "--allow-loopback-peers", "--lt-cred-mech", "--user=alice:secret",
+        "--realm=natkit.test", "--stale-nonce=600", f"--log-file={workdir}/turn.log",
+        "--no-stdout-log", f"--pidfile={workdir}/turn.pid",
+    ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.05)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                with contextlib.suppress(OSError):
+                    s.sendto(Message(Method.BINDING).encode(), ("127.0.0.1", port))
+                    decode(s.recv(2048))
+                    break
+            else:
+                raise RuntimeError("coturn did not start")
+        yield port
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(5)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class Peer(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queue.put_nowait((data, addr))
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[tuple[asyncio.DatagramTransport, Peer]]:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        Peer, local_addr=("127.0.0.1", 0))
+    yield transport, protocol  # type: ignore[misc]
+    transport.close()
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+async def test_allocate_permission_data_and_channel(
+    coturn_port: int, protocol: str, peer: tuple[asyncio.DatagramTransport, Peer]
+) -> None:
+    transport, inbox = peer
+    peer_addr = transport.get_extra_info("sockname")
+    async with await TurnClient.connect(("127.0.0.1", coturn_port), protocol, username="alice",
+                                        password="secret", timeout=3) as client:
+        allocation = await client.allocate(lifetime=900)
+        assert client.realm == "natkit.test" and client.nonce
+        assert allocation.relayed[0] == "127.0.0.1"
+        assert allocation.mapped == client.local_address
+        assert allocation.lifetime == 900  # coturn grants 600..3600 s
+        assert await client.refresh(1200) == 1200
+
+        await client.create_permission("127.0.0.1")
+        client.send_to(peer_addr, b"via indication")
+        data, source = await asyncio.wait_for(inbox.queue.get(), 2)
+        assert (data, source) == (b"via indication", allocation.relayed)
+        transport.sendto(b"reply", allocation.relayed)
+        got = await client.receive(2)
+        assert (got.peer, got.data, got.channel) == (peer_addr, b"reply", None)
+
+        channel = await client.channel_bind(peer_addr, 0x4001)
+        client.send_channel(channel, b"abc")  # odd length: padded on TCP
+        data, source = await asyncio.wait_for(inbox.queue.get(), 2)
+        assert (data, source) == (b"abc", allocation.relayed)
+        transport.sendto(b"back on the channel", allocation.relayed)
+        got = await client.receive(2)
+        assert (got.channel, got.data, got.peer) == (0x4001, b"back on the channel", peer_addr)
+        released: list[tuple[int, int | None, int]] = []
+        original = client.transact
+
+        async def spy(msg: Message, key: bytes | None = None) -> Message:
+            resp = await original(msg, key)
+            released.append((msg.method, msg.get(Attr.LIFETIME), resp.cls))
+            return resp
+
+        client.transact = spy  # type: ignore[method-assign]
+    # leaving the block released the allocation: Refresh with LIFETIME 0, answered with success
+    assert released == [(Method.REFRESH, 0, Class.SUCCESS)]
+
+
+async def test_binding_over_udp(coturn_port: int) -> None:
+    async with await TurnClient.connect(("127.0.0.1", coturn_port), "udp") as client:
+        assert await client.binding() == client.local_address
+
+
+async def test_wrong_password_is_401_after_credentials(coturn_port: int) -> None:
+    async with await TurnClient.connect(("127.0.0.1", coturn_port), "udp", username="alice",
+                                        password="nope", timeout=3) as client:
+        with pytest.raises(TurnError) as info:
+            await client.allocate()
+    assert info.value.code == 401 and info.value.method == "ALLOCATE"
+
+
+async def test_unauthenticated_allocate_is_challenged(coturn_port: int) -> None:
+    async with await TurnClient.connect(("127.0.0.1", coturn_port), "udp") as client:
+        resp = await client.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)],
+                                    authenticate=False)
+    assert resp.cls == Class.ERROR and resp.error_code is not None
+    assert resp.error_code.code == 401
+    assert resp.get(Attr.REALM) == "natkit.test" and resp.get(Attr.NONCE)
+
+
+async def test_stale_nonce_is_renewed(coturn_port: int) -> None:
+    async with await TurnClient.connect(("127.0.0.1", coturn_port), "udp", username="alice",
+                                        password="secret", timeout=3) as client:
+        await client.allocate()
+        client.nonce = "0123456789abcdef"  # a nonce the server never issued -> 438
+        sent: list[int] = []
+        original = client.transact
+
+        async def spy(msg: Message, key: bytes | None = None) -> Message:
+            resp = await original(msg, key)
+            sent.append(resp.error_code.code if resp.error_code else 0)
+            return resp
+
+        client.transact = spy  # type: ignore[method-assign]
+        await client.create_permission("127.0.0.1")
+        assert sent == [438, 0]
+        assert client.nonce != "0123456789abcdef"
+
+
+async def test_refused_and_silent_ports() -> None:
+    dead = _free_port()
+    client = await TurnClient.connect(("127.0.0.1", dead), "udp", timeout=2)
+    with pytest.raises(TurnConnectionError, match="ICMP port unreachable"):
+        await client.binding()
+    await client.close()
+    with pytest.raises(TurnConnectionError, match="refused the TCP connection"):
+        await TurnClient.connect(("127.0.0.1", dead), "tcp", timeout=2)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as hole:
+        hole.bind(("127.0.0.1", 0))
+        client = await TurnClient.connect(hole.getsockname(), "udp", timeout=0.5, rto=0.05)
+        start = time.monotonic()
+        with pytest.raises(TurnTimeout):
+            await client.binding()
+        assert 0.45 <= time.monotonic() - start <= 0.8
+        await client.close()
+        # RFC 8489 retransmissions: 0, 50, 150, 350 ms ... until the timeout
+        hole.setblocking(False)
+        count = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                hole.recv(2048)
+                count += 1
+        assert 3 <= count <= 7
