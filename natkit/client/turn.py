@@ -117,10 +117,12 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # Linux reports ICMP port unreachable on a connected UDP socket: nothing listens there.
         if isinstance(exc, ConnectionRefusedError):
-            self.client._fail(TurnConnectionError(
-                f"{_fmt(self.client.server)} refused UDP (ICMP port unreachable): "
-                "nothing listens on that port"
-            ))
+            self.client._fail(
+                TurnConnectionError(
+                    f"{_fmt(self.client.server)} refused UDP (ICMP port unreachable): "
+                    "nothing listens on that port"
+                )
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass
@@ -199,7 +201,9 @@ class TurnClient:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
-                    self.server[0], self.server[1], ssl=ctx,
+                    self.server[0],
+                    self.server[1],
+                    ssl=ctx,
                     server_hostname=(self.server_hostname or self.server[0]) if ctx else None,
                     ssl_handshake_timeout=self.timeout if ctx else None,
                 ),
@@ -208,10 +212,13 @@ class TurnClient:
         except ssl.SSLCertVerificationError as exc:
             raise TurnTlsError(
                 f"TLS certificate of {_fmt(self.server)} rejected: "
-                f"{exc.verify_message or exc.reason}", verify_error=True) from None
+                f"{exc.verify_message or exc.reason}",
+                verify_error=True,
+            ) from None
         except ssl.SSLError as exc:
-            raise TurnTlsError(f"TLS handshake with {_fmt(self.server)} failed: "
-                               f"{exc.reason or exc}") from None
+            raise TurnTlsError(
+                f"TLS handshake with {_fmt(self.server)} failed: {exc.reason or exc}"
+            ) from None
         except ConnectionRefusedError:
             raise TurnConnectionError(
                 f"{_fmt(self.server)} refused the TCP connection: nothing listens on that port"
@@ -219,10 +226,12 @@ class TurnClient:
         except TimeoutError:
             raise TurnTimeout(
                 f"no {self.protocol.upper()} connection to {_fmt(self.server)} within "
-                f"{self.timeout:g}s") from None
+                f"{self.timeout:g}s"
+            ) from None
         except OSError as exc:
             raise TurnConnectionError(
-                f"cannot connect to {_fmt(self.server)}: {exc.strerror or exc}") from None
+                f"cannot connect to {_fmt(self.server)}: {exc.strerror or exc}"
+            ) from None
         self._writer = writer
         self.local_address = _norm(writer.get_extra_info("sockname"))
         sslobj = writer.get_extra_info("ssl_object")
@@ -239,8 +248,11 @@ class TurnClient:
             while True:
                 chunk = await reader.read(65536)
                 if not chunk:
-                    self._fail(TurnConnectionError(
-                        f"{_fmt(self.server)} closed the {self.protocol.upper()} connection"))
+                    self._fail(
+                        TurnConnectionError(
+                            f"{_fmt(self.server)} closed the {self.protocol.upper()} connection"
+                        )
+                    )
                     return
                 for frame in framer.feed(chunk):
                     self._on_packet(frame)
@@ -372,7 +384,8 @@ class TurnClient:
         except TimeoutError:
             raise TurnTimeout(
                 f"no answer from {_fmt(self.server)} over {self.protocol.upper()} to "
-                f"{_method_name(msg.method)} within {self.timeout:g}s") from None
+                f"{_method_name(msg.method)} within {self.timeout:g}s"
+            ) from None
         finally:
             self._pending.pop(tid, None)
 
@@ -396,8 +409,13 @@ class TurnClient:
             self._algorithm = sha[0] if sha else algorithms[0]
         return True
 
-    async def request(self, method: int, attributes: list[tuple[int, Any]] = (),  # type: ignore[assignment]
-                      *, authenticate: bool = True) -> Message:
+    async def request(
+        self,
+        method: int,
+        attributes: list[tuple[int, Any]] = (),  # type: ignore[assignment]
+        *,
+        authenticate: bool = True,
+    ) -> Message:
         """Send a request with the long-term credential dance; returns the final response,
         which may be an error (401 after credentials means they were rejected)."""
         can_sign = authenticate and self.username is not None and self.password is not None
@@ -423,23 +441,32 @@ class TurnClient:
                     continue
                 if code.code == 438 and self.learn(resp):
                     continue
-            if (key is not None and resp.cls == Class.SUCCESS
-                    and (Attr.MESSAGE_INTEGRITY in resp or Attr.MESSAGE_INTEGRITY_SHA256 in resp)
-                    and not verify_integrity(resp, key)):
+            if (
+                key is not None
+                and resp.cls == Class.SUCCESS
+                and (Attr.MESSAGE_INTEGRITY in resp or Attr.MESSAGE_INTEGRITY_SHA256 in resp)
+                and not verify_integrity(resp, key)
+            ):
                 raise TurnIntegrityError(
                     f"{_method_name(method)} response from {_fmt(self.server)} failed its "
-                    "MESSAGE-INTEGRITY check")
+                    "MESSAGE-INTEGRITY check"
+                )
             return resp
         assert resp is not None
         return resp
 
-    async def _checked(self, method: int, attributes: list[tuple[int, Any]],
-                       authenticate: bool = True) -> Message:
+    async def _checked(
+        self, method: int, attributes: list[tuple[int, Any]], authenticate: bool = True
+    ) -> Message:
         resp = await self.request(method, attributes, authenticate=authenticate)
         if resp.cls == Class.ERROR:
             code = resp.error_code
-            raise TurnError(_method_name(method), code.code if code else 0,
-                            code.reason if code else "error response without ERROR-CODE", resp)
+            raise TurnError(
+                _method_name(method),
+                code.code if code else 0,
+                code.reason if code else "error response without ERROR-CODE",
+                resp,
+            )
         return resp
 
     # -- operations ----------------------------------------------------------------------------
@@ -452,8 +479,9 @@ class TurnClient:
             raise TurnError("BINDING", 0, "success response without XOR-MAPPED-ADDRESS", resp)
         return _norm(mapped)
 
-    async def allocate(self, lifetime: int | None = None, *, authenticate: bool = True,
-                       family: int | None = None) -> Allocation:
+    async def allocate(
+        self, lifetime: int | None = None, *, authenticate: bool = True, family: int | None = None
+    ) -> Allocation:
         attrs: list[tuple[int, Any]] = [(Attr.REQUESTED_TRANSPORT, TRANSPORT_UDP)]
         if lifetime is not None:
             attrs.append((Attr.LIFETIME, lifetime))
@@ -483,8 +511,9 @@ class TurnClient:
         await self._checked(Method.CREATE_PERMISSION, attrs)
 
     async def channel_bind(self, peer: Address, channel: int = 0x4000) -> int:
-        await self._checked(Method.CHANNEL_BIND,
-                            [(Attr.CHANNEL_NUMBER, channel), (Attr.XOR_PEER_ADDRESS, peer)])
+        await self._checked(
+            Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, channel), (Attr.XOR_PEER_ADDRESS, peer)]
+        )
         self._channels[channel] = peer
         return channel
 
