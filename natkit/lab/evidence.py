@@ -1,0 +1,216 @@
+"""Packet evidence: which way each lab case's traffic really went on the internet segment.
+
+The runner captures every frame on the internet bridge (``dumpcap``, one file per run); this
+module reads the capture with scapy and counts DTLS records (the WebRTC data channel after ICE)
+per flow:
+
+* **direct**: DTLS in plain UDP between two endpoints;
+* **relayed**: DTLS carried inside TURN (ChannelData, Send or Data indications) between a
+  client and the TURN server, over UDP or TCP (TCP streams are reassembled in order and framed
+  with :class:`natkit.stun.StreamFramer`).
+
+:func:`judge` then compares a case's evidence with the pair the ICE agents selected: a relay
+pair must show DTLS inside TURN on the caller's allocation; a direct pair DTLS between the two
+public endpoints the agents saw; a LAN or hairpin pair no DTLS on the internet segment from that
+NAT at all. A mismatch is reported as a contradiction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from natkit.stun import (
+    Attr,
+    Class,
+    Method,
+    PacketKind,
+    StreamFramer,
+    StunParseError,
+    classify_packet,
+    decode,
+    decode_channel_data,
+)
+
+__all__ = ["Flows", "judge", "read_capture"]
+
+Endpoint = tuple[str, int]
+
+
+def _is_dtls(payload: bytes) -> bool:
+    return bool(payload) and classify_packet(payload[0]) == PacketKind.DTLS
+
+
+def _turn_inner(frame: bytes) -> bytes | None:
+    """The application data a TURN frame carries (ChannelData, Send/Data indication), or None."""
+    if not frame:
+        return None
+    kind = classify_packet(frame[0])
+    try:
+        if kind == PacketKind.CHANNEL_DATA:
+            return decode_channel_data(frame)[1]
+        if kind == PacketKind.STUN:
+            msg = decode(frame)
+            if msg.cls == Class.INDICATION and msg.method in (Method.SEND, Method.DATA):
+                data = msg.get(Attr.DATA)
+                return data if isinstance(data, bytes) else None
+    except (StunParseError, AttributeError, ValueError):
+        return None
+    return None
+
+
+@dataclass
+class _Stream:
+    framer: StreamFramer = field(default_factory=StreamFramer)
+    next_seq: int | None = None
+    broken: bool = False
+
+
+@dataclass
+class Flows:
+    """DTLS records seen on the segment, per flow."""
+
+    direct: Counter[tuple[Endpoint, Endpoint]] = field(default_factory=Counter)
+    relayed: Counter[tuple[str, Endpoint]] = field(default_factory=Counter)  # (transport, client)
+    packets: int = 0
+
+    def direct_between(self, a: Endpoint, b: Endpoint) -> int:
+        return self.direct[(a, b)] + self.direct[(b, a)]
+
+    def direct_involving(self, ip: str, exclude: Iterable[str] = ()) -> int:
+        skip = set(exclude)
+        return sum(
+            n for (s, d), n in self.direct.items() if ip in (s[0], d[0]) and not {s[0], d[0]} & skip
+        )
+
+
+def read_capture(path: str | Path, turn: Endpoint) -> Flows:
+    """Count DTLS records per flow in the pcap at ``path``; ``turn`` is the TURN server's
+    client-facing address."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import RawPcapReader
+
+    flows = Flows()
+    streams: dict[tuple[Endpoint, Endpoint], _Stream] = {}
+    try:
+        reader = RawPcapReader(str(path))
+    except (OSError, EOFError):
+        return flows
+    with reader:
+        for raw, _meta in reader:
+            flows.packets += 1
+            pkt = Ether(raw)
+            ip = pkt.getlayer(IP)
+            if ip is None:
+                continue
+            l4 = ip.payload
+            if isinstance(l4, UDP):
+                src, dst = (ip.src, l4.sport), (ip.dst, l4.dport)
+                data = bytes(l4.payload)
+                if turn in (src, dst):
+                    client = dst if src == turn else src
+                    inner = _turn_inner(data)
+                    if inner is not None and _is_dtls(inner):
+                        flows.relayed[("udp", client)] += 1
+                elif _is_dtls(data):
+                    flows.direct[(src, dst)] += 1
+            elif isinstance(l4, TCP):
+                src, dst = (ip.src, l4.sport), (ip.dst, l4.dport)
+                if turn not in (src, dst):
+                    continue
+                data = bytes(l4.payload)
+                st = streams.setdefault((src, dst), _Stream())
+                if l4.flags & 0x02:  # SYN: the stream starts after it
+                    st.next_seq = (l4.seq + 1) & 0xFFFFFFFF
+                    continue
+                if not data or st.broken or st.next_seq is None:
+                    continue
+                if l4.seq != st.next_seq:  # a retransmission or a gap: only in-order bytes count
+                    if (l4.seq - st.next_seq) & 0xFFFFFFFF < 1 << 31:
+                        st.broken = True  # bytes missing from the capture
+                    continue
+                st.next_seq = (l4.seq + len(data)) & 0xFFFFFFFF
+                try:
+                    frames = st.framer.feed(data)
+                except StunParseError:
+                    st.broken = True
+                    continue
+                client = dst if src == turn else src
+                for frame in frames:
+                    inner = _turn_inner(frame)
+                    if inner is not None and _is_dtls(inner):
+                        flows.relayed[("tcp", client)] += 1
+    return flows
+
+
+def _ep(c: dict[str, Any] | None) -> Endpoint | None:
+    if not c or c.get("address") is None:
+        return None
+    return (str(c["address"]), int(c["port"]))
+
+
+def claimed_route(selected: dict[str, Any] | None, own_lan: str, own_public: str) -> str | None:
+    """The route a selected pair implies: relay, lan (remote on the peer's own LAN), hairpin
+    (remote at the peer's own NAT's public address) or direct."""
+    if not selected:
+        return None
+    local, remote = selected.get("local") or {}, selected.get("remote") or {}
+    if local.get("type") == "relay" or remote.get("type") == "relay":
+        return "relay"
+    addr = remote.get("address")
+    try:
+        if addr is not None and ipaddress.ip_address(addr) in ipaddress.ip_network(own_lan):
+            return "lan"
+    except ValueError:
+        pass
+    if addr == own_public:
+        return "hairpin"
+    return "direct"
+
+
+def judge(
+    flows: Flows,
+    *,
+    caller: dict[str, Any],
+    callee: dict[str, Any],
+    caller_lan: str,
+    caller_public: str,
+    turn: Endpoint,
+) -> dict[str, Any]:
+    """Evidence for one connected case: {route, claimed, packets, consistent, detail}.
+
+    ``caller``/``callee`` are the peers' results (selected pair, relays); ``route`` is what the
+    packets show: relay, direct, or none (nothing on the internet segment).
+    """
+    sel_a, sel_b = caller.get("selected"), callee.get("selected")
+    claimed = claimed_route(sel_a, caller_lan, caller_public)
+    if claimed is None:
+        return {"route": None, "claimed": None, "packets": 0, "consistent": False, "detail": "the caller reported no selected pair"}
+    if claimed == "relay":
+        local = _ep((sel_a or {}).get("local"))
+        allocation = next((r for r in caller.get("relays", []) if tuple(r["relayed"]) == local), None)
+        if allocation is None or not allocation.get("mapped"):
+            return {"route": None, "claimed": claimed, "packets": 0, "consistent": False, "detail": "no TURN allocation recorded for the selected relay candidate"}
+        mapped = (str(allocation["mapped"][0]), int(allocation["mapped"][1]))
+        n = flows.relayed[(allocation["transport"], mapped)]
+        d = flows.direct_between(_ep((sel_b or {}).get("remote")) or mapped, _ep(sel_a.get("remote")) or mapped)
+        route = "relay" if n else ("direct" if d else "none")
+        detail = f"{n} DTLS records inside TURN over {allocation['transport']} between {mapped[0]}:{mapped[1]} and {turn[0]}:{turn[1]}"
+        return {"route": route, "claimed": claimed, "packets": n, "consistent": route == "relay", "detail": detail}
+    if claimed == "direct":
+        b_pub = _ep(sel_a.get("remote"))
+        a_pub = _ep((sel_b or {}).get("remote"))
+        if a_pub is None or b_pub is None:
+            return {"route": None, "claimed": claimed, "packets": 0, "consistent": False, "detail": "the callee reported no selected pair"}
+        n = flows.direct_between(a_pub, b_pub)
+        detail = f"{n} DTLS packets between {a_pub[0]}:{a_pub[1]} and {b_pub[0]}:{b_pub[1]}"
+        return {"route": "direct" if n else "none", "claimed": claimed, "packets": n, "consistent": n > 0, "detail": detail}
+    # lan or hairpin: nothing of this NAT's may cross the internet segment except TURN traffic.
+    n = flows.direct_involving(caller_public, exclude=[turn[0]])
+    detail = f"{n} DTLS packets from or to {caller_public} on the internet segment"
+    return {"route": "none" if n == 0 else "direct", "claimed": claimed, "packets": n, "consistent": n == 0, "detail": detail}

@@ -1,0 +1,332 @@
+"""A lab peer: one aiortc ``RTCPeerConnection`` per case, run inside the peer's namespace.
+
+The offer/answer flow is WebRTC's. Both peers join a room on the signaling server; the caller
+does createOffer -> setLocalDescription -> sends the offer; the callee setRemoteDescription ->
+createAnswer -> setLocalDescription -> sends the answer; the caller setRemoteDescription. The
+candidates travel inside the descriptions (aiortc gathers before it answers), filtered to the
+path under test:
+
+* ``host``: no ICE servers; host candidates.
+* ``srflx``: a STUN server only; only srflx candidates are signaled (the checks still leave
+  from the host socket, the srflx candidate's base).
+* ``relay``: a TURN server only, over every transport given (UDP and TCP), with the relay ICE
+  transport policy; only relay candidates are signaled.
+
+A data channel ``echo`` proves the path: the caller sends pings, the callee echoes them, the
+caller measures the round trip. Each peer reports the selected candidate pair (types and
+addresses, from aioice's nominated pair), the time from offer to an open channel, and the RTT.
+Every case ends by ``deadline_s``: failing ICE checks would otherwise run for half a minute.
+
+aiortc uses one TURN server per connection; :func:`_gather_relays` asks every TURN URL in
+parallel so that a peer behind a UDP-blocking firewall still gets a relay over TCP.
+
+Run one peer by hand: ``python -m natkit.lab.peer --role caller --room r1 --path srflx
+--signaling 203.0.113.4:8080 --ice-servers '[{"urls": "stun:203.0.113.2:3478"}]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from natkit.lab.signaling import SignalingClient, SignalingError
+
+__all__ = ["PeerConfig", "PeerResult", "filter_sdp", "run_peer"]
+
+GATHER_TIMEOUT = 3.0  # STUN/TURN answer in ms inside the lab; this bounds the dead ones
+RELAY_GRACE = 0.5  # after the first relay candidate, how long the other transports may take
+PINGS = 5
+
+
+@dataclass
+class PeerConfig:
+    role: str  # "caller" | "callee"
+    room: str
+    path: str  # "host" | "srflx" | "relay"
+    signaling: tuple[str, int]
+    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    deadline_s: float = 10.0
+
+
+@dataclass
+class PeerResult:
+    role: str
+    path: str
+    outcome: str = "failed"  # "connected" | "failed"
+    error: str | None = None
+    t_connect_ms: float | None = None
+    rtt_ms: float | None = None
+    selected: dict[str, Any] | None = None
+    signaled: list[str] = field(default_factory=list)
+    relays: list[dict[str, Any]] = field(default_factory=list)  # TURN allocations made
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def filter_sdp(sdp: str, path: str) -> tuple[str, list[str]]:
+    """``sdp`` with only the candidates of ``path``'s type; also those candidate lines."""
+    keep: list[str] = []
+    out: list[str] = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            parts = line.split()
+            typ = parts[parts.index("typ") + 1] if "typ" in parts else ""
+            if typ != path:
+                continue
+            keep.append(line[2:])
+        out.append(line)
+    return "\r\n".join(out) + "\r\n", keep
+
+
+def _cand(c: Any, transports: dict[tuple[str, int], str] | None = None) -> dict[str, Any]:
+    info = {"type": c.type, "address": c.host, "port": c.port}
+    if transports and (c.host, c.port) in transports:
+        info["relay_transport"] = transports[(c.host, c.port)]
+    return info
+
+
+def _turn_urls(ice_servers: list[dict[str, Any]]) -> list[tuple[tuple[str, int], str, str, str]]:
+    """Every ``turn:`` URL as ((host, port), transport, username, password)."""
+    out = []
+    for server in ice_servers:
+        urls = server.get("urls", [])
+        for url in [urls] if isinstance(urls, str) else urls:
+            if not url.startswith("turn:"):
+                continue
+            rest, _, query = url[5:].partition("?")
+            host, _, port = rest.rpartition(":")
+            transport = "udp"
+            for kv in query.split("&"):
+                if kv.startswith("transport="):
+                    transport = kv.split("=", 1)[1]
+            out.append(((host, int(port)), transport, server.get("username", ""), server.get("credential", "")))
+    return out
+
+
+def _gather_relays(connection: Any, turns: list[tuple[tuple[str, int], str, str, str]], relays: list[dict[str, Any]]) -> None:
+    """Make ``connection`` (an aioice Connection) allocate on every TURN URL in parallel,
+    keep what answers within the grace period, and bound STUN gathering by GATHER_TIMEOUT."""
+    from aioice import ice
+    from aioice.candidate import candidate_foundation, candidate_priority
+
+    original = connection.get_component_candidates
+    connection.turn_server = None  # the relays are made here instead, one per URL
+
+    async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5) -> list[Any]:
+        base = asyncio.ensure_future(original(component, addresses, timeout=GATHER_TIMEOUT))
+        tasks = {
+            asyncio.ensure_future(
+                ice.relayed_candidate(
+                    component=component,
+                    hide_related_address=False,
+                    protocol_factory=lambda: ice.StunProtocol(connection),
+                    turn_server=server,
+                    turn_username=user,
+                    turn_password=password,
+                    turn_ssl=False,
+                    turn_transport=transport,
+                )
+            ): transport
+            for server, transport, user, password in turns
+        }
+        found: list[Any] = []
+        pending = set(tasks)
+        deadline = time.monotonic() + GATHER_TIMEOUT
+        while pending:
+            left = deadline - time.monotonic()
+            if found:
+                left = min(left, RELAY_GRACE)
+            if left <= 0:
+                break
+            done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break
+            for task in done:
+                if task.exception() is None:
+                    candidate, protocol = task.result()
+                    if tasks[task] == "tcp":
+                        # Like browsers: TURN over TCP is the fallback, preferred least, and a
+                        # foundation of its own (RFC 8445 §5.1.1.3, §5.1.2.1).
+                        candidate.priority = candidate_priority(component, "relay", local_pref=0)
+                        candidate.foundation = candidate_foundation("relay", "tcp", candidate.host)
+                    connection._protocols.append(protocol)
+                    found.append(candidate)
+                    mapped = protocol.transport.get_extra_info("related_address")
+                    relays.append(
+                        {
+                            "transport": tasks[task],
+                            "relayed": [candidate.host, candidate.port],
+                            "mapped": list(mapped) if mapped else None,
+                        }
+                    )
+        for task in pending:
+            task.cancel()
+        return [*(await base), *found]
+
+    connection.get_component_candidates = get_component_candidates
+
+
+def _ice_connection(pc: Any) -> Any:
+    return pc.sctp.transport.transport.iceGatherer._connection
+
+
+def _selected(pc: Any, relays: list[dict[str, Any]]) -> dict[str, Any] | None:
+    with contextlib.suppress(AttributeError):
+        conn = _ice_connection(pc)
+        pair = conn._nominated.get(1)
+        if pair is None:
+            return None
+        transports = {tuple(r["relayed"]): r["transport"] for r in relays}
+        return {"local": _cand(pair.local_candidate, transports), "remote": _cand(pair.remote_candidate)}
+    return None
+
+
+async def _wait_relay(sig: SignalingClient, kind: str) -> dict[str, Any]:
+    """The next relayed message of ``kind`` (the caller's loop ends at the overall deadline)."""
+    while True:
+        msg = await sig.recv()
+        if msg.get("type") == "peer-left":
+            raise SignalingError("the other peer left the room")
+        data = msg.get("data")
+        if msg.get("type") == "relay" and isinstance(data, dict) and data.get("type") == kind:
+            return data
+
+
+async def run_peer(cfg: PeerConfig) -> PeerResult:
+    """Run one side of a case; never raises for a failed case (see ``PeerResult.error``)."""
+    from aiortc import (
+        RTCConfiguration,
+        RTCIceServer,
+        RTCIceTransportPolicy,
+        RTCPeerConnection,
+        RTCSessionDescription,
+    )
+
+    result = PeerResult(cfg.role, cfg.path)
+    turns = _turn_urls(cfg.ice_servers)
+    servers = [RTCIceServer(**s) for s in cfg.ice_servers]
+    policy = RTCIceTransportPolicy.RELAY if cfg.path == "relay" else RTCIceTransportPolicy.ALL
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=servers, iceTransportPolicy=policy))
+    sig: SignalingClient | None = None
+    opened = asyncio.get_running_loop().create_future()
+    done = asyncio.get_running_loop().create_future()
+
+    def prepare_gathering() -> None:
+        _gather_relays(_ice_connection(pc), turns, result.relays)
+
+    async def body() -> None:
+        nonlocal sig
+        sig = await SignalingClient.connect(*cfg.signaling)
+        members = await sig.join(cfg.room)
+        if cfg.role == "caller":
+            if members < 2:
+                while (await sig.recv()).get("type") != "peer-joined":
+                    pass
+            start = time.monotonic()
+            channel = pc.createDataChannel("echo")
+            echoes: asyncio.Queue[str] = asyncio.Queue()
+            channel.on("open", lambda: opened.done() or opened.set_result(None))
+            channel.on("message", lambda m: echoes.put_nowait(m))
+            prepare_gathering()
+            await pc.setLocalDescription(await pc.createOffer())
+            sdp, result.signaled = filter_sdp(pc.localDescription.sdp, cfg.path)
+            await sig.relay({"type": "offer", "sdp": sdp})
+            answer = await _wait_relay(sig, "answer")
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            await opened
+            result.t_connect_ms = round((time.monotonic() - start) * 1000, 1)
+            rtts = []
+            for n in range(PINGS):
+                sent = time.monotonic()
+                channel.send(f"ping {n}")
+                while await echoes.get() != f"ping {n}":
+                    pass
+                rtts.append((time.monotonic() - sent) * 1000)
+            result.rtt_ms = round(statistics.median(rtts), 2)
+            result.outcome = "connected"
+            result.selected = _selected(pc, result.relays)
+            await sig.relay({"type": "done"})
+        else:
+            offer = await _wait_relay(sig, "offer")
+            start = time.monotonic()
+
+            @pc.on("datachannel")
+            def on_channel(channel: Any) -> None:
+                opened.done() or opened.set_result(None)
+                channel.on("message", lambda m: channel.send(m))
+
+            await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+            prepare_gathering()
+            await pc.setLocalDescription(await pc.createAnswer())
+            sdp, result.signaled = filter_sdp(pc.localDescription.sdp, cfg.path)
+            await sig.relay({"type": "answer", "sdp": sdp})
+            await opened
+            result.t_connect_ms = round((time.monotonic() - start) * 1000, 1)
+            # Read the pair now: once the caller is done it closes, and so does this side.
+            result.selected = _selected(pc, result.relays)
+            await _wait_relay(sig, "done")
+            result.outcome = "connected"
+        done.set_result(None)
+
+    try:
+        await asyncio.wait_for(body(), cfg.deadline_s)
+    except TimeoutError:
+        result.error = f"not connected within {cfg.deadline_s:g} s"
+        if result.t_connect_ms is not None:
+            result.error = f"connected but the echo did not finish within {cfg.deadline_s:g} s"
+            result.outcome = "failed"
+    except (SignalingError, ConnectionError, OSError, ValueError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if result.selected is None:
+            result.selected = _selected(pc, result.relays)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pc.close(), 3)
+        if sig is not None:
+            await sig.close()
+    return result
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one peer and print its result as JSON (exit 0 when it connected, 1 otherwise)."""
+    ap = argparse.ArgumentParser(prog="python -m natkit.lab.peer", description="run one natkit lab peer")
+    ap.add_argument("--role", choices=("caller", "callee"), required=True)
+    ap.add_argument("--room", required=True)
+    ap.add_argument("--path", choices=("host", "srflx", "relay"), required=True)
+    ap.add_argument("--signaling", required=True, metavar="IP:PORT")
+    ap.add_argument("--ice-servers", default="[]", metavar="JSON")
+    ap.add_argument("--deadline", type=float, default=10.0)
+    args = ap.parse_args(argv)
+    host, _, port = args.signaling.rpartition(":")
+    if not _is_ip(host) or not port.isdigit():
+        ap.error(f"--signaling {args.signaling}: expected IP:PORT")
+    try:
+        servers = json.loads(args.ice_servers)
+    except ValueError as exc:
+        ap.error(f"--ice-servers: not JSON: {exc}")
+    cfg = PeerConfig(args.role, args.room, args.path, (host, int(port)), servers, args.deadline)
+    result = asyncio.run(run_peer(cfg))
+    json.dump(result.to_json(), sys.stdout)
+    sys.stdout.write("\n")
+    return 0 if result.outcome == "connected" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Terminal rendering of a lab run: progress lines, the matrix per path, probes, summary.
+
+Cells of the matrix (row = caller's NAT, column = callee's NAT, upper triangle):
+
+====  ==========================================================================
+D     connected directly between the NATs' public addresses, as expected
+R     connected through the TURN relay, as expected
+L     connected over the LAN (host candidates), as expected
+H     connected through the NAT's hairpin, as expected
+.     failed, as expected
+!C    connected although the NATs' behaviours say it cannot (unexpected)
+!F    failed although it should connect
+!E    connected as expected, but the packet evidence contradicts the selected pair
+!R    connected as expected, but over another route than expected
+====  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+__all__ = ["Progress", "cell", "render"]
+
+ROUTE_LETTER = {"direct": "D", "relay": "R", "lan": "L", "hairpin": "H"}
+
+
+def cell(case: dict[str, Any]) -> str:
+    """The short text of one matrix cell."""
+    if case["observed"] != case["expected"]:
+        return "!C" if case["observed"] == "connected" else "!F"
+    if case["observed"] != "connected":
+        return "."
+    ev = case.get("evidence")
+    if ev is not None and not ev.get("consistent"):
+        return "!E"
+    if case.get("route") != case.get("expected_route"):
+        return "!R"
+    return ROUTE_LETTER.get(case.get("route") or "", "?")
+
+
+def _matrix(result: dict[str, Any], path: str, names: list[str]) -> list[str]:
+    grid = {
+        tuple(c["nats"]): cell(c) for c in result["cases"] if c["path"] == path and not c.get("same_lan")
+    }
+    rows = [n for n in names if any(n in k for k in grid)]
+    if not rows:
+        return []
+    width = max(len(n) for n in rows)
+    col = max(4, *(len(_short(n)) + 1 for n in rows))
+    lines = [f"  {path}", "  " + " " * width + "".join(_short(n).rjust(col) for n in rows)]
+    for i, a in enumerate(rows):
+        cells = []
+        for j, b in enumerate(rows):
+            text = grid.get((a, b)) or grid.get((b, a)) if j >= i else ""
+            cells.append((text or ("" if j < i else " ")).rjust(col))
+        lines.append("  " + a.ljust(width) + "".join(cells))
+    for c in result["cases"]:
+        if c["path"] == path and c.get("same_lan"):
+            lines.append(f"  {c['nats'][0]} (two peers, one LAN): {cell(c)}")
+    return lines
+
+
+def _short(name: str) -> str:
+    parts = name.split("-")
+    return "".join(p[:4] for p in parts)[:8] if len(name) > 8 else name
+
+
+def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    """Print the matrix of every path, the probes, the mismatches and the summary."""
+    names: list[str] = []
+    for c in result["cases"]:
+        for n in c["nats"]:
+            if n not in names and not c.get("same_lan"):
+                names.append(n)
+    w = out.write
+    w("\nmatrix (rows: caller's NAT, columns: callee's NAT)\n")
+    for path in ("host", "srflx", "relay"):
+        lines = _matrix(result, path, names)
+        if lines:
+            w("\n".join(lines) + "\n\n")
+    w("  D direct  R relay  L LAN  H hairpin  . failed as expected\n")
+    w("  !C/!F unexpectedly connected/failed  !E evidence contradicts  !R unexpected route\n\n")
+    if result["probes"]:
+        w("probes (natkit probe inside each NAT, against the lab's RFC 5780 responder)\n")
+        width = max(len(p["nat"]) for p in result["probes"])
+        for p in result["probes"]:
+            obs = p["observed"]
+            got = obs.get("nat_type") if "nat_type" in p["expected"] else f"{obs.get('mapping')} / {obs.get('filtering')}"
+            want = " / ".join(p["expected"].values())
+            mark = "ok " if p["pass"] else "BAD"
+            w(f"  {mark} {p['nat'].ljust(width)}  expected {want:<58} observed {got}\n")
+        w("\n")
+    bad = [c for c in result["cases"] if not c["pass"]]
+    for c in bad:
+        a, b = c["nats"]
+        ev = c.get("evidence") or {}
+        w(
+            f"  MISMATCH {a} x {b} {c['path']}: expected {c['expected']}"
+            f"{' via ' + c['expected_route'] if c.get('expected_route') else ''}, observed {c['observed']}"
+            f"{' via ' + c['route'] if c.get('route') else ''}"
+            f"{'; ' + c['error'] if c.get('error') and c['observed'] != c['expected'] else ''}"
+            f"{'; evidence: ' + ev['detail'] if ev and not ev.get('consistent') else ''}\n"
+        )
+    for e in result.get("errors", []):
+        w(f"  ERROR {e}\n")
+    n = len(result["cases"])
+    conn = sum(c["observed"] == "connected" for c in result["cases"])
+    probes_ok = sum(p["pass"] for p in result["probes"])
+    w(
+        f"{'PASS' if result['pass'] else 'FAIL'}: {n} cases ({conn} connected, {n - conn} failed), "
+        f"{n - len(bad)}/{n} as expected; probes {probes_ok}/{len(result['probes'])}; "
+        f"{result['duration_s']:.1f} s (turn engine: {result['turn_engine']})\n"
+    )
+
+
+class Progress:
+    """Progress while running: one updating line on a terminal, plain lines otherwise."""
+
+    def __init__(self, out: TextIO = sys.stderr) -> None:
+        self.out = out
+        self.tty = out.isatty()
+
+    def __call__(self, kind: str, info: dict[str, Any]) -> None:
+        if kind == "stage":
+            self._line(info["text"], final=True)
+        elif kind == "case":
+            a, b = info["nats"]
+            ok = info["observed"] == info["expected"]
+            text = (
+                f"[{info['done']}/{info['total']}] {a} x {b} {info['path']}: {info['observed']}"
+                f"{'' if ok else ' (expected ' + info['expected'] + ')'}  failures: {info['failures']}"
+            )
+            self._line(text, final=not ok)
+        elif kind == "probe":
+            obs = info["observed"]
+            self._line(
+                f"probe {info['nat']}: {obs.get('nat_type')} ({obs.get('mapping')} / {obs.get('filtering')})"
+                f"{'' if info['pass'] else '  MISMATCH'}",
+                final=not info["pass"],
+            )
+
+    def _line(self, text: str, final: bool) -> None:
+        if self.tty:
+            self.out.write("\r\x1b[K" + text + ("\n" if final else ""))
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.out.write("\r\x1b[K")
+            self.out.flush()

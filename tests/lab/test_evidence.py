@@ -1,0 +1,122 @@
+"""Packet evidence from a capture (sans-IO: pcaps written here with scapy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.utils import wrpcap
+
+from natkit.lab.evidence import claimed_route, judge, read_capture
+from natkit.stun import Attr, Class, Message, Method, encode_channel_data
+
+pytestmark = pytest.mark.timeout(30)
+
+TURN = ("203.0.113.4", 3478)
+DTLS = bytes([23, 0xFE, 0xFD]) + bytes(20)  # an application-data record header + body
+A_PUB, B_PUB = ("203.0.113.12", 40000), ("203.0.113.18", 50000)
+
+
+def _udp(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> Ether:
+    return Ether() / IP(src=src[0], dst=dst[0]) / UDP(sport=src[1], dport=dst[1]) / payload
+
+
+def _tcp(src: tuple[str, int], dst: tuple[str, int], seq: int, payload: bytes = b"", flags: str = "PA") -> Ether:
+    return Ether() / IP(src=src[0], dst=dst[0]) / TCP(sport=src[1], dport=dst[1], seq=seq, flags=flags) / payload
+
+
+def _relay_peer(relayed: tuple[str, int], mapped: tuple[str, int], transport: str) -> dict:
+    return {
+        "selected": {
+            "local": {"type": "relay", "address": relayed[0], "port": relayed[1], "relay_transport": transport},
+            "remote": {"type": "relay", "address": TURN[0], "port": 60001},
+        },
+        "relays": [{"transport": transport, "relayed": list(relayed), "mapped": list(mapped)}],
+    }
+
+
+def test_direct_udp_dtls_is_counted_per_flow(tmp_path: Path) -> None:
+    pcap = tmp_path / "a.pcap"
+    stun = Message(Method.BINDING, Class.REQUEST).encode()
+    wrpcap(str(pcap), [_udp(A_PUB, B_PUB, DTLS), _udp(B_PUB, A_PUB, DTLS), _udp(A_PUB, B_PUB, stun)])
+    flows = read_capture(pcap, TURN)
+    assert flows.packets == 3
+    assert flows.direct_between(A_PUB, B_PUB) == 2
+    caller = {"selected": {"local": {"type": "host", "address": "10.64.2.10", "port": 1}, "remote": {"type": "srflx", "address": B_PUB[0], "port": B_PUB[1]}}}
+    callee = {"selected": {"local": {"type": "host", "address": "10.64.8.10", "port": 2}, "remote": {"type": "prflx", "address": A_PUB[0], "port": A_PUB[1]}}}
+    ev = judge(flows, caller=caller, callee=callee, caller_lan="10.64.2.0/24", caller_public=A_PUB[0], turn=TURN)
+    assert ev["route"] == "direct" and ev["consistent"] and ev["packets"] == 2
+
+
+def test_relay_over_udp_channel_data_and_send_indication(tmp_path: Path) -> None:
+    pcap = tmp_path / "r.pcap"
+    send = Message(Method.SEND, Class.INDICATION).add(Attr.XOR_PEER_ADDRESS, ("203.0.113.4", 60001)).add(Attr.DATA, DTLS)
+    wrpcap(
+        str(pcap),
+        [
+            _udp(A_PUB, TURN, encode_channel_data(0x4000, DTLS)),
+            _udp(TURN, A_PUB, encode_channel_data(0x4000, DTLS)),
+            _udp(A_PUB, TURN, send.encode()),
+            _udp(A_PUB, TURN, encode_channel_data(0x4000, b"\x00\x01not dtls")),
+        ],
+    )
+    flows = read_capture(pcap, TURN)
+    assert flows.relayed[("udp", A_PUB)] == 3
+    assert flows.direct_between(A_PUB, TURN) == 0
+    caller = _relay_peer(("203.0.113.4", 60000), A_PUB, "udp")
+    ev = judge(flows, caller=caller, callee={}, caller_lan="10.64.2.0/24", caller_public=A_PUB[0], turn=TURN)
+    assert ev["route"] == "relay" and ev["consistent"]
+
+
+def test_relay_over_tcp_is_reassembled_in_order(tmp_path: Path) -> None:
+    pcap = tmp_path / "t.pcap"
+    frame = encode_channel_data(0x4001, DTLS, pad=True)
+    two = frame + frame
+    isn = 1000
+    packets = [
+        _tcp(A_PUB, TURN, isn, flags="S"),
+        _tcp(A_PUB, TURN, isn + 1, two[:7]),
+        _tcp(A_PUB, TURN, isn + 1, two[:7]),  # a retransmission is not counted twice
+        _tcp(A_PUB, TURN, isn + 8, two[7:]),
+    ]
+    wrpcap(str(pcap), packets)
+    flows = read_capture(pcap, TURN)
+    assert flows.relayed[("tcp", A_PUB)] == 2
+    caller = _relay_peer(("203.0.113.4", 60000), A_PUB, "tcp")
+    ev = judge(flows, caller=caller, callee={}, caller_lan="10.64.2.0/24", caller_public=A_PUB[0], turn=TURN)
+    assert ev["route"] == "relay" and ev["consistent"]
+
+
+def test_a_selected_relay_pair_without_relayed_packets_is_a_contradiction(tmp_path: Path) -> None:
+    pcap = tmp_path / "c.pcap"
+    wrpcap(str(pcap), [_udp(A_PUB, B_PUB, DTLS)])
+    flows = read_capture(pcap, TURN)
+    caller = _relay_peer(("203.0.113.4", 60000), A_PUB, "udp")
+    caller["selected"]["remote"] = {"type": "relay", "address": B_PUB[0], "port": B_PUB[1]}
+    callee = {"selected": {"remote": {"address": A_PUB[0], "port": A_PUB[1]}}}
+    ev = judge(flows, caller=caller, callee=callee, caller_lan="10.64.2.0/24", caller_public=A_PUB[0], turn=TURN)
+    assert ev["claimed"] == "relay" and ev["route"] == "direct" and not ev["consistent"]
+
+
+def test_lan_pair_must_leave_nothing_on_the_internet_segment(tmp_path: Path) -> None:
+    caller = {"selected": {"local": {"type": "host", "address": "10.64.12.10", "port": 1}, "remote": {"type": "host", "address": "10.64.12.11", "port": 2}}}
+    pcap = tmp_path / "l.pcap"
+    wrpcap(str(pcap), [_udp(("203.0.113.22", 4000), TURN, encode_channel_data(0x4000, DTLS))])
+    ev = judge(read_capture(pcap, TURN), caller=caller, callee={}, caller_lan="10.64.12.0/24", caller_public="203.0.113.22", turn=TURN)
+    assert ev["claimed"] == "lan" and ev["route"] == "none" and ev["consistent"]
+    wrpcap(str(pcap), [_udp(("203.0.113.22", 4000), B_PUB, DTLS)])
+    ev = judge(read_capture(pcap, TURN), caller=caller, callee={}, caller_lan="10.64.12.0/24", caller_public="203.0.113.22", turn=TURN)
+    assert not ev["consistent"]
+
+
+def test_claimed_route() -> None:
+    sel = {"local": {"type": "host", "address": "10.64.12.10"}, "remote": {"type": "srflx", "address": "203.0.113.22"}}
+    assert claimed_route(sel, "10.64.12.0/24", "203.0.113.22") == "hairpin"
+    assert claimed_route(sel, "10.64.12.0/24", "203.0.113.30") == "direct"
+    assert claimed_route(None, "10.64.12.0/24", "x") is None
+
+
+def test_missing_capture_gives_empty_flows(tmp_path: Path) -> None:
+    assert read_capture(tmp_path / "none.pcap", TURN).packets == 0

@@ -1,0 +1,300 @@
+"""`natkit lab run` end to end (a reduced matrix, as root), its JSON, and its cleanup after a
+failure and after ``kill -9``; plus the runner's and report's logic on their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from natkit.errors import UsageError
+from natkit.lab import report, runner
+from natkit.lab.topology import load
+
+pytestmark = pytest.mark.timeout(120)
+
+needs_root = pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("dumpcap") is None,
+    reason="needs root on Linux (namespaces, nftables) and dumpcap",
+)
+NATKIT = [sys.executable, "-m", "natkit"]
+# A reduced matrix that still has every kind of outcome: direct (hole punching with peer-reflexive
+# learning), no direct path (symmetric x port-restricted), relay over UDP and over TCP (the
+# UDP-blocking firewall), LAN and hairpin.
+REDUCED = ["--only", "symmetric:full-cone,symmetric:port-restricted,udp-blocked:open,same-lan"]
+
+
+def _namespaces(tag: str | None = None) -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    names = {line.split()[0] for line in out.splitlines() if line.strip()}
+    return {n for n in names if tag is None or n.startswith(tag + "-")}
+
+
+# -- without root ----------------------------------------------------------------------------
+
+
+def test_select_cases() -> None:
+    topo = load()
+    assert len(runner.select_cases(topo, ["srflx"])) == 22
+    cases = runner.select_cases(topo, ["symmetric,port-restricted", "host,relay"])
+    assert {c.nats for c in cases} == {
+        ("port-restricted", "port-restricted"), ("port-restricted", "symmetric"), ("symmetric", "symmetric")
+    }
+    assert {c.path for c in cases} == {"host", "relay"}
+    cases = runner.select_cases(topo, ["symmetric:open"])
+    assert [c.nats for c in cases] == [("open", "symmetric")] * 3
+    for bad in (["nope"], ["open:nope"]):
+        with pytest.raises(UsageError, match="--only"):
+            runner.select_cases(topo, bad)
+
+
+def _case(expected: str, observed: str, route: str | None = "direct", consistent: bool = True) -> dict[str, Any]:
+    return {
+        "nats": ["a", "b"], "path": "srflx", "same_lan": False, "expected": expected, "observed": observed,
+        "expected_route": "direct" if expected == "connected" else None,
+        "route": route if observed == "connected" else None,
+        "evidence": {"consistent": consistent, "detail": "x"} if observed == "connected" else None,
+    }
+
+
+def test_cells_and_case_verdicts() -> None:
+    assert report.cell(_case("connected", "connected")) == "D"
+    assert report.cell(_case("failed", "failed")) == "."
+    assert report.cell(_case("failed", "connected")) == "!C"
+    assert report.cell(_case("connected", "failed")) == "!F"
+    assert report.cell(_case("connected", "connected", consistent=False)) == "!E"
+    assert report.cell(_case("connected", "connected", route="relay")) == "!R"
+    assert runner._case_pass(_case("connected", "connected"), capture=True)
+    assert runner._case_pass(_case("failed", "failed"), capture=True)
+    assert not runner._case_pass(_case("connected", "failed"), capture=True)
+    assert not runner._case_pass(_case("connected", "connected", consistent=False), capture=True)
+    assert not runner._case_pass(_case("connected", "connected", route="lan"), capture=True)
+
+
+def test_exit_code_follows_the_cases_and_probes() -> None:
+    good = {"nat": "x", "expected": {}, "observed": {}, "pass": True}
+    ok = runner.LabResult("t", "natkit", [{**_case("failed", "failed"), "pass": True}], [good], 1.0, {})
+    assert ok.exit_code == 0 and ok.to_json()["pass"] is True
+    bad_probe = runner.LabResult("t", "natkit", ok.cases, [{**good, "pass": False}], 1.0, {})
+    assert bad_probe.exit_code == 1
+    bad_case = runner.LabResult("t", "natkit", [{**_case("connected", "failed"), "pass": False}], [good], 1.0, {})
+    assert bad_case.exit_code == 1
+
+
+# -- as root -----------------------------------------------------------------------------------
+
+
+@pytest.mark.root
+@needs_root
+def test_reduced_matrix_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "lab.json"
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [*NATKIT, "lab", "run", *REDUCED, "--deadline", "6", "--json", str(out)],
+        capture_output=True, text=True, timeout=100,
+    )
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert data["pass"] is True and data["duration_s"] < took
+    assert set(data) >= {"cases", "probes", "pass", "duration_s"}
+    by = {(tuple(c["nats"]), c["path"]): c for c in data["cases"]}
+    assert len(by) == 12
+    for c in data["cases"]:
+        assert set(c) >= {"nats", "path", "expected", "observed", "selected", "t_connect_ms", "rtt_ms", "evidence"}
+        assert c["expected"] == c["observed"], c
+        if c["observed"] == "connected":
+            assert c["evidence"]["consistent"], c["evidence"]
+            assert c["rtt_ms"] is not None and c["t_connect_ms"] is not None
+    assert by[(("full-cone", "symmetric"), "srflx")]["observed"] == "connected"
+    assert by[(("full-cone", "symmetric"), "srflx")]["evidence"]["route"] == "direct"
+    assert by[(("port-restricted", "symmetric"), "srflx")]["observed"] == "failed"
+    relay = by[(("open", "udp-blocked"), "relay")]
+    assert relay["observed"] == "connected" and relay["evidence"]["route"] == "relay"
+    tcp = relay["callee_selected"]["local"]
+    assert tcp["type"] == "relay" and tcp["relay_transport"] == "tcp"
+    assert by[(("same-lan", "same-lan"), "host")]["route"] == "lan"
+    assert by[(("same-lan", "same-lan"), "host")]["evidence"]["route"] == "none"
+    assert by[(("same-lan", "same-lan"), "srflx")]["route"] == "hairpin"
+    probes = {p["nat"]: p for p in data["probes"]}
+    assert set(probes) == {"full-cone", "port-restricted", "symmetric", "open", "udp-blocked", "same-lan"}
+    assert all(p["pass"] for p in probes.values())
+    assert probes["symmetric"]["observed"]["mapping"] == "address-and-port-dependent"
+    # The grid and the summary are on stdout; nothing of the run is left behind.
+    assert "srflx" in proc.stdout and "PASS: 12 cases" in proc.stdout
+    tag = re.search(r"building \d+ routers \((nk[0-9a-f]{6})\)", proc.stderr)
+    assert tag is not None, proc.stderr
+    assert not _namespaces(tag.group(1))
+
+
+@pytest.mark.root
+@needs_root
+def test_cleanup_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    topo = load()
+    seen: dict[str, Any] = {}
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        seen["pids"] = [pid for pid, _ in args[4].values()]
+        seen["ns"] = _namespaces(seen["tag"])
+        raise RuntimeError("boom in the middle of a run")
+
+    def progress(kind: str, info: dict[str, Any]) -> None:
+        seen.setdefault("tag", info.get("tag"))
+
+    monkeypatch.setattr(runner, "_orchestrate", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        runner.run(topo, cases=runner.select_cases(topo, ["symmetric:open"]), progress=progress)
+    assert len(seen["ns"]) >= 6 and seen["pids"]  # inet, srv, two routers, two peers
+    assert not _namespaces(seen["tag"])
+    for pid in seen["pids"]:  # the agents were reaped
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.root
+@needs_root
+def test_cleanup_after_kill_9(tmp_path: Path) -> None:
+    from natkit.lab.netns import STATE_DIR
+
+    known = set(STATE_DIR.glob("*.json")) if STATE_DIR.is_dir() else set()
+    proc = subprocess.Popen(
+        [*NATKIT, "lab", "run", "--only", "symmetric:open", "--deadline", "20"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    tag = None
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and tag is None:
+            for path in set(STATE_DIR.glob("nk*.json")) - known:
+                try:
+                    state = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if state.get("pid") == proc.pid:
+                    tag = path.stem
+            time.sleep(0.05)
+        assert tag is not None, "the run never recorded its state"
+        # Wait until the peers' agents run inside the namespaces, then kill the run outright.
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            pids = _pids_in(tag)
+            if len(pids) >= 4:  # dumpcap, the servers' agent, two peers' agents
+                break
+            time.sleep(0.05)
+        assert _namespaces(tag)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    # The agents die with their parent (PR_SET_PDEATHSIG), whoever cleans the namespaces.
+    end = time.monotonic() + 10
+    while time.monotonic() < end and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)]
+    # The namespaces stay until `natkit lab clean` (or the next run: another test running at
+    # the same time may get there first).
+    left = _namespaces(tag)
+    clean = subprocess.run([*NATKIT, "lab", "clean"], capture_output=True, text=True, timeout=60)
+    assert clean.returncode == 0, clean.stderr
+    if left:
+        assert tag in clean.stdout
+    assert not _namespaces(tag)
+    assert not (STATE_DIR / f"{tag}.json").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _pids_in(tag: str) -> list[int]:
+    pids: list[int] = []
+    for ns in _namespaces(tag):
+        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+        pids += [int(p) for p in out.split()]
+    return pids
+
+
+
+
+def test_render_draws_a_grid_per_path_and_names_mismatches() -> None:
+    import io
+
+    cases = []
+    for path in ("host", "srflx"):
+        for nats in (("a", "a"), ("a", "b"), ("b", "b")):
+            c = _case("connected", "connected" if nats != ("b", "b") or path == "host" else "failed")
+            c.update(nats=list(nats), path=path)
+            c["pass"] = c["observed"] == c["expected"]
+            cases.append(c)
+    lan = {**_case("connected", "connected", route="lan"), "nats": ["l", "l"], "same_lan": True, "path": "host", "pass": True}
+    lan["expected_route"] = "lan"
+    cases.append(lan)
+    probes = [{"nat": "a", "expected": {"nat_type": "udp-blocked"}, "observed": {"nat_type": "udp-blocked"}, "pass": True}]
+    result = {"cases": cases, "probes": probes, "pass": False, "duration_s": 3.2, "turn_engine": "natkit", "errors": []}
+    out = io.StringIO()
+    report.render(result, out)
+    text = out.getvalue()
+    lines = text.splitlines()
+    grid = lines[lines.index("  srflx") + 1 : lines.index("  srflx") + 4]
+    assert grid[1].split() == ["a", "D", "D"]
+    assert grid[2].split() == ["b", "!F"]
+    assert "l (two peers, one LAN): L" in text
+    assert "MISMATCH b x b srflx: expected connected via direct, observed failed" in text
+    assert text.rstrip().splitlines()[-1].startswith("FAIL: 7 cases (6 connected, 1 failed), 6/7 as expected")
+
+
+@pytest.mark.root
+@needs_root
+def test_ctrl_c_tears_everything_down() -> None:
+    proc = subprocess.Popen(
+        [*NATKIT, "lab", "run", "--only", "symmetric:port-restricted", "--deadline", "20"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stderr is not None
+    tag = None
+    end = time.monotonic() + 30
+    while time.monotonic() < end and tag is None:  # until the cases run
+        line = proc.stderr.readline()
+        m = re.search(r"\((nk[0-9a-f]{6})\)", line)
+        if m:
+            tag = m.group(1)
+    assert tag is not None
+    while time.monotonic() < end and len(_pids_in(tag)) < 4:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert not _namespaces(tag)
+
+
+@pytest.mark.root
+@needs_root
+@pytest.mark.coturn
+@pytest.mark.skipif(shutil.which("turnserver") is None, reason="needs coturn's turnserver")
+def test_relay_column_with_coturn_as_the_relay(tmp_path: Path) -> None:
+    out = tmp_path / "lab.json"
+    proc = subprocess.run(
+        [*NATKIT, "lab", "run", "--turn-engine", "coturn", "--only", "relay",
+         "--only", "udp-blocked:open,symmetric:symmetric", "--json", str(out)],
+        capture_output=True, text=True, timeout=100,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert data["turn_engine"] == "coturn" and data["pass"]
+    assert [c["observed"] for c in data["cases"]] == ["connected", "connected"]
+    assert all(c["evidence"]["route"] == "relay" for c in data["cases"])

@@ -1,0 +1,154 @@
+"""The topology file format: the default file, the address plan, and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from natkit.errors import UsageError
+from natkit.lab.nat import Filtering, Mapping
+from natkit.lab.topology import DEFAULT_TOPOLOGY, PATHS, load, parse
+
+pytestmark = pytest.mark.timeout(30)
+
+DEFAULT = tomllib.loads(DEFAULT_TOPOLOGY.read_text())
+
+
+def test_default_topology_holds_every_behaviour_and_a_same_lan() -> None:
+    topo = load()
+    kinds = [n.type for n in topo.matrix_nats]
+    assert kinds == ["open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked"]
+    lan = [n for n in topo.nats if n.same_lan]
+    assert len(lan) == 1 and lan[0].peers == 2 and lan[0].behaviour.hairpinning
+    sym = topo.nat("symmetric").behaviour
+    assert sym.mapping == Mapping.ADDRESS_AND_PORT_DEPENDENT
+    assert sym.filtering == Filtering.ADDRESS_AND_PORT_DEPENDENT
+    assert topo.nat("udp-blocked").behaviour.block_udp
+    assert topo.servers.turn_engine == "natkit"
+    assert topo.servers.stun_addresses[0] != topo.servers.stun_addresses[1]
+
+
+def test_cases_are_every_unordered_pair_plus_same_lan_times_three_paths() -> None:
+    topo = load()
+    cases = topo.cases()
+    assert len(cases) == (21 + 1) * 3
+    pairs = {frozenset(c.nats) for c in cases if not c.same_lan}
+    assert len(pairs) == 21
+    assert {c.path for c in cases} == set(PATHS)
+    assert len({c.id for c in cases}) == len(cases)
+
+
+def test_plan_is_deterministic_and_gives_distinct_routers_for_a_nat_with_itself() -> None:
+    topo = load()
+    plan = topo.plan()
+    assert plan == topo.plan()
+    publics = [r.public_ip for r in plan.routers]
+    lans = [r.lan_net for r in plan.routers]
+    assert len(set(publics)) == len(publics) and len(set(lans)) == len(lans)
+    for case in topo.cases():
+        (ra, pa), (rb, pb) = plan.peers_of(case)
+        assert pa.ip != pb.ip
+        if case.same_lan:
+            assert ra is rb
+        else:
+            assert ra.id != rb.id and ra.public_ip != rb.public_ip
+    servers = {*topo.servers.stun_addresses, topo.servers.turn_address}
+    assert not servers & set(publics)
+
+
+def test_plan_builds_only_the_routers_the_cases_need() -> None:
+    topo = load()
+    cases = [c for c in topo.cases() if c.nats == ("full-cone", "symmetric")]
+    assert sorted(r.id for r in topo.plan(cases).routers) == ["full-cone-1", "symmetric-1"]
+
+
+def test_ice_servers_per_path() -> None:
+    s = load().servers
+    assert s.ice_servers("host") == []
+    assert s.ice_servers("srflx") == [{"urls": ["stun:203.0.113.2:3478"]}]
+    relay = s.ice_servers("relay")[0]
+    assert relay["urls"] == ["turn:203.0.113.4:3478?transport=udp", "turn:203.0.113.4:3478?transport=tcp"]
+    assert relay["username"] and relay["credential"]
+
+
+def _with(**changes: object) -> dict:
+    data = tomllib.loads(DEFAULT_TOPOLOGY.read_text())
+    for dotted, value in changes.items():
+        keys = dotted.split("__")
+        node = data
+        for k in keys[:-1]:
+            node = node[int(k)] if isinstance(node, list) else node[k]
+        if value is _DELETE:
+            del node[keys[-1]]
+        else:
+            node[keys[-1]] = value
+    return data
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "what"),
+    [
+        ({"nat__1__type": "cone"}, "nat[1].type", "unknown NAT type 'cone'"),
+        ({"nat__1__hairpin": "yes"}, "nat[1].hairpin", "expected true or false"),
+        ({"nat__2__udp_timeout_s": 5}, "nat[2].udp_timeout_s", "out of range"),
+        ({"nat__0__colour": "red"}, "nat[0].colour", "unknown key"),
+        ({"nat__3__name": "full-cone"}, "nat[3].name", "duplicate name"),
+        ({"nat__3__name": "Bad Name"}, "nat[3].name", "not a valid name"),
+        ({"nat__1__wan": {"loss_pct": 120}}, "nat[1].wan.loss_pct", "out of range"),
+        ({"stun__addresses": ["203.0.113.2"]}, "stun.addresses", "exactly two"),
+        ({"stun__addresses": ["203.0.113.2", "10.0.0.1"]}, "stun.addresses[1]", "not a host address of the internet subnet"),
+        ({"turn__engine": "pion"}, "turn.engine", "unknown engine 'pion'"),
+        ({"turn__transports": ["udp", "sctp"]}, "turn.transports", "udp, tcp"),
+        ({"turn__address": "203.0.113.2"}, "turn.address", "already used by stun.addresses[0]"),
+        ({"turn__port": 70000}, "turn.port", "not a port"),
+        ({"internet__subnet": "10.64.0.0/24"}, "internet.subnet", "overlaps"),
+        ({"internet__subnet": "not-a-net"}, "internet.subnet", "CIDR"),
+        ({"signaling": _DELETE}, "signaling", "missing table"),
+        ({"signaling__address": _DELETE}, "signaling.address", "missing"),
+        ({"lab__case_deadline_s": 0.5}, "lab.case_deadline_s", "out of range"),
+        ({"lab__parallel": True}, "lab.parallel", "got a boolean"),
+        ({"bogus": 1}, "bogus", "unknown key"),
+    ],
+)
+def test_errors_name_file_key_and_problem(changes: dict, key: str, what: str) -> None:
+    with pytest.raises(UsageError) as err:
+        parse(_with(**changes), "lab.toml")
+    text = str(err.value)
+    assert text.startswith(f"lab.toml: key '{key}': ")
+    assert what in text
+    assert "\n" not in text
+
+
+def test_no_nat_is_an_error() -> None:
+    data = _with()
+    data["nat"] = []
+    with pytest.raises(UsageError, match="key 'nat': give at least one"):
+        parse(data, "x.toml")
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[lab\nname = 1\n")
+    with pytest.raises(UsageError, match=rf"^{bad}: invalid TOML: .*line 1"):
+        load(bad)
+    with pytest.raises(UsageError, match="no such topology file"):
+        load(tmp_path / "missing.toml")
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "t.toml"
+    bad.write_text(DEFAULT_TOPOLOGY.read_text().replace('type = "symmetric"', 'type = "symetric"'))
+    proc = subprocess.run(
+        [sys.executable, "-m", "natkit", "lab", "run", str(bad)], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert str(bad) in lines[0] and "nat[4].type" in lines[0] and "symetric" in lines[0]
