@@ -8,10 +8,12 @@ malformed value; they are called by :func:`natkit.stun.message.decode` for every
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+
+# Address text conversion only; the codec never opens a socket.
+from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any, ClassVar, NamedTuple
 
 from natkit.stun.constants import FAMILY_IPV4, FAMILY_IPV6, Attr
@@ -85,7 +87,7 @@ def _decode_address(value: bytes, mask: bytes | None) -> Address:
     if mask is not None:
         port ^= 0x2112
         raw = bytes(a ^ b for a, b in zip(raw, mask))
-    ip = socket.inet_ntop(socket.AF_INET if family == FAMILY_IPV4 else socket.AF_INET6, raw)
+    ip = inet_ntop(AF_INET if family == FAMILY_IPV4 else AF_INET6, raw)
     return ip, port
 
 
@@ -94,9 +96,9 @@ def _encode_address(addr: Address, mask: bytes | None) -> bytes:
     if not 0 <= port <= 0xFFFF:
         raise ValueError(f"port out of range: {port}")
     if ":" in ip:
-        family, raw = FAMILY_IPV6, socket.inet_pton(socket.AF_INET6, ip)
+        family, raw = FAMILY_IPV6, inet_pton(AF_INET6, ip)
     else:
-        family, raw = FAMILY_IPV4, socket.inet_pton(socket.AF_INET, ip)
+        family, raw = FAMILY_IPV4, inet_pton(AF_INET, ip)
     if mask is not None:
         port ^= 0x2112
         raw = bytes(a ^ b for a, b in zip(raw, mask))
