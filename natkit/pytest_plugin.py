@@ -1,1 +1,143 @@
-"""pytest plugin: stun_server and turn_server fixtures (filled in by the TURN work)."""
+"""pytest plugin (entry point ``natkit``): ``stun_server`` and ``turn_server`` fixtures.
+
+Each fixture runs a natkit server on loopback, on ports the kernel picks, in a thread of its
+own (so it serves sync and async tests alike, whatever event loop they use) and yields a
+:class:`RunningServer` whose ``ice_server`` is ready for an ``iceServers`` list::
+
+    def test_call(turn_server):
+        config = {"iceServers": [turn_server.ice_server]}
+        ...
+
+The TURN relay allows loopback peers (``127.0.0.0/8``, ``::1``) so tests can relay to local
+peers; everything else follows the safe default policy. Options can be changed per test
+module by overriding the ``natkit_turn_options`` fixture (keyword arguments of
+:class:`natkit.TurnServer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+_START_TIMEOUT = 10.0
+
+
+@dataclass
+class RunningServer:
+    """What a test needs of a server running in the background."""
+
+    urls: list[str]
+    username: str | None
+    credential: str | None
+    addresses: list[tuple[str, tuple[str, int]]]
+    server: Any = field(repr=False)
+
+    @property
+    def ice_server(self) -> dict[str, Any]:
+        """An RTCIceServer dictionary (urls, and username/credential for TURN)."""
+        entry: dict[str, Any] = {"urls": list(self.urls)}
+        if self.username is not None:
+            entry["username"] = self.username
+            entry["credential"] = self.credential
+        return entry
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The UDP address (ip, port)."""
+        return next(a for t, a in self.addresses if t == "udp")
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.server.stats()
+        return result
+
+
+class BackgroundServer:
+    """Runs ``factory()`` (an object with async ``start``/``stop``) on a private event loop."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self.server: Any = None
+        self._thread = threading.Thread(target=self._run, name="natkit-server", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            self.server = self._factory()
+            await self.server.start()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.server.stop()
+
+    def start(self) -> Any:
+        self._thread.start()
+        if not self._ready.wait(_START_TIMEOUT):
+            raise RuntimeError("natkit server did not start in time")
+        if self._error is not None:
+            raise self._error
+        return self.server
+
+    def stop(self) -> None:
+        if self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(_START_TIMEOUT)
+
+
+@pytest.fixture
+def natkit_turn_options() -> dict[str, Any]:
+    """Keyword arguments for the ``turn_server`` fixture's TurnServer (override to change)."""
+    return {}
+
+
+@pytest.fixture
+def turn_server(natkit_turn_options: dict[str, Any]) -> Iterator[RunningServer]:
+    """A natkit TURN relay on 127.0.0.1 (UDP and TCP), with a generated user."""
+    from natkit.server.turn import TurnServer
+
+    options: dict[str, Any] = {
+        "listen": [("127.0.0.1", 0)],
+        "allow_peers": ["127.0.0.0/8", "::1/128"],
+        **natkit_turn_options,
+    }
+    background = BackgroundServer(lambda: TurnServer(**options))
+    server = background.start()
+    try:
+        username, credential = (None, None) if server.no_auth else server.credentials()
+        yield RunningServer(server.urls, username, credential, list(server.addresses), server)
+    finally:
+        background.stop()
+
+
+@pytest.fixture
+def stun_server() -> Iterator[RunningServer]:
+    """A natkit STUN responder on 127.0.0.1 (UDP and TCP)."""
+    from natkit.server.stun import StunServer
+
+    background = BackgroundServer(lambda: StunServer([("127.0.0.1", 0)]))
+    server = background.start()
+    try:
+        urls = [f"stun:{ip}:{port}" for t, (ip, port) in server.addresses if t == "udp"]
+        yield RunningServer(urls, None, None, list(server.addresses), server)
+    finally:
+        background.stop()

@@ -1,0 +1,736 @@
+"""The TURN relay: ``async with natkit.TurnServer(users={...}, allow_peers=[...]) as turn``.
+
+The protocol lives in the sans-IO :mod:`natkit.turn` engine; this module owns the sockets
+(client listeners on UDP, TCP and TLS; one UDP relay socket per relayed address), the clock
+and the lifecycle: a tick every half second expires allocations, and :meth:`TurnServer.stop`
+closes every relay socket. Binding requests are answered on the same ports.
+
+Safe by default: peers in special-purpose ranges (loopback, private, link-local and cloud
+metadata, CGNAT, ULA, multicast, documentation, ...) are refused unless ``allow_peers`` opens
+them, and without ``users``/``auth_secrets`` a random user is made rather than an open relay
+(``no_auth=True`` makes an open relay, and says so in the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from natkit.errors import UsageError
+from natkit.server import _turn_fast
+from natkit.server._turn_fast import FastTable
+from natkit.server._turn_io import RelaySocket, StreamClient, UdpListener
+from natkit.server.stun import DEFAULT_PORT, DEFAULT_TLS_PORT, parse_listen
+from natkit.turn.allocation import Address, Allocation, Relay
+from natkit.turn.auth import Credentials, rest_credentials
+from natkit.turn.engine import (
+    Action,
+    BindRelays,
+    CloseRelay,
+    Reply,
+    SendToPeer,
+    TurnConfig,
+    TurnEngine,
+)
+from natkit.turn.policy import PeerAddressError, PeerPolicy
+from natkit.turn.ports import PortPool
+
+log = logging.getLogger("natkit.server.turn")
+
+_RCVBUF = 4 << 20
+_TICK = 0.5
+_FAST_ROUNDS = 4  # C polls per wake-up before yielding to the event loop
+IP_PMTUDISC_DO = 2
+# Linux values; the socket module exposes them only on some builds.
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+
+
+def load_users_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read ``NAME:PASSWORD`` lines ('#' comments, blank lines allowed)."""
+    users: dict[str, str] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read users file {path}: {exc.strerror or exc}") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, password = line.partition(":")
+        if not sep or not name or not password:
+            raise UsageError(f"{path}:{number}: expected NAME:PASSWORD, got {line[:40]!r}")
+        users[name] = password
+    return users
+
+
+def _family(ip: str) -> int:
+    return 6 if ":" in ip else 4
+
+
+def _af(family: int) -> socket.AddressFamily:
+    return socket.AF_INET6 if family == 6 else socket.AF_INET
+
+
+def _check_ip(value: str, what: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise UsageError(f"bad {what} '{value}': not an IP address") from None
+
+
+def _fmt(addr: Address) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+def _primary_ip(family: int) -> str:
+    """This host's address toward the outside (a UDP connect sends nothing)."""
+    probe = "2001:db8::1" if family == 6 else "192.0.2.1"
+    with socket.socket(_af(family), socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((probe, 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return "::1" if family == 6 else "127.0.0.1"
+
+
+class TurnServer:
+    """A TURN relay (RFC 8656) on UDP, TCP and (with a certificate) TLS.
+
+    ``listen``: client-facing addresses (``"ip:port"`` or tuples; port 0 picks one), served on
+    UDP and TCP; default 0.0.0.0:3478. ``users`` (name -> password), ``users_file`` and
+    ``auth_secrets`` (TURN REST API, several for rotation) give credentials; with none of them
+    a random user is generated (see :attr:`username` / :attr:`password`). ``relay_ip``: the
+    address(es) relay sockets bind to, one per family (default: the listen address, or this
+    host's primary address); ``external_ip``: the address advertised in XOR-RELAYED-ADDRESS
+    behind a 1:1 NAT. ``min_port``/``max_port``: the relay port range (default: ports the
+    kernel picks). ``allow_peers``/``deny_peers``: CIDRs opened / closed on top of the default
+    policy. ``fast_path``: None (the C data path when it builds), True/False to force C/Python.
+    Once started, :attr:`addresses`, :attr:`urls` and :meth:`ice_server` are ready.
+    """
+
+    def __init__(
+        self,
+        listen: Sequence[str | Address] | None = None,
+        *,
+        realm: str = "natkit",
+        users: Mapping[str, str] | None = None,
+        users_file: str | os.PathLike[str] | None = None,
+        auth_secrets: Sequence[str] = (),
+        relay_ip: str | Sequence[str] | None = None,
+        external_ip: str | Sequence[str] | None = None,
+        min_port: int = 0,
+        max_port: int = 0,
+        allow_peers: Iterable[str] = (),
+        deny_peers: Iterable[str] = (),
+        no_auth: bool = False,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls_port: int = DEFAULT_TLS_PORT,
+        tcp: bool = True,
+        user_quota: int | None = None,
+        max_allocations: int | None = None,
+        max_permissions: int = 1000,
+        bandwidth: int | None = None,
+        software: str | None = None,
+        default_lifetime: int = 600,
+        max_lifetime: int = 3600,
+        nonce_lifetime: int = 600,
+        max_connections: int = 10_000,
+        idle_timeout: float = 60.0,
+        metrics: str | Address | None = None,
+        fast_path: bool | None = None,
+    ) -> None:
+        self.listen = [
+            parse_listen(s) for s in (listen if listen is not None else [("0.0.0.0", DEFAULT_PORT)])
+        ]
+        if not self.listen:
+            raise UsageError("nothing to listen on: give at least one --listen ADDR:PORT")
+        self.realm = realm
+        all_users = dict(load_users_file(users_file)) if users_file else {}
+        all_users.update(users or {})
+        self.auth_secrets = list(auth_secrets)
+        self.no_auth = no_auth
+        self.generated_user = False
+        if not no_auth and not all_users and not self.auth_secrets:
+            all_users = {"natkit": secrets.token_urlsafe(12)}
+            self.generated_user = True
+        self.users = all_users
+        self.relay_ips = self._relay_ips(relay_ip)
+        self.external_ips = self._external_ips(external_ip)
+        if (min_port or max_port) and not 1 <= min_port <= max_port <= 65535:
+            raise UsageError(
+                f"bad relay port range {min_port}-{max_port}: need 1 <= --min-port <= --max-port <= 65535"
+            )
+        self.ports = PortPool(min_port, max_port)
+        try:
+            self.policy = PeerPolicy(allow_peers, deny_peers)
+        except PeerAddressError as exc:
+            raise UsageError(f"{exc}: use CIDRs such as 10.0.0.0/8 or 2001:db8::/32") from None
+        if bool(tls_cert) != bool(tls_key):
+            raise UsageError("TLS needs both --tls-cert FILE and --tls-key FILE")
+        self._ssl: ssl.SSLContext | None = None
+        if tls_cert and tls_key:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                ctx.load_cert_chain(os.fspath(tls_cert), os.fspath(tls_key))
+            except (OSError, ssl.SSLError) as exc:
+                raise UsageError(
+                    f"cannot load TLS certificate {tls_cert} / key {tls_key}: {exc}"
+                ) from None
+            self._ssl = ctx
+        self.tls_port = tls_port
+        self.tcp = tcp
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.metrics_address = parse_listen(metrics, 9641) if metrics else None
+        self.config = TurnConfig(
+            realm=realm,
+            auth=not no_auth,
+            default_lifetime=default_lifetime,
+            max_lifetime=max_lifetime,
+            nonce_lifetime=nonce_lifetime,
+            families=frozenset(self.relay_ips),
+            max_allocations=max_allocations,
+            user_quota=user_quota,
+            max_permissions=max_permissions,
+            bandwidth=bandwidth,
+            software=software,
+        )
+        self.engine = TurnEngine(
+            self.config, Credentials(realm, all_users, self.auth_secrets), self.policy
+        )
+        self.now = time.time()
+        self.addresses: list[tuple[str, Address]] = []
+        self._udp: list[UdpListener] = []
+        self._listeners: dict[int, UdpListener] = {}
+        self._relays: dict[int, RelaySocket] = {}
+        self._servers: list[asyncio.Server] = []
+        self._streams: set[StreamClient] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._metrics: Any = None
+        self.fast_path = fast_path
+        self.fast: FastTable | None = None
+        # engine key -> C table keys mirroring that allocation's channels
+        self._fast_keys: dict[Any, set[bytes]] = {}
+        self._fast_totals: dict[str, int] = {}
+        self._fast_until: dict[bytes, float] = {}  # what each mirrored key last said
+        self._started = False
+        self.bugs = 0
+
+    # -- configuration helpers --------------------------------------------------------------
+
+    def _relay_ips(self, relay_ip: str | Sequence[str] | None) -> dict[int, str]:
+        given = [relay_ip] if isinstance(relay_ip, str) else list(relay_ip or [])
+        ips: dict[int, str] = {}
+        for value in given:
+            ip = _check_ip(value, "--relay-ip")
+            if _family(ip) in ips:
+                raise UsageError(f"two --relay-ip of the same family: {ips[_family(ip)]} and {ip}")
+            ips[_family(ip)] = ip
+        if not ips:
+            for ip, _ in self.listen:
+                fam = _family(ip)
+                if fam in ips:
+                    continue
+                if ipaddress.ip_address(ip).is_unspecified:
+                    ips[fam] = _primary_ip(fam)
+                else:
+                    ips[fam] = ip
+        return ips
+
+    def _external_ips(self, external_ip: str | Sequence[str] | None) -> dict[int, str]:
+        given = [external_ip] if isinstance(external_ip, str) else list(external_ip or [])
+        ips: dict[int, str] = {}
+        for value in given:
+            ip = _check_ip(value, "--external-ip")
+            if _family(ip) not in self.relay_ips:
+                raise UsageError(f"--external-ip {ip} has no --relay-ip of its family to stand for")
+            ips[_family(ip)] = ip
+        return ips
+
+    # -- what it serves ---------------------------------------------------------------------
+
+    @property
+    def username(self) -> str:
+        """A username clients can use (the first static user, or fresh REST credentials)."""
+        return self.credentials()[0]
+
+    @property
+    def password(self) -> str:
+        return self.credentials()[1]
+
+    def credentials(self, ttl: float = 86400) -> tuple[str, str]:
+        """(username, password) for clients: a static user, else REST credentials."""
+        if self.users:
+            name = next(iter(self.users))
+            return name, self.users[name]
+        if self.auth_secrets:
+            return rest_credentials(self.auth_secrets[0], ttl, time.time(), "natkit")
+        return "", ""
+
+    def addresses_of(self, transport: str) -> list[Address]:
+        return [a for t, a in self.addresses if t == transport]
+
+    def _url_host(self, addr: Address) -> str:
+        ip = addr[0]
+        if ipaddress.ip_address(ip).is_unspecified:
+            fam = _family(ip)
+            ip = self.external_ips.get(fam) or self.relay_ips.get(fam) or ip
+        return f"[{ip}]" if ":" in ip else ip
+
+    @property
+    def urls(self) -> list[str]:
+        """turn:/turns: URLs for an iceServers entry, one per transport and address."""
+        out = []
+        for transport, addr in self.addresses:
+            host = f"{self._url_host(addr)}:{addr[1]}"
+            if transport == "udp":
+                out.append(f"turn:{host}?transport=udp")
+            elif transport == "tcp":
+                out.append(f"turn:{host}?transport=tcp")
+            else:
+                out.append(f"turns:{host}?transport=tcp")
+        return out
+
+    @property
+    def stun_urls(self) -> list[str]:
+        return [f"stun:{self._url_host(a)}:{a[1]}" for a in self.addresses_of("udp")]
+
+    def ice_server(self) -> dict[str, Any]:
+        """One RTCIceServer dictionary: urls, username, credential."""
+        entry: dict[str, Any] = {"urls": self.urls}
+        if not self.no_auth:
+            entry["username"], entry["credential"] = self.credentials()
+        return entry
+
+    @property
+    def fast_path_kind(self) -> str:
+        """'c' when the C data path is in use, else 'python (...why)'."""
+        if self.fast is not None:
+            return "c"
+        return "python (disabled)" if self.fast_path is False else _turn_fast.status()
+
+    def stats(self) -> dict[str, Any]:
+        s = self.engine.stats
+        fast = self.fast.stats() if self.fast is not None else self._fast_totals
+        return {
+            **self.engine.counts(),
+            "relay_sockets": len(self._relays),
+            "connections": len(self._streams),
+            "allocations_created": s.allocations_created,
+            "allocations_expired": s.allocations_expired,
+            "allocations_deleted": s.allocations_deleted,
+            "auth_failures": s.auth_failures,
+            "auth_blocked": s.auth_blocked,
+            "refused_peers": s.refused_peers,
+            "quota_refusals": s.quota_refusals,
+            "bad_packets": s.bad_packets,
+            "dropped_packets": s.dropped_packets,
+            "to_peer_packets": s.to_peer_packets + fast.get("to_peer_packets", 0),
+            "to_peer_bytes": s.to_peer_bytes + fast.get("to_peer_bytes", 0),
+            "to_client_packets": s.to_client_packets + fast.get("to_client_packets", 0),
+            "to_client_bytes": s.to_client_bytes + fast.get("to_client_bytes", 0),
+            "fast_path": self.fast_path_kind,
+            "errors": dict(s.errors),
+            "bugs": self.bugs,
+        }
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> TurnServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("TurnServer already started")
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        if self.fast_path is not False:
+            lib = _turn_fast.load()
+            if lib is None and self.fast_path:
+                raise UsageError(f"the C relay path is not available: {_turn_fast.status()}")
+            if lib is not None:
+                self.fast = FastTable(lib)
+                self._loop.add_reader(self.fast.epoll_fd, self._poll_fast)
+        try:
+            for ip, port in self.listen:
+                self._listen_udp(ip, port)
+            if self.tcp or self._ssl is not None:
+                await self._listen_streams()
+            if self.metrics_address is not None:
+                from natkit.server.metrics import start_metrics
+
+                self._metrics = start_metrics(self, *self.metrics_address)
+        except BaseException:
+            await self.stop()
+            raise
+        self._tick()
+        if self.no_auth:
+            log.warning(
+                "event=open_relay TURN authentication is OFF (--no-auth): anyone who can reach "
+                "%s can relay through this server. Use it in a closed lab only.",
+                ", ".join(sorted({_fmt(a) for _, a in self.addresses})),
+            )
+        relay = ",".join(self.relay_ips.values())
+        log.info(
+            "event=turn_started listen=%s relay_ip=%s realm=%r policy=%s",
+            " ".join(f"{t}/{_fmt(a)}" for t, a in self.addresses),
+            relay,
+            self.realm,
+            self.policy.describe(),
+        )
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        self.run_actions(self.engine.close_all(), None, None)
+        for relay in list(self._relays.values()):
+            self.forget_relay(relay)
+        for server in self._servers:
+            server.close()
+        for stream in list(self._streams):
+            stream.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+        self._servers.clear()
+        for listener in self._udp:
+            if self.fast is not None:
+                self.fast.unwatch(listener.fd)
+            elif self._loop is not None:
+                self._loop.remove_reader(listener.fd)
+            listener.sock.close()
+        self._udp.clear()
+        self._listeners.clear()
+        if self._metrics is not None:
+            with contextlib.suppress(Exception):
+                self._metrics.shutdown()
+            self._metrics = None
+        if self.fast is not None:
+            self._fast_totals = self.fast.stats()
+            if self._loop is not None:
+                self._loop.remove_reader(self.fast.epoll_fd)
+            self.fast.close()
+            self.fast = None
+
+    async def serve_forever(self) -> None:
+        await asyncio.Event().wait()
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        self.now = now = time.time()
+        try:
+            self.run_actions(self.engine.tick(now), None, None)
+            for stream in [s for s in self._streams if now - s.last_activity > self.idle_timeout]:
+                if self.engine.allocations.get((stream, stream.addr)) is None:
+                    stream.close()  # a connection that never allocated and went quiet
+        except Exception:
+            self.log_bug("tick", ("", 0))
+        self._ticker = self._loop.call_later(_TICK, self._tick)
+
+    # -- listeners --------------------------------------------------------------------------
+
+    def _listen_udp(self, ip: str, port: int) -> None:
+        assert self._loop is not None
+        sock = socket.socket(_af(_family(ip)), socket.SOCK_DGRAM)
+        try:
+            if sock.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _RCVBUF)
+            sock.bind((ip, port))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise UsageError(
+                f"cannot listen on udp {_fmt((ip, port))}: {exc.strerror or exc}; "
+                "pick another --listen address or stop what holds it"
+            ) from None
+        listener = UdpListener(self, sock)
+        self._udp.append(listener)
+        if self.fast is not None:
+            self.fast.watch(listener.fd, 0)
+        else:
+            self._loop.add_reader(sock.fileno(), listener.readable)
+        self._listeners[listener.fd] = listener
+        self.addresses.append(("udp", listener.address))
+
+    async def _listen_streams(self) -> None:
+        assert self._loop is not None
+        plan: list[tuple[str, Address]] = []
+        if self.tcp:
+            plan += [("tcp", a) for a in self.addresses_of("udp")]
+        if self._ssl is not None:
+            plan += [("tls", (ip, self.tls_port)) for ip, _ in self.listen]
+        for transport, (ip, port) in plan:
+            sock = socket.socket(_af(_family(ip)), socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if sock.family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((ip, port))
+            except OSError as exc:
+                sock.close()
+                raise UsageError(
+                    f"cannot listen on {transport} {_fmt((ip, port))}: {exc.strerror or exc}; "
+                    "pick another address/port or stop what holds it"
+                ) from None
+
+            def factory(name: str = transport) -> StreamClient:
+                return StreamClient(self, name)
+
+            server = await self._loop.create_server(
+                factory,
+                sock=sock,
+                backlog=1024,
+                ssl=self._ssl if transport == "tls" else None,
+                ssl_handshake_timeout=10.0 if transport == "tls" else None,
+            )
+            self._servers.append(server)
+            self.addresses.append((transport, sock.getsockname()[:2]))
+
+    def accept_stream(self, stream: StreamClient) -> bool:
+        if len(self._streams) >= self.max_connections:
+            return False
+        self._streams.add(stream)
+        return True
+
+    def stream_closed(self, stream: StreamClient) -> None:
+        self._streams.discard(stream)
+        self.run_actions(self.engine.client_gone(stream, stream.addr, time.time()), None, None)
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def run_actions(self, actions: list[Action], client: Any, addr: Address | None) -> None:
+        for action in actions:
+            if isinstance(action, Reply):
+                if client is not None and addr is not None:
+                    client.send(action.data, addr)
+            elif isinstance(action, SendToPeer):
+                action.handle.sendto(action.data, action.peer)
+            elif isinstance(action, CloseRelay):
+                self.forget_relay(action.handle)
+            elif isinstance(action, BindRelays):
+                self.run_actions(self._bind(action), client, addr)
+        if client is not None and addr is not None:
+            allocation = self.engine.allocations.get((client, addr))
+            if allocation is not None:
+                for relay in allocation.relays:
+                    # Tie the relay socket to its allocation (new, or from a reservation).
+                    if relay.handle.alloc is not allocation:
+                        relay.handle.alloc = allocation
+                        relay.handle.relay = relay
+                if self.fast is not None:
+                    self._mirror(allocation)
+
+    # -- the C data path ----------------------------------------------------------------------
+
+    def _poll_fast(self) -> None:
+        """The epoll set of every UDP socket is readable: let C forward, handle the rest."""
+        table = self.fast
+        if table is None:
+            return
+        listeners, relays = self._listeners, self._relays
+        for _ in range(_FAST_ROUNDS):
+            more, records = table.poll(self.now)
+            for fd, data, addr in records:
+                listener = listeners.get(fd)
+                if listener is not None:
+                    listener.handle(data, addr)
+                    continue
+                relay = relays.get(fd)
+                if relay is not None:
+                    relay.handle(data, addr)
+            if not more:
+                return
+
+    def _mirror(self, allocation: Allocation) -> None:
+        """Copy an allocation's channels and permissions into the C table (UDP clients only,
+        no bandwidth cap: those stay on the Python path). Entries only ever run ahead of the
+        engine's state by nothing: each carries the expiry the engine would check."""
+        table = self.fast
+        client = allocation.client
+        if table is None or not isinstance(client, UdpListener) or allocation.bucket is not None:
+            return
+        if not allocation.perms and not allocation.channels:
+            return  # nothing to relay yet: an idle allocation costs the table nothing
+        keys = self._fast_keys.get(allocation.key)
+        mirrored = self._fast_until
+        if keys is None:
+            keys = self._fast_keys[allocation.key] = set()
+            relay4 = allocation.relay_for(4)
+            relay6 = allocation.relay_for(6)
+            k = _turn_fast.key(client.fd, allocation.client_addr, _turn_fast.KIND_ALLOC)
+            table.put_allocation(
+                k,
+                relay4.handle.fd if relay4 else -1,
+                relay6.handle.fd if relay6 else -1,
+            )
+            keys.add(k)
+        perms = allocation.perms or {}
+        for ip, until in perms.items():
+            relay = allocation.relay_for(6 if ":" in ip else 4)
+            if relay is None:
+                continue
+            k = _turn_fast.key(relay.handle.fd, (ip, 0), _turn_fast.KIND_PERM)
+            if mirrored.get(k) != until:
+                table.put(k, client.fd, allocation.client_addr, 0, until)
+                mirrored[k] = until
+                keys.add(k)
+        for channel in (allocation.channels or {}).values():
+            until = min(channel.expires, perms.get(channel.peer[0], 0.0))
+            relay_fd = channel.relay.handle.fd
+            to_peer = _turn_fast.key(client.fd, allocation.client_addr, channel.number)
+            if mirrored.get(to_peer) != until:
+                to_client = _turn_fast.key(relay_fd, channel.peer)
+                table.put(to_peer, relay_fd, channel.peer, 0, until)
+                table.put(to_client, client.fd, allocation.client_addr, channel.number, until)
+                mirrored[to_peer] = until
+                keys.add(to_peer)
+                keys.add(to_client)
+
+    def _unmirror(self, engine_key: Any) -> None:
+        keys = self._fast_keys.pop(engine_key, None)
+        if keys and self.fast is not None:
+            for k in keys:
+                self.fast.delete(k)
+                self._fast_until.pop(k, None)
+
+    def _bind(self, pending: BindRelays) -> list[Action]:
+        relays: list[Relay] = []
+        reserved: Relay | None = None
+        for i, family in enumerate(pending.families):
+            ip = self.relay_ips.get(family)
+            if ip is None:
+                continue
+            first = i == 0
+            got = self._open_relay(
+                ip, even=first and pending.even_port, pair=first and pending.reserve_next
+            )
+            if got is None:
+                if first:
+                    break
+                continue
+            relay_sock, spare = got
+            relay = Relay(
+                family, relay_sock.address, self._advertised(relay_sock.address), relay_sock
+            )
+            if pending.dont_fragment:
+                self._dont_fragment(relay_sock)
+            relays.append(relay)
+            if spare is not None:
+                reserved = Relay(family, spare.address, self._advertised(spare.address), spare)
+        return self.engine.complete_allocate(pending, relays, time.time(), reserved=reserved)
+
+    def _advertised(self, address: Address) -> Address:
+        external = self.external_ips.get(_family(address[0]))
+        return (external, address[1]) if external else address
+
+    @staticmethod
+    def _dont_fragment(relay: RelaySocket) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            if relay.v6:
+                relay.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_DO)
+            else:
+                relay.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+
+    def _open_relay(
+        self, ip: str, *, even: bool, pair: bool
+    ) -> tuple[RelaySocket, RelaySocket | None] | None:
+        """Bind a relay socket (an even port, and the next one too with ``pair``)."""
+        if self.ports.ephemeral:
+            for _ in range(64):
+                first = self._bind_port(ip, 0)
+                if first is None:
+                    return None
+                port = first.address[1]
+                if even and port % 2:
+                    self.forget_relay(first)
+                    continue
+                if not pair:
+                    return first, None
+                second = self._bind_port(ip, port + 1) if port < 65535 else None
+                if second is not None:
+                    return first, second
+                self.forget_relay(first)
+            return None
+        for port in self.ports.candidates(even=even, pair=pair):
+            first = self._bind_port(ip, port)
+            if first is None:
+                continue
+            if not pair:
+                return first, None
+            second = self._bind_port(ip, port + 1)
+            if second is not None:
+                return first, second
+            self.forget_relay(first)
+        return None
+
+    def _bind_port(self, ip: str, port: int) -> RelaySocket | None:
+        assert self._loop is not None
+        sock = socket.socket(_af(_family(ip)), socket.SOCK_DGRAM)
+        try:
+            if sock.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((ip, port))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                log.warning("event=relay_bind_failed ip=%s port=%d error=%r", ip, port, exc)
+            return None
+        relay = RelaySocket(self, sock)
+        self._relays[sock.fileno()] = relay
+        if not self.ports.ephemeral:
+            self.ports.take(relay.address[1])
+        if self.fast is not None:
+            self.fast.watch(relay.fd, 1)
+        else:
+            self._loop.add_reader(relay.fd, relay.readable)
+        return relay
+
+    def forget_relay(self, relay: RelaySocket) -> None:
+        """Close a relay socket (idempotent)."""
+        fd = relay.sock.fileno()
+        if fd < 0 or self._relays.get(fd) is not relay:
+            return
+        del self._relays[fd]
+        if relay.alloc is not None:
+            self._unmirror(relay.alloc.key)
+        if self.fast is not None:
+            self.fast.unwatch(fd)
+        elif self._loop is not None:
+            self._loop.remove_reader(fd)
+        if not self.ports.ephemeral:
+            self.ports.release(relay.address[1])
+        relay.sock.close()
+        relay.alloc = None
+        relay.relay = None
+
+    def log_bug(self, where: str, addr: Address) -> None:
+        self.bugs += 1
+        log.exception(
+            "event=internal_error where=%s client=%s", where, _fmt(addr) if addr[0] else "-"
+        )

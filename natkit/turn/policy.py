@@ -1,0 +1,101 @@
+"""Which peers a relay may talk to: canonicalise the address, then apply the policy.
+
+A TURN relay that forwards to any address is a proxy into the server's own network (SSRF
+through TURN: cloud metadata at 169.254.169.254, admin ports on loopback, the private LAN).
+So peers are denied by default when netaddr's IANA special-purpose registries say the address
+is not globally reachable, or is multicast or reserved. Addresses that embed an IPv4 address
+(IPv4-mapped, IPv4-compatible, IPv4-translated, NAT64 64:ff9b::/96, 6to4) are judged by the
+IPv4 address inside them, so ``::ffff:127.0.0.1`` is loopback.
+
+Order of the checks: an explicit deny wins, then an explicit allow, then the built-in
+special-purpose rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from netaddr import AddrFormatError, IPAddress, IPNetwork, IPSet  # type: ignore[import-untyped]
+
+_NAT64 = IPNetwork("64:ff9b::/96")
+_SIX_TO_FOUR = IPNetwork("2002::/16")
+_IPV4_TRANSLATED = IPNetwork("::ffff:0:0:0/96")
+
+
+class PeerAddressError(ValueError):
+    """A peer address that is not an IP address at all."""
+
+
+def canonical_peer(address: str) -> IPAddress:
+    """The address a datagram to ``address`` really reaches, for policy purposes."""
+    try:
+        ip = IPAddress(address.split("%", 1)[0])
+    except (AddrFormatError, ValueError, TypeError):
+        raise PeerAddressError(f"not an IP address: {address!r}") from None
+    # Bounded: each step strips one layer of embedding and yields an IPv4 address.
+    if ip.version == 6:
+        value = int(ip)
+        if ip.is_ipv4_mapped() or ip in _IPV4_TRANSLATED or ip in _NAT64:
+            return IPAddress(value & 0xFFFFFFFF, 4)
+        if ip in _SIX_TO_FOUR:
+            return IPAddress((value >> 80) & 0xFFFFFFFF, 4)
+        if value >> 32 == 0 and value > 0xFFFF:  # IPv4-compatible ::a.b.c.d (deprecated)
+            return IPAddress(value & 0xFFFFFFFF, 4)
+    return ip
+
+
+def is_special(ip: IPAddress) -> bool:
+    """True when ``ip`` lies in a special-purpose range a relay must not reach by default."""
+    return not ip.is_global() or ip.is_multicast() or ip.is_reserved()
+
+
+class PeerPolicy:
+    """Decides whether a relay may send to, and accept from, a peer address."""
+
+    __slots__ = ("_allow", "_cache", "_deny", "allow_special")
+
+    def __init__(
+        self,
+        allow: Iterable[str] = (),
+        deny: Iterable[str] = (),
+        *,
+        allow_special: bool = False,
+    ) -> None:
+        """``allow``/``deny`` are CIDRs or addresses; ``allow_special`` turns the default off."""
+        try:
+            self._allow = IPSet(IPNetwork(c) for c in allow)
+            self._deny = IPSet(IPNetwork(c) for c in deny)
+        except (AddrFormatError, ValueError, TypeError) as exc:
+            raise PeerAddressError(f"bad CIDR in peer policy: {exc}") from None
+        self.allow_special = allow_special
+        self._cache: dict[str, bool] = {}
+
+    def permits(self, address: str) -> bool:
+        """True if the relay may exchange data with ``address`` (an IP string)."""
+        cached = self._cache.get(address)
+        if cached is not None:
+            return cached
+        try:
+            verdict = self._decide(address)
+        except PeerAddressError:
+            return False
+        if len(self._cache) >= 4096:  # bounded: a client can name many distinct peers
+            self._cache.clear()
+        self._cache[address] = verdict
+        return verdict
+
+    def _decide(self, address: str) -> bool:
+        ip = canonical_peer(address)
+        raw = IPAddress(address.split("%", 1)[0])
+        if ip in self._deny or raw in self._deny:
+            return False
+        if ip in self._allow or raw in self._allow:
+            return True
+        return self.allow_special or not is_special(ip)
+
+    def describe(self) -> dict[str, list[str]]:
+        """The explicit lists, as CIDR strings (for logs and for the coturn engine)."""
+        return {
+            "allow": [str(c) for c in self._allow.iter_cidrs()],
+            "deny": [str(c) for c in self._deny.iter_cidrs()],
+        }

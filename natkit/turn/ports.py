@@ -1,0 +1,65 @@
+"""Relay port selection in a configured range (sans-IO: the adapter does the binding).
+
+Ports are tried in random order so allocations are not predictable, and ports the pool has
+handed out are not offered again until released. A port may still be busy for a reason the
+pool cannot know (another process); the adapter then simply tries the next candidate.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+
+class PortPool:
+    """Hands out candidate relay ports in ``[low, high]``; ``low == 0`` means "any port"."""
+
+    __slots__ = ("_rng", "high", "in_use", "low")
+
+    def __init__(self, low: int = 0, high: int = 0, *, seed: int | None = None) -> None:
+        if low and not 1 <= low <= high <= 65535:
+            raise ValueError(f"bad relay port range {low}-{high}")
+        self.low = low
+        self.high = high
+        self.in_use: set[int] = set()
+        self._rng = random.Random(seed)
+
+    @property
+    def ephemeral(self) -> bool:
+        """True when the kernel picks the port (no range configured)."""
+        return self.low == 0
+
+    def candidates(
+        self, *, even: bool = False, pair: bool = False, limit: int = 64
+    ) -> Iterator[int]:
+        """Up to ``limit`` free ports (even ones with ``even``; ``pair``: port+1 free too)."""
+        if self.ephemeral:
+            return
+        span = self.high - self.low + 1
+        start = self._rng.randrange(span)
+        tried = 0
+        for i in range(span):
+            if tried >= limit:
+                return
+            port = self.low + (start + i) % span
+            if even and port % 2:
+                continue
+            if port in self.in_use:
+                continue
+            if pair and (port + 1 > self.high or port + 1 in self.in_use):
+                continue
+            tried += 1
+            yield port
+
+    def take(self, port: int) -> None:
+        self.in_use.add(port)
+
+    def release(self, port: int) -> None:
+        self.in_use.discard(port)
+
+    @property
+    def free(self) -> int | None:
+        """How many ports remain (None when the kernel picks)."""
+        if self.ephemeral:
+            return None
+        return self.high - self.low + 1 - len(self.in_use)

@@ -1,0 +1,208 @@
+"""The C data path of the TURN relay (natkit/server/_turnfast.c) on loopback sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+
+import pytest
+
+from natkit.server import _turn_fast
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def table() -> _turn_fast.FastTable:
+    lib = _turn_fast.load()
+    if lib is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"C relay path must build in CI: {_turn_fast.status()}")
+        pytest.skip(_turn_fast.status())
+    t = _turn_fast.FastTable(lib)
+    yield t
+    t.close()
+
+
+def _udp(ip: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((ip, 0))
+    s.settimeout(2)
+    return s
+
+
+def _pump_all(table: _turn_fast.FastTable, fd: int, kind: int, now: float) -> list:
+    time.sleep(0.05)
+    left = []
+    while True:
+        got, more = table.pump(fd, kind, now)
+        left += more
+        if got < 32:
+            return left
+
+
+def test_channel_data_both_ways_and_passthrough(table: _turn_fast.FastTable) -> None:
+    listener, relay, client, peer = _udp(), _udp(), _udp(), _udp()
+    for s in (listener, relay):
+        s.setblocking(False)
+    caddr, paddr = client.getsockname(), peer.getsockname()
+    now = time.time()
+    table.put(_turn_fast.key(listener.fileno(), caddr, 0x4001), relay.fileno(), paddr, 0, now + 10)
+    table.put(_turn_fast.key(relay.fileno(), paddr), listener.fileno(), caddr, 0x4001, now + 10)
+    assert len(table) == 2
+    client.sendto(struct.pack("!HH", 0x4001, 3) + b"abc", listener.getsockname())
+    client.sendto(struct.pack("!HH", 0x4001, 3) + b"abcX", listener.getsockname())  # UDP padding ok
+    client.sendto(b"\x00\x01stun-ish", listener.getsockname())  # not ChannelData: left
+    client.sendto(struct.pack("!HH", 0x4002, 1) + b"z", listener.getsockname())  # unbound: left
+    client.sendto(struct.pack("!HH", 0x4001, 9) + b"short", listener.getsockname())  # truncated
+    left = _pump_all(table, listener.fileno(), 0, now)
+    assert [d for d, _ in left] == [
+        b"\x00\x01stun-ish",
+        struct.pack("!HH", 0x4002, 1) + b"z",
+        struct.pack("!HH", 0x4001, 9) + b"short",
+    ]
+    assert all(a == caddr for _, a in left)
+    assert peer.recvfrom(100) == (b"abc", relay.getsockname())
+    assert peer.recvfrom(100) == (b"abc", relay.getsockname())
+    peer.sendto(b"hello", relay.getsockname())
+    stranger = _udp("127.0.0.2")
+    stranger.sendto(b"nope", relay.getsockname())
+    left = _pump_all(table, relay.fileno(), 1, now)
+    assert left == [(b"nope", stranger.getsockname())]
+    assert client.recvfrom(100) == (
+        struct.pack("!HH", 0x4001, 5) + b"hello",
+        listener.getsockname(),
+    )
+    stats = table.stats()
+    assert (
+        stats["to_peer_packets"] == 2 and stats["to_client_packets"] == 1 and stats["passed"] == 4
+    )
+    # past "until" (or deleted) nothing is forwarded any more
+    peer.sendto(b"late", relay.getsockname())
+    assert _pump_all(table, relay.fileno(), 1, now + 11) == [(b"late", paddr)]
+    table.delete(_turn_fast.key(relay.fileno(), paddr))
+    peer.sendto(b"gone", relay.getsockname())
+    assert _pump_all(table, relay.fileno(), 1, now) == [(b"gone", paddr)]
+    assert len(table) == 1
+    for s in (listener, relay, client, peer, stranger):
+        s.close()
+
+
+def test_ipv6_keys(table: _turn_fast.FastTable) -> None:
+    try:
+        listener, relay, client, peer = _udp("::1"), _udp("::1"), _udp("::1"), _udp("::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    listener.setblocking(False)
+    caddr, paddr = client.getsockname()[:2], peer.getsockname()[:2]
+    table.put(
+        _turn_fast.key(listener.fileno(), caddr, 0x4000), relay.fileno(), paddr, 0, time.time() + 5
+    )
+    client.sendto(struct.pack("!HH", 0x4000, 2) + b"v6", listener.getsockname())
+    assert _pump_all(table, listener.fileno(), 0, time.time()) == []
+    data, src = peer.recvfrom(100)
+    assert data == b"v6" and src[:2] == relay.getsockname()[:2]
+    for s in (listener, relay, client, peer):
+        s.close()
+
+
+def test_table_grows_and_shrinks(table: _turn_fast.FastTable) -> None:
+    keys = [_turn_fast.key(100 + i % 50, ("10.0.0.1", i), 0x4000 + i % 100) for i in range(20000)]
+    for k in keys:
+        table.put(k, 1, ("10.0.0.2", 1), 0, 1.0)
+    assert len(table) == 20000
+    for k in keys[:19990]:
+        table.delete(k)
+    for k in keys[:5000]:  # re-adding reuses the deleted slots
+        table.put(k, 1, ("10.0.0.2", 1), 0, 1.0)
+    assert len(table) == 5010
+
+
+def _send_indication(peer: tuple[str, int], data: bytes, fingerprint: bool = False) -> bytes:
+    from natkit.stun import Attr, Class, Message, Method
+
+    msg = (
+        Message(Method.SEND, Class.INDICATION).add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, data)
+    )
+    return msg.add(Attr.DONT_FRAGMENT).encode(fingerprint=fingerprint)
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1"])
+def test_send_and_data_indications(table: _turn_fast.FastTable, ip: str) -> None:
+    from natkit.stun import Attr, Class, Method, decode
+
+    try:
+        listener, relay, client, peer = _udp(), _udp(ip), _udp(), _udp(ip)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    for s in (listener, relay):
+        s.setblocking(False)
+    caddr, paddr = client.getsockname(), peer.getsockname()[:2]
+    now = time.time()
+    alloc_key = _turn_fast.key(listener.fileno(), caddr, _turn_fast.KIND_ALLOC)
+    relay4, relay6 = (relay.fileno(), -1) if ip == "127.0.0.1" else (-1, relay.fileno())
+    table.put_allocation(alloc_key, relay4, relay6)
+    # no permission yet: left for Python
+    client.sendto(_send_indication(paddr, b"early"), listener.getsockname())
+    assert len(_pump_all(table, listener.fileno(), 0, now)) == 1
+    table.put(
+        _turn_fast.key(relay.fileno(), (ip, 0), _turn_fast.KIND_PERM),
+        listener.fileno(),
+        caddr,
+        0,
+        now + 10,
+    )
+    client.sendto(_send_indication(paddr, b"odd"), listener.getsockname())
+    client.sendto(
+        _send_indication(paddr, b"fp", fingerprint=True), listener.getsockname()
+    )  # Python's
+    left = _pump_all(table, listener.fileno(), 0, now)
+    assert len(left) == 1 and decode(left[0][0]).get(Attr.DATA) == b"fp"
+    data, src = peer.recvfrom(100)
+    assert data == b"odd" and src[:2] == relay.getsockname()[:2]
+    for payload in (b"", b"x", b"12345", b"1234"):
+        peer.sendto(payload, relay.getsockname())
+        assert _pump_all(table, relay.fileno(), 1, now) == []
+        ind = decode(client.recv(200))
+        assert (ind.method, ind.cls) == (Method.DATA, Class.INDICATION)
+        assert ind.get(Attr.XOR_PEER_ADDRESS) == paddr and ind.get(Attr.DATA) == payload
+    # an expired permission: Python decides (and drops)
+    peer.sendto(b"late", relay.getsockname())
+    assert len(_pump_all(table, relay.fileno(), 1, now + 11)) == 1
+    for s in (listener, relay, client, peer):
+        s.close()
+
+
+def test_poll_drains_every_watched_socket(table: _turn_fast.FastTable) -> None:
+    listener, relay, client, peer = _udp(), _udp(), _udp(), _udp()
+    for s in (listener, relay):
+        s.setblocking(False)
+    table.watch(listener.fileno(), 0)
+    table.watch(relay.fileno(), 1)
+    caddr, paddr = client.getsockname(), peer.getsockname()
+    now = time.time()
+    table.put(_turn_fast.key(listener.fileno(), caddr, 0x4001), relay.fileno(), paddr, 0, now + 9)
+    for i in range(40):  # more than one batch on the listener
+        client.sendto(struct.pack("!HH", 0x4001, 1) + bytes([i]), listener.getsockname())
+    client.sendto(b"\x00\x01not-channel", listener.getsockname())
+    peer.sendto(b"no channel back", relay.getsockname())
+    time.sleep(0.05)
+    records = []
+    for _ in range(10):
+        more, got = table.poll(now)
+        records += got
+        if not more:
+            break
+    assert sorted((fd, data) for fd, data, _ in records) == sorted(
+        [(listener.fileno(), b"\x00\x01not-channel"), (relay.fileno(), b"no channel back")]
+    )
+    assert [peer.recvfrom(10)[0] for _ in range(40)] == [bytes([i]) for i in range(40)]
+    assert table.poll(now) == (False, [])
+    table.unwatch(relay.fileno())
+    peer.sendto(b"unwatched", relay.getsockname())
+    time.sleep(0.05)
+    assert table.poll(now) == (False, [])
+    for s in (listener, relay, client, peer):
+        s.close()

@@ -1,0 +1,572 @@
+"""natkit.TurnServer on real loopback sockets: UDP/TCP/TLS clients, relaying, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from natkit.errors import UsageError
+from natkit.server.turn import TurnServer, load_users_file
+from natkit.stun import Attr, Class, Message, Method, decode, encode_channel_data, long_term_key
+from natkit.turn.auth import rest_credentials
+
+pytestmark = pytest.mark.timeout(60)
+
+LOOP = ["127.0.0.0/8"]
+PATHS = pytest.mark.parametrize("fast", [True, False], ids=["c-path", "python-path"])
+
+
+def _fast(fast: bool) -> bool:
+    """fast_path argument; the C path must exist in CI, elsewhere it may be skipped."""
+    from natkit.server import _turn_fast
+
+    if fast and _turn_fast.load() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"C relay path must build in CI: {_turn_fast.status()}")
+        pytest.skip(_turn_fast.status())
+    return fast
+
+
+class RawClient:
+    """A minimal TURN client over a non-blocking socket, driven from the test's loop."""
+
+    def __init__(
+        self,
+        server: tuple[str, int],
+        username: str,
+        password: str,
+        realm: str = "natkit",
+        tcp: bool = False,
+        tls: bool = False,
+    ) -> None:
+        self.server = server
+        self.username, self.password, self.realm = username, password, realm
+        self.nonce: str | None = None
+        self.tcp = tcp or tls
+        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        if self.tcp:
+            raw = socket.create_connection(server, timeout=5)
+            if tls:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                raw = ctx.wrap_socket(raw)
+            self.sock = raw
+        else:
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
+            self.sock.connect(server)
+        self.sock.setblocking(False)
+        self.buf = b""
+
+    async def recv(self, timeout: float = 2.0) -> bytes:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self.tcp and len(self.buf) >= 4:
+                first = self.buf[0]
+                length = struct.unpack("!H", self.buf[2:4])[0]
+                need = 20 + length if first < 0x40 else 4 + length + (-length % 4)
+                if len(self.buf) >= need:
+                    frame, self.buf = self.buf[:need], self.buf[need:]
+                    return frame
+            try:
+                data = self.sock.recv(65536)
+                if not self.tcp:
+                    return data
+                if not data:
+                    raise ConnectionError("closed")
+                self.buf += data
+                continue
+            except (BlockingIOError, ssl.SSLWantReadError):
+                pass
+            if loop.time() > deadline:
+                raise TimeoutError
+            await asyncio.sleep(0.005)
+
+    def send_raw(self, data: bytes) -> None:
+        if self.tcp:
+            self.sock.setblocking(True)
+            self.sock.sendall(data)
+            self.sock.setblocking(False)
+        else:
+            self.sock.send(data)
+
+    async def request(self, msg: Message) -> Message:
+        for _ in range(3):
+            out = Message(msg.method, msg.cls, attributes=list(msg.attributes))
+            key = None
+            if self.nonce is not None:
+                out.add(Attr.USERNAME, self.username).add(Attr.REALM, self.realm).add(
+                    Attr.NONCE, self.nonce
+                )
+                key = long_term_key(self.username, self.realm, self.password)
+            self.send_raw(out.encode(key=key))
+            while True:
+                resp = decode(await self.recv())
+                if resp.transaction_id == out.transaction_id:
+                    break
+            err = resp.error_code
+            if err is not None and err.code in (401, 438) and resp.get(Attr.NONCE) != self.nonce:
+                self.nonce = resp.get(Attr.NONCE)
+                continue
+            return resp
+        return resp
+
+    async def allocate(self, **attrs: Any) -> Message:
+        msg = Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17)
+        for name, value in attrs.items():
+            msg.add(Attr[name.upper()], value)
+        return await self.request(msg)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _peer() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(2)
+    return s
+
+
+async def _peer_recv(s: socket.socket) -> tuple[bytes, Any]:
+    return await asyncio.to_thread(s.recvfrom, 65536)
+
+
+@PATHS
+async def test_allocate_relay_both_ways_channel_and_indication(fast: bool) -> None:
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast)
+    ) as turn:
+        assert turn.stats()["fast_path"] == ("c" if fast else "python (disabled)")
+        c = RawClient(turn.addresses_of("udp")[0], "u", "p")
+        resp = await c.allocate()
+        assert resp.cls == Class.SUCCESS, resp
+        relayed = resp.get(Attr.XOR_RELAYED_ADDRESS)
+        peer = _peer()
+        paddr = peer.getsockname()
+        assert (
+            await c.request(Message(Method.CREATE_PERMISSION).add(Attr.XOR_PEER_ADDRESS, paddr))
+        ).cls == Class.SUCCESS
+        c.send_raw(
+            Message(Method.SEND, Class.INDICATION)
+            .add(Attr.XOR_PEER_ADDRESS, paddr)
+            .add(Attr.DATA, b"ind")
+            .encode()
+        )
+        data, src = await _peer_recv(peer)
+        assert data == b"ind" and src == relayed
+        peer.sendto(b"back", relayed)
+        ind = decode(await c.recv())
+        assert ind.method == Method.DATA and ind.get(Attr.DATA) == b"back"
+        assert (
+            await c.request(
+                Message(Method.CHANNEL_BIND)
+                .add(Attr.CHANNEL_NUMBER, 0x4001)
+                .add(Attr.XOR_PEER_ADDRESS, paddr)
+            )
+        ).cls == Class.SUCCESS
+        c.send_raw(encode_channel_data(0x4001, b"chan"))
+        assert (await _peer_recv(peer))[0] == b"chan"
+        peer.sendto(b"reply", relayed)
+        assert await c.recv() == encode_channel_data(0x4001, b"reply")
+        # a peer whose IP has no permission is not relayed (permissions are per IP)
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind(("127.0.0.2", 0))
+        stranger.sendto(b"spam", relayed)
+        await asyncio.sleep(0.1)
+        with pytest.raises(TimeoutError):
+            await c.recv(0.2)
+        stats = turn.stats()
+        assert stats["to_peer_packets"] == 2 and stats["to_client_packets"] == 2
+        assert stats["relay_sockets"] == 1
+        for s in (peer, stranger):
+            s.close()
+        c.close()
+    assert turn.stats()["relay_sockets"] == 0
+
+
+async def test_binding_on_same_port_udp_and_tcp() -> None:
+    async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}) as turn:
+        for transport in ("udp", "tcp"):
+            c = RawClient(turn.addresses_of(transport)[0], "u", "p", tcp=transport == "tcp")
+            req = Message(Method.BINDING)
+            c.send_raw(req.encode())
+            resp = decode(await c.recv())
+            assert resp.cls == Class.SUCCESS
+            assert resp.get(Attr.XOR_MAPPED_ADDRESS) == c.sock.getsockname()[:2]
+            c.close()
+
+
+async def test_unauthenticated_and_wrong_password() -> None:
+    async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}) as turn:
+        anonymous = RawClient(turn.addresses_of("udp")[0], "u", "p")
+        anonymous.send_raw(Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17).encode())
+        resp = decode(await anonymous.recv())
+        assert resp.error_code.code == 401 and resp.get(Attr.NONCE)
+        wrong = RawClient(turn.addresses_of("udp")[0], "u", "nope")
+        assert (await wrong.allocate()).error_code.code == 401
+        assert turn.stats()["allocations"] == 0 and turn.stats()["auth_failures"] == 1
+        anonymous.close()
+        wrong.close()
+
+
+async def test_default_policy_refuses_loopback_peer() -> None:
+    async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}) as turn:
+        c = RawClient(turn.addresses_of("udp")[0], "u", "p")
+        await c.allocate()
+        for ip in ("127.0.0.1", "169.254.169.254", "10.0.0.1", "::ffff:127.0.0.1"):
+            resp = await c.request(
+                Message(Method.CREATE_PERMISSION).add(Attr.XOR_PEER_ADDRESS, (ip, 80))
+            )
+            assert resp.error_code.code == 403, ip
+        c.close()
+
+
+async def test_tcp_client_channel_data_padding_and_close_releases() -> None:
+    async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP) as turn:
+        c = RawClient(turn.addresses_of("tcp")[0], "u", "p", tcp=True)
+        relayed = (await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+        peer = _peer()
+        paddr = peer.getsockname()
+        await c.request(
+            Message(Method.CHANNEL_BIND)
+            .add(Attr.CHANNEL_NUMBER, 0x4002)
+            .add(Attr.XOR_PEER_ADDRESS, paddr)
+        )
+        c.send_raw(
+            encode_channel_data(0x4002, b"odd", pad=True)
+            + encode_channel_data(0x4002, b"second", pad=True)
+        )
+        assert (await _peer_recv(peer))[0] == b"odd"
+        assert (await _peer_recv(peer))[0] == b"second"
+        peer.sendto(b"12345", relayed)
+        frame = await c.recv()
+        assert frame == encode_channel_data(0x4002, b"12345", pad=True) and len(frame) == 12
+        assert turn.stats()["relay_sockets"] == 1
+        c.close()
+        for _ in range(100):
+            if turn.stats()["relay_sockets"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert turn.stats()["allocations"] == 0 and turn.stats()["relay_sockets"] == 0
+        peer.close()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return cert, key
+
+
+async def test_tls_client(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, tls_cert=cert, tls_key=key, tls_port=0, tcp=False
+    ) as turn:
+        assert [t for t, _ in turn.addresses] == ["udp", "tls"]
+        assert turn.urls[1].startswith("turns:127.0.0.1:")
+        addr = turn.addresses_of("tls")[0]
+        c = await asyncio.to_thread(RawClient, addr, "u", "p", "natkit", False, True)
+        resp = await c.allocate()
+        assert resp.cls == Class.SUCCESS
+        c.close()
+
+
+async def test_even_port_reservation_and_port_range() -> None:
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, min_port=41000, max_port=41099
+    ) as turn:
+        a = RawClient(turn.addresses_of("udp")[0], "u", "p")
+        resp = await a.allocate(even_port=True)
+        port = resp.get(Attr.XOR_RELAYED_ADDRESS)[1]
+        assert port % 2 == 0 and 41000 <= port <= 41098
+        token = resp.get(Attr.RESERVATION_TOKEN)
+        b = RawClient(turn.addresses_of("udp")[0], "u", "p")
+        resp = await b.allocate(reservation_token=token)
+        assert resp.get(Attr.XOR_RELAYED_ADDRESS)[1] == port + 1
+        assert turn.stats()["relay_sockets"] == 2
+        a.close()
+        b.close()
+    assert turn.ports.in_use == set()
+
+
+async def test_external_ip_is_advertised() -> None:
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, relay_ip="127.0.0.1", external_ip="203.0.113.9"
+    ) as turn:
+        c = RawClient(turn.addresses_of("udp")[0], "u", "p")
+        relayed = (await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+        assert relayed[0] == "203.0.113.9"
+        assert (
+            turn.engine.allocations[next(iter(turn.engine.allocations))].relays[0].address[0]
+            == "127.0.0.1"
+        )
+        c.close()
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback on this host")
+@PATHS
+async def test_dual_stack_allocation_relays_ipv6(fast: bool) -> None:
+    async with TurnServer(
+        fast_path=_fast(fast),
+        listen=[("127.0.0.1", 0)],
+        users={"u": "p"},
+        relay_ip=["127.0.0.1", "::1"],
+        allow_peers=["127.0.0.0/8", "::1/128"],
+    ) as turn:
+        c = RawClient(turn.addresses_of("udp")[0], "u", "p")
+        resp = await c.allocate(additional_address_family=2)
+        relayed = resp.get_all(Attr.XOR_RELAYED_ADDRESS)
+        assert [ip for ip, _ in relayed] == ["127.0.0.1", "::1"]
+        peer6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        peer6.bind(("::1", 0))
+        peer6.settimeout(2)
+        paddr = peer6.getsockname()[:2]
+        await c.request(Message(Method.CREATE_PERMISSION).add(Attr.XOR_PEER_ADDRESS, paddr))
+        c.send_raw(
+            Message(Method.SEND, Class.INDICATION)
+            .add(Attr.XOR_PEER_ADDRESS, paddr)
+            .add(Attr.DATA, b"v6")
+            .encode()
+        )
+        data, src = await asyncio.to_thread(peer6.recvfrom, 100)
+        assert data == b"v6" and src[:2] == relayed[1]
+        peer6.sendto(b"back6", relayed[1])
+        ind = decode(await c.recv())
+        assert ind.get(Attr.XOR_PEER_ADDRESS) == paddr and ind.get(Attr.DATA) == b"back6"
+        bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4444)
+        assert (await c.request(bind.add(Attr.XOR_PEER_ADDRESS, paddr))).cls == Class.SUCCESS
+        c.send_raw(encode_channel_data(0x4444, b"cd6"))
+        assert (await asyncio.to_thread(peer6.recvfrom, 100))[0] == b"cd6"
+        peer6.sendto(b"cd6-back", relayed[1])
+        assert await c.recv() == encode_channel_data(0x4444, b"cd6-back")
+        peer6.close()
+        c.close()
+
+
+async def test_allocation_expires_and_socket_is_closed() -> None:
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, default_lifetime=1, max_lifetime=1
+    ) as turn:
+        c = RawClient(turn.addresses_of("udp")[0], "u", "p")
+        assert (await c.allocate()).get(Attr.LIFETIME) == 1
+        assert turn.stats()["relay_sockets"] == 1
+        await asyncio.sleep(2.2)
+        assert turn.stats()["relay_sockets"] == 0 and turn.stats()["allocations_expired"] == 1
+        c.close()
+
+
+async def test_rest_secret_credentials() -> None:
+    async with TurnServer([("127.0.0.1", 0)], auth_secrets=["s1", "s0"]) as turn:
+        user, password = rest_credentials("s0", 60, time.time(), "me")
+        c = RawClient(turn.addresses_of("udp")[0], user, password)
+        assert (await c.allocate()).cls == Class.SUCCESS
+        assert turn.ice_server()["username"].endswith(":natkit")
+        c.close()
+
+
+async def test_generated_user_when_no_credentials_and_no_auth_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with TurnServer([("127.0.0.1", 0)]) as turn:
+        assert turn.generated_user and turn.username == "natkit" and len(turn.password) >= 12
+    with caplog.at_level("WARNING", logger="natkit.server.turn"):
+        async with TurnServer([("127.0.0.1", 0)], no_auth=True) as turn:
+            assert "username" not in turn.ice_server()
+    assert any("OPEN" in r.getMessage() or "open_relay" in r.getMessage() for r in caplog.records)
+
+
+async def test_metrics_endpoint() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, metrics=("127.0.0.1", port)
+    ) as turn:
+        c = RawClient(turn.addresses_of("udp")[0], "u", "p")
+        await c.allocate()
+        body = await asyncio.to_thread(
+            lambda: (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                .read()
+                .decode()
+            )
+        )
+        assert "natkit_turn_allocations 1.0" in body
+        assert "natkit_turn_relayed_packets_total" in body
+        c.close()
+
+
+def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="CIDR"):
+        TurnServer([("127.0.0.1", 0)], allow_peers=["300.0.0.0/8"])
+    with pytest.raises(UsageError, match="port range"):
+        TurnServer([("127.0.0.1", 0)], min_port=5000, max_port=4000)
+    with pytest.raises(UsageError, match="relay-ip"):
+        TurnServer([("127.0.0.1", 0)], relay_ip="not-an-ip")
+    bad = tmp_path / "users"
+    bad.write_text("# comment\nalice:pw\nbroken\n")
+    with pytest.raises(UsageError, match=r"users:3"):
+        load_users_file(bad)
+    good = tmp_path / "good"
+    good.write_text("alice:pw\n\nbob:x:y\n")
+    assert load_users_file(good) == {"alice": "pw", "bob": "x:y"}
+
+
+def test_cli_usage_errors_exit_2() -> None:
+    for args in (
+        ["--allow-peer", "nonsense"],
+        ["--user", "nocolon"],
+        ["--min-port", "9", "--max-port", "1"],
+        ["--tls-cert", "/nonexistent"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "natkit", "serve", "turn", "--listen", "127.0.0.1:0", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_cli_serves_and_stops_on_sigterm() -> None:
+    import json
+    import signal
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "natkit",
+            "serve",
+            "turn",
+            "--listen",
+            "127.0.0.1:0",
+            "--json",
+            "--user",
+            "a:b",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        assert proc.stdout is not None
+        while True:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            lines.append(line)
+            if line.startswith("}"):
+                break
+        info = json.loads("".join(lines))
+        assert info["engine"] == "natkit" and info["urls"][0].startswith("turn:127.0.0.1:")
+        assert info["credential"] is None  # only a generated password is printed
+        port = info["addresses"][0]["port"]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(3)
+            s.sendto(Message(Method.BINDING).encode(), ("127.0.0.1", port))
+            assert decode(s.recv(1000)).cls == Class.SUCCESS
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+        assert proc.returncode == 0
+        assert json.loads(out)["stopped"] is True
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_dont_fragment_sets_df_on_the_relay_socket() -> None:
+    async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}) as turn:
+        c = RawClient(turn.addresses_of("udp")[0], "u", "p")
+        assert (await c.allocate(dont_fragment=True)).cls == Class.SUCCESS
+        (alloc,) = turn.engine.allocations.values()
+        sock = alloc.relays[0].handle.sock
+        assert sock.getsockopt(socket.IPPROTO_IP, getattr(socket, "IP_MTU_DISCOVER", 10)) == 2
+        c.close()
+
+
+@pytest.mark.coturn
+def test_cli_engine_coturn_same_options() -> None:
+    import json
+    import shutil
+    import signal
+
+    if shutil.which("turnserver") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("turnserver missing in CI (Debian package coturn)")
+        pytest.skip("coturn not installed")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "natkit", "serve", "turn", "--engine", "coturn", "--json",
+         "--listen", "127.0.0.1:0", "--user", "a:b", "--allow-peer", "127.0.0.0/8"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while not lines or not lines[-1].startswith("}"):
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            lines.append(line)
+        info = json.loads("".join(lines))
+        assert info["engine"] == "coturn"
+        port = info["addresses"][0]["port"]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(3)
+            s.sendto(Message(Method.BINDING).encode(), ("127.0.0.1", port))
+            assert decode(s.recv(1000)).cls == Class.SUCCESS
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # coturn is gone
+        s.settimeout(0.5)
+        s.sendto(Message(Method.BINDING).encode(), ("127.0.0.1", port))
+        with pytest.raises(OSError):
+            s.recv(1000)

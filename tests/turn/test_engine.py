@@ -1,0 +1,476 @@
+"""The TURN state machine, driven without sockets (RFC 8656 behaviour, error codes)."""
+
+from __future__ import annotations
+
+import struct
+
+from natkit.stun import (
+    Attr,
+    Class,
+    Message,
+    Method,
+    PasswordAlgorithm,
+    decode,
+    encode_channel_data,
+    verify_integrity,
+)
+from natkit.turn.auth import rest_credentials
+from natkit.turn.engine import channel_data
+from tests.turn.harness import REALM, Client, Harness, code, make_engine
+
+PEER = ("198.51.100.7", 4000)
+
+
+def test_unauthenticated_allocate_is_challenged(harness: Harness) -> None:
+    anonymous = Client(harness, username=None)
+    resp = anonymous.allocate()
+    assert code(resp) == 401
+    assert resp.get(Attr.REALM) == REALM
+    nonce = resp.get(Attr.NONCE)
+    assert nonce.startswith("obMatJos2")
+    assert resp.get(Attr.PASSWORD_ALGORITHMS) == (PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256)
+    assert Attr.MESSAGE_INTEGRITY not in resp
+    assert Attr.SOFTWARE not in resp
+    assert not harness.engine.allocations
+
+
+def test_allocate_success_signed_with_lifetime_and_addresses(client: Client) -> None:
+    resp = client.allocate()
+    assert resp.cls == Class.SUCCESS, resp
+    assert resp.get(Attr.XOR_RELAYED_ADDRESS)[0] == "203.0.113.1"  # the advertised address
+    assert resp.get(Attr.XOR_MAPPED_ADDRESS) == client.addr
+    assert resp.get(Attr.LIFETIME) == 600
+    assert verify_integrity(resp, client.key())
+    assert Attr.SOFTWARE not in resp
+
+
+def test_wrong_password_is_401_and_rate_limited(harness: Harness) -> None:
+    mallory = Client(harness, username="alice", password="wrong")
+    for _ in range(int(harness.engine.limiter.burst)):
+        assert code(mallory.allocate()) == 401
+    assert harness.engine.stats.auth_failures >= 20
+    # Out of tokens: further attempts are dropped without an answer, even with a good password.
+    good = Client(harness, addr=(mallory.addr[0], 40001))
+    good.nonce = mallory.nonce
+    assert (
+        good.raw(good._sign(Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17), "sha1"))
+        == []
+    )
+    # Another source is unaffected; and tokens come back with time.
+    assert Client(harness, addr=("198.51.100.99", 1)).allocate().cls == Class.SUCCESS
+    harness.now += 5
+    assert good.allocate().cls == Class.SUCCESS
+
+
+def test_unknown_user_and_wrong_realm_are_401(harness: Harness) -> None:
+    assert code(Client(harness, username="nobody").allocate()) == 401
+    c = Client(harness)
+    c.allocate()  # fetch a nonce
+    c.realm = "other"
+    c.addr = ("198.51.100.10", 40002)
+    resp = decode(
+        c.raw(c._sign(Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17), "sha1"))[0]
+    )
+    assert code(resp) == 401
+
+
+def test_stale_nonce_is_438_then_works(harness: Harness, client: Client) -> None:
+    assert client.allocate().cls == Class.SUCCESS
+    harness.now += harness.engine.config.nonce_lifetime + 1
+    msg = Message(Method.REFRESH)
+    replies = client.raw(client._sign(msg, "sha1"))
+    assert code(decode(replies[0])) == 438
+    assert client.refresh().cls == Class.SUCCESS  # the helper takes the new nonce
+
+
+def test_nonce_is_bound_to_client_ip(harness: Harness, client: Client) -> None:
+    client.allocate()
+    other = Client(harness, addr=("198.51.100.11", 40000))
+    other.nonce = client.nonce
+    resp = decode(
+        other.raw(other._sign(Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17), "sha1"))[
+            0
+        ]
+    )
+    assert code(resp) == 438
+
+
+def test_sha256_password_algorithm_and_integrity(harness: Harness) -> None:
+    c = Client(harness, algorithm=PasswordAlgorithm.SHA256)
+    resp = c.send(Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17), integrity="sha256")
+    assert resp.cls == Class.SUCCESS
+    assert Attr.MESSAGE_INTEGRITY_SHA256 in resp
+    assert verify_integrity(resp, c.key())
+
+
+def test_password_algorithms_downgrade_is_400(harness: Harness) -> None:
+    c = Client(harness)
+    c.allocate()  # nonce
+    c.addr = ("198.51.100.10", 1)
+    msg = Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17)
+    msg.add(Attr.USERNAME, "alice").add(Attr.REALM, REALM).add(Attr.NONCE, c.nonce)
+    msg.add(Attr.PASSWORD_ALGORITHMS, (PasswordAlgorithm.MD5,))  # SHA-256 stripped by an attacker
+    msg.add(Attr.PASSWORD_ALGORITHM, PasswordAlgorithm.MD5)
+    assert code(decode(c.raw(msg.encode(key=c.key()))[0])) == 400
+
+
+def test_rest_api_credentials_with_rotation_and_expiry(harness: Harness) -> None:
+    engine = make_engine(users={}, secrets=("new-secret", "old-secret"))
+    h = Harness(engine)
+    for secret in ("old-secret", "new-secret"):
+        user, password = rest_credentials(secret, 60, h.now, "carol")
+        c = Client(h, addr=("198.51.100.20", len(secret)), username=user, password=password)
+        assert c.allocate().cls == Class.SUCCESS
+    assert engine.per_account == {"carol": 2}
+    user, password = rest_credentials("unknown", 60, h.now, "carol")
+    assert (
+        code(Client(h, addr=("198.51.100.21", 1), username=user, password=password).allocate())
+        == 401
+    )
+    # Expiry is enforced on Refresh too.
+    user, password = rest_credentials("new-secret", 30, h.now)
+    c = Client(h, addr=("198.51.100.22", 1), username=user, password=password)
+    assert c.allocate().cls == Class.SUCCESS
+    assert c.refresh().cls == Class.SUCCESS
+    h.now += 31
+    assert code(c.refresh()) == 401
+
+
+def test_retransmitted_allocate_gets_same_answer_new_one_437(client: Client) -> None:
+    assert code(client.refresh()) == 437  # learns a nonce
+    msg = Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17)
+    first = client.send(msg)
+    assert first.cls == Class.SUCCESS
+    again = client.raw(client._sign(msg, "sha1"))
+    assert decode(again[0]).get(Attr.XOR_RELAYED_ADDRESS) == first.get(Attr.XOR_RELAYED_ADDRESS)
+    assert code(client.allocate()) == 437
+
+
+def test_allocate_validation(harness: Harness, client: Client) -> None:
+    assert code(client.allocate(transport=6)) == 442
+    assert code(client.send(Message(Method.ALLOCATE))) == 400
+    assert code(client.allocate(requested_address_family=2)) == 440  # no IPv6 relay configured
+    assert code(client.allocate(even_port=True, reservation_token=b"12345678")) == 400
+    assert code(client.allocate(reservation_token=b"12345678")) == 508
+    assert code(client.allocate(requested_address_family=1, additional_address_family=2)) == 400
+    assert code(client.allocate(additional_address_family=1)) == 400
+    harness.fail_bind = True
+    assert code(client.allocate()) == 508
+    assert not harness.engine.allocations and not harness.engine.pending
+
+
+def test_requests_without_allocation_are_437(client: Client) -> None:
+    assert code(client.refresh()) == 437
+    assert code(client.permit(PEER[0])) == 437
+    assert code(client.channel(0x4000, PEER)) == 437
+
+
+def test_other_user_on_same_five_tuple_is_441(harness: Harness, client: Client) -> None:
+    client.allocate()
+    bob = Client(harness, username="bob", password="pw")
+    bob.transport, bob.addr = client.transport, client.addr
+    assert code(bob.permit(PEER[0])) == 441
+
+
+def test_lifetimes_and_refresh(harness: Harness, client: Client) -> None:
+    assert client.allocate(lifetime=60).get(Attr.LIFETIME) == 600  # never below the default
+    assert client.refresh(100_000).get(Attr.LIFETIME) == 3600  # capped
+    assert client.refresh().get(Attr.LIFETIME) == 600
+    harness.tick(599)
+    assert client.allocation is not None
+    harness.tick(2)
+    assert client.allocation is None and not harness.open
+    assert harness.engine.stats.allocations_expired == 1
+
+
+def test_refresh_zero_deletes_and_frees_socket(harness: Harness, client: Client) -> None:
+    client.allocate()
+    assert len(harness.open) == 1
+    resp = client.refresh(0)
+    assert resp.cls == Class.SUCCESS and resp.get(Attr.LIFETIME) == 0
+    assert client.allocation is None and not harness.open
+    assert code(client.refresh()) == 437
+    assert harness.engine.per_account == {}
+
+
+def test_create_permission_several_peers_and_lifetime(harness: Harness, client: Client) -> None:
+    client.allocate()
+    assert client.permit("198.51.100.7", "198.51.100.8").cls == Class.SUCCESS
+    alloc = client.allocation
+    assert alloc.permitted("198.51.100.8", harness.now)
+    harness.now += 301
+    assert not alloc.permitted("198.51.100.8", harness.now)
+
+
+def test_default_policy_refuses_special_peers_with_403(harness: Harness) -> None:
+    engine = make_engine(allow=())
+    h = Harness(engine)
+    c = Client(h)
+    c.allocate()
+    for ip in (
+        "127.0.0.1",
+        "10.0.0.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "192.0.2.1",
+        "198.18.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+    ):
+        assert code(c.permit(ip)) == 403, ip
+        assert code(c.channel(0x4001, (ip, 5))) == 403, ip
+    # all or nothing: one bad address refuses the whole request
+    assert code(c.permit("8.8.8.8", "10.1.2.3")) == 403
+    assert not c.allocation.perms
+    assert c.permit("8.8.8.8").cls == Class.SUCCESS
+    assert engine.stats.refused_peers >= 21
+
+
+def test_ipv4_mapped_peer_is_judged_by_its_ipv4_address(harness: Harness) -> None:
+    h = Harness(make_engine(allow=()))
+    c = Client(h)
+    c.allocate()
+    for ip in (
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "64:ff9b::a00:1",
+        "2002:a9fe:a9fe::1",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+    ):
+        assert code(c.permit(ip)) == 403, ip
+    # A globally reachable IPv6 peer with an IPv4-only relay: family mismatch.
+    assert code(c.permit("2a00:1450::1")) == 443
+
+
+def test_permission_quota(harness: Harness) -> None:
+    h = Harness(make_engine(max_permissions=3))
+    c = Client(h)
+    c.allocate()
+    assert c.permit("198.51.100.1", "198.51.100.2", "198.51.100.3").cls == Class.SUCCESS
+    assert code(c.permit("198.51.100.4")) == 508
+    assert c.permit("198.51.100.3").cls == Class.SUCCESS  # refreshing is not a new one
+    h.now += 301
+    assert c.permit("198.51.100.4").cls == Class.SUCCESS  # expired ones are swept first
+
+
+def test_allocation_quotas_486() -> None:
+    h = Harness(make_engine(user_quota=2, max_allocations=3))
+    first = Client(h, addr=("198.51.100.10", 1))
+    assert first.allocate().cls == Class.SUCCESS
+    assert Client(h, addr=("198.51.100.10", 2)).allocate().cls == Class.SUCCESS
+    assert code(Client(h, addr=("198.51.100.10", 3)).allocate()) == 486
+    assert (
+        Client(h, addr=("198.51.100.10", 4), username="bob", password="pw").allocate().cls
+        == Class.SUCCESS
+    )
+    assert (
+        code(Client(h, addr=("198.51.100.10", 5), username="bob", password="pw").allocate()) == 486
+    )
+    assert first.refresh(0).cls == Class.SUCCESS
+    assert Client(h, addr=("198.51.100.10", 6)).allocate().cls == Class.SUCCESS
+
+
+def test_channel_bind_rules(harness: Harness, client: Client) -> None:
+    client.allocate()
+    assert code(client.channel(0x3FFF, PEER)) == 400
+    assert code(client.channel(0x7FFF, PEER)) == 400
+    assert client.channel(0x4000, PEER).cls == Class.SUCCESS
+    assert client.allocation.permitted(PEER[0], harness.now)  # binding installs a permission
+    assert client.channel(0x4000, PEER).cls == Class.SUCCESS  # refresh: same pair
+    assert code(client.channel(0x4000, ("198.51.100.7", 4001))) == 400  # number taken
+    assert code(client.channel(0x4001, PEER)) == 400  # peer taken
+    assert client.channel(0x4FFF, ("198.51.100.7", 4001)).cls == Class.SUCCESS
+    # After expiry the pair stays reserved for 5 minutes against other bindings.
+    client.refresh(3600)
+    harness.tick(601)
+    harness.tick(10)
+    assert not client.allocation.channels
+    assert code(client.channel(0x4000, ("198.51.100.9", 1))) == 400
+    assert client.channel(0x4000, PEER).cls == Class.SUCCESS  # same pair is fine
+    harness.now += 301
+    assert client.channel(0x4002, ("198.51.100.7", 4001)).cls == Class.SUCCESS
+
+
+def test_strict_channel_range() -> None:
+    h = Harness(make_engine(strict_channels=True))
+    c = Client(h)
+    c.allocate()
+    assert code(c.channel(0x5000, PEER)) == 400
+    assert c.channel(0x4FFF, PEER).cls == Class.SUCCESS
+    # RFC 5766 numbers are accepted by default (coturn's and older clients use them).
+    c2 = Client(harness_default := Harness(make_engine()))
+    c2.allocate()
+    assert c2.channel(0x7FFE, PEER).cls == Class.SUCCESS
+    c2.raw(struct.pack("!HH", 0x7FFE, 2) + b"hi")
+    assert [a.data for a in harness_default.sent_to_peers] == [b"hi"]
+
+
+def _cd_payload(harness: Harness) -> list[tuple[bytes, tuple[str, int]]]:
+    out = [(a.data, a.peer) for a in harness.sent_to_peers]
+    harness.sent_to_peers.clear()
+    return out
+
+
+def test_send_and_data_indications(harness: Harness, client: Client) -> None:
+    client.allocate()
+    client.send_indication(PEER, b"early")  # no permission yet: dropped
+    assert _cd_payload(harness) == []
+    client.permit(PEER[0])
+    client.send_indication(PEER, b"hello", dont_fragment=True)
+    sent = harness.sent_to_peers[0]
+    assert (sent.data, sent.peer, sent.dont_fragment) == (b"hello", PEER, True)
+    alloc = client.allocation
+    relay = alloc.relays[0]
+    out = harness.engine.handle_peer(alloc, relay, b"back", PEER, harness.now)
+    data_ind = decode(out)
+    assert (data_ind.method, data_ind.cls) == (Method.DATA, Class.INDICATION)
+    assert data_ind.get(Attr.XOR_PEER_ADDRESS) == PEER and data_ind.get(Attr.DATA) == b"back"
+    # A peer without a permission is dropped.
+    assert harness.engine.handle_peer(alloc, relay, b"x", ("198.51.100.8", 1), harness.now) is None
+
+
+def test_channel_data_both_ways_and_padding(harness: Harness, client: Client) -> None:
+    client.allocate()
+    client.channel(0x4001, PEER)
+    client.raw(encode_channel_data(0x4001, b"abc"))
+    assert _cd_payload(harness) == [(b"abc", PEER)]
+    client.raw(encode_channel_data(0x4001, b"abc", pad=True))  # padding accepted
+    assert _cd_payload(harness) == [(b"abc", PEER)]
+    alloc = client.allocation
+    assert (
+        harness.engine.handle_peer(alloc, alloc.relays[0], b"xyz", PEER, harness.now)
+        == struct.pack("!HH", 0x4001, 3) + b"xyz"
+    )
+    alloc.stream = True
+    assert harness.engine.handle_peer(
+        alloc, alloc.relays[0], b"xyz", PEER, harness.now
+    ) == channel_data(0x4001, b"xyz", True)
+    assert len(channel_data(0x4001, b"xyz", True)) == 8
+
+
+def test_bad_channel_data_is_dropped(harness: Harness, client: Client) -> None:
+    client.allocate()
+    client.channel(0x4001, PEER)
+    for bad in (
+        encode_channel_data(0x4002, b"unbound"),
+        struct.pack("!HH", 0x4001, 100) + b"short",
+        b"\x40\x01",
+        b"\x40",
+        struct.pack("!HH", 0x4001, 65535) + b"x" * 10,
+    ):
+        assert client.raw(bad) == []
+    assert _cd_payload(harness) == []
+    assert Client(harness, addr=("198.51.100.50", 1)).raw(encode_channel_data(0x4001, b"x")) == []
+    assert harness.engine.stats.dropped_packets >= 6
+
+
+def test_channel_data_stops_when_channel_expires(harness: Harness, client: Client) -> None:
+    client.allocate()
+    client.channel(0x4001, PEER)
+    client.permit(PEER[0])
+    harness.now += 599
+    client.permit(PEER[0])  # the permission is kept alive; the channel is not
+    harness.now += 2
+    client.raw(encode_channel_data(0x4001, b"late"))
+    assert _cd_payload(harness) == []
+    alloc = client.allocation
+    out = harness.engine.handle_peer(alloc, alloc.relays[0], b"in", PEER, harness.now)
+    assert decode(out).method == Method.DATA  # falls back to a Data indication
+
+
+def test_even_port_and_reservation_token(harness: Harness, client: Client) -> None:
+    resp = client.allocate(even_port=True)
+    token = resp.get(Attr.RESERVATION_TOKEN)
+    port = resp.get(Attr.XOR_RELAYED_ADDRESS)[1]
+    assert port % 2 == 0 and len(token) == 8
+    second = Client(harness, addr=("198.51.100.10", 40100))
+    resp2 = second.allocate(reservation_token=token)
+    assert resp2.get(Attr.XOR_RELAYED_ADDRESS)[1] == port + 1
+    assert (
+        code(Client(harness, addr=("198.51.100.10", 40101)).allocate(reservation_token=token))
+        == 508
+    )
+    # An unused reservation is released after its lifetime.
+    Client(harness, addr=("198.51.100.10", 40102)).allocate(even_port=True)
+    assert len(harness.open) == 4
+    harness.tick(31)
+    assert len(harness.open) == 3
+
+
+def test_dual_stack_allocation_and_family_rules() -> None:
+    h = Harness(make_engine(families=frozenset({4, 6})))
+    c = Client(h)
+    resp = c.allocate(additional_address_family=2)
+    relayed = resp.get_all(Attr.XOR_RELAYED_ADDRESS)
+    assert [":" in ip for ip, _ in relayed] == [False, True]
+    assert c.permit("198.51.100.7", "2001:db8:1::7").cls == Class.SUCCESS
+    c6 = Client(h, addr=("198.51.100.10", 2))
+    resp6 = c6.allocate(requested_address_family=2)
+    assert ":" in resp6.get(Attr.XOR_RELAYED_ADDRESS)[0]
+    assert code(c6.permit("198.51.100.7")) == 443
+    msg = Message(Method.REFRESH).add(Attr.REQUESTED_ADDRESS_FAMILY, 1)
+    assert code(c6.send(msg)) == 443
+
+
+def test_dual_request_on_ipv4_only_server_reports_address_error() -> None:
+    h = Harness(make_engine())
+    resp = Client(h).allocate(additional_address_family=2)
+    assert resp.cls == Class.SUCCESS
+    assert len(resp.get_all(Attr.XOR_RELAYED_ADDRESS)) == 1
+    assert resp.get(Attr.ADDRESS_ERROR_CODE).code == 440
+
+
+def test_stream_client_gone_releases_allocation(harness: Harness) -> None:
+    c = Client(harness, stream=True)
+    c.allocate()
+    assert harness.open
+    harness.run(harness.engine.client_gone(c.transport, c.addr, harness.now))
+    assert not harness.open and not harness.engine.allocations
+
+
+def test_binding_answered_and_unknown_attributes_420(client: Client) -> None:
+    resp = decode(client.raw(Message(Method.BINDING).encode(fingerprint=True))[0])
+    assert resp.cls == Class.SUCCESS and resp.get(Attr.XOR_MAPPED_ADDRESS) == client.addr
+    assert Attr.FINGERPRINT in resp
+    msg = Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17).add(0x0777, b"??")
+    resp = decode(client.raw(msg.encode())[0])
+    assert code(resp) == 420 and resp.get(Attr.UNKNOWN_ATTRIBUTES) == (0x0777,)
+
+
+def test_software_only_when_asked() -> None:
+    h = Harness(make_engine(software="natkit-test"))
+    resp = Client(h, username=None).allocate()
+    assert resp.get(Attr.SOFTWARE) == "natkit-test"
+
+
+def test_no_auth_mode() -> None:
+    h = Harness(make_engine(auth=False))
+    c = Client(h, username=None)
+    resp = c.allocate()
+    assert resp.cls == Class.SUCCESS and Attr.MESSAGE_INTEGRITY not in resp
+
+
+def test_bandwidth_cap_drops_excess(harness: Harness) -> None:
+    h = Harness(make_engine(bandwidth=1000))
+    c = Client(h)
+    c.allocate()
+    c.channel(0x4001, PEER)
+    for _ in range(5):
+        c.raw(encode_channel_data(0x4001, b"x" * 400))
+    assert len(h.sent_to_peers) == 2
+    h.now += 1
+    c.raw(encode_channel_data(0x4001, b"x" * 400))
+    assert len(h.sent_to_peers) == 3
+
+
+def test_close_all_releases_everything(harness: Harness) -> None:
+    for port in range(5):
+        Client(harness, addr=("198.51.100.10", port)).allocate(even_port=True)
+    assert len(harness.open) == 10
+    harness.run(harness.engine.close_all())
+    assert not harness.open and not harness.engine.allocations
+    assert harness.engine.counts()["allocations"] == 0

@@ -1,0 +1,116 @@
+"""Peer policy: canonicalisation of embedded IPv4 addresses, special-purpose ranges, lists."""
+
+from __future__ import annotations
+
+import pytest
+
+from natkit.turn.policy import PeerAddressError, PeerPolicy, canonical_peer
+
+# Special-purpose addresses a relay must refuse by default, several encodings each.
+SPECIAL = [
+    "127.0.0.1",
+    "127.255.255.254",
+    "0.0.0.0",
+    "0.1.2.3",
+    "10.0.0.1",
+    "172.16.5.4",
+    "172.31.255.255",
+    "192.168.1.1",
+    "100.64.0.1",
+    "100.127.255.254",
+    "169.254.169.254",
+    "169.254.0.1",
+    "224.0.0.1",
+    "239.255.255.250",
+    "192.0.2.10",
+    "198.51.100.1",
+    "203.0.113.7",
+    "198.18.0.1",
+    "198.19.255.255",
+    "240.0.0.1",
+    "255.255.255.255",
+    "192.0.0.1",
+    "::1",
+    "::",
+    "fe80::1",
+    "fc00::1",
+    "fd12:3456::1",
+    "ff02::1",
+    "ff0e::1",
+    "2001:db8::1",
+    "100::1",
+    "2001:2::1",
+    "64:ff9b:1::1",
+    # IPv4 inside IPv6
+    "::ffff:127.0.0.1",
+    "::ffff:169.254.169.254",
+    "::ffff:10.0.0.1",
+    "::ffff:7f00:1",
+    "::127.0.0.1",
+    "::10.0.0.1",
+    "::169.254.169.254",
+    "64:ff9b::127.0.0.1",
+    "64:ff9b::a9fe:a9fe",
+    "64:ff9b::10.1.1.1",
+    "2002:7f00:1::",
+    "2002:a9fe:a9fe::1",
+    "2002:c0a8:101::1",
+    "::ffff:0:127.0.0.1",
+    "::ffff:0:a00:1",
+]
+
+PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2a00:1450:4001::1"]
+
+
+@pytest.mark.parametrize("ip", SPECIAL)
+def test_special_purpose_refused_by_default(ip: str) -> None:
+    assert not PeerPolicy().permits(ip)
+
+
+@pytest.mark.parametrize("ip", PUBLIC)
+def test_public_addresses_allowed_by_default(ip: str) -> None:
+    assert PeerPolicy().permits(ip)
+
+
+def test_embedded_public_ipv4_is_judged_by_ipv4() -> None:
+    assert str(canonical_peer("::ffff:8.8.8.8")) == "8.8.8.8"
+    assert str(canonical_peer("64:ff9b::808:808")) == "8.8.8.8"
+    assert str(canonical_peer("2002:808:808::1")) == "8.8.8.8"
+    assert str(canonical_peer("::8.8.8.8")) == "8.8.8.8"
+    assert str(canonical_peer("2606:4700::1")) == "2606:4700::1"
+    assert PeerPolicy().permits("64:ff9b::808:808")
+
+
+def test_allow_opens_exactly_what_is_listed() -> None:
+    policy = PeerPolicy(allow=["10.1.0.0/16", "127.0.0.1"])
+    assert policy.permits("10.1.2.3")
+    assert policy.permits("::ffff:10.1.2.3")  # the same host, IPv4-mapped
+    assert not policy.permits("10.2.0.1")
+    assert policy.permits("127.0.0.1") and not policy.permits("127.0.0.2")
+    assert not policy.permits("169.254.169.254")
+
+
+def test_deny_adds_ranges_and_wins_over_allow() -> None:
+    policy = PeerPolicy(allow=["10.0.0.0/8"], deny=["10.9.9.9/32", "8.8.8.0/24"])
+    assert policy.permits("10.1.1.1")
+    assert not policy.permits("10.9.9.9")
+    assert not policy.permits("::ffff:10.9.9.9")
+    assert not policy.permits("8.8.8.8") and not policy.permits("64:ff9b::808:808")
+    assert policy.permits("8.8.4.4")
+    assert policy.describe() == {"allow": ["10.0.0.0/8"], "deny": ["8.8.8.0/24", "10.9.9.9/32"]}
+
+
+def test_garbage_is_refused_and_bad_cidrs_raise() -> None:
+    assert not PeerPolicy().permits("not-an-ip")
+    assert not PeerPolicy().permits("")
+    with pytest.raises(PeerAddressError):
+        PeerPolicy(allow=["10.0.0.0/40"])
+    with pytest.raises(PeerAddressError):
+        canonical_peer("x")
+
+
+def test_cache_is_bounded() -> None:
+    policy = PeerPolicy()
+    for i in range(5000):
+        policy.permits(f"8.{i // 256}.{i % 256}.1")
+    assert len(policy._cache) <= 4096
