@@ -1,14 +1,158 @@
-"""`natkit bench turn`."""
+"""`natkit bench turn`: natkit's TURN relay vs coturn, same client, same run, per core."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from natkit.cli._common import not_built
+from natkit.cli._common import print_json
+from natkit.errors import UsageError
+
+HELP = "TURN relay throughput and allocations, natkit vs coturn"
+
+ROWS = (  # (label, section, key, format)
+    ("ChannelData relayed packets/s", "channel_data", "relayed_per_s", "{:,}"),
+    ("  per server CPU-second", "channel_data", "per_cpu_second", "{:,}"),
+    ("  loss", "channel_data", "loss", "{:.3%}"),
+    ("  server / driver CPU", "channel_data", None, ""),
+    ("Send/Data indications relayed/s", "send_indication", "relayed_per_s", "{:,}"),
+    ("  per server CPU-second", "send_indication", "per_cpu_second", "{:,}"),
+    ("  loss", "send_indication", "loss", "{:.3%}"),
+    ("  server / driver CPU", "send_indication", None, ""),
+    ("allocations/s", "allocations", "per_s", "{:,}"),
+    ("memory per idle allocation (bytes)", "allocations", "bytes_per_allocation", "{:,}"),
+    ("allocations held after refresh", "allocations", "refreshed", "{:,}"),
+)
 
 
 def register(sub: Any) -> None:
-    help_text = "TURN relay throughput and allocations, natkit vs coturn"
-    parser: argparse.ArgumentParser = sub.add_parser("turn", help=help_text, description=help_text)
-    parser.set_defaults(func=not_built("bench turn"))
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "turn",
+        help=HELP,
+        description=HELP + ": each engine on loopback pinned to one core (taskset), the C "
+        "driver turnload on another: ChannelData and Send-indication relay rates and loss, "
+        "allocations/s, memory per idle allocation; each figure for both and the ratio.",
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each traffic run (5)")
+    parser.add_argument(
+        "--engines", default="natkit,coturn", help="comma-separated: natkit,coturn (both)"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds per engine (1)")
+    parser.add_argument(
+        "--allocations", type=int, default=10_000, help="allocations for the memory figure (10000)"
+    )
+    parser.add_argument("--clients", type=int, default=16, help="allocations carrying traffic (16)")
+    parser.add_argument(
+        "--window", type=int, default=32, help="packets in flight per allocation (32)"
+    )
+    parser.add_argument("--payload", type=int, default=100, help="payload bytes per packet (100)")
+    parser.add_argument(
+        "--server-cpu", type=int, default=1, help="core the server is pinned to (1)"
+    )
+    parser.add_argument(
+        "--driver-cpu", type=int, default=0, help="core the driver is pinned to (0)"
+    )
+    parser.add_argument(
+        "--no-self-test",
+        action="store_true",
+        help="skip the driver self-test (the same traffic against the driver's C null relay)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from natkit.bench.turn import run as bench
+
+    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+    if not engines:
+        raise UsageError("--engines is empty: give natkit, coturn or natkit,coturn")
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    report = bench(
+        seconds=args.seconds,
+        engines=engines,
+        rounds=args.rounds,
+        allocations=args.allocations,
+        clients=args.clients,
+        window=args.window,
+        payload=args.payload,
+        server_cpu=args.server_cpu,
+        driver_cpu=args.driver_cpu,
+        self_test=not args.no_self_test,
+        progress=progress,
+    )
+    if args.json:
+        print_json(report)
+        return 0
+    print()
+    print(format_report(report))
+    return 0
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a table: one row per figure, a column per engine, and the ratio."""
+    engines = list(report["engines"])
+    ratios = report.get("ratios", {})
+    head = f"{'figure':<36}" + "".join(f"{e:>14}" for e in engines)
+    head += f"{'natkit/coturn':>15}" if ratios else ""
+    lines = [head, "-" * len(head)]
+    for label, section, key, fmt in ROWS:
+        cells = []
+        for e in engines:
+            fig = report["engines"][e][section]
+            if key is None:
+                cells.append(f"{fig['server_cpu']:.0%} / {fig['driver_cpu']:.0%}")
+            elif key == "refreshed":
+                cells.append(f"{fig['refreshed']:,}/{fig['allocated']:,}")
+            else:
+                value = fig.get(key)
+                cells.append("-" if value is None else fmt.format(value))
+        row = f"{label:<36}" + "".join(f"{c:>14}" for c in cells)
+        ratio = ratios.get(f"{section}.{key}") if key else None
+        if ratio is not None:
+            row += f"{ratio:>14.2f}x"
+        lines.append(row)
+    s = report["settings"]
+    lines.append("")
+    lines.append(
+        f"server on CPU {s['server_cpu']}, driver on CPU {s['driver_cpu']}; {s['clients']} "
+        f"allocations x {s['window']} packets in flight, {s['payload']}-byte payloads, "
+        f"{s['seconds']:g} s per traffic run, {s['allocations']:,} allocations for memory"
+    )
+    lines.append("limited by: " + ", ".join(f"{k} {v}" for k, v in report["limits"].items()))
+    load = s["load_average"]
+    lines.append(
+        f"load average (1 min) before/after the runs: {load[0]} / {load[1]} "
+        "(the bench itself adds about 2)"
+    )
+    if load[0] > 0.5:  # before: none of the bench's own processes were running yet
+        lines.append(
+            "  other work was running: the pinned cores were shared and the figures are noisy; "
+            "'per server CPU-second' is the steadier comparison"
+        )
+    lines.append(
+        f"driver: at most {report['driver_max_cpu']:.0%} of its core in any run (a saturated "
+        "driver would be near 100%)"
+    )
+    if "self_test" in report:
+        st = report["self_test"]
+        ch, sd = st["channel_data"], st["send_indication"]
+        lines.append(
+            f"driver self-test against a C null relay on the server's core: ChannelData "
+            f"{ch['relayed_per_s']:,}/s, Send {sd['relayed_per_s']:,}/s (driver "
+            f"{ch['driver_cpu']:.0%} / {sd['driver_cpu']:.0%} of a core)"
+        )
+    if "target" in report:
+        t = report["target"]
+        verdict = "met" if t["met"] else "NOT met"
+        lines.append(
+            f"target ChannelData natkit/coturn >= {t['channel_data_ratio_min']}: {verdict} "
+            f"({t['ratio']}; per server CPU-second {t['ratio_per_cpu_second']})"
+        )
+    if "coturn" in report["engines"]:
+        lines.append(f"coturn: {report['engines']['coturn'].get('version', 'unknown')}")
+    return "\n".join(lines)

@@ -1,0 +1,604 @@
+"""`natkit bench turn`: natkit's TURN relay and coturn driven by the same client in one run.
+
+Each engine runs on loopback pinned to one core (``taskset -c SERVER_CPU``): natkit as a
+``natkit serve turn`` subprocess, coturn through :class:`natkit.server.coturn.CoturnServer`,
+both with one static user, the same realm, relay ports and ``--allow-peer 127.0.0.0/8`` (the
+peer is on loopback). The driver, turnload.c next to this file (compiled with gcc on first
+use into ~/.cache/natkit), runs pinned to another core and makes its allocations the way a
+client does (401, then long-term credentials), each on its own UDP socket. Per engine, fresh
+server each time, alternating engines round by round:
+
+* ``allocations``: ALLOCATIONS allocations as fast as the server takes them (allocations/s);
+  the server's RSS before and with them all held gives the memory per idle allocation; then
+  every allocation is refreshed and counted (state held), then deleted.
+* ``channel_data``: CLIENTS allocations bound to a channel toward a peer socket that reflects
+  every datagram to the relay address it came from; WINDOW ChannelData messages in flight per
+  allocation for SECONDS. ``relayed_per_s`` counts both directions (client->peer and
+  peer->client are each one relayed packet); ``loss`` is 1 - received/sent.
+* ``send_indication``: the same with CreatePermission, Send indications out, Data back.
+
+Each traffic run records the CPU share of the server process and of the driver, and how busy
+both cores were (/proc/stat): a server near 100% of its core with the driver below 100% of
+its own means the server was the limit, not the driver. ``per_cpu_second`` (relayed packets
+per CPU-second of the server) is the efficiency figure independent of who saturated first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import selectors
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from natkit.errors import UsageError
+
+DRIVER_SOURCE = Path(__file__).with_name("turnload.c")
+ENGINES = ("natkit", "coturn")
+USER, PASSWORD, REALM = "bench", "bench-password", "natkit-bench"
+RELAY_PORTS = (10000, 29999)  # below the kernel's ephemeral range, where the driver's ports are
+_TICK = os.sysconf("SC_CLK_TCK")
+_KV = re.compile(r"(\w+)=(\S+)")
+
+Progress = Callable[[str], None]
+
+
+# -- the driver ---------------------------------------------------------------------------
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "natkit"
+
+
+def build_driver(source: Path = DRIVER_SOURCE) -> Path:
+    """Compile turnload.c once per source version into the cache dir; return the binary."""
+    if not source.is_file():
+        raise UsageError(f"the TURN load driver source {source} is missing: reinstall natkit")
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        raise UsageError("no C compiler to build the TURN load driver: apt-get install gcc")
+    tag = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    target = _cache_dir() / f"turnload-{tag}"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [gcc, "-O2", "-o", tmp, str(source)], capture_output=True, text=True, timeout=120
+        )
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or ["?"])[-1]
+            raise UsageError(f"cannot build the TURN load driver {source}: {last}")
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return target
+
+
+class _LineReader:
+    """Lines from a child's stdout, each read with a deadline (no unbounded wait)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.proc, self.buf = proc, b""
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(proc.stdout, selectors.EVENT_READ)
+
+    def line(self, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sel.select(left):
+                return None
+            assert self.proc.stdout is not None
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode(errors="replace")
+
+
+def _fields(line: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in _KV.findall(line):
+        try:
+            out[key] = int(value)
+        except ValueError:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
+    return out
+
+
+# -- process measurements -----------------------------------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (a server may run worker processes)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo and len(out) < 256:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError):
+                    todo += [
+                        int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()
+                    ]
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its descendants, all threads."""
+    total = 0.0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process and its descendants."""
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+def _core_times() -> dict[int, tuple[int, int]]:
+    """Per CPU: (busy, total) jiffies from /proc/stat (irq and softirq count as busy)."""
+    out: dict[int, tuple[int, int]] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *values = line.split()
+                v = [int(x) for x in values[:8]]
+                out[int(name[3:])] = (sum(v) - v[3] - v[4], sum(v))
+    return out
+
+
+def _busy(a: dict[int, tuple[int, int]], b: dict[int, tuple[int, int]], cpu: int) -> float:
+    busy, total = b[cpu][0] - a[cpu][0], b[cpu][1] - a[cpu][1]
+    return round(busy / total, 3) if total > 0 else 0.0
+
+
+# -- the servers --------------------------------------------------------------------------
+
+
+def natkit_command(port: int, cpu: int | None) -> list[str]:
+    prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    return [
+        *prefix, sys.executable, "-m", "natkit", "serve", "turn",
+        "--listen", f"127.0.0.1:{port}", "--realm", REALM, "--user", f"{USER}:{PASSWORD}",
+        "--relay-ip", "127.0.0.1", "--allow-peer", "127.0.0.0/8",
+        "--min-port", str(RELAY_PORTS[0]), "--max-port", str(RELAY_PORTS[1]),
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def natkit_server(cpu: int | None, timeout: float = 20.0) -> Iterator[tuple[tuple[str, int], int]]:
+    """``natkit serve turn`` on a free loopback port, pinned to ``cpu``: ((ip, port), pid)."""
+    from natkit.server.coturn import free_port, wait_for_binding
+
+    port = free_port("127.0.0.1")
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            natkit_command(port, cpu),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            status = wait_for_binding(("127.0.0.1", port), timeout, proc)
+            if status != "ok":
+                log.seek(0)
+                tail = log.read().decode(errors="replace").strip().splitlines() or ["no output"]
+                raise UsageError(f"natkit serve turn did not start ({status}): {tail[-1][:200]}")
+            yield ("127.0.0.1", port), proc.pid
+        finally:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def coturn_server(cpu: int | None) -> Iterator[tuple[tuple[str, int], int]]:
+    from natkit.server.coturn import CoturnServer
+
+    turn = CoturnServer(
+        [("127.0.0.1", 0)],
+        realm=REALM,
+        users={USER: PASSWORD},
+        relay_ip="127.0.0.1",
+        allow_peers=["127.0.0.0/8"],
+        min_port=RELAY_PORTS[0],
+        max_port=RELAY_PORTS[1],
+        cpu=cpu,
+    )
+    with turn:
+        assert turn.pid is not None
+        yield turn.addresses_of("udp")[0], turn.pid
+
+
+@contextlib.contextmanager
+def null_relay(cpu: int | None, driver: Path) -> Iterator[tuple[tuple[str, int], int]]:
+    """The driver's C null relay (the least a relay can do): the driver self-test."""
+    from natkit.server.coturn import free_port, wait_for_binding
+
+    port = free_port("127.0.0.1")
+    prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    proc = subprocess.Popen(
+        [*prefix, str(driver), "null", "127.0.0.1", str(port), "900"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        if wait_for_binding(("127.0.0.1", port), 10, proc) != "ok":
+            raise UsageError("the driver's null relay did not start (driver self-test)")
+        yield ("127.0.0.1", port), proc.pid
+    finally:
+        _stop(proc)
+
+
+def coturn_version() -> str:
+    try:
+        out = subprocess.run(
+            ["turnserver", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.splitlines()[0] if out else "unknown"
+
+
+# -- one measurement ----------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(
+        self,
+        *,
+        seconds: float,
+        allocations: int,
+        clients: int,
+        window: int,
+        payload: int,
+        server_cpu: int | None,
+        driver_cpu: int | None,
+        driver: Path,
+    ) -> None:
+        self.seconds, self.allocations, self.clients = seconds, allocations, clients
+        self.window, self.payload = window, payload
+        self.server_cpu, self.driver_cpu, self.driver = server_cpu, driver_cpu, driver
+        from natkit.stun import long_term_key
+
+        self.key = long_term_key(USER, REALM, PASSWORD).hex()
+
+    def _driver(self, mode: str, addr: tuple[str, int], *extra: str) -> subprocess.Popen[bytes]:
+        prefix = ["taskset", "-c", str(self.driver_cpu)] if self.driver_cpu is not None else []
+        command = [*prefix, str(self.driver), mode, addr[0], str(addr[1]), USER, self.key, *extra]
+        return subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    def _finish(self, proc: subprocess.Popen[bytes], what: str) -> None:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode(errors="replace").strip()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        if proc.returncode not in (0, None):
+            raise UsageError(
+                f"the TURN load driver failed ({what}): {err[-200:] or proc.returncode}"
+            )
+
+    def _setup(
+        self, reader: _LineReader, proc: subprocess.Popen[bytes], engine: str
+    ) -> dict[str, Any]:
+        line = reader.line(120)
+        if line is None or not line.startswith("setup"):
+            proc.kill()
+            raise UsageError(f"the TURN load driver got no allocations from {engine}: {line!r}")
+        setup = _fields(line)
+        if setup["ok"] == 0:
+            proc.kill()
+            raise UsageError(
+                f"{engine} refused every allocation (first error {setup['first_error']})"
+            )
+        return setup
+
+    def allocations_run(self, engine: str, addr: tuple[str, int], pid: int) -> dict[str, Any]:
+        time.sleep(0.3)  # let the server settle after start
+        before = rss_bytes(pid)
+        proc = self._driver("alloc", addr, "-n", str(self.allocations), "-c", "256", "-l", "3600")
+        reader = _LineReader(proc)
+        try:
+            setup = self._setup(reader, proc, engine)
+            count = int(setup["ok"])
+            time.sleep(1.0 if count >= 1000 else 0.2)  # idle: let the server finish deferred work
+            held = rss_bytes(pid)
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            result = _fields(reader.line(120) or "")
+        except BaseException:  # Ctrl-C or a failure: the driver goes now, not at its end
+            proc.kill()
+            proc.wait(5)
+            raise
+        self._finish(proc, "allocations")
+        return {
+            "requested": self.allocations,
+            "allocated": count,
+            "failed": int(setup["failed"]) + int(setup["unanswered"]),
+            "per_s": round(float(setup["per_s"])),
+            "refreshed": int(result.get("refreshed", 0)),
+            "released": int(result.get("released", 0)),
+            "rss_before": before,
+            "rss_held": held,
+            "bytes_per_allocation": round((held - before) / count),
+        }
+
+    def traffic_run(
+        self, mode: str, engine: str, addr: tuple[str, int], pid: int
+    ) -> dict[str, Any]:
+        time.sleep(0.3)
+        proc = self._driver(
+            mode, addr, "-n", str(self.clients), "-w", str(self.window),
+            "-b", str(self.payload), "-s", f"{self.seconds:g}",
+        )  # fmt: skip
+        reader = _LineReader(proc)
+        try:
+            self._setup(reader, proc, engine)
+            cpu0, t0, cores0 = cpu_seconds(pid), time.monotonic(), _core_times()
+            line = reader.line(self.seconds + 60)
+            elapsed = time.monotonic() - t0
+            cpu1, cores1 = cpu_seconds(pid), _core_times()
+            reader.line(30)  # released=N
+        except BaseException:  # Ctrl-C or a failure: the driver goes now, not at its end
+            proc.kill()
+            proc.wait(5)
+            raise
+        self._finish(proc, mode)
+        if line is None or not line.startswith("result"):
+            raise UsageError(f"the TURN load driver stopped early against {engine}: {line!r}")
+        r = _fields(line)
+        server_cpu = cpu1 - cpu0
+        relayed = int(r["peer_rx"]) + int(r["client_rx"])
+        out = {
+            "relayed_per_s": round(float(r["relayed_per_s"])),
+            "round_trips_per_s": round(float(r["round_trips_per_s"])),
+            "sent": int(r["sent"]),
+            "received": int(r["client_rx"]),
+            "loss": round(float(r["loss"]), 6),
+            "server_cpu": round(server_cpu / elapsed, 3),
+            "driver_cpu": round(float(r["driver_cpu"]), 3),
+            "per_cpu_second": round(relayed / server_cpu) if server_cpu > 0 else None,
+        }
+        driver_cpu = float(r["driver_cpu_s"])
+        # what one core of the driver sustains: far above relayed_per_s = not the limit
+        out["driver_per_cpu_second"] = round(relayed / driver_cpu) if driver_cpu > 0 else None
+        if self.server_cpu is not None and self.driver_cpu is not None:
+            out["server_core_busy"] = _busy(cores0, cores1, self.server_cpu)
+            out["driver_core_busy"] = _busy(cores0, cores1, self.driver_cpu)
+        return out
+
+    def self_test(self) -> dict[str, Any]:
+        """The same traffic runs against the C null relay: what the driver can do."""
+        out: dict[str, Any] = {}
+        for section, mode in (("channel_data", "channel"), ("send_indication", "send")):
+            with null_relay(self.server_cpu, self.driver) as (addr, pid):
+                out[section] = self.traffic_run(mode, "the null relay", addr, pid)
+        return out
+
+    def engine_round(self, engine: str) -> dict[str, Any]:
+        start = natkit_server if engine == "natkit" else coturn_server
+        out: dict[str, Any] = {}
+        # a fresh server for each figure: memory is measured from a clean start
+        with start(self.server_cpu) as (addr, pid):
+            out["allocations"] = self.allocations_run(engine, addr, pid)
+        with start(self.server_cpu) as (addr, pid):
+            out["channel_data"] = self.traffic_run("channel", engine, addr, pid)
+        with start(self.server_cpu) as (addr, pid):
+            out["send_indication"] = self.traffic_run("send", engine, addr, pid)
+        return out
+
+
+# -- the whole benchmark ------------------------------------------------------------------
+
+FIGURES = (  # (section, key, higher is better)
+    ("channel_data", "relayed_per_s", True),
+    ("channel_data", "per_cpu_second", True),
+    ("send_indication", "relayed_per_s", True),
+    ("send_indication", "per_cpu_second", True),
+    ("allocations", "per_s", True),
+    ("allocations", "bytes_per_allocation", False),
+)
+TARGET_RATIO = 0.75  # ChannelData relayed/s per core, natkit / coturn
+
+
+def run(
+    *,
+    seconds: float = 5.0,
+    engines: tuple[str, ...] = ENGINES,
+    rounds: int = 1,
+    allocations: int = 10_000,
+    clients: int = 16,
+    window: int = 32,
+    payload: int = 100,
+    server_cpu: int | None = 1,
+    driver_cpu: int | None = 0,
+    self_test: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark; returns the report (keys documented in docs/bench_turn.md)."""
+    say = progress or (lambda _msg: None)
+    if not 0.5 <= seconds <= 600:
+        raise UsageError(f"bad --seconds {seconds}: give 0.5-600")
+    if not 1 <= rounds <= 20:
+        raise UsageError(f"bad --rounds {rounds}: give 1-20")
+    if not 1 <= allocations <= 18_000:
+        raise UsageError(f"bad --allocations {allocations}: give 1-18000 (one relay port each)")
+    if not 1 <= clients <= 1024 or not 1 <= window <= 1024:
+        raise UsageError("bad --clients/--window: give 1-1024 each")
+    if not 8 <= payload <= 1200:
+        raise UsageError(f"bad --payload {payload}: give 8-1200 bytes")
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        raise UsageError(f"bad --engines {','.join(engines)}: choose from natkit,coturn")
+    ncpu = os.cpu_count() or 1
+    if ncpu < 2:
+        server_cpu = driver_cpu = None  # nothing to pin to: say so in the report
+    else:
+        for label, cpu in (("--server-cpu", server_cpu), ("--driver-cpu", driver_cpu)):
+            if cpu is not None and not 0 <= cpu < ncpu:
+                raise UsageError(f"bad {label} {cpu}: this machine has CPUs 0-{ncpu - 1}")
+        if server_cpu == driver_cpu:
+            raise UsageError("--server-cpu and --driver-cpu must differ (one core each)")
+        if shutil.which("taskset") is None:
+            raise UsageError("taskset is not installed (CPU pinning): apt-get install util-linux")
+    if "coturn" in engines and shutil.which("turnserver") is None:
+        raise UsageError("coturn is not installed: apt-get install coturn (or --engines natkit)")
+
+    bench = Bench(
+        seconds=seconds, allocations=allocations, clients=clients, window=window,
+        payload=payload, server_cpu=server_cpu, driver_cpu=driver_cpu, driver=build_driver(),
+    )  # fmt: skip
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+    for rnd in range(1, rounds + 1):
+        for engine in engines:
+            say(
+                f"round {rnd}/{rounds}: {engine} (server on CPU {server_cpu}, driver on CPU {driver_cpu}) ..."
+            )
+            result = bench.engine_round(engine)
+            runs[engine].append(result)
+            ch, a = result["channel_data"], result["allocations"]
+            say(
+                f"  {engine}: ChannelData {ch['relayed_per_s']:,} relayed/s, loss {ch['loss']:.2%} "
+                f"(server {ch['server_cpu']:.0%}, driver {ch['driver_cpu']:.0%} of a core); "
+                f"{a['per_s']:,} allocations/s; {a['bytes_per_allocation']:,} B/allocation"
+            )
+
+    report: dict[str, Any] = {
+        "settings": {
+            "seconds": seconds, "rounds": rounds, "allocations": allocations,
+            "clients": clients, "window": window, "payload": payload,
+            "server_cpu": server_cpu, "driver_cpu": driver_cpu, "driver": str(bench.driver),
+            # other work on the machine competes for the pinned cores: the 1-minute load
+            # average before and after the engine runs says how quiet the machine was
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "cpus": ncpu,
+        },
+        "engines": {e: _summary(runs[e]) for e in engines},
+        "runs": runs,
+    }  # fmt: skip
+    if "coturn" in engines:
+        report["engines"]["coturn"]["version"] = coturn_version()
+    if "natkit" in engines and "coturn" in engines:
+        n, c = report["engines"]["natkit"], report["engines"]["coturn"]
+        ratios = {}
+        for section, key, _ in FIGURES:
+            a, b = n[section].get(key), c[section].get(key)
+            ratios[f"{section}.{key}"] = round(a / b, 3) if a and b else None
+        report["ratios"] = ratios
+        got = ratios["channel_data.relayed_per_s"]
+        per_cpu = ratios["channel_data.per_cpu_second"]
+        report["target"] = {
+            "channel_data_ratio_min": TARGET_RATIO,
+            "ratio": got,
+            "ratio_per_cpu_second": per_cpu,
+            "met": got is not None and got >= TARGET_RATIO,
+        }
+    report["limits"] = _limits(report["engines"])
+    report["driver_max_cpu"] = max(
+        f[section]["driver_cpu"]
+        for rounds_ in runs.values()
+        for f in rounds_
+        for section in ("channel_data", "send_indication")
+    )
+    if self_test:
+        say("driver self-test: the same traffic against the driver's C null relay ...")
+        report["self_test"] = bench.self_test()
+        say(
+            f"  null relay: ChannelData {report['self_test']['channel_data']['relayed_per_s']:,} "
+            f"relayed/s (driver {report['self_test']['channel_data']['driver_cpu']:.0%} of a core)"
+        )
+    return report
+
+
+def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per section and key: the median over rounds (the per-round values stay in ``runs``)."""
+    out: dict[str, Any] = {}
+    for section in ("channel_data", "send_indication", "allocations"):
+        keys = rounds[0][section].keys()
+        out[section] = {}
+        for key in keys:
+            values = [r[section][key] for r in rounds if r[section][key] is not None]
+            out[section][key] = (
+                (round(statistics.median(values), 6) if isinstance(values[0], float) else
+                 round(statistics.median(values)))
+                if values else None
+            )  # fmt: skip
+    return out
+
+
+def _limits(engines: dict[str, Any]) -> dict[str, str]:
+    """Who limited each traffic run, from the CPU shares of the processes and the cores.
+
+    'server': its process used >= 90% of its core; 'driver': the driver used >= 95% of its
+    own; 'contended': a core was >= 90% busy but not with the process pinned to it (other
+    work on the machine took it); else 'neither' (latency-bound: raise --window).
+    """
+    out = {}
+    for engine, figures in engines.items():
+        for section in ("channel_data", "send_indication"):
+            f = figures[section]
+            if f["server_cpu"] >= 0.9:
+                verdict = "server"
+            elif f["driver_cpu"] >= 0.95:
+                verdict = "driver"
+            elif max(f.get("server_core_busy", 0), f.get("driver_core_busy", 0)) >= 0.9:
+                verdict = "contended"
+            else:
+                verdict = "neither"
+            out[f"{engine}.{section}"] = verdict
+    return out

@@ -1,0 +1,692 @@
+/*
+ * turnload: the load driver of `natkit bench turn`, in C so that it is not the bottleneck
+ * when it measures a TURN server written in Python or C. natkit/bench/turn.py compiles it on
+ * first use (gcc -O2) into a cache dir and drives it; it can be used alone too:
+ *
+ *   turnload MODE SERVER_IP SERVER_PORT USER KEYHEX [-n ALLOCS] [-s SECONDS] [-w WINDOW]
+ *            [-b PAYLOAD_BYTES] [-l LIFETIME] [-c SETUP_WINDOW] [-t SETUP_TIMEOUT]
+ *
+ * KEYHEX is the long-term key MD5(user:realm:password) in hex (natkit computes it).
+ * Every allocation is made the way a client does it: an unauthenticated Allocate, the 401
+ * with REALM and NONCE, the authenticated Allocate (MESSAGE-INTEGRITY, HMAC-SHA1), on its own
+ * UDP socket (its own 5-tuple). Then, by MODE:
+ *
+ *   channel  ChannelBind each allocation to a local peer socket, then keep WINDOW ChannelData
+ *            messages in flight per allocation for SECONDS: client -> relay -> peer, the peer
+ *            reflects each to the relay address it came from, relay -> client.
+ *   send     the same with CreatePermission + Send indications out and Data indications back.
+ *   alloc    allocate ALLOCS allocations as fast as the server takes them (SETUP_WINDOW
+ *            handshakes in flight), print a line, wait for a line on stdin (the caller
+ *            measures the server's memory meanwhile), then Refresh every allocation and count
+ *            the ones the server still knows (state held).
+ *
+ *   null     (turnload null IP PORT [MAX_SECONDS]) not a driver but the least a relay can do,
+ *            to measure the driver itself: see null_relay() below.
+ *
+ * Output: `key=value` lines: "setup ...", then "result ...", then "released=N" (allocations
+ * deleted with a zero-lifetime Refresh, so a next run starts clean). The driver's own CPU time
+ * over the traffic phase is reported (driver_cpu, fraction of one core) so a run shows
+ * whether the driver or the server was the limit.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------- SHA-1 and HMAC-SHA1 (FIPS 180-4, RFC 2104) */
+
+typedef struct {
+    uint32_t h[5];
+    uint64_t len;
+    unsigned char buf[64];
+    size_t used;
+} sha1_ctx;
+
+#define ROL(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
+
+static void sha1_block(sha1_ctx *c, const unsigned char *p) {
+    uint32_t w[80];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 80; i++) w[i] = ROL(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    uint32_t a = c->h[0], b = c->h[1], d = c->h[3], e = c->h[4], cc = c->h[2];
+    for (int i = 0; i < 80; i++) {
+        uint32_t f, k;
+        if (i < 20) { f = (b & cc) | (~b & d); k = 0x5A827999; }
+        else if (i < 40) { f = b ^ cc ^ d; k = 0x6ED9EBA1; }
+        else if (i < 60) { f = (b & cc) | (b & d) | (cc & d); k = 0x8F1BBCDC; }
+        else { f = b ^ cc ^ d; k = 0xCA62C1D6; }
+        uint32_t t = ROL(a, 5) + f + e + k + w[i];
+        e = d; d = cc; cc = ROL(b, 30); b = a; a = t;
+    }
+    c->h[0] += a; c->h[1] += b; c->h[2] += cc; c->h[3] += d; c->h[4] += e;
+}
+
+static void sha1_init(sha1_ctx *c) {
+    static const uint32_t init[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    memcpy(c->h, init, sizeof init);
+    c->len = 0;
+    c->used = 0;
+}
+
+static void sha1_update(sha1_ctx *c, const unsigned char *p, size_t n) {
+    c->len += n;
+    while (n > 0) {
+        size_t take = 64 - c->used < n ? 64 - c->used : n;
+        memcpy(c->buf + c->used, p, take);
+        c->used += take; p += take; n -= take;
+        if (c->used == 64) { sha1_block(c, c->buf); c->used = 0; }
+    }
+}
+
+static void sha1_final(sha1_ctx *c, unsigned char out[20]) {
+    uint64_t bits = c->len * 8;
+    unsigned char pad = 0x80, zero = 0, lenbuf[8];
+    sha1_update(c, &pad, 1);
+    while (c->used != 56) sha1_update(c, &zero, 1);
+    for (int i = 0; i < 8; i++) lenbuf[i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha1_update(c, lenbuf, 8);
+    for (int i = 0; i < 5; i++) {
+        out[4 * i] = (unsigned char)(c->h[i] >> 24); out[4 * i + 1] = (unsigned char)(c->h[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(c->h[i] >> 8); out[4 * i + 3] = (unsigned char)c->h[i];
+    }
+}
+
+static void hmac_sha1(const unsigned char *key, size_t klen, const unsigned char *msg, size_t n,
+                      unsigned char out[20]) {
+    unsigned char k[64] = {0}, ipad[64], opad[64], inner[20];
+    if (klen > 64) { sha1_ctx c; sha1_init(&c); sha1_update(&c, key, klen); sha1_final(&c, k); }
+    else memcpy(k, key, klen);
+    for (int i = 0; i < 64; i++) { ipad[i] = k[i] ^ 0x36; opad[i] = k[i] ^ 0x5c; }
+    sha1_ctx c;
+    sha1_init(&c); sha1_update(&c, ipad, 64); sha1_update(&c, msg, n); sha1_final(&c, inner);
+    sha1_init(&c); sha1_update(&c, opad, 64); sha1_update(&c, inner, 20); sha1_final(&c, out);
+}
+
+/* ---------------------------------------------------------------- STUN/TURN messages (RFC 8489, RFC 8656) */
+
+enum {
+    ALLOCATE = 0x003, REFRESH = 0x004, SEND_IND = 0x016, DATA_IND = 0x017,
+    CREATE_PERMISSION = 0x008, CHANNEL_BIND = 0x009,
+    A_CHANNEL_NUMBER = 0x000C, A_LIFETIME = 0x000D, A_XOR_PEER = 0x0012, A_DATA = 0x0013,
+    A_REALM = 0x0014, A_NONCE = 0x0015, A_XOR_RELAYED = 0x0016, A_REQ_TRANSPORT = 0x0019,
+    A_USERNAME = 0x0006, A_MI = 0x0008, A_ERROR_CODE = 0x0009,
+};
+#define COOKIE 0x2112A442u
+#define CHANNEL 0x4000
+
+static const char *g_user;
+static unsigned char g_key[16];
+static char g_realm[256];
+static int g_realm_len;
+
+typedef struct { unsigned char b[1500]; int n; } msgbuf;
+
+static void put16(unsigned char *p, unsigned v) { p[0] = (unsigned char)(v >> 8); p[1] = (unsigned char)v; }
+static void put32(unsigned char *p, uint32_t v) { put16(p, v >> 16); put16(p + 2, v & 0xffff); }
+static unsigned get16(const unsigned char *p) { return (unsigned)p[0] << 8 | p[1]; }
+
+static void m_start(msgbuf *m, unsigned type, const unsigned char tid[12]) {
+    put16(m->b, type); put16(m->b + 2, 0); put32(m->b + 4, COOKIE);
+    memcpy(m->b + 8, tid, 12);
+    m->n = 20;
+}
+
+static void m_attr(msgbuf *m, unsigned type, const void *val, int len) {
+    put16(m->b + m->n, type); put16(m->b + m->n + 2, (unsigned)len);
+    memcpy(m->b + m->n + 4, val, (size_t)len);
+    int padded = (len + 3) & ~3;
+    memset(m->b + m->n + 4 + len, 0, (size_t)(padded - len));
+    m->n += 4 + padded;
+    put16(m->b + 2, (unsigned)(m->n - 20));
+}
+
+static void m_u32(msgbuf *m, unsigned type, uint32_t v) { unsigned char b[4]; put32(b, v); m_attr(m, type, b, 4); }
+
+static void m_xor_addr(msgbuf *m, unsigned type, const struct sockaddr_in *sa) {
+    unsigned char b[8] = {0, 1};
+    put16(b + 2, ntohs(sa->sin_port) ^ (COOKIE >> 16));
+    put32(b + 4, ntohl(sa->sin_addr.s_addr) ^ COOKIE);
+    m_attr(m, type, b, 8);
+}
+
+/* USERNAME, REALM, NONCE and MESSAGE-INTEGRITY over everything before it. */
+static void m_auth(msgbuf *m, const char *nonce, int nonce_len) {
+    m_attr(m, A_USERNAME, g_user, (int)strlen(g_user));
+    m_attr(m, A_REALM, g_realm, g_realm_len);
+    m_attr(m, A_NONCE, nonce, nonce_len);
+    put16(m->b + 2, (unsigned)(m->n - 20 + 24));
+    unsigned char mac[20];
+    hmac_sha1(g_key, 16, m->b, (size_t)m->n, mac);
+    m_attr(m, A_MI, mac, 20);
+}
+
+/* Find an attribute in a STUN message; returns its value and sets *len, or NULL. */
+static const unsigned char *find_attr(const unsigned char *p, int n, unsigned type, int *len) {
+    int off = 20, end = 20 + (int)get16(p + 2);
+    if (end > n) end = n;
+    while (off + 4 <= end) {
+        unsigned t = get16(p + off); int l = (int)get16(p + off + 2);
+        if (off + 4 + l > end) return NULL;
+        if (t == type) { *len = l; return p + off + 4; }
+        off += 4 + ((l + 3) & ~3);
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- clients */
+
+enum { S_IDLE, S_ALLOC0, S_ALLOC1, S_PERM, S_READY, S_REFRESH, S_DONE, S_FAILED };
+
+typedef struct {
+    int fd, state, tries, inflight;
+    unsigned char tid[12];
+    double sent_at;
+    char nonce[256];
+    int nonce_len;
+    int error;
+} client;
+
+static client *C;
+static int N = 100, window_ = 32, payload = 100, lifetime = 3600, setup_window = 128;
+static double seconds = 5, setup_timeout = 60;
+static char mode[16];
+static struct sockaddr_in server, peer;
+static int peer_fd, ep;
+static long sent_pkts, client_rx, peer_rx, bad_rx;
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static double cpu_seconds(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + (double)u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6;
+}
+
+static void new_tid(client *c) { for (int k = 0; k < 12; k++) c->tid[k] = (unsigned char)rand(); }
+
+/* Send the request for the client's current state (a new transaction id unless retransmitting). */
+static void send_request(client *c, int fresh) {
+    msgbuf m;
+    if (fresh) { new_tid(c); c->tries = 0; }
+    switch (c->state) {
+    case S_ALLOC0:
+        m_start(&m, ALLOCATE, c->tid); m_u32(&m, A_REQ_TRANSPORT, 17u << 24); break;
+    case S_ALLOC1:
+        m_start(&m, ALLOCATE, c->tid); m_u32(&m, A_REQ_TRANSPORT, 17u << 24);
+        m_u32(&m, A_LIFETIME, (uint32_t)lifetime); m_auth(&m, c->nonce, c->nonce_len); break;
+    case S_PERM:
+        if (strcmp(mode, "channel") == 0) {
+            m_start(&m, CHANNEL_BIND, c->tid); m_u32(&m, A_CHANNEL_NUMBER, (uint32_t)CHANNEL << 16);
+        } else {
+            m_start(&m, CREATE_PERMISSION, c->tid);
+        }
+        m_xor_addr(&m, A_XOR_PEER, &peer); m_auth(&m, c->nonce, c->nonce_len); break;
+    case S_REFRESH:
+        m_start(&m, REFRESH, c->tid); m_u32(&m, A_LIFETIME, (uint32_t)lifetime);
+        m_auth(&m, c->nonce, c->nonce_len); break;
+    default: return;
+    }
+    c->sent_at = now();
+    c->tries++;
+    send(c->fd, m.b, (size_t)m.n, 0);
+}
+
+/* Handle one response during setup/refresh; returns 1 when the client left the pending set. */
+static int on_response(client *c, const unsigned char *p, int n) {
+    if (n < 20 || memcmp(p + 8, c->tid, 12) != 0) return 0;
+    unsigned type = get16(p), cls = ((type >> 7) & 2) | ((type >> 4) & 1);
+    int len;
+    const unsigned char *v;
+    if (cls == 3) {
+        v = find_attr(p, n, A_ERROR_CODE, &len);
+        int code = v && len >= 4 ? (v[2] & 7) * 100 + v[3] : 0;
+        const unsigned char *nv = find_attr(p, n, A_NONCE, &len);
+        if (nv && len < (int)sizeof c->nonce && (code == 401 || code == 438) &&
+            (c->state == S_ALLOC0 || code == 438) && c->tries < 6) {
+            memcpy(c->nonce, nv, (size_t)len); c->nonce_len = len;
+            const unsigned char *rv = find_attr(p, n, A_REALM, &len);
+            if (rv && len < (int)sizeof g_realm && !g_realm_len) { memcpy(g_realm, rv, (size_t)len); g_realm_len = len; }
+            if (c->state == S_ALLOC0) c->state = S_ALLOC1;
+            send_request(c, 1);
+            return 0;
+        }
+        c->error = code;
+        c->state = S_FAILED;
+        return 1;
+    }
+    if (cls != 2) return 0;
+    if (c->state == S_ALLOC1) {
+        if (strcmp(mode, "alloc") == 0) { c->state = S_READY; return 1; }
+        c->state = S_PERM; send_request(c, 1); return 0;
+    }
+    if (c->state == S_PERM || c->state == S_REFRESH) { c->state = c->state == S_PERM ? S_READY : S_DONE; return 1; }
+    return 0;
+}
+
+/* Run requests for clients [0, N) in state `from` until each leaves the pending set. */
+static int run_transactions(int from, double timeout, int *ok) {
+    int pending = 0, next = 0;
+    double deadline = now() + timeout, last_scan = 0;
+    struct epoll_event evs[256];
+    unsigned char buf[2048];
+    *ok = 0;
+    while (now() < deadline) {
+        while (pending < setup_window && next < N) {
+            client *c = &C[next++];
+            if (c->state != from) continue;
+            pending++;
+            if (from == S_DONE) { c->state = S_REFRESH; }
+            send_request(c, 1);
+        }
+        if (pending == 0 && next >= N) break;
+        int k = epoll_wait(ep, evs, 256, 20);
+        for (int e = 0; e < k; e++) {
+            client *c = &C[evs[e].data.u32];
+            for (;;) {
+                ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+                if (n <= 0) break;
+                if (c->state == S_READY || c->state == S_FAILED || c->state == S_DONE) continue;
+                if (on_response(c, buf, (int)n)) { pending--; if (c->state != S_FAILED) (*ok)++; }
+            }
+        }
+        double t = now();
+        if (t - last_scan < 0.02) continue;
+        last_scan = t;
+        for (int i = 0; i < next; i++) {  /* retransmit (RFC 8489: doubling RTO, here from 250 ms) */
+            client *c = &C[i];
+            if (c->state != S_ALLOC0 && c->state != S_ALLOC1 && c->state != S_PERM && c->state != S_REFRESH) continue;
+            if (t - c->sent_at > 0.25 * (1 << (c->tries - 1))) {
+                if (c->tries >= 6) { c->state = S_FAILED; c->error = 408; pending--; }
+                else send_request(c, 0);
+            }
+        }
+    }
+    return pending;
+}
+
+/* Refresh every live allocation with `life` seconds (0 deletes it); returns how many succeeded. */
+static int refresh_all(int life) {
+    int ok = 0;
+    lifetime = life;
+    for (int i = 0; i < N; i++) if (C[i].state == S_READY || C[i].state == S_DONE) C[i].state = S_DONE;
+    run_transactions(S_DONE, setup_timeout, &ok);
+    return ok;
+}
+
+/* ---------------------------------------------------------------- traffic */
+
+static int build_packet(unsigned char *b, int seq) {
+    if (strcmp(mode, "channel") == 0) {
+        put16(b, CHANNEL); put16(b + 2, (unsigned)payload);
+        memset(b + 4, 0, (size_t)payload);
+        put32(b + 4, (uint32_t)seq);
+        return 4 + payload;
+    }
+    msgbuf m;
+    unsigned char tid[12];
+    for (int k = 0; k < 12; k++) tid[k] = (unsigned char)rand();
+    m_start(&m, SEND_IND, tid);
+    m_xor_addr(&m, A_XOR_PEER, &peer);
+    unsigned char data[1400] = {0};
+    put32(data, (uint32_t)seq);
+    m_attr(&m, A_DATA, data, payload);
+    memcpy(b, m.b, (size_t)m.n);
+    return m.n;
+}
+
+static int is_relayed_back(const unsigned char *p, int n) {
+    if (strcmp(mode, "channel") == 0) return n >= 4 && get16(p) == CHANNEL && (int)get16(p + 2) == payload;
+    int len;
+    return n >= 20 && get16(p) == DATA_IND && find_attr(p, n, A_DATA, &len) && len == payload;
+}
+
+static void fill(client *c, int count) {
+    unsigned char pkt[1500];
+    int len = build_packet(pkt, 0);
+    struct mmsghdr mm[64];
+    struct iovec io[64];
+    while (count > 0) {
+        int k = count < 64 ? count : 64;
+        for (int i = 0; i < k; i++) {
+            io[i].iov_base = pkt; io[i].iov_len = (size_t)len;
+            memset(&mm[i], 0, sizeof mm[i]);
+            mm[i].msg_hdr.msg_iov = &io[i]; mm[i].msg_hdr.msg_iovlen = 1;
+        }
+        int s = sendmmsg(c->fd, mm, (unsigned)k, 0);
+        if (s <= 0) break;
+        sent_pkts += s; c->inflight += s; count -= s;
+    }
+}
+
+static void traffic(void) {
+    struct epoll_event evs[256];
+    enum { B = 64 };
+    static unsigned char bufs[B][1600];
+    struct mmsghdr mm[B];
+    struct iovec io[B];
+    struct sockaddr_in from[B];
+    int ready = 0;
+    for (int i = 0; i < N; i++) if (C[i].state == S_READY) { ready++; fill(&C[i], window_); }
+    double t0 = now(), c0 = cpu_seconds(), end = t0 + seconds, stop_at = end + 0.5;
+    int sending = 1;
+    while (now() < stop_at) {
+        if (sending && now() >= end) sending = 0;
+        int k = epoll_wait(ep, evs, 256, 10);
+        if (k == 0 && sending) {  /* silence: packets were lost; refill every window */
+            for (int i = 0; i < N; i++) if (C[i].state == S_READY) { C[i].inflight = 0; fill(&C[i], window_); }
+            continue;
+        }
+        for (int e = 0; e < k; e++) {
+            uint32_t id = evs[e].data.u32;
+            int fd = id == 0xffffffffu ? peer_fd : C[id].fd;
+            for (;;) {
+                for (int i = 0; i < B; i++) {
+                    io[i].iov_base = bufs[i]; io[i].iov_len = sizeof bufs[i];
+                    memset(&mm[i], 0, sizeof mm[i]);
+                    mm[i].msg_hdr.msg_iov = &io[i]; mm[i].msg_hdr.msg_iovlen = 1;
+                    mm[i].msg_hdr.msg_name = &from[i]; mm[i].msg_hdr.msg_namelen = sizeof from[i];
+                }
+                int r = recvmmsg(fd, mm, B, MSG_DONTWAIT, NULL);
+                if (r <= 0) break;
+                if (id == 0xffffffffu) {  /* the peer reflects to the relay address it came from */
+                    peer_rx += r;
+                    for (int i = 0; i < r; i++) io[i].iov_len = mm[i].msg_len;
+                    int off = 0;
+                    while (off < r) {
+                        int s = sendmmsg(peer_fd, mm + off, (unsigned)(r - off), 0);
+                        if (s <= 0) break;
+                        off += s;
+                    }
+                } else {
+                    client *c = &C[id];
+                    int good = 0;
+                    for (int i = 0; i < r; i++) {
+                        if (is_relayed_back(bufs[i], (int)mm[i].msg_len)) good++; else bad_rx++;
+                    }
+                    client_rx += good;
+                    c->inflight -= good;
+                    if (c->inflight < 0) c->inflight = 0;
+                    if (sending) fill(c, good);
+                }
+                if (r < B) break;
+            }
+        }
+    }
+    double wall = now() - t0, cpu = cpu_seconds() - c0;
+    printf("result mode=%s allocations=%d sent=%ld peer_rx=%ld client_rx=%ld bad=%ld seconds=%.3f "
+           "relayed_per_s=%.0f round_trips_per_s=%.0f loss=%.6f driver_cpu=%.3f driver_cpu_s=%.3f\n",
+           mode, ready, sent_pkts, peer_rx, client_rx, bad_rx, seconds,
+           (peer_rx + client_rx) / seconds, client_rx / seconds,
+           sent_pkts ? 1.0 - (double)client_rx / (double)sent_pkts : 0.0, cpu / wall, cpu);
+}
+
+/* ---------------------------------------------------------------- the null relay (driver self-test) */
+
+/*
+ * `turnload null IP PORT`: the least a relay can do, to measure the driver rather than a
+ * server. It answers Allocate (401 first, then success with a relay socket; credentials are
+ * not checked), ChannelBind, CreatePermission and Refresh, and relays ChannelData and Send
+ * indications to the peer and back, with batched reads. Loopback only, for self-tests.
+ */
+typedef struct {
+    struct sockaddr_in client, peer;
+    int relay_fd, channel;
+} nr_alloc;
+
+static nr_alloc *NR;
+static int nr_count, nr_listen;
+
+static nr_alloc *nr_find(const struct sockaddr_in *a) {
+    for (int i = 0; i < nr_count; i++)
+        if (NR[i].client.sin_port == a->sin_port && NR[i].client.sin_addr.s_addr == a->sin_addr.s_addr) return &NR[i];
+    return NULL;
+}
+
+static void nr_reply(const unsigned char *req, unsigned type, msgbuf *m, const struct sockaddr_in *to) {
+    (void)type;
+    sendto(nr_listen, m->b, (size_t)m->n, 0, (const struct sockaddr *)to, sizeof *to);
+    (void)req;
+}
+
+static void nr_peer_of(const unsigned char *p, int n, struct sockaddr_in *out) {
+    int len;
+    const unsigned char *v = find_attr(p, n, A_XOR_PEER, &len);
+    if (!v || len < 8) return;
+    memset(out, 0, sizeof *out);
+    out->sin_family = AF_INET;
+    out->sin_port = htons((uint16_t)(get16(v + 2) ^ (COOKIE >> 16)));
+    uint32_t ip = ((uint32_t)v[4] << 24 | (uint32_t)v[5] << 16 | (uint32_t)v[6] << 8 | v[7]) ^ COOKIE;
+    out->sin_addr.s_addr = htonl(ip);
+}
+
+static void nr_request(const unsigned char *p, int n, const struct sockaddr_in *from) {
+    unsigned type = get16(p), method = type & 0x3EEF;
+    msgbuf m;
+    int len;
+    nr_alloc *a = nr_find(from);
+    if (type == SEND_IND) {
+        const unsigned char *d = find_attr(p, n, A_DATA, &len);
+        struct sockaddr_in to;
+        memset(&to, 0, sizeof to);
+        nr_peer_of(p, n, &to);
+        if (a && d && to.sin_port) sendto(a->relay_fd, d, (size_t)len, 0, (struct sockaddr *)&to, sizeof to);
+        return;
+    }
+    if ((type & 0x0110) != 0) return; /* only requests */
+    if (method == ALLOCATE && !find_attr(p, n, A_USERNAME, &len)) {
+        m_start(&m, 0x0113, p + 8);
+        unsigned char code[4] = {0, 0, 4, 1};
+        m_attr(&m, A_ERROR_CODE, code, 4);
+        m_attr(&m, A_REALM, "null", 4);
+        m_attr(&m, A_NONCE, "nonce", 5);
+        nr_reply(p, type, &m, from);
+        return;
+    }
+    if (method == ALLOCATE) {
+        if (!a) {
+            a = &NR[nr_count++];
+            memset(a, 0, sizeof *a);
+            a->client = *from;
+            a->relay_fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+            struct sockaddr_in r = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            bind(a->relay_fd, (struct sockaddr *)&r, sizeof r);
+            int big = 4 << 20;
+            setsockopt(a->relay_fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+            struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)(a - NR)};
+            epoll_ctl(ep, EPOLL_CTL_ADD, a->relay_fd, &ev);
+        }
+        struct sockaddr_in r;
+        socklen_t rl = sizeof r;
+        getsockname(a->relay_fd, (struct sockaddr *)&r, &rl);
+        m_start(&m, 0x0103, p + 8);
+        m_xor_addr(&m, A_XOR_RELAYED, &r);
+        m_u32(&m, A_LIFETIME, 600);
+    } else {
+        if (!a && method != 1) return; /* Binding is answered too: that is how callers see it is up */
+        if (method == CHANNEL_BIND) {
+            const unsigned char *v = find_attr(p, n, A_CHANNEL_NUMBER, &len);
+            if (v) a->channel = (int)get16(v);
+        }
+        if (method == CHANNEL_BIND || method == CREATE_PERMISSION) nr_peer_of(p, n, &a->peer);
+        m_start(&m, 0x0100 | method, p + 8);
+    }
+    nr_reply(p, type, &m, from);
+}
+
+static int null_relay(const char *ip, int port, double max_seconds) {
+    nr_listen = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_in la = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, ip, &la.sin_addr) != 1 || bind(nr_listen, (struct sockaddr *)&la, sizeof la) != 0) {
+        perror("turnload null: bind");
+        return 2;
+    }
+    int big = 8 << 20;
+    setsockopt(nr_listen, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+    NR = calloc(4096, sizeof *NR);
+    ep = epoll_create1(0);
+    struct epoll_event lev = {.events = EPOLLIN, .data.u32 = 0xffffffffu};
+    epoll_ctl(ep, EPOLL_CTL_ADD, nr_listen, &lev);
+    enum { B = 64 };
+    static unsigned char bufs[B][1600], out[1700];
+    struct mmsghdr mm[B];
+    struct iovec io[B];
+    struct sockaddr_in from[B];
+    struct epoll_event evs[64];
+    double end = now() + max_seconds;
+    while (now() < end) {
+        int k = epoll_wait(ep, evs, 64, 100);
+        for (int e = 0; e < k; e++) {
+            uint32_t id = evs[e].data.u32;
+            int fd = id == 0xffffffffu ? nr_listen : NR[id].relay_fd;
+            for (;;) {
+                for (int i = 0; i < B; i++) {
+                    io[i].iov_base = bufs[i]; io[i].iov_len = sizeof bufs[i];
+                    memset(&mm[i], 0, sizeof mm[i]);
+                    mm[i].msg_hdr.msg_iov = &io[i]; mm[i].msg_hdr.msg_iovlen = 1;
+                    mm[i].msg_hdr.msg_name = &from[i]; mm[i].msg_hdr.msg_namelen = sizeof from[i];
+                }
+                int r = recvmmsg(fd, mm, B, MSG_DONTWAIT, NULL);
+                if (r <= 0) break;
+                for (int i = 0; i < r; i++) {
+                    unsigned char *p = bufs[i];
+                    int n = (int)mm[i].msg_len;
+                    if (id != 0xffffffffu) { /* from the peer: back to the client */
+                        nr_alloc *a = &NR[id];
+                        int olen;
+                        if (a->channel) {
+                            put16(out, (unsigned)a->channel); put16(out + 2, (unsigned)n);
+                            memcpy(out + 4, p, (size_t)n);
+                            olen = 4 + n;
+                        } else {
+                            msgbuf m;
+                            unsigned char tid[12] = {0};
+                            m_start(&m, DATA_IND, tid);
+                            m_xor_addr(&m, A_XOR_PEER, &from[i]);
+                            m_attr(&m, A_DATA, p, n);
+                            memcpy(out, m.b, (size_t)m.n);
+                            olen = m.n;
+                        }
+                        sendto(nr_listen, out, (size_t)olen, 0, (struct sockaddr *)&a->client, sizeof a->client);
+                    } else if (n >= 4 && (p[0] & 0xC0) == 0x40) { /* ChannelData */
+                        nr_alloc *a = nr_find(&from[i]);
+                        if (a && a->peer.sin_port)
+                            sendto(a->relay_fd, p + 4, get16(p + 2), 0, (struct sockaddr *)&a->peer, sizeof a->peer);
+                    } else if (n >= 20 && nr_count < 4096) {
+                        nr_request(p, n, &from[i]);
+                    }
+                }
+                if (r < B) break;
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- main */
+
+static int hexval(int ch) { return ch <= '9' ? ch - '0' : (ch | 32) - 'a' + 10; }
+
+int main(int argc, char **argv) {
+    if (argc < 6 && !(argc >= 4 && strcmp(argv[1], "null") == 0)) {
+        fprintf(stderr, "usage: %s channel|send|alloc SERVER_IP PORT USER KEYHEX [-n N] [-s S] [-w W] "
+                        "[-b BYTES] [-l LIFETIME] [-c SETUP_WINDOW] [-t SETUP_TIMEOUT]\n", argv[0]);
+        return 2;
+    }
+    if (strcmp(argv[1], "null") == 0 && argc >= 4)  /* turnload null IP PORT [MAX_SECONDS] */
+        return null_relay(argv[2], atoi(argv[3]), argc > 4 ? atof(argv[4]) : 600);
+    snprintf(mode, sizeof mode, "%s", argv[1]);
+    memset(&server, 0, sizeof server);
+    server.sin_family = AF_INET;
+    server.sin_port = htons((uint16_t)atoi(argv[3]));
+    if (inet_pton(AF_INET, argv[2], &server.sin_addr) != 1) { fprintf(stderr, "turnload: bad IPv4 %s\n", argv[2]); return 2; }
+    g_user = argv[4];
+    if (strlen(argv[5]) != 32) { fprintf(stderr, "turnload: KEYHEX must be 32 hex digits\n"); return 2; }
+    for (int i = 0; i < 16; i++) g_key[i] = (unsigned char)(hexval(argv[5][2 * i]) << 4 | hexval(argv[5][2 * i + 1]));
+    for (int i = 6; i + 1 < argc; i += 2) {
+        const char *o = argv[i], *v = argv[i + 1];
+        if (!strcmp(o, "-n")) N = atoi(v);
+        else if (!strcmp(o, "-s")) seconds = atof(v);
+        else if (!strcmp(o, "-w")) window_ = atoi(v);
+        else if (!strcmp(o, "-b")) payload = atoi(v);
+        else if (!strcmp(o, "-l")) lifetime = atoi(v);
+        else if (!strcmp(o, "-c")) setup_window = atoi(v);
+        else if (!strcmp(o, "-t")) setup_timeout = atof(v);
+        else { fprintf(stderr, "turnload: unknown option %s\n", o); return 2; }
+    }
+    if (payload < 8 || payload > 1200 || N < 1 || window_ < 1) { fprintf(stderr, "turnload: bad option value\n"); return 2; }
+    struct rlimit rl = {N + 1024, N + 1024};
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) { getrlimit(RLIMIT_NOFILE, &rl); if ((int)rl.rlim_cur < N + 64) { fprintf(stderr, "turnload: cannot open %d sockets (ulimit -n)\n", N); return 2; } }
+    srand((unsigned)(getpid() ^ (unsigned)(now() * 1e6)));
+
+    ep = epoll_create1(0);
+    C = calloc((size_t)N, sizeof *C);
+    int bufsize = 1 << 20;
+    for (int i = 0; i < N; i++) {
+        C[i].fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+        if (C[i].fd < 0) { perror("turnload: socket"); return 1; }
+        if (N <= 256) {
+            setsockopt(C[i].fd, SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof bufsize);
+            setsockopt(C[i].fd, SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof bufsize);
+        }
+        if (connect(C[i].fd, (struct sockaddr *)&server, sizeof server) != 0) { perror("turnload: connect"); return 1; }
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        epoll_ctl(ep, EPOLL_CTL_ADD, C[i].fd, &ev);
+        C[i].state = S_ALLOC0;
+    }
+    peer_fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    memset(&peer, 0, sizeof peer);
+    peer.sin_family = AF_INET;
+    peer.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bufsize = 8 << 20;
+    setsockopt(peer_fd, SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof bufsize);
+    setsockopt(peer_fd, SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof bufsize);
+    bind(peer_fd, (struct sockaddr *)&peer, sizeof peer);
+    socklen_t sl = sizeof peer;
+    getsockname(peer_fd, (struct sockaddr *)&peer, &sl);
+    struct epoll_event pev = {.events = EPOLLIN, .data.u32 = 0xffffffffu};
+    epoll_ctl(ep, EPOLL_CTL_ADD, peer_fd, &pev);
+
+    int ok = 0;
+    double t0 = now();
+    int left = run_transactions(S_ALLOC0, setup_timeout, &ok);
+    double setup = now() - t0;
+    int failed = 0, first_error = 0;
+    for (int i = 0; i < N; i++) if (C[i].state == S_FAILED) { failed++; if (!first_error) first_error = C[i].error; }
+    printf("setup ok=%d failed=%d unanswered=%d seconds=%.3f per_s=%.0f first_error=%d\n",
+           ok, failed, left, setup, ok / (setup > 0 ? setup : 1e-9), first_error);
+    fflush(stdout);
+    if (ok == 0) { printf("result mode=%s error=no_allocation first_error=%d\n", mode, first_error); return 1; }
+
+    if (strcmp(mode, "alloc") == 0) {
+        char line[64];
+        if (!fgets(line, sizeof line, stdin)) line[0] = 0;  /* hold: the caller measures memory */
+        double r0 = now();
+        int refreshed = refresh_all(600);
+        double refresh_seconds = now() - r0;
+        int released = refresh_all(0);
+        printf("result mode=alloc allocations=%d refreshed=%d released=%d seconds=%.3f alloc_per_s=%.0f "
+               "refresh_seconds=%.3f\n", ok, refreshed, released, setup, ok / setup, refresh_seconds);
+        return 0;
+    }
+    traffic();
+    fflush(stdout);
+    int released = refresh_all(0);
+    printf("released=%d\n", released);
+    return 0;
+}

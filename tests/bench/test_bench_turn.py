@@ -1,0 +1,92 @@
+"""A short smoke run of `natkit bench turn`: the driver, both engines, the report's keys."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from natkit.bench.turn import build_driver, run
+from natkit.cli import main
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.coturn,
+    pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn is not installed"),
+    pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler for the driver"),
+]
+
+SHORT = {"seconds": 0.5, "allocations": 300, "clients": 4, "window": 8}
+
+
+def check_engine(figures: dict, allocations: int) -> None:
+    a = figures["allocations"]
+    assert a["allocated"] == allocations and a["failed"] == 0
+    assert a["refreshed"] == allocations  # every allocation still known after the hold
+    assert a["released"] == allocations
+    assert a["per_s"] > 0 and a["bytes_per_allocation"] > 0
+    for section in ("channel_data", "send_indication"):
+        f = figures[section]
+        assert f["relayed_per_s"] > 0 and f["received"] > 0
+        assert f["received"] <= f["sent"]
+        assert 0 <= f["loss"] < 0.05, f  # loopback, closed loop: next to nothing is lost
+        assert 0 < f["server_cpu"] <= 1.5 and 0 < f["driver_cpu"] <= 1.5
+
+
+def test_coturn_alone() -> None:
+    report = run(engines=("coturn",), **SHORT)
+    check_engine(report["engines"]["coturn"], 300)
+    assert report["engines"]["coturn"]["version"].startswith("4.")
+    # the driver self-test ran the same traffic against the C null relay
+    for section in ("channel_data", "send_indication"):
+        assert report["self_test"][section]["received"] > 0
+    assert 0 < report["driver_max_cpu"] <= 1.5
+    assert "ratios" not in report and set(report["limits"]) == {
+        "coturn.channel_data",
+        "coturn.send_indication",
+    }
+
+
+def test_natkit_and_coturn_with_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "turn", "--json", "--seconds", "0.5", "--allocations", "300", "--no-self-test",
+                 "--clients", "4", "--window", "8"])  # fmt: skip
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    for engine in ("natkit", "coturn"):
+        check_engine(report["engines"][engine], 300)
+    ratios = report["ratios"]
+    assert set(ratios) >= {"channel_data.relayed_per_s", "allocations.bytes_per_allocation"}
+    n, c = report["engines"]["natkit"], report["engines"]["coturn"]
+    assert ratios["channel_data.relayed_per_s"] == pytest.approx(
+        n["channel_data"]["relayed_per_s"] / c["channel_data"]["relayed_per_s"], rel=0.01
+    )
+    assert report["target"]["channel_data_ratio_min"] == 0.75
+
+
+def test_cli_table_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "turn", "--engines", "coturn", "--seconds", "0.5", "--no-self-test",
+                 "--allocations", "100", "--clients", "2", "--window", "4"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "ChannelData relayed packets/s" in out and "memory per idle allocation" in out
+    assert "100/100" in out  # allocations held after refresh
+    assert main(["bench", "turn", "--engines", "natkit,squid"]) == 2
+    assert "bad --engines" in capsys.readouterr().err
+    assert main(["bench", "turn", "--seconds", "0"]) == 2
+
+
+def test_driver_rejects_wrong_credentials() -> None:
+    """The driver really authenticates: a wrong key gets 401s and no allocation."""
+    from natkit.server.coturn import CoturnServer
+
+    driver = build_driver()
+    with CoturnServer([("127.0.0.1", 0)], users={"bench": "right"}, realm="r") as turn:
+        ip, port = turn.addresses_of("udp")[0]
+        done = subprocess.run(
+            [str(driver), "channel", ip, str(port), "bench", "00" * 16, "-n", "2", "-s", "0.5"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert "first_error=401" in done.stdout
