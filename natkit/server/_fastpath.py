@@ -1,0 +1,378 @@
+"""The UDP Binding fast path: one blocking thread per socket, in C when possible.
+
+A plain Binding request (magic cookie, no attribute but maybe a valid FINGERPRINT) gets an
+answer built from bytes without the general codec: the response
+depends only on the transaction id, the source address and the socket. Everything else that
+looks like a STUN request goes to the general path (``slow`` callback). Garbage, indications
+and responses are dropped and counted.
+
+The C helper (``_stunfast.c``, batching recvmmsg/sendmmsg, called through ctypes with the GIL
+released) is compiled with the system ``gcc`` into a cache directory on first use. Without
+gcc, or with ``NATKIT_NO_CEXT=1``, a pure-Python loop does the same job more slowly; both
+produce the same bytes (tests/server/test_stun_server.py checks).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+MAGIC = b"\x21\x12\xa4\x42"
+_SRC = Path(__file__).with_name("_stunfast.c")
+_SLOW_CAP = 256 * 1024
+_REC = struct.Struct("<HHBB16s16s")
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python < 3.12 lacks the name
+
+# (data, (src_ip, src_port), local_ip or None) -> None; runs in the serving thread.
+SlowHandler = Callable[[bytes, tuple[str, int], "str | None"], None]
+
+
+class Counters:
+    """What one socket's fast path saw (read by StunServer.stats())."""
+
+    __slots__ = ("dropped", "fast", "garbage", "ignored", "send_errors")
+
+    def __init__(self) -> None:
+        self.fast = self.garbage = self.ignored = self.dropped = self.send_errors = 0
+
+
+class _Cfg(ctypes.Structure):
+    _fields_ = [
+        ("fd", ctypes.c_int32),
+        ("family", ctypes.c_int32),
+        ("pktinfo", ctypes.c_int32),
+        ("timeout_ms", ctypes.c_int32),
+        ("stop", ctypes.c_int32),
+        ("origin", ctypes.c_uint8 * 16),
+        ("origin_port", ctypes.c_uint16),
+        ("extra_len", ctypes.c_uint16),
+        ("extra", ctypes.c_uint8 * 256),
+        ("fast", ctypes.c_uint64),
+        ("garbage", ctypes.c_uint64),
+        ("ignored", ctypes.c_uint64),
+        ("dropped", ctypes.c_uint64),
+        ("send_errors", ctypes.c_uint64),
+    ]
+
+
+_lib: ctypes.CDLL | None = None
+_lib_tried = False
+_lib_lock = threading.Lock()
+_lib_error = ""
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "natkit"
+
+
+def load_helper() -> ctypes.CDLL | None:
+    """The compiled C helper, building it on first use; None when it cannot be had."""
+    global _lib, _lib_tried, _lib_error
+    with _lib_lock:
+        if _lib_tried:
+            return _lib
+        _lib_tried = True
+        if os.environ.get("NATKIT_NO_CEXT") or not sys.platform.startswith("linux"):
+            _lib_error = "disabled"
+            return None
+        try:
+            _lib = _build_and_load()
+        except (OSError, subprocess.SubprocessError) as exc:
+            _lib_error = str(exc)
+            _lib = None
+        return _lib
+
+
+def helper_status() -> str:
+    """'c' when the C helper serves, else why not (for stats and the bench report)."""
+    return "c" if load_helper() is not None else f"python ({_lib_error or 'unavailable'})"
+
+
+def _build_and_load() -> ctypes.CDLL:
+    source = _SRC.read_bytes()
+    tag = hashlib.sha256(source + sysconfig.get_platform().encode()).hexdigest()[:16]
+    target = _cache_dir() / f"stunfast-{tag}.so"
+    if not target.exists():
+        gcc = shutil.which("gcc") or shutil.which("cc")
+        if gcc is None:
+            raise OSError("no C compiler (gcc) found")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
+        os.close(fd)
+        try:
+            subprocess.run(
+                [gcc, "-O2", "-shared", "-fPIC", "-o", tmp, str(_SRC)],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            os.replace(tmp, target)  # atomic: concurrent builders all end with a whole file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(target))
+    lib.nk_serve.restype = ctypes.c_long
+    lib.nk_serve.argtypes = [ctypes.POINTER(_Cfg), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
+    lib.nk_bufs_size.restype = ctypes.c_size_t
+    lib.nk_cfg_size.restype = ctypes.c_size_t
+    if lib.nk_cfg_size() != ctypes.sizeof(_Cfg):
+        raise OSError("C helper layout mismatch")
+    return lib
+
+
+# ---------------------------------------------------------------- pure-Python equivalent
+
+_H = struct.Struct("!HH4s12s")
+_ADDR_HEAD = struct.Struct("!HHBBH")
+_XMA4 = struct.Struct("!HHBBHI")
+_PLAIN_HEAD = b"\x00\x01\x00\x00" + MAGIC  # a Binding request without attributes
+_FP = struct.Struct("!HHI")
+
+
+def address_attr(attr_type: int, ip: str, port: int, xor_id: bytes | None = None) -> bytes:
+    """An (XOR-)MAPPED-ADDRESS-style attribute; xor_id is cookie + transaction id."""
+    packed = socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
+    n = len(packed)
+    if xor_id is not None:
+        port ^= 0x2112
+        packed = (int.from_bytes(packed) ^ int.from_bytes(xor_id[:n])).to_bytes(n)
+    return _ADDR_HEAD.pack(attr_type, 4 + n, 0, 1 if n == 4 else 2, port) + packed
+
+
+FAST, SLOW, GARBAGE, IGNORE = 0, 1, 2, 3
+
+
+def classify(data: bytes) -> tuple[int, bool]:
+    """(FAST|SLOW|GARBAGE|IGNORE, has valid FINGERPRINT) exactly as the C helper decides."""
+    n = len(data)
+    if n == 20 and data[:8] == _PLAIN_HEAD:  # the common case, decided at once
+        return FAST, False
+    if n < 20 or data[0] & 0xC0:
+        return GARBAGE, False
+    mtype, mlen, cookie, _ = _H.unpack_from(data)
+    if mlen + 20 != n or mlen & 3:
+        return GARBAGE, False
+    if mtype & 0x0110:
+        return IGNORE, False
+    if mtype != 1 or cookie != MAGIC:
+        return SLOW, False
+    if n == 20:
+        return FAST, False
+    # Only a lone FINGERPRINT: any other attribute goes to the codec, which validates it.
+    if (
+        n == 28
+        and data[20:24] == b"\x80\x28\x00\x04"
+        and zlib.crc32(data[:20]) ^ 0x5354554E == int.from_bytes(data[24:28])
+    ):
+        return FAST, True
+    return SLOW, False
+
+
+def fast_response(
+    data: bytes, fingerprint: bool, src: tuple[str, int], origin_attr: bytes, extra: bytes
+) -> bytes:
+    """The response the C helper builds for a FAST request (same bytes)."""
+    tid = data[4:20]
+    ip, port = src
+    if ":" in ip:
+        xma = address_attr(0x0020, ip, port, tid)
+    else:
+        xma = _XMA4.pack(
+            0x0020, 8, 0, 1, port ^ 0x2112, int.from_bytes(socket.inet_aton(ip)) ^ 0x2112A442
+        )
+    body = xma + origin_attr + extra
+    if not fingerprint:
+        return b"\x01\x01" + len(body).to_bytes(2) + tid + body
+    head = b"\x01\x01" + (len(body) + 8).to_bytes(2) + tid + body
+    return head + _FP.pack(0x8028, 4, zlib.crc32(head) ^ 0x5354554E)
+
+
+# ---------------------------------------------------------------- the serving thread
+
+
+class UdpServeThread:
+    """Answers one UDP socket from a dedicated thread until stop()."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        origin: tuple[str, int],
+        wildcard: bool,
+        extra: bytes,
+        slow: SlowHandler,
+        counters: Counters,
+        use_c: bool = True,
+    ) -> None:
+        self.sock = sock
+        self.origin = origin
+        self.wildcard = wildcard
+        self.extra = extra
+        self.slow = slow
+        self.counters = counters
+        self.family = sock.family
+        self.slow_send_errors = 0
+        self._stop = threading.Event()
+        self._lib = load_helper() if use_c else None
+        self._cfg: _Cfg | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"natkit-stun-udp-{origin[0]}:{origin[1]}", daemon=True
+        )
+        if wildcard:
+            if self.family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+
+    def counts(self) -> Counters:
+        """The counters now (read live from the C helper's struct while it serves)."""
+        cfg = self._cfg
+        if cfg is not None:
+            c = self.counters
+            c.fast, c.garbage, c.ignored = cfg.fast, cfg.garbage, cfg.ignored
+            c.dropped, c.send_errors = cfg.dropped, cfg.send_errors
+        return self.counters
+
+    @property
+    def uses_c(self) -> bool:
+        return self._lib is not None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._cfg is not None:
+            self._cfg.stop = 1
+
+    def join(self, timeout: float = 2.0) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            if self._lib is not None:
+                self._run_c(self._lib)
+            else:
+                self._run_py()
+        except OSError:
+            if not self._stop.is_set():
+                raise
+
+    # -- C
+
+    def _run_c(self, lib: ctypes.CDLL) -> None:
+        cfg = _Cfg()
+        cfg.fd = self.sock.fileno()
+        cfg.family = self.family
+        cfg.pktinfo = 1 if self.wildcard else 0
+        cfg.timeout_ms = 100
+        packed = socket.inet_pton(self.family, self.origin[0])
+        ctypes.memmove(cfg.origin, packed, len(packed))
+        cfg.origin_port = self.origin[1]
+        cfg.extra_len = len(self.extra)
+        ctypes.memmove(cfg.extra, self.extra, len(self.extra))
+        self._cfg = cfg
+        if self._stop.is_set():
+            return
+        bufs = ctypes.create_string_buffer(lib.nk_bufs_size())
+        slow = ctypes.create_string_buffer(_SLOW_CAP)
+        while not self._stop.is_set():
+            used = lib.nk_serve(ctypes.byref(cfg), bufs, slow, _SLOW_CAP)
+            if used < 0:
+                if self._stop.is_set():
+                    return
+                raise OSError(-used, os.strerror(-used))
+            if used:
+                self._dispatch_records(slow.raw[:used])
+
+    def _dispatch_records(self, raw: bytes) -> None:
+        pos = 0
+        while pos < len(raw):
+            length, port, family, has_local, src, local = _REC.unpack_from(raw, pos)
+            pos += _REC.size
+            data = raw[pos : pos + length]
+            pos += length
+            n = 4 if family == socket.AF_INET else 16
+            src_ip = socket.inet_ntop(family, src[:n])
+            local_ip = socket.inet_ntop(family, local[:n]) if has_local else None
+            self._slow_safe(data, (src_ip, port), local_ip)
+
+    def _slow_safe(self, data: bytes, src: tuple[str, int], local_ip: str | None) -> None:
+        try:
+            self.slow(data, src, local_ip)
+        except OSError:
+            self.slow_send_errors += 1
+
+    # -- pure Python
+
+    def _run_py(self) -> None:
+        sock = self.sock
+        # A receive timeout in the kernel, so a blocking recv costs one syscall and still
+        # returns now and then to look at the stop flag.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 100_000))
+        family = self.family
+        origin_attrs: dict[str, bytes] = {}
+        fixed_origin = address_attr(0x802B, self.origin[0], self.origin[1])
+        extra = self.extra
+        c = self.counters
+        anc = socket.CMSG_SPACE(40) if self.wildcard else 0
+        while not self._stop.is_set():
+            try:
+                if anc:
+                    data, ancdata, flags, addr = sock.recvmsg(4096, anc)
+                else:
+                    data, addr = sock.recvfrom(4096)
+                    ancdata, flags = [], 0
+            except (BlockingIOError, TimeoutError, InterruptedError):
+                continue
+            if flags & socket.MSG_TRUNC:
+                c.garbage += 1
+                continue
+            kind, fp = classify(data)
+            if kind == GARBAGE:
+                c.garbage += 1
+                continue
+            if kind == IGNORE:
+                c.ignored += 1
+                continue
+            src = (addr[0], addr[1])
+            local_ip: str | None = None
+            cmsg: list[tuple[int, int, bytes]] = []
+            for level, ctype, cdata in ancdata:
+                if level == socket.IPPROTO_IP and ctype == IP_PKTINFO:
+                    local_ip = socket.inet_ntop(family, cdata[8:12])
+                    cmsg = [(level, ctype, b"\0\0\0\0" + cdata[8:12] + b"\0\0\0\0")]
+                elif level == socket.IPPROTO_IPV6 and ctype == socket.IPV6_PKTINFO:
+                    local_ip = socket.inet_ntop(family, cdata[:16])
+                    cmsg = [(level, ctype, cdata[:20])]
+            if kind == SLOW or (self.wildcard and local_ip is None):
+                self._slow_safe(data, src, local_ip)
+                continue
+            if local_ip is None:
+                origin_attr = fixed_origin
+            else:
+                origin_attr = origin_attrs.get(local_ip) or origin_attrs.setdefault(
+                    local_ip, address_attr(0x802B, local_ip, self.origin[1])
+                )
+            resp = fast_response(data, fp, src, origin_attr, extra)
+            try:
+                if cmsg:
+                    sock.sendmsg([resp], cmsg, 0, addr)
+                else:
+                    sock.sendto(resp, addr)
+                c.fast += 1
+            except OSError:
+                c.send_errors += 1
