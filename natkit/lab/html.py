@@ -1,0 +1,504 @@
+"""The lab's report as one self-contained HTML file (``natkit lab run --html FILE``).
+
+:func:`render_html` turns the lab's JSON result (:meth:`natkit.lab.runner.LabResult.to_json`)
+and the :class:`~natkit.lab.topology.Topology` into a page people can look at and share: a
+summary, the matrix as a coloured NAT × NAT grid per path (host / srflx / relay) with expected
+vs observed in every cell, a detail panel (and a hover title) with the selected pair, RTT,
+time to connect, the expectation's reason and the packet evidence, the browser cases, the
+probe results per NAT, the topology (a diagram and a table) and the run's timing.
+
+Everything is inline (CSS, a few lines of JavaScript, an SVG, the data as JSON): the file
+fetches nothing, so it opens from disk, from a mail attachment or in a CI artifact viewer.
+
+Cell colours (``class`` names in parentheses): green = connected as expected (``ok-connected``),
+grey = failed as expected (``ok-failed``), red = observed differs from expected (``mismatch``),
+amber = the outcome matches but the route or the packet evidence contradicts it (``suspect``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from natkit.errors import UsageError
+
+__all__ = ["cell_state", "render_html", "write_html"]
+
+PATHS = ("host", "srflx", "relay")
+_PATH_TITLES = {
+    "host": "host: no ICE servers, host candidates only",
+    "srflx": "srflx: STUN only, server-reflexive candidates signaled",
+    "relay": "relay: TURN only (UDP and TCP), relay policy",
+}
+_SYMBOL = {"connected": "✓", "failed": "✗"}
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def cell_state(case: Mapping[str, Any]) -> str:
+    """``ok-connected`` | ``ok-failed`` | ``mismatch`` | ``suspect`` (see the module doc)."""
+    expected, observed = case.get("expected"), case.get("observed")
+    if expected != observed:
+        return "mismatch"
+    if case.get("pass") is False:
+        return "suspect"
+    if observed == "connected":
+        ev = case.get("evidence")
+        if isinstance(ev, Mapping) and ev.get("consistent") is False:
+            return "suspect"
+        if case.get("expected_route") and case.get("route") and case["route"] != case["expected_route"]:
+            return "suspect"
+        return "ok-connected"
+    return "ok-failed"
+
+
+def _endpoint(c: Any) -> str:
+    if not isinstance(c, Mapping):
+        return "?"
+    kind = c.get("type", "?")
+    proto = c.get("relay_transport") or c.get("relay_protocol") or c.get("protocol")
+    addr = f"{c.get('address', '?')}:{c.get('port', '?')}"
+    return f"{kind} {addr}" + (f" ({proto})" if proto and kind == "relay" else "")
+
+
+def _pair_text(sel: Any) -> str:
+    if not isinstance(sel, Mapping):
+        return "none"
+    return f"{_endpoint(sel.get('local'))} → {_endpoint(sel.get('remote'))}"
+
+
+def _ms(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "–"
+    return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
+
+
+def _case_title(case: Mapping[str, Any]) -> str:
+    a, b = [*case.get("nats", ()), "?", "?"][:2]
+    lines = [f"{a} → {b} over {case.get('path')}" + (" (same LAN)" if case.get("same_lan") else "")]
+    route = f" via {case['expected_route']}" if case.get("expected_route") else ""
+    lines.append(f"expected: {case.get('expected')}{route}")
+    route = f" via {case['route']}" if case.get("route") else ""
+    lines.append(f"observed: {case.get('observed')}{route}")
+    if case.get("observed") == "connected":
+        lines.append(f"selected: {_pair_text(case.get('selected'))}")
+        lines.append(f"connect {_ms(case.get('t_connect_ms'))}, RTT {_ms(case.get('rtt_ms'))}")
+    ev = case.get("evidence")
+    if isinstance(ev, Mapping):
+        verdict = "agrees" if ev.get("consistent") else "CONTRADICTS"
+        lines.append(f"evidence {verdict}: {ev.get('detail', '')}")
+    if case.get("reason"):
+        lines.append(f"why: {case['reason']}")
+    if case.get("error") and case.get("observed") != "connected":
+        lines.append(f"error: {case['error']}")
+    return "\n".join(lines)
+
+
+# -- pieces of the page -------------------------------------------------------------------------
+
+
+def _nat_order(results: Mapping[str, Any], topology: Any) -> tuple[list[str], list[str]]:
+    """(matrix NATs, same-LAN NATs) in topology order, else in order of appearance."""
+    # Only the NATs this run used (a run with --only uses a part of the topology).
+    used = {n for c in results.get("cases", []) for n in c.get("nats", [])}
+    if topology is not None:
+        matrix = [n.name for n in topology.nats if not n.same_lan and n.name in used]
+        lan = [n.name for n in topology.nats if n.same_lan and n.name in used]
+    else:
+        matrix, lan = [], []
+    for c in results.get("cases", []):
+        names = list(c.get("nats", []))
+        target = lan if c.get("same_lan") else matrix
+        for n in names:
+            if n not in matrix and n not in lan:
+                target.append(n)
+    return matrix, lan
+
+
+def _cell(case: Mapping[str, Any] | None, index: int | None) -> str:
+    if case is None or index is None:
+        return '<td class="cell none" title="not run">·</td>'
+    state = cell_state(case)
+    observed = str(case.get("observed"))
+    symbol = _SYMBOL.get(observed, "?")
+    sub = []
+    if case.get("observed") == "connected":
+        route = case.get("route") or ""
+        sub.append(f'<span class="route">{_e(route)}</span>')
+        if isinstance(case.get("rtt_ms"), int | float):
+            sub.append(f'<span class="rtt">{_e(_ms(case["rtt_ms"]))}</span>')
+    if state == "mismatch":
+        sub.append(f'<span class="exp">expected {_e(_SYMBOL.get(str(case.get("expected")), "?"))}</span>')
+    elif state == "suspect":
+        sub.append('<span class="exp">evidence?</span>')
+    return (
+        f'<td class="cell {state}" data-case="{index}" data-expected="{_e(case.get("expected"))}" '
+        f'data-observed="{_e(observed)}" title="{_e(_case_title(case))}" tabindex="0">'
+        f'<span class="sym">{symbol}</span>{"".join(sub)}</td>'
+    )
+
+
+def _grid(path: str, cases: Sequence[Mapping[str, Any]], matrix: list[str], lan: list[str]) -> str:
+    index: dict[tuple[str, str], int] = {}
+    lan_index: dict[str, int] = {}
+    for i, c in enumerate(cases):
+        if c.get("path") != path or "browser" in c:
+            continue
+        nats = list(c.get("nats", []))
+        if len(nats) != 2:
+            continue
+        if c.get("same_lan"):
+            lan_index[nats[0]] = i
+        else:
+            index[(nats[0], nats[1])] = i
+            index.setdefault((nats[1], nats[0]), i)
+    if not index and not lan_index:
+        return ""
+    counts = {"pass": 0, "total": 0}
+    for i in [*set(index.values()), *lan_index.values()]:
+        counts["total"] += 1
+        counts["pass"] += cell_state(cases[i]) in ("ok-connected", "ok-failed")
+    head = "".join(f'<th class="col" scope="col"><span>{_e(n)}</span></th>' for n in matrix)
+    rows = []
+    for row, a in enumerate(matrix):
+        cells = []
+        for col, b in enumerate(matrix):
+            if col < row:  # one cell per unordered pair: the upper triangle
+                cells.append('<td class="cell lower"></td>')
+                continue
+            at = index.get((a, b))
+            cells.append(_cell(cases[at] if at is not None else None, at))
+        rows.append(f'<tr><th class="row" scope="row">{_e(a)}</th>{"".join(cells)}</tr>')
+    for name in lan:
+        at = lan_index.get(name)
+        if at is None:
+            continue
+        rows.append(
+            f'<tr class="lanrow"><th class="row" scope="row">{_e(name)}</th>{_cell(cases[at], at)}'
+            f'<td class="lannote" colspan="{max(1, len(matrix) - 1)}">two peers on one LAN '
+            "behind one NAT</td></tr>"
+        )
+    ok = counts["pass"] == counts["total"]
+    return (
+        f'<section class="path" id="path-{path}"><h3>{_e(_PATH_TITLES[path])} '
+        f'<span class="count {"good" if ok else "bad"}">{counts["pass"]}/{counts["total"]} as '
+        "expected</span></h3>"
+        f'<table class="grid" data-path="{path}"><thead><tr><th class="corner">caller ↓ '
+        f"callee →</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+    )
+
+
+def _fmt_probe(value: Any) -> str:
+    if isinstance(value, Mapping):
+        if set(value) == {"ip", "port"}:
+            return f"{value['ip']}:{value['port']}"
+        return ", ".join(f"{k}: {_fmt_probe(v)}" for k, v in value.items()) or "–"
+    return "–" if value is None else str(value)
+
+
+def _probes(probes: Iterable[Mapping[str, Any]]) -> str:
+    rows = []
+    for p in probes:
+        good = bool(p.get("pass"))
+        rows.append(
+            f'<tr class="probe {"ok" if good else "bad"}" data-nat="{_e(p.get("nat"))}">'
+            f"<td>{_e(p.get('nat'))}</td><td>{_e(p.get('type', ''))}</td>"
+            f"<td>{_e(_fmt_probe(p.get('expected')))}</td>"
+            f"<td>{_e(_fmt_probe(p.get('observed')))}</td>"
+            f'<td class="verdict">{"✓ pass" if good else "✗ FAIL"}</td></tr>'
+        )
+    if not rows:
+        return '<p class="muted">No probes in this run.</p>'
+    return (
+        '<table class="probes"><thead><tr><th>NAT</th><th>type</th><th>expected</th>'
+        f"<th>observed (natkit probe)</th><th></th></tr></thead><tbody>{''.join(rows)}"
+        "</tbody></table>"
+    )
+
+
+def _browser_cases(cases: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for i, c in enumerate(cases):
+        b = c.get("browser")
+        if b is None and "browser" not in c:
+            continue
+        b = b if isinstance(b, Mapping) else {}
+        state = cell_state(c) if c.get("expected") else (
+            "ok-connected" if c.get("observed") == "connected" else "mismatch"
+        )
+        nats = " → ".join(str(n) for n in c.get("nats", [])) or "–"
+        types = f"local {', '.join(b.get('local_types', [])) or '–'}; remote {', '.join(b.get('remote_types', [])) or '–'}"
+        rows.append(
+            f'<tr class="bcase {state}" data-case="{i}"><td>{_e(nats)}</td><td>{_e(c.get("path"))}</td>'
+            f"<td>{_e(c.get('expected', '–'))}</td>"
+            f'<td class="obs">{_e(_SYMBOL.get(str(c.get("observed")), "?"))} {_e(c.get("observed"))}</td>'
+            f"<td>{_e(_pair_text(b.get('selected')))}</td><td>{_e(types)}</td>"
+            f'<td class="num">{_e(_ms(c.get("rtt_ms")))}</td><td>{_e(b.get("error") or c.get("error") or "")}</td></tr>'
+        )
+    if not rows:
+        return ""
+    return (
+        '<section id="browser"><h2>Browser cases (headless Chromium ↔ aiortc)</h2>'
+        '<p class="muted">What Chromium itself reports through getStats(): the selected pair and '
+        "the candidate types it gathered and received.</p>"
+        '<table class="probes"><thead><tr><th>NATs (Chromium → aiortc)</th><th>path</th>'
+        "<th>expected</th><th>observed</th><th>Chromium's selected pair</th><th>candidate types</th>"
+        f"<th>RTT</th><th>error</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+    )
+
+
+def _link(link: Any) -> str:
+    if link is None or not getattr(link, "shaped", False):
+        return "–"
+    parts = []
+    if link.delay_ms:
+        parts.append(f"{link.delay_ms:g} ms")
+    if link.jitter_ms:
+        parts.append(f"±{link.jitter_ms:g} ms")
+    if link.loss_pct:
+        parts.append(f"{link.loss_pct:g}% loss")
+    return ", ".join(parts)
+
+
+def _svg(topology: Any) -> str:
+    """A small diagram: servers and routers on the internet segment, peers behind routers."""
+    nats = list(topology.nats)
+    s = topology.servers
+    col = 150
+    width = max(640, 40 + col * max(len(nats), 1))
+    parts = [
+        f'<svg class="diagram" viewBox="0 0 {width} 250" width="{width}" height="250" '
+        'role="img" aria-label="lab topology">',
+        f'<rect x="10" y="70" width="{width - 20}" height="8" rx="4" class="wire"/>',
+        f'<text x="14" y="64" class="lbl">internet {_e(topology.internet_net)}</text>',
+    ]
+    servers = [
+        ("STUN", f"{s.stun_addresses[0]} / {s.stun_addresses[1]}"),
+        (f"TURN ({s.turn_engine})", f"{s.turn_address}:{s.turn_port}"),
+        ("signaling", f"{s.signaling_address}:{s.signaling_port}"),
+    ]
+    x = width - 20 - 3 * 190
+    for name, addr in servers:
+        parts.append(f'<line x1="{x + 85}" y1="40" x2="{x + 85}" y2="70" class="link"/>')
+        parts.append(f'<rect x="{x}" y="8" width="170" height="34" rx="6" class="srv"/>')
+        parts.append(f'<text x="{x + 85}" y="22" class="c b">{_e(name)}</text>')
+        parts.append(f'<text x="{x + 85}" y="36" class="c s">{_e(addr)}</text>')
+        x += 190
+    for i, n in enumerate(nats):
+        cx = 20 + col * i + col // 2
+        parts.append(f'<line x1="{cx}" y1="78" x2="{cx}" y2="110" class="link"/>')
+        parts.append(f'<rect x="{cx - 65}" y="110" width="130" height="44" rx="6" class="rtr {_e(n.type)}"/>')
+        parts.append(f'<text x="{cx}" y="128" class="c b">{_e(n.name)}</text>')
+        parts.append(f'<text x="{cx}" y="145" class="c s">{_e(n.type)}</text>')
+        for k in range(n.peers):
+            px = cx + (k - (n.peers - 1) / 2) * 50
+            parts.append(f'<line x1="{cx}" y1="154" x2="{px}" y2="190" class="link"/>')
+            parts.append(f'<circle cx="{px}" cy="204" r="14" class="peer"/>')
+            parts.append(f'<text x="{px}" y="208" class="c s">p{k + 1}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _topology(topology: Any, results: Mapping[str, Any]) -> str:
+    if topology is None:
+        src = results.get("topology")
+        return f'<p class="muted">Topology file: {_e(src or "unknown")}</p>'
+    s = topology.servers
+    rows = []
+    for n in topology.nats:
+        b = n.behaviour
+        rows.append(
+            f'<tr data-nat="{_e(n.name)}"><td>{_e(n.name)}</td><td>{_e(n.type)}</td>'
+            f"<td>{_e(b.mapping.value if b.mapping else 'none')}</td>"
+            f"<td>{_e(b.filtering.value if b.filtering else 'none')}</td>"
+            f"<td>{'yes' if b.block_udp else 'no'}</td><td>{'yes' if b.hairpinning else 'no'}</td>"
+            f"<td>{b.udp_timeout} s</td><td>{_e(_link(n.wan))}</td><td>{_e(_link(n.lan))}</td>"
+            f"<td>{n.peers}{' (same LAN)' if n.same_lan else ''}</td></tr>"
+        )
+    engine = results.get("turn_engine") or s.turn_engine
+    return (
+        _svg(topology)
+        + '<dl class="facts">'
+        f"<dt>file</dt><dd>{_e(topology.source)}</dd>"
+        f"<dt>internet</dt><dd>{_e(topology.internet_net)} (links: {_e(_link(topology.internet_link))})</dd>"
+        f"<dt>STUN (RFC 5780)</dt><dd>{_e(s.stun_addresses[0])}, {_e(s.stun_addresses[1])} ports "
+        f"{s.stun_port}/{s.stun_alt_port}</dd>"
+        f"<dt>TURN</dt><dd>{_e(engine)} at {_e(s.turn_address)}:{s.turn_port} over "
+        f"{_e(', '.join(s.turn_transports))}, realm {_e(s.turn_realm)}</dd>"
+        f"<dt>signaling</dt><dd>{_e(s.signaling_address)}:{s.signaling_port}</dd>"
+        f"<dt>case deadline</dt><dd>{topology.case_deadline_s:g} s</dd></dl>"
+        '<table class="probes"><thead><tr><th>NAT</th><th>type</th><th>mapping</th>'
+        "<th>filtering</th><th>UDP blocked</th><th>hairpin</th><th>UDP timeout</th><th>WAN</th>"
+        f"<th>LAN</th><th>peers</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _timing(results: Mapping[str, Any]) -> str:
+    cases = [c for c in results.get("cases", []) if "browser" not in c]
+    timings = results.get("timings") or {}
+    total = results.get("duration_s")
+    bars = []
+    scale = max([float(total or 0), *[float(v) for v in timings.values() if isinstance(v, int | float)], 1e-9])
+    for name, value in [("whole run", total), *timings.items()]:
+        if not isinstance(value, int | float):
+            continue
+        label = name.removesuffix("_s")
+        pct = max(0.5, 100 * float(value) / scale)
+        bars.append(
+            f'<div class="bar"><span class="bl">{_e(label)}</span><span class="bt">'
+            f'<span class="bf" style="width:{pct:.1f}%"></span></span>'
+            f'<span class="bv">{float(value):.2f} s</span></div>'
+        )
+    rows = []
+    for path in PATHS:
+        t = [c["t_connect_ms"] for c in cases if c.get("path") == path and isinstance(c.get("t_connect_ms"), int | float)]
+        r = [c["rtt_ms"] for c in cases if c.get("path") == path and isinstance(c.get("rtt_ms"), int | float)]
+        n = sum(1 for c in cases if c.get("path") == path)
+        if not n:
+            continue
+        rows.append(
+            f"<tr><td>{path}</td><td>{n}</td><td>{len(t)}</td>"
+            f"<td>{_ms(statistics.median(t)) if t else '–'}</td><td>{_ms(max(t)) if t else '–'}</td>"
+            f"<td>{_ms(statistics.median(r)) if r else '–'}</td></tr>"
+        )
+    return (
+        f'<div class="bars">{"".join(bars)}</div>'
+        '<table class="probes"><thead><tr><th>path</th><th>cases</th><th>connected</th>'
+        "<th>median time to connect</th><th>slowest</th><th>median echo RTT</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+_CSS = """
+:root{--ok:#2e9e4f;--okf:#d5d9df;--bad:#d93b3b;--sus:#f0a202;--ink:#1d2330;--mut:#667085;--bg:#f6f7f9}
+*{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--ink);background:var(--bg)}
+header{padding:20px 28px;background:#1d2330;color:#fff;display:flex;gap:24px;align-items:center;flex-wrap:wrap}
+header h1{margin:0;font-size:22px;font-weight:600}header .meta{color:#c9d0dc;font-size:13px}
+.badge{font-weight:700;font-size:18px;padding:6px 14px;border-radius:8px}.badge.pass{background:var(--ok)}.badge.fail{background:var(--bad)}
+main{padding:8px 28px 40px;max-width:1400px}h2{margin:28px 0 8px;font-size:18px}h3{margin:18px 0 8px;font-size:15px;font-weight:600}
+.muted{color:var(--mut)}.count{font-weight:600;font-size:12px;padding:2px 8px;border-radius:10px;margin-left:8px}
+.count.good{background:#dcf1e2;color:#17692f}.count.bad{background:#fadcdc;color:#9b1c1c}
+.paths{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}
+table.grid{border-collapse:separate;border-spacing:3px}
+.grid th{font-weight:600;font-size:12px;color:#344054}.grid th.row{text-align:right;padding-right:8px;white-space:nowrap}
+.grid th.col{height:96px;vertical-align:bottom;padding:0 0 6px}.grid th.col span{display:inline-block;writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap}
+.grid th.corner{font-size:11px;color:var(--mut);vertical-align:bottom;text-align:right;padding:0 8px 6px 0;white-space:nowrap}
+td.cell{width:64px;height:52px;text-align:center;border-radius:6px;cursor:pointer;vertical-align:middle;padding:2px}
+td.cell .sym{display:block;font-size:20px;font-weight:700;line-height:1.1}
+td.cell span.route,td.cell span.rtt,td.cell span.exp{display:block;font-size:10px;line-height:1.2}
+td.ok-connected{background:var(--ok);color:#fff}td.ok-failed{background:var(--okf);color:#475467}
+td.mismatch{background:var(--bad);color:#fff;outline:2px solid #7a1010}td.suspect{background:var(--sus);color:#2b1a00}
+td.lower{background:transparent}td.none{background:#eef0f3;color:#98a2b3;cursor:default}
+td.cell:hover,td.cell:focus,td.cell.sel{outline:3px solid #1d2330;outline-offset:1px}
+td.lannote{font-size:11px;color:var(--mut);text-align:left;padding-left:8px}
+.legend{display:flex;gap:18px;flex-wrap:wrap;font-size:12px;margin:6px 0 4px}.legend i{display:inline-block;width:14px;height:14px;border-radius:3px;vertical-align:-2px;margin-right:6px}
+#detail{position:sticky;top:8px;background:#fff;border:1px solid #d0d5dd;border-radius:10px;padding:12px 16px;min-height:60px;margin:14px 0;box-shadow:0 1px 3px rgba(16,24,40,.08)}
+#detail pre{margin:6px 0 0;white-space:pre-wrap;font:12px/1.45 ui-monospace,SFMono-Regular,Menlo,monospace;max-height:260px;overflow:auto;background:#f9fafb;padding:8px;border-radius:6px}
+table.probes{border-collapse:collapse;background:#fff;border:1px solid #e4e7ec;border-radius:8px;overflow:hidden;margin:6px 0}
+table.probes th,table.probes td{padding:6px 12px;border-bottom:1px solid #eef0f3;text-align:left;font-size:13px}
+table.probes th{background:#f2f4f7;font-weight:600}
+td.verdict{white-space:nowrap}tr.ok td.verdict{color:var(--ok);font-weight:700}tr.bad td.verdict{color:var(--bad);font-weight:700}tr.bad{background:#fff1f1}
+tr.bcase td.obs,tr.bcase td.num{white-space:nowrap}tr.bcase.ok-connected td.obs{color:var(--ok);font-weight:700}tr.bcase.mismatch td.obs,tr.bcase.suspect td.obs{color:var(--bad);font-weight:700}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:10px 0}dl.facts dt{color:var(--mut)}dl.facts dd{margin:0}
+svg.diagram{background:#fff;border:1px solid #e4e7ec;border-radius:8px;max-width:100%;height:auto}
+svg .wire{fill:#98a2b3}svg .link{stroke:#98a2b3;stroke-width:2}svg .srv{fill:#e0ecff;stroke:#3b6fd8}
+svg .rtr{fill:#fff4e0;stroke:#c77d05}svg .rtr.open{fill:#e8f6ec;stroke:#2e9e4f}svg .peer{fill:#eef0f3;stroke:#667085}
+svg text{font:12px system-ui,sans-serif;fill:#1d2330}svg .c{text-anchor:middle}svg .b{font-weight:600}svg .s{font-size:10px;fill:#475467}svg .lbl{font-size:11px;fill:#475467}
+.bars{max-width:720px;margin:8px 0 12px}.bar{display:flex;align-items:center;gap:10px;margin:4px 0}
+.bl{width:110px;text-align:right;color:var(--mut);font-size:12px}.bt{flex:1;background:#e4e7ec;height:14px;border-radius:7px;overflow:hidden}
+.bf{display:block;height:100%;background:#3b6fd8}.bv{width:70px;font-variant-numeric:tabular-nums;font-size:12px}
+ul.errors{color:var(--bad)}
+"""
+
+_JS = """
+(function(){
+  var data = JSON.parse(document.getElementById('lab-data').textContent);
+  var panel = document.getElementById('detail-body');
+  var title = document.getElementById('detail-title');
+  function show(el){
+    document.querySelectorAll('.sel').forEach(function(x){x.classList.remove('sel');});
+    el.classList.add('sel');
+    var c = data.cases[+el.getAttribute('data-case')];
+    title.textContent = el.getAttribute('title').split('\\n')[0];
+    panel.textContent = el.getAttribute('title') + '\\n\\n' + JSON.stringify(c, null, 2);
+  }
+  document.querySelectorAll('[data-case]').forEach(function(el){
+    el.addEventListener('click', function(){show(el);});
+    el.addEventListener('mouseenter', function(){show(el);});
+    el.addEventListener('keydown', function(ev){ if (ev.key === 'Enter') show(el); });
+  });
+})();
+"""
+
+
+def render_html(results: Mapping[str, Any], topology: Any = None) -> str:
+    """One self-contained HTML page for a lab run (``results``: the run's ``--json`` output)."""
+    # Browser cases (they carry Chromium's report under "browser") may come in "cases" or in
+    # "browser_cases"; they get their own table, the grids hold the aiortc cases.
+    cases = [*results.get("cases", []), *results.get("browser_cases", [])]
+    probes = list(results.get("probes", []))
+    matrix, lan = _nat_order(results, topology)
+    passed = bool(results.get("pass"))
+    grid_cases = [c for c in cases if "browser" not in c]
+    n_ok = sum(cell_state(c) in ("ok-connected", "ok-failed") for c in grid_cases)
+    p_ok = sum(bool(p.get("pass")) for p in probes)
+    name = getattr(topology, "name", None) or "lab"
+    duration = results.get("duration_s")
+    engine = results.get("turn_engine") or (topology.servers.turn_engine if topology else "?")
+    grids = "".join(_grid(p, cases, matrix, lan) for p in PATHS)
+    errors = results.get("errors") or []
+    # Inline JSON: '</' would end the script element early.
+    blob = json.dumps({"cases": cases}, default=str).replace("</", "<\\/")
+    summary = (
+        f"{n_ok}/{len(grid_cases)} cases and {p_ok}/{len(probes)} probes as expected · "
+        f"{_e(f'{duration:.1f}') if isinstance(duration, int | float) else '?'} s · "
+        f"TURN engine {_e(engine)}"
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>natkit lab {_e(name)}: {"PASS" if passed else "FAIL"}</title>
+<style>{_CSS}</style></head>
+<body>
+<header><span class="badge {"pass" if passed else "fail"}" id="verdict">{"PASS" if passed else "FAIL"}</span>
+<div><h1>natkit NAT lab — {_e(name)}</h1><div class="meta" id="summary">{summary}</div></div></header>
+<main>
+{f'<ul class="errors">{"".join(f"<li>{_e(e)}</li>" for e in errors)}</ul>' if errors else ""}
+<h2>Which paths connect</h2>
+<p class="muted">Each cell is one case: a caller behind the row's NAT, a callee behind the column's
+(a NAT paired with itself is two NATs of that kind). ✓ connected, ✗ failed; the small text is the
+route the packets took and the echo RTT. Hover or click a cell for the selected candidate pair,
+timings, the reason for the expectation and the packet evidence.</p>
+<div class="legend"><span><i style="background:var(--ok)"></i>connected, as expected</span>
+<span><i style="background:var(--okf)"></i>failed, as expected</span>
+<span><i style="background:var(--bad)"></i>differs from the expectation</span>
+<span><i style="background:var(--sus)"></i>outcome as expected, route or evidence not</span></div>
+<div id="detail"><strong id="detail-title">Details</strong><pre id="detail-body">Hover or click a cell.</pre></div>
+<div class="paths">{grids}</div>
+{_browser_cases(cases)}
+<h2>Probes: what natkit probe saw from behind every NAT</h2>
+{_probes(probes)}
+<h2>Topology</h2>
+{_topology(topology, results)}
+<h2>Timing</h2>
+{_timing(results)}
+</main>
+<script type="application/json" id="lab-data">{blob}</script>
+<script>{_JS}</script>
+</body></html>
+"""
+
+
+def write_html(path: str | os.PathLike[str], results: Mapping[str, Any], topology: Any = None) -> None:
+    """Write :func:`render_html` to ``path`` (``natkit lab run --html FILE``)."""
+    try:
+        Path(path).write_text(render_html(results, topology), encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--html {path}: cannot write: {exc.strerror or exc}") from None

@@ -1,0 +1,295 @@
+"""The Compose engine: generated from the netns engine's topology, accepted by docker-compose,
+routers running the netns engine's very rulesets. (No Docker engine here: nothing is run.)"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from natkit.lab import runner
+from natkit.lab.compose import (
+    DOCKERFILE,
+    compose_model,
+    render_compose,
+    router_rulesets,
+    to_yaml,
+)
+from natkit.lab.netns import NetnsLab
+from natkit.lab.topology import load
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's docker-compose brings PyYAML to it
+needs_compose = pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="Debian's docker-compose is not installed (apt-get install docker-compose)",
+)
+
+
+class _RecordingLab(NetnsLab):
+    """NetnsLab whose system calls only record: what the netns engine would apply, per ns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rules: dict[str, str] = {}
+        self.sysctls: dict[str, dict[str, str]] = {}
+
+    def add_ns(self, role: str) -> str:
+        return f"{self.tag}-{role}"
+
+    def add_bridge(self, *a: Any, **k: Any) -> None:
+        pass
+
+    add_veth = add_addr = add_route = impair = add_bridge
+
+    def sysctl(self, ns: str, key: str, value: str) -> None:
+        self.sysctls.setdefault(ns, {})[key] = value
+
+    def apply_nft(self, ns: str, ruleset: str, *, check: bool = False) -> None:
+        self.rules[ns] = ruleset
+
+
+def _netns_engine(topo: Any) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Router id -> ruleset and sysctls, as natkit.lab.runner.build applies them."""
+    lab = _RecordingLab()
+    nodes = runner.build(lab, topo, topo.plan())
+    rules = {rid: lab.rules[ns] for rid, ns in nodes.routers.items()}
+    sysctls = {rid: lab.sysctls[ns] for rid, ns in nodes.routers.items()}
+    return rules, sysctls
+
+
+def _yaml_load(path: Path | None = None, text: str | None = None) -> Any:
+    code = "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin.read())))"
+    data = path.read_text() if path is not None else text
+    res = subprocess.run([SYSTEM_PYTHON, "-c", code], input=data, capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        pytest.skip(f"PyYAML not available to {SYSTEM_PYTHON}: {res.stderr.strip()[-200:]}")
+    return json.loads(res.stdout)
+
+
+def _unescape(value: Any) -> Any:
+    """What Compose makes of a value: '$$' is a literal '$'."""
+    if isinstance(value, str):
+        return value.replace("$$", "$")
+    if isinstance(value, dict):
+        return {k: _unescape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unescape(v) for v in value]
+    return value
+
+
+def _compose_config(path: Path) -> dict[str, Any]:
+    res = subprocess.run(
+        ["docker-compose", "-f", str(path), "config"], capture_output=True, text=True, timeout=60,
+        cwd=path.parent,
+    )
+    assert res.returncode == 0, res.stderr
+    return _unescape(_yaml_load(text=res.stdout))  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_cli_output_is_the_committed_compose_yaml() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "natkit", "lab", "compose"], capture_output=True, text=True,
+        timeout=60, cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == (ROOT / "compose.yaml").read_text(), (
+        "compose.yaml differs from `natkit lab compose`: regenerate it with "
+        "`natkit lab compose -o compose.yaml`"
+    )
+
+
+def test_generation_is_deterministic_and_matches_compose_yaml() -> None:
+    topo = load()
+    text = render_compose(topo)
+    assert text == render_compose(load())
+    assert text == (ROOT / "compose.yaml").read_text()
+
+
+def test_router_rulesets_are_the_netns_engines() -> None:
+    topo = load()
+    rules, sysctls = _netns_engine(topo)
+    assert router_rulesets(topo) == rules
+    model = compose_model(topo)
+    for rid, ruleset in rules.items():
+        svc = model["services"][f"router-{rid}"]
+        assert svc["environment"]["NATKIT_NFT"] == ruleset
+        assert svc["sysctls"] == sysctls[rid]
+    # and the NAT rules do differ between behaviours (the comparison is not vacuous)
+    assert len(set(rules.values())) >= 5
+
+
+@needs_compose
+def test_docker_compose_accepts_it_and_reads_the_same_rules(tmp_path: Path) -> None:
+    topo = load()
+    path = tmp_path / "compose.yaml"
+    path.write_text(render_compose(topo))
+    cfg = _compose_config(path)
+    rules, _ = _netns_engine(topo)
+    services = cfg["services"]
+    # Compose's own reading of the file: every router carries the netns engine's ruleset.
+    for rid, ruleset in rules.items():
+        assert services[f"router-{rid}"]["environment"]["NATKIT_NFT"] == ruleset
+        assert services[f"router-{rid}"]["cap_add"] == ["NET_ADMIN"]
+    plan = topo.plan()
+    peers = [p for r in plan.routers for p in r.peers]
+    assert set(services) == {
+        "servers", "runner", *(f"router-{r.id}" for r in plan.routers), *(f"peer-{p.id}" for p in peers)
+    }
+    # Everything is built from the Dockerfile in configs/, nothing is pulled.
+    for name, svc in services.items():
+        assert svc["build"]["dockerfile"] == DOCKERFILE, name
+        assert svc.get("pull_policy") == "build", name
+    assert (ROOT / DOCKERFILE).is_file()
+    froms = [ln for ln in (ROOT / DOCKERFILE).read_text().splitlines() if ln.startswith("FROM ")]
+    assert len(froms) == 1
+    # Every network is internal (nothing reaches the host's outside), with the plan's subnets.
+    nets = cfg["networks"]
+    assert all(n.get("internal") is True for n in nets.values())
+    assert nets["internet"]["ipam"]["config"][0]["subnet"] == topo.internet_net
+    for r in plan.routers:
+        lan = nets[f"lan-{r.id}"]["ipam"]["config"][0]
+        assert lan["subnet"] == r.lan_net and lan["gateway"] != r.lan_ip
+        router = services[f"router-{r.id}"]
+        assert router["networks"]["internet"]["ipv4_address"] == r.public_ip
+        assert router["networks"][f"lan-{r.id}"]["ipv4_address"] == r.lan_ip
+        for p in r.peers:
+            peer = services[f"peer-{p.id}"]
+            assert peer["networks"] == {f"lan-{r.id}": {"ipv4_address": p.ip}}
+            assert peer["environment"]["NATKIT_ROUTES"] == f"default via {r.lan_ip}"
+    # The runner waits for exactly the agents the plan has, and exits with the lab's code.
+    env = services["runner"]["environment"]
+    assert sorted(env["NATKIT_AGENTS"].split()) == sorted(["srv", *(p.id for p in peers)])
+    assert env["NATKIT_TOPOLOGY"] == Path(topo.source).read_text()
+    runner_ip = services["runner"]["networks"]["internet"]["ipv4_address"]
+    assert ipaddress.IPv4Address(runner_ip) in ipaddress.IPv4Network(topo.internet_net)
+    assert runner_ip not in {r.public_ip for r in plan.routers}
+
+
+@needs_compose
+def test_a_custom_topology_with_shaped_links(tmp_path: Path) -> None:
+    toml = (ROOT / "configs/lab/default.toml").read_text()
+    toml = toml.replace('engine = "natkit"', 'engine = "coturn"')
+    toml = toml.replace('password = "natkit-lab"', 'password = "pa$$word {x} \\"q\\""')
+    toml += '\n[[nat]]\nname = "lossy"\ntype = "full-cone"\nwan = { delay_ms = 20, loss_pct = 1.5 }\n'
+    src = tmp_path / "lab.toml"
+    src.write_text(toml)
+    topo = load(src)
+    path = tmp_path / "compose.yaml"
+    path.write_text(render_compose(topo))
+    cfg = _compose_config(path)
+    services = cfg["services"]
+    assert services["router-lossy-1"]["environment"]["NATKIT_NETEM"] == "wan=delay 20ms loss 1.5%"
+    assert services["runner"]["environment"]["NATKIT_TURN_ENGINE"] == "coturn"
+    # '$' survives Compose's interpolation: the runner reads the topology exactly as written
+    assert services["runner"]["environment"]["NATKIT_TOPOLOGY"] == toml
+    rules, _ = _netns_engine(topo)
+    assert services["router-lossy-1"]["environment"]["NATKIT_NFT"] == rules["lossy-1"]
+
+
+def test_yaml_writer_round_trips_awkward_strings() -> None:
+    data = {
+        "plain": "abc", "ip": "203.0.113.2", "colon": "a: b", "hash": "a #b", "yes": "yes",
+        "num": "0123", "dollar": "x$y", "quote": 'say "hi"', "empty": "", "lead": " x",
+        "multi": "line 1\n  line 2\n", "multi_nolf": "a\nb", "multi_lead": "  a\nb\n",
+        "list": ["-m", "", "a b", {"k": "v", "k2": ["x"]}], "emptylist": [], "emptymap": {},
+        "int": 7, "bool": True, "unicode": "≤ 60 s",
+    }
+    back = _unescape(_yaml_load(text=to_yaml(data)))
+    assert back == data
+
+
+# --------------------------------------------------------------------------------------------
+# The containers' side, without Docker: every service of the generated model runs its command
+# (python -m natkit.lab.compose node, with its environment) in a namespace, every network is a
+# bridge, interfaces are attached in an order unlike the model's (Docker's order is not ours).
+
+needs_root = pytest.mark.skipif(
+    not (shutil.which("nft") and shutil.which("ip")) or __import__("os").geteuid() != 0,
+    reason="needs root, network namespaces and nftables",
+)
+
+_SMALL = """
+[lab]
+name = "compose-small"
+case_deadline_s = 10
+[internet]
+subnet = "203.0.113.0/24"
+[stun]
+addresses = ["203.0.113.2", "203.0.113.3"]
+[turn]
+address = "203.0.113.4"
+[signaling]
+address = "203.0.113.4"
+[[nat]]
+name = "open"
+type = "open"
+[[nat]]
+name = "symmetric"
+type = "symmetric"
+"""
+
+
+@needs_root
+@pytest.mark.timeout(150)
+def test_compose_services_run_the_lab_as_namespaces(tmp_path: Path) -> None:
+    import os
+
+    src = tmp_path / "small.toml"
+    src.write_text(_SMALL)
+    topo = load(src)
+    model = compose_model(topo)
+    out_json = tmp_path / "result.json"
+    with NetnsLab() as lab:
+        hub = lab.add_ns("hub")
+        bridges: dict[str, str] = {}
+        prefixes: dict[str, int] = {}
+        for i, (name, net) in enumerate(model["networks"].items()):
+            bridges[name] = f"b{i}"
+            prefixes[name] = ipaddress.IPv4Network(net["ipam"]["config"][0]["subnet"]).prefixlen
+            lab.add_bridge(hub, bridges[name])
+        procs: dict[str, subprocess.Popen[Any]] = {}
+        for k, (sname, svc) in enumerate(model["services"].items()):
+            ns = lab.add_ns(f"s{k}")
+            for j, (net, cfg) in enumerate(reversed(list(svc["networks"].items()))):
+                lab.add_veth(ns, f"eth{j}", hub, f"v{k}x{j}", master=bridges[net])
+                lab.add_addr(ns, f"eth{j}", f"{cfg['ipv4_address']}/{prefixes[net]}")
+            for key, value in svc.get("sysctls", {}).items():
+                lab.sysctl(ns, key, value)
+            env = {**os.environ, **svc["environment"], "NATKIT_AGENT_WAIT_S": "40"}
+            if sname == "runner":
+                env["NATKIT_JSON"] = str(out_json)
+            # the image's python is this test's interpreter
+            argv = [sys.executable if a == "python" else a for a in svc["command"]]
+            log = open(tmp_path / f"{sname}.log", "w")  # noqa: SIM115 - closed with the lab
+            procs[sname] = lab.popen(
+                ns, argv, env=env, cwd=ROOT, text=True, stderr=log,
+                stdout=subprocess.PIPE if sname == "runner" else log,
+            )
+        runner_proc = procs["runner"]
+        try:
+            out, _ = runner_proc.communicate(timeout=120)
+        finally:
+            runner_proc.kill()
+    logs = {p.stem: p.read_text()[-600:] for p in tmp_path.glob("*.log")}
+    assert runner_proc.returncode == 0, (out[-2000:], {k: v for k, v in logs.items() if v})
+    assert "PASS" in out and "matrix" in out
+    result = json.loads(out_json.read_text())
+    assert result["pass"] is True
+    assert len(result["cases"]) == len(topo.cases()) == 9
+    assert all(p["pass"] for p in result["probes"]) and len(result["probes"]) == 2
+    observed = {(tuple(c["nats"]), c["path"]): c["observed"] for c in result["cases"]}
+    assert observed[(("symmetric", "symmetric"), "srflx")] == "failed"
+    assert observed[(("symmetric", "symmetric"), "relay")] == "connected"
+    assert observed[(("open", "symmetric"), "srflx")] == "connected"
