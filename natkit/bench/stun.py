@@ -12,13 +12,9 @@ the server) is the efficiency figure that does not depend on who saturated first
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,19 +24,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from natkit.bench._common import (
+    Progress,
+    build_tool,
+    check_seconds_rounds,
+    core_busy,
+    core_times,
+    coturn_version,
+    cpu_seconds,
+    stop,
+)
 from natkit.errors import UsageError
+from natkit.server.coturn import free_port, wait_for_binding
 
 _REPO = Path(__file__).resolve().parents[2]
 DEFAULT_GENERATOR = _REPO.parent / "shared" / "tools" / "stunflood.c"
-_TICK = os.sysconf("SC_CLK_TCK")
 _LINE = re.compile(r"responses=(\d+) other=(\d+) seconds=([\d.]+) rate=(\d+)")
-
-Progress = Callable[[str], None]
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "natkit"
 
 
 def build_generator(source: Path | None = None) -> Path:
@@ -50,90 +49,16 @@ def build_generator(source: Path | None = None) -> Path:
         raise UsageError(
             f"load generator source {src} not found: pass --generator-source PATH/stunflood.c"
         )
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        raise UsageError("no C compiler to build the load generator: apt-get install gcc")
-    tag = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
-    target = _cache_dir() / f"stunflood-{tag}"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent)
-        os.close(fd)
-        try:
-            done = subprocess.run(
-                [gcc, "-O2", "-o", tmp, str(src)], capture_output=True, text=True, timeout=120
-            )
-            if done.returncode:
-                raise UsageError(f"cannot build {src}: {done.stderr.strip().splitlines()[-1:]}")
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-    return target
-
-
-def _free_udp_port(span: int = 1) -> int:
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port + span <= 65535:
-            return port
-    raise UsageError("no free UDP port on 127.0.0.1")
+    return build_tool(src, "stunflood", "the load generator")
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float = 15.0) -> None:
     """Until the server answers a Binding request on 127.0.0.1:port."""
-    request = bytes.fromhex("000100002112a442") + os.urandom(12)
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.1)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise UsageError(f"server exited with status {proc.returncode} at start")
-            with contextlib.suppress(OSError):
-                s.sendto(request, ("127.0.0.1", port))
-                data = s.recv(2048)
-                if data[:2] == b"\x01\x01" and data[8:20] == request[8:20]:
-                    return
-    raise UsageError(f"server did not answer on 127.0.0.1:{port} within {timeout:g} s")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, all its threads included."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def _core_times() -> dict[int, tuple[int, int]]:
-    """Per CPU: (busy, total) jiffies from /proc/stat (busy counts irq and softirq too)."""
-    out: dict[int, tuple[int, int]] = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                name, *values = line.split()
-                v = [int(x) for x in values[:8]]
-                out[int(name[3:])] = (sum(v) - v[3] - v[4], sum(v))
-    return out
-
-
-def _core_busy(a: dict[int, tuple[int, int]], b: dict[int, tuple[int, int]], cpu: int) -> float:
-    busy, total = b[cpu][0] - a[cpu][0], b[cpu][1] - a[cpu][1]
-    return round(busy / total, 3) if total > 0 else 0.0
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+    status = wait_for_binding(("127.0.0.1", port), timeout, proc)
+    if status == "exited":
+        raise UsageError(f"server exited with status {proc.returncode} at start")
+    if status != "ok":
+        raise UsageError(f"server did not answer on 127.0.0.1:{port} within {timeout:g} s")
 
 
 def natkit_command(port: int, cpu: int) -> list[str]:
@@ -152,16 +77,6 @@ def coturn_command(port: int, cpu: int, workdir: Path) -> list[str]:
         f"--log-file={workdir / 'turnserver.log'}", "--simple-log",
         f"--pidfile={workdir / 'turnserver.pid'}", f"--userdb={workdir / 'turndb'}",
     ]  # fmt: skip
-
-
-def coturn_version() -> str:
-    try:
-        out = subprocess.run(
-            ["turnserver", "--version"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.splitlines()[0] if out else "unknown"
 
 
 def _one_run(
@@ -189,7 +104,7 @@ def _one_run(
         try:
             _wait_ready(proc, port)
             time.sleep(0.3)  # let the server settle after start
-            cpu0, t0, cores0 = _cpu_tree(proc.pid), time.monotonic(), _core_times()
+            cpu0, t0, cores0 = cpu_seconds(proc.pid), time.monotonic(), core_times()
             gen = subprocess.Popen(
                 ["taskset", "-c", str(generator_cpu), str(generator), "127.0.0.1", str(port),
                  f"{seconds:g}", str(sockets), str(window)],
@@ -201,9 +116,9 @@ def _one_run(
             _, status, usage = os.wait4(gen.pid, 0)
             gen.returncode = os.waitstatus_to_exitcode(status)
             elapsed = time.monotonic() - t0
-            cpu1, cores1 = _cpu_tree(proc.pid), _core_times()
+            cpu1, cores1 = cpu_seconds(proc.pid), core_times()
         finally:
-            _stop(proc)
+            stop(proc)
     match = _LINE.search(out.decode(errors="replace"))
     if gen.returncode or not match:
         raise UsageError(f"the load generator failed against {name}: {out.decode()[:200]!r}")
@@ -218,19 +133,9 @@ def _one_run(
         "server_cpu": round(server_cpu / elapsed, 3),
         "generator_cpu": round((usage.ru_utime + usage.ru_stime) / gen_seconds, 3),
         "per_cpu_second": round(responses / server_cpu) if server_cpu > 0 else None,
-        "server_core_busy": _core_busy(cores0, cores1, server_core),
-        "generator_core_busy": _core_busy(cores0, cores1, generator_cpu),
+        "server_core_busy": core_busy(cores0, cores1, server_core),
+        "generator_core_busy": core_busy(cores0, cores1, generator_cpu),
     }
-
-
-def _cpu_tree(pid: int) -> float:
-    """CPU seconds of pid and its direct children (taskset execs, so usually pid itself)."""
-    total = _cpu_seconds(pid)
-    with contextlib.suppress(OSError):
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            with contextlib.suppress(OSError):
-                total += _cpu_seconds(int(child))
-    return total
 
 
 def run(
@@ -248,10 +153,7 @@ def run(
 ) -> dict[str, Any]:
     """Run the benchmark; returns the report (see docs/bench_stun.md for the keys)."""
     say = progress or (lambda _msg: None)
-    if not 0.5 <= seconds <= 600:
-        raise UsageError(f"bad --seconds {seconds}: give 0.5-600")
-    if not 1 <= rounds <= 20:
-        raise UsageError(f"bad --rounds {rounds}: give 1-20")
+    check_seconds_rounds(seconds, rounds)
     if not 1 <= sockets <= 1024 or not 1 <= window <= 1024:
         raise UsageError(f"bad --sockets {sockets} / --window {window}: give 1-1024 each")
     ncpu = os.cpu_count() or 1
@@ -284,7 +186,7 @@ def run(
     order = ["natkit", "coturn"] if with_coturn else ["natkit"]
     for rnd in range(1, rounds + 1):
         for name in order:
-            port = _free_udp_port()
+            port = free_port("127.0.0.1")
 
             def make(tmp: Path, name: str = name, port: int = port) -> list[str]:
                 if name == "natkit":

@@ -26,68 +26,47 @@ per CPU-second of the server) is the efficiency figure independent of who satura
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import selectors
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from natkit.bench._common import (
+    Progress,
+    build_tool,
+    check_seconds_rounds,
+    core_busy,
+    core_times,
+    coturn_version,
+    cpu_seconds,
+    rss_bytes,
+    stop,
+)
 from natkit.errors import UsageError
 
 DRIVER_SOURCE = Path(__file__).with_name("turnload.c")
 ENGINES = ("natkit", "coturn")
 USER, PASSWORD, REALM = "bench", "bench-password", "natkit-bench"
 RELAY_PORTS = (10000, 29999)  # below the kernel's ephemeral range, where the driver's ports are
-_TICK = os.sysconf("SC_CLK_TCK")
 _KV = re.compile(r"(\w+)=(\S+)")
-
-Progress = Callable[[str], None]
 
 
 # -- the driver ---------------------------------------------------------------------------
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "natkit"
 
 
 def build_driver(source: Path = DRIVER_SOURCE) -> Path:
     """Compile turnload.c once per source version into the cache dir; return the binary."""
     if not source.is_file():
         raise UsageError(f"the TURN load driver source {source} is missing: reinstall natkit")
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        raise UsageError("no C compiler to build the TURN load driver: apt-get install gcc")
-    tag = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    target = _cache_dir() / f"turnload-{tag}"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent)
-    os.close(fd)
-    try:
-        done = subprocess.run(
-            [gcc, "-O2", "-o", tmp, str(source)], capture_output=True, text=True, timeout=120
-        )
-        if done.returncode:
-            last = (done.stderr.strip().splitlines() or ["?"])[-1]
-            raise UsageError(f"cannot build the TURN load driver {source}: {last}")
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return target
+    return build_tool(source, "turnload", "the TURN load driver")
 
 
 class _LineReader:
@@ -127,63 +106,6 @@ def _fields(line: str) -> dict[str, Any]:
     return out
 
 
-# -- process measurements -----------------------------------------------------------------
-
-
-def _tree(pid: int) -> list[int]:
-    """pid and its descendants (a server may run worker processes)."""
-    out: list[int] = []
-    todo = [pid]
-    while todo and len(out) < 256:
-        p = todo.pop()
-        out.append(p)
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(OSError):
-                    todo += [
-                        int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()
-                    ]
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its descendants, all threads."""
-    total = 0.0
-    for p in _tree(pid):
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / _TICK
-    return total
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process and its descendants."""
-    total = 0
-    for p in _tree(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
-
-
-def _core_times() -> dict[int, tuple[int, int]]:
-    """Per CPU: (busy, total) jiffies from /proc/stat (irq and softirq count as busy)."""
-    out: dict[int, tuple[int, int]] = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                name, *values = line.split()
-                v = [int(x) for x in values[:8]]
-                out[int(name[3:])] = (sum(v) - v[3] - v[4], sum(v))
-    return out
-
-
-def _busy(a: dict[int, tuple[int, int]], b: dict[int, tuple[int, int]], cpu: int) -> float:
-    busy, total = b[cpu][0] - a[cpu][0], b[cpu][1] - a[cpu][1]
-    return round(busy / total, 3) if total > 0 else 0.0
-
-
 # -- the servers --------------------------------------------------------------------------
 
 
@@ -219,19 +141,7 @@ def natkit_server(cpu: int | None, timeout: float = 20.0) -> Iterator[tuple[tupl
                 raise UsageError(f"natkit serve turn did not start ({status}): {tail[-1][:200]}")
             yield ("127.0.0.1", port), proc.pid
         finally:
-            _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+            stop(proc)
 
 
 @contextlib.contextmanager
@@ -272,17 +182,7 @@ def null_relay(cpu: int | None, driver: Path) -> Iterator[tuple[tuple[str, int],
             raise UsageError("the driver's null relay did not start (driver self-test)")
         yield ("127.0.0.1", port), proc.pid
     finally:
-        _stop(proc)
-
-
-def coturn_version() -> str:
-    try:
-        out = subprocess.run(
-            ["turnserver", "--version"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.splitlines()[0] if out else "unknown"
+        stop(proc)
 
 
 # -- one measurement ----------------------------------------------------------------------
@@ -388,10 +288,10 @@ class Bench:
         reader = _LineReader(proc)
         try:
             self._setup(reader, proc, engine)
-            cpu0, t0, cores0 = cpu_seconds(pid), time.monotonic(), _core_times()
+            cpu0, t0, cores0 = cpu_seconds(pid), time.monotonic(), core_times()
             line = reader.line(self.seconds + 60)
             elapsed = time.monotonic() - t0
-            cpu1, cores1 = cpu_seconds(pid), _core_times()
+            cpu1, cores1 = cpu_seconds(pid), core_times()
             reader.line(30)  # released=N
         except BaseException:  # Ctrl-C or a failure: the driver goes now, not at its end
             proc.kill()
@@ -417,8 +317,8 @@ class Bench:
         # what one core of the driver sustains: far above relayed_per_s = not the limit
         out["driver_per_cpu_second"] = round(relayed / driver_cpu) if driver_cpu > 0 else None
         if self.server_cpu is not None and self.driver_cpu is not None:
-            out["server_core_busy"] = _busy(cores0, cores1, self.server_cpu)
-            out["driver_core_busy"] = _busy(cores0, cores1, self.driver_cpu)
+            out["server_core_busy"] = core_busy(cores0, cores1, self.server_cpu)
+            out["driver_core_busy"] = core_busy(cores0, cores1, self.driver_cpu)
         return out
 
     def self_test(self) -> dict[str, Any]:
@@ -471,10 +371,7 @@ def run(
 ) -> dict[str, Any]:
     """Run the benchmark; returns the report (keys documented in docs/bench_turn.md)."""
     say = progress or (lambda _msg: None)
-    if not 0.5 <= seconds <= 600:
-        raise UsageError(f"bad --seconds {seconds}: give 0.5-600")
-    if not 1 <= rounds <= 20:
-        raise UsageError(f"bad --rounds {rounds}: give 1-20")
+    check_seconds_rounds(seconds, rounds)
     if not 1 <= allocations <= 18_000:
         raise UsageError(f"bad --allocations {allocations}: give 1-18000 (one relay port each)")
     if not 1 <= clients <= 1024 or not 1 <= window <= 1024:

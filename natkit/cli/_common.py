@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from natkit.errors import UsageError
@@ -20,6 +21,15 @@ def not_built(verb: str) -> Any:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def progress_printer(json_output: bool) -> Callable[[str], None]:
+    """Where long commands report progress: stdout, or stderr when stdout carries JSON."""
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr if json_output else sys.stdout, flush=True)
+
+    return progress
 
 
 def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from natkit.cli._common import print_json
+from natkit.cli._common import print_json, progress_printer
 
 
 def register(sub: Any) -> None:
@@ -37,14 +36,11 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from natkit.bench.probe import PRESETS, bench_probe
 
-    def progress(line: str) -> None:
-        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
-
     result = bench_probe(
         args.nat or PRESETS,
         args.server or ("coturn",),
         natdiscovery=args.natdiscovery,
-        progress=progress,
+        progress=progress_printer(args.json),
     )
     data = result.to_json()
     if args.json:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from natkit.cli._common import print_json
+from natkit.cli._common import print_json, progress_printer
 
 HELP = "Binding responses/s of natkit vs coturn, per core"
 
@@ -47,9 +46,6 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from natkit.bench.stun import run as bench
 
-    def progress(msg: str) -> None:
-        print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
-
     report = bench(
         seconds=args.seconds,
         rounds=args.rounds,
@@ -60,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         generator_source=args.generator_source,
         fast_path=args.fast_path,
         with_coturn=not args.no_coturn,
-        progress=progress,
+        progress=progress_printer(args.json),
     )
     if args.json:
         print_json(report)

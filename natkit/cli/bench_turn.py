@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from natkit.cli._common import print_json
+from natkit.cli._common import print_json, progress_printer
 from natkit.errors import UsageError
 
 HELP = "TURN relay throughput and allocations, natkit vs coturn"
@@ -69,9 +68,6 @@ def run(args: argparse.Namespace) -> int:
     if not engines:
         raise UsageError("--engines is empty: give natkit, coturn or natkit,coturn")
 
-    def progress(msg: str) -> None:
-        print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
-
     report = bench(
         seconds=args.seconds,
         engines=engines,
@@ -83,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         server_cpu=args.server_cpu,
         driver_cpu=args.driver_cpu,
         self_test=not args.no_self_test,
-        progress=progress,
+        progress=progress_printer(args.json),
     )
     if args.json:
         print_json(report)

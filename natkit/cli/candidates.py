@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from natkit.cli._common import print_json
@@ -34,18 +33,9 @@ def read_input(name: str) -> str:
         if sys.stdin.isatty():
             raise UsageError("no input: give a FILE or pipe candidates/SDP/JSON into stdin")
         return sys.stdin.read()
-    try:
-        return Path(name).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{name}: is a directory") from None
-    except PermissionError:
-        raise UsageError(f"{name}: permission denied") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{name}: not UTF-8 text") from None
-    except OSError as exc:
-        raise UsageError(f"{name}: cannot read: {exc.strerror}") from None
+    from natkit.ice.config import read_text_file
+
+    return read_text_file(name)
 
 
 def run(args: argparse.Namespace) -> int:

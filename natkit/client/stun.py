@@ -26,9 +26,11 @@ from natkit.stun import (
     Attr,
     Class,
     Message,
+    PacketKind,
     PasswordAlgorithm,
     StreamFramer,
     StunParseError,
+    classify_packet,
     decode,
     long_term_key,
     short_term_key,
@@ -187,16 +189,29 @@ class _Auth:
         return True
 
 
-class _Transactions:
-    """Pending transactions by id, shared by the UDP and stream clients."""
+class Transactions:
+    """Pending transactions by id, shared by the STUN clients here and the TURN client.
+
+    Responses go to the transaction with their id, requests to ``awaited_requests`` or
+    ``on_request``; a TURN client also takes indications (``on_indication``) and ChannelData
+    (``on_channel_data``). Everything else is counted in ``stray``."""
 
     def __init__(self) -> None:
         self.pending: dict[bytes, asyncio.Future[tuple[Message, Address, float]]] = {}
         self.awaited_requests: dict[bytes, asyncio.Future[tuple[Message, Address]]] = {}
         self.on_request: Callable[[Message, Address], None] | None = None
+        self.on_indication: Callable[[Message, Address], None] | None = None
+        self.on_channel_data: Callable[[bytes, Address], None] | None = None
         self.stray = 0
 
     def deliver(self, data: bytes, addr: Address, now: float) -> None:
+        if (
+            self.on_channel_data is not None
+            and data
+            and classify_packet(data[0]) is PacketKind.CHANNEL_DATA
+        ):
+            self.on_channel_data(data, addr)
+            return
         try:
             msg = decode(data)
         except StunParseError:
@@ -216,7 +231,19 @@ class _Transactions:
             if self.on_request is not None:
                 self.on_request(msg, addr)
                 return
+        elif msg.cls == Class.INDICATION and self.on_indication is not None:
+            self.on_indication(msg, addr)
+            return
         self.stray += 1
+
+    def expect(self, transaction_id: bytes) -> asyncio.Future[tuple[Message, Address, float]]:
+        """A future for the response with this id: (message, sender, arrival time). The caller
+        removes it from ``pending`` when done (see :func:`retransmit` users)."""
+        fut: asyncio.Future[tuple[Message, Address, float]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.pending[transaction_id] = fut
+        return fut
 
     def fail_all(self, exc: BaseException) -> None:
         for fut in list(self.pending.values()) + list(self.awaited_requests.values()):
@@ -224,8 +251,44 @@ class _Transactions:
                 fut.set_exception(exc)
 
 
+async def retransmit(
+    send: Callable[[], None],
+    answer: asyncio.Future[Any],
+    *,
+    rto: float,
+    rc: int = DEFAULT_RC,
+    rm: int = DEFAULT_RM,
+    deadline: float | None = None,
+    on_transmit: Callable[[], None] | None = None,
+) -> tuple[int, float]:
+    """RFC 8489 §6.2.1 over UDP: ``send()`` at 0, RTO, 3·RTO, 7·RTO, … (``rc`` transmissions),
+    then wait ``rm``·RTO, until ``answer`` is done; ``deadline`` (``loop.time()`` units) cuts
+    this short. Returns (transmissions made, time of the last one); the caller looks at
+    ``answer`` to tell an answer from a timeout. ``on_transmit`` is called at every send."""
+    loop = asyncio.get_running_loop()
+    attempts = 0
+    wait = rto
+    sent_at = loop.time()
+    while True:
+        if deadline is not None and loop.time() >= deadline:
+            break
+        send()
+        attempts += 1
+        if on_transmit is not None:
+            on_transmit()
+        sent_at = loop.time()
+        timeout = rto * rm if attempts >= rc else wait
+        if deadline is not None:
+            timeout = min(timeout, deadline - sent_at)
+        done, _ = await asyncio.wait({answer}, timeout=max(0.0, timeout))
+        if done or attempts >= rc:
+            break
+        wait *= 2
+    return attempts, sent_at
+
+
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, tx: _Transactions) -> None:
+    def __init__(self, tx: Transactions) -> None:
         self.tx = tx
         self.loop = asyncio.get_running_loop()
 
@@ -245,7 +308,7 @@ class UdpStunClient:
     def __init__(
         self,
         transport: asyncio.DatagramTransport,
-        tx: _Transactions,
+        tx: Transactions,
         rto: RtoEstimator,
         credentials: Credentials | None,
     ) -> None:
@@ -278,7 +341,7 @@ class UdpStunClient:
         except OSError:
             sock.close()
             raise
-        tx = _Transactions()
+        tx = Transactions()
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(tx), sock=sock)
         return cls(transport, tx, rto or RtoEstimator(), credentials)
@@ -314,10 +377,7 @@ class UdpStunClient:
     ) -> asyncio.Future[tuple[Message, Address, float]]:
         """A future for a response with this transaction id to a request this socket did not
         send itself (RESPONSE-PORT: another socket asked for the answer to come here)."""
-        fut: asyncio.Future[tuple[Message, Address, float]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._tx.pending[transaction_id] = fut
+        fut = self._tx.expect(transaction_id)
         fut.add_done_callback(lambda _: self._tx.pending.pop(transaction_id, None))
         return fut
 
@@ -339,40 +399,33 @@ class UdpStunClient:
         :class:`StunTimeout`. The RTT of an unambiguous exchange feeds the RTO estimator.
         ``on_transmit`` is called at every transmission (to count them if the caller cancels)."""
         loop = asyncio.get_running_loop()
-        rto0 = self.rto.rto if rto is None else rto
         data = msg.encode(key=key, fingerprint=fingerprint)
         tid = msg.transaction_id
-        fut: asyncio.Future[tuple[Message, Address, float]] = loop.create_future()
-        self._tx.pending[tid] = fut
+        fut = self._tx.expect(tid)
         start = loop.time()
-        attempts = 0
-        wait = rto0
-        sent_at = start
+
+        def send() -> None:
+            try:
+                self._transport.sendto(data, dest)
+            except OSError:
+                pass  # e.g. no route for now: counts as a lost transmission
+
         try:
-            while True:
-                if deadline is not None and loop.time() >= deadline:
-                    break
-                try:
-                    self._transport.sendto(data, dest)
-                except OSError:
-                    pass  # e.g. no route for now: counts as a lost transmission
-                attempts += 1
-                if on_transmit is not None:
-                    on_transmit()
-                sent_at = loop.time()
-                timeout = rto0 * rm if attempts >= rc else wait
-                if deadline is not None:
-                    timeout = min(timeout, deadline - sent_at)
-                done, _ = await asyncio.wait({fut}, timeout=max(0.0, timeout))
-                if done:
-                    reply, source, when = fut.result()
-                    rtt = when - sent_at
-                    if attempts == 1:
-                        self.rto.sample(rtt)  # Karn: only unambiguous samples
-                    return Response(reply, source, self.local_address, rtt, attempts, when - start)
-                if attempts >= rc:
-                    break
-                wait *= 2
+            attempts, sent_at = await retransmit(
+                send,
+                fut,
+                rto=self.rto.rto if rto is None else rto,
+                rc=rc,
+                rm=rm,
+                deadline=deadline,
+                on_transmit=on_transmit,
+            )
+            if fut.done():
+                reply, source, when = fut.result()
+                rtt = when - sent_at
+                if attempts == 1:
+                    self.rto.sample(rtt)  # Karn: only unambiguous samples
+                return Response(reply, source, self.local_address, rtt, attempts, when - start)
         finally:
             self._tx.pending.pop(tid, None)
         raise StunTimeout(
@@ -441,7 +494,7 @@ class StreamStunClient:
         self, stream: _Stream, transport_name: str, credentials: Credentials | None
     ) -> None:
         self._stream = stream
-        self._tx = _Transactions()
+        self._tx = Transactions()
         self.transport_name = transport_name
         self._auth = _Auth(credentials) if credentials is not None else None
         self.peer: Address = _norm(stream.writer.get_extra_info("peername"))
@@ -514,8 +567,7 @@ class StreamStunClient:
         fingerprint: bool = False,
     ) -> Response:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[Message, Address, float]] = loop.create_future()
-        self._tx.pending[msg.transaction_id] = fut
+        fut = self._tx.expect(msg.transaction_id)
         start = loop.time()
         try:
             self._stream.writer.write(msg.encode(key=key, fingerprint=fingerprint))

@@ -18,6 +18,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
+from natkit.client.stun import Transactions, retransmit
 from natkit.errors import NatkitError
 from natkit.stun import (
     ALGORITHM_SHA256,
@@ -25,11 +26,8 @@ from natkit.stun import (
     Class,
     Message,
     Method,
-    PacketKind,
     StreamFramer,
     StunParseError,
-    classify_packet,
-    decode,
     decode_channel_data,
     encode_channel_data,
     long_term_key,
@@ -167,14 +165,20 @@ class TurnClient:
         self.tls_version: str | None = None
         self.tls_cipher: str | None = None
         self.peer_certificate: bytes | None = None  # DER
-        self._pending: dict[bytes, asyncio.Future[Message]] = {}
+        self._tx = Transactions()  # the same transaction table as the STUN clients
+        self._tx.on_indication = self._on_indication
+        self._tx.on_channel_data = self._on_channel_data
         self._received: asyncio.Queue[Received] = asyncio.Queue(maxsize=1024)
         self._channels: dict[int, Address] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._error: TurnClientError | None = None
-        self.unmatched = 0
+
+    @property
+    def unmatched(self) -> int:
+        """Packets that matched no transaction and carried no relayed data."""
+        return self._tx.stray
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -263,9 +267,7 @@ class TurnClient:
 
     def _fail(self, exc: TurnClientError) -> None:
         self._error = exc
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
+        self._tx.fail_all(exc)
 
     def _send(self, data: bytes) -> None:
         if self._udp is not None:
@@ -306,37 +308,24 @@ class TurnClient:
     # -- incoming ------------------------------------------------------------------------------
 
     def _on_packet(self, data: bytes) -> None:
-        if not data:
-            return
-        kind = classify_packet(data[0])
-        if kind is PacketKind.CHANNEL_DATA:
-            try:
-                channel, payload = decode_channel_data(data)
-            except StunParseError:
-                self.unmatched += 1
-                return
-            self._queue(Received(self._channels.get(channel), payload, channel))
-            return
-        if kind is not PacketKind.STUN:
-            self.unmatched += 1
-            return
+        if data:
+            self._tx.deliver(data, self.server, asyncio.get_running_loop().time())
+
+    def _on_channel_data(self, data: bytes, source: Address) -> None:
         try:
-            msg = decode(data)
+            channel, payload = decode_channel_data(data)
         except StunParseError:
-            self.unmatched += 1
+            self._tx.stray += 1
             return
-        if msg.cls in (Class.SUCCESS, Class.ERROR):
-            fut = self._pending.get(msg.transaction_id)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-            else:
-                self.unmatched += 1
-        elif msg.cls == Class.INDICATION and msg.method == Method.DATA:
-            peer, payload = msg.get(Attr.XOR_PEER_ADDRESS), msg.get(Attr.DATA)
-            if peer is not None and payload is not None:
-                self._queue(Received(_norm(peer), bytes(payload)))
-        else:
-            self.unmatched += 1
+        self._queue(Received(self._channels.get(channel), payload, channel))
+
+    def _on_indication(self, msg: Message, source: Address) -> None:
+        if msg.method != Method.DATA:
+            self._tx.stray += 1
+            return
+        peer, payload = msg.get(Attr.XOR_PEER_ADDRESS), msg.get(Attr.DATA)
+        if peer is not None and payload is not None:
+            self._queue(Received(_norm(peer), bytes(payload)))
 
     def _queue(self, item: Received) -> None:
         with contextlib.suppress(asyncio.QueueFull):
@@ -357,29 +346,21 @@ class TurnClient:
         if self._error is not None:
             raise self._error
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Message] = loop.create_future()
         tid = msg.transaction_id
-        self._pending[tid] = fut
+        fut = self._tx.expect(tid)
         data = msg.encode(key=key, fingerprint=True)
         deadline = loop.time() + self.timeout
         try:
             if self._udp is None:
                 self._send(data)
-                return await asyncio.wait_for(fut, self.timeout)
-            wait, sends = self.rto, 0
-            while True:
-                self._send(data)
-                sends += 1
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                step = wait * 16 if sends >= self.rc else wait
-                done, _ = await asyncio.wait({fut}, timeout=min(step, remaining))
-                if done:
-                    return fut.result()
-                if sends >= self.rc or loop.time() >= deadline:
-                    break
-                wait *= 2
+                return (await asyncio.wait_for(fut, self.timeout))[0]
+            # RFC 8489 §6.2.1: after the last send, wait Rm (16) initial RTOs; the whole
+            # exchange is cut at ``timeout`` either way.
+            await retransmit(
+                lambda: self._send(data), fut, rto=self.rto, rc=self.rc, rm=16, deadline=deadline
+            )
+            if fut.done():
+                return fut.result()[0]
             raise TimeoutError
         except TimeoutError:
             raise TurnTimeout(
@@ -387,7 +368,7 @@ class TurnClient:
                 f"{_method_name(msg.method)} within {self.timeout:g}s"
             ) from None
         finally:
-            self._pending.pop(tid, None)
+            self._tx.pending.pop(tid, None)
 
     def _key(self) -> bytes:
         assert self.username is not None and self.password is not None and self.realm

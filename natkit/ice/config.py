@@ -203,20 +203,27 @@ def load_config(path: str) -> IceConfig:
     if path == "-":
         text, source = sys.stdin.read(), "<stdin>"
     else:
-        source = path
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise UsageError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise UsageError(f"{path}: is a directory, expected an iceServers JSON file") from None
-        except PermissionError:
-            raise UsageError(f"{path}: permission denied") from None
-        except UnicodeDecodeError:
-            raise UsageError(f"{path}: not UTF-8 text; expected an iceServers JSON file") from None
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+        text, source = read_text_file(path, "an iceServers JSON file"), path
     return parse_config(text, source)
+
+
+def read_text_file(path: str, expected: str = "") -> str:
+    """The UTF-8 text of ``path``, or a one-line UsageError saying why not; ``expected`` ("an
+    iceServers JSON file") is named when the path is a directory or not text."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        want = f", expected {expected}" if expected else ""
+        raise UsageError(f"{path}: is a directory{want}") from None
+    except PermissionError:
+        raise UsageError(f"{path}: permission denied") from None
+    except UnicodeDecodeError:
+        want = f"; expected {expected}" if expected else ""
+        raise UsageError(f"{path}: not UTF-8 text{want}") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def parse_config(text: str, source: str = "<config>") -> IceConfig:

@@ -85,8 +85,9 @@ def hint_for_tls(verify_error: bool, url: IceUrl) -> str:
         return (f"the certificate is not trusted or does not name {url.host}: use a certificate "
                 f"from a public CA that covers {url.host} (coturn: cert=, pkey=), or pass "
                 "--insecure to test with a self-signed one (browsers will still refuse it)")
-    return ("the TLS handshake failed: is the port really TLS (turns:/stuns: need coturn's "
-            "tls-listening-port, 5349 or 443), and does the server have a certificate?")
+    return ("the TLS handshake failed: the port may speak plain TURN/STUN rather than TLS "
+            "(turns:/stuns: need coturn's tls-listening-port, 5349 or 443), or the server has "
+            "no certificate")
 
 
 OPEN_RELAY = ("open relay: the server allocates relays without credentials, so anyone can use "

@@ -7,7 +7,7 @@ looks like a STUN request goes to the general path (``slow`` callback). Garbage,
 and responses are dropped and counted.
 
 The C helper (``_stunfast.c``, batching recvmmsg/sendmmsg, called through ctypes with the GIL
-released) is compiled with the system ``gcc`` into a cache directory on first use. Without
+released) is compiled with the system ``gcc`` into a cache directory on first use (_cbuild.py). Without
 gcc, or with ``NATKIT_NO_CEXT=1``, a pure-Python loop does the same job more slowly; both
 produce the same bytes (tests/server/test_stun_server.py checks).
 """
@@ -15,19 +15,16 @@ produce the same bytes (tests/server/test_stun_server.py checks).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
 import socket
 import struct
-import subprocess
-import sys
 import sysconfig
-import tempfile
 import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+
+from natkit.server._cbuild import CHelper
 
 MAGIC = b"\x21\x12\xa4\x42"
 _SRC = Path(__file__).with_name("_stunfast.c")
@@ -67,70 +64,29 @@ class _Cfg(ctypes.Structure):
     ]
 
 
-_lib: ctypes.CDLL | None = None
-_lib_tried = False
-_lib_lock = threading.Lock()
-_lib_error = ""
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "natkit"
-
-
-def load_helper() -> ctypes.CDLL | None:
-    """The compiled C helper, building it on first use; None when it cannot be had."""
-    global _lib, _lib_tried, _lib_error
-    with _lib_lock:
-        if _lib_tried:
-            return _lib
-        _lib_tried = True
-        if os.environ.get("NATKIT_NO_CEXT") or not sys.platform.startswith("linux"):
-            _lib_error = "disabled"
-            return None
-        try:
-            _lib = _build_and_load()
-        except (OSError, subprocess.SubprocessError) as exc:
-            _lib_error = str(exc)
-            _lib = None
-        return _lib
-
-
-def helper_status() -> str:
-    """'c' when the C helper serves, else why not (for stats and the bench report)."""
-    return "c" if load_helper() is not None else f"python ({_lib_error or 'unavailable'})"
-
-
-def _build_and_load() -> ctypes.CDLL:
-    source = _SRC.read_bytes()
-    tag = hashlib.sha256(source + sysconfig.get_platform().encode()).hexdigest()[:16]
-    target = _cache_dir() / f"stunfast-{tag}.so"
-    if not target.exists():
-        gcc = shutil.which("gcc") or shutil.which("cc")
-        if gcc is None:
-            raise OSError("no C compiler (gcc) found")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
-        os.close(fd)
-        try:
-            subprocess.run(
-                [gcc, "-O2", "-shared", "-fPIC", "-o", tmp, str(_SRC)],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-            os.replace(tmp, target)  # atomic: concurrent builders all end with a whole file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(target))
+def _declare(lib: ctypes.CDLL) -> None:
     lib.nk_serve.restype = ctypes.c_long
     lib.nk_serve.argtypes = [ctypes.POINTER(_Cfg), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
     lib.nk_bufs_size.restype = ctypes.c_size_t
     lib.nk_cfg_size.restype = ctypes.c_size_t
     if lib.nk_cfg_size() != ctypes.sizeof(_Cfg):
         raise OSError("C helper layout mismatch")
-    return lib
+
+
+# The platform is part of the cache key: one home directory may serve several machines.
+_HELPER = CHelper(_SRC, "stunfast", _declare, salt=sysconfig.get_platform().encode(), timeout=60)
+
+
+def load_helper() -> ctypes.CDLL | None:
+    """The compiled C helper, building it on first use; None when it cannot be had."""
+    return _HELPER.load()
+
+
+def helper_status() -> str:
+    """'c' when the C helper serves, else why not (for stats and the bench report)."""
+    if load_helper() is not None:
+        return "c"
+    return f"python ({'disabled' if _HELPER.disabled else _HELPER.why or 'unavailable'})"
 
 
 # ---------------------------------------------------------------- pure-Python equivalent

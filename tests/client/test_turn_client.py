@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -23,56 +19,22 @@ from natkit.client.turn import (
     TurnError,
     TurnTimeout,
 )
-from natkit.stun import Attr, Class, Message, Method, decode
+from natkit.server.coturn import CoturnServer, free_port
+from natkit.stun import Attr, Class, Message, Method
 
 pytestmark = [pytest.mark.coturn, pytest.mark.timeout(60)]
 
 
-def _free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
 @pytest.fixture(scope="module")
 def coturn_port() -> Iterator[int]:
-    binary = shutil.which("turnserver")
-    if binary is None:
+    if shutil.which("turnserver") is None:
         pytest.skip("coturn's turnserver is not installed (apt-get install coturn)")
-    port = _free_port()
-    workdir = tempfile.mkdtemp(prefix="nkturnclient-")
-    proc = subprocess.Popen([
-        binary, "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}",
-        "--relay-ip=127.0.0.1", "--min-port=40000", "--max-port=60000", "--no-cli", "--no-tls",
-        "--no-dtls", "--allow-loopback-peers", "--lt-cred-mech", "--user=alice:secret",
-        "--realm=natkit.test", "--stale-nonce=600", f"--log-file={workdir}/turn.log",
-        "--no-stdout-log", f"--pidfile={workdir}/turn.pid",
-    ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(0.05)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                with contextlib.suppress(OSError):
-                    s.sendto(Message(Method.BINDING).encode(), ("127.0.0.1", port))
-                    decode(s.recv(2048))
-                    break
-            else:
-                raise RuntimeError("coturn did not start")
-        yield port
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(5)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with CoturnServer(
+        [("127.0.0.1", 0)], realm="natkit.test", users={"alice": "secret"},
+        relay_ip="127.0.0.1", min_port=40000, max_port=60000, allow_peers=["127.0.0.0/8"],
+        nonce_lifetime=600,
+    ) as turn:
+        yield turn.addresses_of("udp")[0][1]
 
 
 class Peer(asyncio.DatagramProtocol):
@@ -177,7 +139,7 @@ async def test_stale_nonce_is_renewed(coturn_port: int) -> None:
 
 
 async def test_refused_and_silent_ports() -> None:
-    dead = _free_port()
+    dead = free_port()
     client = await TurnClient.connect(("127.0.0.1", dead), "udp", timeout=2)
     with pytest.raises(TurnConnectionError, match="ICMP port unreachable"):
         await client.binding()

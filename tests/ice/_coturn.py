@@ -1,98 +1,49 @@
-"""Start coturn on loopback for a test (free ports, ready when it answers Binding, always
-stopped). Skips when the turnserver binary is missing."""
+"""coturn on loopback for a test through natkit.server.coturn.CoturnServer (free ports, ready
+when it answers Binding, always stopped). Skips when the turnserver binary is missing."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from natkit.stun import Class, Message, Method, decode
+from natkit.server.coturn import CoturnServer
 
 
 @dataclass
 class Coturn:
     port: int
     tls_port: int | None
-    proc: subprocess.Popen[bytes]
-    log: str
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
-def _ready(port: int, deadline: float) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.05)
-        while time.monotonic() < deadline:
-            msg = Message(Method.BINDING, Class.REQUEST)
-            with contextlib.suppress(OSError):
-                s.sendto(msg.encode(), ("127.0.0.1", port))
-                data = s.recv(2048)
-                if decode(data).transaction_id == msg.transaction_id:
-                    return True
-            time.sleep(0.02)
-    return False
+    server: CoturnServer
 
 
 @contextlib.contextmanager
-def coturn(*options: str, tls: tuple[str, str] | None = None) -> Iterator[Coturn]:
-    """coturn with ``options`` (e.g. "--lt-cred-mech", "--user=u:p"); ``tls`` = (cert, key)."""
-    binary = shutil.which("turnserver")
-    if binary is None:
+def coturn(*, tls: tuple[str, str] | None = None, **options: Any) -> Iterator[Coturn]:
+    """coturn with CoturnServer ``options`` (``users={"alice": "secret"}``, ``no_auth=True``,
+    ``auth_secrets=[...]``); ``tls`` = (cert, key). Peers on 127.0.0.0/8 are allowed."""
+    if shutil.which("turnserver") is None:
         pytest.skip("coturn's turnserver is not installed (apt-get install coturn)")
-    port = free_port()
-    tls_port = free_port() if tls else None
-    workdir = tempfile.mkdtemp(prefix="nkice-coturn-")
-    log = os.path.join(workdir, "turn.log")
-    cmd = [
-        binary, "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}",
-        "--relay-ip=127.0.0.1", "--min-port=40000", "--max-port=60000", "--no-cli",
-        "--no-dtls", "--allow-loopback-peers", f"--log-file={log}", "--no-stdout-log",
-        f"--pidfile={workdir}/turn.pid", "--realm=natkit.test", "--no-multicast-peers",
-    ]
-    if tls:
-        cmd += [f"--tls-listening-port={tls_port}", f"--cert={tls[0]}", f"--pkey={tls[1]}"]
-    else:
-        cmd.append("--no-tls")
-    cmd += list(options)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        if not _ready(port, time.monotonic() + 5):
-            raise RuntimeError(f"coturn did not start: {' '.join(cmd)}")
-        yield Coturn(port, tls_port, proc, log)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(3)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(3)
-        shutil.rmtree(workdir, ignore_errors=True)
+    server = CoturnServer(
+        [("127.0.0.1", 0)],
+        realm="natkit.test",
+        relay_ip="127.0.0.1",
+        min_port=40000,
+        max_port=60000,
+        allow_peers=["127.0.0.0/8"],
+        tls_cert=tls[0] if tls else None,
+        tls_key=tls[1] if tls else None,
+        tls_port=0,
+        **options,
+    )
+    with server:
+        port = server.addresses_of("udp")[0][1]
+        yield Coturn(port, server.tls_port if tls else None, server)
 
 
 def self_signed(directory: str, name: str = "localhost", ip: str = "127.0.0.1",

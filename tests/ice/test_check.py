@@ -13,20 +13,21 @@ import pytest
 
 from natkit.ice.check import check, check_sync, relay_address_verdict
 from natkit.ice.config import ConfigError
+from natkit.server.coturn import free_port
 
-from ._coturn import Coturn, coturn, free_port, rest_credentials, self_signed
+from ._coturn import Coturn, coturn, rest_credentials, self_signed
 from ._dnsserver import dns_server
 
 pytestmark = [pytest.mark.coturn, pytest.mark.timeout(60)]
 
-LT = ("--lt-cred-mech", "--user=alice:secret")
+USERS = {"alice": "secret"}
 TURN_STEPS = ["dns", "auth-challenge", "allocate", "relay-address", "permission",
               "relay-echo", "channel"]
 
 
 @pytest.fixture(scope="module")
 def lt_server() -> Iterator[Coturn]:
-    with coturn(*LT) as server:
+    with coturn(users=USERS) as server:
         yield server
 
 
@@ -98,7 +99,7 @@ async def test_silent_server_costs_at_most_the_timeout() -> None:
 
 
 def test_open_relay_is_a_failure() -> None:
-    with coturn("--no-auth") as server:
+    with coturn(no_auth=True) as server:
         report = check_sync([turn_server([f"turn:127.0.0.1:{server.port}"])], timeout=3)
     result = report.servers[0]
     assert not report.ok
@@ -113,7 +114,7 @@ def test_open_relay_is_a_failure() -> None:
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Coturn, str]]:
     directory = tmp_path_factory.mktemp("tls")
     cert, key = self_signed(str(directory), "localhost", "127.0.0.1")
-    with coturn(*LT, tls=(cert, key)) as server:
+    with coturn(users=USERS, tls=(cert, key)) as server:
         yield server, cert
 
 
@@ -139,7 +140,7 @@ async def test_tls_self_signed(tls_server: tuple[Coturn, str]) -> None:
 
 def test_tls_wrong_name(tmp_path: Path) -> None:
     cert, key = self_signed(str(tmp_path), "turn.other.test", "127.0.0.9")
-    with coturn(*LT, tls=(cert, key)) as server:
+    with coturn(users=USERS, tls=(cert, key)) as server:
         report = check_sync([turn_server([f"turns:127.0.0.1:{server.tls_port}"])],
                             timeout=3, ca_file=cert)
     result = report.servers[0]
@@ -152,7 +153,7 @@ def test_rest_credentials_valid_and_expired() -> None:
     secret = "s3cr3t"
     good_user, good_pass = rest_credentials(secret, "alice", 3600)
     old_user, old_pass = rest_credentials(secret, "bob", -600)
-    with coturn("--use-auth-secret", f"--static-auth-secret={secret}") as server:
+    with coturn(auth_secrets=[secret]) as server:
         url = f"turn:127.0.0.1:{server.port}"
         report = check_sync([turn_server([url], good_user, good_pass),
                              turn_server([url + "?transport=tcp"], old_user, old_pass)],
@@ -166,7 +167,7 @@ def test_rest_credentials_valid_and_expired() -> None:
 
 
 def test_several_servers_at_once(lt_server: Coturn) -> None:
-    with coturn("--no-auth") as open_server:
+    with coturn(no_auth=True) as open_server:
         config = {"iceServers": [
             turn_server([f"turn:127.0.0.1:{lt_server.port}"]),
             turn_server([f"turn:127.0.0.1:{open_server.port}"]),

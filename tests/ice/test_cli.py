@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from natkit.cli import main
+from natkit.server.coturn import free_port
 
-from ._coturn import Coturn, coturn, free_port
+from ._coturn import Coturn, coturn
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -136,7 +137,7 @@ def test_check_static_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 @pytest.fixture(scope="module")
 def lt_server() -> Iterator[Coturn]:
-    with coturn("--lt-cred-mech", "--user=alice:secret") as server:
+    with coturn(users={"alice": "secret"}) as server:
         yield server
 
 

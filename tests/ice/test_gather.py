@@ -10,16 +10,17 @@ from collections.abc import Iterator
 import pytest
 
 from natkit.ice.gather import UNREACHABLE, Gathered, gather
+from natkit.server.coturn import free_port
 from natkit.stun import Attr, Class, Method, decode
 
-from ._coturn import Coturn, coturn, free_port
+from ._coturn import Coturn, coturn
 
 pytestmark = [pytest.mark.coturn, pytest.mark.timeout(60)]
 
 
 @pytest.fixture(scope="module")
 def lt_server() -> Iterator[Coturn]:
-    with coturn("--lt-cred-mech", "--user=alice:secret") as server:
+    with coturn(users={"alice": "secret"}) as server:
         yield server
 
 
@@ -116,7 +117,7 @@ def test_stuns_reachability_is_a_note(tmp_path) -> None:  # type: ignore[no-unty
     from ._coturn import self_signed
 
     cert, key = self_signed(str(tmp_path))
-    with coturn("--lt-cred-mech", "--user=alice:secret", tls=(cert, key)) as server:
+    with coturn(users={"alice": "secret"}, tls=(cert, key)) as server:
         result = asyncio.run(gather([{"urls": f"stuns:127.0.0.1:{server.tls_port}"}],
                                     host_addresses=[], timeout=3, ca_file=cert))
         untrusted = asyncio.run(gather([{"urls": f"stuns:127.0.0.1:{server.tls_port}"}],

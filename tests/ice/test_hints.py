@@ -43,7 +43,7 @@ def test_timeouts_and_refusals() -> None:
     assert "nothing listens on port 3478 over UDP" in hints.hint_for_refused(URL, 3478)
     turns = parse_ice_url("turns:turn.example.com")
     assert "--insecure" in hints.hint_for_tls(True, turns)
-    assert "really TLS" in hints.hint_for_tls(False, turns)
+    assert "rather than TLS" in hints.hint_for_tls(False, turns)
 
 
 def test_certificate_description(tmp_path) -> None:  # type: ignore[no-untyped-def]

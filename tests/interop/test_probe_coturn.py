@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from natkit.bench.probe import server_command, stop
 from natkit.nat.classify import NO_RFC5780
 from natkit.nat.probe import probe
 from natkit.stun import Class, Message, Method, decode
@@ -48,26 +49,12 @@ def _answers(addr: tuple[str, int], tcp: bool) -> bool:
 def coturn(
     tmp: Path,
     *extra: str,
-    ips: tuple[str, ...] = ("127.0.0.1", "127.0.0.2"),
+    ips: tuple[str, str] = ("127.0.0.1", "127.0.0.2"),
     tcp_ready: bool = False,
 ) -> Iterator[int]:
     port = free_port("127.0.0.1", 2)
-    argv = [
-        "turnserver",
-        "-n",
-        "--no-cli",
-        "--no-tls",
-        "--no-dtls",
-        "--stun-only",
-        "--log-file=stdout",
-        "--simple-log",
-        f"--pidfile={tmp / 'turnserver.pid'}",
-        *[f"--listening-ip={ip}" for ip in ips],
-        f"--listening-port={port}",
-        f"--alt-listening-port={port + 1}",
-        f"--relay-ip={ips[0]}",
-        *extra,
-    ]
+    # the RFC 5780 coturn that `natkit bench probe` runs, plus this test's options
+    argv = [*server_command("coturn", ips, port), f"--pidfile={tmp / 'turnserver.pid'}", *extra]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
@@ -77,12 +64,7 @@ def coturn(
             time.sleep(0.05)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
 
 
 async def test_coturn_rfc5780_on_loopback_is_open(tmp_path: Path) -> None:

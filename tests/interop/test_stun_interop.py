@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import natkit
+from natkit.server.coturn import free_port as free_port_span
 from natkit.stun import Attr, Class, Message, Method, StreamFramer, decode
 
 pytestmark = pytest.mark.timeout(90)
@@ -65,20 +66,8 @@ def free_port() -> int:
 
 
 def free_pair() -> int:
-    """A port p with p and p + 1 free for UDP on every address."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
-            a.bind(("0.0.0.0", 0))
-            p = int(a.getsockname()[1])
-            if p >= 65535:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
-                try:
-                    b.bind(("0.0.0.0", p + 1))
-                except OSError:
-                    continue
-        return p
-    raise AssertionError("no free UDP port pair")
+    """A port p with p and p + 1 free on every address."""
+    return free_port_span("0.0.0.0", 2)
 
 
 # ------------------------------------------------------------------ coturn's clients

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from natkit.server.coturn import free_port as server_free_port
 from natkit.stun import (
     CHANGE_IP,
     CHANGE_PORT,
@@ -32,23 +32,7 @@ Address = tuple[str, int]
 
 def free_port(host: str = "127.0.0.1", count: int = 2) -> int:
     """A port p such that p..p+count-1 are free for UDP and TCP on host (best effort)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((host, 0))
-            base = s.getsockname()[1]
-        if base + count > 65535:
-            continue
-        ok = True
-        for p in range(base, base + count):
-            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                with socket.socket(socket.AF_INET, kind) as t:
-                    try:
-                        t.bind((host, p))
-                    except OSError:
-                        ok = False
-        if ok:
-            return base
-    raise RuntimeError("no free port pair")
+    return server_free_port(host, count)
 
 
 @dataclass

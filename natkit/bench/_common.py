@@ -1,0 +1,114 @@
+"""What the benchmarks share: building their C tools, stopping servers, CPU accounting."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from natkit.errors import UsageError
+from natkit.server._cbuild import BuildError, NoCompilerError, compile_c
+
+Progress = Callable[[str], None]
+CoreTimes = dict[int, tuple[int, int]]
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def check_seconds_rounds(seconds: float, rounds: int) -> None:
+    if not 0.5 <= seconds <= 600:
+        raise UsageError(f"bad --seconds {seconds}: give 0.5-600")
+    if not 1 <= rounds <= 20:
+        raise UsageError(f"bad --rounds {rounds}: give 1-20")
+
+
+def build_tool(source: Path, stem: str, what: str) -> Path:
+    """Compile the C program ``source`` once per source version into the cache; ``what``
+    names it in errors ("the load generator")."""
+    try:
+        return compile_c(source, stem, shared=False)
+    except NoCompilerError:
+        raise UsageError(f"no C compiler to build {what}: apt-get install gcc") from None
+    except BuildError as exc:
+        raise UsageError(f"cannot build {what} {source}: {exc.detail}") from None
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group started with ``start_new_session``, SIGKILL after 5 s."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def coturn_version() -> str:
+    try:
+        out = subprocess.run(
+            ["turnserver", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.splitlines()[0] if out else "unknown"
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (a server may run worker processes)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo and len(out) < 256:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError):
+                    todo += [
+                        int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()
+                    ]
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its descendants, all threads."""
+    total = 0.0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process and its descendants."""
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+def core_times() -> CoreTimes:
+    """Per CPU: (busy, total) jiffies from /proc/stat (irq and softirq count as busy)."""
+    out: CoreTimes = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *values = line.split()
+                v = [int(x) for x in values[:8]]
+                out[int(name[3:])] = (sum(v) - v[3] - v[4], sum(v))
+    return out
+
+
+def core_busy(a: CoreTimes, b: CoreTimes, cpu: int) -> float:
+    """The share of ``cpu`` that was busy between two :func:`core_times` readings."""
+    busy, total = b[cpu][0] - a[cpu][0], b[cpu][1] - a[cpu][1]
+    return round(busy / total, 3) if total > 0 else 0.0
