@@ -36,9 +36,13 @@ from natkit.stun import (
     decode_channel_data,
 )
 
-__all__ = ["Flows", "judge", "read_capture"]
+__all__ = ["CAPTURE_MARKER", "Flows", "judge", "read_capture"]
 
 Endpoint = tuple[str, int]
+
+# The runner's capture markers (UDP datagrams that start with this) tell it when the capture
+# file holds everything sent before them; their first byte is no STUN, DTLS or ChannelData.
+CAPTURE_MARKER = b"natkit-lab capture marker "
 
 
 def _is_dtls(payload: bytes) -> bool:
@@ -77,6 +81,7 @@ class Flows:
     direct: Counter[tuple[Endpoint, Endpoint]] = field(default_factory=Counter)
     relayed: Counter[tuple[str, Endpoint]] = field(default_factory=Counter)  # (transport, client)
     packets: int = 0
+    markers: int = 0  # the runner's capture markers seen
 
     def direct_between(self, a: Endpoint, b: Endpoint) -> int:
         return self.direct[(a, b)] + self.direct[(b, a)]
@@ -112,6 +117,9 @@ def read_capture(path: str | Path, turn: Endpoint) -> Flows:
             if isinstance(l4, UDP):
                 src, dst = (ip.src, l4.sport), (ip.dst, l4.dport)
                 data = bytes(l4.payload)
+                if data.startswith(CAPTURE_MARKER):
+                    flows.markers += 1
+                    continue
                 if turn in (src, dst):
                     client = dst if src == turn else src
                     inner = _turn_inner(data)

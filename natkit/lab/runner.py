@@ -7,7 +7,9 @@ The run, step by step:
    the internet bridge ``br0`` in ``<tag>-inet``; the STUN responder (two addresses), the TURN
    relay and the signaling server in ``<tag>-srv``; per router ``<tag>-rK`` (WAN on the bridge,
    LAN bridge ``lan``, the NAT's ruleset, netem per link) and its peers ``<tag>-rKpI``.
-2. **Capture**: ``dumpcap`` on the internet bridge for the whole run (packet evidence).
+2. **Capture**: ``dumpcap`` on the internet bridge for the whole run (packet evidence). A marker
+   datagram sent across the bridge must reach the capture file before the first case starts
+   and again before dumpcap is stopped (it drops what libpcap has not handed over yet).
 3. **Processes**: aiortc is heavy to import and its DTLS is CPU-bound, so the runner imports it
    once and forks one long-lived agent per peer namespace (plus one for the servers); each agent
    enters its namespace and runs many cases at once on its own event loop. Agents talk to the
@@ -16,7 +18,10 @@ The run, step by step:
 5. **Cases**: every cell at once, bounded by a CPU-aware limit for cases expected to connect
    (cases expected to fail sit idle until their deadline and need no CPU, so they all start
    first); each case ends by ``case_deadline_s``.
-6. **Evidence** (:mod:`natkit.lab.evidence`) from the capture; then everything is torn down, also
+6. **Stop**: the servers' agent is told to stop and unwinds its servers (coturn stops and removes
+   its files) while the namespaces still stand; agents then get EOF and are reaped (bounded
+   waits, then SIGKILL).
+7. **Evidence** (:mod:`natkit.lab.evidence`) from the capture; then everything is torn down, also
    on error, Ctrl-C and SIGTERM (and after ``kill -9`` by the next run or ``natkit lab clean``).
 """
 
@@ -27,6 +32,7 @@ import contextlib
 import ctypes
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -46,6 +52,7 @@ __all__ = ["LabNodes", "LabResult", "build", "run", "select_cases"]
 
 PROBE_TIMEOUT = 1.5  # s per probe transaction: answers take ms in the lab
 RESULT_MARGIN = 6.0  # s a peer may take beyond its deadline to close and report
+SERVERS_STOP_TIMEOUT = 12.0  # s for the servers to stop (coturn: SIGTERM, after 5 s SIGKILL)
 
 
 # -- selecting cases -------------------------------------------------------------------------
@@ -208,10 +215,11 @@ def _spawn(ns: str, parent_ends: list[socket.socket]) -> tuple[int, socket.socke
 async def _agent_loop(sock: socket.socket) -> None:
     reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
     tasks: set[asyncio.Task[None]] = set()
+    stop_servers = asyncio.Event()
 
     async def handle(cmd: dict[str, Any]) -> None:
         try:
-            result = await _command(cmd, writer)
+            result = await _command(cmd, writer, stop_servers)
         except Exception as exc:  # reported, not raised: the runner decides what it means
             result = {"error": f"{type(exc).__name__}: {exc}"}
         writer.write((json.dumps({"id": cmd["id"], "result": result}, default=str) + "\n").encode())
@@ -225,7 +233,7 @@ async def _agent_loop(sock: socket.socket) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _command(cmd: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any]:
+async def _command(cmd: dict[str, Any], writer: asyncio.StreamWriter, stop_servers: asyncio.Event) -> dict[str, Any]:
     op = cmd["op"]
     if op == "case":
         from natkit.lab.peer import PeerConfig, run_peer
@@ -240,12 +248,16 @@ async def _command(cmd: dict[str, Any], writer: asyncio.StreamWriter) -> dict[st
         res = await probe([cmd["server"]], families=(4,), timeout=cmd["timeout"])
         return res.to_json()
     if op == "servers":
-        return await _servers(cmd, writer)
+        return await _servers(cmd, writer, stop_servers)
+    if op == "stop-servers":
+        stop_servers.set()
+        return {}
     raise ValueError(f"unknown agent command {op!r}")
 
 
-async def _servers(cmd: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any]:
-    """Run STUN (RFC 5780), TURN and signaling until the runner goes away."""
+async def _servers(cmd: dict[str, Any], writer: asyncio.StreamWriter, stop: asyncio.Event) -> dict[str, Any]:
+    """Run STUN (RFC 5780), TURN and signaling until ``stop`` is set (or the runner goes away:
+    cancelled); either way the exit stack unwinds, so coturn stops and removes its files."""
     from natkit.lab.signaling import SignalingServer
     from natkit.server.stun import StunServer
 
@@ -269,8 +281,8 @@ async def _servers(cmd: dict[str, Any], writer: asyncio.StreamWriter) -> dict[st
             await stack.enter_async_context(TurnServer([(s["turn"], s["turn_port"])], **turn_kwargs))  # type: ignore[arg-type]
         await stack.enter_async_context(SignalingServer(s["signaling"], s["signaling_port"]))
         writer.write((json.dumps({"id": cmd["id"], "ready": True}) + "\n").encode())
-        await asyncio.Event().wait()  # until cancelled (the runner closed the socket)
-    return {}
+        await stop.wait()
+    return {"stopped": True}
 
 
 class _Agent:
@@ -324,6 +336,20 @@ class _Agent:
         if self._task is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._task, 3)
+
+
+def _stop_agents(agents: dict[str, tuple[int, socket.socket]]) -> None:
+    """Close every agent's socket (EOF: it cancels its work and exits) and reap it: the peers
+    first, then the servers' agent, which gets longer to unwind its servers (coturn stops and
+    removes its files) before anything is killed and the namespaces go."""
+    peers = [a for name, a in agents.items() if name != "srv"]
+    for _, sock in peers:
+        sock.close()
+    _reap([pid for pid, _ in peers])
+    if "srv" in agents:
+        pid, sock = agents["srv"]
+        sock.close()
+        _reap([pid], SERVERS_STOP_TIMEOUT)
 
 
 def _reap(pids: Iterable[int], timeout: float = 3.0) -> None:
@@ -417,7 +443,7 @@ def run(
 
     timings: dict[str, float] = {}
     notify = progress or (lambda kind, info: None)
-    with NetnsLab() as lab, tempfile.TemporaryDirectory(prefix="natkit-lab-") as tmp:
+    with NetnsLab() as lab, tempfile.TemporaryDirectory(prefix="natkit-lab-") as tmp, contextlib.ExitStack() as stack:
         notify("stage", {"text": f"building {len(plan.routers)} routers ({lab.tag})", "tag": lab.tag})
         nodes = build(lab, topo, plan)
         timings["build_s"] = time.monotonic() - t0
@@ -432,6 +458,10 @@ def run(
                 preexec_fn=_die_with_parent,
             )
             _wait_capture(pcap, dumpcap)
+            marker = stack.enter_context(_CaptureMarker(lab, nodes.srv, (plan.routers[0].public_ip, MARKER_PORT)))
+            # The capture is live once a datagram sent now is in the file: no case starts before.
+            if not marker.sync(pcap, dumpcap):
+                raise UsageError(f"dumpcap did not capture on the lab's bridge within {SYNC_TIMEOUT:g} s")
         parent_ends: list[socket.socket] = []
         pids: dict[str, tuple[int, socket.socket]] = {"srv": _spawn(nodes.srv, parent_ends)}
         for peer_id, ns in nodes.peers.items():
@@ -441,12 +471,14 @@ def run(
                 _orchestrate(topo, plan, cases, engine, pids, parallel, notify)
             )
         finally:
-            for s in parent_ends:
-                s.close()
-            _reap(pid for pid, _ in pids.values())
+            _stop_agents(pids)
         timings.update(t)
         if dumpcap is not None:
             t1 = time.monotonic()
+            # dumpcap drops what it has not read yet when stopped (libpcap hands packets over in
+            # blocks): stop it only once a marker sent after the last case is in the file.
+            if not marker.sync(pcap, dumpcap):
+                errors.append(f"the capture did not catch up within {SYNC_TIMEOUT:g} s: evidence may miss packets")
             dumpcap.send_signal(signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 dumpcap.wait(5)
@@ -500,6 +532,61 @@ def describe(topo: Topology, plan: Plan) -> dict[str, Any]:
             for r in plan.routers
         ],
     }
+
+
+MARKER_PORT = 9  # discard: nobody answers; the marker only has to cross the bridge
+SYNC_TIMEOUT = 5.0  # s for a marker to reach the capture file (dumpcap writes it within ~0.5 s)
+
+
+class _CaptureMarker:
+    """Marker datagrams sent across the internet bridge: once one is in the capture file,
+    everything that crossed the bridge before it is too (libpcap hands packets over in order)."""
+
+    def __init__(self, lab: Any, ns: str, dest: tuple[str, int]) -> None:
+        self._sock = lab.socket(ns)
+        self._dest = dest
+        self._offset = 0
+        self._tail = b""
+
+    def __enter__(self) -> _CaptureMarker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+
+    def sync(self, pcap: Path, proc: subprocess.Popen[Any], timeout: float = SYNC_TIMEOUT) -> bool:
+        """Send a fresh marker (again every 0.1 s: the link may lose it) until the capture file
+        holds it; False when ``timeout`` passes or dumpcap exits first."""
+        from natkit.lab.evidence import CAPTURE_MARKER
+
+        token = CAPTURE_MARKER + secrets.token_hex(8).encode()
+        end = time.monotonic() + timeout
+        resend = 0.0
+        while (now := time.monotonic()) < end:
+            if now >= resend:
+                with contextlib.suppress(OSError):
+                    self._sock.sendto(token, self._dest)
+                resend = now + 0.1
+            if self._written(pcap, token):
+                return True
+            if proc.poll() is not None:
+                return False
+            time.sleep(0.01)
+        return False
+
+    def _written(self, pcap: Path, token: bytes) -> bool:
+        """Whether ``token`` is in what the file gained since the last look (pcapng keeps each
+        packet's bytes whole, so a plain search finds it)."""
+        try:
+            with open(pcap, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except OSError:
+            return False
+        self._offset += len(chunk)
+        buf = self._tail + chunk
+        self._tail = buf[-2 * len(token) :]
+        return token in buf
 
 
 def _wait_capture(pcap: Path, proc: subprocess.Popen[Any]) -> None:
@@ -648,7 +735,14 @@ async def _orchestrate(
     probes = await asyncio.gather(*probe_tasks)
     results = [await case_tasks[i] for i in range(len(plans))]
     timings["cases_s"] = time.monotonic() - t1
-    servers_result.cancel()
+    # Stop the servers while the namespaces stand, and wait for it (bounded).
+    servers.send(op="stop-servers")
+    try:
+        stopped = await asyncio.wait_for(asyncio.shield(servers_result), SERVERS_STOP_TIMEOUT)
+    except TimeoutError:
+        stopped = {"error": f"no answer within {SERVERS_STOP_TIMEOUT:g} s"}
+    if not stopped.get("stopped"):
+        errors.append(f"the lab's servers did not stop cleanly: {stopped.get('error', stopped)}")
     for a in agents.values():
         await a.close()
     return results, probes, errors, timings
@@ -756,5 +850,4 @@ def up(topo: Topology, *, turn_engine: str | None = None) -> Any:
         finally:
             with contextlib.suppress(OSError):
                 UP_STATE.unlink()
-            sock.close()
-            _reap([pid])
+            _stop_agents({"srv": (pid, sock)})

@@ -120,3 +120,14 @@ def test_claimed_route() -> None:
 
 def test_missing_capture_gives_empty_flows(tmp_path: Path) -> None:
     assert read_capture(tmp_path / "none.pcap", TURN).packets == 0
+
+
+def test_capture_markers_are_counted_apart_from_dtls(tmp_path: Path) -> None:
+    from natkit.lab.evidence import CAPTURE_MARKER
+
+    pcap = tmp_path / "m.pcap"
+    marker = CAPTURE_MARKER + b"0123456789abcdef"
+    wrpcap(str(pcap), [_udp(("203.0.113.2", 5000), ("203.0.113.22", 9), marker), _udp(A_PUB, B_PUB, DTLS)])
+    flows = read_capture(pcap, TURN)
+    assert flows.markers == 1 and flows.packets == 2
+    assert flows.direct_involving("203.0.113.22") == 0 and flows.direct_between(A_PUB, B_PUB) == 1

@@ -298,3 +298,62 @@ def test_relay_column_with_coturn_as_the_relay(tmp_path: Path) -> None:
     assert data["turn_engine"] == "coturn" and data["pass"]
     assert [c["observed"] for c in data["cases"]] == ["connected", "connected"]
     assert all(c["evidence"]["route"] == "relay" for c in data["cases"])
+
+
+@pytest.mark.root
+@needs_root
+def test_capture_marker_waits_until_the_file_holds_everything_sent_before_it(tmp_path: Path) -> None:
+    # dumpcap stopped right after traffic drops what libpcap has not handed it yet; the marker
+    # sync is what makes the evidence complete.
+    from scapy.layers.inet import UDP
+    from scapy.utils import rdpcap
+
+    from natkit.lab.netns import NetnsLab
+
+    with NetnsLab() as lab:
+        hub, a, b = lab.add_ns("hub"), lab.add_ns("a"), lab.add_ns("b")
+        lab.add_bridge(hub, "br0")
+        lab.add_veth(a, "eth0", hub, "pa", master="br0")
+        lab.add_veth(b, "eth0", hub, "pb", master="br0")
+        lab.add_addr(a, "eth0", "203.0.113.1/24")
+        lab.add_addr(b, "eth0", "203.0.113.2/24")
+        pcap = tmp_path / "bridge.pcapng"
+        dumpcap = lab.popen(
+            hub, ["dumpcap", "-q", "-i", "br0", "-f", "udp", "-w", str(pcap)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        runner._wait_capture(pcap, dumpcap)
+        sent = [b"datagram %d" % i for i in range(300)]
+        with runner._CaptureMarker(lab, a, ("203.0.113.2", runner.MARKER_PORT)) as marker, lab.socket(a) as s:
+            assert marker.sync(pcap, dumpcap)  # the capture is live (and ARP resolved)
+            for payload in sent:
+                s.sendto(payload, ("203.0.113.2", 7))
+            assert marker.sync(pcap, dumpcap)
+        dumpcap.send_signal(signal.SIGINT)
+        dumpcap.wait(5)
+    got = [bytes(p[UDP].payload) for p in rdpcap(str(pcap)) if UDP in p and p[UDP].dport == 7]
+    assert got == sent
+
+
+@pytest.mark.root
+@needs_root
+@pytest.mark.coturn
+@pytest.mark.skipif(shutil.which("turnserver") is None, reason="needs coturn's turnserver")
+def test_the_servers_stop_cleanly_before_the_namespaces_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from natkit.server import coturn
+
+    record = tmp_path / "workdirs"
+    spawn = coturn.CoturnServer._spawn
+
+    def recording_spawn(self: coturn.CoturnServer) -> None:  # runs in the forked servers' agent
+        spawn(self)
+        with open(record, "a") as fh:
+            fh.write(f"{self.workdir}\n")
+
+    monkeypatch.setattr(coturn.CoturnServer, "_spawn", recording_spawn)
+    topo = load()
+    result = runner.run(topo, cases=runner.select_cases(topo, ["relay", "open:open"]), turn_engine="coturn", capture=False)
+    assert result.passed, (result.errors, result.cases)
+    workdirs = record.read_text().split()
+    assert len(workdirs) == 1
+    assert not Path(workdirs[0]).exists()  # coturn stopped and removed its files (not killed)
