@@ -48,7 +48,26 @@ def register(sub: Any, verb: str, help_text: str) -> None:
     run.add_argument("--deadline", type=float, metavar="S", help="seconds before a case counts as failed (default: the topology's)")
     run.add_argument("--no-capture", action="store_true", help="skip the packet capture and its evidence")
     run.add_argument("--pcap", metavar="FILE", help="keep the internet segment's capture in FILE")
+    run.add_argument("--html", metavar="FILE", help="also write the report as one self-contained HTML file")
+    run.add_argument(
+        "--browser",
+        action="store_true",
+        help="add cases with headless Chromium (behind every NAT) calling an aiortc peer behind a "
+        "full-cone NAT, over srflx and relay (needs chromium)",
+    )
     run.set_defaults(func=_run)
+
+    compose = cmds.add_parser(
+        "compose",
+        help="print (or write) the Docker Compose file of a topology",
+        description="Generate the Compose file of a topology: routers apply the netns engine's "
+        "nftables rules; peers, servers and a runner service run the same lab "
+        "(docker compose up --build --exit-code-from runner).",
+    )
+    compose.add_argument("topology", nargs="?", help="topology file (default: configs/lab/default.toml)")
+    compose.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    compose.add_argument("--turn-engine", choices=("natkit", "coturn"), help="TURN relay engine (default: the topology's)")
+    compose.set_defaults(func=_compose)
 
     up = cmds.add_parser("up", help="build the lab with its servers and keep it up until Ctrl-C or 'natkit lab down'")
     up.add_argument("topology", nargs="?", help="topology file (default: configs/lab/default.toml)")
@@ -87,12 +106,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.parallel is not None and not 1 <= args.parallel <= 256:
         raise UsageError(f"--parallel {args.parallel}: give 1..256")
     cases = runner.select_cases(topo, args.only) if args.only else None
-    if args.json and args.json != "-":
-        try:
-            with open(args.json, "a"):
-                pass
-        except OSError as exc:
-            raise UsageError(f"--json {args.json}: cannot write: {exc.strerror}") from None
+    for flag, path in (("--json", args.json), ("--html", args.html)):
+        if path and path != "-":
+            try:
+                with open(path, "a"):
+                    pass
+            except OSError as exc:
+                raise UsageError(f"{flag} {path}: cannot write: {exc.strerror}") from None
     progress = report.Progress(sys.stderr)
     result = runner.run(
         topo,
@@ -102,6 +122,7 @@ def _run(args: argparse.Namespace) -> int:
         capture=not args.no_capture,
         progress=progress,
         keep_capture=args.pcap,
+        browser=args.browser,
     )
     progress.close()
     data = result.to_json()
@@ -114,7 +135,20 @@ def _run(args: argparse.Namespace) -> int:
         else:
             with open(args.json, "w") as fh:
                 fh.write(text)
+    if args.html:
+        from natkit.lab.html import write_html
+
+        write_html(args.html, data, topo)
     return result.exit_code
+
+
+def _compose(args: argparse.Namespace) -> int:
+    from natkit.lab.compose import write_compose
+
+    text = write_compose(_load(args.topology), args.output, turn_engine=args.turn_engine)
+    if not args.output or args.output == "-":
+        sys.stdout.write(text)
+    return 0
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -91,6 +91,19 @@ def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
             mark = "ok " if p["pass"] else "BAD"
             w(f"  {mark} {p['nat'].ljust(width)}  expected {want:<58} observed {got}\n")
         w("\n")
+    if result.get("browser_cases"):
+        w("browser cases (headless Chromium calling the lab's aiortc peer; what getStats says)\n")
+        for c in result["browser_cases"]:
+            sel = c.get("selected") or {}
+            via = ""
+            if c["observed"] == "connected":
+                local, remote = sel.get("local") or {}, sel.get("remote") or {}
+                via = f" via {local.get('type')} -> {remote.get('type')}, RTT {c.get('rtt_ms')} ms"
+            w(
+                f"  {'ok ' if c['pass'] else 'BAD'} {c['nats'][0]} -> {c['nats'][1]} {c['path']}: "
+                f"expected {c['expected']}, observed {c['observed']}{via}\n"
+            )
+        w("\n")
     bad = [c for c in result["cases"] if not c["pass"]]
     for c in bad:
         a, b = c["nats"]

@@ -279,7 +279,11 @@ async def _servers(cmd: dict[str, Any], writer: asyncio.StreamWriter, stop: asyn
             from natkit.server.turn import TurnServer
 
             await stack.enter_async_context(TurnServer([(s["turn"], s["turn_port"])], **turn_kwargs))  # type: ignore[arg-type]
-        await stack.enter_async_context(SignalingServer(s["signaling"], s["signaling_port"]))
+        from natkit.lab.browser import pages as browser_pages
+
+        await stack.enter_async_context(
+            SignalingServer(s["signaling"], s["signaling_port"], pages=browser_pages())
+        )
         writer.write((json.dumps({"id": cmd["id"], "ready": True}) + "\n").encode())
         await stop.wait()
     return {"stopped": True}
@@ -383,10 +387,16 @@ class LabResult:
     timings: dict[str, float]
     errors: list[str] = field(default_factory=list)
     lab: dict[str, Any] = field(default_factory=dict)
+    browser_cases: list[dict[str, Any]] | None = None  # with --browser only
 
     @property
     def passed(self) -> bool:
-        return not self.errors and all(c["pass"] for c in self.cases) and all(p["pass"] for p in self.probes)
+        return (
+            not self.errors
+            and all(c["pass"] for c in self.cases)
+            and all(p["pass"] for p in self.probes)
+            and all(c["pass"] for c in self.browser_cases or [])
+        )
 
     @property
     def exit_code(self) -> int:
@@ -403,6 +413,7 @@ class LabResult:
             "cases": strip_private(self.cases),
             "probes": self.probes,
             "errors": self.errors,
+            **({"browser_cases": self.browser_cases} if self.browser_cases is not None else {}),
         }
 
 
@@ -428,6 +439,7 @@ def run(
     capture: bool = True,
     progress: Progress | None = None,
     keep_capture: str | None = None,
+    browser: bool = False,
 ) -> LabResult:
     """Build the lab of ``topo``, run ``cases`` (all by default) and the probes, tear down."""
     from natkit.lab.netns import NetnsLab
@@ -438,7 +450,15 @@ def run(
         raise UsageError(f"--turn-engine {engine}: choose natkit or coturn")
     _check_tools(capture, engine)
     cases = topo.cases() if cases is None else cases
-    plan = topo.plan(cases)
+    browser_list: list[Case] = []
+    if browser:
+        from natkit.lab.browser import browser_cases, find_chromium
+
+        find_chromium()  # UsageError naming the package when it is missing
+        names = {n for c in cases for n in c.nats}
+        paths = {c.path for c in cases}
+        browser_list = [c for c in browser_cases(topo) if set(c.nats) <= names and c.path in paths]
+    plan = topo.plan(cases + browser_list)
     import aiortc  # noqa: F401 - imported once here, shared by every forked agent
 
     timings: dict[str, float] = {}
@@ -467,8 +487,12 @@ def run(
         for peer_id, ns in nodes.peers.items():
             pids[peer_id] = _spawn(ns, parent_ends)
         try:
+            browser_out: list[dict[str, Any]] = []
             cases_out, probes_out, errors, t = asyncio.run(
-                _orchestrate(topo, plan, cases, engine, pids, parallel, notify)
+                _orchestrate(
+                    topo, plan, cases, engine, pids, parallel, notify,
+                    browser=browser_list, peer_ns=nodes.peers, browser_out=browser_out,
+                )
             )
         finally:
             _stop_agents(pids)
@@ -495,7 +519,8 @@ def run(
     for c in cases_out:
         c["pass"] = _case_pass(c, capture)
     return LabResult(
-        topo.source, engine, cases_out, probes_out, time.monotonic() - t0, timings, errors, describe(topo, plan)
+        topo.source, engine, cases_out, probes_out, time.monotonic() - t0, timings, errors, describe(topo, plan),
+        browser_cases=browser_out if browser else None,
     )
 
 
@@ -627,6 +652,10 @@ async def _orchestrate(
     pids: dict[str, tuple[int, socket.socket]],
     parallel: int | None,
     notify: Progress,
+    *,
+    browser: Sequence[Case] = (),
+    peer_ns: dict[str, str] | None = None,
+    browser_out: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str], dict[str, float]]:
     t0 = time.monotonic()
     timings: dict[str, float] = {}
@@ -658,7 +687,7 @@ async def _orchestrate(
     timings["servers_s"] = time.monotonic() - t0
 
     errors: list[str] = []
-    total = len(cases)
+    total = len(cases) + len(browser)
     done = {"n": 0, "failures": 0}
 
     async def run_probe(nat_name: str) -> dict[str, Any]:
@@ -735,6 +764,37 @@ async def _orchestrate(
     probes = await asyncio.gather(*probe_tasks)
     results = [await case_tasks[i] for i in range(len(plans))]
     timings["cases_s"] = time.monotonic() - t1
+    if browser:
+        # Chromium is heavy: after the matrix, a few at a time; cases expected to fail idle
+        # until their deadline, so they all start at once.
+        from functools import partial
+
+        from natkit.lab.browser import CHROMIUM_START_S, run_lab_browser_case
+
+        t2 = time.monotonic()
+        bsem = asyncio.Semaphore(3)
+        blimit = topo.case_deadline_s + CHROMIUM_START_S + RESULT_MARGIN
+
+        async def run_browser(bc: Case) -> dict[str, Any]:
+            (ra, pa), (rb, pb) = plan.peers_of(bc)
+            connects = expect(
+                ra.nat.behaviour, rb.nat.behaviour, bc.path, turn_transports=srv.turn_transports
+            ).connected
+            async with bsem if connects else contextlib.nullcontext():
+                rec = await run_lab_browser_case(
+                    topo, plan, bc, browser_netns=(peer_ns or {})[pa.id],
+                    call_callee=partial(agents[pb.id].call, blimit, op="case", role="callee"),
+                )
+            done["n"] += 1
+            if not rec["pass"]:
+                done["failures"] += 1
+            notify("case", {**rec, "done": done["n"], "total": total, "failures": done["failures"]})
+            return rec
+
+        recs = await asyncio.gather(*(run_browser(bc) for bc in browser))
+        if browser_out is not None:
+            browser_out.extend(recs)
+        timings["browser_s"] = time.monotonic() - t2
     # Stop the servers while the namespaces stand, and wait for it (bounded).
     servers.send(op="stop-servers")
     try:
