@@ -67,9 +67,12 @@ def drain(sock: socket.socket, timeout: float = QUIET) -> list[bytes]:
     return got
 
 
-def mapped_address(c: socket.socket, srv: socket.socket, tries: int = 2) -> Addr | None:
-    """Send from ``c`` to ``srv`` and return the source address ``srv`` saw."""
+def mapped_address(c: socket.socket, srv: socket.socket, tries: int = 6) -> Addr | None:
+    """Send from ``c`` to ``srv`` and return the source address ``srv`` saw. An answer is
+    expected here, so it is retried generously: only a loaded machine is slow to give it."""
     dest = srv.getsockname()
+    while recv(srv, 0) is not None:  # a late answer to an earlier retry is not this one's
+        pass
     for _ in range(tries):
         c.sendto(b"who-am-i", dest)
         item = recv(srv, QUIET)
