@@ -110,7 +110,7 @@ def register(sub: Any) -> None:
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
-        help="log level of the allocation lifecycle log on stderr (info)",
+        help="log level on stderr (info: a summary line every 10 s; debug: each allocation's events)",
     )
     add("--json", action="store_true", help="print addresses, URLs and final counters as JSON")
     parser.set_defaults(func=run)

@@ -84,6 +84,8 @@ def _build() -> ctypes.CDLL:
     lib.nk_out.argtypes = [vp]
     lib.nk_out.restype = vp
     lib.nk_seed.argtypes = [vp, ctypes.c_uint64]
+    lib.nk_send.argtypes = [vp, ctypes.c_int, u8p, ctypes.c_uint32]
+    lib.nk_send.restype = ctypes.c_int
     return lib
 
 
@@ -117,6 +119,20 @@ def _ip_bytes(ip: str) -> tuple[int, bytes]:
     if ":" in ip:
         return 6, socket.inet_pton(socket.AF_INET6, ip)
     return 4, socket.inet_pton(socket.AF_INET, ip)
+
+
+_packed_ips: dict[str, tuple[int, bytes]] = {}
+
+
+def record(data: bytes, addr: tuple[str, int]) -> bytes:
+    """One datagram for :meth:`FastTable.send`: its header (as the C side's records) + data."""
+    packed = _packed_ips.get(addr[0])
+    if packed is None:
+        packed = _ip_bytes(addr[0])
+        if len(_packed_ips) >= 4096:
+            _packed_ips.clear()
+        _packed_ips[addr[0]] = packed
+    return _REC.pack(len(data), 0, packed[0], 0, addr[1], packed[1]) + data
 
 
 def key(fd: int, addr: tuple[str, int], channel: int = 0) -> bytes:
@@ -194,6 +210,11 @@ class FastTable:
         """One batch from every ready watched socket: (maybe more, [(fd, data, addr)])."""
         more = self._lib.nk_poll(self._ctx, now, self._outlen_ref)
         return more != 0, self._records()
+
+    def send(self, fd: int, batch: bytes) -> int:
+        """Send the :func:`record` datagrams in ``batch`` through ``fd`` (sendmmsg); returns
+        how many were dropped."""
+        return int(self._lib.nk_send(self._ctx, fd, batch, len(batch)))
 
     def stats(self) -> dict[str, int]:
         self._lib.nk_stats(self._ctx, self._stats)

@@ -17,6 +17,7 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any
 
+from natkit.server import _turn_fast
 from natkit.stun import StunParseError, frame_length
 from natkit.turn.allocation import Address, Allocation, Relay
 from natkit.turn.engine import TurnEngine, channel_data
@@ -33,7 +34,7 @@ _STREAM_BUFFER_LIMIT = 1 << 20  # bytes queued to a slow TCP client before dropp
 class UdpListener:
     """A client-facing UDP socket. Allocation keys are ``(listener, client address)``."""
 
-    __slots__ = ("address", "engine", "fd", "send", "server", "sock", "v6")
+    __slots__ = ("address", "batch", "engine", "fd", "send", "server", "sock", "v6")
 
     def __init__(self, server: TurnServer, sock: socket.socket) -> None:
         self.server = server
@@ -43,8 +44,14 @@ class UdpListener:
         self.address: Address = sock.getsockname()[:2]
         self.v6 = sock.family == socket.AF_INET6
         self.send = self._send
+        # While the C path's poll runs, replies collect here and leave in one sendmmsg.
+        self.batch: bytearray | None = None
 
     def _send(self, data: bytes, addr: Address) -> None:
+        batch = self.batch
+        if batch is not None:
+            batch += _turn_fast.record(data, addr)
+            return
         try:
             self.sock.sendto(data, addr)
         except OSError:
@@ -115,13 +122,16 @@ class RelaySocket:
 
     __slots__ = ("address", "alloc", "engine", "fd", "relay", "server", "sock", "v6")
 
-    def __init__(self, server: TurnServer, sock: socket.socket) -> None:
+    def __init__(
+        self, server: TurnServer, sock: socket.socket, address: Address | None = None
+    ) -> None:
         self.server = server
         self.engine: TurnEngine = server.engine
         self.sock = sock
         self.fd = sock.fileno()
-        self.address: Address = sock.getsockname()[:2]
-        self.v6 = sock.family == socket.AF_INET6
+        # the bound address when the caller knows it (saves a syscall per allocation)
+        self.address: Address = address or sock.getsockname()[:2]
+        self.v6 = ":" in self.address[0]
         self.alloc: Allocation | None = None
         self.relay: Relay | None = None
 

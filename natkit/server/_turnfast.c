@@ -19,10 +19,15 @@
  * of the context (one fd for the event loop to watch); nk_poll() drains every ready socket
  * (nk_pump() one socket) with recvmmsg,
  * forwards every datagram an entry covers (ChannelData and plain Send indications from
- * clients to peers; peer datagrams to clients as ChannelData or Data indications, batched
- * with sendmmsg) and copies everything else (other STUN messages, anything unusual) into the
- * caller's buffer for the Python path, which has the last word. Nothing is allocated per
- * packet.
+ * clients to peers; peer datagrams to clients as ChannelData or Data indications) and copies
+ * everything else (other STUN messages, anything unusual) into the caller's buffer for the
+ * Python path, which has the last word. Nothing is allocated per packet.
+ *
+ * Sends are batched with sendmmsg in both directions: datagrams for the same socket queue up
+ * (across the sockets one nk_poll drains: every relay socket's traffic to clients leaves
+ * through the one listener) and go out when the socket changes, the queue is full, or the
+ * poll ends. Queued datagrams point into the receive slots, so a slot is not received into
+ * again until the queues holding it are flushed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -36,6 +41,7 @@
 #include <unistd.h>
 
 #define NK_BATCH 32
+#define NK_SLOTS (2 * NK_BATCH) /* receive slots: a batch being read + datagrams queued */
 #define NK_SLOT 65536
 #define NK_KIND_ALLOC 1
 #define NK_KIND_PERM 2
@@ -75,18 +81,28 @@ struct nk_slot {
     struct nk_val val;
 };
 
+/* Datagrams queued for one socket: header (may be empty) + payload each. */
+struct nk_queue {
+    int fd;
+    unsigned n;
+    int to_client; /* which counters a sent datagram adds to */
+    struct mmsghdr msgs[NK_SLOTS];
+    struct iovec iov[NK_SLOTS][2];
+    struct sockaddr_storage addrs[NK_SLOTS];
+    uint32_t plen[NK_SLOTS];   /* relayed payload bytes */
+    uint8_t hdr[NK_SLOTS][48]; /* ChannelData header, or Data indication up to DATA's value */
+};
+
 struct nk_ctx {
     struct nk_slot *slots;
     uint32_t cap, used, tomb;
     uint64_t c2p_packets, c2p_bytes, p2c_packets, p2c_bytes, send_errors, passed;
     uint8_t *bufs;
+    unsigned slot_next; /* first receive slot no queued datagram points into */
     struct mmsghdr msgs[NK_BATCH];
     struct iovec iov[NK_BATCH];
     struct sockaddr_storage addrs[NK_BATCH];
-    struct mmsghdr smsgs[NK_BATCH];
-    struct iovec siov[NK_BATCH][2];
-    struct sockaddr_storage saddrs[NK_BATCH];
-    uint8_t shdr[NK_BATCH][48]; /* ChannelData header, or Data indication up to DATA's value */
+    struct nk_queue to_peer, to_client;
     uint64_t rng;
     int epfd;
     uint8_t *out; /* datagrams for Python: nk_rec + data, ... */
@@ -144,7 +160,9 @@ struct nk_ctx *nk_new(void) {
     struct nk_ctx *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
-    c->bufs = malloc((size_t)NK_BATCH * NK_SLOT);
+    c->bufs = malloc((size_t)NK_SLOTS * NK_SLOT); /* untouched pages cost no memory */
+    c->to_peer.fd = c->to_client.fd = -1;
+    c->to_client.to_client = 1;
     c->out = malloc(NK_OUTCAP); /* untouched pages cost no memory */
     c->outcap = NK_OUTCAP;
     c->cap = 1024;
@@ -328,20 +346,45 @@ static int nk_parse_send(const uint8_t *d, uint32_t n, struct nk_key *peer, cons
     return pos == n && have_peer && have_data;
 }
 
-static void nk_flush(struct nk_ctx *c, int fd, unsigned n) {
-    unsigned done = 0;
+static void nk_flush(struct nk_ctx *c, struct nk_queue *q) {
+    unsigned done = 0, n = q->n;
     while (done < n) {
-        int r = sendmmsg(fd, &c->smsgs[done], n - done, MSG_DONTWAIT);
+        int r = sendmmsg(q->fd, &q->msgs[done], n - done, MSG_DONTWAIT);
         if (r <= 0) {
             if (r < 0 && errno == EINTR)
                 continue;
-            c->send_errors += n - done;  /* a full buffer drops, as UDP would */
-            /* skip the failing datagram and go on with the rest */
+            c->send_errors++; /* a full buffer drops, as UDP would: skip it, send the rest */
             done++;
             continue;
         }
+        for (unsigned i = done; i < done + (unsigned)r; i++) {
+            if (q->to_client) {
+                c->p2c_packets++;
+                c->p2c_bytes += q->plen[i];
+            } else {
+                c->c2p_packets++;
+                c->c2p_bytes += q->plen[i];
+            }
+        }
         done += (unsigned)r;
     }
+    q->n = 0;
+}
+
+static void nk_flush_all(struct nk_ctx *c) {
+    if (c->to_peer.n)
+        nk_flush(c, &c->to_peer);
+    if (c->to_client.n)
+        nk_flush(c, &c->to_client);
+    c->slot_next = 0;
+}
+
+/* The next queue entry for fd: flushes what is queued for another socket first. */
+static unsigned nk_enqueue(struct nk_ctx *c, struct nk_queue *q, int fd) {
+    if (q->n && q->fd != fd)
+        nk_flush(c, q);
+    q->fd = fd;
+    return q->n++;
 }
 
 /*
@@ -354,8 +397,11 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
     uint8_t *out = c->out;
     uint32_t outcap = c->outcap;
     uint32_t used = *usedp;
+    if (c->slot_next + batch > NK_SLOTS)
+        nk_flush_all(c); /* the slots are all spoken for: send what is queued first */
+    unsigned base = c->slot_next;
     for (unsigned i = 0; i < batch; i++) {
-        c->iov[i].iov_base = c->bufs + (size_t)i * NK_SLOT;
+        c->iov[i].iov_base = c->bufs + (size_t)(base + i) * NK_SLOT;
         c->iov[i].iov_len = NK_SLOT;
         memset(&c->msgs[i].msg_hdr, 0, sizeof(c->msgs[i].msg_hdr));
         c->msgs[i].msg_hdr.msg_iov = &c->iov[i];
@@ -366,8 +412,7 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
     int got = recvmmsg(fd, c->msgs, batch, MSG_DONTWAIT, NULL);
     if (got < 0)
         return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -1;
-    unsigned pending = 0;
-    int pending_fd = -1;
+    int queued = 0;
     for (int i = 0; i < got; i++) {
         uint8_t *d = c->iov[i].iov_base;
         uint32_t n = c->msgs[i].msg_len;
@@ -379,14 +424,18 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
                 nk_key_from(&k, fd, &c->addrs[i], chan);
                 struct nk_slot *s = nk_find(c, &k);
                 if (s != NULL && s->val.until > now && 4 + len <= n) {
-                    struct sockaddr_storage peer;
-                    socklen_t plen = nk_sockaddr(&peer, &s->val);
-                    if (sendto(s->val.fd, d + 4, len, MSG_DONTWAIT, (struct sockaddr *)&peer, plen) < 0)
-                        c->send_errors++;
-                    else {
-                        c->c2p_packets++;
-                        c->c2p_bytes += len;
-                    }
+                    struct nk_queue *q = &c->to_peer;
+                    unsigned e = nk_enqueue(c, q, s->val.fd);
+                    q->iov[e][0].iov_base = d + 4;
+                    q->iov[e][0].iov_len = len;
+                    q->plen[e] = len;
+                    struct msghdr *m = &q->msgs[e].msg_hdr;
+                    memset(m, 0, sizeof(*m));
+                    m->msg_iov = q->iov[e];
+                    m->msg_iovlen = 1;
+                    m->msg_name = &q->addrs[e];
+                    m->msg_namelen = nk_sockaddr(&q->addrs[e], &s->val);
+                    queued = 1;
                     continue;
                 }
             } else if (n >= 20 && d[0] == 0x00 && d[1] == 0x16) {
@@ -415,14 +464,18 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
                             to.family = peer.family;
                             to.port = peer.port;
                             memcpy(to.ip, peer.ip, 16);
-                            struct sockaddr_storage sa;
-                            socklen_t slen = nk_sockaddr(&sa, &to);
-                            if (sendto(relay_fd, data, dlen, MSG_DONTWAIT, (struct sockaddr *)&sa, slen) < 0)
-                                c->send_errors++;
-                            else {
-                                c->c2p_packets++;
-                                c->c2p_bytes += dlen;
-                            }
+                            struct nk_queue *q = &c->to_peer;
+                            unsigned e = nk_enqueue(c, q, relay_fd);
+                            q->iov[e][0].iov_base = (void *)data;
+                            q->iov[e][0].iov_len = dlen;
+                            q->plen[e] = dlen;
+                            struct msghdr *m = &q->msgs[e].msg_hdr;
+                            memset(m, 0, sizeof(*m));
+                            m->msg_iov = q->iov[e];
+                            m->msg_iovlen = 1;
+                            m->msg_name = &q->addrs[e];
+                            m->msg_namelen = nk_sockaddr(&q->addrs[e], &to);
+                            queued = 1;
                             continue;
                         }
                     }
@@ -443,12 +496,9 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
             }
             if (perm != NULL && n <= 65535 - 48) {
                 /* a Data indication: XOR-PEER-ADDRESS and DATA */
-                if (pending && perm->val.fd != pending_fd) {
-                    nk_flush(c, pending_fd, pending);
-                    pending = 0;
-                }
-                pending_fd = perm->val.fd;
-                uint8_t *h = c->shdr[pending];
+                struct nk_queue *q = &c->to_client;
+                unsigned e = nk_enqueue(c, q, perm->val.fd);
+                uint8_t *h = q->hdr[e];
                 uint32_t alen = k.family == 4 ? 8 : 20;
                 uint32_t pad = (4 - (n & 3)) & 3;
                 uint32_t body = 4 + alen + 4 + n + pad;
@@ -473,45 +523,40 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
                 dh[0] = 0x00, dh[1] = 0x13, dh[2] = (uint8_t)(n >> 8), dh[3] = (uint8_t)n;
                 uint32_t hlen = 20 + 4 + alen + 4;
                 memset(d + n, 0, pad); /* the slot has room: n <= NK_SLOT - 48 */
-                c->siov[pending][0].iov_base = h;
-                c->siov[pending][0].iov_len = hlen;
-                c->siov[pending][1].iov_base = d;
-                c->siov[pending][1].iov_len = n + pad;
-                struct msghdr *m = &c->smsgs[pending].msg_hdr;
+                q->iov[e][0].iov_base = h;
+                q->iov[e][0].iov_len = hlen;
+                q->iov[e][1].iov_base = d;
+                q->iov[e][1].iov_len = n + pad;
+                q->plen[e] = n;
+                struct msghdr *m = &q->msgs[e].msg_hdr;
                 memset(m, 0, sizeof(*m));
-                m->msg_iov = c->siov[pending];
+                m->msg_iov = q->iov[e];
                 m->msg_iovlen = 2;
-                m->msg_name = &c->saddrs[pending];
-                m->msg_namelen = nk_sockaddr(&c->saddrs[pending], &perm->val);
-                pending++;
-                c->p2c_packets++;
-                c->p2c_bytes += n;
+                m->msg_name = &q->addrs[e];
+                m->msg_namelen = nk_sockaddr(&q->addrs[e], &perm->val);
+                queued = 1;
                 continue;
             }
             if (s != NULL && n <= 65535) {
-                if (pending && s->val.fd != pending_fd) {
-                    nk_flush(c, pending_fd, pending);
-                    pending = 0;
-                }
-                pending_fd = s->val.fd;
-                uint8_t *h = c->shdr[pending];
+                struct nk_queue *q = &c->to_client;
+                unsigned e = nk_enqueue(c, q, s->val.fd);
+                uint8_t *h = q->hdr[e];
                 h[0] = (uint8_t)(s->val.chan >> 8);
                 h[1] = (uint8_t)s->val.chan;
                 h[2] = (uint8_t)(n >> 8);
                 h[3] = (uint8_t)n;
-                c->siov[pending][0].iov_base = h;
-                c->siov[pending][0].iov_len = 4;
-                c->siov[pending][1].iov_base = d;
-                c->siov[pending][1].iov_len = n;
-                struct msghdr *m = &c->smsgs[pending].msg_hdr;
+                q->iov[e][0].iov_base = h;
+                q->iov[e][0].iov_len = 4;
+                q->iov[e][1].iov_base = d;
+                q->iov[e][1].iov_len = n;
+                q->plen[e] = n;
+                struct msghdr *m = &q->msgs[e].msg_hdr;
                 memset(m, 0, sizeof(*m));
-                m->msg_iov = c->siov[pending];
+                m->msg_iov = q->iov[e];
                 m->msg_iovlen = 2;
-                m->msg_name = &c->saddrs[pending];
-                m->msg_namelen = nk_sockaddr(&c->saddrs[pending], &s->val);
-                pending++;
-                c->p2c_packets++;
-                c->p2c_bytes += n;
+                m->msg_name = &q->addrs[e];
+                m->msg_namelen = nk_sockaddr(&q->addrs[e], &s->val);
+                queued = 1;
                 continue;
             }
         }
@@ -533,8 +578,8 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
         used += (uint32_t)sizeof(rec) + n;
         c->passed++;
     }
-    if (pending)
-        nk_flush(c, pending_fd, pending);
+    if (queued)
+        c->slot_next = base + (unsigned)got; /* queued datagrams point into these slots */
     *usedp = used;
     return got;
 }
@@ -542,7 +587,9 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
 /* One socket, one batch (tests and single-socket use). Records at nk_out(c). */
 int nk_pump(struct nk_ctx *c, int fd, int kind, double now, uint32_t *outlen) {
     *outlen = 0;
-    return nk_pump_one(c, fd, kind, now, NK_BATCH, outlen);
+    int got = nk_pump_one(c, fd, kind, now, NK_BATCH, outlen);
+    nk_flush_all(c);
+    return got;
 }
 
 /*
@@ -573,6 +620,57 @@ int nk_poll(struct nk_ctx *c, double now, uint32_t *outlen) {
         if (got == (int)batch)
             more = 1;
     }
+    nk_flush_all(c);
     *outlen = used;
     return more;
+}
+
+/*
+ * Send a batch the Python path made (replies to clients): records laid out as nk_out's
+ * (nk_rec + data, nk_rec.fd ignored) all through socket fd, with sendmmsg. Returns how many
+ * could not be sent (a full buffer drops, as UDP would).
+ */
+int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
+    struct nk_queue *q = &c->to_peer; /* free outside nk_poll/nk_pump: they flush before returning */
+    uint32_t pos = 0;
+    int failed = 0;
+    while (pos < len) {
+        unsigned n = 0;
+        while (pos + sizeof(struct nk_rec) <= len && n < NK_SLOTS) {
+            struct nk_rec rec;
+            memcpy(&rec, buf + pos, sizeof(rec));
+            if (pos + sizeof(rec) + rec.len > len)
+                return failed + 1; /* malformed: stop */
+            struct nk_val to;
+            memset(&to, 0, sizeof(to));
+            to.family = rec.family;
+            to.port = rec.port;
+            memcpy(to.ip, rec.ip, 16);
+            q->iov[n][0].iov_base = (void *)(buf + pos + sizeof(rec));
+            q->iov[n][0].iov_len = rec.len;
+            struct msghdr *m = &q->msgs[n].msg_hdr;
+            memset(m, 0, sizeof(*m));
+            m->msg_iov = q->iov[n];
+            m->msg_iovlen = 1;
+            m->msg_name = &q->addrs[n];
+            m->msg_namelen = nk_sockaddr(&q->addrs[n], &to);
+            pos += (uint32_t)sizeof(rec) + rec.len;
+            n++;
+        }
+        if (n == 0)
+            return failed + 1;
+        unsigned done = 0;
+        while (done < n) {
+            int r = sendmmsg(fd, &q->msgs[done], n - done, MSG_DONTWAIT);
+            if (r <= 0) {
+                if (r < 0 && errno == EINTR)
+                    continue;
+                failed++;
+                done++;
+                continue;
+            }
+            done += (unsigned)r;
+        }
+    }
+    return failed;
 }

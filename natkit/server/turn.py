@@ -49,9 +49,11 @@ from natkit.turn.ports import PortPool
 
 log = logging.getLogger("natkit.server.turn")
 
-_RCVBUF = 4 << 20
+_RCVBUF = 4 << 20  # client listeners: every client's traffic arrives here
+_RELAY_RCVBUF = 1 << 20  # each relay socket (the kernel doubles it, capped by rmem_max)
 _TICK = 0.5
 _FAST_ROUNDS = 4  # C polls per wake-up before yielding to the event loop
+_SUMMARY_EVERY = 10.0  # seconds between batched allocation lifecycle lines
 IP_PMTUDISC_DO = 2
 # Linux values; the socket module exposes them only on some builds.
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
@@ -230,6 +232,8 @@ class TurnServer:
         self._fast_until: dict[bytes, float] = {}  # what each mirrored key last said
         self._started = False
         self.bugs = 0
+        self._summary_at = 0.0
+        self._summary_counts = (0, 0, 0)
 
     # -- configuration helpers --------------------------------------------------------------
 
@@ -339,7 +343,7 @@ class TurnServer:
             "refused_peers": s.refused_peers,
             "quota_refusals": s.quota_refusals,
             "bad_packets": s.bad_packets,
-            "dropped_packets": s.dropped_packets,
+            "dropped_packets": s.dropped_packets + fast.get("send_errors", 0),
             "to_peer_packets": s.to_peer_packets + fast.get("to_peer_packets", 0),
             "to_peer_bytes": s.to_peer_bytes + fast.get("to_peer_bytes", 0),
             "to_client_packets": s.to_client_packets + fast.get("to_client_packets", 0),
@@ -405,6 +409,8 @@ class TurnServer:
             self._ticker.cancel()
             self._ticker = None
         self.run_actions(self.engine.close_all(), None, None)
+        if self._started:
+            self._log_summary(time.time())
         for relay in list(self._relays.values()):
             self.forget_relay(relay)
         for server in self._servers:
@@ -445,9 +451,30 @@ class TurnServer:
             for stream in [s for s in self._streams if now - s.last_activity > self.idle_timeout]:
                 if self.engine.allocations.get((stream, stream.addr)) is None:
                     stream.close()  # a connection that never allocated and went quiet
+            if now - self._summary_at >= _SUMMARY_EVERY:
+                self._log_summary(now)
         except Exception:
             self.log_bug("tick", ("", 0))
         self._ticker = self._loop.call_later(_TICK, self._tick)
+
+    def _log_summary(self, now: float) -> None:
+        """The allocation lifecycle at info, batched: one line per period with changes (each
+        allocation's own events are at debug, off the Allocate path)."""
+        s = self.engine.stats
+        counts = (s.allocations_created, s.allocations_deleted, s.allocations_expired)
+        self._summary_at = now
+        if counts == self._summary_counts:
+            return
+        last = self._summary_counts
+        self._summary_counts = counts
+        log.info(
+            "event=allocations created=%d deleted=%d expired=%d active=%d relay_sockets=%d",
+            counts[0] - last[0],
+            counts[1] - last[1],
+            counts[2] - last[2],
+            len(self.engine.allocations),
+            len(self._relays),
+        )
 
     # -- listeners --------------------------------------------------------------------------
 
@@ -553,18 +580,37 @@ class TurnServer:
         if table is None:
             return
         listeners, relays = self._listeners, self._relays
-        for _ in range(_FAST_ROUNDS):
-            more, records = table.poll(self.now)
-            for fd, data, addr in records:
-                listener = listeners.get(fd)
-                if listener is not None:
-                    listener.handle(data, addr)
-                    continue
-                relay = relays.get(fd)
-                if relay is not None:
-                    relay.handle(data, addr)
-            if not more:
-                return
+        udp = self._udp
+        for listener in udp:
+            listener.batch = bytearray()
+        try:
+            for _ in range(_FAST_ROUNDS):
+                more, records = table.poll(self.now)
+                for fd, data, addr in records:
+                    listener = listeners.get(fd)
+                    if listener is not None:
+                        listener.handle(data, addr)
+                        continue
+                    relay = relays.get(fd)
+                    if relay is not None:
+                        relay.handle(data, addr)
+                self._send_batches(table)
+                if not more:
+                    return
+        finally:
+            self._send_batches(table)
+            for listener in udp:
+                listener.batch = None
+
+    def _send_batches(self, table: FastTable) -> None:
+        """What the Python path answered in this round, one sendmmsg per listener."""
+        for listener in self._udp:
+            batch = listener.batch
+            if batch:
+                dropped = table.send(listener.fd, bytes(batch))
+                if dropped:
+                    self.engine.stats.dropped_packets += dropped
+                batch.clear()
 
     def _mirror(self, allocation: Allocation) -> None:
         """Copy an allocation's channels and permissions into the C table (UDP clients only,
@@ -690,18 +736,25 @@ class TurnServer:
 
     def _bind_port(self, ip: str, port: int) -> RelaySocket | None:
         assert self._loop is not None
-        sock = socket.socket(_af(_family(ip)), socket.SOCK_DGRAM)
+        v6 = ":" in ip
+        sock = socket.socket(
+            socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+        )
         try:
-            if sock.family == socket.AF_INET6:
+            if v6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # Room for bursts from peers while the server is busy or descheduled: with the
+            # kernel default (~200 KB, ~150 small datagrams) a short stall lost whole windows.
+            # A limit, not a reservation: an idle relay socket holds no buffer memory.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RELAY_RCVBUF)
             sock.bind((ip, port))
-            sock.setblocking(False)
         except OSError as exc:
             sock.close()
             if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
                 log.warning("event=relay_bind_failed ip=%s port=%d error=%r", ip, port, exc)
             return None
-        relay = RelaySocket(self, sock)
+        relay = RelaySocket(self, sock, (ip, port) if port else None)
         self._relays[sock.fileno()] = relay
         if not self.ports.ephemeral:
             self.ports.take(relay.address[1])

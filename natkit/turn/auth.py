@@ -51,7 +51,8 @@ class Credentials:
         self.users = dict(users or {})
         self.secrets = [s.encode() for s in secrets]
         self.separator = separator
-        self._keys: dict[tuple[str, int], bytes] = {}
+        # (user, algorithm) -> [its identity]: static users' keys are derived once
+        self._static: dict[tuple[str, int], list[Identity]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -71,12 +72,13 @@ class Credentials:
         password = self.users.get(username)
         if password is not None:
             cache_key = (username, algorithm.algorithm)
-            key = self._keys.get(cache_key)
-            if key is None:
+            cached = self._static.get(cache_key)
+            if cached is None:
                 key = long_term_key(username, self.realm, password, algorithm)
-                if len(self._keys) < 100_000:
-                    self._keys[cache_key] = key
-            return [Identity(username, key, username)]
+                cached = [Identity(username, key, username)]
+                if len(self._static) < 100_000:
+                    self._static[cache_key] = cached
+            return cached
         if not self.secrets:
             return "unknown user"
         expiry = self.rest_expiry(username)
@@ -110,19 +112,40 @@ def rest_credentials(secret: str, ttl: float, now: float, user: str = "") -> tup
 
 
 class NonceIssuer:
-    """Stateless nonces: cookie + features + expiry + HMAC(expiry, client IP)."""
+    """Stateless nonces: cookie + features + expiry + HMAC(expiry, client IP).
+
+    Two small caches keep the HMACs off the Allocate path without making nonces stateful:
+    the nonce last issued per client IP is reused while its expiry (whole seconds) is the
+    same, and a nonce this issuer made is checked against the IP it was issued to without
+    recomputing its MAC. Both are bounded; a miss falls back to the MAC.
+    """
+
+    _CACHE_MAX = 4096
 
     def __init__(self, lifetime: float = 600.0, secret: bytes | None = None) -> None:
         self.lifetime = lifetime
         self._secret = secret or os.urandom(16)
+        self._last: dict[str, tuple[int, str]] = {}  # client IP -> (expiry, nonce)
+        self._issued: dict[str, str] = {}  # nonce -> the client IP it was issued to
 
     def _mac(self, expiry_hex: str, client_ip: str) -> str:
         msg = f"{expiry_hex}|{client_ip}".encode()
         return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:20]
 
     def issue(self, client_ip: str, now: float) -> str:
-        expiry_hex = f"{int(now + self.lifetime):010x}"
-        return f"{_PREFIX}{expiry_hex}{self._mac(expiry_hex, client_ip)}"
+        expiry = int(now + self.lifetime)
+        last = self._last.get(client_ip)
+        if last is not None and last[0] == expiry:
+            return last[1]
+        expiry_hex = f"{expiry:010x}"
+        nonce = f"{_PREFIX}{expiry_hex}{self._mac(expiry_hex, client_ip)}"
+        if len(self._last) >= self._CACHE_MAX:
+            self._last.clear()
+        self._last[client_ip] = (expiry, nonce)
+        if len(self._issued) >= self._CACHE_MAX:
+            self._issued.clear()
+        self._issued[nonce] = client_ip
+        return nonce
 
     def valid(self, nonce: str, client_ip: str, now: float) -> bool:
         """True if we issued ``nonce`` to ``client_ip`` and it has not expired."""
@@ -134,9 +157,12 @@ class NonceIssuer:
             expiry = int(expiry_hex, 16)
         except ValueError:
             return False
-        if not hmac.compare_digest(mac, self._mac(expiry_hex, client_ip)):
+        if expiry <= now:
             return False
-        return expiry > now
+        issued_to = self._issued.get(nonce)
+        if issued_to is not None:
+            return issued_to == client_ip
+        return hmac.compare_digest(mac, self._mac(expiry_hex, client_ip))
 
 
 class FailureLimiter:

@@ -206,3 +206,81 @@ def test_poll_drains_every_watched_socket(table: _turn_fast.FastTable) -> None:
     assert table.poll(now) == (False, [])
     for s in (listener, relay, client, peer):
         s.close()
+
+
+def test_sends_are_batched_across_sockets_in_order(table: _turn_fast.FastTable) -> None:
+    """Datagrams from many relay sockets leave through the one listener in sendmmsg batches
+    that span sockets and outlive the receive slots of one batch; client -> peer datagrams
+    queue per relay socket. Nothing is lost or reordered per flow, and the counters agree."""
+    n_relays, per_relay = 5, 45  # 225 datagrams: several times the receive slots
+    listener, client = _udp(), _udp()
+    relays = [_udp() for _ in range(n_relays)]
+    peers = [_udp() for _ in range(n_relays)]
+    for s in (listener, client, *peers):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    for s in (listener, *relays):
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    table.watch(listener.fileno(), 0)
+    caddr = client.getsockname()
+    now = time.time()
+    for i, (relay, peer) in enumerate(zip(relays, peers)):
+        paddr = peer.getsockname()
+        table.put(
+            _turn_fast.key(listener.fileno(), caddr, 0x4000 + i), relay.fileno(), paddr, 0, now + 9
+        )
+        table.put(
+            _turn_fast.key(relay.fileno(), paddr), listener.fileno(), caddr, 0x4000 + i, now + 9
+        )
+        table.watch(relay.fileno(), 1)
+    for j in range(per_relay):
+        for i, relay in enumerate(relays):  # interleaved: the queue's socket keeps changing
+            peers[i].sendto(bytes([i, j]), relay.getsockname())
+            if j % 3 == 0:
+                client.sendto(
+                    struct.pack("!HH", 0x4000 + i, 2) + bytes([j, i]), listener.getsockname()
+                )
+    time.sleep(0.1)
+    records = []
+    for _ in range(50):
+        more, got = table.poll(now)
+        records += got
+        if not more:
+            break
+    assert records == []
+    back: dict[int, list[int]] = {i: [] for i in range(n_relays)}
+    for _ in range(n_relays * per_relay):
+        frame = client.recv(100)
+        number, length = struct.unpack("!HH", frame[:4])
+        assert length == 2 and frame[4] == number - 0x4000
+        back[frame[4]].append(frame[5])
+    assert all(seq == list(range(per_relay)) for seq in back.values())
+    sent_up = list(range(0, per_relay, 3))
+    for i, peer in enumerate(peers):
+        got_up = [peer.recvfrom(10) for _ in sent_up]
+        assert [d for d, _ in got_up] == [bytes([j, i]) for j in sent_up]
+        assert all(src == relays[i].getsockname() for _, src in got_up)
+    stats = table.stats()
+    assert stats["to_client_packets"] == n_relays * per_relay
+    assert stats["to_peer_packets"] == n_relays * len(sent_up)
+    assert stats["to_client_bytes"] == 2 * n_relays * per_relay and stats["send_errors"] == 0
+    for s in (listener, client, *relays, *peers):
+        s.close()
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1"])
+def test_send_batch_of_records(table: _turn_fast.FastTable, ip: str) -> None:
+    try:
+        out, a, b = _udp(ip), _udp(ip), _udp(ip)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    batch = b"".join(
+        _turn_fast.record(bytes([i]) * (i + 1), (a if i % 2 else b).getsockname()[:2])
+        for i in range(70)  # more than one sendmmsg
+    )
+    assert table.send(out.fileno(), batch) == 0
+    assert [a.recv(100) for _ in range(35)] == [bytes([i]) * (i + 1) for i in range(1, 70, 2)]
+    assert [b.recv(100) for _ in range(35)] == [bytes([i]) * (i + 1) for i in range(0, 70, 2)]
+    assert table.send(out.fileno(), batch[:-1]) > 0  # a truncated record is refused, not read past
+    for s in (out, a, b):
+        s.close()

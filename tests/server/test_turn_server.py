@@ -570,3 +570,48 @@ def test_cli_engine_coturn_same_options() -> None:
         s.sendto(Message(Method.BINDING).encode(), ("127.0.0.1", port))
         with pytest.raises(OSError):
             s.recv(1000)
+
+
+async def test_relay_sockets_have_room_for_bursts() -> None:
+    """A relay socket's receive buffer is raised above the kernel default (a stall of the
+    server otherwise overflowed it and lost whole windows of peer traffic)."""
+    from natkit.server.turn import _RELAY_RCVBUF
+
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, min_port=20000, max_port=20999
+    ) as t:
+        c = RawClient(t.addresses_of("udp")[0], "u", "p")
+        assert (await c.allocate()).cls == Class.SUCCESS
+        (relay,) = t._relays.values()
+        got = relay.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert got >= 2 * min(_RELAY_RCVBUF, rmem_max)  # the kernel doubles what it grants
+        assert relay.address == relay.sock.getsockname()
+        c.close()
+
+
+async def test_lifecycle_log_is_debug_per_allocation_and_batched_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="natkit")
+    async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}) as turn:
+        clients = [RawClient(turn.addresses_of("udp")[0], "u", "p") for _ in range(3)]
+        for c in clients:
+            assert (await c.allocate()).cls == Class.SUCCESS
+        assert not [r for r in caplog.records if "allocation_created" in r.getMessage()]
+        turn._log_summary(time.time())
+        lines = [r.getMessage() for r in caplog.records if "event=allocations " in r.getMessage()]
+        assert lines and "created=3 " in lines[-1] and "active=3" in lines[-1]
+        turn._log_summary(time.time())  # nothing changed: no new line
+        assert len([r for r in caplog.records if "event=allocations " in r.getMessage()]) == 1
+        caplog.set_level(logging.DEBUG, logger="natkit")
+        assert (await clients[0].request(Message(Method.REFRESH).add(Attr.LIFETIME, 0))).cls == (
+            Class.SUCCESS
+        )
+        assert [r for r in caplog.records if "event=allocation_deleted" in r.getMessage()]
+        for c in clients:
+            c.close()
+    last = [r.getMessage() for r in caplog.records if "event=allocations " in r.getMessage()][-1]
+    assert "deleted=3" in last and "active=0" in last  # the final summary at stop

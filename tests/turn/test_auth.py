@@ -78,3 +78,19 @@ def test_failure_limiter_blocks_refills_and_stays_bounded() -> None:
     for i in range(1000):
         limiter.failure(f"10.0.{i // 256}.{i % 256}", NOW)
     assert len(limiter) <= 100
+
+
+def test_nonce_caches_reuse_per_second_and_stay_bounded() -> None:
+    issuer = NonceIssuer(lifetime=60, secret=b"k" * 16)
+    first = issuer.issue("192.0.2.1", NOW)
+    assert issuer.issue("192.0.2.1", NOW + 0.4) == first  # same expiry second: reused
+    assert issuer.issue("192.0.2.1", NOW + 1) != first
+    assert issuer.issue("192.0.2.2", NOW) != first  # bound to the IP
+    # a cached nonce is still bound to its IP and still expires
+    assert issuer.valid(first, "192.0.2.1", NOW) and not issuer.valid(first, "192.0.2.2", NOW)
+    assert not issuer.valid(first, "192.0.2.1", NOW + 61)
+    for i in range(3 * NonceIssuer._CACHE_MAX):
+        issuer.issue(f"10.0.{i // 250}.{i % 250}", NOW)
+    assert len(issuer._issued) <= NonceIssuer._CACHE_MAX
+    assert len(issuer._last) <= NonceIssuer._CACHE_MAX
+    assert issuer.valid(first, "192.0.2.1", NOW)  # out of the cache: the MAC still proves it

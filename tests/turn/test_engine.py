@@ -474,3 +474,78 @@ def test_close_all_releases_everything(harness: Harness) -> None:
     harness.run(harness.engine.close_all())
     assert not harness.open and not harness.engine.allocations
     assert harness.engine.counts()["allocations"] == 0
+
+
+def _full_path_challenge(harness: Harness, request: Message, fingerprint: bool) -> bytes:
+    """The 401 the general path gives ``request`` (decoded, then challenged)."""
+    msg = decode(request.encode(fingerprint=fingerprint))
+    return harness.engine._challenge(msg, 401, "Unauthorized", "198.51.100.10", harness.now)
+
+
+def test_quick_challenge_is_the_full_paths_answer(harness: Harness) -> None:
+    anonymous = Client(harness, username=None)
+    plain = Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17).add(Attr.LIFETIME, 900)
+    replies = anonymous.raw(plain.encode())  # qualifies for the quick 401
+    assert replies == [_full_path_challenge(harness, plain, False)]
+    resp = decode(replies[0])
+    assert resp.transaction_id == plain.transaction_id and code(resp) == 401
+    # with FINGERPRINT (what browsers send) the patched template is still exact
+    fp = anonymous.raw(plain.encode(fingerprint=True))
+    assert fp == [_full_path_challenge(harness, plain, True)]
+    assert Attr.FINGERPRINT in decode(fp[0])  # decode checks the CRC
+    # the same nonce within a second: one template serves every transaction id
+    other = Message(Method.REFRESH)
+    assert decode(anonymous.raw(other.encode())[0]).get(Attr.NONCE) == resp.get(Attr.NONCE)
+    assert decode(anonymous.raw(other.encode())[0]).method == Method.REFRESH
+
+
+def test_quick_challenge_leaves_unusual_requests_to_the_full_path(harness: Harness) -> None:
+    anonymous = Client(harness, username=None)
+    # malformed: a bad REQUESTED-TRANSPORT length is dropped as before, not challenged
+    bad = bytearray(Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17).encode())
+    bad[22:24] = b"\x00\x03"
+    assert anonymous.raw(bytes(bad)) == []
+    # duplicate attributes are malformed too
+    dup = Message(Method.ALLOCATE).add(Attr.LIFETIME, 1).add(Attr.LIFETIME, 2)
+    assert anonymous.raw(dup.encode()) == []
+    # an unknown comprehension-required attribute is a 420 before any 401
+    unknown = Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17).add(0x0033, b"xxxx")
+    assert code(decode(anonymous.raw(unknown.encode())[0])) == 420
+    # a source that failed too often gets nothing, quick path or not
+    for _ in range(int(harness.engine.limiter.burst)):
+        harness.engine.limiter.failure(anonymous.addr[0], harness.now)
+    assert anonymous.raw(Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17).encode()) == []
+
+
+def test_direct_allocate_success_is_the_codecs_bytes() -> None:
+    from natkit.stun import long_term_key
+    from natkit.turn.allocation import Relay
+    from natkit.turn.engine import _allocate_success
+
+    key = long_term_key("alice", REALM, "secret")
+    relays = [Relay(4, ("10.0.0.1", 50000), ("203.0.113.9", 50000), object())]
+    mapped = ("198.51.100.10", 40000)
+    for integrity in ("sha1", "sha256", "both"):
+        for fingerprint in (False, True):
+            request = decode(
+                Message(Method.ALLOCATE)
+                .add(Attr.REQUESTED_TRANSPORT, 17)
+                .add(Attr.USERNAME, "alice")
+                .encode(key=key, integrity=integrity, fingerprint=fingerprint)
+            )
+            expected = (
+                request.response()
+                .add(Attr.XOR_RELAYED_ADDRESS, relays[0].advertised)
+                .add(Attr.LIFETIME, 777)
+                .add(Attr.XOR_MAPPED_ADDRESS, mapped)
+                .encode(
+                    key=key,
+                    integrity="sha1" if integrity == "sha1" else "sha256",
+                    fingerprint=fingerprint,
+                )
+            )
+            assert _allocate_success(request, relays, 777, mapped, key) == expected
+    # IPv6 is left to the codec
+    six = [Relay(6, ("2001:db8::1", 50000), ("2001:db8::1", 50000), object())]
+    assert _allocate_success(request, six, 600, mapped, key) is None
+    assert _allocate_success(request, relays, 600, ("2001:db8::5", 1), key) is None
