@@ -8,16 +8,12 @@ data path, which behaves the same (tests run both).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
 import socket
 import struct
-import subprocess
-import sys
-import tempfile
-import threading
 from pathlib import Path
+
+from natkit.server._cbuild import CHelper
 
 _SRC = Path(__file__).with_name("_turnfast.c")
 _BATCH = 32
@@ -26,39 +22,9 @@ _VAL = struct.Struct("=iHH16sB7xd")
 _REC = struct.Struct("=IiBBH16s")
 KIND_ALLOC = 1
 KIND_PERM = 2
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_status = "not loaded"
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "natkit"
-
-
-def _build() -> ctypes.CDLL:
-    source = _SRC.read_bytes()
-    tag = hashlib.sha256(source).hexdigest()[:16]
-    target = _cache_dir() / f"turnfast-{tag}.so"
-    if not target.exists():
-        gcc = shutil.which("gcc") or shutil.which("cc")
-        if gcc is None:
-            raise OSError("no C compiler (gcc) found")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
-        os.close(fd)
-        try:
-            subprocess.run(
-                [gcc, "-O2", "-shared", "-fPIC", "-o", tmp, str(_SRC)],
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(target))
+def _declare(lib: ctypes.CDLL) -> None:
     vp, u8p = ctypes.c_void_p, ctypes.c_char_p
     lib.nk_new.restype = vp
     lib.nk_new.argtypes = []
@@ -86,33 +52,22 @@ def _build() -> ctypes.CDLL:
     lib.nk_seed.argtypes = [vp, ctypes.c_uint64]
     lib.nk_send.argtypes = [vp, ctypes.c_int, u8p, ctypes.c_uint32]
     lib.nk_send.restype = ctypes.c_int
-    return lib
+
+
+_HELPER = CHelper(_SRC, "turnfast", _declare)
 
 
 def load() -> ctypes.CDLL | None:
     """The compiled helper, or None (see :func:`status` for why)."""
-    global _lib, _status
-    with _lock:
-        if _lib is not None:
-            return _lib
-        if os.environ.get("NATKIT_NO_CEXT"):
-            _status = "python (NATKIT_NO_CEXT set)"
-            return None
-        if not sys.platform.startswith("linux"):
-            _status = "python (not Linux)"
-            return None
-        try:
-            _lib = _build()
-        except (OSError, subprocess.SubprocessError) as exc:
-            _status = f"python (C helper unavailable: {exc})"
-            return None
-        _status = "c"
-        return _lib
+    return _HELPER.load()
 
 
 def status() -> str:
-    load()
-    return _status
+    if load() is not None:
+        return "c"
+    if _HELPER.disabled:
+        return f"python ({_HELPER.why})"
+    return f"python (C helper unavailable: {_HELPER.why})"
 
 
 def _ip_bytes(ip: str) -> tuple[int, bytes]:
