@@ -28,6 +28,7 @@ from natkit.server._binding import Address, BindingResponder, Reply, Verdict
 from natkit.server._budget import SourceBudget
 from natkit.server._fastpath import IP_PKTINFO, Counters, UdpServeThread, helper_status
 from natkit.server._stream import StreamCounters, StunStreamProtocol
+from natkit.server._tls import server_context
 
 log = logging.getLogger("natkit.server.stun")
 
@@ -160,18 +161,7 @@ class StunServer:
         if alternate_port is not None and not 0 < alternate_port <= 65535:
             raise UsageError(f"bad --alternate-port {alternate_port}: must be 1-65535")
         self.alternate_port = alternate_port
-        if bool(tls_cert) != bool(tls_key):
-            raise UsageError("TLS needs both --tls-cert FILE and --tls-key FILE")
-        self._ssl: ssl.SSLContext | None = None
-        if tls_cert and tls_key:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            try:
-                ctx.load_cert_chain(os.fspath(tls_cert), os.fspath(tls_key))
-            except (OSError, ssl.SSLError) as exc:
-                raise UsageError(
-                    f"cannot load TLS certificate {tls_cert} / key {tls_key}: {exc}"
-                ) from None
-            self._ssl = ctx
+        self._ssl: ssl.SSLContext | None = server_context(tls_cert, tls_key)
         self.tls_port = tls_port
         self.tls_cert, self.tls_key = tls_cert, tls_key
         self.idle_timeout = idle_timeout

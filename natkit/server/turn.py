@@ -30,6 +30,7 @@ from typing import Any
 
 from natkit.errors import UsageError
 from natkit.server import _turn_fast
+from natkit.server._tls import server_context
 from natkit.server._turn_fast import FastTable
 from natkit.server._turn_io import RelaySocket, StreamClient, UdpListener
 from natkit.server.stun import DEFAULT_PORT, DEFAULT_TLS_PORT, parse_listen
@@ -181,18 +182,7 @@ class TurnServer:
             self.policy = PeerPolicy(allow_peers, deny_peers)
         except PeerAddressError as exc:
             raise UsageError(f"{exc}: use CIDRs such as 10.0.0.0/8 or 2001:db8::/32") from None
-        if bool(tls_cert) != bool(tls_key):
-            raise UsageError("TLS needs both --tls-cert FILE and --tls-key FILE")
-        self._ssl: ssl.SSLContext | None = None
-        if tls_cert and tls_key:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            try:
-                ctx.load_cert_chain(os.fspath(tls_cert), os.fspath(tls_key))
-            except (OSError, ssl.SSLError) as exc:
-                raise UsageError(
-                    f"cannot load TLS certificate {tls_cert} / key {tls_key}: {exc}"
-                ) from None
-            self._ssl = ctx
+        self._ssl: ssl.SSLContext | None = server_context(tls_cert, tls_key)
         self.tls_port = tls_port
         self.tcp = tcp
         self.max_connections = max_connections
