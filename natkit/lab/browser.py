@@ -246,8 +246,14 @@ async def run_browser_caller(
     netns: str | None = None,
     deadline_s: float = 15.0,
     mdns: bool = False,
+    callee_done: Awaitable[Any] | None = None,
+    hold_s: float = 0.0,
 ) -> dict[str, Any] | None:
     """Chromium as the caller of ``room`` (in namespace ``netns`` if given); its report or None.
+
+    ``callee_done``: once the page reports a connection, Chromium is kept running until this
+    completes (at most ``hold_s``): the page relays "done" to the callee just after writing its
+    report, and a browser closed in between makes the callee see the caller leave instead.
 
     The report: ``connected``, ``t_connect_ms``, ``rtt_ms``, ``selected`` ({local, remote}:
     type, address, port, protocol, relay_protocol; current_rtt_ms), ``local_types``,
@@ -260,7 +266,11 @@ async def run_browser_caller(
     url = page_url(f"http://{host}:{port}", room, path, ice_servers, deadline_s=deadline_s)
     async with chromium(url, netns=netns, mdns=mdns) as browser:
         # Chromium's start (about 1 s) comes on top of the page's own deadline.
-        return await browser.wait_result(deadline_s + 10)
+        report = await browser.wait_result(deadline_s + 10)
+        if report and report.get("connected") and callee_done is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(callee_done), hold_s)
+        return report
 
 
 async def run_browser_case(
@@ -309,16 +319,19 @@ async def run_browser_case(
             "--deadline", str(callee_deadline),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
+    # The callee's end, awaited by Chromium's side too (see run_browser_caller's callee_done).
+    ended: asyncio.Future[Any] = callee if isinstance(callee, asyncio.Task) else asyncio.ensure_future(callee.communicate())
     browser: dict[str, Any] | None = None
     try:
         browser = await run_browser_caller(
-            signaling, room, path, ice, netns=browser_netns, deadline_s=deadline_s, mdns=mdns
+            signaling, room, path, ice, netns=browser_netns, deadline_s=deadline_s, mdns=mdns,
+            callee_done=ended, hold_s=callee_deadline + 5,
         )
         wait = _callee_wait(browser, callee_deadline)
         if isinstance(callee, asyncio.Task):
             peer = (await asyncio.wait_for(callee, wait)).to_json()
         else:
-            out, err = await asyncio.wait_for(callee.communicate(), wait)
+            out, err = await asyncio.wait_for(ended, wait)
             try:
                 peer = json.loads(out.decode().strip().splitlines()[-1])
             except (ValueError, IndexError):
@@ -327,6 +340,7 @@ async def run_browser_case(
         if browser is not None and browser.get("connected"):
             error = "the aiortc peer did not end in time"
     finally:
+        ended.cancel()
         if isinstance(callee, asyncio.Task):
             callee.cancel()
         elif callee.returncode is None:
@@ -392,9 +406,15 @@ def browser_record(
     caller_router: Any,
     browser: dict[str, Any] | None,
     callee: dict[str, Any] | None,
+    callee_router: Any = None,
 ) -> dict[str, Any]:
     """One browser case in the shape of the lab's cases (``natkit lab run --json``), plus
-    ``browser``: Chromium's whole report (getStats: selected pair, candidate types)."""
+    ``browser``: Chromium's whole report (getStats: selected pair, candidate types).
+
+    ``evidence`` stays None here: the runner judges the packets once its capture is complete
+    (:func:`natkit.lab.evidence.judge_browser`), from the working fields ``_callee`` (the aiortc
+    peer's result) and ``_routers`` (caller's and callee's router ids), which it strips from
+    its JSON."""
     from natkit.lab.evidence import claimed_route
 
     callee = callee or {}
@@ -420,6 +440,8 @@ def browser_record(
                                          or "Chromium reported nothing"),
         "evidence": None,
         "browser": browser,
+        "_callee": callee,
+        "_routers": [caller_router.id, callee_router.id] if callee_router is not None else [caller_router.id],
     }
     out["pass"] = observed == out["expected"] and (not connected or route == expectation.route)
     return out
@@ -458,9 +480,12 @@ async def run_lab_browser_case(
     report: dict[str, Any] | None = None
     callee: dict[str, Any] | None = None
     try:
-        report = await run_browser_caller(signaling, room, case.path, ice, netns=browser_netns, deadline_s=deadline)
+        report = await run_browser_caller(
+            signaling, room, case.path, ice, netns=browser_netns, deadline_s=deadline,
+            callee_done=callee_task, hold_s=deadline + CHROMIUM_START_S + 5,
+        )
         with contextlib.suppress(TimeoutError):
             callee = await asyncio.wait_for(callee_task, _callee_wait(report, deadline + CHROMIUM_START_S))
     finally:
         callee_task.cancel()
-    return browser_record(case, exp, ra, report, callee)
+    return browser_record(case, exp, ra, report, callee, rb)

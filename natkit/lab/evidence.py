@@ -13,6 +13,10 @@ per flow:
 pair must show DTLS inside TURN on the caller's allocation; a direct pair DTLS between the two
 public endpoints the agents saw; a LAN or hairpin pair no DTLS on the internet segment from that
 NAT at all. A mismatch is reported as a contradiction.
+
+:func:`judge_browser` does the same for a case whose caller is Chromium: its getStats report
+has no TURN allocations, so the relay candidate it selected is tied to its client's address by
+the capture itself (the Allocate success response that gave out that relayed address).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from natkit.stun import (
     decode_channel_data,
 )
 
-__all__ = ["CAPTURE_MARKER", "Flows", "judge", "read_capture"]
+__all__ = ["CAPTURE_MARKER", "Flows", "claimed_route", "judge", "judge_browser", "read_capture"]
 
 Endpoint = tuple[str, int]
 
@@ -67,6 +71,20 @@ def _turn_inner(frame: bytes) -> bytes | None:
     return None
 
 
+def _allocated(frame: bytes) -> Endpoint | None:
+    """The relayed address an Allocate success response gives out (XOR-RELAYED-ADDRESS), or None."""
+    if not frame or classify_packet(frame[0]) != PacketKind.STUN:
+        return None
+    try:
+        msg = decode(frame)
+    except (StunParseError, AttributeError, ValueError):
+        return None
+    if msg.cls != Class.SUCCESS or msg.method != Method.ALLOCATE:
+        return None
+    relayed = msg.get(Attr.XOR_RELAYED_ADDRESS)
+    return (str(relayed[0]), int(relayed[1])) if relayed else None
+
+
 @dataclass
 class _Stream:
     framer: StreamFramer = field(default_factory=StreamFramer)
@@ -80,6 +98,8 @@ class Flows:
 
     direct: Counter[tuple[Endpoint, Endpoint]] = field(default_factory=Counter)
     relayed: Counter[tuple[str, Endpoint]] = field(default_factory=Counter)  # (transport, client)
+    # relayed address -> (transport, client): from the TURN server's Allocate success responses
+    allocations: dict[Endpoint, tuple[str, Endpoint]] = field(default_factory=dict)
     packets: int = 0
     markers: int = 0  # the runner's capture markers seen
 
@@ -122,6 +142,8 @@ def read_capture(path: str | Path, turn: Endpoint) -> Flows:
                     continue
                 if turn in (src, dst):
                     client = dst if src == turn else src
+                    if src == turn and (relayed := _allocated(data)) is not None:
+                        flows.allocations[relayed] = ("udp", client)
                     inner = _turn_inner(data)
                     if inner is not None and _is_dtls(inner):
                         flows.relayed[("udp", client)] += 1
@@ -150,6 +172,8 @@ def read_capture(path: str | Path, turn: Endpoint) -> Flows:
                     continue
                 client = dst if src == turn else src
                 for frame in frames:
+                    if src == turn and (relayed := _allocated(frame)) is not None:
+                        flows.allocations[relayed] = ("tcp", client)
                     inner = _turn_inner(frame)
                     if inner is not None and _is_dtls(inner):
                         flows.relayed[("tcp", client)] += 1
@@ -222,3 +246,54 @@ def judge(
     n = flows.direct_involving(caller_public, exclude=[turn[0]])
     detail = f"{n} DTLS packets from or to {caller_public} on the internet segment"
     return {"route": "none" if n == 0 else "direct", "claimed": claimed, "packets": n, "consistent": n == 0, "detail": detail}
+
+
+def judge_browser(
+    flows: Flows,
+    *,
+    selected: dict[str, Any] | None,
+    callee: dict[str, Any],
+    caller_lan: str,
+    caller_public: str,
+    turn: Endpoint,
+) -> dict[str, Any]:
+    """Evidence for one connected case whose caller is Chromium, judged as :func:`judge` does.
+
+    ``selected`` is the pair Chromium's getStats selected, ``callee`` the lab peer's result.
+    For a relay pair, the allocation behind Chromium's relay candidate comes from the capture
+    (which client the TURN server gave that relayed address to); a client outside the caller's
+    NAT (neither its public address nor its LAN) contradicts getStats.
+    """
+    relays: list[dict[str, Any]] = []
+    if claimed_route(selected, caller_lan, caller_public) == "relay":
+        local = _ep((selected or {}).get("local"))
+        seen = flows.allocations.get(local) if local else None
+        if local is None or seen is None:
+            where = f"{local[0]}:{local[1]}" if local else "(no address)"
+            return {
+                "route": None, "claimed": "relay", "packets": 0, "consistent": False,
+                "detail": f"no Allocate response in the capture gave out Chromium's relay candidate {where}",
+            }
+        transport, client = seen
+        if client[0] != caller_public and not _in_net(client[0], caller_lan):
+            return {
+                "route": None, "claimed": "relay", "packets": 0, "consistent": False,
+                "detail": f"Chromium's relay candidate {local[0]}:{local[1]} was allocated to {client[0]}:{client[1]}, "
+                          f"outside its NAT ({caller_public}, {caller_lan})",
+            }
+        relays.append({"transport": transport, "relayed": list(local), "mapped": list(client)})
+    ev = judge(
+        flows, caller={"selected": selected, "relays": relays}, callee=callee,
+        caller_lan=caller_lan, caller_public=caller_public, turn=turn,
+    )
+    if relays:
+        relayed, client = relays[0]["relayed"], relays[0]["mapped"]
+        ev["detail"] += f" (the capture's Allocate response gave {relayed[0]}:{relayed[1]} to {client[0]}:{client[1]})"
+    return ev
+
+
+def _in_net(addr: str, net: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr) in ipaddress.ip_network(net)
+    except ValueError:
+        return False

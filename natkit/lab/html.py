@@ -240,18 +240,29 @@ def _browser_cases(cases: Sequence[Mapping[str, Any]]) -> str:
             f"<td>{_e(c.get('expected', '–'))}</td>"
             f'<td class="obs">{_e(_SYMBOL.get(str(c.get("observed")), "?"))} {_e(c.get("observed"))}</td>'
             f"<td>{_e(_pair_text(b.get('selected')))}</td><td>{_e(types)}</td>"
-            f'<td class="num">{_e(_ms(c.get("rtt_ms")))}</td><td>{_e(b.get("error") or c.get("error") or "")}</td></tr>'
+            f'<td class="num">{_e(_ms(c.get("rtt_ms")))}</td><td class="ev">{_e(_evidence_text(c))}</td>'
+            f'<td>{_e(b.get("error") or c.get("error") or "")}</td></tr>'
         )
     if not rows:
         return ""
     return (
         '<section id="browser"><h2>Browser cases (headless Chromium ↔ aiortc)</h2>'
         '<p class="muted">What Chromium itself reports through getStats(): the selected pair and '
-        "the candidate types it gathered and received.</p>"
+        "the candidate types it gathered and received, next to what the capture on the internet "
+        "segment shows of that pair.</p>"
         '<table class="probes"><thead><tr><th>NATs (Chromium → aiortc)</th><th>path</th>'
         "<th>expected</th><th>observed</th><th>Chromium's selected pair</th><th>candidate types</th>"
-        f"<th>RTT</th><th>error</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+        f"<th>RTT</th><th>packet evidence</th><th>error</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
     )
+
+
+def _evidence_text(case: Mapping[str, Any]) -> str:
+    """The packet evidence of a case in one cell: verdict and what the capture shows."""
+    ev = case.get("evidence")
+    if isinstance(ev, Mapping):
+        verdict = "agrees" if ev.get("consistent") else "CONTRADICTS"
+        return f"{verdict}: {ev.get('detail', '')}"
+    return "none (no capture)" if case.get("observed") == "connected" else "–"
 
 
 def _link(link: Any) -> str:

@@ -103,6 +103,14 @@ def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
                 f"  {'ok ' if c['pass'] else 'BAD'} {c['nats'][0]} -> {c['nats'][1]} {c['path']}: "
                 f"expected {c['expected']}, observed {c['observed']}{via}\n"
             )
+            ev = c.get("evidence")
+            if ev:
+                verdict = "agrees" if ev.get("consistent") else "CONTRADICTS getStats"
+                w(f"      evidence {verdict}: {ev.get('detail')}\n")
+            elif c["observed"] == "connected":
+                w("      evidence: none (no capture)\n")
+            if c["observed"] != c["expected"] and c.get("error"):
+                w(f"      error: {c['error']}\n")
         w("\n")
     bad = [c for c in result["cases"] if not c["pass"]]
     for c in bad:

@@ -413,7 +413,7 @@ class LabResult:
             "cases": strip_private(self.cases),
             "probes": self.probes,
             "errors": self.errors,
-            **({"browser_cases": self.browser_cases} if self.browser_cases is not None else {}),
+            **({"browser_cases": strip_private(self.browser_cases)} if self.browser_cases is not None else {}),
         }
 
 
@@ -509,14 +509,14 @@ def run(
             if keep_capture:
                 shutil.copyfile(pcap, keep_capture)
             notify("stage", {"text": "reading packet evidence"})
-            _add_evidence(pcap, topo, plan, cases_out)
+            _add_evidence(pcap, topo, plan, cases_out, browser_out)
             timings["evidence_s"] = time.monotonic() - t1
         else:
-            for c in cases_out:
+            for c in [*cases_out, *browser_out]:
                 c["evidence"] = None
         t2 = time.monotonic()
     timings["teardown_s"] = time.monotonic() - t2
-    for c in cases_out:
+    for c in [*cases_out, *browser_out]:
         c["pass"] = _case_pass(c, capture)
     return LabResult(
         topo.source, engine, cases_out, probes_out, time.monotonic() - t0, timings, errors, describe(topo, plan),
@@ -766,7 +766,8 @@ async def _orchestrate(
     timings["cases_s"] = time.monotonic() - t1
     if browser:
         # Chromium is heavy: after the matrix, a few at a time; cases expected to fail idle
-        # until their deadline, so they all start at once.
+        # until their deadline, so they all start at once. They run before this returns, so
+        # while the capture still runs: the runner stops it only after its closing marker.
         from functools import partial
 
         from natkit.lab.browser import CHROMIUM_START_S, run_lab_browser_case
@@ -808,11 +809,23 @@ async def _orchestrate(
     return results, probes, errors, timings
 
 
-def _add_evidence(pcap: Path, topo: Topology, plan: Plan, cases: list[dict[str, Any]]) -> None:
-    from natkit.lab.evidence import judge, read_capture
+def _add_evidence(
+    pcap: Path, topo: Topology, plan: Plan, cases: list[dict[str, Any]], browser: Sequence[dict[str, Any]] = ()
+) -> None:
+    from natkit.lab.evidence import judge, judge_browser, read_capture
 
     turn = (topo.servers.turn_address, topo.servers.turn_port)
     flows = read_capture(pcap, turn)
+    # Browser cases: Chromium's getStats pair against the same capture, judged the same way.
+    for c in browser:
+        if c["observed"] != "connected":
+            c["evidence"] = None
+            continue
+        ra = plan.router(c["_routers"][0])
+        c["evidence"] = judge_browser(
+            flows, selected=c.get("selected"), callee=c.get("_callee") or {},
+            caller_lan=ra.lan_net, caller_public=ra.public_ip, turn=turn,
+        )
     for c in cases:
         caller, callee = c["_caller"], c["_callee"]
         if c["observed"] != "connected":

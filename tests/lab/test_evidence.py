@@ -9,7 +9,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from natkit.lab.evidence import claimed_route, judge, read_capture
+from natkit.lab.evidence import claimed_route, judge, judge_browser, read_capture
 from natkit.stun import Attr, Class, Message, Method, encode_channel_data
 
 pytestmark = pytest.mark.timeout(30)
@@ -131,3 +131,94 @@ def test_capture_markers_are_counted_apart_from_dtls(tmp_path: Path) -> None:
     flows = read_capture(pcap, TURN)
     assert flows.markers == 1 and flows.packets == 2
     assert flows.direct_involving("203.0.113.22") == 0 and flows.direct_between(A_PUB, B_PUB) == 1
+
+
+# -- browser cases: Chromium's getStats pair, its allocation found in the capture ----------------
+
+RELAYED = ("203.0.113.4", 61000)
+
+
+def _allocate_ok(relayed: tuple[str, int], mapped: tuple[str, int]) -> bytes:
+    msg = Message(Method.ALLOCATE, Class.SUCCESS).add(Attr.XOR_RELAYED_ADDRESS, relayed)
+    return msg.add(Attr.XOR_MAPPED_ADDRESS, mapped).add(Attr.LIFETIME, 600).encode()
+
+
+def _chromium_relay_pair(relayed: tuple[str, int] = RELAYED) -> dict:
+    """Chromium's selected pair as its page reports it (getStats: no allocation details)."""
+    return {
+        "local": {"type": "relay", "address": relayed[0], "port": relayed[1], "protocol": "udp", "relay_protocol": "udp"},
+        "remote": {"type": "relay", "address": TURN[0], "port": 60001, "protocol": "udp", "relay_protocol": None},
+    }
+
+
+def test_allocations_are_read_from_the_turn_servers_responses_over_udp_and_tcp(tmp_path: Path) -> None:
+    pcap = tmp_path / "a.pcap"
+    tcp_client = ("203.0.113.30", 45000)
+    resp = _allocate_ok(("203.0.113.4", 62000), tcp_client)
+    request = Message(Method.ALLOCATE, Class.REQUEST).add(Attr.REQUESTED_TRANSPORT, 17).encode()
+    wrpcap(
+        str(pcap),
+        [
+            _udp(A_PUB, TURN, request),
+            _udp(TURN, A_PUB, _allocate_ok(RELAYED, A_PUB)),
+            _udp(A_PUB, TURN, _allocate_ok(("203.0.113.4", 1), A_PUB)),  # not from the server
+            _tcp(TURN, tcp_client, 7000, flags="SA"),
+            _tcp(TURN, tcp_client, 7001, resp[:10]),
+            _tcp(TURN, tcp_client, 7011, resp[10:]),
+        ],
+    )
+    flows = read_capture(pcap, TURN)
+    assert flows.allocations == {RELAYED: ("udp", A_PUB), ("203.0.113.4", 62000): ("tcp", tcp_client)}
+
+
+def test_chromium_relay_pair_agrees_with_dtls_inside_its_allocation(tmp_path: Path) -> None:
+    pcap = tmp_path / "b.pcap"
+    other = ("203.0.113.13", 41000)  # the callee's NAT relays too: not Chromium's evidence
+    wrpcap(
+        str(pcap),
+        [
+            _udp(TURN, A_PUB, _allocate_ok(RELAYED, A_PUB)),
+            _udp(TURN, other, _allocate_ok(("203.0.113.4", 61001), other)),
+            *[_udp(A_PUB, TURN, encode_channel_data(0x4000, DTLS)) for _ in range(3)],
+            *[_udp(other, TURN, encode_channel_data(0x4000, DTLS)) for _ in range(5)],
+        ],
+    )
+    flows = read_capture(pcap, TURN)
+    kw = dict(callee={}, caller_lan="10.64.2.0/24", caller_public=A_PUB[0], turn=TURN)
+    ev = judge_browser(flows, selected=_chromium_relay_pair(), **kw)
+    assert ev["route"] == "relay" and ev["consistent"] and ev["packets"] == 3, ev
+    assert f"{A_PUB[0]}:{A_PUB[1]}" in ev["detail"]
+    # A relay candidate no Allocate response gave out is a contradiction ...
+    ev = judge_browser(flows, selected=_chromium_relay_pair(("203.0.113.4", 1234)), **kw)
+    assert ev["claimed"] == "relay" and not ev["consistent"] and "no Allocate response" in ev["detail"]
+    # ... and so is one allocated to another NAT's client.
+    ev = judge_browser(flows, selected=_chromium_relay_pair(("203.0.113.4", 61001)), **kw)
+    assert not ev["consistent"] and "outside its NAT" in ev["detail"]
+
+
+def test_chromium_relay_pair_without_relayed_dtls_is_a_contradiction(tmp_path: Path) -> None:
+    pcap = tmp_path / "c.pcap"
+    wrpcap(str(pcap), [_udp(TURN, A_PUB, _allocate_ok(RELAYED, A_PUB)), _udp(A_PUB, B_PUB, DTLS)])
+    callee = {"selected": {"remote": {"address": A_PUB[0], "port": A_PUB[1]}}}
+    sel = _chromium_relay_pair()
+    sel["remote"] = {"type": "relay", "address": B_PUB[0], "port": B_PUB[1]}
+    ev = judge_browser(read_capture(pcap, TURN), selected=sel, callee=callee, caller_lan="10.64.2.0/24",
+                       caller_public=A_PUB[0], turn=TURN)
+    assert ev["claimed"] == "relay" and ev["route"] == "direct" and not ev["consistent"]
+
+
+def test_chromium_direct_pair_is_judged_between_the_public_endpoints(tmp_path: Path) -> None:
+    pcap = tmp_path / "d.pcap"
+    wrpcap(str(pcap), [_udp(A_PUB, B_PUB, DTLS), _udp(B_PUB, A_PUB, DTLS)])
+    flows = read_capture(pcap, TURN)
+    sel = {"local": {"type": "prflx", "address": A_PUB[0], "port": A_PUB[1]},
+           "remote": {"type": "srflx", "address": B_PUB[0], "port": B_PUB[1]}}
+    callee = {"selected": {"local": {"type": "host", "address": "10.64.8.10", "port": 2},
+                           "remote": {"type": "prflx", "address": A_PUB[0], "port": A_PUB[1]}}}
+    kw = dict(caller_lan="10.64.2.0/24", caller_public=A_PUB[0], turn=TURN)
+    ev = judge_browser(flows, selected=sel, callee=callee, **kw)
+    assert ev["route"] == "direct" and ev["consistent"] and ev["packets"] == 2
+    # the callee saw Chromium at another address: no DTLS there, a contradiction
+    callee["selected"]["remote"]["port"] = A_PUB[1] + 1
+    ev = judge_browser(flows, selected=sel, callee=callee, **kw)
+    assert ev["route"] == "none" and not ev["consistent"]

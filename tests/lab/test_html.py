@@ -78,6 +78,9 @@ def _results(topo: Topology) -> dict[str, Any]:
                                            "port": 41000, "relay_protocol": "udp"},
                                  "remote": {"type": "relay", "address": "203.0.113.4",
                                             "port": 41001}}},
+        "evidence": {"route": "relay", "claimed": "relay", "packets": 33, "consistent": True,
+                     "detail": "33 DTLS records inside TURN over udp between 203.0.113.18:28593 "
+                               "and 203.0.113.4:3478"},
     }]
     cases.append({  # a browser case may also come inside "cases"
         "nats": ["udp-blocked", "full-cone"], "path": "srflx", "expected": "failed",
@@ -252,6 +255,9 @@ def test_chromium_renders_the_report(tmp_path: Path) -> None:
     # the browser cases' rows, with what Chromium reported
     assert "symmetric → full-cone" in res.stdout and "udp-blocked → full-cone" in res.stdout
     assert "relay 203.0.113.4:41000 (udp) → relay 203.0.113.4:41001" in res.stdout
+    # next to the packet evidence (the failed one has none)
+    assert "agrees: 33 DTLS records inside TURN over udp between 203.0.113.18:28593" in res.stdout
+    assert "packet evidence</th>" in res.stdout
     assert "Hover or click a cell." in dom.ids["detail-body"]
 
     # And how it looks: a screenshot with the grid's colours in it.

@@ -90,6 +90,59 @@ def test_exit_code_follows_the_cases_and_probes() -> None:
     assert bad_case.exit_code == 1
 
 
+def test_browser_case_evidence_is_judged_and_a_contradiction_fails_it(tmp_path: Path) -> None:
+    """The runner's evidence step on browser cases (a capture written here): Chromium's relay
+    pair with DTLS inside its own allocation agrees; one whose packets went direct fails."""
+    import io
+
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    from natkit.lab.browser import browser_cases, browser_record
+    from natkit.lab.expect import expect
+    from natkit.stun import Attr, Class, Message, Method, encode_channel_data
+
+    topo = load()
+    case = next(c for c in browser_cases(topo) if c.nats[0] == "symmetric" and c.path == "relay")
+    plan = topo.plan([case])
+    (ra, _), (rb, _) = plan.peers_of(case)
+    turn = (topo.servers.turn_address, topo.servers.turn_port)
+    client, relayed, peer = (ra.public_ip, 40000), (turn[0], 50000), (rb.public_ip, 41000)
+    alloc = Message(Method.ALLOCATE, Class.SUCCESS).add(Attr.XOR_RELAYED_ADDRESS, relayed).encode()
+    dtls = bytes([23, 0xFE, 0xFD]) + bytes(20)
+
+    def udp(src: tuple[str, int], dst: tuple[str, int], data: bytes) -> Ether:
+        return Ether() / IP(src=src[0], dst=dst[0]) / UDP(sport=src[1], dport=dst[1]) / data
+
+    sel = {"local": {"type": "relay", "address": relayed[0], "port": relayed[1], "relay_protocol": "udp"},
+           "remote": {"type": "relay", "address": turn[0], "port": 50001}}
+    chromium = {"connected": True, "selected": sel, "rtt_ms": 1.0, "t_connect_ms": 300.0}
+    callee = {"outcome": "connected", "selected": {"remote": {"address": relayed[0], "port": relayed[1]}}}
+    exp = expect(ra.nat.behaviour, rb.nat.behaviour, case.path, turn_transports=topo.servers.turn_transports)
+    verdicts = []
+    for inner in (udp(client, turn, encode_channel_data(0x4000, dtls)), udp(client, peer, dtls)):
+        pcap = tmp_path / "internet.pcap"
+        wrpcap(str(pcap), [udp(turn, client, alloc), inner, inner])
+        rec = browser_record(case, exp, ra, chromium, callee, rb)
+        assert rec["pass"] and rec["evidence"] is None  # before the runner's evidence step
+        runner._add_evidence(pcap, topo, plan, [], [rec])
+        rec["pass"] = runner._case_pass(rec, capture=True)
+        verdicts.append(rec)
+    good, bad = verdicts
+    assert good["evidence"]["consistent"] and good["evidence"]["route"] == "relay" and good["pass"], good["evidence"]
+    assert f"{client[0]}:{client[1]}" in good["evidence"]["detail"]
+    assert not bad["evidence"]["consistent"] and bad["evidence"]["route"] == "none" and not bad["pass"]
+    result = runner.LabResult("t", "natkit", [], [], 1.0, {}, browser_cases=[good, bad])
+    data = result.to_json()
+    assert result.exit_code == 1 and not [k for c in data["browser_cases"] for k in c if k.startswith("_")]
+    out = io.StringIO()
+    report.render(data, out)
+    assert "evidence agrees: 2 DTLS records inside TURN" in out.getvalue()
+    assert "BAD symmetric -> full-cone relay" in out.getvalue()
+    assert "evidence CONTRADICTS getStats: 0 DTLS records inside TURN" in out.getvalue()
+
+
 # -- as root -----------------------------------------------------------------------------------
 
 
@@ -134,6 +187,46 @@ def test_reduced_matrix_end_to_end(tmp_path: Path) -> None:
     tag = re.search(r"building \d+ routers \((nk[0-9a-f]{6})\)", proc.stderr)
     assert tag is not None, proc.stderr
     assert not _namespaces(tag.group(1))
+
+
+@pytest.mark.root
+@needs_root
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+def test_browser_cases_carry_packet_evidence_that_agrees_with_getstats(tmp_path: Path) -> None:
+    out, page = tmp_path / "lab.json", tmp_path / "lab.html"
+    proc = subprocess.run(
+        [*NATKIT, "lab", "run", "--browser", "--only", "symmetric,full-cone", "--deadline", "6",
+         "--json", str(out), "--html", str(page)],
+        capture_output=True, text=True, timeout=100,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert data["pass"] is True and len(data["cases"]) == 9
+    publics = {}  # NAT name -> its routers' public addresses
+    for r in data["lab"]["routers"]:
+        publics.setdefault(r["nat"], set()).add(r["public_ip"])
+    by = {(tuple(c["nats"]), c["path"]): c for c in data["browser_cases"]}
+    assert set(by) == {(("symmetric", "full-cone"), p) for p in ("srflx", "relay")} | {
+        (("full-cone", "full-cone"), p) for p in ("srflx", "relay")
+    }
+    for (nats, path), c in by.items():
+        assert not [k for k in c if k.startswith("_")], c.keys()
+        assert c["observed"] == "connected" and c["pass"], c
+        ev, local, remote = c["evidence"], c["selected"]["local"], c["selected"]["remote"]
+        assert ev is not None and ev["consistent"] and ev["packets"] > 0, ev
+        # The packets show the route Chromium's getStats claims, between the addresses it names.
+        assert ev["claimed"] == ev["route"] == c["route"] == ("relay" if path == "relay" else "direct"), ev
+        if path == "relay":
+            assert local["type"] == "relay" and f"gave {local['address']}:{local['port']} to " in ev["detail"]
+            client = re.search(r"between ([\d.]+):\d+ and ", ev["detail"])
+            assert client is not None and client.group(1) in publics[nats[0]], (ev, publics)
+        else:
+            assert local["address"] in publics[nats[0]], local  # srflx or prflx: Chromium's NAT
+            assert f"{local['address']}:{local['port']}" in ev["detail"], (ev, local)
+            assert f"{remote['address']}:{remote['port']}" in ev["detail"], (ev, remote)
+    assert proc.stdout.count("evidence agrees: ") == 4, proc.stdout
+    html = page.read_text()
+    assert "packet evidence</th>" in html and html.count("agrees: ") >= 4
 
 
 @pytest.mark.root
