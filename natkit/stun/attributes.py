@@ -70,6 +70,13 @@ _U64 = struct.Struct("!Q")
 _ADDR_HEAD = struct.Struct("!BBH")
 
 
+def _xor(raw: bytes, mask: bytes) -> bytes:
+    """``raw`` XOR the first ``len(raw)`` bytes of ``mask`` (cookie + transaction id)."""
+    n = len(raw)
+    value = int.from_bytes(raw, "big") ^ int.from_bytes(mask[:n], "big")
+    return value.to_bytes(n, "big")
+
+
 def _decode_address(value: bytes, mask: bytes | None) -> Address:
     if len(value) < 4:
         raise StunParseError("address attribute shorter than 4 bytes")
@@ -86,7 +93,7 @@ def _decode_address(value: bytes, mask: bytes | None) -> Address:
         raise StunParseError(f"bad address family 0x{family:02x}")
     if mask is not None:
         port ^= 0x2112
-        raw = bytes(a ^ b for a, b in zip(raw, mask))
+        raw = _xor(raw, mask)
     ip = inet_ntop(AF_INET if family == FAMILY_IPV4 else AF_INET6, raw)
     return ip, port
 
@@ -101,7 +108,7 @@ def _encode_address(addr: Address, mask: bytes | None) -> bytes:
         family, raw = FAMILY_IPV4, inet_pton(AF_INET, ip)
     if mask is not None:
         port ^= 0x2112
-        raw = bytes(a ^ b for a, b in zip(raw, mask))
+        raw = _xor(raw, mask)
     return _ADDR_HEAD.pack(0, family, port) + raw
 
 

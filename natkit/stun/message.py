@@ -27,9 +27,15 @@ _HEADER = struct.Struct("!HH")
 _ATTR_HEAD = struct.Struct("!HH")
 _U32 = struct.Struct("!I")
 
+# Plain ints on the decode loop: an IntEnum member lookup costs more than the comparison.
+_MI = int(Attr.MESSAGE_INTEGRITY)
+_MI256 = int(Attr.MESSAGE_INTEGRITY_SHA256)
+_FP = int(Attr.FINGERPRINT)
 # Only these may follow MESSAGE-INTEGRITY / MESSAGE-INTEGRITY-SHA256 (RFC 8489 §14.5, §14.6).
-_AFTER_MI = frozenset({Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT})
-_AFTER_MI256 = frozenset({Attr.FINGERPRINT})
+_AFTER_MI = frozenset({_MI256, _FP})
+_AFTER_MI256 = frozenset({_FP})
+_REPEATABLE = frozenset(int(a) for a in REPEATABLE)
+_CODECS = {int(k): v for k, v in CODECS.items()}
 
 
 def message_type(method: int, cls: int) -> int:
@@ -236,10 +242,11 @@ def decode(data: bytes | bytearray | memoryview, *, allow_legacy: bool = False) 
     seen: set[int] = set()
     pos = HEADER_LENGTH
     after: frozenset[int] | None = None  # what may still follow, once integrity has been seen
+    codecs, repeatable, unpack = _CODECS, _REPEATABLE, _ATTR_HEAD.unpack_from
     while pos < n:
         if pos + 4 > n:
             raise StunParseError("truncated attribute header")
-        attr_type, alen = _ATTR_HEAD.unpack_from(data, pos)
+        attr_type, alen = unpack(data, pos)
         start = pos + 4
         end = start + alen
         padded = end + (-alen % 4)
@@ -247,22 +254,22 @@ def decode(data: bytes | bytearray | memoryview, *, allow_legacy: bool = False) 
             raise StunParseError(f"attribute 0x{attr_type:04x} overruns the message")
         if after is not None and attr_type not in after:
             raise StunParseError(f"attribute 0x{attr_type:04x} after message integrity")
-        if attr_type in seen and attr_type not in REPEATABLE:
+        if attr_type in seen and attr_type not in repeatable:
             raise StunParseError(f"duplicate attribute 0x{attr_type:04x}")
         seen.add(attr_type)
         value = data[start:end]
-        codec = CODECS.get(attr_type)
+        codec = codecs.get(attr_type)
         decoded: Any = value if codec is None else codec[0](value, mask)
-        if attr_type == Attr.FINGERPRINT:
+        if attr_type == _FP:
             if padded != n:
                 raise StunParseError("FINGERPRINT is not the last attribute")
             head = _HEADER.pack(msg_type, pos + 8 - HEADER_LENGTH) + data[4:20]
-            if (zlib.crc32(head + data[HEADER_LENGTH:pos]) ^ FINGERPRINT_XOR) != decoded:
+            if (zlib.crc32(data[HEADER_LENGTH:pos], zlib.crc32(head)) ^ FINGERPRINT_XOR) != decoded:
                 raise StunParseError("FINGERPRINT does not match")
             after = frozenset()
-        elif attr_type == Attr.MESSAGE_INTEGRITY:
+        elif attr_type == _MI:
             after = _AFTER_MI
-        elif attr_type == Attr.MESSAGE_INTEGRITY_SHA256:
+        elif attr_type == _MI256:
             after = _AFTER_MI256
         attributes.append((attr_type, decoded))
         pos = padded
