@@ -72,6 +72,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -253,6 +254,20 @@ def cleanup_leftovers(prefix: str = PREFIX, *, force: bool = False) -> list[str]
         _kill_netns(ns)
         removed.append(ns)
         dead_tags.add(tag)
+    # Scratch directories of runs (``natkit-lab-<tag>-*`` in the temp dir, e.g. a packet
+    # capture) that were killed before they could remove them.
+    scratch_re = re.compile(rf"^natkit-lab-({re.escape(prefix)}[0-9a-f]{{6}})-")
+    for path in Path(tempfile.gettempdir()).glob(f"natkit-lab-{prefix}*"):
+        m = scratch_re.match(path.name)
+        if not m:
+            continue
+        state = states.get(m.group(1))
+        if state is not None and (
+            state.get("pid") == os.getpid() or (_owner_alive(state) and not force)
+        ):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(str(path))
     for tag, state in states.items():
         if tag in dead_tags or (state.get("pid") != os.getpid() and not _owner_alive(state)):
             with contextlib.suppress(OSError):

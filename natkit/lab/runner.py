@@ -463,7 +463,7 @@ def run(
 
     timings: dict[str, float] = {}
     notify = progress or (lambda kind, info: None)
-    with NetnsLab() as lab, tempfile.TemporaryDirectory(prefix="natkit-lab-") as tmp, contextlib.ExitStack() as stack:
+    with NetnsLab() as lab, tempfile.TemporaryDirectory(prefix=f"natkit-lab-{lab.tag}-") as tmp, contextlib.ExitStack() as stack:
         notify("stage", {"text": f"building {len(plan.routers)} routers ({lab.tag})", "tag": lab.tag})
         nodes = build(lab, topo, plan)
         timings["build_s"] = time.monotonic() - t0

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,8 @@ def test_cleanup_after_kill_9(tmp_path: Path) -> None:
                 break
             time.sleep(0.05)
         assert _namespaces(tag)
+        scratch = list(Path(tempfile.gettempdir()).glob(f"natkit-lab-{tag}-*"))
+        assert scratch, "the run's scratch directory (packet capture) is named after its tag"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -301,6 +304,7 @@ def test_cleanup_after_kill_9(tmp_path: Path) -> None:
         assert tag in clean.stdout
     assert not _namespaces(tag)
     assert not (STATE_DIR / f"{tag}.json").exists()
+    assert not [p for p in scratch if p.exists()], "the killed run's scratch directory is left"
 
 
 def _alive(pid: int) -> bool:
