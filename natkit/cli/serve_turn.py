@@ -99,6 +99,12 @@ def register(sub: Any) -> None:
     add("--bandwidth", type=int, metavar="BYTES_PER_S", help="cap per allocation, both ways")
     add("--max-lifetime", type=int, default=3600, metavar="S", help="longest allocation (3600)")
     add("--software", metavar="TEXT", help="send a SOFTWARE attribute (off by default)")
+    add(
+        "--strict-channels",
+        action="store_true",
+        help="accept only RFC 8656 channel numbers 0x4000-0x4FFF (default: up to 0x7FFE as "
+        "RFC 5766 clients such as turnutils_uclient use)",
+    )
     add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/")
     add(
         "--engine",
@@ -172,6 +178,8 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         options["max_permissions"] = args.max_permissions
     if args.software is not None:
         options["software"] = args.software
+    if args.strict_channels:
+        options["strict_channels"] = True
     if args.metrics is not None:
         options["metrics"] = parse_hostport(args.metrics)
     return options

@@ -155,6 +155,7 @@ class TurnServer:
         idle_timeout: float = 60.0,
         metrics: str | Address | None = None,
         fast_path: bool | None = None,
+        strict_channels: bool = False,
     ) -> None:
         self.listen = [
             parse_listen(s) for s in (listen if listen is not None else [("0.0.0.0", DEFAULT_PORT)])
@@ -200,6 +201,7 @@ class TurnServer:
             max_permissions=max_permissions,
             bandwidth=bandwidth,
             software=software,
+            strict_channels=strict_channels,
         )
         self.engine = TurnEngine(
             self.config, Credentials(realm, all_users, self.auth_secrets), self.policy

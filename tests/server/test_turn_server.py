@@ -615,3 +615,40 @@ async def test_lifecycle_log_is_debug_per_allocation_and_batched_at_info(
             c.close()
     last = [r.getMessage() for r in caplog.records if "event=allocations " in r.getMessage()][-1]
     assert "deleted=3" in last and "active=0" in last  # the final summary at stop
+
+
+@pytest.mark.parametrize(("strict", "status"), [(False, Class.SUCCESS), (True, Class.ERROR)])
+async def test_channel_range_default_and_strict(strict: bool, status: int) -> None:
+    """RFC 5766 clients (coturn's uclient among them) bind channels above 0x4FFF: accepted by
+    default, refused with 400 under --strict-channels; 0x4000-0x4FFF always works."""
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=["127.0.0.0/8"],
+        strict_channels=strict,
+    ) as turn:
+        client = RawClient(turn.addresses[0][1], "u", "p")
+        peer = _peer()
+        try:
+            assert (await client.allocate()).cls == Class.SUCCESS
+            addr = peer.getsockname()
+            low = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4001)
+            low.add(Attr.XOR_PEER_ADDRESS, addr)
+            assert (await client.request(low)).cls == Class.SUCCESS
+            high = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x6000)
+            high.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.1", addr[1] + 1))
+            resp = await client.request(high)
+            assert resp.cls == status
+            if strict:
+                assert resp.error_code is not None and resp.error_code.code == 400
+        finally:
+            client.close()
+            peer.close()
+
+
+def test_cli_strict_channels_flag() -> None:
+    from natkit.cli import build_parser
+    from natkit.cli.serve_turn import options_from_args
+
+    args = build_parser().parse_args(["serve", "turn", "--strict-channels", "--user", "a:b"])
+    assert options_from_args(args)["strict_channels"] is True
+    args = build_parser().parse_args(["serve", "turn", "--user", "a:b"])
+    assert "strict_channels" not in options_from_args(args)
