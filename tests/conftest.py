@@ -39,6 +39,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        return  # fixtures of an interrupted run may not be torn down yet
     before_ns, before_ts = getattr(session.config, "_natkit_before", (set(), set()))
     leaked_ns = _namespaces() - before_ns
     leaked_ts = _turnservers() - before_ts
