@@ -5,7 +5,10 @@ Each engine runs on loopback pinned to one core (``taskset -c SERVER_CPU``): nat
 both with one static user, the same realm, relay ports and ``--allow-peer 127.0.0.0/8`` (the
 peer is on loopback). The driver, turnload.c next to this file (compiled with gcc on first
 use into ~/.cache/natkit), runs pinned to another core and makes its allocations the way a
-client does (401, then long-term credentials), each on its own UDP socket. Per engine, fresh
+client does (401, then long-term credentials), each on its own UDP socket; it sends in
+batches (one UDP GSO send per burst to one destination, recvmmsg reads) so that on one core it
+drives well beyond what either server relays on one core (the null relay self-test shows
+how far). The servers still receive every packet as its own datagram. Per engine, fresh
 server each time, alternating engines round by round:
 
 * ``allocations``: ALLOCATIONS allocations as fast as the server takes them (allocations/s);

@@ -23,6 +23,11 @@
  *   null     (turnload null IP PORT [MAX_SECONDS]) not a driver but the least a relay can do,
  *            to measure the driver itself: see null_relay() below.
  *
+ * The traffic is sent in batches: every burst of packets to one destination leaves in one
+ * UDP GSO send (see gso_send()), and every socket is read with recvmmsg, so the driver pays
+ * far less per packet than a relay that receives and sends each datagram: its own ceiling
+ * (the null relay self-test) is well above what the servers it measures relay on one core.
+ *
  * Output: `key=value` lines: "setup ...", then "result ...", then "released=N" (allocations
  * deleted with a zero-lifetime Refresh, so a next run starts clean). The driver's own CPU time
  * over the traffic phase is reported (driver_cpu, fraction of one core) so a run shows
@@ -329,58 +334,218 @@ static int refresh_all(int life) {
     return ok;
 }
 
+/* ---------------------------------------------------------------- batched UDP sends */
+
+/*
+ * On loopback the sender of a datagram pays for its whole trip through the stack (the
+ * receive side runs in the sender's softirq), so a driver that sends one datagram per
+ * packet costs as much per packet as the relay it measures and cannot outrun it. UDP GSO
+ * (UDP_SEGMENT, Linux >= 4.18) sends up to GSO_MAX equal-sized datagrams to one destination
+ * as one trip, split into the same individual datagrams just before the receiving socket's
+ * queue: the server still receives and pays for every datagram one by one, the driver pays
+ * for one trip per batch. Without GSO each segment is its own message (sendmmsg).
+ */
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+enum { GSO_MAX = 64, TX_MSGS = 1024 };
+static int g_gso = 1;
+
+/* One run of nseg equal datagrams (seglen bytes, `per` iovecs each, contiguous in iov). */
+typedef struct {
+    struct sockaddr_in to;
+    int has_to, first_iov, nseg, per;
+    size_t seglen;
+} gso_run;
+
+/* GSO is used only if a 2-segment send over loopback arrives as 2 datagrams. */
+static void gso_probe(void) {
+    int tx = socket(AF_INET, SOCK_DGRAM, 0), rx = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0), got = 0;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    if (tx >= 0 && rx >= 0 && bind(rx, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(rx, (struct sockaddr *)&a, &al) == 0) {
+        unsigned char two[16] = {0};
+        struct iovec v = {two, sizeof two};
+        union { char b[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } ctl;
+        struct msghdr h = {.msg_name = &a, .msg_namelen = sizeof a, .msg_iov = &v, .msg_iovlen = 1,
+                           .msg_control = ctl.b, .msg_controllen = sizeof ctl.b};
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&h);
+        cm->cmsg_level = SOL_UDP; cm->cmsg_type = UDP_SEGMENT; cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t seg = 8;
+        memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+        if (sendmsg(tx, &h, 0) == (ssize_t)sizeof two)
+            for (int i = 0; i < 2; i++) if (recv(rx, two, sizeof two, 0) == 8) got++;
+    }
+    g_gso = got == 2;
+    if (tx >= 0) close(tx);
+    if (rx >= 0) close(rx);
+}
+
+/* Send every run on fd, as few syscalls as possible; returns the datagrams sent. */
+static long gso_send(int fd, gso_run *g, int ng, struct iovec *iov) {
+    static struct mmsghdr mm[TX_MSGS];
+    static int segs[TX_MSGS];
+    static union { char b[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } ctl[TX_MSGS];
+    long sent = 0;
+    int m = 0;
+    for (int j = 0; j < ng; j++) {
+        for (int done = 0; done < g[j].nseg;) {
+            int k = g_gso ? g[j].nseg - done : 1;
+            if (k > GSO_MAX) k = GSO_MAX;
+            if ((size_t)k * g[j].seglen > 65000) k = (int)(65000 / g[j].seglen);
+            struct msghdr *h = &mm[m].msg_hdr;
+            memset(h, 0, sizeof *h);
+            h->msg_iov = iov + g[j].first_iov + done * g[j].per;
+            h->msg_iovlen = (size_t)(k * g[j].per);
+            if (g[j].has_to) { h->msg_name = &g[j].to; h->msg_namelen = sizeof g[j].to; }
+            if (k > 1) {
+                h->msg_control = ctl[m].b; h->msg_controllen = sizeof ctl[m].b;
+                struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+                cm->cmsg_level = SOL_UDP; cm->cmsg_type = UDP_SEGMENT;
+                cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+                uint16_t sz = (uint16_t)g[j].seglen;
+                memcpy(CMSG_DATA(cm), &sz, sizeof sz);
+            }
+            segs[m++] = k;
+            done += k;
+            if (m == TX_MSGS || (j == ng - 1 && done == g[j].nseg)) {
+                for (int off = 0; off < m;) {
+                    int s = sendmmsg(fd, mm + off, (unsigned)(m - off), 0);
+                    if (s <= 0) {
+                        if (s < 0 && errno == EINTR) continue;
+                        m = 0; break;  /* buffer full: dropped, as a real client's would be */
+                    }
+                    for (int q = off; q < off + s; q++) sent += segs[q];
+                    off += s;
+                }
+                m = 0;
+            }
+        }
+    }
+    return sent;
+}
+
+/* Received datagrams, read in batches with the headers set up once. */
+enum { RX = 256 };
+typedef struct {
+    unsigned char buf[RX][1600];
+    struct mmsghdr mm[RX];
+    struct iovec io[RX];
+    struct sockaddr_in from[RX];
+} rx_batch;
+
+static rx_batch *rx_new(void) {
+    rx_batch *b = calloc(1, sizeof *b);
+    for (int i = 0; i < RX; i++) {
+        b->io[i].iov_base = b->buf[i]; b->io[i].iov_len = sizeof b->buf[i];
+        b->mm[i].msg_hdr.msg_iov = &b->io[i]; b->mm[i].msg_hdr.msg_iovlen = 1;
+        b->mm[i].msg_hdr.msg_name = &b->from[i];
+    }
+    return b;
+}
+
+static int rx_read(rx_batch *b, int fd, int max) {
+    for (int i = 0; i < max; i++) b->mm[i].msg_hdr.msg_namelen = sizeof b->from[i];
+    return recvmmsg(fd, b->mm, (unsigned)max, MSG_DONTWAIT, NULL);
+}
+
+static int same_addr(const struct sockaddr_in *a, const struct sockaddr_in *b) {
+    return a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
+}
+
+/* Put datagram i into the run for (to, seglen), creating it; returns the run index. */
+static int run_of(gso_run *g, int *ng, const struct sockaddr_in *to, size_t seglen, int per) {
+    for (int j = 0; j < *ng; j++)
+        if (g[j].seglen == seglen && (!to || same_addr(&g[j].to, to))) { g[j].nseg++; return j; }
+    gso_run *r = &g[(*ng)++];
+    memset(r, 0, sizeof *r);
+    if (to) { r->to = *to; r->has_to = 1; }
+    r->seglen = seglen; r->per = per; r->nseg = 1;
+    return (int)(r - g);
+}
+
+/* Lay the runs' iovecs out contiguously: first_iov per run, nseg reset to 0 to be refilled. */
+static void runs_layout(gso_run *g, int ng) {
+    int pos = 0;
+    for (int j = 0; j < ng; j++) { g[j].first_iov = pos; pos += g[j].nseg * g[j].per; g[j].nseg = 0; }
+}
+
 /* ---------------------------------------------------------------- traffic */
 
-static int build_packet(unsigned char *b, int seq) {
+
+/* Send indications differ only in their transaction id: a pool built once, sent in turn. */
+enum { POOL = 1024 };
+static unsigned char (*send_pool)[1500];
+static int pkt_len, pool_next;
+static unsigned char channel_pkt[1500];
+
+static void build_packets(void) {
     if (strcmp(mode, "channel") == 0) {
-        put16(b, CHANNEL); put16(b + 2, (unsigned)payload);
-        memset(b + 4, 0, (size_t)payload);
-        put32(b + 4, (uint32_t)seq);
-        return 4 + payload;
+        put16(channel_pkt, CHANNEL); put16(channel_pkt + 2, (unsigned)payload);
+        memset(channel_pkt + 4, 0, (size_t)payload);
+        pkt_len = 4 + payload;
+        return;
     }
-    msgbuf m;
-    unsigned char tid[12];
-    for (int k = 0; k < 12; k++) tid[k] = (unsigned char)rand();
-    m_start(&m, SEND_IND, tid);
-    m_xor_addr(&m, A_XOR_PEER, &peer);
+    send_pool = calloc(POOL, sizeof *send_pool);
     unsigned char data[1400] = {0};
-    put32(data, (uint32_t)seq);
-    m_attr(&m, A_DATA, data, payload);
-    memcpy(b, m.b, (size_t)m.n);
-    return m.n;
+    for (int i = 0; i < POOL; i++) {
+        msgbuf m;
+        unsigned char tid[12];
+        for (int k = 0; k < 12; k++) tid[k] = (unsigned char)rand();
+        m_start(&m, SEND_IND, tid);
+        m_xor_addr(&m, A_XOR_PEER, &peer);
+        put32(data, (uint32_t)i);
+        m_attr(&m, A_DATA, data, payload);
+        memcpy(send_pool[i], m.b, (size_t)m.n);
+        pkt_len = m.n;
+    }
 }
 
 static int is_relayed_back(const unsigned char *p, int n) {
-    if (strcmp(mode, "channel") == 0) return n >= 4 && get16(p) == CHANNEL && (int)get16(p + 2) == payload;
+    if (!send_pool) return n >= 4 && get16(p) == CHANNEL && (int)get16(p + 2) == payload;
     int len;
     return n >= 20 && get16(p) == DATA_IND && find_attr(p, n, A_DATA, &len) && len == payload;
 }
 
+/* Put `count` more packets in flight on the client's socket (connected to the server). */
 static void fill(client *c, int count) {
-    unsigned char pkt[1500];
-    int len = build_packet(pkt, 0);
-    struct mmsghdr mm[64];
-    struct iovec io[64];
-    while (count > 0) {
-        int k = count < 64 ? count : 64;
-        for (int i = 0; i < k; i++) {
-            io[i].iov_base = pkt; io[i].iov_len = (size_t)len;
-            memset(&mm[i], 0, sizeof mm[i]);
-            mm[i].msg_hdr.msg_iov = &io[i]; mm[i].msg_hdr.msg_iovlen = 1;
-        }
-        int s = sendmmsg(c->fd, mm, (unsigned)k, 0);
-        if (s <= 0) break;
-        sent_pkts += s; c->inflight += s; count -= s;
+    static struct iovec iov[TX_MSGS];
+    if (count > TX_MSGS) count = TX_MSGS;
+    for (int i = 0; i < count; i++) {
+        iov[i].iov_len = (size_t)pkt_len;
+        if (send_pool) { iov[i].iov_base = send_pool[pool_next]; pool_next = (pool_next + 1) % POOL; }
+        else iov[i].iov_base = channel_pkt;
     }
+    gso_run g = {.nseg = count, .per = 1, .seglen = (size_t)pkt_len};
+    long s = gso_send(c->fd, &g, 1, iov);
+    sent_pkts += s; c->inflight += (int)s;
+}
+
+/* The peer reflects each datagram to the relay address it came from: one send per batch. */
+static void reflect(rx_batch *b, int r) {
+    static gso_run g[RX];
+    static struct iovec iov[RX];
+    static int run_id[RX];
+    int ng = 0;
+    for (int i = 0; i < r; i++) run_id[i] = run_of(g, &ng, &b->from[i], b->mm[i].msg_len, 1);
+    runs_layout(g, ng);
+    for (int i = 0; i < r; i++) {
+        gso_run *x = &g[run_id[i]];
+        iov[x->first_iov + x->nseg].iov_base = b->buf[i];
+        iov[x->first_iov + x->nseg].iov_len = b->mm[i].msg_len;
+        x->nseg++;
+    }
+    gso_send(peer_fd, g, ng, iov);
 }
 
 static void traffic(void) {
     struct epoll_event evs[256];
-    enum { B = 64 };
-    static unsigned char bufs[B][1600];
-    struct mmsghdr mm[B];
-    struct iovec io[B];
-    struct sockaddr_in from[B];
+    rx_batch *b = rx_new();
+    build_packets();
     int ready = 0;
     for (int i = 0; i < N; i++) if (C[i].state == S_READY) { ready++; fill(&C[i], window_); }
     double t0 = now(), c0 = cpu_seconds(), end = t0 + seconds, stop_at = end + 0.5;
@@ -396,44 +561,32 @@ static void traffic(void) {
             uint32_t id = evs[e].data.u32;
             int fd = id == 0xffffffffu ? peer_fd : C[id].fd;
             for (;;) {
-                for (int i = 0; i < B; i++) {
-                    io[i].iov_base = bufs[i]; io[i].iov_len = sizeof bufs[i];
-                    memset(&mm[i], 0, sizeof mm[i]);
-                    mm[i].msg_hdr.msg_iov = &io[i]; mm[i].msg_hdr.msg_iovlen = 1;
-                    mm[i].msg_hdr.msg_name = &from[i]; mm[i].msg_hdr.msg_namelen = sizeof from[i];
-                }
-                int r = recvmmsg(fd, mm, B, MSG_DONTWAIT, NULL);
+                int r = rx_read(b, fd, RX);
                 if (r <= 0) break;
-                if (id == 0xffffffffu) {  /* the peer reflects to the relay address it came from */
+                if (id == 0xffffffffu) {
                     peer_rx += r;
-                    for (int i = 0; i < r; i++) io[i].iov_len = mm[i].msg_len;
-                    int off = 0;
-                    while (off < r) {
-                        int s = sendmmsg(peer_fd, mm + off, (unsigned)(r - off), 0);
-                        if (s <= 0) break;
-                        off += s;
-                    }
+                    reflect(b, r);
                 } else {
                     client *c = &C[id];
                     int good = 0;
                     for (int i = 0; i < r; i++) {
-                        if (is_relayed_back(bufs[i], (int)mm[i].msg_len)) good++; else bad_rx++;
+                        if (is_relayed_back(b->buf[i], (int)b->mm[i].msg_len)) good++; else bad_rx++;
                     }
                     client_rx += good;
                     c->inflight -= good;
                     if (c->inflight < 0) c->inflight = 0;
                     if (sending) fill(c, good);
                 }
-                if (r < B) break;
+                if (r < RX) break;
             }
         }
     }
     double wall = now() - t0, cpu = cpu_seconds() - c0;
     printf("result mode=%s allocations=%d sent=%ld peer_rx=%ld client_rx=%ld bad=%ld seconds=%.3f "
-           "relayed_per_s=%.0f round_trips_per_s=%.0f loss=%.6f driver_cpu=%.3f driver_cpu_s=%.3f\n",
+           "relayed_per_s=%.0f round_trips_per_s=%.0f loss=%.6f driver_cpu=%.3f driver_cpu_s=%.3f gso=%d\n",
            mode, ready, sent_pkts, peer_rx, client_rx, bad_rx, seconds,
            (peer_rx + client_rx) / seconds, client_rx / seconds,
-           sent_pkts ? 1.0 - (double)client_rx / (double)sent_pkts : 0.0, cpu / wall, cpu);
+           sent_pkts ? 1.0 - (double)client_rx / (double)sent_pkts : 0.0, cpu / wall, cpu, g_gso);
 }
 
 /* ---------------------------------------------------------------- the null relay (driver self-test) */
@@ -442,7 +595,8 @@ static void traffic(void) {
  * `turnload null IP PORT`: the least a relay can do, to measure the driver rather than a
  * server. It answers Allocate (401 first, then success with a relay socket; credentials are
  * not checked), ChannelBind, CreatePermission and Refresh, and relays ChannelData and Send
- * indications to the peer and back, with batched reads. Loopback only, for self-tests.
+ * indications to the peer and back, with batched reads and batched (GSO) sends, so that it
+ * outruns the driver and the self-test shows the driver's own ceiling. Loopback only.
  */
 typedef struct {
     struct sockaddr_in client, peer;
@@ -454,14 +608,12 @@ static int nr_count, nr_listen;
 
 static nr_alloc *nr_find(const struct sockaddr_in *a) {
     for (int i = 0; i < nr_count; i++)
-        if (NR[i].client.sin_port == a->sin_port && NR[i].client.sin_addr.s_addr == a->sin_addr.s_addr) return &NR[i];
+        if (same_addr(&NR[i].client, a)) return &NR[i];
     return NULL;
 }
 
-static void nr_reply(const unsigned char *req, unsigned type, msgbuf *m, const struct sockaddr_in *to) {
-    (void)type;
+static void nr_reply(msgbuf *m, const struct sockaddr_in *to) {
     sendto(nr_listen, m->b, (size_t)m->n, 0, (const struct sockaddr *)to, sizeof *to);
-    (void)req;
 }
 
 static void nr_peer_of(const unsigned char *p, int n, struct sockaddr_in *out) {
@@ -480,14 +632,6 @@ static void nr_request(const unsigned char *p, int n, const struct sockaddr_in *
     msgbuf m;
     int len;
     nr_alloc *a = nr_find(from);
-    if (type == SEND_IND) {
-        const unsigned char *d = find_attr(p, n, A_DATA, &len);
-        struct sockaddr_in to;
-        memset(&to, 0, sizeof to);
-        nr_peer_of(p, n, &to);
-        if (a && d && to.sin_port) sendto(a->relay_fd, d, (size_t)len, 0, (struct sockaddr *)&to, sizeof to);
-        return;
-    }
     if ((type & 0x0110) != 0) return; /* only requests */
     if (method == ALLOCATE && !find_attr(p, n, A_USERNAME, &len)) {
         m_start(&m, 0x0113, p + 8);
@@ -495,7 +639,7 @@ static void nr_request(const unsigned char *p, int n, const struct sockaddr_in *
         m_attr(&m, A_ERROR_CODE, code, 4);
         m_attr(&m, A_REALM, "null", 4);
         m_attr(&m, A_NONCE, "nonce", 5);
-        nr_reply(p, type, &m, from);
+        nr_reply(&m, from);
         return;
     }
     if (method == ALLOCATE) {
@@ -508,6 +652,7 @@ static void nr_request(const unsigned char *p, int n, const struct sockaddr_in *
             bind(a->relay_fd, (struct sockaddr *)&r, sizeof r);
             int big = 4 << 20;
             setsockopt(a->relay_fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+            setsockopt(a->relay_fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
             struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)(a - NR)};
             epoll_ctl(ep, EPOLL_CTL_ADD, a->relay_fd, &ev);
         }
@@ -526,10 +671,105 @@ static void nr_request(const unsigned char *p, int n, const struct sockaddr_in *
         if (method == CHANNEL_BIND || method == CREATE_PERMISSION) nr_peer_of(p, n, &a->peer);
         m_start(&m, 0x0100 | method, p + 8);
     }
-    nr_reply(p, type, &m, from);
+    nr_reply(&m, from);
+}
+
+/* Datagrams from clients: ChannelData and Send indications to the peer, one send per allocation. */
+static void nr_from_clients(rx_batch *b, int r) {
+    static gso_run g[RX];
+    static struct iovec iov[RX];
+    static int run_id[RX];
+    static nr_alloc *owner[RX];
+    static struct sockaddr_in to[RX];
+    static const unsigned char *data[RX];
+    static int dlen[RX];
+    int ng = 0;
+    for (int i = 0; i < r; i++) {
+        unsigned char *p = b->buf[i];
+        int n = (int)b->mm[i].msg_len, len = 0;
+        nr_alloc *a;
+        run_id[i] = -1;
+        if (n >= 4 && (p[0] & 0xC0) == 0x40) { /* ChannelData */
+            a = nr_find(&b->from[i]);
+            if (!a || !a->peer.sin_port || (int)get16(p + 2) > n - 4) continue;
+            to[i] = a->peer; data[i] = p + 4; dlen[i] = (int)get16(p + 2);
+        } else if (n >= 20 && get16(p) == SEND_IND) {
+            a = nr_find(&b->from[i]);
+            const unsigned char *d = find_attr(p, n, A_DATA, &len);
+            memset(&to[i], 0, sizeof to[i]);
+            nr_peer_of(p, n, &to[i]);
+            if (!a || !d || !to[i].sin_port) continue;
+            data[i] = d; dlen[i] = len;
+        } else {
+            if (n >= 20 && nr_count < 4096) nr_request(p, n, &b->from[i]);
+            continue;
+        }
+        /* a run per (allocation, destination, length): the key includes the allocation */
+        int j;
+        for (j = 0; j < ng; j++)
+            if (owner[j] == a && g[j].seglen == (size_t)dlen[i] && same_addr(&g[j].to, &to[i])) break;
+        if (j == ng) {
+            memset(&g[ng], 0, sizeof g[ng]);
+            g[ng].to = to[i]; g[ng].has_to = 1; g[ng].seglen = (size_t)dlen[i]; g[ng].per = 1;
+            owner[ng++] = a;
+        }
+        g[j].nseg++;
+        run_id[i] = j;
+    }
+    runs_layout(g, ng);
+    for (int i = 0; i < r; i++) {
+        if (run_id[i] < 0) continue;
+        gso_run *x = &g[run_id[i]];
+        iov[x->first_iov + x->nseg].iov_base = (void *)data[i];
+        iov[x->first_iov + x->nseg].iov_len = (size_t)dlen[i];
+        x->nseg++;
+    }
+    for (int j = 0; j < ng; j++) gso_send(owner[j]->relay_fd, &g[j], 1, iov);
+}
+
+/* Datagrams from the peer on one relay socket: back to the client, one send per batch. */
+static void nr_from_peer(nr_alloc *a, rx_batch *b, int r) {
+    static unsigned char hdr[RX][40];
+    static const unsigned char zero[4];
+    static struct iovec iov[3 * RX];
+    static gso_run g[RX];
+    int ng = 0, per = a->channel ? 2 : 3;
+    for (int i = 0; i < r; i++) {  /* one run per length (all the same in practice) */
+        int n = (int)b->mm[i].msg_len, pad = a->channel ? 0 : (4 - (n & 3)) & 3;
+        int h = a->channel ? 4 : 36;
+        run_of(g, &ng, NULL, (size_t)(h + n + pad), per);
+    }
+    for (int j = 0; j < ng; j++) { g[j].to = a->client; g[j].has_to = 1; }
+    runs_layout(g, ng);
+    for (int i = 0; i < r; i++) {
+        int n = (int)b->mm[i].msg_len, pad = a->channel ? 0 : (4 - (n & 3)) & 3;
+        int h;
+        if (a->channel) {
+            put16(hdr[i], (unsigned)a->channel); put16(hdr[i] + 2, (unsigned)n);
+            h = 4;
+        } else {  /* Data indication: header, XOR-PEER-ADDRESS, DATA attribute header */
+            msgbuf m;
+            unsigned char tid[12] = {0};
+            m_start(&m, DATA_IND, tid);
+            m_xor_addr(&m, A_XOR_PEER, &b->from[i]);
+            put16(m.b + m.n, A_DATA); put16(m.b + m.n + 2, (unsigned)n);
+            put16(m.b + 2, (unsigned)(m.n + 4 + n + pad - 20));
+            memcpy(hdr[i], m.b, (size_t)m.n + 4);
+            h = m.n + 4;
+        }
+        int j;
+        for (j = 0; j < ng; j++) if (g[j].seglen == (size_t)(h + n + pad)) break;
+        struct iovec *v = &iov[g[j].first_iov + g[j].nseg * per];
+        v[0].iov_base = hdr[i]; v[0].iov_len = (size_t)h;
+        v[1].iov_base = b->buf[i]; v[1].iov_len = (size_t)n;
+        if (per == 3) { v[2].iov_base = (void *)zero; v[2].iov_len = (size_t)pad; }
+        g[j].nseg++;
+    }
+    gso_send(nr_listen, g, ng, iov);
 }
 
 static int null_relay(const char *ip, int port, double max_seconds) {
+    gso_probe();
     nr_listen = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
     struct sockaddr_in la = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     if (inet_pton(AF_INET, ip, &la.sin_addr) != 1 || bind(nr_listen, (struct sockaddr *)&la, sizeof la) != 0) {
@@ -538,15 +778,12 @@ static int null_relay(const char *ip, int port, double max_seconds) {
     }
     int big = 8 << 20;
     setsockopt(nr_listen, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+    setsockopt(nr_listen, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
     NR = calloc(4096, sizeof *NR);
     ep = epoll_create1(0);
     struct epoll_event lev = {.events = EPOLLIN, .data.u32 = 0xffffffffu};
     epoll_ctl(ep, EPOLL_CTL_ADD, nr_listen, &lev);
-    enum { B = 64 };
-    static unsigned char bufs[B][1600], out[1700];
-    struct mmsghdr mm[B];
-    struct iovec io[B];
-    struct sockaddr_in from[B];
+    rx_batch *b = rx_new();
     struct epoll_event evs[64];
     double end = now() + max_seconds;
     while (now() < end) {
@@ -555,43 +792,11 @@ static int null_relay(const char *ip, int port, double max_seconds) {
             uint32_t id = evs[e].data.u32;
             int fd = id == 0xffffffffu ? nr_listen : NR[id].relay_fd;
             for (;;) {
-                for (int i = 0; i < B; i++) {
-                    io[i].iov_base = bufs[i]; io[i].iov_len = sizeof bufs[i];
-                    memset(&mm[i], 0, sizeof mm[i]);
-                    mm[i].msg_hdr.msg_iov = &io[i]; mm[i].msg_hdr.msg_iovlen = 1;
-                    mm[i].msg_hdr.msg_name = &from[i]; mm[i].msg_hdr.msg_namelen = sizeof from[i];
-                }
-                int r = recvmmsg(fd, mm, B, MSG_DONTWAIT, NULL);
+                int r = rx_read(b, fd, RX);
                 if (r <= 0) break;
-                for (int i = 0; i < r; i++) {
-                    unsigned char *p = bufs[i];
-                    int n = (int)mm[i].msg_len;
-                    if (id != 0xffffffffu) { /* from the peer: back to the client */
-                        nr_alloc *a = &NR[id];
-                        int olen;
-                        if (a->channel) {
-                            put16(out, (unsigned)a->channel); put16(out + 2, (unsigned)n);
-                            memcpy(out + 4, p, (size_t)n);
-                            olen = 4 + n;
-                        } else {
-                            msgbuf m;
-                            unsigned char tid[12] = {0};
-                            m_start(&m, DATA_IND, tid);
-                            m_xor_addr(&m, A_XOR_PEER, &from[i]);
-                            m_attr(&m, A_DATA, p, n);
-                            memcpy(out, m.b, (size_t)m.n);
-                            olen = m.n;
-                        }
-                        sendto(nr_listen, out, (size_t)olen, 0, (struct sockaddr *)&a->client, sizeof a->client);
-                    } else if (n >= 4 && (p[0] & 0xC0) == 0x40) { /* ChannelData */
-                        nr_alloc *a = nr_find(&from[i]);
-                        if (a && a->peer.sin_port)
-                            sendto(a->relay_fd, p + 4, get16(p + 2), 0, (struct sockaddr *)&a->peer, sizeof a->peer);
-                    } else if (n >= 20 && nr_count < 4096) {
-                        nr_request(p, n, &from[i]);
-                    }
-                }
-                if (r < B) break;
+                if (id == 0xffffffffu) nr_from_clients(b, r);
+                else nr_from_peer(&NR[id], b, r);
+                if (r < RX) break;
             }
         }
     }
@@ -634,6 +839,7 @@ int main(int argc, char **argv) {
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0) { getrlimit(RLIMIT_NOFILE, &rl); if ((int)rl.rlim_cur < N + 64) { fprintf(stderr, "turnload: cannot open %d sockets (ulimit -n)\n", N); return 2; } }
     srand((unsigned)(getpid() ^ (unsigned)(now() * 1e6)));
 
+    gso_probe();
     ep = epoll_create1(0);
     C = calloc((size_t)N, sizeof *C);
     int bufsize = 1 << 20;

@@ -90,3 +90,26 @@ def test_driver_rejects_wrong_credentials() -> None:
         )  # fmt: skip
     assert done.returncode == 1
     assert "first_error=401" in done.stdout
+
+
+@pytest.mark.parametrize(("mode", "payload"), [("channel", 100), ("send", 101)])
+def test_driver_batched_sends_arrive_as_separate_packets(mode: str, payload: int) -> None:
+    """Every packet of the driver's batched (GSO) sends, and of the null relay's, arrives as
+    its own well-formed datagram (odd payload: the Data indications' padding too)."""
+    from natkit.bench.turn import USER, null_relay
+
+    driver = build_driver()
+    with null_relay(None, driver) as ((ip, port), _pid):
+        done = subprocess.run(
+            [str(driver), mode, ip, str(port), USER, "00" * 16, "-n", "4", "-w", "16",
+             "-b", str(payload), "-s", "0.5"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = next(line for line in done.stdout.splitlines() if line.startswith("result"))
+    fields = dict(kv.split("=", 1) for kv in result.split()[1:])
+    assert fields["allocations"] == "4" and fields["bad"] == "0"
+    assert int(fields["client_rx"]) > 1000  # many windows went round, not just the first
+    assert int(fields["peer_rx"]) >= int(fields["client_rx"])
+    assert float(fields["loss"]) < 0.05
+    assert fields["gso"] in ("0", "1")
