@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from natkit.server.turn import TurnServer
+from tests._certs import self_signed
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,37 +40,11 @@ class _Queue(asyncio.DatagramProtocol):
         self.queue.put_nowait((data, addr))
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
-
-
 @pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 async def test_aioice_turn_client_relays_both_ways(transport: str, tmp_path: Path) -> None:
     from aioice.turn import create_turn_endpoint
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     async with TurnServer(
         [("127.0.0.1", 0)],
         users={"alice": "s3cret"},

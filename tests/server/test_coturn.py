@@ -28,6 +28,7 @@ from natkit.server.coturn import (
 )
 from natkit.stun import Attr, Class, Message, Method, decode, long_term_key
 from natkit.turn.policy import PeerPolicy
+from tests._certs import self_signed
 
 pytestmark = pytest.mark.timeout(60)
 needs_coturn = pytest.mark.skipif(
@@ -344,28 +345,7 @@ def test_coturn_lines_decide_like_natkit_policy(
 
 @needs_coturn
 def test_tls_listener_answers_binding(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        capture_output=True,
-        timeout=30,
-    )
-    assert made.returncode == 0, made.stderr
+    cert, key = self_signed(tmp_path)
     with CoturnServer(LOOPBACK, no_auth=True, tls_cert=cert, tls_key=key, tls_port=0) as turn:
         (tls_addr,) = turn.addresses_of("tls")
         assert turn.urls[-1] == f"turns:127.0.0.1:{tls_addr[1]}?transport=tcp"

@@ -20,6 +20,7 @@ from natkit.errors import UsageError
 from natkit.server.turn import TurnServer, load_users_file
 from natkit.stun import Attr, Class, Message, Method, decode, encode_channel_data, long_term_key
 from natkit.turn.auth import rest_credentials
+from tests._certs import self_signed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -264,34 +265,8 @@ async def test_tcp_client_channel_data_padding_and_close_releases() -> None:
         peer.close()
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
-
-
 async def test_tls_client(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     async with TurnServer(
         [("127.0.0.1", 0)], users={"u": "p"}, tls_cert=cert, tls_key=key, tls_port=0, tcp=False
     ) as turn:
