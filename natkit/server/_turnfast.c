@@ -288,6 +288,16 @@ static socklen_t nk_sockaddr(struct sockaddr_storage *out, const struct nk_val *
     return sizeof(*s);
 }
 
+/* Point entry e of queue q at its iovecs and at the destination `to`. */
+static void nk_msg(struct nk_queue *q, unsigned e, size_t iovlen, const struct nk_val *to) {
+    struct msghdr *m = &q->msgs[e].msg_hdr;
+    memset(m, 0, sizeof(*m));
+    m->msg_iov = q->iov[e];
+    m->msg_iovlen = iovlen;
+    m->msg_name = &q->addrs[e];
+    m->msg_namelen = nk_sockaddr(&q->addrs[e], to);
+}
+
 static uint64_t nk_next(struct nk_ctx *c) { /* xorshift64*: transaction ids of indications */
     uint64_t x = c->rng;
     x ^= x >> 12;
@@ -429,12 +439,7 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
                     q->iov[e][0].iov_base = d + 4;
                     q->iov[e][0].iov_len = len;
                     q->plen[e] = len;
-                    struct msghdr *m = &q->msgs[e].msg_hdr;
-                    memset(m, 0, sizeof(*m));
-                    m->msg_iov = q->iov[e];
-                    m->msg_iovlen = 1;
-                    m->msg_name = &q->addrs[e];
-                    m->msg_namelen = nk_sockaddr(&q->addrs[e], &s->val);
+                    nk_msg(q, e, 1, &s->val);
                     queued = 1;
                     continue;
                 }
@@ -469,12 +474,7 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
                             q->iov[e][0].iov_base = (void *)data;
                             q->iov[e][0].iov_len = dlen;
                             q->plen[e] = dlen;
-                            struct msghdr *m = &q->msgs[e].msg_hdr;
-                            memset(m, 0, sizeof(*m));
-                            m->msg_iov = q->iov[e];
-                            m->msg_iovlen = 1;
-                            m->msg_name = &q->addrs[e];
-                            m->msg_namelen = nk_sockaddr(&q->addrs[e], &to);
+                            nk_msg(q, e, 1, &to);
                             queued = 1;
                             continue;
                         }
@@ -528,12 +528,7 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
                 q->iov[e][1].iov_base = d;
                 q->iov[e][1].iov_len = n + pad;
                 q->plen[e] = n;
-                struct msghdr *m = &q->msgs[e].msg_hdr;
-                memset(m, 0, sizeof(*m));
-                m->msg_iov = q->iov[e];
-                m->msg_iovlen = 2;
-                m->msg_name = &q->addrs[e];
-                m->msg_namelen = nk_sockaddr(&q->addrs[e], &perm->val);
+                nk_msg(q, e, 2, &perm->val);
                 queued = 1;
                 continue;
             }
@@ -550,12 +545,7 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
                 q->iov[e][1].iov_base = d;
                 q->iov[e][1].iov_len = n;
                 q->plen[e] = n;
-                struct msghdr *m = &q->msgs[e].msg_hdr;
-                memset(m, 0, sizeof(*m));
-                m->msg_iov = q->iov[e];
-                m->msg_iovlen = 2;
-                m->msg_name = &q->addrs[e];
-                m->msg_namelen = nk_sockaddr(&q->addrs[e], &s->val);
+                nk_msg(q, e, 2, &s->val);
                 queued = 1;
                 continue;
             }
@@ -648,12 +638,7 @@ int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
             memcpy(to.ip, rec.ip, 16);
             q->iov[n][0].iov_base = (void *)(buf + pos + sizeof(rec));
             q->iov[n][0].iov_len = rec.len;
-            struct msghdr *m = &q->msgs[n].msg_hdr;
-            memset(m, 0, sizeof(*m));
-            m->msg_iov = q->iov[n];
-            m->msg_iovlen = 1;
-            m->msg_name = &q->addrs[n];
-            m->msg_namelen = nk_sockaddr(&q->addrs[n], &to);
+            nk_msg(q, n, 1, &to);
             pos += (uint32_t)sizeof(rec) + rec.len;
             n++;
         }

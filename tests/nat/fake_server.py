@@ -26,6 +26,7 @@ from natkit.stun import (
     long_term_key,
     verify_integrity,
 )
+from tests._certs import ec_self_signed
 
 Address = tuple[str, int]
 
@@ -195,41 +196,9 @@ class FakeStunServer:
 
 def self_signed(tmp: Any, ip: str = "127.0.0.1") -> tuple[Any, Any]:
     """(server SSLContext, client SSLContext trusting it) for a certificate valid for ``ip``."""
-    import datetime
-    import ipaddress
     import ssl
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "natkit test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    certfile, keyfile = tmp / "cert.pem", tmp / "key.pem"
-    certfile.write_bytes(cert_pem)
-    keyfile.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    certfile, keyfile, cert_pem = ec_self_signed(tmp, "natkit test", ip=ip, days=1 / 24)
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(certfile, keyfile)
     client = ssl.create_default_context(cadata=cert_pem.decode())
