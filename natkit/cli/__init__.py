@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from natkit.errors import UsageError
+from natkit.errors import ConfigError, NatkitError
 
 # verb -> (module, one-line help). Order is the order of ``natkit --help``.
 VERBS: dict[str, tuple[str, str]] = {
@@ -58,14 +58,46 @@ def _version() -> str:
         return "natkit (source)"
 
 
+def flag_for(parser: argparse.ArgumentParser, param: str, argv: Sequence[str] = ()) -> str | None:
+    """The option string of the flag whose value is the library parameter ``param``.
+
+    Looks in the sub-parsers of the verb named in ``argv`` first (``serve turn`` before
+    ``serve stun``), then anywhere; None when no flag sets it.
+    """
+    found: list[tuple[int, str]] = []
+
+    def walk(p: argparse.ArgumentParser, depth: int) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, depth + (1 if name in argv else 0))
+            elif action.dest == param and action.option_strings:
+                long = [o for o in action.option_strings if o.startswith("--")]
+                found.append((depth, (long or action.option_strings)[0]))
+
+    walk(parser, 0)
+    return max(found)[1] if found else None
+
+
+def _one_line(exc: NatkitError, parser: argparse.ArgumentParser, argv: Sequence[str]) -> str:
+    if isinstance(exc, ConfigError) and exc.param and not exc.where:
+        flag = flag_for(parser, exc.param, argv)
+        if flag:
+            return f"{flag}: {exc.message}"
+    return str(exc) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except UsageError as exc:
-        print(f"natkit {args.verb}: error: {exc}", file=sys.stderr)
-        return UsageError.exit_code
+    except NatkitError as exc:
+        # User input (2), the environment (2) and remote failures (1) end in one line; any
+        # other exception is a bug and keeps its traceback.
+        print(f"natkit {args.verb}: error: {_one_line(exc, parser, argv)}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("natkit: interrupted", file=sys.stderr)
         return 130

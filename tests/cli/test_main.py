@@ -50,3 +50,18 @@ def test_parser_builds_in_process() -> None:
     with pytest.raises(SystemExit) as info:
         main(["--bogus"])
     assert info.value.code == 2
+
+
+def test_config_error_names_the_flag_of_its_parameter() -> None:
+    from natkit.cli import _one_line, flag_for
+    from natkit.errors import ConfigError, PrerequisiteError, ProtocolError
+
+    parser = build_parser()
+    assert flag_for(parser, "external_ip", ["serve", "turn"]) == "--external-ip"
+    assert flag_for(parser, "no_such_parameter") is None
+    exc = ConfigError("not an IP address: 'x'", param="external_ip")
+    assert _one_line(exc, parser, ["serve", "turn"]) == "--external-ip: not an IP address: 'x'"
+    located = ConfigError("bad value", param="external_ip", where="lab.toml:3")
+    assert _one_line(located, parser, []) == "lab.toml:3: bad value"
+    assert PrerequisiteError.exit_code == 2 and ProtocolError.exit_code == 1
+    assert ConfigError.exit_code == 2 and isinstance(exc, ValueError)
