@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from natkit.errors import UsageError
@@ -21,6 +24,95 @@ def not_built(verb: str) -> Any:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+# -- output files: one rule for every verb ---------------------------------------------------
+#
+# ``--json`` alone means stdout; ``--json FILE`` (or ``--json=FILE``) writes FILE. An output
+# option never writes over a file that is not natkit's own output of the same kind: so
+# ``natkit lab run --json victim.toml`` (FILE swallowed the topology argument) stops with one
+# line instead of replacing the topology, and no option can overwrite an input file.
+
+HTML_MARKER = '<meta name="generator" content="natkit">'
+
+
+def add_json_option(parser: argparse.ArgumentParser, what: str = "the report") -> None:
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help=f"write {what} as JSON to FILE; alone or with '-', to stdout instead of the text",
+    )
+
+
+def _is_natkit_output(path: Path, kind: str) -> bool:
+    try:
+        if path.stat().st_size > 512 * 1024 * 1024:
+            return False
+        with path.open("rb") as f:
+            head = f.read(64 * 1024)
+        if kind == "html":
+            return HTML_MARKER.encode() in head
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and "schema_version" in doc
+
+
+def check_output(
+    flag: str, target: str | None, inputs: Iterable[str | os.PathLike[str] | None] = (), kind: str = "json"
+) -> Path | None:
+    """Validate an output file of ``flag`` before any work starts; None for stdout/unset.
+
+    Refuses (UsageError) a target that is one of ``inputs``, that exists and is not natkit's
+    own output of ``kind`` ("json": an object with ``schema_version``; "html": natkit's
+    marker), or that cannot be written.
+    """
+    if not target or target == "-":
+        return None
+    path = Path(target)
+    for given in inputs:
+        if given is None:
+            continue
+        try:
+            if path.exists() and os.path.samefile(path, given):
+                raise UsageError(f"{flag} {target}: that is an input of this command; give another file")
+        except OSError:
+            continue
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise UsageError(f"{flag} {target}: not a regular file; give a file to write")
+        if not _is_natkit_output(path, kind):
+            raise UsageError(
+                f"{flag} {target}: exists and is not a natkit {kind.upper()} report; refusing to "
+                f"overwrite it (choose a new file, or '{flag} -' for stdout)"
+            )
+    parent = path.parent if str(path.parent) else Path(".")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {target}: cannot write in {parent}")
+    return path
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a reader never sees half a report)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def emit_json(target: str | None, doc: Any, inputs: Iterable[str | os.PathLike[str] | None] = ()) -> None:
+    """Print ``doc`` to stdout (target None or '-') or write it to the file ``target``."""
+    text = json.dumps(doc, indent=2, default=str) + "\n"
+    path = check_output("--json", target, inputs)
+    if path is None:
+        sys.stdout.write(text)
+    else:
+        write_output(path, text)
 
 
 def progress_printer(json_output: bool) -> Callable[[str], None]:
