@@ -157,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
     # Outputs are checked before anything else: `--json victim.toml` (FILE swallowed the
     # topology argument) stops here instead of replacing the file.
     inputs = [_input(args.topology)]
-    targets = {}
+    targets: dict[str, str] = {}
     for flag, target, kind in (("--json", args.json, "json"), ("--html", args.html, "html"), ("--pcap", args.pcap, "pcap")):
         path = check_output(flag, target, inputs, kind=kind)
         if path is not None:

@@ -60,7 +60,10 @@ async def serve(sock: socket.socket) -> None:
             writer.write(_line({"id": cmd.get("id"), "result": result}))
 
     def forget(cid: int) -> Callable[[asyncio.Task[None]], None]:
-        return lambda _task: tasks.pop(cid, None)  # type: ignore[func-returns-value]
+        def done(_task: asyncio.Task[None]) -> None:
+            tasks.pop(cid, None)
+
+        return done
 
     while line := await reader.readline():
         cmd = json.loads(line)
@@ -85,7 +88,7 @@ async def _command(
         from natkit.nat.probe import probe
 
         res = await probe([cmd["server"]], families=(4,), timeout=cmd["timeout"])
-        return res.to_json()  # type: ignore[no-any-return]
+        return res.to_json()
     if op == "servers":
         from natkit.lab.servers import ServersSpec, run_servers
 
@@ -129,7 +132,8 @@ class AgentClient:
             while line := await reader.readline():
                 msg = json.loads(line)
                 if msg.get("ready"):
-                    self.ready.done() or self.ready.set_result(True)
+                    if not self.ready.done():
+                        self.ready.set_result(True)
                     continue
                 fut = self._pending.pop(msg.get("id"), None)
                 if fut is not None and not fut.done():
@@ -137,8 +141,10 @@ class AgentClient:
                     fut.set_result(result if isinstance(result, dict) else {"error": f"bad answer {result!r}"})
         err = {"error": f"agent {self.name} exited"}
         for fut in self._pending.values():
-            fut.done() or fut.set_result(err)
-        self.ready.done() or self.ready.set_result(False)
+            if not fut.done():
+                fut.set_result(err)
+        if not self.ready.done():
+            self.ready.set_result(False)
 
     def send(self, **cmd: Any) -> int:
         """Send a command without waiting for its answer; its id."""

@@ -225,17 +225,17 @@ def judge(
         return {"route": None, "claimed": None, "packets": 0, "consistent": False, "detail": "the caller reported no selected pair"}
     if claimed == "relay":
         local = _ep((sel_a or {}).get("local"))
-        allocation = next((r for r in caller.get("relays", []) if tuple(r["relayed"]) == local), None)
+        allocation = next((r for r in caller.get("relays") or [] if tuple(r["relayed"]) == local), None)
         if allocation is None or not allocation.get("mapped"):
             return {"route": None, "claimed": claimed, "packets": 0, "consistent": False, "detail": "no TURN allocation recorded for the selected relay candidate"}
         mapped = (str(allocation["mapped"][0]), int(allocation["mapped"][1]))
         n = flows.relayed[(allocation["transport"], mapped)]
-        d = flows.direct_between(_ep((sel_b or {}).get("remote")) or mapped, _ep(sel_a.get("remote")) or mapped)
+        d = flows.direct_between(_ep((sel_b or {}).get("remote")) or mapped, _ep((sel_a or {}).get("remote")) or mapped)
         route = "relay" if n else ("direct" if d else "none")
         detail = f"{n} DTLS records inside TURN over {allocation['transport']} between {mapped[0]}:{mapped[1]} and {turn[0]}:{turn[1]}"
         return {"route": route, "claimed": claimed, "packets": n, "consistent": route == "relay", "detail": detail}
     if claimed == "direct":
-        b_pub = _ep(sel_a.get("remote"))
+        b_pub = _ep((sel_a or {}).get("remote"))
         a_pub = _ep((sel_b or {}).get("remote"))
         if a_pub is None or b_pub is None:
             return {"route": None, "claimed": claimed, "packets": 0, "consistent": False, "detail": "the callee reported no selected pair"}

@@ -148,8 +148,8 @@ async def _run(
     servers = agents["srv"]
     spec = ServersSpec.of(topo, plan, turn_engine)
     servers_result = asyncio.ensure_future(servers.call(3600, op="servers", spec=spec.to_json()))
-    await asyncio.wait([servers.ready, servers_result], timeout=SERVERS_START_TIMEOUT,
-                       return_when=asyncio.FIRST_COMPLETED)
+    started: list[asyncio.Future[Any]] = [servers.ready, servers_result]
+    await asyncio.wait(started, timeout=SERVERS_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
     if not servers.ready.done() or not servers.ready.result():
         detail = servers_result.result() if servers_result.done() else {"error": f"no answer in {SERVERS_START_TIMEOUT:g} s"}
         servers_result.cancel()

@@ -55,6 +55,7 @@ from typing import Any
 from natkit import __version__
 from natkit.errors import ConfigError, PrerequisiteError
 from natkit.lab import nats
+from natkit.lab.capture import Capture
 from natkit.lab.topology import Link, Plan, RouterPlan, Topology
 
 __all__ = [
@@ -443,7 +444,7 @@ class ContainerLab:
 
     engine = "compose"
     tag = "compose"
-    capture = None
+    capture: Capture | None = None
 
     def __init__(self, socks: dict[str, socket.socket]) -> None:
         self._socks = socks

@@ -165,6 +165,11 @@ def _selected(pc: Any, relays: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 async def _wait_relay(sig: SignalingClient, kind: str) -> dict[str, Any]:
     """The next relayed message of ``kind`` (the caller's loop ends at the overall deadline)."""
     while True:
@@ -212,7 +217,7 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
             start = time.monotonic()
             channel = pc.createDataChannel("echo")
             echoes: asyncio.Queue[str] = asyncio.Queue()
-            channel.on("open", lambda: opened.done() or opened.set_result(None))
+            channel.on("open", lambda: _resolve(opened))
             channel.on("message", lambda m: echoes.put_nowait(m))
             prepare_gathering()
             await pc.setLocalDescription(await pc.createOffer())
@@ -239,7 +244,7 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
 
             @pc.on("datachannel")
             def on_channel(channel: Any) -> None:
-                opened.done() or opened.set_result(None)
+                _resolve(opened)
                 channel.on("message", lambda m: channel.send(m))
 
             await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
