@@ -151,14 +151,9 @@ class Capture:
 
     def keep(self, dest: str | os.PathLike[str]) -> None:
         """Copy the capture to ``dest`` atomically (a reader never sees half a file)."""
-        dest = Path(dest)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        try:
-            shutil.copyfile(self.path, tmp)
-            os.replace(tmp, dest)
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        from natkit.lab.output import copy_atomic
+
+        copy_atomic(self.path, dest)
 
     def close(self) -> None:
         if self._marker is not None:

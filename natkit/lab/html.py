@@ -19,13 +19,11 @@ amber = the outcome matches but the route or the packet evidence contradicts it 
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from natkit.errors import ConfigError
@@ -604,13 +602,9 @@ timings, the reason for the expectation and the packet evidence.</p>
 
 def write_html(path: str | os.PathLike[str], results: Mapping[str, Any], topology: Any = None) -> None:
     """Write :func:`render_html` to ``path`` atomically (``natkit lab run --html FILE``)."""
-    dest = Path(path)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    from natkit.lab.output import write_atomic
+
     try:
-        tmp.write_text(render_html(results, topology), encoding="utf-8")
-        os.replace(tmp, dest)
+        write_atomic(path, render_html(results, topology))
     except OSError as exc:
         raise ConfigError(f"cannot write: {exc.strerror or exc}", param="html", where=str(path)) from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()

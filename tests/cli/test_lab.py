@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from natkit.lab.topology import DEFAULT_TOPOLOGY
+from tests.lab.topologies import small_topology
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,25 +24,7 @@ needs_root = pytest.mark.skipif(
     sys.platform != "linux" or os.geteuid() != 0 or shutil.which("nft") is None,
     reason="needs root on Linux (namespaces, nftables)",
 )
-SMALL = """
-[lab]
-name = "small"
-case_deadline_s = 6
-[internet]
-subnet = "203.0.113.0/24"
-[stun]
-addresses = ["203.0.113.2", "203.0.113.3"]
-[turn]
-address = "203.0.113.4"
-[signaling]
-address = "203.0.113.4"
-[[nat]]
-name = "open"
-type = "open"
-[[nat]]
-name = "symmetric"
-type = "symmetric"
-"""
+SMALL = small_topology("open", "symmetric", deadline=6)
 
 
 def _natkit(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:

@@ -265,16 +265,12 @@ def write_compose(topology: Topology, path: str | os.PathLike[str] | None, **kw:
     """Render and write to ``path`` atomically (``None`` or ``-``: return only); the text."""
     text = render_compose(topology, **kw)
     if path is not None and str(path) != "-":
-        dest = Path(path)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        from natkit.lab.output import write_atomic
+
         try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, dest)
+            write_atomic(path, text)
         except OSError as exc:
             raise ConfigError(f"cannot write the Compose file: {exc.strerror or exc}", param="output", where=str(path)) from None
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
     return text
 
 

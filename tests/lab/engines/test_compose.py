@@ -23,6 +23,7 @@ from natkit.lab.engines.compose import (
 )
 from natkit.lab.netns import NetnsLab
 from natkit.lab.topology import load
+from tests.lab.topologies import small_topology
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -220,25 +221,7 @@ needs_root = pytest.mark.skipif(
     reason="needs root, network namespaces and nftables",
 )
 
-_SMALL = """
-[lab]
-name = "compose-small"
-case_deadline_s = 10
-[internet]
-subnet = "203.0.113.0/24"
-[stun]
-addresses = ["203.0.113.2", "203.0.113.3"]
-[turn]
-address = "203.0.113.4"
-[signaling]
-address = "203.0.113.4"
-[[nat]]
-name = "open"
-type = "open"
-[[nat]]
-name = "symmetric"
-type = "symmetric"
-"""
+_SMALL = small_topology("open", "symmetric", name="compose-small")
 
 
 @needs_root

@@ -10,21 +10,9 @@ from natkit.errors import ConfigError
 from natkit.lab import nats
 from natkit.lab.nats import Filtering, Mapping, NatBehaviour, NatKind, RouterSide
 from natkit.lab.topology import loads
+from tests.lab.topologies import small_topology
 
 SIDE = RouterSide("lan", "wan", "203.0.113.1", "10.0.0.0/24")
-TOPOLOGY = """
-[internet]
-subnet = "203.0.113.0/24"
-[stun]
-addresses = ["203.0.113.2", "203.0.113.3"]
-[turn]
-address = "203.0.113.4"
-[signaling]
-address = "203.0.113.4"
-[[nat]]
-name = "a"
-type = "{type}"
-"""
 
 
 def test_each_module_registers_one_kind_in_order() -> None:
@@ -55,14 +43,14 @@ def test_a_kind_registered_elsewhere_is_usable_in_a_topology_with_its_own_recipe
     try:
         with pytest.raises(ValueError, match="already registered"):
             nats.register(dataclasses.replace(kind, summary="another"))
-        topo = loads(TOPOLOGY.format(type="test-cone"))
-        b = topo.nat("a").behaviour
+        topo = loads(small_topology("test-cone"))
+        b = topo.nat("test-cone").behaviour
         assert b.name == "test-cone" and b.udp_timeout == 60
         assert nats.recipe(b, SIDE).sysctls["net.ipv4.ip_default_ttl"] == "32"
         assert nats.expected_probe(b) == {"mapping": "endpoint-independent", "filtering": "endpoint-independent"}
         # the kind takes no hairpin knob: the topology says so with the key's path
         with pytest.raises(ConfigError, match=r"nat\[0\].hairpin': NAT type 'test-cone' takes no hairpin"):
-            loads(TOPOLOGY.format(type="test-cone") + "hairpin = true\n")
+            loads(small_topology("test-cone") + "hairpin = true\n")
     finally:
         nats._KINDS.pop("test-cone")
 
