@@ -16,7 +16,15 @@ from natkit.ice.config import DEFAULT_PORT, IceUrl
 
 
 class ResolveError(Exception):
-    """The name did not resolve; the message says what was asked and what came back."""
+    """The name did not resolve; the message says what was asked and what came back.
+
+    ``kind`` tells why: "timeout" (the DNS server did not answer: the server is unreachable,
+    which says nothing about the name), "nxdomain"/"nodata" (the name has no such record),
+    "error" (SERVFAIL, refused, a broken answer)."""
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -65,8 +73,18 @@ async def resolve_url(
             return await _system(url, families, timeout)
     resolver.lifetime = timeout
     if url.port is None:
-        targets = await _srv(resolver, url)
+        # SRV and the name's own A/AAAA at once: a dead DNS server costs one timeout, not two.
+        srv_task = asyncio.ensure_future(_srv(resolver, url))
+        own_task = asyncio.ensure_future(_addresses(resolver, host, families))
+        try:
+            targets = await srv_task
+        except BaseException:
+            own_task.cancel()
+            await asyncio.gather(own_task, return_exceptions=True)
+            raise
         if targets:
+            own_task.cancel()
+            await asyncio.gather(own_task, return_exceptions=True)
             out: list[tuple[str, int]] = []
             notes: list[str] = []
             for target, port in targets:
@@ -76,15 +94,17 @@ async def resolve_url(
             if not out:
                 raise ResolveError(
                     f"SRV {srv_name(url)} points to {', '.join(t for t, _ in targets)}, "
-                    "which has no A/AAAA record"
+                    "which has no A/AAAA record", "nodata"
                 )
             return Resolution(out, notes, "SRV")
-    ips = await _addresses(resolver, host, families)
+        ips = await own_task
+    else:
+        ips = await _addresses(resolver, host, families)
     how = "A/AAAA"
     if not ips:
         ips, how = _hosts_file(host, families), "hosts file"
     if not ips:
-        raise ResolveError(f"{url.host} does not resolve (no A/AAAA record)")
+        raise ResolveError(f"{url.host} does not resolve (no A/AAAA record)", "nxdomain")
     port = url.effective_port
     return Resolution([(ip, port) for ip in ips], how=how)
 
@@ -113,7 +133,7 @@ async def _srv(resolver: dns.asyncresolver.Resolver, url: IceUrl) -> list[tuple[
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers):
         return []
     except dns.exception.Timeout:
-        raise ResolveError(f"DNS timed out looking up SRV {srv_name(url)}") from None
+        raise _timeout(resolver, f"SRV {srv_name(url)}") from None
     records = sorted(answer, key=lambda r: (r.priority, -r.weight))
     targets = [(r.target.to_text(omit_final_dot=True), int(r.port)) for r in records]
     # A single SRV record with target "." says the service is not offered (RFC 2782).
@@ -137,15 +157,35 @@ async def _addresses(
     return out
 
 
+def nameserver_label(resolver: dns.asyncresolver.Resolver) -> str:
+    """The DNS server(s) a resolver asks, as a user would write them."""
+    port = int(getattr(resolver, "port", 53))
+    shown = []
+    for ns in list(resolver.nameservers)[:2]:
+        text = str(ns)
+        shown.append(text if port == 53 else (f"[{text}]:{port}" if ":" in text else f"{text}:{port}"))
+    more = f" (+{len(resolver.nameservers) - 2})" if len(resolver.nameservers) > 2 else ""
+    return (", ".join(shown) or "(none configured)") + more
+
+
+def _timeout(resolver: dns.asyncresolver.Resolver, what: str) -> ResolveError:
+    servers = nameserver_label(resolver)
+    plural = "s" if len(resolver.nameservers) > 1 else ""
+    return ResolveError(
+        f"DNS server{plural} {servers} did not answer within {resolver.lifetime:g} s "
+        f"(looking up {what})", "timeout")
+
+
 async def _query(resolver: dns.asyncresolver.Resolver, host: str, kind: str) -> list[str]:
     try:
         answer = await resolver.resolve(host, kind)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     except dns.resolver.NoNameservers:
-        raise ResolveError(f"no DNS server answered for {host} ({kind})") from None
+        raise ResolveError(f"DNS server {nameserver_label(resolver)} failed to answer for "
+                           f"{host} ({kind}: SERVFAIL or refused)") from None
     except dns.exception.Timeout:
-        raise ResolveError(f"DNS timed out looking up {host} ({kind})") from None
+        raise _timeout(resolver, f"{host} {kind}") from None
     return [r.to_text() for r in answer]
 
 
@@ -160,8 +200,11 @@ async def _system(url: IceUrl, families: tuple[int, ...], timeout: float) -> Res
                              type=socket.SOCK_DGRAM),
             timeout,
         )
-    except (OSError, TimeoutError):
-        raise ResolveError(f"{url.host} does not resolve (no A/AAAA record)") from None
+    except TimeoutError:
+        raise ResolveError(f"the system resolver did not answer within {timeout:g} s "
+                           f"(looking up {url.host})", "timeout") from None
+    except OSError:
+        raise ResolveError(f"{url.host} does not resolve (no A/AAAA record)", "nxdomain") from None
     out: list[tuple[str, int]] = []
     for _fam, _t, _p, _c, sockaddr in infos:
         addr = (str(sockaddr[0]), url.effective_port)
