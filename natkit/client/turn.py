@@ -113,6 +113,14 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.client._on_packet(data)
 
     def error_received(self, exc: Exception) -> None:
+        if isinstance(exc, PermissionError):
+            self.client._fail(
+                TurnConnectionError(
+                    f"this host may not send UDP to {_fmt(self.client.server)}: a local "
+                    "firewall refuses it (EPERM)"
+                )
+            )
+            return
         # Linux reports ICMP port unreachable on a connected UDP socket: nothing listens there.
         if isinstance(exc, ConnectionRefusedError):
             self.client._fail(
@@ -230,7 +238,7 @@ class TurnClient:
         except TimeoutError:
             raise TurnTimeout(
                 f"no {self.protocol.upper()} connection to {_fmt(self.server)} within "
-                f"{self.timeout:g}s"
+                f"{self.timeout:.1f} s"
             ) from None
         except OSError as exc:
             raise TurnConnectionError(
@@ -365,7 +373,7 @@ class TurnClient:
         except TimeoutError:
             raise TurnTimeout(
                 f"no answer from {_fmt(self.server)} over {self.protocol.upper()} to "
-                f"{_method_name(msg.method)} within {self.timeout:g}s"
+                f"{_method_name(msg.method)} within {self.timeout:.1f} s"
             ) from None
         finally:
             self._tx.pending.pop(tid, None)

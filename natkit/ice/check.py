@@ -71,6 +71,7 @@ Address = tuple[str, int]
 SCHEMA_VERSION = 2
 PASS, FAIL, UNTESTABLE = "pass", "fail", "untestable"
 # Share of the budget each step may take, relative to the steps still ahead of it.
+LOCAL_FIREWALL = "a local firewall refuses to send it (EPERM)"
 WEIGHTS = {
     "dns": 2.0, "route": 0.0, "connect": 1.0, "tls": 1.0, "binding": 2.0,
     "auth-challenge": 1.0, "allocate": 1.5, "relay-address": 0.0, "permission": 1.0,
@@ -277,8 +278,10 @@ class _Budget:
     """Deadlines for a sequence of weighted steps inside one overall deadline: each step gets
     its weight's share of what is left, so a fast step leaves its time to the next ones."""
 
-    def __init__(self, deadline: float, plan: Sequence[str]) -> None:
-        self.deadline = deadline
+    def __init__(self, deadline: float, plan: Sequence[str], margin: float = 0.0) -> None:
+        # Steps end ``margin`` before the hard deadline, so that their own messages, not the
+        # safety net's, are what the report says.
+        self.deadline = deadline - margin
         self.plan = list(plan)
 
     def share(self, name: str, now: float) -> float:
@@ -349,6 +352,8 @@ class _Run:
             self.fail(str(exc), hints.hint_for_echo(self.current, exc.direction, self.passed))
         if isinstance(exc, TurnTimeout):
             self.fail(str(exc), hints.hint_for_timeout(self.url, self.current, port))
+        if isinstance(exc, TurnConnectionError) and "(EPERM)" in str(exc):
+            self.fail(str(exc), hints.LOCAL_UDP_BLOCKED)
         if isinstance(exc, TurnConnectionError) and "refused" in str(exc):
             self.fail(str(exc), hints.hint_for_refused(self.url, port))
         if isinstance(exc, TurnIntegrityError):
@@ -470,7 +475,8 @@ async def _check_url(server: IceServer, url: IceUrl, opts: _Options) -> list[Ser
     deadline = loop.time() + opts.timeout
     plan = _plan(url)
     dns_result = _new_result(url)
-    dns_run = _Run(dns_result, url, server, opts, _Budget(deadline, plan))
+    margin = min(0.3, opts.timeout * 0.05)
+    dns_run = _Run(dns_result, url, server, opts, _Budget(deadline, plan, margin))
     share = dns_run.begin("dns")
     try:
         resolution = await resolve_url(url, timeout=max(share, 0.05), resolver=opts.resolver,
@@ -495,7 +501,8 @@ async def _check_target(result: ServerResult, resolution: Resolution, server: Ic
                         url: IceUrl, opts: _Options, deadline: float, plan: list[str]) -> None:
     assert result.address is not None and result.port is not None
     dest = (result.address, result.port)
-    run = _Run(result, url, server, opts, _Budget(deadline, plan))
+    run = _Run(result, url, server, opts,
+               _Budget(deadline, plan, min(0.3, opts.timeout * 0.05)))
     run.passed.add("dns")
     loop = asyncio.get_running_loop()
     try:
@@ -672,15 +679,14 @@ async def _relay_steps(run: _Run, client: TurnClient, dest: Address, allocation:
                 udp_answer = await reach
                 if udp_answer is not None and local.send_error is None:
                     raise  # UDP works from here: the relay itself is at fault
-                why = (f"this host may not send UDP ({local.send_error})" if local.send_error
-                       else f"no UDP answer from {_fmt(dest)}: UDP seems blocked here")
+                why = (f"this host cannot send UDP: {local.send_error}" if local.send_error
+                       else f"no UDP answer from {_fmt(dest)}, so UDP seems blocked here")
                 second = await _second_allocation(run, dest, allocation, why)
                 if second is None:
                     return
                 peer, peer_seen = second, second.relayed
-                via = "Send/Data indications, the peer being a second allocation"
                 peer_seen = await _echo(client, second, allocation, run.step_deadline)
-                via += f" ({why})"
+                via = f"Send/Data indications; the peer is a second allocation, as {why}"
             finally:
                 if not reach.done():
                     reach.cancel()
@@ -777,6 +783,8 @@ async def _echo(client: TurnClient, peer: _EchoPeer, allocation: Allocation, dea
     seen: Address | None = None
     wrong_channel = False
     while seen is None and loop.time() < first_until:
+        if getattr(peer, "send_error", None):
+            break  # the peer cannot send at all: no use waiting
         peer.send(inbound, allocation.relayed)
         wait = max(0.01, min(0.2, first_until - loop.time()))
         try:
@@ -824,7 +832,7 @@ class _PeerProtocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # EPERM on send: a local firewall (nftables/iptables output rule) drops UDP.
         if isinstance(exc, PermissionError):
-            self.send_error = "sending UDP is refused by a local firewall (EPERM)"
+            self.send_error = LOCAL_FIREWALL
 
 
 class _UdpPeer:
@@ -856,7 +864,7 @@ class _UdpPeer:
         try:
             self.transport.sendto(data, dest)
         except PermissionError:
-            self.protocol.send_error = "sending UDP is refused by a local firewall (EPERM)"
+            self.protocol.send_error = LOCAL_FIREWALL
         except OSError:
             pass  # a lost transmission
 
@@ -873,7 +881,7 @@ class _UdpPeer:
         loop = asyncio.get_running_loop()
         msg = Message(Method.BINDING, Class.REQUEST)
         data = msg.encode(fingerprint=True)
-        while loop.time() < until:
+        while loop.time() < until and self.send_error is None:
             self.send(data, server)
             reply, _src = await self.receive(max(0.01, min(0.2, until - loop.time())))
             if reply is None:

@@ -127,3 +127,5 @@ DNS_UNREACHABLE = ("the DNS server did not answer at all, which says nothing abo
 UDP_BLOCKED_HERE = ("this host cannot send UDP, so the relay's UDP side cannot be exercised "
                     "from here; run the check from a host that can, or trust the allocation "
                     "over TCP/TLS, which worked")
+LOCAL_UDP_BLOCKED = ("this host's own firewall drops outgoing UDP: from here only TURN over "
+                     "TCP/TLS can work (turn:HOST:PORT?transport=tcp, turns:HOST:443)")
