@@ -57,7 +57,7 @@ def test_candidates_table_and_invalid_exit_1(tmp_path: Path,
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ('[{"candidate": "x"},\n  ]', "invalid JSON at line 2, column 3"),
+    ('[{"candidate": "x"},\n  ]', "in.txt:2:3: invalid JSON"),
     ("hello world\n", None),
     ("", "no candidates found"),
 ])

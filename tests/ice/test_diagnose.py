@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from natkit.ice.candidates import Candidate, parse_candidates
+from natkit.ice.candidates import Candidate
+from natkit.ice.pasted import parse_candidates
 from natkit.ice.diagnose import diagnose
 
 
