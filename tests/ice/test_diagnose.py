@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from natkit.ice.candidates import Candidate
-from natkit.ice.pasted import parse_candidates
 from natkit.ice.diagnose import diagnose
+from natkit.ice.pasted import parse_candidates
 
 
 def codes(lines: list[str], **kw: object) -> set[str]:
