@@ -358,6 +358,8 @@ class _Run:
             self.fail(str(exc), hints.hint_for_refused(self.url, port))
         if isinstance(exc, TurnIntegrityError):
             self.fail(str(exc), hints.INTEGRITY)
+        if isinstance(exc, TurnConnectionError) and self.current == "tls":
+            self.fail(str(exc), hints.hint_for_tls(False, self.url))  # reset mid-handshake
         self.fail(str(exc), None)
 
 

@@ -13,6 +13,7 @@ import dns.rdatatype
 import dns.resolver
 
 from natkit.ice.config import DEFAULT_PORT, IceUrl
+from natkit.nat.servers import dns_timeout_message, hosts_file_addresses, nameserver_label
 
 
 class ResolveError(Exception):
@@ -102,29 +103,11 @@ async def resolve_url(
         ips = await _addresses(resolver, host, families)
     how = "A/AAAA"
     if not ips:
-        ips, how = _hosts_file(host, families), "hosts file"
+        ips, how = hosts_file_addresses(host, families), "hosts file"
     if not ips:
         raise ResolveError(f"{url.host} does not resolve (no A/AAAA record)", "nxdomain")
     port = url.effective_port
     return Resolution([(ip, port) for ip in ips], how=how)
-
-
-def _hosts_file(host: str, families: tuple[int, ...], path: str = "/etc/hosts") -> list[str]:
-    """Addresses /etc/hosts gives ``host`` (DNS said nothing; the system resolver would look
-    here too)."""
-    out: list[str] = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split("#", 1)[0].split()
-                if len(fields) < 2 or host not in (n.lower().rstrip(".") for n in fields[1:]):
-                    continue
-                fam = 6 if ":" in fields[0] else 4
-                if fam in families and fields[0] not in out:
-                    out.append(fields[0])
-    except OSError:
-        return []
-    return out
 
 
 async def _srv(resolver: dns.asyncresolver.Resolver, url: IceUrl) -> list[tuple[str, int]]:
@@ -157,23 +140,8 @@ async def _addresses(
     return out
 
 
-def nameserver_label(resolver: dns.asyncresolver.Resolver) -> str:
-    """The DNS server(s) a resolver asks, as a user would write them."""
-    port = int(getattr(resolver, "port", 53))
-    shown = []
-    for ns in list(resolver.nameservers)[:2]:
-        text = str(ns)
-        shown.append(text if port == 53 else (f"[{text}]:{port}" if ":" in text else f"{text}:{port}"))
-    more = f" (+{len(resolver.nameservers) - 2})" if len(resolver.nameservers) > 2 else ""
-    return (", ".join(shown) or "(none configured)") + more
-
-
 def _timeout(resolver: dns.asyncresolver.Resolver, what: str) -> ResolveError:
-    servers = nameserver_label(resolver)
-    plural = "s" if len(resolver.nameservers) > 1 else ""
-    return ResolveError(
-        f"DNS server{plural} {servers} did not answer within {resolver.lifetime:g} s "
-        f"(looking up {what})", "timeout")
+    return ResolveError(dns_timeout_message(resolver, resolver.lifetime, what), "timeout")
 
 
 async def _query(resolver: dns.asyncresolver.Resolver, host: str, kind: str) -> list[str]:

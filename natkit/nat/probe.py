@@ -25,8 +25,12 @@
 ``notes``         observations behind the verdict (guards that fired, disagreements)
 ``family``        ipv4 | ipv6: the family the keys above describe (IPv4 when it answered)
 ``families``      the same keys for every family probed, by "ipv4"/"ipv6"
-``errors``        servers that did not resolve, families without a route
+``errors``        servers that did not resolve (or whose DNS server did not answer),
+                  families without a route
 ``duration_s``    wall time of the whole probe
+``schema_version``, ``kind`` ("probe"), ``pass`` (a server answered): as every natkit report
+
+The whole probe ends within ``timeout`` (DNS included; ``--lifetime`` adds its own search).
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from natkit.errors import UsageError
 from natkit.nat.classify import (
     UNKNOWN,
     Address,
@@ -46,9 +49,18 @@ from natkit.nat.classify import (
     usable_other,
 )
 from natkit.nat.discovery import FamilyReport, ProbeOptions, discover
-from natkit.nat.servers import ResolvedServer, default_servers, parse_server, resolve
+from natkit.nat.servers import (
+    DnsTimeout,
+    ResolvedServer,
+    ServerSpec,
+    default_servers,
+    parse_server,
+    resolve,
+)
 
-__all__ = ["ProbeOptions", "ProbeResult", "probe", "probe_sync"]
+__all__ = ["SCHEMA_VERSION", "ProbeOptions", "ProbeResult", "probe", "probe_sync"]
+
+SCHEMA_VERSION = 1
 
 
 def _addr(a: Address | None) -> dict[str, Any] | None:
@@ -178,7 +190,8 @@ class ProbeResult:
         out["families"] = {f"ipv{r.family}": _family_json(r) for r in self.reports}
         out["errors"] = self.errors
         out["duration_s"] = round(self.duration_s, 4)
-        return out
+        return {"schema_version": SCHEMA_VERSION, "kind": "probe", "pass": self.answered,
+                **out}
 
 
 async def probe(
@@ -191,38 +204,65 @@ async def probe(
     lifetime: bool = False,
     lifetime_max: float = 60.0,
     options: ProbeOptions | None = None,
+    resolver: Any = None,
+    ssl_context: Any = None,
 ) -> ProbeResult:
-    """Find the public address and classify the NAT.
+    """Find the public address and classify the NAT, within ``timeout`` seconds in all.
 
     ``servers``: ``stun:``/``stuns:`` URLs or ``host[:port]`` (default: configs/stun-servers.toml).
     ``families``: (4,), (6,) or both (default: every family a server resolves to and the host
-    can route). ``local``: bind the primary socket to this (ip, port). Raises UsageError for bad
-    input; an unreachable server is a result (``exit_code`` 1), not an exception."""
+    can route). ``local``: bind the primary socket to this (ip, port). ``resolver``: a
+    dnspython resolver (default: the system's configuration). ``ssl_context``: for stuns:
+    servers. Raises ConfigError for bad parameters; an unreachable server is a result
+    (``exit_code`` 1), not an exception."""
+    from natkit.errors import ConfigError
+
     start = time.monotonic()
+    if not 0 < timeout <= 600:
+        raise ConfigError(f"expected seconds between 0 and 600, got {timeout:g}", param="timeout")
+    if families is not None and (not families or not set(families) <= {4, 6}):
+        raise ConfigError(f"expected (4,), (6,) or (4, 6), got {families!r}", param="families")
     specs = [parse_server(s) for s in (servers or default_servers())]
-    if timeout <= 0:
-        raise UsageError(f"--timeout {timeout}: must be a positive number of seconds")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     wanted = set(families or (4, 6))
     if local is not None:
         wanted &= {6 if ":" in local[0] else 4}
-    resolved_lists = await asyncio.gather(*[resolve(s, wanted, min(timeout, 2.0)) for s in specs])
-    errors = [
-        f"{s.label}: does not resolve"
-        + (" to an address of the family asked for" if families else "")
-        for s, r in zip(specs, resolved_lists)
-        if not r
-    ]
+    # Names get at most 40 % of the budget (and 2 s): the tests need the rest.
+    dns_budget = min(2.0, timeout * 0.4)
+
+    async def lookup(spec: ServerSpec) -> list[ResolvedServer] | str:
+        try:
+            return await resolve(spec, wanted, dns_budget, resolver)
+        except DnsTimeout as exc:
+            return str(exc)
+
+    looked_up = await asyncio.gather(*[lookup(s) for s in specs])
+    errors: list[str] = []
+    resolved_lists: list[list[ResolvedServer]] = []
+    for spec, found in zip(specs, looked_up):
+        if isinstance(found, str):
+            errors.append(f"{spec.label}: {found}")
+            resolved_lists.append([])
+        else:
+            if not found:
+                errors.append(f"{spec.label}: does not resolve"
+                              + (" to an address of the family asked for" if families else ""))
+            resolved_lists.append(found)
     by_family: dict[int, list[ResolvedServer]] = {}
     for lst in resolved_lists:
         for r in lst:
             by_family.setdefault(r.family, []).append(r)
     if options is None:
         options = ProbeOptions()
-    options.timeout = timeout
     options.local = local
     options.behaviour = behaviour
     options.lifetime = lifetime
     options.lifetime_max = lifetime_max
+    options.deadline = deadline
+    options.timeout = max(0.05, min(timeout, deadline - loop.time()))
+    if ssl_context is not None:
+        options.ssl_context = ssl_context
     order = [f for f in (4, 6) if f in by_family]
     reports = await asyncio.gather(*[discover(by_family[f], f, options) for f in order])
     # A family with no route at all (no IPv6 on this host) is dropped when another answered.
@@ -233,5 +273,10 @@ async def probe(
 
 
 def probe_sync(servers: Sequence[str] | None = None, **kwargs: Any) -> ProbeResult:
-    """:func:`probe` for callers without an event loop."""
-    return asyncio.run(probe(servers, **kwargs))
+    """:func:`probe` for callers without a running event loop (a script, a REPL)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(probe(servers, **kwargs))
+    raise RuntimeError("natkit.probe_sync() called inside a running event loop: "
+                       "use 'await natkit.probe(...)' there")

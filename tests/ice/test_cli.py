@@ -183,7 +183,7 @@ def test_gather_live(capsys: pytest.CaptureFixture[str], lt_server: Coturn) -> N
                        "--username", "alice", "--credential", "secret", "--policy", "relay",
                        "--json")
     data = json.loads(out)
-    assert code == 0 and data["ok"]
+    assert code == 0 and data["pass"] and data["schema_version"] == 1
     assert [c["type"] for c in data["candidates"]] == ["relay"]
     assert data["candidates"][0]["relay_protocol"] == "tcp"
     assert data["candidates"][0]["url"] == f"turn:127.0.0.1:{p}?transport=tcp"
