@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from natkit.client.stun import Transactions, retransmit
-from natkit.errors import NatkitError
+from natkit.errors import ConfigError, ProtocolError
 from natkit.stun import (
     ALGORITHM_SHA256,
     Attr,
@@ -39,7 +39,7 @@ TRANSPORT_UDP = 17
 SOFTWARE = "natkit"
 
 
-class TurnClientError(NatkitError):
+class TurnClientError(ProtocolError):
     """Base of the TURN client's errors."""
 
 
@@ -153,7 +153,7 @@ class TurnClient:
         software: str | None = SOFTWARE,
     ) -> None:
         if protocol not in ("udp", "tcp", "tls"):
-            raise ValueError(f"protocol must be udp, tcp or tls, not {protocol!r}")
+            raise ConfigError(f"expected udp, tcp or tls, not {protocol!r}", param="protocol")
         self.server = server
         self.protocol = protocol
         self.username = username
@@ -201,9 +201,14 @@ class TurnClient:
         self._error = None
         if self.protocol == "udp":
             family = socket.AF_INET6 if ":" in self.server[0] else socket.AF_INET
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), remote_addr=self.server, family=family
-            )
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpProtocol(self), remote_addr=self.server, family=family
+                )
+            except OSError as exc:
+                raise TurnConnectionError(
+                    f"cannot send UDP to {_fmt(self.server)}: {exc.strerror or exc}"
+                ) from None
             self._udp = transport
             self.local_address = _norm(transport.get_extra_info("sockname"))
             return
