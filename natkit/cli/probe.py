@@ -159,14 +159,14 @@ def render(data: dict[str, Any], verbose: bool = False) -> str:
             parts = []
             if s["transport"] == "udp":
                 parts.append(
-                    f"UDP {s['rtt_ms']:.1f} ms, mapped {_a(s['mapped'])}"
-                    if s["rtt_ms"] is not None
+                    f"UDP {s['rtt_s'] * 1000:.1f} ms, mapped {_a(s['mapped'])}"
+                    if s["rtt_s"] is not None
                     else "no UDP answer"
                 )
             st = s.get("stream")
             if st and (st["answered"] or s["transport"] != "udp"):
                 parts.append(
-                    f"{st['transport'].upper()} {st['rtt_ms']:.1f} ms, mapped {_a(st['mapped'])}"
+                    f"{st['transport'].upper()} {st['rtt_s'] * 1000:.1f} ms, mapped {_a(st['mapped'])}"
                     if st["answered"]
                     else f"no {st['transport'].upper()} answer"
                 )

@@ -855,7 +855,11 @@ class _UdpPeer:
         v6 = ":" in (relayed_ip or server_ip)
         wildcard = "::" if v6 else "0.0.0.0"
         target = relayed_ip or server_ip
-        bind = target if address_scope(target) == "loopback" else wildcard
+        bind = wildcard
+        if address_scope(target) == "loopback":
+            # Another loopback address than the relay's own, which a relay may refuse as a
+            # peer (it owns it); IPv6 has only ::1.
+            bind = "::1" if v6 else ("127.0.0.2" if target == "127.0.0.1" else "127.0.0.1")
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.create_datagram_endpoint(
             _PeerProtocol, local_addr=(bind, 0),

@@ -18,10 +18,10 @@
 ``mappings_agree`` whether several servers saw the same mapping (null with one server)
 ``lifetime_s``    {min, max} idle binding lifetime bracket with --lifetime, else null
 ``ice``           {direct_with, turn_needed_with, summary}: what the type means for peers
-``servers``       per server: url, address, transport, rtt_ms (UDP), mapped, rfc5780,
-                  other_address, response_origin, stream {transport, answered, mapped, rtt_ms}
+``servers``       per server: url, address, transport, rtt_s (UDP), mapped, rfc5780,
+                  other_address, response_origin, stream {transport, answered, mapped, rtt_s}
 ``tests``         per test: name, local, sent_to, change_request, expected_from, answered,
-                  answered_from, response_origin, mapped, error, attempts, rtt_ms
+                  answered_from, response_origin, mapped, error, attempts, rtt_s
 ``notes``         observations behind the verdict (guards that fired, disagreements)
 ``family``        ipv4 | ipv6: the family the keys above describe (IPv4 when it answered)
 ``families``      the same keys for every family probed, by "ipv4"/"ipv6"
@@ -71,8 +71,8 @@ def _hostport(a: Address) -> str:
     return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
 
 
-def _ms(x: float | None) -> float | None:
-    return None if x is None else round(x * 1000, 3)
+def _s(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
 
 
 def _test_json(ex: Exchange) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def _test_json(ex: Exchange) -> dict[str, Any]:
         "mapped": _addr(r.mapped) if r else None,
         "error": r.error if r else None,
         "attempts": ex.attempts,
-        "rtt_ms": _ms(r.rtt) if r else None,
+        "rtt_s": _s(r.rtt) if r else None,
     }
 
 
@@ -103,7 +103,7 @@ def _family_json(rep: FamilyReport) -> dict[str, Any]:
                 "url": s.label,
                 "address": _hostport(s.address),
                 "transport": "udp" if s.udp is not None else s.stream_transport,
-                "rtt_ms": _ms(udp.rtt) if udp else None,
+                "rtt_s": _s(udp.rtt) if udp else None,
                 "mapped": _addr(udp.mapped) if udp else None,
                 "rfc5780": usable_other(s) is not None,
                 "other_address": _addr(udp.other) if udp else None,
@@ -114,7 +114,7 @@ def _family_json(rep: FamilyReport) -> dict[str, Any]:
                     "transport": s.stream_transport,
                     "answered": s.stream is not None,
                     "mapped": _addr(s.stream.mapped) if s.stream else None,
-                    "rtt_ms": _ms(s.stream.rtt) if s.stream else None,
+                    "rtt_s": _s(s.stream.rtt) if s.stream else None,
                 },
             }
         )
