@@ -200,3 +200,26 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
             main([verb, "--help"])
         out = capsys.readouterr().out
         assert "examples:\n  natkit " + verb in out, verb
+
+
+async def test_serve_flag_runs_a_metrics_server(tmp_path: Path, rest_turn: TurnServer) -> None:
+    import sys
+
+    path = write(tmp_path, [{"urls": rest_turn.urls[0]}])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "natkit", "check", path, "--auth-secret", "s3cret", "--serve",
+        "127.0.0.1:0", "--timeout", "3", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert "serving http://127.0.0.1:" in line, line
+        port = int(line.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = (await asyncio.wait_for(reader.read(), 30)).decode()
+        writer.close()
+        assert "natkit_check_up{" in body and "natkit_check_success 1" in body, body
+    finally:
+        proc.terminate()
+        await proc.wait()
