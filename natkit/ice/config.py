@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import netaddr
+import netaddr  # type: ignore[import-untyped]
 
 from natkit import errors
 from natkit.ice.jsonsafe import loads_strict, read_text_file, read_text_input
