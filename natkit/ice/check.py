@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import dns.asyncresolver
 
+from natkit._sync import run_sync
 from natkit.client.stun import local_address_toward
 from natkit.client.turn import (
     Allocation,
@@ -445,12 +446,7 @@ async def _in_browser(driver: Any, config: IceConfig, timeout: float) -> Any:
 
 def check_sync(config: Any, **kw: Any) -> CheckReport:
     """:func:`check` for callers without a running event loop (a script, a REPL)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(check(config, **kw))
-    raise RuntimeError("natkit.check_sync() called inside a running event loop: "
-                       "use 'await natkit.check(...)' there")
+    return run_sync("check", check, config, **kw)
 
 
 def _new_result(url: IceUrl, address: Address | None = None) -> ServerResult:

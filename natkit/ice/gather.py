@@ -25,6 +25,7 @@ from typing import Any
 import dns.asyncresolver
 from aioice.ice import get_host_addresses
 
+from natkit._sync import run_sync
 from natkit.client.turn import (
     TurnClient,
     TurnClientError,
@@ -159,12 +160,7 @@ async def gather(
 
 def gather_sync(config: Any, **kw: Any) -> GatherResult:
     """:func:`gather` for callers without a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(gather(config, **kw))
-    raise RuntimeError("natkit.gather_sync() called inside a running event loop: "
-                       "use 'await natkit.gather(...)' there")
+    return run_sync("gather", gather, config, **kw)
 
 
 @dataclass

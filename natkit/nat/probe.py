@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from natkit._sync import run_sync
 from natkit.nat.classify import (
     UNKNOWN,
     Address,
@@ -274,9 +275,4 @@ async def probe(
 
 def probe_sync(servers: Sequence[str] | None = None, **kwargs: Any) -> ProbeResult:
     """:func:`probe` for callers without a running event loop (a script, a REPL)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(probe(servers, **kwargs))
-    raise RuntimeError("natkit.probe_sync() called inside a running event loop: "
-                       "use 'await natkit.probe(...)' there")
+    return run_sync("probe", probe, servers, **kwargs)

@@ -18,7 +18,7 @@ import pytest
 from natkit.ice.check import check
 from natkit.server.turn import TurnServer
 
-from ._dnsserver import dns_server
+from ._dnsserver import dns_server, silent_dns
 from ._netns import NsPair, ns_pair
 
 pytestmark = pytest.mark.timeout(90)
@@ -146,13 +146,7 @@ async def test_a_relay_that_drops_channel_data_is_named_within_the_default_budge
 
 
 async def test_a_dns_server_that_never_answers_is_named_as_such() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
-        silent.bind(("127.0.0.1", 0))
-        import dns.asyncresolver
-
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = ["127.0.0.1"]
-        resolver.port = silent.getsockname()[1]
+    with silent_dns() as resolver:
         start = time.monotonic()
         report = await check([{"urls": "stun:stun.example.test:3478"},
                               turn_entry("turn:turn.example.test")], timeout=2,

@@ -10,22 +10,18 @@ import subprocess
 import sys
 import time
 
-import dns.asyncresolver
 import pytest
 
 from natkit.nat.probe import probe
 
+from ..ice._dnsserver import silent_dns
 from ..ice._netns import ns_pair
 
 pytestmark = pytest.mark.timeout(60)
 
 
 async def test_a_dns_server_that_never_answers() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
-        silent.bind(("127.0.0.1", 0))
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = ["127.0.0.1"]
-        resolver.port = silent.getsockname()[1]
+    with silent_dns() as resolver:
         start = time.monotonic()
         result = await probe(["stun:stun.example.test", "stun.example.test:3478"], timeout=2,
                              resolver=resolver)
