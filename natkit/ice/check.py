@@ -487,7 +487,14 @@ async def _check_url(server: IceServer, url: IceUrl, opts: _Options) -> list[Ser
             dns_run.fail(str(exc), hint)
         return [dns_result]
     dns_step = Step("dns", "pass", dns_run.elapsed(), resolution.detail)
-    targets = [_new_result(url, address) for address in resolution.addresses]
+    wanted = [a for a in resolution.addresses if (6 if ":" in a[0] else 4) in opts.families]
+    if not wanted:  # an IP literal of the other family
+        only = "IPv4" if opts.families == (4,) else "IPv6"
+        dns_result.checks.append(Step("dns", "skip", dns_run.elapsed(),
+                                      f"not testable from here: {url.host} is not {only}, and "
+                                      f"only {only} was asked for"))
+        return [dns_result]
+    targets = [_new_result(url, address) for address in wanted]
     for result in targets:
         result.checks.append(dns_step)
     await asyncio.gather(*(_check_target(result, resolution, server, url, opts, deadline, plan)

@@ -219,3 +219,10 @@ def test_tcp_relay_from_a_udp_blocked_host_is_never_a_failure(
         assert "403" in echo["detail"] and "channel" not in steps
     assert all(s["status"] != "fail" for s in target["checks"])
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_an_ip_literal_of_the_other_family_is_not_testable_not_failed() -> None:
+    report = await check([{"urls": "stun:[::1]:9"}], families=(4,), timeout=1)
+    (target,) = report.servers
+    assert target.status == "untestable" and report.ok
+    assert "only IPv4 was asked for" in target.checks[0].detail
