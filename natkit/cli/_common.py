@@ -157,9 +157,11 @@ def examples(*lines: str) -> str:
 def verb_parser(sub: Any, verb: str, help_text: str, description: str,
                 example_lines: Iterable[str]) -> argparse.ArgumentParser:
     """A verb's sub-parser with a description and an epilog of examples."""
+    import textwrap
+
     parser: argparse.ArgumentParser = sub.add_parser(
-        verb, help=help_text, description=description, epilog=examples(*example_lines),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        verb, help=help_text, description=textwrap.fill(description, 79),
+        epilog=examples(*example_lines), formatter_class=argparse.RawDescriptionHelpFormatter)
     return parser
 
 

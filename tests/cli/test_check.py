@@ -117,8 +117,8 @@ def test_firefox_ignores_ip_literal_turns(tmp_path: Path,
                              "username": "u", "credential": "p"}])
     code, out, _ = run(capsys, "check", path, "--static-only")
     assert code == 0
-    assert "[0].urls[0] turns:127.0.0.1:5349: Firefox ignored:" in out
-    assert "[0].urls[1] stuns:stun.example.com: Firefox ignored: stuns: URLs" in out
+    assert "[0].urls[0] turns:127.0.0.1:5349: Firefox ignores it:" in out
+    assert "[0].urls[1] stuns:stun.example.com: Firefox ignores it: stuns: URLs" in out
     code, out, _ = run(capsys, "check", path, "--static-only", "--json")
     notes = json.loads(out)["browser_notes"]
     assert {(n["browser"], n["severity"], n["path"]) for n in notes} >= {

@@ -53,7 +53,8 @@ class BrowserNote:
     def __str__(self) -> str:
         name = {"chromium": "Chromium", "firefox": "Firefox"}.get(self.browser, self.browser)
         where = f"{self.path} {self.url}" if self.url else self.path
-        return f"{where}: {name} {self.severity}: {self.message}"
+        verb = {"ignored": " ignores it", "rejected": " rejects it"}.get(self.severity, "")
+        return f"{where}: {name}{verb}: {self.message}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"browser": self.browser, "severity": self.severity, "path": self.path,

@@ -45,4 +45,4 @@ def test_notes_say_where_they_come_from() -> None:
     config = config_from_data([{"urls": "turns:192.0.2.1", "username": "u", "credential": "p"}])
     (firefox,) = [n for n in browser_notes(config) if n.browser == "firefox"]
     assert "nricectx.cpp" in firefox.source
-    assert str(firefox).startswith("[0].urls turns:192.0.2.1: Firefox ignored: ")
+    assert str(firefox).startswith("[0].urls turns:192.0.2.1: Firefox ignores it: ")
