@@ -352,7 +352,8 @@ class _Run:
         if isinstance(exc, EchoTimeout):
             self.fail(str(exc), hints.hint_for_echo(self.current, exc.direction, self.passed))
         if isinstance(exc, TurnTimeout):
-            self.fail(str(exc), hints.hint_for_timeout(self.url, self.current, port))
+            self.fail(str(exc), hints.hint_for_timeout(self.url, self.current, port,
+                                                       self.passed))
         if isinstance(exc, TurnConnectionError) and "(EPERM)" in str(exc):
             self.fail(str(exc), hints.LOCAL_UDP_BLOCKED)
         if isinstance(exc, TurnConnectionError) and "refused" in str(exc):
@@ -518,7 +519,7 @@ async def _check_target(result: ServerResult, resolution: Resolution, server: Ic
     except TimeoutError:
         # The steps keep to their shares; this is the safety net.
         run.fail(f"no answer within the {opts.timeout:g} s budget",
-                 hints.hint_for_timeout(url, run.current, dest[1]), stop=False)
+                 hints.hint_for_timeout(url, run.current, dest[1], run.passed), stop=False)
     finally:
         for client in (run.client, *run.extra):
             if client is not None:

@@ -80,7 +80,12 @@ def hint_for_echo(step: str, direction: str, passed: set[str]) -> str:
             "(coturn: external-ip)")
 
 
-def hint_for_timeout(url: IceUrl, step: str, port: int) -> str:
+def hint_for_timeout(url: IceUrl, step: str, port: int, passed: set[str] | None = None) -> str:
+    answered = {"auth-challenge", "binding", "allocate", "permission"} & (passed or set())
+    if answered and step in ("allocate", "permission", "auth-challenge"):
+        return (f"the server answered this client before ({', '.join(sorted(answered))}) but "
+                f"not its {step} request: it is overloaded, rate-limits this source, or drops "
+                "authenticated requests (see its log)")
     if step == "relay-echo" or step == "channel":
         return ("nothing came back through the relay: relay ports (coturn min-port..max-port) "
                 "are firewalled, or the server advertises an address that is not its own "
