@@ -14,11 +14,21 @@ from natkit.stun import (
     encode_channel_data,
     verify_integrity,
 )
+from natkit.turn.allocation import Relay
 from natkit.turn.auth import rest_credentials
-from natkit.turn.engine import channel_data
 from tests.turn.harness import REALM, Client, Harness, code, make_engine
 
 PEER = ("198.51.100.7", 4000)
+
+
+def from_peer(harness: Harness, relay: Relay, data: bytes, peer: tuple[str, int]) -> bytes | None:
+    """What the engine sends the client for ``data`` from ``peer`` on ``relay`` (None: dropped)."""
+    out = harness.engine.forward_from_peer(relay, peer, data, harness.now)
+    if out is None:
+        return None
+    alloc = relay.allocation
+    assert alloc is not None and (out.client, out.addr) == (alloc.client, alloc.client_addr)
+    return out.data
 
 
 def test_unauthenticated_allocate_is_challenged(harness: Harness) -> None:
@@ -121,7 +131,7 @@ def test_rest_api_credentials_with_rotation_and_expiry(harness: Harness) -> None
         user, password = rest_credentials(secret, 60, h.now, "carol")
         c = Client(h, addr=("198.51.100.20", len(secret)), username=user, password=password)
         assert c.allocate().cls == Class.SUCCESS
-    assert engine.per_account == {"carol": 2}
+    assert engine.quota.users == {"carol": 2}
     user, password = rest_credentials("unknown", 60, h.now, "carol")
     assert (
         code(Client(h, addr=("198.51.100.21", 1), username=user, password=password).allocate())
@@ -190,7 +200,7 @@ def test_refresh_zero_deletes_and_frees_socket(harness: Harness, client: Client)
     assert resp.cls == Class.SUCCESS and resp.get(Attr.LIFETIME) == 0
     assert client.allocation is None and not harness.open
     assert code(client.refresh()) == 437
-    assert harness.engine.per_account == {}
+    assert harness.engine.quota.users == {} and harness.engine.quota.total == 0
 
 
 def test_create_permission_several_peers_and_lifetime(harness: Harness, client: Client) -> None:
@@ -325,12 +335,12 @@ def test_send_and_data_indications(harness: Harness, client: Client) -> None:
     assert (sent.data, sent.peer, sent.dont_fragment) == (b"hello", PEER, True)
     alloc = client.allocation
     relay = alloc.relays[0]
-    out = harness.engine.handle_peer(alloc, relay, b"back", PEER, harness.now)
+    out = from_peer(harness, relay, b"back", PEER)
     data_ind = decode(out)
     assert (data_ind.method, data_ind.cls) == (Method.DATA, Class.INDICATION)
     assert data_ind.get(Attr.XOR_PEER_ADDRESS) == PEER and data_ind.get(Attr.DATA) == b"back"
     # A peer without a permission is dropped.
-    assert harness.engine.handle_peer(alloc, relay, b"x", ("198.51.100.8", 1), harness.now) is None
+    assert from_peer(harness, relay, b"x", ("198.51.100.8", 1)) is None
 
 
 def test_channel_data_both_ways_and_padding(harness: Harness, client: Client) -> None:
@@ -342,14 +352,11 @@ def test_channel_data_both_ways_and_padding(harness: Harness, client: Client) ->
     assert _cd_payload(harness) == [(b"abc", PEER)]
     alloc = client.allocation
     assert (
-        harness.engine.handle_peer(alloc, alloc.relays[0], b"xyz", PEER, harness.now)
-        == struct.pack("!HH", 0x4001, 3) + b"xyz"
+        from_peer(harness, alloc.relays[0], b"xyz", PEER) == struct.pack("!HH", 0x4001, 3) + b"xyz"
     )
     alloc.stream = True
-    assert harness.engine.handle_peer(
-        alloc, alloc.relays[0], b"xyz", PEER, harness.now
-    ) == channel_data(0x4001, b"xyz", True)
-    assert len(channel_data(0x4001, b"xyz", True)) == 8
+    padded = from_peer(harness, alloc.relays[0], b"xyz", PEER)
+    assert padded == encode_channel_data(0x4001, b"xyz", pad=True) and len(padded) == 8
 
 
 def test_bad_channel_data_is_dropped(harness: Harness, client: Client) -> None:
@@ -378,7 +385,7 @@ def test_channel_data_stops_when_channel_expires(harness: Harness, client: Clien
     client.raw(encode_channel_data(0x4001, b"late"))
     assert _cd_payload(harness) == []
     alloc = client.allocation
-    out = harness.engine.handle_peer(alloc, alloc.relays[0], b"in", PEER, harness.now)
+    out = from_peer(harness, alloc.relays[0], b"in", PEER)
     assert decode(out).method == Method.DATA  # falls back to a Data indication
 
 
@@ -520,7 +527,7 @@ def test_quick_challenge_leaves_unusual_requests_to_the_full_path(harness: Harne
 def test_direct_allocate_success_is_the_codecs_bytes() -> None:
     from natkit.stun import long_term_key
     from natkit.turn.allocation import Relay
-    from natkit.turn.engine import _allocate_success
+    from natkit.turn.wire import allocate_success
 
     key = long_term_key("alice", REALM, "secret")
     relays = [Relay(4, ("10.0.0.1", 50000), ("203.0.113.9", 50000), object())]
@@ -544,8 +551,8 @@ def test_direct_allocate_success_is_the_codecs_bytes() -> None:
                     fingerprint=fingerprint,
                 )
             )
-            assert _allocate_success(request, relays, 777, mapped, key) == expected
+            assert allocate_success(request, relays, 777, mapped, key) == expected
     # IPv6 is left to the codec
     six = [Relay(6, ("2001:db8::1", 50000), ("2001:db8::1", 50000), object())]
-    assert _allocate_success(request, six, 600, mapped, key) is None
-    assert _allocate_success(request, relays, 600, ("2001:db8::5", 1), key) is None
+    assert allocate_success(request, six, 600, mapped, key) is None
+    assert allocate_success(request, relays, 600, ("2001:db8::5", 1), key) is None
