@@ -102,6 +102,9 @@ _CODE_OF_FAMILY = {4: IPV4, 6: IPV6}
 _ALGORITHMS = (PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256)
 _CD_HEADER = struct.Struct("!HH")
 _KEY_CACHE_MAX = 100_000
+# the largest DATA a Data indication carries: a STUN body is at most 65535 bytes, and holds
+# XOR-PEER-ADDRESS (8 or 20 bytes + 4) and DATA's own header and padding
+_DATA_MAX = {4: 65535 - 12 - 4 - 3, 6: 65535 - 24 - 4 - 3}
 
 
 @dataclass(slots=True)
@@ -273,8 +276,6 @@ class TurnEngine:
         ):
             self.stats.dropped_packets += 1
             return None
-        self.stats.to_client_packets += 1
-        self.stats.to_client_bytes += len(data)
         channels = allocation.peer_channels
         channel = channels.get(peer) if channels else None
         if channel is not None and channel.expires > now and channel.relay is relay:
@@ -282,8 +283,13 @@ class TurnEngine:
                 channel.number, data, allocation.stream, channel_max=self.channel_max
             )
         else:
+            if len(data) > _DATA_MAX[relay.family]:  # no Data indication can hold it
+                self.stats.dropped_packets += 1
+                return None
             indication = Message(Method.DATA, Class.INDICATION)
             frame = indication.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, data).encode()
+        self.stats.to_client_packets += 1
+        self.stats.to_client_bytes += len(data)
         return SendToClient(allocation.client, allocation.client_addr, frame)
 
     def _admit(self, allocation: Allocation, ip: str, size: int, now: float) -> bool:

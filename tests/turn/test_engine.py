@@ -556,3 +556,22 @@ def test_direct_allocate_success_is_the_codecs_bytes() -> None:
     six = [Relay(6, ("2001:db8::1", 50000), ("2001:db8::1", 50000), object())]
     assert allocate_success(request, six, 600, mapped, key) is None
     assert allocate_success(request, relays, 600, ("2001:db8::5", 1), key) is None
+
+
+def test_peer_datagram_too_big_for_a_data_indication_is_dropped() -> None:
+    h = Harness(make_engine(families=frozenset({4, 6})))
+    c = Client(h)
+    assert c.allocate(additional_address_family=2).cls == Class.SUCCESS
+    peer6 = ("2001:db8:1::9", 7)
+    assert c.permit(PEER[0], peer6[0]).cls == Class.SUCCESS
+    relay4, relay6 = c.allocation.relay_for(4), c.allocation.relay_for(6)
+    biggest = {4: 65516, 6: 65504}
+    for relay, peer in ((relay4, PEER), (relay6, peer6)):
+        n = biggest[relay.family]
+        frame = from_peer(h, relay, b"x" * n, peer)
+        assert frame is not None and decode(frame).get(Attr.DATA) == b"x" * n
+        dropped = h.engine.stats.dropped_packets
+        assert from_peer(h, relay, b"x" * (n + 1), peer) is None
+        assert h.engine.stats.dropped_packets == dropped + 1
+    assert from_peer(h, relay6, b"x", PEER) is None  # an IPv4 peer never reaches the v6 relay
+    assert h.engine.stats.bugs == 0
