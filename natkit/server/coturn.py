@@ -57,7 +57,7 @@ from typing import Any
 
 import netaddr  # type: ignore[import-untyped]
 
-from natkit.errors import ConfigError, NatkitError, PrerequisiteError
+from natkit.errors import ConfigError, PrerequisiteError
 from natkit.server.service import (
     AuthPlan,
     TurnOptions,
@@ -603,7 +603,7 @@ class CoturnServer(TurnService):
 
     def _spawn(self) -> None:
         if self.process is not None:
-            raise NatkitError("coturn is already running")
+            raise RuntimeError("coturn is already running")
         if shutil.which(self.binary) is None:
             raise PrerequisiteError(INSTALL_HINT)
         if self.cpu is not None and shutil.which("taskset") is None:
