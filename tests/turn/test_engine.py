@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
+
+import pytest
 
 from natkit.stun import (
     Attr,
@@ -12,10 +15,11 @@ from natkit.stun import (
     PasswordAlgorithm,
     decode,
     encode_channel_data,
+    long_term_key,
     verify_integrity,
 )
 from natkit.turn.allocation import Relay
-from natkit.turn.auth import rest_credentials
+from natkit.turn.auth import Grant, rest_credentials
 from tests.turn.harness import REALM, Client, Harness, code, make_engine
 
 PEER = ("198.51.100.7", 4000)
@@ -575,3 +579,83 @@ def test_peer_datagram_too_big_for_a_data_indication_is_dropped() -> None:
         assert h.engine.stats.dropped_packets == dropped + 1
     assert from_peer(h, relay6, b"x", PEER) is None  # an IPv4 peer never reaches the v6 relay
     assert h.engine.stats.bugs == 0
+
+
+class _Recorder:
+    """An Authenticator, PeerPolicy and Quota in one, recording what the engine asks."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, ...]] = []
+        self.held = 0
+
+    def lookup(self, username: str, realm: str, source: tuple[str, int], now: float) -> Any:
+        self.asked.append(("lookup", username, realm, source[0]))
+        if username == "grant":  # a ready MD5 key, counted against another account
+            return Grant(key=long_term_key("grant", realm, "pw"), account="team")
+        return {"alice": "secret"}.get(username)
+
+    def refuse(self, peer: tuple[str, int]) -> str | None:
+        self.asked.append(("refuse", peer[0]))
+        return "not on the list" if peer[0].endswith(".66") else None
+
+    def acquire(self, user: str | None, source: tuple[str, int]) -> str | None:
+        self.asked.append(("acquire", str(user)))
+        if self.held >= 2:
+            return "two at most"
+        self.held += 1
+        return None
+
+    def release(self, user: str | None, source: tuple[str, int]) -> None:
+        self.asked.append(("release", str(user)))
+        self.held -= 1
+
+
+def test_plugged_in_authenticator_policy_and_quota_decide() -> None:
+    rec = _Recorder()
+    engine = make_engine(auth=rec)
+    engine.peer_policy = rec
+    engine.quota = rec
+    h = Harness(engine)
+    alice = Client(h)
+    assert alice.allocate().cls == Class.SUCCESS
+    assert ("lookup", "alice", REALM, "198.51.100.10") in rec.asked
+    assert code(alice.permit("198.51.100.66")) == 403 and engine.stats.refused_peers == 1
+    assert alice.permit("198.51.100.7").cls == Class.SUCCESS
+    grant = Client(h, addr=("198.51.100.11", 1), username="grant", password="pw")
+    assert grant.allocate().cls == Class.SUCCESS
+    assert ("acquire", "team") in rec.asked  # the Grant's account, not the username
+    sha = Client(
+        h,
+        addr=("198.51.100.12", 1),
+        username="grant",
+        password="pw",
+        algorithm=PasswordAlgorithm.SHA256,
+    )
+    assert code(sha.allocate()) == 401  # an MD5 key cannot serve SHA-256
+    third = Client(h, addr=("198.51.100.13", 1))
+    assert code(third.allocate()) == 486 and rec.held == 2
+    assert alice.refresh(0).cls == Class.SUCCESS
+    assert rec.held == 1 and ("release", "alice") in rec.asked
+    assert third.allocate().cls == Class.SUCCESS
+
+
+def test_a_bug_is_a_500_logged_and_counted_never_a_400(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        def lookup(self, username: str, realm: str, source: Any, now: float) -> Any:
+            return {}["boom"]  # a KeyError: a bug of the server, not the client's doing
+
+    class WrongType:
+        def lookup(self, username: str, realm: str, source: Any, now: float) -> Any:
+            return 42
+
+    for auth in (Broken(), WrongType()):
+        engine = make_engine(auth=auth)
+        c = Client(Harness(engine))
+        msg = Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17)
+        first = decode(c.raw(msg.encode())[0])  # the 401 asks for credentials
+        c.nonce = first.get(Attr.NONCE)
+        replies = engine.handle_client(c.transport, c.addr, c._sign(msg, "sha1"), c.h.now)
+        (reply,) = replies
+        assert code(decode(reply.data)) == 500
+        assert engine.stats.bugs == 1 and engine.stats.bad_packets == 0
+    assert "event=internal_error" in caplog.text and "Traceback" in caplog.text
