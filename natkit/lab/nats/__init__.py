@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import importlib
 
-from natkit.errors import ConfigError
 from natkit.lab.nats.kind import GENERIC_KNOBS, NatKind, rfc4787_probe
 from natkit.lab.nats.model import Filtering, Mapping, NatBehaviour
 from natkit.lab.nats.nftables import RouterRecipe, RouterSide, rfc4787_recipe, router_sysctls
+from natkit.lab.nats.registry import get, kinds, lookup, names, register, unregister
 
 __all__ = [
     "GENERIC_KNOBS",
@@ -43,55 +43,30 @@ __all__ = [
     "expected_probe",
     "get",
     "kinds",
+    "lookup",
     "names",
     "recipe",
     "register",
     "rfc4787_probe",
     "rfc4787_recipe",
     "router_sysctls",
+    "unregister",
 ]
 
 # The modules of this package that each hold one NAT kind, in the order reports list them.
 MODULES = ("open", "full_cone", "restricted_cone", "port_restricted", "symmetric", "udp_blocked")
 
-_KINDS: dict[str, NatKind] = {}
-
-
-def register(kind: NatKind) -> NatKind:
-    """Add ``kind`` to the registry (ValueError if its name is taken by another kind)."""
-    old = _KINDS.get(kind.name)
-    if old is not None and old is not kind:
-        raise ValueError(f"a NAT kind named {kind.name!r} is already registered")
-    _KINDS[kind.name] = kind
-    return kind
-
-
-def get(name: str) -> NatKind:
-    """The kind named ``name``; a ConfigError lists the known names."""
-    try:
-        return _KINDS[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown NAT type {name!r}; choose one of: {', '.join(_KINDS)}", param="type") from None
-
-
-def kinds() -> tuple[NatKind, ...]:
-    return tuple(_KINDS.values())
-
-
-def names() -> tuple[str, ...]:
-    return tuple(_KINDS)
-
 
 def recipe(behaviour: NatBehaviour, side: RouterSide) -> RouterRecipe:
     """The recipe of ``behaviour``'s kind (a behaviour of no registered kind, ``custom``, gets
     the recipe derived from its model)."""
-    kind = _KINDS.get(behaviour.name)
+    kind = lookup(behaviour.name)
     return (kind.recipe if kind is not None else rfc4787_recipe)(behaviour, side)
 
 
 def expected_probe(behaviour: NatBehaviour) -> dict[str, str]:
     """What ``natkit probe`` behind ``behaviour`` must report (its kind decides)."""
-    kind = _KINDS.get(behaviour.name)
+    kind = lookup(behaviour.name)
     return (kind.expected_probe if kind is not None else rfc4787_probe)(behaviour)
 
 

@@ -69,7 +69,7 @@ class NatBehaviour:
     @classmethod
     def preset(cls, name: str, **overrides: object) -> NatBehaviour:
         """The model of the registered NAT kind ``name`` with fields replaced by ``overrides``."""
-        from natkit.lab.nats import get
+        from natkit.lab.nats.registry import get
 
         return get(name).behaviour(**overrides)
 

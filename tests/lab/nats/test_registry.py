@@ -52,7 +52,7 @@ def test_a_kind_registered_elsewhere_is_usable_in_a_topology_with_its_own_recipe
         with pytest.raises(ConfigError, match=r"nat\[0\].hairpin': NAT type 'test-cone' takes no hairpin"):
             loads(small_topology("test-cone") + "hairpin = true\n")
     finally:
-        nats._KINDS.pop("test-cone")
+        nats.unregister("test-cone")
 
 
 def test_a_kind_and_its_model_agree() -> None:
