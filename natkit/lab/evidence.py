@@ -40,7 +40,7 @@ from natkit.stun import (
     decode_channel_data,
 )
 
-__all__ = ["CAPTURE_MARKER", "Flows", "claimed_route", "judge", "judge_browser", "read_capture"]
+__all__ = ["CAPTURE_MARKER", "Flows", "claimed_route", "judge", "judge_browser", "judge_peers", "read_capture"]
 
 Endpoint = tuple[str, int]
 
@@ -290,6 +290,26 @@ def judge_browser(
         relayed, client = relays[0]["relayed"], relays[0]["mapped"]
         ev["detail"] += f" (the capture's Allocate response gave {relayed[0]}:{relayed[1]} to {client[0]}:{client[1]})"
     return ev
+
+
+def judge_peers(
+    flows: Flows,
+    *,
+    caller: dict[str, Any],
+    callee: dict[str, Any],
+    caller_lan: str,
+    caller_public: str,
+    turn: Endpoint,
+) -> dict[str, Any]:
+    """Evidence for one connected case from both peers' results (PeerResult as JSON): judged
+    as :func:`judge` when the caller reported its TURN allocations, else as
+    :func:`judge_browser` (the allocation behind its relay candidate found in the capture)."""
+    if caller.get("relays") is None:
+        return judge_browser(
+            flows, selected=caller.get("selected"), callee=callee,
+            caller_lan=caller_lan, caller_public=caller_public, turn=turn,
+        )
+    return judge(flows, caller=caller, callee=callee, caller_lan=caller_lan, caller_public=caller_public, turn=turn)
 
 
 def _in_net(addr: str, net: str) -> bool:
