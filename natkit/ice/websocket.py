@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import socket
 import struct
 
 __all__ = [
@@ -115,10 +116,12 @@ class WebSocket:
 
     @classmethod
     async def connect(cls, host: str, port: int, path: str = "/", *, timeout: float = 5.0,
-                      limit: int = 1 << 20) -> WebSocket:
-        """Open ``ws://host:port/path``; WebSocketError if it cannot be reached or refuses."""
+                      limit: int = 1 << 20, sock: socket.socket | None = None) -> WebSocket:
+        """Open ``ws://host:port/path`` (over ``sock`` if given: a TCP socket connected there
+        already); WebSocketError if it cannot be reached or refuses."""
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            opening = asyncio.open_connection(sock=sock) if sock else asyncio.open_connection(host, port)
+            reader, writer = await asyncio.wait_for(opening, timeout)
         except (TimeoutError, OSError) as exc:
             raise WebSocketError(f"cannot reach ws://{host}:{port}{path}: {exc or 'timeout'}") from None
         key = base64.b64encode(os.urandom(16)).decode()

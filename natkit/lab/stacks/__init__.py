@@ -20,6 +20,7 @@ __all__ = ["ROLES", "STACKS", "Peer", "PeerConfig", "PeerResult", "get", "names"
 STACKS: dict[str, str] = {
     "aiortc": "natkit.lab.stacks.aiortc:AiortcPeer",
     "chromium": "natkit.lab.stacks.chromium:ChromiumPeer",
+    "firefox": "natkit.lab.stacks.firefox:FirefoxPeer",
 }
 
 _cache: dict[str, Peer] = {}
