@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["BrowserProcess", "die_with_parent", "scratch_dirs"]
+__all__ = ["BrowserProcess", "die_with_parent", "group_alive", "scratch_dirs"]
 
 LOG_NAME = "browser.log"
 GROUP_EXIT_S = 3.0  # helpers die a moment after the leader
@@ -48,12 +48,18 @@ if said != b"done":
                     os.kill(int(pid), signal.SIGKILL)
         except (OSError, ValueError):
             pass
+    def alive():  # a member of the group that is not a zombie
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] not in "ZX":
+                return True
+        return False
     end = time.monotonic() + 5
-    while time.monotonic() < end:
-        try:
-            os.killpg(pgid, 0)
-        except OSError:
-            break
+    while time.monotonic() < end and alive():
         time.sleep(0.05)
     shutil.rmtree(root, ignore_errors=True)
 """
@@ -83,6 +89,22 @@ def _processes_naming(root: Path) -> list[int]:
             if needle in f.read():
                 found.append(int(entry))
     return found
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` has a member that is not a zombie (orphaned helpers
+    wait as zombies until the system's init reaps them, which can take seconds)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 class BrowserProcess:
@@ -203,11 +225,7 @@ class BrowserProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             await asyncio.to_thread(self.process.wait, 5)
         end = time.monotonic() + GROUP_EXIT_S
-        while time.monotonic() < end:
-            try:
-                os.killpg(self.process.pid, 0)
-            except (ProcessLookupError, PermissionError):
-                break
+        while time.monotonic() < end and group_alive(self.process.pid):
             await asyncio.sleep(0.03)
         self._finish()
 
