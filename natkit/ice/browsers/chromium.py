@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ from natkit.ice.browsers.driver import BrowserError, gather_in
 from natkit.ice.browsers.process import BrowserProcess
 
 __all__ = ["FLAGS", "ChromiumBrowser", "ChromiumGatherer", "DevToolsError", "DevToolsPipe",
-           "chromium_flags", "find_chromium"]
+           "GOOGLE_SERVICES", "chromium_flags", "find_chromium", "url_host"]
 
 FLAGS = (
     "--headless",
@@ -56,16 +57,44 @@ MAX_MESSAGE = 16 * 1024 * 1024
 START_TIMEOUT = 20.0
 
 
-def chromium_flags(*, mdns: bool = True, loopback: bool = False) -> list[str]:
+# Chromium's own services (component and extension updates, account look-ups) that
+# --disable-background-networking and --disable-component-update do not stop in Chromium 156:
+# seen as DNS queries for clients2.google.com, update.googleapis.com, accounts.google.com.
+GOOGLE_SERVICES = ("*.google.com", "*.googleapis.com", "*.gvt1.com", "*.gstatic.com",
+                   "*.googleusercontent.com")
+
+
+def chromium_flags(*, mdns: bool = True, loopback: bool = False,
+                   allow: Sequence[str] = ()) -> list[str]:
     """Chromium's command line but the binary and the profile. ``mdns=False`` puts raw host
     addresses in host candidates instead of ``<uuid>.local`` names (nothing in a lab answers
-    mDNS); ``loopback=True`` lets ICE use 127.0.0.1 (STUN/TURN on this host)."""
+    mDNS); ``loopback=True`` lets ICE use 127.0.0.1 (STUN/TURN on this host).
+
+    Names under :data:`GOOGLE_SERVICES` fail to resolve at once (no DNS query leaves), except
+    those in ``allow``: the ICE servers' names (``stun.l.google.com`` must still resolve when
+    a user checks it)."""
     flags = list(FLAGS)
     if not mdns:
         flags += [MDNS_OFF, "--force-webrtc-ip-handling-policy=default"]
     if loopback:
         flags.append(LOOPBACK)
+    rules = [*(f"EXCLUDE {name}" for name in allow), *(f"MAP {p} ~NOTFOUND" for p in GOOGLE_SERVICES)]
+    flags.append("--host-resolver-rules=" + ", ".join(rules))
     return flags
+
+
+def url_host(url: str) -> str | None:
+    """The host name of a stun:/turn: URL, or None for an IP literal (nothing to resolve)."""
+    rest = url.split(":", 1)[1] if ":" in url else url
+    rest = rest.split("?", 1)[0].lstrip("/")
+    if rest.startswith("["):
+        return None
+    host = rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower() if host and all(c.isalnum() or c in "-._" for c in host) else None
+    return None
 
 
 def find_chromium() -> str:
@@ -146,14 +175,14 @@ class ChromiumBrowser:
 
     @classmethod
     async def launch(cls, *, binary: str | None = None, netns: str | None = None,
-                     mdns: bool = True, loopback: bool = False,
+                     mdns: bool = True, loopback: bool = False, allow: Sequence[str] = (),
                      extra_flags: Sequence[str] = ()) -> ChromiumBrowser:
         """Start Chromium (in namespace ``netns`` if given); see :func:`chromium_flags`.
         PrerequisiteError if it is not installed, BrowserError if it does not come up."""
         exe = binary or find_chromium()
         to_browser_r, to_browser_w = os.pipe()
         from_browser_r, from_browser_w = os.pipe()
-        flags = [*chromium_flags(mdns=mdns, loopback=loopback), *extra_flags]
+        flags = [*chromium_flags(mdns=mdns, loopback=loopback, allow=allow), *extra_flags]
         process: BrowserProcess | None = None
         pipe: DevToolsPipe | None = None
         try:
@@ -236,9 +265,10 @@ class ChromiumGatherer:
     async def gather(self, servers: Sequence[BrowserServer], ice_servers: list[dict[str, Any]],
                      *, timeout: float) -> BrowserGathering:
         # As a browser on the web (host addresses behind mDNS names), but allowed to reach
-        # servers on this host.
+        # servers on this host, and to resolve the servers' names whatever they are.
+        names = sorted({h for s in servers for h in [url_host(s.url)] if h})
         return await gather_in(self.name, lambda: ChromiumBrowser.launch(
-            binary=self.binary, loopback=True, extra_flags=self.extra_flags),
+            binary=self.binary, loopback=True, allow=names, extra_flags=self.extra_flags),
             servers, ice_servers, timeout)
 
 

@@ -266,7 +266,7 @@ class FirefoxBrowser:
             lambda profile: [exe, "--headless", "--no-remote", "--new-instance",
                              "--profile", str(profile), "--remote-debugging-port", "0",
                              "about:blank"],
-            netns=netns, prepare=prepare, env={"MOZ_CRASHREPORTER_DISABLE": "1"})
+            netns=netns, prepare=prepare, env={"MOZ_CRASHREPORTER_DISABLE": "1", "MOZ_REMOTE_SETTINGS_DEVTOOLS": "1"})
         bidi: BiDi | None = None
         try:
             port = await _bidi_port(process, START_TIMEOUT)

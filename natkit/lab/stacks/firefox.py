@@ -57,6 +57,10 @@ class FirefoxPeer(BrowserPeer):
         # Firefox's own field; no RTCTransportStats.selectedCandidatePairId), and the local
         # candidate names its relayProtocol.
         "relay_protocol_stats": True,
+        # No gathering at all in a namespace without a default route: iceGatheringState stays
+        # "new" until the network is up (observed with Firefox ESR 153 in a namespace with only
+        # an on-link /24).
+        "host_candidates_without_default_route": False,
     }
 
     def check(self) -> None:

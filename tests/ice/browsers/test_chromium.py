@@ -92,3 +92,31 @@ def test_missing_chromium_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(shutil, "which", lambda name: None)
     result = asyncio.run(ChromiumGatherer().gather([], [], timeout=1))
     assert result.error and "apt-get install chromium" in result.error
+
+
+def test_one_flag_list_for_check_and_the_lab() -> None:
+    from natkit.ice.browsers.chromium import GOOGLE_SERVICES, chromium_flags, url_host
+
+    lab = chromium_flags(mdns=False)
+    assert "--disable-features=WebRtcHideLocalIpsWithMdns" in lab and "--remote-debugging-pipe" in lab
+    assert "--allow-loopback-in-peer-connection" not in lab
+    web = chromium_flags(loopback=True, allow=["stun.l.google.com"])
+    assert "--allow-loopback-in-peer-connection" in web
+    assert not any("WebRtcHideLocalIpsWithMdns" in f for f in web)
+    (rules,) = [f for f in web if f.startswith("--host-resolver-rules=")]
+    assert rules.startswith("--host-resolver-rules=EXCLUDE stun.l.google.com, MAP ")
+    assert all(f"MAP {p} ~NOTFOUND" in rules for p in GOOGLE_SERVICES)
+    assert [url_host(u) for u in ("stun:Stun.Example.com:3478", "turn:192.0.2.1?transport=tcp",
+                                  "turns:[2001:db8::1]:443", "turn:x.example")] == \
+        ["stun.example.com", None, None, "x.example"]
+
+
+@needs_chromium
+async def test_chromium_resolves_the_servers_names() -> None:
+    """Its own services' names are blocked; the names in the configuration still resolve."""
+    async with StunServer(["127.0.0.1:0"]) as stun:
+        port = stun.addresses[0][1][1]
+        report = await check({"iceServers": [{"urls": f"stun:localhost:{port}"}]}, timeout=3,
+                             browsers=["chromium"])
+    (gathering,) = report.browsers
+    assert gathering.urls[0].verdict == "produced", gathering.as_dict()
