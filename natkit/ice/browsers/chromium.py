@@ -25,8 +25,17 @@ from natkit.ice.browsers.base import BrowserGathering, BrowserServer
 from natkit.ice.browsers.driver import BrowserError, gather_in
 from natkit.ice.browsers.process import BrowserProcess
 
-__all__ = ["FLAGS", "ChromiumBrowser", "ChromiumGatherer", "DevToolsError", "DevToolsPipe",
-           "GOOGLE_SERVICES", "chromium_flags", "find_chromium", "url_host"]
+__all__ = [
+    "FLAGS",
+    "GOOGLE_SERVICES",
+    "ChromiumBrowser",
+    "ChromiumGatherer",
+    "DevToolsError",
+    "DevToolsPipe",
+    "chromium_flags",
+    "find_chromium",
+    "url_host",
+]
 
 FLAGS = (
     "--headless",
