@@ -299,3 +299,80 @@ async def test_chromium_runs_as_a_contract_peer_command(loopback: Loopback) -> N
     assert report["stack"].startswith("chromium ")
     assert caller.outcome == "connected", caller.error
 
+
+
+# --------------------------------------------------------------------------------------------
+# in a lab: the netns engine, two NATs, the browsers in the peers' agents like any stack
+
+_LAB_TOML = """
+[lab]
+name = "browsers"
+case_deadline_s = 12
+[internet]
+subnet = "203.0.113.0/24"
+[stun]
+addresses = ["203.0.113.2", "203.0.113.3"]
+[turn]
+engine = "natkit"
+address = "203.0.113.4"
+transports = ["udp", "tcp"]
+[signaling]
+address = "203.0.113.4"
+port = 8080
+[[nat]]
+name = "symmetric"
+type = "symmetric"
+[[nat]]
+name = "full-cone"
+type = "full-cone"
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None,
+                    reason="needs root, network namespaces and nftables")
+def test_browsers_behind_nats_in_a_lab(tmp_path: Any) -> None:
+    """Each browser as caller and callee, over srflx and relay, behind real NATs (the
+    orchestration API as any engine drives it): the cases pass with packet evidence."""
+    _need("chromium", "firefox")
+    from natkit.lab.engines import netns
+    from natkit.lab.orchestrate import check_stacks, orchestrate
+    from natkit.lab.runner import finish
+    from natkit.lab.topology import Case, load
+
+    src = tmp_path / "lab.toml"
+    src.write_text(_LAB_TOML)
+    topo = load(src)
+    cases = [
+        Case(("full-cone", "full-cone"), "srflx", stacks=("chromium", "firefox")),
+        Case(("symmetric", "full-cone"), "relay", stacks=("firefox", "chromium")),
+        Case(("symmetric", "full-cone"), "srflx", stacks=("aiortc", "firefox")),
+        Case(("full-cone", "full-cone"), "relay", stacks=("chromium", "aiortc")),
+    ]
+    check_stacks(cases)
+    plan = topo.plan(cases)
+    t0 = time.monotonic()
+    with netns.open_lab(topo, plan, capture=True) as built:
+        t1 = time.monotonic()
+        orch = asyncio.run(orchestrate(topo, plan, cases, built.agents, turn_engine="natkit"))
+        t2 = time.monotonic()
+        result = finish(built, topo, plan, orch, turn_engine="natkit", started=t0, browser=True)
+    print(f"\nlab up {t1 - t0:.1f} s, {len(cases)} browser cases {t2 - t1:.1f} s "
+          f"(browser_s {orch.timings.get('browser_s', 0):.1f}), total {time.monotonic() - t0:.1f} s")
+    by = {(c.case.stacks, c.case.path): c for c in result.cases}
+    for c in result.cases:
+        caller, callee = c.caller, c.callee
+        print(f"  {c.case.id}: {c.observed} route={c.route} "
+              f"caller {caller.selected and caller.selected['local']} "
+              f"timing {caller.report and caller.report.get('timing')}")
+        assert c.passed, json.dumps(c.to_json(), default=str)[:2500]
+        assert c.observed == "connected" and caller.connected and callee.connected
+    relay = by[(("firefox", "chromium"), "relay")]
+    for side in (relay.caller, relay.callee):
+        assert side.selected["local"]["type"] == "relay", side.selected
+        assert side.selected["local"]["address"] == topo.servers.turn_address
+        assert side.report is not None and side.report["relay_protocol"] == "udp"
+    srflx = by[(("chromium", "firefox"), "srflx")]
+    assert srflx.route == "direct"
+    caller_pub = plan.router("full-cone-1").public_ip
+    assert srflx.caller.selected["local"]["address"] == caller_pub, srflx.caller.selected
+    assert srflx.callee.selected["remote"]["address"] == caller_pub, srflx.callee.selected
