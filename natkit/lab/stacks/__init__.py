@@ -48,7 +48,7 @@ async def close_all(timeout: float = 3.0) -> None:
     import asyncio
     import contextlib
 
-    closers = [p.close() for p in _cache.values() if callable(getattr(p, "close", None))]
+    closers = [close() for p in _cache.values() if callable(close := getattr(p, "close", None))]
     if closers:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*closers, return_exceptions=True), timeout)
