@@ -22,7 +22,7 @@ from typing import Any
 
 from natkit.errors import PrerequisiteError
 from natkit.ice.browsers.base import BrowserGathering, BrowserServer
-from natkit.ice.browsers.driver import BrowserError, gather_in
+from natkit.ice.browsers.driver import BrowserError, CommandChannel, gather_in
 from natkit.ice.browsers.process import BrowserProcess
 
 __all__ = [
@@ -119,55 +119,43 @@ class DevToolsError(BrowserError):
     """The DevTools protocol answered with an error, or the browser went away."""
 
 
-class DevToolsPipe:
+class DevToolsPipe(CommandChannel):
     """The DevTools protocol over a pair of pipes (``--remote-debugging-pipe``)."""
+
+    error = DevToolsError
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.WriteTransport) -> None:
         self.reader = reader
         self.writer = writer
-        self.next_id = 0
-        self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.closed: str | None = None
-        self.task = asyncio.ensure_future(self._read())
+        super().__init__()
 
-    async def _read(self) -> None:
+    async def _next(self) -> dict[str, Any]:
         try:
-            while True:
-                raw = await self.reader.readuntil(b"\0")
-                message = json.loads(raw[:-1])
-                fut = self.pending.pop(message.get("id", -1), None)
-                if fut is None or fut.done():
-                    continue  # an event
-                if "error" in message:
-                    fut.set_exception(DevToolsError(str(message["error"].get("message"))))
-                else:
-                    fut.set_result(message.get("result", {}))
+            message = json.loads((await self.reader.readuntil(b"\0"))[:-1])
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
                 ConnectionError) as exc:
-            self.closed = f"the browser closed the pipe ({exc})"
-            for fut in self.pending.values():
-                if not fut.done():
-                    fut.set_exception(DevToolsError(self.closed))
-            self.pending.clear()
+            raise DevToolsError(f"the browser closed the pipe ({exc})") from None
+        return message if isinstance(message, dict) else {}
+
+    async def _write(self, message: dict[str, Any]) -> None:
+        self.writer.write(json.dumps(message).encode() + b"\0")
+
+    def _answer(self, message: dict[str, Any]) -> tuple[int, Any, str | None] | None:
+        if "id" not in message:
+            return None
+        if "error" in message:
+            return message["id"], None, str(message["error"].get("message"))
+        return message["id"], message.get("result", {}), None
 
     async def send(self, method: str, params: dict[str, Any] | None = None,
                    session: str | None = None) -> Any:
-        if self.closed:
-            raise DevToolsError(self.closed)
-        self.next_id += 1
-        message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params or {}}
+        message: dict[str, Any] = {"method": method, "params": params or {}}
         if session:
             message["sessionId"] = session
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending[self.next_id] = fut
-        self.writer.write(json.dumps(message).encode() + b"\0")
-        try:
-            return await fut
-        finally:
-            self.pending.pop(message["id"], None)
+        return await self.request(message)
 
     def close(self) -> None:
-        self.task.cancel()
+        super().close()
         self.writer.close()
 
 

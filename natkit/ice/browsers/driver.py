@@ -21,11 +21,78 @@ from natkit.errors import PrerequisiteError
 from natkit.ice.browsers.base import BrowserGathering, BrowserServer, BrowserUrlResult
 from natkit.ice.browsers.process import BrowserProcess
 
-__all__ = ["GATHER_SCRIPT", "BrowserError", "Driver", "gather_in", "wait_for"]
+__all__ = ["GATHER_SCRIPT", "BrowserError", "CommandChannel", "Driver", "gather_in", "wait_for"]
 
 
 class BrowserError(Exception):
     """The browser answered with an error, a script threw, or the browser went away."""
+
+
+class CommandChannel:
+    """Commands with ids to a browser, answered in any order (DevTools and WebDriver BiDi
+    both work this way). A transport provides :meth:`_next` (the next message; BrowserError
+    once the browser has gone), :meth:`_write` and :meth:`_answer` (which message answers
+    which command); :meth:`request` sends one and awaits its answer."""
+
+    error: type[BrowserError] = BrowserError
+
+    def __init__(self) -> None:
+        self.next_id = 0
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.closed: str | None = None
+        self.task = asyncio.ensure_future(self._pump())
+
+    async def _next(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _write(self, message: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _answer(self, message: dict[str, Any]) -> tuple[int, Any, str | None] | None:
+        """(command id, result, error text) if ``message`` answers a command, else None."""
+        raise NotImplementedError
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                answer = self._answer(await self._next())
+                if answer is None:
+                    continue  # an event
+                cid, result, error = answer
+                fut = self.pending.pop(cid, None)
+                if fut is None or fut.done():
+                    continue
+                if error is not None:
+                    fut.set_exception(self.error(error))
+                else:
+                    fut.set_result(result)
+        except BrowserError as exc:
+            self.closed = str(exc)
+            for fut in self.pending.values():
+                if not fut.done():
+                    fut.set_exception(self.error(self.closed))
+            self.pending.clear()
+
+    async def request(self, message: dict[str, Any]) -> Any:
+        """Send ``message`` with a fresh id; its result (BrowserError for an error answer)."""
+        if self.closed:
+            raise self.error(self.closed)
+        self.next_id += 1
+        cid = self.next_id
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[cid] = fut
+        try:
+            await self._write({"id": cid, **message})
+        except (OSError, ConnectionError) as exc:
+            self.pending.pop(cid, None)
+            raise self.error(f"the browser went away ({exc})") from None
+        try:
+            return await fut
+        finally:
+            self.pending.pop(cid, None)
+
+    def close(self) -> None:
+        self.task.cancel()
 
 
 class Driver(Protocol):

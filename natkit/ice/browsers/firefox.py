@@ -32,7 +32,7 @@ from typing import Any
 
 from natkit.errors import PrerequisiteError
 from natkit.ice.browsers.base import BrowserGathering, BrowserServer
-from natkit.ice.browsers.driver import BrowserError, gather_in
+from natkit.ice.browsers.driver import BrowserError, CommandChannel, gather_in
 from natkit.ice.browsers.process import BrowserProcess
 from natkit.ice.websocket import WebSocket, WebSocketError
 
@@ -182,59 +182,39 @@ def find_firefox() -> str:
     raise PrerequisiteError("Firefox is not installed: apt-get install firefox-esr")
 
 
-class BiDi:
+class BiDi(CommandChannel):
     """A WebDriver BiDi connection: commands with ids, answered in any order."""
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
-        self.next_id = 0
-        self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.closed: str | None = None
-        self.task = asyncio.ensure_future(self._read())
+        super().__init__()
 
-    async def _read(self) -> None:
-        try:
-            while True:
-                try:
-                    message = json.loads(await self.ws.recv_text())
-                except ValueError:
-                    continue
-                if not isinstance(message, dict) or message.get("type") == "event":
-                    continue
-                fut = self.pending.pop(message.get("id", -1), None)
-                if fut is None or fut.done():
-                    continue
-                if message.get("type") == "error":
-                    fut.set_exception(BrowserError(
-                        f"{message.get('error')}: {message.get('message')}"))
-                else:
-                    fut.set_result(message.get("result", {}))
-        except WebSocketError as exc:
-            self.closed = f"the browser closed the connection ({exc})"
-            for fut in self.pending.values():
-                if not fut.done():
-                    fut.set_exception(BrowserError(self.closed))
-            self.pending.clear()
+    async def _next(self) -> dict[str, Any]:
+        while True:
+            try:
+                message = json.loads(await self.ws.recv_text())
+            except ValueError:
+                continue
+            except WebSocketError as exc:
+                raise BrowserError(f"the browser closed the connection ({exc})") from None
+            if isinstance(message, dict):
+                return message
+
+    async def _write(self, message: dict[str, Any]) -> None:
+        await self.ws.send_text(json.dumps(message))
+
+    def _answer(self, message: dict[str, Any]) -> tuple[int, Any, str | None] | None:
+        if message.get("type") == "event" or "id" not in message:
+            return None
+        if message.get("type") == "error":
+            return message["id"], None, f"{message.get('error')}: {message.get('message')}"
+        return message["id"], message.get("result", {}), None
 
     async def send(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        if self.closed:
-            raise BrowserError(self.closed)
-        self.next_id += 1
-        cid = self.next_id
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending[cid] = fut
-        try:
-            await self.ws.send_text(json.dumps({"id": cid, "method": method, "params": params or {}}))
-        except (OSError, ConnectionError) as exc:
-            self.pending.pop(cid, None)
-            raise BrowserError(f"the browser closed the connection ({exc})") from None
-        try:
-            return await fut
-        finally:
-            self.pending.pop(cid, None)
+        return await self.request({"method": method, "params": params or {}})
 
-    async def close(self) -> None:
-        self.task.cancel()
+    async def aclose(self) -> None:
+        self.close()
         await self.ws.close()
 
 
@@ -278,7 +258,7 @@ class FirefoxBrowser:
             return cls(process, bidi, version if isinstance(version, str) else None)
         except BaseException as exc:
             if bidi is not None:
-                await bidi.close()
+                await bidi.aclose()
             await asyncio.shield(process.close())
             if isinstance(exc, WebSocketError):
                 raise BrowserError(f"Firefox's WebDriver BiDi: {exc}") from None
@@ -323,7 +303,7 @@ class FirefoxBrowser:
 
     async def close(self) -> None:
         # Killed, not asked: a graceful shutdown takes a second and the profile is thrown away.
-        await self.bidi.close()
+        await self.bidi.aclose()
         await self.process.close()
 
 

@@ -17,7 +17,7 @@ from natkit.ice.browsers import get, names, register
 from natkit.ice.browsers.base import BrowserGathering
 from natkit.ice.check import check
 from natkit.server.stun import StunServer
-from natkit.server.turn import TurnServer
+from tests.ice.browsers._servers import loopback_servers
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -32,22 +32,14 @@ def _profiles() -> set[str]:
 @needs_chromium
 async def test_chromium_beside_natkit() -> None:
     before = _profiles()
-    async with TurnServer(["127.0.0.1:0"], users={"alice": "secret"}, relay_ip="127.0.0.1",
-                          allow_peers=["127.0.0.0/8"]) as turn, \
-            StunServer(["127.0.0.1:0"]) as stun:
-        stun_port = stun.addresses[0][1][1]
-        config = {"iceServers": [
-            {"urls": f"stun:127.0.0.1:{stun_port}"},
-            {"urls": turn.urls, "username": "alice", "credential": "secret"},
-            {"urls": turn.urls[0], "username": "alice", "credential": "wrong"},
-        ]}
+    async with loopback_servers() as (config, turn_urls):
         report = await check(config, timeout=3, browsers=["chromium"])
     (gathering,) = report.browsers
     assert gathering.error is None and gathering.version, gathering.as_dict()
     by_path = {u.path: u for u in gathering.urls}
     assert by_path["iceServers[0].urls"].verdict == "produced"
     assert "srflx" in by_path["iceServers[0].urls"].produced
-    for i in range(len(turn.urls)):
+    for i in range(len(turn_urls)):
         assert by_path[f"iceServers[1].urls[{i}]"].verdict == "produced"
     wrong = by_path["iceServers[2].urls"]
     assert wrong.verdict == "error"

@@ -21,8 +21,7 @@ from natkit.ice.browsers.firefox import (
 )
 from natkit.ice.browsers.process import group_alive
 from natkit.ice.check import check
-from natkit.server.stun import StunServer
-from natkit.server.turn import TurnServer
+from tests.ice.browsers._servers import loopback_servers
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -60,15 +59,7 @@ def test_missing_firefox_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch)
 
 @needs_firefox
 async def test_firefox_beside_natkit() -> None:
-    async with TurnServer(["127.0.0.1:0"], users={"alice": "secret"}, relay_ip="127.0.0.1",
-                          allow_peers=["127.0.0.0/8"]) as turn, \
-            StunServer(["127.0.0.1:0"]) as stun:
-        stun_port = stun.addresses[0][1][1]
-        config = {"iceServers": [
-            {"urls": f"stun:127.0.0.1:{stun_port}"},
-            {"urls": turn.urls, "username": "alice", "credential": "secret"},
-            {"urls": turn.urls[0], "username": "alice", "credential": "wrong"},
-        ]}
+    async with loopback_servers() as (config, _):
         report = await check(config, timeout=3, browsers=["firefox"])
     (gathering,) = report.browsers
     assert gathering.error is None and gathering.version, gathering.as_dict()

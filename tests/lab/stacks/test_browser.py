@@ -304,28 +304,6 @@ async def test_chromium_runs_as_a_contract_peer_command(loopback: Loopback) -> N
 # --------------------------------------------------------------------------------------------
 # in a lab: the netns engine, two NATs, the browsers in the peers' agents like any stack
 
-_LAB_TOML = """
-[lab]
-name = "browsers"
-case_deadline_s = 12
-[internet]
-subnet = "203.0.113.0/24"
-[stun]
-addresses = ["203.0.113.2", "203.0.113.3"]
-[turn]
-engine = "natkit"
-address = "203.0.113.4"
-transports = ["udp", "tcp"]
-[signaling]
-address = "203.0.113.4"
-port = 8080
-[[nat]]
-name = "symmetric"
-type = "symmetric"
-[[nat]]
-name = "full-cone"
-type = "full-cone"
-"""
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None,
@@ -338,9 +316,10 @@ def test_browsers_behind_nats_in_a_lab(tmp_path: Any) -> None:
     from natkit.lab.orchestrate import check_stacks, orchestrate
     from natkit.lab.runner import finish
     from natkit.lab.topology import Case, load
+    from tests.lab.stacks.test_chromium import _LAB_TOML  # the same two NATs
 
     src = tmp_path / "lab.toml"
-    src.write_text(_LAB_TOML)
+    src.write_text(_LAB_TOML.format(engine="natkit"))
     topo = load(src)
     cases = [
         Case(("full-cone", "full-cone"), "srflx", stacks=("chromium", "firefox")),
