@@ -164,7 +164,6 @@ def webrtc_prefs(*, mdns: bool = True, loopback: bool = False) -> dict[str, Pref
         "media.peerconnection.ice.relay_only": False,
         "media.peerconnection.ice.proxy_only": False,
         "media.peerconnection.use_document_iceservers": True,
-        "media.navigator.permission.disabled": True,
     }
 
 

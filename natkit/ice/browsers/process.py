@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["BrowserProcess", "die_with_parent", "group_alive", "scratch_dirs"]
+__all__ = ["BrowserProcess", "die_with_parent", "group_alive"]
 
 LOG_NAME = "browser.log"
 GROUP_EXIT_S = 3.0  # helpers die a moment after the leader
@@ -73,11 +73,6 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def scratch_dirs(name: str) -> set[str]:
-    """The scratch directories of browser ``name`` that exist now (tests compare them)."""
-    return {str(p) for p in Path(tempfile.gettempdir()).glob(f"natkit-{name}-*")}
-
-
 def _processes_naming(root: Path) -> list[int]:
     """Processes whose command line holds ``root`` (a unique scratch path: only ours)."""
     needle = str(root).encode()
@@ -122,7 +117,6 @@ class BrowserProcess:
         self.process = proc
         self._reaper = reaper
         self._log = log
-        self.started = time.monotonic()
         self.closed = False
 
     @classmethod
