@@ -13,13 +13,14 @@ import importlib
 from natkit.errors import ConfigError
 from natkit.lab.stacks.base import ROLES, Peer, PeerConfig, PeerResult
 
-__all__ = ["ROLES", "STACKS", "Peer", "PeerConfig", "PeerResult", "get", "names"]
+__all__ = ["ROLES", "STACKS", "Peer", "PeerConfig", "PeerResult", "close_all", "get", "names"]
 
 # stack name -> "module:class"; imported on first use (Chromium's and aiortc's modules are not
 # light, and a run imports only what its cases use).
 STACKS: dict[str, str] = {
     "aiortc": "natkit.lab.stacks.aiortc:AiortcPeer",
     "chromium": "natkit.lab.stacks.chromium:ChromiumPeer",
+    "firefox": "natkit.lab.stacks.firefox:FirefoxPeer",
 }
 
 _cache: dict[str, Peer] = {}
@@ -39,3 +40,15 @@ def get(name: str) -> Peer:
 
 def names() -> tuple[str, ...]:
     return tuple(STACKS)
+
+
+async def close_all(timeout: float = 3.0) -> None:
+    """Close the adapters of this process that hold something open (a browser kept across
+    cases has ``close()``), each within ``timeout`` seconds; the agent does this as it stops."""
+    import asyncio
+    import contextlib
+
+    closers = [close() for p in _cache.values() if callable(close := getattr(p, "close", None))]
+    if closers:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*closers, return_exceptions=True), timeout)
