@@ -36,8 +36,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from natkit.errors import ConfigError
+from natkit.errors import ConfigError, PrerequisiteError
 from natkit.lab.stacks.base import ROLES, PeerConfig, PeerResult
+from natkit.lab.stacks.capabilities import Capabilities
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -375,7 +376,8 @@ class CommandPeer:
     """A contract command as a lab stack (caller and callee).
 
     ``argv`` is the command's words (``{role}`` replaced per side); ``capabilities`` what the
-    stack supports (see :mod:`natkit.lab.stacks.capabilities`), empty for a user's peer.
+    stack supports (:class:`~natkit.lab.stacks.capabilities.Capabilities`; unknown for a
+    user's peer). A subclass that finds its program late overrides :meth:`resolve`.
     """
 
     roles: ClassVar[tuple[str, ...]] = ROLES
@@ -388,7 +390,7 @@ class CommandPeer:
         argv: Sequence[str],
         *,
         start_s: float = 1.0,
-        capabilities: Mapping[str, Any] | None = None,
+        capabilities: Capabilities | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         if not argv:
@@ -396,7 +398,7 @@ class CommandPeer:
         self.name = name
         self.argv = list(argv)
         self.start_s = start_s
-        self.capabilities: dict[str, Any] = dict(capabilities or {})
+        self.capabilities = capabilities or Capabilities.unknown(name)
         self.env = dict(env or {})
 
     @classmethod
@@ -431,6 +433,9 @@ class CommandPeer:
     def command(self, role: str) -> list[str]:
         return [w.replace("{role}", role) for w in self.argv]
 
+    def resolve(self) -> None:
+        """Find the program (a no-op here: a user's command is as given)."""
+
     def check(self) -> None:
         """ConfigError(param="peer") when the command's program cannot be found or run."""
         program = self.argv[0]
@@ -450,8 +455,9 @@ class CommandPeer:
         if role not in self.roles:
             return PeerResult(role, config.path, self.name, error=f"the {self.name} stack cannot be the {role}", relays=None)
         try:
+            self.resolve()
             env = self.environment(role, config)
-        except ConfigError as exc:
+        except (ConfigError, PrerequisiteError) as exc:
             return PeerResult(role, config.path, self.name, error=str(exc), relays=None)
         run = await run_command(self.command(role), env, config.deadline_s)
         return interpret(run, role, config, self.name)
