@@ -31,6 +31,10 @@ class Capabilities:
     * ``trickle``: accepts trickled candidates (``candidate`` messages) from the other side.
     * ``nomination``: ``"regular"`` or ``"aggressive"``.
     * ``relay_policy``: honours ``iceTransportPolicy: "relay"``.
+    * ``dtls_certificate``: the key type of its DTLS certificate (``"ecdsa"``, ``"rsa"``);
+      ``dtls_client_suites``: the certificate types its DTLS client accepts from a server.
+      A pair connects only if the DTLS client's side accepts the server's certificate (the
+      answerer picks the roles; every natkit stack answers as the DTLS client).
     """
 
     stack: str
@@ -43,6 +47,8 @@ class Capabilities:
     trickle: bool | None = None
     nomination: str | None = None
     relay_policy: bool | None = None
+    dtls_certificate: str | None = None
+    dtls_client_suites: tuple[str, ...] | None = None
     notes: tuple[str, ...] = ()
     sources: tuple[str, ...] = field(default=(), compare=False)
 
@@ -70,6 +76,8 @@ PION = Capabilities(
     trickle=True,
     nomination="regular",
     relay_policy=True,
+    dtls_certificate="ecdsa",
+    dtls_client_suites=("ecdsa", "rsa"),
     notes=(
         "ICE-TCP: passive only and only with SettingEngine.SetICETCPMux (not set by natkit's peer)",
         "host candidates: loopback excluded; mDNS query-only by default (host candidates are plain addresses)",
@@ -80,7 +88,8 @@ PION = Capabilities(
         "pion/ice v2.3.1 agent.go (AddRemoteCandidate ignores tcptype active; handleInbound creates prflx remote candidates; checkKeepalive sends binding requests)",
         "pion/ice v2.3.1 agent_config.go (defaultKeepaliveInterval 2 s, defaultDisconnectedTimeout 5 s, defaultFailedTimeout 25 s, acceptance min waits)",
         "pion/ice v2.3.1 selection.go (controllingSelector.nominatePair: USE-CANDIDATE in a separate check: regular nomination)",
-        "pion/webrtc v3.1.56 peerconnection.go (AddICECandidate, OnICECandidate: trickle)",
+        "pion/webrtc v3.1.56 peerconnection.go (AddICECandidate, OnICECandidate: trickle); certificate.go (GenerateCertificate: ECDSA P-256)",
+        "pion/dtls v2 cipher_suite.go (ECDHE-ECDSA and ECDHE-RSA AES-GCM suites by default)",
     ),
 )
 
@@ -100,13 +109,18 @@ LIBNICE = Capabilities(
     trickle=True,
     nomination="regular",
     relay_policy=True,
+    dtls_certificate="rsa",
+    dtls_client_suites=("ecdsa", "rsa"),
     notes=(
+        "as the offerer it is the DTLS server with an RSA certificate: a DTLS client that takes ECDSA only (aiortc) cannot connect to it",
+        "given TURN over UDP and over TCP of one server, it signaled only the TCP relay in natkit's runs",
         "one STUN server only (webrtcbin's stun-server property); every TURN URL through add-turn-server",
         "UPnP port mapping is on by default in libnice; natkit's peer turns it off",
     ),
     sources=(
         "GStreamer gst-libs/gst/webrtc/nice/nice.c (gst_webrtc_nice_constructed: ICE_TRICKLE | REGULAR_NOMINATION, CONSENT_FRESHNESS only in later releases; _add_turn_server: turn udp/tcp, turns -> TURN_TLS; get_selected_pair)",
         "the NiceAgent webrtcbin 1.22 makes, read at run time: ice-tcp True, ice-trickle True, consent-freshness False, keepalive-conncheck False, nomination-mode REGULAR, upnp True",
+        "GStreamer ext/dtls gstdtlscertificate.c (the generated certificate is RSA); natkit's runs: webrtcbin offering to aiortc fails with OpenSSL 'no shared cipher'",
         "libnice agent/conncheck.c (peer-reflexive candidates from incoming checks, RFC 5245 §7.2.1.3)",
     ),
 )
@@ -122,8 +136,11 @@ AIORTC = Capabilities(
     trickle=False,  # natkit's aiortc adapter reads candidates from the SDP only
     nomination="regular",
     relay_policy=True,
+    dtls_certificate="ecdsa",
+    dtls_client_suites=("ecdsa",),
     notes=("natkit's adapter ignores trickled candidates: a peer facing it must put its candidates in the SDP",),
     sources=(
+        "aiortc 1.16 rtcdtlstransport.py (ECDSA P-256 certificate; client cipher list ECDHE-ECDSA-* only)",
         "aioice 0.13 ice.py (query_consent: CONSENT_INTERVAL 5 s, CONSENT_FAILURES 6; prflx from checks; a second check with USE-CANDIDATE after success: regular nomination; turn_ssl, turn_transport)",
         "natkit/lab/stacks/aiortc.py (_gather_relays, offer/answer with candidates inside)",
     ),
