@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 from natkit.lab.signaling import SignalingClient, SignalingError
 from natkit.lab.stacks.base import ROLES, PeerConfig, PeerResult
+from natkit.lab.stacks.capabilities import AIORTC, Capabilities
 
 __all__ = ["AiortcPeer", "filter_sdp", "run_peer"]
 
@@ -285,6 +286,7 @@ class AiortcPeer:
     heavy: ClassVar[bool] = False
     parallel: ClassVar[int] = 0  # the orchestrator's CPU-aware limit
     start_s: ClassVar[float] = 0.0
+    capabilities: ClassVar[Capabilities] = AIORTC
 
     def check(self) -> None:
         """Import aiortc now: it is heavy, and forked agents then share it."""

@@ -344,7 +344,7 @@ class Peer:
         webrtc.connect("notify::ice-gathering-state", lambda w, _p: self.later(self.on_gathering_state))
         webrtc.connect("notify::ice-connection-state",
                        lambda w, _p: log(f"ICE {w.get_property('ice-connection-state').value_nick}"))
-        webrtc.connect("on-data-channel", lambda _w, ch: self.later(self.on_remote_channel, ch))
+        webrtc.connect("on-data-channel", self.on_remote_channel)
         self.pipe.add(webrtc)
         if self.pipe.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
             raise RuntimeError("webrtcbin did not start")
@@ -432,14 +432,21 @@ class Peer:
     def watch_channel(self, channel) -> None:
         self.channel = channel
         channel.connect("on-open", lambda _c: self.later(self.on_open))
-        channel.connect("on-message-string", lambda c, text: self.later(self.on_message, text))
+        if self.role == "callee":
+            # Echo at once, on webrtcbin's thread: a message may follow the channel's arrival
+            # before the main loop would have connected a handler.
+            channel.connect("on-message-string", lambda c, text: c.emit("send-string", text))
+        else:
+            channel.connect("on-message-string", lambda c, text: self.later(self.on_message, text))
         channel.connect("on-error", lambda _c, err: self.later(self.fail, f"data channel error: {err}"))
         if channel.get_property("ready-state") == GstWebRTC.WebRTCDataChannelState.OPEN:
             self.later(self.on_open)
 
-    def on_remote_channel(self, channel) -> None:
+    def on_remote_channel(self, _webrtc, channel) -> None:
+        """webrtcbin's thread: the caller's channel has arrived."""
         if self.role == "callee" and self.channel is None:
             self.watch_channel(channel)
+            self.later(self.on_open)  # it arrives open (aiortc and pion count this as connected)
 
     def on_open(self) -> None:
         if self.opened:
@@ -457,9 +464,6 @@ class Peer:
         self.channel.emit("send-string", f"ping {self.pings_sent}")
 
     def on_message(self, text: str) -> None:
-        if self.role == "callee":
-            self.channel.emit("send-string", text)
-            return
         if text != f"ping {self.pings_sent}":
             return
         self.rtts.append(round((time.monotonic() - self.ping_at) * 1000, 3))
