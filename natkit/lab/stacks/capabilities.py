@@ -33,8 +33,9 @@ class Capabilities:
     * ``relay_policy``: honours ``iceTransportPolicy: "relay"``.
     * ``dtls_certificate``: the key type of its DTLS certificate (``"ecdsa"``, ``"rsa"``);
       ``dtls_client_suites``: the certificate types its DTLS client accepts from a server.
-      A pair connects only if the DTLS client's side accepts the server's certificate (the
-      answerer picks the roles; every natkit stack answers as the DTLS client).
+      A pair connects only if the DTLS client accepts the server's certificate. The answerer
+      picks the roles, and aiortc, pion and webrtcbin all answer as the DTLS client: the
+      caller is the server.
     """
 
     stack: str
