@@ -134,15 +134,15 @@ AIORTC = Capabilities(
     consent_freshness=True,
     keepalive="binding-request",
     prflx=True,
-    trickle=False,  # natkit's aiortc adapter reads candidates from the SDP only
+    trickle=True,
     nomination="regular",
     relay_policy=True,
     dtls_certificate="ecdsa",
     dtls_client_suites=("ecdsa",),
-    notes=("natkit's adapter ignores trickled candidates: a peer facing it must put its candidates in the SDP",),
+    notes=("natkit's adapter sends its candidates inside the SDP and accepts trickled ones",),
     sources=(
         "aiortc 1.16 rtcdtlstransport.py (ECDSA P-256 certificate; client cipher list ECDHE-ECDSA-* only)",
         "aioice 0.13 ice.py (query_consent: CONSENT_INTERVAL 5 s, CONSENT_FAILURES 6; prflx from checks; a second check with USE-CANDIDATE after success: regular nomination; turn_ssl, turn_transport)",
-        "natkit/lab/stacks/aiortc.py (_gather_relays, offer/answer with candidates inside)",
+        "natkit/lab/stacks/aiortc.py (_gather_relays; offer/answer with candidates inside; _Inbox applies trickled candidates)",
     ),
 )

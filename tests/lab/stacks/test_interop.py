@@ -54,6 +54,9 @@ CASES = [
                                   ("pion", "ref-trickle"), ("ref-trickle", "libnice"), ("ref", "libnice")]],
     ("ref-trickle", "pion", "relay-tcp"),
     ("pion", "ref", "relay-udp"),
+    # aiortc's adapter takes trickled candidates: over a relay there is no peer-reflexive rescue.
+    ("aiortc", "ref-trickle", "relay-udp"),
+    ("ref-trickle", "aiortc", "relay-tcp"),
 ]
 
 
