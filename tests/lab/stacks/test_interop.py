@@ -209,3 +209,27 @@ def test_reports_name_the_stack_version(matrix: dict[tuple[str, str, str], tuple
     a, b = matrix[("pion", "libnice", "host")]
     assert a.report["stack_version"].startswith("pion/webrtc v3")
     assert b.report["stack_version"].startswith("GStreamer webrtcbin 1.")
+
+
+@pytest.mark.parametrize("name", ["pion", "libnice", "ref"])
+def test_every_program_refuses_another_contract_version(name: str) -> None:
+    """Exit 2 with one line on stderr, before touching the network (the checklist's first item)."""
+    from natkit.lab.stacks.command import contract_env, interpret, run_command
+
+    if name == "ref":
+        argv = [sys.executable, str(REFERENCE)]
+    else:
+        peer = stacks.get(name)
+        try:
+            peer.check()
+        except PrerequisiteError as exc:
+            if os.geteuid() == 0:
+                pytest.fail(f"{name}: {exc}")  # bootstrap installs and builds both
+            pytest.skip(str(exc))
+        argv = peer.argv  # type: ignore[attr-defined]
+    cfg = PeerConfig("r", "host", ("127.0.0.1", 9), [], 3.0)
+    env = {**os.environ, **contract_env(name, "caller", cfg), "NATKIT_PEER_CONTRACT": "2"}
+    run = asyncio.run(run_command(argv, env, 3.0))
+    res = interpret(run, "caller", cfg, name)
+    assert run.returncode == 2 and res.error.startswith("peer error: exit status 2"), (res.error, run.stderr)
+    assert "version" in res.error and run.duration_s < 3
