@@ -1,7 +1,7 @@
 """Packet evidence: which way each lab case's traffic really went on the internet segment.
 
 The runner captures every frame on the internet bridge (``dumpcap``, one file per run); this
-module reads the capture with scapy and counts DTLS records (the WebRTC data channel after ICE)
+module reads the capture (:mod:`natkit.lab.pcap`) and counts DTLS records (the WebRTC data channel after ICE)
 per flow:
 
 * **direct**: DTLS in plain UDP between two endpoints;
@@ -114,69 +114,56 @@ class Flows:
 
 
 def read_capture(path: str | Path, turn: Endpoint) -> Flows:
-    """Count DTLS records per flow in the pcap at ``path``; ``turn`` is the TURN server's
-    client-facing address."""
-    from scapy.layers.inet import IP, TCP, UDP
-    from scapy.layers.l2 import Ether
-    from scapy.utils import RawPcapReader
+    """Count DTLS records per flow in the pcap/pcapng at ``path``; ``turn`` is the TURN
+    server's client-facing address (:mod:`natkit.lab.pcap` reads the frames)."""
+    from natkit.lab.pcap import read_segments
 
     flows = Flows()
     streams: dict[tuple[Endpoint, Endpoint], _Stream] = {}
-    try:
-        reader = RawPcapReader(str(path))
-    except (OSError, EOFError):
-        return flows
-    with reader:
-        for raw, _meta in reader:
-            flows.packets += 1
-            pkt = Ether(raw)
-            ip = pkt.getlayer(IP)
-            if ip is None:
+    for seg in read_segments(path):
+        flows.packets += 1
+        if seg is None:
+            continue
+        src, dst, data = seg.src, seg.dst, seg.payload
+        if seg.proto == "udp":
+            if data.startswith(CAPTURE_MARKER):
+                flows.markers += 1
                 continue
-            l4 = ip.payload
-            if isinstance(l4, UDP):
-                src, dst = (ip.src, l4.sport), (ip.dst, l4.dport)
-                data = bytes(l4.payload)
-                if data.startswith(CAPTURE_MARKER):
-                    flows.markers += 1
-                    continue
-                if turn in (src, dst):
-                    client = dst if src == turn else src
-                    if src == turn and (relayed := _allocated(data)) is not None:
-                        flows.allocations[relayed] = ("udp", client)
-                    inner = _turn_inner(data)
-                    if inner is not None and _is_dtls(inner):
-                        flows.relayed[("udp", client)] += 1
-                elif _is_dtls(data):
-                    flows.direct[(src, dst)] += 1
-            elif isinstance(l4, TCP):
-                src, dst = (ip.src, l4.sport), (ip.dst, l4.dport)
-                if turn not in (src, dst):
-                    continue
-                data = bytes(l4.payload)
-                st = streams.setdefault((src, dst), _Stream())
-                if l4.flags & 0x02:  # SYN: the stream starts after it
-                    st.next_seq = (l4.seq + 1) & 0xFFFFFFFF
-                    continue
-                if not data or st.broken or st.next_seq is None:
-                    continue
-                if l4.seq != st.next_seq:  # a retransmission or a gap: only in-order bytes count
-                    if (l4.seq - st.next_seq) & 0xFFFFFFFF < 1 << 31:
-                        st.broken = True  # bytes missing from the capture
-                    continue
-                st.next_seq = (l4.seq + len(data)) & 0xFFFFFFFF
-                try:
-                    frames = st.framer.feed(data)
-                except StunParseError:
-                    st.broken = True
-                    continue
+            if turn in (src, dst):
                 client = dst if src == turn else src
-                for frame in frames:
-                    if src == turn and (relayed := _allocated(frame)) is not None:
-                        flows.allocations[relayed] = ("tcp", client)
-                    inner = _turn_inner(frame)
-                    if inner is not None and _is_dtls(inner):
-                        flows.relayed[("tcp", client)] += 1
+                if src == turn and (relayed := _allocated(data)) is not None:
+                    flows.allocations[relayed] = ("udp", client)
+                inner = _turn_inner(data)
+                if inner is not None and _is_dtls(inner):
+                    flows.relayed[("udp", client)] += 1
+            elif _is_dtls(data):
+                flows.direct[(src, dst)] += 1
+            continue
+        if turn not in (src, dst):
+            continue
+        st = streams.setdefault((src, dst), _Stream())
+        if seg.flags & 0x02:  # SYN: the stream starts after it
+            st.next_seq = (seg.seq + 1) & 0xFFFFFFFF
+            continue
+        if not data or st.broken or st.next_seq is None:
+            continue
+        if seg.seq != st.next_seq:  # a retransmission or a gap: only in-order bytes count
+            if (seg.seq - st.next_seq) & 0xFFFFFFFF < 1 << 31:
+                st.broken = True  # bytes missing from the capture
+            continue
+        st.next_seq = (seg.seq + len(data)) & 0xFFFFFFFF
+        try:
+            frames = st.framer.feed(data)
+        except StunParseError:
+            st.broken = True
+            continue
+        client = dst if src == turn else src
+        for frame in frames:
+            if src == turn and (relayed := _allocated(frame)) is not None:
+                flows.allocations[relayed] = ("tcp", client)
+            inner = _turn_inner(frame)
+            if inner is not None and _is_dtls(inner):
+                flows.relayed[("tcp", client)] += 1
     return flows
 
 

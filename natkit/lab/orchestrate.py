@@ -207,9 +207,10 @@ async def _run(
     probe_names = sorted({n for c in cases for n in c.nats}, key=names.index)
     notify("stage", {"text": f"probing {len(probe_names)} NATs and running {total} cases"})
     t1 = time.monotonic()
-    probe_tasks = [asyncio.ensure_future(run_probe(n)) for n in probe_names]
+    # The probes first, on an idle lab: their negative results are timed silences, which a
+    # loaded CPU would turn into wrong verdicts.
+    out.probes = list(await asyncio.gather(*(run_probe(n) for n in probe_names)))
     case_tasks = {c: asyncio.ensure_future(run_case(c, exps[c], sem if exps[c].connected else None)) for c in order}
-    out.probes = list(await asyncio.gather(*probe_tasks))
     results = {c: await case_tasks[c] for c in light}
     out.timings["cases_s"] = time.monotonic() - t1
     if heavy:
