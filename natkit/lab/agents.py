@@ -90,7 +90,7 @@ async def _command(
     if op == "probe":
         from natkit.nat.probe import probe
 
-        res = await probe([cmd["server"]], families=(4,), timeout=cmd["timeout"])
+        res = await probe([cmd["server"]], families=tuple(cmd.get("families") or (4,)), timeout=cmd["timeout"])
         return res.to_json()
     if op == "servers":
         from natkit.lab.servers import ServersSpec, run_servers

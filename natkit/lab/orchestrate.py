@@ -36,7 +36,8 @@ from natkit.lab.expect import Expectation, expect, expected_probe
 from natkit.lab.results import CaseResult, ProbeResult
 from natkit.lab.servers import ServersSpec
 from natkit.lab.stacks import PeerConfig, PeerResult
-from natkit.lab.topology import Case, Plan, Topology
+from natkit.lab.labca import LabCA, make_lab_ca
+from natkit.lab.topology import LAB_ZONE, Case, PeerPlan, Plan, RouterPlan, Topology
 
 __all__ = ["Orchestration", "Progress", "Tally", "check_stacks", "cpu_limit", "expectation_of", "orchestrate"]
 
@@ -45,6 +46,7 @@ RESULT_MARGIN = 6.0  # s an agent may take beyond a peer's own bound to report
 SERVERS_START_TIMEOUT = 15.0
 SERVERS_STOP_TIMEOUT = 12.0  # s for the servers to stop (coturn: SIGTERM, after 5 s SIGKILL)
 FAILED_PEER_GRACE_S = 1.0  # once one side failed, how long the other may take to say so too
+LONGEVITY_MARGIN_S = 5  # a longevity case idles this much past the mapping lifetime
 
 # Progress events: ("stage", {"text", ...}), ("probe", {"probe": ProbeResult}),
 # ("case", {"case": CaseResult, "done": int, "total": int, "tally": Tally}).
@@ -87,12 +89,55 @@ def cpu_limit(parallel: int | None, topo: Topology) -> int:
     return max(4, 4 * (os.cpu_count() or 1))
 
 
+def keepalive_s(case: Case) -> float | None:
+    """The longest interval at which the case's stacks send on the selected pair (None: one
+    of them does not say)."""
+    values = [getattr(getattr(stacks.get(n), "capabilities", None), "keepalive_s", None) for n in case.stacks]
+    return None if any(v is None for v in values) else max(v for v in values if v is not None)
+
+
 def expectation_of(topo: Topology, plan: Plan, case: Case) -> Expectation:
     (ra, _), (rb, _) = plan.peers_of(case)
     return expect(
         ra.nat.behaviour, rb.nat.behaviour, case.path, same_lan=case.same_lan,
-        turn_transports=topo.servers.turn_transports,
+        turn_transports=topo.servers.transports, family=case.family, keepalive_s=keepalive_s(case),
     )
+
+
+def idle_s(case: Case, plan: Plan) -> float:
+    """How long a longevity case idles: past the shortest UDP mapping lifetime on its way."""
+    if case.path != "longevity":
+        return 0.0
+    (ra, _), (rb, _) = plan.peers_of(case)
+    chain = [ra.nat.behaviour, rb.nat.behaviour]
+    chain += [b.inner for b in chain if b.inner is not None]
+    return float(max(b.udp_timeout for b in chain) + LONGEVITY_MARGIN_S)
+
+
+def side_config(topo: Topology, case: Case, router: RouterPlan, peer: PeerPlan, deadline: float,
+                ca_pem: str | None, idle: float) -> PeerConfig:
+    """What one side of ``case`` gets: the ICE servers and signaling address of its family
+    (an IPv6-only side in a nat64 case: the lab's names, through its router's DNS64)."""
+    srv = topo.servers
+    v6_only = not router.nat.behaviour.ipv4
+    fam = case.family
+    if fam == "nat64":
+        fam = "nat64" if v6_only else "ipv4"
+    sig_host = srv.signaling_address6 if (fam == "ipv6" or v6_only) and srv.signaling_address6 else srv.signaling_address
+    resolver = (router.lan_ip6, 53) if fam == "nat64" and router.lan_ip6 else None
+    return PeerConfig(case.id, case.path, (sig_host, srv.signaling_port), srv.ice_servers(case.path, fam),
+                      deadline + idle, case.family, resolver, ca_pem, idle)
+
+
+def lab_ca(topo: Topology) -> LabCA | None:
+    """A fresh CA and TURN/TLS certificate when the topology has TURN over TLS."""
+    srv = topo.servers
+    if not srv.turn_tls_port:
+        return None
+    from natkit.lab.dns64 import synthesize
+
+    ips = [srv.turn_address, synthesize(srv.turn_address), *((srv.turn_address6,) if srv.turn_address6 else ())]
+    return make_lab_ca(ips, [f"turn.{LAB_ZONE}"])
 
 
 def check_stacks(cases: Sequence[Case]) -> None:
@@ -146,7 +191,8 @@ async def _run(
 ) -> None:
     srv = topo.servers
     servers = agents["srv"]
-    spec = ServersSpec.of(topo, plan, turn_engine)
+    ca = lab_ca(topo)
+    spec = ServersSpec.of(topo, plan, turn_engine, (ca.cert_pem, ca.key_pem) if ca else None)
     servers_result = asyncio.ensure_future(servers.call(3600, op="servers", spec=spec.to_json()))
     started: list[asyncio.Future[Any]] = [servers.ready, servers_result]
     await asyncio.wait(started, timeout=SERVERS_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
@@ -164,11 +210,15 @@ async def _run(
 
     async def run_probe(nat_name: str) -> ProbeResult:
         router = plan.router(f"{nat_name}-1")
+        v6 = not router.nat.behaviour.ipv4 and srv.stun_addresses6 is not None
+        server = f"stun:[{srv.stun_addresses6[0]}]:{srv.stun_port}" if v6 and srv.stun_addresses6 else \
+            f"stun:{srv.stun_addresses[0]}:{srv.stun_port}"
         res = await agents[router.peers[0].id].call(
-            30, op="probe", server=f"stun:{srv.stun_addresses[0]}:{srv.stun_port}", timeout=PROBE_TIMEOUT
+            30, op="probe", server=server, timeout=PROBE_TIMEOUT, families=[6 if v6 else 4],
         )
         want = expected_probe(router.nat.behaviour)
-        observed = {k: res.get(k) for k in ("nat_type", "mapping", "filtering", "public")}
+        observed = {k: res.get(k) for k in ("nat_type", "mapping", "filtering", "public", "port_allocation",
+                                             "port_preservation", "nat_layers", "hairpinning")}
         ok = "error" not in res and all(observed.get(k) == v for k, v in want.items())
         probe = ProbeResult(router.nat.name, router.nat.type, want, observed, ok, res.get("error"))
         notify("probe", {"probe": probe})
@@ -177,11 +227,11 @@ async def _run(
     async def run_case(case: Case, exp: Expectation, sem: asyncio.Semaphore | None) -> CaseResult:
         (ra, pa), (rb, pb) = plan.peers_of(case)
         a, b = (stacks.get(n) for n in case.stacks)
-        ice = srv.ice_servers(case.path)
-        sig = (srv.signaling_address, srv.signaling_port)
+        idle = idle_s(case, plan)
+        pem = ca.ca_pem if ca else None
         # Each side waits for the other's start-up on top of the case's deadline.
-        cfg_a = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + b.start_s)
-        cfg_b = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + a.start_s)
+        cfg_a = side_config(topo, case, ra, pa, topo.case_deadline_s + b.start_s, pem, idle)
+        cfg_b = side_config(topo, case, rb, pb, topo.case_deadline_s + a.start_s, pem, idle)
         async with sem if sem is not None else contextlib.nullcontext():
             ra_res, rb_res = await _pair(
                 (agents[pa.id], a.name, "caller", cfg_a, a.max_duration_s(cfg_a) + RESULT_MARGIN),
@@ -191,7 +241,7 @@ async def _run(
         callee = PeerResult.from_json(rb_res, role="callee", path=case.path, stack=b.name)
         result = CaseResult(case, exp, caller, callee, (ra.id, rb.id))
         if result.observed == "connected":
-            result.route = claimed_route(caller.selected, ra.lan_net, ra.public_ip)
+            result.route = claimed_route(caller.selected, ra.peer_lan, ra.public_ip)
         done["n"] += 1
         tally.add(result)
         notify("case", {"case": result, "done": done["n"], "total": total, "tally": tally})
@@ -201,8 +251,9 @@ async def _run(
     heavy = [c for c in cases if c not in light]
     exps = {c: expectation_of(topo, plan, c) for c in cases}
     sem = asyncio.Semaphore(cpu_limit(parallel, topo))
-    # Expected failures first (they idle until the deadline), then the CPU-bound connections.
-    order = sorted(light, key=lambda c: exps[c].connected)
+    # Longevity cases first (they idle longest), then the expected failures (they idle until
+    # the deadline), then the CPU-bound connections.
+    order = sorted(light, key=lambda c: (c.path != "longevity", exps[c].connected))
     names = [n.name for n in topo.nats]
     probe_names = sorted({n for c in cases for n in c.nats}, key=names.index)
     notify("stage", {"text": f"probing {len(probe_names)} NATs and running {total} cases"})
@@ -210,7 +261,8 @@ async def _run(
     # The probes first, on an idle lab: their negative results are timed silences, which a
     # loaded CPU would turn into wrong verdicts.
     out.probes = list(await asyncio.gather(*(run_probe(n) for n in probe_names)))
-    case_tasks = {c: asyncio.ensure_future(run_case(c, exps[c], sem if exps[c].connected else None)) for c in order}
+    case_tasks = {c: asyncio.ensure_future(run_case(c, exps[c], sem if exps[c].connected and c.path != "longevity" else None))
+                  for c in order}
     results = {c: await case_tasks[c] for c in light}
     out.timings["cases_s"] = time.monotonic() - t1
     if heavy:

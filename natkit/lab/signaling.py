@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -79,7 +79,8 @@ class SignalingServer:
     port (see :attr:`port`).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, pages: Mapping[str, tuple[str, bytes]] | None = None) -> None:
+    def __init__(self, host: str | Sequence[str] = "127.0.0.1", port: int = 0, *,
+                 pages: Mapping[str, tuple[str, bytes]] | None = None) -> None:
         self.host = host
         self.port = port
         self.pages = dict(pages or {})
