@@ -123,7 +123,7 @@ class Capture:
         """Start dumpcap; return once a marker sent now is in the file (no case starts before)."""
         self._proc = self.lab.popen(
             self.ns,
-            ["dumpcap", "-q", "-i", self.iface, "-f", "udp or tcp", "-w", str(self.path)],
+            ["dumpcap", "-q", "-P", "-i", self.iface, "-f", "udp or tcp", "-w", str(self.path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent,
         )
         wait_capture(self.path, self._proc)

@@ -90,6 +90,25 @@ class _Stream:
     framer: StreamFramer = field(default_factory=StreamFramer)
     next_seq: int | None = None
     broken: bool = False
+    tls: bytearray | None = None  # TURN over TLS: the bytes of a record not yet complete
+
+
+def _tls_records(st: _Stream, data: bytes) -> int:
+    """Application-data records (content type 23) completed by ``data`` on a TLS stream."""
+    buf = st.tls if st.tls is not None else bytearray()
+    buf += data
+    n = 0
+    while len(buf) >= 5:
+        if buf[0] not in (20, 21, 22, 23, 24):
+            st.broken = True
+            return n
+        size = 5 + int.from_bytes(buf[3:5], "big")
+        if len(buf) < size:
+            break
+        n += buf[0] == 23
+        del buf[:size]
+    st.tls = buf
+    return n
 
 
 @dataclass
@@ -98,6 +117,8 @@ class Flows:
 
     direct: Counter[tuple[Endpoint, Endpoint]] = field(default_factory=Counter)
     relayed: Counter[tuple[str, Endpoint]] = field(default_factory=Counter)  # (transport, client)
+    # TURN over TLS: application-data records per client (what is inside cannot be read)
+    tls: Counter[Endpoint] = field(default_factory=Counter)
     # relayed address -> (transport, client): from the TURN server's Allocate success responses
     allocations: dict[Endpoint, tuple[str, Endpoint]] = field(default_factory=dict)
     packets: int = 0
@@ -113,9 +134,10 @@ class Flows:
         )
 
 
-def read_capture(path: str | Path, turn: Endpoint) -> Flows:
+def read_capture(path: str | Path, turn: Endpoint, turn_tls: Endpoint | None = None) -> Flows:
     """Count DTLS records per flow in the pcap/pcapng at ``path``; ``turn`` is the TURN
-    server's client-facing address (:mod:`natkit.lab.pcap` reads the frames)."""
+    server's client-facing address, ``turn_tls`` its TURN-over-TLS one (there only TLS records
+    are counted: DTLS inside cannot be seen). :mod:`natkit.lab.pcap` reads the frames."""
     from natkit.lab.pcap import read_segments
 
     flows = Flows()
@@ -139,7 +161,8 @@ def read_capture(path: str | Path, turn: Endpoint) -> Flows:
             elif _is_dtls(data):
                 flows.direct[(src, dst)] += 1
             continue
-        if turn not in (src, dst):
+        tls = turn_tls is not None and turn_tls in (src, dst)
+        if turn not in (src, dst) and not tls:
             continue
         st = streams.setdefault((src, dst), _Stream())
         if seg.flags & 0x02:  # SYN: the stream starts after it
@@ -152,6 +175,9 @@ def read_capture(path: str | Path, turn: Endpoint) -> Flows:
                 st.broken = True  # bytes missing from the capture
             continue
         st.next_seq = (seg.seq + len(data)) & 0xFFFFFFFF
+        if tls:
+            flows.tls[dst if src == turn_tls else src] += _tls_records(st, data)
+            continue
         try:
             frames = st.framer.feed(data)
         except StunParseError:
@@ -216,6 +242,13 @@ def judge(
         if allocation is None or not allocation.get("mapped"):
             return {"route": None, "claimed": claimed, "packets": 0, "consistent": False, "detail": "no TURN allocation recorded for the selected relay candidate"}
         mapped = (str(allocation["mapped"][0]), int(allocation["mapped"][1]))
+        if allocation["transport"] == "tls":
+            ips = {mapped[0], caller_public}
+            n = sum(k for c, k in flows.tls.items() if c[0] in ips or _in_net(c[0], caller_lan))
+            detail = (f"{n} TLS application-data records between {caller_public} and the TURN/TLS listener "
+                      "(the DTLS inside TLS cannot be seen)")
+            return {"route": "relay" if n else "none", "claimed": claimed, "packets": n, "consistent": n > 0,
+                    "detail": detail}
         n = flows.relayed[(allocation["transport"], mapped)]
         d = flows.direct_between(_ep((sel_b or {}).get("remote")) or mapped, _ep((sel_a or {}).get("remote")) or mapped)
         route = "relay" if n else ("direct" if d else "none")

@@ -34,7 +34,7 @@ from natkit.lab.agents import AgentClient
 from natkit.lab.evidence import claimed_route
 from natkit.lab.expect import Expectation, expect, expected_probe
 from natkit.lab.results import CaseResult, ProbeResult
-from natkit.lab.servers import ServersSpec
+from natkit.lab.servers import WEB_PORT, ServersSpec
 from natkit.lab.stacks import PeerConfig, PeerResult
 from natkit.lab.labca import LabCA, make_lab_ca
 from natkit.lab.topology import LAB_ZONE, Case, PeerPlan, Plan, RouterPlan, Topology
@@ -125,7 +125,9 @@ def side_config(topo: Topology, case: Case, router: RouterPlan, peer: PeerPlan, 
         fam = "nat64" if v6_only else "ipv4"
     sig_host = srv.signaling_address6 if (fam == "ipv6" or v6_only) and srv.signaling_address6 else srv.signaling_address
     resolver = (router.lan_ip6, 53) if fam == "nat64" and router.lan_ip6 else None
-    return PeerConfig(case.id, case.path, (sig_host, srv.signaling_port), srv.ice_servers(case.path, fam),
+    egress = router.nat.behaviour.egress_tcp_ports
+    sig_port = WEB_PORT if egress is not None and srv.signaling_port not in egress else srv.signaling_port
+    return PeerConfig(case.id, case.path, (sig_host, sig_port), srv.ice_servers(case.path, fam),
                       deadline + idle, case.family, resolver, ca_pem, idle)
 
 
@@ -213,6 +215,8 @@ async def _run(
         v6 = not router.nat.behaviour.ipv4 and srv.stun_addresses6 is not None
         server = f"stun:[{srv.stun_addresses6[0]}]:{srv.stun_port}" if v6 and srv.stun_addresses6 else \
             f"stun:{srv.stun_addresses[0]}:{srv.stun_port}"
+        if router.nat.behaviour.egress_tcp_ports is not None:
+            server = f"stun:{srv.stun_addresses[0]}:{WEB_PORT}"  # the only port TCP may reach
         res = await agents[router.peers[0].id].call(
             30, op="probe", server=server, timeout=PROBE_TIMEOUT, families=[6 if v6 else 4],
         )

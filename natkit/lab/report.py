@@ -23,6 +23,8 @@ from typing import Any, TextIO
 __all__ = ["Progress", "case_line", "cell", "render"]
 
 ROUTE_LETTER = {"direct": "D", "relay": "R", "lan": "L", "hairpin": "H"}
+MATRIX_PATHS = ("host", "srflx", "relay", "relay-tls")
+FAMILY_TITLE = {"ipv4": "IPv4", "ipv6": "IPv6", "nat64": "IPv6-only vs IPv4-only (NAT64)"}
 
 
 def cell(case: dict[str, Any]) -> str:
@@ -39,24 +41,24 @@ def cell(case: dict[str, Any]) -> str:
     return ROUTE_LETTER.get(case.get("route") or "", "?")
 
 
-def _matrix(result: dict[str, Any], path: str, names: list[str]) -> list[str]:
-    grid = {
-        tuple(c["nats"]): cell(c) for c in result["cases"] if c["path"] == path and not c.get("same_lan")
-    }
+def _matrix(result: dict[str, Any], path: str, names: list[str], family: str = "ipv4") -> list[str]:
+    mine = [c for c in result["cases"] if c["path"] == path and c.get("family", "ipv4") == family]
+    grid = {tuple(c["nats"]): cell(c) for c in mine if not c.get("same_lan")}
     rows = [n for n in names if any(n in k for k in grid)]
     if not rows:
         return []
     width = max(len(n) for n in rows)
     col = max(4, *(len(_short(n)) + 1 for n in rows))
-    lines = [f"  {path}", "  " + " " * width + "".join(_short(n).rjust(col) for n in rows)]
+    title = path if family == "ipv4" else f"{path} over {FAMILY_TITLE.get(family, family)}"
+    lines = [f"  {title}", "  " + " " * width + "".join(_short(n).rjust(col) for n in rows)]
     for i, a in enumerate(rows):
         cells = []
         for j, b in enumerate(rows):
             text = grid.get((a, b)) or grid.get((b, a)) if j >= i else ""
             cells.append((text or ("" if j < i else " ")).rjust(col))
         lines.append("  " + a.ljust(width) + "".join(cells))
-    for c in result["cases"]:
-        if c["path"] == path and c.get("same_lan"):
+    for c in mine:
+        if c.get("same_lan"):
             lines.append(f"  {c['nats'][0]} (two peers, one LAN): {cell(c)}")
     return lines
 
@@ -75,10 +77,14 @@ def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
                 names.append(n)
     w = out.write
     w("\nmatrix (rows: caller's NAT, columns: callee's NAT)\n")
-    for path in ("host", "srflx", "relay"):
-        lines = _matrix(result, path, names)
-        if lines:
-            w("\n".join(lines) + "\n\n")
+    for path in MATRIX_PATHS:
+        for family in FAMILY_TITLE:
+            lines = _matrix(result, path, names, family)
+            if lines:
+                w("\n".join(lines) + "\n\n")
+    for c in result["cases"]:
+        if c["path"] == "longevity":
+            w(f"  longevity {c['nats'][0]} x {c['nats'][1]}: {cell(c)}  ({c['reason']})\n")
     w("  D direct  R relay  L LAN  H hairpin  . failed as expected\n")
     w("  !C/!F unexpectedly connected/failed  !E evidence contradicts  !R unexpected route\n\n")
     if result["probes"]:
@@ -87,7 +93,7 @@ def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
         for p in result["probes"]:
             obs = p["observed"]
             got = obs.get("nat_type") if "nat_type" in p["expected"] else f"{obs.get('mapping')} / {obs.get('filtering')}"
-            want = " / ".join(p["expected"].values())
+            want = " / ".join(str(v) for v in p["expected"].values())
             mark = "ok " if p["pass"] else "BAD"
             w(f"  {mark} {p['nat'].ljust(width)}  expected {want:<58} observed {got}\n")
         w("\n")

@@ -110,6 +110,8 @@ class CaseResult:
             "error": self.error,
             "evidence": self.evidence.to_json() if self.evidence is not None else None,
             "pass": self.passed,
+            "family": self.case.family,
+            "selected_family": _family_of(self.caller.selected) if connected else None,
         }
         if self.case.stacks[0] == "chromium":
             out["browser"] = self.caller.report  # Chromium's own getStats summary
@@ -133,6 +135,14 @@ class ProbeResult:
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+def _family_of(selected: dict[str, Any] | None) -> str | None:
+    """ipv4 | ipv6: the family of a selected pair's remote address."""
+    addr = ((selected or {}).get("remote") or {}).get("address")
+    if not isinstance(addr, str):
+        return None
+    return "ipv6" if ":" in addr else "ipv4"
 
 
 def _now() -> str:

@@ -117,14 +117,18 @@ def attach_evidence(pcap: str | Path, topo: Topology, plan: Plan, cases: Sequenc
     """Set ``evidence`` of every connected case from the capture at ``pcap``."""
     from natkit.lab.evidence import judge_peers, read_capture
 
-    turn = (topo.servers.turn_address, topo.servers.turn_port)
-    flows = read_capture(pcap, turn)
+    srv = topo.servers
+    turn = (srv.turn_address, srv.turn_port)
+    flows = read_capture(pcap, turn, (srv.turn_address, srv.turn_tls_port) if srv.turn_tls_port else None)
     for c in cases:
         if c.observed != "connected":
             c.evidence = None
             continue
         ra = plan.router(c.routers[0])
+        public = ra.public_ip
+        if c.case.family == "ipv6" and ra.public_ip6:  # the caller's own global address(es)
+            public = (c.caller.selected or {}).get("local", {}).get("address") or ra.public_ip6
         c.evidence = Evidence.from_json(judge_peers(
             flows, caller=c.caller.to_json(), callee=c.callee.to_json(),
-            caller_lan=ra.lan_net, caller_public=ra.public_ip, turn=turn,
+            caller_lan=ra.peer_lan, caller_public=public, turn=turn,
         ))

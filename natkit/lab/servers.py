@@ -17,7 +17,10 @@ from typing import Any
 
 from natkit.lab.topology import Plan, Topology
 
-__all__ = ["ServersSpec", "run_servers"]
+__all__ = ["WEB_PORT", "ServersSpec", "run_servers"]
+
+# Signaling and a STUN responder also listen on port 80: peers behind egress-443 reach them.
+WEB_PORT = 80
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ async def run_servers(spec: ServersSpec, ready: Callable[[], None], stop: asynci
             await stack.enter_async_context(TurnServer(listen, **turn_kwargs))
         # The signaling server also serves the browser stack's page.
         hosts = [s.signaling, *((s.signaling6,) if s.signaling6 else ())]  # one server, one set of rooms
-        await stack.enter_async_context(SignalingServer(hosts, s.signaling_port, pages=pages()))
+        extra = (WEB_PORT,) if s.signaling_port != WEB_PORT else ()
+        await stack.enter_async_context(SignalingServer(hosts, s.signaling_port, pages=pages(), extra_ports=extra))
+        # STUN over TCP on the web port too: what a probe behind a web-only firewall can reach.
+        await stack.enter_async_context(StunServer([(s.stun[0], WEB_PORT)]))
         ready()
         await stop.wait()

@@ -348,14 +348,14 @@ class Topology:
 
         def peers_on(net: ipaddress.IPv4Network, first: int, count: int, pid: str) -> tuple[PeerPlan, ...]:
             hosts = list(net.hosts())
-            six = list(ipaddress.IPv6Network(lan6).hosts())[:16] if lan6 else []
+            base6 = ipaddress.IPv6Network(lan6).network_address if lan6 else None
             return tuple(
                 PeerPlan(f"{pid}-p{first + i}", str(hosts[8 + first + i]) if b.ipv4 else "",
-                         str(six[8 + first + i]) if six else None)
+                         str(base6 + 9 + first + i) if base6 is not None else None)
                 for i in range(count)
             )
 
-        lan_ip6 = str(next(ipaddress.IPv6Network(lan6).hosts())) if lan6 else None
+        lan_ip6 = str(ipaddress.IPv6Network(lan6).network_address + 1) if lan6 else None
         if b.inner is None:
             hosts = list(lan.hosts())
             return RouterPlan(rid, nat, pub, str(lan), str(hosts[0]), peers_on(lan, 1, nat.peers, rid),
@@ -576,9 +576,9 @@ def parse(data: Mapping[str, Any], source: str = "<topology>") -> Topology:
         except ValueError:
             raise r.fail("internet.subnet6", f"{_short(text6)} is not an IPv6 network; give a /64 of 2001:db8::/32 "
                                              "such as 2001:db8::/64") from None
-        if n6.prefixlen != 64 or n6.subnet_of(ipaddress.IPv6Network("2001:db8:1::/47")) or not n6.subnet_of(ipaddress.IPv6Network("2001:db8::/32")):
+        if n6.prefixlen != 64 or any(n6.subnet_of(ipaddress.IPv6Network(f"2001:db8:{k}::/48")) for k in (1, 2)) or not n6.subnet_of(ipaddress.IPv6Network("2001:db8::/32")):
             raise r.fail("internet.subnet6", f"{text6}: give a /64 of the documentation prefix 2001:db8::/32 outside "
-                                             "2001:db8:1::/47 (the LANs' prefixes), such as 2001:db8::/64")
+                                             "2001:db8:1::/48 and 2001:db8:2::/48 (the LANs' prefixes), such as 2001:db8::/64")
         net6 = str(n6)
 
     stun = r.table(data, "", "stun", required=True)

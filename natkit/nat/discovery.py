@@ -42,6 +42,7 @@ from natkit.nat.classify import (
     classify,
     usable_other,
 )
+from natkit.nat.layers import nat_layers, port_pattern
 from natkit.nat.servers import ResolvedServer
 from natkit.stun import CHANGE_IP, CHANGE_PORT, Attr, Class, Message, Method
 
@@ -78,6 +79,8 @@ class FamilyReport:
     duration_s: float
     lifetime_s: dict[str, float | None] | None = None
     errors: list[str] = field(default_factory=list)
+    ports: tuple[bool | None, str | None] = (None, None)  # (preserved, allocation): natkit.nat.layers
+    nat_layers: int | None = None
 
 
 def _reply(resp: Any) -> Reply:
@@ -422,7 +425,10 @@ async def discover(
             + list(filt)
             + list(obs.mapping_tests)
         )
-        return FamilyReport(family, verdict, obs, tests, loop.time() - t0, lifetime, errors)
+        layers = None
+        if opts.behaviour and udp_servers and verdict.public is not None and loop.time() < hard:
+            layers = await nat_layers(udp_servers[0].address, verdict.public, local)
+        return FamilyReport(family, verdict, obs, tests, loop.time() - t0, lifetime, errors, port_pattern(tests), layers)
     finally:
         for fut in tasks:
             if not fut.done():

@@ -44,7 +44,8 @@ def rfc4787_probe(behaviour: NatBehaviour) -> dict[str, object]:
     if behaviour.mapping is None or behaviour.filtering is None:
         # No NAT and no firewall: anyone may send to the host, i.e. endpoint-independent.
         return {"mapping": "none", "filtering": "endpoint-independent"}
-    out: dict[str, object] = {"mapping": behaviour.mapping.value, "filtering": behaviour.filtering.value}
+    out: dict[str, object] = {"mapping": behaviour.mapping.value, "filtering": behaviour.filtering.value,
+                              "hairpinning": behaviour.hairpinning}
     pattern = port_pattern(behaviour)
     if pattern is not None:
         out["port_allocation"] = pattern

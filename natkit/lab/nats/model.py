@@ -123,7 +123,7 @@ class NatBehaviour:
     def combined(self) -> NatBehaviour:
         """The behaviour a host behind both stages sees (the stricter of each, as a probe
         measures it): mapping and filtering of the stricter NAT, hairpinning of neither
-        unless both, the shorter timeout, ports preserved only if both preserve."""
+        the outer NAT's hairpinning (a hairpinned packet's reply passes the inner NAT, which just sent to that address), the shorter timeout, ports preserved only if both preserve."""
         if self.inner is None:
             return self
         a, b = self.inner, self
@@ -134,7 +134,7 @@ class NatBehaviour:
         filtering = max(a.filtering, b.filtering, key=forder.index)
         ports = a.ports if a.ports != PortAllocation.PRESERVE else b.ports
         return replace(
-            self, mapping=mapping, filtering=filtering, hairpinning=a.hairpinning and b.hairpinning,
+            self, mapping=mapping, filtering=filtering, hairpinning=b.hairpinning,
             udp_timeout=min(a.udp_timeout, b.udp_timeout), block_udp=a.block_udp or b.block_udp,
             port_allocation=ports, inner=None,
         )

@@ -30,6 +30,11 @@ def recipe(b: NatBehaviour, side: RouterSide) -> RouterRecipe:
     return RouterRecipe(sysctls, nft, plan)
 
 
+def nat64_probe(b: NatBehaviour) -> dict[str, object]:
+    """The lab probes a NAT64 LAN over IPv6 (it has no IPv4): its firewall, no NAT."""
+    return {"mapping": "none", "filtering": "address-and-port-dependent"}
+
+
 KIND = NatKind(
     name="nat64",
     summary="IPv6-only LAN behind a stateful firewall; stateful NAT64 (64:ff9b::/96, tayga) + DNS64",
@@ -39,5 +44,6 @@ KIND = NatKind(
         nat64=True,
     ),
     recipe=recipe,
+    expected_probe=nat64_probe,
     requires=("ipv6", "tayga"),
 )
