@@ -2,7 +2,7 @@
 
 A NAT64 LAN's router runs it (``python -m natkit.lab.dns64 --listen ADDR NAME=IPv4 ...``): a
 query for a name of the zone gets its A record, and an AAAA query the IPv4 address embedded in
-the well-known prefix 64:ff9b::/96 (RFC 6052 §2.1), so an IPv6-only peer reaches the IPv4-only
+the lab's NAT64 prefix (:data:`NAT64_PREFIX`, RFC 6052 §2.2), so an IPv6-only peer reaches the IPv4-only
 servers by name through the router's NAT64. Other names get NXDOMAIN: the lab resolves nothing
 outside itself. :func:`answer` is the sans-IO part (query bytes in, response bytes out).
 """
@@ -24,7 +24,9 @@ import dns.rrset
 
 __all__ = ["NAT64_PREFIX", "answer", "serve", "synthesize"]
 
-NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+# A network-specific prefix (RFC 6052 §2.2): the well-known 64:ff9b::/96 must not carry the
+# non-global (RFC 5737 documentation) addresses of the lab's internet, and tayga enforces that.
+NAT64_PREFIX = ipaddress.IPv6Network("2001:db8:64::/96")
 TTL = 60
 
 

@@ -134,10 +134,14 @@ class Flows:
         )
 
 
-def read_capture(path: str | Path, turn: Endpoint, turn_tls: Endpoint | None = None) -> Flows:
+def read_capture(path: str | Path, turn: Endpoint, turn_tls: Endpoint | None = None,
+                 also: tuple[Endpoint, ...] = ()) -> Flows:
     """Count DTLS records per flow in the pcap/pcapng at ``path``; ``turn`` is the TURN
     server's client-facing address, ``turn_tls`` its TURN-over-TLS one (there only TLS records
-    are counted: DTLS inside cannot be seen). :mod:`natkit.lab.pcap` reads the frames."""
+    are counted: DTLS inside cannot be seen); ``also`` are more addresses of the same server
+    (its IPv6 ones). :mod:`natkit.lab.pcap` reads the frames."""
+    turns = {turn, *also}
+    tlss = {turn_tls} | {(a[0], turn_tls[1]) for a in also} if turn_tls else set()
     from natkit.lab.pcap import read_segments
 
     flows = Flows()
@@ -151,9 +155,9 @@ def read_capture(path: str | Path, turn: Endpoint, turn_tls: Endpoint | None = N
             if data.startswith(CAPTURE_MARKER):
                 flows.markers += 1
                 continue
-            if turn in (src, dst):
-                client = dst if src == turn else src
-                if src == turn and (relayed := _allocated(data)) is not None:
+            if src in turns or dst in turns:
+                client = dst if src in turns else src
+                if src in turns and (relayed := _allocated(data)) is not None:
                     flows.allocations[relayed] = ("udp", client)
                 inner = _turn_inner(data)
                 if inner is not None and _is_dtls(inner):
@@ -161,8 +165,8 @@ def read_capture(path: str | Path, turn: Endpoint, turn_tls: Endpoint | None = N
             elif _is_dtls(data):
                 flows.direct[(src, dst)] += 1
             continue
-        tls = turn_tls is not None and turn_tls in (src, dst)
-        if turn not in (src, dst) and not tls:
+        tls = src in tlss or dst in tlss
+        if src not in turns and dst not in turns and not tls:
             continue
         st = streams.setdefault((src, dst), _Stream())
         if seg.flags & 0x02:  # SYN: the stream starts after it
@@ -176,16 +180,16 @@ def read_capture(path: str | Path, turn: Endpoint, turn_tls: Endpoint | None = N
             continue
         st.next_seq = (seg.seq + len(data)) & 0xFFFFFFFF
         if tls:
-            flows.tls[dst if src == turn_tls else src] += _tls_records(st, data)
+            flows.tls[dst if src in tlss else src] += _tls_records(st, data)
             continue
         try:
             frames = st.framer.feed(data)
         except StunParseError:
             st.broken = True
             continue
-        client = dst if src == turn else src
+        client = dst if src in turns else src
         for frame in frames:
-            if src == turn and (relayed := _allocated(frame)) is not None:
+            if src in turns and (relayed := _allocated(frame)) is not None:
                 flows.allocations[relayed] = ("tcp", client)
             inner = _turn_inner(frame)
             if inner is not None and _is_dtls(inner):

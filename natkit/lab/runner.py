@@ -113,21 +113,32 @@ def finish(
     )
 
 
+def _global6(ip6: str, lan6: str | None, out6: str | None) -> str:
+    """A peer's IPv6 address as the internet sees it (prefix-translated behind NPTv6)."""
+    import ipaddress
+
+    if not lan6 or not out6:
+        return ip6
+    host = int(ipaddress.IPv6Address(ip6)) - int(ipaddress.IPv6Network(lan6).network_address)
+    return str(ipaddress.IPv6Network(out6).network_address + host)
+
+
 def attach_evidence(pcap: str | Path, topo: Topology, plan: Plan, cases: Sequence[CaseResult]) -> None:
     """Set ``evidence`` of every connected case from the capture at ``pcap``."""
     from natkit.lab.evidence import judge_peers, read_capture
 
     srv = topo.servers
     turn = (srv.turn_address, srv.turn_port)
-    flows = read_capture(pcap, turn, (srv.turn_address, srv.turn_tls_port) if srv.turn_tls_port else None)
+    also = ((srv.turn_address6, srv.turn_port),) if srv.turn_address6 else ()
+    flows = read_capture(pcap, turn, (srv.turn_address, srv.turn_tls_port) if srv.turn_tls_port else None, also)
     for c in cases:
         if c.observed != "connected":
             c.evidence = None
             continue
         ra = plan.router(c.routers[0])
         public = ra.public_ip
-        if c.case.family == "ipv6" and ra.public_ip6:  # the caller's own global address(es)
-            public = (c.caller.selected or {}).get("local", {}).get("address") or ra.public_ip6
+        if c.case.family == "ipv6" and ra.peers[0].ip6:  # the caller's global address
+            public = _global6(ra.peers[0].ip6, ra.lan_net6, ra.outside_net6)
         c.evidence = Evidence.from_json(judge_peers(
             flows, caller=c.caller.to_json(), callee=c.callee.to_json(),
             caller_lan=ra.peer_lan, caller_public=public, turn=turn,

@@ -65,7 +65,7 @@ class NatBehaviour:
       ``mapping`` is None for a routed prefix behind a stateful firewall (``filtering``), or
       endpoint-independent for prefix translation (NPTv6);
     * ``ipv4``: False for an IPv6-only LAN; with ``nat64`` its router translates IPv6 packets
-      to ``64:ff9b::/96`` into IPv4 (stateful NAT64, mapping and filtering as the IPv4 fields
+      to the lab's NAT64 prefix into IPv4 (stateful NAT64, mapping and filtering as the IPv4 fields
       say) and serves DNS64, so IPv4-only servers are reached by name.
     """
 

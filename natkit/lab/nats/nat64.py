@@ -1,10 +1,10 @@
 """``nat64``: an IPv6-only LAN (global addresses behind RFC 6092's stateful firewall) whose
-router does stateful NAT64 for 64:ff9b::/96 (RFC 6146, RFC 6052) and serves DNS64 (RFC 6147).
+router does stateful NAT64 for 2001:db8:64::/96 (RFC 6146; a network-specific prefix, RFC 6052) and serves DNS64 (RFC 6147).
 
 tayga translates each IPv6 host to an address of a private IPv4 pool; nftables masquerades the
 pool behind the router's public IPv4 address (so the IPv4 side maps endpoint-independently and
 filters by address and port, like ``port-restricted``). A lab resolver on the router answers
-AAAA queries for the lab's IPv4-only names with 64:ff9b::/96 addresses, so a peer reaches the
+AAAA queries for the lab's IPv4-only names with addresses under that prefix, so a peer reaches the
 IPv4 TURN server by name.
 """
 
@@ -31,13 +31,14 @@ def recipe(b: NatBehaviour, side: RouterSide) -> RouterRecipe:
 
 
 def nat64_probe(b: NatBehaviour) -> dict[str, object]:
-    """The lab probes a NAT64 LAN over IPv6 (it has no IPv4): its firewall, no NAT."""
-    return {"mapping": "none", "filtering": "address-and-port-dependent"}
+    """The lab probes a NAT64 LAN over IPv6 (it has no IPv4): no NAT on that family (its
+    firewall's filtering is not asserted: the RFC 5780 tests over IPv6 end undecided there)."""
+    return {"mapping": "none"}
 
 
 KIND = NatKind(
     name="nat64",
-    summary="IPv6-only LAN behind a stateful firewall; stateful NAT64 (64:ff9b::/96, tayga) + DNS64",
+    summary="IPv6-only LAN behind a stateful firewall; stateful NAT64 (2001:db8:64::/96, tayga) + DNS64",
     built="tayga (IPv6 -> IPv4 pool) + masquerade of the pool; ip6 forward: replies only",
     model=NatBehaviour(
         "nat64", Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT, ipv6=FIREWALL, ipv4=False,

@@ -132,18 +132,21 @@ class RouterRecipe:
 
 @dataclass(frozen=True)
 class Nat64Plan:
-    """How a router translates ``prefix`` (RFC 6052 well-known 64:ff9b::/96) to IPv4: tayga
+    """How a router translates ``prefix`` to IPv4 (a network-specific /96 prefix, RFC 6052
+    §2.2: tayga refuses the well-known 64:ff9b::/96 for the RFC 5737 documentation addresses the
+    lab's internet uses, as RFC 6052 §3.1 asks of non-global addresses): tayga
     maps each IPv6 host to an address of ``pool`` on tun device ``tun``; the IPv4 ruleset then
     masquerades the pool behind the router's public address (the stateful part)."""
 
-    prefix: str = "64:ff9b::/96"
+    prefix: str = "2001:db8:64::/96"
     pool: str = "192.168.255.0/24"
     tayga_ip: str = "192.168.255.1"
+    tayga_ip6: str = "fd00:64:ff9b::1"  # tayga's own IPv6 address (its ICMPv6 errors come from it)
     tun: str = "nat64"
 
     def tayga_conf(self, data_dir: str) -> str:
         return "\n".join([
-            f"tun-device {self.tun}", f"ipv4-addr {self.tayga_ip}", f"prefix {self.prefix}",
+            f"tun-device {self.tun}", f"ipv4-addr {self.tayga_ip}", f"ipv6-addr {self.tayga_ip6}", f"prefix {self.prefix}",
             f"dynamic-pool {self.pool}", f"data-dir {data_dir}", "",
         ])
 
