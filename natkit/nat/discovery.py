@@ -426,7 +426,8 @@ async def discover(
             + list(obs.mapping_tests)
         )
         layers = None
-        if opts.behaviour and udp_servers and verdict.public is not None and loop.time() < hard:
+        if opts.behaviour and udp_servers and verdict.public is not None and not verdict.udp_blocked \
+                and first is not None and loop.time() + 1.0 < hard:
             layers = await nat_layers(udp_servers[0].address, verdict.public, local)
         return FamilyReport(family, verdict, obs, tests, loop.time() - t0, lifetime, errors, port_pattern(tests), layers)
     finally:
