@@ -85,6 +85,8 @@ def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
     for c in result["cases"]:
         if c["path"] == "longevity":
             w(f"  longevity {c['nats'][0]} x {c['nats'][1]}: {cell(c)}  ({c['reason']})\n")
+    for note in (result.get("lab") or {}).get("not_applied") or []:
+        w(f"  not applied: {note}\n")
     w("  D direct  R relay  L LAN  H hairpin  . failed as expected\n")
     w("  !C/!F unexpectedly connected/failed  !E evidence contradicts  !R unexpected route\n\n")
     if result["probes"]:

@@ -61,6 +61,10 @@ def run(
     t0 = time.monotonic()
     engine = check_turn_engine(topo, turn_engine)
     netns.check(capture=capture)
+    from natkit.lab.prereqs import check_kinds
+
+    check_kinds(topo)  # before anything is built
+    netns.NOT_APPLIED.clear()
     cases = topo.cases() if cases is None else list(cases)
     if browser:
         cases += browser_cases(topo, within=cases)
@@ -75,6 +79,7 @@ def run(
                         keep_capture=keep_capture, browser=browser)
         t2 = time.monotonic()
     result.timings = {**timings, **result.timings, "teardown_s": time.monotonic() - t2}
+    result.lab["not_applied"] = list(netns.NOT_APPLIED)  # impairments the kernel could not apply
     result.duration_s = time.monotonic() - t0
     return result
 
