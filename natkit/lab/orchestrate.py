@@ -33,10 +33,10 @@ from natkit.lab import stacks
 from natkit.lab.agents import AgentClient
 from natkit.lab.evidence import claimed_route
 from natkit.lab.expect import Expectation, expect, expected_probe
+from natkit.lab.labca import LabCA, make_lab_ca
 from natkit.lab.results import CaseResult, ProbeResult
 from natkit.lab.servers import WEB_PORT, ServersSpec
 from natkit.lab.stacks import PeerConfig, PeerResult
-from natkit.lab.labca import LabCA, make_lab_ca
 from natkit.lab.topology import LAB_ZONE, Case, PeerPlan, Plan, RouterPlan, Topology
 
 __all__ = ["Orchestration", "Progress", "Tally", "check_stacks", "cpu_limit", "expectation_of", "orchestrate"]

@@ -24,7 +24,7 @@ def missing(need: str) -> bool:
         flag = Path("/proc/sys/net/ipv6/conf/all/disable_ipv6")
         return not flag.exists() or flag.read_text().strip() == "1"
     if need == "tayga":
-        return shutil.which("tayga") is None and not Path("/usr/sbin/tayga").exists() or not Path("/dev/net/tun").exists()
+        return (shutil.which("tayga") is None and not Path("/usr/sbin/tayga").exists()) or not Path("/dev/net/tun").exists()
     if need == "nft-prefix-nat":
         return shutil.which("nft") is None  # nftables >= 1.0 is the lab's baseline; nft -c checks the rest
     return False

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import select
 import socket
 import struct
@@ -59,7 +60,7 @@ def port_pattern(tests: Sequence[Exchange]) -> tuple[bool | None, str | None]:
     if len(widest) < 3:
         return False, "changed"
     ordered = sorted(widest)
-    gaps = [b - a for a, b in zip(ordered, ordered[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(ordered)]
     return False, "sequential" if max(gaps) <= SEQUENTIAL_SPREAD else "random"
 
 

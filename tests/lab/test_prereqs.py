@@ -35,5 +35,5 @@ def test_a_missing_tool_names_the_nat_and_what_to_install(monkeypatch: pytest.Mo
 def test_an_ipv6_kind_on_an_ipv4_internet_is_a_config_error() -> None:
     from natkit.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="internet.subnet6"):
+    with pytest.raises(ConfigError, match=r"internet\.subnet6"):
         loads(TOPO.replace('subnet6 = "2001:db8::/64"\n', ""))

@@ -183,7 +183,6 @@ def start_nat64(lab: NetnsLab, ns: str, plan: Any) -> None:
 
 def _add_peers(lab: NetnsLab, nodes: LabNodes, router_ns: str, role: str, peers: Any, gw: str, lan_prefix: str,
                r: Any) -> None:
-    b = r.nat.behaviour
     for i, p in enumerate(peers):
         pns = lab.add_ns(f"{role}{i + 1}".replace("-", ""))
         nodes.peers[p.id] = pns

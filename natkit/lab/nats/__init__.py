@@ -35,30 +35,43 @@ from __future__ import annotations
 
 import importlib
 
-from natkit.lab.nats.kind import GENERIC_KNOBS, REQUIREMENTS, NatKind, combined_probe, port_pattern, rfc4787_probe
+from natkit.lab.nats.kind import (
+    GENERIC_KNOBS,
+    REQUIREMENTS,
+    NatKind,
+    combined_probe,
+    port_pattern,
+    rfc4787_probe,
+)
 from natkit.lab.nats.model import Filtering, Mapping, NatBehaviour, PortAllocation
-from natkit.lab.nats.nftables import Nat64Plan, RouterRecipe, RouterSide, rfc4787_recipe, router_sysctls
+from natkit.lab.nats.nftables import (
+    Nat64Plan,
+    RouterRecipe,
+    RouterSide,
+    rfc4787_recipe,
+    router_sysctls,
+)
 from natkit.lab.nats.registry import get, kinds, lookup, names, register, unregister
 
 __all__ = [
     "GENERIC_KNOBS",
     "MODULES",
     "REQUIREMENTS",
-    "Nat64Plan",
-    "PortAllocation",
-    "combined_probe",
-    "port_pattern",
     "Filtering",
     "Mapping",
+    "Nat64Plan",
     "NatBehaviour",
     "NatKind",
+    "PortAllocation",
     "RouterRecipe",
     "RouterSide",
+    "combined_probe",
     "expected_probe",
     "get",
     "kinds",
     "lookup",
     "names",
+    "port_pattern",
     "recipe",
     "register",
     "rfc4787_probe",

@@ -14,7 +14,13 @@ from dataclasses import replace
 
 from natkit.lab.nats.kind import NatKind
 from natkit.lab.nats.model import Filtering, Mapping, NatBehaviour
-from natkit.lab.nats.nftables import Nat64Plan, RouterRecipe, RouterSide, ipv6_ruleset, rfc4787_recipe
+from natkit.lab.nats.nftables import (
+    Nat64Plan,
+    RouterRecipe,
+    RouterSide,
+    ipv6_ruleset,
+    rfc4787_recipe,
+)
 
 FIREWALL = NatBehaviour("nat64", None, Filtering.ADDRESS_AND_PORT_DEPENDENT, udp_timeout=60)
 

@@ -56,7 +56,6 @@ __all__ = [
     "Nat64Plan",
     "RouterRecipe",
     "RouterSide",
-    "ipv6_ruleset",
     "Ruleset",
     "add_forward_policy",
     "add_hairpin",
@@ -65,6 +64,7 @@ __all__ = [
     "add_mapping",
     "add_router_input",
     "add_tracking",
+    "ipv6_ruleset",
     "rfc4787_recipe",
     "router_sysctls",
 ]

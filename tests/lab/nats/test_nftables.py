@@ -9,9 +9,8 @@ import pytest
 
 from natkit.errors import UsageError
 from natkit.lab import nats
-from natkit.lab.nats import Filtering, Mapping, NatBehaviour, RouterSide, router_sysctls
-
 from natkit.lab.nat import PRESETS
+from natkit.lab.nats import Filtering, Mapping, NatBehaviour, RouterSide, router_sysctls
 
 NEW_KINDS = [k.model for k in nats.kinds() if k.model.name not in PRESETS]
 ARGS6 = {"inside_net6": "2001:db8:1:1::/64", "outside_net6": "2001:db8:2:1::/64"}
