@@ -48,14 +48,14 @@ def _namespaces(tag: str | None = None) -> set[str]:
 
 def test_select_cases() -> None:
     topo = load()
-    assert len(runner.select_cases(topo, ["srflx"])) == 22
+    assert len(runner.select_cases(topo, ["srflx"])) == 47
     cases = runner.select_cases(topo, ["symmetric,port-restricted", "host,relay"])
     assert {c.nats for c in cases} == {
         ("port-restricted", "port-restricted"), ("port-restricted", "symmetric"), ("symmetric", "symmetric")
     }
     assert {c.path for c in cases} == {"host", "relay"}
     cases = runner.select_cases(topo, ["symmetric:open"])
-    assert [c.nats for c in cases] == [("open", "symmetric")] * 3
+    assert [c.nats for c in cases] == [("open", "symmetric")] * 4
     for bad in (["nope"], ["open:nope"]):
         with pytest.raises(UsageError, match="nope") as err:
             runner.select_cases(topo, bad)
