@@ -233,6 +233,8 @@ def describe_lab(topo: Topology, plan: Plan) -> dict[str, Any]:
                 "mapping": n.behaviour.mapping.value if n.behaviour.mapping else "none",
                 "filtering": n.behaviour.filtering.value if n.behaviour.filtering else "none",
                 "block_udp": n.behaviour.block_udp,
+                "egress_tcp_ports": list(n.behaviour.egress_tcp_ports) if n.behaviour.egress_tcp_ports is not None else None,
+                "families": [f"ipv{f}" for f in n.behaviour.families],
                 "hairpin": n.behaviour.hairpinning,
                 "udp_timeout_s": n.behaviour.udp_timeout,
                 "same_lan": n.same_lan,

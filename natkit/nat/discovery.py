@@ -47,6 +47,7 @@ from natkit.nat.servers import ResolvedServer
 from natkit.stun import CHANGE_IP, CHANGE_PORT, Attr, Class, Message, Method
 
 Address = tuple[str, int]
+LAYER_TRIES = 2  # rounds of the NAT-layer trace (a lost packet or ICMP error is asked again)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class ProbeOptions:
     min_rto: float = 0.05
     behaviour: bool = True  # run the RFC 5780 tests (False: only the public mapping)
     hairpin: bool = True
+    layers: bool = True  # count the NATs on the way (TTL-limited Bindings, natkit.nat.layers)
     stream_control: bool = True  # TCP/TLS Binding alongside UDP
     lifetime: bool = False
     lifetime_max: float = 60.0
@@ -308,6 +310,7 @@ async def discover(
             )
 
         mapping_tests: list[_Test] = []
+        layers_task: asyncio.Future[int | None] | None = None
         hairpin: bool | None = None
         chosen: int | None = None
         first_rtt: float | None = None
@@ -328,6 +331,21 @@ async def discover(
             hairpin_task: asyncio.Future[Any] | None = None
             m1 = answers[chosen if chosen is not None else test1.index(first)].udp
             mapped = m1.reply.mapped if m1 and m1.reply else None
+            # The NAT-layer trace runs beside the RFC 5780 tests, on sockets of its own (its
+            # TTL-limited packets never touch the primary socket's mapping or the filtering
+            # sockets), within the time the tests take anyway: two rounds of half a wait. Its
+            # task starts before the hairpin test's, so its packets leave first: a router
+            # without hairpinning answers those with ICMP errors too, and routers rate-limit
+            # ICMP errors per destination.
+            trace_wait = max(0.15, w / 2)
+            if opts.behaviour and opts.layers and mapped is not None and local is not None \
+                    and loop.time() + LAYER_TRIES * trace_wait < hard:
+                traced = udp_servers[chosen if chosen is not None else test1.index(first)].address
+                layers_task = asyncio.ensure_future(
+                    nat_layers(traced, mapped, local, wait=trace_wait, tries=LAYER_TRIES)
+                )
+                tasks.append(layers_task)
+                await asyncio.sleep(0)  # let it send its first round now
             if opts.behaviour and opts.hairpin and mapped is not None and primary is not None:
                 hairpin_task = asyncio.ensure_future(
                     _hairpin(primary, mapped, rto, loop.time() + w)
@@ -426,9 +444,10 @@ async def discover(
             + list(obs.mapping_tests)
         )
         layers = None
-        if opts.behaviour and udp_servers and verdict.public is not None and not verdict.udp_blocked \
-                and first is not None and loop.time() + 1.0 < hard:
-            layers = await nat_layers(udp_servers[0].address, verdict.public, local)
+        if layers_task is not None:
+            await _wait([layers_task], hard)
+            if layers_task.done() and not layers_task.cancelled() and layers_task.exception() is None:
+                layers = layers_task.result()
         return FamilyReport(family, verdict, obs, tests, loop.time() - t0, lifetime, errors, port_pattern(tests), layers)
     finally:
         for fut in tasks:

@@ -4,16 +4,20 @@
   port (port preservation, RFC 4787 §4.2.1) and, with several mappings from one socket (an
   address-and-port-dependent NAT gives one per destination), whether their ports are
   sequential or random.
-* :func:`nat_layers`: a UDP Binding request with TTL 1, 2, ... toward the server; each router
-  on the way answers ICMP time exceeded from its inside address (read from the socket's error
-  queue, IP_RECVERR). Routers with private or shared (RFC 6598, 100.64.0.0/10) addresses before
-  the first public one are NATs the host sits behind: two of them is a home NAT behind a
-  carrier NAT (a 100.64.0.0/10 hop) or behind another home NAT. Linux only; None elsewhere.
+* :func:`nat_layers`: UDP Binding requests with TTL 1, 2, ... toward the server, all at once;
+  each router on the way answers ICMP time exceeded from its inside address (read from the
+  socket's error queue, IP_RECVERR). Routers with private or shared (RFC 6598, 100.64.0.0/10)
+  addresses before the first public one are NATs the host sits behind: two of them is a home
+  NAT behind a carrier NAT (a 100.64.0.0/10 hop) or behind another home NAT. Linux only; None
+  elsewhere, and None when a router stays silent before the count is known (routers
+  rate-limit their ICMP errors: by default Linux sends a burst of 6 per destination, then
+  one a second).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import itertools
 import select
@@ -24,16 +28,22 @@ from collections.abc import Sequence
 
 from natkit.nat.classify import Exchange
 
-__all__ = ["SEQUENTIAL_SPREAD", "nat_layers", "port_pattern", "trace_hops"]
+__all__ = ["ANSWERED", "SEQUENTIAL_SPREAD", "Trace", "count_layers", "nat_layers", "port_pattern", "trace_hops"]
 
 Address = tuple[str, int]
 SEQUENTIAL_SPREAD = 16  # largest gap between sorted mapped ports still called sequential
 _IP_RECVERR = 11
 _IPV6_RECVERR = 25
 _SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6 = 2, 3
-_SHARED = ipaddress.ip_network("100.64.0.0/10")
-TRIES = 3
-_SILENT, _ANSWERED = "silent", "answered"  # what a hop gave instead of an ICMP error
+# The address space a NAT's inside may use: RFC 1918, RFC 6598's shared space, link-local, and
+# IPv6 unique-local. Not ipaddress's is_private: that also counts the documentation ranges,
+# which the lab (and RFC 5737 / RFC 3849 examples) use as the public internet.
+_INSIDE = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
+    "fc00::/7", "fe80::/10",
+))
+TRIES = 2
+ANSWERED = "answered"  # a TTL that reached the server: its answer, no ICMP error
 
 
 def port_pattern(tests: Sequence[Exchange]) -> tuple[bool | None, str | None]:
@@ -66,92 +76,150 @@ def port_pattern(tests: Sequence[Exchange]) -> tuple[bool | None, str | None]:
 
 def _private(ip: str) -> bool:
     a = ipaddress.ip_address(ip)
-    return a.is_private or a in _SHARED
+    return any(a.version == n.version and a in n for n in _INSIDE)
 
 
-def trace_hops(server: Address, max_ttl: int = 4, wait: float = 0.3) -> list[str | None]:
-    """The inside addresses of the routers toward ``server``, hop by hop, until a hop does not
-    answer with ICMP time exceeded (the server or a silent router). Bounded: ``max_ttl`` hops,
-    ``wait`` seconds each."""
-    v6 = ":" in server[0]
-    fam = socket.AF_INET6 if v6 else socket.AF_INET
-    hops: list[str | None] = []
-    from natkit.stun import Class, Message, Method
+class Trace:
+    """A TTL trace toward ``server`` in flight: UDP Binding requests with TTL 1 to ``max_ttl``,
+    each from its own socket, sent when the object is made (so a caller can make sure they
+    leave before anything else it sends draws ICMP errors from the same routers, which
+    rate-limit them per destination); :meth:`collect` waits for what comes back."""
 
-    for ttl in range(1, max_ttl + 1):
-        hop: str | None = None
-        # A router rate-limits its ICMP errors per destination (the first one toward a new
-        # host may be held back): a silent hop is asked again, twice at most.
-        for _attempt in range(TRIES):
-            with socket.socket(fam, socket.SOCK_DGRAM) as sock:
-                try:
-                    if v6:
-                        sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
-                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
-                    else:
-                        sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
-                        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-                    sock.setblocking(False)
-                    sock.sendto(Message(Method.BINDING, Class.REQUEST).encode(), server)
-                except OSError:
-                    return hops
-                hop = _offender(sock, v6, wait)
-            if hop != _SILENT:
-                break
-        if hop in (None, _SILENT, _ANSWERED):
-            hops.append(None)
-            break
-        hops.append(hop)
-    return hops
+    def __init__(self, server: Address, max_ttl: int = 4) -> None:
+        self.server = server
+        self.v6 = ":" in server[0]
+        self.hops: list[str | None] = [None] * max_ttl
+        self.socks: dict[int, socket.socket] = {}
+        self.limit = max_ttl  # TTLs past a send failure (no route) are not asked
+        self._send(list(range(1, max_ttl + 1)))
 
+    def _send(self, ttls: list[int]) -> None:
+        from natkit.stun import Class, Message, Method
 
-def _offender(sock: socket.socket, v6: bool, wait: float) -> str | None:
-    """The ICMP error's offender address, or :data:`_SILENT` / :data:`_ANSWERED` / None."""
-    poller = select.poll()
-    poller.register(sock, select.POLLERR | select.POLLIN)
-    end = time.monotonic() + wait
-    while (left := end - time.monotonic()) > 0:
-        if not poller.poll(left * 1000):
-            return _SILENT
-        try:
-            _, anc, _, _ = sock.recvmsg(512, 512, socket.MSG_ERRQUEUE)
-        except BlockingIOError:
+        fam = socket.AF_INET6 if self.v6 else socket.AF_INET
+        for ttl in ttls:
+            sock = socket.socket(fam, socket.SOCK_DGRAM)
+            self.socks[ttl] = sock
             try:
-                sock.recv(2048)  # an answer: the server itself, no router in between
+                if self.v6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+                sock.setblocking(False)
+                sock.sendto(Message(Method.BINDING, Class.REQUEST).encode(), self.server)
             except OSError:
-                pass
-            return _ANSWERED
-        except OSError:
-            return None
-        for _level, _type, data in anc:
-            if len(data) < 16 + 8:
+                self.limit = min(self.limit, ttl - 1)
+                break
+
+    def _close(self) -> None:
+        for sock in self.socks.values():
+            sock.close()
+        self.socks = {}
+
+    def collect(self, wait: float = 0.3, tries: int = TRIES) -> list[str | None]:
+        """What each TTL gave: a router's address (its ICMP time exceeded), :data:`ANSWERED`
+        (the server itself answered) or None (silence). The silent TTLs are asked again (loss,
+        rate-limited ICMP) up to ``tries`` rounds in all, ``wait`` seconds each: at most
+        ``tries * wait`` seconds. Blocking: run it in a thread."""
+        try:
+            for round_ in range(max(1, tries)):
+                if round_:
+                    first_answer = next((i for i, h in enumerate(self.hops) if h == ANSWERED), len(self.hops))
+                    # Past the first TTL the server answered, nothing more can be learnt.
+                    again = [t for t in range(1, self.limit + 1) if self.hops[t - 1] is None and t - 1 < first_answer]
+                    if not again:
+                        break
+                    self._send(again)
+                for ttl, hop in _offenders(self.socks, self.v6, wait).items():
+                    self.hops[ttl - 1] = hop
+                self._close()
+        finally:
+            self._close()
+        return self.hops[: self.limit]
+
+
+def trace_hops(server: Address, max_ttl: int = 4, wait: float = 0.3, tries: int = TRIES) -> list[str | None]:
+    """What each TTL from 1 to ``max_ttl`` gave toward ``server`` (see :meth:`Trace.collect`):
+    every TTL at once, at most ``tries * wait`` seconds."""
+    return Trace(server, max_ttl).collect(wait, tries)
+
+
+def count_layers(hops: Sequence[str | None]) -> int | None:
+    """The NATs a host sits behind, from :func:`trace_hops`: the private or shared-space
+    (100.64.0.0/10) routers before the first public router or the server's answer. None when
+    the count is not known: a silent hop before that, unless two NATs were already seen
+    ("behind more than one NAT" holds whatever the silent hop is)."""
+    count = 0
+    for hop in hops:
+        if hop == ANSWERED or (hop is not None and not _private(hop)):
+            return max(1, count)
+        if hop is None:
+            break
+        count += 1
+    return count if count >= 2 else None
+
+
+def _offenders(socks: dict[int, socket.socket], v6: bool, wait: float) -> dict[int, str | None]:
+    """For each TTL's socket within ``wait`` seconds: the ICMP error's offender address,
+    :data:`ANSWERED`, or (silence, or an error that names no router) None."""
+    poller = select.poll()
+    by_fd = {sock.fileno(): ttl for ttl, sock in socks.items()}
+    for sock in socks.values():
+        poller.register(sock, select.POLLERR | select.POLLIN)
+    out: dict[int, str | None] = {}
+    end = time.monotonic() + wait
+    while len(out) < len(socks) and (left := end - time.monotonic()) > 0:
+        for fd, _events in poller.poll(left * 1000):
+            ttl = by_fd[fd]
+            if ttl in out:
                 continue
-            origin = data[4]
-            if origin not in (_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6):
-                continue
-            family = struct.unpack_from("=H", data, 16)[0]
-            if family == socket.AF_INET and len(data) >= 24:
-                return socket.inet_ntop(socket.AF_INET, data[20:24])
-            if family == socket.AF_INET6 and len(data) >= 16 + 24:
-                return socket.inet_ntop(socket.AF_INET6, data[24:40])
+            out[ttl] = _read_one(socks[ttl], v6)
+            poller.unregister(fd)
+    return out
+
+
+def _read_one(sock: socket.socket, v6: bool) -> str | None:
+    try:
+        _, anc, _, _ = sock.recvmsg(512, 512, socket.MSG_ERRQUEUE)
+    except BlockingIOError:
+        with contextlib.suppress(OSError):
+            sock.recv(2048)  # an answer: the server itself, no router in between
+        return ANSWERED
+    except OSError:
+        return None
+    for _level, _type, data in anc:
+        if len(data) < 16 + 8:
+            continue
+        origin = data[4]
+        if origin not in (_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6):
+            continue
+        family = struct.unpack_from("=H", data, 16)[0]
+        if family == socket.AF_INET and len(data) >= 24:
+            return socket.inet_ntop(socket.AF_INET, data[20:24])
+        if family == socket.AF_INET6 and len(data) >= 16 + 24:
+            return socket.inet_ntop(socket.AF_INET6, data[24:40])
     return None
 
 
-async def nat_layers(server: Address, public: Address | None, local: Address | None, max_ttl: int = 4) -> int | None:
+async def nat_layers(
+    server: Address, public: Address | None, local: Address | None, max_ttl: int = 4, wait: float = 0.3,
+    tries: int = TRIES,
+) -> int | None:
     """How many NATs stand between this host and ``server``: 0 when the server saw the local
-    address, else the number of private or shared-space routers before the first public one
-    (at least 1); None when it cannot tell (no answer, no ICMP)."""
+    address, else :func:`count_layers` of a TTL trace (None: unknown). Takes at most
+    ``tries * wait`` seconds."""
     if public is None or local is None:
         return None
     if public[0] == local[0]:
         return 0
     try:
-        hops = await asyncio.to_thread(trace_hops, server, max_ttl)
+        trace = Trace(server, max_ttl)  # sent now, before the caller's next packets
     except OSError:
         return None
-    count = 0
-    for hop in hops:
-        if hop is None or not _private(hop):
-            break
-        count += 1
-    return max(1, count)
+    try:
+        hops = await asyncio.to_thread(trace.collect, wait, tries)
+    except OSError:
+        return None
+    return count_layers(hops)
