@@ -163,10 +163,12 @@ async def _srflx6(connection: Any, protocol: Any, server: tuple[str, int], compo
 
 
 def _gather_relays(connection: Any, turns: list[tuple[tuple[str, int], str, str, str]], relays: list[dict[str, Any]],
-                   stun6: tuple[str, int] | None = None, ca_pem: str | None = None) -> None:
+                   stun6: tuple[str, int] | None = None, ca_pem: str | None = None, family: str | None = None) -> None:
     """Make ``connection`` (an aioice Connection) allocate on every TURN URL in parallel,
     keep what answers within the grace period, and bound STUN gathering by GATHER_TIMEOUT;
-    with ``stun6`` (an IPv6 STUN server) also gather IPv6 server-reflexive candidates."""
+    with ``stun6`` (an IPv6 STUN server) also gather IPv6 server-reflexive candidates. An
+    ``ipv4`` case gathers on no IPv6 address: a candidate it does not signal would still answer
+    checks, and the other side would select it as peer-reflexive over the wrong family."""
     from aioice import ice
     from aioice.candidate import candidate_foundation, candidate_priority
 
@@ -176,6 +178,8 @@ def _gather_relays(connection: Any, turns: list[tuple[tuple[str, int], str, str,
         connection.stun_server = None  # aioice would resolve it as an IPv4 name
 
     async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5) -> list[Any]:
+        if family == "ipv4":
+            addresses = [a for a in addresses if ":" not in a]
         base = asyncio.ensure_future(original(component, addresses, timeout=GATHER_TIMEOUT))
         if stun6 is not None:
             await asyncio.wait([base], timeout=GATHER_TIMEOUT)
@@ -352,7 +356,7 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
     result.relays = relays
 
     def prepare_gathering() -> None:
-        _gather_relays(_ice_connection(pc), turns, relays, stun6, cfg.ca_pem)
+        _gather_relays(_ice_connection(pc), turns, relays, stun6, cfg.ca_pem, cfg.family)
 
     async def body() -> None:
         nonlocal sig, inbox
