@@ -220,10 +220,13 @@ def _announce(server: Any, args: argparse.Namespace, engine: str) -> None:
                 "username": username,
                 "credential": credential if generated else None,
                 "auth": not args.no_auth,
+                "data_path": server.fast_path_line if engine == "natkit" else None,
             }
         )
     else:
         print(f"natkit TURN relay (engine: {engine}) on:")
+        if engine == "natkit":
+            print(f"  data path: {server.fast_path_line}")
         for url in server.urls:
             print(f"  {url}")
         if args.no_auth:

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from natkit.errors import UsageError
+from natkit.errors import PrerequisiteError, UsageError
 from natkit.server import _turn_fast
 from natkit.server._tls import server_context
 from natkit.server._turn_fast import FastTable
@@ -120,7 +120,8 @@ class TurnServer:
     host's primary address); ``external_ip``: the address advertised in XOR-RELAYED-ADDRESS
     behind a 1:1 NAT. ``min_port``/``max_port``: the relay port range (default: ports the
     kernel picks). ``allow_peers``/``deny_peers``: CIDRs opened / closed on top of the default
-    policy. ``fast_path``: None (the C data path when it builds), True/False to force C/Python.
+    policy. ``fast_path``: None (the C data path when the extension is built and NATKIT_NO_CEXT is
+    unset), True/False to force C/Python.
     Once started, :attr:`addresses`, :attr:`urls` and :meth:`ice_server` are ready.
     """
 
@@ -320,6 +321,12 @@ class TurnServer:
             return "c"
         return "python (disabled)" if self.fast_path is False else _turn_fast.status()
 
+    @property
+    def fast_path_line(self) -> str:
+        """Which UDP data path runs and why, for the start line ("C fast path (...)",
+        "pure Python: NATKIT_NO_CEXT=1")."""
+        return _turn_fast.describe(self.fast_path is not False)
+
     def stats(self) -> dict[str, Any]:
         s = self.engine.stats
         fast = self.fast.stats() if self.fast is not None else self._fast_totals
@@ -364,7 +371,10 @@ class TurnServer:
         if self.fast_path is not False:
             lib = _turn_fast.load()
             if lib is None and self.fast_path:
-                raise UsageError(f"the C relay path is not available: {_turn_fast.status()}")
+                raise PrerequisiteError(
+                    f"the C relay path is not available ({_turn_fast.describe()}): reinstall "
+                    "natkit where gcc and the Python headers are installed, or unset NATKIT_NO_CEXT"
+                )
             if lib is not None:
                 self.fast = FastTable(lib)
                 self._loop.add_reader(self.fast.epoll_fd, self._poll_fast)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import time
@@ -10,18 +9,14 @@ import time
 import pytest
 
 from natkit.server import _turn_fast
+from tests._native import need
 
 pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
 def table() -> _turn_fast.FastTable:
-    lib = _turn_fast.load()
-    if lib is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"C relay path must build in CI: {_turn_fast.status()}")
-        pytest.skip(_turn_fast.status())
-    t = _turn_fast.FastTable(lib)
+    t = _turn_fast.FastTable(need(_turn_fast.EXTENSION))
     yield t
     t.close()
 
