@@ -7,11 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from natkit.bench.stun import run
 from natkit.errors import UsageError
+from tests._clone import build_in_place, source_tree
 from tests._native import need
 
 pytestmark = [
@@ -85,6 +87,30 @@ def test_loadgen_reflector_answers_like_a_stun_server() -> None:
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def test_bench_runs_in_a_clone_with_no_sibling_folders(tmp_path: Path) -> None:
+    """A clone alone in its folder (no sibling folder of any name beside it) builds its own
+    generator and reflector and runs the benchmark with them."""
+    _need_tools()
+    clone = source_tree(tmp_path / "alone" / "natkit")
+    assert [p.name for p in clone.parent.iterdir()] == ["natkit"]
+    build_in_place(clone)
+    env = {k: v for k, v in os.environ.items() if k not in ("NATKIT_NO_CEXT", "PYTHONPATH")}
+    done = subprocess.run(
+        [sys.executable, "-m", "natkit", "bench", "stun", "--seconds", "0.5", "--rounds", "1",
+         "--no-coturn", "--json"],
+        cwd=clone, env=env, capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["natkit"]["rate"] > 1000 and report["ceiling"]["rate"] > 1000
+    assert report["natkit"]["udp_path"].startswith("C fast path")
+    where = subprocess.run(
+        [sys.executable, "-c", "import natkit.bench._stunload as m; print(m.__file__)"],
+        cwd=clone, env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert where.stdout.strip().startswith(str(clone)), where  # the clone's own build ran
 
 
 @pytest.mark.parametrize(
