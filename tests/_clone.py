@@ -14,7 +14,7 @@ def source_tree(dest: Path) -> Path:
     """The project's sources copied to ``dest``: no venv, no build output, no .so files."""
     ignore = shutil.ignore_patterns(
         ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.so", ".*_cache",
-        ".hypothesis", "TWIN-NOTE.md",
+        ".hypothesis",
     )  # fmt: skip
     shutil.copytree(ROOT, dest, ignore=ignore)
     return dest
