@@ -10,8 +10,9 @@ own (so it serves sync and async tests alike, whatever event loop they use) and 
 
 The TURN relay allows loopback peers (``127.0.0.0/8``, ``::1``) so tests can relay to local
 peers; everything else follows the safe default policy. Options can be changed per test
-module by overriding the ``natkit_turn_options`` fixture (keyword arguments of
-:class:`natkit.TurnServer`).
+module by overriding the ``natkit_turn_options`` fixture: keyword arguments of
+:class:`natkit.TurnServer`, or a :class:`natkit.server.service.TurnOptions` (which may carry
+an ``auth``, ``peer_policy`` or ``quota`` object).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class RunningServer:
 
 
 class BackgroundServer:
-    """Runs ``factory()`` (an object with async ``start``/``stop``) on a private event loop."""
+    """Runs ``factory()`` (an async context manager: a TurnService, a StunServer) on a
+    private event loop."""
 
     def __init__(self, factory: Callable[[], Any]) -> None:
         self._factory = factory
@@ -79,7 +81,7 @@ class BackgroundServer:
         self._stop = asyncio.Event()
         try:
             self.server = self._factory()
-            await self.server.start()
+            await self.server.__aenter__()
         except BaseException as exc:
             self._error = exc
             self._ready.set()
@@ -88,7 +90,7 @@ class BackgroundServer:
         try:
             await self._stop.wait()
         finally:
-            await self.server.stop()
+            await self.server.__aexit__(None, None, None)
 
     def start(self) -> Any:
         self._thread.start()
@@ -105,25 +107,31 @@ class BackgroundServer:
 
 
 @pytest.fixture
-def natkit_turn_options() -> dict[str, Any]:
-    """Keyword arguments for the ``turn_server`` fixture's TurnServer (override to change)."""
+def natkit_turn_options() -> Any:
+    """Options for the ``turn_server`` fixture's TurnServer (override to change): a dict of
+    keyword arguments, or a TurnOptions."""
     return {}
 
 
 @pytest.fixture
-def turn_server(natkit_turn_options: dict[str, Any]) -> Iterator[RunningServer]:
+def turn_server(natkit_turn_options: Any) -> Iterator[RunningServer]:
     """A natkit TURN relay on 127.0.0.1 (UDP and TCP), with a generated user."""
+    from natkit.server.service import TurnOptions
     from natkit.server.turn import TurnServer
 
-    options: dict[str, Any] = {
-        "listen": [("127.0.0.1", 0)],
-        "allow_peers": ["127.0.0.0/8", "::1/128"],
-        **natkit_turn_options,
-    }
-    background = BackgroundServer(lambda: TurnServer(**options))
+    given = natkit_turn_options
+    base = given if isinstance(given, TurnOptions) else TurnOptions().replace(**given)
+    changes: dict[str, Any] = {}
+    if base.listen is None:
+        changes["listen"] = [("127.0.0.1", 0)]
+    if base.peer_policy is None and not base.allow_peers:
+        changes["allow_peers"] = ("127.0.0.0/8", "::1/128")
+    options = base.replace(**changes)
+    background = BackgroundServer(lambda: TurnServer(options=options))
     server = background.start()
     try:
-        username, credential = (None, None) if server.no_auth else server.credentials()
+        known = not server.no_auth and server.credentials()[0]
+        username, credential = server.credentials() if known else (None, None)
         yield RunningServer(server.urls, username, credential, list(server.addresses), server)
     finally:
         background.stop()

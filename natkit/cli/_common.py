@@ -46,6 +46,9 @@ def add_json_option(parser: argparse.ArgumentParser, what: str = "the report") -
     )
 
 
+PROM_MARKER = "# natkit check metrics"
+
+
 def _is_natkit_output(path: Path, kind: str) -> bool:
     try:
         if path.stat().st_size > 512 * 1024 * 1024:
@@ -54,6 +57,8 @@ def _is_natkit_output(path: Path, kind: str) -> bool:
             head = f.read(64 * 1024)
         if kind == "html":
             return HTML_MARKER.encode() in head
+        if kind == "prom":
+            return head.startswith(PROM_MARKER.encode())
         doc = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError):
         return False
@@ -107,12 +112,57 @@ def write_output(path: Path, text: str) -> None:
 
 def emit_json(target: str | None, doc: Any, inputs: Iterable[str | os.PathLike[str] | None] = ()) -> None:
     """Print ``doc`` to stdout (target None or '-') or write it to the file ``target``."""
-    text = json.dumps(doc, indent=2, default=str) + "\n"
+    text = json.dumps(doc, indent=2, default=str, allow_nan=False) + "\n"
     path = check_output("--json", target, inputs)
     if path is None:
         sys.stdout.write(text)
     else:
         write_output(path, text)
+
+
+def add_family_options(parser: argparse.ArgumentParser, what: str = "resolve and probe") -> None:
+    """``-4/--ipv4`` and ``-6/--ipv6``: only that address family (``args.families``); neither:
+    both. The same meaning on every verb."""
+    fam = parser.add_mutually_exclusive_group()
+    fam.add_argument("-4", "--ipv4", dest="families", action="store_const", const=(4,),
+                     default=(4, 6), help=f"{what} IPv4 only")
+    fam.add_argument("-6", "--ipv6", dest="families", action="store_const", const=(6,),
+                     help=f"{what} IPv6 only (default: both families)")
+
+
+def add_tls_options(parser: argparse.ArgumentParser) -> None:
+    """``--insecure`` and ``--ca-file`` for every verb that speaks TLS (stuns:, turns:)."""
+    parser.add_argument("--insecure", action="store_true",
+                        help="accept TLS certificates that do not verify (self-signed, wrong "
+                        "name); the report says so")
+    parser.add_argument("--ca-file", metavar="PEM", help="trust these CA certificates for TLS")
+
+
+def add_timeout_option(parser: argparse.ArgumentParser, default: float, what: str) -> None:
+    parser.add_argument("--timeout", type=float, default=default, metavar="S",
+                        help=f"{what} (default {default:g})")
+
+
+def check_timeout(value: float, flag: str = "--timeout") -> float:
+    if not 0 < value <= 600:
+        raise UsageError(f"{flag} {value:g}: expected seconds between 0 and 600")
+    return value
+
+
+def examples(*lines: str) -> str:
+    """An ``--help`` epilog of examples (use with RawDescriptionHelpFormatter)."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def verb_parser(sub: Any, verb: str, help_text: str, description: str,
+                example_lines: Iterable[str]) -> argparse.ArgumentParser:
+    """A verb's sub-parser with a description and an epilog of examples."""
+    import textwrap
+
+    parser: argparse.ArgumentParser = sub.add_parser(
+        verb, help=help_text, description=textwrap.fill(description, 79),
+        epilog=examples(*example_lines), formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
 
 
 def progress_printer(json_output: bool) -> Callable[[str], None]:

@@ -8,7 +8,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from natkit.cli._common import print_json
+from natkit.cli._common import add_json_option, check_output, emit_json, verb_parser
 
 
 async def demo(primary: str = "127.0.0.1", alternate: str = "127.0.0.2") -> dict[str, Any]:
@@ -23,18 +23,21 @@ async def demo(primary: str = "127.0.0.1", alternate: str = "127.0.0.2") -> dict
 
 
 def register(sub: Any, verb: str, help_text: str) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(verb, help=help_text, description=help_text)
-    parser.add_argument("--json", action="store_true", help="print the probe's JSON report")
+    parser = verb_parser(sub, verb, help_text, help_text + ". Exit 0 when the probe sees no "
+                         "NAT and endpoint-independent mapping, as it must on loopback.",
+                         ("natkit demo", "natkit demo --json demo.json"))
+    add_json_option(parser, "the probe's report")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from natkit.cli.probe import render
 
+    check_output("--json", args.json)
     data = asyncio.run(demo())
     if args.json:
-        print_json(data)
-    else:
+        emit_json(args.json, data)
+    if args.json != "-":
         print("natkit demo: STUN responder in RFC 5780 mode on 127.0.0.1 + 127.0.0.2, probed:")
         print(render(data))
     ok = data["nat_type"] == "open" and data["mapping"] in ("none", "endpoint-independent")

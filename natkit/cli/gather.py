@@ -1,9 +1,7 @@
 """`natkit gather`: gather candidates per STUN/TURN URL, reporting every failure.
 
 Exit 0 when every URL produced its candidate, 1 when any failed, 2 for usage/config errors.
-``--json`` keys: ok, elapsed_ms, candidates[] (the `natkit candidates` keys plus url and
-elapsed_ms), errors[] (url, address, port, error_code, error_text, elapsed_ms), notes[],
-diagnosis[] (code, severity, message).
+The JSON shape is in docs/json.md ("gather").
 """
 
 from __future__ import annotations
@@ -13,12 +11,27 @@ import asyncio
 import sys
 from typing import Any
 
-from natkit.cli._common import print_json
+from natkit.cli._common import (
+    add_family_options,
+    add_json_option,
+    add_timeout_option,
+    add_tls_options,
+    check_output,
+    check_timeout,
+    emit_json,
+    verb_parser,
+)
 from natkit.errors import UsageError
 
 
 def register(sub: Any, verb: str, help_text: str) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(verb, help=help_text, description=help_text)
+    parser = verb_parser(sub, verb, help_text, help_text + ". Exit status: 0 every URL gave "
+                         "its candidate, 1 one failed, 2 usage or configuration errors.", (
+                             "natkit gather iceServers.json",
+                             "natkit gather --turn turn:turn.example.org --username u "
+                             "--credential p --policy relay",
+                             "natkit gather --stun stun:stun.example.org -4 --json",
+                         ))
     parser.add_argument("file", nargs="?", metavar="FILE",
                         help="iceServers JSON file ('-' for stdin); or use --stun/--turn")
     parser.add_argument("--stun", action="append", default=[], metavar="URL",
@@ -29,14 +42,10 @@ def register(sub: Any, verb: str, help_text: str) -> None:
     parser.add_argument("--credential", help="TURN password for --turn")
     parser.add_argument("--policy", choices=("all", "relay"), default="all",
                         help="RTCIceTransportPolicy (default all)")
-    parser.add_argument("--ipv6", action="store_true", help="also gather over IPv6")
-    parser.add_argument("--ipv6-only", action="store_true", help="gather over IPv6 only")
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="S",
-                        help="seconds allowed per URL (default 5)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="accept TLS certificates that do not verify")
-    parser.add_argument("--ca-file", metavar="PEM", help="trust these CA certificates for TLS")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_family_options(parser, "gather")
+    add_timeout_option(parser, 5.0, "seconds allowed per URL")
+    add_tls_options(parser)
+    add_json_option(parser, "the candidates and errors")
     parser.set_defaults(func=run)
 
 
@@ -44,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from natkit.ice.config import ConfigError, config_from_urls, load_config
     from natkit.ice.gather import Gathered, gather
 
-    if not args.timeout > 0 or args.timeout > 600:
-        raise UsageError(f"--timeout {args.timeout:g}: expected seconds between 0 and 600")
+    check_timeout(args.timeout)
+    inputs = [args.file if args.file not in (None, "-") else None]
+    check_output("--json", args.json, inputs)
     if args.file and (args.stun or args.turn):
         raise UsageError("give either an iceServers FILE or --stun/--turn, not both")
     if not args.file and not (args.stun or args.turn):
@@ -59,10 +69,11 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"natkit gather: error: {exc.source}: {problem}", file=sys.stderr)
         return 2
-    families = (6,) if args.ipv6_only else (4, 6) if args.ipv6 else (4,)
+    families = tuple(args.families)
+    text = args.json != "-"
 
     def show(event: Any) -> None:
-        if args.json:
+        if not text:
             return
         if isinstance(event, Gathered):
             c = event.candidate
@@ -77,14 +88,14 @@ def run(args: argparse.Namespace) -> int:
                   f"{local}: {event.error_text}", flush=True)
 
     for warning in config.warnings:
-        if not args.json:
+        if text:
             print(f"warning: {warning}")
     result = asyncio.run(gather(config, policy=args.policy, families=families,
                                 timeout=args.timeout, insecure=args.insecure,
                                 ca_file=args.ca_file, on_event=show))
     if args.json:
-        print_json(result.as_dict())
-    else:
+        emit_json(args.json, result.as_dict(), inputs)
+    if text:
         for note in result.notes:
             print(f"note: {note}")
         findings = result.diagnosis()

@@ -6,17 +6,33 @@ import argparse
 import sys
 from typing import Any
 
-from natkit.cli._common import parse_hostport, print_json
+from natkit.cli._common import (
+    add_family_options,
+    add_json_option,
+    add_timeout_option,
+    add_tls_options,
+    check_output,
+    check_timeout,
+    emit_json,
+    parse_hostport,
+    verb_parser,
+)
 from natkit.errors import UsageError
+
+EXAMPLES = (
+    "natkit probe                                   # the default public STUN servers",
+    "natkit probe --server stun:stun.example.org --server stun.other.net:3478 --json",
+    "natkit probe -4 --timeout 2 --no-behaviour     # only the public IPv4 mapping",
+    "natkit probe --server stuns:stun.example.org --ca-file ca.pem",
+    "natkit probe --lifetime                        # also measure the binding lifetime",
+)
 
 
 def register(sub: Any, verb: str, help_text: str) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        verb,
-        help=help_text,
-        description=help_text + ". Exit 0 when classified (udp-blocked "
-        "included), 1 when no server answered, 2 for usage errors.",
-    )
+    parser = verb_parser(
+        sub, verb, help_text,
+        help_text + ". Exit 0 when classified (udp-blocked included), 1 when no server "
+        "answered, 2 for usage errors.", EXAMPLES)
     parser.add_argument(
         "--server",
         "-s",
@@ -26,26 +42,20 @@ def register(sub: Any, verb: str, help_text: str) -> None:
         help="stun:host[:port], stuns:host[:port] or host[:port]; repeat to ask "
         "several servers concurrently (default: configs/stun-servers.toml)",
     )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=3.0,
-        metavar="S",
-        help="longest wait for a first answer from any server (default 3)",
-    )
+    add_json_option(parser, "the result")
+    add_timeout_option(parser, 3.0, "seconds for the whole probe, DNS included")
     parser.add_argument(
         "--local",
         metavar="ADDR[:PORT]",
         help="bind the probe's primary socket to this address (and port)",
     )
-    fam = parser.add_mutually_exclusive_group()
-    fam.add_argument("--ipv4", "-4", action="store_true", help="probe IPv4 only")
-    fam.add_argument("--ipv6", "-6", action="store_true", help="probe IPv6 only")
+    add_family_options(parser, "probe")
+    add_tls_options(parser)
     parser.add_argument(
         "--lifetime",
         action="store_true",
-        help="also measure how long an idle UDP binding lives (bounded search)",
+        help="also measure how long an idle UDP binding lives (bounded search, after "
+        "--timeout)",
     )
     parser.add_argument(
         "--lifetime-max",
@@ -68,14 +78,19 @@ def register(sub: Any, verb: str, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from natkit.nat.probe import probe_sync
 
-    if args.timeout <= 0 or args.timeout > 600:
-        raise UsageError(f"--timeout {args.timeout}: give a number of seconds in (0, 600]")
+    check_timeout(args.timeout)
     if args.lifetime_max < 1 or args.lifetime_max > 3600:
         raise UsageError(f"--lifetime-max {args.lifetime_max}: give seconds in [1, 3600]")
+    check_output("--json", args.json)
     local = parse_hostport(args.local, 0) if args.local else None
-    families = (4,) if args.ipv4 else (6,) if args.ipv6 else None
+    families = None if set(args.families) == {4, 6} else tuple(args.families)
     if local is not None and families is not None and (6 if ":" in local[0] else 4) not in families:
         raise UsageError(f"--local {args.local} is not an address of the family asked for")
+    ssl_context = None
+    if args.insecure or args.ca_file:
+        from natkit.ice.tls import insecure_context, verifying_context
+
+        ssl_context = insecure_context() if args.insecure else verifying_context(args.ca_file)
     if args.lifetime:
         print(
             f"natkit probe: measuring the binding lifetime (up to {args.lifetime_max:g} s)...",
@@ -90,12 +105,20 @@ def run(args: argparse.Namespace) -> int:
         behaviour=args.behaviour,
         lifetime=args.lifetime,
         lifetime_max=args.lifetime_max,
+        ssl_context=ssl_context,
     )
     data = result.to_json()
     if args.json:
-        print_json(data)
-    else:
+        emit_json(args.json, data)
+    if args.json != "-":
         print(render(data, verbose=args.verbose))
+    if not result.answered:
+        dns_only = data["errors"] and all("did not answer within" in e for e in data["errors"])
+        print("natkit probe: " + (
+            "the DNS server did not answer, so no STUN server was asked (check "
+            "/etc/resolv.conf, or give --server with an IP address)" if dns_only else
+            "no server answered (check the address, or that UDP/TCP to it is allowed)"),
+            file=sys.stderr)
     return result.exit_code
 
 
@@ -136,14 +159,14 @@ def render(data: dict[str, Any], verbose: bool = False) -> str:
             parts = []
             if s["transport"] == "udp":
                 parts.append(
-                    f"UDP {s['rtt_ms']:.1f} ms, mapped {_a(s['mapped'])}"
-                    if s["rtt_ms"] is not None
+                    f"UDP {s['rtt_s'] * 1000:.1f} ms, mapped {_a(s['mapped'])}"
+                    if s["rtt_s"] is not None
                     else "no UDP answer"
                 )
             st = s.get("stream")
             if st and (st["answered"] or s["transport"] != "udp"):
                 parts.append(
-                    f"{st['transport'].upper()} {st['rtt_ms']:.1f} ms, mapped {_a(st['mapped'])}"
+                    f"{st['transport'].upper()} {st['rtt_s'] * 1000:.1f} ms, mapped {_a(st['mapped'])}"
                     if st["answered"]
                     else f"no {st['transport'].upper()} answer"
                 )
@@ -168,10 +191,4 @@ def render(data: dict[str, Any], verbose: bool = False) -> str:
     for e in data.get("errors", []):
         lines.append(f"error: {e}")
     lines.append(f"took {data['duration_s']:.2f} s")
-    if not any(d["public"] for d in fams.values()):
-        print(
-            "natkit probe: no server answered (check the address, or that UDP/TCP to it is "
-            "allowed)",
-            file=sys.stderr,
-        )
     return "\n".join(lines)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from natkit.cli._common import parse_hostport, print_json
-from natkit.errors import UsageError
+from natkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from natkit.server.service import TurnOptions, TurnService
 
 HELP = "run the TURN relay (RFC 8656), safe by default"
 
@@ -36,6 +38,7 @@ def register(sub: Any) -> None:
     add("--realm", default="natkit", metavar="R", help="authentication realm (natkit)")
     add(
         "--user",
+        dest="users",
         action="append",
         default=[],
         metavar="NAME:PASS",
@@ -44,6 +47,7 @@ def register(sub: Any) -> None:
     add("--users-file", metavar="F", help="file of NAME:PASSWORD lines")
     add(
         "--auth-secret",
+        dest="auth_secrets",
         action="append",
         default=[],
         metavar="S",
@@ -67,6 +71,7 @@ def register(sub: Any) -> None:
     add("--max-port", type=int, default=0, metavar="N", help="highest relay port")
     add(
         "--allow-peer",
+        dest="allow_peers",
         action="append",
         default=[],
         metavar="CIDR",
@@ -74,6 +79,7 @@ def register(sub: Any) -> None:
     )
     add(
         "--deny-peer",
+        dest="deny_peers",
         action="append",
         default=[],
         metavar="CIDR",
@@ -124,46 +130,38 @@ def register(sub: Any) -> None:
 
 def _users(args: argparse.Namespace) -> dict[str, str]:
     users: dict[str, str] = {}
-    for text in args.user:
+    for text in args.users:
         name, sep, password = text.partition(":")
         if not sep or not name or not password:
-            raise UsageError(f"bad --user '{text}': expected NAME:PASSWORD")
+            raise ConfigError(f"bad value '{text}': expected NAME:PASSWORD", param="users")
         users[name] = password
     return users
 
 
-def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """TurnServer/CoturnServer keyword arguments for the parsed command line."""
-    for flag, path in (
-        ("--tls-cert", args.tls_cert),
-        ("--tls-key", args.tls_key),
-        ("--users-file", args.users_file),
+def options_from_args(args: argparse.Namespace) -> TurnOptions:
+    """The TurnOptions (for either engine) of the parsed command line."""
+    from natkit.server.service import TurnOptions
+    for param, path in (
+        ("tls_cert", args.tls_cert),
+        ("tls_key", args.tls_key),
+        ("users_file", args.users_file),
     ):
         if path and not os.path.isfile(path):
-            raise UsageError(f"{flag} {path}: no such file")
-    if (args.min_port or args.max_port) and not 1 <= args.min_port <= args.max_port <= 65535:
-        raise UsageError(
-            f"bad relay port range --min-port {args.min_port} --max-port "
-            f"{args.max_port}: need 1 <= min <= max <= 65535"
-        )
-    for flag in ("user_quota", "max_allocations", "max_permissions", "bandwidth"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UsageError(f"bad --{flag.replace('_', '-')} {value}: must be at least 1")
+            raise ConfigError(f"{path}: no such file", param=param)
     if not 600 <= args.max_lifetime <= 86400:
-        raise UsageError(f"bad --max-lifetime {args.max_lifetime}: give 600-86400 seconds")
-    options: dict[str, Any] = {
+        raise ConfigError(f"give 600-86400 seconds, not {args.max_lifetime}", param="max_lifetime")
+    changes: dict[str, Any] = {
         "listen": [parse_hostport(t) for t in args.listen] if args.listen else None,
         "realm": args.realm,
         "users": _users(args),
         "users_file": args.users_file,
-        "auth_secrets": args.auth_secret,
+        "auth_secrets": tuple(args.auth_secrets),
         "relay_ip": args.relay_ip or None,
         "external_ip": args.external_ip or None,
         "min_port": args.min_port,
         "max_port": args.max_port,
-        "allow_peers": args.allow_peer,
-        "deny_peers": args.deny_peer,
+        "allow_peers": tuple(args.allow_peers),
+        "deny_peers": tuple(args.deny_peers),
         "no_auth": args.no_auth,
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
@@ -173,42 +171,23 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "max_allocations": args.max_allocations,
         "bandwidth": args.bandwidth,
         "max_lifetime": args.max_lifetime,
+        "software": args.software,
+        "strict_channels": args.strict_channels,
+        "metrics": parse_hostport(args.metrics) if args.metrics is not None else None,
     }
     if args.max_permissions is not None:
-        options["max_permissions"] = args.max_permissions
-    if args.software is not None:
-        options["software"] = args.software
-    if args.strict_channels:
-        options["strict_channels"] = True
-    if args.metrics is not None:
-        options["metrics"] = parse_hostport(args.metrics)
+        changes["max_permissions"] = args.max_permissions
+    options = TurnOptions().replace(**changes)
+    options.check()
     return options
 
 
-def _coturn_class() -> Any:
-    try:
-        from natkit.server.coturn import CoturnServer
-    except ImportError as exc:  # pragma: no cover - depends on the installed tree
-        raise UsageError(f"--engine coturn is not available in this natkit: {exc}") from None
-    return CoturnServer
-
-
-def _for_coturn(options: dict[str, Any]) -> dict[str, Any]:
-    cls = _coturn_class()
-    accepted = set(inspect.signature(cls).parameters)
-    unsupported = [k for k, v in options.items() if k not in accepted and v is not None]
-    if unsupported:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unsupported)
-        raise UsageError(f"--engine coturn does not take {flags}: drop it or use --engine natkit")
-    return {k: v for k, v in options.items() if k in accepted}
-
-
-def _announce(server: Any, args: argparse.Namespace, engine: str) -> None:
+def _announce(server: TurnService, args: argparse.Namespace) -> None:
+    engine = server.engine_name
+    # natkit's engine says which UDP data path it runs (C extension or pure Python) and why
+    data_path: str | None = getattr(server, "fast_path_line", None)
     username, credential = ("", "") if args.no_auth else server.credentials()
-    generated = getattr(server, "generated_user", False) or (
-        engine == "coturn"
-        and not (args.user or args.users_file or args.auth_secret or args.no_auth)
-    )
+    generated = server.generated_user
     if args.json:
         print_json(
             {
@@ -220,13 +199,13 @@ def _announce(server: Any, args: argparse.Namespace, engine: str) -> None:
                 "username": username,
                 "credential": credential if generated else None,
                 "auth": not args.no_auth,
-                "data_path": server.fast_path_line if engine == "natkit" else None,
+                "data_path": data_path,
             }
         )
     else:
         print(f"natkit TURN relay (engine: {engine}) on:")
-        if engine == "natkit":
-            print(f"  data path: {server.fast_path_line}")
+        if data_path is not None:
+            print(f"  data path: {data_path}")
         for url in server.urls:
             print(f"  {url}")
         if args.no_auth:
@@ -249,24 +228,20 @@ async def _wait_for_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
-async def _serve_natkit(options: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    from natkit.server.turn import TurnServer
+async def _serve(options: TurnOptions, args: argparse.Namespace) -> dict[str, Any]:
+    server: TurnService
+    if args.engine == "coturn":
+        from natkit.server.coturn import CoturnServer
 
-    async with TurnServer(**options) as server:
-        _announce(server, args, "natkit")
+        server = CoturnServer(options=options)
+    else:
+        from natkit.server.turn import TurnServer
+
+        server = TurnServer(options=options)
+    async with server:
+        _announce(server, args)
         await _wait_for_signal()
     return server.stats()
-
-
-async def _serve_coturn(options: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    server = _coturn_class()(**_for_coturn(options))
-    server.start()
-    try:
-        _announce(server, args, "coturn")
-        await _wait_for_signal()
-    finally:
-        server.stop()
-    return {}
 
 
 def _raise_fd_limit() -> None:
@@ -290,17 +265,16 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     options = options_from_args(args)
-    serve = _serve_coturn if args.engine == "coturn" else _serve_natkit
     try:
         import uvloop
 
-        stats = uvloop.run(serve(options, args))
+        stats = uvloop.run(_serve(options, args))
     except ImportError:
-        stats = asyncio.run(serve(options, args))
+        stats = asyncio.run(_serve(options, args))
     if args.json:
         print_json({"stopped": True, "stats": stats})
     else:
-        if stats:
+        if "allocations_created" in stats:
             print(
                 f"stopped ({stats['allocations_created']} allocations served, "
                 f"{stats['to_peer_packets']} packets to peers, "

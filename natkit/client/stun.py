@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from natkit.errors import NatkitError
+from natkit.errors import ProtocolError
 from natkit.stun import (
     ALGORITHM_SHA256,
     Attr,
@@ -43,7 +43,7 @@ DEFAULT_RC = 7  # RFC 8489 §6.2.1
 DEFAULT_RM = 16
 
 
-class StunTimeout(NatkitError, TimeoutError):
+class StunTimeout(ProtocolError, TimeoutError):
     """No response arrived within the retransmission schedule or the deadline."""
 
     def __init__(self, message: str, attempts: int = 0) -> None:
@@ -51,8 +51,13 @@ class StunTimeout(NatkitError, TimeoutError):
         self.attempts = attempts
 
 
-class StunAuthError(NatkitError):
+class StunAuthError(ProtocolError):
     """The server rejected the credentials or its response failed the integrity check."""
+
+
+class StunConnectionError(ProtocolError, ConnectionError):
+    """A TCP/TLS connection to the server failed (refused, reset, handshake, no route).
+    Also a ConnectionError (an OSError), so ``except OSError`` keeps working."""
 
 
 @dataclass(frozen=True)
@@ -513,20 +518,33 @@ class StreamStunClient:
         timeout: float = 5.0,
         credentials: Credentials | None = None,
     ) -> StreamStunClient:
-        """Connect to ``dest`` over TCP (or TLS, verified against ``server_hostname``)."""
+        """Connect to ``dest`` over TCP (or TLS, verified against ``server_hostname``).
+        Raises :class:`StunConnectionError` (or :class:`StunTimeout`) with what went wrong."""
         ctx = None
         if tls:
             ctx = ssl_context or ssl_module.create_default_context()
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                dest[0],
-                dest[1],
-                ssl=ctx,
-                server_hostname=(server_hostname or dest[0]) if tls else None,
-                local_addr=local,
-            ),
-            timeout,
-        )
+        name = "TLS" if tls else "TCP"
+        where = f"[{dest[0]}]:{dest[1]}" if ":" in dest[0] else f"{dest[0]}:{dest[1]}"
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    dest[0],
+                    dest[1],
+                    ssl=ctx,
+                    server_hostname=(server_hostname or dest[0]) if tls else None,
+                    local_addr=local,
+                ),
+                timeout,
+            )
+        except TimeoutError:
+            raise StunTimeout(f"no {name} connection to {where} within {timeout:.1f} s") from None
+        except ssl_module.SSLError as exc:
+            raise StunConnectionError(
+                f"TLS handshake with {where} failed: {exc.reason or exc}") from None
+        except ConnectionRefusedError:
+            raise StunConnectionError(f"{where} refused the {name} connection") from None
+        except OSError as exc:
+            raise StunConnectionError(f"cannot connect to {where}: {exc.strerror or exc}") from None
         return cls(_Stream(reader, writer), "tls" if tls else "tcp", credentials)
 
     async def _read(self) -> None:

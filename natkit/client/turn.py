@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from natkit.client.stun import Transactions, retransmit
-from natkit.errors import NatkitError
+from natkit.errors import ConfigError, ProtocolError
 from natkit.stun import (
     ALGORITHM_SHA256,
     Attr,
@@ -39,7 +39,7 @@ TRANSPORT_UDP = 17
 SOFTWARE = "natkit"
 
 
-class TurnClientError(NatkitError):
+class TurnClientError(ProtocolError):
     """Base of the TURN client's errors."""
 
 
@@ -113,6 +113,14 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.client._on_packet(data)
 
     def error_received(self, exc: Exception) -> None:
+        if isinstance(exc, PermissionError):
+            self.client._fail(
+                TurnConnectionError(
+                    f"this host may not send UDP to {_fmt(self.client.server)}: a local "
+                    "firewall refuses it (EPERM)"
+                )
+            )
+            return
         # Linux reports ICMP port unreachable on a connected UDP socket: nothing listens there.
         if isinstance(exc, ConnectionRefusedError):
             self.client._fail(
@@ -145,7 +153,7 @@ class TurnClient:
         software: str | None = SOFTWARE,
     ) -> None:
         if protocol not in ("udp", "tcp", "tls"):
-            raise ValueError(f"protocol must be udp, tcp or tls, not {protocol!r}")
+            raise ConfigError(f"expected udp, tcp or tls, not {protocol!r}", param="protocol")
         self.server = server
         self.protocol = protocol
         self.username = username
@@ -193,9 +201,14 @@ class TurnClient:
         self._error = None
         if self.protocol == "udp":
             family = socket.AF_INET6 if ":" in self.server[0] else socket.AF_INET
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), remote_addr=self.server, family=family
-            )
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpProtocol(self), remote_addr=self.server, family=family
+                )
+            except OSError as exc:
+                raise TurnConnectionError(
+                    f"cannot send UDP to {_fmt(self.server)}: {exc.strerror or exc}"
+                ) from None
             self._udp = transport
             self.local_address = _norm(transport.get_extra_info("sockname"))
             return
@@ -230,7 +243,7 @@ class TurnClient:
         except TimeoutError:
             raise TurnTimeout(
                 f"no {self.protocol.upper()} connection to {_fmt(self.server)} within "
-                f"{self.timeout:g}s"
+                f"{self.timeout:.1f} s"
             ) from None
         except OSError as exc:
             raise TurnConnectionError(
@@ -365,7 +378,7 @@ class TurnClient:
         except TimeoutError:
             raise TurnTimeout(
                 f"no answer from {_fmt(self.server)} over {self.protocol.upper()} to "
-                f"{_method_name(msg.method)} within {self.timeout:g}s"
+                f"{_method_name(msg.method)} within {self.timeout:.1f} s"
             ) from None
         finally:
             self._tx.pending.pop(tid, None)

@@ -2,18 +2,16 @@
 
 A :class:`Candidate` keeps every name/value pair after ``typ`` in the order it was written,
 unknown extensions included, so ``Candidate.parse(line).to_line()`` gives the line back.
-:func:`parse_candidates` reads whatever a user pastes: bare candidate lines, a whole SDP, or
-browser JSON (``RTCIceCandidateInit``, one or many).
+:func:`natkit.ice.pasted.parse_candidates` reads whatever a user pastes (bare lines, an SDP,
+browser JSON) into a :class:`CandidateSet`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from natkit.errors import UsageError
 from natkit.ice.classify import (
     address_scope,
     decode_priority,
@@ -140,10 +138,25 @@ class Candidate:
 
     @property
     def relay_transport(self) -> str | None:
-        """TURN client-to-server transport of a relay candidate (known, or guessed)."""
+        """TURN client-to-server transport of a relay candidate: as the gatherer or the JSON
+        (``relayProtocol``) said, from a ``relay-protocol`` extension, else guessed from the
+        priority's type preference (libwebrtc: 2 UDP, 1 TCP, 0 TLS)."""
         if self.type != "relay":
             return None
-        return self.relay_protocol or relay_protocol_from_priority(self.priority)
+        return self.relay_transport_source[0]
+
+    @property
+    def relay_transport_source(self) -> tuple[str | None, str | None]:
+        """(relay transport, where it came from: "given", "extension" or "priority")."""
+        if self.type != "relay":
+            return None, None
+        if self.relay_protocol:
+            return self.relay_protocol, "given"
+        ext = self.extensions.get("relay-protocol", "").lower()
+        if ext in ("udp", "tcp", "tls", "dtls"):
+            return ext, "extension"
+        guess = relay_protocol_from_priority(self.priority)
+        return guess, ("priority" if guess else None)
 
     def validate(self) -> tuple[list[str], list[str]]:
         """(errors, warnings): errors break RFC 8839/8445/6544 rules, warnings are odd."""
@@ -171,7 +184,9 @@ class Candidate:
             errors.append(f"port {self.port} out of range 0-65535")
         scope = self.scope
         if scope == "hostname" and not _is_fqdn(self.address):
-            errors.append(f"address '{self.address}' is neither an IP address nor a hostname")
+            looks_v4 = re.fullmatch(r"[0-9]+(\.[0-9]+){3}", self.address) is not None
+            errors.append(f"address '{self.address}' is neither an IP address nor a hostname"
+                          + (" (an IPv4 address has four numbers 0-255)" if looks_v4 else ""))
         if self.type not in CANDIDATE_TYPES:
             errors.append(f"type '{self.type}' is not one of {', '.join(CANDIDATE_TYPES)}")
         if self.type in ("srflx", "prflx", "relay"):
@@ -228,6 +243,7 @@ class Candidate:
             "ip_version": self.ip_version,
             "priority_parts": decode_priority(self.priority).as_dict(),
             "relay_protocol": self.relay_transport,
+            "relay_protocol_source": self.relay_transport_source[1],
             "extensions": self.extensions,
             "mid": self.mid,
             "mline_index": self.mline_index,
@@ -259,6 +275,10 @@ def _int_field(name: str, text: str, max_digits: int) -> int:
 
 def _is_fqdn(name: str) -> bool:
     labels = name.rstrip(".").split(".")
+    # RFC 1123 §2.1 / RFC 3696 §2: a top-level label is never all digits, so 999.168.1.23
+    # is a broken IPv4 address, not a host name.
+    if labels and labels[-1].isdigit():
+        return False
     return bool(name) and all(
         re.match(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$", label) for label in labels
     )
@@ -313,101 +333,19 @@ class CandidateSet:
     sections: list[Section] = field(default_factory=list)
     end_of_candidates: bool = False
 
-
-def parse_candidates(text: str) -> CandidateSet:
-    """Parse bare candidate lines, an SDP, or browser JSON. Raises UsageError when the input
-    is none of these (e.g. invalid JSON, with line and column)."""
-    stripped = text.lstrip("\ufeff").strip()
-    if stripped.startswith(("{", "[")):
-        return _parse_json(stripped)
-    if re.search(r"^(v=0|m=)", stripped, re.MULTILINE) and re.search(
-        r"^[vmo]=", stripped, re.MULTILINE
-    ):
-        from natkit.ice.sdp import parse_sdp
-
-        return parse_sdp(stripped)
-    return _parse_lines(stripped)
-
-
-def _parse_lines(text: str) -> CandidateSet:
-    result = CandidateSet("lines")
-    section = Section(index=None)
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.lower() in ("a=end-of-candidates", "end-of-candidates"):
-            section.end_of_candidates = result.end_of_candidates = True
-            continue
-        _add_line(result, section, line, number)
-    result.sections.append(section)
-    return result
+    def add_line(self, section: Section, line: str, number: int | None) -> Candidate | None:
+        """Parse one candidate line into ``section`` (or record it as malformed)."""
+        try:
+            cand = Candidate.parse(line)
+        except CandidateSyntaxError as exc:
+            self.malformed.append(Malformed(line, str(exc), number, section.mid))
+            return None
+        cand.source_line = number
+        cand.mid = section.mid
+        cand.mline_index = section.index
+        cand.ufrag = section.ufrag
+        section.candidates.append(cand)
+        self.candidates.append(cand)
+        return cand
 
 
-def _add_line(result: CandidateSet, section: Section, line: str, number: int | None) -> None:
-    try:
-        cand = Candidate.parse(line)
-    except CandidateSyntaxError as exc:
-        result.malformed.append(Malformed(line, str(exc), number, section.mid))
-        return
-    cand.source_line = number
-    cand.mid = section.mid
-    cand.mline_index = section.index
-    cand.ufrag = section.ufrag
-    section.candidates.append(cand)
-    result.candidates.append(cand)
-
-
-def _parse_json(text: str) -> CandidateSet:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}; "
-            "expected RTCIceCandidateInit object(s) or a session description"
-        ) from None
-    if isinstance(data, dict) and isinstance(data.get("sdp"), str):
-        from natkit.ice.sdp import parse_sdp
-
-        return parse_sdp(data["sdp"])
-    if isinstance(data, dict) and isinstance(data.get("candidates"), list):
-        items: list[Any] = data["candidates"]
-        where = "candidates"
-    elif isinstance(data, list):
-        items, where = data, ""
-    else:
-        items, where = [data], None
-    result = CandidateSet("json")
-    sections: dict[tuple[Any, Any], Section] = {}
-    for i, item in enumerate(items):
-        path = f"{where}[{i}]" if where is not None else "$"
-        if isinstance(item, str):
-            item = {"candidate": item}
-        if not isinstance(item, dict) or not isinstance(item.get("candidate"), str):
-            raise UsageError(
-                f"{path}: expected an RTCIceCandidateInit object with a string 'candidate'"
-            )
-        mid = item.get("sdpMid")
-        index = item.get("sdpMLineIndex")
-        if mid is not None and not isinstance(mid, str):
-            raise UsageError(f"{path}.sdpMid: expected a string or null")
-        if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
-            raise UsageError(f"{path}.sdpMLineIndex: expected an integer or null")
-        key = (mid, index)
-        section = sections.get(key)
-        if section is None:
-            section = sections[key] = Section(index=index, mid=mid)
-            result.sections.append(section)
-        ufrag = item.get("usernameFragment")
-        line = item.get("candidate", "").strip()
-        if not line:  # an empty candidate is the browser's end-of-candidates
-            section.end_of_candidates = result.end_of_candidates = True
-            continue
-        section.ufrag = ufrag if isinstance(ufrag, str) else None
-        before = len(result.candidates)
-        _add_line(result, section, line, None)
-        if len(result.candidates) > before:
-            result.candidates[-1].source_line = i
-        elif result.malformed:
-            result.malformed[-1].source_line = i
-    return result

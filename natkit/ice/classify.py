@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import netaddr
+import netaddr  # type: ignore[import-untyped]
 
 # Ranges netaddr has no single predicate for; checked before the generic predicates.
 _CGNAT = netaddr.IPNetwork("100.64.0.0/10")  # RFC 6598 shared address space

@@ -8,16 +8,38 @@ names the DOMException a browser would throw and the JSON path of the offending 
 from __future__ import annotations
 
 import json
+import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import netaddr
+import netaddr  # type: ignore[import-untyped]
 
-from natkit.errors import UsageError
+from natkit import errors
+from natkit.ice.jsonsafe import loads_strict, read_text_file, read_text_input
+
+__all__ = [
+    "DEFAULT_PORT",
+    "SCHEMES",
+    "ConfigError",
+    "IceConfig",
+    "IceConfigError",
+    "IceServer",
+    "IceUrl",
+    "Problem",
+    "coerce_config",
+    "config_from_data",
+    "config_from_urls",
+    "load_config",
+    "parse_config",
+    "parse_ice_url",
+    "read_text_file",
+    "rest_expiry",
+    "rest_timestamp_in_ms",
+    "unwrap_envelope",
+    "with_rest_credentials",
+]
 
 SCHEMES = ("stun", "stuns", "turn", "turns")
 DEFAULT_PORT = {"stun": 3478, "turn": 3478, "stuns": 5349, "turns": 5349}
@@ -36,14 +58,20 @@ class Problem:
         return {"path": self.path, "error": self.error, "message": self.message}
 
 
-class ConfigError(UsageError):
-    """An iceServers configuration a browser would reject (exit 2). ``problems`` lists all."""
+class IceConfigError(errors.ConfigError):
+    """An iceServers configuration a browser would reject (exit 2). ``problems`` lists all;
+    ``where`` is the source and the JSON path of the first."""
 
     def __init__(self, source: str, problems: list[Problem]) -> None:
         self.source = source
         self.problems = problems
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        super().__init__(f"{source}: {problems[0]}{more}" if source else f"{problems[0]}{more}")
+        first = problems[0]
+        super().__init__(f"{first.error}: {first.message}{more}",
+                         where=f"{source}: {first.path}" if source else first.path)
+
+
+ConfigError = IceConfigError  # the name this module has always used
 
 
 @dataclass(frozen=True)
@@ -198,55 +226,111 @@ def _is_ip(host: str) -> bool:
 # -- whole configurations -----------------------------------------------------------------
 
 
-def load_config(path: str) -> IceConfig:
-    """Read and validate an iceServers file ('-' for stdin). Raises UsageError/ConfigError."""
-    if path == "-":
-        text, source = sys.stdin.read(), "<stdin>"
-    else:
-        text, source = read_text_file(path, "an iceServers JSON file"), path
-    return parse_config(text, source)
+EXPECTED = '{"iceServers": [...]} or a list of RTCIceServer objects'
 
 
-def read_text_file(path: str, expected: str = "") -> str:
-    """The UTF-8 text of ``path``, or a one-line UsageError saying why not; ``expected`` ("an
-    iceServers JSON file") is named when the path is a directory or not text."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        want = f", expected {expected}" if expected else ""
-        raise UsageError(f"{path}: is a directory{want}") from None
-    except PermissionError:
-        raise UsageError(f"{path}: permission denied") from None
-    except UnicodeDecodeError:
-        want = f"; expected {expected}" if expected else ""
-        raise UsageError(f"{path}: not UTF-8 text{want}") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+def load_json(path: str) -> tuple[Any, str]:
+    """(decoded JSON, source) of an iceServers file ('-' for stdin), strictly and within
+    bounds. Raises UsageError."""
+    text, source = read_text_input(path, "an iceServers JSON file")
+    return loads_strict(text.lstrip("\ufeff"), source, EXPECTED), source
+
+
+def load_config(path: str, *, rest_secret: str | None = None, rest_user: str = "natkit-check",
+                rest_ttl: float = 3600.0) -> IceConfig:
+    """Read and validate an iceServers file ('-' for stdin). Raises UsageError/ConfigError.
+    With ``rest_secret``, TURN credentials are minted as a TURN REST backend would (see
+    :func:`with_rest_credentials`)."""
+    data, source = load_json(path)
+    return config_from_data(data, source, rest_secret=rest_secret, rest_user=rest_user,
+                            rest_ttl=rest_ttl)
 
 
 def parse_config(text: str, source: str = "<config>") -> IceConfig:
-    try:
-        data = json.loads(text.lstrip("\ufeff"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"{source}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg} "
-            "(expected {\"iceServers\": [...]} or a list of RTCIceServer objects)"
-        ) from None
-    return config_from_data(data, source)
+    return config_from_data(loads_strict(text.lstrip("\ufeff"), source, EXPECTED), source)
 
 
-def config_from_data(data: Any, source: str = "<config>") -> IceConfig:
-    """Validate already-decoded JSON: an RTCConfiguration or a bare list of RTCIceServer."""
-    problems: list[Problem] = []
+def coerce_config(config: Any) -> IceConfig:
+    """An :class:`IceConfig` from itself, a file path or decoded JSON."""
+    if isinstance(config, IceConfig):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(os.fspath(config))
+    return config_from_data(config)
+
+
+def unwrap_envelope(data: Any, source: str = "<config>") -> tuple[Any, list[str]]:
+    """The RTCConfiguration inside a TURN provider's response envelope (Xirsys:
+    ``{"v": {"iceServers": ...}, "s": "ok"}``, or ``{"d": {...}}``), with a warning saying
+    what was unwrapped; the data unchanged when there is no envelope. An envelope that holds
+    an error (``"s": "error"``) is a ConfigError."""
+    if not isinstance(data, dict) or "iceServers" in data:
+        return data, []
+    for key in ("v", "d"):
+        inner = data.get(key)
+        if isinstance(inner, dict) and "iceServers" in inner:
+            return inner, [f"{key}: a provider's response envelope; checked {key}.iceServers "
+                           "(give RTCPeerConnection the inner {\"iceServers\": [...]})"]
+    if data.get("s") == "error" or (set(data) <= {"s", "v", "d"} and "s" in data):
+        detail = data.get("v") if isinstance(data.get("v"), str) else json.dumps(data)[:200]
+        raise ConfigError(source, [Problem("$", "TypeError",
+                                           f"the provider answered with an error: {detail}")])
+    return data, []
+
+
+def with_rest_credentials(data: Any, secret: str, user: str = "natkit-check",
+                          ttl: float = 3600.0, now: float | None = None) -> tuple[Any, list[str]]:
+    """``data`` with the username/credential of every server that has a TURN URL replaced by
+    TURN REST API credentials (draft-uberti-behave-turn-rest: username ``expiry:user``,
+    password base64(HMAC-SHA1(secret, username))), as a credential backend would mint them;
+    and a warning per server saying so."""
+    from natkit.turn.auth import rest_credentials
+
+    if not secret:
+        raise errors.ConfigError("the TURN REST secret is empty", param="rest_secret")
+    if ":" in user:
+        raise errors.ConfigError(f"user {user!r} contains ':' (the REST username separator)",
+                                 param="rest_user")
+    if not 0 < ttl <= 7 * 86400:
+        raise errors.ConfigError(f"expected 1 s to 7 days, got {ttl:g} s", param="rest_ttl")
+    data, _ = unwrap_envelope(data)
+    items = data.get("iceServers") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        return data, []
+    username, password = rest_credentials(secret, ttl, time.time() if now is None else now, user)
+    base = "iceServers" if isinstance(data, dict) else ""
     warnings: list[str] = []
+    out = []
+    for i, item in enumerate(items):
+        urls = item.get("urls", item.get("url")) if isinstance(item, dict) else None
+        urls = [urls] if isinstance(urls, str) else urls if isinstance(urls, list) else []
+        if any(isinstance(u, str) and u.lower().startswith(("turn:", "turns:")) for u in urls):
+            item = {**item, "username": username, "credential": password}
+            warnings.append(f"{base}[{i}]: credentials minted from the TURN REST secret "
+                            f"(username {username}, valid {ttl:g} s)")
+        out.append(item)
+    return ({**data, "iceServers": out} if isinstance(data, dict) else out), warnings
+
+
+def config_from_data(data: Any, source: str = "<config>", *, rest_secret: str | None = None,
+                     rest_user: str = "natkit-check", rest_ttl: float = 3600.0) -> IceConfig:
+    """Validate already-decoded JSON: an RTCConfiguration or a bare list of RTCIceServer (a
+    provider's envelope is unwrapped, with a warning)."""
+    problems: list[Problem] = []
+    data, warnings = unwrap_envelope(data, source)
+    if rest_secret is not None:
+        data, minted = with_rest_credentials(data, rest_secret, rest_user, rest_ttl)
+        warnings += minted
     if isinstance(data, dict):
         if "iceServers" not in data:
             raise ConfigError(source, [Problem(
                 "$", "TypeError", "no 'iceServers' member; expected {\"iceServers\": [...]}"
             )])
         items, base = data["iceServers"], "iceServers"
+        if isinstance(items, dict) and ("urls" in items or "url" in items):
+            raise ConfigError(source, [Problem(
+                "iceServers", "TypeError", "iceServers is one RTCIceServer object, not a list: "
+                "wrap it in [...] (a browser throws TypeError; Xirsys answers in this shape)")])
     elif isinstance(data, list):
         items, base = data, ""
     else:
@@ -348,6 +432,9 @@ def _server(item: Any, path: str, problems: list[Problem], warnings: list[str]) 
     if username is not None and not any(u.is_turn for u in urls) and urls:
         warnings.append(f"{path}: username/credential given but only STUN URLs: they are unused")
     if username is not None and any(u.is_turn for u in urls):
+        ms = rest_timestamp_in_ms(username)
+        if ms is not None:
+            warnings.append(f"{path}.username: {MS_TIMESTAMP.format(stamp=ms)}")
         expiry = rest_expiry(username)
         if expiry is not None and expiry < time.time():
             warnings.append(
@@ -362,8 +449,23 @@ def rest_expiry(username: str) -> float | None:
     draft-uberti-behave-turn-rest), or None when the username has no timestamp."""
     parts = username.split(":")
     for part in (parts[0], parts[-1]) if len(parts) > 1 else (parts[0],):
-        if part.isdigit() and 9 <= len(part) <= 11:
+        if part.isascii() and part.isdigit() and 9 <= len(part) <= 11:
             return float(part)
+    return None
+
+
+MS_TIMESTAMP = ("the REST timestamp {stamp} is in milliseconds (JavaScript's Date.now()); "
+                "TURN REST usernames carry UNIX seconds: Math.floor(Date.now() / 1000) + ttl")
+
+
+def rest_timestamp_in_ms(username: str) -> int | None:
+    """The timestamp of a REST username written in milliseconds (13 digits that make a
+    plausible date as ms), or None."""
+    parts = username.split(":")
+    for part in (parts[0], parts[-1]) if len(parts) > 1 else (parts[0],):
+        if (part.isascii() and part.isdigit() and 12 <= len(part) <= 14
+                and 946684800 <= int(part) / 1000 <= 32503680000):  # 2000 .. 3000
+            return int(part)
     return None
 
 

@@ -13,10 +13,19 @@ import dns.rdatatype
 import dns.resolver
 
 from natkit.ice.config import DEFAULT_PORT, IceUrl
+from natkit.nat.servers import dns_timeout_message, hosts_file_addresses, nameserver_label
 
 
 class ResolveError(Exception):
-    """The name did not resolve; the message says what was asked and what came back."""
+    """The name did not resolve; the message says what was asked and what came back.
+
+    ``kind`` tells why: "timeout" (the DNS server did not answer: the server is unreachable,
+    which says nothing about the name), "nxdomain"/"nodata" (the name has no such record),
+    "error" (SERVFAIL, refused, a broken answer)."""
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -65,8 +74,18 @@ async def resolve_url(
             return await _system(url, families, timeout)
     resolver.lifetime = timeout
     if url.port is None:
-        targets = await _srv(resolver, url)
+        # SRV and the name's own A/AAAA at once: a dead DNS server costs one timeout, not two.
+        srv_task = asyncio.ensure_future(_srv(resolver, url))
+        own_task = asyncio.ensure_future(_addresses(resolver, host, families))
+        try:
+            targets = await srv_task
+        except BaseException:
+            own_task.cancel()
+            await asyncio.gather(own_task, return_exceptions=True)
+            raise
         if targets:
+            own_task.cancel()
+            await asyncio.gather(own_task, return_exceptions=True)
             out: list[tuple[str, int]] = []
             notes: list[str] = []
             for target, port in targets:
@@ -76,35 +95,19 @@ async def resolve_url(
             if not out:
                 raise ResolveError(
                     f"SRV {srv_name(url)} points to {', '.join(t for t, _ in targets)}, "
-                    "which has no A/AAAA record"
+                    "which has no A/AAAA record", "nodata"
                 )
             return Resolution(out, notes, "SRV")
-    ips = await _addresses(resolver, host, families)
+        ips = await own_task
+    else:
+        ips = await _addresses(resolver, host, families)
     how = "A/AAAA"
     if not ips:
-        ips, how = _hosts_file(host, families), "hosts file"
+        ips, how = hosts_file_addresses(host, families), "hosts file"
     if not ips:
-        raise ResolveError(f"{url.host} does not resolve (no A/AAAA record)")
+        raise ResolveError(f"{url.host} does not resolve (no A/AAAA record)", "nxdomain")
     port = url.effective_port
     return Resolution([(ip, port) for ip in ips], how=how)
-
-
-def _hosts_file(host: str, families: tuple[int, ...], path: str = "/etc/hosts") -> list[str]:
-    """Addresses /etc/hosts gives ``host`` (DNS said nothing; the system resolver would look
-    here too)."""
-    out: list[str] = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split("#", 1)[0].split()
-                if len(fields) < 2 or host not in (n.lower().rstrip(".") for n in fields[1:]):
-                    continue
-                fam = 6 if ":" in fields[0] else 4
-                if fam in families and fields[0] not in out:
-                    out.append(fields[0])
-    except OSError:
-        return []
-    return out
 
 
 async def _srv(resolver: dns.asyncresolver.Resolver, url: IceUrl) -> list[tuple[str, int]]:
@@ -113,7 +116,7 @@ async def _srv(resolver: dns.asyncresolver.Resolver, url: IceUrl) -> list[tuple[
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers):
         return []
     except dns.exception.Timeout:
-        raise ResolveError(f"DNS timed out looking up SRV {srv_name(url)}") from None
+        raise _timeout(resolver, f"SRV {srv_name(url)}") from None
     records = sorted(answer, key=lambda r: (r.priority, -r.weight))
     targets = [(r.target.to_text(omit_final_dot=True), int(r.port)) for r in records]
     # A single SRV record with target "." says the service is not offered (RFC 2782).
@@ -137,15 +140,20 @@ async def _addresses(
     return out
 
 
+def _timeout(resolver: dns.asyncresolver.Resolver, what: str) -> ResolveError:
+    return ResolveError(dns_timeout_message(resolver, resolver.lifetime, what), "timeout")
+
+
 async def _query(resolver: dns.asyncresolver.Resolver, host: str, kind: str) -> list[str]:
     try:
         answer = await resolver.resolve(host, kind)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     except dns.resolver.NoNameservers:
-        raise ResolveError(f"no DNS server answered for {host} ({kind})") from None
+        raise ResolveError(f"DNS server {nameserver_label(resolver)} failed to answer for "
+                           f"{host} ({kind}: SERVFAIL or refused)") from None
     except dns.exception.Timeout:
-        raise ResolveError(f"DNS timed out looking up {host} ({kind})") from None
+        raise _timeout(resolver, f"{host} {kind}") from None
     return [r.to_text() for r in answer]
 
 
@@ -160,8 +168,11 @@ async def _system(url: IceUrl, families: tuple[int, ...], timeout: float) -> Res
                              type=socket.SOCK_DGRAM),
             timeout,
         )
-    except (OSError, TimeoutError):
-        raise ResolveError(f"{url.host} does not resolve (no A/AAAA record)") from None
+    except TimeoutError:
+        raise ResolveError(f"the system resolver did not answer within {timeout:g} s "
+                           f"(looking up {url.host})", "timeout") from None
+    except OSError:
+        raise ResolveError(f"{url.host} does not resolve (no A/AAAA record)", "nxdomain") from None
     out: list[tuple[str, int]] = []
     for _fam, _t, _p, _c, sockaddr in infos:
         addr = (str(sockaddr[0]), url.effective_port)

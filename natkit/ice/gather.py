@@ -25,6 +25,7 @@ from typing import Any
 import dns.asyncresolver
 from aioice.ice import get_host_addresses
 
+from natkit._sync import run_sync
 from natkit.client.turn import (
     TurnClient,
     TurnClientError,
@@ -33,11 +34,12 @@ from natkit.client.turn import (
 )
 from natkit.ice.candidates import Candidate
 from natkit.ice.classify import NON_ROUTABLE, TYPE_PREFERENCE, address_scope, encode_priority
-from natkit.ice.config import IceConfig, IceServer, IceUrl, config_from_data, load_config
+from natkit.ice.config import IceConfig, IceServer, IceUrl, coerce_config
 from natkit.ice.diagnose import Finding, diagnose
 from natkit.ice.dns import ResolveError, resolve_url
 from natkit.ice.tls import insecure_context, verifying_context
 
+SCHEMA_VERSION = 1
 UNREACHABLE = 701  # the browser's code for "no host candidate could reach the server"
 # libwebrtc's relay type preferences by client-to-server transport.
 RELAY_PREFERENCE = {"udp": 2, "tcp": 1, "tls": 0}
@@ -55,7 +57,7 @@ class GatherError:
     def as_dict(self) -> dict[str, Any]:
         return {"url": self.url, "address": self.address, "port": self.port,
                 "error_code": self.error_code, "error_text": self.error_text,
-                "elapsed_ms": round(self.elapsed_ms, 1)}
+                "at_s": round(self.elapsed_ms / 1000, 4)}
 
 
 @dataclass
@@ -65,7 +67,7 @@ class Gathered:
 
     def as_dict(self) -> dict[str, Any]:
         out = self.candidate.as_dict()
-        out["elapsed_ms"] = round(self.elapsed_ms, 1)
+        out["at_s"] = round(self.elapsed_ms / 1000, 4)
         return out
 
 
@@ -87,8 +89,10 @@ class GatherResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "ok": self.ok,
-            "elapsed_ms": round(self.elapsed_ms, 1),
+            "schema_version": SCHEMA_VERSION,
+            "kind": "gather",
+            "pass": self.ok,
+            "duration_s": round(self.elapsed_ms / 1000, 4),
             "candidates": [g.as_dict() for g in self.candidates],
             "errors": [e.as_dict() for e in self.errors],
             "notes": list(self.notes),
@@ -103,7 +107,7 @@ async def gather(
     config: IceConfig | str | os.PathLike[str] | dict[str, Any] | list[Any],
     *,
     policy: str = "all",
-    families: tuple[int, ...] = (4,),
+    families: tuple[int, ...] = (4, 6),
     timeout: float = 5.0,
     insecure: bool = False,
     ca_file: str | None = None,
@@ -115,14 +119,13 @@ async def gather(
 
     ``policy`` is "all" or "relay" (RTCIceTransportPolicy); ``host_addresses`` overrides the
     interface list (aioice's by default). Each URL costs at most ``timeout`` seconds."""
-    if policy not in ("all", "relay"):
-        from natkit.errors import UsageError
+    from natkit.errors import ConfigError
 
-        raise UsageError(f"policy must be 'all' or 'relay', not {policy!r}")
-    if isinstance(config, (str, os.PathLike)):
-        config = load_config(os.fspath(config))
-    elif not isinstance(config, IceConfig):
-        config = config_from_data(config)
+    if policy not in ("all", "relay"):
+        raise ConfigError(f"expected 'all' or 'relay', not {policy!r}", param="policy")
+    if not 0 < timeout <= 600:
+        raise ConfigError(f"expected seconds between 0 and 600, got {timeout:g}", param="timeout")
+    config = coerce_config(config)
     if ca_file is not None:
         verifying_context(ca_file)  # a bad CA file is the user's mistake: say so up front
     result = GatherResult()
@@ -156,7 +159,8 @@ async def gather(
 
 
 def gather_sync(config: Any, **kw: Any) -> GatherResult:
-    return asyncio.run(gather(config, **kw))
+    """:func:`gather` for callers without a running event loop."""
+    return run_sync("gather", gather, config, **kw)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from natkit.ice.config import IceUrl, rest_expiry
+from natkit.ice.config import MS_TIMESTAMP, IceUrl, rest_expiry, rest_timestamp_in_ms
 
 # STUN/TURN error codes (RFC 8489 §14.8, RFC 8656 §19) -> what usually causes them.
 ERROR_HINTS = {
@@ -43,6 +43,9 @@ def hint_for_error(code: int, url: IceUrl, username: str | None, step: str) -> s
 
 def hint_for_401(username: str | None, now: float | None = None) -> str:
     now = time.time() if now is None else now
+    ms = rest_timestamp_in_ms(username or "")
+    if ms is not None:
+        return MS_TIMESTAMP.format(stamp=ms) + "; the server reads it as a date far ahead"
     expiry = rest_expiry(username or "")
     if expiry is not None:
         if expiry < now:
@@ -57,7 +60,32 @@ def hint_for_401(username: str | None, now: float | None = None) -> str:
             "use-auth-secret")
 
 
-def hint_for_timeout(url: IceUrl, step: str, port: int) -> str:
+def hint_for_echo(step: str, direction: str, passed: set[str]) -> str:
+    """What a relayed datagram that did not arrive means, given the steps that passed."""
+    if step == "channel" and "relay-echo" in passed:
+        if direction == "outbound":
+            return ("data in Send indications was relayed both ways, but ChannelData from this "
+                    "client never reached the peer: the server (or a proxy or load balancer in "
+                    "front of it that passes only STUN messages) drops ChannelData; browsers "
+                    "send media as ChannelData once a channel is bound")
+        return ("data in Send/Data indications was relayed both ways, but after ChannelBind "
+                "the peer's data did not come back as ChannelData: the server (or something in "
+                "front of it) does not deliver on bound channels")
+    if direction == "outbound":
+        return ("the relay delivered the peer's datagram to this client but not this client's "
+                "datagram to the peer: the server drops Send indications, or the relay's "
+                "outbound traffic is firewalled")
+    return ("nothing came back through the relay: relay ports (coturn min-port..max-port) "
+            "are firewalled, or the server advertises an address that is not its own "
+            "(coturn: external-ip)")
+
+
+def hint_for_timeout(url: IceUrl, step: str, port: int, passed: set[str] | None = None) -> str:
+    answered = {"auth-challenge", "binding", "allocate", "permission"} & (passed or set())
+    if answered and step in ("allocate", "permission", "auth-challenge"):
+        return (f"the server answered this client before ({', '.join(sorted(answered))}) but "
+                f"not its {step} request: it is overloaded, rate-limits this source, or drops "
+                "authenticated requests (see its log)")
     if step == "relay-echo" or step == "channel":
         return ("nothing came back through the relay: relay ports (coturn min-port..max-port) "
                 "are firewalled, or the server advertises an address that is not its own "
@@ -99,3 +127,10 @@ NO_CHALLENGE = ("the 401 lacks REALM or NONCE: this is not a TURN server speakin
                 "credentials (RFC 8656)")
 INTEGRITY = ("the server's response failed its integrity check: the realm or password the server "
              "uses differs from the one that answered, or something in between alters messages")
+DNS_UNREACHABLE = ("the DNS server did not answer at all, which says nothing about the name: "
+                   "check /etc/resolv.conf and that this host can reach its DNS server")
+UDP_BLOCKED_HERE = ("this host cannot send UDP, so the relay's UDP side cannot be exercised "
+                    "from here; run the check from a host that can, or trust the allocation "
+                    "over TCP/TLS, which worked")
+LOCAL_UDP_BLOCKED = ("this host's own firewall drops outgoing UDP: from here only TURN over "
+                     "TCP/TLS can work (turn:HOST:PORT?transport=tcp, turns:HOST:443)")

@@ -3,7 +3,7 @@ end-of-candidates (RFC 8839 §5). Other SDP lines are ignored."""
 
 from __future__ import annotations
 
-from natkit.ice.candidates import CandidateSet, Section, _add_line
+from natkit.ice.candidates import CandidateSet, Section
 
 
 def parse_sdp(text: str) -> CandidateSet:
@@ -40,7 +40,7 @@ def parse_sdp(text: str) -> CandidateSet:
             current.end_of_candidates = True
             result.end_of_candidates = True
         elif name == "candidate":
-            _add_line(result, current, line, number)
+            result.add_line(current, line, number)
     if session.candidates:
         result.sections.insert(0, session)
     return result

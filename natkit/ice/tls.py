@@ -8,7 +8,7 @@ import ssl
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from natkit.errors import UsageError
+from natkit.errors import ConfigError
 
 
 def verifying_context(ca_file: str | None = None) -> ssl.SSLContext:
@@ -17,9 +17,10 @@ def verifying_context(ca_file: str | None = None) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=ca_file)
     except FileNotFoundError:
-        raise UsageError(f"CA file {ca_file}: no such file") from None
+        raise ConfigError(f"CA file {ca_file}: no such file", param="ca_file") from None
     except (OSError, ssl.SSLError) as exc:
-        raise UsageError(f"CA file {ca_file}: not PEM certificates ({exc})") from None
+        raise ConfigError(f"CA file {ca_file}: not PEM certificates ({exc})",
+                          param="ca_file") from None
 
 
 def insecure_context() -> ssl.SSLContext:

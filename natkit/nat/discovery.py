@@ -64,6 +64,9 @@ class ProbeOptions:
     lifetime_max: float = 60.0
     local: Address | None = None  # bind the primary socket here
     ssl_context: Any = None  # for stuns: servers (default: system trust store)
+    # Loop time by which every test ends, whatever it found (the command's total budget); the
+    # lifetime search, asked for explicitly, runs after it.
+    deadline: float | None = None
 
 
 @dataclass
@@ -189,6 +192,7 @@ async def discover(
     opts = opts or ProbeOptions()
     loop = asyncio.get_running_loop()
     t0 = loop.time()
+    hard = opts.deadline if opts.deadline is not None else float("inf")
     udp_servers = [s for s in servers if s.scheme == "stun"]
     af = socket.AF_INET6 if family == 6 else socket.AF_INET
     sockets: list[UdpStunClient] = []
@@ -224,7 +228,7 @@ async def discover(
                 return FamilyReport(family, classify(obs), obs, [], loop.time() - t0, None, errors)
 
         # -- phase 1 -----------------------------------------------------------------------
-        t_deadline = t0 + opts.timeout
+        t_deadline = min(t0 + opts.timeout, hard)
         test1 = (
             [
                 _Test(
@@ -309,7 +313,7 @@ async def discover(
             first_rtt = first.task.result().rtt
             w = neg_wait(first_rtt)
             # The first server in list order decides; wait for its test I a little.
-            await _wait([test1[0].task], t_answer + w)
+            await _wait([test1[0].task], min(t_answer + w, hard))
             answers = [
                 ServerAnswer(s.label, s.address, t.exchange()) for s, t in zip(udp_servers, test1)
             ]
@@ -333,7 +337,7 @@ async def discover(
                     f_deadline = loop.time() + w
                 else:
                     f_deadline = t_answer + w
-                await _wait([f.task for f in filters], f_deadline)
+                await _wait([f.task for f in filters], min(f_deadline, hard))
                 for f in filters:
                     f.cancel()
 
@@ -348,14 +352,14 @@ async def discover(
                     _Test("mapping-3", primary, (a2, p2), (a2, p2), 0, rto, deadline, tasks),
                     _Test("mapping-4", primary, (a1, p2), (a1, p2), 0, rto, deadline, tasks),
                 ]
-                await _wait([t.task for t in mapping_tests], deadline)
+                await _wait([t.task for t in mapping_tests], min(deadline, hard))
             else:
                 for f in filters:
                     f.cancel()
             # Other servers' test I (mapping agreement) get the same bounded wait.
-            await _wait([t.task for t in test1], t_answer + w)
+            await _wait([t.task for t in test1], min(t_answer + w, hard))
             if hairpin_task is not None:
-                await _wait([hairpin_task], loop.time() + w)
+                await _wait([hairpin_task], min(loop.time() + w, hard))
                 if hairpin_task.done() and not hairpin_task.cancelled():
                     hairpin = hairpin_task.result()
         else:

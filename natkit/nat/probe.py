@@ -18,15 +18,19 @@
 ``mappings_agree`` whether several servers saw the same mapping (null with one server)
 ``lifetime_s``    {min, max} idle binding lifetime bracket with --lifetime, else null
 ``ice``           {direct_with, turn_needed_with, summary}: what the type means for peers
-``servers``       per server: url, address, transport, rtt_ms (UDP), mapped, rfc5780,
-                  other_address, response_origin, stream {transport, answered, mapped, rtt_ms}
+``servers``       per server: url, address, transport, rtt_s (UDP), mapped, rfc5780,
+                  other_address, response_origin, stream {transport, answered, mapped, rtt_s}
 ``tests``         per test: name, local, sent_to, change_request, expected_from, answered,
-                  answered_from, response_origin, mapped, error, attempts, rtt_ms
+                  answered_from, response_origin, mapped, error, attempts, rtt_s
 ``notes``         observations behind the verdict (guards that fired, disagreements)
 ``family``        ipv4 | ipv6: the family the keys above describe (IPv4 when it answered)
 ``families``      the same keys for every family probed, by "ipv4"/"ipv6"
-``errors``        servers that did not resolve, families without a route
+``errors``        servers that did not resolve (or whose DNS server did not answer),
+                  families without a route
 ``duration_s``    wall time of the whole probe
+``schema_version``, ``kind`` ("probe"), ``pass`` (a server answered): as every natkit report
+
+The whole probe ends within ``timeout`` (DNS included; ``--lifetime`` adds its own search).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from natkit.errors import UsageError
+from natkit._sync import run_sync
 from natkit.nat.classify import (
     UNKNOWN,
     Address,
@@ -46,9 +50,18 @@ from natkit.nat.classify import (
     usable_other,
 )
 from natkit.nat.discovery import FamilyReport, ProbeOptions, discover
-from natkit.nat.servers import ResolvedServer, default_servers, parse_server, resolve
+from natkit.nat.servers import (
+    DnsTimeout,
+    ResolvedServer,
+    ServerSpec,
+    default_servers,
+    parse_server,
+    resolve,
+)
 
-__all__ = ["ProbeOptions", "ProbeResult", "probe", "probe_sync"]
+__all__ = ["SCHEMA_VERSION", "ProbeOptions", "ProbeResult", "probe", "probe_sync"]
+
+SCHEMA_VERSION = 1
 
 
 def _addr(a: Address | None) -> dict[str, Any] | None:
@@ -59,8 +72,8 @@ def _hostport(a: Address) -> str:
     return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
 
 
-def _ms(x: float | None) -> float | None:
-    return None if x is None else round(x * 1000, 3)
+def _s(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
 
 
 def _test_json(ex: Exchange) -> dict[str, Any]:
@@ -77,7 +90,7 @@ def _test_json(ex: Exchange) -> dict[str, Any]:
         "mapped": _addr(r.mapped) if r else None,
         "error": r.error if r else None,
         "attempts": ex.attempts,
-        "rtt_ms": _ms(r.rtt) if r else None,
+        "rtt_s": _s(r.rtt) if r else None,
     }
 
 
@@ -91,7 +104,7 @@ def _family_json(rep: FamilyReport) -> dict[str, Any]:
                 "url": s.label,
                 "address": _hostport(s.address),
                 "transport": "udp" if s.udp is not None else s.stream_transport,
-                "rtt_ms": _ms(udp.rtt) if udp else None,
+                "rtt_s": _s(udp.rtt) if udp else None,
                 "mapped": _addr(udp.mapped) if udp else None,
                 "rfc5780": usable_other(s) is not None,
                 "other_address": _addr(udp.other) if udp else None,
@@ -102,7 +115,7 @@ def _family_json(rep: FamilyReport) -> dict[str, Any]:
                     "transport": s.stream_transport,
                     "answered": s.stream is not None,
                     "mapped": _addr(s.stream.mapped) if s.stream else None,
-                    "rtt_ms": _ms(s.stream.rtt) if s.stream else None,
+                    "rtt_s": _s(s.stream.rtt) if s.stream else None,
                 },
             }
         )
@@ -178,7 +191,8 @@ class ProbeResult:
         out["families"] = {f"ipv{r.family}": _family_json(r) for r in self.reports}
         out["errors"] = self.errors
         out["duration_s"] = round(self.duration_s, 4)
-        return out
+        return {"schema_version": SCHEMA_VERSION, "kind": "probe", "pass": self.answered,
+                **out}
 
 
 async def probe(
@@ -191,38 +205,65 @@ async def probe(
     lifetime: bool = False,
     lifetime_max: float = 60.0,
     options: ProbeOptions | None = None,
+    resolver: Any = None,
+    ssl_context: Any = None,
 ) -> ProbeResult:
-    """Find the public address and classify the NAT.
+    """Find the public address and classify the NAT, within ``timeout`` seconds in all.
 
     ``servers``: ``stun:``/``stuns:`` URLs or ``host[:port]`` (default: configs/stun-servers.toml).
     ``families``: (4,), (6,) or both (default: every family a server resolves to and the host
-    can route). ``local``: bind the primary socket to this (ip, port). Raises UsageError for bad
-    input; an unreachable server is a result (``exit_code`` 1), not an exception."""
+    can route). ``local``: bind the primary socket to this (ip, port). ``resolver``: a
+    dnspython resolver (default: the system's configuration). ``ssl_context``: for stuns:
+    servers. Raises ConfigError for bad parameters; an unreachable server is a result
+    (``exit_code`` 1), not an exception."""
+    from natkit.errors import ConfigError
+
     start = time.monotonic()
+    if not 0 < timeout <= 600:
+        raise ConfigError(f"expected seconds between 0 and 600, got {timeout:g}", param="timeout")
+    if families is not None and (not families or not set(families) <= {4, 6}):
+        raise ConfigError(f"expected (4,), (6,) or (4, 6), got {families!r}", param="families")
     specs = [parse_server(s) for s in (servers or default_servers())]
-    if timeout <= 0:
-        raise UsageError(f"--timeout {timeout}: must be a positive number of seconds")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     wanted = set(families or (4, 6))
     if local is not None:
         wanted &= {6 if ":" in local[0] else 4}
-    resolved_lists = await asyncio.gather(*[resolve(s, wanted, min(timeout, 2.0)) for s in specs])
-    errors = [
-        f"{s.label}: does not resolve"
-        + (" to an address of the family asked for" if families else "")
-        for s, r in zip(specs, resolved_lists)
-        if not r
-    ]
+    # Names get at most 40 % of the budget (and 2 s): the tests need the rest.
+    dns_budget = min(2.0, timeout * 0.4)
+
+    async def lookup(spec: ServerSpec) -> list[ResolvedServer] | str:
+        try:
+            return await resolve(spec, wanted, dns_budget, resolver)
+        except DnsTimeout as exc:
+            return str(exc)
+
+    looked_up = await asyncio.gather(*[lookup(s) for s in specs])
+    errors: list[str] = []
+    resolved_lists: list[list[ResolvedServer]] = []
+    for spec, found in zip(specs, looked_up):
+        if isinstance(found, str):
+            errors.append(f"{spec.label}: {found}")
+            resolved_lists.append([])
+        else:
+            if not found:
+                errors.append(f"{spec.label}: does not resolve"
+                              + (" to an address of the family asked for" if families else ""))
+            resolved_lists.append(found)
     by_family: dict[int, list[ResolvedServer]] = {}
     for lst in resolved_lists:
         for r in lst:
             by_family.setdefault(r.family, []).append(r)
     if options is None:
         options = ProbeOptions()
-    options.timeout = timeout
     options.local = local
     options.behaviour = behaviour
     options.lifetime = lifetime
     options.lifetime_max = lifetime_max
+    options.deadline = deadline
+    options.timeout = max(0.05, min(timeout, deadline - loop.time()))
+    if ssl_context is not None:
+        options.ssl_context = ssl_context
     order = [f for f in (4, 6) if f in by_family]
     reports = await asyncio.gather(*[discover(by_family[f], f, options) for f in order])
     # A family with no route at all (no IPv6 on this host) is dropped when another answered.
@@ -233,5 +274,5 @@ async def probe(
 
 
 def probe_sync(servers: Sequence[str] | None = None, **kwargs: Any) -> ProbeResult:
-    """:func:`probe` for callers without an event loop."""
-    return asyncio.run(probe(servers, **kwargs))
+    """:func:`probe` for callers without a running event loop (a script, a REPL)."""
+    return run_sync("probe", probe, servers, **kwargs)

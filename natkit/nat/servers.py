@@ -111,31 +111,97 @@ def _literal(host: str) -> str | None:
         return None
 
 
-async def _dns(name: str, rdtype: str, lifetime: float) -> list[object]:
+class DnsTimeout(Exception):
+    """The DNS server did not answer at all (unreachable): nothing is known about the name."""
+
+
+def nameserver_label(resolver: object) -> str:
+    """The DNS server(s) a dnspython resolver asks, as a user would write them."""
+    port = int(getattr(resolver, "port", 53))
+    servers = [str(ns) for ns in list(getattr(resolver, "nameservers", []))]
+    shown = [ns if port == 53 else (f"[{ns}]:{port}" if ":" in ns else f"{ns}:{port}")
+             for ns in servers[:2]]
+    more = f" (+{len(servers) - 2})" if len(servers) > 2 else ""
+    return (", ".join(shown) or "(none configured)") + more
+
+
+def dns_timeout_message(resolver: object, lifetime: float, what: str) -> str:
+    plural = "s" if len(list(getattr(resolver, "nameservers", []))) > 1 else ""
+    return (f"DNS server{plural} {nameserver_label(resolver)} did not answer within "
+            f"{lifetime:g} s (looking up {what})")
+
+
+def _resolver() -> object | None:
     import dns.asyncresolver
-    import dns.exception
     import dns.resolver
 
     try:
-        resolver = dns.asyncresolver.Resolver()
+        return dns.asyncresolver.Resolver()
     except (dns.resolver.NoResolverConfiguration, OSError):
+        return None
+
+
+async def _dns(name: str, rdtype: str, lifetime: float, resolver: object | None = None
+               ) -> list[object]:
+    """The records; empty for no such name or record; DnsTimeout when no server answered."""
+    import dns.exception
+
+    resolver = resolver if resolver is not None else _resolver()
+    if resolver is None:
         return []
-    resolver.lifetime = lifetime
+    resolver.lifetime = lifetime  # type: ignore[attr-defined]
     try:
-        answer = await resolver.resolve(name, rdtype)
+        answer = await resolver.resolve(name, rdtype)  # type: ignore[attr-defined]
+    except dns.exception.Timeout:
+        raise DnsTimeout(dns_timeout_message(resolver, lifetime, f"{name} {rdtype}")) from None
     except (dns.exception.DNSException, OSError):
         return []
     return list(answer)
 
 
-async def _addresses(host: str, families: set[int], lifetime: float) -> list[str]:
+def hosts_file_addresses(host: str, families: set[int] | tuple[int, ...],
+                         path: str = "/etc/hosts") -> list[str]:
+    """Addresses /etc/hosts gives ``host`` (dnspython does not read it; the system resolver
+    would look here first)."""
     out: list[str] = []
-    for family, rdtype in ((4, "A"), (6, "AAAA")):
-        if family in families:
-            out += [r.address for r in await _dns(host, rdtype, lifetime)]  # type: ignore[attr-defined]
+    want = host.lower().rstrip(".")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split("#", 1)[0].split()
+                if len(fields) < 2 or want not in (n.lower().rstrip(".") for n in fields[1:]):
+                    continue
+                fam = 6 if ":" in fields[0] else 4
+                if fam in families and fields[0] not in out:
+                    out.append(fields[0])
+    except OSError:
+        return []
+    return out
+
+
+async def _addresses(host: str, families: set[int], lifetime: float,
+                     resolver: object | None = None) -> list[str]:
+    local = hosts_file_addresses(host, families)
+    if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
+        # RFC 6761: never asked of DNS.
+        return local or [a for a, fam in (("127.0.0.1", 4), ("::1", 6)) if fam in families]
+    if local:
+        return local
+    kinds = [(family, rdtype) for family, rdtype in ((4, "A"), (6, "AAAA")) if family in families]
+    results = await asyncio.gather(*[_dns(host, rdtype, lifetime, resolver) for _, rdtype in kinds],
+                                   return_exceptions=True)
+    out: list[str] = []
+    timeouts = [r for r in results if isinstance(r, DnsTimeout)]
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, DnsTimeout):
+            raise r
+        if isinstance(r, list):
+            out += [rec.address for rec in r]  # type: ignore[attr-defined]
     if out:
         return out
-    # dnspython does not read /etc/hosts; the system resolver does.
+    if timeouts:
+        raise timeouts[0]
+    # No DNS answer with addresses: the system resolver (nsswitch, a local cache) may know.
     loop = asyncio.get_running_loop()
     try:
         infos = await asyncio.wait_for(
@@ -153,9 +219,10 @@ async def _addresses(host: str, families: set[int], lifetime: float) -> list[str
 
 
 async def resolve(
-    spec: ServerSpec, families: set[int], lifetime: float = 2.0
+    spec: ServerSpec, families: set[int], lifetime: float = 2.0, resolver: object | None = None
 ) -> list[ResolvedServer]:
-    """Every address of a server, in the order to try; empty when the name does not resolve."""
+    """Every address of a server, in the order to try; empty when the name does not resolve.
+    Raises :class:`DnsTimeout` when the DNS server did not answer within ``lifetime``."""
     literal = _literal(spec.host)
     if literal is not None:
         fam = 6 if ":" in literal else 4
@@ -167,19 +234,35 @@ async def resolve(
             )
         ]
     targets: list[tuple[str, int]] = []
+    direct: asyncio.Future[list[str]] | None = None
     if spec.port is None:
         srv_name = (
             f"_stuns._tcp.{spec.host}" if spec.scheme == "stuns" else f"_stun._udp.{spec.host}"
         )
-        records = await _dns(srv_name, "SRV", lifetime)
+        # The name's own addresses at the same time: a dead DNS server costs one timeout.
+        direct = asyncio.ensure_future(_addresses(spec.host, families, lifetime, resolver))
+        try:
+            records = await _dns(srv_name, "SRV", lifetime, resolver)
+        except BaseException:
+            direct.cancel()
+            await asyncio.gather(direct, return_exceptions=True)
+            raise
         # Lowest priority first, then highest weight (a stable order, not a random draw).
         records.sort(key=lambda r: (r.priority, -r.weight))  # type: ignore[attr-defined]
         targets = [(str(r.target).rstrip("."), int(r.port)) for r in records]  # type: ignore[attr-defined]
     if not targets:
         targets = [(spec.host, spec.port or spec.default_port)]
+    elif direct is not None:
+        direct.cancel()
+        await asyncio.gather(direct, return_exceptions=True)
+        direct = None
     out: list[ResolvedServer] = []
     for name, port in targets:
-        for ip in await _addresses(name, families, lifetime):
+        if direct is not None and name == spec.host:
+            ips = await direct
+        else:
+            ips = await _addresses(name, families, lifetime, resolver)
+        for ip in ips:
             server = ResolvedServer(spec.label, spec.scheme, spec.host, (ip, port))
             if server not in out:
                 out.append(server)

@@ -1,11 +1,12 @@
 """The TURN relay's sockets: client listeners (UDP, TCP, TLS) and relay sockets.
 
-The data path is kept lean because it is the relay's whole cost: UDP sockets are non-blocking
-and read with ``loop.add_reader`` in batches (one wake-up drains up to ``_BATCH`` datagrams),
-and ChannelData is forwarded here without going through the general engine call, reading the
-allocation's tables directly. Everything else goes to :class:`natkit.turn.engine.TurnEngine`.
-``now`` on the data path is the server's coarse clock (updated a few times a second): lifetimes
-are counted in seconds.
+They carry bytes and nothing else: every forwarding rule is the engine's
+(:meth:`~natkit.turn.engine.TurnEngine.forward_from_client` for ChannelData,
+:meth:`~natkit.turn.engine.TurnEngine.forward_from_peer` for peer datagrams,
+:meth:`~natkit.turn.engine.TurnEngine.handle_client` for everything else). UDP sockets are
+non-blocking and read with ``loop.add_reader`` in batches (one wake-up drains up to ``_BATCH``
+datagrams). ``now`` on the data path is the server's coarse clock (updated a few times a
+second): lifetimes are counted in seconds.
 """
 
 from __future__ import annotations
@@ -13,22 +14,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import struct
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from natkit.server import _turn_fast
-from natkit.stun import StunParseError, frame_length
-from natkit.turn.allocation import Address, Allocation, Relay
-from natkit.turn.engine import TurnEngine, channel_data
-
-if TYPE_CHECKING:
-    from natkit.server.turn import TurnServer
+from natkit.stun import StreamFramer, StunParseError
+from natkit.turn.actions import Action
+from natkit.turn.allocation import Address, Relay
+from natkit.turn.engine import TurnEngine
 
 _BATCH = 64
 _MAX_DGRAM = 65535
-_CD = struct.Struct("!HH")
 _STREAM_BUFFER_LIMIT = 1 << 20  # bytes queued to a slow TCP client before dropping relayed data
+
+
+class RelayHost(Protocol):
+    """What the sockets need of the server that owns them."""
+
+    engine: TurnEngine
+    now: float
+    send_errors: int  # datagrams the kernel would not take
+    bad_frames: int  # TCP/TLS streams that stopped framing
+
+    def run_actions(self, actions: list[Action], client: Any, addr: Address | None) -> None: ...
+
+    def log_bug(self, where: str, addr: Address) -> None: ...
+
+    def forget_relay(self, relay: RelaySocket) -> None: ...
+
+    def accept_stream(self, stream: StreamClient) -> bool: ...
+
+    def stream_closed(self, stream: StreamClient) -> None: ...
 
 
 class UdpListener:
@@ -36,9 +52,9 @@ class UdpListener:
 
     __slots__ = ("address", "batch", "engine", "fd", "send", "server", "sock", "v6")
 
-    def __init__(self, server: TurnServer, sock: socket.socket) -> None:
+    def __init__(self, server: RelayHost, sock: socket.socket) -> None:
         self.server = server
-        self.engine: TurnEngine = server.engine
+        self.engine = server.engine
         self.sock = sock
         self.fd = sock.fileno()
         self.address: Address = sock.getsockname()[:2]
@@ -55,53 +71,34 @@ class UdpListener:
         try:
             self.sock.sendto(data, addr)
         except OSError:
-            self.engine.stats.dropped_packets += 1
+            self.server.send_errors += 1
 
     def readable(self) -> None:
-        sock, engine, server = self.sock, self.engine, self.server
-        allocations = engine.allocations
-        stats = engine.stats
+        sock, server = self.sock, self.server
+        forward = self.engine.forward_from_client
         now = server.now
         v6 = self.v6
-        for _ in range(_BATCH):
-            try:
-                data, addr = sock.recvfrom(_MAX_DGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue  # e.g. an ICMP error reported on the socket
-            if v6:
-                addr = addr[:2]
-            if not data:
-                continue
-            if 0x40 <= data[0] <= 0x7F:
-                # ChannelData from a client: the hot path.
-                alloc = allocations.get((self, addr))
-                if alloc is None or alloc.channels is None or len(data) < 4:
-                    stats.dropped_packets += 1
-                    continue
-                number, length = _CD.unpack_from(data)
-                channel = alloc.channels.get(number)
-                if channel is None or channel.expires <= now or len(data) < 4 + length:
-                    stats.dropped_packets += 1
-                    continue
-                peer = channel.peer
-                expiry = alloc.perms.get(peer[0]) if alloc.perms else None
-                if expiry is None or expiry <= now:
-                    stats.dropped_packets += 1
-                    continue
-                if alloc.bucket is not None and not engine._spend(alloc, length, now):
-                    stats.dropped_packets += 1
-                    continue
+        addr: Any = None
+        try:
+            for _ in range(_BATCH):
                 try:
-                    channel.relay.handle.sock.sendto(data[4 : 4 + length], peer)
+                    data, addr = sock.recvfrom(_MAX_DGRAM)
+                except (BlockingIOError, InterruptedError):
+                    return
                 except OSError:
-                    stats.dropped_packets += 1
+                    continue  # e.g. an ICMP error reported on the socket
+                if v6:
+                    addr = addr[:2]
+                if not data:
                     continue
-                stats.to_peer_packets += 1
-                stats.to_peer_bytes += length
-                continue
-            self.handle(data, addr)
+                if 0x40 <= data[0] <= 0x7F:  # ChannelData: the hot path
+                    out = forward((self, addr), data, now)
+                    if out is not None:
+                        out.handle.sendto(out.data, out.peer)
+                    continue
+                self.handle(data, addr)
+        except Exception:  # a bug must not stop the listener
+            server.log_bug("udp data", addr or ("", 0))
 
     def handle(self, data: bytes, addr: Address) -> None:
         """One datagram through the general engine path."""
@@ -110,140 +107,82 @@ class UdpListener:
         server = self.server
         try:
             actions = self.engine.handle_client(self, addr, data, time.time())
+            if actions:
+                server.run_actions(actions, self, addr)
         except Exception:  # a bug must not stop the listener
             server.log_bug("udp request", addr)
-            return
-        if actions:
-            server.run_actions(actions, self, addr)
 
 
 class RelaySocket:
-    """One relayed transport address: a UDP socket toward peers."""
+    """One relayed transport address: a UDP socket toward peers. ``relay`` is the engine's
+    :class:`~natkit.turn.allocation.Relay` made around it (set when it is bound)."""
 
-    __slots__ = ("address", "alloc", "engine", "fd", "relay", "server", "sock", "v6")
+    __slots__ = ("address", "engine", "fd", "relay", "server", "sock", "v6")
 
     def __init__(
-        self, server: TurnServer, sock: socket.socket, address: Address | None = None
+        self, server: RelayHost, sock: socket.socket, address: Address | None = None
     ) -> None:
         self.server = server
-        self.engine: TurnEngine = server.engine
+        self.engine = server.engine
         self.sock = sock
         self.fd = sock.fileno()
         # the bound address when the caller knows it (saves a syscall per allocation)
         self.address: Address = address or sock.getsockname()[:2]
         self.v6 = ":" in self.address[0]
-        self.alloc: Allocation | None = None
         self.relay: Relay | None = None
 
     def sendto(self, data: bytes, peer: Address) -> None:
         try:
             self.sock.sendto(data, peer)
         except OSError:
-            self.engine.stats.dropped_packets += 1
+            self.server.send_errors += 1
 
     def handle(self, data: bytes, peer: Address) -> None:
-        """One peer datagram through the general path (Data indication, or ChannelData)."""
-        alloc, relay = self.alloc, self.relay
-        if alloc is None or relay is None:
-            self.engine.stats.dropped_packets += 1
+        """One peer datagram (the C path hands over what its table does not cover)."""
+        relay = self.relay
+        if relay is None:
             return
-        out = self.engine.handle_peer(alloc, relay, data, peer, self.server.now)
+        out = self.engine.forward_from_peer(relay, peer, data, self.server.now)
         if out is not None:
-            alloc.client.send(out, alloc.client_addr)
+            out.client.send(out.data, out.addr)
 
     def readable(self) -> None:
-        sock, stats = self.sock, self.engine.stats
-        alloc, relay = self.alloc, self.relay
-        now = self.server.now
+        sock, server = self.sock, self.server
+        relay = self.relay
+        forward = self.engine.forward_from_peer
+        now = server.now
         v6 = self.v6
-        for _ in range(_BATCH):
-            try:
-                data, peer = sock.recvfrom(_MAX_DGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
-            if alloc is None or relay is None:  # a reserved (not yet allocated) port
-                stats.dropped_packets += 1
-                continue
-            if v6:
-                peer = peer[:2]
-            perms = alloc.perms
-            expiry = perms.get(peer[0]) if perms else None
-            if expiry is None or expiry <= now:
-                stats.dropped_packets += 1
-                continue
-            channels = alloc.peer_channels
-            channel = channels.get(peer) if channels else None
-            if (
-                channel is not None
-                and channel.expires > now
-                and channel.relay is relay
-                and alloc.bucket is None
-            ):
-                # Peer -> client as ChannelData: the other hot path.
-                n = len(data)
-                if alloc.stream:
-                    frame = channel_data(channel.number, data, True)
-                else:
-                    frame = _CD.pack(channel.number, n) + data
-                stats.to_client_packets += 1
-                stats.to_client_bytes += n
-            else:
-                out = self.engine.handle_peer(alloc, relay, data, peer, now)
-                if out is None:
+        peer: Any = None
+        try:
+            for _ in range(_BATCH):
+                try:
+                    data, peer = sock.recvfrom(_MAX_DGRAM)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
                     continue
-                frame = out
-            alloc.client.send(frame, alloc.client_addr)
+                if relay is None:
+                    continue
+                if v6:
+                    peer = peer[:2]
+                out = forward(relay, peer, data, now)
+                if out is not None:
+                    out.client.send(out.data, out.addr)
+        except Exception:
+            server.log_bug("relay data", peer or ("", 0))
 
     def close(self) -> None:
         self.server.forget_relay(self)
 
 
-class _Framer:
-    """Splits a TCP/TLS stream into STUN messages and ChannelData frames.
-
-    The codec's framing knows RFC 8656 channel numbers (first byte 0x40-0x4F); RFC 5766
-    clients such as coturn's use numbers up to 0x7FFE, so those frames are cut here."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        buf = self._buf
-        buf += chunk
-        frames: list[bytes] = []
-        pos = 0
-        while len(buf) - pos >= 4:
-            first = buf[pos]
-            if 0x50 <= first <= 0x7F:
-                length = _CD.unpack_from(buf, pos)[1]
-                need = 4 + length + (-length % 4)
-            else:
-                need_or_none = frame_length(memoryview(buf)[pos : pos + 4])
-                assert need_or_none is not None
-                need = need_or_none
-            if len(buf) - pos < need:
-                break
-            frames.append(bytes(buf[pos : pos + need]))
-            pos += need
-        if pos:
-            del buf[:pos]
-        if len(buf) > 4 * 65556:
-            raise StunParseError("stream: more buffered than any frame can be")
-        return frames
-
-
 class StreamClient(asyncio.Protocol):
     """One TCP or TLS client connection: STUN and padded ChannelData, framed (RFC 8656 §12.5)."""
 
-    def __init__(self, server: TurnServer, transport_name: str) -> None:
+    def __init__(self, server: RelayHost, transport_name: str) -> None:
         self.server = server
-        self.engine: TurnEngine = server.engine
+        self.engine = server.engine
         self.name = transport_name
-        self.framer = _Framer()
+        self.framer = StreamFramer(channel_max=self.engine.channel_max)
         self.transport: asyncio.Transport | None = None
         self.addr: Address = ("", 0)
         self.last_activity = time.time()
@@ -265,7 +204,7 @@ class StreamClient(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if transport.get_write_buffer_size() > _STREAM_BUFFER_LIMIT:
-            self.engine.stats.dropped_packets += 1
+            self.server.send_errors += 1
             return
         transport.write(data)
 
@@ -274,23 +213,22 @@ class StreamClient(asyncio.Protocol):
         try:
             frames = self.framer.feed(data)
         except StunParseError:
-            self.engine.stats.bad_packets += 1
+            self.server.bad_frames += 1
             self.close()
             return
+        key = (self, self.addr)
         for frame in frames:
-            if 0x40 <= frame[0] <= 0x7F:
-                target = self.engine.channel_target((self, self.addr), frame, self.server.now)
-                if target is not None:
-                    handle, payload, peer = target
-                    handle.sendto(payload, peer)
-                continue
             try:
+                if 0x40 <= frame[0] <= 0x7F:
+                    out = self.engine.forward_from_client(key, frame, self.server.now)
+                    if out is not None:
+                        out.handle.sendto(out.data, out.peer)
+                    continue
                 actions = self.engine.handle_client(self, self.addr, frame, now, stream=True)
+                if actions:
+                    self.server.run_actions(actions, self, self.addr)
             except Exception:
                 self.server.log_bug(f"{self.name} request", self.addr)
-                continue
-            if actions:
-                self.server.run_actions(actions, self, self.addr)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.stream_closed(self)

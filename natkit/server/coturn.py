@@ -1,5 +1,13 @@
 """coturn as an alternative TURN engine: the same options as natkit's TurnServer, run by coturn.
 
+``CoturnServer`` takes a :class:`~natkit.server.service.TurnOptions` (or the same keyword
+arguments) and is a :class:`~natkit.server.service.TurnService`, like natkit's TurnServer.
+What coturn cannot express is refused with a ConfigError naming the option, never dropped: a
+Python ``auth``/``peer_policy``/``quota`` object other than the built-in ones, and the options of
+natkit's engine alone (``software``, ``max_permissions``, ``default_lifetime``,
+``strict_channels``, ``max_connections``, ``idle_timeout``, ``metrics``, ``fast_path``) unless left
+at their defaults.
+
 ``CoturnServer`` writes a ``turnserver.conf`` from ``configs/coturn/turnserver.conf.tmpl`` into a
 temporary directory, starts ``turnserver -c FILE`` (no CLI, no DTLS, log and pid file in that
 directory, optionally pinned to CPUs with taskset), waits until it answers a STUN Binding
@@ -8,11 +16,14 @@ also gets a parent-death signal, so it does not outlive a killed natkit.
 
 What maps how (coturn 4.6.1):
 
-* ``users`` -> ``lt-cred-mech`` + ``user=NAME:PASS`` lines.
-* ``auth_secrets`` -> ``use-auth-secret`` + one ``static-auth-secret=`` line per secret; coturn
-  4.6 tries every static secret in turn, so rotation works without its database. coturn cannot
-  mix shared secrets with static users (the secret wins), so giving both is a UsageError.
-* peer policy -> ``denied-peer-ip`` / ``allowed-peer-ip`` IP ranges (``a-b``, converted from
+* ``users`` (or ``auth=StaticUsers(...)``) -> ``lt-cred-mech`` + ``user=NAME:PASS`` lines.
+* ``auth_secrets`` (or ``auth=RestSecrets(...)``) -> ``use-auth-secret`` + one
+  ``static-auth-secret=`` line per secret; coturn 4.6 tries every static secret in turn, so
+  rotation works without its database. coturn cannot mix shared secrets with static users (the
+  secret wins), so giving both is a ConfigError.
+* ``user_quota``/``max_allocations`` (or ``quota=AllocationQuota(per_user, total=...)``) ->
+  ``user-quota``/``total-quota``; coturn has no per-source limit.
+* peer policy (``allow_peers``/``deny_peers`` or ``peer_policy=DefaultPeerPolicy(...)``) -> ``denied-peer-ip`` / ``allowed-peer-ip`` IP ranges (``a-b``, converted from
   CIDRs), computed so that coturn admits exactly the peers natkit.turn.policy.PeerPolicy admits
   (a test checks the two agree): the default special-purpose ranges come from the same netaddr
   registries; coturn checks its allowed list first, so ``allow_peers`` opens holes in the denied
@@ -32,7 +43,6 @@ import contextlib
 import ipaddress
 import os
 import resource
-import secrets
 import shutil
 import signal
 import socket
@@ -40,15 +50,27 @@ import string
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import netaddr  # type: ignore[import-untyped]
 
-from natkit.errors import NatkitError, UsageError
-from natkit.server.stun import DEFAULT_PORT, DEFAULT_TLS_PORT, parse_listen
+from natkit.errors import ConfigError, PrerequisiteError
+from natkit.server.service import (
+    AuthPlan,
+    TurnOptions,
+    TurnService,
+    as_list,
+    bracket,
+    build_options,
+    check_ip,
+    family,
+    plan_auth,
+)
+from natkit.turn.policy import DefaultPeerPolicy
+from natkit.turn.quota import AllocationQuota
 
 Address = tuple[str, int]
 
@@ -118,14 +140,14 @@ def default_denied_peers() -> list[str]:
     return [str(c) for c in special_peers().iter_cidrs()]
 
 
-def _ipset(cidrs: Iterable[str], what: str) -> netaddr.IPSet:
+def _ipset(cidrs: Iterable[str], param: str) -> netaddr.IPSet:
     out = netaddr.IPSet()
     for text in cidrs:
         try:
             out.add(netaddr.IPNetwork(str(text)))
         except (netaddr.AddrFormatError, ValueError, TypeError):
-            raise UsageError(
-                f"bad {what} '{text}': expected an IP network like 10.0.0.0/8"
+            raise ConfigError(
+                f"bad peer range '{text}': expected an IP network like 10.0.0.0/8", param=param
             ) from None
     return out
 
@@ -148,8 +170,8 @@ def coturn_peer_policy(
     list, on the raw address only; so the explicit denies are cut out of the allowed ranges and
     every list carries the embedded IPv6 forms of its IPv4 ranges.
     """
-    deny = _ipset(deny_peers, "deny-peer range")
-    allow = _ipset(allow_peers, "allow-peer range")
+    deny = _ipset(deny_peers, "deny_peers")
+    allow = _ipset(allow_peers, "allow_peers")
     deny |= _embed(_v4(deny))
     allow = (allow | _embed(_v4(allow))) - deny
     denied = (special_peers() if defaults else netaddr.IPSet()) | deny
@@ -173,7 +195,7 @@ def free_port(host: str = "127.0.0.1", span: int = 1) -> int:
             continue
         if all(_port_free(host, family, base + k) for k in range(span)):
             return base
-    raise NatkitError(f"no free port on {host}")
+    raise PrerequisiteError(f"no free port on {host}: free some ports or pick one")
 
 
 def _port_free(host: str, family: int, port: int) -> bool:
@@ -225,13 +247,6 @@ def wait_for_binding(
     return "timeout"
 
 
-def _check_ip(text: str, what: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise UsageError(f"bad {what} '{text}': not an IP address") from None
-
-
 _WORKDIR_PREFIX = "natkit-coturn-"
 
 
@@ -266,53 +281,37 @@ def _sweep_stale_workdirs(min_age: float = 60.0) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _bracket(ip: str) -> str:
-    return f"[{ip}]" if ":" in ip else ip
+#: options of natkit's engine that coturn cannot express (refused unless at their default)
+NATKIT_ONLY = (
+    "software",
+    "max_permissions",
+    "default_lifetime",
+    "strict_channels",
+    "max_connections",
+    "idle_timeout",
+    "metrics",
+    "fast_path",
+)
+_DEFAULTS = TurnOptions()
 
 
-def _family(ip: str) -> int:
-    return 6 if ":" in ip else 4
-
-
-def _as_list(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
-class CoturnServer:
+class CoturnServer(TurnService):
     """coturn run with natkit's TurnServer options; the same attributes once started.
 
     ``with CoturnServer(...)`` / ``async with CoturnServer(...)``, or start() and stop().
     ``listen`` (``"ip:port"`` or tuples; port 0 picks a free one) is served on UDP and TCP;
-    coturn has one listening port, so further ports become ``aux-server`` endpoints.
-    Options natkit has and coturn lacks are refused with a UsageError, never dropped.
+    coturn has one listening port, so further ports become ``aux-server`` endpoints. The
+    keyword arguments after ``options`` are coturn's own; the rest are :class:`TurnOptions`.
+    Options coturn lacks are refused with a ConfigError naming them, never dropped.
     """
+
+    engine_name = "coturn"
 
     def __init__(
         self,
         listen: Sequence[str | Address] | None = None,
         *,
-        realm: str = "natkit",
-        users: Mapping[str, str] | None = None,
-        users_file: str | os.PathLike[str] | None = None,
-        auth_secrets: Sequence[str] = (),
-        relay_ip: str | Sequence[str] | None = None,
-        external_ip: str | Sequence[str] | None = None,
-        min_port: int = 0,
-        max_port: int = 0,
-        allow_peers: Iterable[str] = (),
-        deny_peers: Iterable[str] = (),
-        no_auth: bool = False,
-        tls_cert: str | os.PathLike[str] | None = None,
-        tls_key: str | os.PathLike[str] | None = None,
-        tls_port: int = DEFAULT_TLS_PORT,
-        tcp: bool = True,
-        user_quota: int | None = None,
-        max_allocations: int | None = None,
-        bandwidth: int | None = None,
-        max_lifetime: int = 3600,
-        nonce_lifetime: int = 600,
+        options: TurnOptions | None = None,
         alternate_ip: str | None = None,
         stun_only: bool = False,
         cpu: str | int | None = None,
@@ -321,37 +320,36 @@ class CoturnServer:
         binary: str = "turnserver",
         start_timeout: float = 10.0,
         template: str | os.PathLike[str] | None = None,
+        **overrides: Any,
     ) -> None:
-        specs = listen if listen is not None else [("0.0.0.0", DEFAULT_PORT)]
-        self.listen: list[Address] = [parse_listen(s) for s in specs]
-        self.realm = realm
-        self.users: dict[str, str] = {}
-        if users_file:
-            from natkit.server.turn import load_users_file
-
-            self.users.update(load_users_file(users_file))
-        self.users.update(users or {})
-        self.auth_secrets = list(auth_secrets)
-        self.relay_ips = [_check_ip(ip, "relay IP") for ip in _as_list(relay_ip)]
-        self.external_ips = [_check_ip(ip, "external IP") for ip in _as_list(external_ip)]
-        self.min_port, self.max_port = min_port or 49152, max_port or 65535
-        self.allow_peers, self.deny_peers = list(allow_peers), list(deny_peers)
-        self.no_auth, self.stun_only = no_auth, stun_only
-        self.tls_cert, self.tls_key, self.tls_port, self.tcp = tls_cert, tls_key, tls_port, tcp
-        self.user_quota, self.max_allocations, self.bandwidth = (
-            user_quota,
-            max_allocations,
-            bandwidth,
-        )
-        self.max_lifetime, self.nonce_lifetime = max_lifetime, nonce_lifetime
-        self.alternate_ip = _check_ip(alternate_ip, "alternate IP") if alternate_ip else None
+        opts = self.options = build_options(options, listen, overrides)
+        for name in NATKIT_ONLY:
+            if getattr(opts, name) != getattr(_DEFAULTS, name):
+                raise ConfigError(
+                    "the coturn engine cannot do this (natkit's engine only): drop it or use "
+                    "the natkit engine",
+                    param=name,
+                )
+        self.listen: list[Address] = opts.listen_addresses()
+        self.realm = opts.realm
+        self.stun_only = stun_only
+        self.auth_plan = self._auth(opts, stun_only)
+        self.users = self.auth_plan.users
+        self.auth_secrets = self.auth_plan.secrets
+        self.relay_ips = [check_ip(ip, "relay_ip") for ip in as_list(opts.relay_ip)]
+        self.external_ips = [check_ip(ip, "external_ip") for ip in as_list(opts.external_ip)]
+        self.min_port, self.max_port = opts.min_port or 49152, opts.max_port or 65535
+        self.allow_peers, self.deny_peers, self.peer_defaults = self._peers(opts)
+        self.tls_cert, self.tls_key = opts.tls_cert, opts.tls_key
+        self.tls_port, self.tcp = opts.tls_port, opts.tcp
+        self.user_quota, self.max_allocations = self._quota(opts)
+        self.bandwidth = opts.bandwidth
+        self.max_lifetime, self.nonce_lifetime = opts.max_lifetime, opts.nonce_lifetime
+        self.alternate_ip = check_ip(alternate_ip, "alternate_ip") if alternate_ip else None
         self.cpu, self.relay_threads = cpu, relay_threads
         self.extra_config = list(extra_config)
         self.binary, self.start_timeout = binary, start_timeout
         self.template = Path(template) if template else TEMPLATE
-        if not (self.users or self.auth_secrets or self.no_auth or self.stun_only):
-            # like TurnServer: a generated user rather than an open relay
-            self.users = {"natkit": secrets.token_urlsafe(12)}
         self._validate()
         self.workdir: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -360,42 +358,94 @@ class CoturnServer:
 
     # -- configuration ------------------------------------------------------------------
 
+    @staticmethod
+    def _auth(opts: TurnOptions, stun_only: bool) -> AuthPlan:
+        if stun_only and opts.auth is None and not (
+            opts.users or opts.users_file or opts.auth_secrets
+        ):
+            # STUN only: nothing to authenticate, and no user to generate
+            return plan_auth(opts.replace(no_auth=True))
+        plan = plan_auth(opts)
+        if plan.custom:
+            raise ConfigError(
+                "coturn cannot run a Python authenticator: give users, users_file or "
+                "auth_secrets (or StaticUsers / RestSecrets / NoAuth), or use the natkit engine",
+                param="auth",
+            )
+        if plan.users and plan.secrets and not plan.no_auth:
+            raise ConfigError(
+                "coturn cannot use static users and REST API shared secrets together (the "
+                "secret overrides the users): give one of them, or use the natkit engine",
+                param="auth_secrets",
+            )
+        return plan
+
+    @staticmethod
+    def _peers(opts: TurnOptions) -> tuple[list[str], list[str], bool]:
+        """(allowed CIDRs, denied CIDRs, whether the special-purpose ranges are denied)."""
+        policy = opts.peer_policy
+        if policy is None:
+            allow, deny = [str(c) for c in opts.allow_peers], [str(c) for c in opts.deny_peers]
+            coturn_peer_policy(allow, deny)  # a bad CIDR fails here, naming the option
+            return allow, deny, True
+        if type(policy) is DefaultPeerPolicy:
+            lists = policy.describe()
+            return lists["allow"], lists["deny"], not policy.allow_special
+        raise ConfigError(
+            "coturn cannot run a Python peer policy: give allow_peers/deny_peers (or a "
+            "DefaultPeerPolicy), or use the natkit engine",
+            param="peer_policy",
+        )
+
+    @staticmethod
+    def _quota(opts: TurnOptions) -> tuple[int | None, int | None]:
+        quota = opts.quota
+        if quota is None:
+            return opts.user_quota, opts.max_allocations
+        if type(quota) is AllocationQuota and quota.per_source is None:
+            return quota.per_user, quota.total_limit
+        raise ConfigError(
+            "coturn can limit allocations per user and in total only: give user_quota/"
+            "max_allocations (or an AllocationQuota without per_source), or use the natkit engine",
+            param="quota",
+        )
+
     def _validate(self) -> None:
         if not self.listen:
-            raise UsageError("nothing to listen on: give at least one --listen ADDR:PORT")
+            raise ConfigError("nothing to listen on: give at least one address", param="listen")
         if not 0 < self.min_port <= self.max_port <= 65535:
-            raise UsageError(
+            raise ConfigError(
                 f"bad relay port range {self.min_port}-{self.max_port}: "
-                "need 1 <= min-port <= max-port <= 65535"
+                "need 1 <= min_port <= max_port <= 65535",
+                param="min_port",
             )
-        if self.users and self.auth_secrets:
-            raise UsageError(
-                "coturn cannot use static users and REST API shared secrets together (the secret "
-                "overrides the users): give one of them, or use --engine natkit"
-            )
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise UsageError("TLS needs both a certificate and a key (--tls-cert F --tls-key F)")
         for name, value in self.users.items():
             if ":" in name or any(c in name + value for c in "\n\r"):
-                raise UsageError(
-                    f"bad user '{name}': coturn user names cannot hold ':' or newlines"
+                raise ConfigError(
+                    f"bad user '{name}': coturn user names cannot hold ':' or newlines",
+                    param="users",
                 )
-        for value in [self.realm, *self.auth_secrets]:
-            if any(c in value for c in "\n\r"):
-                raise UsageError("realm and auth secrets cannot hold newlines")
+        if any(c in self.realm for c in "\n\r"):
+            raise ConfigError("the realm cannot hold newlines", param="realm")
+        if any(c in value for value in self.auth_secrets for c in "\n\r"):
+            raise ConfigError("auth secrets cannot hold newlines", param="auth_secrets")
         if len(self.external_ips) > 1 and len(self.external_ips) != len(self.relay_ips):
-            raise UsageError(
+            raise ConfigError(
                 "several external IPs need as many relay IPs (coturn maps each external IP "
-                "to one relay IP): give --relay-ip for each --external-ip"
+                "to one relay IP): give a relay IP for each external IP",
+                param="external_ip",
             )
         if self.alternate_ip:
             primary = self.listen[0][0]
-            if _family(primary) != _family(self.alternate_ip):
-                raise UsageError(
-                    f"alternate IP {self.alternate_ip} must be of the same family as {primary}"
+            if family(primary) != family(self.alternate_ip):
+                raise ConfigError(
+                    f"alternate IP {self.alternate_ip} must be of the same family as {primary}",
+                    param="alternate_ip",
                 )
             if ipaddress.ip_address(primary).is_unspecified:
-                raise UsageError("RFC 5780 mode needs a specific listen IP, not a wildcard")
+                raise ConfigError(
+                    "RFC 5780 mode needs a specific listen IP, not a wildcard", param="listen"
+                )
 
     def _resolve_ports(self) -> None:
         """Pick free ports for port 0; coturn has one listening port shared by all its IPs."""
@@ -411,7 +461,7 @@ class CoturnServer:
         listening = [f"listening-port={port}"]
         for ip, p in self.listen:
             listening.append(
-                f"listening-ip={ip}" if p == port else f"aux-server={_bracket(ip)}:{p}"
+                f"listening-ip={ip}" if p == port else f"aux-server={bracket(ip)}:{p}"
             )
         if self.alternate_ip:
             listening += [f"listening-ip={self.alternate_ip}", f"alt-listening-port={port + 1}"]
@@ -456,7 +506,9 @@ class CoturnServer:
             "max_port": str(self.max_port),
             "realm": self.realm,
             "auth": "\n".join(auth),
-            "peer_policy": "\n".join(coturn_peer_policy(self.allow_peers, self.deny_peers)),
+            "peer_policy": "\n".join(
+                coturn_peer_policy(self.allow_peers, self.deny_peers, defaults=self.peer_defaults)
+            ),
             "tls": "\n".join(tls),
             "mode": "\n".join(mode),
             "log_file": str(workdir / "turnserver.log"),
@@ -467,66 +519,36 @@ class CoturnServer:
         try:
             text = self.template.read_text()
         except OSError as exc:
-            raise UsageError(
-                f"cannot read the coturn template {self.template}: {exc.strerror}"
+            raise ConfigError(
+                f"cannot read the coturn template {self.template}: {exc.strerror}",
+                param="template",
             ) from None
         try:
             return string.Template(text).substitute(fields)
         except (KeyError, ValueError) as exc:
-            raise UsageError(
-                f"bad coturn template {self.template}: unknown or malformed field {exc}"
+            raise ConfigError(
+                f"bad coturn template {self.template}: unknown or malformed field {exc}",
+                param="template",
             ) from None
 
-    # -- what it serves (the same attributes as natkit's TurnServer) ----------------------
-
-    def addresses_of(self, transport: str) -> list[Address]:
-        return [a for t, a in self.addresses if t == transport]
-
-    def _url_host(self, addr: Address) -> str:
-        ip = addr[0]
-        if ipaddress.ip_address(ip).is_unspecified:
-            same = [a for a in self.external_ips + self.relay_ips if _family(a) == _family(ip)]
-            ip = same[0] if same else ("::1" if _family(ip) == 6 else "127.0.0.1")
-        return _bracket(ip)
+    # -- what it serves (TurnService gives the URLs, credentials and iceServers entry) ---
 
     @property
-    def urls(self) -> list[str]:
-        """turn:/turns: URLs for an iceServers entry, one per transport and address."""
-        if self.stun_only:
-            return []
-        scheme = {"udp": "turn:{}?transport=udp", "tcp": "turn:{}?transport=tcp"}
-        scheme["tls"] = "turns:{}?transport=tcp"
-        return [scheme[t].format(f"{self._url_host(a)}:{a[1]}") for t, a in self.addresses]
+    def relaying(self) -> bool:
+        return not self.stun_only
 
-    @property
-    def stun_urls(self) -> list[str]:
-        return [f"stun:{self._url_host(a)}:{a[1]}" for a in self.addresses_of("udp")]
+    def _public_ip(self, fam: int) -> str | None:
+        same = [a for a in self.external_ips + self.relay_ips if family(a) == fam]
+        return same[0] if same else None
 
-    def credentials(self, ttl: float = 86400) -> tuple[str, str]:
-        """(username, password) for clients: a static user, else REST credentials."""
-        if self.users:
-            name = next(iter(self.users))
-            return name, self.users[name]
-        if self.auth_secrets:
-            from natkit.turn.auth import rest_credentials
-
-            return rest_credentials(self.auth_secrets[0], ttl, time.time(), "natkit")
-        return "", ""
-
-    @property
-    def username(self) -> str:
-        return self.credentials()[0]
-
-    @property
-    def password(self) -> str:
-        return self.credentials()[1]
-
-    def ice_server(self) -> dict[str, Any]:
-        """One RTCIceServer dictionary: urls, username, credential."""
-        entry: dict[str, Any] = {"urls": self.urls or self.stun_urls}
-        if not (self.no_auth or self.stun_only):
-            entry["username"], entry["credential"] = self.credentials()
-        return entry
+    def stats(self) -> dict[str, Any]:
+        """What natkit knows of a coturn process (coturn keeps its counters to itself)."""
+        proc = self.process
+        return {
+            "engine": self.engine_name,
+            "running": proc is not None and proc.poll() is None,
+            "pid": self.pid,
+        }
 
     @property
     def pid(self) -> int | None:
@@ -569,7 +591,8 @@ class CoturnServer:
         return [*prefix, self.binary, "-c", str(self.config_path)]
 
     def start(self) -> CoturnServer:
-        """Write the config, start coturn, wait for a Binding answer. Raises UsageError."""
+        """Write the config, start coturn, wait for a Binding answer. Raises
+        PrerequisiteError when coturn is missing or does not come up."""
         self._spawn()
         try:
             self._wait_ready()
@@ -580,11 +603,13 @@ class CoturnServer:
 
     def _spawn(self) -> None:
         if self.process is not None:
-            raise NatkitError("coturn is already running")
+            raise RuntimeError("coturn is already running")
         if shutil.which(self.binary) is None:
-            raise UsageError(INSTALL_HINT)
+            raise PrerequisiteError(INSTALL_HINT)
         if self.cpu is not None and shutil.which("taskset") is None:
-            raise UsageError("taskset is not installed (CPU pinning): apt-get install util-linux")
+            raise PrerequisiteError(
+                "taskset is not installed (CPU pinning): apt-get install util-linux"
+            )
         self._resolve_ports()
         _sweep_stale_workdirs()
         self.workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
@@ -620,12 +645,12 @@ class CoturnServer:
         ip, port = self.listen[0]
         status = wait_for_binding((ip, port), self.start_timeout, self.process)
         if status == "exited":
-            raise UsageError(
+            raise PrerequisiteError(
                 f"coturn exited with status {self.process.returncode} at start: {self._reason()}"
             )
         if status == "timeout":
-            raise UsageError(
-                f"coturn did not answer a Binding request on {_bracket(ip)}:{port} within "
+            raise PrerequisiteError(
+                f"coturn did not answer a Binding request on {bracket(ip)}:{port} within "
                 f"{self.start_timeout:g} s: {self._reason()}"
             )
 

@@ -1,25 +1,25 @@
 """Prometheus metrics for the TURN relay (opt-in: ``--metrics HOST:PORT``).
 
 Values are read from the server's counters when Prometheus scrapes, so the relay's data path
-pays nothing for them.
+pays nothing for them. The exporter knows nothing of the server but its ``stats()`` function
+(the keys of :meth:`natkit.server.turn.TurnServer.stats`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from natkit.errors import UsageError
+from natkit.errors import ConfigError
 
-if TYPE_CHECKING:
-    from natkit.server.turn import TurnServer
+Stats = Callable[[], dict[str, Any]]
 
 
 class TurnCollector:
-    """A prometheus-client collector over one TurnServer."""
+    """A prometheus-client collector over one relay's ``stats()``."""
 
-    def __init__(self, server: TurnServer) -> None:
-        self.server = server
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
 
     def describe(self) -> list[Any]:
         return []
@@ -27,7 +27,7 @@ class TurnCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        stats = self.server.stats()
+        stats = self.stats()
         for name, help_text in (
             ("allocations", "Allocations currently held"),
             ("permissions", "Permissions currently installed"),
@@ -48,6 +48,7 @@ class TurnCollector:
             ("quota_refusals", "Requests refused by a quota (486/508)"),
             ("bad_packets", "Malformed packets from clients"),
             ("dropped_packets", "Relayed packets dropped (no permission/channel, cap, send error)"),
+            ("bugs", "Internal errors (bugs): logged with their traceback, answered 500"),
         ):
             yield CounterMetricFamily(f"natkit_turn_{name}", help_text, value=stats[name])
         packets = CounterMetricFamily(
@@ -84,16 +85,17 @@ class MetricsEndpoint:
         self.thread.join(2.0)
 
 
-def start_metrics(server: TurnServer, host: str, port: int) -> MetricsEndpoint:
-    """Serve ``/metrics`` for ``server`` on ``host:port`` in a background thread."""
+def start_metrics(stats: Stats, host: str, port: int) -> MetricsEndpoint:
+    """Serve ``/metrics`` from ``stats()`` on ``host:port`` in a background thread."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
-    registry.register(TurnCollector(server))
+    registry.register(TurnCollector(stats))
     try:
         httpd, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
-        raise UsageError(
-            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; pick another --metrics HOST:PORT"
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; pick another address",
+            param="metrics",
         ) from None
     return MetricsEndpoint(httpd, thread)

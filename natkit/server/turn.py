@@ -18,35 +18,51 @@ import contextlib
 import errno
 import ipaddress
 import logging
-import os
-import secrets
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from natkit.errors import PrerequisiteError, UsageError
+from natkit.errors import ConfigError, PrerequisiteError, UsageError
 from natkit.server import _turn_fast
 from natkit.server._tls import server_context
 from natkit.server._turn_fast import FastTable
 from natkit.server._turn_io import RelaySocket, StreamClient, UdpListener
-from natkit.server.stun import DEFAULT_PORT, DEFAULT_TLS_PORT, parse_listen
-from natkit.turn.allocation import Address, Allocation, Relay
-from natkit.turn.auth import Credentials, rest_credentials
-from natkit.turn.engine import (
+from natkit.server.metrics import MetricsEndpoint, start_metrics
+from natkit.server.service import (
+    TurnOptions,
+    TurnService,
+    as_list,
+    build_options,
+    check_ip,
+    load_users_file,
+    plan_auth,
+)
+from natkit.server.service import (
+    family as _family,
+)
+from natkit.server.stun import parse_listen
+from natkit.turn.actions import (
     Action,
     BindRelays,
     CloseRelay,
+    OffloadAllocation,
+    OffloadChannel,
+    OffloadPermission,
+    OffloadWithdraw,
     Reply,
+    SendToClient,
     SendToPeer,
-    TurnConfig,
-    TurnEngine,
 )
-from natkit.turn.policy import PeerAddressError, PeerPolicy
+from natkit.turn.allocation import Address, Relay
+from natkit.turn.engine import TurnConfig, TurnEngine
+from natkit.turn.policy import DefaultPeerPolicy, PeerPolicy
 from natkit.turn.ports import PortPool
+from natkit.turn.quota import AllocationQuota
+
+__all__ = ["TurnOptions", "TurnServer", "TurnService", "load_users_file"]
 
 log = logging.getLogger("natkit.server.turn")
 
@@ -61,37 +77,15 @@ IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 
 
-def load_users_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Read ``NAME:PASSWORD`` lines ('#' comments, blank lines allowed)."""
-    users: dict[str, str] = {}
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read users file {path}: {exc.strerror or exc}") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, password = line.partition(":")
-        if not sep or not name or not password:
-            raise UsageError(f"{path}:{number}: expected NAME:PASSWORD, got {line[:40]!r}")
-        users[name] = password
-    return users
-
-
-def _family(ip: str) -> int:
-    return 6 if ":" in ip else 4
-
-
 def _af(family: int) -> socket.AddressFamily:
     return socket.AF_INET6 if family == 6 else socket.AF_INET
 
 
-def _check_ip(value: str, what: str) -> str:
+def _default_policy(opts: TurnOptions) -> PeerPolicy:
     try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise UsageError(f"bad {what} '{value}': not an IP address") from None
+        return DefaultPeerPolicy(opts.allow_peers, opts.deny_peers)
+    except ConfigError as exc:  # name the server's option, not the policy's argument
+        raise ConfigError(exc.message, param=f"{exc.param}_peers") from None
 
 
 def _fmt(addr: Address) -> str:
@@ -109,103 +103,61 @@ def _primary_ip(family: int) -> str:
             return "::1" if family == 6 else "127.0.0.1"
 
 
-class TurnServer:
-    """A TURN relay (RFC 8656) on UDP, TCP and (with a certificate) TLS.
+class TurnServer(TurnService):
+    """A TURN relay (RFC 8656) on UDP, TCP and (with a certificate) TLS: natkit's engine.
 
-    ``listen``: client-facing addresses (``"ip:port"`` or tuples; port 0 picks one), served on
-    UDP and TCP; default 0.0.0.0:3478. ``users`` (name -> password), ``users_file`` and
-    ``auth_secrets`` (TURN REST API, several for rotation) give credentials; with none of them
-    a random user is generated (see :attr:`username` / :attr:`password`). ``relay_ip``: the
-    address(es) relay sockets bind to, one per family (default: the listen address, or this
-    host's primary address); ``external_ip``: the address advertised in XOR-RELAYED-ADDRESS
-    behind a 1:1 NAT. ``min_port``/``max_port``: the relay port range (default: ports the
-    kernel picks). ``allow_peers``/``deny_peers``: CIDRs opened / closed on top of the default
-    policy. ``fast_path``: None (the C data path when the extension is built and NATKIT_NO_CEXT is
+    ``TurnServer(listen, options=TurnOptions(...))`` or the same options as keyword arguments
+    (``TurnServer(users={"u": "p"}, allow_peers=["10.0.0.0/8"])``); see :class:`TurnOptions`.
+    ``fast_path``: None (the C data path when the extension is built and NATKIT_NO_CEXT is
     unset), True/False to force C/Python.
     Once started, :attr:`addresses`, :attr:`urls` and :meth:`ice_server` are ready.
     """
+
+    engine_name = "natkit"
 
     def __init__(
         self,
         listen: Sequence[str | Address] | None = None,
         *,
-        realm: str = "natkit",
-        users: Mapping[str, str] | None = None,
-        users_file: str | os.PathLike[str] | None = None,
-        auth_secrets: Sequence[str] = (),
-        relay_ip: str | Sequence[str] | None = None,
-        external_ip: str | Sequence[str] | None = None,
-        min_port: int = 0,
-        max_port: int = 0,
-        allow_peers: Iterable[str] = (),
-        deny_peers: Iterable[str] = (),
-        no_auth: bool = False,
-        tls_cert: str | os.PathLike[str] | None = None,
-        tls_key: str | os.PathLike[str] | None = None,
-        tls_port: int = DEFAULT_TLS_PORT,
-        tcp: bool = True,
-        user_quota: int | None = None,
-        max_allocations: int | None = None,
-        max_permissions: int = 1000,
-        bandwidth: int | None = None,
-        software: str | None = None,
-        default_lifetime: int = 600,
-        max_lifetime: int = 3600,
-        nonce_lifetime: int = 600,
-        max_connections: int = 10_000,
-        idle_timeout: float = 60.0,
-        metrics: str | Address | None = None,
-        fast_path: bool | None = None,
-        strict_channels: bool = False,
+        options: TurnOptions | None = None,
+        **overrides: Any,
     ) -> None:
-        self.listen = [
-            parse_listen(s) for s in (listen if listen is not None else [("0.0.0.0", DEFAULT_PORT)])
-        ]
-        if not self.listen:
-            raise UsageError("nothing to listen on: give at least one --listen ADDR:PORT")
-        self.realm = realm
-        all_users = dict(load_users_file(users_file)) if users_file else {}
-        all_users.update(users or {})
-        self.auth_secrets = list(auth_secrets)
-        self.no_auth = no_auth
-        self.generated_user = False
-        if not no_auth and not all_users and not self.auth_secrets:
-            all_users = {"natkit": secrets.token_urlsafe(12)}
-            self.generated_user = True
-        self.users = all_users
-        self.relay_ips = self._relay_ips(relay_ip)
-        self.external_ips = self._external_ips(external_ip)
-        if (min_port or max_port) and not 1 <= min_port <= max_port <= 65535:
-            raise UsageError(
-                f"bad relay port range {min_port}-{max_port}: need 1 <= --min-port <= --max-port <= 65535"
-            )
-        self.ports = PortPool(min_port, max_port)
+        opts = self.options = build_options(options, listen, overrides)
+        self.listen = opts.listen_addresses()
+        self.realm = opts.realm
+        self.auth_plan = plan_auth(opts)
+        self.users = self.auth_plan.users
+        self.auth_secrets = self.auth_plan.secrets
+        self.relay_ips = self._relay_ips(opts.relay_ip)
+        self.external_ips = self._external_ips(opts.external_ip)
+        self.ports = PortPool(opts.min_port, opts.max_port)
+        self.policy = opts.peer_policy or _default_policy(opts)
         try:
-            self.policy = PeerPolicy(allow_peers, deny_peers)
-        except PeerAddressError as exc:
-            raise UsageError(f"{exc}: use CIDRs such as 10.0.0.0/8 or 2001:db8::/32") from None
-        self._ssl: ssl.SSLContext | None = server_context(tls_cert, tls_key)
-        self.tls_port = tls_port
-        self.tcp = tcp
-        self.max_connections = max_connections
-        self.idle_timeout = idle_timeout
-        self.metrics_address = parse_listen(metrics, 9641) if metrics else None
+            self._ssl: ssl.SSLContext | None = server_context(opts.tls_cert, opts.tls_key)
+        except UsageError as exc:  # the certificate or key does not load
+            raise ConfigError(str(exc), param="tls_cert") from None
+        self.tls_port = opts.tls_port
+        self.tcp = opts.tcp
+        self.max_connections = opts.max_connections
+        self.idle_timeout = opts.idle_timeout
+        try:
+            self.metrics_address = parse_listen(opts.metrics, 9641) if opts.metrics else None
+        except UsageError as exc:
+            raise ConfigError(str(exc), param="metrics") from None
         self.config = TurnConfig(
-            realm=realm,
-            auth=not no_auth,
-            default_lifetime=default_lifetime,
-            max_lifetime=max_lifetime,
-            nonce_lifetime=nonce_lifetime,
+            realm=opts.realm,
+            default_lifetime=opts.default_lifetime,
+            max_lifetime=opts.max_lifetime,
+            nonce_lifetime=opts.nonce_lifetime,
             families=frozenset(self.relay_ips),
-            max_allocations=max_allocations,
-            user_quota=user_quota,
-            max_permissions=max_permissions,
-            bandwidth=bandwidth,
-            software=software,
-            strict_channels=strict_channels,
+            max_permissions=opts.max_permissions,
+            bandwidth=opts.bandwidth,
+            software=opts.software,
+            strict_channels=opts.strict_channels,
         )
+        quota = opts.quota or AllocationQuota(per_user=opts.user_quota, total=opts.max_allocations)
         self.engine = TurnEngine(
-            self.config, Credentials(realm, all_users, self.auth_secrets), self.policy
+            self.config, auth=self.auth_plan.authenticator, peer_policy=self.policy, quota=quota
         )
         self.now = time.time()
         self.addresses: list[tuple[str, Address]] = []
@@ -216,27 +168,30 @@ class TurnServer:
         self._streams: set[StreamClient] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.TimerHandle | None = None
-        self._metrics: Any = None
-        self.fast_path = fast_path
+        self._metrics: MetricsEndpoint | None = None
+        self.fast_path = opts.fast_path
         self.fast: FastTable | None = None
-        # engine key -> C table keys mirroring that allocation's channels
+        # engine allocation key -> the C table keys mirroring it
         self._fast_keys: dict[Any, set[bytes]] = {}
         self._fast_totals: dict[str, int] = {}
-        self._fast_until: dict[bytes, float] = {}  # what each mirrored key last said
         self._started = False
-        self.bugs = 0
+        self.bugs = 0  # the adapter's own; the engine counts its own in engine.stats.bugs
+        self.send_errors = 0
+        self.bad_frames = 0
         self._summary_at = 0.0
         self._summary_counts = (0, 0, 0)
 
     # -- configuration helpers --------------------------------------------------------------
 
     def _relay_ips(self, relay_ip: str | Sequence[str] | None) -> dict[int, str]:
-        given = [relay_ip] if isinstance(relay_ip, str) else list(relay_ip or [])
         ips: dict[int, str] = {}
-        for value in given:
-            ip = _check_ip(value, "--relay-ip")
+        for value in as_list(relay_ip):
+            ip = check_ip(value, "relay_ip")
             if _family(ip) in ips:
-                raise UsageError(f"two --relay-ip of the same family: {ips[_family(ip)]} and {ip}")
+                raise ConfigError(
+                    f"two relay IPs of the same family: {ips[_family(ip)]} and {ip}",
+                    param="relay_ip",
+                )
             ips[_family(ip)] = ip
         if not ips:
             for ip, _ in self.listen:
@@ -250,69 +205,20 @@ class TurnServer:
         return ips
 
     def _external_ips(self, external_ip: str | Sequence[str] | None) -> dict[int, str]:
-        given = [external_ip] if isinstance(external_ip, str) else list(external_ip or [])
         ips: dict[int, str] = {}
-        for value in given:
-            ip = _check_ip(value, "--external-ip")
+        for value in as_list(external_ip):
+            ip = check_ip(value, "external_ip")
             if _family(ip) not in self.relay_ips:
-                raise UsageError(f"--external-ip {ip} has no --relay-ip of its family to stand for")
+                raise ConfigError(
+                    f"{ip} has no relay IP of its family to stand for", param="external_ip"
+                )
             ips[_family(ip)] = ip
         return ips
 
     # -- what it serves ---------------------------------------------------------------------
 
-    @property
-    def username(self) -> str:
-        """A username clients can use (the first static user, or fresh REST credentials)."""
-        return self.credentials()[0]
-
-    @property
-    def password(self) -> str:
-        return self.credentials()[1]
-
-    def credentials(self, ttl: float = 86400) -> tuple[str, str]:
-        """(username, password) for clients: a static user, else REST credentials."""
-        if self.users:
-            name = next(iter(self.users))
-            return name, self.users[name]
-        if self.auth_secrets:
-            return rest_credentials(self.auth_secrets[0], ttl, time.time(), "natkit")
-        return "", ""
-
-    def addresses_of(self, transport: str) -> list[Address]:
-        return [a for t, a in self.addresses if t == transport]
-
-    def _url_host(self, addr: Address) -> str:
-        ip = addr[0]
-        if ipaddress.ip_address(ip).is_unspecified:
-            fam = _family(ip)
-            ip = self.external_ips.get(fam) or self.relay_ips.get(fam) or ip
-        return f"[{ip}]" if ":" in ip else ip
-
-    @property
-    def urls(self) -> list[str]:
-        """turn:/turns: URLs for an iceServers entry, one per transport and address."""
-        out = []
-        for transport, addr in self.addresses:
-            host = f"{self._url_host(addr)}:{addr[1]}"
-            if transport == "udp":
-                out.append(f"turn:{host}?transport=udp")
-            elif transport == "tcp":
-                out.append(f"turn:{host}?transport=tcp")
-            else:
-                out.append(f"turns:{host}?transport=tcp")
-        return out
-
-    @property
-    def stun_urls(self) -> list[str]:
-        return [f"stun:{self._url_host(a)}:{a[1]}" for a in self.addresses_of("udp")]
-
-    def ice_server(self) -> dict[str, Any]:
-        """One RTCIceServer dictionary: urls, username, credential."""
-        entry: dict[str, Any] = {"urls": self.urls}
-        if not self.no_auth:
-            entry["username"], entry["credential"] = self.credentials()
-        return entry
+    def _public_ip(self, fam: int) -> str | None:
+        return self.external_ips.get(fam) or self.relay_ips.get(fam)
 
     @property
     def fast_path_kind(self) -> str:
@@ -331,6 +237,7 @@ class TurnServer:
         s = self.engine.stats
         fast = self.fast.stats() if self.fast is not None else self._fast_totals
         return {
+            "engine": self.engine_name,
             **self.engine.counts(),
             "relay_sockets": len(self._relays),
             "connections": len(self._streams),
@@ -341,15 +248,15 @@ class TurnServer:
             "auth_blocked": s.auth_blocked,
             "refused_peers": s.refused_peers,
             "quota_refusals": s.quota_refusals,
-            "bad_packets": s.bad_packets,
-            "dropped_packets": s.dropped_packets + fast.get("send_errors", 0),
+            "bad_packets": s.bad_packets + self.bad_frames,
+            "dropped_packets": s.dropped_packets + self.send_errors + fast.get("send_errors", 0),
             "to_peer_packets": s.to_peer_packets + fast.get("to_peer_packets", 0),
             "to_peer_bytes": s.to_peer_bytes + fast.get("to_peer_bytes", 0),
             "to_client_packets": s.to_client_packets + fast.get("to_client_packets", 0),
             "to_client_bytes": s.to_client_bytes + fast.get("to_client_bytes", 0),
             "fast_path": self.fast_path_kind,
             "errors": dict(s.errors),
-            "bugs": self.bugs,
+            "bugs": self.bugs + s.bugs,
         }
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -371,12 +278,15 @@ class TurnServer:
         if self.fast_path is not False:
             lib = _turn_fast.load()
             if lib is None and self.fast_path:
+                self._started = False
                 raise PrerequisiteError(
                     f"the C relay path is not available ({_turn_fast.describe()}): reinstall "
-                    "natkit where gcc and the Python headers are installed, or unset NATKIT_NO_CEXT"
+                    "natkit where gcc and the Python headers are installed, unset NATKIT_NO_CEXT, "
+                    "or run with fast_path=None (or False) to use the Python path"
                 )
             if lib is not None:
                 self.fast = FastTable(lib)
+                self.engine.offload = True  # the engine describes what the table may forward
                 self._loop.add_reader(self.fast.epoll_fd, self._poll_fast)
         try:
             for ip, port in self.listen:
@@ -384,9 +294,7 @@ class TurnServer:
             if self.tcp or self._ssl is not None:
                 await self._listen_streams()
             if self.metrics_address is not None:
-                from natkit.server.metrics import start_metrics
-
-                self._metrics = start_metrics(self, *self.metrics_address)
+                self._metrics = start_metrics(self.stats, *self.metrics_address)
         except BaseException:
             await self.stop()
             raise
@@ -398,12 +306,14 @@ class TurnServer:
                 ", ".join(sorted({_fmt(a) for _, a in self.addresses})),
             )
         relay = ",".join(self.relay_ips.values())
+        describe = getattr(self.policy, "describe", None)
         log.info(
-            "event=turn_started listen=%s relay_ip=%s realm=%r policy=%s",
+            "event=turn_started listen=%s relay_ip=%s realm=%r policy=%s data_path=%s",
             " ".join(f"{t}/{_fmt(a)}" for t, a in self.addresses),
             relay,
             self.realm,
-            self.policy.describe(),
+            describe() if callable(describe) else type(self.policy).__name__,
+            self.fast_path_kind,
         )
 
     async def stop(self) -> None:
@@ -451,7 +361,7 @@ class TurnServer:
         try:
             self.run_actions(self.engine.tick(now), None, None)
             for stream in [s for s in self._streams if now - s.last_activity > self.idle_timeout]:
-                if self.engine.allocations.get((stream, stream.addr)) is None:
+                if not self.engine.has_allocation((stream, stream.addr)):
                     stream.close()  # a connection that never allocated and went quiet
             if now - self._summary_at >= _SUMMARY_EVERY:
                 self._log_summary(now)
@@ -474,7 +384,7 @@ class TurnServer:
             counts[0] - last[0],
             counts[1] - last[1],
             counts[2] - last[2],
-            len(self.engine.allocations),
+            self.engine.counts()["allocations"],
             len(self._relays),
         )
 
@@ -493,9 +403,10 @@ class TurnServer:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            raise UsageError(
+            raise ConfigError(
                 f"cannot listen on udp {_fmt((ip, port))}: {exc.strerror or exc}; "
-                "pick another --listen address or stop what holds it"
+                "pick another address or stop what holds it",
+                param="listen",
             ) from None
         listener = UdpListener(self, sock)
         self._udp.append(listener)
@@ -522,9 +433,10 @@ class TurnServer:
                 sock.bind((ip, port))
             except OSError as exc:
                 sock.close()
-                raise UsageError(
+                raise ConfigError(
                     f"cannot listen on {transport} {_fmt((ip, port))}: {exc.strerror or exc}; "
-                    "pick another address/port or stop what holds it"
+                    "pick another address/port or stop what holds it",
+                    param="tls_port" if transport == "tls" else "listen",
                 ) from None
 
             def factory(name: str = transport) -> StreamClient:
@@ -559,20 +471,14 @@ class TurnServer:
                     client.send(action.data, addr)
             elif isinstance(action, SendToPeer):
                 action.handle.sendto(action.data, action.peer)
+            elif isinstance(action, SendToClient):
+                action.client.send(action.data, action.addr)
             elif isinstance(action, CloseRelay):
                 self.forget_relay(action.handle)
             elif isinstance(action, BindRelays):
                 self.run_actions(self._bind(action), client, addr)
-        if client is not None and addr is not None:
-            allocation = self.engine.allocations.get((client, addr))
-            if allocation is not None:
-                for relay in allocation.relays:
-                    # Tie the relay socket to its allocation (new, or from a reservation).
-                    if relay.handle.alloc is not allocation:
-                        relay.handle.alloc = allocation
-                        relay.handle.relay = relay
-                if self.fast is not None:
-                    self._mirror(allocation)
+            elif self.fast is not None:
+                self._offload(action)
 
     # -- the C data path ----------------------------------------------------------------------
 
@@ -609,62 +515,47 @@ class TurnServer:
         for listener in self._udp:
             batch = listener.batch
             if batch:
-                dropped = table.send(listener.fd, bytes(batch))
-                if dropped:
-                    self.engine.stats.dropped_packets += dropped
+                self.send_errors += table.send(listener.fd, bytes(batch))
                 batch.clear()
 
-    def _mirror(self, allocation: Allocation) -> None:
-        """Copy an allocation's channels and permissions into the C table (UDP clients only,
-        no bandwidth cap: those stay on the Python path). Entries only ever run ahead of the
-        engine's state by nothing: each carries the expiry the engine would check."""
+    def _offload(
+        self, event: OffloadAllocation | OffloadPermission | OffloadChannel | OffloadWithdraw
+    ) -> None:
+        """Mirror one forwarding entry of the engine into the C table (natkit.turn.actions
+        says what each means; the table forwards while now < until, as the engine would)."""
         table = self.fast
-        client = allocation.client
-        if table is None or not isinstance(client, UdpListener) or allocation.bucket is not None:
+        assert table is not None
+        if isinstance(event, OffloadWithdraw):
+            for k in self._fast_keys.pop(event.key, ()):
+                table.delete(k)
             return
-        if not allocation.perms and not allocation.channels:
-            return  # nothing to relay yet: an idle allocation costs the table nothing
-        keys = self._fast_keys.get(allocation.key)
-        mirrored = self._fast_until
-        if keys is None:
-            keys = self._fast_keys[allocation.key] = set()
-            relay4 = allocation.relay_for(4)
-            relay6 = allocation.relay_for(6)
-            k = _turn_fast.key(client.fd, allocation.client_addr, _turn_fast.KIND_ALLOC)
-            table.put_allocation(
-                k,
-                relay4.handle.fd if relay4 else -1,
-                relay6.handle.fd if relay6 else -1,
-            )
+        listener, addr = event.key
+        keys = self._fast_keys.setdefault(event.key, set())
+        if isinstance(event, OffloadAllocation):
+            fds = {r.family: r.handle.fd for r in event.relays}
+            k = _turn_fast.key(listener.fd, addr, _turn_fast.KIND_ALLOC)
+            table.put_allocation(k, fds.get(4, -1), fds.get(6, -1))
             keys.add(k)
-        perms = allocation.perms or {}
-        for ip, until in perms.items():
-            relay = allocation.relay_for(6 if ":" in ip else 4)
-            if relay is None:
-                continue
-            k = _turn_fast.key(relay.handle.fd, (ip, 0), _turn_fast.KIND_PERM)
-            if mirrored.get(k) != until:
-                table.put(k, client.fd, allocation.client_addr, 0, until)
-                mirrored[k] = until
+        elif isinstance(event, OffloadPermission):
+            k = _turn_fast.key(event.relay.handle.fd, (event.ip, 0), _turn_fast.KIND_PERM)
+            if event.until is None:
+                table.delete(k)
+                keys.discard(k)
+            else:
+                table.put(k, listener.fd, addr, 0, event.until)
                 keys.add(k)
-        for channel in (allocation.channels or {}).values():
-            until = min(channel.expires, perms.get(channel.peer[0], 0.0))
-            relay_fd = channel.relay.handle.fd
-            to_peer = _turn_fast.key(client.fd, allocation.client_addr, channel.number)
-            if mirrored.get(to_peer) != until:
-                to_client = _turn_fast.key(relay_fd, channel.peer)
-                table.put(to_peer, relay_fd, channel.peer, 0, until)
-                table.put(to_client, client.fd, allocation.client_addr, channel.number, until)
-                mirrored[to_peer] = until
-                keys.add(to_peer)
-                keys.add(to_client)
-
-    def _unmirror(self, engine_key: Any) -> None:
-        keys = self._fast_keys.pop(engine_key, None)
-        if keys and self.fast is not None:
-            for k in keys:
-                self.fast.delete(k)
-                self._fast_until.pop(k, None)
+        else:
+            relay_fd = event.relay.handle.fd
+            to_peer = _turn_fast.key(listener.fd, addr, event.number)
+            to_client = _turn_fast.key(relay_fd, event.peer)
+            if event.until is None:
+                for k in (to_peer, to_client):
+                    table.delete(k)
+                    keys.discard(k)
+            else:
+                table.put(to_peer, relay_fd, event.peer, 0, event.until)
+                table.put(to_client, listener.fd, addr, event.number, event.until)
+                keys.update((to_peer, to_client))
 
     def _bind(self, pending: BindRelays) -> list[Action]:
         relays: list[Relay] = []
@@ -685,11 +576,13 @@ class TurnServer:
             relay = Relay(
                 family, relay_sock.address, self._advertised(relay_sock.address), relay_sock
             )
+            relay_sock.relay = relay
             if pending.dont_fragment:
                 self._dont_fragment(relay_sock)
             relays.append(relay)
             if spare is not None:
                 reserved = Relay(family, spare.address, self._advertised(spare.address), spare)
+                spare.relay = reserved
         return self.engine.complete_allocate(pending, relays, time.time(), reserved=reserved)
 
     def _advertised(self, address: Address) -> Address:
@@ -772,8 +665,6 @@ class TurnServer:
         if fd < 0 or self._relays.get(fd) is not relay:
             return
         del self._relays[fd]
-        if relay.alloc is not None:
-            self._unmirror(relay.alloc.key)
         if self.fast is not None:
             self.fast.unwatch(fd)
         elif self._loop is not None:
@@ -781,7 +672,6 @@ class TurnServer:
         if not self.ports.ephemeral:
             self.ports.release(relay.address[1])
         relay.sock.close()
-        relay.alloc = None
         relay.relay = None
 
     def log_bug(self, where: str, addr: Address) -> None:

@@ -15,6 +15,7 @@ from natkit.stun.attributes import (
 )
 from natkit.stun.channeldata import (
     CHANNEL_MAX,
+    CHANNEL_MAX_RFC5766,
     CHANNEL_MIN,
     decode_channel_data,
     encode_channel_data,
@@ -59,6 +60,7 @@ __all__ = [
     "CHANGE_IP",
     "CHANGE_PORT",
     "CHANNEL_MAX",
+    "CHANNEL_MAX_RFC5766",
     "CHANNEL_MIN",
     "ERROR_REASONS",
     "FAMILY_IPV4",

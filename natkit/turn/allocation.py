@@ -1,9 +1,9 @@
 """The state of one TURN allocation: relayed addresses, permissions, channel bindings.
 
 Kept small for idle allocations (``__slots__``, permission and channel tables created on first
-use) because a server holds tens of thousands of them. The adapter's hot path reads
-``perms``, ``channels`` and ``peer_channels`` directly; ``handle`` slots are opaque objects
-belonging to the adapter (its relay sockets).
+use) because a server holds tens of thousands of them. This is the engine's state: adapters
+never read it, they go through :class:`natkit.turn.engine.TurnEngine`'s public methods and
+actions. ``handle`` slots are opaque objects belonging to the adapter (its relay sockets).
 """
 
 from __future__ import annotations
@@ -12,23 +12,24 @@ from typing import Any
 
 Address = tuple[str, int]
 
-CHANNEL_MIN = 0x4000
-CHANNEL_MAX = 0x4FFF  # RFC 8656
-#: RFC 5766 allowed up to 0x7FFE; coturn accepts it and its own client (turnutils_uclient),
-#: like other RFC 5766 clients, picks numbers there.
-CHANNEL_MAX_RFC5766 = 0x7FFE
-
 
 class Relay:
-    """One relayed transport address of an allocation (an allocation has one per family)."""
+    """One relayed transport address of an allocation (an allocation has one per family).
 
-    __slots__ = ("address", "advertised", "family", "handle")
+    The adapter makes it around its relay socket (``handle``) and hands it to the engine;
+    ``allocation`` is the engine's: the allocation it serves, None while it is only reserved
+    (EVEN-PORT R bit) or after its allocation ended. The adapter passes the Relay back with
+    every datagram from a peer (:meth:`TurnEngine.forward_from_peer`).
+    """
+
+    __slots__ = ("address", "advertised", "allocation", "family", "handle")
 
     def __init__(self, family: int, address: Address, advertised: Address, handle: Any) -> None:
         self.family = family  # 4 or 6
         self.address = address  # where the relay socket is bound
         self.advertised = advertised  # what XOR-RELAYED-ADDRESS says (external IP behind 1:1 NAT)
         self.handle = handle  # the adapter's socket/transport
+        self.allocation: Allocation | None = None
 
 
 class Channel:
@@ -56,8 +57,10 @@ class Allocation:
         "dont_fragment",
         "expired_channels",
         "expires",
+        "ip_channels",
         "key",
         "last_request",
+        "offloaded",
         "peer_channels",
         "perms",
         "relays",
@@ -93,12 +96,15 @@ class Allocation:
         self.perms: dict[str, float] | None = None
         self.channels: dict[int, Channel] | None = None
         self.peer_channels: dict[Address, Channel] | None = None
+        # peer IP -> its channels: what a permission change touches, without a scan
+        self.ip_channels: dict[str, list[Channel]] | None = None
         # channel number -> (peer, until) and peer -> (number, until): after a binding expires
         # neither may be bound to something else for 5 minutes (RFC 8656 §12)
         self.expired_channels: dict[Any, tuple[Any, float]] | None = None
         # (transaction id, response bytes) of the last Allocate, for retransmissions
         self.last_request: tuple[bytes, bytes] | None = None
         self.bucket: list[float] | None = None  # bandwidth cap token bucket [bytes, last]
+        self.offloaded = False  # an OffloadAllocation was emitted for it
 
     def relay_for(self, family: int) -> Relay | None:
         for relay in self.relays:
@@ -119,30 +125,54 @@ class Allocation:
         self.perms[ip] = until
 
     def bind(self, channel: Channel) -> None:
-        if self.channels is None:
-            self.channels = {}
-            self.peer_channels = {}
-        assert self.peer_channels is not None
+        if self.channels is None or self.peer_channels is None or self.ip_channels is None:
+            self.channels, self.peer_channels, self.ip_channels = {}, {}, {}
         self.channels[channel.number] = channel
         self.peer_channels[channel.peer] = channel
+        self.ip_channels.setdefault(channel.peer[0], []).append(channel)
 
-    def expire(self, now: float) -> tuple[int, int]:
-        """Drop expired permissions and channels; returns how many of each went."""
-        gone_perms = gone_channels = 0
+    def unbind(self, channel: Channel) -> None:
+        """Remove ``channel`` from every table (no tombstone: see :meth:`expire`)."""
+        if self.channels is None or self.peer_channels is None or self.ip_channels is None:
+            return
+        if self.channels.get(channel.number) is channel:
+            del self.channels[channel.number]
+        if self.peer_channels.get(channel.peer) is channel:
+            del self.peer_channels[channel.peer]
+        same_ip = self.ip_channels.get(channel.peer[0])
+        if same_ip is not None:
+            if channel in same_ip:
+                same_ip.remove(channel)
+            if not same_ip:
+                del self.ip_channels[channel.peer[0]]
+
+    def channels_to(self, ip: str) -> list[Channel]:
+        """The channels bound to peers at ``ip`` (any port)."""
+        ip_channels = self.ip_channels
+        return ip_channels.get(ip, []) if ip_channels else []
+
+    def peer_until(self, channel: Channel) -> float:
+        """How long ``channel`` carries data: its expiry, or its peer's permission's if earlier."""
+        perms = self.perms
+        return min(channel.expires, perms.get(channel.peer[0], 0.0) if perms else 0.0)
+
+    def expire(self, now: float) -> tuple[list[str], list[Channel]]:
+        """Drop expired permissions and channels; returns the peer IPs and channels that went."""
+        gone_perms: list[str] = []
+        gone_channels: list[Channel] = []
         if self.perms:
-            for ip in [ip for ip, t in self.perms.items() if t <= now]:
+            gone_perms = [ip for ip, t in self.perms.items() if t <= now]
+            for ip in gone_perms:
                 del self.perms[ip]
-                gone_perms += 1
         if self.channels:
-            assert self.peer_channels is not None
-            for number in [n for n, c in self.channels.items() if c.expires <= now]:
-                channel = self.channels.pop(number)
-                self.peer_channels.pop(channel.peer, None)
+            for channel in [c for c in self.channels.values() if c.expires <= now]:
+                self.unbind(channel)
+                number = channel.number
                 if self.expired_channels is None:
                     self.expired_channels = {}
                 self.expired_channels[number] = (channel.peer, now + 300)
                 self.expired_channels[channel.peer] = (number, now + 300)
-                gone_channels += 1
+                gone_channels.append(channel)
         if self.expired_channels:
             for k in [k for k, (_, t) in self.expired_channels.items() if t <= now]:
                 del self.expired_channels[k]

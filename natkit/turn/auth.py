@@ -1,12 +1,23 @@
-"""Long-term credentials (RFC 8489 §9.2), TURN REST API secrets, nonces, failure limits.
+"""Who may use the relay: authenticators (pion/turn's AuthHandler), REST API secrets, nonces,
+the failure limiter.
 
-* Static users: name -> password, keys cached per (user, algorithm).
-* TURN REST API (coturn-compatible): the username is ``expiry[:user]`` (a UNIX time), the
-  password ``base64(HMAC-SHA1(secret, username))``. Several secrets may be live at once so
-  they can be rotated; an expired username is refused on every request, Refresh included.
-* Nonces are stateless: they carry their own expiry and an HMAC binding them to the client's
-  IP address, so a restart or many clients cost no memory. They begin with the RFC 8489
-  security-feature cookie announcing PASSWORD-ALGORITHMS.
+An :class:`Authenticator` is asked, for each request that carries credentials, what it knows of
+the USERNAME: a password, or :class:`Grant` objects (a password or a ready MD5 key, the account
+quotas count against, an expiry), or None to refuse. The engine derives the long-term keys
+(RFC 8489 §9.2.2, MD5 or SHA-256 as the client chose) and checks MESSAGE-INTEGRITY against each.
+The built-in authenticators:
+
+* :class:`StaticUsers`: name -> password.
+* :class:`RestSecrets`: the TURN REST API (coturn-compatible): the username is
+  ``expiry[:user]`` (a UNIX time), the password ``base64(HMAC-SHA1(secret, username))``. Several
+  secrets may be live at once so they can be rotated; an expired username is refused on every
+  request, Refresh included.
+* :class:`FirstOf`: the first of several that knows the username.
+* :class:`NoAuth`: an open relay; requests carry no credentials and nothing is asked.
+
+Nonces are stateless: they carry their own expiry and an HMAC binding them to the client's IP
+address, so a restart or many clients cost no memory. They begin with the RFC 8489
+security-feature cookie announcing PASSWORD-ALGORITHMS.
 """
 
 from __future__ import annotations
@@ -15,10 +26,13 @@ import base64
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-from natkit.stun import PasswordAlgorithm, long_term_key, make_nonce
+from natkit.stun import make_nonce
+
+Address = tuple[str, int]
 
 #: The nonce's fixed start: the security-feature cookie announcing PASSWORD-ALGORITHMS.
 _PREFIX = make_nonce(0x800000, "")
@@ -32,70 +46,98 @@ class Identity:
     key: bytes
     #: the user quotas are counted against (the part after ``expiry:`` for REST names)
     account: str
-    #: UNIX time after which a REST credential stops working (None: never)
+    #: UNIX time after which the credential stops working (None: never)
     expires: float | None = None
 
 
-class Credentials:
-    """Resolves a (username, realm, algorithm) to candidate keys."""
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What an authenticator knows of one username.
 
-    def __init__(
-        self,
-        realm: str,
-        users: Mapping[str, str] | None = None,
-        secrets: Iterable[str] = (),
-        *,
-        separator: str = ":",
-    ) -> None:
-        self.realm = realm
-        self.users = dict(users or {})
-        self.secrets = [s.encode() for s in secrets]
+    ``password`` serves both password algorithms; ``key`` is a ready MD5 long-term key
+    (MD5(username:realm:password), what pion's handlers and coturn's database hold; a client
+    that asks for SHA-256 is then refused). ``account`` is what quotas count (default: the
+    username); after ``expires`` (UNIX time) every request with it is refused.
+    """
+
+    password: str | None = None
+    key: bytes | None = None
+    account: str | None = None
+    expires: float | None = None
+
+
+Lookup = str | Grant | Sequence[Grant] | None
+
+
+@runtime_checkable
+class Authenticator(Protocol):
+    """Decides who may use the relay, like pion/turn's ``AuthHandler``."""
+
+    def lookup(self, username: str, realm: str, source: Address, now: float) -> Lookup:
+        """The password of ``username`` (or Grants) for a request from ``source``; None
+        refuses it (401). ``realm`` is the server's (a request for another is refused first);
+        ``now`` is the engine's clock. Called for every authenticated request: keep it fast."""
+        ...
+
+
+class NoAuth:
+    """No authentication: an open relay (for closed labs). Never asked anything."""
+
+    def lookup(self, username: str, realm: str, source: Address, now: float) -> Lookup:
+        return None
+
+
+class StaticUsers:
+    """Long-term credentials from a name -> password mapping."""
+
+    __slots__ = ("users",)
+
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self.users = dict(users)
+
+    def lookup(self, username: str, realm: str, source: Address, now: float) -> Lookup:
+        return self.users.get(username)
+
+
+class RestSecrets:
+    """TURN REST API credentials (coturn's ``use-auth-secret``), any of several secrets."""
+
+    __slots__ = ("secrets", "separator")
+
+    def __init__(self, secrets: Iterable[str], *, separator: str = ":") -> None:
+        self.secrets = list(secrets)
         self.separator = separator
-        # (user, algorithm) -> [its identity]: static users' keys are derived once
-        self._static: dict[tuple[str, int], list[Identity]] = {}
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.users or self.secrets)
-
-    def rest_expiry(self, username: str) -> float | None:
+    def expiry(self, username: str) -> float | None:
         """The expiry a REST username carries, or None if it is not a REST username."""
         head = username.split(self.separator, 1)[0]
         if not head.isdigit() or len(head) > 12:
             return None
         return float(head)
 
-    def candidates(
-        self, username: str, algorithm: PasswordAlgorithm, now: float
-    ) -> list[Identity] | str:
-        """Identities whose key may have signed the request; or a reason string if none."""
-        password = self.users.get(username)
-        if password is not None:
-            cache_key = (username, algorithm.algorithm)
-            cached = self._static.get(cache_key)
-            if cached is None:
-                key = long_term_key(username, self.realm, password, algorithm)
-                cached = [Identity(username, key, username)]
-                if len(self._static) < 100_000:
-                    self._static[cache_key] = cached
-            return cached
-        if not self.secrets:
-            return "unknown user"
-        expiry = self.rest_expiry(username)
-        if expiry is None:
-            return "unknown user"
-        if expiry <= now:
-            return "expired REST credential"
-        account = username.split(self.separator, 1)[1] if self.separator in username else ""
-        return [
-            Identity(
-                username,
-                long_term_key(username, self.realm, rest_password(secret, username), algorithm),
-                account or username,
-                expiry,
-            )
-            for secret in self.secrets
-        ]
+    def lookup(self, username: str, realm: str, source: Address, now: float) -> Lookup:
+        expiry = self.expiry(username)
+        if expiry is None or not self.secrets:
+            return None
+        _, sep, user = username.partition(self.separator)
+        account = user if sep and user else username
+        return [Grant(rest_password(s, username), None, account, expiry) for s in self.secrets]
+
+
+class FirstOf:
+    """Asks each authenticator in turn; the first answer that is not None wins."""
+
+    __slots__ = ("authenticators",)
+
+    def __init__(self, *authenticators: Authenticator) -> None:
+        self.authenticators = authenticators
+
+    def lookup(self, username: str, realm: str, source: Address, now: float) -> Lookup:
+        for auth in self.authenticators:
+            found = auth.lookup(username, realm, source, now)
+            if found is not None:
+                return found
+        return None
 
 
 def rest_password(secret: bytes | str, username: str) -> str:

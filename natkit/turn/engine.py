@@ -1,15 +1,24 @@
 """The TURN server state machine (RFC 8656), sans-IO.
 
 The adapter feeds it what arrives (bytes, who sent it, the time) and carries out what it
-returns: replies to the client, datagrams to peers, relay sockets to open or close. Allocation
-needs sockets, so it is two-phase: :meth:`TurnEngine.handle_client` returns a
+returns (:mod:`natkit.turn.actions`): replies to the client, datagrams to peers and clients,
+relay sockets to open or close, and the forwarding entries a fast table may take over.
+Allocation needs sockets, so it is two-phase: :meth:`TurnEngine.handle_client` returns a
 :class:`BindRelays` action, the adapter binds the relay sockets and hands them to
 :meth:`TurnEngine.complete_allocate`, which answers the client.
+
+Every forwarding rule (permission and channel checks, expiry, the bandwidth cap, which relay,
+ChannelData and Data indication framing) lives here, behind :meth:`TurnEngine.forward_from_client`
+and :meth:`TurnEngine.forward_from_peer`; adapters and fast tables only carry bytes.
+
+Errors: bytes that do not decode are dropped and counted (``bad_packets``); a request that
+decodes but breaks a rule gets its error response (400 and the others of RFC 8656); an
+exception raised while handling a request is a bug, never the client's doing: logged with its
+traceback, counted (``stats.bugs``) and answered 500 (an indication is dropped).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import struct
@@ -18,6 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from natkit.stun import (
+    CHANNEL_MAX,
+    CHANNEL_MAX_RFC5766,
+    CHANNEL_MIN,
     AddressErrorCode,
     Attr,
     Class,
@@ -27,21 +39,58 @@ from natkit.stun import (
     PasswordAlgorithm,
     StunParseError,
     decode,
-    message_type,
+    long_term_key,
     verify_integrity,
 )
 from natkit.stun.attributes import CODECS
-from natkit.turn.allocation import (
-    CHANNEL_MAX,
-    CHANNEL_MAX_RFC5766,
-    CHANNEL_MIN,
-    Address,
-    Allocation,
-    Channel,
-    Relay,
+from natkit.turn.actions import (
+    Action,
+    BindRelays,
+    ClientKey,
+    CloseRelay,
+    OffloadAllocation,
+    OffloadChannel,
+    OffloadPermission,
+    OffloadWithdraw,
+    Reply,
+    SendToClient,
+    SendToPeer,
 )
-from natkit.turn.auth import Credentials, FailureLimiter, Identity, NonceIssuer
-from natkit.turn.policy import PeerPolicy
+from natkit.turn.allocation import Address, Allocation, Channel, Relay
+from natkit.turn.auth import (
+    Authenticator,
+    FailureLimiter,
+    Grant,
+    Identity,
+    NoAuth,
+    NonceIssuer,
+    StaticUsers,
+)
+from natkit.turn.policy import DefaultPeerPolicy, PeerPolicy
+from natkit.turn.quota import AllocationQuota, Quota
+from natkit.turn.wire import (
+    AUTH_METHODS,
+    COOKIE,
+    FINGERPRINT,
+    FINGERPRINT_XOR,
+    HEADER,
+    QUICK_ATTRS,
+    QUICK_TYPES,
+    allocate_success,
+    tail_types,
+)
+
+__all__ = [
+    "Action",
+    "BindRelays",
+    "CloseRelay",
+    "Reply",
+    "SendToClient",
+    "SendToPeer",
+    "Stats",
+    "TurnConfig",
+    "TurnEngine",
+]
 
 log = logging.getLogger("natkit.turn")
 
@@ -50,30 +99,20 @@ IPV4, IPV6 = 1, 2  # REQUESTED-/ADDITIONAL-ADDRESS-FAMILY values
 _FAMILY_OF_CODE = {IPV4: 4, IPV6: 6}
 _CODE_OF_FAMILY = {4: IPV4, 6: IPV6}
 _ALGORITHMS = (PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256)
-_AUTH_METHODS = frozenset(
-    {Method.ALLOCATE, Method.REFRESH, Method.CREATE_PERMISSION, Method.CHANNEL_BIND}
-)
 _CD_HEADER = struct.Struct("!HH")
-_HEADER = struct.Struct("!HH")
-_FINGERPRINT = struct.Struct("!HHI")
-_FINGERPRINT_XOR = 0x5354554E  # RFC 8489 §14.7
-_COOKIE = b"\x21\x12\xa4\x42"
-#: request message types of the methods that need credentials -> method
-_QUICK_TYPES = {message_type(m, Class.REQUEST): m for m in _AUTH_METHODS}
-#: (type, length) of the attributes a credential-less request may carry for the quick 401
-_QUICK_ATTRS = {
-    (Attr.REQUESTED_TRANSPORT, 4): 1,
-    (Attr.LIFETIME, 4): 2,
-    (Attr.DONT_FRAGMENT, 0): 4,
-}
+_KEY_CACHE_MAX = 100_000
+# the largest DATA a Data indication carries: a STUN body is at most 65535 bytes, and holds
+# XOR-PEER-ADDRESS (8 or 20 bytes + 4) and DATA's own header and padding
+_DATA_MAX = {4: 65535 - 12 - 4 - 3, 6: 65535 - 24 - 4 - 3}
+_PADDING = {1: b"\x00\x00\x00", 2: b"\x00\x00", 3: b"\x00"}
 
 
 @dataclass(slots=True)
 class TurnConfig:
-    """Protocol parameters and limits. Times in seconds."""
+    """Protocol parameters and limits. Times in seconds. (Who may authenticate, which peers
+    and how many allocations are the engine's ``auth``, ``peer_policy`` and ``quota``.)"""
 
     realm: str = "natkit"
-    auth: bool = True
     default_lifetime: int = 600
     max_lifetime: int = 3600
     permission_lifetime: int = 300
@@ -82,8 +121,6 @@ class TurnConfig:
     reservation_lifetime: int = 30
     #: relay address families the server can offer (4 and/or 6)
     families: frozenset[int] = frozenset({4})
-    max_allocations: int | None = None
-    user_quota: int | None = None
     max_permissions: int = 1000
     #: optional cap per allocation, bytes per second each way combined
     bandwidth: int | None = None
@@ -111,57 +148,9 @@ class Stats:
     to_client_packets: int = 0
     to_client_bytes: int = 0
     dropped_packets: int = 0
+    #: exceptions raised while handling a request: bugs, logged with their traceback
+    bugs: int = 0
     errors: dict[int, int] = field(default_factory=dict)
-
-
-# ---- actions -------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Reply:
-    """Send ``data`` to the client the request came from."""
-
-    data: bytes
-
-
-@dataclass(slots=True)
-class SendToPeer:
-    """Send ``data`` from the relay socket ``handle`` to ``peer``."""
-
-    handle: Any
-    data: bytes
-    peer: Address
-    dont_fragment: bool = False
-
-
-@dataclass(slots=True)
-class CloseRelay:
-    """Close the relay socket ``handle`` (its allocation or reservation ended)."""
-
-    handle: Any
-    address: Address
-
-
-@dataclass(slots=True)
-class BindRelays:
-    """Bind relay sockets, then call :meth:`TurnEngine.complete_allocate` with this object."""
-
-    key: Any
-    client: Any
-    client_addr: Address
-    stream: bool
-    request: Message
-    identity: Identity | None
-    families: tuple[int, ...]  # 4 / 6, the first one is required
-    even_port: bool
-    reserve_next: bool
-    lifetime: int
-    dont_fragment: bool
-    #: families that were asked for but the server cannot offer (ADDRESS-ERROR-CODE 440)
-    missing: tuple[int, ...] = ()
-
-
-Action = Reply | SendToPeer | CloseRelay | BindRelays
 
 
 class _Reservation:
@@ -173,29 +162,45 @@ class _Reservation:
 
 
 class TurnEngine:
-    """All allocations of one server and the rules that govern them."""
+    """All allocations of one server and the rules that govern them.
+
+    ``auth`` decides who may allocate (default: nobody; :class:`~natkit.turn.auth.NoAuth` for an
+    open relay), ``peer_policy`` which peers are reachable (default: no special-purpose
+    address), ``quota`` how many allocations may exist (default: no limit). ``offload``: emit
+    the Offload* events of :mod:`natkit.turn.actions` for a fast table to mirror.
+    """
 
     def __init__(
         self,
         config: TurnConfig | None = None,
-        credentials: Credentials | None = None,
-        policy: PeerPolicy | None = None,
         *,
+        auth: Authenticator | None = None,
+        peer_policy: PeerPolicy | None = None,
+        quota: Quota | None = None,
         nonce_secret: bytes | None = None,
         limiter: FailureLimiter | None = None,
+        offload: bool = False,
     ) -> None:
         self.config = config or TurnConfig()
-        self.credentials = credentials or Credentials(self.config.realm)
-        self.policy = policy or PeerPolicy()
+        self.auth: Authenticator = auth if auth is not None else StaticUsers({})
+        self.requires_auth = not isinstance(self.auth, NoAuth)
+        self.peer_policy: PeerPolicy = (
+            peer_policy if peer_policy is not None else DefaultPeerPolicy()
+        )
+        self.quota: Quota = quota if quota is not None else AllocationQuota()
         self.nonces = NonceIssuer(self.config.nonce_lifetime, nonce_secret)
         self.limiter = limiter or FailureLimiter()
+        self.offload = offload
+        #: the channel number range, for the codec and the adapter's stream framer alike
+        self.channel_max = CHANNEL_MAX if self.config.strict_channels else CHANNEL_MAX_RFC5766
         self.allocations: dict[Any, Allocation] = {}
-        self.per_account: dict[str, int] = {}
         self.reservations: dict[bytes, _Reservation] = {}
         self.pending: set[Any] = set()
         self.stats = Stats()
         self._last_sweep = 0.0
         self._challenges: dict[tuple[int, int, str, str], bytes] = {}
+        # (username, password, algorithm) -> long-term key: derived once, not per request
+        self._keys: dict[tuple[str, str, int], bytes] = {}
 
     # ---- entry points ----------------------------------------------------------------------
 
@@ -207,11 +212,12 @@ class TurnEngine:
             return []
         first = data[0]
         if 0x40 <= first <= 0x7F:
-            return self._channel_from_client((client, addr), data, now)
+            out = self.forward_from_client((client, addr), data, now)
+            return [] if out is None else [out]
         if first > 0x3F:
             self.stats.bad_packets += 1
             return []
-        if self.config.auth:
+        if self.requires_auth:
             challenge = self._quick_challenge(data, addr[0], now)
             if challenge is not None:
                 return challenge
@@ -222,35 +228,98 @@ class TurnEngine:
             return []
         try:
             return self._dispatch(client, addr, stream, msg, now)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, StunParseError):
-            # A request whose attributes decode but make no sense together; never fatal.
-            self.stats.bad_packets += 1
-            log.debug("event=bad_request client=%s:%s", addr[0], addr[1], exc_info=True)
+        except Exception:
+            # A bug, not the client's doing: never hidden as a 400, never fatal to the server.
+            self.stats.bugs += 1
+            log.exception("event=internal_error method=0x%03x client=%s", msg.method, _fmt(addr))
             if msg.cls == Class.REQUEST:
-                return [Reply(self._encode(msg, msg.error(400, "Bad Request"), None))]
+                return [Reply(self._error(msg, 500, "Server Error", None))]
             return []
 
-    def handle_peer(
-        self, allocation: Allocation, relay: Relay, data: bytes, peer: Address, now: float
-    ) -> bytes | None:
-        """A datagram from ``peer`` on ``relay``: bytes for the client, or None to drop it."""
+    # ---- the data path: every forwarding rule, behind two methods -------------------------
+
+    def forward_from_client(self, key: ClientKey, data: bytes, now: float) -> SendToPeer | None:
+        """A ChannelData frame (UDP datagram, or TCP/TLS frame with its padding) from the client
+        of allocation ``key``: the payload for its peer, or None when it is dropped (no
+        allocation, unbound or expired channel, no permission, over the bandwidth cap,
+        truncated; counted in ``stats.dropped_packets``)."""
+        stats = self.stats
+        allocation = self.allocations.get(key)
+        if allocation is None or allocation.channels is None or len(data) < 4:
+            stats.dropped_packets += 1
+            return None
+        number, length = _CD_HEADER.unpack_from(data)
+        channel = allocation.channels.get(number)
+        if channel is None or channel.expires <= now or len(data) < 4 + length:
+            stats.dropped_packets += 1
+            return None
+        peer = channel.peer
         perms = allocation.perms
-        expiry = perms.get(peer[0]) if perms else None
-        if expiry is None or expiry <= now:
-            self.stats.dropped_packets += 1
+        expiry = perms.get(peer[0]) if perms else None  # the permission check, inline: hot
+        if (
+            expiry is None
+            or expiry <= now
+            or (allocation.bucket is not None and not self._spend(allocation, length, now))
+        ):
+            stats.dropped_packets += 1
             return None
-        if allocation.bucket is not None and not self._spend(allocation, len(data), now):
-            self.stats.dropped_packets += 1
+        stats.to_peer_packets += 1
+        stats.to_peer_bytes += length
+        return SendToPeer(channel.relay.handle, data[4 : 4 + length], peer)
+
+    def forward_from_peer(
+        self, relay: Relay, peer: Address, data: bytes, now: float
+    ) -> SendToClient | None:
+        """A datagram from ``peer`` arriving on ``relay``: the ChannelData frame (a channel to
+        ``peer`` through ``relay`` is bound; padded for TCP/TLS clients) or Data indication
+        for the client, or None when it is dropped (a reserved relay, no permission for the
+        peer's IP, a peer of the other address family, over the bandwidth cap; counted)."""
+        stats = self.stats
+        allocation = relay.allocation
+        if allocation is None:
+            stats.dropped_packets += 1
             return None
-        self.stats.to_client_packets += 1
-        self.stats.to_client_bytes += len(data)
+        ip = peer[0]
+        perms = allocation.perms
+        expiry = perms.get(ip) if perms else None
+        n = len(data)
+        if (
+            expiry is None
+            or expiry <= now
+            or relay.family != (6 if ":" in ip else 4)
+            or (allocation.bucket is not None and not self._spend(allocation, n, now))
+        ):
+            stats.dropped_packets += 1
+            return None
         channels = allocation.peer_channels
         channel = channels.get(peer) if channels else None
         if channel is not None and channel.expires > now and channel.relay is relay:
-            return channel_data(channel.number, data, allocation.stream)
-        indication = Message(Method.DATA, Class.INDICATION)
-        indication.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, data)
-        return indication.encode()
+            # the number was checked at ChannelBind; a UDP payload fits the 16-bit length
+            frame = _CD_HEADER.pack(channel.number, n) + data
+            if allocation.stream and n % 4:
+                frame += _PADDING[n % 4]
+        else:
+            if n > _DATA_MAX[relay.family]:  # no Data indication can hold it
+                stats.dropped_packets += 1
+                return None
+            indication = Message(Method.DATA, Class.INDICATION)
+            frame = indication.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, data).encode()
+        stats.to_client_packets += 1
+        stats.to_client_bytes += n
+        return SendToClient(allocation.client, allocation.client_addr, frame)
+
+    def _spend(self, allocation: Allocation, size: int, now: float) -> bool:
+        """Take ``size`` bytes from the allocation's bandwidth bucket; False when it is short."""
+        bucket = allocation.bucket
+        if bucket is None:
+            return True
+        rate = float(self.config.bandwidth or 0)
+        bucket[0] = min(rate, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if bucket[0] < size:
+            return False
+        bucket[0] -= size
+        return True
 
     def complete_allocate(
         self,
@@ -263,17 +332,18 @@ class TurnEngine:
         """Finish an Allocate once the adapter has bound ``relays`` (empty: it could not)."""
         self.pending.discard(pending.key)
         msg, ident = pending.request, pending.identity
+        failed = None
         if not relays or relays[0].family != pending.families[0]:
+            failed = self._error(msg, 508, "Insufficient Capacity", ident)
+        elif pending.key in self.allocations:  # raced with another Allocate; keep the first
+            failed = self._error(msg, 437, "Allocation Mismatch", ident)
+        if failed is not None:
+            self.quota.release(ident.account if ident else None, pending.client_addr)
             actions: list[Action] = [CloseRelay(r.handle, r.address) for r in relays]
             if reserved is not None:
                 actions.append(CloseRelay(reserved.handle, reserved.address))
-            actions.append(Reply(self._error(msg, 508, "Insufficient Capacity", ident)))
+            actions.append(Reply(failed))
             return actions
-        if pending.key in self.allocations:  # raced with another Allocate; keep the first
-            closes: list[Action] = [CloseRelay(r.handle, r.address) for r in relays]
-            if reserved is not None:
-                closes.append(CloseRelay(reserved.handle, reserved.address))
-            return [*closes, Reply(self._error(msg, 437, "Allocation Mismatch", ident))]
         missing = list(pending.missing)
         got = {r.family for r in relays}
         missing += [f for f in pending.families if f not in got and f not in missing]
@@ -305,7 +375,7 @@ class TurnEngine:
             self._last_sweep = now
             for allocation in self.allocations.values():
                 if allocation.perms or allocation.channels or allocation.expired_channels:
-                    allocation.expire(now)
+                    self._sweep(allocation, now, actions)
             self.limiter.prune(now)
         return actions
 
@@ -318,6 +388,10 @@ class TurnEngine:
             actions.append(CloseRelay(reservation.relay.handle, reservation.relay.address))
         self.reservations.clear()
         return actions
+
+    def has_allocation(self, key: ClientKey) -> bool:
+        """True while the client of ``key`` holds an allocation (or one is being made)."""
+        return key in self.allocations or key in self.pending
 
     def counts(self) -> dict[str, int]:
         """Current allocations, permissions and channels (for metrics and status)."""
@@ -350,14 +424,14 @@ class TurnEngine:
         if method == Method.BINDING:
             resp = msg.response().add(Attr.XOR_MAPPED_ADDRESS, addr)
             return [Reply(self._encode(msg, resp, None))]
-        if method not in _AUTH_METHODS:
+        if method not in AUTH_METHODS:
             return self._fail(msg, 400, "Bad Request: unsupported method", None)
         attrs = _first_values(msg)
         unknown = tuple(t for t in attrs if t < 0x8000 and t not in CODECS)
         if unknown:
             err = msg.error(420, "Unknown Attribute").add(Attr.UNKNOWN_ATTRIBUTES, unknown)
             return [Reply(self._encode(msg, err, None))]
-        identity = self._authenticate(msg, addr[0], now, attrs)
+        identity = self._authenticate(msg, addr, now, attrs)
         if isinstance(identity, list):
             return identity
         if method == Method.ALLOCATE:
@@ -370,8 +444,8 @@ class TurnEngine:
         if method == Method.REFRESH:
             return self._refresh(allocation, msg, identity, now)
         if method == Method.CREATE_PERMISSION:
-            return [Reply(self._create_permission(allocation, msg, identity, now))]
-        return [Reply(self._channel_bind(allocation, msg, identity, now))]
+            return self._create_permission(allocation, msg, identity, now)
+        return self._channel_bind(allocation, msg, identity, now)
 
     # ---- authentication --------------------------------------------------------------------
 
@@ -384,11 +458,11 @@ class TurnEngine:
         n = len(data)
         if n < 20 or n > 20 + 36:
             return None
-        mtype, length = _HEADER.unpack_from(data)
+        mtype, length = HEADER.unpack_from(data)
         if (
-            mtype not in _QUICK_TYPES
+            mtype not in QUICK_TYPES
             or 20 + length != n
-            or data[4:8] != _COOKIE
+            or data[4:8] != COOKIE
             or self.limiter.blocked(ip, now)  # let the full path count and drop it
         ):
             return None
@@ -397,15 +471,15 @@ class TurnEngine:
         while pos < n:
             if pos + 4 > n:
                 return None
-            attr_type, alen = _HEADER.unpack_from(data, pos)
-            bit = _QUICK_ATTRS.get((attr_type, alen))
+            attr_type, alen = HEADER.unpack_from(data, pos)
+            bit = QUICK_ATTRS.get((attr_type, alen))
             if bit is None or seen & bit:
                 return None
             seen |= bit
             pos += 4 + alen
         if pos != n:
             return None
-        method = _QUICK_TYPES[mtype]
+        method = QUICK_TYPES[mtype]
         return [
             Reply(self._challenge_bytes(method, data[8:20], False, 401, "Unauthorized", ip, now))
         ]
@@ -451,15 +525,16 @@ class TurnEngine:
         if not fingerprint:
             return head + template[20:]
         body = template[20:]
-        head = _HEADER.pack(_HEADER.unpack_from(template)[0], len(body) + 8) + head[4:]
-        crc = zlib.crc32(head + body) ^ _FINGERPRINT_XOR
-        return head + body + _FINGERPRINT.pack(Attr.FINGERPRINT, 4, crc)
+        head = HEADER.pack(HEADER.unpack_from(template)[0], len(body) + 8) + head[4:]
+        crc = zlib.crc32(head + body) ^ FINGERPRINT_XOR
+        return head + body + FINGERPRINT.pack(Attr.FINGERPRINT, 4, crc)
 
     def _authenticate(
-        self, msg: Message, ip: str, now: float, attrs: dict[int, Any]
+        self, msg: Message, source: Address, now: float, attrs: dict[int, Any]
     ) -> Identity | list[Action] | None:
-        if not self.config.auth:
+        if not self.requires_auth:
             return None
+        ip = source[0]
         if self.limiter.blocked(ip, now):
             self.stats.auth_blocked += 1
             return []  # silently dropped: this source failed too often
@@ -485,13 +560,51 @@ class TurnEngine:
             algorithm = chosen
         if realm != self.config.realm:
             return self._auth_failed(msg, ip, now, f"wrong realm {realm!r}")
-        candidates = self.credentials.candidates(username, algorithm, now)
+        found = self.auth.lookup(username, realm, source, now)
+        candidates = self._identities(username, found, algorithm, now)
         if isinstance(candidates, str):
             return self._auth_failed(msg, ip, now, candidates, username)
         for identity in candidates:
             if verify_integrity(msg, identity.key):
                 return identity
         return self._auth_failed(msg, ip, now, "bad integrity", username)
+
+    def _identities(
+        self, username: str, found: object, algorithm: PasswordAlgorithm, now: float
+    ) -> list[Identity] | str:
+        """The keys the authenticator's answer allows for ``algorithm``, or why there are none."""
+        if found is None:
+            return "unknown user"
+        if isinstance(found, str):
+            return [Identity(username, self._key(username, found, algorithm), username)]
+        grants = [found] if isinstance(found, Grant) else found
+        if not isinstance(grants, (list, tuple)) or not all(isinstance(g, Grant) for g in grants):
+            raise TypeError(f"an Authenticator returned {type(found).__name__}, not str or Grant")
+        out: list[Identity] = []
+        why = "unknown user"
+        for grant in grants:
+            if grant.expires is not None and grant.expires <= now:
+                why = "expired credential"
+                continue
+            if grant.password is not None:
+                key = self._key(username, grant.password, algorithm)
+            elif grant.key is not None and algorithm == PasswordAlgorithm.MD5:
+                key = grant.key
+            else:
+                why = "no key for the password algorithm"
+                continue
+            out.append(Identity(username, key, grant.account or username, grant.expires))
+        return out or why
+
+    def _key(self, username: str, password: str, algorithm: PasswordAlgorithm) -> bytes:
+        cache_key = (username, password, algorithm.algorithm)
+        key = self._keys.get(cache_key)
+        if key is None:
+            key = long_term_key(username, self.config.realm, password, algorithm)
+            if len(self._keys) >= _KEY_CACHE_MAX:
+                self._keys.clear()
+            self._keys[cache_key] = key
+        return key
 
     def _auth_failed(
         self, msg: Message, ip: str, now: float, why: str, username: str = ""
@@ -563,18 +676,11 @@ class TurnEngine:
                 families = (4, 6)
             else:
                 missing = (6,)
-        if self.config.max_allocations is not None and (
-            len(self.allocations) + len(self.pending) >= self.config.max_allocations
-        ):
+        user = ident.account if ident is not None else None
+        refused = self.quota.acquire(user, addr)
+        if refused is not None:
             self.stats.quota_refusals += 1
-            return self._fail(msg, 486, "Allocation Quota Reached", ident)
-        account = ident.account if ident is not None else ""
-        if (
-            ident is not None
-            and self.config.user_quota is not None
-            and self.per_account.get(account, 0) >= self.config.user_quota
-        ):
-            self.stats.quota_refusals += 1
+            log.info("event=quota_refused client=%s user=%r reason=%r", _fmt(addr), user, refused)
             return self._fail(msg, 486, "Allocation Quota Reached", ident)
         lifetime = self._lifetime(msg, attrs) or self.config.default_lifetime
         pending = BindRelays(
@@ -594,6 +700,7 @@ class TurnEngine:
         if token is not None:
             reservation = self.reservations.pop(bytes(token), None)
             if reservation is None or reservation.expires <= now:
+                self.quota.release(user, addr)
                 if reservation is not None:
                     r = reservation.relay
                     return [
@@ -632,12 +739,13 @@ class TurnEngine:
         allocation.rest_expires = ident.expires if ident else None
         if self.config.bandwidth:
             allocation.bucket = [float(self.config.bandwidth), now]
+        for relay in relays:
+            relay.allocation = allocation
         self.allocations[pending.key] = allocation
-        self.per_account[allocation.account] = self.per_account.get(allocation.account, 0) + 1
         self.stats.allocations_created += 1
         msg = pending.request
         if not missing and token is None and ident is not None and not self.config.software:
-            quick = _allocate_success(msg, relays, pending.lifetime, pending.client_addr, ident.key)
+            quick = allocate_success(msg, relays, pending.lifetime, pending.client_addr, ident.key)
             if quick is not None:
                 allocation.last_request = (msg.transaction_id, quick)
                 if log.isEnabledFor(logging.DEBUG):
@@ -697,11 +805,8 @@ class TurnEngine:
             return []
         if count:
             self.stats.allocations_deleted += 1
-        left = self.per_account.get(allocation.account, 1) - 1
-        if left > 0:
-            self.per_account[allocation.account] = left
-        else:
-            self.per_account.pop(allocation.account, None)
+        user = allocation.account if self.requires_auth else None
+        self.quota.release(user, allocation.client_addr)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "event=allocation_deleted client=%s user=%r relay=%s reason=%r",
@@ -710,7 +815,13 @@ class TurnEngine:
                 ",".join(_fmt(r.advertised) for r in allocation.relays),
                 why,
             )
-        return [CloseRelay(r.handle, r.address) for r in allocation.relays]
+        actions: list[Action] = []
+        if allocation.offloaded:
+            actions.append(OffloadWithdraw(allocation.key))
+        for relay in allocation.relays:
+            relay.allocation = None
+            actions.append(CloseRelay(relay.handle, relay.address))
+        return actions
 
     # ---- permissions and channels ----------------------------------------------------------
 
@@ -718,10 +829,14 @@ class TurnEngine:
         self, allocation: Allocation, msg: Message, peer: Address, ident: Identity | None
     ) -> bytes | Relay:
         """The relay serving ``peer``, or an error response (403 / 443)."""
-        if not self.policy.permits(peer[0]):
+        refused = self.peer_policy.refuse(peer)
+        if refused is not None:
             self.stats.refused_peers += 1
             log.info(
-                "event=peer_refused client=%s peer=%s", _fmt(allocation.client_addr), _fmt(peer)
+                "event=peer_refused client=%s peer=%s reason=%r",
+                _fmt(allocation.client_addr),
+                _fmt(peer),
+                refused,
             )
             return self._error(msg, 403, "Forbidden: peer address not allowed", ident)
         relay = allocation.relay_for(6 if ":" in peer[0] else 4)
@@ -731,70 +846,77 @@ class TurnEngine:
 
     def _create_permission(
         self, allocation: Allocation, msg: Message, ident: Identity | None, now: float
-    ) -> bytes:
+    ) -> list[Action]:
         peers = msg.get_all(Attr.XOR_PEER_ADDRESS)
         if not peers:
-            return self._error(msg, 400, "Bad Request: XOR-PEER-ADDRESS missing", ident)
+            return self._fail(msg, 400, "Bad Request: XOR-PEER-ADDRESS missing", ident)
         for peer in peers:
             checked = self._check_peer(allocation, msg, peer, ident)
             if isinstance(checked, bytes):
-                return checked  # all or nothing (RFC 8656 §9.2)
-        fresh = {p[0] for p in peers} - set(allocation.perms or ())
+                return [Reply(checked)]  # all or nothing (RFC 8656 §9.2)
+        actions: list[Action] = []
+        ips = {p[0] for p in peers}
+        fresh = ips - set(allocation.perms or ())
         if fresh and len(allocation.perms or ()) + len(fresh) > self.config.max_permissions:
-            allocation.expire(now)
+            self._sweep(allocation, now, actions)
             if len(allocation.perms or ()) + len(fresh) > self.config.max_permissions:
                 self.stats.quota_refusals += 1
-                return self._error(msg, 508, "Insufficient Capacity: too many permissions", ident)
+                err = self._error(msg, 508, "Insufficient Capacity: too many permissions", ident)
+                return [*actions, Reply(err)]
         until = now + self.config.permission_lifetime
-        for peer in peers:
-            allocation.permit(peer[0], until)
+        for ip in ips:
+            allocation.permit(ip, until)
         self.stats.permissions_created += len(fresh)
-        return self._encode(msg, msg.response(), ident)
+        self._offload_peers(allocation, ips, actions)
+        actions.append(Reply(self._encode(msg, msg.response(), ident)))
+        return actions
 
     def _channel_bind(
         self, allocation: Allocation, msg: Message, ident: Identity | None, now: float
-    ) -> bytes:
+    ) -> list[Action]:
         number, peer = msg.get(Attr.CHANNEL_NUMBER), msg.get(Attr.XOR_PEER_ADDRESS)
         if number is None or peer is None:
-            return self._error(
+            return self._fail(
                 msg, 400, "Bad Request: CHANNEL-NUMBER and XOR-PEER-ADDRESS needed", ident
             )
-        top = CHANNEL_MAX if self.config.strict_channels else CHANNEL_MAX_RFC5766
-        if not CHANNEL_MIN <= number <= top:
-            return self._error(msg, 400, "Bad Request: channel number out of range", ident)
+        if not CHANNEL_MIN <= number <= self.channel_max:
+            return self._fail(msg, 400, "Bad Request: channel number out of range", ident)
         checked = self._check_peer(allocation, msg, peer, ident)
         if isinstance(checked, bytes):
-            return checked
+            return [Reply(checked)]
         peer = (peer[0], peer[1])
         channels = allocation.channels or {}
         bound = channels.get(number)
         if bound is not None and bound.peer != peer and bound.expires > now:
-            return self._error(msg, 400, "Bad Request: channel bound to another peer", ident)
+            return self._fail(msg, 400, "Bad Request: channel bound to another peer", ident)
         other = (allocation.peer_channels or {}).get(peer)
         if other is not None and other.number != number and other.expires > now:
-            return self._error(msg, 400, "Bad Request: peer bound to another channel", ident)
+            return self._fail(msg, 400, "Bad Request: peer bound to another channel", ident)
         tomb = allocation.expired_channels
         if tomb:
             was = tomb.get(number)
             if was is not None and was[0] != peer and was[1] > now:
-                return self._error(msg, 400, "Bad Request: channel recently bound elsewhere", ident)
+                return self._fail(msg, 400, "Bad Request: channel recently bound elsewhere", ident)
             was = tomb.get(peer)
             if was is not None and was[0] != number and was[1] > now:
-                return self._error(msg, 400, "Bad Request: peer recently bound elsewhere", ident)
+                return self._fail(msg, 400, "Bad Request: peer recently bound elsewhere", ident)
+        actions: list[Action] = []
         if (
             not allocation.permitted(peer[0], now)
             and len(allocation.perms or ()) >= self.config.max_permissions
         ):
-            allocation.expire(now)
+            self._sweep(allocation, now, actions)
             if len(allocation.perms or ()) >= self.config.max_permissions:
-                return self._error(msg, 508, "Insufficient Capacity: too many permissions", ident)
+                err = self._error(msg, 508, "Insufficient Capacity: too many permissions", ident)
+                return [*actions, Reply(err)]
         if bound is not None and bound.peer == peer:
             bound.expires = now + self.config.channel_lifetime
         else:
-            if bound is not None:  # an expired binding not yet swept
-                (allocation.peer_channels or {}).pop(bound.peer, None)
-            if other is not None:
-                channels.pop(other.number, None)
+            # expired bindings not yet swept give way to the new one
+            for stale in (bound, other):
+                if stale is not None:
+                    allocation.unbind(stale)
+                    self._withdraw_channel(allocation, stale, actions)
             allocation.bind(Channel(number, peer, checked, now + self.config.channel_lifetime))
             self.stats.channels_created += 1
         perms = allocation.perms or {}
@@ -803,7 +925,49 @@ class TurnEngine:
             if peer[0] not in perms:
                 self.stats.permissions_created += 1
             allocation.permit(peer[0], until)
-        return self._encode(msg, msg.response(), ident)
+        self._offload_peers(allocation, {peer[0]}, actions)
+        actions.append(Reply(self._encode(msg, msg.response(), ident)))
+        return actions
+
+    # ---- offload events (natkit.turn.actions) ----------------------------------------------
+
+    def _offload_peers(self, allocation: Allocation, ips: set[str], out: list[Action]) -> None:
+        """The entries for ``ips`` after their permission (and so their channels) changed."""
+        if not self.offload or allocation.stream or allocation.bucket is not None:
+            return  # a fast table could not apply the cap, and serves only UDP clients
+        key = allocation.key
+        if not allocation.offloaded:
+            allocation.offloaded = True
+            out.append(OffloadAllocation(key, tuple(allocation.relays)))
+        perms = allocation.perms or {}
+        for ip in ips:
+            relay = allocation.relay_for(6 if ":" in ip else 4)
+            if relay is not None and ip in perms:
+                out.append(OffloadPermission(key, relay, ip, perms[ip]))
+        for ip in ips:
+            for channel in allocation.channels_to(ip):
+                until = allocation.peer_until(channel)
+                out.append(OffloadChannel(key, channel.number, channel.relay, channel.peer, until))
+
+    def _withdraw_channel(
+        self, allocation: Allocation, channel: Channel, out: list[Action]
+    ) -> None:
+        if allocation.offloaded:
+            out.append(
+                OffloadChannel(allocation.key, channel.number, channel.relay, channel.peer, None)
+            )
+
+    def _sweep(self, allocation: Allocation, now: float, out: list[Action]) -> None:
+        """Drop expired permissions and channels, and their entries in a fast table."""
+        ips, channels = allocation.expire(now)
+        if not allocation.offloaded:
+            return
+        for ip in ips:
+            relay = allocation.relay_for(6 if ":" in ip else 4)
+            if relay is not None:
+                out.append(OffloadPermission(allocation.key, relay, ip, None))
+        for channel in channels:
+            self._withdraw_channel(allocation, channel, out)
 
     # ---- data ------------------------------------------------------------------------------
 
@@ -813,60 +977,17 @@ class TurnEngine:
         if allocation is None or peer is None or data is None:
             self.stats.dropped_packets += 1
             return []
-        if not allocation.permitted(peer[0], now):
-            self.stats.dropped_packets += 1
-            return []
         relay = allocation.relay_for(6 if ":" in peer[0] else 4)
-        if relay is None or (
-            allocation.bucket is not None and not self._spend(allocation, len(data), now)
+        if (
+            relay is None
+            or not allocation.permitted(peer[0], now)
+            or not self._spend(allocation, len(data), now)
         ):
             self.stats.dropped_packets += 1
             return []
         self.stats.to_peer_packets += 1
         self.stats.to_peer_bytes += len(data)
         return [SendToPeer(relay.handle, data, (peer[0], peer[1]), Attr.DONT_FRAGMENT in msg)]
-
-    def _channel_from_client(self, key: Any, data: bytes, now: float) -> list[Action]:
-        target = self.channel_target(key, data, now)
-        if target is None:
-            return []
-        return [SendToPeer(*target)]
-
-    def channel_target(
-        self, key: Any, data: bytes, now: float
-    ) -> tuple[Any, bytes, Address] | None:
-        """Where a client's ChannelData frame goes: (relay handle, payload, peer), or None."""
-        allocation = self.allocations.get(key)
-        if allocation is None or allocation.channels is None or len(data) < 4:
-            self.stats.dropped_packets += 1
-            return None
-        number, length = _CD_HEADER.unpack_from(data)
-        channel = allocation.channels.get(number)
-        if channel is None or channel.expires <= now or len(data) < 4 + length:
-            self.stats.dropped_packets += 1
-            return None
-        perms = allocation.perms
-        expiry = perms.get(channel.peer[0]) if perms else None
-        if expiry is None or expiry <= now:
-            self.stats.dropped_packets += 1
-            return None
-        if allocation.bucket is not None and not self._spend(allocation, length, now):
-            self.stats.dropped_packets += 1
-            return None
-        self.stats.to_peer_packets += 1
-        self.stats.to_peer_bytes += length
-        return channel.relay.handle, data[4 : 4 + length], channel.peer
-
-    def _spend(self, allocation: Allocation, size: int, now: float) -> bool:
-        bucket = allocation.bucket
-        assert bucket is not None
-        rate = float(self.config.bandwidth or 0)
-        bucket[0] = min(rate, bucket[0] + (now - bucket[1]) * rate)
-        bucket[1] = now
-        if bucket[0] < size:
-            return False
-        bucket[0] -= size
-        return True
 
     # ---- encoding --------------------------------------------------------------------------
 
@@ -880,7 +1001,7 @@ class TurnEngine:
     def _encode(self, request: Message, resp: Message, ident: Identity | None) -> bytes:
         if self.config.software:
             resp.add(Attr.SOFTWARE, self.config.software)
-        tail = _tail_types(request)
+        tail = tail_types(request)
         fingerprint = Attr.FINGERPRINT in tail
         if ident is None:
             return resp.encode(fingerprint=fingerprint)
@@ -895,76 +1016,6 @@ def _first_values(msg: Message) -> dict[int, Any]:
         if attr_type not in first:
             first[attr_type] = value
     return first
-
-
-def _tail_types(msg: Message) -> tuple[int, ...]:
-    """The types of the last three attributes: where a decoded message's MESSAGE-INTEGRITY,
-    MESSAGE-INTEGRITY-SHA256 and FINGERPRINT are (the codec allows nothing after them)."""
-    return tuple(t for t, _ in msg.attributes[-3:])
-
-
-_ADDR4 = struct.Struct("!HHBBH4s")  # XOR-...-ADDRESS, IPv4: type, length, 0, family, port, ip
-_U32_ATTR = struct.Struct("!HHI")
-_xor_ips: dict[str, bytes] = {}
-
-
-def _xor_ip4(ip: str) -> bytes | None:
-    """An IPv4 address XORed with the magic cookie (what XOR-*-ADDRESS carries), or None."""
-    xored = _xor_ips.get(ip)
-    if xored is None:
-        parts = ip.split(".")
-        if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
-            return None
-        xored = bytes(int(p) ^ c for p, c in zip(parts, _COOKIE, strict=True))
-        if len(_xor_ips) >= 4096:
-            _xor_ips.clear()
-        _xor_ips[ip] = xored
-    return xored
-
-
-def _allocate_success(
-    request: Message, relays: list[Relay], lifetime: int, mapped: Address, key: bytes
-) -> bytes | None:
-    """The common Allocate success response (IPv4 relayed and mapped addresses, LIFETIME,
-    signed as the request was, FINGERPRINT if it had one) built directly: the same bytes the
-    codec produces (tests compare), for a fraction of the cost. None: use the codec."""
-    parts = []
-    for relay in relays:
-        ip, port = relay.advertised
-        xored = _xor_ip4(ip)
-        if xored is None:
-            return None
-        parts.append(_ADDR4.pack(Attr.XOR_RELAYED_ADDRESS, 8, 0, 1, port ^ 0x2112, xored))
-    parts.append(_U32_ATTR.pack(Attr.LIFETIME, 4, lifetime))
-    xored = _xor_ip4(mapped[0])
-    if xored is None:
-        return None
-    parts.append(_ADDR4.pack(Attr.XOR_MAPPED_ADDRESS, 8, 0, 1, mapped[1] ^ 0x2112, xored))
-    body = b"".join(parts)
-    mtype = message_type(request.method, Class.SUCCESS)
-    prefix = _COOKIE + request.transaction_id
-    tail = _tail_types(request)
-    if Attr.MESSAGE_INTEGRITY_SHA256 in tail:
-        head = _HEADER.pack(mtype, len(body) + 36) + prefix
-        mac = hmac.digest(key, head + body, "sha256")
-        body += _HEADER.pack(Attr.MESSAGE_INTEGRITY_SHA256, 32) + mac
-    else:
-        head = _HEADER.pack(mtype, len(body) + 24) + prefix
-        mac = hmac.digest(key, head + body, "sha1")
-        body += _HEADER.pack(Attr.MESSAGE_INTEGRITY, 20) + mac
-    if Attr.FINGERPRINT in tail:
-        head = _HEADER.pack(mtype, len(body) + 8) + prefix
-        crc = zlib.crc32(head + body) ^ _FINGERPRINT_XOR
-        body += _FINGERPRINT.pack(Attr.FINGERPRINT, 4, crc)
-    return _HEADER.pack(mtype, len(body)) + prefix + body
-
-
-def channel_data(number: int, payload: bytes, pad: bool) -> bytes:
-    """A ChannelData frame; padded to a multiple of 4 over TCP/TLS (RFC 8656 §12.5)."""
-    frame = _CD_HEADER.pack(number, len(payload)) + payload
-    if pad and len(payload) % 4:
-        frame += b"\x00" * (4 - len(payload) % 4)
-    return frame
 
 
 def _fmt(addr: Address) -> str:

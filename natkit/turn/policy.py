@@ -9,13 +9,22 @@ IPv4 address inside them, so ``::ffff:127.0.0.1`` is loopback.
 
 Order of the checks: an explicit deny wins, then an explicit allow, then the built-in
 special-purpose rule.
+
+The engine asks a :class:`PeerPolicy` (pion/turn's ``PermissionHandler``) before it installs a
+permission or a channel; :class:`DefaultPeerPolicy` is the rule above, and any object with a
+``refuse`` method can take its place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork, IPSet  # type: ignore[import-untyped]
+
+from natkit.errors import ConfigError
+
+Address = tuple[str, int]
 
 _NAT64 = IPNetwork("64:ff9b::/96")
 _SIX_TO_FOUR = IPNetwork("2002::/16")
@@ -49,8 +58,31 @@ def is_special(ip: IPAddress) -> bool:
     return not ip.is_global() or ip.is_multicast() or ip.is_reserved()
 
 
-class PeerPolicy:
-    """Decides whether a relay may send to, and accept from, a peer address."""
+@runtime_checkable
+class PeerPolicy(Protocol):
+    """Which peers a relay may exchange data with."""
+
+    def refuse(self, peer: Address) -> str | None:
+        """Why the relay must not talk to ``peer`` (its IP decides for a permission; the port
+        is what the client sent), or None when it may. Called once per CreatePermission peer
+        and ChannelBind, never per packet."""
+        ...
+
+
+def _cidrs(values: Iterable[str], param: str) -> IPSet:
+    out = IPSet()
+    for value in values:
+        try:
+            out.add(IPNetwork(str(value)))
+        except (AddrFormatError, ValueError, TypeError):
+            raise ConfigError(
+                f"bad CIDR {value!r}: use CIDRs such as 10.0.0.0/8 or 2001:db8::/32", param=param
+            ) from None
+    return out
+
+
+class DefaultPeerPolicy:
+    """Special-purpose ranges refused, with explicit ``allow`` and ``deny`` CIDRs on top."""
 
     __slots__ = ("_allow", "_cache", "_deny", "allow_special")
 
@@ -61,37 +93,40 @@ class PeerPolicy:
         *,
         allow_special: bool = False,
     ) -> None:
-        """``allow``/``deny`` are CIDRs or addresses; ``allow_special`` turns the default off."""
-        try:
-            self._allow = IPSet(IPNetwork(c) for c in allow)
-            self._deny = IPSet(IPNetwork(c) for c in deny)
-        except (AddrFormatError, ValueError, TypeError) as exc:
-            raise PeerAddressError(f"bad CIDR in peer policy: {exc}") from None
+        """``allow``/``deny`` are CIDRs or addresses; ``allow_special`` turns the default off.
+        A bad CIDR is a :class:`~natkit.errors.ConfigError` naming ``allow`` or ``deny``."""
+        self._allow = _cidrs(allow, "allow")
+        self._deny = _cidrs(deny, "deny")
         self.allow_special = allow_special
-        self._cache: dict[str, bool] = {}
+        self._cache: dict[str, str | None] = {}
 
-    def permits(self, address: str) -> bool:
-        """True if the relay may exchange data with ``address`` (an IP string)."""
-        cached = self._cache.get(address)
-        if cached is not None:
-            return cached
+    def refuse(self, peer: Address) -> str | None:
+        address = peer[0]
+        if address in self._cache:
+            return self._cache[address]
         try:
             verdict = self._decide(address)
         except PeerAddressError:
-            return False
+            verdict = "not an IP address"
         if len(self._cache) >= 4096:  # bounded: a client can name many distinct peers
             self._cache.clear()
         self._cache[address] = verdict
         return verdict
 
-    def _decide(self, address: str) -> bool:
+    def permits(self, address: str) -> bool:
+        """True if the relay may exchange data with ``address`` (an IP string)."""
+        return self.refuse((address, 0)) is None
+
+    def _decide(self, address: str) -> str | None:
         ip = canonical_peer(address)
         raw = IPAddress(address.split("%", 1)[0])
         if ip in self._deny or raw in self._deny:
-            return False
+            return "in the deny list"
         if ip in self._allow or raw in self._allow:
-            return True
-        return self.allow_special or not is_special(ip)
+            return None
+        if self.allow_special or not is_special(ip):
+            return None
+        return "special-purpose range"
 
     def describe(self) -> dict[str, list[str]]:
         """The explicit lists, as CIDR strings (for logs and for the coturn engine)."""

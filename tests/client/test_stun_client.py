@@ -162,3 +162,23 @@ async def test_tcp_refused_is_oserror() -> None:
 
     with pytest.raises(OSError):
         await StreamStunClient.open(("127.0.0.1", free_port()), timeout=2)
+
+
+async def test_stream_open_failures_are_protocol_errors() -> None:
+    import socket
+
+    from natkit.client.stun import StreamStunClient, StunConnectionError, StunTimeout
+    from natkit.errors import ProtocolError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        with pytest.raises(StunConnectionError, match="refused the TCP connection") as info:
+            await StreamStunClient.open(("127.0.0.1", port), timeout=1)
+    assert isinstance(info.value, ProtocolError) and isinstance(info.value, OSError)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)  # accepts, never speaks TLS
+        with pytest.raises((StunTimeout, StunConnectionError)) as info2:
+            await StreamStunClient.open(s.getsockname(), tls=True, timeout=0.3)
+    assert isinstance(info2.value, ProtocolError)

@@ -162,3 +162,13 @@ async def test_refused_and_silent_ports() -> None:
                 hole.recv(2048)
                 count += 1
         assert 3 <= count <= 7
+
+
+def test_a_bad_protocol_is_a_config_error() -> None:
+    from natkit.client.turn import TurnClient
+    from natkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        TurnClient(("127.0.0.1", 3478), "sctp")
+    assert info.value.param == "protocol"
+

@@ -59,3 +59,14 @@ def dns_server(records: dict[tuple[str, str], list[str]]) -> Iterator[dns.asyncr
         stop.set()
         thread.join(2)
         sock.close()
+
+
+@contextlib.contextmanager
+def silent_dns() -> Iterator[dns.asyncresolver.Resolver]:
+    """A resolver whose only DNS server (a bound UDP socket on 127.0.0.1) never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = ["127.0.0.1"]
+        resolver.port = silent.getsockname()[1]
+        yield resolver

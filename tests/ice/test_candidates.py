@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from natkit.errors import UsageError
-from natkit.ice.candidates import Candidate, CandidateSyntaxError, parse_candidates
+from natkit.ice.candidates import Candidate, CandidateSyntaxError
+from natkit.ice.pasted import parse_candidates
 
 # As Chrome, Firefox and aiortc write them.
 CHROME = [
@@ -186,11 +187,11 @@ def test_json_rtcicecandidateinit_list_and_end_of_candidates() -> None:
 
 
 def test_json_errors_are_usage_errors_with_position() -> None:
-    with pytest.raises(UsageError, match=r"line 2, column 1"):
+    with pytest.raises(UsageError, match=r"<input>:2:1: invalid JSON"):
         parse_candidates('[{"candidate": "x"},\n]')
     with pytest.raises(UsageError, match=r"\[0\]\.sdpMLineIndex"):
         parse_candidates('[{"candidate": "", "sdpMLineIndex": "zero"}]')
     with pytest.raises(UsageError, match=r"\[1\]: expected an RTCIceCandidateInit"):
         parse_candidates('[{"candidate": ""}, 5]')
-    with pytest.raises(UsageError, match=r"^\$: expected an RTCIceCandidateInit"):
+    with pytest.raises(UsageError, match=r"^<input>: \$: expected an RTCIceCandidateInit"):
         parse_candidates('{"sdpMid": "0"}')

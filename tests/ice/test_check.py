@@ -57,9 +57,10 @@ async def test_healthy_four_urls_within_two_seconds(lt_server: Coturn) -> None:
     assert names(turn_tcp) == ["dns", "connect", *TURN_STEPS[1:]]
     assert turn_udp.relayed_address and turn_udp.relayed_address.startswith("127.0.0.1:")
     d = report.as_dict()
-    assert set(d) >= {"ok", "servers"}
-    assert set(d["servers"][2]) >= {"url", "ok", "checks", "hint"}
-    assert set(d["servers"][2]["checks"][0]) >= {"name", "ok", "ms", "detail"}
+    assert set(d) >= {"schema_version", "pass", "servers", "urls", "duration_s"}
+    assert set(d["servers"][2]) >= {"url", "pass", "status", "address", "checks", "hint"}
+    assert set(d["servers"][2]["checks"][0]) >= {"name", "pass", "status", "duration_s",
+                                                 "detail"}
 
 
 async def test_wrong_password(lt_server: Coturn) -> None:

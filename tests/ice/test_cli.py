@@ -57,7 +57,7 @@ def test_candidates_table_and_invalid_exit_1(tmp_path: Path,
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ('[{"candidate": "x"},\n  ]', "invalid JSON at line 2, column 3"),
+    ('[{"candidate": "x"},\n  ]', "in.txt:2:3: invalid JSON"),
     ("hello world\n", None),
     ("", "no candidates found"),
 ])
@@ -111,7 +111,7 @@ def test_check_invalid_config_json(tmp_path: Path, capsys: pytest.CaptureFixture
     code, out, _ = run(capsys, "check", path, "--json")
     assert code == 2
     data = json.loads(out)
-    assert data["ok"] is False
+    assert data["pass"] is False and data["schema_version"] >= 1
     assert [(e["path"], e["error"]) for e in data["errors"]] == [
         ("iceServers[0].urls", "SyntaxError"), ("iceServers[1].urls", "InvalidAccessError")]
 
@@ -154,7 +154,7 @@ def test_check_live_pass_and_fail(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert out.count("PASS") == 3 and "3 of 3 URL(s) pass" in out
     code, out, _ = run(capsys, "check", good, "--json", "--timeout", "2")
     data = json.loads(out)
-    assert code == 0 and data["ok"] is True and len(data["servers"]) == 3
+    assert code == 0 and data["pass"] is True and len(data["servers"]) == 3
     bad = write(tmp_path, [{"urls": f"turn:127.0.0.1:{p}", "username": "alice",
                             "credential": "wrong"},
                            {"urls": f"stun:127.0.0.1:{free_port()}"}], "bad.json")
@@ -183,7 +183,7 @@ def test_gather_live(capsys: pytest.CaptureFixture[str], lt_server: Coturn) -> N
                        "--username", "alice", "--credential", "secret", "--policy", "relay",
                        "--json")
     data = json.loads(out)
-    assert code == 0 and data["ok"]
+    assert code == 0 and data["pass"] and data["schema_version"] == 1
     assert [c["type"] for c in data["candidates"]] == ["relay"]
     assert data["candidates"][0]["relay_protocol"] == "tcp"
     assert data["candidates"][0]["url"] == f"turn:127.0.0.1:{p}?transport=tcp"
@@ -198,7 +198,7 @@ def test_check_invalid_json_with_json_flag(tmp_path: Path,
     code, out, err = run(capsys, "check", path, "--json")
     assert code == 2
     data = json.loads(out)
-    assert data["ok"] is False and "3:1: invalid JSON" in data["errors"][0]["message"]
+    assert data["pass"] is False and "3:1: invalid JSON" in data["errors"][0]["message"]
     assert err.count("\n") == 1 and "ice.json:3:1: invalid JSON" in err
 
 

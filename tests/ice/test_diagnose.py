@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from natkit.ice.candidates import Candidate, parse_candidates
+from natkit.ice.candidates import Candidate
 from natkit.ice.diagnose import diagnose
+from natkit.ice.pasted import parse_candidates
 
 
 def codes(lines: list[str], **kw: object) -> set[str]:

@@ -70,3 +70,14 @@ def test_certificate_description(tmp_path) -> None:  # type: ignore[no-untyped-d
 def test_tls_handshake_timeout() -> None:
     turns = parse_ice_url("turns:turn.example.com")
     assert "plain TURN/STUN rather than TLS" in hints.hint_for_timeout(turns, "tls", 5349)
+
+
+def test_timeout_hint_follows_what_passed() -> None:
+    from natkit.ice.config import parse_ice_url
+    from natkit.ice.hints import hint_for_timeout
+
+    url = parse_ice_url("turn:turn.example.com:3478")
+    cold = hint_for_timeout(url, "allocate", 3478)
+    assert "firewall drops UDP" in cold
+    warm = hint_for_timeout(url, "allocate", 3478, {"dns", "auth-challenge"})
+    assert "answered this client before (auth-challenge)" in warm and "firewall" not in warm

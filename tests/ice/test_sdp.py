@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from natkit.ice.candidates import parse_candidates
+from natkit.ice.pasted import parse_candidates
 
 OFFER = "\r\n".join([
     "v=0",

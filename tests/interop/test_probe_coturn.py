@@ -132,7 +132,7 @@ def test_cli_json_and_exit_codes(tmp_path: Path) -> None:
         "duration_s",
     ):
         assert key in d
-    assert set(d["servers"][0]) >= {"address", "rtt_ms", "mapped", "rfc5780"}
+    assert set(d["servers"][0]) >= {"address", "rtt_s", "mapped", "rfc5780"}
     assert human.returncode == 0 and "NAT type        open" in human.stdout
     assert "filtering-2" in human.stdout  # -v shows each test
     # Nobody there: exit 1.

@@ -88,7 +88,7 @@ async def test_resolve_srv_first_then_addresses(monkeypatch: pytest.MonkeyPatch)
         ("b.example.org", "A"): [_A("203.0.113.11")],
     }
 
-    async def fake_dns(name: str, rdtype: str, lifetime: float) -> list[Any]:
+    async def fake_dns(name: str, rdtype: str, lifetime: float, resolver: Any = None) -> list[Any]:
         asked.append((name, rdtype))
         return table.get((name, rdtype), [])
 
@@ -116,7 +116,7 @@ async def test_resolve_srv_first_then_addresses(monkeypatch: pytest.MonkeyPatch)
 
 
 async def test_resolve_literal_and_system_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def no_dns(name: str, rdtype: str, lifetime: float) -> list[Any]:
+    async def no_dns(name: str, rdtype: str, lifetime: float, resolver: Any = None) -> list[Any]:
         return []
 
     monkeypatch.setattr(srv, "_dns", no_dns)
@@ -133,7 +133,7 @@ async def test_unresolvable_name_is_an_empty_list(monkeypatch: pytest.MonkeyPatc
     import asyncio
     import socket
 
-    async def no_dns(name: str, rdtype: str, lifetime: float) -> list[Any]:
+    async def no_dns(name: str, rdtype: str, lifetime: float, resolver: Any = None) -> list[Any]:
         return []
 
     async def no_system(*args: Any, **kwargs: Any) -> Any:

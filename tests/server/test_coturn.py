@@ -19,15 +19,18 @@ from pathlib import Path
 import netaddr
 import pytest
 
-from natkit.errors import UsageError
+from natkit.errors import ConfigError, PrerequisiteError
 from natkit.server.coturn import (
+    NATKIT_ONLY,
     CoturnServer,
     _sweep_stale_workdirs,
     coturn_peer_policy,
     default_denied_peers,
 )
+from natkit.server.service import TurnOptions, TurnService
 from natkit.stun import Attr, Class, Message, Method, decode, long_term_key
-from natkit.turn.policy import PeerPolicy
+from natkit.turn import AllocationQuota, FirstOf, NoAuth, RestSecrets, StaticUsers
+from natkit.turn.policy import DefaultPeerPolicy
 from tests._certs import self_signed
 
 pytestmark = pytest.mark.timeout(60)
@@ -221,19 +224,76 @@ def test_rfc5780_mode_with_alternate_ip() -> None:
             assert source == ("127.0.0.2", port + 1)
 
 
-def test_missing_binary_is_a_usage_error() -> None:
-    with pytest.raises(UsageError, match="coturn is not installed: apt-get install coturn"):
+def test_missing_binary_is_a_prerequisite_error() -> None:
+    with pytest.raises(PrerequisiteError, match="coturn is not installed: apt-get install coturn"):
         CoturnServer(no_auth=True, binary="turnserver-not-here").start()
 
 
 def test_users_and_secrets_together_are_refused() -> None:
-    with pytest.raises(UsageError, match="static users and REST API shared secrets"):
+    with pytest.raises(ConfigError, match="static users and REST API shared secrets") as err:
         CoturnServer(users={"a": "b"}, auth_secrets=["s"])
+    assert err.value.param == "auth_secrets"
     generated = CoturnServer()  # like TurnServer: a generated user, not an open relay
     assert generated.username == "natkit" and len(generated.password) >= 16
+    assert generated.generated_user and isinstance(generated, TurnService)
     assert generated.listen == [("0.0.0.0", 3478)]
-    with pytest.raises(UsageError, match="bad deny-peer range"):
-        CoturnServer(no_auth=True, deny_peers=["10.0.0.0/33"]).render_config(Path("/tmp"))
+    with pytest.raises(ConfigError, match="bad peer range") as err:
+        CoturnServer(no_auth=True, deny_peers=["10.0.0.0/33"])
+    assert err.value.param == "deny_peers"
+
+
+class _PythonAuth:
+    def lookup(self, username: str, realm: str, source: tuple[str, int], now: float) -> str:
+        return "pw"
+
+
+class _PythonPolicy:
+    def refuse(self, peer: tuple[str, int]) -> str | None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"auth": _PythonAuth()}, "auth"),
+        ({"auth": FirstOf(StaticUsers({"a": "b"}), _PythonAuth())}, "auth"),
+        ({"peer_policy": _PythonPolicy()}, "peer_policy"),
+        ({"quota": AllocationQuota(per_source=2)}, "quota"),
+        ({"software": "x"}, "software"),
+        ({"strict_channels": True}, "strict_channels"),
+        ({"metrics": "127.0.0.1:9641"}, "metrics"),
+        ({"max_permissions": 10}, "max_permissions"),
+    ],
+)
+def test_what_coturn_cannot_express_is_refused_naming_the_option(
+    kwargs: dict[str, object], param: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        CoturnServer(LOOPBACK, **kwargs)
+    assert err.value.param == param
+    assert param in NATKIT_ONLY or param in ("auth", "peer_policy", "quota")
+
+
+def test_builtin_objects_and_options_map_to_the_same_config() -> None:
+    """The built-in authenticators, peer policy and quota are what the plain options are."""
+    workdir = Path("/nonexistent")
+
+    def conf(**kwargs: object) -> list[str]:
+        text = CoturnServer([("127.0.0.1", 3478)], **kwargs).render_config(workdir)
+        return [line for line in text.splitlines() if not line.startswith("#")]
+
+    assert conf(users={"a": "b"}) == conf(auth=StaticUsers({"a": "b"}))
+    assert conf(auth_secrets=["s1", "s2"]) == conf(auth=RestSecrets(["s1", "s2"]))
+    assert conf(no_auth=True) == conf(auth=NoAuth())
+    policy = conf(users={"a": "b"}, allow_peers=["10.0.0.0/8"], deny_peers=["10.9.0.0/16"])
+    assert policy == conf(
+        users={"a": "b"}, peer_policy=DefaultPeerPolicy(["10.0.0.0/8"], ["10.9.0.0/16"])
+    )
+    quota = conf(users={"a": "b"}, user_quota=3, max_allocations=9)
+    assert "user-quota=3" in quota and "total-quota=9" in quota
+    assert quota == conf(users={"a": "b"}, quota=AllocationQuota(per_user=3, total=9))
+    options = TurnOptions(users={"a": "b"}, bandwidth=1000)
+    assert "max-bps=1000" in conf(options=options)
 
 
 def test_peer_policy_as_coturn_ranges() -> None:
@@ -290,7 +350,7 @@ def test_coturn_lines_decide_like_natkit_policy(
 ) -> None:
     """Both engines refuse and admit the same peers: boundaries of every range, in every form."""
     lines = coturn_peer_policy(allow, deny)
-    policy = PeerPolicy(allow, deny)
+    policy = DefaultPeerPolicy(allow, deny)
     samples: set[int | netaddr.IPAddress] = set()
     ranges = [
         netaddr.IPRange(*(line.split("=", 1)[1].split("-") * 2)[:2])

@@ -103,3 +103,19 @@ def natkit_turn_options() -> dict[str, Any]:
 
 def test_options_can_be_overridden(turn_server: RunningServer) -> None:
     assert (turn_server.username, turn_server.credential) == ("fixed", "pw")
+
+
+class TestTurnOptionsObject:
+    """The options fixture may give a TurnOptions, with handler objects in it."""
+
+    @pytest.fixture
+    def natkit_turn_options(self) -> Any:
+        from natkit.server.service import TurnOptions
+        from natkit.turn import StaticUsers
+
+        return TurnOptions(auth=StaticUsers({"obj": "pw"}), user_quota=3)
+
+    def test_handlers_reach_the_server(self, turn_server: RunningServer) -> None:
+        assert (turn_server.username, turn_server.credential) == ("obj", "pw")
+        assert turn_server.server.options.user_quota == 3
+        assert turn_server.server.options.allow_peers == ("127.0.0.0/8", "::1/128")

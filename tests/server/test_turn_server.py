@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from natkit.errors import UsageError
+from natkit.errors import ConfigError, UsageError
 from natkit.server.turn import TurnServer, load_users_file
 from natkit.stun import Attr, Class, Message, Method, decode, encode_channel_data, long_term_key
+from natkit.turn import AllocationQuota, DefaultPeerPolicy, StaticUsers
 from natkit.turn.auth import rest_credentials
 from tests._certs import self_signed
 
@@ -413,17 +414,30 @@ async def test_metrics_endpoint() -> None:
         c.close()
 
 
-def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="CIDR"):
-        TurnServer([("127.0.0.1", 0)], allow_peers=["300.0.0.0/8"])
-    with pytest.raises(UsageError, match="port range"):
-        TurnServer([("127.0.0.1", 0)], min_port=5000, max_port=4000)
-    with pytest.raises(UsageError, match="relay-ip"):
-        TurnServer([("127.0.0.1", 0)], relay_ip="not-an-ip")
+def test_bad_options_are_config_errors_naming_the_option(tmp_path: Path) -> None:
+    for kwargs, param, text in (
+        ({"allow_peers": ["300.0.0.0/8"]}, "allow_peers", "CIDR"),
+        ({"deny_peers": ["x"]}, "deny_peers", "CIDR"),
+        ({"min_port": 5000, "max_port": 4000}, "min_port", "port range"),
+        ({"relay_ip": "not-an-ip"}, "relay_ip", "not an IP"),
+        ({"external_ip": "2001:db8::9", "relay_ip": "127.0.0.1"}, "external_ip", "family"),
+        ({"user_quota": 0}, "user_quota", "at least 1"),
+        ({"tls_cert": "cert.pem"}, "tls_key", "both"),
+        ({"auth": StaticUsers({}), "users": {"a": "b"}}, "auth", "not both"),
+        ({"peer_policy": DefaultPeerPolicy(), "allow_peers": ["10.0.0.0/8"]}, "peer_policy", "not both"),
+        ({"quota": AllocationQuota(), "user_quota": 2}, "quota", "not both"),
+        ({"listen": ["nonsense"]}, "listen", "not an IP"),
+    ):
+        with pytest.raises(ConfigError, match=text) as err:
+            TurnServer(**{"listen": [("127.0.0.1", 0)], **kwargs})
+        assert err.value.param == param, (kwargs, err.value)
+    with pytest.raises(TypeError, match="unknown TURN option"):
+        TurnServer(relay_ips="127.0.0.1")
     bad = tmp_path / "users"
     bad.write_text("# comment\nalice:pw\nbroken\n")
-    with pytest.raises(UsageError, match=r"users:3"):
+    with pytest.raises(UsageError, match=r"users:3") as err:
         load_users_file(bad)
+    assert err.value.param == "users_file"
     good = tmp_path / "good"
     good.write_text("alice:pw\n\nbob:x:y\n")
     assert load_users_file(good) == {"alice": "pw", "bob": "x:y"}
@@ -624,6 +638,74 @@ def test_cli_strict_channels_flag() -> None:
     from natkit.cli.serve_turn import options_from_args
 
     args = build_parser().parse_args(["serve", "turn", "--strict-channels", "--user", "a:b"])
-    assert options_from_args(args)["strict_channels"] is True
+    assert options_from_args(args).strict_channels is True
     args = build_parser().parse_args(["serve", "turn", "--user", "a:b"])
-    assert "strict_channels" not in options_from_args(args)
+    assert options_from_args(args).strict_channels is False
+
+
+async def test_a_bug_is_answered_500_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """An exception inside the engine (here: a broken authenticator) is not the client's
+    fault: not a 400, but a 500, its traceback in the log and the bug counter up."""
+
+    class Broken:
+        def lookup(self, username: str, realm: str, source: Any, now: float) -> str:
+            raise KeyError(username)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with TurnServer(
+        [("127.0.0.1", 0)], auth=Broken(), metrics=("127.0.0.1", port)
+    ) as turn:
+        c = RawClient(turn.addresses_of("udp")[0], "u", "p")
+        with caplog.at_level("ERROR", logger="natkit.turn"):
+            resp = await c.allocate()
+        assert resp.error_code is not None and resp.error_code.code == 500
+        assert turn.stats()["bugs"] == 1 and turn.stats()["errors"].get(500) == 1
+        assert any(r.exc_info and "internal_error" in r.getMessage() for r in caplog.records)
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
+        assert "natkit_turn_bugs_total 1.0" in body
+        # and the server goes on serving
+        c.send_raw(Message(Method.BINDING).encode())
+        assert decode(await c.recv()).cls == Class.SUCCESS
+        c.close()
+
+
+async def test_custom_handlers_decide_on_a_real_server() -> None:
+    """Authenticator, PeerPolicy and Quota objects passed to TurnServer are what decides."""
+
+    class OnlyLoopbackClients:
+        def lookup(self, username: str, realm: str, source: Any, now: float) -> str | None:
+            return "pw" if source[0] == "127.0.0.1" and username == "app" else None
+
+    class OnlyPort:
+        def refuse(self, peer: tuple[str, int]) -> str | None:
+            return None if peer[1] in (0, 9) else "not port 9"
+
+    quota = AllocationQuota(per_source=1)
+    async with TurnServer(
+        [("127.0.0.1", 0)], auth=OnlyLoopbackClients(), peer_policy=OnlyPort(), quota=quota
+    ) as turn:
+        assert turn.ice_server() == {"urls": turn.urls}  # the server knows no password
+        server = turn.addresses_of("udp")[0]
+        c = RawClient(server, "app", "pw")
+        assert (await c.allocate()).cls == Class.SUCCESS
+        bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4000)
+        resp = await c.request(bind.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 10)))
+        assert resp.error_code.code == 403
+        bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4000)
+        assert (await c.request(bind.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 9)))).cls == (
+            Class.SUCCESS
+        )
+        second = RawClient(server, "app", "pw")  # same source IP: over its quota
+        assert (await second.allocate()).error_code.code == 486
+        wrong = RawClient(server, "other", "pw")
+        assert (await wrong.allocate()).error_code.code == 401
+        assert quota.sources == {"127.0.0.1": 1}
+        for client in (c, second, wrong):
+            client.close()
+    assert quota.total == 0  # stop released it

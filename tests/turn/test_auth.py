@@ -1,4 +1,4 @@
-"""Credentials, TURN REST API passwords, stateless nonces and the failure limiter."""
+"""Authenticators, TURN REST API passwords, stateless nonces and the failure limiter."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import base64
 import hashlib
 import hmac
 
-from natkit.stun import PasswordAlgorithm, long_term_key
 from natkit.turn.auth import (
-    Credentials,
+    Authenticator,
     FailureLimiter,
+    FirstOf,
+    Grant,
+    NoAuth,
     NonceIssuer,
+    RestSecrets,
+    StaticUsers,
     rest_credentials,
     rest_password,
 )
@@ -28,29 +32,26 @@ def test_rest_password_matches_coturn_formula() -> None:
     assert rest_credentials("north", 600, NOW)[0] == "1700000600"
 
 
-def test_static_user_keys_and_algorithms() -> None:
-    creds = Credentials("r", {"alice": "pw"})
-    (md5,) = creds.candidates("alice", PasswordAlgorithm.MD5, NOW)
-    (sha,) = creds.candidates("alice", PasswordAlgorithm.SHA256, NOW)
-    assert md5.key == long_term_key("alice", "r", "pw") and len(md5.key) == 16
-    assert (
-        sha.key == long_term_key("alice", "r", "pw", PasswordAlgorithm.SHA256)
-        and len(sha.key) == 32
-    )
-    assert creds.candidates("bob", PasswordAlgorithm.MD5, NOW) == "unknown user"
+def test_static_users_and_first_of() -> None:
+    static = StaticUsers({"alice": "pw"})
+    assert static.lookup("alice", "r", ("192.0.2.1", 1), NOW) == "pw"
+    assert static.lookup("bob", "r", ("192.0.2.1", 1), NOW) is None
+    both = FirstOf(static, StaticUsers({"alice": "other", "bob": "b"}))
+    assert both.lookup("alice", "r", ("192.0.2.1", 1), NOW) == "pw"  # the first one wins
+    assert both.lookup("bob", "r", ("192.0.2.1", 1), NOW) == "b"
+    assert isinstance(static, Authenticator) and isinstance(NoAuth(), Authenticator)
 
 
-def test_rest_candidates_one_per_secret_and_expiry() -> None:
-    creds = Credentials("r", secrets=["a", "b"])
+def test_rest_grants_one_per_secret_with_account_and_expiry() -> None:
+    rest = RestSecrets(["a", "b"])
     user = "1700000600:carol"
-    identities = creds.candidates(user, PasswordAlgorithm.MD5, NOW)
-    assert isinstance(identities, list) and len(identities) == 2
-    assert identities[1].key == long_term_key(user, "r", rest_password("b", user))
-    assert identities[0].account == "carol" and identities[0].expires == 1700000600
-    assert creds.candidates(user, PasswordAlgorithm.MD5, NOW + 601) == "expired REST credential"
-    assert creds.candidates("carol", PasswordAlgorithm.MD5, NOW) == "unknown user"
-    anonymous = creds.candidates("1700000600", PasswordAlgorithm.MD5, NOW)
-    assert isinstance(anonymous, list) and anonymous[0].account == "1700000600"
+    grants = rest.lookup(user, "r", ("192.0.2.1", 1), NOW)
+    assert isinstance(grants, list) and len(grants) == 2
+    assert grants[1] == Grant(rest_password("b", user), None, "carol", 1700000600)
+    assert rest.lookup("carol", "r", ("192.0.2.1", 1), NOW) is None  # not a REST name
+    (anonymous, _) = rest.lookup("1700000600", "r", ("192.0.2.1", 1), NOW)
+    assert anonymous.account == "1700000600"
+    assert RestSecrets([]).lookup(user, "r", ("192.0.2.1", 1), NOW) is None
 
 
 def test_nonce_is_stateless_bound_and_expires() -> None:

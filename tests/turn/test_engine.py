@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
+
+import pytest
 
 from natkit.stun import (
     Attr,
@@ -12,13 +15,24 @@ from natkit.stun import (
     PasswordAlgorithm,
     decode,
     encode_channel_data,
+    long_term_key,
     verify_integrity,
 )
-from natkit.turn.auth import rest_credentials
-from natkit.turn.engine import channel_data
+from natkit.turn.allocation import Relay
+from natkit.turn.auth import Grant, rest_credentials
 from tests.turn.harness import REALM, Client, Harness, code, make_engine
 
 PEER = ("198.51.100.7", 4000)
+
+
+def from_peer(harness: Harness, relay: Relay, data: bytes, peer: tuple[str, int]) -> bytes | None:
+    """What the engine sends the client for ``data`` from ``peer`` on ``relay`` (None: dropped)."""
+    out = harness.engine.forward_from_peer(relay, peer, data, harness.now)
+    if out is None:
+        return None
+    alloc = relay.allocation
+    assert alloc is not None and (out.client, out.addr) == (alloc.client, alloc.client_addr)
+    return out.data
 
 
 def test_unauthenticated_allocate_is_challenged(harness: Harness) -> None:
@@ -121,7 +135,7 @@ def test_rest_api_credentials_with_rotation_and_expiry(harness: Harness) -> None
         user, password = rest_credentials(secret, 60, h.now, "carol")
         c = Client(h, addr=("198.51.100.20", len(secret)), username=user, password=password)
         assert c.allocate().cls == Class.SUCCESS
-    assert engine.per_account == {"carol": 2}
+    assert engine.quota.users == {"carol": 2}
     user, password = rest_credentials("unknown", 60, h.now, "carol")
     assert (
         code(Client(h, addr=("198.51.100.21", 1), username=user, password=password).allocate())
@@ -190,7 +204,7 @@ def test_refresh_zero_deletes_and_frees_socket(harness: Harness, client: Client)
     assert resp.cls == Class.SUCCESS and resp.get(Attr.LIFETIME) == 0
     assert client.allocation is None and not harness.open
     assert code(client.refresh()) == 437
-    assert harness.engine.per_account == {}
+    assert harness.engine.quota.users == {} and harness.engine.quota.total == 0
 
 
 def test_create_permission_several_peers_and_lifetime(harness: Harness, client: Client) -> None:
@@ -325,12 +339,12 @@ def test_send_and_data_indications(harness: Harness, client: Client) -> None:
     assert (sent.data, sent.peer, sent.dont_fragment) == (b"hello", PEER, True)
     alloc = client.allocation
     relay = alloc.relays[0]
-    out = harness.engine.handle_peer(alloc, relay, b"back", PEER, harness.now)
+    out = from_peer(harness, relay, b"back", PEER)
     data_ind = decode(out)
     assert (data_ind.method, data_ind.cls) == (Method.DATA, Class.INDICATION)
     assert data_ind.get(Attr.XOR_PEER_ADDRESS) == PEER and data_ind.get(Attr.DATA) == b"back"
     # A peer without a permission is dropped.
-    assert harness.engine.handle_peer(alloc, relay, b"x", ("198.51.100.8", 1), harness.now) is None
+    assert from_peer(harness, relay, b"x", ("198.51.100.8", 1)) is None
 
 
 def test_channel_data_both_ways_and_padding(harness: Harness, client: Client) -> None:
@@ -342,14 +356,11 @@ def test_channel_data_both_ways_and_padding(harness: Harness, client: Client) ->
     assert _cd_payload(harness) == [(b"abc", PEER)]
     alloc = client.allocation
     assert (
-        harness.engine.handle_peer(alloc, alloc.relays[0], b"xyz", PEER, harness.now)
-        == struct.pack("!HH", 0x4001, 3) + b"xyz"
+        from_peer(harness, alloc.relays[0], b"xyz", PEER) == struct.pack("!HH", 0x4001, 3) + b"xyz"
     )
     alloc.stream = True
-    assert harness.engine.handle_peer(
-        alloc, alloc.relays[0], b"xyz", PEER, harness.now
-    ) == channel_data(0x4001, b"xyz", True)
-    assert len(channel_data(0x4001, b"xyz", True)) == 8
+    padded = from_peer(harness, alloc.relays[0], b"xyz", PEER)
+    assert padded == encode_channel_data(0x4001, b"xyz", pad=True) and len(padded) == 8
 
 
 def test_bad_channel_data_is_dropped(harness: Harness, client: Client) -> None:
@@ -378,7 +389,7 @@ def test_channel_data_stops_when_channel_expires(harness: Harness, client: Clien
     client.raw(encode_channel_data(0x4001, b"late"))
     assert _cd_payload(harness) == []
     alloc = client.allocation
-    out = harness.engine.handle_peer(alloc, alloc.relays[0], b"in", PEER, harness.now)
+    out = from_peer(harness, alloc.relays[0], b"in", PEER)
     assert decode(out).method == Method.DATA  # falls back to a Data indication
 
 
@@ -520,7 +531,7 @@ def test_quick_challenge_leaves_unusual_requests_to_the_full_path(harness: Harne
 def test_direct_allocate_success_is_the_codecs_bytes() -> None:
     from natkit.stun import long_term_key
     from natkit.turn.allocation import Relay
-    from natkit.turn.engine import _allocate_success
+    from natkit.turn.wire import allocate_success
 
     key = long_term_key("alice", REALM, "secret")
     relays = [Relay(4, ("10.0.0.1", 50000), ("203.0.113.9", 50000), object())]
@@ -544,8 +555,107 @@ def test_direct_allocate_success_is_the_codecs_bytes() -> None:
                     fingerprint=fingerprint,
                 )
             )
-            assert _allocate_success(request, relays, 777, mapped, key) == expected
+            assert allocate_success(request, relays, 777, mapped, key) == expected
     # IPv6 is left to the codec
     six = [Relay(6, ("2001:db8::1", 50000), ("2001:db8::1", 50000), object())]
-    assert _allocate_success(request, six, 600, mapped, key) is None
-    assert _allocate_success(request, relays, 600, ("2001:db8::5", 1), key) is None
+    assert allocate_success(request, six, 600, mapped, key) is None
+    assert allocate_success(request, relays, 600, ("2001:db8::5", 1), key) is None
+
+
+def test_peer_datagram_too_big_for_a_data_indication_is_dropped() -> None:
+    h = Harness(make_engine(families=frozenset({4, 6})))
+    c = Client(h)
+    assert c.allocate(additional_address_family=2).cls == Class.SUCCESS
+    peer6 = ("2001:db8:1::9", 7)
+    assert c.permit(PEER[0], peer6[0]).cls == Class.SUCCESS
+    relay4, relay6 = c.allocation.relay_for(4), c.allocation.relay_for(6)
+    biggest = {4: 65516, 6: 65504}
+    for relay, peer in ((relay4, PEER), (relay6, peer6)):
+        n = biggest[relay.family]
+        frame = from_peer(h, relay, b"x" * n, peer)
+        assert frame is not None and decode(frame).get(Attr.DATA) == b"x" * n
+        dropped = h.engine.stats.dropped_packets
+        assert from_peer(h, relay, b"x" * (n + 1), peer) is None
+        assert h.engine.stats.dropped_packets == dropped + 1
+    assert from_peer(h, relay6, b"x", PEER) is None  # an IPv4 peer never reaches the v6 relay
+    assert h.engine.stats.bugs == 0
+
+
+class _Recorder:
+    """An Authenticator, PeerPolicy and Quota in one, recording what the engine asks."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, ...]] = []
+        self.held = 0
+
+    def lookup(self, username: str, realm: str, source: tuple[str, int], now: float) -> Any:
+        self.asked.append(("lookup", username, realm, source[0]))
+        if username == "grant":  # a ready MD5 key, counted against another account
+            return Grant(key=long_term_key("grant", realm, "pw"), account="team")
+        return {"alice": "secret"}.get(username)
+
+    def refuse(self, peer: tuple[str, int]) -> str | None:
+        self.asked.append(("refuse", peer[0]))
+        return "not on the list" if peer[0].endswith(".66") else None
+
+    def acquire(self, user: str | None, source: tuple[str, int]) -> str | None:
+        self.asked.append(("acquire", str(user)))
+        if self.held >= 2:
+            return "two at most"
+        self.held += 1
+        return None
+
+    def release(self, user: str | None, source: tuple[str, int]) -> None:
+        self.asked.append(("release", str(user)))
+        self.held -= 1
+
+
+def test_plugged_in_authenticator_policy_and_quota_decide() -> None:
+    rec = _Recorder()
+    engine = make_engine(auth=rec)
+    engine.peer_policy = rec
+    engine.quota = rec
+    h = Harness(engine)
+    alice = Client(h)
+    assert alice.allocate().cls == Class.SUCCESS
+    assert ("lookup", "alice", REALM, "198.51.100.10") in rec.asked
+    assert code(alice.permit("198.51.100.66")) == 403 and engine.stats.refused_peers == 1
+    assert alice.permit("198.51.100.7").cls == Class.SUCCESS
+    grant = Client(h, addr=("198.51.100.11", 1), username="grant", password="pw")
+    assert grant.allocate().cls == Class.SUCCESS
+    assert ("acquire", "team") in rec.asked  # the Grant's account, not the username
+    sha = Client(
+        h,
+        addr=("198.51.100.12", 1),
+        username="grant",
+        password="pw",
+        algorithm=PasswordAlgorithm.SHA256,
+    )
+    assert code(sha.allocate()) == 401  # an MD5 key cannot serve SHA-256
+    third = Client(h, addr=("198.51.100.13", 1))
+    assert code(third.allocate()) == 486 and rec.held == 2
+    assert alice.refresh(0).cls == Class.SUCCESS
+    assert rec.held == 1 and ("release", "alice") in rec.asked
+    assert third.allocate().cls == Class.SUCCESS
+
+
+def test_a_bug_is_a_500_logged_and_counted_never_a_400(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        def lookup(self, username: str, realm: str, source: Any, now: float) -> Any:
+            return {}["boom"]  # a KeyError: a bug of the server, not the client's doing
+
+    class WrongType:
+        def lookup(self, username: str, realm: str, source: Any, now: float) -> Any:
+            return 42
+
+    for auth in (Broken(), WrongType()):
+        engine = make_engine(auth=auth)
+        c = Client(Harness(engine))
+        msg = Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17)
+        first = decode(c.raw(msg.encode())[0])  # the 401 asks for credentials
+        c.nonce = first.get(Attr.NONCE)
+        replies = engine.handle_client(c.transport, c.addr, c._sign(msg, "sha1"), c.h.now)
+        (reply,) = replies
+        assert code(decode(reply.data)) == 500
+        assert engine.stats.bugs == 1 and engine.stats.bad_packets == 0
+    assert "event=internal_error" in caplog.text and "Traceback" in caplog.text

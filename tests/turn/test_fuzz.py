@@ -73,7 +73,7 @@ def assert_no_leak(h: Harness) -> None:
     owned = [r.handle.id for a in engine.allocations.values() for r in a.relays]
     owned += [r.relay.handle.id for r in engine.reservations.values()]
     assert sorted(owned) == sorted(h.open), (owned, list(h.open))
-    assert sum(engine.per_account.values()) == len(engine.allocations)
+    assert engine.quota.total == sum(engine.quota.users.values()) == len(engine.allocations)
     assert not engine.pending
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from natkit.turn.policy import PeerAddressError, PeerPolicy, canonical_peer
+from natkit.errors import ConfigError
+from natkit.turn.policy import DefaultPeerPolicy, PeerAddressError, PeerPolicy, canonical_peer
 
 # Special-purpose addresses a relay must refuse by default, several encodings each.
 SPECIAL = [
@@ -64,12 +65,12 @@ PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2a00:1
 
 @pytest.mark.parametrize("ip", SPECIAL)
 def test_special_purpose_refused_by_default(ip: str) -> None:
-    assert not PeerPolicy().permits(ip)
+    assert not DefaultPeerPolicy().permits(ip)
 
 
 @pytest.mark.parametrize("ip", PUBLIC)
 def test_public_addresses_allowed_by_default(ip: str) -> None:
-    assert PeerPolicy().permits(ip)
+    assert DefaultPeerPolicy().permits(ip)
 
 
 def test_embedded_public_ipv4_is_judged_by_ipv4() -> None:
@@ -78,11 +79,11 @@ def test_embedded_public_ipv4_is_judged_by_ipv4() -> None:
     assert str(canonical_peer("2002:808:808::1")) == "8.8.8.8"
     assert str(canonical_peer("::8.8.8.8")) == "8.8.8.8"
     assert str(canonical_peer("2606:4700::1")) == "2606:4700::1"
-    assert PeerPolicy().permits("64:ff9b::808:808")
+    assert DefaultPeerPolicy().permits("64:ff9b::808:808")
 
 
 def test_allow_opens_exactly_what_is_listed() -> None:
-    policy = PeerPolicy(allow=["10.1.0.0/16", "127.0.0.1"])
+    policy = DefaultPeerPolicy(allow=["10.1.0.0/16", "127.0.0.1"])
     assert policy.permits("10.1.2.3")
     assert policy.permits("::ffff:10.1.2.3")  # the same host, IPv4-mapped
     assert not policy.permits("10.2.0.1")
@@ -91,7 +92,7 @@ def test_allow_opens_exactly_what_is_listed() -> None:
 
 
 def test_deny_adds_ranges_and_wins_over_allow() -> None:
-    policy = PeerPolicy(allow=["10.0.0.0/8"], deny=["10.9.9.9/32", "8.8.8.0/24"])
+    policy = DefaultPeerPolicy(allow=["10.0.0.0/8"], deny=["10.9.9.9/32", "8.8.8.0/24"])
     assert policy.permits("10.1.1.1")
     assert not policy.permits("10.9.9.9")
     assert not policy.permits("::ffff:10.9.9.9")
@@ -101,16 +102,29 @@ def test_deny_adds_ranges_and_wins_over_allow() -> None:
 
 
 def test_garbage_is_refused_and_bad_cidrs_raise() -> None:
-    assert not PeerPolicy().permits("not-an-ip")
-    assert not PeerPolicy().permits("")
-    with pytest.raises(PeerAddressError):
-        PeerPolicy(allow=["10.0.0.0/40"])
+    assert not DefaultPeerPolicy().permits("not-an-ip")
+    assert not DefaultPeerPolicy().permits("")
+    with pytest.raises(ConfigError, match=r"10\.0\.0\.0/40") as err:
+        DefaultPeerPolicy(allow=["10.0.0.0/40"])
+    assert err.value.param == "allow"
+    with pytest.raises(ConfigError) as err:
+        DefaultPeerPolicy(deny=["nonsense"])
+    assert err.value.param == "deny"
     with pytest.raises(PeerAddressError):
         canonical_peer("x")
 
 
 def test_cache_is_bounded() -> None:
-    policy = PeerPolicy()
+    policy = DefaultPeerPolicy()
     for i in range(5000):
         policy.permits(f"8.{i // 256}.{i % 256}.1")
     assert len(policy._cache) <= 4096
+
+
+def test_refuse_gives_the_reason_and_satisfies_the_protocol() -> None:
+    policy = DefaultPeerPolicy(allow=["10.1.0.0/16"], deny=["8.8.8.0/24"])
+    assert isinstance(policy, PeerPolicy)
+    assert policy.refuse(("10.1.2.3", 9)) is None
+    assert policy.refuse(("8.8.8.8", 9)) == "in the deny list"
+    assert policy.refuse(("127.0.0.1", 9)) == "special-purpose range"
+    assert policy.refuse(("nonsense", 9)) == "not an IP address"

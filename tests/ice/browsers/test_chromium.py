@@ -1,0 +1,94 @@
+"""`natkit check --browser`: headless Chromium gathers from every URL of the configuration,
+against natkit's own servers on loopback, and its result stands beside natkit's verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from natkit.cli import main
+from natkit.ice.browsers import get, names, register
+from natkit.ice.browsers.base import BrowserGathering
+from natkit.ice.check import check
+from natkit.server.stun import StunServer
+from natkit.server.turn import TurnServer
+
+pytestmark = [pytest.mark.timeout(120)]
+
+needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
+                                    reason="Chromium is not installed (apt-get install chromium)")
+
+
+def _profiles() -> set[str]:
+    return set(glob.glob(str(Path(tempfile.gettempdir()) / "natkit-chromium-*")))
+
+
+@needs_chromium
+async def test_chromium_beside_natkit() -> None:
+    before = _profiles()
+    async with TurnServer(["127.0.0.1:0"], users={"alice": "secret"}, relay_ip="127.0.0.1",
+                          allow_peers=["127.0.0.0/8"]) as turn, \
+            StunServer(["127.0.0.1:0"]) as stun:
+        stun_port = stun.addresses[0][1][1]
+        config = {"iceServers": [
+            {"urls": f"stun:127.0.0.1:{stun_port}"},
+            {"urls": turn.urls, "username": "alice", "credential": "secret"},
+            {"urls": turn.urls[0], "username": "alice", "credential": "wrong"},
+        ]}
+        report = await check(config, timeout=3, browsers=["chromium"])
+    (gathering,) = report.browsers
+    assert gathering.error is None and gathering.version, gathering.as_dict()
+    by_path = {u.path: u for u in gathering.urls}
+    assert by_path["iceServers[0].urls"].verdict == "produced"
+    assert "srflx" in by_path["iceServers[0].urls"].produced
+    for i in range(len(turn.urls)):
+        assert by_path[f"iceServers[1].urls[{i}]"].verdict == "produced"
+    wrong = by_path["iceServers[2].urls"]
+    assert wrong.verdict == "error"
+    assert any(e["errorCode"] == 401 for e in wrong.errors)
+    natkit_verdict = {u.path: u.status for u in report.urls}
+    assert natkit_verdict["iceServers[2].urls"] == "fail"
+    d = report.as_dict()
+    assert d["browsers"][0]["browser"] == "chromium"
+    assert {u["verdict"] for u in d["browsers"][0]["urls"]} == {"produced", "error"}
+    from natkit.cli.check import format_report
+
+    text = format_report(report)
+    assert "natkit FAIL  chromium: icecandidateerror 401" in text
+    assert _profiles() == before  # the profile directory is gone
+
+
+class _Fake:
+    name = "fakefox"
+
+    async def gather(self, servers, ice_servers, *, timeout):  # type: ignore[no-untyped-def]
+        return BrowserGathering("fakefox", "1.0", error="not installed here")
+
+
+def test_a_second_browser_plugs_in(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    register("fakefox", _Fake)
+    assert "fakefox" in names() and "chromium" in names()
+    assert isinstance(get("fakefox"), _Fake)
+    path = tmp_path / "ice.json"
+    path.write_text(json.dumps({"iceServers": []}))
+    code = main(["check", str(path), "--browser", "fakefox"])
+    out = capsys.readouterr().out
+    assert code == 0 and "fakefox 1.0 (beside natkit's verdict):" in out
+    assert "not run: not installed here" in out
+    code = main(["check", str(path), "--browser", "nosuch"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--browser: unknown browser 'nosuch'" in err
+
+
+def test_missing_chromium_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    from natkit.ice.browsers.chromium import ChromiumGatherer
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    result = asyncio.run(ChromiumGatherer().gather([], [], timeout=1))
+    assert result.error and "apt-get install chromium" in result.error

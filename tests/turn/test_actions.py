@@ -1,0 +1,254 @@
+"""The Offload* events: a table that mirrors them forwards exactly what the engine forwards.
+
+``ModelTable`` does what natkit/server/_turnfast.c does with its entries (the same keys, the
+same ``now < until`` test); random sequences of requests, data and time must never let it
+forward something the engine would drop or send elsewhere, and, for the allocations it may
+take over, it must cover everything the engine forwards.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from natkit.stun import Attr, Class, Message, Method, decode, encode_channel_data
+from natkit.turn.actions import (
+    OffloadAllocation,
+    OffloadChannel,
+    OffloadPermission,
+    OffloadWithdraw,
+    SendToPeer,
+)
+from natkit.turn.allocation import Relay
+from tests.turn.harness import Client, Harness, make_engine
+
+PEER_IPS = ["198.51.100.7", "198.51.100.8", "2001:db8:1::5"]
+PORTS = [4000, 4001]
+NUMBERS = [0x4000, 0x4001, 0x4FFF, 0x7FFE]
+
+
+class ModelTable:
+    """The C table's rules over the events, in Python."""
+
+    def __init__(self) -> None:
+        self.allocations: dict[Any, dict[int, Relay]] = {}
+        self.perms: dict[tuple[int, str], tuple[Any, float]] = {}
+        self.to_peer: dict[tuple[Any, int], tuple[Relay, tuple[str, int], float]] = {}
+        self.to_client: dict[tuple[int, tuple[str, int]], tuple[Any, int, float]] = {}
+        self.keys: dict[Any, set[tuple[str, Any]]] = {}
+
+    def apply(self, event: Any) -> None:
+        if isinstance(event, OffloadAllocation):
+            assert event.key not in self.allocations, "offloaded twice"
+            self.allocations[event.key] = {r.family: r for r in event.relays}
+            self.keys[event.key] = set()
+            return
+        if isinstance(event, OffloadWithdraw):
+            self.allocations.pop(event.key)
+            for table, k in self.keys.pop(event.key):
+                getattr(self, table).pop(k, None)
+            return
+        assert event.key in self.allocations, f"{event!r} before its OffloadAllocation"
+        owned = self.keys[event.key]
+        if isinstance(event, OffloadPermission):
+            k = (id(event.relay), event.ip)
+            if event.until is None:
+                self.perms.pop(k, None)
+            else:
+                self.perms[k] = (event.key, event.until)
+                owned.add(("perms", k))
+        elif isinstance(event, OffloadChannel):
+            k1 = (event.key, event.number)
+            k2 = (id(event.relay), event.peer)
+            if event.until is None:
+                self.to_peer.pop(k1, None)
+                self.to_client.pop(k2, None)
+            else:
+                self.to_peer[k1] = (event.relay, event.peer, event.until)
+                self.to_client[k2] = (event.key, event.number, event.until)
+                owned.update({("to_peer", k1), ("to_client", k2)})
+
+    def channel_data(self, key: Any, number: int, now: float) -> tuple[Any, tuple[str, int]] | None:
+        entry = self.to_peer.get((key, number))
+        if entry is None or not entry[2] > now:
+            return None
+        return entry[0].handle, entry[1]
+
+    def send_indication(
+        self, key: Any, peer: tuple[str, int], now: float
+    ) -> tuple[Any, tuple[str, int]] | None:
+        relays = self.allocations.get(key)
+        relay = relays.get(6 if ":" in peer[0] else 4) if relays else None
+        if relay is None:
+            return None
+        entry = self.perms.get((id(relay), peer[0]))
+        if entry is None or not entry[1] > now:
+            return None
+        return relay.handle, peer
+
+    def from_peer(self, relay: Relay, peer: tuple[str, int], now: float) -> tuple[Any, Any] | None:
+        """(client key, channel number or "data") the datagram goes to, or None."""
+        entry = self.to_client.get((id(relay), peer))
+        if entry is not None and entry[2] > now:
+            return entry[0], entry[1]
+        perm = self.perms.get((id(relay), peer[0]))
+        if perm is not None and perm[1] > now:
+            return perm[0], "data"
+        return None
+
+
+class Mirrored(Harness):
+    def __init__(self, **engine: Any) -> None:
+        super().__init__(make_engine(families=frozenset({4, 6}), offload=True, **engine))
+        self.table = ModelTable()
+
+    def run(self, actions: list[Any]) -> list[bytes]:
+        seen = len(self.offloads)
+        replies = super().run(actions)
+        for event in self.offloads[seen:]:
+            self.table.apply(event)
+        return replies
+
+
+def check_equivalent(h: Mirrored, clients: list[Client]) -> None:
+    engine, table, now = h.engine, h.table, h.now
+    for c in clients:
+        key = (c.transport, c.addr)
+        offloaded = key in table.allocations
+        for number in NUMBERS:
+            before = len(h.sent_to_peers)
+            out = engine.forward_from_client(
+                key, encode_channel_data(number, b"p", channel_max=0x7FFE), now
+            )
+            assert len(h.sent_to_peers) == before
+            fast = table.channel_data(key, number, now)
+            want = None if out is None else (out.handle, out.peer)
+            if fast is not None or offloaded:
+                assert fast == want, (number, fast, want)
+        for ip in PEER_IPS:
+            for port in PORTS:
+                peer = (ip, port)
+                msg = Message(Method.SEND, Class.INDICATION)
+                msg.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, b"s")
+                actions = engine.handle_client(c.transport, c.addr, msg.encode(), now)
+                sends = [a for a in actions if isinstance(a, SendToPeer)]
+                want = (sends[0].handle, sends[0].peer) if sends else None
+                fast = table.send_indication(key, peer, now)
+                if fast is not None or offloaded:
+                    assert fast == want, (peer, fast, want)
+        allocation = engine.allocations.get(key)
+        for relay in allocation.relays if allocation else []:
+            for ip in PEER_IPS:
+                for port in PORTS:
+                    peer = (ip, port)
+                    out = engine.forward_from_peer(relay, peer, b"d", now)
+                    if out is None:
+                        want = None
+                    else:
+                        frame = out.data
+                        kind: Any = "data" if frame[0] < 0x40 else int.from_bytes(frame[:2])
+                        if kind == "data":
+                            assert decode(frame).get(Attr.XOR_PEER_ADDRESS) == peer
+                        want = ((out.client, out.addr), kind)
+                    fast = table.from_peer(relay, peer, now)
+                    if fast is not None or offloaded:
+                        assert fast == want, (relay.family, peer, fast, want)
+
+
+op = st.one_of(
+    st.tuples(
+        st.just("permit"),
+        st.integers(0, 2),
+        st.lists(st.sampled_from(PEER_IPS), min_size=1, max_size=2),
+    ),
+    st.tuples(
+        st.just("channel"),
+        st.integers(0, 2),
+        st.sampled_from(NUMBERS),
+        st.sampled_from(PEER_IPS),
+        st.sampled_from(PORTS),
+    ),
+    st.tuples(st.just("refresh"), st.integers(0, 2), st.sampled_from([0, 600, 3600])),
+    st.tuples(st.just("allocate"), st.integers(0, 2)),
+    st.tuples(st.just("wait"), st.sampled_from([0.5, 1.5, 10, 299, 301, 599, 601])),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op, min_size=1, max_size=30))
+def test_mirrored_table_forwards_what_the_engine_forwards(ops: list[tuple[Any, ...]]) -> None:
+    h = Mirrored(max_permissions=2)
+    clients = [
+        Client(h, addr=("198.51.100.30", 1000 + i), username="alice", password="secret")
+        for i in range(3)
+    ]
+    for c in clients:
+        c.allocate(additional_address_family=2)
+    for item in ops:
+        kind = item[0]
+        if kind == "wait":
+            h.tick(item[1])
+        elif kind == "permit":
+            clients[item[1]].permit(*item[2])
+        elif kind == "channel":
+            clients[item[1]].channel(item[2], (item[3], item[4]))
+        elif kind == "refresh":
+            clients[item[1]].refresh(item[2])
+        else:
+            clients[item[1]].allocate(additional_address_family=2)
+        check_equivalent(h, clients)
+    h.tick(4000)
+    assert not h.table.allocations and not h.table.perms and not h.table.to_peer
+
+
+def test_no_events_without_offload_or_for_what_a_table_cannot_do() -> None:
+    plain = Harness(make_engine())
+    c = Client(plain)
+    c.allocate()
+    c.channel(0x4000, ("198.51.100.7", 1))
+    assert plain.offloads == []
+    for engine in (make_engine(offload=True, bandwidth=10_000), make_engine(offload=True)):
+        h = Harness(engine)
+        stream = engine.config.bandwidth is None
+        c = Client(h, stream=stream)
+        c.allocate()
+        c.channel(0x4000, ("198.51.100.7", 1))
+        assert h.offloads == []  # a bandwidth cap, or a TCP/TLS client: the engine's own
+
+
+def test_events_touch_only_what_changed() -> None:
+    """A request costs events for its own peers, not for every channel of the allocation."""
+    h = Mirrored()
+    c = Client(h)
+    c.allocate()
+    rng = random.Random(5)
+    for n in range(200):
+        c.channel(0x4000 + n, (f"198.51.100.{rng.randrange(1, 250)}", 2000 + n))
+    seen = len(h.offloads)
+    c.permit("198.51.100.251")
+    assert len(h.offloads) - seen == 1
+    seen = len(h.offloads)
+    c.channel(0x4000, h.table.to_peer[((c.transport, c.addr), 0x4000)][1])  # a refresh
+    assert 1 <= len(h.offloads) - seen <= 3  # its permission, and the channels to that IP
+
+
+@pytest.mark.parametrize("lifetime", [0, None])
+def test_withdraw_precedes_the_relay_close(lifetime: int | None) -> None:
+    h = Mirrored()
+    c = Client(h)
+    c.allocate()
+    c.permit("198.51.100.7")
+    key = (c.transport, c.addr)
+    actions = []
+    if lifetime == 0:
+        msg = Message(Method.REFRESH).add(Attr.LIFETIME, 0)
+        actions = h.engine.handle_client(c.transport, c.addr, c._sign(msg, "sha1"), h.now)
+    else:
+        actions = h.engine.tick(h.now + 601)
+    kinds = [type(a).__name__ for a in actions]
+    assert kinds.index("OffloadWithdraw") < kinds.index("CloseRelay"), kinds
+    assert any(isinstance(a, OffloadWithdraw) and a.key == key for a in actions)
