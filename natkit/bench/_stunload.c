@@ -10,8 +10,9 @@
  *   SECONDS and count the Binding success responses to them. Batched so that the generator
  *   pays far less per request than the server: each refill of a socket's window leaves in one
  *   UDP GSO send (the kernel still delivers every request to the server as its own datagram;
- *   sendmmsg where the kernel has no GSO), responses are read with recvmmsg. When nothing
- *   arrives for 10 ms (lost datagrams), every window is refilled.
+ *   sendmmsg where the kernel has no GSO), responses are read with recvmmsg. A socket that
+ *   waits for answers and has heard nothing for 10 ms lost some (UDP): its window is
+ *   refilled, so a loss never shrinks the load for the rest of the run.
  *
  * reflect(host, port, max_seconds): the least a STUN server can do, as the ceiling of a
  *   server on one core with the same kernel interface as natkit's C path: recvmmsg, a
@@ -115,9 +116,12 @@ static int gso_works(void) {
     return got == 2;
 }
 
+#define STALL 0.010 /* seconds without an answer after which a socket's window is refilled */
+
 struct flood_sock {
     int fd;
     int inflight;
+    double last; /* when it last received or was refilled after a stall */
     uint32_t seq;
     uint8_t out[MAX_WINDOW * REQ]; /* requests back to back: one GSO send */
 };
@@ -196,8 +200,9 @@ static void flood_fill(struct flood *F, int i, int count) {
 }
 
 /* Read what socket i has: count our Binding successes, refill as many. */
-static void flood_read(struct flood *F, int i) {
+static void flood_read(struct flood *F, int i, double now) {
     struct flood_sock *k = &F->s[i];
+    k->last = now;
     for (;;) {
         int r = recvmmsg(k->fd, F->rmm, RX, MSG_DONTWAIT, NULL);
         if (r <= 0) return;
@@ -247,23 +252,31 @@ static int flood_run(struct flood *F, const struct sockaddr_storage *to, socklen
         F->rmm[j].msg_hdr.msg_iov = &F->riov[j];
         F->rmm[j].msg_hdr.msg_iovlen = 1;
     }
-    double t0 = now_s(), c0 = cpu_s(), end = t0 + seconds;
-    for (int i = 0; i < F->n; i++) flood_fill(F, i, F->window);
+    double t0 = now_s(), c0 = cpu_s(), end = t0 + seconds, check = t0 + STALL;
+    for (int i = 0; i < F->n; i++) {
+        F->s[i].last = t0;
+        flood_fill(F, i, F->window);
+    }
     struct epoll_event evs[256];
     for (;;) {
         double t = now_s();
         if (t >= end) break;
+        if (t >= check) { /* a socket silent for STALL lost requests or answers: refill it */
+            for (int i = 0; i < F->n; i++) {
+                struct flood_sock *k = &F->s[i];
+                if (t - k->last >= STALL) {
+                    k->inflight = 0;
+                    k->last = t;
+                    F->refills++;
+                }
+                flood_fill(F, i, F->window); /* also tops up after a failed send */
+            }
+            check = t + STALL;
+        }
         int k = epoll_wait(ep, evs, 256, 10);
         if (k < 0 && errno != EINTR) { *what = "epoll_wait"; return errno; }
-        if (k == 0) { /* silence: requests or responses were lost; refill every window */
-            for (int i = 0; i < F->n; i++) {
-                F->s[i].inflight = 0;
-                flood_fill(F, i, F->window);
-            }
-            F->refills++;
-            continue;
-        }
-        for (int e = 0; e < k; e++) flood_read(F, (int)evs[e].data.u32);
+        if (k > 0) t = now_s();
+        for (int e = 0; e < k; e++) flood_read(F, (int)evs[e].data.u32, t);
     }
     *elapsed = now_s() - t0;
     *cpu = cpu_s() - c0;
