@@ -4,8 +4,8 @@
  * A CPython extension module (limited API) built at install time by setup.py and wrapped by
  * natkit/server/_turn_fast.py; without it (not built, or NATKIT_NO_CEXT=1) the relay runs its
  * pure-Python data path. The calls that read or send (pump, poll, send) release the GIL.
- * Python stays the authority on every allocation,
- * permission and channel; it mirrors each UDP channel binding into the table here:
+ * Python stays the authority on every allocation, permission and channel; it mirrors each UDP
+ * channel binding into the table here:
  *
  *   client -> peer: (listener fd, client address, channel) -> (relay fd, peer address, until)
  *   peer -> client: (relay fd, peer address)                -> (listener fd, client address,
@@ -194,7 +194,6 @@ static void nk_free(struct nk_ctx *c) {
     free(c->slots);
     free(c);
 }
-
 
 /* Watch a socket: kind 0 client listener, 1 relay. */
 static int nk_watch(struct nk_ctx *c, int fd, int kind) {
