@@ -19,7 +19,6 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 from natkit.server import _native
@@ -42,25 +41,10 @@ class Counters:
         self.fast = self.garbage = self.ignored = self.dropped = self.send_errors = 0
 
 
-def load_helper() -> ModuleType | None:
-    """The C extension module, or None when it is not built or NATKIT_NO_CEXT is set."""
-    return _native.load(EXTENSION)[0]
-
-
-def helper_status() -> str:
-    """'c' when the C helper serves, else 'python (why)' (for stats and the bench report)."""
-    module, why = _native.load(EXTENSION)
-    return "c" if module is not None else f"python ({why})"
-
-
-def describe(enabled: bool = True) -> str:
-    """One line for a server's start: which UDP path it runs and why."""
-    if not enabled:
-        return "pure Python: fast_path=False"
-    module, why = _native.load(EXTENSION)
-    if module is None:
-        return f"pure Python: {why}"
-    return f"C fast path ({EXTENSION}, recvmmsg/sendmmsg, {module.BATCH} datagrams per call)"
+_EXT = _native.Extension(EXTENSION, "recvmmsg/sendmmsg, {m.BATCH} datagrams per call")
+load_helper = _EXT.load
+helper_status = _EXT.status
+describe = _EXT.describe  # the start line: which UDP path serves and why
 
 
 # ---------------------------------------------------------------- pure-Python equivalent

@@ -51,3 +51,32 @@ def forget() -> None:
     """Decide again on the next :func:`load` (tests flip NATKIT_NO_CEXT)."""
     with _lock:
         _tried.clear()
+
+
+class Extension:
+    """One extension module with a pure-Python alternative, as its users ask about it.
+
+    ``how`` says what the C path does, for the start line; ``{m.NAME}`` fields are read from
+    the module (``"recvmmsg/sendmmsg, {m.BATCH} datagrams per call"``)."""
+
+    def __init__(self, name: str, how: str) -> None:
+        self.name, self.how = name, how
+
+    def load(self) -> ModuleType | None:
+        """The module, or None when it is not built, cannot load or NATKIT_NO_CEXT is set."""
+        return load(self.name)[0]
+
+    def status(self) -> str:
+        """``"c"`` when the C path can run, else ``"python (why)"`` (stats, bench reports)."""
+        module, why = load(self.name)
+        return "c" if module is not None else f"python ({why})"
+
+    def describe(self, enabled: bool = True) -> str:
+        """One line for a server's start: which path it runs and why ("C fast path (NAME,
+        HOW)", "pure Python: NATKIT_NO_CEXT=1", "pure Python: extension not built")."""
+        if not enabled:
+            return "pure Python: fast_path=False"
+        module, why = load(self.name)
+        if module is None:
+            return f"pure Python: {why}"
+        return f"C fast path ({self.name}, {self.how.format(m=module)})"

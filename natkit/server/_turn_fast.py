@@ -23,25 +23,10 @@ KIND_ALLOC = 1
 KIND_PERM = 2
 
 
-def load() -> ModuleType | None:
-    """The extension module, or None (see :func:`status` for why)."""
-    return _native.load(EXTENSION)[0]
-
-
-def status() -> str:
-    """'c' when the C data path can run, else 'python (why)'."""
-    module, why = _native.load(EXTENSION)
-    return "c" if module is not None else f"python ({why})"
-
-
-def describe(enabled: bool = True) -> str:
-    """One line for the relay's start: which data path it runs and why."""
-    if not enabled:
-        return "pure Python: fast_path=False"
-    module, why = _native.load(EXTENSION)
-    if module is None:
-        return f"pure Python: {why}"
-    return f"C fast path ({EXTENSION}, epoll + recvmmsg/sendmmsg, {module.BATCH} per socket)"
+_EXT = _native.Extension(EXTENSION, "epoll + recvmmsg/sendmmsg, {m.BATCH} per socket")
+load = _EXT.load
+status = _EXT.status
+describe = _EXT.describe  # the start line: which data path runs and why
 
 
 def _ip_bytes(ip: str) -> tuple[int, bytes]:

@@ -799,41 +799,36 @@ static PyObject *Table_unwatch(PyObject *obj, PyObject *arg) {
     return PyBool_FromLong(nk_unwatch(c, fd) == 0);
 }
 
-static PyObject *Table_pump(PyObject *obj, PyObject *args) {
-    int fd, kind;
-    double now;
-    if (!PyArg_ParseTuple(args, "iid", &fd, &kind, &now))
-        return NULL;
+/* pump() (one socket: fd, kind) or poll() (every ready one: all) without the GIL:
+ * (count, the records left for Python). */
+static PyObject *table_read(PyObject *obj, int all, int fd, int kind, double now) {
     struct nk_ctx *c = table_ctx(obj);
     if (c == NULL)
         return NULL;
     Table *t = (Table *)obj;
     uint32_t used = 0;
-    int got;
+    int n;
     t->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    got = nk_pump(c, fd, kind, now, &used);
+    n = all ? nk_poll(c, now, &used) : nk_pump(c, fd, kind, now, &used);
     Py_END_ALLOW_THREADS
     t->busy = 0;
-    return Py_BuildValue("(iy#)", got, (const char *)c->out, (Py_ssize_t)used);
+    return Py_BuildValue("(iy#)", n, (const char *)c->out, (Py_ssize_t)used);
+}
+
+static PyObject *Table_pump(PyObject *obj, PyObject *args) {
+    int fd, kind;
+    double now;
+    if (!PyArg_ParseTuple(args, "iid", &fd, &kind, &now))
+        return NULL;
+    return table_read(obj, 0, fd, kind, now);
 }
 
 static PyObject *Table_poll(PyObject *obj, PyObject *arg) {
     double now = PyFloat_AsDouble(arg);
     if (now == -1.0 && PyErr_Occurred())
         return NULL;
-    struct nk_ctx *c = table_ctx(obj);
-    if (c == NULL)
-        return NULL;
-    Table *t = (Table *)obj;
-    uint32_t used = 0;
-    int more;
-    t->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    more = nk_poll(c, now, &used);
-    Py_END_ALLOW_THREADS
-    t->busy = 0;
-    return Py_BuildValue("(iy#)", more, (const char *)c->out, (Py_ssize_t)used);
+    return table_read(obj, 1, -1, 0, now);
 }
 
 static PyObject *Table_send(PyObject *obj, PyObject *args) {
