@@ -34,6 +34,14 @@ def print_json(data: Any) -> None:
 # line instead of replacing the topology, and no option can overwrite an input file.
 
 HTML_MARKER = '<meta name="generator" content="natkit">'
+PROM_MARKER = "# natkit check metrics"
+# Other kinds of output file a verb writes: kind -> test of the file's first 64 KiB that says
+# whether it is natkit's own output of that kind (so it may be replaced).
+OUTPUT_KINDS: dict[str, Callable[[bytes], bool]] = {
+    "html": lambda head: HTML_MARKER.encode() in head,
+    "pcap": lambda head: head[:4] in (b"\x0a\x0d\x0d\x0a", b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4"),
+    "prom": lambda head: head.startswith(PROM_MARKER.encode()),
+}
 
 
 def add_json_option(parser: argparse.ArgumentParser, what: str = "the report") -> None:
@@ -46,19 +54,14 @@ def add_json_option(parser: argparse.ArgumentParser, what: str = "the report") -
     )
 
 
-PROM_MARKER = "# natkit check metrics"
-
-
 def _is_natkit_output(path: Path, kind: str) -> bool:
     try:
         if path.stat().st_size > 512 * 1024 * 1024:
             return False
         with path.open("rb") as f:
             head = f.read(64 * 1024)
-        if kind == "html":
-            return HTML_MARKER.encode() in head
-        if kind == "prom":
-            return head.startswith(PROM_MARKER.encode())
+        if kind in OUTPUT_KINDS:
+            return OUTPUT_KINDS[kind](head)
         doc = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError):
         return False

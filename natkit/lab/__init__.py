@@ -1,20 +1,48 @@
-"""The NAT lab: topology, the netns engine (namespaces + nftables), peers, signaling, reports.
+"""The NAT lab: real Linux NATs, real ICE stacks, a matrix against what the NAT types predict.
 
-``natkit.lab.run(...)`` runs a topology's matrix; ``natkit.lab.load(path)`` reads a topology.
+Library entry points (``natkit lab run`` is a thin shell over them)::
+
+    import natkit.lab
+    topo = natkit.lab.load("configs/lab/default.toml")      # or natkit.lab.load() for the default
+    result = natkit.lab.run(topo)                            # a natkit.lab.LabResult
+    print(result.passed, result.to_json()["cases"][0])
+
+The package, by job:
+
+* ``topology`` (the TOML model and its address plan), ``cases`` (which cases a run holds);
+* ``nats/`` (one module per NAT kind: RFC 4787 model + nftables recipe), ``expect`` (the
+  outcome each case should have, derived from the models);
+* ``stacks/`` (one adapter per ICE stack behind the ``Peer`` protocol), ``signaling``;
+* ``engines/`` (``netns``; ``compose``), ``netns`` (the namespace toolkit), ``capture``;
+* ``agents`` (the RPC to the agents in the nodes), ``servers`` (STUN, TURN, signaling),
+  ``orchestrate`` (the one API every engine drives), ``runner`` (a whole run);
+* ``results`` (typed results, JSON at the edge), ``evidence`` (packet evidence), ``report``
+  and ``html`` (terminal and HTML reports), ``up`` (``natkit lab up/shell/down``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from natkit.lab.cases import browser_cases, select_cases
+from natkit.lab.orchestrate import Orchestration, orchestrate
+from natkit.lab.results import SCHEMA_VERSION, CaseResult, Evidence, LabResult, ProbeResult
+from natkit.lab.runner import finish, run
+from natkit.lab.topology import Case, Plan, Topology, load, loads
 
-_LAZY = {"run": ("natkit.lab.runner", "run"), "load": ("natkit.lab.topology", "load")}
-
-
-def __getattr__(name: str) -> Any:
-    try:
-        module_name, attr = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'natkit.lab' has no attribute {name!r}") from None
-    import importlib
-
-    return getattr(importlib.import_module(module_name), attr)
+__all__ = [
+    "SCHEMA_VERSION",
+    "Case",
+    "CaseResult",
+    "Evidence",
+    "LabResult",
+    "Orchestration",
+    "Plan",
+    "ProbeResult",
+    "Topology",
+    "browser_cases",
+    "finish",
+    "load",
+    "loads",
+    "orchestrate",
+    "run",
+    "select_cases",
+]

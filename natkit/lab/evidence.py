@@ -40,7 +40,7 @@ from natkit.stun import (
     decode_channel_data,
 )
 
-__all__ = ["CAPTURE_MARKER", "Flows", "claimed_route", "judge", "judge_browser", "read_capture"]
+__all__ = ["CAPTURE_MARKER", "Flows", "claimed_route", "judge", "judge_browser", "judge_peers", "read_capture"]
 
 Endpoint = tuple[str, int]
 
@@ -225,17 +225,17 @@ def judge(
         return {"route": None, "claimed": None, "packets": 0, "consistent": False, "detail": "the caller reported no selected pair"}
     if claimed == "relay":
         local = _ep((sel_a or {}).get("local"))
-        allocation = next((r for r in caller.get("relays", []) if tuple(r["relayed"]) == local), None)
+        allocation = next((r for r in caller.get("relays") or [] if tuple(r["relayed"]) == local), None)
         if allocation is None or not allocation.get("mapped"):
             return {"route": None, "claimed": claimed, "packets": 0, "consistent": False, "detail": "no TURN allocation recorded for the selected relay candidate"}
         mapped = (str(allocation["mapped"][0]), int(allocation["mapped"][1]))
         n = flows.relayed[(allocation["transport"], mapped)]
-        d = flows.direct_between(_ep((sel_b or {}).get("remote")) or mapped, _ep(sel_a.get("remote")) or mapped)
+        d = flows.direct_between(_ep((sel_b or {}).get("remote")) or mapped, _ep((sel_a or {}).get("remote")) or mapped)
         route = "relay" if n else ("direct" if d else "none")
         detail = f"{n} DTLS records inside TURN over {allocation['transport']} between {mapped[0]}:{mapped[1]} and {turn[0]}:{turn[1]}"
         return {"route": route, "claimed": claimed, "packets": n, "consistent": route == "relay", "detail": detail}
     if claimed == "direct":
-        b_pub = _ep(sel_a.get("remote"))
+        b_pub = _ep((sel_a or {}).get("remote"))
         a_pub = _ep((sel_b or {}).get("remote"))
         if a_pub is None or b_pub is None:
             return {"route": None, "claimed": claimed, "packets": 0, "consistent": False, "detail": "the callee reported no selected pair"}
@@ -290,6 +290,26 @@ def judge_browser(
         relayed, client = relays[0]["relayed"], relays[0]["mapped"]
         ev["detail"] += f" (the capture's Allocate response gave {relayed[0]}:{relayed[1]} to {client[0]}:{client[1]})"
     return ev
+
+
+def judge_peers(
+    flows: Flows,
+    *,
+    caller: dict[str, Any],
+    callee: dict[str, Any],
+    caller_lan: str,
+    caller_public: str,
+    turn: Endpoint,
+) -> dict[str, Any]:
+    """Evidence for one connected case from both peers' results (PeerResult as JSON): judged
+    as :func:`judge` when the caller reported its TURN allocations, else as
+    :func:`judge_browser` (the allocation behind its relay candidate found in the capture)."""
+    if caller.get("relays") is None:
+        return judge_browser(
+            flows, selected=caller.get("selected"), callee=callee,
+            caller_lan=caller_lan, caller_public=caller_public, turn=turn,
+        )
+    return judge(flows, caller=caller, callee=callee, caller_lan=caller_lan, caller_public=caller_public, turn=turn)
 
 
 def _in_net(addr: str, net: str) -> bool:

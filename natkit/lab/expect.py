@@ -5,7 +5,7 @@ over it:
 
 * **NATs** map (RFC 4787 §4.1: endpoint-independent, address-dependent, address-and-port-
   dependent) and filter (§5: the same three) per mapping, exactly as
-  :class:`natkit.lab.nat.NatBehaviour` describes the router; a firewall may drop UDP; hairpinned
+  :class:`natkit.lab.nats.NatBehaviour` describes the router; a firewall may drop UDP; hairpinned
   packets are looped back unfiltered (and dropped without hairpinning); private addresses are
   reachable only from their own LAN. A router without NAT (``open``) forwards everything.
 * **Candidates** per path: *host* gives the peer's own address; *srflx* the mapping the STUN
@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from natkit.lab.nat import Filtering, Mapping, NatBehaviour
+from natkit.lab.nats import Filtering, Mapping, NatBehaviour
+from natkit.lab.nats import expected_probe as _kind_probe
 
 __all__ = ["Expectation", "expect", "expected_probe"]
 
@@ -252,11 +253,6 @@ def _how(a: _Box, b: _Box, path: str) -> str:
 
 
 def expected_probe(behaviour: NatBehaviour) -> dict[str, str]:
-    """What ``natkit probe`` from behind ``behaviour`` must report (its JSON vocabulary)."""
-    if behaviour.block_udp:
-        return {"nat_type": "udp-blocked"}
-    if behaviour.mapping is None:
-        # No NAT and no firewall: anyone may send to the host, i.e. endpoint-independent.
-        return {"mapping": "none", "filtering": "endpoint-independent"}
-    assert behaviour.filtering is not None
-    return {"mapping": behaviour.mapping.value, "filtering": behaviour.filtering.value}
+    """What ``natkit probe`` from behind ``behaviour`` must report (its JSON vocabulary); the
+    NAT's kind (:mod:`natkit.lab.nats`) decides."""
+    return _kind_probe(behaviour)

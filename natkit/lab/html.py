@@ -1,11 +1,13 @@
 """The lab's report as one self-contained HTML file (``natkit lab run --html FILE``).
 
-:func:`render_html` turns the lab's JSON result (:meth:`natkit.lab.runner.LabResult.to_json`)
-and the :class:`~natkit.lab.topology.Topology` into a page people can look at and share: a
-summary, the matrix as a coloured NAT × NAT grid per path (host / srflx / relay) with expected
-vs observed in every cell, a detail panel (and a hover title) with the selected pair, RTT,
-time to connect, the expectation's reason and the packet evidence, the browser cases, the
-probe results per NAT, the topology (a diagram and a table) and the run's timing.
+:func:`render_html` turns the lab's JSON result (:meth:`natkit.lab.results.LabResult.to_json`)
+and the :class:`~natkit.lab.topology.Topology` into a page people can look at and share: when,
+where and with which natkit it ran, a summary in plain words (how many NAT pairs need TURN,
+where TURN over TCP is needed), the matrix as a coloured NAT × NAT grid per path (host /
+srflx / relay) with expected vs observed in every cell (relay cells say UDP or TCP), a detail
+panel (and a hover title) with the selected pair, RTT, time to connect, the expectation's
+reason and the packet evidence, the browser cases, the probe results per NAT, the topology (a
+diagram and a table) and the run's timing.
 
 Everything is inline (CSS, a few lines of JavaScript, an SVG, the data as JSON): the file
 fetches nothing, so it opens from disk, from a mail attachment or in a CI artifact viewer.
@@ -22,12 +24,14 @@ import json
 import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from natkit.errors import UsageError
+from natkit.errors import ConfigError
 
-__all__ = ["cell_state", "render_html", "write_html"]
+__all__ = ["GENERATOR", "cell_state", "plain_summary", "relay_transports", "render_html", "write_html"]
+
+# The mark by which natkit recognises its own report (it then may overwrite the file).
+GENERATOR = '<meta name="generator" content="natkit">'
 
 PATHS = ("host", "srflx", "relay")
 _PATH_TITLES = {
@@ -68,6 +72,22 @@ def _endpoint(c: Any) -> str:
     return f"{kind} {addr}" + (f" ({proto})" if proto and kind == "relay" else "")
 
 
+def _relay_proto(sel: Any) -> str | None:
+    """UDP or TCP: how a peer reaches the TURN server for its selected relay candidate."""
+    if not isinstance(sel, Mapping) or not isinstance(sel.get("local"), Mapping):
+        return None
+    local = sel["local"]
+    if local.get("type") != "relay":
+        return None
+    proto = local.get("relay_transport") or local.get("relay_protocol")
+    return str(proto).upper() if proto else None
+
+
+def relay_transports(case: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(caller's, callee's) transport to the TURN server in a connected relay case."""
+    return _relay_proto(case.get("selected")), _relay_proto(case.get("callee_selected"))
+
+
 def _pair_text(sel: Any) -> str:
     if not isinstance(sel, Mapping):
         return "none"
@@ -89,6 +109,8 @@ def _case_title(case: Mapping[str, Any]) -> str:
     lines.append(f"observed: {case.get('observed')}{route}")
     if case.get("observed") == "connected":
         lines.append(f"selected: {_pair_text(case.get('selected'))}")
+        if case.get("callee_selected"):
+            lines.append(f"callee selected: {_pair_text(case.get('callee_selected'))}")
         lines.append(f"connect {_ms(case.get('t_connect_ms'))}, RTT {_ms(case.get('rtt_ms'))}")
     ev = case.get("evidence")
     if isinstance(ev, Mapping):
@@ -131,6 +153,10 @@ def _cell(case: Mapping[str, Any] | None, index: int | None) -> str:
     sub = []
     if case.get("observed") == "connected":
         route = case.get("route") or ""
+        if route == "relay":
+            a, b = relay_transports(case)
+            if a or b:
+                route = f"relay {a or '?'}/{b or '?'}" if a != b else f"relay {a}"
         sub.append(f'<span class="route">{_e(route)}</span>')
         if isinstance(case.get("rtt_ms"), int | float):
             sub.append(f'<span class="rtt">{_e(_ms(case["rtt_ms"]))}</span>')
@@ -351,6 +377,61 @@ def _topology(topology: Any, results: Mapping[str, Any]) -> str:
     )
 
 
+def _pair_key(c: Mapping[str, Any]) -> tuple[str, ...]:
+    nats = [str(n) for n in c.get("nats", [])]
+    return (nats[0], "same LAN") if c.get("same_lan") and nats else tuple(sorted(nats))
+
+
+def plain_summary(results: Mapping[str, Any]) -> list[str]:
+    """What the matrix means, in sentences: which NAT pairs need TURN, where TURN has to run
+    over TCP, which pairs connect directly, and what did not go as expected."""
+    cases = [c for c in results.get("cases", []) if "browser" not in c]
+    by_pair: dict[tuple[str, ...], dict[str, Mapping[str, Any]]] = {}
+    for c in cases:
+        by_pair.setdefault(_pair_key(c), {})[str(c.get("path"))] = c
+    full = {k: v for k, v in by_pair.items() if set(PATHS) <= set(v)}
+    out: list[str] = []
+
+    def up(c: Mapping[str, Any] | None) -> bool:
+        return c is not None and c.get("observed") == "connected"
+
+    def names(keys: Iterable[tuple[str, ...]]) -> str:
+        return ", ".join(" × ".join(k) if k[-1] != "same LAN" else f"{k[0]} (same LAN)" for k in keys)
+
+    if full:
+        turn = [k for k, v in full.items() if up(v["relay"]) and not up(v["host"]) and not up(v["srflx"])]
+        none = [k for k, v in full.items() if not any(up(x) for x in v.values())]
+        direct = len(full) - len(turn) - len(none)
+        sentence = f"{len(turn)} of {len(full)} NAT pairs need TURN"
+        out.append(sentence + (f": {names(turn)}." if turn else "."))
+        out.append(f"{direct} of {len(full)} pairs connect without a relay (host or server-reflexive candidates).")
+        if none:
+            out.append(f"{len(none)} pairs do not connect even through TURN: {names(none)}.")
+    else:
+        out.append("Not every path ran for any NAT pair (--only), so no pair can be said to need TURN.")
+    # TURN over TCP: NATs whose relay cases connected only with a TCP allocation on their side.
+    tcp_only: dict[str, list[bool]] = {}
+    for c in cases:
+        if c.get("path") != "relay" or not up(c):
+            continue
+        sides = zip(c.get("nats", []), relay_transports(c), strict=False)
+        for nat, proto in sides:
+            tcp_only.setdefault(str(nat), []).append(proto == "TCP")
+    blocked = {n.get("name") for n in (results.get("lab") or {}).get("nats", []) if n.get("block_udp")}
+    need_tcp = sorted(n for n, seen in tcp_only.items() if seen and all(seen) and (n in blocked or not blocked))
+    if need_tcp:
+        out.append(f"Relay over TCP needed for {', '.join(need_tcp)}: UDP does not get out there, "
+                   "so only TURN over TCP (or TLS) connects.")
+    elif blocked:
+        out.append(f"UDP is blocked at {', '.join(sorted(str(b) for b in blocked))}; no relay case behind it connected over TCP.")
+    bad = [c for c in cases if c.get("pass") is False]
+    if bad:
+        out.append(f"{len(bad)} of {len(cases)} cases did not go as the NAT types predict (red or amber cells).")
+    else:
+        out.append(f"All {len(cases)} cases went as the NAT types predict.")
+    return out
+
+
 def _timing(results: Mapping[str, Any]) -> str:
     cases = [c for c in results.get("cases", []) if "browser" not in c]
     timings = results.get("timings") or {}
@@ -425,7 +506,7 @@ svg text{font:12px system-ui,sans-serif;fill:#1d2330}svg .c{text-anchor:middle}s
 .bars{max-width:720px;margin:8px 0 12px}.bar{display:flex;align-items:center;gap:10px;margin:4px 0}
 .bl{width:110px;text-align:right;color:var(--mut);font-size:12px}.bt{flex:1;background:#e4e7ec;height:14px;border-radius:7px;overflow:hidden}
 .bf{display:block;height:100%;background:#3b6fd8}.bv{width:70px;font-variant-numeric:tabular-nums;font-size:12px}
-ul.errors{color:var(--bad)}
+ul.errors{color:var(--bad)}ul.plain{margin:6px 0 0;padding-left:20px;font-size:15px}ul.plain li{margin:3px 0}
 """
 
 _JS = """
@@ -472,15 +553,27 @@ def render_html(results: Mapping[str, Any], topology: Any = None) -> str:
         f"{_e(f'{duration:.1f}') if isinstance(duration, int | float) else '?'} s · "
         f"TURN engine {_e(engine)}"
     )
+    when = results.get("started_at") or "unknown time"
+    where = results.get("host") or "unknown host"
+    version = results.get("natkit_version") or "unknown"
+    provenance = (
+        f'<span id="started">{_e(when)}</span> on <span id="host">{_e(where)}</span> · natkit '
+        f'<span id="version">{_e(version)}</span> · {_e(results.get("engine") or "netns")} engine'
+    )
+    sentences = "".join(f"<li>{_e(t)}</li>" for t in plain_summary(results))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+{GENERATOR}
 <title>natkit lab {_e(name)}: {"PASS" if passed else "FAIL"}</title>
 <style>{_CSS}</style></head>
 <body>
 <header><span class="badge {"pass" if passed else "fail"}" id="verdict">{"PASS" if passed else "FAIL"}</span>
-<div><h1>natkit NAT lab — {_e(name)}</h1><div class="meta" id="summary">{summary}</div></div></header>
+<div><h1>natkit NAT lab — {_e(name)}</h1><div class="meta" id="summary">{summary}</div>
+<div class="meta" id="provenance">{provenance}</div></div></header>
 <main>
+<h2>In short</h2>
+<ul class="plain" id="plain-summary">{sentences}</ul>
 {f'<ul class="errors">{"".join(f"<li>{_e(e)}</li>" for e in errors)}</ul>' if errors else ""}
 <h2>Which paths connect</h2>
 <p class="muted">Each cell is one case: a caller behind the row's NAT, a callee behind the column's
@@ -508,8 +601,10 @@ timings, the reason for the expectation and the packet evidence.</p>
 
 
 def write_html(path: str | os.PathLike[str], results: Mapping[str, Any], topology: Any = None) -> None:
-    """Write :func:`render_html` to ``path`` (``natkit lab run --html FILE``)."""
+    """Write :func:`render_html` to ``path`` atomically (``natkit lab run --html FILE``)."""
+    from natkit.lab.output import write_atomic
+
     try:
-        Path(path).write_text(render_html(results, topology), encoding="utf-8")
+        write_atomic(path, render_html(results, topology))
     except OSError as exc:
-        raise UsageError(f"--html {path}: cannot write: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot write: {exc.strerror or exc}", param="html", where=str(path)) from None

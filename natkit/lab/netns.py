@@ -32,8 +32,9 @@ Building blocks (:class:`NetnsLab`, a context manager)::
     cleanup_leftovers(force=True)                # ...and live runs' of other processes too
 
 ``impair`` uses netem when the kernel has it (:func:`has_netem`); without netem, loss is done
-by an nftables netdev egress rule and a delay raises :class:`~natkit.errors.UsageError`.
-Failing system commands raise :class:`NetnsError`.
+by an nftables netdev egress rule and a delay raises :class:`~natkit.errors.PrerequisiteError`.
+Failing system commands raise :class:`NetnsError` (a PrerequisiteError: exit status 2, one line
+saying which command failed, why, and what to do).
 
 The probe topology (:class:`NatTopology`)::
 
@@ -54,8 +55,8 @@ have ``eth0`` and a default route via the router. The server side has no route t
 so only the NAT's public address is reachable from outside. ``NatTopology`` also works with
 ``async with`` (set-up runs in a worker thread).
 
-Run as root; :func:`check_prerequisites` raises :class:`natkit.errors.UsageError` naming what
-is missing.
+Run as root; :func:`check_prerequisites` raises :class:`natkit.errors.PrerequisiteError`
+naming what is missing.
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
-from natkit.errors import NatkitError, UsageError
-from natkit.lab.nat import NatBehaviour, nat_ruleset, router_sysctls
+from natkit.errors import ConfigError, PrerequisiteError
+from natkit.lab import nats
+from natkit.lab.nats import NatBehaviour
 
 __all__ = [
     "PREFIX",
@@ -104,8 +106,28 @@ _CLONE_NEWNET = 0x40000000
 _T = TypeVar("_T")
 
 
-class NetnsError(NatkitError):
-    """A system command of the netns engine failed (not the user's fault)."""
+class NetnsError(PrerequisiteError):
+    """A system command of the netns engine failed: the host refused (exit status 2)."""
+
+
+# What a failing command's error text usually means on a lab host, and what to do about it.
+_HINTS = (
+    ("File exists", "a namespace or link of that name is left over: run 'natkit lab clean'"),
+    ("Operation not permitted", "run as root with CAP_NET_ADMIN (not in an unprivileged container)"),
+    ("Permission denied", "run as root with CAP_NET_ADMIN (not in an unprivileged container)"),
+    ("No space left", "the host is out of a resource (namespaces, memory): run 'natkit lab clean'"),
+    ("Cannot allocate memory", "the host is out of memory or of namespaces: run 'natkit lab clean'"),
+    ("Could not process rule", "the kernel lacks an nftables feature this lab uses (nf_tables, nft_ct, nft_nat)"),
+    ("No such file or directory", "a kernel module or tool is missing (nf_tables, veth, bridge): load or install it"),
+    ("Unknown device type", "the kernel lacks a link type (veth, bridge): load its module (modprobe veth bridge)"),
+)
+
+
+def _hint(text: str) -> str:
+    for needle, hint in _HINTS:
+        if needle in text:
+            return hint
+    return "check the host (root, kernel modules veth/bridge/nf_tables) or run 'natkit lab clean'"
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,15 +135,15 @@ class NetnsError(NatkitError):
 
 
 def check_prerequisites() -> None:
-    """Raise :class:`UsageError` saying what to install or change if the engine cannot run."""
+    """Raise :class:`PrerequisiteError` saying what to install or change if the engine cannot run."""
     if os.name != "posix" or not Path("/proc/self/ns/net").exists():
-        raise UsageError("the netns lab needs Linux with network namespaces (/proc/self/ns/net)")
+        raise PrerequisiteError("the netns lab needs Linux with network namespaces (/proc/self/ns/net)")
     if os.geteuid() != 0:
-        raise UsageError("the netns lab needs root: run it with sudo (or as root in a container)")
+        raise PrerequisiteError("the netns lab needs root: run it with sudo (or as root in a container)")
     missing = [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
     if missing:
         pkgs = {"ip": "iproute2", "nft": "nftables"}
-        raise UsageError(
+        raise PrerequisiteError(
             f"missing {', '.join(missing)}: install {' '.join(pkgs[m] for m in missing)} "
             "(e.g. apt-get install iproute2 nftables)"
         )
@@ -133,9 +155,12 @@ def _cmd(argv: Sequence[str], *, input: str | None = None, timeout: float = 20) 
             list(argv), input=input, capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired:
-        raise NetnsError(f"{' '.join(argv)}: no answer in {timeout} s") from None
+        raise NetnsError(f"'{' '.join(argv)}' gave no answer in {timeout} s; the host is overloaded or stuck") from None
+    except OSError as exc:
+        raise NetnsError(f"cannot run '{argv[0]}': {exc.strerror or exc}; install iproute2 and nftables") from None
     if res.returncode != 0:
-        raise NetnsError(f"{' '.join(argv)}: {res.stderr.strip() or f'exit {res.returncode}'}")
+        err = " ".join(res.stderr.split()) or f"exit {res.returncode}"
+        raise NetnsError(f"'{' '.join(argv)}' failed: {err[:300]}; {_hint(err)}")
     return res.stdout
 
 
@@ -150,7 +175,7 @@ def _setns(ns: str) -> None:
     try:
         if _libc.setns(fd, _CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
-            raise NetnsError(f"setns into {ns}: {os.strerror(err)}")
+            raise NetnsError(f"setns into {ns}: {os.strerror(err)}; {_hint(os.strerror(err))}")
     finally:
         os.close(fd)
 
@@ -305,7 +330,7 @@ class NetnsLab:
 
     def __init__(self, prefix: str = PREFIX) -> None:
         if not re.fullmatch(r"[a-z]{1,4}", prefix):
-            raise UsageError(f"namespace prefix {prefix!r}: use 1-4 lowercase letters")
+            raise ConfigError(f"namespace prefix {prefix!r}: use 1-4 lowercase letters", param="prefix")
         self.prefix = prefix
         self.tag = f"{prefix}{secrets.token_hex(3)}"
         self.namespaces: list[str] = []
@@ -391,7 +416,7 @@ class NetnsLab:
     def add_ns(self, role: str) -> str:
         """Create namespace ``<tag>-<role>`` with loopback up; return its name."""
         if not re.fullmatch(r"[A-Za-z0-9_.]{1,24}", role):
-            raise UsageError(f"namespace role {role!r}: use 1-24 letters, digits, _ or .")
+            raise ConfigError(f"namespace role {role!r}: use 1-24 letters, digits, _ or .", param="role")
         ns = f"{self.tag}-{role}"
         self.namespaces.append(ns)
         self._write_state()  # before creation: a kill -9 right after still leaves a record
@@ -413,7 +438,7 @@ class NetnsLab:
         """Create a veth pair ``ns_a:if_a <-> ns_b:if_b``, both up; ``if_b`` joins ``master``."""
         for name in (if_a, if_b):
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", name):
-                raise UsageError(f"interface name {name!r}: use 1-15 of A-Za-z0-9_.-")
+                raise ConfigError(f"interface name {name!r}: use 1-15 of A-Za-z0-9_.-", param="ifname")
         _cmd(
             [
                 "ip",
@@ -483,25 +508,16 @@ class NetnsLab:
         public_ip: str,
         inside_net: str,
     ) -> None:
-        """Make router ``ns`` behave like ``behaviour`` (sysctls + nftables ruleset)."""
-        for key, value in router_sysctls(behaviour).items():
+        """Make router ``ns`` behave like ``behaviour``: its kind's recipe (sysctls + nftables)."""
+        recipe = nats.recipe(behaviour, nats.RouterSide(inside_if, outside_if, public_ip, inside_net))
+        for key, value in recipe.sysctls.items():
             self.sysctl(ns, key, value)
-        self.apply_nft(
-            ns,
-            nat_ruleset(
-                behaviour,
-                inside_if=inside_if,
-                outside_if=outside_if,
-                public_ip=public_ip,
-                inside_net=inside_net,
-                table="natkit",
-            ),
-        )
+        self.apply_nft(ns, recipe.nft)
 
     def impair(self, ns: str, ifname: str, *, delay_ms: float = 0, loss_pct: float = 0) -> None:
         """Delay and/or drop packets leaving ``ns:ifname`` (netem; without netem: loss only)."""
         if not 0 <= loss_pct <= 100 or delay_ms < 0:
-            raise UsageError(f"{ns}:{ifname}: loss must be 0..100 % and delay >= 0 ms")
+            raise ConfigError(f"{ns}:{ifname}: loss must be 0..100 % and delay >= 0 ms", param="loss_pct")
         table = f"impair_{re.sub(r'[^A-Za-z0-9_]', '_', ifname)}"
         if delay_ms == 0 and loss_pct == 0:  # back to a clean link
             self.run(ns, ["tc", "qdisc", "del", "dev", ifname, "root"])
@@ -528,7 +544,7 @@ class NetnsLab:
             _cmd(argv)
             return
         if delay_ms:
-            raise UsageError(
+            raise PrerequisiteError(
                 f"link delay on {ns}:{ifname} needs the kernel's netem qdisc "
                 "(CONFIG_NET_SCH_NETEM / module sch_netem), which this kernel lacks; "
                 "drop the delay setting or use a kernel with netem"
@@ -611,7 +627,7 @@ class NatTopology:
         if isinstance(behaviour, str):
             behaviour = NatBehaviour.preset(behaviour)
         if clients not in (1, 2):
-            raise UsageError(f"NatTopology: clients must be 1 or 2, not {clients}")
+            raise ConfigError(f"NatTopology: clients must be 1 or 2, not {clients}", param="clients")
         self.behaviour = behaviour
         self.clients = clients
         self.lab = NetnsLab(prefix)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-__all__ = ["Progress", "cell", "render"]
+__all__ = ["Progress", "case_line", "cell", "render"]
 
 ROUTE_LETTER = {"direct": "D", "relay": "R", "lan": "L", "hairpin": "H"}
 
@@ -126,17 +126,20 @@ def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
     for e in result.get("errors", []):
         w(f"  ERROR {e}\n")
     n = len(result["cases"])
-    conn = sum(c["observed"] == "connected" for c in result["cases"])
+    conn = sum(c["observed"] == "connected" and c["pass"] for c in result["cases"])
+    failed_ok = sum(c["observed"] != "connected" and c["pass"] for c in result["cases"])
     probes_ok = sum(p["pass"] for p in result["probes"])
     w(
-        f"{'PASS' if result['pass'] else 'FAIL'}: {n} cases ({conn} connected, {n - conn} failed), "
-        f"{n - len(bad)}/{n} as expected; probes {probes_ok}/{len(result['probes'])}; "
+        f"{'PASS' if result['pass'] else 'FAIL'}: {n} cases: {conn} connected, {failed_ok} failed as expected, "
+        f"{len(bad)} unexpected; probes {probes_ok}/{len(result['probes'])}; "
         f"{result['duration_s']:.1f} s (turn engine: {result['turn_engine']})\n"
     )
 
 
 class Progress:
-    """Progress while running: one updating line on a terminal, plain lines otherwise."""
+    """Progress while running: one updating line on a terminal, plain lines otherwise.
+
+    A callable for :data:`natkit.lab.orchestrate.Progress` events (stage, probe, case)."""
 
     def __init__(self, out: TextIO = sys.stderr) -> None:
         self.out = out
@@ -146,19 +149,14 @@ class Progress:
         if kind == "stage":
             self._line(info["text"], final=True)
         elif kind == "case":
-            a, b = info["nats"]
-            ok = info["observed"] == info["expected"]
-            text = (
-                f"[{info['done']}/{info['total']}] {a} x {b} {info['path']}: {info['observed']}"
-                f"{'' if ok else ' (expected ' + info['expected'] + ')'}  failures: {info['failures']}"
-            )
-            self._line(text, final=not ok)
+            self._line(*case_line(info["case"], info["done"], info["total"], info["tally"]))
         elif kind == "probe":
-            obs = info["observed"]
+            p = info["probe"]
+            obs = p.observed
             self._line(
-                f"probe {info['nat']}: {obs.get('nat_type')} ({obs.get('mapping')} / {obs.get('filtering')})"
-                f"{'' if info['pass'] else '  MISMATCH'}",
-                final=not info["pass"],
+                f"probe {p.nat}: {obs.get('nat_type')} ({obs.get('mapping')} / {obs.get('filtering')})"
+                f"{'' if p.passed else '  MISMATCH'}",
+                final=not p.passed,
             )
 
     def _line(self, text: str, final: bool) -> None:
@@ -172,3 +170,19 @@ class Progress:
         if self.tty:
             self.out.write("\r\x1b[K")
             self.out.flush()
+
+
+def case_line(case: Any, done: int, total: int, tally: Any) -> tuple[str, bool]:
+    """The progress line of one finished case (a CaseResult) and whether it stays on screen
+    (an unexpected outcome does). Expected failures are counted as such, never as failures."""
+    a, b = case.case.nats
+    stacks = "" if case.case.stacks == ("aiortc", "aiortc") else f" [{case.case.stacks[0]} -> {case.case.stacks[1]}]"
+    if case.as_expected:
+        what = case.observed if case.observed == "connected" else "failed as expected"
+    else:
+        what = f"{case.observed}, UNEXPECTED (expected {case.expected})"
+    text = (
+        f"[{done}/{total}] {a} x {b} {case.case.path}{stacks}: {what}  ({tally.connected} connected, "
+        f"{tally.failed_as_expected} failed as expected, {tally.unexpected} unexpected)"
+    )
+    return text, not case.as_expected

@@ -168,7 +168,7 @@ class SignalingServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         try:
             await self._http(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError, SignalingError, asyncio.LimitOverrunError, ValueError):
@@ -178,7 +178,7 @@ class SignalingServer:
             # logging the cancellation as an error.
             pass
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

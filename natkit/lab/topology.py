@@ -3,22 +3,29 @@
 A topology names what the lab holds, not how an engine builds it: the netns engine
 (:mod:`natkit.lab.netns`) and a container generator read the same :class:`Topology` and the
 same :class:`Plan` (which router and peer gets which address). See ``configs/lab/default.toml``
-for the documented format. Every mistake in a file is a :class:`~natkit.errors.UsageError` of
-one line naming the file, the key and what is wrong.
+for the documented format. Every mistake in a file is a :class:`~natkit.errors.ConfigError` of
+one line naming the file, the key and what to do, however hostile the file: :func:`load` reads
+at most :data:`MAX_TOPOLOGY_BYTES` of a regular file, rejects binary data, numbers of more than
+:data:`MAX_DIGITS` digits and nesting deeper than :data:`MAX_NESTING` before ``tomllib`` sees
+the text (its parser recurses), and :func:`parse` checks the type of every value and rejects
+unknown keys with their path.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from natkit.errors import UsageError
-from natkit.lab.nat import PRESETS, NatBehaviour
+from natkit.errors import ConfigError
+from natkit.lab import nats
+from natkit.lab.nats import GENERIC_KNOBS, NatBehaviour
 
 __all__ = [
     "DEFAULT_TOPOLOGY",
@@ -31,12 +38,17 @@ __all__ = [
     "RouterPlan",
     "Topology",
     "load",
+    "loads",
     "parse",
 ]
 
 # configs/lab/default.toml; the package carries it too (a link in a source tree, a copy in a wheel).
 DEFAULT_TOPOLOGY = Path(__file__).with_name("default.toml").resolve()
 PATHS = ("host", "srflx", "relay")
+DEFAULT_STACKS = ("aiortc", "aiortc")
+MAX_TOPOLOGY_BYTES = 1 << 20  # 1 MiB: the default topology is ~4 KiB
+MAX_NESTING = 32  # arrays/inline tables inside each other; a topology needs 2
+MAX_DIGITS = 64  # digits in one number; Python refuses int() of more than 4300
 TURN_ENGINES = ("natkit", "coturn")
 TURN_TRANSPORTS = ("udp", "tcp")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
@@ -103,15 +115,19 @@ class Servers:
 
 @dataclass(frozen=True)
 class Case:
-    """One cell of the matrix: a caller behind ``nats[0]``, a callee behind ``nats[1]``, a path."""
+    """One cell of the matrix: a caller behind ``nats[0]``, a callee behind ``nats[1]``, a path,
+    and the ICE stacks of caller and callee (names of :mod:`natkit.lab.stacks`)."""
 
     nats: tuple[str, str]
     path: str
     same_lan: bool = False
+    stacks: tuple[str, str] = DEFAULT_STACKS
 
     @property
     def id(self) -> str:
-        return f"{self.nats[0]}~{self.nats[1]}/{self.path}"
+        """Unique per case (the signaling room's name)."""
+        base = f"{self.nats[0]}~{self.nats[1]}/{self.path}"
+        return base if self.stacks == DEFAULT_STACKS else f"{self.stacks[0]}-{self.stacks[1]}:{base}"
 
 
 @dataclass(frozen=True)
@@ -236,14 +252,32 @@ class Topology:
 # -- reading ------------------------------------------------------------------------------
 
 
+def _show(value: Any) -> str:
+    """A value for an error message: short, whatever it is (a 5,000-digit integer, a huge list)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**18:
+        return f"an integer of about {len(str(abs(value) // 10**18)) + 18} digits"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"the string {text}" if isinstance(value, str) else text
+
+
+def _short(text: str) -> str:
+    quoted = repr(text)
+    return quoted if len(quoted) <= 60 else quoted[:57] + "..."
+
+
 class _Reader:
     """Walks the parsed TOML, naming ``file: key`` in every error."""
 
     def __init__(self, source: str) -> None:
         self.source = source
 
-    def fail(self, key: str, what: str) -> UsageError:
-        return UsageError(f"{self.source}: key '{key}': {what}")
+    def fail(self, key: str, what: str) -> ConfigError:
+        return ConfigError(f"key '{key}': {what}", param=key, where=self.source)
 
     def table(self, data: Mapping[str, Any], key: str, name: str, required: bool = False) -> dict[str, Any]:
         full = f"{key}.{name}" if key else name
@@ -253,7 +287,16 @@ class _Reader:
             return {}
         value = data[name]
         if not isinstance(value, dict):
-            raise self.fail(full, f"expected a table, got {type(value).__name__}")
+            raise self.fail(full, f"expected a table, got {_show(value)}")
+        return value
+
+    def tables(self, data: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+        value = data.get(name, [])
+        if not isinstance(value, list):
+            raise self.fail(name, f"expected [[{name}]] tables, got {_show(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self.fail(f"{name}[{i}]", f"expected a table, got {_show(item)}")
         return value
 
     def check_keys(self, data: Mapping[str, Any], key: str, allowed: set[str]) -> None:
@@ -274,14 +317,16 @@ class _Reader:
         if isinstance(value, bool) and bool not in kinds:
             raise self.fail(full, f"expected {_kind_name(kinds)}, got a boolean")
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > 2**53:  # float() of a huge integer overflows
+                raise self.fail(full, f"{_show(value)} is out of range")
             value = float(value)
         if not isinstance(value, kinds):
-            raise self.fail(full, f"expected {_kind_name(kinds)}, got {type(value).__name__} {value!r}")
+            raise self.fail(full, f"expected {_kind_name(kinds)}, got {_show(value)}")
         return value
 
     def number(self, data: Mapping[str, Any], key: str, name: str, default: float, lo: float, hi: float) -> float:
         value = float(self.get(data, key, name, float, default))
-        if not lo <= value <= hi:
+        if not lo <= value <= hi:  # NaN fails too
             raise self.fail(f"{key}.{name}", f"{value:g} is out of range; give {lo:g}..{hi:g}")
         return value
 
@@ -293,15 +338,29 @@ class _Reader:
         try:
             addr = ipaddress.IPv4Address(text)
         except ValueError:
-            raise self.fail(full, f"{text!r} is not an IPv4 address") from None
+            raise self.fail(full, f"{_short(text)} is not an IPv4 address") from None
         if net is not None and (addr not in net or addr in (net.network_address, net.broadcast_address)):
             raise self.fail(full, f"{text} is not a host address of the internet subnet {net}")
         return text
 
+    def network(self, full: str, text: str, example: str) -> ipaddress.IPv4Network:
+        try:
+            net = ipaddress.IPv4Network(text)
+        except ValueError as exc:
+            why = str(exc) if len(str(exc)) <= 100 else "not an IPv4 network"
+            raise self.fail(full, f"{_short(text)}: {why}; give a CIDR such as {example}") from None
+        # The kernel will not route these between namespaces (or should not be shadowed).
+        for what, flag in (("loopback", net.is_loopback), ("multicast", net.is_multicast),
+                           ("link-local", net.is_link_local), ("reserved", net.is_reserved),
+                           ("unspecified", net.network_address.is_unspecified)):
+            if flag:
+                raise self.fail(full, f"{text} is a {what} range; give a unicast range such as {example}")
+        return net
+
     def port(self, data: Mapping[str, Any], key: str, name: str, default: int) -> int:
         value = self.get(data, key, name, int, default)
         if not 1 <= value <= 65535:
-            raise self.fail(f"{key}.{name}", f"{value} is not a port; give 1..65535")
+            raise self.fail(f"{key}.{name}", f"{_show(value)} is not a port; give 1..65535")
         return int(value)
 
     def link(self, data: Mapping[str, Any], key: str) -> Link:
@@ -318,27 +377,34 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-_NAT_KEYS = {"name", "type", "hairpin", "udp_timeout_s", "wan", "lan"}
+_NAT_KEYS = {"name", "type", "wan", "lan", *GENERIC_KNOBS}
 
 
-def _nat(r: _Reader, data: Any, key: str, same_lan: bool) -> NatSpec:
-    if not isinstance(data, dict):
-        raise r.fail(key, f"expected a table, got {type(data).__name__}")
+def _nat(r: _Reader, data: dict[str, Any], key: str, same_lan: bool) -> NatSpec:
     r.check_keys(data, key, _NAT_KEYS)
     name = r.get(data, key, "name", str)
     if not _NAME.match(name):
-        raise r.fail(f"{key}.name", f"{name!r} is not a valid name; use 1-20 of a-z, 0-9, '-', starting with a letter")
-    kind = r.get(data, key, "type", str)
-    if kind not in PRESETS:
-        raise r.fail(f"{key}.type", f"unknown NAT type {kind!r}; expected one of: {', '.join(PRESETS)}")
-    hairpin = r.get(data, key, "hairpin", bool, False)
-    timeout = r.number(data, key, "udp_timeout_s", 60, MIN_UDP_TIMEOUT_S, 86400)
-    if timeout != int(timeout):
-        raise r.fail(f"{key}.udp_timeout_s", f"{timeout:g} is not a whole number of seconds")
-    behaviour = NatBehaviour.preset(kind, hairpinning=hairpin, udp_timeout=int(timeout))
+        raise r.fail(f"{key}.name", f"{_short(name)} is not a valid name; use 1-20 of a-z, 0-9, '-', starting with a letter")
+    type_name = r.get(data, key, "type", str)
+    if type_name not in nats.names():
+        raise r.fail(f"{key}.type", f"unknown NAT type {_short(type_name)}; expected one of: {', '.join(nats.names())}")
+    kind = nats.get(type_name)
+    knobs: dict[str, object] = {}
+    if "hairpin" in data:
+        knobs["hairpin"] = r.get(data, key, "hairpin", bool)
+    if "udp_timeout_s" in data:
+        timeout = r.number(data, key, "udp_timeout_s", 60, MIN_UDP_TIMEOUT_S, 86400)
+        if timeout != int(timeout):
+            raise r.fail(f"{key}.udp_timeout_s", f"{timeout:g} is not a whole number of seconds")
+        knobs["udp_timeout_s"] = int(timeout)
+    knobs.setdefault("udp_timeout_s", 60)
+    for knob in knobs:
+        if knob not in kind.knobs and knob in data:
+            raise r.fail(f"{key}.{knob}", f"NAT type {type_name!r} takes no {knob}; remove it")
+    behaviour = kind.from_knobs({k: v for k, v in knobs.items() if k in kind.knobs})
     wan = r.link(r.table(data, key, "wan"), f"{key}.wan")
     lan = r.link(r.table(data, key, "lan"), f"{key}.lan")
-    return NatSpec(name, kind, behaviour, wan, lan, peers=2 if same_lan else 1, same_lan=same_lan)
+    return NatSpec(name, type_name, behaviour, wan, lan, peers=2 if same_lan else 1, same_lan=same_lan)
 
 
 def parse(data: Mapping[str, Any], source: str = "<topology>") -> Topology:
@@ -348,23 +414,19 @@ def parse(data: Mapping[str, Any], source: str = "<topology>") -> Topology:
     lab = r.table(data, "", "lab")
     r.check_keys(lab, "lab", {"name", "case_deadline_s", "parallel", "lan_base"})
     name = r.get(lab, "lab", "name", str, "lab")
+    if not 0 < len(name) <= 64 or any(ord(c) < 0x20 for c in name):
+        raise r.fail("lab.name", "give 1-64 printable characters")
     deadline = r.number(lab, "lab", "case_deadline_s", 10.0, 2.0, 120.0)
     parallel = int(r.number(lab, "lab", "parallel", 0, 0, 256))
     lan_base = r.get(lab, "lab", "lan_base", str, "10.64.0.0/16")
-    try:
-        lan_net = ipaddress.IPv4Network(lan_base)
-    except ValueError as exc:
-        raise r.fail("lab.lan_base", f"{exc}; give a CIDR such as 10.64.0.0/16") from None
+    lan_net = r.network("lab.lan_base", lan_base, "10.64.0.0/16")
     if lan_net.prefixlen > 18:
         raise r.fail("lab.lan_base", f"{lan_base} is too small; give a /18 or larger (one /24 per router)")
 
     inet = r.table(data, "", "internet", required=True)
     r.check_keys(inet, "internet", {"subnet", "delay_ms", "jitter_ms", "loss_pct"})
     subnet = r.get(inet, "internet", "subnet", str)
-    try:
-        net = ipaddress.IPv4Network(subnet)
-    except ValueError as exc:
-        raise r.fail("internet.subnet", f"{exc}; give a CIDR such as 203.0.113.0/24") from None
+    net = r.network("internet.subnet", subnet, "203.0.113.0/24")
     if net.prefixlen > 26:
         raise r.fail("internet.subnet", f"{subnet} is too small; give a /26 or larger")
     if net.overlaps(lan_net):
@@ -389,18 +451,22 @@ def parse(data: Mapping[str, Any], source: str = "<topology>") -> Topology:
     r.check_keys(turn, "turn", {"engine", "address", "port", "transports", "username", "password", "realm"})
     engine = r.get(turn, "turn", "engine", str, "natkit")
     if engine not in TURN_ENGINES:
-        raise r.fail("turn.engine", f"unknown engine {engine!r}; expected one of: {', '.join(TURN_ENGINES)}")
+        raise r.fail("turn.engine", f"unknown engine {_short(engine)}; expected one of: {', '.join(TURN_ENGINES)}")
     taddr = r.ip(turn, "turn", "address", net)
     tport = r.port(turn, "turn", "port", 3478)
     transports = r.get(turn, "turn", "transports", list, ["udp", "tcp"])
-    if not transports or any(t not in TURN_TRANSPORTS for t in transports) or len(set(transports)) != len(transports):
-        raise r.fail("turn.transports", f"{transports!r}: give a list of distinct transports out of udp, tcp")
+    if (
+        not transports
+        or not all(isinstance(t, str) and t in TURN_TRANSPORTS for t in transports)
+        or len(set(transports)) != len(transports)
+    ):
+        raise r.fail("turn.transports", f"{_show(transports)}: give a list of distinct transports out of udp, tcp")
     user = r.get(turn, "turn", "username", str, "natkit")
     password = r.get(turn, "turn", "password", str, "natkit-lab")
     realm = r.get(turn, "turn", "realm", str, "lab.natkit")
     for k, v in (("username", user), ("password", password), ("realm", realm)):
-        if not v or any(ord(c) < 0x20 for c in v):
-            raise r.fail(f"turn.{k}", "must be a non-empty string without control characters")
+        if not 0 < len(v) <= 256 or any(ord(c) < 0x20 for c in v):
+            raise r.fail(f"turn.{k}", "must be a string of 1-256 characters without control characters")
 
     sig = r.table(data, "", "signaling", required=True)
     r.check_keys(sig, "signaling", {"address", "port"})
@@ -417,43 +483,104 @@ def parse(data: Mapping[str, Any], source: str = "<topology>") -> Topology:
     if taddr == saddr and tport == sigport:
         raise r.fail("signaling.port", "TURN and signaling share an address and a port")
 
-    nats_data = data.get("nat", [])
-    if not isinstance(nats_data, list) or not nats_data:
+    nats_data = r.tables(data, "nat")
+    if not nats_data:
         raise r.fail("nat", "give at least one [[nat]] table")
-    nats = [_nat(r, d, f"nat[{i}]", False) for i, d in enumerate(nats_data)]
-    lans_data = data.get("same_lan", [])
-    if not isinstance(lans_data, list):
-        raise r.fail("same_lan", "expected [[same_lan]] tables")
-    nats += [_nat(r, d, f"same_lan[{i}]", True) for i, d in enumerate(lans_data)]
+    lans_data = r.tables(data, "same_lan")
+    if len(nats_data) + len(lans_data) > 100:
+        raise r.fail("nat", f"{len(nats_data) + len(lans_data)} NATs; give at most 100")
+    found = [_nat(r, d, f"nat[{i}]", False) for i, d in enumerate(nats_data)]
+    found += [_nat(r, d, f"same_lan[{i}]", True) for i, d in enumerate(lans_data)]
     seen: set[str] = set()
-    for i, n in enumerate(nats):
+    for i, n in enumerate(found):
         if n.name in seen:
             where = f"nat[{i}]" if not n.same_lan else f"same_lan[{i - len(nats_data)}]"
             raise r.fail(f"{where}.name", f"duplicate name {n.name!r}")
         seen.add(n.name)
     hosts = net.num_addresses - 2 - 9 - len(used)
-    if 2 * len(nats) > hosts:
-        raise r.fail("internet.subnet", f"{subnet} has no room for {2 * len(nats)} router addresses")
-    if 2 * len(nats) > 2 ** (24 - lan_net.prefixlen):
-        raise r.fail("lab.lan_base", f"{lan_base} has no room for {2 * len(nats)} router LANs")
+    if 2 * len(found) > hosts:
+        raise r.fail("internet.subnet", f"{subnet} has no room for {2 * len(found)} router addresses")
+    if 2 * len(found) > 2 ** (24 - lan_net.prefixlen):
+        raise r.fail("lab.lan_base", f"{lan_base} has no room for {2 * len(found)} router LANs")
 
     servers = Servers(
         (a0, a1), sport, salt, engine, taddr, tport, tuple(transports), user, password, realm, saddr, sigport
     )
-    return Topology(source, name, str(net), link, str(lan_net), servers, tuple(nats), deadline, parallel)
+    return Topology(source, name, str(net), link, str(lan_net), servers, tuple(found), deadline, parallel)
 
 
-def load(path: str | Path | None = None) -> Topology:
-    """Read and validate a topology file (the default one when ``path`` is None)."""
-    p = Path(path) if path is not None else DEFAULT_TOPOLOGY
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{p}: no such topology file; give a path such as {DEFAULT_TOPOLOGY}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{p}: cannot read the topology file: {exc}") from None
+# What the pre-scan looks at: strings and comments (skipped), brackets, long digit runs, lines.
+_TOKENS = re.compile(
+    r'"""(?:\\.|[^\\])*?"""|\'\'\'.*?\'\'\'|"(?:\\.|[^"\\\n])*"|\'[^\'\n]*\'|#[^\n]*'
+    rf"|[\[\]{{}}]|\d[\d_]{{{MAX_DIGITS},}}|\n",
+    re.DOTALL,
+)
+
+
+def _prescan(text: str, where: str) -> None:
+    """Refuse what would make ``tomllib`` recurse too deep or convert a huge number."""
+    depth, line = 0, 1
+    for m in _TOKENS.finditer(text):
+        tok = m.group()
+        if tok == "\n":
+            line += 1
+        elif tok in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise ConfigError(
+                    f"line {line}: arrays or tables nested more than {MAX_NESTING} deep; a topology "
+                    "needs two levels (see configs/lab/default.toml)", where=where,
+                )
+        elif tok in "]}":
+            depth = max(0, depth - 1)
+        elif tok[0].isdigit():
+            raise ConfigError(
+                f"line {line}: a number of more than {MAX_DIGITS} digits; numbers in a topology are small",
+                where=where,
+            )
+        else:
+            line += tok.count("\n")
+
+
+def loads(text: str, source: str = "<topology>") -> Topology:
+    """Parse and validate topology TOML ``text`` (``source`` names it in errors)."""
+    if len(text) > MAX_TOPOLOGY_BYTES:
+        raise ConfigError(f"{len(text)} characters; a topology is at most 1 MiB", where=source)
+    if "\x00" in text:
+        raise ConfigError("contains NUL bytes: not a TOML text file; give a topology file", where=source)
+    _prescan(text, source)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{p}: invalid TOML: {exc}") from None
-    return parse(data, str(p))
+        raise ConfigError(f"invalid TOML: {exc}; fix the file (see configs/lab/default.toml)", where=source) from None
+    except (RecursionError, ValueError) as exc:  # the pre-scan should have caught these
+        raise ConfigError(f"cannot parse the TOML ({type(exc).__name__}); check the file's syntax", where=source) from None
+    return parse(data, source)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Topology:
+    """Read and validate a topology file (the default one when ``path`` is None)."""
+    p = Path(path) if path is not None else DEFAULT_TOPOLOGY
+    try:
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("not a regular file (a directory, device or FIFO); give a TOML topology file", where=str(p))
+        if st.st_size > MAX_TOPOLOGY_BYTES:
+            raise ConfigError(
+                f"{st.st_size} bytes; a topology file is at most 1 MiB (the default one is ~4 KiB)", where=str(p)
+            )
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_TOPOLOGY_BYTES + 1)  # the size may change between stat and read
+    except FileNotFoundError:
+        raise ConfigError(f"no such topology file; give a path such as {DEFAULT_TOPOLOGY}", where=str(p)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the topology file: {exc.strerror or exc}", where=str(p)) from None
+    if len(raw) > MAX_TOPOLOGY_BYTES:
+        raise ConfigError("larger than 1 MiB; a topology file is a few KiB", where=str(p))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text (byte {exc.start}): a binary file? give a TOML topology file", where=str(p)
+        ) from None
+    return loads(text, str(p))

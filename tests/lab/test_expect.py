@@ -6,8 +6,11 @@ import itertools
 
 import pytest
 
+from natkit.lab import nats
 from natkit.lab.expect import expect, expected_probe
-from natkit.lab.nat import PRESETS, Filtering, Mapping, NatBehaviour
+from natkit.lab.nats import Filtering, Mapping, NatBehaviour
+
+PRESETS = {k.name: k.model for k in nats.kinds()}
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -277,3 +277,68 @@ def test_chromium_renders_the_report(tmp_path: Path) -> None:
     assert colours[grey] > 0.005 * sampled, colours.most_common(8)  # expected failures
     assert colours[red] > 0, colours.most_common(8)  # the FAIL badge and the mismatch
     assert colours[header] > 0.02 * sampled  # the header bar
+
+
+def test_the_report_says_when_where_and_with_what_it_ran() -> None:
+    from natkit.lab.html import GENERATOR
+
+    topo = load()
+    results = {**_results(topo), "started_at": "2024-05-01T10:20:30+00:00", "host": "ci-7",
+               "natkit_version": "9.8.7", "engine": "netns"}
+    page = render_html(results, topo)
+    assert GENERATOR in page  # natkit may overwrite its own report (and nothing else)
+    dom = _dom(page)
+    assert dom.ids["started"] == "2024-05-01T10:20:30+00:00" and dom.ids["host"] == "ci-7"
+    assert dom.ids["version"] == "9.8.7" and "netns engine" in dom.ids["provenance"]
+
+
+def _as_observed(topo: Topology) -> dict[str, Any]:
+    """Every case as the model predicts, with the TURN transports aiortc reports: TCP for a
+    peer behind the UDP-blocking firewall, UDP elsewhere."""
+    plan = topo.plan()
+    blocked = {n.name for n in topo.nats if n.behaviour.block_udp}
+    cases = []
+    for case in topo.cases():
+        (ra, _), (rb, _) = plan.peers_of(case)
+        exp = expect(ra.nat.behaviour, rb.nat.behaviour, case.path, same_lan=case.same_lan)
+        sel = callee_sel = None
+        if exp.connected and case.path == "relay":
+            def relay(nat: str) -> dict[str, Any]:
+                return {"type": "relay", "address": "203.0.113.4", "port": 5000,
+                        "relay_transport": "tcp" if nat in blocked else "udp"}
+            sel = {"local": relay(case.nats[0]), "remote": {"type": "relay"}}
+            callee_sel = {"local": relay(case.nats[1]), "remote": {"type": "relay"}}
+        cases.append({"nats": list(case.nats), "path": case.path, "same_lan": case.same_lan,
+                      "expected": exp.outcome, "observed": exp.outcome, "expected_route": exp.route,
+                      "route": exp.route, "selected": sel, "callee_selected": callee_sel, "pass": True})
+    lab = {"nats": [{"name": n.name, "block_udp": n.behaviour.block_udp} for n in topo.nats]}
+    return {"cases": cases, "probes": [], "pass": True, "lab": lab, "turn_engine": "natkit"}
+
+
+def test_a_plain_language_summary_of_the_matrix() -> None:
+    from natkit.lab.html import plain_summary
+
+    topo = load()
+    text = plain_summary(_as_observed(topo))
+    # 21 NAT pairs + the same-LAN one; TURN is the only way for symmetric x symmetric,
+    # port-restricted x symmetric and every pair with the UDP-blocking firewall (6).
+    assert text[0].startswith("8 of 22 NAT pairs need TURN: "), text
+    assert "port-restricted × symmetric" in text[0] and "symmetric × symmetric" in text[0]
+    assert "full-cone × udp-blocked" in text[0]
+    assert text[1] == "14 of 22 pairs connect without a relay (host or server-reflexive candidates)."
+    assert any(t.startswith("Relay over TCP needed for udp-blocked:") for t in text), text
+    assert text[-1] == "All 66 cases went as the NAT types predict."
+    page = render_html(_as_observed(topo), topo)
+    assert "8 of 22 NAT pairs need TURN" in _dom(page).ids["plain-summary"]
+    # a run of one path cannot say which pairs need TURN
+    only = _as_observed(topo)
+    only["cases"] = [c for c in only["cases"] if c["path"] == "srflx"]
+    assert "no pair can be said to need TURN" in plain_summary(only)[0]
+
+
+def test_relay_cells_say_udp_or_tcp() -> None:
+    topo = load()
+    page = render_html(_as_observed(topo), topo)
+    routes = re.findall(r'<span class="route">([^<]*)</span>', page)
+    assert "relay UDP" in routes and "relay TCP" in routes and "relay UDP/TCP" in routes, Counter(routes)
+    assert "relay" not in routes  # every relay cell names its transport

@@ -19,7 +19,10 @@ import pytest
 
 from natkit.errors import UsageError
 from natkit.lab import report, runner
-from natkit.lab.topology import load
+from natkit.lab.expect import Expectation
+from natkit.lab.results import CaseResult, Evidence, LabResult, ProbeResult
+from natkit.lab.stacks import PeerResult
+from natkit.lab.topology import Case, load
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,8 +57,9 @@ def test_select_cases() -> None:
     cases = runner.select_cases(topo, ["symmetric:open"])
     assert [c.nats for c in cases] == [("open", "symmetric")] * 3
     for bad in (["nope"], ["open:nope"]):
-        with pytest.raises(UsageError, match="--only"):
+        with pytest.raises(UsageError, match="nope") as err:
             runner.select_cases(topo, bad)
+        assert err.value.param == "only"  # type: ignore[attr-defined]  # the CLI names --only
 
 
 def _case(expected: str, observed: str, route: str | None = "direct", consistent: bool = True) -> dict[str, Any]:
@@ -67,6 +71,20 @@ def _case(expected: str, observed: str, route: str | None = "direct", consistent
     }
 
 
+def _result(expected: str, observed: str, route: str | None = "direct", consistent: bool | None = True) -> CaseResult:
+    """A typed case as the orchestrator makes it (evidence as the runner attaches it)."""
+    up = observed == "connected"
+    exp = Expectation(expected == "connected", "direct" if expected == "connected" else None, "why")
+    peer = {"outcome": observed, "selected": {"local": {"type": "srflx"}, "remote": {"type": "srflx"}} if up else None}
+    c = CaseResult(
+        Case(("a", "b"), "srflx"), exp, PeerResult.from_json(peer, role="caller", path="srflx"),
+        PeerResult.from_json(peer, role="callee", path="srflx"), ("a-1", "b-1"), route=route if up else None,
+    )
+    if up and consistent is not None:
+        c.evidence = Evidence(route, route, 3, consistent, "x")
+    return c
+
+
 def test_cells_and_case_verdicts() -> None:
     assert report.cell(_case("connected", "connected")) == "D"
     assert report.cell(_case("failed", "failed")) == "."
@@ -74,38 +92,69 @@ def test_cells_and_case_verdicts() -> None:
     assert report.cell(_case("connected", "failed")) == "!F"
     assert report.cell(_case("connected", "connected", consistent=False)) == "!E"
     assert report.cell(_case("connected", "connected", route="relay")) == "!R"
-    assert runner._case_pass(_case("connected", "connected"), capture=True)
-    assert runner._case_pass(_case("failed", "failed"), capture=True)
-    assert not runner._case_pass(_case("connected", "failed"), capture=True)
-    assert not runner._case_pass(_case("connected", "connected", consistent=False), capture=True)
-    assert not runner._case_pass(_case("connected", "connected", route="lan"), capture=True)
+    assert _result("connected", "connected").judge(capture=True)
+    assert _result("failed", "failed").judge(capture=True)
+    assert not _result("connected", "failed").judge(capture=True)
+    assert not _result("failed", "connected").judge(capture=True)
+    assert not _result("connected", "connected", consistent=False).judge(capture=True)
+    assert not _result("connected", "connected", consistent=None).judge(capture=True)  # no evidence
+    assert _result("connected", "connected", consistent=None).judge(capture=False)
+    assert not _result("connected", "connected", route="lan").judge(capture=True)
+    # the typed case serialises to the documented keys, and the cell reads them back
+    data = _result("connected", "connected").to_json()
+    assert report.cell({**data, "pass": True}) == "D"
+    assert {"caller_stack", "callee_stack", "evidence", "selected", "pass"} <= set(data)
 
 
 def test_exit_code_follows_the_cases_and_probes() -> None:
-    good = {"nat": "x", "expected": {}, "observed": {}, "pass": True}
-    ok = runner.LabResult("t", "natkit", [{**_case("failed", "failed"), "pass": True}], [good], 1.0, {})
+    good = ProbeResult("x", "open", {}, {}, True)
+    ok_case = _result("failed", "failed")
+    ok_case.judge(capture=True)
+    ok = LabResult("t", "natkit", [ok_case], [good], 1.0, {})
     assert ok.exit_code == 0 and ok.to_json()["pass"] is True
-    bad_probe = runner.LabResult("t", "natkit", ok.cases, [{**good, "pass": False}], 1.0, {})
+    assert ok.to_json()["schema_version"] == 1
+    bad_probe = LabResult("t", "natkit", ok.cases, [ProbeResult("x", "open", {}, {}, False)], 1.0, {})
     assert bad_probe.exit_code == 1
-    bad_case = runner.LabResult("t", "natkit", [{**_case("connected", "failed"), "pass": False}], [good], 1.0, {})
-    assert bad_case.exit_code == 1
+    bad = _result("connected", "failed")
+    bad.judge(capture=True)
+    assert LabResult("t", "natkit", [bad], [good], 1.0, {}).exit_code == 1
+    assert LabResult("t", "natkit", [ok_case], [good], 1.0, {}, errors=["boom"]).exit_code == 1
+
+
+def test_the_progress_line_counts_expected_failures_as_expected() -> None:
+    import io
+
+    from natkit.lab.orchestrate import Tally
+
+    tally = Tally()
+    lines = []
+    out = io.StringIO()
+    progress = report.Progress(out)
+    for i, case in enumerate([_result("connected", "connected"), _result("failed", "failed"), _result("connected", "failed")]):
+        tally.add(case)
+        progress("case", {"case": case, "done": i + 1, "total": 3, "tally": tally})
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "[2/3] a x b srflx: failed as expected  (1 connected, 1 failed as expected, 0 unexpected)"
+    assert lines[2].endswith("failed, UNEXPECTED (expected connected)  (1 connected, 1 failed as expected, 1 unexpected)")
+    assert "failures" not in out.getvalue()
 
 
 def test_browser_case_evidence_is_judged_and_a_contradiction_fails_it(tmp_path: Path) -> None:
-    """The runner's evidence step on browser cases (a capture written here): Chromium's relay
-    pair with DTLS inside its own allocation agrees; one whose packets went direct fails."""
+    """The evidence step on a Chromium case (a capture written here): its relay pair with DTLS
+    inside its own allocation agrees; one whose packets went direct fails."""
     import io
 
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
     from scapy.utils import wrpcap
 
-    from natkit.lab.browser import browser_cases, browser_record
-    from natkit.lab.expect import expect
+    from natkit.lab.cases import browser_cases
+    from natkit.lab.orchestrate import expectation_of
     from natkit.stun import Attr, Class, Message, Method, encode_channel_data
 
     topo = load()
     case = next(c for c in browser_cases(topo) if c.nats[0] == "symmetric" and c.path == "relay")
+    assert case.stacks == ("chromium", "aiortc")
     plan = topo.plan([case])
     (ra, _), (rb, _) = plan.peers_of(case)
     turn = (topo.servers.turn_address, topo.servers.turn_port)
@@ -118,25 +167,26 @@ def test_browser_case_evidence_is_judged_and_a_contradiction_fails_it(tmp_path: 
 
     sel = {"local": {"type": "relay", "address": relayed[0], "port": relayed[1], "relay_protocol": "udp"},
            "remote": {"type": "relay", "address": turn[0], "port": 50001}}
-    chromium = {"connected": True, "selected": sel, "rtt_ms": 1.0, "t_connect_ms": 300.0}
-    callee = {"outcome": "connected", "selected": {"remote": {"address": relayed[0], "port": relayed[1]}}}
-    exp = expect(ra.nat.behaviour, rb.nat.behaviour, case.path, turn_transports=topo.servers.turn_transports)
+    report_ = {"connected": True, "selected": sel, "rtt_ms": 1.0, "t_connect_ms": 300.0}
+    chromium = PeerResult("caller", "relay", "chromium", "connected", selected=sel, relays=None, report=report_)
+    callee = PeerResult("callee", "relay", "aiortc", "connected",
+                        selected={"remote": {"address": relayed[0], "port": relayed[1]}})
     verdicts = []
     for inner in (udp(client, turn, encode_channel_data(0x4000, dtls)), udp(client, peer, dtls)):
         pcap = tmp_path / "internet.pcap"
         wrpcap(str(pcap), [udp(turn, client, alloc), inner, inner])
-        rec = browser_record(case, exp, ra, chromium, callee, rb)
-        assert rec["pass"] and rec["evidence"] is None  # before the runner's evidence step
-        runner._add_evidence(pcap, topo, plan, [], [rec])
-        rec["pass"] = runner._case_pass(rec, capture=True)
+        rec = CaseResult(case, expectation_of(topo, plan, case), chromium, callee, (ra.id, rb.id), route="relay")
+        runner.attach_evidence(pcap, topo, plan, [rec])
+        rec.judge(capture=True)
         verdicts.append(rec)
     good, bad = verdicts
-    assert good["evidence"]["consistent"] and good["evidence"]["route"] == "relay" and good["pass"], good["evidence"]
-    assert f"{client[0]}:{client[1]}" in good["evidence"]["detail"]
-    assert not bad["evidence"]["consistent"] and bad["evidence"]["route"] == "none" and not bad["pass"]
-    result = runner.LabResult("t", "natkit", [], [], 1.0, {}, browser_cases=[good, bad])
+    assert good.evidence and good.evidence.consistent and good.evidence.route == "relay" and good.passed
+    assert f"{client[0]}:{client[1]}" in good.evidence.detail
+    assert bad.evidence and not bad.evidence.consistent and bad.evidence.route == "none" and not bad.passed
+    result = LabResult("t", "natkit", [good, bad], [], 1.0, {}, browser=True)
     data = result.to_json()
-    assert result.exit_code == 1 and not [k for c in data["browser_cases"] for k in c if k.startswith("_")]
+    assert result.exit_code == 1 and data["cases"] == [] and len(data["browser_cases"]) == 2
+    assert data["browser_cases"][0]["browser"] == report_ and data["browser_cases"][0]["caller_stack"] == "chromium"
     out = io.StringIO()
     report.render(data, out)
     assert "evidence agrees: 2 DTLS records inside TURN" in out.getvalue()
@@ -237,17 +287,18 @@ def test_cleanup_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
-        seen["pids"] = [pid for pid, _ in args[4].values()]
+        assert set(args[3]) == {"srv", "open-1-p1", "symmetric-1-p1"}  # the agents' sockets
+        seen["pids"] = _pids_in(seen["tag"])
         seen["ns"] = _namespaces(seen["tag"])
         raise RuntimeError("boom in the middle of a run")
 
     def progress(kind: str, info: dict[str, Any]) -> None:
         seen.setdefault("tag", info.get("tag"))
 
-    monkeypatch.setattr(runner, "_orchestrate", broken)
+    monkeypatch.setattr(runner, "orchestrate", broken)
     with pytest.raises(RuntimeError, match="boom"):
         runner.run(topo, cases=runner.select_cases(topo, ["symmetric:open"]), progress=progress)
-    assert len(seen["ns"]) >= 6 and seen["pids"]  # inet, srv, two routers, two peers
+    assert len(seen["ns"]) >= 6 and len(seen["pids"]) >= 4  # inet, srv, two routers, two peers; agents, dumpcap
     assert not _namespaces(seen["tag"])
     for pid in seen["pids"]:  # the agents were reaped
         with pytest.raises(ProcessLookupError):
@@ -349,7 +400,7 @@ def test_render_draws_a_grid_per_path_and_names_mismatches() -> None:
     assert grid[2].split() == ["b", "!F"]
     assert "l (two peers, one LAN): L" in text
     assert "MISMATCH b x b srflx: expected connected via direct, observed failed" in text
-    assert text.rstrip().splitlines()[-1].startswith("FAIL: 7 cases (6 connected, 1 failed), 6/7 as expected")
+    assert text.rstrip().splitlines()[-1].startswith("FAIL: 7 cases: 6 connected, 0 failed as expected, 1 unexpected;")
 
 
 @pytest.mark.root
@@ -395,41 +446,6 @@ def test_relay_column_with_coturn_as_the_relay(tmp_path: Path) -> None:
     assert data["turn_engine"] == "coturn" and data["pass"]
     assert [c["observed"] for c in data["cases"]] == ["connected", "connected"]
     assert all(c["evidence"]["route"] == "relay" for c in data["cases"])
-
-
-@pytest.mark.root
-@needs_root
-def test_capture_marker_waits_until_the_file_holds_everything_sent_before_it(tmp_path: Path) -> None:
-    # dumpcap stopped right after traffic drops what libpcap has not handed it yet; the marker
-    # sync is what makes the evidence complete.
-    from scapy.layers.inet import UDP
-    from scapy.utils import rdpcap
-
-    from natkit.lab.netns import NetnsLab
-
-    with NetnsLab() as lab:
-        hub, a, b = lab.add_ns("hub"), lab.add_ns("a"), lab.add_ns("b")
-        lab.add_bridge(hub, "br0")
-        lab.add_veth(a, "eth0", hub, "pa", master="br0")
-        lab.add_veth(b, "eth0", hub, "pb", master="br0")
-        lab.add_addr(a, "eth0", "203.0.113.1/24")
-        lab.add_addr(b, "eth0", "203.0.113.2/24")
-        pcap = tmp_path / "bridge.pcapng"
-        dumpcap = lab.popen(
-            hub, ["dumpcap", "-q", "-i", "br0", "-f", "udp", "-w", str(pcap)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        runner._wait_capture(pcap, dumpcap)
-        sent = [b"datagram %d" % i for i in range(300)]
-        with runner._CaptureMarker(lab, a, ("203.0.113.2", runner.MARKER_PORT)) as marker, lab.socket(a) as s:
-            assert marker.sync(pcap, dumpcap)  # the capture is live (and ARP resolved)
-            for payload in sent:
-                s.sendto(payload, ("203.0.113.2", 7))
-            assert marker.sync(pcap, dumpcap)
-        dumpcap.send_signal(signal.SIGINT)
-        dumpcap.wait(5)
-    got = [bytes(p[UDP].payload) for p in rdpcap(str(pcap)) if UDP in p and p[UDP].dport == 7]
-    assert got == sent
 
 
 @pytest.mark.root

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from natkit.errors import UsageError
-from natkit.lab.nat import Filtering, Mapping, NatBehaviour
+from natkit.errors import PrerequisiteError, UsageError
+from natkit.lab.nats import Filtering, Mapping, NatBehaviour
 from natkit.lab.netns import (
     STATE_DIR,
     NatTopology,
@@ -304,7 +304,7 @@ def test_impair_delay_or_says_why_not() -> None:
     with NetnsLab() as lab:
         a, b = _pair(lab)
         if not has_netem():
-            with pytest.raises(UsageError, match="netem"):
+            with pytest.raises(PrerequisiteError, match="netem"):
                 lab.impair(b, "eth0", delay_ms=50)
             return
         lab.impair(b, "eth0", delay_ms=50)
@@ -322,11 +322,11 @@ def test_impair_delay_or_says_why_not() -> None:
 
 def test_prerequisites_name_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    with pytest.raises(UsageError, match="root"):
+    with pytest.raises(PrerequisiteError, match="root"):
         check_prerequisites()
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "nft" else "/x")
-    with pytest.raises(UsageError, match="nftables"):
+    with pytest.raises(PrerequisiteError, match="nftables"):
         check_prerequisites()
 
 
@@ -357,3 +357,32 @@ async def test_async_topology_leaves_the_host_namespace_alone() -> None:
         tag = topo.lab.tag
     assert _namespaces(tag) == []
     assert _host_links() == before
+
+
+def test_a_failing_command_is_one_line_with_what_to_do() -> None:
+    from natkit.lab.netns import NetnsError
+
+    with NetnsLab() as lab:
+        ns = lab.add_ns("dup")
+        with pytest.raises(NetnsError) as err:
+            lab.add_bridge(ns, "lo")  # exists: the kernel refuses
+    text = str(err.value)
+    assert err.value.exit_code == 2 and isinstance(err.value, PrerequisiteError)
+    assert "\n" not in text and "ip -n" in text and "failed: " in text and "natkit lab clean" in text, text
+
+
+def test_the_cli_turns_an_engine_failure_into_one_line_and_exit_2(tmp_path: Path) -> None:
+    # The host refuses: here a PATH whose `ip` fails every command, as without CAP_NET_ADMIN.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ip").write_text("#!/bin/sh\necho 'RTNETLINK answers: Operation not permitted' >&2\nexit 2\n")
+    (fake / "ip").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "natkit", "lab", "run", "--no-capture", "--only", "open:open"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Operation not permitted" in lines[0] and "run as root" in lines[0], lines[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from natkit.errors import UsageError
-from natkit.lab.nat import Filtering, Mapping
+from natkit.lab.nats import Filtering, Mapping
 from natkit.lab.topology import DEFAULT_TOPOLOGY, PATHS, load, parse
 
 pytestmark = pytest.mark.timeout(30)
@@ -152,3 +153,118 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1
     assert str(bad) in lines[0] and "nat[4].type" in lines[0] and "symetric" in lines[0]
+
+
+# -- hostile files: one line naming the file (and key) and what to do, exit 2, no traceback ----
+
+
+def _cli(path: Path | str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "natkit", "lab", "run", str(path), "--no-capture"],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def _one_line(proc: subprocess.CompletedProcess[str], *words: str) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def test_an_inline_array_nested_20000_deep(tmp_path: Path) -> None:
+    f = tmp_path / "deep.toml"
+    f.write_text("x = " + "[" * 20_000 + "]" * 20_000 + "\n")
+    _one_line(_cli(f), str(f), "line 1", "nested more than 32 deep")
+    g = tmp_path / "deep-tables.toml"  # inline tables, on a later line, inside a string-free key
+    g.write_text(DEFAULT_TOPOLOGY.read_text() + "\n[extra]\ny = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n")
+    _one_line(_cli(g), str(g), "nested more than 32 deep")
+    # brackets inside strings and comments do not count
+    h = tmp_path / "strings.toml"
+    h.write_text(DEFAULT_TOPOLOGY.read_text().replace('name = "default"', 'name = "' + "[[[[{{{{" * 7 + '"') + "# " + "[" * 100 + "\n")
+    assert load(h).name.startswith("[[[[{{{{")
+
+
+def test_a_huge_file_and_dev_zero_and_a_directory(tmp_path: Path) -> None:
+    big = tmp_path / "big.toml"
+    with big.open("w") as fh:
+        fh.write(DEFAULT_TOPOLOGY.read_text())
+        fh.write("# padding\n" * 120_000)  # 1.2 MB of comments: valid TOML, but too big
+    _one_line(_cli(big), str(big), "at most 1 MiB")
+    _one_line(_cli("/dev/zero"), "/dev/zero", "not a regular file")
+    _one_line(_cli(tmp_path), str(tmp_path), "not a regular file")
+
+
+def test_a_binary_file_and_nul_bytes(tmp_path: Path) -> None:
+    b = tmp_path / "bin.toml"
+    b.write_bytes(bytes(range(256)) * 64)
+    _one_line(_cli(b), str(b), "not UTF-8 text", "binary")
+    n = tmp_path / "nul.toml"
+    n.write_text(DEFAULT_TOPOLOGY.read_text() + "\x00\n")
+    _one_line(_cli(n), str(n), "NUL")
+
+
+def test_a_5000_digit_integer(tmp_path: Path) -> None:
+    f = tmp_path / "digits.toml"
+    f.write_text(DEFAULT_TOPOLOGY.read_text().replace("parallel = 0", "parallel = " + "9" * 5000))
+    _one_line(_cli(f), str(f), "more than 64 digits")
+    # a big number that TOML can hold is still a clean out-of-range error, naming the key
+    g = tmp_path / "big-int.toml"
+    g.write_text(DEFAULT_TOPOLOGY.read_text().replace("parallel = 0", "parallel = 9223372036854775807"))
+    _one_line(_cli(g), str(g), "lab.parallel", "out of range")
+
+
+WRONG_VALUES: list[object] = [
+    "text", 7, -1, 3.5, float("nan"), float("inf"), True, [], [1, "a"], {}, {"k": 1}, [[["x"]]],
+    9223372036854775807, "\u0000", "x" * 5000,
+]
+
+
+def _paths(node: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+def test_wrong_types_anywhere_give_a_usage_error_and_nothing_else() -> None:
+    """Every key of the default topology, replaced by each wrong value: parse() either accepts
+    it or raises one UsageError naming the key; it never raises anything else."""
+    checked = 0
+    for path in _paths(DEFAULT):
+        for value in WRONG_VALUES:
+            data = tomllib.loads(DEFAULT_TOPOLOGY.read_text())
+            node: object = data
+            for k in path[:-1]:
+                node = node[k]  # type: ignore[index]
+            node[path[-1]] = value  # type: ignore[index]
+            try:
+                parse(data, "lab.toml")
+            except UsageError as exc:
+                text = str(exc)
+                assert text.startswith("lab.toml: key '") and "\n" not in text and len(text) < 400, text
+            checked += 1
+    assert checked > 500
+
+
+def test_unknown_keys_are_named_with_their_path() -> None:
+    for changes, key in (
+        ({"nat__0__wan": {"delay": 5}}, "nat[0].wan.delay"),
+        ({"same_lan__0__peers": 3}, "same_lan[0].peers"),
+        ({"turn__secret": "x"}, "turn.secret"),
+        ({"lab__engine": "compose"}, "lab.engine"),
+    ):
+        with pytest.raises(UsageError, match=rf"key '{re.escape(key)}': unknown key; expected one of"):
+            parse(_with(**changes), "lab.toml")
+
+
+def test_ranges_the_kernel_cannot_use_are_refused() -> None:
+    for subnet in ("224.0.0.0/24", "127.0.0.0/24", "169.254.0.0/24", "240.0.0.0/24", "0.0.0.0/24"):
+        with pytest.raises(UsageError, match=r"internet\.subnet"):
+            parse(_with(internet__subnet=subnet), "lab.toml")

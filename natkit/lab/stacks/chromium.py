@@ -1,14 +1,16 @@
-"""A real browser as a lab peer: headless Chromium against the lab's aiortc peer.
+"""The Chromium stack: a real browser as a lab peer (headless Chromium, libwebrtc inside).
 
 One case: Chromium (the caller) loads ``static/browser_peer.html`` from the lab's signaling
 server (:class:`~natkit.lab.signaling.SignalingServer` given :func:`pages`), with the case in
 the URL (:func:`page_url`: room, path, the lab's ICE servers). The page joins the room over the
-server's WebSocket and speaks the lab peers' messages (:mod:`natkit.lab.peer`), so the callee is
-the lab's own aiortc peer, unchanged: it runs ``RTCPeerConnection`` with the case's ICE servers
+server's WebSocket and speaks the lab peers' messages (:mod:`natkit.lab.stacks.base`), so the
+callee is any other stack, unchanged: it runs ``RTCPeerConnection`` with the case's ICE servers
 (``iceTransportPolicy: "relay"`` for relay cases), waits for ICE gathering, relays its offer,
-applies the answer, proves the path with a data-channel echo and reports what Chromium itself
-says through ``getStats()`` (selected candidate pair, candidate types, RTT) as one console line
-``NATKIT_RESULT {json}``, which :class:`Chromium` reads from the browser's log.
+applies the answer, proves the path with a data-channel echo, relays ``done``, waits for the
+callee's ``bye`` and reports what Chromium itself says through ``getStats()`` (selected
+candidate pair, candidate types, RTT) as one console line ``NATKIT_RESULT {json}``, which
+:class:`Chromium` reads from the browser's log. :class:`ChromiumPeer` is the
+:class:`~natkit.lab.stacks.base.Peer` adapter (caller only, for now).
 
 Only candidates of the path's type are signaled. Chromium's mDNS host candidates
 (``<uuid>.local``) are avoided with ``--disable-features=WebRtcHideLocalIpsWithMdns``, and any
@@ -32,31 +34,30 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlencode
 
-from natkit.errors import UsageError
+from natkit.errors import ConfigError, PrerequisiteError
+from natkit.lab.stacks.base import PeerConfig, PeerResult
 
 __all__ = [
     "CHROMIUM_FLAGS",
     "PAGE",
     "PAGE_PATH",
     "Chromium",
-    "browser_cases",
-    "browser_record",
+    "ChromiumPeer",
     "chromium",
     "find_chromium",
     "page_url",
     "pages",
     "run_browser_caller",
     "run_browser_case",
-    "run_lab_browser_case",
 ]
 
-PAGE = Path(__file__).resolve().parent / "static" / "browser_peer.html"
+PAGE = Path(__file__).resolve().parents[1] / "static" / "browser_peer.html"
 PAGE_PATH = "/browser"
 PATH_TYPES = {"host": "host", "srflx": "srflx", "relay": "relay"}
 CHROMIUM_FLAGS = (
@@ -114,7 +115,7 @@ def page_url(
 
 def _check_path(path: str) -> None:
     if path not in PATH_TYPES:
-        raise UsageError(f"unknown path {path!r}; expected one of: {', '.join(PATH_TYPES)}")
+        raise ConfigError(f"unknown path {path!r}; expected one of: {', '.join(PATH_TYPES)}", param="path")
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,12 +123,12 @@ def _check_path(path: str) -> None:
 
 
 def find_chromium() -> str:
-    """The Chromium binary, or a UsageError saying what to install."""
+    """The Chromium binary, or a PrerequisiteError saying what to install."""
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
         if path:
             return path
-    raise UsageError("the browser peer needs Chromium: apt-get install chromium")
+    raise PrerequisiteError("the browser peer needs Chromium: apt-get install chromium")
 
 
 def _die_with_parent() -> None:
@@ -246,31 +247,73 @@ async def run_browser_caller(
     netns: str | None = None,
     deadline_s: float = 15.0,
     mdns: bool = False,
-    callee_done: Awaitable[Any] | None = None,
-    hold_s: float = 0.0,
 ) -> dict[str, Any] | None:
     """Chromium as the caller of ``room`` (in namespace ``netns`` if given); its report or None.
-
-    ``callee_done``: once the page reports a connection, Chromium is kept running until this
-    completes (at most ``hold_s``): the page relays "done" to the callee just after writing its
-    report, and a browser closed in between makes the callee see the caller leave instead.
 
     The report: ``connected``, ``t_connect_ms``, ``rtt_ms``, ``selected`` ({local, remote}:
     type, address, port, protocol, relay_protocol; current_rtt_ms), ``local_types``,
     ``remote_types``, ``offer_candidates`` ({kept, dropped, mdns}), ``error``, ``user_agent``.
-    The callee is any lab peer (``natkit.lab.peer`` with role ``callee``) in the same room.
-    ``mdns``: let Chromium hide its host addresses behind mDNS names (they are then dropped
-    from the offer and counted in ``offer_candidates.mdns``).
+    The callee is any lab peer in the same room; the page writes its report after the callee's
+    ``bye``, so closing Chromium then cuts nobody off. ``mdns``: let Chromium hide its host
+    addresses behind mDNS names (they are then dropped from the offer and counted in
+    ``offer_candidates.mdns``).
     """
     host, port = signaling
     url = page_url(f"http://{host}:{port}", room, path, ice_servers, deadline_s=deadline_s)
     async with chromium(url, netns=netns, mdns=mdns) as browser:
         # Chromium's start (about 1 s) comes on top of the page's own deadline.
-        report = await browser.wait_result(deadline_s + 10)
-        if report and report.get("connected") and callee_done is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(callee_done), hold_s)
-        return report
+        return await browser.wait_result(deadline_s + 2 * ChromiumPeer.start_s)
+
+
+class ChromiumPeer:
+    """Headless Chromium as a lab stack (the caller; the page has no callee role yet).
+
+    Inside an agent the browser starts in the agent's namespace; ``netns`` runs it in another
+    one (``ip netns exec``) for callers outside the lab's agents.
+    """
+
+    name: ClassVar[str] = "chromium"
+    roles: ClassVar[tuple[str, ...]] = ("caller",)
+    heavy: ClassVar[bool] = True
+    parallel: ClassVar[int] = 3  # connecting cases at once: each browser takes ~1 CPU to start
+    start_s: ClassVar[float] = 5.0
+
+    def __init__(self, netns: str | None = None, *, mdns: bool = False) -> None:
+        self.netns = netns
+        self.mdns = mdns
+
+    def check(self) -> None:
+        find_chromium()
+
+    def max_duration_s(self, config: PeerConfig) -> float:
+        return config.deadline_s + 2 * self.start_s + 5.0  # + killing the browser group
+
+    async def start(self, role: str, config: PeerConfig) -> PeerResult:
+        result = PeerResult(role, config.path, self.name, relays=None)
+        if role not in self.roles:
+            result.error = f"the Chromium stack takes only the roles {', '.join(self.roles)}"
+            return result
+        try:
+            report = await run_browser_caller(
+                config.signaling, config.room, config.path, config.ice_servers,
+                netns=self.netns, deadline_s=config.deadline_s, mdns=self.mdns,
+            )
+        except (OSError, PrerequisiteError) as exc:
+            result.error = f"Chromium did not start: {exc}"
+            return result
+        if report is None:
+            result.error = "Chromium reported nothing (see its log)"
+            return result
+        result.report = report
+        connected = bool(report.get("connected"))
+        result.outcome = "connected" if connected else "failed"
+        result.selected = report.get("selected")
+        if connected:
+            result.t_connect_ms = _round(report.get("t_connect_ms"))
+            result.rtt_ms = _round(report.get("rtt_ms"))
+        else:
+            result.error = report.get("error") or "not connected"
+        return result
 
 
 async def run_browser_case(
@@ -285,48 +328,42 @@ async def run_browser_case(
     python: str = sys.executable,
     mdns: bool = False,
 ) -> dict[str, Any]:
-    """Run one Chromium↔aiortc case over ``path`` and return its record.
+    """Run one Chromium↔aiortc case over ``path`` outside the lab's agents; return its record.
 
     ``signaling`` is the lab's signaling server (serving :func:`pages`) as both peers reach
-    it. Chromium runs in ``browser_netns`` and the lab's aiortc peer (the callee) in
-    ``peer_netns`` as ``python -m natkit.lab.peer`` when given, else on this host. Record::
+    it. Chromium runs in ``browser_netns`` and the aiortc peer (the callee) in ``peer_netns`` as
+    ``python -m natkit.lab.stacks.aiortc`` when given, else on this host. Record::
 
         {"path", "observed": "connected"|"failed", "t_connect_ms", "rtt_ms",
          "selected": Chromium's selected pair (see run_browser_caller) | None,
          "browser": Chromium's whole report | None,
-         "peer": the aiortc callee's result (natkit.lab.peer.PeerResult as JSON) | None,
+         "peer": the aiortc callee's result (PeerResult as JSON) | None,
          "error": str | None, "wall_s": float}
     """
-    from natkit.lab.peer import PeerConfig, run_peer
+    from natkit.lab.stacks.aiortc import run_peer
 
     _check_path(path)
     room = room or f"browser-{os.urandom(6).hex()}"
     started = time.monotonic()
     ice = list(ice_servers)
-    # The callee's deadline covers Chromium's start as well.
-    callee_deadline = deadline_s + 5
+    callee_deadline = deadline_s + ChromiumPeer.start_s  # the callee waits for Chromium's start too
     peer: dict[str, Any] | None = None
     error: str | None = None
     if peer_netns is None:
-        callee: Any = asyncio.create_task(
-            run_peer(PeerConfig("callee", room, path, signaling, ice, callee_deadline))
-        )
+        callee: Any = asyncio.create_task(run_peer("callee", PeerConfig(room, path, signaling, ice, callee_deadline)))
     else:
         callee = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", peer_netns, python, "-m", "natkit.lab.peer",
+            "ip", "netns", "exec", peer_netns, python, "-m", "natkit.lab.stacks.aiortc",
             "--role", "callee", "--room", room, "--path", path,
             "--signaling", f"{signaling[0]}:{signaling[1]}", "--ice-servers", json.dumps(ice),
             "--deadline", str(callee_deadline),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
-    # The callee's end, awaited by Chromium's side too (see run_browser_caller's callee_done).
     ended: asyncio.Future[Any] = callee if isinstance(callee, asyncio.Task) else asyncio.ensure_future(callee.communicate())
-    browser: dict[str, Any] | None = None
+    caller = ChromiumPeer(browser_netns, mdns=mdns)
+    mine = await caller.start("caller", PeerConfig(room, path, signaling, ice, deadline_s))
+    browser = mine.report
     try:
-        browser = await run_browser_caller(
-            signaling, room, path, ice, netns=browser_netns, deadline_s=deadline_s, mdns=mdns,
-            callee_done=ended, hold_s=callee_deadline + 5,
-        )
         wait = _callee_wait(browser, callee_deadline)
         if isinstance(callee, asyncio.Task):
             peer = (await asyncio.wait_for(callee, wait)).to_json()
@@ -348,13 +385,13 @@ async def run_browser_case(
                 callee.kill()
             await callee.wait()
     if browser is None and error is None:
-        error = "Chromium reported nothing (see its log)"
+        error = mine.error or "Chromium reported nothing (see its log)"
     connected = bool(browser and browser.get("connected"))
     return {
         "path": path,
         "observed": "connected" if connected else "failed",
-        "t_connect_ms": _round(browser.get("t_connect_ms")) if browser and connected else None,
-        "rtt_ms": _round(browser.get("rtt_ms")) if browser and connected else None,
+        "t_connect_ms": mine.t_connect_ms if connected else None,
+        "rtt_ms": mine.rtt_ms if connected else None,
         "selected": browser.get("selected") if browser else None,
         "browser": browser,
         "peer": peer,
@@ -374,118 +411,3 @@ def _callee_wait(browser: dict[str, Any] | None, callee_deadline: float) -> floa
 
 def _round(value: Any) -> float | None:
     return round(float(value), 2) if isinstance(value, int | float) else None
-
-
-# --------------------------------------------------------------------------------------------
-# browser cases inside the lab (natkit lab run --browser)
-
-CHROMIUM_START_S = 5.0  # the callee's deadline covers Chromium's start on top of the case's
-
-
-def browser_cases(topology: Any, paths: Sequence[str] = ("srflx", "relay"), callee: str | None = None) -> list[Any]:
-    """The browser cases of ``topology``: Chromium behind every matrix NAT (the caller), against
-    the lab's aiortc peer behind ``callee`` (default: the first full-cone NAT, else the first
-    NAT), over each of ``paths``. ``Case.nats`` is (Chromium's NAT, aiortc's NAT)."""
-    from natkit.lab.topology import Case
-
-    rows = list(topology.matrix_nats)
-    if not rows:
-        return []
-    if callee is None:
-        callee = next((n.name for n in rows if n.type == "full-cone"), rows[0].name)
-    elif callee not in {n.name for n in rows}:
-        raise UsageError(f"--browser-callee {callee!r}: not a NAT of {topology.source}")
-    for p in paths:
-        _check_path(p)
-    return [Case((n.name, callee), p) for p in paths for n in rows]
-
-
-def browser_record(
-    case: Any,
-    expectation: Any,
-    caller_router: Any,
-    browser: dict[str, Any] | None,
-    callee: dict[str, Any] | None,
-    callee_router: Any = None,
-) -> dict[str, Any]:
-    """One browser case in the shape of the lab's cases (``natkit lab run --json``), plus
-    ``browser``: Chromium's whole report (getStats: selected pair, candidate types).
-
-    ``evidence`` stays None here: the runner judges the packets once its capture is complete
-    (:func:`natkit.lab.evidence.judge_browser`), from the working fields ``_callee`` (the aiortc
-    peer's result) and ``_routers`` (caller's and callee's router ids), which it strips from
-    its JSON."""
-    from natkit.lab.evidence import claimed_route
-
-    callee = callee or {}
-    connected = bool(browser and browser.get("connected")) and callee.get("outcome") == "connected"
-    observed = "connected" if connected else "failed"
-    selected = (browser or {}).get("selected") if connected else None
-    route = claimed_route(selected, caller_router.lan_net, caller_router.public_ip) if connected else None
-    out = {
-        "nats": list(case.nats),
-        "path": case.path,
-        "same_lan": False,
-        "caller": "chromium",
-        "expected": expectation.outcome,
-        "observed": observed,
-        "expected_route": expectation.route,
-        "route": route,
-        "reason": expectation.reason,
-        "selected": selected,
-        "callee_selected": callee.get("selected") if connected else None,
-        "t_connect_ms": _round((browser or {}).get("t_connect_ms")) if connected else None,
-        "rtt_ms": _round((browser or {}).get("rtt_ms")) if connected else None,
-        "error": None if connected else ((browser or {}).get("error") or callee.get("error")
-                                         or "Chromium reported nothing"),
-        "evidence": None,
-        "browser": browser,
-        "_callee": callee,
-        "_routers": [caller_router.id, callee_router.id] if callee_router is not None else [caller_router.id],
-    }
-    out["pass"] = observed == out["expected"] and (not connected or route == expectation.route)
-    return out
-
-
-async def run_lab_browser_case(
-    topology: Any,
-    plan: Any,
-    case: Any,
-    *,
-    browser_netns: str,
-    call_callee: Callable[..., Awaitable[dict[str, Any]]],
-    deadline_s: float | None = None,
-) -> dict[str, Any]:
-    """Run a browser case of :func:`browser_cases` in a built lab and return its record.
-
-    ``browser_netns`` is the namespace of the caller's peer (``plan.peers_of(case)[0]``);
-    ``call_callee(room=, path=, signaling=, ice_servers=, deadline_s=)`` runs the lab's aiortc
-    peer as the callee behind the other NAT and returns its result (``PeerResult`` as JSON),
-    e.g. ``functools.partial(agent.call, timeout, op="case", role="callee")`` in the runner.
-    The lab's signaling server must serve :func:`pages`.
-    """
-    from natkit.lab.expect import expect
-
-    (ra, _), (rb, _) = plan.peers_of(case)
-    srv = topology.servers
-    exp = expect(ra.nat.behaviour, rb.nat.behaviour, case.path, turn_transports=srv.turn_transports)
-    deadline = deadline_s or topology.case_deadline_s
-    room = f"browser:{case.id}"
-    ice = srv.ice_servers(case.path)
-    signaling = (srv.signaling_address, srv.signaling_port)
-    callee_task: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(call_callee(
-        room=room, path=case.path, signaling=list(signaling), ice_servers=ice,
-        deadline_s=deadline + CHROMIUM_START_S,
-    ))
-    report: dict[str, Any] | None = None
-    callee: dict[str, Any] | None = None
-    try:
-        report = await run_browser_caller(
-            signaling, room, case.path, ice, netns=browser_netns, deadline_s=deadline,
-            callee_done=callee_task, hold_s=deadline + CHROMIUM_START_S + 5,
-        )
-        with contextlib.suppress(TimeoutError):
-            callee = await asyncio.wait_for(callee_task, _callee_wait(report, deadline + CHROMIUM_START_S))
-    finally:
-        callee_task.cancel()
-    return browser_record(case, exp, ra, report, callee, rb)

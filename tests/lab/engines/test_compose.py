@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from natkit.lab import runner
-from natkit.lab.compose import (
+from natkit.lab.engines import netns as netns_engine
+from natkit.lab.engines.compose import (
     DOCKERFILE,
     compose_model,
     render_compose,
@@ -23,10 +23,11 @@ from natkit.lab.compose import (
 )
 from natkit.lab.netns import NetnsLab
 from natkit.lab.topology import load
+from tests.lab.topologies import small_topology
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's docker-compose brings PyYAML to it
 needs_compose = pytest.mark.skipif(
     shutil.which("docker-compose") is None,
@@ -58,9 +59,9 @@ class _RecordingLab(NetnsLab):
 
 
 def _netns_engine(topo: Any) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """Router id -> ruleset and sysctls, as natkit.lab.runner.build applies them."""
+    """Router id -> ruleset and sysctls, as natkit.lab.engines.netns.build applies them."""
     lab = _RecordingLab()
-    nodes = runner.build(lab, topo, topo.plan())
+    nodes = netns_engine.build(lab, topo, topo.plan())
     rules = {rid: lab.rules[ns] for rid, ns in nodes.routers.items()}
     sysctls = {rid: lab.sysctls[ns] for rid, ns in nodes.routers.items()}
     return rules, sysctls
@@ -212,7 +213,7 @@ def test_yaml_writer_round_trips_awkward_strings() -> None:
 
 # --------------------------------------------------------------------------------------------
 # The containers' side, without Docker: every service of the generated model runs its command
-# (python -m natkit.lab.compose node, with its environment) in a namespace, every network is a
+# (python -m natkit.lab.engines.compose node, with its environment) in a namespace, every network is a
 # bridge, interfaces are attached in an order unlike the model's (Docker's order is not ours).
 
 needs_root = pytest.mark.skipif(
@@ -220,25 +221,7 @@ needs_root = pytest.mark.skipif(
     reason="needs root, network namespaces and nftables",
 )
 
-_SMALL = """
-[lab]
-name = "compose-small"
-case_deadline_s = 10
-[internet]
-subnet = "203.0.113.0/24"
-[stun]
-addresses = ["203.0.113.2", "203.0.113.3"]
-[turn]
-address = "203.0.113.4"
-[signaling]
-address = "203.0.113.4"
-[[nat]]
-name = "open"
-type = "open"
-[[nat]]
-name = "symmetric"
-type = "symmetric"
-"""
+_SMALL = small_topology("open", "symmetric", name="compose-small")
 
 
 @needs_root

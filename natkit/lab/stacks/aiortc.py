@@ -1,4 +1,4 @@
-"""A lab peer: one aiortc ``RTCPeerConnection`` per case, run inside the peer's namespace.
+"""The aiortc stack: one aiortc ``RTCPeerConnection`` per case, run inside the peer's namespace.
 
 The offer/answer flow is WebRTC's. Both peers join a room on the signaling server; the caller
 does createOffer -> setLocalDescription -> sends the offer; the callee setRemoteDescription ->
@@ -20,8 +20,9 @@ Every case ends by ``deadline_s``: failing ICE checks would otherwise run for ha
 aiortc uses one TURN server per connection; :func:`_gather_relays` asks every TURN URL in
 parallel so that a peer behind a UDP-blocking firewall still gets a relay over TCP.
 
-Run one peer by hand: ``python -m natkit.lab.peer --role caller --room r1 --path srflx
---signaling 203.0.113.4:8080 --ice-servers '[{"urls": "stun:203.0.113.2:3478"}]'``.
+:class:`AiortcPeer` is the :class:`~natkit.lab.stacks.base.Peer` adapter. Run one peer by hand:
+``python -m natkit.lab.stacks.aiortc --role caller --room r1 --path srflx --signaling
+203.0.113.4:8080 --ice-servers '[{"urls": "stun:203.0.113.2:3478"}]'``.
 """
 
 from __future__ import annotations
@@ -34,42 +35,16 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from natkit.lab.signaling import SignalingClient, SignalingError
+from natkit.lab.stacks.base import ROLES, PeerConfig, PeerResult
 
-__all__ = ["PeerConfig", "PeerResult", "filter_sdp", "run_peer"]
+__all__ = ["AiortcPeer", "filter_sdp", "run_peer"]
 
 GATHER_TIMEOUT = 3.0  # STUN/TURN answer in ms inside the lab; this bounds the dead ones
 RELAY_GRACE = 0.5  # after the first relay candidate, how long the other transports may take
 PINGS = 5
-
-
-@dataclass
-class PeerConfig:
-    role: str  # "caller" | "callee"
-    room: str
-    path: str  # "host" | "srflx" | "relay"
-    signaling: tuple[str, int]
-    ice_servers: list[dict[str, Any]] = field(default_factory=list)
-    deadline_s: float = 10.0
-
-
-@dataclass
-class PeerResult:
-    role: str
-    path: str
-    outcome: str = "failed"  # "connected" | "failed"
-    error: str | None = None
-    t_connect_ms: float | None = None
-    rtt_ms: float | None = None
-    selected: dict[str, Any] | None = None
-    signaled: list[str] = field(default_factory=list)
-    relays: list[dict[str, Any]] = field(default_factory=list)  # TURN allocations made
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def filter_sdp(sdp: str, path: str) -> tuple[str, list[str]]:
@@ -190,6 +165,11 @@ def _selected(pc: Any, relays: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 async def _wait_relay(sig: SignalingClient, kind: str) -> dict[str, Any]:
     """The next relayed message of ``kind`` (the caller's loop ends at the overall deadline)."""
     while True:
@@ -201,7 +181,7 @@ async def _wait_relay(sig: SignalingClient, kind: str) -> dict[str, Any]:
             return data
 
 
-async def run_peer(cfg: PeerConfig) -> PeerResult:
+async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
     """Run one side of a case; never raises for a failed case (see ``PeerResult.error``)."""
     from aiortc import (
         RTCConfiguration,
@@ -211,7 +191,7 @@ async def run_peer(cfg: PeerConfig) -> PeerResult:
         RTCSessionDescription,
     )
 
-    result = PeerResult(cfg.role, cfg.path)
+    result = PeerResult(role, cfg.path, AiortcPeer.name)
     turns = _turn_urls(cfg.ice_servers)
     servers = [RTCIceServer(**s) for s in cfg.ice_servers]
     policy = RTCIceTransportPolicy.RELAY if cfg.path == "relay" else RTCIceTransportPolicy.ALL
@@ -220,21 +200,24 @@ async def run_peer(cfg: PeerConfig) -> PeerResult:
     opened = asyncio.get_running_loop().create_future()
     done = asyncio.get_running_loop().create_future()
 
+    relays: list[dict[str, Any]] = []
+    result.relays = relays
+
     def prepare_gathering() -> None:
-        _gather_relays(_ice_connection(pc), turns, result.relays)
+        _gather_relays(_ice_connection(pc), turns, relays)
 
     async def body() -> None:
         nonlocal sig
         sig = await SignalingClient.connect(*cfg.signaling)
         members = await sig.join(cfg.room)
-        if cfg.role == "caller":
+        if role == "caller":
             if members < 2:
                 while (await sig.recv()).get("type") != "peer-joined":
                     pass
             start = time.monotonic()
             channel = pc.createDataChannel("echo")
             echoes: asyncio.Queue[str] = asyncio.Queue()
-            channel.on("open", lambda: opened.done() or opened.set_result(None))
+            channel.on("open", lambda: _resolve(opened))
             channel.on("message", lambda m: echoes.put_nowait(m))
             prepare_gathering()
             await pc.setLocalDescription(await pc.createOffer())
@@ -253,7 +236,7 @@ async def run_peer(cfg: PeerConfig) -> PeerResult:
                 rtts.append((time.monotonic() - sent) * 1000)
             result.rtt_ms = round(statistics.median(rtts), 2)
             result.outcome = "connected"
-            result.selected = _selected(pc, result.relays)
+            result.selected = _selected(pc, relays)
             await sig.relay({"type": "done"})
         else:
             offer = await _wait_relay(sig, "offer")
@@ -261,7 +244,7 @@ async def run_peer(cfg: PeerConfig) -> PeerResult:
 
             @pc.on("datachannel")
             def on_channel(channel: Any) -> None:
-                opened.done() or opened.set_result(None)
+                _resolve(opened)
                 channel.on("message", lambda m: channel.send(m))
 
             await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
@@ -272,9 +255,12 @@ async def run_peer(cfg: PeerConfig) -> PeerResult:
             await opened
             result.t_connect_ms = round((time.monotonic() - start) * 1000, 1)
             # Read the pair now: once the caller is done it closes, and so does this side.
-            result.selected = _selected(pc, result.relays)
+            result.selected = _selected(pc, relays)
             await _wait_relay(sig, "done")
             result.outcome = "connected"
+            # The caller may close once it has this (a browser is killed from outside).
+            with contextlib.suppress(ConnectionError, OSError):
+                await sig.relay({"type": "bye"})
         done.set_result(None)
 
     try:
@@ -288,12 +274,32 @@ async def run_peer(cfg: PeerConfig) -> PeerResult:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
         if result.selected is None:
-            result.selected = _selected(pc, result.relays)
+            result.selected = _selected(pc, relays)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(pc.close(), 3)
         if sig is not None:
             await sig.close()
     return result
+
+
+class AiortcPeer:
+    """aiortc (aioice underneath) as a lab stack: caller and callee, reports its allocations."""
+
+    name: ClassVar[str] = "aiortc"
+    roles: ClassVar[tuple[str, ...]] = ROLES
+    heavy: ClassVar[bool] = False
+    parallel: ClassVar[int] = 0  # the orchestrator's CPU-aware limit
+    start_s: ClassVar[float] = 0.0
+
+    def check(self) -> None:
+        """Import aiortc now: it is heavy, and forked agents then share it."""
+        import aiortc  # noqa: F401
+
+    def max_duration_s(self, config: PeerConfig) -> float:
+        return config.deadline_s + 3.0  # pc.close() is bounded by 3 s
+
+    async def start(self, role: str, config: PeerConfig) -> PeerResult:
+        return await run_peer(role, config)
 
 
 def _is_ip(text: str) -> bool:
@@ -306,7 +312,7 @@ def _is_ip(text: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one peer and print its result as JSON (exit 0 when it connected, 1 otherwise)."""
-    ap = argparse.ArgumentParser(prog="python -m natkit.lab.peer", description="run one natkit lab peer")
+    ap = argparse.ArgumentParser(prog="python -m natkit.lab.stacks.aiortc", description="run one natkit lab peer (aiortc)")
     ap.add_argument("--role", choices=("caller", "callee"), required=True)
     ap.add_argument("--room", required=True)
     ap.add_argument("--path", choices=("host", "srflx", "relay"), required=True)
@@ -321,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         servers = json.loads(args.ice_servers)
     except ValueError as exc:
         ap.error(f"--ice-servers: not JSON: {exc}")
-    cfg = PeerConfig(args.role, args.room, args.path, (host, int(port)), servers, args.deadline)
-    result = asyncio.run(run_peer(cfg))
+    cfg = PeerConfig(args.room, args.path, (host, int(port)), servers, args.deadline)
+    result = asyncio.run(run_peer(args.role, cfg))
     json.dump(result.to_json(), sys.stdout)
     sys.stdout.write("\n")
     return 0 if result.outcome == "connected" else 1

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from natkit.lab.peer import PeerConfig, PeerResult, filter_sdp, main, run_peer
+from natkit.lab.stacks import PeerConfig, PeerResult
+from natkit.lab.stacks.aiortc import filter_sdp, main, run_peer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,9 +97,8 @@ async def _pair(path: str, ice: list[dict[str, Any]], deadline: float = 8.0) -> 
         StunServer([(IP, 3478)], tcp=False),
         TurnServer([(IP, 3479)], users={"u": "p"}, realm="lab", relay_ip=IP, allow_peers=[f"{IP}/24"]),
     ):
-        caller = PeerConfig("caller", "room", path, (IP, sig.port), ice, deadline)
-        callee = PeerConfig("callee", "room", path, (IP, sig.port), ice, deadline)
-        a, b = await asyncio.gather(run_peer(caller), run_peer(callee))
+        cfg = PeerConfig("room", path, (IP, sig.port), ice, deadline)
+        a, b = await asyncio.gather(run_peer("caller", cfg), run_peer("callee", cfg))
         assert sig.relayed >= 3  # offer, answer, done
         return a, b
 
@@ -149,7 +149,7 @@ def test_a_lonely_caller_fails_at_its_deadline(netns: str) -> None:
 
         async with SignalingServer(IP, 0) as sig:
             t0 = time.monotonic()
-            res = await run_peer(PeerConfig("caller", "alone", "host", (IP, sig.port), [], 2.0))
+            res = await run_peer("caller", PeerConfig("alone", "host", (IP, sig.port), [], 2.0))
             return res, time.monotonic() - t0
 
     res, took = in_ns(netns, lonely)
@@ -161,7 +161,7 @@ def test_a_lonely_caller_fails_at_its_deadline(netns: str) -> None:
 @needs_root
 def test_unreachable_signaling_is_a_failed_case_not_a_crash(netns: str) -> None:
     async def nowhere() -> PeerResult:
-        return await run_peer(PeerConfig("callee", "r", "host", (IP, 9), [], 3.0))
+        return await run_peer("callee", PeerConfig("r", "host", (IP, 9), [], 3.0))
 
     res = in_ns(netns, nowhere)
     assert res.outcome == "failed" and "signaling" in (res.error or "")

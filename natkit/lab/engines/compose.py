@@ -1,4 +1,4 @@
-"""The lab under Docker Compose: a Compose file generated from the netns engine's topology.
+"""The Compose engine: a topology as a Docker Compose project, and the containers' side of it.
 
 :func:`render_compose` turns a :class:`~natkit.lab.topology.Topology` (the same file and the
 same :class:`~natkit.lab.topology.Plan` of addresses the netns engine builds) into a Compose
@@ -9,22 +9,25 @@ output for ``configs/lab/default.toml``. What runs (``docker compose up --build
 * one **network** per segment, all ``internal`` (nothing leaves the host): ``internet`` with
   the topology's subnet, and ``lan-<router>`` per router with its /24 (Docker's bridge takes the
   LAN's ``.254``, so ``.1`` stays the router's);
-* one **router** container per NAT instance (``NAT-1``, ``NAT-2``), with ``NET_ADMIN``, the
-  sysctls of :func:`natkit.lab.nat.router_sysctls` and the very ruleset of
-  :func:`natkit.lab.nat.nat_ruleset` with the netns engine's arguments (interfaces ``wan`` and
-  ``lan``, renamed by address at start), written into the file (``NATKIT_NFT``) so anyone can
-  read the rules a router runs; :func:`router_rulesets` gives them per router;
+* one **router** container per NAT instance (``NAT-1``, ``NAT-2``), with ``NET_ADMIN`` and the
+  sysctls and ruleset of its NAT kind's recipe (:func:`natkit.lab.nats.recipe`) with the netns
+  engine's arguments (interfaces ``wan`` and ``lan``, renamed by address at start), written into
+  the file (``NATKIT_NFT``) so anyone can read the rules a router runs; :func:`router_rulesets`
+  gives them per router;
 * one **peer** container per peer (the lab's aiortc agent), its default route via its router;
 * **servers**: the RFC 5780 STUN responder (two addresses), the TURN relay and the signaling
   server, as in the netns engine's server namespace;
 * **runner**: waits for every agent to connect (peers through their NATs, over TCP), runs the
-  probes and the cases with the netns runner's own orchestration, prints the same matrix and
-  exits 0/1, which ``--exit-code-from runner`` makes the exit status of ``docker compose up``.
+  probes and the cases through the public orchestration API
+  (:func:`natkit.lab.orchestrate.orchestrate`, then :func:`natkit.lab.runner.finish`), prints the
+  same matrix and exits 0/1, which ``--exit-code-from runner`` makes the exit status of
+  ``docker compose up``.
 
 All containers use one image built from ``configs/docker/Dockerfile`` (a Debian-based Python
 base image, nftables, iproute2, coturn, natkit from the build context): nothing but the base
 image is pulled. The container side of every service is :func:`node_main`
-(``python -m natkit.lab.compose node``), configured by ``NATKIT_*`` environment variables.
+(``python -m natkit.lab.engines.compose node``), configured by ``NATKIT_*`` environment
+variables.
 
 Differences from the netns engine: no packet capture (the internet bridge belongs to the
 Docker host), so cases carry no packet evidence; netem shapes only the containers' egress (the
@@ -50,14 +53,16 @@ from pathlib import Path
 from typing import Any
 
 from natkit import __version__
-from natkit.errors import UsageError
-from natkit.lab.nat import nat_ruleset, router_sysctls
+from natkit.errors import ConfigError, PrerequisiteError
+from natkit.lab import nats
+from natkit.lab.capture import Capture
 from natkit.lab.topology import Link, Plan, RouterPlan, Topology
 
 __all__ = [
     "CONTROL_PORT",
     "DOCKERFILE",
     "IMAGE",
+    "ContainerLab",
     "compose_model",
     "node_main",
     "render_compose",
@@ -71,24 +76,21 @@ DOCKERFILE = "configs/docker/Dockerfile"
 CONTROL_PORT = 7700
 # Containers start in any order: agents retry and the runner waits this long for them.
 AGENT_WAIT_S = float(os.environ.get("NATKIT_AGENT_WAIT_S", "180"))
-# The netns engine's router interfaces (natkit.lab.runner.build): the same names here.
+# The netns engine's router interfaces (natkit.lab.engines.netns.build): the same names here.
 WAN_IF, LAN_IF = "wan", "lan"
 
 
 # -- what the routers run -------------------------------------------------------------------------
 
 
-def _router_ruleset(r: RouterPlan) -> str:
-    return nat_ruleset(
-        r.nat.behaviour, inside_if=LAN_IF, outside_if=WAN_IF, public_ip=r.public_ip,
-        inside_net=r.lan_net,
-    )
+def _router_recipe(r: RouterPlan) -> nats.RouterRecipe:
+    return nats.recipe(r.nat.behaviour, nats.RouterSide(LAN_IF, WAN_IF, r.public_ip, r.lan_net))
 
 
 def router_rulesets(topology: Topology, plan: Plan | None = None) -> dict[str, str]:
     """Router id -> the ``nft -f`` text its container applies (the netns engine's ruleset)."""
     plan = plan or topology.plan()
-    return {r.id: _router_ruleset(r) for r in plan.routers}
+    return {r.id: _router_recipe(r).nft for r in plan.routers}
 
 
 # -- the Compose model ----------------------------------------------------------------------------
@@ -115,9 +117,9 @@ def _control_ip(topology: Topology, plan: Plan) -> str:
         ip = str(net.network_address + offset)
         if ip not in taken:
             return ip
-    raise UsageError(
-        f"{topology.source}: key 'internet.subnet': no free address among .2-.9 for the Compose "
-        "runner; move a server address out of that range"
+    raise ConfigError(
+        "key 'internet.subnet': no free address among .2-.9 for the Compose runner; move a server "
+        "address out of that range", param="internet.subnet", where=topology.source,
     )
 
 
@@ -131,7 +133,7 @@ def _service(role: str, env: dict[str, str], networks: dict[str, Any], **extra: 
     }
     svc.update(extra)
     svc["environment"] = {"NATKIT_ROLE": role, **env}
-    svc["command"] = ["python", "-m", "natkit.lab.compose", "node"]
+    svc["command"] = ["python", "-m", "natkit.lab.engines.compose", "node"]
     svc["networks"] = networks
     return svc
 
@@ -146,12 +148,12 @@ def compose_model(
     """
     engine = turn_engine or topology.servers.turn_engine
     if engine not in ("natkit", "coturn"):
-        raise UsageError(f"--turn-engine {engine}: choose natkit or coturn")
+        raise ConfigError(f"{engine}: choose natkit or coturn", param="turn_engine")
     if topology_text is None:
         try:
             topology_text = Path(topology.source).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"{topology.source}: cannot read the topology file: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the topology file: {exc}", where=topology.source) from None
     plan = topology.plan()
     s = topology.servers
     prefix = ipaddress.IPv4Network(topology.internet_net).prefixlen
@@ -190,6 +192,7 @@ def compose_model(
         netem = [f"{WAN_IF}={_netem(wan)}"] if wan.shaped else []
         if r.nat.lan.shaped:
             netem.append(f"{LAN_IF}={_netem(r.nat.lan)}")
+        recipe = _router_recipe(r)
         services[f"router-{r.id}"] = _service(
             "router",
             {
@@ -197,10 +200,10 @@ def compose_model(
                 "NATKIT_IFACES": f"{WAN_IF}={r.public_ip} {LAN_IF}={r.lan_ip}",
                 "NATKIT_ROUTES": "; ".join(x for x in open_routes if not x.endswith(f" {r.public_ip}")),
                 "NATKIT_NETEM": "; ".join(netem),
-                "NATKIT_NFT": _router_ruleset(r),
+                "NATKIT_NFT": recipe.nft,
             },
             {"internet": {"ipv4_address": r.public_ip}, net_name: {"ipv4_address": r.lan_ip}},
-            sysctls=dict(router_sysctls(r.nat.behaviour)),
+            sysctls=dict(recipe.sysctls),
         )
         for p in r.peers:
             agents.append(p.id)
@@ -235,7 +238,7 @@ def compose_model(
 
 def _display_source(source: str) -> str:
     """The topology's path relative to the repository when it lies inside it (stable output)."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     with contextlib.suppress(ValueError):
         return str(Path(source).resolve().relative_to(root))
     return source
@@ -259,13 +262,15 @@ def render_compose(topology: Topology, *, turn_engine: str | None = None, topolo
 
 
 def write_compose(topology: Topology, path: str | os.PathLike[str] | None, **kw: Any) -> str:
-    """Render and write to ``path`` (``None`` or ``-``: return only); returns the text."""
+    """Render and write to ``path`` atomically (``None`` or ``-``: return only); the text."""
     text = render_compose(topology, **kw)
     if path is not None and str(path) != "-":
+        from natkit.lab.output import write_atomic
+
         try:
-            Path(path).write_text(text, encoding="utf-8")
+            write_atomic(path, text)
         except OSError as exc:
-            raise UsageError(f"{path}: cannot write the Compose file: {exc}") from None
+            raise ConfigError(f"cannot write the Compose file: {exc.strerror or exc}", param="output", where=str(path)) from None
     return text
 
 
@@ -331,13 +336,13 @@ def _item(prefix: str, v: Any, indent: str, in_list: bool = False) -> str:
     return f"{prefix} {_scalar(v)}\n"
 
 
-# -- inside the containers: python -m natkit.lab.compose node ------------------------------------
+# -- inside the containers: python -m natkit.lab.engines.compose node ----------------------------
 
 
 def _ip(*args: str) -> str:
     res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
     if res.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {res.stderr.strip()}")
+        raise PrerequisiteError(f"ip {' '.join(args)}: {res.stderr.strip()}; the container needs NET_ADMIN")
     return res.stdout
 
 
@@ -367,7 +372,7 @@ def setup_network(env: Mapping[str, str]) -> None:
             }
         dev = by_ip.get(ip)
         if dev is None:
-            raise RuntimeError(f"no interface holds {ip}")
+            raise PrerequisiteError(f"no interface holds {ip}: the container is not on the network it needs")
         if dev != name:
             _ip("link", "set", "dev", dev, "down")
             _ip("link", "set", "dev", dev, "name", name)
@@ -411,7 +416,7 @@ def _accept_agents(address: str, names: Sequence[str]) -> dict[str, socket.socke
         while set(names) - set(agents):
             if time.monotonic() > deadline:
                 missing = ", ".join(sorted(set(names) - set(agents)))
-                raise RuntimeError(f"agents did not connect within {AGENT_WAIT_S:g} s: {missing}")
+                raise PrerequisiteError(f"agents did not connect within {AGENT_WAIT_S:g} s: {missing}")
             try:
                 conn, _ = server.accept()
             except TimeoutError:
@@ -429,44 +434,50 @@ def _accept_agents(address: str, names: Sequence[str]) -> dict[str, socket.socke
     return agents
 
 
-def _run_lab(env: Mapping[str, str]) -> int:
-    import tomllib
+class ContainerLab:
+    """The runner container's view of the lab (a :class:`natkit.lab.engines.BuiltLab`): the
+    agents that connected to it; no capture (the internet bridge belongs to the Docker host)."""
 
+    engine = "compose"
+    tag = "compose"
+    capture: Capture | None = None
+
+    def __init__(self, socks: dict[str, socket.socket]) -> None:
+        self._socks = socks
+
+    @property
+    def agents(self) -> dict[str, socket.socket]:
+        return dict(self._socks)
+
+    def stop_agents(self) -> None:
+        for s in self._socks.values():
+            s.close()
+
+
+def _run_lab(env: Mapping[str, str]) -> int:
     from natkit.lab import report
-    from natkit.lab import runner as lab_runner
-    from natkit.lab.topology import parse
+    from natkit.lab.orchestrate import orchestrate
+    from natkit.lab.runner import finish
+    from natkit.lab.topology import loads
 
     t0 = time.monotonic()
-    topo = parse(tomllib.loads(env["NATKIT_TOPOLOGY"]), env.get("NATKIT_TOPOLOGY_SOURCE", "topology"))
+    topo = loads(env["NATKIT_TOPOLOGY"], env.get("NATKIT_TOPOLOGY_SOURCE", "topology"))
     engine = env.get("NATKIT_TURN_ENGINE") or topo.servers.turn_engine
     cases = topo.cases()
     plan = topo.plan(cases)
     print(f"natkit lab (compose): waiting for {len(env['NATKIT_AGENTS'].split())} agents", flush=True)
-    socks = _accept_agents(env["NATKIT_LISTEN"], env["NATKIT_AGENTS"].split())
-    timings = {"build_s": time.monotonic() - t0}
-    agents = {name: (0, sock) for name, sock in socks.items()}
+    built = ContainerLab(_accept_agents(env["NATKIT_LISTEN"], env["NATKIT_AGENTS"].split()))
+    build_s = time.monotonic() - t0
     progress = report.Progress(sys.stderr)
-    # The netns runner's orchestration, over TCP agents instead of forked ones.
-    cases_out, probes, errors, t = asyncio.run(
-        lab_runner._orchestrate(topo, plan, cases, engine, agents, None, progress)
-    )
-    timings.update(t)
-    for c in cases_out:
-        c["evidence"] = None
-        c["pass"] = lab_runner._case_pass(c, False)
-    describe = getattr(lab_runner, "describe", None)  # the topology as reports read it
-    extra = {"lab": describe(topo, plan)} if describe is not None else {}
-    result = lab_runner.LabResult(
-        topo.source, engine, cases_out, probes, time.monotonic() - t0, timings, errors, **extra
-    )
+    orch = asyncio.run(orchestrate(topo, plan, cases, built.agents, turn_engine=engine, progress=progress))
+    result = finish(built, topo, plan, orch, turn_engine=engine, started=t0, progress=progress)
+    result.timings = {"build_s": build_s, **result.timings}
     data = result.to_json()
     report.render(data, sys.stdout)
     sys.stdout.flush()
     out = env.get("NATKIT_JSON")
     if out:
         Path(out).write_text(json.dumps(data, indent=2, default=str))
-    for s in socks.values():
-        s.close()
     return result.exit_code
 
 
@@ -489,25 +500,31 @@ def node_main(env: Mapping[str, str] | None = None) -> int:
     if role == "agent":
         import aiortc  # noqa: F401 - loaded before the first case, as the netns agents do
 
-        from natkit.lab import runner as lab_runner
+        from natkit.lab.agents import serve
 
         sock = _connect_runner(env["NATKIT_RUNNER"], env["NATKIT_AGENT"])
-        asyncio.run(lab_runner._agent_loop(sock))
+        asyncio.run(serve(sock))
         # Stay up: the runner must be the one container that exits (--exit-code-from runner
         # stops the whole project when any container exits).
         _sleep_until_stopped()
         return 0
     if role == "runner":
         return _run_lab(env)
-    raise UsageError(f"NATKIT_ROLE {role!r}: expected router, agent or runner")
+    raise ConfigError(f"NATKIT_ROLE {role!r}: expected router, agent or runner", param="NATKIT_ROLE")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args != ["node"]:
-        print("usage: python -m natkit.lab.compose node  (inside a lab container)", file=sys.stderr)
+        print("usage: python -m natkit.lab.engines.compose node  (inside a lab container)", file=sys.stderr)
         return 2
-    return node_main()
+    from natkit.errors import NatkitError
+
+    try:
+        return node_main()
+    except NatkitError as exc:  # one line in the container's log, not a traceback
+        print(f"natkit lab (compose): error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

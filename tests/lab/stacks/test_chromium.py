@@ -15,7 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from natkit.lab.browser import (
+from natkit.lab.signaling import SignalingServer
+from natkit.lab.stacks.chromium import (
     PAGE_PATH,
     chromium,
     page_url,
@@ -23,7 +24,6 @@ from natkit.lab.browser import (
     parse_result,
     run_browser_case,
 )
-from natkit.lab.signaling import SignalingServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -150,7 +150,7 @@ async def test_chromium_and_its_profile_are_gone_after_the_block() -> None:
 
 _HOLD_CHROMIUM = """
 import asyncio
-from natkit.lab.browser import chromium
+from natkit.lab.stacks.chromium import chromium
 async def main():
     async with chromium("about:blank") as b:
         print(b.process.pid, b.profile, flush=True)
@@ -189,7 +189,7 @@ async def test_chromium_dies_with_a_killed_natkit() -> None:
 
 _SERVERS = """
 import asyncio, sys
-from natkit.lab.browser import pages
+from natkit.lab.stacks.chromium import pages
 from natkit.lab.signaling import SignalingServer
 engine, ip, nets = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 if engine == "coturn":
@@ -305,87 +305,43 @@ name = "full-cone"
 type = "full-cone"
 """
 
-_LAB_SERVERS = """
-import asyncio, sys
-from natkit.lab.browser import pages
-from natkit.lab.signaling import SignalingServer
-from natkit.server.stun import StunServer
-engine, stun, turn_ip, sig, net, user, password, realm = sys.argv[1:9]
-if engine == "coturn":
-    from natkit.server.coturn import CoturnServer as Turn
-else:
-    from natkit.server.turn import TurnServer as Turn
-async def main():
-    turn = Turn(listen=[(turn_ip, 3478)], users={user: password}, realm=realm, relay_ip=turn_ip,
-                allow_peers=[net])
-    async with StunServer([(stun, 3478)]), turn, SignalingServer(sig, 8080, pages=pages()):
-        print("ready", flush=True)
-        await asyncio.sleep(120)
-asyncio.run(main())
-"""
-
 
 @needs_root
 @needs_chromium
-async def test_browser_cases_in_the_lab(tmp_path: Any) -> None:
-    from natkit.lab.browser import browser_cases, run_lab_browser_case
-    from natkit.lab.netns import NetnsLab
-    from natkit.lab.runner import build
+def test_browser_cases_through_the_orchestration_api(tmp_path: Any) -> None:
+    """What any engine does: build, hand the agents to orchestrate(), finish(). Chromium runs
+    in the caller's agent like any other stack."""
+    from natkit.lab.cases import browser_cases
+    from natkit.lab.engines import netns
+    from natkit.lab.orchestrate import check_stacks, orchestrate
+    from natkit.lab.runner import finish
     from natkit.lab.topology import load
 
     src = tmp_path / "lab.toml"
     src.write_text(_LAB_TOML.format(engine="natkit"))
     topo = load(src)
     cases = browser_cases(topo)
-    assert [(c.nats, c.path) for c in cases] == [
-        (("symmetric", "full-cone"), "srflx"), (("full-cone", "full-cone"), "srflx"),
-        (("symmetric", "full-cone"), "relay"), (("full-cone", "full-cone"), "relay"),
+    assert [(c.nats, c.path, c.stacks) for c in cases] == [
+        (("symmetric", "full-cone"), "srflx", ("chromium", "aiortc")),
+        (("full-cone", "full-cone"), "srflx", ("chromium", "aiortc")),
+        (("symmetric", "full-cone"), "relay", ("chromium", "aiortc")),
+        (("full-cone", "full-cone"), "relay", ("chromium", "aiortc")),
     ]
+    check_stacks(cases)
     plan = topo.plan(cases)
-    s = topo.servers
-    with NetnsLab() as lab:
-        nodes = await asyncio.to_thread(build, lab, topo, plan)
-        servers = lab.popen(
-            nodes.srv,
-            [sys.executable, "-c", _LAB_SERVERS, "natkit", s.stun_addresses[0], s.turn_address,
-             s.signaling_address, topo.internet_net, s.turn_username, s.turn_password, s.turn_realm],
-            stdout=subprocess.PIPE, text=True,
-        )
-        line = await asyncio.wait_for(asyncio.to_thread(servers.stdout.readline), 20)
-        assert line.strip() == "ready"
-
-        def callee_of(case: Any) -> Any:
-            ns = nodes.peers[plan.peers_of(case)[1][1].id]
-
-            async def call(**cmd: Any) -> dict[str, Any]:
-                proc = await asyncio.create_subprocess_exec(
-                    "ip", "netns", "exec", ns, sys.executable, "-m", "natkit.lab.peer",
-                    "--role", "callee", "--room", cmd["room"], "--path", cmd["path"],
-                    "--signaling", "{}:{}".format(*cmd["signaling"]),
-                    "--ice-servers", json.dumps(cmd["ice_servers"]),
-                    "--deadline", str(cmd["deadline_s"]),
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-                )
-                out, _ = await proc.communicate()
-                return json.loads(out.decode().strip().splitlines()[-1])
-
-            return call
-
-        records = await asyncio.gather(*[
-            run_lab_browser_case(
-                topo, plan, c, browser_netns=nodes.peers[plan.peers_of(c)[0][1].id],
-                call_callee=callee_of(c),
-            )
-            for c in cases
-        ])
+    with netns.open_lab(topo, plan, capture=True) as built:
+        orch = asyncio.run(orchestrate(topo, plan, cases, built.agents, turn_engine="natkit"))
+        result = finish(built, topo, plan, orch, turn_engine="natkit", started=0.0, browser=True)
+    records = result.to_json()["browser_cases"]
     by = {(tuple(r["nats"]), r["path"]): r for r in records}
     for r in records:
         assert r["pass"], json.dumps(r)[:2000]
-        assert r["caller"] == "chromium" and r["browser"]["user_agent"]
+        assert r["caller_stack"] == "chromium" and r["browser"]["user_agent"]
+        assert r["evidence"]["consistent"], r["evidence"]
     relay = by[(("symmetric", "full-cone"), "relay")]
     assert relay["observed"] == "connected" and relay["route"] == "relay"
     assert relay["selected"]["local"]["type"] == "relay"
-    assert relay["selected"]["local"]["address"] == s.turn_address
+    assert relay["selected"]["local"]["address"] == topo.servers.turn_address
     srflx = by[(("full-cone", "full-cone"), "srflx")]
     assert srflx["observed"] == "connected" and srflx["route"] == "direct"
     assert srflx["selected"]["local"]["address"] == plan.router("full-cone-1").public_ip

@@ -1,0 +1,254 @@
+"""Orchestration: run a topology's probes and cases on agents that an engine has put in place.
+
+This is the one API both engines drive. An engine builds the lab, starts one agent per node
+(``"srv"`` for the servers' node, the peer's id for each peer, as in the topology's
+:class:`~natkit.lab.topology.Plan`) and hands the connected sockets to::
+
+    result = await orchestrate(topo, plan, cases, agents, turn_engine="natkit")
+
+which starts the servers in the ``srv`` agent, runs ``natkit probe`` inside every NAT, runs
+every case (each side in the agent of its peer, with the stack the case names), stops the
+servers and returns an :class:`Orchestration` of typed results (no packet evidence yet: that
+is the engine's capture, judged afterwards by :func:`natkit.lab.runner.finish`).
+
+Scheduling: cases expected to fail idle until their deadline and need no CPU, so they all
+start at once; cases expected to connect are CPU-bound (DTLS) and run at most ``parallel`` at a
+time (default: 4 per CPU). Cases of a heavy stack (a browser) run after the others, a few at a
+time. When one side of a case has failed, the other gets a second to report, then is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from natkit.errors import PrerequisiteError
+from natkit.lab import stacks
+from natkit.lab.agents import AgentClient
+from natkit.lab.evidence import claimed_route
+from natkit.lab.expect import Expectation, expect, expected_probe
+from natkit.lab.results import CaseResult, ProbeResult
+from natkit.lab.servers import ServersSpec
+from natkit.lab.stacks import PeerConfig, PeerResult
+from natkit.lab.topology import Case, Plan, Topology
+
+__all__ = ["Orchestration", "Progress", "Tally", "check_stacks", "cpu_limit", "expectation_of", "orchestrate"]
+
+PROBE_TIMEOUT = 1.5  # s per probe transaction: answers take ms in the lab
+RESULT_MARGIN = 6.0  # s an agent may take beyond a peer's own bound to report
+SERVERS_START_TIMEOUT = 15.0
+SERVERS_STOP_TIMEOUT = 12.0  # s for the servers to stop (coturn: SIGTERM, after 5 s SIGKILL)
+FAILED_PEER_GRACE_S = 1.0  # once one side failed, how long the other may take to say so too
+
+# Progress events: ("stage", {"text", ...}), ("probe", {"probe": ProbeResult}),
+# ("case", {"case": CaseResult, "done": int, "total": int, "tally": Tally}).
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class Tally:
+    """Cases so far by outcome against the expectation (before the packet evidence)."""
+
+    connected: int = 0  # connected, as expected
+    failed_as_expected: int = 0
+    unexpected: int = 0
+
+    def add(self, case: CaseResult) -> None:
+        if not case.as_expected:
+            self.unexpected += 1
+        elif case.observed == "connected":
+            self.connected += 1
+        else:
+            self.failed_as_expected += 1
+
+
+@dataclass
+class Orchestration:
+    """What :func:`orchestrate` returns: results in the order of the cases given."""
+
+    cases: list[CaseResult]
+    probes: list[ProbeResult]
+    errors: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def cpu_limit(parallel: int | None, topo: Topology) -> int:
+    """Cases expected to connect that run at once."""
+    if parallel:
+        return parallel
+    if topo.parallel:
+        return topo.parallel
+    return max(4, 4 * (os.cpu_count() or 1))
+
+
+def expectation_of(topo: Topology, plan: Plan, case: Case) -> Expectation:
+    (ra, _), (rb, _) = plan.peers_of(case)
+    return expect(
+        ra.nat.behaviour, rb.nat.behaviour, case.path, same_lan=case.same_lan,
+        turn_transports=topo.servers.turn_transports,
+    )
+
+
+def check_stacks(cases: Sequence[Case]) -> None:
+    """Every stack the cases name exists, can take its role and can run on this host."""
+    from natkit.errors import ConfigError
+
+    for name in sorted({s for c in cases for s in c.stacks}):
+        stacks.get(name).check()
+    for c in cases:
+        for role, name in zip(stacks.ROLES, c.stacks, strict=True):
+            if role not in stacks.get(name).roles:
+                raise ConfigError(f"case {c.id}: the {name} stack cannot be the {role}", param="stacks")
+
+
+async def orchestrate(
+    topo: Topology,
+    plan: Plan,
+    cases: Sequence[Case],
+    agents: Mapping[str, socket.socket],
+    *,
+    turn_engine: str,
+    parallel: int | None = None,
+    progress: Progress | None = None,
+) -> Orchestration:
+    """Run the probes and ``cases`` of ``topo`` on ``agents`` (agent name -> connected socket;
+    see the module docstring); the servers run in agent ``srv``."""
+    notify = progress or (lambda kind, info: None)
+    t0 = time.monotonic()
+    out = Orchestration([], [])
+    clients = {name: AgentClient(name, sock) for name, sock in agents.items()}
+    for c in clients.values():
+        await c.start()
+    try:
+        await _run(topo, plan, list(cases), clients, turn_engine, parallel, notify, out, t0)
+    finally:
+        for c in clients.values():
+            await c.close()
+    return out
+
+
+async def _run(
+    topo: Topology,
+    plan: Plan,
+    cases: list[Case],
+    agents: dict[str, AgentClient],
+    turn_engine: str,
+    parallel: int | None,
+    notify: Progress,
+    out: Orchestration,
+    t0: float,
+) -> None:
+    srv = topo.servers
+    servers = agents["srv"]
+    spec = ServersSpec.of(topo, plan, turn_engine)
+    servers_result = asyncio.ensure_future(servers.call(3600, op="servers", spec=spec.to_json()))
+    started: list[asyncio.Future[Any]] = [servers.ready, servers_result]
+    await asyncio.wait(started, timeout=SERVERS_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    if not servers.ready.done() or not servers.ready.result():
+        detail = servers_result.result() if servers_result.done() else {"error": f"no answer in {SERVERS_START_TIMEOUT:g} s"}
+        servers_result.cancel()
+        raise PrerequisiteError(
+            f"the lab's servers did not start: {detail.get('error', detail)}; "
+            "check the TURN engine (coturn installed?) and that no other lab uses the addresses"
+        )
+    out.timings["servers_s"] = time.monotonic() - t0
+    total = len(cases)
+    done = {"n": 0}
+    tally = Tally()
+
+    async def run_probe(nat_name: str) -> ProbeResult:
+        router = plan.router(f"{nat_name}-1")
+        res = await agents[router.peers[0].id].call(
+            30, op="probe", server=f"stun:{srv.stun_addresses[0]}:{srv.stun_port}", timeout=PROBE_TIMEOUT
+        )
+        want = expected_probe(router.nat.behaviour)
+        observed = {k: res.get(k) for k in ("nat_type", "mapping", "filtering", "public")}
+        ok = "error" not in res and all(observed.get(k) == v for k, v in want.items())
+        probe = ProbeResult(router.nat.name, router.nat.type, want, observed, ok, res.get("error"))
+        notify("probe", {"probe": probe})
+        return probe
+
+    async def run_case(case: Case, exp: Expectation, sem: asyncio.Semaphore | None) -> CaseResult:
+        (ra, pa), (rb, pb) = plan.peers_of(case)
+        a, b = (stacks.get(n) for n in case.stacks)
+        ice = srv.ice_servers(case.path)
+        sig = (srv.signaling_address, srv.signaling_port)
+        # Each side waits for the other's start-up on top of the case's deadline.
+        cfg_a = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + b.start_s)
+        cfg_b = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + a.start_s)
+        async with sem if sem is not None else contextlib.nullcontext():
+            ra_res, rb_res = await _pair(
+                (agents[pa.id], a.name, "caller", cfg_a, a.max_duration_s(cfg_a) + RESULT_MARGIN),
+                (agents[pb.id], b.name, "callee", cfg_b, b.max_duration_s(cfg_b) + RESULT_MARGIN),
+            )
+        caller = PeerResult.from_json(ra_res, role="caller", path=case.path, stack=a.name)
+        callee = PeerResult.from_json(rb_res, role="callee", path=case.path, stack=b.name)
+        result = CaseResult(case, exp, caller, callee, (ra.id, rb.id))
+        if result.observed == "connected":
+            result.route = claimed_route(caller.selected, ra.lan_net, ra.public_ip)
+        done["n"] += 1
+        tally.add(result)
+        notify("case", {"case": result, "done": done["n"], "total": total, "tally": tally})
+        return result
+
+    light = [c for c in cases if not any(stacks.get(s).heavy for s in c.stacks)]
+    heavy = [c for c in cases if c not in light]
+    exps = {c: expectation_of(topo, plan, c) for c in cases}
+    sem = asyncio.Semaphore(cpu_limit(parallel, topo))
+    # Expected failures first (they idle until the deadline), then the CPU-bound connections.
+    order = sorted(light, key=lambda c: exps[c].connected)
+    names = [n.name for n in topo.nats]
+    probe_names = sorted({n for c in cases for n in c.nats}, key=names.index)
+    notify("stage", {"text": f"probing {len(probe_names)} NATs and running {total} cases"})
+    t1 = time.monotonic()
+    probe_tasks = [asyncio.ensure_future(run_probe(n)) for n in probe_names]
+    case_tasks = {c: asyncio.ensure_future(run_case(c, exps[c], sem if exps[c].connected else None)) for c in order}
+    out.probes = list(await asyncio.gather(*probe_tasks))
+    results = {c: await case_tasks[c] for c in light}
+    out.timings["cases_s"] = time.monotonic() - t1
+    if heavy:
+        # Browsers are heavy: after the matrix, a few at a time (cases expected to fail all at
+        # once). They run before this returns, so while the engine's capture still runs.
+        t2 = time.monotonic()
+        hsem = asyncio.Semaphore(min(stacks.get(s).parallel for c in heavy for s in c.stacks if stacks.get(s).heavy))
+        heavy_tasks = [run_case(c, exps[c], hsem if exps[c].connected else None) for c in heavy]
+        for c, r in zip(heavy, await asyncio.gather(*heavy_tasks), strict=True):
+            results[c] = r
+        out.timings["browser_s"] = time.monotonic() - t2
+    out.cases = [results[c] for c in cases]
+    # Stop the servers while the nodes stand, and wait for it (bounded).
+    servers.send(op="stop-servers")
+    try:
+        stopped = await asyncio.wait_for(asyncio.shield(servers_result), SERVERS_STOP_TIMEOUT)
+    except TimeoutError:
+        stopped = {"error": f"no answer within {SERVERS_STOP_TIMEOUT:g} s"}
+    if not stopped.get("stopped"):
+        out.errors.append(f"the lab's servers did not stop cleanly: {stopped.get('error', stopped)}")
+
+
+Side = tuple[AgentClient, str, str, PeerConfig, float]  # agent, stack, role, config, time limit
+
+
+async def _pair(a: Side, b: Side) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both sides of one case at once; once one has failed, the other gets
+    :data:`FAILED_PEER_GRACE_S` to report before it is cancelled."""
+    tasks = []
+    for agent, stack, role, cfg, limit in (a, b):
+        cid, fut = agent.submit(op="case", stack=stack, role=role, config=cfg.to_json())
+        tasks.append((agent, cid, asyncio.ensure_future(agent.answer(cid, fut, limit))))
+    done, _ = await asyncio.wait([t for _, _, t in tasks], return_when=asyncio.FIRST_COMPLETED)
+    first = done.pop()
+    if first.result().get("outcome") != "connected":
+        for agent, cid, task in tasks:
+            if task is not first and not task.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(task), FAILED_PEER_GRACE_S)
+                if not task.done():
+                    agent.cancel(cid)
+    return await tasks[0][2], await tasks[1][2]

@@ -1,0 +1,139 @@
+"""The orchestration API over the agent wire protocol, with agents faked on socketpairs: what an
+engine must provide (one connected socket per node) and what it gets back. No root needed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from natkit.lab.orchestrate import FAILED_PEER_GRACE_S, Tally, expectation_of, orchestrate
+from natkit.lab.topology import load
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class FakeAgent:
+    """Speaks the agent side of natkit.lab.agents: answers as the expectation model predicts."""
+
+    def __init__(self, name: str, sock: socket.socket, topo: Any, plan: Any, hang: set[str]) -> None:
+        self.name, self.sock, self.topo, self.plan, self.hang = name, sock, topo, plan, hang
+        self.seen: list[dict[str, Any]] = []
+        self.cancelled: list[int] = []
+
+    async def run(self) -> None:
+        reader, writer = await asyncio.open_connection(sock=self.sock)
+        stop = asyncio.Event()
+        waiting: dict[int, asyncio.Future[None]] = {}
+
+        def answer(cid: int, result: dict[str, Any]) -> None:
+            writer.write((json.dumps({"id": cid, "result": result}) + "\n").encode())
+
+        async def case(cmd: dict[str, Any]) -> None:
+            cfg = cmd["config"]
+            c = next(c for c in self.topo.cases() if c.id == cfg["room"])
+            if cfg["room"] in self.hang and cmd["role"] == "callee":
+                waiting[cmd["id"]] = fut = asyncio.get_running_loop().create_future()
+                await fut  # until the orchestrator cancels it
+                answer(cmd["id"], {"error": "cancelled by the orchestrator"})
+                return
+            if cfg["room"] in self.hang:
+                answer(cmd["id"], {"role": "caller", "outcome": "failed", "error": "gave up at once"})
+                return
+            exp = expectation_of(self.topo, self.plan, c)
+            sel = {"local": {"type": c.path, "address": "x", "port": 1}, "remote": {"type": c.path, "address": "y", "port": 2}}
+            answer(cmd["id"], {"role": cmd["role"], "path": c.path, "outcome": exp.outcome,
+                               "selected": sel if exp.connected else None, "rtt_ms": 1.0, "t_connect_ms": 5.0})
+
+        async def stop_later(cid: int) -> None:
+            await stop.wait()
+            answer(cid, {"stopped": True})
+
+        tasks = []
+        while line := await reader.readline():
+            cmd = json.loads(line)
+            self.seen.append(cmd)
+            op = cmd["op"]
+            if op == "servers":
+                writer.write((json.dumps({"id": cmd["id"], "ready": True}) + "\n").encode())
+                tasks.append(asyncio.ensure_future(stop_later(cmd["id"])))
+            elif op == "stop-servers":
+                stop.set()
+            elif op == "probe":
+                nat = next(r.nat for r in self.plan.routers if any(p.id == self.name for p in r.peers))
+                from natkit.lab.expect import expected_probe
+
+                answer(cmd["id"], dict(expected_probe(nat.behaviour)))
+            elif op == "case":
+                tasks.append(asyncio.ensure_future(case(cmd)))
+            elif op == "cancel":
+                self.cancelled.append(cmd["target"])
+                fut = waiting.pop(cmd["target"], None)
+                if fut is not None:
+                    fut.set_result(None)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _run(only: list[str], hang: set[str]) -> tuple[Any, dict[str, FakeAgent], float, list[tuple[str, Any]]]:
+    from natkit.lab.cases import select_cases
+
+    topo = load()
+    cases = select_cases(topo, only)
+    plan = topo.plan(cases)
+    names = ["srv", *(p.id for r in plan.routers for p in r.peers)]
+    ours: dict[str, socket.socket] = {}
+    fakes: dict[str, FakeAgent] = {}
+    for n in names:
+        a, b = socket.socketpair()
+        ours[n] = a
+        fakes[n] = FakeAgent(n, b, topo, plan, hang)
+    events: list[tuple[str, Any]] = []
+    runs = [asyncio.ensure_future(f.run()) for f in fakes.values()]
+    t0 = time.monotonic()
+    orch = await orchestrate(topo, plan, cases, ours, turn_engine="natkit", progress=lambda k, i: events.append((k, i)))
+    took = time.monotonic() - t0
+    for s in ours.values():
+        s.close()
+    await asyncio.wait_for(asyncio.gather(*runs), 5)
+    return orch, fakes, took, events
+
+
+async def test_orchestrate_runs_servers_probes_and_cases_on_the_agents_it_is_given() -> None:
+    orch, fakes, _, events = await _run(["symmetric:full-cone,udp-blocked:open,same-lan"], set())
+    from natkit.lab.cases import select_cases
+
+    want = select_cases(load(), ["symmetric:full-cone,udp-blocked:open,same-lan"])
+    assert [c.case for c in orch.cases] == want  # in the order given
+    assert all(c.as_expected for c in orch.cases) and not orch.errors
+    assert {p.nat for p in orch.probes} == {"symmetric", "full-cone", "udp-blocked", "open", "same-lan"}
+    assert all(p.passed for p in orch.probes)
+    # the servers' agent got the servers and was told to stop; peers got only probes and cases
+    assert [c["op"] for c in fakes["srv"].seen] == ["servers", "stop-servers"]
+    assert fakes["srv"].seen[0]["spec"]["turn"] == "203.0.113.4"
+    for name, f in fakes.items():
+        if name != "srv":
+            assert {c["op"] for c in f.seen} <= {"probe", "case"} and f.seen
+    # each side of a case ran in the agent of its peer, with its role and stack
+    lan = next(c for c in orch.cases if c.case.same_lan and c.case.path == "host")
+    roles = {(n, c["role"]) for n, f in fakes.items() for c in f.seen if c["op"] == "case" and c["config"]["room"] == lan.case.id}
+    assert roles == {("same-lan-1-p1", "caller"), ("same-lan-1-p2", "callee")}
+    tally = [i["tally"] for k, i in events if k == "case"][-1]
+    assert isinstance(tally, Tally) and tally.unexpected == 0
+    assert tally.connected + tally.failed_as_expected == len(orch.cases)
+    assert {k for k, _ in events} == {"stage", "probe", "case"}
+
+
+async def test_when_one_side_fails_the_other_is_cancelled_after_a_grace() -> None:
+    room = "open~symmetric/host"  # expected to connect; here the caller gives up at once
+    orch, fakes, took, _ = await _run(["open:symmetric"], {room})
+    case = next(c for c in orch.cases if c.case.id == room)
+    assert case.observed == "failed" and not case.as_expected
+    assert case.error == "gave up at once"
+    assert case.callee.error == "cancelled by the orchestrator"
+    callee_agent = fakes[case.routers[1] + "-p1"]
+    assert len(callee_agent.cancelled) == 1
+    assert took < FAILED_PEER_GRACE_S + 3, took  # not the callee's whole deadline
