@@ -668,13 +668,22 @@ typedef struct {
     int busy; /* a call that released the GIL is running: no other call may touch ctx */
 } Table;
 
-/* The context of a table that is open and not in use by another thread, or NULL + error. */
+/* The context of an open table, or NULL + error. */
+static struct nk_ctx *open_ctx(PyObject *obj) {
+    Table *t = (Table *)obj;
+    if (t->ctx == NULL)
+        PyErr_SetString(PyExc_ValueError, "the table is closed");
+    return t->ctx;
+}
+
+/* The context of an open table that no call without the GIL is using (every call that
+ * changes or reads through the table), or NULL + error. Counters and the size may be read
+ * from another thread meanwhile (stats() of a server running in a thread of its own): they
+ * are plain integers, read as the ctypes-loaded helper let them be read before. */
 static struct nk_ctx *table_ctx(PyObject *obj) {
     Table *t = (Table *)obj;
-    if (t->ctx == NULL) {
-        PyErr_SetString(PyExc_ValueError, "the table is closed");
+    if (open_ctx(obj) == NULL)
         return NULL;
-    }
     if (t->busy) {
         PyErr_SetString(PyExc_RuntimeError, "the table is in use by another thread");
         return NULL;
@@ -755,13 +764,13 @@ static PyObject *Table_delete(PyObject *obj, PyObject *arg) {
 }
 
 static Py_ssize_t Table_len(PyObject *obj) {
-    struct nk_ctx *c = table_ctx(obj);
+    struct nk_ctx *c = open_ctx(obj);
     return c == NULL ? -1 : (Py_ssize_t)c->used;
 }
 
 static PyObject *Table_stats(PyObject *obj, PyObject *unused) {
     (void)unused;
-    struct nk_ctx *c = table_ctx(obj);
+    struct nk_ctx *c = open_ctx(obj);
     if (c == NULL)
         return NULL;
     uint64_t s[6];
@@ -773,7 +782,7 @@ static PyObject *Table_stats(PyObject *obj, PyObject *unused) {
 
 static PyObject *Table_epoll_fd(PyObject *obj, PyObject *unused) {
     (void)unused;
-    struct nk_ctx *c = table_ctx(obj);
+    struct nk_ctx *c = open_ctx(obj);
     return c == NULL ? NULL : PyLong_FromLong(c->epfd);
 }
 
