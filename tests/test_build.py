@@ -140,11 +140,12 @@ def test_a_library_planted_in_home_is_never_loaded(
 
 
 def test_no_source_reads_the_cache_directory_or_a_compiler() -> None:
-    """No module of natkit runs a compiler or loads a library file through ctypes (the lab's
-    ``ctypes.CDLL(None)``, libc itself for prctl/setns, is no file)."""
+    """No module of natkit runs a compiler, loads a library file through ctypes (the lab's
+    ``ctypes.CDLL(None)``, libc itself for prctl/setns, is no file) or reads the user's cache
+    directory (setting XDG_CACHE_HOME for a child, as the browser launcher does, is fine)."""
     banned = re.compile(
-        r"CDLL\((?!None\b)|XDG_CACHE_HOME|\.cache/natkit|which\([\"'](gcc|cc)[\"']\)"
-        r"|\[[\"'](gcc|cc)[\"']"
+        r"CDLL\((?!None\b)|(environ\.get\(|environ\[|getenv\()[\"']XDG_CACHE_HOME"
+        r"|\.cache/natkit|which\([\"'](gcc|cc)[\"']\)|\[[\"'](gcc|cc)[\"']"
     )
     hits = [
         f"{path.relative_to(ROOT)}:{n}"
