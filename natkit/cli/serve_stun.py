@@ -101,16 +101,14 @@ def run(args: argparse.Namespace) -> int:
                     ],
                     "rfc5780": server.rfc5780,
                     "fast_path": server.fast_path_kind,
+                    "udp_path": server.fast_path_line,
                     "workers": args.workers,
                 }
             )
         else:
             mode = "RFC 5780 mode" if server.rfc5780 else "plain mode"
-            print(
-                f"natkit STUN responder ({mode}, fast path: {server.fast_path_kind}, "
-                f"{args.workers} worker(s)) on:",
-                flush=True,
-            )
+            print(f"natkit STUN responder ({mode}, {args.workers} worker(s)) on:")
+            print(f"  UDP path: {server.fast_path_line}", flush=True)
             for t, (ip, port) in server.addresses:
                 host = f"[{ip}]" if ":" in ip else ip
                 print(f"  {t:4} {host}:{port}")

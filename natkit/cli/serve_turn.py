@@ -184,6 +184,8 @@ def options_from_args(args: argparse.Namespace) -> TurnOptions:
 
 def _announce(server: TurnService, args: argparse.Namespace) -> None:
     engine = server.engine_name
+    # natkit's engine says which UDP data path it runs (C extension or pure Python) and why
+    data_path: str | None = getattr(server, "fast_path_line", None)
     username, credential = ("", "") if args.no_auth else server.credentials()
     generated = server.generated_user
     if args.json:
@@ -197,15 +199,15 @@ def _announce(server: TurnService, args: argparse.Namespace) -> None:
                 "username": username,
                 "credential": credential if generated else None,
                 "auth": not args.no_auth,
-                "data_path": server.stats().get("fast_path", engine),
+                "data_path": data_path,
             }
         )
     else:
         print(f"natkit TURN relay (engine: {engine}) on:")
+        if data_path is not None:
+            print(f"  data path: {data_path}")
         for url in server.urls:
             print(f"  {url}")
-        if engine == "natkit":
-            print(f"data path: {server.stats()['fast_path']}")
         if args.no_auth:
             print("WARNING: --no-auth: this is an OPEN RELAY; anyone who reaches it can use it.")
         elif generated:

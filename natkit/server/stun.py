@@ -23,10 +23,10 @@ from errno import EADDRINUSE
 from types import TracebackType
 from typing import Any
 
-from natkit.errors import UsageError
+from natkit.errors import PrerequisiteError, UsageError
 from natkit.server._binding import Address, BindingResponder, Reply, Verdict
 from natkit.server._budget import SourceBudget
-from natkit.server._fastpath import IP_PKTINFO, Counters, UdpServeThread, helper_status
+from natkit.server._fastpath import IP_PKTINFO, Counters, UdpServeThread, describe, helper_status
 from natkit.server._stream import StreamCounters, StunStreamProtocol
 from natkit.server._tls import server_context
 
@@ -110,8 +110,8 @@ class StunServer:
     primary port + 1) turn on RFC 5780 mode for the primary addresses of that family, which must
     then be specific addresses. ``tls_cert``/``tls_key`` add TLS on ``tls_port`` (default 5349,
     on the same IPs). ``reuse_port`` sets SO_REUSEPORT so several processes share the ports.
-    ``tcp=False`` serves UDP (and TLS) only. ``fast_path``: None (the C helper when it
-    builds), True/False to force C / pure Python.
+    ``tcp=False`` serves UDP (and TLS) only. ``fast_path``: None (the C extension when it is
+    built and NATKIT_NO_CEXT is unset), True/False to force C / pure Python.
     Once started, ``addresses`` lists what it serves as ``(transport, (ip, port))``.
     """
 
@@ -200,6 +200,12 @@ class StunServer:
         if self.fast_path is False:
             return "python (disabled)"
         return helper_status()
+
+    @property
+    def fast_path_line(self) -> str:
+        """Which UDP path serves and why, for the start line ("C fast path (...)",
+        "pure Python: NATKIT_NO_CEXT=1")."""
+        return describe(self.fast_path is not False)
 
     def same_ports_options(self) -> dict[str, Any]:
         """Keyword arguments for another StunServer on exactly these ports (port 0 resolved):
@@ -437,7 +443,10 @@ class StunServer:
             use_c=use_c,
         )
         if self.fast_path is True and not thread.uses_c:
-            raise UsageError(f"the C fast path is not available: {helper_status()}")
+            raise PrerequisiteError(
+                f"the C fast path is not available ({describe()}): reinstall natkit where gcc "
+                "and the Python headers are installed, or unset NATKIT_NO_CEXT"
+            )
         s.thread = thread
         thread.start()
 

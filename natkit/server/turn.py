@@ -108,7 +108,8 @@ class TurnServer(TurnService):
 
     ``TurnServer(listen, options=TurnOptions(...))`` or the same options as keyword arguments
     (``TurnServer(users={"u": "p"}, allow_peers=["10.0.0.0/8"])``); see :class:`TurnOptions`.
-    ``fast_path``: None (the C data path when it is available), True/False to force C/Python.
+    ``fast_path``: None (the C data path when the extension is built and NATKIT_NO_CEXT is
+    unset), True/False to force C/Python.
     Once started, :attr:`addresses`, :attr:`urls` and :meth:`ice_server` are ready.
     """
 
@@ -226,6 +227,12 @@ class TurnServer(TurnService):
             return "c"
         return "python (disabled)" if self.fast_path is False else _turn_fast.status()
 
+    @property
+    def fast_path_line(self) -> str:
+        """Which UDP data path runs and why, for the start line ("C fast path (...)",
+        "pure Python: NATKIT_NO_CEXT=1")."""
+        return _turn_fast.describe(self.fast_path is not False)
+
     def stats(self) -> dict[str, Any]:
         s = self.engine.stats
         fast = self.fast.stats() if self.fast is not None else self._fast_totals
@@ -273,8 +280,9 @@ class TurnServer(TurnService):
             if lib is None and self.fast_path:
                 self._started = False
                 raise PrerequisiteError(
-                    f"the C relay path is not available: {_turn_fast.status()}; "
-                    "run with fast_path=None (or False) to use the Python path"
+                    f"the C relay path is not available ({_turn_fast.describe()}): reinstall "
+                    "natkit where gcc and the Python headers are installed, unset NATKIT_NO_CEXT, "
+                    "or run with fast_path=None (or False) to use the Python path"
                 )
             if lib is not None:
                 self.fast = FastTable(lib)
