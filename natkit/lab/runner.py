@@ -266,8 +266,10 @@ async def _servers(cmd: dict[str, Any], writer: asyncio.StreamWriter, stop: asyn
         await stack.enter_async_context(
             StunServer([(s["stun"][0], s["stun_port"])], alternate_ip=s["stun"][1], alternate_port=s["stun_alt_port"])
         )
+        # both peers of a relay path may be relayed by this one server: relay_to_relay
         turn_kwargs = dict(
-            realm=s["realm"], users={s["username"]: s["password"]}, relay_ip=s["turn"], allow_peers=s["allow_peers"]
+            realm=s["realm"], users={s["username"]: s["password"]}, relay_ip=s["turn"], allow_peers=s["allow_peers"],
+            relay_to_relay=True,
         )
         if s["engine"] == "coturn":
             from natkit.server.coturn import CoturnServer

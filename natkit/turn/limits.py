@@ -131,10 +131,14 @@ class ResponseLimiter:
     go on to authenticate (one 401 per Allocate, then signed requests) never run dry, however
     many of them share one address, while a source that only ever provokes errors does."""
 
-    __slots__ = ("_buckets",)
+    __slots__ = ("_buckets", "limited")
 
-    def __init__(self, burst: float = 100.0, rate: float = 50.0, max_keys: int = 50_000) -> None:
-        self._buckets = TokenBuckets(burst, rate, max_keys)
+    def __init__(
+        self, burst: float = 100.0, rate: float | None = 50.0, max_keys: int = 50_000
+    ) -> None:
+        """``rate`` None: no limit."""
+        self.limited = rate is not None
+        self._buckets = TokenBuckets(burst, rate or 0.0, max_keys)
 
     @property
     def burst(self) -> float:
@@ -146,7 +150,7 @@ class ResponseLimiter:
 
     def allow(self, ip: str, now: float) -> bool:
         """Take one response for ``ip``; False: send nothing (count it)."""
-        return self._buckets.take(ip, now)
+        return not self.limited or self._buckets.take(ip, now)
 
     def credit(self, ip: str, now: float) -> None:
         """A verified request from ``ip``: one error response back into its budget."""

@@ -102,11 +102,22 @@ class OwnAddresses:
     :: always, which reach the host itself). ``listen_ports``: (family, port) of its listeners,
     on every own IP of that family. ``relay_ports``: its configured relay port range (low,
     high), or None when the kernel picks. ``reopened``: CIDRs explicitly allowed as peers
-    (``allow_peers``), which reopen own IPs for other ports. The engine adds the IPs of every
-    relay it creates and checks its live relay addresses itself.
+    (``allow_peers``), which reopen own IPs for other ports. ``relay_to_relay``: the live
+    relayed addresses of this relay are accepted as peers (two clients relayed by the same
+    server reaching each other, as WebRTC does when both must use a relay): off by default;
+    nested allocations stay impossible either way (the engine drops requests from its relays)
+    and the listener and the rest of the relay's IPs stay refused. The engine adds the IPs of
+    every relay it creates and checks its live relay addresses itself.
     """
 
-    __slots__ = ("_cache", "listen_ports", "networks", "relay_ports", "reopened")
+    __slots__ = (
+        "_cache",
+        "listen_ports",
+        "networks",
+        "relay_ports",
+        "relay_to_relay",
+        "reopened",
+    )
 
     def __init__(
         self,
@@ -115,7 +126,9 @@ class OwnAddresses:
         listen_ports: Iterable[tuple[int, int]] = (),
         relay_ports: tuple[int, int] | None = None,
         reopened: Iterable[str] = (),
+        relay_to_relay: bool = False,
     ) -> None:
+        self.relay_to_relay = relay_to_relay
         self.networks = _cidrs([*networks, "0.0.0.0/32", "::/128"], "networks")
         self.listen_ports: frozenset[tuple[int, int]] = frozenset(listen_ports)
         self.relay_ports = relay_ports
@@ -165,7 +178,7 @@ class OwnAddresses:
         port = peer[1]
         canonical = str(canonical_peer(peer[0]))
         if (canonical, port) in relays or (peer[0], port) in relays:
-            return "the relay's own relayed address"
+            return None if self.relay_to_relay else "the relay's own relayed address"
         if (family, port) in self.listen_ports:
             return "the relay's own listener"
         low_high = self.relay_ports

@@ -306,10 +306,17 @@ def test_peer_policy_as_coturn_ranges() -> None:
     assert "allowed-peer-ip=127.0.0.100-127.255.255.255" in lines
     assert "allow-loopback-peers" in lines and "no-multicast-peers" in lines
     assert "allow-loopback-peers" not in coturn_peer_policy()
-    denied = default_denied_peers()
-    for cidr in ("fc00::/7", "fe80::/10", "::ffff:10.0.0.0/104", "64:ff9b::a9fe:0/112"):
-        assert cidr in denied
-    assert not netaddr.IPSet(denied) & netaddr.IPSet(["8.8.8.8/32", "::ffff:8.8.8.8/128"])
+    denied = netaddr.IPSet(default_denied_peers())
+    for cidr in (
+        "fc00::/7",
+        "fe80::/10",
+        "::ffff:10.0.0.0/104",
+        "64:ff9b::a9fe:0/112",
+        "fec0::/10",  # deprecated site-local
+        "3fff::/20",  # RFC 9637 documentation
+    ):
+        assert netaddr.IPSet([cidr]) <= denied, cidr
+    assert not denied & netaddr.IPSet(["8.8.8.8/32", "::ffff:8.8.8.8/128"])
 
 
 @functools.cache

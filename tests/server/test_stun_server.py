@@ -454,22 +454,42 @@ async def test_tcp_framing_several_and_partial_messages() -> None:
         assert srv.stats()["stream"]["garbage"] == 1
 
 
-async def test_tcp_idle_timeout_closes_and_others_keep_working() -> None:
-    async with natkit.StunServer(["127.0.0.1:0"], idle_timeout=0.3) as srv:
+async def test_tcp_idle_timeout_counts_complete_messages_not_bytes() -> None:
+    async with natkit.StunServer(["127.0.0.1:0"], idle_timeout=1.0) as srv:
         tcp = srv.addresses_of("tcp")[0]
         idle_r, idle_w = await asyncio.open_connection(*tcp)
-        idle_w.write(Message(Method.BINDING).encode()[:7])  # half a header, then silence
-        await idle_w.drain()
+        idle_w.write(Message(Method.BINDING).encode())
+        assert (await asyncio.wait_for(read_message(idle_r), 2)).cls == Class.SUCCESS
         t0 = time.monotonic()
+        partial = Message(Method.BINDING).encode()
+        for i in range(6):  # a byte every 0.4 s (slowloris) does not reset the idle clock
+            idle_w.write(partial[i : i + 1])
+            await idle_w.drain()
+            await asyncio.sleep(0.4)
+            if idle_r.at_eof():
+                break
         assert await asyncio.wait_for(idle_r.read(), 3) == b""
-        assert 0.2 < time.monotonic() - t0 < 2.5
+        assert 0.9 < time.monotonic() - t0 < 3.5
         idle_w.close()
         r, w = await asyncio.open_connection(*tcp)
         w.write(Message(Method.BINDING).encode())
         resp = await asyncio.wait_for(read_message(r), 2)
         assert resp.cls == Class.SUCCESS
         w.close()
-        assert srv.stats()["stream"]["idle_closed"] >= 1
+        assert srv.stats()["stream"]["dropped"]["idle_timeout"] == 1
+
+
+async def test_tcp_first_message_deadline() -> None:
+    async with natkit.StunServer(["127.0.0.1:0"], first_message_timeout=0.5) as srv:
+        tcp = srv.addresses_of("tcp")[0]
+        idle_r, idle_w = await asyncio.open_connection(*tcp)
+        idle_w.write(Message(Method.BINDING).encode()[:7])  # half a header, then silence
+        await idle_w.drain()
+        t0 = time.monotonic()
+        assert await asyncio.wait_for(idle_r.read(), 3) == b""
+        assert 0.4 < time.monotonic() - t0 < 2.5
+        idle_w.close()
+        assert srv.stats()["stream"]["dropped"]["first_message_timeout"] == 1
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
@@ -616,7 +636,7 @@ async def test_tcp_connection_cap() -> None:
         assert (await asyncio.wait_for(read_message(r), 2)).cls == Class.SUCCESS
         for _, w in held:
             w.close()
-        assert srv.stats()["stream"]["refused"] == 1
+        assert srv.stats()["stream"]["dropped"]["total_limit"] == 1
 
 
 @pytest.mark.parametrize("fast_path", FAST_PATHS)

@@ -695,10 +695,14 @@ async def test_custom_handlers_decide_on_a_real_server() -> None:
         c = RawClient(server, "app", "pw")
         assert (await c.allocate()).cls == Class.SUCCESS
         bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4000)
-        resp = await c.request(bind.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 10)))
+        resp = await c.request(bind.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.2", 10)))
+        assert resp.error_code.code == 403
+        # the relay's own address is refused whatever a custom policy says
+        bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4000)
+        resp = await c.request(bind.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 9)))
         assert resp.error_code.code == 403
         bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4000)
-        assert (await c.request(bind.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 9)))).cls == (
+        assert (await c.request(bind.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.2", 9)))).cls == (
             Class.SUCCESS
         )
         second = RawClient(server, "app", "pw")  # same source IP: over its quota
