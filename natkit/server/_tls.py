@@ -32,6 +32,7 @@ FAILURE_KINDS = (
 )
 
 _COOKIE = b"\x21\x12\xa4\x42"
+_HTTP = (b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"CONN", b"DELE", b"PRI ")
 _BAD_VERSION = (
     "UNSUPPORTED_PROTOCOL",
     "WRONG_VERSION_NUMBER",
@@ -126,6 +127,8 @@ def classify_clear_text(first: bytes) -> str:
     """What a connection's first bytes are, when they are not a TLS handshake record."""
     if len(first) >= 8 and first[0] < 0x40 and first[4:8] == _COOKIE:
         return "plain_stun"
+    if first[:4] in _HTTP:
+        return "not_tls"
     if first and 0x40 <= first[0] <= 0x4F:
         return "plain_stun"  # ChannelData (RFC 8656 channel numbers)
     return "not_tls"

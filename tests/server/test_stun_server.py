@@ -794,3 +794,23 @@ async def test_port_zero_retries_when_the_tcp_twin_is_taken(
             with udp_client() as c:
                 resp, _, _ = await exchange(c, Message(Method.BINDING).encode(), srv.udp_address)
                 assert resp.cls == Class.SUCCESS
+
+
+def test_change_request_notice_once_per_source_and_rate_limited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from natkit.server.stun import ChangeRequestNotice
+
+    notice = ChangeRequestNotice(logging.getLogger("t"), threshold=3, per_minute=2)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(10):
+            notice.saw("192.0.2.1")  # one line for this source, however often
+        for i in range(5):
+            for _ in range(3):
+                notice.saw(f"192.0.2.{10 + i}")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2  # the rate limit: 2 a minute
+    assert "source=192.0.2.1 " in lines[0]
+    assert notice.count == 25 and notice.sources == 6
