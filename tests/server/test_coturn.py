@@ -493,7 +493,7 @@ def test_tls_files_are_made_absolute_and_must_be_readable(
     turn = CoturnServer(LOOPBACK, no_auth=True, tls_cert="cert.pem", tls_key="key.pem")
     text = turn.render_config(tmp_path)
     assert f"cert={cert.resolve()}" in text and f"pkey={key.resolve()}" in text
-    with pytest.raises(ConfigError, match="nope.pem: no such file") as err:
+    with pytest.raises(ConfigError, match=r"nope\.pem: no such file") as err:
         CoturnServer(LOOPBACK, no_auth=True, tls_cert="nope.pem", tls_key="key.pem")
     assert err.value.param == "tls_cert"
 
