@@ -92,7 +92,7 @@ class FailureLimiter:
         *,
         global_burst: float = 1000.0,
         global_rate: float = 200.0,
-        max_keys: int = 50_000,
+        max_keys: int = 10_000,
     ) -> None:
         self._keys = TokenBuckets(burst, rate, max_keys)
         self._global = TokenBuckets(global_burst, global_rate, 1)
@@ -134,7 +134,7 @@ class ResponseLimiter:
     __slots__ = ("_buckets", "limited")
 
     def __init__(
-        self, burst: float = 100.0, rate: float | None = 50.0, max_keys: int = 50_000
+        self, burst: float = 100.0, rate: float | None = 50.0, max_keys: int = 10_000
     ) -> None:
         """``rate`` None: no limit."""
         self.limited = rate is not None
