@@ -20,14 +20,18 @@ from natkit.server._tls import FAILURE_KINDS
 Stats = Callable[[], dict[str, Any]]
 
 
-class TurnCollector:
-    """A prometheus-client collector over one relay's ``stats()``."""
+class _Collector:
+    """A prometheus-client collector over one server's ``stats()`` (described on scrape)."""
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
 
     def describe(self) -> list[Any]:
         return []
+
+
+class TurnCollector(_Collector):
+    """The relay's metrics."""
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -111,14 +115,8 @@ def _stream_metrics(prefix: str, stream: dict[str, Any]) -> Iterator[Any]:
     )
 
 
-class StunCollector:
-    """A prometheus-client collector over one STUN responder's ``stats()``."""
-
-    def __init__(self, stats: Stats) -> None:
-        self.stats = stats
-
-    def describe(self) -> list[Any]:
-        return []
+class StunCollector(_Collector):
+    """The STUN responder's metrics."""
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -25,6 +25,7 @@ from typing import Any
 
 from natkit.server.coturn import free_port, wait_for_binding
 from natkit.stun import Attr, Class, Message, Method, decode, long_term_key
+from tests.server.test_stream import alive
 
 SERVER = "127.0.0.1"
 
@@ -77,14 +78,7 @@ def slots(args: argparse.Namespace) -> None:
             with contextlib.suppress(OSError):
                 s.send(Message(Method.BINDING).encode()[:7])
         time.sleep(1.0)
-        held = 0
-        for s in socks:
-            try:
-                held += s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-            except BlockingIOError:
-                held += 1
-            except OSError:
-                pass
+        held = alive(socks)
         legit = tcp_binding(target, "127.0.0.3")
         print(
             f"slots: {len(socks)} half-written connections from 127.0.0.2 in {opened:.1f} s; "

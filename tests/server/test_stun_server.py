@@ -696,8 +696,8 @@ def test_source_budget_token_bucket() -> None:
     assert b.allow("b", 0.0)  # another source has its own bucket
     assert not b.allow("a", 0.05)  # half a token
     assert b.allow("a", 0.1)  # one token after 0.1 s at 10/s
-    assert b.allow("c", 0.1)  # table full: cleared, never a refusal for a new source
-    assert b.allow("a", 0.1)
+    assert b.allow("c", 0.1)  # table full: refilled buckets forgotten, never a new source refused
+    assert not b.allow("a", 0.1)  # a spent bucket is not forgotten for that
 
 
 @pytest.mark.parametrize("fast_path", FAST_PATHS)
