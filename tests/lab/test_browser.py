@@ -94,8 +94,8 @@ def _turn_class(engine: str) -> Any:
 async def _turn_loopback(engine: str, password: str = "secret") -> AsyncIterator[tuple[str, int]]:
     turn = _turn_class(engine)(
         listen=[("127.0.0.1", 0)], users={"lab": password}, realm="lab.natkit",
-        relay_ip="127.0.0.1", allow_peers=["127.0.0.0/8"],
-    )
+        relay_ip="127.0.0.1", allow_peers=["127.0.0.0/8"], relay_to_relay=True,
+    )  # both peers may be relayed by this one server
     async with turn:
         yield turn.addresses_of("udp")[0]
 
@@ -198,7 +198,7 @@ else:
     from natkit.server.turn import TurnServer as Turn
 async def main():
     turn = Turn(listen=[(ip, 3478)], users={"lab": "secret"}, realm="lab.natkit", relay_ip=ip,
-                allow_peers=nets)
+                allow_peers=nets, relay_to_relay=True)
     async with turn, SignalingServer(ip, 8080, pages=pages()):
         print("ready", flush=True)
         await asyncio.sleep(120)
@@ -317,7 +317,7 @@ else:
     from natkit.server.turn import TurnServer as Turn
 async def main():
     turn = Turn(listen=[(turn_ip, 3478)], users={user: password}, realm=realm, relay_ip=turn_ip,
-                allow_peers=[net])
+                allow_peers=[net], relay_to_relay=True)
     async with StunServer([(stun, 3478)]), turn, SignalingServer(sig, 8080, pages=pages()):
         print("ready", flush=True)
         await asyncio.sleep(120)
