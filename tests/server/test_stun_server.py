@@ -480,22 +480,42 @@ async def test_tcp_framing_several_and_partial_messages() -> None:
         assert srv.stats()["stream"]["garbage"] == 1
 
 
-async def test_tcp_idle_timeout_closes_and_others_keep_working() -> None:
-    async with natkit.StunServer(["127.0.0.1:0"], idle_timeout=0.3) as srv:
+async def test_tcp_idle_timeout_counts_complete_messages_not_bytes() -> None:
+    async with natkit.StunServer(["127.0.0.1:0"], idle_timeout=1.0) as srv:
         tcp = srv.addresses_of("tcp")[0]
         idle_r, idle_w = await asyncio.open_connection(*tcp)
-        idle_w.write(Message(Method.BINDING).encode()[:7])  # half a header, then silence
-        await idle_w.drain()
+        idle_w.write(Message(Method.BINDING).encode())
+        assert (await asyncio.wait_for(read_message(idle_r), 2)).cls == Class.SUCCESS
         t0 = time.monotonic()
+        partial = Message(Method.BINDING).encode()
+        for i in range(6):  # a byte every 0.4 s (slowloris) does not reset the idle clock
+            idle_w.write(partial[i : i + 1])
+            await idle_w.drain()
+            await asyncio.sleep(0.4)
+            if idle_r.at_eof():
+                break
         assert await asyncio.wait_for(idle_r.read(), 3) == b""
-        assert 0.2 < time.monotonic() - t0 < 2.5
+        assert 0.9 < time.monotonic() - t0 < 3.5
         idle_w.close()
         r, w = await asyncio.open_connection(*tcp)
         w.write(Message(Method.BINDING).encode())
         resp = await asyncio.wait_for(read_message(r), 2)
         assert resp.cls == Class.SUCCESS
         w.close()
-        assert srv.stats()["stream"]["idle_closed"] >= 1
+        assert srv.stats()["stream"]["dropped"]["idle_timeout"] == 1
+
+
+async def test_tcp_first_message_deadline() -> None:
+    async with natkit.StunServer(["127.0.0.1:0"], first_message_timeout=0.5) as srv:
+        tcp = srv.addresses_of("tcp")[0]
+        idle_r, idle_w = await asyncio.open_connection(*tcp)
+        idle_w.write(Message(Method.BINDING).encode()[:7])  # half a header, then silence
+        await idle_w.drain()
+        t0 = time.monotonic()
+        assert await asyncio.wait_for(idle_r.read(), 3) == b""
+        assert 0.4 < time.monotonic() - t0 < 2.5
+        idle_w.close()
+        assert srv.stats()["stream"]["dropped"]["first_message_timeout"] == 1
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
@@ -642,7 +662,7 @@ async def test_tcp_connection_cap() -> None:
         assert (await asyncio.wait_for(read_message(r), 2)).cls == Class.SUCCESS
         for _, w in held:
             w.close()
-        assert srv.stats()["stream"]["refused"] == 1
+        assert srv.stats()["stream"]["dropped"]["total_limit"] == 1
 
 
 async def test_a_flooding_client_does_not_stall_others(fast_path: bool) -> None:
@@ -703,8 +723,8 @@ def test_source_budget_token_bucket() -> None:
     assert b.allow("b", 0.0)  # another source has its own bucket
     assert not b.allow("a", 0.05)  # half a token
     assert b.allow("a", 0.1)  # one token after 0.1 s at 10/s
-    assert b.allow("c", 0.1)  # table full: cleared, never a refusal for a new source
-    assert b.allow("a", 0.1)
+    assert b.allow("c", 0.1)  # table full: refilled buckets forgotten, never a new source refused
+    assert not b.allow("a", 0.1)  # a spent bucket is not forgotten for that
 
 
 async def test_server_replies_equal_the_codec_path_over_mutations(fast_path: bool) -> None:
@@ -800,3 +820,23 @@ async def test_port_zero_retries_when_the_tcp_twin_is_taken(
             with udp_client() as c:
                 resp, _, _ = await exchange(c, Message(Method.BINDING).encode(), srv.udp_address)
                 assert resp.cls == Class.SUCCESS
+
+
+def test_change_request_notice_once_per_source_and_rate_limited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from natkit.server.stun import ChangeRequestNotice
+
+    notice = ChangeRequestNotice(logging.getLogger("t"), threshold=3, per_minute=2)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(10):
+            notice.saw("192.0.2.1")  # one line for this source, however often
+        for i in range(5):
+            for _ in range(3):
+                notice.saw(f"192.0.2.{10 + i}")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2  # the rate limit: 2 a minute
+    assert "source=192.0.2.1 " in lines[0]
+    assert notice.count == 25 and notice.sources == 6
