@@ -34,6 +34,7 @@ from natkit.lab.agents import AgentClient
 from natkit.lab.evidence import claimed_route
 from natkit.lab.expect import Expectation, expect, expected_probe
 from natkit.lab.labca import LabCA, make_lab_ca
+from natkit.lab.nats import NatBehaviour
 from natkit.lab.results import CaseResult, ProbeResult
 from natkit.lab.servers import WEB_PORT, ServersSpec
 from natkit.lab.stacks import PeerConfig, PeerResult
@@ -46,6 +47,11 @@ RESULT_MARGIN = 6.0  # s an agent may take beyond a peer's own bound to report
 SERVERS_START_TIMEOUT = 15.0
 SERVERS_STOP_TIMEOUT = 12.0  # s for the servers to stop (coturn: SIGTERM, after 5 s SIGKILL)
 FAILED_PEER_GRACE_S = 1.0  # once one side failed, how long the other may take to say so too
+# NATs whose UDP mapping lifetime (udp_timeout_s) is this short or shorter get it measured
+# during the cases (RFC 5780 §4.6: checkpoints just before and just after it); longer ones
+# would hold the run past its budget.
+LIFETIME_MEASURE_MAX_S = 30
+LIFETIME_BRACKET_S = 5.0  # the checkpoints: this much before and after the claimed lifetime
 PROBES_AT_ONCE = 6  # probes judge by timed silences: a few at a time keep them exact
 FAILING_AT_ONCE = 48  # cases expected to fail that run at once
 LONGEVITY_MARGIN_S = 5  # a longevity case idles this much past the mapping lifetime
@@ -230,6 +236,16 @@ async def _run(
         notify("probe", {"probe": probe})
         return probe
 
+    async def measure_lifetime(nat_name: str) -> dict[str, Any]:
+        """The NAT's idle UDP mapping lifetime, bracketed around what the topology claims."""
+        router = plan.router(f"{nat_name}-1")
+        t = router.nat.behaviour.udp_timeout
+        schedule = [max(1.0, t - LIFETIME_BRACKET_S), t + LIFETIME_BRACKET_S]
+        res = await agents[router.peers[0].id].call(
+            t + 3 * LIFETIME_BRACKET_S, op="lifetime", server=[srv.stun_addresses[0], srv.stun_port], schedule=schedule,
+        )
+        return res
+
     async def run_case(case: Case, exp: Expectation, sem: asyncio.Semaphore | None) -> CaseResult:
         (ra, pa), (rb, pb) = plan.peers_of(case)
         a, b = (stacks.get(n) for n in case.stacks)
@@ -273,6 +289,10 @@ async def _run(
             return await run_probe(n)
 
     out.probes = list(await asyncio.gather(*(bounded_probe(n) for n in probe_names)))
+    # The lab measures the mapping lifetime it claims, beside the cases (fresh sockets of
+    # their own: no case's mapping is touched), where it is short enough to wait for.
+    timed = [p for p in out.probes if _lifetime_measurable(plan.router(f"{p.nat}-1").nat.behaviour)]
+    lifetime_tasks = {p.nat: asyncio.ensure_future(measure_lifetime(p.nat)) for p in timed}
     # Cases expected to fail mostly idle, but hundreds at once still starve the CPU.
     fail_sem = asyncio.Semaphore(FAILING_AT_ONCE)
     case_tasks = {c: asyncio.ensure_future(run_case(c, exps[c], (sem if exps[c].connected else fail_sem)
@@ -290,6 +310,15 @@ async def _run(
             results[c] = r
         out.timings["browser_s"] = time.monotonic() - t2
     out.cases = [results[c] for c in cases]
+    for probe in timed:
+        res = await lifetime_tasks[probe.nat]
+        measured = {"min": res.get("min"), "max": res.get("max")} if "error" not in res else None
+        if measured is None:
+            probe.error = f"mapping lifetime: {res['error']}"
+        claimed = plan.router(f"{probe.nat}-1").nat.behaviour.udp_timeout
+        probe.expected["udp_lifetime_s"] = claimed
+        probe.observed["udp_lifetime_s"] = measured
+        probe.passed = probe.passed and lifetime_agrees(claimed, measured)
     # Stop the servers while the nodes stand, and wait for it (bounded).
     servers.send(op="stop-servers")
     try:
@@ -298,6 +327,20 @@ async def _run(
         stopped = {"error": f"no answer within {SERVERS_STOP_TIMEOUT:g} s"}
     if not stopped.get("stopped"):
         out.errors.append(f"the lab's servers did not stop cleanly: {stopped.get('error', stopped)}")
+
+
+def _lifetime_measurable(b: NatBehaviour) -> bool:
+    return b.ipv4 and not b.block_udp and b.udp_timeout <= LIFETIME_MEASURE_MAX_S
+
+
+def lifetime_agrees(claimed: float, measured: dict[str, float | None] | None) -> bool:
+    """Whether a measured lifetime bracket (the mapping answered at ``min``, not at ``max``)
+    holds the ``claimed`` one."""
+    if not measured or measured.get("min") is None or measured.get("max") is None:
+        return False
+    lo, hi = measured["min"], measured["max"]
+    assert lo is not None and hi is not None
+    return lo < claimed <= hi
 
 
 Side = tuple[AgentClient, str, str, PeerConfig, float]  # agent, stack, role, config, time limit

@@ -63,6 +63,14 @@ def _matrix(result: dict[str, Any], path: str, names: list[str], family: str = "
     return lines
 
 
+def _probe_value(key: str, value: Any) -> str:
+    if key == "udp_lifetime_s":  # claimed: seconds; measured: the bracket it lies in
+        if isinstance(value, dict):
+            return f"lifetime {value.get('min')}..{value.get('max')} s"
+        return f"lifetime {value} s"
+    return str(value)
+
+
 def _short(name: str) -> str:
     parts = name.split("-")
     return "".join(p[:4] for p in parts)[:8] if len(name) > 8 else name
@@ -94,8 +102,9 @@ def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
         width = max(len(p["nat"]) for p in result["probes"])
         for p in result["probes"]:
             obs = p["observed"]
-            got = obs.get("nat_type") if "nat_type" in p["expected"] else f"{obs.get('mapping')} / {obs.get('filtering')}"
-            want = " / ".join(str(v) for v in p["expected"].values())
+            # the observed values of the expected keys, in their order
+            got = " / ".join(_probe_value(k, obs.get(k)) for k in p["expected"])
+            want = " / ".join(_probe_value(k, v) for k, v in p["expected"].items())
             mark = "ok " if p["pass"] else "BAD"
             w(f"  {mark} {p['nat'].ljust(width)}  expected {want:<58} observed {got}\n")
         w("\n")
