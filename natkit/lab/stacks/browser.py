@@ -45,6 +45,7 @@ from urllib.parse import urlencode, urlsplit
 from natkit.errors import ConfigError, PrerequisiteError
 from natkit.ice.browsers.driver import BrowserError, Driver, wait_for
 from natkit.lab.stacks.base import ROLES, PeerConfig, PeerResult
+from natkit.lab.stacks.capabilities import Capabilities
 
 __all__ = ["PAGE", "PAGE_PATH", "BrowserPeer", "case_params", "contract_main", "page_url", "pages"]
 
@@ -136,7 +137,7 @@ class BrowserPeer:
     heavy: ClassVar[bool] = True
     parallel: ClassVar[int] = 3
     start_s: ClassVar[float] = 10.0
-    capabilities: ClassVar[dict[str, Any]] = {}
+    capabilities: ClassVar[Capabilities] = Capabilities.unknown("browser")
 
     def __init__(self, netns: str | None = None, *, mdns: bool = False, loopback: bool | None = None) -> None:
         self.netns = netns
