@@ -32,7 +32,7 @@ from natkit.errors import PrerequisiteError
 from natkit.lab import stacks
 from natkit.lab.agents import AgentClient
 from natkit.lab.evidence import claimed_route
-from natkit.lab.expect import Expectation, expect, expected_probe
+from natkit.lab.expect import Expectation, expected_probe
 from natkit.lab.results import CaseResult, ProbeResult
 from natkit.lab.servers import ServersSpec
 from natkit.lab.stacks import PeerConfig, PeerResult
@@ -88,10 +88,14 @@ def cpu_limit(parallel: int | None, topo: Topology) -> int:
 
 
 def expectation_of(topo: Topology, plan: Plan, case: Case) -> Expectation:
+    """What ``case`` should do: its NATs' behaviours played with what its stacks do."""
+    from natkit.lab.stack_expect import expect_stacks
+
     (ra, _), (rb, _) = plan.peers_of(case)
-    return expect(
+    return expect_stacks(
         ra.nat.behaviour, rb.nat.behaviour, case.path, same_lan=case.same_lan,
-        turn_transports=topo.servers.turn_transports,
+        turn_transports=topo.servers.turn_transports, stacks=case.stacks,
+        capabilities=(stacks.capabilities_of(case.stacks[0]), stacks.capabilities_of(case.stacks[1])),
     )
 
 
