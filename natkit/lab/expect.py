@@ -45,6 +45,10 @@ class Expectation:
     reason: str
     decided_by: str = "nats"  # "nats" | "stacks": what made the outcome what it is
 
+    @property
+    def outcome(self) -> str:
+        return "connected" if self.connected else "failed"
+
 
 @dataclass(frozen=True)
 class Side:
@@ -55,10 +59,6 @@ class Side:
     redundant_srflx: bool = True  # signals a srflx candidate equal to its host address
     gives_up_without_candidates: bool = False  # fails at once when the other signals none
     turn: tuple[str, ...] | None = None  # TURN transports it allocates over (None: any)
-
-    @property
-    def outcome(self) -> str:
-        return "connected" if self.connected else "failed"
 
 
 @dataclass
