@@ -13,8 +13,9 @@ is the engine's capture, judged afterwards by :func:`natkit.lab.runner.finish`).
 
 Scheduling: cases expected to fail idle until their deadline and need no CPU, so they all
 start at once; cases expected to connect are CPU-bound (DTLS) and run at most ``parallel`` at a
-time (default: 4 per CPU). Cases of a heavy stack (a browser) run after the others, a few at a
-time. When one side of a case has failed, the other gets a second to report, then is cancelled.
+time (default: 4 per CPU). Cases of a heavy stack (a browser) run beside the others, at most
+the stack's ``parallel`` connecting at once. When one side of a case has failed, the other gets
+a second to report, then is cancelled.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ async def _run(
         notify("probe", {"probe": probe})
         return probe
 
-    async def run_case(case: Case, exp: Expectation, sem: asyncio.Semaphore | None) -> CaseResult:
+    async def run_case(case: Case, exp: Expectation, sems: Sequence[asyncio.Semaphore]) -> CaseResult:
         (ra, pa), (rb, pb) = plan.peers_of(case)
         a, b = (stacks.get(n) for n in case.stacks)
         ice = srv.ice_servers(case.path)
@@ -186,7 +187,9 @@ async def _run(
         # Each side waits for the other's start-up on top of the case's deadline.
         cfg_a = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + b.start_s)
         cfg_b = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + a.start_s)
-        async with sem if sem is not None else contextlib.nullcontext():
+        async with contextlib.AsyncExitStack() as held:
+            for sem in sems:
+                await held.enter_async_context(sem)
             ra_res, rb_res = await _pair(
                 (agents[pa.id], a.name, "caller", cfg_a, a.max_duration_s(cfg_a) + RESULT_MARGIN),
                 (agents[pb.id], b.name, "callee", cfg_b, b.max_duration_s(cfg_b) + RESULT_MARGIN),
@@ -205,26 +208,37 @@ async def _run(
     heavy = [c for c in cases if c not in light]
     exps = {c: expectation_of(topo, plan, c) for c in cases}
     sem = asyncio.Semaphore(cpu_limit(parallel, topo))
-    # Expected failures first (they idle until the deadline), then the CPU-bound connections.
-    order = sorted(light, key=lambda c: exps[c].connected)
+    # A heavy stack (a browser) has a limit of its own on connecting cases at once, shared by
+    # its browsers in every namespace; a case of two heavy stacks takes both, in name order.
+    heavy_sems = {
+        name: asyncio.Semaphore(max(1, stacks.get(name).parallel))
+        for name in sorted({s for c in heavy for s in c.stacks if stacks.get(s).heavy})
+    }
+
+    def limits(c: Case) -> list[asyncio.Semaphore]:
+        if not exps[c].connected:
+            return []  # expected failures idle until their deadline: all at once
+        if c in light:
+            return [sem]
+        return [heavy_sems[s] for s in sorted(set(c.stacks)) if s in heavy_sems]
+
+    # Expected failures first (they idle until the deadline), then the CPU-bound connections;
+    # the heavy stacks' cases run beside the others (their own limits bound them).
+    order = sorted(light, key=lambda c: exps[c].connected) + sorted(heavy, key=lambda c: exps[c].connected)
     names = [n.name for n in topo.nats]
     probe_names = sorted({n for c in cases for n in c.nats}, key=names.index)
     notify("stage", {"text": f"probing {len(probe_names)} NATs and running {total} cases"})
     t1 = time.monotonic()
     probe_tasks = [asyncio.ensure_future(run_probe(n)) for n in probe_names]
-    case_tasks = {c: asyncio.ensure_future(run_case(c, exps[c], sem if exps[c].connected else None)) for c in order}
+    case_tasks = {c: asyncio.ensure_future(run_case(c, exps[c], limits(c))) for c in order}
     out.probes = list(await asyncio.gather(*probe_tasks))
     results = {c: await case_tasks[c] for c in light}
     out.timings["cases_s"] = time.monotonic() - t1
     if heavy:
-        # Browsers are heavy: after the matrix, a few at a time (cases expected to fail all at
-        # once). They run before this returns, so while the engine's capture still runs.
-        t2 = time.monotonic()
-        hsem = asyncio.Semaphore(min(stacks.get(s).parallel for c in heavy for s in c.stacks if stacks.get(s).heavy))
-        heavy_tasks = [run_case(c, exps[c], hsem if exps[c].connected else None) for c in heavy]
-        for c, r in zip(heavy, await asyncio.gather(*heavy_tasks), strict=True):
-            results[c] = r
-        out.timings["browser_s"] = time.monotonic() - t2
+        for c in heavy:
+            results[c] = await case_tasks[c]
+        out.timings["browser_s"] = time.monotonic() - t1
+        out.timings["cases_s"] = max(out.timings["cases_s"], out.timings["browser_s"])
     out.cases = [results[c] for c in cases]
     # Stop the servers while the nodes stand, and wait for it (bounded).
     servers.send(op="stop-servers")

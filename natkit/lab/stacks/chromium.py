@@ -46,7 +46,7 @@ class ChromiumPeer(BrowserPeer):
 
     name: ClassVar[str] = "chromium"
     title: ClassVar[str] = "Chromium"
-    parallel: ClassVar[int] = 3  # connecting cases at once: DTLS and the page cost CPU
+    parallel: ClassVar[int] = 6  # connecting cases at once, over all its namespaces
     start_s: ClassVar[float] = 6.0  # measured ~0.5-1.5 s alone; more beside other browsers
     # What it does, for the expectations (sources in stacks/capabilities.py).
     capabilities: ClassVar[Capabilities] = CHROMIUM

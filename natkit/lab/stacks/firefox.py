@@ -28,7 +28,7 @@ class FirefoxPeer(BrowserPeer):
 
     name: ClassVar[str] = "firefox"
     title: ClassVar[str] = "Firefox"
-    parallel: ClassVar[int] = int(__import__("os").environ.get("NK_FX_PAR", "3"))
+    parallel: ClassVar[int] = 6  # connecting cases at once, over all its namespaces
     start_s: ClassVar[float] = 8.0  # measured ~1.5-2.5 s alone; more beside other browsers
     # What it does, for the expectations (sources in stacks/capabilities.py).
     capabilities: ClassVar[Capabilities] = FIREFOX
