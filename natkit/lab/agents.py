@@ -15,6 +15,8 @@ Wire format, one JSON object per line: a command ``{"id": N, "op": OP, ...}``; i
 ==================  ==========================================================================
 ``case``            ``stack``, ``role``, ``config`` (PeerConfig as JSON): one side of a case
                     (:mod:`natkit.lab.stacks`); result: PeerResult as JSON
+``prepare``         ``stack``, ``config``: start what the stack keeps across cases (a browser)
+                    before the cases; result: ``{"seconds"}`` (``{"error"}`` if it failed)
 ``probe``           ``server`` (stun: URL), ``timeout``: ``natkit probe``; result: its JSON
 ``servers``         ``spec`` (ServersSpec as JSON): STUN, TURN, signaling until stopped
 ``stop-servers``    unwind the servers (the ``servers`` command then answers)
@@ -87,6 +89,14 @@ async def _command(
 
         config = stacks.PeerConfig.from_json(cmd["config"])
         return (await stacks.get(cmd["stack"]).start(cmd["role"], config)).to_json()
+    if op == "prepare":
+        from natkit.lab import stacks
+
+        peer = stacks.get(cmd["stack"])
+        prepare = getattr(peer, "prepare", None)
+        if prepare is None:
+            return {"seconds": 0.0}
+        return {"seconds": round(await prepare(stacks.PeerConfig.from_json(cmd["config"])), 3)}
     if op == "probe":
         from natkit.nat.probe import probe
 

@@ -8,14 +8,17 @@ The default (:func:`default_cases`) answers the common question in about a minut
 2. **each stack against the reference**, as caller and as callee: behind every NAT of the
    topology over srflx and relay, the reference behind the *partner* NAT (the first
    port-restricted NAT: both sides must punch, and a UDP-blocking firewall needs TURN over
-   TCP); over srflx also behind the first full-cone NAT with the reference behind the first
-   symmetric one (only a stack that learns peer-reflexive candidates connects); over host
-   the two peers of the first same-LAN NAT;
+   TCP; when the stack itself is the callee behind the partner, the reference calls from the
+   first full-cone NAT); over srflx also behind the first full-cone NAT with the reference
+   behind the first symmetric one (only a stack that learns peer-reflexive candidates
+   connects); over host, as caller behind the first open NAT, the reference behind another;
 3. **every pair of the other stacks** (each order, a stack with itself too) on the decisive
    NAT pairs: srflx full-cone → symmetric and relay udp-blocked → symmetric.
 
-A topology without one of those NAT kinds uses its first matrix NAT instead. Everything here is
-sans-IO: names and the topology in, :class:`~natkit.lab.topology.Case` lists out.
+A topology without one of those NAT kinds uses its first matrix NAT instead. Each stack other
+than the reference thus runs in one node per matrix NAT, whatever its role: a browser starts
+once per NAT (its start is most of what a browser costs). Everything here is sans-IO: names
+and the topology in, :class:`~natkit.lab.topology.Case` lists out.
 """
 
 from __future__ import annotations
@@ -137,18 +140,18 @@ def full_cases(topo: Topology, stacks: Sequence[str], paths: Sequence[str] = PAT
 def _against_reference(topo: Topology, x: str, ref: str) -> list[Case]:
     rows = [n.name for n in topo.matrix_nats]
     partner = _first(topo, "port-restricted")
-    cone, sym = _first(topo, "full-cone"), _first(topo, "symmetric")
-    lan = next((n.name for n in topo.nats if n.same_lan), None)
+    cone, sym, open_ = _first(topo, "full-cone"), _first(topo, "symmetric"), _first(topo, "open")
     out: list[Case] = []
     for path in ("srflx", "relay"):
         for n in rows:
             out.append(Case((n, partner), path, stacks=(x, ref)))
-            out.append(Case((partner, n), path, stacks=(ref, x)))
+            # A callee behind the caller's own NAT kind sits on that kind's second router:
+            # another node. The reference calls from the full-cone NAT instead.
+            caller = partner if n != partner or cone == partner else cone
+            out.append(Case((caller, n), path, stacks=(ref, x)))
     out.append(Case((cone, sym), "srflx", stacks=(x, ref)))
     out.append(Case((sym, cone), "srflx", stacks=(ref, x)))
-    if lan is not None:
-        out.append(Case((lan, lan), "host", True, (x, ref)))
-        out.append(Case((lan, lan), "host", True, (ref, x)))
+    out.append(Case((open_, open_), "host", stacks=(x, ref)))
     return out
 
 

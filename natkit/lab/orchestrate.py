@@ -184,9 +184,12 @@ async def _run(
         a, b = (stacks.get(n) for n in case.stacks)
         ice = srv.ice_servers(case.path)
         sig = (srv.signaling_address, srv.signaling_port)
-        # Each side waits for the other's start-up on top of the case's deadline.
-        cfg_a = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + b.start_s)
-        cfg_b = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + a.start_s)
+        # Each side waits for the other's start-up on top of the case's deadline (a browser
+        # started before the cases only opens a window).
+        wait_a = getattr(a, "ready_s", a.start_s) if (pa.id, a.name) in prepared else a.start_s
+        wait_b = getattr(b, "ready_s", b.start_s) if (pb.id, b.name) in prepared else b.start_s
+        cfg_a = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + wait_b)
+        cfg_b = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + wait_a)
         async with contextlib.AsyncExitStack() as held:
             for sem in sems:
                 await held.enter_async_context(sem)
@@ -206,6 +209,33 @@ async def _run(
 
     light = [c for c in cases if not any(stacks.get(s).heavy for s in c.stacks)]
     heavy = [c for c in cases if c not in light]
+    prepared: set[tuple[str, str]] = set()  # (peer id, stack) started before the cases
+
+    async def prepare(cases: Sequence[Case]) -> None:
+        needed = []
+        for c in cases:
+            for (_, peer), name in zip(plan.peers_of(c), c.stacks, strict=True):
+                if stacks.get(name).heavy and (peer.id, name) not in needed:
+                    needed.append((peer.id, name))
+        if not needed:
+            return
+        notify("stage", {"text": f"starting {len(needed)} browsers"})
+        t = time.monotonic()
+        gate = asyncio.Semaphore(max(2, os.cpu_count() or 1))
+        sig = (srv.signaling_address, srv.signaling_port)
+
+        async def one(peer_id: str, name: str) -> None:
+            peer = stacks.get(name)
+            async with gate:
+                res = await agents[peer_id].call(
+                    peer.start_s + 30, op="prepare", stack=name,
+                    config=PeerConfig("prepare", "host", sig, [], topo.case_deadline_s).to_json(),
+                )
+            if "error" not in res:
+                prepared.add((peer_id, name))
+
+        await asyncio.gather(*(one(p, n) for p, n in needed))
+        out.timings["prepare_s"] = time.monotonic() - t
     exps = {c: expectation_of(topo, plan, c) for c in cases}
     sem = asyncio.Semaphore(cpu_limit(parallel, topo))
     # A heavy stack (a browser) has a limit of its own on connecting cases at once, shared by
@@ -228,10 +258,12 @@ async def _run(
     names = [n.name for n in topo.nats]
     probe_names = sorted({n for c in cases for n in c.nats}, key=names.index)
     notify("stage", {"text": f"probing {len(probe_names)} NATs and running {total} cases"})
+    # The probes first, then the heavy stacks started in every node that needs them (a few at
+    # a time: a browser's start is seconds of CPU), so that neither competes with the cases.
+    out.probes = list(await asyncio.gather(*(run_probe(n) for n in probe_names)))
+    await prepare(heavy)
     t1 = time.monotonic()
-    probe_tasks = [asyncio.ensure_future(run_probe(n)) for n in probe_names]
     case_tasks = {c: asyncio.ensure_future(run_case(c, exps[c], limits(c))) for c in order}
-    out.probes = list(await asyncio.gather(*probe_tasks))
     results = {c: await case_tasks[c] for c in light}
     out.timings["cases_s"] = time.monotonic() - t1
     if heavy:
