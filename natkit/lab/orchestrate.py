@@ -13,8 +13,9 @@ is the engine's capture, judged afterwards by :func:`natkit.lab.runner.finish`).
 
 Scheduling: cases expected to fail idle until their deadline and need no CPU, so they all
 start at once; cases expected to connect are CPU-bound (DTLS) and run at most ``parallel`` at a
-time (default: 4 per CPU). Cases of a heavy stack (a browser) run beside the others, at most
-the stack's ``parallel`` connecting at once. When one side of a case has failed, the other gets
+time (default: 4 per CPU), the light stacks' first. Cases of a heavy stack (a browser) also
+count against the stack's own ``parallel``; its browsers are started in every node that needs
+them before the cases (``prepare``), after the probes. When one side of a case has failed, the other gets
 a second to report, then is cancelled.
 """
 
@@ -46,6 +47,7 @@ RESULT_MARGIN = 6.0  # s an agent may take beyond a peer's own bound to report
 SERVERS_START_TIMEOUT = 15.0
 SERVERS_STOP_TIMEOUT = 12.0  # s for the servers to stop (coturn: SIGTERM, after 5 s SIGKILL)
 FAILED_PEER_GRACE_S = 1.0  # once one side failed, how long the other may take to say so too
+START_GATE_S = 1.0  # an expected failure of a costly stack holds a start slot this long
 
 # Progress events: ("stage", {"text", ...}), ("probe", {"probe": ProbeResult}),
 # ("case", {"case": CaseResult, "done": int, "total": int, "tally": Tally}).
@@ -179,7 +181,9 @@ async def _run(
         notify("probe", {"probe": probe})
         return probe
 
-    async def run_case(case: Case, exp: Expectation, sems: Sequence[asyncio.Semaphore]) -> CaseResult:
+    async def run_case(
+        case: Case, exp: Expectation, sems: Sequence[asyncio.Semaphore], gate: asyncio.Semaphore | None = None,
+    ) -> CaseResult:
         (ra, pa), (rb, pb) = plan.peers_of(case)
         a, b = (stacks.get(n) for n in case.stacks)
         ice = srv.ice_servers(case.path)
@@ -193,10 +197,18 @@ async def _run(
         async with contextlib.AsyncExitStack() as held:
             for sem in sems:
                 await held.enter_async_context(sem)
-            ra_res, rb_res = await _pair(
+            if gate is not None:
+                await gate.acquire()
+            pairing = asyncio.ensure_future(_pair(
                 (agents[pa.id], a.name, "caller", cfg_a, a.max_duration_s(cfg_a) + RESULT_MARGIN),
                 (agents[pb.id], b.name, "callee", cfg_b, b.max_duration_s(cfg_b) + RESULT_MARGIN),
-            )
+            ))
+            if gate is not None:
+                # An expected failure of a stack that starts a process or a window costs CPU
+                # while it starts: such cases start a few per second, not all at once.
+                await asyncio.wait([pairing], timeout=START_GATE_S)
+                gate.release()
+            ra_res, rb_res = await pairing
         caller = PeerResult.from_json(ra_res, role="caller", path=case.path, stack=a.name)
         callee = PeerResult.from_json(rb_res, role="callee", path=case.path, stack=b.name)
         result = CaseResult(case, exp, caller, callee, (ra.id, rb.id))
@@ -248,9 +260,9 @@ async def _run(
     def limits(c: Case) -> list[asyncio.Semaphore]:
         if not exps[c].connected:
             return []  # expected failures idle until their deadline: all at once
-        if c in light:
-            return [sem]
-        return [heavy_sems[s] for s in sorted(set(c.stacks)) if s in heavy_sems]
+        # Every connecting case takes the CPU-aware limit (the heavy ones after their stack's
+        # own limit, so that a waiting browser case does not hold a CPU slot).
+        return [heavy_sems[s] for s in sorted(set(c.stacks)) if s in heavy_sems] + [sem]
 
     # Expected failures first (they idle until the deadline), then the CPU-bound connections;
     # the heavy stacks' cases run beside the others (their own limits bound them).
@@ -263,7 +275,13 @@ async def _run(
     out.probes = list(await asyncio.gather(*(run_probe(n) for n in probe_names)))
     await prepare(heavy)
     t1 = time.monotonic()
-    case_tasks = {c: asyncio.ensure_future(run_case(c, exps[c], limits(c))) for c in order}
+    gate = asyncio.Semaphore(2 * (os.cpu_count() or 1))
+
+    def gate_of(c: Case) -> asyncio.Semaphore | None:
+        costly = any(stacks.get(s).start_s > 0 for s in c.stacks)
+        return gate if costly and not exps[c].connected else None
+
+    case_tasks = {c: asyncio.ensure_future(run_case(c, exps[c], limits(c), gate_of(c))) for c in order}
     results = {c: await case_tasks[c] for c in light}
     out.timings["cases_s"] = time.monotonic() - t1
     if heavy:
