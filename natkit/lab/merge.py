@@ -69,9 +69,19 @@ def _checked(where: str, doc: Any) -> dict[str, Any]:
     for i, c in enumerate(doc["cases"]):
         if not isinstance(c, dict) or not isinstance(c.get("index"), int) or isinstance(c.get("index"), bool):
             raise _fail(where, f"cases[{i}] has no integer 'index'")
+        nats = c.get("nats")
+        if not (isinstance(nats, list) and len(nats) == 2 and all(isinstance(n, str) for n in nats)):
+            raise _fail(where, f"cases[{i}].nats is not two NAT names")
+        for key in ("path", "expected", "observed", "caller_stack", "callee_stack"):
+            if not isinstance(c.get(key), str):
+                raise _fail(where, f"cases[{i}].{key} is not a string")
+        if not isinstance(c.get("pass"), bool):
+            raise _fail(where, f"cases[{i}].pass is not true or false")
     for i, p in enumerate(doc["probes"]):
         if not isinstance(p, dict) or not isinstance(p.get("nat"), str):
             raise _fail(where, f"probes[{i}] has no 'nat'")
+        if not isinstance(p.get("expected"), dict) or not isinstance(p.get("observed"), dict):
+            raise _fail(where, f"probes[{i}] has no 'expected' and 'observed' objects")
     return doc
 
 
@@ -132,9 +142,15 @@ def merge(reports: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     lab = dict(first.get("lab") or {})
     lab["routers"] = sorted(routers.values(), key=lambda r: r["id"])
     durations = [d["duration_s"] for d in merged if isinstance(d["duration_s"], int | float)]
+    timings: dict[str, float] = {}
+    for _, doc in reports:
+        for k, v in (doc.get("timings") or {}).items() if isinstance(doc.get("timings"), dict) else ():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                timings[str(k)] = max(timings.get(str(k), 0.0), float(v))
     out.update({
         "pass": not errors and all(c.get("pass") is True for c in ordered) and all(p.get("pass") is True for p in probe_list),
         "duration_s": max(durations, default=0.0),
+        "timings": timings,
         "lab": lab,
         "cases": ordered,
         "probes": probe_list,

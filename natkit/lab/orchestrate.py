@@ -12,7 +12,7 @@ servers and returns an :class:`Orchestration` of typed results (no packet eviden
 is the engine's capture, judged afterwards by :func:`natkit.lab.runner.finish`).
 
 Scheduling: cases expected to fail idle until their deadline and need no CPU, so they all
-start at once; cases expected to connect are CPU-bound (DTLS) and run at most ``parallel`` at a
+start at once (up to IDLE_LIMIT); cases expected to connect are CPU-bound (DTLS) and run at most ``parallel`` at a
 time (default: 4 per CPU), the light stacks' first. Cases of a heavy stack (a browser) also
 count against the stack's own ``parallel``; its browsers are started in every node that needs
 them before the cases (``prepare``), after the probes. When one side of a case has failed, the other gets
@@ -48,6 +48,9 @@ SERVERS_START_TIMEOUT = 15.0
 SERVERS_STOP_TIMEOUT = 12.0  # s for the servers to stop (coturn: SIGTERM, after 5 s SIGKILL)
 FAILED_PEER_GRACE_S = 1.0  # once one side failed, how long the other may take to say so too
 START_GATE_S = 1.0  # an expected failure of a costly stack holds a start slot this long
+# Expected failures at once: they mostly wait for their deadline, but each still gathers
+# (STUN, TURN allocations) and sends checks; thousands at once (--full) would swamp the lab.
+IDLE_LIMIT = 64
 
 # Progress events: ("stage", {"text", ...}), ("probe", {"probe": ProbeResult}),
 # ("case", {"case": CaseResult, "done": int, "total": int, "tally": Tally}).
@@ -257,9 +260,11 @@ async def _run(
         for name in sorted({s for c in heavy for s in c.stacks if stacks.get(s).heavy})
     }
 
+    idle = asyncio.Semaphore(IDLE_LIMIT)
+
     def limits(c: Case) -> list[asyncio.Semaphore]:
         if not exps[c].connected:
-            return []  # expected failures idle until their deadline: all at once
+            return [idle]  # expected failures idle until their deadline: many at once
         # Every connecting case takes the CPU-aware limit (the heavy ones after their stack's
         # own limit, so that a waiting browser case does not hold a CPU slot).
         return [heavy_sems[s] for s in sorted(set(c.stacks)) if s in heavy_sems] + [sem]
