@@ -126,3 +126,52 @@ def test_stack_and_peer_errors_are_one_line(tmp_path: Path) -> None:
         proc = subprocess.run([*NATKIT, "lab", "run", *args], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and what in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
         assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+GO_PEER = Path(__file__).resolve().parents[2] / "examples" / "lab-peer-go" / "main.go"
+
+
+def _build_go_peer(out: Path) -> Path:
+    """Compile examples/lab-peer-go offline (GOPATH mode over Debian's Go sources)."""
+    from natkit.lab.stacks.build import GOCODE, link_major_versions
+
+    if shutil.which("go") is None or not (GOCODE / "github.com/pion/webrtc").is_dir():
+        pytest.fail("the Go peer needs golang-go and golang-github-pion-webrtc.v3-dev (.ci/bootstrap installs them)")
+    src = out / "src"
+    link_major_versions(src, GOCODE)
+    main = src / "labpeergo"
+    main.mkdir(parents=True)
+    shutil.copyfile(GO_PEER, main / "main.go")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(out), "GO111MODULE": "off",
+           "GOPATH": f"{out}{os.pathsep}{GOCODE.parent}", "GOCACHE": str(out / "cache"), "GOFLAGS": "",
+           "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
+    binary = out / "lab-peer-go"
+    proc = subprocess.run(["go", "build", "-o", str(binary), "."], cwd=main, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return binary
+
+
+@needs_root
+@pytest.mark.timeout(900)
+def test_a_go_peer_written_from_the_contract_alone_behind_every_nat(tmp_path: Path) -> None:
+    """examples/lab-peer-go (pion, written from docs/lab-peers.md) as --peer: as caller and as
+    callee behind every NAT, against aiortc and itself; every case as the NATs predict."""
+    binary = _build_go_peer(tmp_path)
+    proc, data = _run("--peer", f"gopeer={binary}", "--stacks", "aiortc,gopeer", "--only", "srflx,relay",
+                      "--deadline", "8", "--json", str(tmp_path / "go.json"), timeout=400)
+    mine = [c for c in data.get("cases", []) if "gopeer" in (c["caller_stack"], c["callee_stack"])]
+    assert mine, proc.stdout[-2000:] + proc.stderr[-2000:]
+    bad = [(c["id"], c["caller_error"], c["callee_error"]) for c in mine if not c["pass"]]
+    assert not bad and proc.returncode == 0, bad
+    nats = {c["nats"][i] for c in mine for i in (0, 1) if (c["caller_stack"], c["callee_stack"])[i] == "gopeer"}
+    assert nats >= {n for n in ("open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked")}
+    up = [c for c in mine if c["observed"] == "connected"]
+    assert {c["path"] for c in up} == {"srflx", "relay"}
+    for c in up:
+        side = "caller" if c["caller_stack"] == "gopeer" else "callee"
+        report = c[f"{side}_report"]
+        assert report["result"]["stack"].startswith("go-peer") and report["exit_status"] == 0
+        sel = c["selected" if side == "caller" else "callee_selected"]
+        assert sel["local"]["type"] in ("host", "srflx", "prflx", "relay")
+        if c["path"] == "relay" and side == "caller":
+            assert sel["local"]["type"] == "relay" and sel["local"].get("relay_protocol") in ("udp", "tcp")
