@@ -50,7 +50,7 @@ FAILED_PEER_GRACE_S = 1.0  # once one side failed, how long the other may take t
 START_GATE_S = 1.0  # an expected failure of a costly stack holds a start slot this long
 # Expected failures at once: they mostly wait for their deadline, but each still gathers
 # (STUN, TURN allocations) and sends checks; thousands at once (--full) would swamp the lab.
-IDLE_LIMIT = 64
+IDLE_LIMIT = 32
 
 # Progress events: ("stage", {"text", ...}), ("probe", {"probe": ProbeResult}),
 # ("case", {"case": CaseResult, "done": int, "total": int, "tally": Tally}).
