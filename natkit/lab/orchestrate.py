@@ -313,7 +313,13 @@ async def _pair(a: Side, b: Side) -> tuple[dict[str, Any], dict[str, Any]]:
     :data:`FAILED_PEER_GRACE_S` to report before it is cancelled."""
     tasks = []
     for agent, stack, role, cfg, limit in (a, b):
-        cid, fut = agent.submit(op="case", stack=stack, role=role, config=cfg.to_json())
+        extra = {}
+        if not stacks.STACKS.get(stack, "").startswith("natkit."):
+            # A --peer command: an agent in another process tree (a container) learns it here.
+            spec = getattr(stacks.get(stack), "spec", None)
+            if spec:
+                extra["peer"] = spec
+        cid, fut = agent.submit(op="case", stack=stack, role=role, config=cfg.to_json(), **extra)
         tasks.append((agent, cid, asyncio.ensure_future(agent.answer(cid, fut, limit))))
     done, _ = await asyncio.wait([t for _, _, t in tasks], return_when=asyncio.FIRST_COMPLETED)
     first = done.pop()
