@@ -5,18 +5,20 @@ The default (:func:`default_cases`) answers the common question in about a minut
 
 1. **the NATs**: the reference stack (aiortc) with itself on every NAT pair, every path (the
    matrix every run had before there were other stacks);
-2. **each stack against the reference**, as caller and as callee: behind every NAT of the
-   topology over srflx and relay, the reference behind the *partner* NAT (the first
-   port-restricted NAT: both sides must punch, and a UDP-blocking firewall needs TURN over
-   TCP; when the stack itself is the callee behind the partner, the reference calls from the
-   first full-cone NAT); over srflx also behind the first full-cone NAT with the reference
-   behind the first symmetric one (only a stack that learns peer-reflexive candidates
-   connects); over host, as caller behind the first open NAT, the reference behind another;
+2. **each stack against the reference**, as caller and as callee, the reference behind the
+   *partner* NAT (the first port-restricted NAT: both sides must punch; when the stack itself
+   is the callee behind the partner, the reference calls from the first full-cone NAT): over
+   srflx behind every classic NAT kind of the topology (:func:`stack_nats`), over relay
+   behind the partner and behind the UDP-blocking firewall (TURN over UDP, TURN over TCP);
+   over srflx also behind the first full-cone NAT with the reference behind the first
+   symmetric one (only a stack that learns peer-reflexive candidates connects); over host,
+   as caller behind the first open NAT, the reference behind another;
 3. **every pair of the other stacks** (each order, a stack with itself too) on the decisive
-   NAT pairs: srflx full-cone → symmetric and relay udp-blocked → symmetric.
+   NAT pair for two stacks: srflx from behind the full-cone NAT to behind the symmetric one
+   (hole punching that works only with peer-reflexive learning, then DTLS between them).
 
 A topology without one of those NAT kinds uses its first matrix NAT instead. Each stack other
-than the reference thus runs in one node per matrix NAT, whatever its role: a browser starts
+than the reference thus runs in one node per NAT it is put behind, whatever its role: a browser starts
 once per NAT (its start is most of what a browser costs). Everything here is sans-IO: names
 and the topology in, :class:`~natkit.lab.topology.Case` lists out.
 """
@@ -41,10 +43,13 @@ __all__ = [
     "parse_stacks",
     "plan_id",
     "select",
+    "stack_nats",
 ]
 
 REFERENCE = "aiortc"
 BUILTIN = ("aiortc", "chromium", "firefox", "libnice", "pion")
+# RFC 4787's classic NAT kinds and the UDP-blocking firewall: where stacks differ.
+STACK_KINDS = ("open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked")
 KINDS = ("default", "full")
 
 
@@ -137,13 +142,27 @@ def full_cases(topo: Topology, stacks: Sequence[str], paths: Sequence[str] = PAT
     return out
 
 
+def stack_nats(topo: Topology) -> list[str]:
+    """The NATs a stack other than the reference is put behind by default: the first NAT of
+    each classic kind (:data:`STACK_KINDS`) the topology has, else every matrix NAT. Other
+    kinds (a carrier NAT, two NATs in a row, ...) are the NATs' question, which the reference
+    stack's matrix answers; ``--full`` puts every stack behind them too."""
+    rows = topo.matrix_nats
+    picked = [next(n.name for n in rows if n.type == kind) for kind in STACK_KINDS if any(n.type == kind for n in rows)]
+    return picked or [n.name for n in rows]
+
+
 def _against_reference(topo: Topology, x: str, ref: str) -> list[Case]:
-    rows = [n.name for n in topo.matrix_nats]
+    rows = stack_nats(topo)
     partner = _first(topo, "port-restricted")
     cone, sym, open_ = _first(topo, "full-cone"), _first(topo, "symmetric"), _first(topo, "open")
+    blocked = _first(topo, "udp-blocked")
     out: list[Case] = []
-    for path in ("srflx", "relay"):
-        for n in rows:
+    # Over relay the NAT in front matters less (TURN gets out of any NAT): a stack's TURN
+    # client over UDP, and over TCP behind the firewall that drops UDP.
+    relay_rows = [n for n in rows if n in (partner, blocked)] or rows[:1]
+    for path, behind in (("srflx", rows), ("relay", relay_rows)):
+        for n in behind:
             out.append(Case((n, partner), path, stacks=(x, ref)))
             # A callee behind the caller's own NAT kind sits on that kind's second router:
             # another node. The reference calls from the full-cone NAT instead.
@@ -163,11 +182,9 @@ def default_cases(topo: Topology, stacks: Sequence[str], reference: str = REFERE
     for x in others:
         out += _against_reference(topo, x, reference)
     cone, sym = _first(topo, "full-cone"), _first(topo, "symmetric")
-    blocked = _first(topo, "udp-blocked")
     for a in others:
         for b in others:
             out.append(Case((cone, sym), "srflx", stacks=(a, b)))
-            out.append(Case((blocked, sym), "relay", stacks=(a, b)))
     return list(dict.fromkeys(out))  # a topology short of NAT kinds may repeat a case
 
 

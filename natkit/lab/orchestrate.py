@@ -14,8 +14,9 @@ is the engine's capture, judged afterwards by :func:`natkit.lab.runner.finish`).
 Scheduling: cases expected to fail idle until their deadline and need no CPU, so they all
 start at once (up to IDLE_LIMIT); cases expected to connect are CPU-bound (DTLS) and run at most ``parallel`` at a
 time (default: 4 per CPU), the light stacks' first. Cases of a heavy stack (a browser) also
-count against the stack's own ``parallel``; its browsers are started in every node that needs
-them before the cases (``prepare``), after the probes. When one side of a case has failed, the other gets
+count against the stack's own ``parallel``; its browsers are started (``prepare``) in every node
+that needs them after the probes, one per CPU at a time while the other stacks' cases run,
+and a browser case starts once its own nodes' browsers are up. When one side of a case has failed, the other gets
 a second to report, then is cancelled.
 """
 
@@ -224,33 +225,53 @@ async def _run(
 
     light = [c for c in cases if not any(stacks.get(s).heavy for s in c.stacks)]
     heavy = [c for c in cases if c not in light]
-    prepared: set[tuple[str, str]] = set()  # (peer id, stack) started before the cases
+    prepared: set[tuple[str, str]] = set()  # (peer id, stack) started before its cases
+    ready: dict[tuple[str, str], asyncio.Future[None]] = {}  # done once that start is over
 
-    async def prepare(cases: Sequence[Case]) -> None:
+    def start_browsers(cases: Sequence[Case], at_once: int) -> asyncio.Future[Any] | None:
+        """Start every heavy stack in every node its cases need, ``at_once`` at a time; each
+        node's start settles its entry in ``ready`` (a case waits for its own nodes only)."""
         needed = []
         for c in cases:
             for (_, peer), name in zip(plan.peers_of(c), c.stacks, strict=True):
                 if stacks.get(name).heavy and (peer.id, name) not in needed:
                     needed.append((peer.id, name))
         if not needed:
-            return
+            return None
         notify("stage", {"text": f"starting {len(needed)} browsers"})
-        t = time.monotonic()
-        gate = asyncio.Semaphore(max(2, os.cpu_count() or 1))
+        loop = asyncio.get_running_loop()
+        for key in needed:
+            ready[key] = loop.create_future()
+        gate = asyncio.Semaphore(at_once)
         sig = (srv.signaling_address, srv.signaling_port)
+        t = time.monotonic()
 
         async def one(peer_id: str, name: str) -> None:
             peer = stacks.get(name)
-            async with gate:
-                res = await agents[peer_id].call(
-                    peer.start_s + 30, op="prepare", stack=name,
-                    config=PeerConfig("prepare", "host", sig, [], topo.case_deadline_s).to_json(),
-                )
-            if "error" not in res:
-                prepared.add((peer_id, name))
+            try:
+                async with gate:
+                    res = await agents[peer_id].call(
+                        peer.start_s + 30, op="prepare", stack=name,
+                        config=PeerConfig("prepare", "host", sig, [], topo.case_deadline_s).to_json(),
+                    )
+                if "error" not in res:
+                    prepared.add((peer_id, name))
+            finally:
+                ready[(peer_id, name)].set_result(None)
 
-        await asyncio.gather(*(one(p, n) for p, n in needed))
-        out.timings["prepare_s"] = time.monotonic() - t
+        async def all_of() -> None:
+            await asyncio.gather(*(one(p, n) for p, n in needed))
+            out.timings["prepare_s"] = time.monotonic() - t
+
+        return asyncio.ensure_future(all_of())
+
+    async def started(c: Case) -> None:
+        """Wait until the heavy stacks of ``c`` are started in its nodes."""
+        keys = [(peer.id, name) for (_, peer), name in zip(plan.peers_of(c), c.stacks, strict=True)]
+        waits = [ready[k] for k in keys if k in ready]
+        if waits:
+            await asyncio.gather(*waits)
+
     exps = {c: expectation_of(topo, plan, c) for c in cases}
     sem = asyncio.Semaphore(cpu_limit(parallel, topo))
     # A heavy stack (a browser) has a limit of its own on connecting cases at once, shared by
@@ -275,23 +296,30 @@ async def _run(
     names = [n.name for n in topo.nats]
     probe_names = sorted({n for c in cases for n in c.nats}, key=names.index)
     notify("stage", {"text": f"probing {len(probe_names)} NATs and running {total} cases"})
-    # The probes first, then the heavy stacks started in every node that needs them (a few at
-    # a time: a browser's start is seconds of CPU), so that neither competes with the cases.
+    # The probes first, alone. Then the browsers start in every node that needs them, one per
+    # CPU at a time, while the other stacks' cases run; a browser case starts once its own
+    # nodes' browsers are up (a browser's start is seconds of CPU).
     out.probes = list(await asyncio.gather(*(run_probe(n) for n in probe_names)))
-    await prepare(heavy)
     t1 = time.monotonic()
+    browsers = start_browsers(heavy, max(2, os.cpu_count() or 1))
     gate = asyncio.Semaphore(2 * (os.cpu_count() or 1))
 
     def gate_of(c: Case) -> asyncio.Semaphore | None:
         costly = any(stacks.get(s).start_s > 0 for s in c.stacks)
         return gate if costly and not exps[c].connected else None
 
-    case_tasks = {c: asyncio.ensure_future(run_case(c, exps[c], limits(c), gate_of(c))) for c in order}
+    async def after_start(c: Case) -> CaseResult:
+        await started(c)
+        return await run_case(c, exps[c], limits(c), gate_of(c))
+
+    case_tasks = {c: asyncio.ensure_future(after_start(c)) for c in order}
     results = {c: await case_tasks[c] for c in light}
     out.timings["cases_s"] = time.monotonic() - t1
     if heavy:
         for c in heavy:
             results[c] = await case_tasks[c]
+        if browsers is not None:
+            await browsers
         out.timings["browser_s"] = time.monotonic() - t1
         out.timings["cases_s"] = max(out.timings["cases_s"], out.timings["browser_s"])
     out.cases = [results[c] for c in cases]

@@ -22,13 +22,13 @@ def test_the_default_holds_the_nats_matrix_every_stack_against_aiortc_and_every_
     for x in BUILTIN[1:]:
         for role in (0, 1):
             mine = [c for c in cases if c.stacks[role] == x and "aiortc" in c.stacks]
-            # behind every matrix NAT, over srflx and relay, in each role
-            for path in ("srflx", "relay"):
-                assert {c.nats[role] for c in mine if c.path == path} == {n.name for n in topo.matrix_nats}, (x, role, path)
+            # behind every matrix NAT over srflx, behind two (UDP and TCP to TURN) over relay
+            assert {c.nats[role] for c in mine if c.path == "srflx"} == {n.name for n in topo.matrix_nats}, (x, role)
+            assert {c.nats[role] for c in mine if c.path == "relay"} == {"port-restricted", "udp-blocked"}, (x, role)
         for y in BUILTIN[1:]:
             pair = [c for c in cases if c.stacks == (x, y)]
-            assert {c.path for c in pair} == {"srflx", "relay"}, (x, y)
-    assert len(cases) == 66 + 4 * 27 + 16 * 2
+            assert {(c.nats, c.path) for c in pair} == {(("full-cone", "symmetric"), "srflx")}, (x, y)
+    assert len(cases) == 66 + 4 * 19 + 16
 
 
 def test_every_other_stack_runs_in_one_node_per_nat() -> None:
