@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from natkit.lab.matrix import BUILTIN
+
 pytestmark = [pytest.mark.timeout(240), pytest.mark.root]
 
 needs_root = pytest.mark.skipif(
@@ -175,3 +177,32 @@ def test_a_go_peer_written_from_the_contract_alone_behind_every_nat(tmp_path: Pa
         assert sel["local"]["type"] in ("host", "srflx", "prflx", "relay")
         if c["path"] == "relay" and side == "caller":
             assert sel["local"]["type"] == "relay" and sel["local"].get("relay_protocol") in ("udp", "tcp")
+
+
+@needs_root
+@pytest.mark.timeout(400)
+def test_the_default_run_has_every_stack_as_caller_and_callee(tmp_path: Path) -> None:
+    """`natkit lab run` as a new user runs it: every built-in stack, as caller and as callee,
+    with connected srflx and relay cases, every case as expected, the reports both written."""
+    out, page = tmp_path / "lab.json", tmp_path / "lab.html"
+    t0 = time.monotonic()
+    proc, data = _run("--json", str(out), "--html", str(page), timeout=360)
+    took = time.monotonic() - t0
+    bad = [(c["id"], c["caller_error"], c["callee_error"]) for c in data.get("cases", []) if not c["pass"]]
+    assert proc.returncode == 0 and not bad, (bad, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert data["plan"]["kind"] == "default" and set(data["plan"]["stacks"]) == set(BUILTIN)
+    assert data["plan"]["skipped"] == []  # bootstrap installs every stack
+    for name in BUILTIN:
+        for side in ("caller", "callee"):
+            mine = [c for c in data["cases"] if c[f"{side}_stack"] == name and c["observed"] == "connected"]
+            assert {"srflx", "relay"} <= {c["path"] for c in mine}, (name, side)
+    # expectations the stacks decide, with their reasons
+    dtls = [c for c in data["cases"] if c["caller_stack"] == "libnice" and c["callee_stack"] == "aiortc"
+            and c["decided_by"] == "stacks"]
+    assert dtls and all("no shared cipher" in c["reason"] for c in dtls if "DTLS" in c["reason"])
+    assert any("RFC 8445" in c["reason"] for c in data["cases"] if c["callee_stack"] == "firefox")
+    assert {r["caller_stack"] for r in data["stack_pairs"]} == set(BUILTIN) and all(r["pass"] for r in data["stack_pairs"])
+    html = page.read_text()
+    assert 'id="stacks"' in html and 'id="pair-libnice--aiortc"' in html
+    assert "stacks (rows" in proc.stdout
+    print(f"\ndefault run: {len(data['cases'])} cases in {took:.1f} s ({data['timings']})")
