@@ -95,10 +95,11 @@ def register(sub: Any) -> None:
     add("--tls-port", type=int, default=5349, metavar="PORT", help="TLS port (5349)")
     add("--no-tcp", action="store_true", help="serve UDP (and TLS) only")
     add(
-        "--relay-to-relay",
-        action="store_true",
-        help="accept this relay's own relayed addresses as peers (two clients it relays "
-        "reaching each other, e.g. WebRTC with both sides relay-only); off by default",
+        "--no-relay-to-relay",
+        dest="relay_to_relay",
+        action="store_false",
+        help="refuse this relay's own relayed addresses as peers too (by default two clients "
+        "it relays may reach each other, as WebRTC needs when both sides are relay-only)",
     )
     add(
         "--user-quota",

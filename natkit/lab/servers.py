@@ -63,10 +63,8 @@ async def run_servers(spec: ServersSpec, ready: Callable[[], None], stop: asynci
         await stack.enter_async_context(
             StunServer([(s.stun[0], s.stun_port)], alternate_ip=s.stun[1], alternate_port=s.stun_alt_port)
         )
-        # both peers of a relay path may be relayed by this one server: relay_to_relay
         turn_kwargs: dict[str, Any] = dict(
-            realm=s.realm, users={s.username: s.password}, relay_ip=s.turn, allow_peers=list(s.allow_peers),
-            relay_to_relay=True,
+            realm=s.realm, users={s.username: s.password}, relay_ip=s.turn, allow_peers=list(s.allow_peers)
         )
         if s.engine == "coturn":
             from natkit.server.coturn import CoturnServer

@@ -56,8 +56,9 @@ class TurnOptions:
     behind a 1:1 NAT. ``min_port``/``max_port``: the relay port range (default: ports the
     kernel picks). ``allow_peers``/``deny_peers``: CIDRs opened / closed on top of the default
     peer policy, or ``peer_policy``: a :class:`~natkit.turn.policy.PeerPolicy` of your own.
-    ``relay_to_relay``: accept this relay's own relayed addresses as peers (two clients it
-    relays reaching each other; off by default: docs/security.md).
+    ``relay_to_relay``: accept this relay's live relayed addresses as peers (two clients it
+    relays reaching each other, as WebRTC does when both sides are relayed by one server; on
+    by default, loops stay impossible: docs/security.md).
     ``user_quota``/``max_allocations`` or ``quota``: how many allocations may exist
     (``user_quota="auto"``, the default: no user may hold more than half of the relay's ports
     once it knows several users; see :meth:`resolved_user_quota`). ``max_channels``: channel
@@ -86,7 +87,7 @@ class TurnOptions:
     allow_peers: Sequence[str] = ()
     deny_peers: Sequence[str] = ()
     peer_policy: PeerPolicy | None = None
-    relay_to_relay: bool = False
+    relay_to_relay: bool = True
     # transports
     tls_cert: str | os.PathLike[str] | None = None
     tls_key: str | os.PathLike[str] | None = None

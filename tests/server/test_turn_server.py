@@ -741,11 +741,12 @@ def _send(addr: tuple[str, int], data: bytes) -> bytes:
 
 @PATHS
 async def test_no_relay_to_itself_on_a_real_server(fast: bool) -> None:
-    """Relayed addresses and the listener are never peers, even with the IP reopened by
-    --allow-peer; an Allocate sent through the relay to the listener is never answered."""
+    """With relay_to_relay off, relayed addresses and the listener are never peers, even with
+    the IP reopened by --allow-peer; an Allocate sent through the relay to the listener is
+    never answered."""
     async with TurnServer(
         [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast),
-        min_port=42000, max_port=42099,
+        min_port=42000, max_port=42099, relay_to_relay=False,
     ) as turn:  # fmt: skip
         listener = turn.addresses_of("udp")[0]
         a, b = RawClient(listener, "u", "p"), RawClient(listener, "u", "p")
@@ -778,9 +779,13 @@ async def test_no_relay_to_itself_on_a_real_server(fast: bool) -> None:
         peer.close()
 
 
-async def test_relay_to_relay_opt_in_still_refuses_the_listener() -> None:
+@PATHS
+async def test_relay_to_relay_by_default_delivers_once_and_refuses_the_listener(fast: bool) -> None:
+    """Two clients of one relay reach each other's relayed address (WebRTC with both sides
+    relayed); allocations pointed at each other deliver each datagram once, never in a loop."""
     async with TurnServer(
-        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, relay_to_relay=True
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast),
+        min_port=42100, max_port=42103,
     ) as turn:
         listener = turn.addresses_of("udp")[0]
         a, b = RawClient(listener, "u", "p"), RawClient(listener, "u", "p")
@@ -792,6 +797,15 @@ async def test_relay_to_relay_opt_in_still_refuses_the_listener() -> None:
         a.send_raw(_send(relay_b, b"hello b"))
         ind = decode(await b.recv())
         assert ind.get(Attr.DATA) == b"hello b" and ind.get(Attr.XOR_PEER_ADDRESS) == relay_a
+        with pytest.raises(TimeoutError):
+            await b.recv(0.3)  # once, not again
+        with pytest.raises(TimeoutError):
+            await a.recv(0.2)  # and nothing came back around to a
+        nested = Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17).encode()
+        a.send_raw(_send(relay_b, nested))  # b's client gets it as data; no allocation is made
+        assert decode(await b.recv()).get(Attr.DATA) == nested
+        stats = turn.stats()
+        assert stats["allocations"] == 2 and stats["to_client_packets"] == 2
         for c in (a, b):
             c.close()
 
