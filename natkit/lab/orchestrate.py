@@ -338,11 +338,17 @@ Side = tuple[AgentClient, str, str, PeerConfig, float]  # agent, stack, role, co
 
 async def _pair(a: Side, b: Side) -> tuple[dict[str, Any], dict[str, Any]]:
     """Both sides of one case at once; once one has failed, the other gets
-    :data:`FAILED_PEER_GRACE_S` to report before it is cancelled."""
+    :data:`FAILED_PEER_GRACE_S` to report before it is cancelled. A ``--peer`` command gets
+    until its own limit: its report (exit status, stderr, notes) is what its author needs,
+    and a cancelled command says nothing."""
     tasks = []
+    deadlines: list[float] = []  # how long each side may still report once the other failed
+    start = time.monotonic()
     for agent, stack, role, cfg, limit in (a, b):
         extra = {}
-        if not stacks.STACKS.get(stack, "").startswith("natkit."):
+        command_peer = not stacks.STACKS.get(stack, "").startswith("natkit.")
+        deadlines.append(start + limit if command_peer else 0.0)
+        if command_peer:
             # A --peer command: an agent in another process tree (a container) learns it here.
             spec = getattr(stacks.get(stack), "spec", None)
             if spec:
@@ -352,10 +358,11 @@ async def _pair(a: Side, b: Side) -> tuple[dict[str, Any], dict[str, Any]]:
     done, _ = await asyncio.wait([t for _, _, t in tasks], return_when=asyncio.FIRST_COMPLETED)
     first = done.pop()
     if first.result().get("outcome") != "connected":
-        for agent, cid, task in tasks:
+        for (agent, cid, task), until in zip(tasks, deadlines):
             if task is not first and not task.done():
+                grace = max(FAILED_PEER_GRACE_S, until - time.monotonic())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(task), FAILED_PEER_GRACE_S)
+                    await asyncio.wait_for(asyncio.shield(task), grace)
                 if not task.done():
                     agent.cancel(cid)
     return await tasks[0][2], await tasks[1][2]
