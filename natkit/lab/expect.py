@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from natkit.lab.nats import Filtering, Mapping, NatBehaviour
 from natkit.lab.nats import expected_probe as _kind_probe
 
-__all__ = ["FAMILIES", "PATHS", "Expectation", "expect", "expected_probe"]
+__all__ = ["FAMILIES", "PATHS", "Expectation", "Side", "expect", "expected_probe"]
 
 PATHS = ("host", "srflx", "relay", "relay-tls", "longevity")
 FAMILIES = ("ipv4", "ipv6", "nat64")
@@ -62,10 +62,23 @@ class Expectation:
     connected: bool
     route: str | None  # "lan" | "hairpin" | "direct" | "relay" when connected
     reason: str
+    decided_by: str = "nats"  # "nats" | "stacks": what made the outcome what it is
 
     @property
     def outcome(self) -> str:
         return "connected" if self.connected else "failed"
+
+
+@dataclass(frozen=True)
+class Side:
+    """What the ICE model needs of one peer's stack in one case (natkit.lab.stack_expect makes
+    it from the stack's capabilities); without sides the model is the NATs' alone."""
+
+    name: str
+    redundant_srflx: bool = True  # signals a srflx candidate equal to its host address
+    gives_up_without_candidates: bool = False  # fails at once when the other signals none
+    turn: tuple[str, ...] | None = None  # TURN transports it allocates over (None: any)
+    keepalive_s: float | None = None  # seconds between its packets on an idle selected pair
 
 
 @dataclass
@@ -124,6 +137,7 @@ class _Net:
         self.boxes: list[_Box] = []
         self.drops: list[_Drop] = []
         self.hairpins: set[str] = set()
+        self.notes: list[str] = []  # what the stacks did that the NATs alone do not explain
 
     def add_box(self, box: _Box) -> _Box:
         self.boxes.append(box)
@@ -295,7 +309,9 @@ def _fix(path: str) -> str:
     return "needs TURN" if path in ("host", "srflx", "longevity") else "needs another relay transport"
 
 
-def _gather(net: _Net, p: _Peer, path: str, transports: tuple[str, ...]) -> tuple[_Socket, list[Endpoint], str | None]:
+def _gather(
+    net: _Net, p: _Peer, path: str, transports: tuple[str, ...], side: Side | None = None,
+) -> tuple[_Socket, list[Endpoint], str | None]:
     """(socket ICE checks go from, signaled candidates, why there are none)."""
     sock = p.sock
     if path == "host":
@@ -307,7 +323,20 @@ def _gather(net: _Net, p: _Peer, path: str, transports: tuple[str, ...]) -> tupl
         got = net.deliver(sock, STUN)
         if got is None:
             return sock, [], "STUN does not answer"
+        if got[1] == sock.local and side is not None and not side.redundant_srflx:
+            net.notes.append(
+                f"{side.name} behind {p.chain[0].label} signals no srflx candidate (it equals its host "
+                "address, which it drops as redundant, RFC 8445 §5.1.3)"
+            )
+            return sock, [], None
         return sock, [got[1]], None
+    if side is not None and side.turn is not None:
+        allowed = tuple(t for t in transports if t in side.turn)
+        wanted = ("tls",) if path == "relay-tls" else ("udp", "tcp", "tls")
+        if not any(t in wanted for t in allowed) and any(t in wanted for t in transports):
+            offered = ", ".join(t for t in transports if t in wanted)
+            return sock, [], f"{side.name} allocates over none of the TURN transports offered ({offered})"
+        transports = allowed
     if path == "relay-tls":
         if "tls" not in transports:
             return sock, [], "the lab's TURN server offers no TURN over TLS (turn.tls_port); needs TURN/TLS on 443"
@@ -315,15 +344,19 @@ def _gather(net: _Net, p: _Peer, path: str, transports: tuple[str, ...]) -> tupl
         if blocker is not None:
             return sock, [], f"{blocker.label} passes no TCP to port {TURN_TLS_PORT}: no TURN/TLS allocation"
     else:
-        usable = [t for t in transports if t in ("udp", "tcp")]
+        # every TURN URL the path gives (the lab's relay path: UDP and TCP on the TURN port; a
+        # TLS one, on 443, where a caller offers it there too)
+        usable = [t for t in transports if t in ("udp", "tcp", "tls")]
         if p.blocked_udp() is not None:
-            usable = [t for t in usable if t == "tcp"]
+            usable = [t for t in usable if t != "udp"]
         blocker = p.tcp_blocker(TURN_PORT)
         if blocker is not None:
             usable = [t for t in usable if t != "tcp"]
+        tls_blocker = p.tcp_blocker(TURN_TLS_PORT)
+        if tls_blocker is not None:
+            usable = [t for t in usable if t != "tls"]
         if not usable:
-            box = p.blocked_udp() or blocker
-            assert box is not None or not transports
+            box = p.blocked_udp() or blocker or tls_blocker
             if box is not None and box.egress_tcp is not None:
                 ports = "/".join(str(x) for x in box.egress_tcp)
                 return sock, [], (f"{box.label} lets out only TCP to ports {ports}: no TURN allocation over UDP "
@@ -353,12 +386,14 @@ def expect(
     turn_transports: tuple[str, ...] = ("udp", "tcp"),
     family: str = "ipv4",
     keepalive_s: float | None = None,
+    sides: tuple[Side, Side] | None = None,
 ) -> Expectation:
     """The expected outcome of a case: ``caller`` (controlling) behind one NAT, ``callee``
     behind another (or behind the same one when ``same_lan``; ``callee`` is then ignored),
     over address ``family``; ``turn_transports`` are what the TURN server offers (``tls``:
     TURN/TLS on 443); ``keepalive_s`` is the longest interval at which the two stacks send on
-    the selected pair (the ``longevity`` path; None: RFC 8445's default of 15 s)."""
+    the selected pair (the ``longevity`` path; None: the sides' own, else RFC 8445's default of
+    15 s); ``sides``: what the caller's and the callee's stacks do (default: the NATs alone)."""
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}")
     if family not in FAMILIES:
@@ -380,10 +415,18 @@ def expect(
     pa = _build(net, "a", beh[0], None, "a")
     pb = _build(net, "b", beh[1], pa.chain[-1] if same_lan else None, "a" if same_lan else "b")
 
-    gathered = [_gather(net, p, path, turn_transports) for p in (pa, pb)]
+    gathered = [_gather(net, p, path, turn_transports, sides[i] if sides else None) for i, p in enumerate((pa, pb))]
     for _, cands, why in gathered:
         if not cands and why:
-            return Expectation(False, None, why)
+            return Expectation(False, None, why, "stacks" if why.startswith(tuple(s.name for s in sides or ())) else "nats")
+    if sides is not None:
+        for i, (_, cands, _) in enumerate(gathered):
+            waiting = sides[1 - i]
+            if not cands and waiting.gives_up_without_candidates:
+                return Expectation(False, None, "; ".join([
+                    *net.notes, f"{waiting.name} gives up at once when the other side signals no candidate "
+                    "(it does not wait for peer-reflexive ones)",
+                ]), "stacks")
     agents = [_Agent(g[0], list(gathered[1 - i][1])) for i, g in enumerate(gathered)]
 
     for _ in range(ROUNDS):
@@ -402,14 +445,19 @@ def expect(
                     me.valid.append(remote)
 
     if not agents[0].valid:
-        return Expectation(False, None, _failure(net, path, beh))
+        return Expectation(False, None, "; ".join([*net.notes, _failure(net, path, beh)]), "stacks" if net.notes else "nats")
     remote = agents[0].valid[0]
     if path == "longevity":
         lifetime = min(b.udp_timeout for p in (pa, pb) for b in [p.behaviour, *([p.behaviour.inner] if p.behaviour.inner else [])])
+        if keepalive_s is None and sides is not None and all(s.keepalive_s is not None for s in sides):
+            keepalive_s = max(s.keepalive_s or 0.0 for s in sides)
         interval = keepalive_s if keepalive_s is not None else DEFAULT_KEEPALIVE_S
         if interval >= lifetime:
-            return Expectation(False, None, f"the NATs drop an idle UDP mapping after {lifetime} s and the stacks send "
-                                            f"on the pair only every {interval:g} s; needs keepalive < {lifetime} s")
+            slow = [s.name for s in sides or () if (s.keepalive_s or DEFAULT_KEEPALIVE_S) >= lifetime]
+            who = f"{' and '.join(slow)} sends" if slow else "the stacks send"
+            return Expectation(False, None, f"the NATs drop an idle UDP mapping after {lifetime} s and {who} "
+                                            f"on the pair only every {interval:g} s; needs keepalive < {lifetime} s",
+                               "stacks" if slow else "nats")
         return Expectation(True, "direct", f"keepalives every {interval:g} s keep the {lifetime} s mappings open "
                                            f"through the idle period; {_how(pa, pb, 'srflx')}")
     if path in ("relay", "relay-tls"):

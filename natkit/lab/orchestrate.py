@@ -12,9 +12,12 @@ servers and returns an :class:`Orchestration` of typed results (no packet eviden
 is the engine's capture, judged afterwards by :func:`natkit.lab.runner.finish`).
 
 Scheduling: cases expected to fail idle until their deadline and need no CPU, so they all
-start at once; cases expected to connect are CPU-bound (DTLS) and run at most ``parallel`` at a
-time (default: 4 per CPU). Cases of a heavy stack (a browser) run after the others, a few at a
-time. When one side of a case has failed, the other gets a second to report, then is cancelled.
+start at once (up to IDLE_LIMIT); cases expected to connect are CPU-bound (DTLS) and run at most ``parallel`` at a
+time (default: 4 per CPU), the light stacks' first. Cases of a heavy stack (a browser) also
+count against the stack's own ``parallel``; its browsers are started (``prepare``) in every node
+that needs them after the probes, one per CPU at a time while the other stacks' cases run,
+and a browser case starts once its own nodes' browsers are up. When one side of a case has failed, the other gets
+a second to report, then is cancelled.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from natkit.errors import PrerequisiteError
 from natkit.lab import stacks
 from natkit.lab.agents import AgentClient
 from natkit.lab.evidence import claimed_route
-from natkit.lab.expect import Expectation, expect, expected_probe
+from natkit.lab.expect import Expectation, expected_probe
 from natkit.lab.labca import LabCA, make_lab_ca
 from natkit.lab.nats import NatBehaviour
 from natkit.lab.results import CaseResult, ProbeResult
@@ -52,9 +55,13 @@ FAILED_PEER_GRACE_S = 1.0  # once one side failed, how long the other may take t
 # would hold the run past its budget.
 LIFETIME_MEASURE_MAX_S = 30
 LIFETIME_BRACKET_S = 5.0  # the checkpoints: this much before and after the claimed lifetime
+PROBE_TRIES = 2  # an inconclusive probe is asked again once
 PROBES_AT_ONCE = 6  # probes judge by timed silences: a few at a time keep them exact
-FAILING_AT_ONCE = 48  # cases expected to fail that run at once
 LONGEVITY_MARGIN_S = 5  # a longevity case idles this much past the mapping lifetime
+START_GATE_S = 1.0  # an expected failure of a costly stack holds a start slot this long
+# Expected failures at once: they mostly wait for their deadline, but each still gathers
+# (STUN, TURN allocations) and sends checks; thousands at once (--full) would swamp the lab.
+IDLE_LIMIT = 48
 
 # Progress events: ("stage", {"text", ...}), ("probe", {"probe": ProbeResult}),
 # ("case", {"case": CaseResult, "done": int, "total": int, "tally": Tally}).
@@ -97,18 +104,24 @@ def cpu_limit(parallel: int | None, topo: Topology) -> int:
     return max(4, 4 * (os.cpu_count() or 1))
 
 
-def keepalive_s(case: Case) -> float | None:
-    """The longest interval at which the case's stacks send on the selected pair (None: one
-    of them does not say)."""
-    values = [getattr(getattr(stacks.get(n), "capabilities", None), "keepalive_s", None) for n in case.stacks]
-    return None if any(v is None for v in values) else max(v for v in values if v is not None)
+def path_transports(topo: Topology, path: str) -> tuple[str, ...]:
+    """The TURN transports the ICE servers of ``path`` name (the lab gives the relay path its
+    UDP and TCP URLs, relay-tls its one ``turns:`` URL)."""
+    if path == "relay-tls":
+        return ("tls",) if topo.servers.turn_tls_port else ()
+    return topo.servers.turn_transports
 
 
 def expectation_of(topo: Topology, plan: Plan, case: Case) -> Expectation:
+    """What ``case`` should do: its NATs' behaviours played with what its stacks do."""
+    from natkit.lab.stack_expect import expect_stacks
+
     (ra, _), (rb, _) = plan.peers_of(case)
-    return expect(
+    return expect_stacks(
         ra.nat.behaviour, rb.nat.behaviour, case.path, same_lan=case.same_lan,
-        turn_transports=topo.servers.transports, family=case.family, keepalive_s=keepalive_s(case),
+        turn_transports=path_transports(topo, case.path), family=case.family, stacks=case.stacks,
+        turn_is_ip=case.family != "nat64",  # NAT64 cases reach the servers by name
+        capabilities=(stacks.capabilities_of(case.stacks[0]), stacks.capabilities_of(case.stacks[1])),
     )
 
 
@@ -225,10 +238,15 @@ async def _run(
             f"stun:{srv.stun_addresses[0]}:{srv.stun_port}"
         if router.nat.behaviour.egress_tcp_ports is not None:
             server = f"stun:{srv.stun_addresses[0]}:{WEB_PORT}"  # the only port TCP may reach
-        res = await agents[router.peers[0].id].call(
-            30, op="probe", server=server, timeout=PROBE_TIMEOUT, families=[6 if v6 else 4],
-        )
         want = expected_probe(router.nat.behaviour)
+        for _ in range(PROBE_TRIES):
+            res = await agents[router.peers[0].id].call(
+                30, op="probe", server=server, timeout=PROBE_TIMEOUT, families=[6 if v6 else 4],
+            )
+            # An inconclusive probe (a test that got no answer in time on a loaded box: mapping
+            # or filtering "unknown") is asked once more; a verdict, right or wrong, stands.
+            if not any(k in want and res.get(k) == "unknown" and want[k] != "unknown" for k in ("mapping", "filtering")):
+                break
         observed = {k: res.get(k) for k in ("nat_type", "mapping", "filtering", "public", "port_allocation",
                                              "port_preservation", "nat_layers", "hairpinning")}
         ok = "error" not in res and all(observed.get(k) == v for k, v in want.items())
@@ -246,19 +264,34 @@ async def _run(
         )
         return res
 
-    async def run_case(case: Case, exp: Expectation, sem: asyncio.Semaphore | None) -> CaseResult:
+    async def run_case(
+        case: Case, exp: Expectation, sems: Sequence[asyncio.Semaphore], gate: asyncio.Semaphore | None = None,
+    ) -> CaseResult:
         (ra, pa), (rb, pb) = plan.peers_of(case)
         a, b = (stacks.get(n) for n in case.stacks)
         idle = idle_s(case, plan)
         pem = ca.ca_pem if ca else None
-        # Each side waits for the other's start-up on top of the case's deadline.
-        cfg_a = side_config(topo, case, ra, pa, topo.case_deadline_s + b.start_s, pem, idle)
-        cfg_b = side_config(topo, case, rb, pb, topo.case_deadline_s + a.start_s, pem, idle)
-        async with sem if sem is not None else contextlib.nullcontext():
-            ra_res, rb_res = await _pair(
+        # Each side waits for the other's start-up on top of the case's deadline (a browser
+        # started before the cases only opens a window).
+        wait_a = getattr(a, "ready_s", a.start_s) if (pa.id, a.name) in prepared else a.start_s
+        wait_b = getattr(b, "ready_s", b.start_s) if (pb.id, b.name) in prepared else b.start_s
+        cfg_a = side_config(topo, case, ra, pa, topo.case_deadline_s + wait_b, pem, idle)
+        cfg_b = side_config(topo, case, rb, pb, topo.case_deadline_s + wait_a, pem, idle)
+        async with contextlib.AsyncExitStack() as held:
+            for sem in sems:
+                await held.enter_async_context(sem)
+            if gate is not None:
+                await gate.acquire()
+            pairing = asyncio.ensure_future(_pair(
                 (agents[pa.id], a.name, "caller", cfg_a, a.max_duration_s(cfg_a) + RESULT_MARGIN),
                 (agents[pb.id], b.name, "callee", cfg_b, b.max_duration_s(cfg_b) + RESULT_MARGIN),
-            )
+            ))
+            if gate is not None:
+                # An expected failure of a stack that starts a process or a window costs CPU
+                # while it starts: such cases start a few per second, not all at once.
+                await asyncio.wait([pairing], timeout=START_GATE_S)
+                gate.release()
+            ra_res, rb_res = await pairing
         caller = PeerResult.from_json(ra_res, role="caller", path=case.path, stack=a.name)
         callee = PeerResult.from_json(rb_res, role="callee", path=case.path, stack=b.name)
         result = CaseResult(case, exp, caller, callee, (ra.id, rb.id))
@@ -271,17 +304,87 @@ async def _run(
 
     light = [c for c in cases if not any(stacks.get(s).heavy for s in c.stacks)]
     heavy = [c for c in cases if c not in light]
+    prepared: set[tuple[str, str]] = set()  # (peer id, stack) started before its cases
+    ready: dict[tuple[str, str], asyncio.Future[None]] = {}  # done once that start is over
+
+    def start_browsers(cases: Sequence[Case], at_once: int) -> asyncio.Future[Any] | None:
+        """Start every heavy stack in every node its cases need, ``at_once`` at a time; each
+        node's start settles its entry in ``ready`` (a case waits for its own nodes only)."""
+        needed = []
+        for c in cases:
+            for (_, peer), name in zip(plan.peers_of(c), c.stacks, strict=True):
+                if stacks.get(name).heavy and (peer.id, name) not in needed:
+                    needed.append((peer.id, name))
+        if not needed:
+            return None
+        notify("stage", {"text": f"starting {len(needed)} browsers"})
+        loop = asyncio.get_running_loop()
+        for key in needed:
+            ready[key] = loop.create_future()
+        gate = asyncio.Semaphore(at_once)
+        sig = (srv.signaling_address, srv.signaling_port)
+        t = time.monotonic()
+
+        async def one(peer_id: str, name: str) -> None:
+            peer = stacks.get(name)
+            try:
+                async with gate:
+                    res = await agents[peer_id].call(
+                        peer.start_s + 30, op="prepare", stack=name,
+                        config=PeerConfig("prepare", "host", sig, [], topo.case_deadline_s).to_json(),
+                    )
+                if "error" not in res:
+                    prepared.add((peer_id, name))
+            finally:
+                ready[(peer_id, name)].set_result(None)
+
+        async def all_of() -> None:
+            await asyncio.gather(*(one(p, n) for p, n in needed))
+            out.timings["prepare_s"] = time.monotonic() - t
+
+        return asyncio.ensure_future(all_of())
+
+    async def started(c: Case) -> None:
+        """Wait until the heavy stacks of ``c`` are started in its nodes."""
+        keys = [(peer.id, name) for (_, peer), name in zip(plan.peers_of(c), c.stacks, strict=True)]
+        waits = [ready[k] for k in keys if k in ready]
+        if waits:
+            await asyncio.gather(*waits)
+
     exps = {c: expectation_of(topo, plan, c) for c in cases}
     sem = asyncio.Semaphore(cpu_limit(parallel, topo))
+    # A heavy stack (a browser) has a limit of its own on connecting cases at once, shared by
+    # its browsers in every namespace; a case of two heavy stacks takes both, in name order.
+    heavy_sems = {
+        name: asyncio.Semaphore(max(1, stacks.get(name).parallel))
+        for name in sorted({s for c in heavy for s in c.stacks if stacks.get(s).heavy})
+    }
+
+    idle = asyncio.Semaphore(IDLE_LIMIT)
+
+    def limits(c: Case) -> list[asyncio.Semaphore]:
+        if c.path == "longevity":
+            return []  # they idle longest, and start first: none waits for another's slot
+        if not exps[c].connected:
+            return [idle]  # expected failures idle until their deadline: many at once
+        # Every connecting case takes the CPU-aware limit (the heavy ones after their stack's
+        # own limit, so that a waiting browser case does not hold a CPU slot).
+        return [heavy_sems[s] for s in sorted(set(c.stacks)) if s in heavy_sems] + [sem]
+
     # Longevity cases first (they idle longest), then the expected failures (they idle until
-    # the deadline), then the CPU-bound connections.
-    order = sorted(light, key=lambda c: (c.path != "longevity", exps[c].connected))
+    # the deadline), then the CPU-bound connections; the heavy stacks' cases run beside the
+    # others (their own limits bound them).
+    def first(c: Case) -> tuple[bool, bool]:
+        return c.path != "longevity", exps[c].connected
+
+    order = sorted(light, key=first) + sorted(heavy, key=first)
     names = [n.name for n in topo.nats]
     probe_names = sorted({n for c in cases for n in c.nats}, key=names.index)
     notify("stage", {"text": f"probing {len(probe_names)} NATs and running {total} cases"})
-    t1 = time.monotonic()
-    # The probes first, on an idle lab: their negative results are timed silences, which a
-    # loaded CPU would turn into wrong verdicts.
+    # The probes first, alone (their negative results are timed silences, which a loaded CPU
+    # would turn into wrong verdicts), a few at a time. Then the browsers start in every node
+    # that needs them, one per CPU at a time, while the other stacks' cases run; a browser
+    # case starts once its own nodes' browsers are up (a browser's start is seconds of CPU).
     probe_sem = asyncio.Semaphore(PROBES_AT_ONCE)
 
     async def bounded_probe(n: str) -> ProbeResult:
@@ -289,26 +392,32 @@ async def _run(
             return await run_probe(n)
 
     out.probes = list(await asyncio.gather(*(bounded_probe(n) for n in probe_names)))
+    t1 = time.monotonic()
     # The lab measures the mapping lifetime it claims, beside the cases (fresh sockets of
     # their own: no case's mapping is touched), where it is short enough to wait for.
     timed = [p for p in out.probes if _lifetime_measurable(plan.router(f"{p.nat}-1").nat.behaviour)]
     lifetime_tasks = {p.nat: asyncio.ensure_future(measure_lifetime(p.nat)) for p in timed}
-    # Cases expected to fail mostly idle, but hundreds at once still starve the CPU.
-    fail_sem = asyncio.Semaphore(FAILING_AT_ONCE)
-    case_tasks = {c: asyncio.ensure_future(run_case(c, exps[c], (sem if exps[c].connected else fail_sem)
-                                                    if c.path != "longevity" else None))
-                  for c in order}
+    browsers = start_browsers(heavy, max(2, os.cpu_count() or 1))
+    gate = asyncio.Semaphore(2 * (os.cpu_count() or 1))
+
+    def gate_of(c: Case) -> asyncio.Semaphore | None:
+        costly = any(stacks.get(s).start_s > 0 for s in c.stacks)
+        return gate if costly and not exps[c].connected else None
+
+    async def after_start(c: Case) -> CaseResult:
+        await started(c)
+        return await run_case(c, exps[c], limits(c), gate_of(c))
+
+    case_tasks = {c: asyncio.ensure_future(after_start(c)) for c in order}
     results = {c: await case_tasks[c] for c in light}
     out.timings["cases_s"] = time.monotonic() - t1
     if heavy:
-        # Browsers are heavy: after the matrix, a few at a time (cases expected to fail all at
-        # once). They run before this returns, so while the engine's capture still runs.
-        t2 = time.monotonic()
-        hsem = asyncio.Semaphore(min(stacks.get(s).parallel for c in heavy for s in c.stacks if stacks.get(s).heavy))
-        heavy_tasks = [run_case(c, exps[c], hsem if exps[c].connected else None) for c in heavy]
-        for c, r in zip(heavy, await asyncio.gather(*heavy_tasks), strict=True):
-            results[c] = r
-        out.timings["browser_s"] = time.monotonic() - t2
+        for c in heavy:
+            results[c] = await case_tasks[c]
+        if browsers is not None:
+            await browsers
+        out.timings["browser_s"] = time.monotonic() - t1
+        out.timings["cases_s"] = max(out.timings["cases_s"], out.timings["browser_s"])
     out.cases = [results[c] for c in cases]
     for probe in timed:
         res = await lifetime_tasks[probe.nat]
@@ -348,18 +457,31 @@ Side = tuple[AgentClient, str, str, PeerConfig, float]  # agent, stack, role, co
 
 async def _pair(a: Side, b: Side) -> tuple[dict[str, Any], dict[str, Any]]:
     """Both sides of one case at once; once one has failed, the other gets
-    :data:`FAILED_PEER_GRACE_S` to report before it is cancelled."""
+    :data:`FAILED_PEER_GRACE_S` to report before it is cancelled. A ``--peer`` command gets
+    until its own limit: its report (exit status, stderr, notes) is what its author needs,
+    and a cancelled command says nothing."""
     tasks = []
+    deadlines: list[float] = []  # how long each side may still report once the other failed
+    start = time.monotonic()
     for agent, stack, role, cfg, limit in (a, b):
-        cid, fut = agent.submit(op="case", stack=stack, role=role, config=cfg.to_json())
+        extra = {}
+        command_peer = not stacks.STACKS.get(stack, "").startswith("natkit.")
+        deadlines.append(start + limit if command_peer else 0.0)
+        if command_peer:
+            # A --peer command: an agent in another process tree (a container) learns it here.
+            spec = getattr(stacks.get(stack), "spec", None)
+            if spec:
+                extra["peer"] = spec
+        cid, fut = agent.submit(op="case", stack=stack, role=role, config=cfg.to_json(), **extra)
         tasks.append((agent, cid, asyncio.ensure_future(agent.answer(cid, fut, limit))))
     done, _ = await asyncio.wait([t for _, _, t in tasks], return_when=asyncio.FIRST_COMPLETED)
     first = done.pop()
     if first.result().get("outcome") != "connected":
-        for agent, cid, task in tasks:
+        for (agent, cid, task), until in zip(tasks, deadlines):
             if task is not first and not task.done():
+                grace = max(FAILED_PEER_GRACE_S, until - time.monotonic())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(task), FAILED_PEER_GRACE_S)
+                    await asyncio.wait_for(asyncio.shield(task), grace)
                 if not task.done():
                     agent.cancel(cid)
     return await tasks[0][2], await tasks[1][2]

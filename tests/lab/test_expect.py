@@ -116,9 +116,11 @@ def test_probe_expectations_use_the_probe_vocabulary() -> None:
 def test_new_behaviours_name_the_cause_and_the_fix() -> None:
     e = expect(PRESETS["port-restricted"], PRESETS["symmetric"], "srflx")
     assert not e.connected and e.reason.startswith("symmetric maps per destination") and "needs TURN" in e.reason
-    e = expect(PRESETS["egress-443"], PRESETS["open"], "relay", turn_transports=("udp", "tcp", "tls"))
+    e = expect(PRESETS["egress-443"], PRESETS["open"], "relay", turn_transports=("udp", "tcp"))
     assert not e.connected and "needs TURN/TLS on 443" in e.reason
-    assert expect(PRESETS["egress-443"], PRESETS["open"], "relay-tls", turn_transports=("udp", "tcp", "tls")).connected
+    assert expect(PRESETS["egress-443"], PRESETS["open"], "relay-tls", turn_transports=("tls",)).connected
+    # a relay path that also names a turns: URL on 443 gets out through it
+    assert expect(PRESETS["egress-443"], PRESETS["open"], "relay", turn_transports=("udp", "tcp", "tls")).connected
     e = expect(PRESETS["nat64"], PRESETS["open"], "srflx", family="nat64")
     assert not e.connected and "needs IPv6 on both" in e.reason
     assert expect(PRESETS["nat64"], PRESETS["open"], "relay", family="nat64").connected

@@ -31,9 +31,11 @@ SUSPECT_PATH = "relay"
 
 
 def _expect(topo: Topology, plan: Any, case: Any) -> Any:
+    from natkit.lab.orchestrate import path_transports
+
     (ra, _), (rb, _) = plan.peers_of(case)
     return expect(ra.nat.behaviour, rb.nat.behaviour, case.path, same_lan=case.same_lan,
-                  turn_transports=topo.servers.transports, family=case.family)
+                  turn_transports=path_transports(topo, case.path), family=case.family)
 
 
 def _results(topo: Topology) -> dict[str, Any]:
