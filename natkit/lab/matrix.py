@@ -50,10 +50,11 @@ __all__ = [
 REFERENCE = "aiortc"
 BUILTIN = ("aiortc", "chromium", "firefox", "libnice", "pion")
 # RFC 4787's classic NAT kinds and the UDP-blocking firewall: where stacks differ.
-# A carrier NAT's subscriber, a home NAT behind another one and the office that lets out only
-# TCP to 80/443 too: every stack must get out of those (srflx; the office: only TURN/TLS).
+# A carrier NAT's subscriber and a home NAT behind another one too: two NATs in a row, which
+# every stack must punch through. (The office that lets out only TCP to 80/443 is for TURN over
+# TLS, which the other stacks' adapters do not set up with the lab CA yet: aiortc's matrix.)
 STACK_KINDS = ("open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked",
-               "cgnat", "double-nat", "egress-443")
+               "cgnat", "double-nat")
 KINDS = ("default", "full")
 
 
