@@ -307,6 +307,10 @@ static int run_transactions(int from, double timeout, int *ok) {
         if (pending == 0 && next >= N) break;
         int k = epoll_wait(ep, evs, 256, 20);
         for (int e = 0; e < k; e++) {
+            if (evs[e].data.u32 == 0xffffffffu) {  /* the peer socket: late traffic, dropped */
+                while (recv(peer_fd, buf, sizeof buf, MSG_DONTWAIT) > 0) {}
+                continue;
+            }
             client *c = &C[evs[e].data.u32];
             for (;;) {
                 ssize_t n = recv(c->fd, buf, sizeof buf, 0);

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from natkit.server import _turn_fast
 from natkit.server._stream import GuardedStream, StreamGuard
 from natkit.stun import StreamFramer, StunParseError
-from natkit.turn.actions import Action
+from natkit.turn.actions import Action, SendToPeer
 from natkit.turn.allocation import Address, Relay
 from natkit.turn.engine import TurnEngine
 
@@ -93,7 +93,10 @@ class UdpListener:
                 if 0x40 <= data[0] <= 0x7F:  # ChannelData: the hot path
                     out = forward((self, addr), data, now)
                     if out is not None:
-                        out.handle.sendto(out.data, out.peer)
+                        if type(out) is SendToPeer:
+                            out.handle.sendto(out.data, out.peer)
+                        else:  # relay-to-relay: to the other allocation's client
+                            out.client.send(out.data, out.addr)
                     continue
                 self.handle(data, addr)
         except Exception:  # a bug must not stop the listener
@@ -225,7 +228,10 @@ class StreamClient(GuardedStream):
                 if 0x40 <= frame[0] <= 0x7F:
                     out = self.engine.forward_from_client(key, frame, self.server.now)
                     if out is not None:
-                        out.handle.sendto(out.data, out.peer)
+                        if type(out) is SendToPeer:
+                            out.handle.sendto(out.data, out.peer)
+                        else:  # relay-to-relay: to the other allocation's client
+                            out.client.send(out.data, out.addr)
                     continue
                 actions = self.engine.handle_client(self, self.addr, frame, now, stream=True)
                 if actions:

@@ -806,6 +806,49 @@ async def test_relay_to_relay_by_default_delivers_once_and_refuses_the_listener(
         assert decode(await b.recv()).get(Attr.DATA) == nested
         stats = turn.stats()
         assert stats["allocations"] == 2 and stats["to_client_packets"] == 2
+        # delivered in process: nothing was sent to the relay's own address over the network
+        assert stats["relay_to_relay_packets"] == 2 and stats["to_peer_packets"] == 0
+        for c in (a, b):
+            c.close()
+
+
+@PATHS
+async def test_relay_to_relay_channels_never_touch_the_network(fast: bool) -> None:
+    """ChannelData between two allocations of one relay goes from one client straight to the
+    other (on the C path by the table's relay-to-relay entries), framed for the receiver's own
+    channel; once the target allocation is gone the data goes to the network address again,
+    where nothing listens."""
+    from natkit.stun import encode_channel_data
+
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast),
+        min_port=42110, max_port=42113,
+    ) as turn:
+        listener = turn.addresses_of("udp")[0]
+        a, b = RawClient(listener, "u", "p"), RawClient(listener, "u", "p")
+        relay_a = (await a.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+        relay_b = (await b.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+        for client, number, peer in ((a, 0x4000, relay_b), (b, 0x4001, relay_a)):
+            bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, number)
+            assert (await client.request(bind.add(Attr.XOR_PEER_ADDRESS, peer))).cls == Class.SUCCESS
+        for i in range(50):
+            a.send_raw(encode_channel_data(0x4000, b"a%d" % i))
+            assert await b.recv() == encode_channel_data(0x4001, b"a%d" % i)
+            b.send_raw(encode_channel_data(0x4001, b"b%d" % i))
+            assert await a.recv() == encode_channel_data(0x4000, b"b%d" % i)
+        stats = turn.stats()
+        assert stats["relay_to_relay_packets"] == 100 and stats["to_peer_packets"] == 0
+        assert stats["to_client_packets"] == 100
+        gone = Message(Method.REFRESH).add(Attr.LIFETIME, 0)
+        assert (await b.request(gone)).cls == Class.SUCCESS
+        await asyncio.sleep(0.05)
+        a.send_raw(encode_channel_data(0x4000, b"after"))
+        with pytest.raises(TimeoutError):
+            await b.recv(0.3)
+        stats = turn.stats()
+        assert stats["relay_to_relay_packets"] == 100 and stats["to_peer_packets"] == 1
+        if fast:
+            assert turn.fast is not None and turn.fast.stats()["internal_packets"] == 100
         for c in (a, b):
             c.close()
 
