@@ -95,6 +95,13 @@ def register(sub: Any) -> None:
     add("--tls-port", type=int, default=5349, metavar="PORT", help="TLS port (5349)")
     add("--no-tcp", action="store_true", help="serve UDP (and TLS) only")
     add(
+        "--no-gro",
+        dest="udp_gro",
+        action="store_false",
+        help="the C data path reads one datagram at a time instead of asking the kernel for "
+        "UDP GRO (datagrams of one client that arrive together read as one)",
+    )
+    add(
         "--no-relay-to-relay",
         dest="relay_to_relay",
         action="store_false",
@@ -228,6 +235,7 @@ def options_from_args(args: argparse.Namespace) -> TurnOptions:
         "tcp": not args.no_tcp,
         "user_quota": "auto" if args.user_quota is None else (args.user_quota or None),
         "relay_to_relay": args.relay_to_relay,
+        "udp_gro": args.udp_gro,
         "max_allocations": args.max_allocations,
         "bandwidth": args.bandwidth,
         "max_lifetime": args.max_lifetime,

@@ -60,10 +60,11 @@ def key(fd: int, addr: tuple[str, int], channel: int = 0) -> bytes:
 class FastTable:
     """One C context: the channel table, the epoll set and the receive/send buffers."""
 
-    def __init__(self, lib: ModuleType) -> None:
+    def __init__(self, lib: ModuleType, *, gro: bool = False) -> None:
         if (_KEY.size, _VAL.size, _REC.size) != (lib.KEY_SIZE, lib.VALUE_SIZE, lib.RECORD_SIZE):
             raise RuntimeError(f"{EXTENSION} does not match this natkit: reinstall natkit")
         self._t: Any = lib.Table(int.from_bytes(os.urandom(8), "little"))
+        self._t.set_gro(gro)  # sockets it watches ask for UDP GRO (coalesced reads)
         self.epoll_fd: int = self._t.epoll_fd()
 
     def put(self, k: bytes, fd: int, addr: tuple[str, int], channel: int, until: float) -> None:
@@ -162,7 +163,8 @@ class FastTable:
             "python_dropped": s[7],
             "gso_sends": s[8],
             "sendmmsg_calls": s[9],
-            "gso": int(s[10]),
+            "gro_reads": s[10],
+            "gso": int(s[11]),
         }
 
     def close(self) -> None:

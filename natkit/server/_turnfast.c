@@ -32,6 +32,10 @@
  * asyncio loop is never woken for a forwarded packet. poll() and pump() do the same work once
  * in the caller's thread (tests, and hosts that do not start the thread).
  *
+ * With GRO on (set_gro), watched sockets ask the kernel for UDP GRO: datagrams of one source
+ * that arrive together may come up as one read with their segment size (a UDP_GRO cmsg), and
+ * each segment is handled as the datagram it was.
+ *
  * Sends are batched: what one round of reads produced is queued (pointing into the receive
  * slots), then datagrams of the same size to the same destination through the same socket
  * leave as one UDP GSO message (UDP_SEGMENT: the kernel splits it into the same datagrams,
@@ -73,6 +77,9 @@
 #ifndef SOL_UDP
 #define SOL_UDP 17
 #endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 
 #pragma pack(push, 1)
 struct nk_key { /* 32 bytes; chan = 0 for peer -> client keys */
@@ -113,7 +120,7 @@ struct nk_out {
     int fd;
     uint8_t to_client; /* which counters it adds to */
     uint8_t hlen;
-    uint16_t pad;
+    uint16_t pad; /* zero bytes after the data (a Data indication's padding) */
     uint32_t dlen, plen; /* bytes after the header; relayed payload bytes */
     const uint8_t *data;
     struct sockaddr_storage to;
@@ -140,6 +147,12 @@ struct nk_ctx {
     struct mmsghdr msgs[NK_BATCH];
     struct iovec iov[NK_BATCH];
     struct sockaddr_storage addrs[NK_BATCH];
+    union {
+        char b[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ictl[NK_BATCH]; /* UDP_GRO: the segment size of a coalesced read */
+    int gro;           /* watched sockets ask for UDP GRO (several datagrams in one read) */
+    uint64_t gro_reads;
     /* the send queue, and what flushing it builds */
     struct nk_out q[NK_SLOTS];
     unsigned qn;
@@ -148,7 +161,7 @@ struct nk_ctx {
     struct nk_group groups[NK_SLOTS];
     unsigned gorder[NK_SLOTS];
     struct mmsghdr omsgs[NK_SLOTS];
-    struct iovec oiov[2 * NK_SLOTS];
+    struct iovec oiov[3 * NK_SLOTS];
     union {
         char b[CMSG_SPACE(sizeof(uint16_t))];
         struct cmsghdr align;
@@ -275,6 +288,7 @@ static struct nk_ctx *nk_new(int gso) {
     c->epfd = epoll_create1(EPOLL_CLOEXEC);
     c->wakefd = c->notifyfd = -1;
     c->gso = gso;
+    c->gro = 0;
     pthread_mutex_init(&c->mu, NULL);
     if (c->bufs == NULL || c->slots == NULL || c->out == NULL || c->epfd < 0) {
         if (c->epfd >= 0)
@@ -328,6 +342,10 @@ static int nk_watch(struct nk_ctx *c, int fd, int kind) {
     }
     c->gens[fd]++;
     c->kinds[fd] = (uint8_t)kind;
+    if (c->gro) { /* best effort: a kernel without UDP GRO reads one datagram at a time */
+        int on = 1;
+        (void)setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof(on));
+    }
     struct epoll_event ev;
     memset(&ev, 0, sizeof(ev));
     ev.events = EPOLLIN;
@@ -379,7 +397,7 @@ static int nk_del(struct nk_ctx *c, const struct nk_key *k) {
     return 1;
 }
 
-#define NK_NSTATS 10
+#define NK_NSTATS 11
 static void nk_stats(struct nk_ctx *c, uint64_t out[NK_NSTATS]) {
     out[0] = c->c2p_packets;
     out[1] = c->c2p_bytes;
@@ -391,6 +409,7 @@ static void nk_stats(struct nk_ctx *c, uint64_t out[NK_NSTATS]) {
     out[7] = c->py_dropped;
     out[8] = c->gso_sends;
     out[9] = c->sendmmsg_calls;
+    out[10] = c->gro_reads;
 }
 
 static void nk_key_from(struct nk_key *k, int fd, const struct sockaddr_storage *a, uint16_t chan) {
@@ -497,8 +516,11 @@ static struct nk_out *nk_enqueue(struct nk_ctx *c, int fd, int to_client) {
     o->fd = fd;
     o->to_client = (uint8_t)to_client;
     o->hlen = 0;
+    o->pad = 0;
     return o;
 }
+
+static const uint8_t nk_zeros[4];
 
 static void nk_count(struct nk_ctx *c, const struct nk_group *g) {
     if (g->to_client) {
@@ -514,7 +536,7 @@ static void nk_count(struct nk_ctx *c, const struct nk_group *g) {
 static void nk_send_each(struct nk_ctx *c, const struct nk_group *g) {
     for (unsigned i = 0; i < g->n; i++) {
         const struct nk_out *o = &c->q[c->order[g->first + i]];
-        struct iovec v[2];
+        struct iovec v[3];
         struct msghdr m;
         memset(&m, 0, sizeof(m));
         unsigned k = 0;
@@ -524,6 +546,10 @@ static void nk_send_each(struct nk_ctx *c, const struct nk_group *g) {
         }
         v[k].iov_base = (void *)o->data;
         v[k++].iov_len = o->dlen;
+        if (o->pad) {
+            v[k].iov_base = (void *)nk_zeros;
+            v[k++].iov_len = o->pad;
+        }
         m.msg_iov = v;
         m.msg_iovlen = k;
         m.msg_name = (void *)&o->to;
@@ -560,7 +586,7 @@ static void nk_flush_all(struct nk_ctx *c) {
     }
     for (unsigned i = 0; i < n; i++) {
         struct nk_out *o = &c->q[i];
-        uint32_t len = o->hlen + o->dlen;
+        uint32_t len = o->hlen + o->dlen + o->pad;
         unsigned j = ng, lo = ng > 16 ? ng - 16 : 0; /* a recent group of the same flow */
         if (c->gso) {
             for (unsigned t = ng; t > lo; t--) {
@@ -621,6 +647,10 @@ static void nk_flush_all(struct nk_ctx *c) {
                 }
                 c->oiov[iv].iov_base = (void *)o->data;
                 c->oiov[iv++].iov_len = o->dlen;
+                if (o->pad) {
+                    c->oiov[iv].iov_base = (void *)nk_zeros;
+                    c->oiov[iv++].iov_len = o->pad;
+                }
             }
             h->msg_iovlen = (size_t)(&c->oiov[iv] - h->msg_iov);
             h->msg_name = (void *)&g->head->to;
@@ -722,10 +752,10 @@ static int nk_to_client(struct nk_ctx *c, const struct nk_key *pk, uint8_t *d, u
         v[8 + j] = pk->ip[j] ^ h[4 + j];
     uint8_t *dh = v + 4 + alen;
     dh[0] = 0x00, dh[1] = 0x13, dh[2] = (uint8_t)(n >> 8), dh[3] = (uint8_t)n;
-    memset(d + n, 0, pad); /* the slot has room: n <= NK_SLOT - 48 */
     o->hlen = (uint8_t)(20 + 4 + alen + 4);
     o->data = d;
-    o->dlen = n + pad;
+    o->dlen = n;
+    o->pad = (uint16_t)pad; /* not written after d: that may be the next GRO segment */
     o->plen = n;
     o->tolen = nk_sockaddr(&o->to, perm->val.family, perm->val.port, perm->val.ip);
     return 1;
@@ -751,14 +781,41 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
         c->msgs[i].msg_hdr.msg_iovlen = 1;
         c->msgs[i].msg_hdr.msg_name = &c->addrs[i];
         c->msgs[i].msg_hdr.msg_namelen = sizeof(c->addrs[i]);
+        if (c->gro) {
+            c->msgs[i].msg_hdr.msg_control = c->ictl[i].b;
+            c->msgs[i].msg_hdr.msg_controllen = sizeof(c->ictl[i].b);
+        }
     }
     int got = recvmmsg(fd, c->msgs, batch, MSG_DONTWAIT, NULL);
     if (got < 0)
         return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -1;
     int queued = 0;
     for (int i = 0; i < got; i++) {
-        uint8_t *d = c->iov[i].iov_base;
-        uint32_t n = c->msgs[i].msg_len;
+        uint8_t *buf = c->iov[i].iov_base;
+        uint32_t total = c->msgs[i].msg_len, seg = total;
+        if (c->gro && c->msgs[i].msg_hdr.msg_controllen) {
+            struct cmsghdr *cm = CMSG_FIRSTHDR(&c->msgs[i].msg_hdr);
+            for (; cm != NULL; cm = CMSG_NXTHDR(&c->msgs[i].msg_hdr, cm))
+                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+                    int size;
+                    memcpy(&size, CMSG_DATA(cm), sizeof(size));
+                    if (size > 0 && (uint32_t)size < total) {
+                        seg = (uint32_t)size;
+                        c->gro_reads++;
+                    }
+                }
+        }
+        /* GRO: the kernel coalesced datagrams of one source into this read; each segment
+         * (all seg bytes but the last) is a datagram of its own */
+        uint32_t off = 0;
+        int whole = seg == total;
+        if (!whole && c->qn + (total + seg - 1) / seg > NK_SLOTS)
+            nk_flush_all(c);
+        for (int first = 1; first || off < total; first = 0, off += seg) { /* once if empty */
+        if (!whole && c->qn >= NK_SLOTS)
+            nk_flush_all(c);
+        uint8_t *d = buf + off;
+        uint32_t n = total - off < seg ? total - off : seg;
         struct nk_key k;
         if (kind == 0) {
             if (n >= 4 && d[0] >= 0x40 && d[0] <= 0x7F) {
@@ -849,6 +906,7 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
         memcpy(out + used + sizeof(rec), d, n);
         used += (uint32_t)sizeof(rec) + n;
         c->passed++;
+        }
     }
     if (queued)
         c->slot_next = base + (unsigned)got; /* queued datagrams point into these slots */
@@ -1337,6 +1395,19 @@ static PyObject *Table_take(PyObject *obj, PyObject *unused) {
     return out;
 }
 
+static PyObject *Table_set_gro(PyObject *obj, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    lock_ctx(c);
+    c->gro = on;
+    unlock_ctx(c);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Table_set_now(PyObject *obj, PyObject *arg) {
     double now = PyFloat_AsDouble(arg);
     if (now == -1.0 && PyErr_Occurred())
@@ -1357,11 +1428,13 @@ static PyMethodDef Table_methods[] = {
     {"stop", Table_stop, METH_NOARGS, "stop(): stop and join the thread."},
     {"take", Table_take, METH_NOARGS, "take() -> the records the thread left for Python."},
     {"set_now", Table_set_now, METH_O, "set_now(now): the engine's clock, for the thread."},
+    {"set_gro", Table_set_gro, METH_O,
+     "set_gro(on): sockets watched from now on ask for UDP GRO (coalesced reads)."},
     {"put", Table_put, METH_VARARGS, "put(key, value): add or replace an entry (32 + 40 bytes)."},
     {"delete", Table_delete, METH_O, "delete(key) -> whether it was there."},
     {"stats", Table_stats, METH_NOARGS,
      "(to_peer_packets, to_peer_bytes, to_client_packets, to_client_bytes, send_errors, passed, "
-     "internal_packets, python_dropped, gso_sends, sendmmsg_calls, gso)"},
+     "internal_packets, python_dropped, gso_sends, sendmmsg_calls, gro_reads, gso)"},
     {"epoll_fd", Table_epoll_fd, METH_NOARGS, "The epoll fd watching every watched socket."},
     {"watch", Table_watch, METH_VARARGS, "watch(fd, kind): kind 0 client listener, 1 relay."},
     {"unwatch", Table_unwatch, METH_O, "unwatch(fd)"},

@@ -313,7 +313,7 @@ class TurnServer(TurnService):
                     "or run with fast_path=None (or False) to use the Python path"
                 )
             if lib is not None:
-                self.fast = FastTable(lib)
+                self.fast = FastTable(lib, gro=self.options.udp_gro)
                 self.engine.offload = True  # the engine describes what the table may forward
                 self.fast.set_now(self.now)
                 # the table's own thread runs the data path; this loop wakes only for what
