@@ -110,6 +110,9 @@ log = logging.getLogger("natkit.turn")
 
 UDP = 17
 IPV4, IPV6 = 1, 2  # REQUESTED-/ADDITIONAL-ADDRESS-FAMILY values
+# coturn 4.x's clients (turnutils_uclient -Z) send ADDITIONAL-ADDRESS-FAMILY under its
+# pre-RFC 8656 code; read it as the attribute it stands for
+_LEGACY_ADDITIONAL_FAMILY = 0x8032
 _FAMILY_OF_CODE = {IPV4: 4, IPV6: 6}
 _CODE_OF_FAMILY = {4: IPV4, 6: IPV6}
 _ALGORITHMS = (PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256)
@@ -773,6 +776,10 @@ class TurnEngine:
         token = get(Attr.RESERVATION_TOKEN)
         requested_family = get(Attr.REQUESTED_ADDRESS_FAMILY)
         additional = get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        if additional is None:
+            legacy = get(_LEGACY_ADDITIONAL_FAMILY)
+            if isinstance(legacy, bytes) and len(legacy) == 4:
+                additional = legacy[0]
         if token is not None and (even is not None or requested_family is not None):
             return self._fail(
                 msg, 400, "Bad Request: RESERVATION-TOKEN with EVEN-PORT or family", ident
