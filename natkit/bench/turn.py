@@ -447,6 +447,7 @@ def run(
 
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
+        "kind": "bench-turn",
         "settings": {
             "seconds": seconds, "rounds": rounds, "allocations": allocations,
             "clients": clients, "window": window, "payload": payload,

@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from natkit.cli._common import parse_hostport, print_json
+from natkit.cli._common import SERVE_SCHEMA_VERSION, parse_hostport, print_json
 from natkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -275,6 +275,9 @@ def _announce(server: TurnService, args: argparse.Namespace) -> None:
     if args.json:
         print_json(
             {
+                "schema_version": SERVE_SCHEMA_VERSION,
+                "kind": "serve-turn",
+                "event": "ready",
                 "engine": engine,
                 "addresses": [
                     {"transport": t, "ip": ip, "port": port} for t, (ip, port) in server.addresses
@@ -356,7 +359,15 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         stats = asyncio.run(_serve(options, args))
     if args.json:
-        print_json({"stopped": True, "stats": stats})
+        print_json(
+            {
+                "schema_version": SERVE_SCHEMA_VERSION,
+                "kind": "serve-turn",
+                "event": "stopped",
+                "stopped": True,
+                "stats": stats,
+            }
+        )
     else:
         if "allocations_created" in stats:
             print(

@@ -69,7 +69,7 @@ def test_natkit_and_coturn_with_ratios(capsys: pytest.CaptureFixture[str]) -> No
     assert ratios["channel_data.relayed_per_s"] == pytest.approx(
         n["channel_data"]["relayed_per_s"] / c["channel_data"]["relayed_per_s"], rel=0.01
     )
-    assert report["schema_version"] == 2
+    assert (report["schema_version"], report["kind"]) == (2, "bench-turn")
     floors = report["target"]["floors"]
     assert floors["channel_data.relayed_per_s_vs_coturn"]["floor"] == 2.0
     assert floors["allocations.per_s_vs_coturn"]["rounds"] == [ratios["allocations.per_s"]]
