@@ -170,6 +170,34 @@ def coturn_server(cpu: int | None) -> Iterator[tuple[tuple[str, int], int]]:
 
 
 @contextlib.contextmanager
+def stream_server(
+    engine: str, cpu: int | None, transport: str, certs: tuple[Any, Any] | None
+) -> Iterator[tuple[tuple[str, int], int]]:
+    """``engine`` serving TURN over ``transport`` (tcp or tls, with ``certs``): its (ip, port)
+    on that transport and its pid."""
+    from natkit.server.coturn import CoturnServer, free_port
+
+    if engine == "natkit":
+        extra: tuple[str, ...] = ()
+        tls_port = free_port("127.0.0.1") if certs else 0
+        if certs:
+            extra = ("--tls-cert", str(certs[0]), "--tls-key", str(certs[1]),
+                     "--tls-port", str(tls_port))  # fmt: skip
+        with natkit_server(cpu, extra=extra) as (addr, pid):
+            yield ((addr[0], tls_port) if certs else addr), pid
+        return
+    tls = {"tls_cert": str(certs[0]), "tls_key": str(certs[1])} if certs else {}
+    turn = CoturnServer(
+        [("127.0.0.1", 0)], realm=REALM, users={USER: PASSWORD}, relay_ip="127.0.0.1",
+        allow_peers=["127.0.0.0/8"], min_port=RELAY_PORTS[0], max_port=RELAY_PORTS[1],
+        cpu=cpu, **tls,
+    )  # fmt: skip
+    with turn:
+        assert turn.pid is not None
+        yield turn.addresses_of(transport)[0], turn.pid
+
+
+@contextlib.contextmanager
 def null_relay(cpu: int | None, driver: list[str]) -> Iterator[tuple[tuple[str, int], int]]:
     """The driver's C null relay (the least a relay can do): the driver self-test."""
     from natkit.server.coturn import free_port, wait_for_binding
@@ -488,6 +516,107 @@ def run(
     return report
 
 
+STREAM_TARGET = 1.0  # TCP and TLS ChannelData natkit / coturn
+
+
+def run_stream(
+    *,
+    transport: str,
+    seconds: float = 5.0,
+    engines: tuple[str, ...] = ENGINES,
+    rounds: int = 1,
+    clients: int = 16,
+    window: int = 32,
+    payload: int = 100,
+    server_cpu: int | None = 1,
+    driver_cpu: int | None = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """ChannelData over TURN-over-TCP or -TLS (natkit/bench/turn_stream.py), both engines in
+    one run; the report has the UDP report's shape with ``channel_data`` only."""
+    from natkit.bench import turn_stream
+
+    say = progress or (lambda _msg: None)
+    check_seconds_rounds(seconds, rounds)
+    if transport not in turn_stream.TRANSPORTS:
+        raise UsageError(f"bad --transport {transport}: choose udp, tcp or tls")
+    if not 1 <= clients <= 1024 or not 1 <= window <= 1024:
+        raise UsageError("bad --clients/--window: give 1-1024 each")
+    if not 8 <= payload <= 1200 or payload % 4:
+        raise UsageError(f"bad --payload {payload}: give 8-1200 bytes, a multiple of 4 over TCP")
+    for tool, package in (("turnutils_peer", "coturn"), ("taskset", "util-linux")):
+        if shutil.which(tool) is None:
+            raise UsageError(f"{tool} is not installed (the TCP/TLS runs): apt-get install {package}")
+    if "coturn" in engines and shutil.which("turnserver") is None:
+        raise UsageError("coturn is not installed: apt-get install coturn (or --engines natkit)")
+    if (os.cpu_count() or 1) < 2:
+        server_cpu = driver_cpu = None
+    bench = Bench(
+        seconds=seconds, allocations=1, clients=clients, window=window, payload=payload,
+        server_cpu=server_cpu, driver_cpu=driver_cpu, driver=[],
+    )  # fmt: skip
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+    with turn_stream.certificates(transport) as certs, turn_stream.echo_peer(
+        driver_cpu, PEER_IP
+    ) as peer:
+        for rnd in range(1, rounds + 1):
+            for engine in engines:
+                say(f"round {rnd}/{rounds}: {engine} over {transport.upper()} ...")
+                figures = turn_stream.stream_run(bench, engine, transport, certs, peer)
+                runs[engine].append({"channel_data": figures})
+                say(
+                    f"  {engine}: ChannelData {figures['relayed_per_s']:,} relayed/s, loss "
+                    f"{figures['loss']:.2%} (server {figures['server_cpu']:.0%}, driver "
+                    f"{figures['driver_cpu']:.0%} of a core)"
+                )
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "bench-turn",
+        "settings": {
+            "transport": transport, "seconds": seconds, "rounds": rounds, "clients": clients,
+            "window": window, "payload": payload, "server_cpu": server_cpu,
+            "driver_cpu": driver_cpu, "driver": "python -m natkit.bench.turn_stream",
+            "peer": "turnutils_peer", "peer_ip": PEER_IP,
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "cpus": os.cpu_count() or 1,
+        },
+        "engines": {e: _summary(runs[e], sections=("channel_data",)) for e in engines},
+        "runs": runs,
+    }  # fmt: skip
+    if "coturn" in engines:
+        report["engines"]["coturn"]["version"] = coturn_version()
+    if "natkit" in engines and "coturn" in engines:
+
+        def ratio(n: dict[str, Any], c: dict[str, Any]) -> dict[str, float | None]:
+            out: dict[str, float | None] = {}
+            for key in ("relayed_per_s", "per_cpu_second"):
+                a, b = n["channel_data"].get(key), c["channel_data"].get(key)
+                out[f"channel_data.{key}"] = round(a / b, 3) if a and b else None
+            return out
+
+        report["ratios"] = ratio(report["engines"]["natkit"], report["engines"]["coturn"])
+        per_round = [ratio(a, b) for a, b in zip(runs["natkit"], runs["coturn"], strict=True)]
+        report["ratios_per_round"] = per_round
+        key = "channel_data.relayed_per_s"
+        rounds_ = [r[key] for r in per_round]
+        median = report["ratios"][key]
+        loss = report["engines"]["natkit"]["channel_data"]["loss"]
+        report["target"] = {
+            "floors": {
+                f"{key}_vs_coturn": {
+                    "floor": STREAM_TARGET, "median": median, "rounds": rounds_,
+                    "rounds_met": sum(1 for r in rounds_ if r is not None and r >= STREAM_TARGET),
+                    "met": median is not None and median >= STREAM_TARGET,
+                },
+            },
+            "channel_data_loss": loss,
+            "met": median is not None and median >= STREAM_TARGET and loss == 0,
+        }  # fmt: skip
+    report["limits"] = _limits(report["engines"], sections=("channel_data",))
+    return report
+
+
 def _ratios(n: dict[str, Any], c: dict[str, Any]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for section, key, _ in FIGURES:
@@ -548,7 +677,9 @@ def _summary(
     return out
 
 
-def _limits(engines: dict[str, Any]) -> dict[str, str]:
+def _limits(
+    engines: dict[str, Any], sections: tuple[str, ...] = ("channel_data", "send_indication")
+) -> dict[str, str]:
     """Who limited each traffic run, from how busy each pinned core was (/proc/stat: user,
     system, irq and softirq, whoever ran there; on loopback much of a packet's cost is
     softirq time charged to the core of whoever sent it, not to any process).
@@ -559,7 +690,7 @@ def _limits(engines: dict[str, Any]) -> dict[str, str]:
     """
     out = {}
     for engine, figures in engines.items():
-        for section in ("channel_data", "send_indication"):
+        for section in sections:
             f = figures[section]
             server = f.get("server_core_busy", f["server_cpu"]) >= BUSY
             driver = f.get("driver_core_busy", f["driver_cpu"]) >= BUSY

@@ -68,6 +68,13 @@ def register(sub: Any) -> None:
         action="store_true",
         help="run natkit with --no-gro (its C path reads every datagram on its own)",
     )
+    parser.add_argument(
+        "--transport",
+        choices=("udp", "tcp", "tls"),
+        default="udp",
+        help="udp: every figure with the C driver (default); tcp or tls: ChannelData over "
+        "TURN-over-TCP/TLS only (driver natkit.bench.turn_stream, peer turnutils_peer)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
 
@@ -79,6 +86,21 @@ def run(args: argparse.Namespace) -> int:
     if not engines:
         raise UsageError("--engines is empty: give natkit, coturn or natkit,coturn")
 
+    if args.transport != "udp":
+        from natkit.bench.turn import run_stream
+
+        report = run_stream(
+            transport=args.transport, seconds=args.seconds, engines=engines, rounds=args.rounds,
+            clients=args.clients, window=args.window, payload=args.payload,
+            server_cpu=args.server_cpu, driver_cpu=args.driver_cpu,
+            progress=progress_printer(args.json),
+        )  # fmt: skip
+        if args.json:
+            print_json(report)
+        else:
+            print()
+            print(format_stream_report(report))
+        return 0
     report = bench(
         seconds=args.seconds,
         engines=engines,
@@ -178,4 +200,28 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"natkit ChannelData loss: {t['channel_data_loss']:.3%}")
     if "coturn" in report["engines"]:
         lines.append(f"coturn: {report['engines']['coturn'].get('version', 'unknown')}")
+    return "\n".join(lines)
+
+
+def format_stream_report(report: dict[str, Any]) -> str:
+    """The TCP/TLS report: ChannelData per engine, the ratio per round and the floor."""
+    s = report["settings"]
+    lines = [f"ChannelData over TURN-over-{s['transport'].upper()}:"]
+    for engine, figures in report["engines"].items():
+        f = figures["channel_data"]
+        lines.append(
+            f"  {engine:<7} {f['relayed_per_s']:>10,} relayed/s, loss {f['loss']:.3%}, "
+            f"{f['per_cpu_second'] or 0:>10,} per server CPU-second (server "
+            f"{f['server_cpu']:.0%} / driver {f['driver_cpu']:.0%} of a core)"
+        )
+    for i, r in enumerate(report.get("ratios_per_round", []), 1):
+        lines.append(
+            f"round {i}: natkit/coturn {_x(r['channel_data.relayed_per_s'])} "
+            f"({_x(r['channel_data.per_cpu_second'])} per CPU-second)"
+        )
+    for name, f in report.get("target", {}).get("floors", {}).items():
+        verdict = "met" if f["met"] else "NOT met"
+        lines.append(f"floor {name} >= {f['floor']}: {verdict} (median {_x(f['median'])})")
+    lines.append("limited by: " + ", ".join(f"{k} {v}" for k, v in report["limits"].items()))
+    lines.append(f"load average (1 min) before/after: {s['load_average'][0]} / {s['load_average'][1]}")
     return "\n".join(lines)
