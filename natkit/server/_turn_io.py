@@ -37,6 +37,7 @@ class RelayHost(Protocol):
     now: float
     send_errors: int  # datagrams the kernel would not take
     bad_frames: int  # TCP/TLS streams that stopped framing
+    fast: _turn_fast.FastTable | None  # the C data path's table, when it runs
 
     def run_actions(self, actions: list[Action], client: Any, addr: Address | None) -> None: ...
 
@@ -240,13 +241,25 @@ class StreamClient(GuardedStream):
             return
         self.completed(len(frames))
         key = (self, self.addr)
+        # With the C table, the datagrams this read produced leave together: one sendmmsg per
+        # relay socket, equal datagrams to one peer as one UDP GSO message.
+        table = self.server.fast
+        batches: dict[int, bytearray] = {}
+        record = _turn_fast.record
         for frame in frames:
             try:
                 if 0x40 <= frame[0] <= 0x7F:
                     out = self.engine.forward_from_client(key, frame, self.server.now)
                     if out is not None:
                         if type(out) is SendToPeer:
-                            out.handle.sendto(out.data, out.peer)
+                            if table is None:
+                                out.handle.sendto(out.data, out.peer)
+                                continue
+                            fd = out.handle.fd
+                            batch = batches.get(fd)
+                            if batch is None:
+                                batch = batches[fd] = bytearray()
+                            batch += record(out.data, out.peer)
                         else:  # relay-to-relay: to the other allocation's client
                             out.client.send(out.data, out.addr)
                     continue
@@ -255,6 +268,9 @@ class StreamClient(GuardedStream):
                     self.server.run_actions(actions, self, self.addr)
             except Exception:
                 self.server.log_bug(f"{self.name} request", self.addr)
+        if table is not None:
+            for fd, batch in batches.items():
+                self.server.send_errors += table.send(fd, bytes(batch))
 
     def close(self) -> None:
         self._flush_out()  # what was sent before the close leaves before it
