@@ -30,7 +30,8 @@ import pytest
 _START_TIMEOUT = 10.0
 
 
-def _has_ipv6_loopback() -> bool:
+def has_ipv6_loopback() -> bool:
+    """True when this host can bind UDP on ::1 (tests of IPv6 relaying skip without it)."""
     import socket
 
     try:
@@ -143,7 +144,7 @@ def turn_server(natkit_turn_options: Any) -> Iterator[RunningServer]:
     given = natkit_turn_options
     base = given if isinstance(given, TurnOptions) else TurnOptions().replace(**given)
     changes: dict[str, Any] = {}
-    dual = _has_ipv6_loopback()
+    dual = has_ipv6_loopback()
     if base.listen is None:
         changes["listen"] = [("127.0.0.1", 0), ("::1", 0)] if dual else [("127.0.0.1", 0)]
         if base.relay_ip is None and dual:

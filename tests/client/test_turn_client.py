@@ -19,6 +19,7 @@ from natkit.client.turn import (
     TurnError,
     TurnTimeout,
 )
+from natkit.pytest_plugin import has_ipv6_loopback
 from natkit.server.coturn import CoturnServer, free_port
 from natkit.stun import Attr, Class, Message, Method
 
@@ -174,14 +175,6 @@ def test_a_bad_protocol_is_a_config_error() -> None:
 
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
 
 async def _peer_on(ip: str) -> tuple[asyncio.DatagramTransport, Peer]:
     loop = asyncio.get_running_loop()
@@ -203,7 +196,7 @@ async def _round_trip(
     assert got.data == b"back" and got.peer == paddr
 
 
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this host")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")
 async def test_ipv6_relaying_families_and_dual_allocation() -> None:
     """natkit's client against natkit's relay listening and relaying on both families:
     REQUESTED-ADDRESS-FAMILY IPv6 from an IPv4 client, the IPv4 default for an IPv6 client,

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from natkit.pytest_plugin import has_ipv6_loopback
 from natkit.server.turn import TurnServer
 from tests._certs import self_signed
 
@@ -251,17 +252,9 @@ async def test_aiortc_peers_connect_over_natkit_relay_only() -> None:
             await callee.close()
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
 
 @pytest.mark.coturn
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this host")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")
 @pytest.mark.parametrize("flag", ["-x", "-Z"], ids=["ipv6-relay", "dual-allocation"])
 async def test_turnutils_uclient_ipv6_relay_and_dual_allocation(flag: str) -> None:
     """coturn's client asks natkit for an IPv6 relayed address (-x: REQUESTED-ADDRESS-FAMILY)
@@ -299,7 +292,7 @@ async def test_turnutils_uclient_ipv6_relay_and_dual_allocation(flag: str) -> No
         peer.wait(10)
 
 
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this host")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")
 async def test_aioice_over_ipv6_to_an_ipv4_peer() -> None:
     """aioice (which cannot ask for an IPv6 relayed address: it sends no
     REQUESTED-ADDRESS-FAMILY) reaches natkit over IPv6 and gets the IPv4 relayed address

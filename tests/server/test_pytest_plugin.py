@@ -39,9 +39,9 @@ async def test_turn_server_fixture_serves_both_families(turn_server: RunningServ
     """Where the host has IPv6 loopback the fixture listens on ::1 too, ice_server names it,
     and a client may ask for an IPv6 or a dual allocation."""
     from natkit.client.turn import TurnClient
-    from natkit.pytest_plugin import _has_ipv6_loopback
+    from natkit.pytest_plugin import has_ipv6_loopback
 
-    if not _has_ipv6_loopback():
+    if not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback on this host")
     v6 = turn_server.address_of(6)
     assert v6 is not None and v6[0] == "::1"

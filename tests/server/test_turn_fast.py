@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from typing import Any
 
 import pytest
 
@@ -170,13 +171,19 @@ def test_send_and_data_indications(table: _turn_fast.FastTable, ip: str) -> None
         s.close()
 
 
-def test_poll_drains_every_watched_socket(table: _turn_fast.FastTable) -> None:
+def _watched(table: _turn_fast.FastTable) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """A listener and a relay socket the table watches, a client and a peer socket, and the
+    client's and the peer's addresses."""
     listener, relay, client, peer = _udp(), _udp(), _udp(), _udp()
     for s in (listener, relay):
         s.setblocking(False)
     table.watch(listener.fileno(), 0)
     table.watch(relay.fileno(), 1)
-    caddr, paddr = client.getsockname(), peer.getsockname()
+    return listener, relay, client, peer, client.getsockname(), peer.getsockname()
+
+
+def test_poll_drains_every_watched_socket(table: _turn_fast.FastTable) -> None:
+    listener, relay, client, peer, caddr, paddr = _watched(table)
     now = time.time()
     table.put(_turn_fast.key(listener.fileno(), caddr, 0x4001), relay.fileno(), paddr, 0, now + 9)
     for i in range(40):  # more than one batch on the listener
@@ -335,12 +342,7 @@ def test_gro_reads_are_split_into_their_datagrams() -> None:
     from natkit.stun import Attr, decode
 
     table = _turn_fast.FastTable(need(_turn_fast.EXTENSION), gro=True)
-    listener, relay, client, peer = _udp(), _udp(), _udp(), _udp()
-    for s in (listener, relay):
-        s.setblocking(False)
-    table.watch(listener.fileno(), 0)
-    table.watch(relay.fileno(), 1)
-    caddr, paddr = client.getsockname(), peer.getsockname()
+    listener, relay, client, peer, caddr, paddr = _watched(table)
     now = time.time()
     table.put(_turn_fast.key(listener.fileno(), caddr, 0x4000), relay.fileno(), paddr, 0, now + 9)
     table.put(

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from natkit.errors import ConfigError, UsageError
+from natkit.pytest_plugin import has_ipv6_loopback
 from natkit.server.turn import TurnServer, load_users_file
 from natkit.stun import Attr, Class, Message, Method, decode, encode_channel_data, long_term_key
 from natkit.turn import AllocationQuota, DefaultPeerPolicy, StaticUsers
@@ -318,16 +319,8 @@ async def test_external_ip_is_advertised() -> None:
         c.close()
 
 
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
-
-@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback on this host")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")
 @PATHS
 async def test_dual_stack_allocation_relays_ipv6(fast: bool) -> None:
     async with TurnServer(
