@@ -273,6 +273,34 @@ async def test_tcp_client_channel_data_padding_and_close_releases() -> None:
         peer.close()
 
 
+@PATHS
+async def test_tcp_bursts_keep_their_order_both_ways(fast: bool) -> None:
+    """A burst of equal ChannelData frames in one TCP segment leaves as datagrams in order
+    (one batched send, GSO on the C path), and a burst of peer datagrams reaches the TCP
+    client as frames in order (one write per event-loop turn)."""
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast)
+    ) as turn:
+        c = RawClient(turn.addresses_of("tcp")[0], "u", "p", tcp=True)
+        relayed = (await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+        peer = _peer()
+        await c.request(
+            Message(Method.CHANNEL_BIND)
+            .add(Attr.CHANNEL_NUMBER, 0x4000)
+            .add(Attr.XOR_PEER_ADDRESS, peer.getsockname())
+        )
+        c.send_raw(b"".join(encode_channel_data(0x4000, b"%04d" % i) for i in range(50)))
+        got = [(await _peer_recv(peer))[0] for _ in range(50)]
+        assert got == [b"%04d" % i for i in range(50)]
+        for i in range(50):
+            peer.sendto(b"back%03d" % i, relayed)
+        frames = [await c.recv() for _ in range(50)]
+        assert frames == [encode_channel_data(0x4000, b"back%03d" % i, pad=True) for i in range(50)]
+        assert turn.stats()["dropped_packets"] == 0
+        c.close()
+        peer.close()
+
+
 async def test_tls_client(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     async with TurnServer(
