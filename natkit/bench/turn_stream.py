@@ -218,58 +218,6 @@ def echo_peer(cpu: int | None, ip: str) -> Iterator[tuple[str, int]]:
         stop(proc)
 
 
-def stream_run(
-    bench: Any, engine: str, transport: str, certs: tuple[Path, Path] | None,
-    peer: tuple[str, int],
-) -> dict[str, Any]:  # fmt: skip
-    """One traffic run of ``engine`` over ``transport`` with a fresh server."""
-    from natkit.bench import turn as udp
-    from natkit.bench._common import core_busy, core_times, cpu_seconds
-
-    with udp.stream_server(engine, bench.server_cpu, transport, certs) as (addr, pid):
-        time.sleep(0.3)
-        prefix = ["taskset", "-c", str(bench.driver_cpu)] if bench.driver_cpu is not None else []
-        proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "natkit.bench.turn_stream", addr[0], str(addr[1]),
-             transport, udp.USER, udp.PASSWORD, peer[0], str(peer[1]), str(bench.clients),
-             str(bench.window), str(bench.payload), f"{bench.seconds:g}"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        reader = udp._LineReader(proc)
-        try:
-            setup = reader.line(60)
-            if setup is None or not setup.startswith("setup"):
-                proc.kill()
-                _, err = proc.communicate(timeout=10)
-                tail = err.decode(errors="replace").strip().splitlines() or [repr(setup)]
-                raise UsageError(f"the TCP/TLS driver got no allocations from {engine}: {tail[-1]}")
-            cpu0, t0, cores0 = cpu_seconds(pid), time.monotonic(), core_times()
-            line = reader.line(bench.seconds + 30)
-            elapsed = time.monotonic() - t0
-            cpu1, cores1 = cpu_seconds(pid), core_times()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=10)
-    if line is None or not line.startswith("result"):
-        raise UsageError(f"the TCP/TLS driver stopped early against {engine}: {line!r}")
-    r = udp._fields(line)
-    server_cpu = cpu1 - cpu0
-    out = {
-        "relayed_per_s": int(r["relayed_per_s"]),
-        "sent": int(r["sent"]),
-        "received": int(r["received"]),
-        "loss": float(r["loss"]),
-        "server_cpu": round(server_cpu / elapsed, 3),
-        "driver_cpu": float(r["driver_cpu"]),
-        "per_cpu_second": round(2 * int(r["received"]) / server_cpu) if server_cpu > 0 else None,
-    }
-    if bench.server_cpu is not None and bench.driver_cpu is not None:
-        out["server_core_busy"] = core_busy(cores0, cores1, bench.server_cpu)
-        out["driver_core_busy"] = core_busy(cores0, cores1, bench.driver_cpu)
-    return out
-
-
 def certificates(transport: str) -> contextlib.AbstractContextManager[tuple[Path, Path] | None]:
     """The TLS runs' certificate (None for TCP), removed afterwards."""
 
