@@ -19,6 +19,7 @@ from natkit.errors import ConfigError, PrerequisiteError
 from natkit.lab import stacks
 from natkit.lab.cases import select_cases
 from natkit.lab.matrix import BUILTIN, REFERENCE, Selection, parse_stacks, select
+from natkit.lab.stack_expect import after_ice
 from natkit.lab.stacks.command import CommandPeer
 from natkit.lab.topology import Topology
 
@@ -78,8 +79,14 @@ def choose(
         chosen, skipped = _available(BUILTIN)
         if REFERENCE not in chosen:
             raise PrerequisiteError(f"the reference stack cannot run: {dict(skipped)[REFERENCE]}")
-    selection = select(topo, chosen, full=full, skipped=skipped)
+    selection = select(topo, chosen, full=full, skipped=skipped, dtls_ok=_dtls_ok)
     if not only:
         return selection
     cases = select_cases(topo, only, within=selection.cases)
     return Selection(selection.kind, selection.stacks, selection.reference, tuple(cases), selection.skipped)
+
+
+def _dtls_ok(caller: str, callee: str) -> bool:
+    """Whether the two stacks' DTLS can finish (their capabilities say; unknown stacks can)."""
+    caps = stacks.capabilities_of(caller), stacks.capabilities_of(callee)
+    return after_ice((caller, callee), *caps) is None

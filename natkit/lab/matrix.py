@@ -15,7 +15,12 @@ The default (:func:`default_cases`) answers the common question in about a minut
    as caller behind the first open NAT, the reference behind another;
 3. **every pair of the other stacks** (each order, a stack with itself too) on the decisive
    NAT pair for two stacks: srflx from behind the full-cone NAT to behind the symmetric one
-   (hole punching that works only with peer-reflexive learning, then DTLS between them).
+   (hole punching that works only with peer-reflexive learning, then DTLS between them);
+4. **a stand-in partner** for a stack that cannot call the reference at all (its DTLS
+   certificate is one the reference's DTLS client refuses: ``dtls_ok`` says so): its relay
+   cases as caller again, against itself where it can, else the first other stack that takes
+   its certificate, that stack behind the full-cone NAT. Without them such a stack would
+   never be seen to relay as caller.
 
 A topology without one of those NAT kinds uses its first matrix NAT instead. Each stack other
 than the reference thus runs in one node per NAT it is put behind, whatever its role: a browser starts
@@ -28,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,7 +190,22 @@ def _against_reference(topo: Topology, x: str, ref: str) -> list[Case]:
     return out
 
 
-def default_cases(topo: Topology, stacks: Sequence[str], reference: str = REFERENCE) -> list[Case]:
+DtlsOk = Callable[[str, str], bool]  # (caller stack, callee stack): can they finish DTLS?
+
+
+def _stand_in_relay(topo: Topology, x: str, others: Sequence[str], dtls_ok: DtlsOk) -> list[Case]:
+    partners = [x, *(s for s in others if s != x)]
+    callee = next((s for s in partners if dtls_ok(x, s)), None)
+    if callee is None:
+        return []
+    cone, partner, blocked = _first(topo, "full-cone"), _first(topo, "port-restricted"), _first(topo, "udp-blocked")
+    rows = [n for n in stack_nats(topo) if n in (partner, blocked) and n != cone]
+    return [Case((n, cone), "relay", stacks=(x, callee)) for n in rows]
+
+
+def default_cases(
+    topo: Topology, stacks: Sequence[str], reference: str = REFERENCE, dtls_ok: DtlsOk | None = None
+) -> list[Case]:
     """The default selection over ``stacks`` (see the module docstring); ``reference`` must
     be one of them."""
     others = [s for s in stacks if s != reference]
@@ -196,6 +216,10 @@ def default_cases(topo: Topology, stacks: Sequence[str], reference: str = REFERE
     for a in others:
         for b in others:
             out.append(Case((cone, sym), "srflx", stacks=(a, b)))
+    if dtls_ok is not None and reference in stacks:
+        for x in others:
+            if not dtls_ok(x, reference):
+                out += _stand_in_relay(topo, x, others, dtls_ok)
     return list(dict.fromkeys(out))  # a topology short of NAT kinds may repeat a case
 
 
@@ -206,10 +230,12 @@ def select(
     full: bool = False,
     skipped: Sequence[tuple[str, str]] = (),
     reference: str = REFERENCE,
+    dtls_ok: DtlsOk | None = None,
 ) -> Selection:
     """The :class:`Selection` over ``stacks`` (default: the reference alone): the default
-    cases, or with ``full`` the cross product. ``skipped``: stacks left out, and why."""
+    cases, or with ``full`` the cross product. ``skipped``: stacks left out, and why;
+    ``dtls_ok``: which stack pairs can finish DTLS (see :func:`default_cases`)."""
     names = tuple(stacks) or (reference,)
     ref = reference if reference in names else names[0]
-    cases = full_cases(topo, names) if full else default_cases(topo, names, ref)
+    cases = full_cases(topo, names) if full else default_cases(topo, names, ref, dtls_ok)
     return Selection("full" if full else "default", names, ref, tuple(cases), tuple(skipped))

@@ -78,3 +78,19 @@ def test_parse_stacks() -> None:
 def test_without_the_reference_the_first_stack_is_the_reference() -> None:
     sel = select(load(), ("pion", "libnice"))
     assert sel.reference == "pion" and all("pion" in c.stacks for c in sel.cases if c.stacks != ("libnice", "libnice"))
+
+
+def test_a_stack_that_cannot_call_the_reference_relays_as_caller_with_a_stand_in() -> None:
+    """libnice's RSA certificate is refused by aiortc's DTLS client: its relay cases as caller
+    are run again against a stack that takes it (itself first), in nodes it has anyway."""
+    from natkit.lab.choose import _dtls_ok
+
+    topo = load()
+    plain = default_cases(topo, BUILTIN)
+    cases = default_cases(topo, BUILTIN, dtls_ok=_dtls_ok)
+    extra = [c for c in cases if c not in plain]
+    assert {(c.nats, c.path, c.stacks) for c in extra} == {
+        (("port-restricted", "full-cone"), "relay", ("libnice", "libnice")),
+        (("udp-blocked", "full-cone"), "relay", ("libnice", "libnice")),
+    }
+    assert select(topo, BUILTIN, dtls_ok=lambda a, b: b != "aiortc" or a != "pion").cases[-2].stacks == ("pion", "pion")
