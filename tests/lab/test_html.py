@@ -360,21 +360,20 @@ def test_a_plain_language_summary_of_the_matrix() -> None:
 
     topo = load()
     text = plain_summary(_as_observed(topo))
-    # 45 NAT pairs + the two same-LAN ones; TURN is the only way for every pair with the
-    # UDP-blocking firewall (9) or the egress-443 office (9, one shared), and for symmetric
-    # against symmetric, port-restricted and the two NATs that filter like it (4).
-    assert text[0] == ("21 of 47 NAT pairs need TURN: every pair with udp-blocked (9), every pair with "
-                       "egress-443 (9), port-restricted × symmetric, symmetric × symmetric, cgnat × symmetric, "
-                       "double-nat × symmetric."), text
-    assert text[1] == "26 of 47 pairs connect without a relay (host or server-reflexive candidates)."
-    assert text[2] == "Only TURN over TLS on port 443 connects every pair with egress-443 (9): nothing else gets out there."
+    # 36 NAT pairs + the two same-LAN ones; TURN is the only way for every pair with the
+    # UDP-blocking firewall (8) or the egress-443 office (8, one shared), and for symmetric
+    # against symmetric, port-restricted and the carrier NAT's subscriber, which filters like it (3).
+    assert text[0] == ("18 of 38 NAT pairs need TURN: every pair with udp-blocked (8), every pair with "
+                       "egress-443 (8), port-restricted × symmetric, symmetric × symmetric, cgnat × symmetric."), text
+    assert text[1] == "20 of 38 pairs connect without a relay (host or server-reflexive candidates)."
+    assert text[2] == "Only TURN over TLS on port 443 connects every pair with egress-443 (8): nothing else gets out there."
     assert any(t.startswith("Relay over TCP needed for udp-blocked:") for t in text), text
     assert not any("UDP is blocked at" in t for t in text), text  # egress-443's sentence is the TLS one
     assert ("Calls that idled past the NAT's UDP mapping lifetime and still echoed: "
             "port-restricted × port-restricted.") in text
-    assert text[-1] == "All 189 cases went as the NAT types predict."
+    assert text[-1] == "All 153 cases went as the NAT types predict."
     page = render_html(_as_observed(topo), topo)
-    assert "21 of 47 NAT pairs need TURN" in _dom(page).ids["plain-summary"]
+    assert "18 of 38 NAT pairs need TURN" in _dom(page).ids["plain-summary"]
     # a run of one path cannot say which pairs need TURN
     only = _as_observed(topo)
     only["cases"] = [c for c in only["cases"] if c["path"] == "srflx"]
