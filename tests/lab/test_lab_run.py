@@ -48,7 +48,7 @@ def _namespaces(tag: str | None = None) -> set[str]:
 
 def test_select_cases() -> None:
     topo = load()
-    assert len(runner.select_cases(topo, ["srflx"])) == 47
+    assert len(runner.select_cases(topo, ["srflx"])) == 38  # 36 NAT pairs + 2 same-LAN NATs
     cases = runner.select_cases(topo, ["symmetric,port-restricted", "host,relay"])
     assert {c.nats for c in cases} == {
         ("port-restricted", "port-restricted"), ("port-restricted", "symmetric"), ("symmetric", "symmetric")

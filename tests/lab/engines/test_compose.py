@@ -58,12 +58,22 @@ class _RecordingLab(NetnsLab):
         self.rules[ns] = ruleset
 
 
+def _inner_routers(topo: Any) -> set[str]:
+    """The home routers behind a carrier NAT or another home NAT (two-stage kinds), which only
+    the netns engine builds so far."""
+    return {i.id for r in topo.plan().routers for i in r.inner}
+
+
 def _netns_engine(topo: Any) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """Router id -> ruleset and sysctls, as natkit.lab.engines.netns.build applies them."""
+    """Router id -> ruleset and sysctls, as natkit.lab.engines.netns.build applies them, for the
+    routers the compose engine builds too: the two-stage kinds' home routers (cgnat,
+    double-nat) are not ported to Compose yet, and are checked to be the only ones missing."""
     lab = _RecordingLab()
     nodes = netns_engine.build(lab, topo, topo.plan())
-    rules = {rid: lab.rules[ns] for rid, ns in nodes.routers.items()}
-    sysctls = {rid: lab.sysctls[ns] for rid, ns in nodes.routers.items()}
+    inner = _inner_routers(topo)
+    assert inner <= set(nodes.routers)
+    rules = {rid: lab.rules[ns] for rid, ns in nodes.routers.items() if rid not in inner}
+    sysctls = {rid: lab.sysctls[ns] for rid, ns in nodes.routers.items() if rid not in inner}
     return rules, sysctls
 
 
