@@ -6,10 +6,18 @@ import argparse
 from typing import Any
 
 from natkit.cli import serve_stun, serve_turn
+from natkit.cli._common import examples
 
 
 def register(sub: Any, verb: str, help_text: str) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(verb, help=help_text, description=help_text)
+    parser: argparse.ArgumentParser = sub.add_parser(
+        verb, help=help_text, description=help_text,
+        epilog=examples(
+            "natkit serve stun --listen 127.0.0.1:3478                       # a STUN responder",
+            "natkit serve turn --listen 127.0.0.1:3478 --user alice:s3cret   # a TURN relay",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     servers = parser.add_subparsers(dest="server", metavar="SERVER", parser_class=type(parser))
     servers.required = True
     serve_stun.register(servers)
