@@ -13,6 +13,9 @@ from natkit.errors import UsageError
 
 HELP = "run the STUN responder (RFC 8489, RFC 5780 mode with --alternate-ip)"
 
+# the --json documents (docs/json.md): the start line and the stop line
+SCHEMA_VERSION = 1
+
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = verb_parser(
@@ -131,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             _json_line(
                 {
+                    "schema_version": SCHEMA_VERSION,
+                    "kind": "serve-stun",
                     "addresses": [
                         {"transport": t, "ip": ip, "port": port}
                         for t, (ip, port) in server.addresses
@@ -154,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     def done(server: Any) -> None:
         stats = server.stats()
         if args.json:
-            _json_line({"stopped": True, "stats": stats})
+            _json_line({"schema_version": SCHEMA_VERSION, "kind": "serve-stun", "stopped": True,
+                        "stats": stats})
         else:
             udp, stream = stats["udp"], stats["stream"]
             print(

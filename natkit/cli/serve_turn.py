@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 HELP = "run the TURN relay (RFC 8656), safe by default"
 
+# the --json documents (docs/json.md): the start document and the stop document
+SCHEMA_VERSION = 1
+
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = verb_parser(
@@ -271,6 +274,8 @@ def _announce(server: TurnService, args: argparse.Namespace) -> None:
     if args.json:
         print_json(
             {
+                "schema_version": SCHEMA_VERSION,
+                "kind": "serve-turn",
                 "engine": engine,
                 "addresses": [
                     {"transport": t, "ip": ip, "port": port} for t, (ip, port) in server.addresses
@@ -352,7 +357,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         stats = asyncio.run(_serve(options, args))
     if args.json:
-        print_json({"stopped": True, "stats": stats})
+        print_json({"schema_version": SCHEMA_VERSION, "kind": "serve-turn", "stopped": True,
+                    "stats": stats})
     else:
         if "allocations_created" in stats:
             print(

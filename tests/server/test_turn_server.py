@@ -502,6 +502,7 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
                 break
         info = json.loads("".join(lines))
         assert info["engine"] == "natkit" and info["urls"][0].startswith("turn:127.0.0.1:")
+        assert (info["schema_version"], info["kind"]) == (1, "serve-turn")
         assert info["credential"] is None  # only a generated password is printed
         port = info["addresses"][0]["port"]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -511,7 +512,9 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=10)
         assert proc.returncode == 0
-        assert json.loads(out)["stopped"] is True
+        stopped = json.loads(out)
+        assert stopped["stopped"] is True and stopped["kind"] == "serve-turn"
+        assert stopped["schema_version"] == 1
     finally:
         if proc.poll() is None:
             proc.kill()
