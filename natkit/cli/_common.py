@@ -152,6 +152,12 @@ def check_timeout(value: float, flag: str = "--timeout") -> float:
     return value
 
 
+def not_a_file(path: str) -> str:
+    """Why ``path``, which is no regular file, cannot be read: missing, or a device, FIFO or
+    directory (``/dev/zero`` is there, but no certificate)."""
+    return "not a regular file (a directory, device or FIFO)" if os.path.exists(path) else "no such file"
+
+
 def examples(*lines: str) -> str:
     """An ``--help`` epilog of examples (use with RawDescriptionHelpFormatter)."""
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from natkit.cli._common import parse_hostport, verb_parser
+from natkit.cli._common import not_a_file, parse_hostport, verb_parser
 from natkit.errors import UsageError
 
 HELP = "run the STUN responder (RFC 8489, RFC 5780 mode with --alternate-ip)"
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"bad --workers {args.workers}: give 1-256 processes")
     for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
         if path and not os.path.isfile(path):
-            raise UsageError(f"{flag} {path}: no such file")
+            raise UsageError(f"{flag} {path}: {not_a_file(path)}")
     if args.idle_timeout <= 0:
         raise UsageError(f"bad --idle-timeout {args.idle_timeout}: must be > 0 seconds")
     options = {

@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from natkit.cli._common import parse_hostport, print_json, verb_parser
+from natkit.cli._common import not_a_file, parse_hostport, print_json, verb_parser
 from natkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def options_from_args(args: argparse.Namespace) -> TurnOptions:
         ("users_file", args.users_file),
     ):
         if path and not os.path.isfile(path):
-            raise ConfigError(f"{path}: no such file", param=param)
+            raise ConfigError(f"{path}: {not_a_file(path)}", param=param)
     if not 600 <= args.max_lifetime <= 86400:
         raise ConfigError(f"give 600-86400 seconds, not {args.max_lifetime}", param="max_lifetime")
     changes: dict[str, Any] = {

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from natkit.cli._common import HTML_MARKER, check_output, emit_json
+from natkit.cli._common import HTML_MARKER, check_output, emit_json, not_a_file
 from natkit.errors import UsageError
 
 
@@ -45,3 +45,9 @@ def test_directories_and_unwritable_places_are_refused(tmp_path: Path) -> None:
         check_output("--json", str(tmp_path))
     with pytest.raises(UsageError):
         check_output("--json", "/proc/no-such-dir/x.json")
+
+
+def test_not_a_file_says_missing_or_what_is_there(tmp_path: Path) -> None:
+    assert not_a_file(str(tmp_path / "nope.pem")) == "no such file"
+    assert not_a_file("/dev/zero").startswith("not a regular file")
+    assert not_a_file(str(tmp_path)).startswith("not a regular file")

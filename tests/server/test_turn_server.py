@@ -465,6 +465,7 @@ def test_cli_usage_errors_exit_2() -> None:
         ["--user", "nocolon"],
         ["--min-port", "9", "--max-port", "1"],
         ["--tls-cert", "/nonexistent"],
+        ["--users-file", "/dev/zero"],  # a device: refused by its kind, never read
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "natkit", "serve", "turn", "--listen", "127.0.0.1:0", *args],
@@ -474,6 +475,8 @@ def test_cli_usage_errors_exit_2() -> None:
         )
         assert proc.returncode == 2, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        if args[-1] == "/dev/zero":
+            assert "/dev/zero: not a regular file" in proc.stderr, proc.stderr
 
 
 def test_cli_serves_and_stops_on_sigterm() -> None:
