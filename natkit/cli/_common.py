@@ -68,6 +68,11 @@ def _is_natkit_output(path: Path, kind: str) -> bool:
     return isinstance(doc, dict) and "schema_version" in doc
 
 
+# Outputs that may go to stdout with '-': JSON, Prometheus text, the Compose YAML; an HTML
+# page or a pcapng capture goes to a file only.
+STDOUT_KINDS = frozenset({"json", "prom", "compose"})
+
+
 def check_output(
     flag: str, target: str | None, inputs: Iterable[str | os.PathLike[str] | None] = (), kind: str = "json"
 ) -> Path | None:
@@ -75,8 +80,11 @@ def check_output(
 
     Refuses (UsageError) a target that is one of ``inputs``, that exists and is not natkit's
     own output of ``kind`` ("json": an object with ``schema_version``; "html": natkit's
-    marker), or that cannot be written.
+    marker), or that cannot be written; '-' (stdout) only for the kinds that can go there.
     """
+    to_stdout = kind in STDOUT_KINDS
+    if target == "-" and not to_stdout:
+        raise UsageError(f"{flag} -: {flag} writes a file, not stdout; give a file name")
     if not target or target == "-":
         return None
     path = Path(target)
@@ -92,9 +100,10 @@ def check_output(
         if not path.is_file():
             raise UsageError(f"{flag} {target}: not a regular file; give a file to write")
         if not _is_natkit_output(path, kind):
+            instead = f", or '{flag} -' for stdout" if to_stdout else ""
             raise UsageError(
                 f"{flag} {target}: exists and is not a natkit {kind.upper()} report; refusing to "
-                f"overwrite it (choose a new file, or '{flag} -' for stdout)"
+                f"overwrite it (choose a new file{instead})"
             )
     parent = path.parent if str(path.parent) else Path(".")
     if not os.access(parent, os.W_OK):
