@@ -60,9 +60,21 @@ def register(sub: Any, verb: str, help_text: str) -> None:
         "  natkit lab run my-lab.toml --only srflx --only symmetric,port-restricted\n"
         "  natkit lab run --json lab.json --html lab.html --pcap internet.pcapng\n"
         "  natkit lab run --json | jq '.cases[] | select(.pass | not)'\n"
-        "  natkit lab run --turn-engine coturn --browser\n",
+        "  natkit lab run --turn-engine coturn --browser\n"
+        "  natkit lab run --engine compose --json lab.json\n",
     )
     run.add_argument("topology", nargs="?", help=_TOPOLOGY_HELP)
+    run.add_argument(
+        "--engine", choices=("netns", "compose"), default="netns",
+        help="netns: namespaces on this host (default); compose: Docker containers (needs a running "
+        "Docker daemon and Compose; the image is built offline once and reused)",
+    )
+    run.add_argument(
+        "--base", metavar="IMAGE",
+        help="with --engine compose: the image the lab's image builds on: 'debian' (made here with "
+        "mmdebstrap) or a local image such as python:3.11-slim-bookworm (default: that one if it is "
+        "present, else debian)",
+    )
     add_json_option(run, "the results (then the matrix goes to stderr when JSON goes to stdout)")
     run.add_argument("--turn-engine", choices=("natkit", "coturn"), help="TURN relay engine (default: the topology's)")
     run.add_argument(
@@ -99,6 +111,7 @@ def register(sub: Any, verb: str, help_text: str) -> None:
     compose.add_argument("topology", nargs="?", help=_TOPOLOGY_HELP)
     compose.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     compose.add_argument("--turn-engine", choices=("natkit", "coturn"), help="TURN relay engine (default: the topology's)")
+    compose.add_argument("--base", metavar="IMAGE", help="the image the lab's image builds on (default: python:3.11-slim-bookworm)")
     add_json_option(compose, "a report of the generated project")
     compose.set_defaults(func=_compose)
 
@@ -139,9 +152,12 @@ def register(sub: Any, verb: str, help_text: str) -> None:
     clean = _sub(
         cmds, "clean", "remove namespaces, processes and state left by killed runs",
         "Remove the namespaces, processes, scratch directories and state files that killed runs "
-        "(kill -9, a crash) left behind. Runs whose process still lives are kept unless --force.",
-        "  natkit lab clean\n  natkit lab clean --force --json\n",
+        "(kill -9, a crash) left behind; with --engine compose, the containers, networks and "
+        "firewall rules of killed Compose runs (the image stays). Runs whose process still lives "
+        "are kept unless --force.",
+        "  natkit lab clean\n  natkit lab clean --force --json\n  natkit lab clean --engine compose\n",
     )
+    clean.add_argument("--engine", choices=("netns", "compose"), default="netns", help="whose leftovers (default: netns)")
     clean.add_argument("--force", action="store_true", help="also remove labs whose owner is still running")
     add_json_option(clean, "what was removed")
     clean.set_defaults(func=_clean)
@@ -190,6 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         result = runner.run(
             topo, cases=cases, turn_engine=args.turn_engine, parallel=args.parallel,
             capture=not args.no_capture, progress=progress, keep_capture=args.pcap, browser=args.browser,
+            engine=args.engine, base=args.base,
         )
     finally:
         progress.close()
@@ -207,6 +224,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _compose(args: argparse.Namespace) -> int:
     from natkit.lab.engines.compose import compose_model, write_compose
+    from natkit.lab.engines.image import PYTHON_BASE
     from natkit.lab.results import SCHEMA_VERSION
 
     inputs = [_input(args.topology)]
@@ -214,9 +232,10 @@ def _compose(args: argparse.Namespace) -> int:
     if args.json:
         check_output("--json", args.json, inputs)
     topo = _load(args.topology)
-    text = write_compose(topo, out, turn_engine=args.turn_engine)
+    base = args.base or PYTHON_BASE
+    text = write_compose(topo, out, turn_engine=args.turn_engine, base=base)
     if args.json:
-        model = compose_model(topo, turn_engine=args.turn_engine)
+        model = compose_model(topo, turn_engine=args.turn_engine, base=base)
         doc: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "topology": topo.source,
@@ -224,6 +243,7 @@ def _compose(args: argparse.Namespace) -> int:
             "turn_engine": args.turn_engine or topo.servers.turn_engine,
             "services": sorted(model["services"]),
             "networks": {k: v["ipam"]["config"][0]["subnet"] for k, v in model["networks"].items()},
+            "base": base,
         }
         if out is None:
             doc["compose"] = text
@@ -290,10 +310,18 @@ def _clean(args: argparse.Namespace) -> int:
     from natkit.lab.up import forget_dead
 
     check_output("--json", args.json)
-    removed = cleanup_leftovers(force=args.force)
-    forget_dead()  # a killed 'natkit lab up' is gone with its namespaces
+    if args.engine == "compose":
+        from natkit.lab.engines.compose_lab import cleanup_leftovers as compose_leftovers
+
+        removed = compose_leftovers(force=args.force)
+        what = "container(s), network(s) and rule(s)"
+    else:
+        removed = cleanup_leftovers(force=args.force)
+        forget_dead()  # a killed 'natkit lab up' is gone with its namespaces
+        what = "namespace(s)"
     if args.json:
-        emit_json(args.json, {"schema_version": SCHEMA_VERSION, "removed": removed, "force": args.force})
+        emit_json(args.json, {"schema_version": SCHEMA_VERSION, "removed": removed, "force": args.force,
+                              "engine": args.engine})
     if args.json != "-":
-        print(f"removed {len(removed)} namespace(s)" + (": " + ", ".join(removed) if removed else ""))
+        print(f"removed {len(removed)} {what}" + (": " + ", ".join(removed) if removed else ""))
     return 0
