@@ -34,6 +34,21 @@ def _turnservers() -> set[str]:
     return set(out.split())
 
 
+COMPOSE_LAB_TESTS = "tests/lab/engines/test_compose_lab.py"
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The Compose lab's tests run last, and the lab image's build starts now, in the background,
+    so that it overlaps everything before them (the build is mostly waiting on I/O)."""
+    compose = [i for i in items if i.nodeid.startswith(COMPOSE_LAB_TESTS)]
+    if not compose:
+        return
+    items[:] = [i for i in items if i not in compose] + compose
+    from tests.lab.engines.docker_lab import start_image_build
+
+    start_image_build()
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config._natkit_before = (_namespaces(), _turnservers())  # type: ignore[attr-defined]
 

@@ -33,6 +33,8 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -108,6 +110,12 @@ def check(*, capture: bool) -> tuple[DockerAPI, ComposeTool]:
     return api, tool
 
 
+def _check_subnets(topo: Topology, plan: Plan, docker_networks: Sequence[dict[str, Any]]) -> None:
+    """ConfigError when a subnet of the lab overlaps something the host uses."""
+    subnets = [(topo.internet_net, "compose.internet_subnet"), *((r.lan_net, "compose.lan_base") for r in plan.routers)]
+    hostnet.check_overlap(subnets, hostnet.host_usage(docker_networks=docker_networks), where=topo.source)
+
+
 def _state_path(tag: str) -> Path:
     return COMPOSE_STATE / f"{tag}.json"
 
@@ -131,13 +139,21 @@ def _states() -> dict[str, dict[str, Any]]:
     return out
 
 
-def _remove_objects(api: DockerAPI, tag: str) -> list[str]:
+def _remove_objects(api: DockerAPI, tag: str, failed: list[str] | None = None) -> list[str]:
+    """Remove the containers and networks of run ``tag``; what was there. Networks the daemon
+    would not remove are added to ``failed`` with its reason."""
     removed = []
     for c in api.containers(f"{model.LABEL}={tag}") + api.containers(f"com.docker.compose.project={tag}"):
         api.remove_container(str(c["Id"]))
         removed.append(f"container {(c.get('Names') or [c['Id'][:12]])[0].lstrip('/')}")
+    seen = set()
     for n in api.networks(f"{model.LABEL}={tag}") + api.networks(f"com.docker.compose.project={tag}"):
-        api.remove_network(str(n["Id"]))
+        if n["Id"] in seen:
+            continue
+        seen.add(n["Id"])
+        why = api.remove_network(str(n["Id"]))
+        if why is not None and failed is not None:
+            failed.append(f"network {n.get('Name')} ({why})")
         removed.append(f"network {n.get('Name')}")
     return list(dict.fromkeys(removed))
 
@@ -195,15 +211,26 @@ def _teardown(run: _Run) -> list[str]:
     try:
         if run.capture is not None:
             run.capture.close()
-        with contextlib.suppress(Exception):
-            run.tool.run(run.tag, str(run.file), "down", "--volumes", "--remove-orphans", "--timeout", "3",
-                         timeout=DOWN_TIMEOUT_S)
+        down = ""
         try:
-            left = _remove_objects(run.api, run.tag)
+            res = run.tool.run(run.tag, str(run.file), "down", "--volumes", "--remove-orphans", "--timeout", "3",
+                               timeout=DOWN_TIMEOUT_S)
+            if res.returncode != 0:
+                down = " / ".join(ln for ln in res.stderr.splitlines() if ln.strip())[-300:]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            down = str(exc)
+        try:
+            failed: list[str] = []
+            _remove_objects(run.api, run.tag, failed)
+            if failed:
+                problems.append(
+                    f"the Docker daemon kept {', '.join(failed)}; its bridge has no address or route of "
+                    "the host, and a daemon restart followed by 'natkit lab clean --engine compose' removes it"
+                )
         except OSError as exc:
-            left = [f"(the daemon did not answer: {exc})"]
-        if left:
-            problems.append(f"{run.tool.name} down left {', '.join(left)}; removed them")
+            problems.append(f"the Docker daemon did not answer while removing the lab: {exc}")
+        if down:
+            print(f"natkit lab: {run.tool.name} down: {down}", file=sys.stderr)
         if run.guard is not None:
             run.guard.remove()
         shutil.rmtree(run.dir, ignore_errors=True)
@@ -302,10 +329,9 @@ def run(
         raise UsageError("the Compose engine's image runs aiortc peers only; run browser cases with the netns engine")
     check_stacks(cases)
     plan = ctopo.plan(cases)
-    subnets = [(ctopo.internet_net, "compose.internet_subnet"), *((r.lan_net, "compose.lan_base") for r in plan.routers)]
-    hostnet.check_overlap(subnets, hostnet.host_usage(docker_networks=api.networks()), where=topo.source)
     for gone in cleanup_leftovers(api):
         notify("stage", {"text": f"removed a killed run's {gone}"})
+    _check_subnets(ctopo, plan, api.networks())
     notify("stage", {"text": f"Compose engine: {tool.describe()}"})
     image: ImageInfo = ensure_image(api, base, lambda text: notify("stage", {"text": text}))
     how = f"built in {image.seconds:.0f} s" if image.built else "cached"

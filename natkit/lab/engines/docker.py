@@ -185,9 +185,20 @@ class DockerAPI:
         with contextlib.suppress(DockerError):
             self.call("DELETE", f"/containers/{ident}", query={"force": 1, "v": 1})
 
-    def remove_network(self, ident: str) -> None:
-        with contextlib.suppress(DockerError):
-            self.call("DELETE", f"/networks/{ident}")
+    def remove_network(self, ident: str, tries: int = 5) -> str | None:
+        """Remove a network; None, or why it could not be (after ``tries`` a second apart: the
+        daemon may still be releasing an endpoint of a container just removed)."""
+        for attempt in range(tries):
+            try:
+                self.call("DELETE", f"/networks/{ident}")
+                return None
+            except DockerError as exc:
+                if exc.status == 404:
+                    return None
+                if attempt == tries - 1:
+                    return exc.message
+                time.sleep(1.0)
+        return None
 
     def wait(self, ident: str, timeout: float) -> int:
         """Block until the container exits (at most ``timeout`` s); its exit status."""
@@ -280,6 +291,7 @@ class ComposeTool:
         return subprocess.run(
             [*self.argv, "-p", project, "-f", file, *args], capture_output=capture, text=True,
             timeout=timeout, env=env, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C is natkit's to handle: it takes the lab down
         )
 
 

@@ -1,5 +1,7 @@
-"""The Compose engine: generated from the netns engine's topology, accepted by docker-compose,
-routers running the netns engine's very rulesets. (No Docker engine here: nothing is run.)"""
+"""The Compose engine's model: generated from the netns engine's topology (on the Compose
+subnets), accepted by docker-compose, routers running the netns engine's very rulesets, and
+the containers' side run as namespaces. (The Compose lab run under Docker:
+tests/lab/engines/test_compose_lab.py.)"""
 
 from __future__ import annotations
 
@@ -120,7 +122,8 @@ def test_generation_is_deterministic_and_matches_compose_yaml() -> None:
 
 def test_router_rulesets_are_the_netns_engines() -> None:
     topo = load()
-    rules, sysctls = _netns_engine(topo)
+    # the netns engine's rules for the same topology on the Compose engine's subnets
+    rules, sysctls = _netns_engine(topo.for_compose())
     assert router_rulesets(topo) == rules
     model = compose_model(topo)
     for rid, ruleset in rules.items():
@@ -137,13 +140,14 @@ def test_docker_compose_accepts_it_and_reads_the_same_rules(tmp_path: Path) -> N
     path = tmp_path / "compose.yaml"
     path.write_text(render_compose(topo))
     cfg = _compose_config(path)
-    rules, _ = _netns_engine(topo)
+    rules, _ = _netns_engine(topo.for_compose())
     services = cfg["services"]
     # Compose's own reading of the file: every router carries the netns engine's ruleset.
     for rid, ruleset in rules.items():
         assert services[f"router-{rid}"]["environment"]["NATKIT_NFT"] == ruleset
         assert services[f"router-{rid}"]["cap_add"] == ["NET_ADMIN"]
-    plan = topo.plan()
+    ctopo = topo.for_compose()
+    plan = ctopo.plan()
     peers = [p for r in plan.routers for p in r.peers]
     assert set(services) == {
         "servers", "runner", *(f"router-{r.id}" for r in plan.routers), *(f"peer-{p.id}" for p in peers)
@@ -154,11 +158,16 @@ def test_docker_compose_accepts_it_and_reads_the_same_rules(tmp_path: Path) -> N
         assert svc.get("pull_policy") == "build", name
     assert (ROOT / DOCKERFILE).is_file()
     froms = [ln for ln in (ROOT / DOCKERFILE).read_text().splitlines() if ln.startswith("FROM ")]
-    assert len(froms) == 1
-    # Every network is internal (nothing reaches the host's outside), with the plan's subnets.
+    assert froms == ["FROM ${BASE}"]
+    assert all(svc["build"]["args"] == {"BASE": "python:3.11-slim-bookworm"} for svc in services.values())
+    # Every network is internal (nothing reaches the host's outside), with the plan's subnets
+    # (the Compose engine's: off the netns defaults, which may shadow a host route) and a
+    # bridge name that the host-side firewall exception can name.
     nets = cfg["networks"]
     assert all(n.get("internal") is True for n in nets.values())
-    assert nets["internet"]["ipam"]["config"][0]["subnet"] == topo.internet_net
+    assert nets["internet"]["ipam"]["config"][0]["subnet"] == ctopo.internet_net == "198.19.113.0/24"
+    names = [n["driver_opts"]["com.docker.network.bridge.name"] for n in nets.values()]
+    assert len(set(names)) == len(nets) and all(len(b) <= 15 and b.startswith("nklab-") for b in names)
     for r in plan.routers:
         lan = nets[f"lan-{r.id}"]["ipam"]["config"][0]
         assert lan["subnet"] == r.lan_net and lan["gateway"] != r.lan_ip
@@ -174,7 +183,7 @@ def test_docker_compose_accepts_it_and_reads_the_same_rules(tmp_path: Path) -> N
     assert sorted(env["NATKIT_AGENTS"].split()) == sorted(["srv", *(p.id for p in peers)])
     assert env["NATKIT_TOPOLOGY"] == Path(topo.source).read_text()
     runner_ip = services["runner"]["networks"]["internet"]["ipv4_address"]
-    assert ipaddress.IPv4Address(runner_ip) in ipaddress.IPv4Network(topo.internet_net)
+    assert ipaddress.IPv4Address(runner_ip) in ipaddress.IPv4Network(ctopo.internet_net)
     assert runner_ip not in {r.public_ip for r in plan.routers}
 
 
@@ -195,7 +204,7 @@ def test_a_custom_topology_with_shaped_links(tmp_path: Path) -> None:
     assert services["runner"]["environment"]["NATKIT_TURN_ENGINE"] == "coturn"
     # '$' survives Compose's interpolation: the runner reads the topology exactly as written
     assert services["runner"]["environment"]["NATKIT_TOPOLOGY"] == toml
-    rules, _ = _netns_engine(topo)
+    rules, _ = _netns_engine(topo.for_compose())
     assert services["router-lossy-1"]["environment"]["NATKIT_NFT"] == rules["lossy-1"]
 
 
