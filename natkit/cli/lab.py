@@ -218,7 +218,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.html:
         from natkit.lab.html import write_html
 
-        write_html(args.html, data, topo)
+        write_html(args.html, data, topo.for_compose() if args.engine == "compose" else topo)
     return result.exit_code
 
 

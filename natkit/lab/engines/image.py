@@ -63,6 +63,7 @@ BASE_PACKAGES = ("python3", "python3-venv", "nftables", "iproute2", "coturn", "l
 IMAGE_REPO = "natkit-lab"
 BASE_REPO = "natkit-base"
 BUILD_TIMEOUT_S = 900.0
+KEEP_IMAGES = 3  # lab images kept (the newest): every change to natkit makes another
 _SKIP = re.compile(r"(^|/)(__pycache__|build|dist|[^/]*\.egg-info)(/|$)|\.(pyc|pyo|so)$")
 
 Notify = Callable[[str], None]
@@ -262,4 +263,22 @@ def ensure_image(api: DockerAPI, base: str | None = None, notify: Notify | None 
         build_image(api, root, tag, ref, say)
     except DockerError as exc:
         raise PrerequisiteError(f"the Docker daemon refused the image build: {exc.message}") from None
+    prune_images(api, keep=tag)
     return ImageInfo(tag, ref, True, time.monotonic() - t0)
+
+
+def prune_images(api: DockerAPI, keep: str, count: int = KEEP_IMAGES) -> list[str]:
+    """Remove lab images beyond the ``count`` newest (never ``keep``, never one in use); the
+    tags removed."""
+    images = api.call("GET", "/images/json", query={"filters": json.dumps({"reference": [f"{IMAGE_REPO}:*"]})}) or []
+    images = sorted(images, key=lambda i: int(i.get("Created", 0)), reverse=True)
+    removed = []
+    for img in images[count:]:
+        tags = [t for t in img.get("RepoTags") or [] if t.startswith(f"{IMAGE_REPO}:")]
+        if keep in tags:
+            continue
+        for t in tags:
+            with contextlib.suppress(DockerError):
+                api.call("DELETE", f"/images/{t}")  # refused while a container uses it
+                removed.append(t)
+    return removed

@@ -76,8 +76,8 @@ def compose_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     seconds = time.monotonic() - t0
-    print(f"\nnatkit lab run --engine compose: {seconds:.1f} s (image {info.tag}, "
-          f"{'built in %.0f s' % info.seconds if info.built else 'cached'})")
+    how = f"built in {info.seconds:.0f} s" if info.built else "cached"
+    print(f"\nnatkit lab run --engine compose: {seconds:.1f} s (image {info.tag}, {how})")
     data = json.loads((tmp / "lab.json").read_text()) if (tmp / "lab.json").exists() else {}
     return {"res": res, "data": data, "before": before, "after": host_state(before), "seconds": seconds}
 

@@ -98,7 +98,7 @@ def test_no_daemon_is_one_line_saying_how_to_start_one(tmp_path: Path, monkeypat
         check_daemon(DockerAPI(str(tmp_path / "none.sock")))
     assert "not running" in str(err.value) and "dockerd --storage-driver=overlay2" in str(err.value)
     monkeypatch.setattr(docker, "_engine_installed", lambda: False)
-    with pytest.raises(PrerequisiteError, match="apt-get install docker.io"):
+    with pytest.raises(PrerequisiteError, match=r"apt-get install docker\.io"):
         check_daemon(DockerAPI(str(tmp_path / "none.sock")))
     # a socket nobody listens on
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
