@@ -203,11 +203,22 @@ def _run(args: argparse.Namespace) -> int:
     cases = runner.select_cases(topo, args.only) if args.only else None
     progress = report.Progress(sys.stderr)
     try:
-        result = runner.run(
-            topo, cases=cases, turn_engine=args.turn_engine, parallel=args.parallel,
-            capture=not args.no_capture, progress=progress, keep_capture=args.pcap, browser=args.browser,
-            engine=args.engine, base=args.base,
-        )
+        if args.engine == "compose":
+            from natkit.lab.engines import compose_lab
+
+            if args.browser:
+                raise UsageError("--browser: the Compose engine's image has no Chromium; use --engine netns for browser cases")
+            result = compose_lab.run(
+                topo, cases=cases, turn_engine=args.turn_engine, parallel=args.parallel,
+                capture=not args.no_capture, progress=progress, keep_capture=args.pcap, base=args.base,
+            )
+        else:
+            if args.base is not None:
+                raise UsageError("--base is the Compose engine's base image: add --engine compose")
+            result = runner.run(
+                topo, cases=cases, turn_engine=args.turn_engine, parallel=args.parallel,
+                capture=not args.no_capture, progress=progress, keep_capture=args.pcap, browser=args.browser,
+            )
     finally:
         progress.close()
     data = result.to_json()

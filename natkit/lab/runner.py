@@ -53,27 +53,12 @@ def run(
     progress: Progress | None = None,
     keep_capture: str | None = None,
     browser: bool = False,
-    engine: str = "netns",
-    base: str | None = None,
 ) -> LabResult:
-    """Build the lab of ``topo`` with ``engine`` (``netns``, or ``compose``:
-    :func:`natkit.lab.engines.compose_lab.run`, whose image builds on ``base``), run ``cases``
-    (all by default), the Chromium cases with ``browser`` (netns only), and the probes; tear
-    down; the typed result."""
-    from natkit.lab.engines import ENGINES, netns
+    """Build the lab of ``topo`` with the netns engine, run ``cases`` (all by default), the
+    Chromium cases with ``browser``, and the probes; tear down; the typed result. (The Compose
+    engine's counterpart: :func:`natkit.lab.engines.compose_lab.run`.)"""
+    from natkit.lab.engines import netns
 
-    if engine not in ENGINES:
-        raise ConfigError(f"{engine}: choose {' or '.join(ENGINES)}", param="engine")
-    if engine == "compose":
-        from natkit.lab.engines import compose_lab
-
-        if browser:
-            raise ConfigError("the Compose engine has no browser cases (no Chromium in its image); "
-                              "drop --browser or use --engine netns", param="browser")
-        return compose_lab.run(topo, cases=cases, turn_engine=turn_engine, parallel=parallel, capture=capture,
-                               progress=progress, keep_capture=keep_capture, base=base)
-    if base is not None:
-        raise ConfigError("a base image is for the Compose engine: add --engine compose", param="base")
     t0 = time.monotonic()
     engine = check_turn_engine(topo, turn_engine)
     netns.check(capture=capture)

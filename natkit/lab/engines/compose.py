@@ -75,6 +75,7 @@ COMMAND = ["python", "-m", "natkit.lab.engines.container"]
 # The netns engine's router interfaces (natkit.lab.engines.netns.build): the same names here.
 WAN_IF, LAN_IF = "wan", "lan"
 BRIDGE_PREFIX = "nklab"  # the bridges of a file run by hand; a run's own use its tag
+PROGRESS_PREFIX = "natkit-progress "  # a progress event on the runner's stdout, for the host
 LABEL = "org.natkit.lab"  # on every container and network of a run: its tag
 OWNER_LABEL = "org.natkit.lab.owner"  # "<pid> <start>" of the natkit process that runs it
 

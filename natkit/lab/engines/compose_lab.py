@@ -48,7 +48,6 @@ from natkit.errors import ConfigError, PrerequisiteError, UsageError
 from natkit.lab.capture import Capture, check_dumpcap
 from natkit.lab.engines import compose as model
 from natkit.lab.engines import hostnet
-from natkit.lab.engines.container import PROGRESS_PREFIX
 from natkit.lab.engines.docker import ComposeTool, DockerAPI, check_daemon, compose_tool
 from natkit.lab.engines.image import ImageInfo, ensure_image
 from natkit.lab.netns import STATE_DIR, owner_alive, process_start
@@ -266,12 +265,12 @@ def _follow(run: _Run, runner_id: str, topo: Topology, plan: Plan, cases: Sequen
     lock = threading.Lock()
 
     def handle(line: str) -> None:
-        if not line.startswith(PROGRESS_PREFIX):
+        if not line.startswith(model.PROGRESS_PREFIX):
             if line.strip():
                 run.log_tail[:] = [*run.log_tail[-19:], line.rstrip()]
             return
         try:
-            ev = json.loads(line[len(PROGRESS_PREFIX):])
+            ev = json.loads(line[len(model.PROGRESS_PREFIX):])
             kind = ev["kind"]
             if kind == "case":
                 rep = ev["case"]

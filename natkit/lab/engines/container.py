@@ -36,13 +36,12 @@ from typing import Any
 
 from natkit.errors import ConfigError, PrerequisiteError
 from natkit.lab.capture import Capture
+from natkit.lab.engines.compose import PROGRESS_PREFIX
 
 __all__ = ["PROGRESS_PREFIX", "ContainerLab", "main", "node_main", "progress_event", "setup_network"]
 
 # Containers start in any order: agents retry and the runner waits this long for them.
 AGENT_WAIT_S = float(os.environ.get("NATKIT_AGENT_WAIT_S", "180"))
-# A progress event on the runner's stdout, for the host that follows its log.
-PROGRESS_PREFIX = "natkit-progress "
 
 
 def _ip(*args: str) -> str:
