@@ -38,8 +38,9 @@ def _sub(cmds: Any, name: str, help_text: str, description: str, examples: str) 
 def register(sub: Any, verb: str, help_text: str) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         verb, help=help_text,
-        description="The NAT lab: real Linux NATs (nftables in network namespaces), a STUN server, a "
-        "TURN relay and a signaling server, and real WebRTC peers for every pair of NATs. Needs root.",
+        description="The NAT lab: real Linux NATs (nftables in network namespaces, or in Docker "
+        "containers with --engine compose), a STUN server, a TURN relay and a signaling server, and "
+        "real WebRTC peers for every pair of NATs. Needs root.",
         epilog="examples:\n"
         "  natkit lab run                         # the default topology, the matrix on stdout\n"
         "  natkit lab run --json lab.json --html lab.html\n"
@@ -52,7 +53,8 @@ def register(sub: Any, verb: str, help_text: str) -> None:
 
     run = _sub(
         cmds, "run", "build the lab, probe every NAT, run every case, print the matrix (exit 0: all as expected)",
-        "Build the lab (network namespaces + nftables NATs), probe every NAT, connect aiortc peers "
+        "Build the lab (network namespaces + nftables NATs; with --engine compose, Docker containers "
+        "from an image built offline once), probe every NAT, connect aiortc peers "
         "for every pair of NATs over host, srflx and relay candidates, and compare with what the NAT "
         "behaviours predict. Exit 0 when everything matches, 1 when any case or probe differs, 2 for "
         "bad input or missing prerequisites. Needs root.",
