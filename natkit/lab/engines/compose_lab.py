@@ -48,7 +48,13 @@ from natkit.errors import ConfigError, PrerequisiteError, UsageError
 from natkit.lab.capture import Capture, check_dumpcap
 from natkit.lab.engines import compose as model
 from natkit.lab.engines import hostnet
-from natkit.lab.engines.docker import ComposeTool, DockerAPI, check_daemon, compose_tool
+from natkit.lab.engines.docker import (
+    ComposeTool,
+    DockerAPI,
+    DockerError,
+    check_daemon,
+    compose_tool,
+)
 from natkit.lab.engines.image import ImageInfo, ensure_image
 from natkit.lab.netns import STATE_DIR, owner_alive, process_start
 from natkit.lab.orchestrate import Orchestration, Progress, Tally, case_result, check_stacks
@@ -201,6 +207,24 @@ def _container(run: _Run, service: str) -> dict[str, Any]:
         if (c.get("Labels") or {}).get("com.docker.compose.service") == service:
             return c
     raise PrerequisiteError(f"{run.tool.name} made no {service} container")
+
+
+def _settle(api: DockerAPI, ident: str, timeout: float = 15.0) -> None:
+    """Wait until the daemon has released the networks of a container that exited by itself.
+
+    Docker 20.10 can keep a stale endpoint, and then a network that cannot be removed until
+    the daemon restarts, when a container is removed while the daemon still handles its exit
+    (moby/moby#42119, #43286); the runner is the one container that exits on its own."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            info = api.container(ident)
+        except (OSError, DockerError):
+            return
+        nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
+        if not info.get("State", {}).get("Running") and not any(n.get("EndpointID") for n in nets.values()):
+            return
+        time.sleep(0.2)
 
 
 def _teardown(run: _Run) -> list[str]:
@@ -397,6 +421,7 @@ def _run_up(
     except OSError:
         raise PrerequisiteError(f"the Compose lab's runner did not finish within {bound:g} s") from None
     follower.join(10)
+    _settle(run.api, str(runner["Id"]))
     out = run.dir / "orchestration.json"
     if status != 0 or not out.is_file():
         why = next((ln for ln in reversed(run.log_tail) if "error" in ln.lower()), run.log_tail[-1] if run.log_tail else "")
