@@ -1,4 +1,4 @@
-"""What the benchmarks share: building their C tools, stopping servers, CPU accounting."""
+"""What the benchmarks share: their C load generators, stopping servers, CPU accounting."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from natkit.errors import UsageError
-from natkit.server._cbuild import BuildError, NoCompilerError, compile_c
+from natkit.bench import loadgen
+from natkit.errors import PrerequisiteError, UsageError
 
 Progress = Callable[[str], None]
 CoreTimes = dict[int, tuple[int, int]]
@@ -25,15 +25,14 @@ def check_seconds_rounds(seconds: float, rounds: int) -> None:
         raise UsageError(f"bad --rounds {rounds}: give 1-20")
 
 
-def build_tool(source: Path, stem: str, what: str) -> Path:
-    """Compile the C program ``source`` once per source version into the cache; ``what``
-    names it in errors ("the load generator")."""
-    try:
-        return compile_c(source, stem, shared=False)
-    except NoCompilerError:
-        raise UsageError(f"no C compiler to build {what}: apt-get install gcc") from None
-    except BuildError as exc:
-        raise UsageError(f"cannot build {what} {source}: {exc.detail}") from None
+def tool_command(tool: str, cpu: int | None = None) -> list[str]:
+    """The command line that runs the load generator ``tool`` (see :mod:`natkit.bench.loadgen`),
+    pinned to ``cpu`` when given; PrerequisiteError when its extension module is not built."""
+    why = loadgen.missing(tool)
+    if why:
+        raise PrerequisiteError(why)
+    prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    return [*prefix, *loadgen.command(tool)]
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

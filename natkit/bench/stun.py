@@ -1,13 +1,21 @@
-"""`natkit bench stun`: Binding responses/s of natkit and coturn, per core, in one run.
+"""`natkit bench stun`: Binding responses/s of natkit, coturn and a bare C reflector, per core.
 
-Both servers run on loopback, one after the other and alternating (natkit, coturn, natkit,
-coturn, ...), each pinned to one core (``taskset -c SERVER_CPU``) while the C load generator
-stunflood (../shared/tools/stunflood.c, built with gcc into a cache directory) runs pinned to
-another core. Each run also records how busy the server's core and the generator's core were
-(CPU time from /proc and wait4): a server near 100% of its core is the bottleneck; a server
-well below it means the generator (or the loopback path on the generator's core) limited the
-run, so that server's figure is a lower bound. ``per_cpu_second`` (responses per CPU-second of
-the server) is the efficiency figure that does not depend on who saturated first.
+The servers run on loopback one after the other, alternating round by round (natkit, coturn,
+ceiling, natkit, ...), each pinned to one core (``taskset -c SERVER_CPU``), while the load
+generator runs pinned to another core. Both the generator and the ceiling are C loops of the
+extension module ``natkit.bench._stunload`` (built at install time, run as ``python -m
+natkit.bench.loadgen stun-flood|stun-reflect``; nothing is compiled at run time):
+
+- the generator keeps WINDOW plain Binding requests in flight on each of SOCKETS sockets and
+  refills a socket's window with one UDP GSO send (sendmmsg without GSO), reading with
+  recvmmsg: it pays far less per request than any server, so the figure is the server's;
+- the *ceiling* is a bare Binding reflector (recvmmsg, a header check, XOR-MAPPED-ADDRESS,
+  sendmmsg) on the server's core: what one core can answer through the same kernel interface
+  natkit's C path uses. natkit/ceiling says how much natkit leaves on the table.
+
+Each run also records how busy the server's and the generator's cores were (/proc/stat): a
+server near 100% of its core is the limit; ``per_cpu_second`` (responses per CPU-second of the
+server process) is the efficiency figure that does not depend on who saturated first.
 """
 
 from __future__ import annotations
@@ -26,39 +34,29 @@ from typing import Any
 
 from natkit.bench._common import (
     Progress,
-    build_tool,
     check_seconds_rounds,
     core_busy,
     core_times,
     coturn_version,
     cpu_seconds,
     stop,
+    tool_command,
 )
-from natkit.errors import UsageError
+from natkit.errors import PrerequisiteError, UsageError
 from natkit.server.coturn import free_port, wait_for_binding
 
-_REPO = Path(__file__).resolve().parents[2]
-DEFAULT_GENERATOR = _REPO.parent / "shared" / "tools" / "stunflood.c"
-_LINE = re.compile(r"responses=(\d+) other=(\d+) seconds=([\d.]+) rate=(\d+)")
+SERVERS = ("natkit", "coturn", "ceiling")
+_KV = re.compile(r"(\w+)=(\S+)")
+_PATH_LINE = re.compile(r"UDP path: (.+)")
 
 
-def build_generator(source: Path | None = None) -> Path:
-    """Compile stunflood.c (once per source version) and return the binary's path."""
-    src = Path(source) if source else DEFAULT_GENERATOR
-    if not src.is_file():
-        raise UsageError(
-            f"load generator source {src} not found: pass --generator-source PATH/stunflood.c"
-        )
-    return build_tool(src, "stunflood", "the load generator")
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float = 15.0) -> None:
+def _wait_ready(proc: subprocess.Popen[bytes], name: str, port: int, timeout: float = 15.0) -> None:
     """Until the server answers a Binding request on 127.0.0.1:port."""
     status = wait_for_binding(("127.0.0.1", port), timeout, proc)
     if status == "exited":
-        raise UsageError(f"server exited with status {proc.returncode} at start")
+        raise UsageError(f"{name} exited with status {proc.returncode} at start")
     if status != "ok":
-        raise UsageError(f"server did not answer on 127.0.0.1:{port} within {timeout:g} s")
+        raise UsageError(f"{name} did not answer on 127.0.0.1:{port} within {timeout:g} s")
 
 
 def natkit_command(port: int, cpu: int) -> list[str]:
@@ -79,63 +77,91 @@ def coturn_command(port: int, cpu: int, workdir: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def ceiling_command(port: int, cpu: int, max_seconds: float) -> list[str]:
+    return [*tool_command("stun-reflect", cpu), "127.0.0.1", str(port), f"{max_seconds:g}"]
+
+
+def child_env(no_cext: bool = False) -> dict[str, str]:
+    """The environment of natkit's child processes: the natkit this process runs (its
+    directory first on PYTHONPATH), NATKIT_NO_CEXT=1 when ``no_cext``."""
+    import natkit
+
+    env = dict(os.environ)
+    here = str(Path(natkit.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    if no_cext:
+        env["NATKIT_NO_CEXT"] = "1"
+    return env
+
+
 def _one_run(
     name: str,
     make_command: Callable[[Path], list[str]],
     port: int,
-    generator: Path,
     *,
     seconds: float,
     sockets: int,
     window: int,
     generator_cpu: int,
     server_core: int,
-    env: dict[str, str] | None = None,
+    env: dict[str, str],
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="natkit-bench-") as tmp:
-        proc = subprocess.Popen(
-            make_command(Path(tmp)),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
+        out_path = Path(tmp) / "server.out"
+        with open(out_path, "wb") as server_out:
+            proc = subprocess.Popen(
+                make_command(Path(tmp)),
+                stdin=subprocess.DEVNULL,
+                stdout=server_out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
         try:
-            _wait_ready(proc, port)
+            _wait_ready(proc, name, port)
             time.sleep(0.3)  # let the server settle after start
             cpu0, t0, cores0 = cpu_seconds(proc.pid), time.monotonic(), core_times()
-            gen = subprocess.Popen(
-                ["taskset", "-c", str(generator_cpu), str(generator), "127.0.0.1", str(port),
-                 f"{seconds:g}", str(sockets), str(window)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            )  # fmt: skip
-            out = b""
-            assert gen.stdout is not None
-            out = gen.stdout.read()
-            _, status, usage = os.wait4(gen.pid, 0)
-            gen.returncode = os.waitstatus_to_exitcode(status)
+            command = [
+                *tool_command("stun-flood", generator_cpu), "127.0.0.1", str(port),
+                f"{seconds:g}", str(sockets), str(window),
+            ]  # fmt: skip
+            try:
+                gen = subprocess.run(
+                    command, capture_output=True, timeout=seconds + 60, env=env, check=False
+                )
+            except subprocess.TimeoutExpired:
+                raise UsageError(f"the load generator did not finish against {name}") from None
             elapsed = time.monotonic() - t0
             cpu1, cores1 = cpu_seconds(proc.pid), core_times()
         finally:
             stop(proc)
-    match = _LINE.search(out.decode(errors="replace"))
-    if gen.returncode or not match:
-        raise UsageError(f"the load generator failed against {name}: {out.decode()[:200]!r}")
-    responses, other, gen_seconds = int(match[1]), int(match[2]), float(match[3])
+        server_text = out_path.read_text(errors="replace")
+    text = gen.stdout.decode(errors="replace")
+    fields = dict(_KV.findall(text))
+    if gen.returncode or "responses" not in fields:
+        detail = (gen.stderr.decode(errors="replace").strip() or text.strip())[-200:]
+        raise UsageError(f"the load generator failed against {name}: {detail!r}")
+    responses, gen_seconds = int(fields["responses"]), float(fields["seconds"])
     server_cpu = cpu1 - cpu0
-    return {
+    result: dict[str, Any] = {
         "server": name,
         "responses": responses,
-        "other": other,
+        "other": int(fields["other"]),
+        "sent": int(fields["sent"]),
+        "refills": int(fields["refills"]),
         "seconds": gen_seconds,
-        "rate": round(responses / gen_seconds),
+        "rate": round(responses / gen_seconds) if gen_seconds > 0 else 0,
         "server_cpu": round(server_cpu / elapsed, 3),
-        "generator_cpu": round((usage.ru_utime + usage.ru_stime) / gen_seconds, 3),
+        "generator_cpu": round(float(fields["cpu"]) / gen_seconds, 3) if gen_seconds > 0 else 0,
+        "gso": fields["gso"] == "1",
         "per_cpu_second": round(responses / server_cpu) if server_cpu > 0 else None,
         "server_core_busy": core_busy(cores0, cores1, server_core),
         "generator_core_busy": core_busy(cores0, cores1, generator_cpu),
     }
+    line = _PATH_LINE.search(server_text)
+    if line:
+        result["udp_path"] = line[1].strip()
+    return result
 
 
 def run(
@@ -146,9 +172,9 @@ def run(
     generator_cpu: int = 0,
     sockets: int = 16,
     window: int = 32,
-    generator_source: Path | None = None,
     fast_path: str = "auto",
     with_coturn: bool = True,
+    with_ceiling: bool = True,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; returns the report (see docs/bench_stun.md for the keys)."""
@@ -162,28 +188,34 @@ def run(
             raise UsageError(f"bad {label} {cpu}: this machine has CPUs 0-{ncpu - 1}")
     if server_cpu == generator_cpu:
         raise UsageError("--server-cpu and --generator-cpu must differ (one core each)")
-    if shutil.which("taskset") is None:
-        raise UsageError("taskset is not installed (CPU pinning): apt-get install util-linux")
-    if with_coturn and shutil.which("turnserver") is None:
-        raise UsageError("coturn is not installed: apt-get install coturn (or --no-coturn)")
     if fast_path not in ("auto", "c", "python"):
         raise UsageError(f"bad --fast-path {fast_path}: auto, c or python")
+    if shutil.which("taskset") is None:
+        raise PrerequisiteError(
+            "taskset is not installed (CPU pinning): apt-get install util-linux"
+        )
+    if with_coturn and shutil.which("turnserver") is None:
+        raise PrerequisiteError("coturn is not installed: apt-get install coturn (or --no-coturn)")
+    tool_command("stun-flood")  # the generator is built, or say so before anything starts
 
-    generator = build_generator(generator_source)
-    env = dict(os.environ)
+    from natkit.server._fastpath import describe, helper_status
+
     if fast_path == "python":
-        env["NATKIT_NO_CEXT"] = "1"
-        kind = "python"
+        kind = "python (NATKIT_NO_CEXT=1)"
     else:
-        from natkit.server._fastpath import helper_status
-
-        kind = helper_status()  # builds the C helper now, not during a measurement
+        kind = helper_status()
         if fast_path == "c" and kind != "c":
-            raise UsageError(f"the C fast path is not available: {kind}")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH")) if p)
+            raise PrerequisiteError(
+                f"the C fast path is not available ({describe()}): reinstall natkit where gcc "
+                "and the Python headers are installed, or unset NATKIT_NO_CEXT"
+            )
+    env = child_env()
+    natkit_env = child_env(no_cext=fast_path == "python")
 
     runs: list[dict[str, Any]] = []
-    order = ["natkit", "coturn"] if with_coturn else ["natkit"]
+    order = [
+        n for n in SERVERS if (n != "coturn" or with_coturn) and (n != "ceiling" or with_ceiling)
+    ]
     for rnd in range(1, rounds + 1):
         for name in order:
             port = free_port("127.0.0.1")
@@ -191,12 +223,15 @@ def run(
             def make(tmp: Path, name: str = name, port: int = port) -> list[str]:
                 if name == "natkit":
                     return natkit_command(port, server_cpu)
-                return coturn_command(port, server_cpu, tmp)
+                if name == "coturn":
+                    return coturn_command(port, server_cpu, tmp)
+                return ceiling_command(port, server_cpu, seconds + 120)
 
             say(f"round {rnd}/{rounds}: {name} on 127.0.0.1:{port} (cpu {server_cpu}) ...")
             result = _one_run(
-                name, make, port, generator, seconds=seconds, sockets=sockets,
-                window=window, generator_cpu=generator_cpu, server_core=server_cpu, env=env if name == "natkit" else None,
+                name, make, port, seconds=seconds, sockets=sockets, window=window,
+                generator_cpu=generator_cpu, server_core=server_cpu,
+                env=natkit_env if name == "natkit" else env,
             )  # fmt: skip
             result["round"] = rnd
             runs.append(result)
@@ -214,21 +249,46 @@ def run(
             "rates": [r["rate"] for r in mine],
             "server_cpu": round(statistics.mean(r["server_cpu"] for r in mine), 3),
             "server_core_busy": round(statistics.mean(r["server_core_busy"] for r in mine), 3),
+            "generator_cpu": round(statistics.mean(r["generator_cpu"] for r in mine), 3),
             "generator_core_busy": round(
                 statistics.mean(r["generator_core_busy"] for r in mine), 3
             ),
             "per_cpu_second": round(statistics.mean(per_cpu)) if per_cpu else None,
         }
 
+    def ratios(key: str, peer: str) -> dict[str, Any]:
+        """natkit / ``peer``: of the means, per round, their median, per CPU-second."""
+        per_round: list[float | None] = []
+        for rnd in range(1, rounds + 1):
+            n = next(r for r in runs if r["round"] == rnd and r["server"] == "natkit")
+            o = next(r for r in runs if r["round"] == rnd and r["server"] == peer)
+            per_round.append(round(n["rate"] / o["rate"], 3) if o["rate"] else None)
+        known = [r for r in per_round if r is not None]
+        a, b = report["natkit"]["per_cpu_second"], report[peer]["per_cpu_second"]
+        rate = report[peer]["rate"]
+        return {
+            key: round(report["natkit"]["rate"] / rate, 3) if rate else None,
+            f"{key}_per_round": per_round,
+            f"{key}_median": round(statistics.median(known), 3) if known else None,
+            f"{key}_per_cpu_second": round(a / b, 3) if a and b else None,
+        }
+
+    natkit_runs = [r for r in runs if r["server"] == "natkit"]
     report: dict[str, Any] = {
-        "natkit": {**summary("natkit"), "fast_path": kind},
+        "schema_version": 2,
+        "natkit": {
+            **summary("natkit"),
+            "fast_path": kind,
+            "udp_path": natkit_runs[0].get("udp_path", "unknown"),
+        },
         "generator": {
-            "path": str(generator),
-            "source": str(generator_source or DEFAULT_GENERATOR),
+            "tool": "natkit.bench._stunload (python -m natkit.bench.loadgen stun-flood)",
+            "gso": all(r["gso"] for r in runs),
             "sockets": sockets,
             "window": window,
             "seconds": seconds,
             "cpu": generator_cpu,
+            "max_cpu": max(r["generator_cpu"] for r in runs),
         },
         "server_cpu": server_cpu,
         "rounds": rounds,
@@ -236,14 +296,8 @@ def run(
     }
     if with_coturn:
         report["coturn"] = {**summary("coturn"), "version": coturn_version()}
-        report["ratio"] = round(report["natkit"]["rate"] / report["coturn"]["rate"], 3)
-        per_round = []
-        for rnd in range(1, rounds + 1):
-            n = next(r for r in runs if r["round"] == rnd and r["server"] == "natkit")
-            c = next(r for r in runs if r["round"] == rnd and r["server"] == "coturn")
-            per_round.append(round(n["rate"] / c["rate"], 3))
-        report["ratio_per_round"] = per_round
-        report["ratio_median"] = round(statistics.median(per_round), 3)
-        a, b = report["natkit"]["per_cpu_second"], report["coturn"]["per_cpu_second"]
-        report["ratio_per_cpu_second"] = round(a / b, 3) if a and b else None
+        report.update(ratios("ratio", "coturn"))
+    if with_ceiling:
+        report["ceiling"] = {**summary("ceiling"), "what": "bare C reflector, recvmmsg/sendmmsg"}
+        report.update(ratios("ceiling_ratio", "ceiling"))
     return report

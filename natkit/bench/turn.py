@@ -3,9 +3,9 @@
 Each engine runs on loopback pinned to one core (``taskset -c SERVER_CPU``): natkit as a
 ``natkit serve turn`` subprocess, coturn through :class:`natkit.server.coturn.CoturnServer`,
 both with one static user, the same realm, relay ports and ``--allow-peer 127.0.0.0/8`` (the
-peer is on loopback). The driver, turnload.c next to this file (compiled with gcc on first
-use into ~/.cache/natkit), runs pinned to another core and makes its allocations the way a
-client does (401, then long-term credentials), each on its own UDP socket; it sends in
+peer is on loopback). The driver, the extension module natkit.bench._turnload (_turnload.c,
+built at install time; run as ``python -m natkit.bench.loadgen turn ...``), runs pinned to
+another core and makes its allocations the way a client does (401, then long-term credentials), each on its own UDP socket; it sends in
 batches (one UDP GSO send per burst to one destination, recvmmsg reads) so that on one core it
 drives well beyond what either server relays on one core (the null relay self-test shows
 how far). The servers still receive every packet as its own datagram. Per engine, fresh
@@ -39,12 +39,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from natkit.bench._common import (
     Progress,
-    build_tool,
     check_seconds_rounds,
     core_busy,
     core_times,
@@ -52,10 +50,10 @@ from natkit.bench._common import (
     cpu_seconds,
     rss_bytes,
     stop,
+    tool_command,
 )
 from natkit.errors import UsageError
 
-DRIVER_SOURCE = Path(__file__).with_name("turnload.c")
 ENGINES = ("natkit", "coturn")
 USER, PASSWORD, REALM = "bench", "bench-password", "natkit-bench"
 RELAY_PORTS = (10000, 29999)  # below the kernel's ephemeral range, where the driver's ports are
@@ -65,11 +63,10 @@ _KV = re.compile(r"(\w+)=(\S+)")
 # -- the driver ---------------------------------------------------------------------------
 
 
-def build_driver(source: Path = DRIVER_SOURCE) -> Path:
-    """Compile turnload.c once per source version into the cache dir; return the binary."""
-    if not source.is_file():
-        raise UsageError(f"the TURN load driver source {source} is missing: reinstall natkit")
-    return build_tool(source, "turnload", "the TURN load driver")
+def driver_command() -> list[str]:
+    """The command that runs the driver (arguments follow); PrerequisiteError when natkit was
+    installed without its extension modules."""
+    return tool_command("turn")
 
 
 class _LineReader:
@@ -167,14 +164,14 @@ def coturn_server(cpu: int | None) -> Iterator[tuple[tuple[str, int], int]]:
 
 
 @contextlib.contextmanager
-def null_relay(cpu: int | None, driver: Path) -> Iterator[tuple[tuple[str, int], int]]:
+def null_relay(cpu: int | None, driver: list[str]) -> Iterator[tuple[tuple[str, int], int]]:
     """The driver's C null relay (the least a relay can do): the driver self-test."""
     from natkit.server.coturn import free_port, wait_for_binding
 
     port = free_port("127.0.0.1")
     prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
     proc = subprocess.Popen(
-        [*prefix, str(driver), "null", "127.0.0.1", str(port), "900"],
+        [*prefix, *driver, "null", "127.0.0.1", str(port), "900"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -202,7 +199,7 @@ class Bench:
         payload: int,
         server_cpu: int | None,
         driver_cpu: int | None,
-        driver: Path,
+        driver: list[str],
     ) -> None:
         self.seconds, self.allocations, self.clients = seconds, allocations, clients
         self.window, self.payload = window, payload
@@ -213,7 +210,7 @@ class Bench:
 
     def _driver(self, mode: str, addr: tuple[str, int], *extra: str) -> subprocess.Popen[bytes]:
         prefix = ["taskset", "-c", str(self.driver_cpu)] if self.driver_cpu is not None else []
-        command = [*prefix, str(self.driver), mode, addr[0], str(addr[1]), USER, self.key, *extra]
+        command = [*prefix, *self.driver, mode, addr[0], str(addr[1]), USER, self.key, *extra]
         return subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
@@ -400,7 +397,7 @@ def run(
 
     bench = Bench(
         seconds=seconds, allocations=allocations, clients=clients, window=window,
-        payload=payload, server_cpu=server_cpu, driver_cpu=driver_cpu, driver=build_driver(),
+        payload=payload, server_cpu=server_cpu, driver_cpu=driver_cpu, driver=driver_command(),
     )  # fmt: skip
     load_before = os.getloadavg()[0]
     runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
@@ -422,7 +419,7 @@ def run(
         "settings": {
             "seconds": seconds, "rounds": rounds, "allocations": allocations,
             "clients": clients, "window": window, "payload": payload,
-            "server_cpu": server_cpu, "driver_cpu": driver_cpu, "driver": str(bench.driver),
+            "server_cpu": server_cpu, "driver_cpu": driver_cpu, "driver": " ".join(bench.driver),
             # other work on the machine competes for the pinned cores: the 1-minute load
             # average before and after the engine runs says how quiet the machine was
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],

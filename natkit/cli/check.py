@@ -54,8 +54,9 @@ def register(sub: Any, verb: str, help_text: str) -> None:
     add_family_options(parser, "check")
     parser.add_argument("--browser", dest="browsers", action="append", nargs="?",
                         const="chromium", metavar="NAME",
-                        help="also gather from every URL in that headless browser (default "
-                        "chromium) and show what it produced beside natkit's verdict")
+                        help="also gather from every URL in that headless browser: chromium "
+                        "(the default) or firefox (Firefox ESR); repeat for both. Shows what it "
+                        "produced beside natkit's verdict")
     rest = parser.add_argument_group("TURN REST credentials (minted as a backend would)")
     rest.add_argument("--auth-secret", dest="rest_secret", metavar="SECRET",
                       help="the TURN server's shared REST secret (coturn static-auth-secret): "

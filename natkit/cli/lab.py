@@ -1,5 +1,6 @@
 """`natkit lab`: run the NAT lab (run), write its Compose file (compose), keep it up to explore
-by hand (up / down / shell), remove what a killed run left behind (clean)."""
+by hand (up / down / shell), remove what a killed run left behind (clean), compile the
+non-Python peers once (build-stacks)."""
 
 from __future__ import annotations
 
@@ -163,6 +164,18 @@ def register(sub: Any, verb: str, help_text: str) -> None:
     clean.add_argument("--force", action="store_true", help="also remove labs whose owner is still running")
     add_json_option(clean, "what was removed")
     clean.set_defaults(func=_clean)
+
+    build = _sub(
+        cmds, "build-stacks", "compile the lab's non-Python peers (pion) once, at set-up",
+        "Compile the lab's pion peer from Debian's Go sources (golang-go, "
+        "golang-github-pion-webrtc.v3-dev; no network) and install it into "
+        "<prefix>/libexec/natkit/. Run once after installing or upgrading natkit; the lab never "
+        "compiles at run time. .ci/bootstrap runs it.",
+        "  natkit lab build-stacks\n  natkit lab build-stacks --prefix /opt/natkit --json -\n",
+    )
+    build.add_argument("--prefix", help="install prefix (default: this Python's, e.g. the venv)")
+    add_json_option(build, "what was built")
+    build.set_defaults(func=_build_stacks)
 
 
 def _load(path: str | None) -> Any:
@@ -337,4 +350,18 @@ def _clean(args: argparse.Namespace) -> int:
                               "engine": args.engine})
     if args.json != "-":
         print(f"removed {len(removed)} {what}" + (": " + ", ".join(removed) if removed else ""))
+    return 0
+
+
+def _build_stacks(args: argparse.Namespace) -> int:
+    from natkit.lab.results import SCHEMA_VERSION
+    from natkit.lab.stacks.build import build_pion
+
+    check_output("--json", args.json)
+    built = build_pion(args.prefix)
+    if args.json:
+        emit_json(args.json, {"schema_version": SCHEMA_VERSION, "built": [
+            {"stack": "pion", "path": str(built.path), "version": built.version, "seconds": built.seconds}]})
+    if args.json != "-":
+        print(f"pion: {built.path} ({built.version}, {built.seconds:g} s)")
     return 0

@@ -60,7 +60,34 @@ def register(sub: Any) -> None:
         type=float,
         default=30.0,
         metavar="S",
-        help="close idle TCP/TLS connections after S seconds (30)",
+        help="close a TCP/TLS connection after S seconds without a complete message (30)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="TCP/TLS connections in all (10000)",
+    )
+    parser.add_argument(
+        "--max-connections-per-source",
+        type=int,
+        default=256,
+        metavar="N",
+        help="TCP/TLS connections per source IP (256)",
+    )
+    parser.add_argument(
+        "--first-message-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="close a TCP/TLS connection without a complete message after S seconds (10)",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/ (with --workers, the first "
+        "process's counters)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print the addresses and the final counters as JSON"
@@ -89,7 +116,12 @@ def run(args: argparse.Namespace) -> int:
         "tcp": not args.no_tcp,
         "software": args.software,
         "idle_timeout": args.idle_timeout,
+        "max_connections": args.max_connections,
+        "max_connections_per_source": args.max_connections_per_source,
+        "first_message_timeout": args.first_message_timeout,
     }
+    if args.metrics is not None:
+        options["metrics"] = parse_hostport(args.metrics)
 
     def ready(server: Any) -> None:
         if args.json:
@@ -101,16 +133,14 @@ def run(args: argparse.Namespace) -> int:
                     ],
                     "rfc5780": server.rfc5780,
                     "fast_path": server.fast_path_kind,
+                    "udp_path": server.fast_path_line,
                     "workers": args.workers,
                 }
             )
         else:
             mode = "RFC 5780 mode" if server.rfc5780 else "plain mode"
-            print(
-                f"natkit STUN responder ({mode}, fast path: {server.fast_path_kind}, "
-                f"{args.workers} worker(s)) on:",
-                flush=True,
-            )
+            print(f"natkit STUN responder ({mode}, {args.workers} worker(s)) on:")
+            print(f"  UDP path: {server.fast_path_line}", flush=True)
             for t, (ip, port) in server.addresses:
                 host = f"[{ip}]" if ":" in ip else ip
                 print(f"  {t:4} {host}:{port}")

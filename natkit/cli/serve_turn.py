@@ -94,7 +94,20 @@ def register(sub: Any) -> None:
     add("--tls-key", metavar="F", help="PEM private key for --tls-cert")
     add("--tls-port", type=int, default=5349, metavar="PORT", help="TLS port (5349)")
     add("--no-tcp", action="store_true", help="serve UDP (and TLS) only")
-    add("--user-quota", type=int, metavar="N", help="allocations per user at once (486 beyond)")
+    add(
+        "--no-relay-to-relay",
+        dest="relay_to_relay",
+        action="store_false",
+        help="refuse this relay's own relayed addresses as peers too (by default two clients "
+        "it relays may reach each other, as WebRTC needs when both sides are relay-only)",
+    )
+    add(
+        "--user-quota",
+        type=int,
+        metavar="N",
+        help="allocations per user at once, 486 beyond (default: half the relay ports once "
+        "there are several users; 0: no limit)",
+    )
     add("--max-allocations", type=int, metavar="N", help="allocations in total (486 beyond)")
     add(
         "--max-permissions",
@@ -102,7 +115,52 @@ def register(sub: Any) -> None:
         metavar="N",
         help="permissions per allocation (1000; 508 beyond)",
     )
+    add(
+        "--max-channels",
+        type=int,
+        metavar="N",
+        help="channel bindings per allocation (500; 508 beyond)",
+    )
     add("--bandwidth", type=int, metavar="BYTES_PER_S", help="cap per allocation, both ways")
+    add(
+        "--rest-max-ttl",
+        type=int,
+        metavar="S",
+        help="refuse REST credentials expiring more than S seconds ahead (86400; 0: no limit)",
+    )
+    add(
+        "--error-rate",
+        type=float,
+        metavar="N",
+        help="error responses per second to one unauthenticated UDP source (50; 0: no limit)",
+    )
+    add("--error-burst", type=int, metavar="N", help="burst of --error-rate (100)")
+    add("--max-connections", type=int, metavar="N", help="TCP/TLS connections in all (10000)")
+    add(
+        "--max-connections-per-source",
+        type=int,
+        metavar="N",
+        help="TCP/TLS connections per source IP (256)",
+    )
+    add(
+        "--first-message-timeout",
+        type=float,
+        metavar="S",
+        help="close a TCP/TLS connection without a complete message after S seconds (10)",
+    )
+    add(
+        "--allocate-timeout",
+        type=float,
+        metavar="S",
+        help="close a TCP/TLS connection without an allocation after S seconds (30)",
+    )
+    add(
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="close a TCP/TLS connection without an allocation after S seconds without a "
+        "complete message (60)",
+    )
     add("--max-lifetime", type=int, default=3600, metavar="S", help="longest allocation (3600)")
     add("--software", metavar="TEXT", help="send a SOFTWARE attribute (off by default)")
     add(
@@ -141,6 +199,7 @@ def _users(args: argparse.Namespace) -> dict[str, str]:
 def options_from_args(args: argparse.Namespace) -> TurnOptions:
     """The TurnOptions (for either engine) of the parsed command line."""
     from natkit.server.service import TurnOptions
+
     for param, path in (
         ("tls_cert", args.tls_cert),
         ("tls_key", args.tls_key),
@@ -167,7 +226,8 @@ def options_from_args(args: argparse.Namespace) -> TurnOptions:
         "tls_key": args.tls_key,
         "tls_port": args.tls_port,
         "tcp": not args.no_tcp,
-        "user_quota": args.user_quota,
+        "user_quota": "auto" if args.user_quota is None else (args.user_quota or None),
+        "relay_to_relay": args.relay_to_relay,
         "max_allocations": args.max_allocations,
         "bandwidth": args.bandwidth,
         "max_lifetime": args.max_lifetime,
@@ -177,6 +237,22 @@ def options_from_args(args: argparse.Namespace) -> TurnOptions:
     }
     if args.max_permissions is not None:
         changes["max_permissions"] = args.max_permissions
+    for name in ("rest_max_ttl", "error_rate"):  # 0: no limit
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value or None
+    for name in (
+        "max_channels",
+        "error_burst",
+        "max_connections",
+        "max_connections_per_source",
+        "first_message_timeout",
+        "allocate_timeout",
+        "idle_timeout",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
     options = TurnOptions().replace(**changes)
     options.check()
     return options
@@ -184,6 +260,8 @@ def options_from_args(args: argparse.Namespace) -> TurnOptions:
 
 def _announce(server: TurnService, args: argparse.Namespace) -> None:
     engine = server.engine_name
+    # natkit's engine says which UDP data path it runs (C extension or pure Python) and why
+    data_path: str | None = getattr(server, "fast_path_line", None)
     username, credential = ("", "") if args.no_auth else server.credentials()
     generated = server.generated_user
     if args.json:
@@ -197,15 +275,15 @@ def _announce(server: TurnService, args: argparse.Namespace) -> None:
                 "username": username,
                 "credential": credential if generated else None,
                 "auth": not args.no_auth,
-                "data_path": server.stats().get("fast_path", engine),
+                "data_path": data_path,
             }
         )
     else:
         print(f"natkit TURN relay (engine: {engine}) on:")
+        if data_path is not None:
+            print(f"  data path: {data_path}")
         for url in server.urls:
             print(f"  {url}")
-        if engine == "natkit":
-            print(f"data path: {server.stats()['fast_path']}")
         if args.no_auth:
             print("WARNING: --no-auth: this is an OPEN RELAY; anyone who reaches it can use it.")
         elif generated:

@@ -500,8 +500,10 @@ class TurnClient:
     async def create_permission(self, *peers: str | Address) -> None:
         attrs: list[tuple[int, Any]] = []
         for peer in peers:
-            ip = peer if isinstance(peer, str) else peer[0]
-            attrs.append((Attr.XOR_PEER_ADDRESS, (ip, 0)))
+            # a permission is for the IP (RFC 8656 §9); the port of an (ip, port) peer goes
+            # along all the same, so a server that refuses whole addresses (its own relayed
+            # ones) can say so
+            attrs.append((Attr.XOR_PEER_ADDRESS, (peer, 0) if isinstance(peer, str) else peer))
         await self._checked(Method.CREATE_PERMISSION, attrs)
 
     async def channel_bind(self, peer: Address, channel: int = 0x4000) -> int:

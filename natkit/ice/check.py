@@ -724,8 +724,10 @@ async def _second_allocation(run: _Run, dest: Address, allocation: Allocation,
     try:
         await second.open()
         other = await second.allocate()
-        await first.create_permission(other.relayed[0])
-        await second.create_permission(allocation.relayed[0])
+        # whole transport addresses (servers ignore the port of a permission, but one that
+        # refuses its own relayed addresses, as natkit does, can say so at once)
+        await first.create_permission(other.relayed)
+        await second.create_permission(allocation.relayed)
     except TurnError as exc:
         run.skip(f"{why}, and the server refused relaying between two of its own allocations "
                  f"({exc.code} {exc.reason}); the {first.protocol.upper()} allocation itself "

@@ -73,6 +73,9 @@ async def serve(sock: socket.socket) -> None:
     for task in list(tasks.values()):
         task.cancel()
     await asyncio.gather(*tasks.values(), return_exceptions=True)
+    from natkit.lab import stacks
+
+    await stacks.close_all()  # browsers kept across cases
 
 
 async def _command(

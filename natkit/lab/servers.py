@@ -55,7 +55,7 @@ async def run_servers(spec: ServersSpec, ready: Callable[[], None], stop: asynci
     """Run STUN, TURN and signaling; call ``ready()`` once all listen; return when ``stop`` is
     set. Cancelled or stopped, the exit stack unwinds, so coturn stops and removes its files."""
     from natkit.lab.signaling import SignalingServer
-    from natkit.lab.stacks.chromium import pages
+    from natkit.lab.stacks.browser import pages
     from natkit.server.stun import StunServer
 
     s = spec

@@ -21,95 +21,42 @@ HTTP ``GET`` serves the pages given to the server (a browser peer's page) and ``
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
-import os
-import struct
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-__all__ = ["SignalingClient", "SignalingError", "SignalingServer"]
+from natkit.ice import websocket
+from natkit.ice.websocket import (
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    WebSocket,
+    WebSocketError,
+    accept_key,
+    encode_frame,
+)
 
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+__all__ = ["OP_TEXT", "SignalingClient", "SignalingError", "SignalingServer", "accept_key", "encode_frame", "read_message"]
+
 MAX_MESSAGE = 256 * 1024  # an SDP with candidates is a few KiB
 MAX_HEADER = 16 * 1024
 ROOM_SIZE = 2
-OP_CONT, OP_TEXT, OP_BIN, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
 
 class SignalingError(Exception):
     """The signaling connection failed or closed, or the server reported an error."""
 
 
-def accept_key(key: str) -> str:
-    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2)."""
-    return base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
-
-
-def encode_frame(opcode: int, payload: bytes, mask: bool) -> bytes:
-    """One final frame; clients must mask (RFC 6455 §5.3), servers must not."""
-    head = bytes([0x80 | opcode])
-    n = len(payload)
-    bit = 0x80 if mask else 0
-    if n < 126:
-        head += bytes([bit | n])
-    elif n < 1 << 16:
-        head += bytes([bit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([bit | 127]) + struct.pack("!Q", n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + _xor(payload, key)
-
-
-def _xor(data: bytes, key: bytes) -> bytes:
-    n = len(data)
-    k = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big") if n else b""
-
-
 async def read_message(reader: asyncio.StreamReader, *, masked: bool) -> tuple[int, bytes]:
-    """The next whole message (continuation frames joined) or control frame: (opcode, payload).
-
-    ``masked`` says whether frames must be masked (what a server reads). Raises
-    :class:`SignalingError` on a protocol violation or an oversized message.
-    """
-    parts: list[bytes] = []
-    opcode = None
-    while True:
-        b0, b1 = await reader.readexactly(2)
-        fin, op = b0 & 0x80, b0 & 0x0F
-        if bool(b1 & 0x80) != masked:
-            raise SignalingError("frame masking is wrong for this side")
-        n = b1 & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", await reader.readexactly(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", await reader.readexactly(8))
-        if n > MAX_MESSAGE or sum(map(len, parts)) + n > MAX_MESSAGE:
-            raise SignalingError(f"message larger than {MAX_MESSAGE} bytes")
-        key = await reader.readexactly(4) if masked else b""
-        payload = await reader.readexactly(n)
-        if masked:
-            payload = _xor(payload, key)
-        if op >= 8:  # control frames may come between fragments
-            if not fin or n > 125:
-                raise SignalingError("bad control frame")
-            return op, payload
-        if op == OP_CONT:
-            if opcode is None:
-                raise SignalingError("continuation without a first frame")
-        elif opcode is not None:
-            raise SignalingError("new message inside a fragmented one")
-        else:
-            opcode = op
-        parts.append(payload)
-        if fin:
-            return opcode, b"".join(parts)
+    """:func:`natkit.ice.websocket.read_message` at the signaling size limit; its protocol
+    errors as :class:`SignalingError`."""
+    try:
+        return await websocket.read_message(reader, masked=masked, limit=MAX_MESSAGE)
+    except WebSocketError as exc:
+        raise SignalingError(str(exc)) from None
 
 
 class _Member:
@@ -296,37 +243,18 @@ class SignalingServer:
 class SignalingClient:
     """A WebSocket client of :class:`SignalingServer` (what each lab peer uses)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, ws: WebSocket) -> None:
+        self._ws = ws
 
     @classmethod
     async def connect(cls, host: str, port: int, *, timeout: float = 5.0) -> SignalingClient:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-        except (TimeoutError, OSError) as exc:
-            raise SignalingError(f"cannot reach the signaling server at {host}:{port}: {exc or 'timeout'}") from None
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
-            writer.close()
-            raise SignalingError(f"no WebSocket handshake from {host}:{port}: {exc!r}") from None
-        text = head.decode("latin-1")
-        if not text.startswith("HTTP/1.1 101") or accept_key(key) not in text:
-            writer.close()
-            raise SignalingError(f"{host}:{port} refused the WebSocket upgrade: {text.splitlines()[0]!r}")
-        return cls(reader, writer)
+            return cls(await WebSocket.connect(host, port, "/ws", timeout=timeout, limit=MAX_MESSAGE))
+        except WebSocketError as exc:
+            raise SignalingError(f"signaling server {host}:{port}: {exc}") from None
 
     async def send(self, obj: Mapping[str, Any]) -> None:
-        self._writer.write(encode_frame(OP_TEXT, json.dumps(obj).encode(), mask=True))
-        await self._writer.drain()
+        await self._ws.send_text(json.dumps(obj))
 
     async def recv(self, timeout: float | None = None) -> dict[str, Any]:
         """The next JSON message; :class:`SignalingError` on close, error or timeout."""
@@ -334,23 +262,19 @@ class SignalingClient:
             return await asyncio.wait_for(self._recv(), timeout)
         except TimeoutError:
             raise SignalingError("timed out waiting for signaling") from None
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise SignalingError(f"signaling connection closed: {exc!r}") from None
+        except WebSocketError as exc:
+            raise SignalingError(f"signaling connection closed: {exc}") from None
 
     async def _recv(self) -> dict[str, Any]:
         while True:
-            op, payload = await read_message(self._reader, masked=False)
-            if op == OP_CLOSE:
-                raise SignalingError("signaling server closed the connection")
-            if op == OP_PING:
-                self._writer.write(encode_frame(OP_PONG, payload, mask=True))
+            try:
+                msg = json.loads(await self._ws.recv_text())
+            except ValueError:
                 continue
-            if op == OP_TEXT:
-                msg = json.loads(payload)
-                if isinstance(msg, dict) and msg.get("type") == "error":
-                    raise SignalingError(f"signaling server: {msg.get('error')}")
-                if isinstance(msg, dict):
-                    return msg
+            if isinstance(msg, dict) and msg.get("type") == "error":
+                raise SignalingError(f"signaling server: {msg.get('error')}")
+            if isinstance(msg, dict):
+                return msg
 
     async def join(self, room: str, timeout: float = 5.0) -> int:
         """Join ``room``; the number of members now in it."""
@@ -364,7 +288,4 @@ class SignalingClient:
         await self.send({"type": "relay", "data": data})
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._writer.write(encode_frame(OP_CLOSE, struct.pack("!H", 1000), mask=True))
-            self._writer.close()
-            await asyncio.wait_for(self._writer.wait_closed(), 1)
+        await self._ws.close()

@@ -6,29 +6,25 @@ depends only on the transaction id, the source address and the socket. Everythin
 looks like a STUN request goes to the general path (``slow`` callback). Garbage, indications
 and responses are dropped and counted.
 
-The C helper (``_stunfast.c``, batching recvmmsg/sendmmsg, called through ctypes with the GIL
-released) is compiled with the system ``gcc`` into a cache directory on first use (_cbuild.py). Without
-gcc, or with ``NATKIT_NO_CEXT=1``, a pure-Python loop does the same job more slowly; both
-produce the same bytes (tests/server/test_stun_server.py checks).
+The C loop is the extension module ``natkit.server._stunfast`` (``_stunfast.c``, built at
+install time; batching recvmmsg/sendmmsg with the GIL released). When it is not built, or with
+``NATKIT_NO_CEXT=1``, a pure-Python loop does the same job more slowly; both produce the same
+bytes (tests/server/test_stun_server.py checks).
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
 import socket
 import struct
-import sysconfig
 import threading
 import zlib
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
-from natkit.server._cbuild import CHelper
+from natkit.server import _native
 
 MAGIC = b"\x21\x12\xa4\x42"
-_SRC = Path(__file__).with_name("_stunfast.c")
-_SLOW_CAP = 256 * 1024
+EXTENSION = "natkit.server._stunfast"
 _REC = struct.Struct("<HHBB16s16s")
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python < 3.12 lacks the name
 
@@ -45,48 +41,10 @@ class Counters:
         self.fast = self.garbage = self.ignored = self.dropped = self.send_errors = 0
 
 
-class _Cfg(ctypes.Structure):
-    _fields_ = [
-        ("fd", ctypes.c_int32),
-        ("family", ctypes.c_int32),
-        ("pktinfo", ctypes.c_int32),
-        ("timeout_ms", ctypes.c_int32),
-        ("stop", ctypes.c_int32),
-        ("origin", ctypes.c_uint8 * 16),
-        ("origin_port", ctypes.c_uint16),
-        ("extra_len", ctypes.c_uint16),
-        ("extra", ctypes.c_uint8 * 256),
-        ("fast", ctypes.c_uint64),
-        ("garbage", ctypes.c_uint64),
-        ("ignored", ctypes.c_uint64),
-        ("dropped", ctypes.c_uint64),
-        ("send_errors", ctypes.c_uint64),
-    ]
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    lib.nk_serve.restype = ctypes.c_long
-    lib.nk_serve.argtypes = [ctypes.POINTER(_Cfg), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
-    lib.nk_bufs_size.restype = ctypes.c_size_t
-    lib.nk_cfg_size.restype = ctypes.c_size_t
-    if lib.nk_cfg_size() != ctypes.sizeof(_Cfg):
-        raise OSError("C helper layout mismatch")
-
-
-# The platform is part of the cache key: one home directory may serve several machines.
-_HELPER = CHelper(_SRC, "stunfast", _declare, salt=sysconfig.get_platform().encode(), timeout=60)
-
-
-def load_helper() -> ctypes.CDLL | None:
-    """The compiled C helper, building it on first use; None when it cannot be had."""
-    return _HELPER.load()
-
-
-def helper_status() -> str:
-    """'c' when the C helper serves, else why not (for stats and the bench report)."""
-    if load_helper() is not None:
-        return "c"
-    return f"python ({'disabled' if _HELPER.disabled else _HELPER.why or 'unavailable'})"
+_EXT = _native.Extension(EXTENSION, "recvmmsg/sendmmsg, {m.BATCH} datagrams per call")
+load_helper = _EXT.load
+helper_status = _EXT.status
+describe = _EXT.describe  # the start line: which UDP path serves and why
 
 
 # ---------------------------------------------------------------- pure-Python equivalent
@@ -182,8 +140,18 @@ class UdpServeThread:
         self.family = sock.family
         self.slow_send_errors = 0
         self._stop = threading.Event()
-        self._lib = load_helper() if use_c else None
-        self._cfg: _Cfg | None = None
+        ext = load_helper() if use_c else None
+        # The C loop of this socket; it reads the socket and counts until stop().
+        self._c: Any = None
+        if ext is not None:
+            self._c = ext.Responder(
+                sock.fileno(),
+                self.family,
+                wildcard,
+                socket.inet_pton(self.family, origin[0]),
+                origin[1],
+                extra,
+            )
         self._thread = threading.Thread(
             target=self._run, name=f"natkit-stun-udp-{origin[0]}:{origin[1]}", daemon=True
         )
@@ -194,33 +162,31 @@ class UdpServeThread:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
 
     def counts(self) -> Counters:
-        """The counters now (read live from the C helper's struct while it serves)."""
-        cfg = self._cfg
-        if cfg is not None:
+        """The counters now (read live from the C loop while it serves)."""
+        if self._c is not None:
             c = self.counters
-            c.fast, c.garbage, c.ignored = cfg.fast, cfg.garbage, cfg.ignored
-            c.dropped, c.send_errors = cfg.dropped, cfg.send_errors
+            c.fast, c.garbage, c.ignored, c.dropped, c.send_errors = self._c.counts()
         return self.counters
 
     @property
     def uses_c(self) -> bool:
-        return self._lib is not None
+        return self._c is not None
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._cfg is not None:
-            self._cfg.stop = 1
+        if self._c is not None:
+            self._c.stop()
 
     def join(self, timeout: float = 2.0) -> None:
         self._thread.join(timeout)
 
     def _run(self) -> None:
         try:
-            if self._lib is not None:
-                self._run_c(self._lib)
+            if self._c is not None:
+                self._run_c(self._c)
             else:
                 self._run_py()
         except OSError:
@@ -229,30 +195,11 @@ class UdpServeThread:
 
     # -- C
 
-    def _run_c(self, lib: ctypes.CDLL) -> None:
-        cfg = _Cfg()
-        cfg.fd = self.sock.fileno()
-        cfg.family = self.family
-        cfg.pktinfo = 1 if self.wildcard else 0
-        cfg.timeout_ms = 100
-        packed = socket.inet_pton(self.family, self.origin[0])
-        ctypes.memmove(cfg.origin, packed, len(packed))
-        cfg.origin_port = self.origin[1]
-        cfg.extra_len = len(self.extra)
-        ctypes.memmove(cfg.extra, self.extra, len(self.extra))
-        self._cfg = cfg
-        if self._stop.is_set():
-            return
-        bufs = ctypes.create_string_buffer(lib.nk_bufs_size())
-        slow = ctypes.create_string_buffer(_SLOW_CAP)
+    def _run_c(self, responder: Any) -> None:
         while not self._stop.is_set():
-            used = lib.nk_serve(ctypes.byref(cfg), bufs, slow, _SLOW_CAP)
-            if used < 0:
-                if self._stop.is_set():
-                    return
-                raise OSError(-used, os.strerror(-used))
-            if used:
-                self._dispatch_records(slow.raw[:used])
+            records = responder.serve()  # the GIL is released while it serves
+            if records:
+                self._dispatch_records(records)
 
     def _dispatch_records(self, raw: bytes) -> None:
         pos = 0

@@ -1,22 +1,27 @@
 /*
- * The UDP Binding fast path of natkit's STUN responder.
+ * natkit.server._stunfast: the UDP Binding fast path of natkit's STUN responder.
  *
- * Optional: natkit compiles it with the system gcc on first use (natkit/server/_fastpath.py)
- * and falls back to pure Python without it. It answers only the requests whose response is
- * fully determined by the 20-byte header and the source address: a Binding request with the
- * magic cookie and no attribute but, optionally, a valid FINGERPRINT (what browsers and most
- * clients send to a STUN server). The answer is byte-for-byte what the general
- * path (natkit/server/_binding.py) builds. Everything else that looks like a STUN request is
- * handed back to Python; non-STUN datagrams, indications and responses are dropped and counted.
+ * A CPython extension module (limited API), built at install time by setup.py; without it
+ * (not built, or NATKIT_NO_CEXT=1) natkit/server/_fastpath.py runs its pure-Python loop. It
+ * answers only the requests whose response is fully determined by the 20-byte header and the
+ * source address: a Binding request with the magic cookie and no attribute but, optionally, a
+ * valid FINGERPRINT (what browsers and most clients send to a STUN server). The answer is
+ * byte-for-byte what the general path (natkit/server/_binding.py) builds. Everything else that
+ * looks like a STUN request is handed back to Python; non-STUN datagrams, indications and
+ * responses are dropped and counted.
  *
- * Syscalls are batched (recvmmsg/sendmmsg), the caller releases the GIL (ctypes.CDLL), and
- * nothing is allocated per packet.
+ * Syscalls are batched (recvmmsg/sendmmsg), Responder.serve() releases the GIL while it
+ * serves, and nothing is allocated per packet.
  */
 #define _GNU_SOURCE
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -44,8 +49,8 @@ struct nk_cfg {
 
 static uint32_t crc_table[256];
 
-/* Filled once when the library is loaded, before any serving thread runs. */
-__attribute__((constructor)) static void crc_init(void) {
+/* Filled once when the module is imported, before any serving thread runs. */
+static void crc_init(void) {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
         for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
@@ -210,15 +215,12 @@ struct nk_bufs {
     struct iovec oiov[NK_BATCH];
 };
 
-size_t nk_bufs_size(void) { return sizeof(struct nk_bufs); }
-size_t nk_cfg_size(void) { return sizeof(struct nk_cfg); }
-
 /*
  * Serve until there is something for Python: returns the number of bytes of slow-path records
  * written to slow (> 0), 0 after timeout_ms without traffic or when stop is set, -errno on a
- * socket error. bufs is caller-owned scratch space of nk_bufs_size() bytes (one per socket).
+ * socket error. B is the socket's scratch space (one per serving thread).
  */
-long nk_serve(struct nk_cfg *c, struct nk_bufs *B, uint8_t *slow, long slow_cap) {
+static long nk_serve(struct nk_cfg *c, struct nk_bufs *B, uint8_t *slow, long slow_cap) {
     for (;;) {
         if (c->stop) return 0;
         for (int i = 0; i < NK_BATCH; i++) {
@@ -306,3 +308,232 @@ long nk_serve(struct nk_cfg *c, struct nk_bufs *B, uint8_t *slow, long slow_cap)
         if (used) return used;
     }
 }
+
+/* ---------------------------------------------------------------- the Python module */
+
+#define NK_SLOW_CAP (256 * 1024) /* slow-path records handed to Python per serve() call */
+
+typedef struct {
+    PyObject_HEAD
+    struct nk_cfg cfg;
+    struct nk_bufs *bufs;
+    uint8_t *slow;
+    int busy; /* serve() is running (in some thread, without the GIL) */
+} Responder;
+
+/* Copy an IPv4/IPv6 address given as 4 or 16 bytes; 0 and a ValueError otherwise. */
+static int take_addr(const char *what, const char *b, Py_ssize_t n, int family, uint8_t *out) {
+    if (n != (family == AF_INET ? 4 : 16)) {
+        PyErr_Format(PyExc_ValueError, "%s: %d bytes for this family, got %zd", what,
+                     family == AF_INET ? 4 : 16, n);
+        return 0;
+    }
+    memset(out, 0, 16);
+    memcpy(out, b, (size_t)n);
+    return 1;
+}
+
+static PyObject *Responder_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    static char *names[] = {"fd", "family", "pktinfo", "origin", "origin_port", "extra",
+                            "timeout_ms", NULL};
+    int fd, family, pktinfo, origin_port, timeout_ms = 100;
+    const char *origin, *extra;
+    Py_ssize_t origin_len, extra_len;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iipy#iy#|i", names, &fd, &family, &pktinfo,
+                                     &origin, &origin_len, &origin_port, &extra, &extra_len,
+                                     &timeout_ms))
+        return NULL;
+    if (family != AF_INET && family != AF_INET6)
+        return PyErr_Format(PyExc_ValueError, "family must be AF_INET or AF_INET6");
+    if (origin_port < 0 || origin_port > 65535 || timeout_ms < 1)
+        return PyErr_Format(PyExc_ValueError, "bad origin_port or timeout_ms");
+    if (extra_len > 256)
+        return PyErr_Format(PyExc_ValueError, "extra attributes: at most 256 bytes");
+    allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
+    Responder *self = (Responder *)alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    struct nk_cfg *c = &self->cfg;
+    memset(c, 0, sizeof *c);
+    c->fd = fd;
+    c->family = family;
+    c->pktinfo = pktinfo ? 1 : 0;
+    c->timeout_ms = timeout_ms;
+    c->origin_port = (uint16_t)origin_port;
+    c->extra_len = (uint16_t)extra_len;
+    memcpy(c->extra, extra, (size_t)extra_len);
+    self->bufs = NULL;
+    self->slow = NULL;
+    self->busy = 0;
+    if (!take_addr("origin", origin, origin_len, family, c->origin)) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->bufs = calloc(1, sizeof(struct nk_bufs));
+    self->slow = malloc(NK_SLOW_CAP);
+    if (self->bufs == NULL || self->slow == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static void Responder_dealloc(PyObject *obj) {
+    Responder *self = (Responder *)obj;
+    PyTypeObject *tp = Py_TYPE(obj);
+    free(self->bufs);
+    free(self->slow);
+    freefunc tp_free = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+    tp_free(obj);
+    Py_DECREF(tp);
+}
+
+static PyObject *Responder_serve(PyObject *obj, PyObject *unused) {
+    Responder *self = (Responder *)obj;
+    (void)unused;
+    if (self->busy)
+        return PyErr_Format(PyExc_RuntimeError, "serve() is already running on this socket");
+    self->busy = 1;
+    long used;
+    Py_BEGIN_ALLOW_THREADS
+    used = nk_serve(&self->cfg, self->bufs, self->slow, NK_SLOW_CAP);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (used < 0) {
+        errno = (int)-used;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyBytes_FromStringAndSize((const char *)self->slow, used);
+}
+
+static PyObject *Responder_stop(PyObject *obj, PyObject *unused) {
+    (void)unused;
+    ((Responder *)obj)->cfg.stop = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Responder_counts(PyObject *obj, PyObject *unused) {
+    const struct nk_cfg *c = &((Responder *)obj)->cfg;
+    (void)unused;
+    return Py_BuildValue("(KKKKK)", (unsigned long long)c->fast, (unsigned long long)c->garbage,
+                         (unsigned long long)c->ignored, (unsigned long long)c->dropped,
+                         (unsigned long long)c->send_errors);
+}
+
+/* The reply serve() would send for one datagram, without a socket (tests compare it with
+ * the pure-Python path byte for byte); None when serve() would not answer it itself. */
+static PyObject *Responder_answer(PyObject *obj, PyObject *args) {
+    const struct nk_cfg *c = &((Responder *)obj)->cfg;
+    const char *data, *src, *local = NULL;
+    Py_ssize_t n, src_len, local_len = 0;
+    int port;
+    if (!PyArg_ParseTuple(args, "y#y#i|z#", &data, &n, &src, &src_len, &port, &local, &local_len))
+        return NULL;
+    if (port < 0 || port > 65535)
+        return PyErr_Format(PyExc_ValueError, "bad port %d", port);
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    uint8_t addr[16], where[16];
+    if (!take_addr("source", src, src_len, c->family, addr))
+        return NULL;
+    if (local != NULL) {
+        if (!take_addr("local", local, local_len, c->family, where))
+            return NULL;
+    } else {
+        memcpy(where, c->origin, 16);
+    }
+    if (c->family == AF_INET) {
+        struct sockaddr_in *s = (struct sockaddr_in *)&ss;
+        s->sin_family = AF_INET;
+        s->sin_port = htons((uint16_t)port);
+        memcpy(&s->sin_addr, addr, 4);
+    } else {
+        struct sockaddr_in6 *s = (struct sockaddr_in6 *)&ss;
+        s->sin6_family = AF_INET6;
+        s->sin6_port = htons((uint16_t)port);
+        memcpy(&s->sin6_addr, addr, 16);
+    }
+    if (n > NK_SLOT)
+        Py_RETURN_NONE; /* serve() sees it truncated: garbage */
+    int fp;
+    if (classify((const uint8_t *)data, (size_t)n, &fp) != NK_FAST)
+        Py_RETURN_NONE;
+    uint8_t out[NK_OUT];
+    size_t len = build(c, (const uint8_t *)data, fp, &ss, where, out);
+    return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)len);
+}
+
+static PyMethodDef Responder_methods[] = {
+    {"serve", Responder_serve, METH_NOARGS,
+     "Serve the socket (GIL released) until there are slow-path records for Python (returned "
+     "as bytes), timeout_ms pass without traffic or stop() is called (b''); OSError on a "
+     "socket error."},
+    {"stop", Responder_stop, METH_NOARGS, "Make serve() return within timeout_ms."},
+    {"counts", Responder_counts, METH_NOARGS,
+     "(fast, garbage, ignored, dropped, send_errors) so far."},
+    {"answer", Responder_answer, METH_VARARGS,
+     "answer(data, src_ip_bytes, src_port, local_ip_bytes=None): the reply serve() sends, or "
+     "None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Responder_slots[] = {
+    {Py_tp_new, Responder_new},
+    {Py_tp_dealloc, Responder_dealloc},
+    {Py_tp_methods, Responder_methods},
+    {Py_tp_doc, "Responder(fd, family, pktinfo, origin, origin_port, extra, timeout_ms=100): "
+                "the Binding fast path of one UDP socket."},
+    {0, NULL},
+};
+
+static PyType_Spec Responder_spec = {
+    "natkit.server._stunfast.Responder", sizeof(Responder), 0, Py_TPFLAGS_DEFAULT, Responder_slots,
+};
+
+static PyObject *mod_classify(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    char *data;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(arg, &data, &n) < 0)
+        return NULL;
+    int fp;
+    int what = classify((const uint8_t *)data, (size_t)n, &fp);
+    return Py_BuildValue("(iO)", what, fp ? Py_True : Py_False);
+}
+
+static PyMethodDef module_methods[] = {
+    {"classify", mod_classify, METH_O,
+     "classify(data) -> (FAST|SLOW|GARBAGE|IGNORE, has a valid FINGERPRINT)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static int module_exec(PyObject *mod) {
+    crc_init();
+    PyObject *type = PyType_FromSpec(&Responder_spec);
+    if (type == NULL)
+        return -1;
+    if (PyModule_AddObject(mod, "Responder", type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(mod, "FAST", NK_FAST) < 0 ||
+        PyModule_AddIntConstant(mod, "SLOW", NK_SLOW) < 0 ||
+        PyModule_AddIntConstant(mod, "GARBAGE", NK_GARBAGE) < 0 ||
+        PyModule_AddIntConstant(mod, "IGNORE", NK_IGNORE) < 0 ||
+        PyModule_AddIntConstant(mod, "BATCH", NK_BATCH) < 0)
+        return -1;
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "natkit.server._stunfast",
+    "The STUN responder's UDP Binding fast path (recvmmsg/sendmmsg, GIL released).", 0,
+    module_methods, module_slots, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__stunfast(void) { return PyModuleDef_Init(&module_def); }

@@ -11,13 +11,14 @@ second): lifetimes are counted in seconds.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from typing import Any, Protocol
 
 from natkit.server import _turn_fast
+from natkit.server._stream import GuardedStream, StreamGuard
 from natkit.stun import StreamFramer, StunParseError
 from natkit.turn.actions import Action
 from natkit.turn.allocation import Address, Relay
@@ -41,8 +42,6 @@ class RelayHost(Protocol):
     def log_bug(self, where: str, addr: Address) -> None: ...
 
     def forget_relay(self, relay: RelaySocket) -> None: ...
-
-    def accept_stream(self, stream: StreamClient) -> bool: ...
 
     def stream_closed(self, stream: StreamClient) -> None: ...
 
@@ -175,29 +174,30 @@ class RelaySocket:
         self.server.forget_relay(self)
 
 
-class StreamClient(asyncio.Protocol):
-    """One TCP or TLS client connection: STUN and padded ChannelData, framed (RFC 8656 §12.5)."""
+class StreamClient(GuardedStream):
+    """One TCP or TLS client connection: STUN and padded ChannelData, framed (RFC 8656 §12.5),
+    under the listener limits of natkit/server/_stream.py (``guard``)."""
 
-    def __init__(self, server: RelayHost, transport_name: str) -> None:
+    def __init__(
+        self,
+        server: RelayHost,
+        transport_name: str,
+        guard: StreamGuard,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(guard, tls)
         self.server = server
         self.engine = server.engine
         self.name = transport_name
         self.framer = StreamFramer(channel_max=self.engine.channel_max)
-        self.transport: asyncio.Transport | None = None
-        self.addr: Address = ("", 0)
-        self.last_activity = time.time()
 
     def connection_made(self, transport: Any) -> None:
-        self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Relayed media is latency-bound: never hold a small frame back for Nagle.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        self.addr = (peer[0], peer[1]) if peer else ("", 0)
-        if not self.server.accept_stream(self):
-            transport.abort()
+        super().connection_made(transport)
 
     def send(self, data: bytes, addr: Address) -> None:
         transport = self.transport
@@ -206,16 +206,19 @@ class StreamClient(asyncio.Protocol):
         if transport.get_write_buffer_size() > _STREAM_BUFFER_LIMIT:
             self.server.send_errors += 1
             return
-        transport.write(data)
+        self.write(data)
 
-    def data_received(self, data: bytes) -> None:
-        self.last_activity = now = time.time()
+    def on_data(self, data: bytes) -> None:
+        now = time.time()
         try:
             frames = self.framer.feed(data)
         except StunParseError:
             self.server.bad_frames += 1
-            self.close()
+            self.bad_framing()
             return
+        if not frames:
+            return
+        self.completed(len(frames))
         key = (self, self.addr)
         for frame in frames:
             try:
@@ -230,10 +233,6 @@ class StreamClient(asyncio.Protocol):
             except Exception:
                 self.server.log_bug(f"{self.name} request", self.addr)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def closed(self) -> None:
         self.server.stream_closed(self)
         self.transport = None
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()

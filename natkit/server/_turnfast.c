@@ -1,9 +1,11 @@
 /*
- * The ChannelData fast path of natkit's TURN relay.
+ * natkit.server._turnfast: the ChannelData fast path of natkit's TURN relay.
  *
- * Optional: natkit compiles it with the system gcc on first use (natkit/server/_turn_fast.py)
- * and falls back to pure Python without it. Python stays the authority on every allocation,
- * permission and channel; it mirrors each UDP channel binding into the table here:
+ * A CPython extension module (limited API) built at install time by setup.py and wrapped by
+ * natkit/server/_turn_fast.py; without it (not built, or NATKIT_NO_CEXT=1) the relay runs its
+ * pure-Python data path. The calls that read or send (pump, poll, send) release the GIL.
+ * Python stays the authority on every allocation, permission and channel; it mirrors each UDP
+ * channel binding into the table here:
  *
  *   client -> peer: (listener fd, client address, channel) -> (relay fd, peer address, until)
  *   peer -> client: (relay fd, peer address)                -> (listener fd, client address,
@@ -30,6 +32,9 @@
  * again until the queues holding it are flushed.
  */
 #define _GNU_SOURCE
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -156,7 +161,7 @@ static int nk_resize(struct nk_ctx *c, uint32_t cap) {
     return 0;
 }
 
-struct nk_ctx *nk_new(void) {
+static struct nk_ctx *nk_new(void) {
     struct nk_ctx *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
@@ -180,7 +185,7 @@ struct nk_ctx *nk_new(void) {
     return c;
 }
 
-void nk_free(struct nk_ctx *c) {
+static void nk_free(struct nk_ctx *c) {
     if (c == NULL)
         return;
     close(c->epfd);
@@ -190,11 +195,8 @@ void nk_free(struct nk_ctx *c) {
     free(c);
 }
 
-int nk_epoll_fd(struct nk_ctx *c) { return c->epfd; }
-uint8_t *nk_out(struct nk_ctx *c) { return c->out; }
-
 /* Watch a socket: kind 0 client listener, 1 relay. */
-int nk_watch(struct nk_ctx *c, int fd, int kind) {
+static int nk_watch(struct nk_ctx *c, int fd, int kind) {
     struct epoll_event ev;
     memset(&ev, 0, sizeof(ev));
     ev.events = EPOLLIN;
@@ -202,12 +204,12 @@ int nk_watch(struct nk_ctx *c, int fd, int kind) {
     return epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
-int nk_unwatch(struct nk_ctx *c, int fd) {
+static int nk_unwatch(struct nk_ctx *c, int fd) {
     struct epoll_event ev;
     return epoll_ctl(c->epfd, EPOLL_CTL_DEL, fd, &ev);
 }
 
-int nk_put(struct nk_ctx *c, const struct nk_key *k, const struct nk_val *v) {
+static int nk_put(struct nk_ctx *c, const struct nk_key *k, const struct nk_val *v) {
     struct nk_slot *s = nk_find(c, k);
     if (s != NULL) {
         s->val = *v;
@@ -234,7 +236,7 @@ int nk_put(struct nk_ctx *c, const struct nk_key *k, const struct nk_val *v) {
     return 0;
 }
 
-int nk_del(struct nk_ctx *c, const struct nk_key *k) {
+static int nk_del(struct nk_ctx *c, const struct nk_key *k) {
     struct nk_slot *s = nk_find(c, k);
     if (s == NULL)
         return 0;
@@ -244,9 +246,7 @@ int nk_del(struct nk_ctx *c, const struct nk_key *k) {
     return 1;
 }
 
-uint32_t nk_size(struct nk_ctx *c) { return c->used; }
-
-void nk_stats(struct nk_ctx *c, uint64_t out[6]) {
+static void nk_stats(struct nk_ctx *c, uint64_t out[6]) {
     out[0] = c->c2p_packets;
     out[1] = c->c2p_bytes;
     out[2] = c->p2c_packets;
@@ -307,7 +307,7 @@ static uint64_t nk_next(struct nk_ctx *c) { /* xorshift64*: transaction ids of i
     return x * 2685821657736338717ULL;
 }
 
-void nk_seed(struct nk_ctx *c, uint64_t seed) { c->rng = seed ? seed : 88172645463325252ULL; }
+static void nk_seed(struct nk_ctx *c, uint64_t seed) { c->rng = seed ? seed : 88172645463325252ULL; }
 
 /* A plain Send indication: XOR-PEER-ADDRESS, DATA, optionally DONT-FRAGMENT, nothing else.
  * Fills the peer key (fd left 0, chan/kind left to the caller) and the data span. */
@@ -574,8 +574,8 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
     return got;
 }
 
-/* One socket, one batch (tests and single-socket use). Records at nk_out(c). */
-int nk_pump(struct nk_ctx *c, int fd, int kind, double now, uint32_t *outlen) {
+/* One socket, one batch (tests and single-socket use). Records at c->out. */
+static int nk_pump(struct nk_ctx *c, int fd, int kind, double now, uint32_t *outlen) {
     *outlen = 0;
     int got = nk_pump_one(c, fd, kind, now, NK_BATCH, outlen);
     nk_flush_all(c);
@@ -583,11 +583,11 @@ int nk_pump(struct nk_ctx *c, int fd, int kind, double now, uint32_t *outlen) {
 }
 
 /*
- * Every ready watched socket, one batch each. Records at nk_out(c), *outlen bytes. Returns
+ * Every ready watched socket, one batch each. Records at c->out, *outlen bytes. Returns
  * 1 when more may be waiting (a full batch, or the output buffer ran short), 0 when all
  * were drained, -1 on error.
  */
-int nk_poll(struct nk_ctx *c, double now, uint32_t *outlen) {
+static int nk_poll(struct nk_ctx *c, double now, uint32_t *outlen) {
     struct epoll_event events[64];
     uint32_t used = 0;
     int more = 0;
@@ -620,7 +620,7 @@ int nk_poll(struct nk_ctx *c, double now, uint32_t *outlen) {
  * (nk_rec + data, nk_rec.fd ignored) all through socket fd, with sendmmsg. Returns how many
  * could not be sent (a full buffer drops, as UDP would).
  */
-int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
+static int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
     struct nk_queue *q = &c->to_peer; /* free outside nk_poll/nk_pump: they flush before returning */
     uint32_t pos = 0;
     int failed = 0;
@@ -659,3 +659,266 @@ int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
     }
     return failed;
 }
+
+/* ---------------------------------------------------------------- the Python module */
+
+typedef struct {
+    PyObject_HEAD
+    struct nk_ctx *ctx;
+    int busy; /* a call that released the GIL is running: no other call may touch ctx */
+} Table;
+
+/* The context of an open table, or NULL + error. */
+static struct nk_ctx *open_ctx(PyObject *obj) {
+    Table *t = (Table *)obj;
+    if (t->ctx == NULL)
+        PyErr_SetString(PyExc_ValueError, "the table is closed");
+    return t->ctx;
+}
+
+/* The context of an open table that no call without the GIL is using (every call that
+ * changes or reads through the table), or NULL + error. Counters and the size may be read
+ * from another thread meanwhile (stats() of a server running in a thread of its own): they
+ * are plain integers, read as the ctypes-loaded helper let them be read before. */
+static struct nk_ctx *table_ctx(PyObject *obj) {
+    Table *t = (Table *)obj;
+    if (open_ctx(obj) == NULL)
+        return NULL;
+    if (t->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "the table is in use by another thread");
+        return NULL;
+    }
+    return t->ctx;
+}
+
+static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    static char *names[] = {"seed", NULL};
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|K", names, &seed))
+        return NULL;
+    allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
+    Table *self = (Table *)alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->busy = 0;
+    self->ctx = nk_new();
+    if (self->ctx == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    nk_seed(self->ctx, seed);
+    return (PyObject *)self;
+}
+
+static void Table_dealloc(PyObject *obj) {
+    PyTypeObject *tp = Py_TYPE(obj);
+    nk_free(((Table *)obj)->ctx);
+    freefunc tp_free = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+    tp_free(obj);
+    Py_DECREF(tp);
+}
+
+static PyObject *Table_close(PyObject *obj, PyObject *unused) {
+    Table *t = (Table *)obj;
+    (void)unused;
+    if (t->busy)
+        return PyErr_Format(PyExc_RuntimeError, "the table is in use by another thread");
+    nk_free(t->ctx);
+    t->ctx = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_put(PyObject *obj, PyObject *args) {
+    const char *k, *v;
+    Py_ssize_t klen, vlen;
+    if (!PyArg_ParseTuple(args, "y#y#", &k, &klen, &v, &vlen))
+        return NULL;
+    struct nk_ctx *c = table_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    if (klen != (Py_ssize_t)sizeof(struct nk_key) || vlen != (Py_ssize_t)sizeof(struct nk_val))
+        return PyErr_Format(PyExc_ValueError, "key/value: %zu and %zu bytes", sizeof(struct nk_key),
+                            sizeof(struct nk_val));
+    struct nk_key key;
+    struct nk_val val;
+    memcpy(&key, k, sizeof key);
+    memcpy(&val, v, sizeof val);
+    if (nk_put(c, &key, &val) != 0)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_delete(PyObject *obj, PyObject *arg) {
+    char *k;
+    Py_ssize_t klen;
+    if (PyBytes_AsStringAndSize(arg, &k, &klen) < 0)
+        return NULL;
+    struct nk_ctx *c = table_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    if (klen != (Py_ssize_t)sizeof(struct nk_key))
+        return PyErr_Format(PyExc_ValueError, "key: %zu bytes", sizeof(struct nk_key));
+    struct nk_key key;
+    memcpy(&key, k, sizeof key);
+    return PyBool_FromLong(nk_del(c, &key));
+}
+
+static Py_ssize_t Table_len(PyObject *obj) {
+    struct nk_ctx *c = open_ctx(obj);
+    return c == NULL ? -1 : (Py_ssize_t)c->used;
+}
+
+static PyObject *Table_stats(PyObject *obj, PyObject *unused) {
+    (void)unused;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    uint64_t s[6];
+    nk_stats(c, s);
+    return Py_BuildValue("(KKKKKK)", (unsigned long long)s[0], (unsigned long long)s[1],
+                         (unsigned long long)s[2], (unsigned long long)s[3],
+                         (unsigned long long)s[4], (unsigned long long)s[5]);
+}
+
+static PyObject *Table_epoll_fd(PyObject *obj, PyObject *unused) {
+    (void)unused;
+    struct nk_ctx *c = open_ctx(obj);
+    return c == NULL ? NULL : PyLong_FromLong(c->epfd);
+}
+
+static PyObject *Table_watch(PyObject *obj, PyObject *args) {
+    int fd, kind;
+    if (!PyArg_ParseTuple(args, "ii", &fd, &kind))
+        return NULL;
+    struct nk_ctx *c = table_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    if (nk_watch(c, fd, kind) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_unwatch(PyObject *obj, PyObject *arg) {
+    int fd = (int)PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    struct nk_ctx *c = table_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    return PyBool_FromLong(nk_unwatch(c, fd) == 0);
+}
+
+/* pump() (one socket: fd, kind) or poll() (every ready one: all) without the GIL:
+ * (count, the records left for Python). */
+static PyObject *table_read(PyObject *obj, int all, int fd, int kind, double now) {
+    struct nk_ctx *c = table_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    Table *t = (Table *)obj;
+    uint32_t used = 0;
+    int n;
+    t->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    n = all ? nk_poll(c, now, &used) : nk_pump(c, fd, kind, now, &used);
+    Py_END_ALLOW_THREADS
+    t->busy = 0;
+    return Py_BuildValue("(iy#)", n, (const char *)c->out, (Py_ssize_t)used);
+}
+
+static PyObject *Table_pump(PyObject *obj, PyObject *args) {
+    int fd, kind;
+    double now;
+    if (!PyArg_ParseTuple(args, "iid", &fd, &kind, &now))
+        return NULL;
+    return table_read(obj, 0, fd, kind, now);
+}
+
+static PyObject *Table_poll(PyObject *obj, PyObject *arg) {
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    return table_read(obj, 1, -1, 0, now);
+}
+
+static PyObject *Table_send(PyObject *obj, PyObject *args) {
+    int fd;
+    Py_buffer batch;
+    if (!PyArg_ParseTuple(args, "iy*", &fd, &batch))
+        return NULL;
+    struct nk_ctx *c = table_ctx(obj);
+    if (c == NULL || batch.len > 0xFFFFFFFFu) {
+        if (c != NULL)
+            PyErr_SetString(PyExc_ValueError, "batch too large");
+        PyBuffer_Release(&batch);
+        return NULL;
+    }
+    Table *t = (Table *)obj;
+    int failed;
+    t->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    failed = nk_send(c, fd, batch.buf, (uint32_t)batch.len);
+    Py_END_ALLOW_THREADS
+    t->busy = 0;
+    PyBuffer_Release(&batch);
+    return PyLong_FromLong(failed);
+}
+
+static PyMethodDef Table_methods[] = {
+    {"put", Table_put, METH_VARARGS, "put(key, value): add or replace an entry (32 + 40 bytes)."},
+    {"delete", Table_delete, METH_O, "delete(key) -> whether it was there."},
+    {"stats", Table_stats, METH_NOARGS,
+     "(to_peer_packets, to_peer_bytes, to_client_packets, to_client_bytes, send_errors, passed)"},
+    {"epoll_fd", Table_epoll_fd, METH_NOARGS, "The epoll fd watching every watched socket."},
+    {"watch", Table_watch, METH_VARARGS, "watch(fd, kind): kind 0 client listener, 1 relay."},
+    {"unwatch", Table_unwatch, METH_O, "unwatch(fd)"},
+    {"pump", Table_pump, METH_VARARGS,
+     "pump(fd, kind, now) -> (received, records for Python); GIL released."},
+    {"poll", Table_poll, METH_O,
+     "poll(now) -> (more may be waiting, records for Python); GIL released."},
+    {"send", Table_send, METH_VARARGS,
+     "send(fd, records) -> how many could not be sent; GIL released."},
+    {"close", Table_close, METH_NOARGS, "Free the table and its epoll fd."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Table_slots[] = {
+    {Py_tp_new, Table_new},
+    {Py_tp_dealloc, Table_dealloc},
+    {Py_tp_methods, Table_methods},
+    {Py_sq_length, Table_len},
+    {Py_tp_doc, "Table(seed=0): the channel/permission table, epoll set and buffers of a relay."},
+    {0, NULL},
+};
+
+static PyType_Spec Table_spec = {
+    "natkit.server._turnfast.Table", sizeof(Table), 0, Py_TPFLAGS_DEFAULT, Table_slots,
+};
+
+static int module_exec(PyObject *mod) {
+    PyObject *type = PyType_FromSpec(&Table_spec);
+    if (type == NULL)
+        return -1;
+    if (PyModule_AddObject(mod, "Table", type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(mod, "KEY_SIZE", (long)sizeof(struct nk_key)) < 0 ||
+        PyModule_AddIntConstant(mod, "VALUE_SIZE", (long)sizeof(struct nk_val)) < 0 ||
+        PyModule_AddIntConstant(mod, "RECORD_SIZE", (long)sizeof(struct nk_rec)) < 0 ||
+        PyModule_AddIntConstant(mod, "BATCH", NK_BATCH) < 0)
+        return -1;
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "natkit.server._turnfast",
+    "The TURN relay's ChannelData/Send data path (recvmmsg/sendmmsg, epoll, GIL released).", 0,
+    NULL, module_slots, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__turnfast(void) { return PyModuleDef_Init(&module_def); }

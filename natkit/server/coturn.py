@@ -32,6 +32,14 @@ What maps how (coturn 4.6.1):
   forms (IPv4-mapped, -translated, -compatible, NAT64 64:ff9b::/96, 6to4); coturn refuses
   loopback peers before reading either list, hence ``allow-loopback-peers`` when an allowed
   range touches loopback.
+* the relay's own addresses (listen IPs, every local address for a wildcard listener, relay
+  and external IPs) -> ``denied-peer-ip`` too, unless ``allow_peers`` reopens them. coturn
+  lists IPs, not ports: where natkit keeps a reopened own IP's listener ports, relay port
+  range and live relayed addresses refused, coturn opens every port of it, and it has no rule
+  against a request that comes from one of its own relays (a nested allocation).
+* ``tls_cert``/``tls_key`` are made absolute (coturn runs in its own directory) and must be
+  readable; a transport that does not come up (coturn logs an error and goes on without it)
+  stops the start with coturn's reason: no URL is ever given for a listener that is not there.
 * ``alternate_ip`` -> a second ``listening-ip`` and ``alt-listening-port``: coturn serves RFC 5780
   (CHANGE-REQUEST, OTHER-ADDRESS) only with two listening IPs of one family.
 """
@@ -58,6 +66,7 @@ from typing import Any
 import netaddr  # type: ignore[import-untyped]
 
 from natkit.errors import ConfigError, PrerequisiteError
+from natkit.server._local import local_addresses
 from natkit.server.service import (
     AuthPlan,
     TurnOptions,
@@ -69,7 +78,7 @@ from natkit.server.service import (
     family,
     plan_auth,
 )
-from natkit.turn.policy import DefaultPeerPolicy
+from natkit.turn.policy import EXTRA_SPECIAL, DefaultPeerPolicy
 from natkit.turn.quota import AllocationQuota
 
 Address = tuple[str, int]
@@ -132,6 +141,7 @@ def special_peers() -> netaddr.IPSet:
         netaddr.IPSet(nip.IPV6_NOT_GLOBALLY_REACHABLE)
         - netaddr.IPSet(nip.IPV6_NOT_GLOBALLY_REACHABLE_EXCEPTIONS)
     ) | netaddr.IPSet([nip.IPV6_MULTICAST, *nip.IPV6_RESERVED])
+    v6 |= netaddr.IPSet(EXTRA_SPECIAL.iter_cidrs())
     return v4 | (v6 - _embedding_domain()) | _embed(v4)
 
 
@@ -161,7 +171,11 @@ def _range_lines(key: str, ranges: netaddr.IPSet) -> list[str]:
 
 
 def coturn_peer_policy(
-    allow_peers: Sequence[str] = (), deny_peers: Sequence[str] = (), *, defaults: bool = True
+    allow_peers: Sequence[str] = (),
+    deny_peers: Sequence[str] = (),
+    *,
+    defaults: bool = True,
+    own: Sequence[str] = (),
 ) -> list[str]:
     """natkit's peer policy as turnserver.conf lines (denied-peer-ip / allowed-peer-ip ranges).
 
@@ -174,7 +188,9 @@ def coturn_peer_policy(
     allow = _ipset(allow_peers, "allow_peers")
     deny |= _embed(_v4(deny))
     allow = (allow | _embed(_v4(allow))) - deny
-    denied = (special_peers() if defaults else netaddr.IPSet()) | deny
+    mine = _ipset([*own, "0.0.0.0/32", "::/128"], "listen")
+    mine |= _embed(_v4(mine))
+    denied = (special_peers() if defaults else netaddr.IPSet()) | deny | mine
     lines = _range_lines("denied-peer-ip", denied) + _range_lines("allowed-peer-ip", allow)
     # coturn refuses loopback and (with no-multicast-peers) multicast before reading its lists
     if allow & netaddr.IPSet(["127.0.0.0/8", "::1/128", "::ffff:127.0.0.0/104"]):
@@ -182,6 +198,44 @@ def coturn_peer_policy(
     if not allow & netaddr.IPSet(["224.0.0.0/4", "ff00::/8"]):
         lines.append("no-multicast-peers")
     return lines
+
+
+def _readable(path: str | os.PathLike[str] | None, param: str) -> Path | None:
+    """``path`` made absolute (coturn runs in its own directory), or a ConfigError in one line
+    when it is not a readable file."""
+    if not path:
+        return None
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.is_file():
+        raise ConfigError(f"{path}: no such file", param=param)
+    if not os.access(resolved, os.R_OK):
+        raise ConfigError(f"{path}: not readable by this user", param=param)
+    return resolved
+
+
+def _stream_listening(address: Address, timeout: float, *, tls: bool = False) -> bool:
+    """True once a TCP connection to ``address`` (a wildcard: its loopback) is accepted and,
+    with ``tls``, completes a TLS handshake (the certificate is not judged here)."""
+    import ssl
+
+    ip, port = address
+    addr = ipaddress.ip_address(ip)
+    if addr.is_unspecified:
+        ip = "::1" if addr.version == 6 else "127.0.0.1"
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((ip, port), timeout=1.0) as sock:
+                if tls:
+                    with ctx.wrap_socket(sock):
+                        pass
+                return True
+        except (OSError, ssl.SSLError):
+            time.sleep(0.2)
+    return False
 
 
 def free_port(host: str = "127.0.0.1", span: int = 1) -> int:
@@ -285,10 +339,17 @@ def _sweep_stale_workdirs(min_age: float = 60.0) -> None:
 NATKIT_ONLY = (
     "software",
     "max_permissions",
+    "max_channels",
     "default_lifetime",
     "strict_channels",
+    "rest_max_ttl",
     "max_connections",
+    "max_connections_per_source",
+    "first_message_timeout",
+    "allocate_timeout",
     "idle_timeout",
+    "error_rate",
+    "error_burst",
     "metrics",
     "fast_path",
 )
@@ -340,9 +401,12 @@ class CoturnServer(TurnService):
         self.external_ips = [check_ip(ip, "external_ip") for ip in as_list(opts.external_ip)]
         self.min_port, self.max_port = opts.min_port or 49152, opts.max_port or 65535
         self.allow_peers, self.deny_peers, self.peer_defaults = self._peers(opts)
-        self.tls_cert, self.tls_key = opts.tls_cert, opts.tls_key
+        self.tls_cert = _readable(opts.tls_cert, "tls_cert")
+        self.tls_key = _readable(opts.tls_key, "tls_key")
         self.tls_port, self.tcp = opts.tls_port, opts.tcp
-        self.user_quota, self.max_allocations = self._quota(opts)
+        self.user_quota, self.max_allocations = self._quota(
+            opts.replace(min_port=self.min_port, max_port=self.max_port), self.auth_plan
+        )
         self.bandwidth = opts.bandwidth
         self.max_lifetime, self.nonce_lifetime = opts.max_lifetime, opts.nonce_lifetime
         self.alternate_ip = check_ip(alternate_ip, "alternate_ip") if alternate_ip else None
@@ -360,8 +424,10 @@ class CoturnServer(TurnService):
 
     @staticmethod
     def _auth(opts: TurnOptions, stun_only: bool) -> AuthPlan:
-        if stun_only and opts.auth is None and not (
-            opts.users or opts.users_file or opts.auth_secrets
+        if (
+            stun_only
+            and opts.auth is None
+            and not (opts.users or opts.users_file or opts.auth_secrets)
         ):
             # STUN only: nothing to authenticate, and no user to generate
             return plan_auth(opts.replace(no_auth=True))
@@ -398,10 +464,10 @@ class CoturnServer(TurnService):
         )
 
     @staticmethod
-    def _quota(opts: TurnOptions) -> tuple[int | None, int | None]:
+    def _quota(opts: TurnOptions, plan: AuthPlan) -> tuple[int | None, int | None]:
         quota = opts.quota
         if quota is None:
-            return opts.user_quota, opts.max_allocations
+            return opts.resolved_user_quota(plan), opts.max_allocations
         if type(quota) is AllocationQuota and quota.per_source is None:
             return quota.per_user, quota.total_limit
         raise ConfigError(
@@ -460,9 +526,7 @@ class CoturnServer(TurnService):
         port = self.listen[0][1]
         listening = [f"listening-port={port}"]
         for ip, p in self.listen:
-            listening.append(
-                f"listening-ip={ip}" if p == port else f"aux-server={bracket(ip)}:{p}"
-            )
+            listening.append(f"listening-ip={ip}" if p == port else f"aux-server={bracket(ip)}:{p}")
         if self.alternate_ip:
             listening += [f"listening-ip={self.alternate_ip}", f"alt-listening-port={port + 1}"]
         else:
@@ -507,7 +571,12 @@ class CoturnServer(TurnService):
             "realm": self.realm,
             "auth": "\n".join(auth),
             "peer_policy": "\n".join(
-                coturn_peer_policy(self.allow_peers, self.deny_peers, defaults=self.peer_defaults)
+                coturn_peer_policy(
+                    self.allow_peers,
+                    self.deny_peers,
+                    defaults=self.peer_defaults,
+                    own=self.own_addresses(),
+                )
             ),
             "tls": "\n".join(tls),
             "mode": "\n".join(mode),
@@ -530,6 +599,19 @@ class CoturnServer(TurnService):
                 f"bad coturn template {self.template}: unknown or malformed field {exc}",
                 param="template",
             ) from None
+
+    def own_addresses(self) -> list[str]:
+        """The relay's own IPs (refused as peers): listen IPs, every local address of a family
+        served on a wildcard, relay and external IPs."""
+        out: list[str] = []
+        wildcard = {family(ip) for ip, _ in self.listen if ipaddress.ip_address(ip).is_unspecified}
+        if wildcard:
+            out += [a for a in local_addresses() if family(a.split("/")[0]) in wildcard]
+        out += [ip for ip, _ in self.listen if not ipaddress.ip_address(ip).is_unspecified]
+        out += self.relay_ips + self.external_ips
+        if self.alternate_ip:
+            out.append(self.alternate_ip)
+        return out
 
     # -- what it serves (TurnService gives the URLs, credentials and iceServers entry) ---
 
@@ -653,10 +735,29 @@ class CoturnServer(TurnService):
                 f"coturn did not answer a Binding request on {bracket(ip)}:{port} within "
                 f"{self.start_timeout:g} s: {self._reason()}"
             )
+        for transport, addr in self.addresses:
+            if transport == "udp" and addr != (ip, port):
+                up = wait_for_binding(addr, 2.0, self.process) == "ok"
+            elif transport in ("tcp", "tls"):
+                up = _stream_listening(addr, self.start_timeout, tls=transport == "tls")
+            else:
+                continue
+            if not up:
+                raise PrerequisiteError(
+                    f"coturn did not come up on {transport} {bracket(addr[0])}:{addr[1]}: "
+                    f"{self._reason(transport)}"
+                )
 
-    def _reason(self) -> str:
-        tail = self.log_tail(40).splitlines()
-        errors = [line for line in tail if "ERROR" in line or "error" in line or "Cannot" in line]
+    def _reason(self, transport: str = "") -> str:
+        tail = self.log_tail(80).splitlines()
+        errors = [
+            line
+            for line in tail
+            if "ERROR" in line or "error" in line or "Cannot" in line or "cannot" in line
+        ]
+        if transport == "tls":
+            tls = [line for line in errors if "cert" in line.lower() or "key" in line.lower()]
+            errors = tls or errors
         return (errors or tail or ["no log output"])[-1].strip()
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from natkit.errors import ConfigError, UsageError
 from natkit.server.stun import DEFAULT_PORT, DEFAULT_TLS_PORT, parse_listen
@@ -56,7 +56,18 @@ class TurnOptions:
     behind a 1:1 NAT. ``min_port``/``max_port``: the relay port range (default: ports the
     kernel picks). ``allow_peers``/``deny_peers``: CIDRs opened / closed on top of the default
     peer policy, or ``peer_policy``: a :class:`~natkit.turn.policy.PeerPolicy` of your own.
-    ``user_quota``/``max_allocations`` or ``quota``: how many allocations may exist.
+    ``relay_to_relay``: accept this relay's live relayed addresses as peers (two clients it
+    relays reaching each other, as WebRTC does when both sides are relayed by one server; on
+    by default, loops stay impossible: docs/security.md).
+    ``user_quota``/``max_allocations`` or ``quota``: how many allocations may exist
+    (``user_quota="auto"``, the default: no user may hold more than half of the relay's ports
+    once it knows several users; see :meth:`resolved_user_quota`). ``max_channels``: channel
+    bindings per allocation. ``rest_max_ttl``: REST credentials whose expiry lies further
+    ahead are refused. ``error_rate``/``error_burst``: error responses per second (and burst)
+    to one unauthenticated UDP source (None: no limit). Stream limits (TCP/TLS):
+    ``max_connections`` in total, ``max_connections_per_source``, ``first_message_timeout``,
+    ``allocate_timeout`` (the first successful Allocate), ``idle_timeout`` (between complete
+    messages, for connections without an allocation). docs/security.md says why each default.
     """
 
     listen: Sequence[str | Address] | None = None
@@ -76,17 +87,20 @@ class TurnOptions:
     allow_peers: Sequence[str] = ()
     deny_peers: Sequence[str] = ()
     peer_policy: PeerPolicy | None = None
+    relay_to_relay: bool = True
     # transports
     tls_cert: str | os.PathLike[str] | None = None
     tls_key: str | os.PathLike[str] | None = None
     tls_port: int = DEFAULT_TLS_PORT
     tcp: bool = True
     # limits
-    user_quota: int | None = None
+    user_quota: int | Literal["auto"] | None = "auto"
     max_allocations: int | None = None
     quota: Quota | None = None
     max_permissions: int = 1000
+    max_channels: int = 500
     bandwidth: int | None = None
+    rest_max_ttl: int | None = 86400
     default_lifetime: int = 600
     max_lifetime: int = 3600
     nonce_lifetime: int = 600
@@ -95,7 +109,12 @@ class TurnOptions:
     strict_channels: bool = False
     # natkit's engine only (the coturn engine refuses them unless left at the default)
     max_connections: int = 10_000
+    max_connections_per_source: int = 256
+    first_message_timeout: float = 10.0
+    allocate_timeout: float = 30.0
     idle_timeout: float = 60.0
+    error_rate: float | None = 50.0
+    error_burst: int = 100
     metrics: str | Address | None = None
     fast_path: bool | None = None
 
@@ -110,25 +129,40 @@ class TurnOptions:
         """Raise ConfigError (naming the option) for values no engine can run with."""
         if self.listen is not None and not list(self.listen):
             raise ConfigError("nothing to listen on: give at least one address", param="listen")
-        if (self.min_port or self.max_port) and not (
-            1 <= self.min_port <= self.max_port <= 65535
-        ):
+        if (self.min_port or self.max_port) and not (1 <= self.min_port <= self.max_port <= 65535):
             raise ConfigError(
                 f"bad relay port range {self.min_port}-{self.max_port}: "
                 "need 1 <= min <= max <= 65535",
                 param="min_port",
             )
-        for name in ("user_quota", "max_allocations", "bandwidth"):
+        if self.user_quota != "auto":
+            _at_least_one(self.user_quota, "user_quota")
+        for name in ("max_allocations", "bandwidth", "rest_max_ttl", "error_rate"):
             _at_least_one(getattr(self, name), name)
-        for name in ("max_permissions", "default_lifetime", "max_lifetime", "nonce_lifetime"):
+        for name in (
+            "max_permissions",
+            "max_channels",
+            "default_lifetime",
+            "max_lifetime",
+            "nonce_lifetime",
+            "max_connections",
+            "max_connections_per_source",
+            "error_burst",
+        ):
             _at_least_one(getattr(self, name), name)
+        for name in ("first_message_timeout", "allocate_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"must be a number of seconds above 0, not {value!r}", param=name)
         if not 0 <= self.tls_port <= 65535:
             raise ConfigError(f"bad TLS port {self.tls_port}", param="tls_port")
         if bool(self.tls_cert) != bool(self.tls_key):
             missing = "tls_key" if self.tls_cert else "tls_cert"
             raise ConfigError("TLS needs both a certificate and a key", param=missing)
         if self.auth is not None:
-            given = [n for n in ("users", "users_file", "auth_secrets", "no_auth") if getattr(self, n)]
+            given = [
+                n for n in ("users", "users_file", "auth_secrets", "no_auth") if getattr(self, n)
+            ]
             if given:
                 raise ConfigError(
                     f"give an authenticator or {', '.join(given)}, not both", param="auth"
@@ -138,11 +172,28 @@ class TurnOptions:
                 "give a peer policy or allow_peers/deny_peers, not both", param="peer_policy"
             )
         if self.quota is not None and (
-            self.user_quota is not None or self.max_allocations is not None
+            self.user_quota not in (None, "auto") or self.max_allocations is not None
         ):
-            raise ConfigError(
-                "give a quota or user_quota/max_allocations, not both", param="quota"
-            )
+            raise ConfigError("give a quota or user_quota/max_allocations, not both", param="quota")
+
+    def resolved_user_quota(self, plan: AuthPlan) -> int | None:
+        """Allocations one user may hold at once: the option, or for "auto" half the relay's
+        capacity (its port range, else the kernel's ephemeral range, capped by
+        max_allocations) when the relay knows more than one user (REST secrets, several
+        users, a custom authenticator); with a single user (or none) there is no one else to
+        protect and no per-user limit."""
+        if self.user_quota != "auto":
+            return self.user_quota
+        if plan.no_auth or (len(plan.users) <= 1 and not plan.secrets and not plan.custom):
+            return None
+        if self.min_port:
+            capacity = self.max_port - self.min_port + 1
+        else:
+            low, high = ephemeral_ports()
+            capacity = high - low + 1
+        if self.max_allocations is not None:
+            capacity = min(capacity, self.max_allocations)
+        return max(1, capacity // 2)
 
     def listen_addresses(self) -> list[Address]:
         specs = self.listen if self.listen is not None else [("0.0.0.0", DEFAULT_PORT)]
@@ -158,6 +209,15 @@ class TurnOptions:
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(TurnOptions))
 
 
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's ephemeral port range (where relay sockets bound to port 0 land)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def _at_least_one(value: object, name: str) -> None:
     if value is None:
         return
@@ -166,7 +226,9 @@ def _at_least_one(value: object, name: str) -> None:
 
 
 def build_options(
-    options: TurnOptions | None, listen: Sequence[str | Address] | None, overrides: Mapping[str, Any]
+    options: TurnOptions | None,
+    listen: Sequence[str | Address] | None,
+    overrides: Mapping[str, Any],
 ) -> TurnOptions:
     """``options`` (or the defaults) with ``listen`` and keyword ``overrides`` applied, checked."""
     opts = options if options is not None else TurnOptions()
@@ -235,7 +297,7 @@ def plan_auth(options: TurnOptions) -> AuthPlan:
     if users:
         parts.append(StaticUsers(users))
     if secret_list:
-        parts.append(RestSecrets(secret_list))
+        parts.append(RestSecrets(secret_list, max_ttl=options.rest_max_ttl))
     auth = parts[0] if len(parts) == 1 else FirstOf(*parts)
     return AuthPlan(auth, users, secret_list, generated=generated)
 

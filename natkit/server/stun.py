@@ -2,33 +2,40 @@
 
 UDP sockets are each served by a dedicated thread (natkit/server/_fastpath.py: plain Binding
 requests answered from bytes, in C when it can be compiled), everything else by the general
-path (natkit/server/_binding.py). TCP and TLS are asyncio streams with RFC 8489 framing and an
-idle timeout. With ``alternate_ip`` the server runs in RFC 5780 mode: four sockets per primary
-address (primary/alternate IP x primary/alternate port), OTHER-ADDRESS, CHANGE-REQUEST,
-RESPONSE-PORT and PADDING; without it, those attributes get 420 like any unknown one.
+path (natkit/server/_binding.py). TCP and TLS are asyncio streams with RFC 8489 framing under
+the stream limits shared with the TURN relay (natkit/server/_stream.py: per-source and total
+connection caps, deadlines for the first message, idleness between complete messages, TLS
+failures named). With ``alternate_ip`` the server runs in RFC 5780 mode: four sockets per
+primary address (primary/alternate IP x primary/alternate port), OTHER-ADDRESS, CHANGE-REQUEST,
+RESPONSE-PORT and PADDING; without it, those attributes get 420 like any unknown one, and a
+client that keeps sending CHANGE-REQUEST regardless is named in the log, once per source.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
 import socket
 import ssl
+import struct
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from errno import EADDRINUSE
 from types import TracebackType
 from typing import Any
 
-from natkit.errors import UsageError
+from natkit.errors import ConfigError, PrerequisiteError, UsageError
 from natkit.server._binding import Address, BindingResponder, Reply, Verdict
 from natkit.server._budget import SourceBudget
-from natkit.server._fastpath import IP_PKTINFO, Counters, UdpServeThread, helper_status
-from natkit.server._stream import StreamCounters, StunStreamProtocol
-from natkit.server._tls import server_context
+from natkit.server._fastpath import IP_PKTINFO, Counters, UdpServeThread, describe, helper_status
+from natkit.server._stream import StreamCounters, StreamGuard, StreamLimits, StunStreamProtocol
+from natkit.server._tls import certificate_names, server_context
 
 log = logging.getLogger("natkit.server.stun")
 
@@ -72,6 +79,88 @@ def _family(ip: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
+_ATTR = struct.Struct("!HH")
+_CHANGE_REQUEST = 0x0003
+
+
+def has_change_request(data: bytes) -> bool:
+    """True when the STUN message ``data`` carries a CHANGE-REQUEST (a bounded TLV walk)."""
+    pos, end = 20, min(len(data), 20 + int.from_bytes(data[2:4], "big"))
+    for _ in range(256):
+        if pos + 4 > end:
+            return False
+        kind, length = _ATTR.unpack_from(data, pos)
+        if kind == _CHANGE_REQUEST:
+            return True
+        pos += 4 + ((length + 3) & ~3)
+    return False
+
+
+class ChangeRequestNotice:
+    """Says in the log, once per source, that a client keeps sending CHANGE-REQUEST to a
+    server without RFC 5780 mode (pynat and pystun3 re-send on every 420, forever).
+
+    ``threshold`` requests from one source IP make it "keep sending"; at most ``per_minute``
+    lines a minute (the rest are counted in the next line); sources remembered are bounded.
+    Thread-safe: the UDP serving threads and the event loop both report to it.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        threshold: int = 3,
+        per_minute: int = 10,
+        max_sources: int = 10_000,
+    ) -> None:
+        self.log = logger
+        self.threshold = threshold
+        self.per_minute = per_minute
+        self.max_sources = max_sources
+        self.count = 0  # CHANGE-REQUESTs seen
+        self.sources = 0  # sources named (or that would have been, past the rate limit)
+        self._seen: dict[str, int] = {}
+        self._told: set[str] = set()
+        self._window = (0.0, 0)  # (minute start, lines in it)
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def saw(self, ip: str) -> None:
+        with self._lock:
+            self.count += 1
+            if ip in self._told:
+                return
+            if len(self._seen) >= self.max_sources:
+                self._seen.clear()
+            seen = self._seen[ip] = self._seen.get(ip, 0) + 1
+            if seen < self.threshold:
+                return
+            del self._seen[ip]
+            if len(self._told) >= self.max_sources:
+                self._told.clear()
+            self._told.add(ip)
+            self.sources += 1
+            now = time.monotonic()
+            start, lines = self._window
+            if now - start >= 60:
+                start, lines = now, 0
+            if lines >= self.per_minute:
+                self._window = (start, lines)
+                self._suppressed += 1
+                return
+            self._window = (start, lines + 1)
+            more, self._suppressed = self._suppressed, 0
+        self.log.warning(
+            "event=change_request_without_rfc5780 source=%s requests=%d%s: this client keeps "
+            "sending CHANGE-REQUEST, which needs RFC 5780 mode; it gets 420 each time. Start "
+            "the server with --alternate-ip (a second IP) to serve it, or fix the client "
+            "(pynat and pystun3 retry forever)",
+            ip,
+            seen,
+            f" (and {more} more sources not logged)" if more else "",
+        )
+
+
 def _is_wildcard(ip: str) -> bool:
     return ipaddress.ip_address(ip).is_unspecified
 
@@ -110,8 +199,11 @@ class StunServer:
     primary port + 1) turn on RFC 5780 mode for the primary addresses of that family, which must
     then be specific addresses. ``tls_cert``/``tls_key`` add TLS on ``tls_port`` (default 5349,
     on the same IPs). ``reuse_port`` sets SO_REUSEPORT so several processes share the ports.
-    ``tcp=False`` serves UDP (and TLS) only. ``fast_path``: None (the C helper when it
-    builds), True/False to force C / pure Python.
+    ``tcp=False`` serves UDP (and TLS) only. ``fast_path``: None (the C extension when it is
+    built and NATKIT_NO_CEXT is unset), True/False to force C / pure Python. TCP/TLS limits
+    (natkit/server/_stream.py): ``max_connections`` in total, ``max_connections_per_source``
+    per source IP, ``first_message_timeout`` for the first complete message, ``idle_timeout``
+    between complete messages. ``metrics``: a Prometheus endpoint ``HOST:PORT``.
     Once started, ``addresses`` lists what it serves as ``(transport, (ip, port))``.
     """
 
@@ -128,6 +220,9 @@ class StunServer:
         software: str | None = None,
         idle_timeout: float = 30.0,
         max_connections: int = 10_000,
+        max_connections_per_source: int = 256,
+        first_message_timeout: float = 10.0,
+        metrics: str | Address | None = None,
         reuse_port: bool = False,
         fast_path: bool | None = None,
         slow_path_rate: float = 2000.0,
@@ -166,6 +261,20 @@ class StunServer:
         self.tls_cert, self.tls_key = tls_cert, tls_key
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.max_connections_per_source = max_connections_per_source
+        self.first_message_timeout = first_message_timeout
+        self.limits = StreamLimits(
+            max_connections=max_connections,
+            per_source=max_connections_per_source,
+            first_message_timeout=first_message_timeout,
+            idle_timeout=idle_timeout,
+        )
+        self.limits.check({"per_source": "max_connections_per_source"})
+        self.metrics = metrics
+        try:
+            self.metrics_address = parse_listen(metrics, 9642) if metrics else None
+        except UsageError as exc:
+            raise ConfigError(str(exc), param="metrics") from None
         self.reuse_port = reuse_port
         self.fast_path = fast_path
         self.slow_path_rate, self.slow_path_burst = slow_path_rate, slow_path_burst
@@ -173,7 +282,13 @@ class StunServer:
         self._udp: list[_UdpSocket] = []
         self._servers: list[tuple[str, asyncio.Server]] = []
         self._stream_counters = StreamCounters()
-        self._stream_protocols: set[StunStreamProtocol] = set()
+        self.guard = StreamGuard(
+            self.limits,
+            cert_names=certificate_names(tls_cert) if tls_cert else None,
+            logger=log,
+        )
+        self.change_requests = ChangeRequestNotice(log)
+        self._metrics: Any = None
         self.addresses: list[tuple[str, Address]] = []
         self._resolved_listen: list[Address] = []
         self._resolved_alt_port: int | None = None
@@ -201,6 +316,12 @@ class StunServer:
             return "python (disabled)"
         return helper_status()
 
+    @property
+    def fast_path_line(self) -> str:
+        """Which UDP path serves and why, for the start line ("C fast path (...)",
+        "pure Python: NATKIT_NO_CEXT=1")."""
+        return describe(self.fast_path is not False)
+
     def same_ports_options(self) -> dict[str, Any]:
         """Keyword arguments for another StunServer on exactly these ports (port 0 resolved):
         how ``--workers`` starts its other processes (with ``reuse_port=True``)."""
@@ -216,6 +337,8 @@ class StunServer:
             "software": self.responder.software,
             "idle_timeout": self.idle_timeout,
             "max_connections": self.max_connections,
+            "max_connections_per_source": self.max_connections_per_source,
+            "first_message_timeout": self.first_message_timeout,
             "fast_path": self.fast_path,
             "slow_path_rate": self.slow_path_rate,
             "slow_path_burst": self.slow_path_burst,
@@ -238,7 +361,12 @@ class StunServer:
             udp["errors"] += c.send_errors + s.errors
             udp["errors"] += s.thread.slow_send_errors if s.thread is not None else 0
         udp["responses"] = udp["fast"] + udp["slow"]
-        return {"udp": udp, "stream": self._stream_counters.as_dict()}
+        stream = {**self._stream_counters.as_dict(), **self.guard.stats()}
+        return {
+            "udp": udp,
+            "stream": stream,
+            "change_requests_without_rfc5780": self.change_requests.count,
+        }
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -273,6 +401,13 @@ class StunServer:
                     self._resolved_listen.clear()
             for s in self._udp:
                 self._start_thread(s)
+            self.guard.start(asyncio.get_running_loop())
+            if self.metrics_address is not None:
+                from natkit.server.metrics import StunCollector, start_metrics
+
+                self._metrics = start_metrics(
+                    self.stats, *self.metrics_address, collector=StunCollector
+                )
         except BaseException:
             await self.stop()
             raise
@@ -290,10 +425,14 @@ class StunServer:
         for s in self._udp:
             if s.thread is not None:
                 s.thread.stop()
+        self.guard.stop()
+        if self._metrics is not None:
+            with contextlib.suppress(Exception):
+                self._metrics.shutdown()
+            self._metrics = None
         for _, server in self._servers:
             server.close()
-        for proto in list(self._stream_protocols):
-            proto.close()
+        self.guard.close_all()
         threads = [s.thread for s in self._udp if s.thread is not None]
         if threads:
 
@@ -404,6 +543,7 @@ class StunServer:
             return group.members[(s.alt_ip ^ change_ip, s.alt_port ^ change_port)].address
 
         budget = SourceBudget(self.slow_path_rate, self.slow_path_burst)
+        notice = None if responder.rfc5780 else self.change_requests
 
         def slow(data: bytes, src: Address, local_ip: str | None) -> None:
             if not budget.allow(src[0]):
@@ -414,6 +554,8 @@ class StunServer:
                 reply = responder.respond(
                     data, src, local, other=other, lookup=lookup if group else None
                 )
+                if notice is not None and isinstance(reply, Reply) and has_change_request(data):
+                    notice.saw(src[0])
             except Exception:  # a bug must not stop the socket; count it, keep serving
                 s.errors += 1
                 log.exception("STUN request from %s made the responder fail", src)
@@ -437,7 +579,10 @@ class StunServer:
             use_c=use_c,
         )
         if self.fast_path is True and not thread.uses_c:
-            raise UsageError(f"the C fast path is not available: {helper_status()}")
+            raise PrerequisiteError(
+                f"the C fast path is not available ({describe()}): reinstall natkit where gcc "
+                "and the Python headers are installed, or unset NATKIT_NO_CEXT"
+            )
         s.thread = thread
         thread.start()
 
@@ -460,6 +605,14 @@ class StunServer:
 
     async def _start_streams(self, retry_clash: bool = False) -> None:
         loop = asyncio.get_running_loop()
+        notice = self.change_requests
+        on_request = None
+        if not self.responder.rfc5780:
+
+            def on_request(frame: bytes, src: Address) -> None:
+                if has_change_request(frame):
+                    notice.saw(src[0])
+
         plan: list[tuple[str, Address, _UdpSocket | None]] = []
         for s in self._udp if self.tcp else ():
             plan.append(("tcp", s.address, s))
@@ -469,15 +622,20 @@ class StunServer:
         for transport, (ip, port), udp in plan:
             other = udp.group.other(udp) if udp is not None and udp.group is not None else None
 
-            def factory(other: Address | None = other) -> StunStreamProtocol:
+            def factory(
+                other: Address | None = other, tls: ssl.SSLContext | None = None
+            ) -> StunStreamProtocol:
                 return StunStreamProtocol(
                     self.responder,
+                    self.guard,
                     other=other,
-                    idle_timeout=self.idle_timeout,
                     counters=self._stream_counters,
-                    registry=self._stream_protocols,
-                    max_connections=self.max_connections,
+                    tls=tls,
+                    on_request=on_request,
                 )
+
+            if transport == "tls":
+                factory = functools.partial(factory, other, self._ssl)
 
             sock = socket.socket(_family(ip), socket.SOCK_STREAM)
             try:
@@ -495,13 +653,8 @@ class StunServer:
                     f"cannot listen on {transport} {_fmt(ip, port)}: {exc.strerror or exc}; "
                     "pick another address/port or stop what holds it"
                 ) from None
-            server = await loop.create_server(
-                factory,
-                sock=sock,
-                backlog=1024,
-                ssl=self._ssl if transport == "tls" else None,
-                ssl_handshake_timeout=10.0 if transport == "tls" else None,
-            )
+            # TLS is the protocol's own (natkit/server/_tls.py), so failures can be named
+            server = await loop.create_server(factory, sock=sock, backlog=1024)
             self._servers.append((transport, server))
             self.addresses.append((transport, sock.getsockname()[:2]))
 

@@ -5,10 +5,13 @@ The protocol lives in the sans-IO :mod:`natkit.turn` engine; this module owns th
 and the lifecycle: a tick every half second expires allocations, and :meth:`TurnServer.stop`
 closes every relay socket. Binding requests are answered on the same ports.
 
-Safe by default: peers in special-purpose ranges (loopback, private, link-local and cloud
-metadata, CGNAT, ULA, multicast, documentation, ...) are refused unless ``allow_peers`` opens
-them, and without ``users``/``auth_secrets`` a random user is made rather than an open relay
-(``no_auth=True`` makes an open relay, and says so in the log).
+Safe by default (docs/security.md): peers in special-purpose ranges (loopback, private,
+link-local and cloud metadata, CGNAT, ULA, multicast, documentation, ...) are refused unless
+``allow_peers`` opens them; the relay's own addresses (every local address for a wildcard
+listener) are refused whatever the policy, and its listener ports and relay ports even when an
+allow reopens the IP; without ``users``/``auth_secrets`` a random user is made rather than an
+open relay (``no_auth=True`` makes an open relay, and says so in the log); TCP/TLS connections
+are held to the stream limits of natkit/server/_stream.py.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from typing import Any
 
 from natkit.errors import ConfigError, PrerequisiteError, UsageError
 from natkit.server import _turn_fast
-from natkit.server._tls import server_context
+from natkit.server._local import local_addresses
+from natkit.server._stream import StreamGuard, StreamLimits
+from natkit.server._tls import certificate_names, server_context
 from natkit.server._turn_fast import FastTable
 from natkit.server._turn_io import RelaySocket, StreamClient, UdpListener
 from natkit.server.metrics import MetricsEndpoint, start_metrics
@@ -58,7 +63,8 @@ from natkit.turn.actions import (
 )
 from natkit.turn.allocation import Address, Relay
 from natkit.turn.engine import TurnConfig, TurnEngine
-from natkit.turn.policy import DefaultPeerPolicy, PeerPolicy
+from natkit.turn.limits import ResponseLimiter
+from natkit.turn.policy import DefaultPeerPolicy, OwnAddresses, PeerPolicy
 from natkit.turn.ports import PortPool
 from natkit.turn.quota import AllocationQuota
 
@@ -108,7 +114,8 @@ class TurnServer(TurnService):
 
     ``TurnServer(listen, options=TurnOptions(...))`` or the same options as keyword arguments
     (``TurnServer(users={"u": "p"}, allow_peers=["10.0.0.0/8"])``); see :class:`TurnOptions`.
-    ``fast_path``: None (the C data path when it is available), True/False to force C/Python.
+    ``fast_path``: None (the C data path when the extension is built and NATKIT_NO_CEXT is
+    unset), True/False to force C/Python.
     Once started, :attr:`addresses`, :attr:`urls` and :meth:`ice_server` are ready.
     """
 
@@ -137,8 +144,13 @@ class TurnServer(TurnService):
             raise ConfigError(str(exc), param="tls_cert") from None
         self.tls_port = opts.tls_port
         self.tcp = opts.tcp
-        self.max_connections = opts.max_connections
-        self.idle_timeout = opts.idle_timeout
+        self.limits = StreamLimits(
+            max_connections=opts.max_connections,
+            per_source=opts.max_connections_per_source,
+            first_message_timeout=opts.first_message_timeout,
+            allocate_timeout=opts.allocate_timeout,
+            idle_timeout=opts.idle_timeout,
+        )
         try:
             self.metrics_address = parse_listen(opts.metrics, 9641) if opts.metrics else None
         except UsageError as exc:
@@ -150,13 +162,26 @@ class TurnServer(TurnService):
             nonce_lifetime=opts.nonce_lifetime,
             families=frozenset(self.relay_ips),
             max_permissions=opts.max_permissions,
+            max_channels=opts.max_channels,
             bandwidth=opts.bandwidth,
             software=opts.software,
             strict_channels=opts.strict_channels,
         )
-        quota = opts.quota or AllocationQuota(per_user=opts.user_quota, total=opts.max_allocations)
+        self.user_quota = opts.resolved_user_quota(self.auth_plan)
+        quota = opts.quota or AllocationQuota(per_user=self.user_quota, total=opts.max_allocations)
         self.engine = TurnEngine(
-            self.config, auth=self.auth_plan.authenticator, peer_policy=self.policy, quota=quota
+            self.config,
+            auth=self.auth_plan.authenticator,
+            peer_policy=self.policy,
+            quota=quota,
+            responses=ResponseLimiter(opts.error_burst, opts.error_rate),
+        )
+        engine = self.engine
+        self.guard = StreamGuard(
+            self.limits,
+            has_session=lambda conn: engine.has_allocation((conn, conn.addr)),
+            cert_names=certificate_names(opts.tls_cert) if opts.tls_cert else None,
+            logger=log,
         )
         self.now = time.time()
         self.addresses: list[tuple[str, Address]] = []
@@ -164,7 +189,6 @@ class TurnServer(TurnService):
         self._listeners: dict[int, UdpListener] = {}
         self._relays: dict[int, RelaySocket] = {}
         self._servers: list[asyncio.Server] = []
-        self._streams: set[StreamClient] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._metrics: MetricsEndpoint | None = None
@@ -226,6 +250,12 @@ class TurnServer(TurnService):
             return "c"
         return "python (disabled)" if self.fast_path is False else _turn_fast.status()
 
+    @property
+    def fast_path_line(self) -> str:
+        """Which UDP data path runs and why, for the start line ("C fast path (...)",
+        "pure Python: NATKIT_NO_CEXT=1")."""
+        return _turn_fast.describe(self.fast_path is not False)
+
     def stats(self) -> dict[str, Any]:
         s = self.engine.stats
         fast = self.fast.stats() if self.fast is not None else self._fast_totals
@@ -233,14 +263,18 @@ class TurnServer(TurnService):
             "engine": self.engine_name,
             **self.engine.counts(),
             "relay_sockets": len(self._relays),
-            "connections": len(self._streams),
+            "connections": self.guard.total,
             "allocations_created": s.allocations_created,
             "allocations_expired": s.allocations_expired,
             "allocations_deleted": s.allocations_deleted,
             "auth_failures": s.auth_failures,
             "auth_blocked": s.auth_blocked,
             "refused_peers": s.refused_peers,
+            "refused_by_reason": dict(s.refused_by_reason),
             "quota_refusals": s.quota_refusals,
+            "rate_limited_responses": s.rate_limited,
+            "from_own_relay": s.from_own_relay,
+            "stream": self.guard.stats(),
             "bad_packets": s.bad_packets + self.bad_frames,
             "dropped_packets": s.dropped_packets + self.send_errors + fast.get("send_errors", 0),
             "to_peer_packets": s.to_peer_packets + fast.get("to_peer_packets", 0),
@@ -273,8 +307,9 @@ class TurnServer(TurnService):
             if lib is None and self.fast_path:
                 self._started = False
                 raise PrerequisiteError(
-                    f"the C relay path is not available: {_turn_fast.status()}; "
-                    "run with fast_path=None (or False) to use the Python path"
+                    f"the C relay path is not available ({_turn_fast.describe()}): reinstall "
+                    "natkit where gcc and the Python headers are installed, unset NATKIT_NO_CEXT, "
+                    "or run with fast_path=None (or False) to use the Python path"
                 )
             if lib is not None:
                 self.fast = FastTable(lib)
@@ -285,6 +320,8 @@ class TurnServer(TurnService):
                 self._listen_udp(ip, port)
             if self.tcp or self._ssl is not None:
                 await self._listen_streams()
+            self.engine.own = self._own_addresses()
+            self.guard.start(self._loop)
             if self.metrics_address is not None:
                 self._metrics = start_metrics(self.stats, *self.metrics_address)
         except BaseException:
@@ -300,12 +337,38 @@ class TurnServer(TurnService):
         relay = ",".join(self.relay_ips.values())
         describe = getattr(self.policy, "describe", None)
         log.info(
-            "event=turn_started listen=%s relay_ip=%s realm=%r policy=%s data_path=%s",
+            "event=turn_started listen=%s relay_ip=%s realm=%r policy=%s own=%s user_quota=%s "
+            "data_path=%s",
             " ".join(f"{t}/{_fmt(a)}" for t, a in self.addresses),
             relay,
             self.realm,
             describe() if callable(describe) else type(self.policy).__name__,
+            ",".join(self.engine.own.describe()),
+            self.user_quota if self.user_quota is not None else "none",
             self.fast_path_kind,
+        )
+
+    def _own_addresses(self) -> OwnAddresses:
+        """Every address this relay owns or answers on (refused as peers, any port): its
+        listen addresses (all local addresses for a wildcard), relay and external IPs; its
+        listener ports and relay port range stay refused even where an allow reopens the IP."""
+        networks: list[str] = []
+        wildcard = {_family(ip) for ip, _ in self.listen if ipaddress.ip_address(ip).is_unspecified}
+        if wildcard:
+            networks += [a for a in local_addresses() if _family(a.split("/")[0]) in wildcard]
+        networks += [ip for ip, _ in self.listen if not ipaddress.ip_address(ip).is_unspecified]
+        networks += list(self.relay_ips.values()) + list(self.external_ips.values())
+        ports = {(_family(ip), port) for _, (ip, port) in self.addresses}
+        reopened: Sequence[str] = ()
+        if self.options.peer_policy is None:
+            reopened = self.options.allow_peers
+        relay_ports = (self.ports.low, self.ports.high) if not self.ports.ephemeral else None
+        return OwnAddresses(
+            networks,
+            listen_ports=ports,
+            relay_ports=relay_ports,
+            reopened=reopened,
+            relay_to_relay=self.options.relay_to_relay,
         )
 
     async def stop(self) -> None:
@@ -317,10 +380,10 @@ class TurnServer(TurnService):
             self._log_summary(time.time())
         for relay in list(self._relays.values()):
             self.forget_relay(relay)
+        self.guard.stop()
         for server in self._servers:
             server.close()
-        for stream in list(self._streams):
-            stream.close()
+        self.guard.close_all()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
@@ -352,9 +415,6 @@ class TurnServer(TurnService):
         self.now = now = time.time()
         try:
             self.run_actions(self.engine.tick(now), None, None)
-            for stream in [s for s in self._streams if now - s.last_activity > self.idle_timeout]:
-                if not self.engine.has_allocation((stream, stream.addr)):
-                    stream.close()  # a connection that never allocated and went quiet
             if now - self._summary_at >= _SUMMARY_EVERY:
                 self._log_summary(now)
         except Exception:
@@ -431,27 +491,17 @@ class TurnServer(TurnService):
                     param="tls_port" if transport == "tls" else "listen",
                 ) from None
 
-            def factory(name: str = transport) -> StreamClient:
-                return StreamClient(self, name)
+            def factory(
+                name: str = transport, tls: ssl.SSLContext | None = self._ssl
+            ) -> StreamClient:
+                return StreamClient(self, name, self.guard, tls if name == "tls" else None)
 
-            server = await self._loop.create_server(
-                factory,
-                sock=sock,
-                backlog=1024,
-                ssl=self._ssl if transport == "tls" else None,
-                ssl_handshake_timeout=10.0 if transport == "tls" else None,
-            )
+            # TLS is the protocol's own (natkit/server/_tls.py), so failures can be named
+            server = await self._loop.create_server(factory, sock=sock, backlog=1024)
             self._servers.append(server)
             self.addresses.append((transport, sock.getsockname()[:2]))
 
-    def accept_stream(self, stream: StreamClient) -> bool:
-        if len(self._streams) >= self.max_connections:
-            return False
-        self._streams.add(stream)
-        return True
-
     def stream_closed(self, stream: StreamClient) -> None:
-        self._streams.discard(stream)
         self.run_actions(self.engine.client_gone(stream, stream.addr, time.time()), None, None)
 
     # -- actions ----------------------------------------------------------------------------

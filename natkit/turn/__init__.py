@@ -31,14 +31,18 @@ from natkit.turn.auth import (
     Identity,
     NoAuth,
     NonceIssuer,
+    Refused,
     RestSecrets,
     StaticUsers,
     rest_credentials,
     rest_password,
 )
 from natkit.turn.engine import Stats, TurnConfig, TurnEngine
+from natkit.turn.limits import ResponseLimiter, TokenBuckets
 from natkit.turn.policy import (
+    EXTRA_SPECIAL,
     DefaultPeerPolicy,
+    OwnAddresses,
     PeerAddressError,
     PeerPolicy,
     canonical_peer,
@@ -48,6 +52,7 @@ from natkit.turn.ports import PortPool
 from natkit.turn.quota import AllocationQuota, Quota
 
 __all__ = [
+    "EXTRA_SPECIAL",
     "Action",
     "Allocation",
     "AllocationQuota",
@@ -68,17 +73,21 @@ __all__ = [
     "OffloadChannel",
     "OffloadPermission",
     "OffloadWithdraw",
+    "OwnAddresses",
     "PeerAddressError",
     "PeerPolicy",
     "PortPool",
     "Quota",
+    "Refused",
     "Relay",
     "Reply",
+    "ResponseLimiter",
     "RestSecrets",
     "SendToClient",
     "SendToPeer",
     "StaticUsers",
     "Stats",
+    "TokenBuckets",
     "TurnConfig",
     "TurnEngine",
     "canonical_peer",

@@ -18,7 +18,12 @@ engine's state:
   ``key`` and comes before the :class:`CloseRelay` actions of that allocation.
 
 Events are emitted only when the engine's ``offload`` is on, and only for allocations whose data
-needs no per-packet decision of the engine: UDP clients (not TCP/TLS) without a bandwidth cap.
+needs no per-packet decision of the engine: UDP clients (not TCP/TLS) without a bandwidth cap;
+a permission for one of the relay's own IPs (reopened by an explicit allow) is never offloaded,
+as its data is checked per packet against the relay's own ports. A request emits the entries it
+changed itself; when a permission grows while its IP has several channels, the permission and
+those channels are renewed together by the next ``tick()`` (constant work per request), so a
+table may for a moment hand the engine datagrams it could have forwarded, never more.
 An entry never promises more than the engine would do itself, so a table that forwards exactly
 while ``now < until`` (``now`` on the engine's clock) and hands everything else to the engine
 forwards what the engine would; datagrams a table forwards are its to count.

@@ -1,5 +1,4 @@
-"""Who may use the relay: authenticators (pion/turn's AuthHandler), REST API secrets, nonces,
-the failure limiter.
+"""Who may use the relay: authenticators (pion/turn's AuthHandler), REST API secrets, nonces.
 
 An :class:`Authenticator` is asked, for each request that carries credentials, what it knows of
 the USERNAME: a password, or :class:`Grant` objects (a password or a ready MD5 key, the account
@@ -9,9 +8,11 @@ The built-in authenticators:
 
 * :class:`StaticUsers`: name -> password.
 * :class:`RestSecrets`: the TURN REST API (coturn-compatible): the username is
-  ``expiry[:user]`` (a UNIX time), the password ``base64(HMAC-SHA1(secret, username))``. Several
-  secrets may be live at once so they can be rotated; an expired username is refused on every
-  request, Refresh included.
+  ``expiry[:user]`` (a UNIX time in ASCII digits), the password
+  ``base64(HMAC-SHA1(secret, username))``. Several secrets may be live at once so they can be
+  rotated; an expired username is refused on every request, Refresh included, and so is one
+  whose expiry lies more than ``max_ttl`` seconds ahead (a credential minted "forever" is a
+  static password that cannot be revoked).
 * :class:`FirstOf`: the first of several that knows the username.
 * :class:`NoAuth`: an open relay; requests carry no credentials and nothing is asked.
 
@@ -31,6 +32,24 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from natkit.stun import make_nonce
+from natkit.turn.limits import FailureLimiter, ResponseLimiter
+
+__all__ = [
+    "Authenticator",
+    "FailureLimiter",
+    "FirstOf",
+    "Grant",
+    "Identity",
+    "Lookup",
+    "NoAuth",
+    "NonceIssuer",
+    "Refused",
+    "ResponseLimiter",
+    "RestSecrets",
+    "StaticUsers",
+    "rest_credentials",
+    "rest_password",
+]
 
 Address = tuple[str, int]
 
@@ -66,7 +85,14 @@ class Grant:
     expires: float | None = None
 
 
-Lookup = str | Grant | Sequence[Grant] | None
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """An authenticator's "no" with the reason for the log (the client still gets a 401)."""
+
+    reason: str
+
+
+Lookup = str | Grant | Sequence[Grant] | Refused | None
 
 
 @runtime_checkable
@@ -74,8 +100,8 @@ class Authenticator(Protocol):
     """Decides who may use the relay, like pion/turn's ``AuthHandler``."""
 
     def lookup(self, username: str, realm: str, source: Address, now: float) -> Lookup:
-        """The password of ``username`` (or Grants) for a request from ``source``; None
-        refuses it (401). ``realm`` is the server's (a request for another is refused first);
+        """The password of ``username`` (or Grants) for a request from ``source``; None or
+        :class:`Refused` refuses it (401). ``realm`` is the server's (a request for another is refused first);
         ``now`` is the engine's clock. Called for every authenticated request: keep it fast."""
         ...
 
@@ -100,18 +126,24 @@ class StaticUsers:
 
 
 class RestSecrets:
-    """TURN REST API credentials (coturn's ``use-auth-secret``), any of several secrets."""
+    """TURN REST API credentials (coturn's ``use-auth-secret``), any of several secrets.
 
-    __slots__ = ("secrets", "separator")
+    ``max_ttl``: the furthest ahead (seconds) an expiry may lie; None: no limit."""
 
-    def __init__(self, secrets: Iterable[str], *, separator: str = ":") -> None:
+    __slots__ = ("max_ttl", "secrets", "separator")
+
+    def __init__(
+        self, secrets: Iterable[str], *, separator: str = ":", max_ttl: float | None = 86400
+    ) -> None:
         self.secrets = list(secrets)
         self.separator = separator
+        self.max_ttl = max_ttl
 
     def expiry(self, username: str) -> float | None:
-        """The expiry a REST username carries, or None if it is not a REST username."""
+        """The expiry a REST username carries, or None if it is not a REST username.
+        Only ASCII digits count (``str.isdigit`` would take other scripts' digits too)."""
         head = username.split(self.separator, 1)[0]
-        if not head.isdigit() or len(head) > 12:
+        if not (head.isascii() and head.isdigit()) or len(head) > 12:
             return None
         return float(head)
 
@@ -119,6 +151,8 @@ class RestSecrets:
         expiry = self.expiry(username)
         if expiry is None or not self.secrets:
             return None
+        if self.max_ttl is not None and expiry - now > self.max_ttl:
+            return Refused(f"REST expiry more than {self.max_ttl:g} s ahead")
         _, sep, user = username.partition(self.separator)
         account = user if sep and user else username
         return [Grant(rest_password(s, username), None, account, expiry) for s in self.secrets]
@@ -205,48 +239,3 @@ class NonceIssuer:
         if issued_to is not None:
             return issued_to == client_ip
         return hmac.compare_digest(mac, self._mac(expiry_hex, client_ip))
-
-
-class FailureLimiter:
-    """Token bucket per source IP for failed authentications (a brute-force brake)."""
-
-    __slots__ = ("_buckets", "burst", "max_sources", "rate")
-
-    def __init__(self, burst: float = 20.0, rate: float = 1.0, max_sources: int = 50_000) -> None:
-        self.burst = burst
-        self.rate = rate
-        self.max_sources = max_sources
-        self._buckets: dict[str, list[float]] = {}
-
-    def _tokens(self, ip: str, now: float) -> list[float] | None:
-        bucket = self._buckets.get(ip)
-        if bucket is None:
-            return None
-        bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
-        return bucket
-
-    def blocked(self, ip: str, now: float) -> bool:
-        bucket = self._tokens(ip, now)
-        return bucket is not None and bucket[0] < 1.0
-
-    def failure(self, ip: str, now: float) -> None:
-        bucket = self._tokens(ip, now)
-        if bucket is None:
-            if len(self._buckets) >= self.max_sources:
-                self.prune(now)
-            bucket = self._buckets[ip] = [self.burst, now]
-        bucket[0] = max(0.0, bucket[0] - 1.0)
-
-    def prune(self, now: float) -> None:
-        """Forget sources whose bucket has refilled (and, if still full, the oldest half)."""
-        for ip in [
-            ip for ip, b in self._buckets.items() if b[0] + (now - b[1]) * self.rate >= self.burst
-        ]:
-            del self._buckets[ip]
-        if len(self._buckets) >= self.max_sources:
-            for ip in list(self._buckets)[: len(self._buckets) // 2]:
-                del self._buckets[ip]
-
-    def __len__(self) -> int:
-        return len(self._buckets)

@@ -15,6 +15,12 @@ Errors: bytes that do not decode are dropped and counted (``bad_packets``); a re
 decodes but breaks a rule gets its error response (400 and the others of RFC 8656); an
 exception raised while handling a request is a bug, never the client's doing: logged with its
 traceback, counted (``stats.bugs``) and answered 500 (an indication is dropped).
+
+Abuse brakes (docs/security.md): the relay never talks to itself (its own addresses are
+refused as peers before any policy, requests from its own relays are dropped); failed
+authentications are braked per (username, realm, source IP) and server-wide without touching a
+request whose MESSAGE-INTEGRITY verifies; error responses to unauthenticated UDP sources are
+rate limited per source IP; permissions and channels per allocation are capped.
 """
 
 from __future__ import annotations
@@ -59,14 +65,22 @@ from natkit.turn.actions import (
 from natkit.turn.allocation import Address, Allocation, Channel, Relay
 from natkit.turn.auth import (
     Authenticator,
-    FailureLimiter,
     Grant,
     Identity,
     NoAuth,
     NonceIssuer,
+    Refused,
     StaticUsers,
 )
-from natkit.turn.policy import DefaultPeerPolicy, PeerPolicy
+from natkit.turn.limits import FailureLimiter, ResponseLimiter
+from natkit.turn.policy import (
+    DefaultPeerPolicy,
+    OwnAddresses,
+    PeerAddressError,
+    PeerPolicy,
+    canonical_peer,
+    reason_label,
+)
 from natkit.turn.quota import AllocationQuota, Quota
 from natkit.turn.wire import (
     AUTH_METHODS,
@@ -122,6 +136,8 @@ class TurnConfig:
     #: relay address families the server can offer (4 and/or 6)
     families: frozenset[int] = frozenset({4})
     max_permissions: int = 1000
+    #: channel bindings per allocation (RFC 8656 leaves the number to policy; 508 beyond)
+    max_channels: int = 500
     #: optional cap per allocation, bytes per second each way combined
     bandwidth: int | None = None
     software: str | None = None
@@ -141,7 +157,13 @@ class Stats:
     auth_failures: int = 0
     auth_blocked: int = 0
     refused_peers: int = 0
+    #: refused peers by the bounded reason label of natkit.turn.policy.reason_label
+    refused_by_reason: dict[str, int] = field(default_factory=dict)
     quota_refusals: int = 0
+    #: error responses to unauthenticated sources not sent (the per-source budget was spent)
+    rate_limited: int = 0
+    #: requests that came from one of the relay's own relayed addresses (dropped)
+    from_own_relay: int = 0
     bad_packets: int = 0
     to_peer_packets: int = 0
     to_peer_bytes: int = 0
@@ -166,8 +188,11 @@ class TurnEngine:
 
     ``auth`` decides who may allocate (default: nobody; :class:`~natkit.turn.auth.NoAuth` for an
     open relay), ``peer_policy`` which peers are reachable (default: no special-purpose
-    address), ``quota`` how many allocations may exist (default: no limit). ``offload``: emit
-    the Offload* events of :mod:`natkit.turn.actions` for a fast table to mirror.
+    address), ``quota`` how many allocations may exist (default: no limit). ``own`` names the
+    relay's own addresses, refused as peers whatever the policy says (the IPs of the relays
+    the engine creates are added to it). ``limiter`` brakes failed authentications,
+    ``responses`` error responses to unauthenticated UDP sources. ``offload``: emit the
+    Offload* events of :mod:`natkit.turn.actions` for a fast table to mirror.
     """
 
     def __init__(
@@ -179,6 +204,8 @@ class TurnEngine:
         quota: Quota | None = None,
         nonce_secret: bytes | None = None,
         limiter: FailureLimiter | None = None,
+        responses: ResponseLimiter | None = None,
+        own: OwnAddresses | None = None,
         offload: bool = False,
     ) -> None:
         self.config = config or TurnConfig()
@@ -190,6 +217,8 @@ class TurnEngine:
         self.quota: Quota = quota if quota is not None else AllocationQuota()
         self.nonces = NonceIssuer(self.config.nonce_lifetime, nonce_secret)
         self.limiter = limiter or FailureLimiter()
+        self.responses = responses or ResponseLimiter()
+        self.own = own or OwnAddresses()
         self.offload = offload
         #: the channel number range, for the codec and the adapter's stream framer alike
         self.channel_max = CHANNEL_MAX if self.config.strict_channels else CHANNEL_MAX_RFC5766
@@ -201,6 +230,22 @@ class TurnEngine:
         self._challenges: dict[tuple[int, int, str, str], bytes] = {}
         # (username, password, algorithm) -> long-term key: derived once, not per request
         self._keys: dict[tuple[str, str, int], bytes] = {}
+        # the transport addresses of live relays and reservations, bound and advertised, with
+        # canonical IPs: never a peer, never a client
+        self._relay_addrs: set[Address] = set()
+        self._canonical: dict[str, str] = {}
+        # own IPs a permission was granted for (an explicit allow reopened them): their data
+        # is checked per packet and never offloaded
+        self._own_permitted: set[str] = set()
+        # channels to own IPs by peer address: void once a relay takes that address
+        self._own_channels: dict[Address, list[tuple[Allocation, Channel]]] = {}
+        # allocation key -> peer IPs whose permission grew: their other channels' offload
+        # entries are renewed by the next tick, not by the request (constant work per request)
+        self._dirty: dict[Any, set[str]] = {}
+        # the source of the request being handled, for the error-response budget
+        self._source: str | None = None
+        self._now_hint = 0.0
+        self._mute = False
 
     # ---- entry points ----------------------------------------------------------------------
 
@@ -217,8 +262,11 @@ class TurnEngine:
         if first > 0x3F:
             self.stats.bad_packets += 1
             return []
+        if addr in self._relay_addrs:  # one of our relays: a nested allocation, a loop
+            self.stats.from_own_relay += 1
+            return []
         if self.requires_auth:
-            challenge = self._quick_challenge(data, addr[0], now)
+            challenge = self._quick_challenge(data, addr[0], now, stream)
             if challenge is not None:
                 return challenge
         try:
@@ -226,15 +274,34 @@ class TurnEngine:
         except StunParseError:
             self.stats.bad_packets += 1
             return []
+        # error responses to this source are budgeted (UDP only: a stream's source is proven)
+        self._source = None if stream else addr[0]
+        self._now_hint = now
+        self._mute = False
         try:
-            return self._dispatch(client, addr, stream, msg, now)
+            actions = self._dispatch(client, addr, stream, msg, now)
         except Exception:
             # A bug, not the client's doing: never hidden as a 400, never fatal to the server.
             self.stats.bugs += 1
             log.exception("event=internal_error method=0x%03x client=%s", msg.method, _fmt(addr))
+            actions = []
             if msg.cls == Class.REQUEST:
-                return [Reply(self._error(msg, 500, "Server Error", None))]
-            return []
+                actions = [Reply(self._error(msg, 500, "Server Error", None))]
+        finally:
+            self._source = None
+        if self._mute:
+            self._mute = False
+            self.stats.rate_limited += 1
+            return [a for a in actions if not isinstance(a, Reply)]
+        return actions
+
+    def _budget_reply(self, now: float) -> None:
+        """An error response to an unauthenticated source is about to be sent: take it from
+        the source's budget, or mute the reply (over UDP a source proves nothing, and an
+        attacker could aim our 401s at a victim)."""
+        source = self._source
+        if source is not None and not self._mute and not self.responses.allow(source, now):
+            self._mute = True
 
     # ---- the data path: every forwarding rule, behind two methods -------------------------
 
@@ -283,10 +350,12 @@ class TurnEngine:
         perms = allocation.perms
         expiry = perms.get(ip) if perms else None
         n = len(data)
+        own = self._own_permitted
         if (
             expiry is None
             or expiry <= now
             or relay.family != (6 if ":" in ip else 4)
+            or (own and ip in own and self._is_self(peer))
             or (allocation.bucket is not None and not self._spend(allocation, n, now))
         ):
             stats.dropped_packets += 1
@@ -348,12 +417,15 @@ class TurnEngine:
         got = {r.family for r in relays}
         missing += [f for f in pending.families if f not in got and f not in missing]
         token = None
+        out: list[Action] = []
         if reserved is not None:
             token = os.urandom(8)
             self.reservations[token] = _Reservation(
                 reserved, now + self.config.reservation_lifetime
             )
-        return [Reply(self._create(pending, relays, missing, token, now))]
+            self._track(reserved, out)
+        reply = Reply(self._create(pending, relays, missing, token, now, out))
+        return [*out, reply]
 
     def client_gone(self, client: Any, addr: Address, now: float) -> list[Action]:
         """A TCP/TLS client connection closed: its allocation goes with it (RFC 8656 §5)."""
@@ -370,13 +442,18 @@ class TurnEngine:
             actions += self._delete(allocation, "expired", count=False)
         for token in [t for t, r in self.reservations.items() if r.expires <= now]:
             relay = self.reservations.pop(token).relay
+            self._untrack(relay)
             actions.append(CloseRelay(relay.handle, relay.address))
+        if self._dirty:
+            self._renew_channels(now, actions)
         if now - self._last_sweep >= 10:
             self._last_sweep = now
             for allocation in self.allocations.values():
                 if allocation.perms or allocation.channels or allocation.expired_channels:
                     self._sweep(allocation, now, actions)
             self.limiter.prune(now)
+            self.responses.prune(now)
+            self._prune_own_channels()
         return actions
 
     def close_all(self) -> list[Action]:
@@ -385,6 +462,7 @@ class TurnEngine:
         for allocation in list(self.allocations.values()):
             actions += self._delete(allocation, "server shutdown")
         for reservation in self.reservations.values():
+            self._untrack(reservation.relay)
             actions.append(CloseRelay(reservation.relay.handle, reservation.relay.address))
         self.reservations.clear()
         return actions
@@ -429,6 +507,7 @@ class TurnEngine:
         attrs = _first_values(msg)
         unknown = tuple(t for t in attrs if t < 0x8000 and t not in CODECS)
         if unknown:
+            self._budget_reply(now)
             err = msg.error(420, "Unknown Attribute").add(Attr.UNKNOWN_ATTRIBUTES, unknown)
             return [Reply(self._encode(msg, err, None))]
         identity = self._authenticate(msg, addr, now, attrs)
@@ -449,7 +528,9 @@ class TurnEngine:
 
     # ---- authentication --------------------------------------------------------------------
 
-    def _quick_challenge(self, data: bytes, ip: str, now: float) -> list[Action] | None:
+    def _quick_challenge(
+        self, data: bytes, ip: str, now: float, stream: bool
+    ) -> list[Action] | None:
         """The 401 for a plain first request (no credentials yet: the first half of every
         Allocate), answered without decoding it; None when the full path must look at it.
         Only requests whose every attribute is one the full path would accept unchanged
@@ -459,12 +540,7 @@ class TurnEngine:
         if n < 20 or n > 20 + 36:
             return None
         mtype, length = HEADER.unpack_from(data)
-        if (
-            mtype not in QUICK_TYPES
-            or 20 + length != n
-            or data[4:8] != COOKIE
-            or self.limiter.blocked(ip, now)  # let the full path count and drop it
-        ):
+        if mtype not in QUICK_TYPES or 20 + length != n or data[4:8] != COOKIE:
             return None
         seen = 0
         pos = 20
@@ -479,12 +555,16 @@ class TurnEngine:
             pos += 4 + alen
         if pos != n:
             return None
+        if not stream and not self.responses.allow(ip, now):
+            self.stats.rate_limited += 1
+            return []
         method = QUICK_TYPES[mtype]
         return [
             Reply(self._challenge_bytes(method, data[8:20], False, 401, "Unauthorized", ip, now))
         ]
 
     def _challenge(self, msg: Message, code: int, reason: str, ip: str, now: float) -> bytes:
+        self._budget_reply(now)
         if msg.legacy:
             err = msg.error(code, reason)
             err.add(Attr.REALM, self.config.realm).add(Attr.NONCE, self.nonces.issue(ip, now))
@@ -535,9 +615,6 @@ class TurnEngine:
         if not self.requires_auth:
             return None
         ip = source[0]
-        if self.limiter.blocked(ip, now):
-            self.stats.auth_blocked += 1
-            return []  # silently dropped: this source failed too often
         if Attr.MESSAGE_INTEGRITY not in attrs and Attr.MESSAGE_INTEGRITY_SHA256 not in attrs:
             return [Reply(self._challenge(msg, 401, "Unauthorized", ip, now))]
         get = attrs.get
@@ -559,15 +636,17 @@ class TurnEngine:
                 return self._fail(msg, 400, "Bad Request: PASSWORD-ALGORITHM", None)
             algorithm = chosen
         if realm != self.config.realm:
-            return self._auth_failed(msg, ip, now, f"wrong realm {realm!r}")
+            return self._auth_failed(msg, ip, now, f"wrong realm {realm[:64]!r}", username, realm)
         found = self.auth.lookup(username, realm, source, now)
         candidates = self._identities(username, found, algorithm, now)
         if isinstance(candidates, str):
-            return self._auth_failed(msg, ip, now, candidates, username)
+            return self._auth_failed(msg, ip, now, candidates, username, realm)
         for identity in candidates:
             if verify_integrity(msg, identity.key):
+                if self._source is not None:  # a proven source: its error budget refills
+                    self.responses.credit(ip, now)
                 return identity
-        return self._auth_failed(msg, ip, now, "bad integrity", username)
+        return self._auth_failed(msg, ip, now, "bad integrity", username, realm)
 
     def _identities(
         self, username: str, found: object, algorithm: PasswordAlgorithm, now: float
@@ -575,6 +654,8 @@ class TurnEngine:
         """The keys the authenticator's answer allows for ``algorithm``, or why there are none."""
         if found is None:
             return "unknown user"
+        if isinstance(found, Refused):
+            return found.reason
         if isinstance(found, str):
             return [Identity(username, self._key(username, found, algorithm), username)]
         grants = [found] if isinstance(found, Grant) else found
@@ -607,11 +688,16 @@ class TurnEngine:
         return key
 
     def _auth_failed(
-        self, msg: Message, ip: str, now: float, why: str, username: str = ""
+        self, msg: Message, ip: str, now: float, why: str, username: str, realm: str
     ) -> list[Action]:
+        """A request whose credentials did not verify: its 401, unless the brake for
+        (username, realm, source IP) or the server's budget is spent (dropped unanswered).
+        Only failures reach here: a request that verifies is never braked."""
         self.stats.auth_failures += 1
-        self.limiter.failure(ip, now)
-        log.info("event=auth_failed source=%s user=%r reason=%r", ip, username, why)
+        if not self.limiter.failure(username, realm, ip, now):
+            self.stats.auth_blocked += 1
+            return []
+        log.info("event=auth_failed source=%s user=%r reason=%r", ip, username[:64], why)
         return [Reply(self._challenge(msg, 401, "Unauthorized", ip, now))]
 
     # ---- Allocate / Refresh ----------------------------------------------------------------
@@ -703,6 +789,7 @@ class TurnEngine:
                 self.quota.release(user, addr)
                 if reservation is not None:
                     r = reservation.relay
+                    self._untrack(r)
                     return [
                         CloseRelay(r.handle, r.address),
                         Reply(self._error(msg, 508, "Insufficient Capacity", ident)),
@@ -711,7 +798,9 @@ class TurnEngine:
                     msg, 508, "Insufficient Capacity: unknown RESERVATION-TOKEN", ident
                 )
             pending.families = (reservation.relay.family,)
-            return [Reply(self._create(pending, [reservation.relay], [], None, now))]
+            out: list[Action] = []
+            reply = Reply(self._create(pending, [reservation.relay], [], None, now, out))
+            return [*out, reply]
         self.pending.add(key)
         return [pending]
 
@@ -722,6 +811,7 @@ class TurnEngine:
         missing: list[int],
         token: bytes | None,
         now: float,
+        out: list[Action],
     ) -> bytes:
         ident = pending.identity
         allocation = Allocation(
@@ -741,6 +831,7 @@ class TurnEngine:
             allocation.bucket = [float(self.config.bandwidth), now]
         for relay in relays:
             relay.allocation = allocation
+            self._track(relay, out)
         self.allocations[pending.key] = allocation
         self.stats.allocations_created += 1
         msg = pending.request
@@ -816,10 +907,12 @@ class TurnEngine:
                 why,
             )
         actions: list[Action] = []
+        self._dirty.pop(allocation.key, None)
         if allocation.offloaded:
             actions.append(OffloadWithdraw(allocation.key))
         for relay in allocation.relays:
             relay.allocation = None
+            self._untrack(relay)
             actions.append(CloseRelay(relay.handle, relay.address))
         return actions
 
@@ -829,9 +922,12 @@ class TurnEngine:
         self, allocation: Allocation, msg: Message, peer: Address, ident: Identity | None
     ) -> bytes | Relay:
         """The relay serving ``peer``, or an error response (403 / 443)."""
-        refused = self.peer_policy.refuse(peer)
+        refused = self.own.refuse(peer, self._relay_addrs) or self.peer_policy.refuse(peer)
         if refused is not None:
-            self.stats.refused_peers += 1
+            stats = self.stats
+            stats.refused_peers += 1
+            label = reason_label(refused)
+            stats.refused_by_reason[label] = stats.refused_by_reason.get(label, 0) + 1
             log.info(
                 "event=peer_refused client=%s peer=%s reason=%r",
                 _fmt(allocation.client_addr),
@@ -866,6 +962,8 @@ class TurnEngine:
         until = now + self.config.permission_lifetime
         for ip in ips:
             allocation.permit(ip, until)
+            if self.own.owns(ip):
+                self._own_permitted.add(ip)
         self.stats.permissions_created += len(fresh)
         self._offload_peers(allocation, ips, actions)
         actions.append(Reply(self._encode(msg, msg.response(), ident)))
@@ -911,13 +1009,21 @@ class TurnEngine:
                 return [*actions, Reply(err)]
         if bound is not None and bound.peer == peer:
             bound.expires = now + self.config.channel_lifetime
+            channel = bound
         else:
             # expired bindings not yet swept give way to the new one
             for stale in (bound, other):
                 if stale is not None:
                     allocation.unbind(stale)
                     self._withdraw_channel(allocation, stale, actions)
-            allocation.bind(Channel(number, peer, checked, now + self.config.channel_lifetime))
+            if len(allocation.channels or ()) >= self.config.max_channels:
+                self._sweep(allocation, now, actions)
+                if len(allocation.channels or ()) >= self.config.max_channels:
+                    self.stats.quota_refusals += 1
+                    err = self._error(msg, 508, "Insufficient Capacity: too many channels", ident)
+                    return [*actions, Reply(err)]
+            channel = Channel(number, peer, checked, now + self.config.channel_lifetime)
+            allocation.bind(channel)
             self.stats.channels_created += 1
         perms = allocation.perms or {}
         until = now + self.config.permission_lifetime
@@ -925,29 +1031,119 @@ class TurnEngine:
             if peer[0] not in perms:
                 self.stats.permissions_created += 1
             allocation.permit(peer[0], until)
-        self._offload_peers(allocation, {peer[0]}, actions)
+        if self.own.owns(peer[0]):
+            self._own_permitted.add(peer[0])
+            own_key = (self._canon(peer[0]), peer[1])
+            self._own_channels.setdefault(own_key, []).append((allocation, channel))
+        self._offload_peers(allocation, {peer[0]}, actions, channel)
         actions.append(Reply(self._encode(msg, msg.response(), ident)))
         return actions
 
     # ---- offload events (natkit.turn.actions) ----------------------------------------------
 
-    def _offload_peers(self, allocation: Allocation, ips: set[str], out: list[Action]) -> None:
-        """The entries for ``ips`` after their permission (and so their channels) changed."""
+    def _offload_peers(
+        self,
+        allocation: Allocation,
+        ips: set[str],
+        out: list[Action],
+        channel: Channel | None = None,
+    ) -> None:
+        """The entries for ``ips`` after their permission changed, and for ``channel`` (the
+        one a ChannelBind touched). An IP that has other channels keeps its old entries until
+        the next :meth:`tick` renews the permission and all its channels at once: a request
+        costs the same however many channels exist, and a table never holds a live permission
+        beside a stale channel entry of that IP (it would frame the peer's data as a Data
+        indication where the engine uses the channel)."""
         if not self.offload or allocation.stream or allocation.bucket is not None:
             return  # a fast table could not apply the cap, and serves only UDP clients
         key = allocation.key
         if not allocation.offloaded:
             allocation.offloaded = True
             out.append(OffloadAllocation(key, tuple(allocation.relays)))
-        perms = allocation.perms or {}
+        ip_channels = allocation.ip_channels
         for ip in ips:
-            relay = allocation.relay_for(6 if ":" in ip else 4)
-            if relay is not None and ip in perms:
-                out.append(OffloadPermission(key, relay, ip, perms[ip]))
-        for ip in ips:
-            for channel in allocation.channels_to(ip):
-                until = allocation.peer_until(channel)
-                out.append(OffloadChannel(key, channel.number, channel.relay, channel.peer, until))
+            others = ip_channels.get(ip) if ip_channels else None
+            if others and (channel is None or len(others) > 1):
+                self._dirty.setdefault(key, set()).add(ip)
+            else:
+                self._offload_permission(allocation, ip, out)
+        if channel is not None:
+            until = allocation.peer_until(channel)
+            out.append(OffloadChannel(key, channel.number, channel.relay, channel.peer, until))
+
+    def _offload_permission(self, allocation: Allocation, ip: str, out: list[Action]) -> None:
+        perms = allocation.perms
+        own = self._own_permitted
+        if not perms or ip not in perms or (own and ip in own):
+            return  # an own IP (reopened by an explicit allow) is checked per packet
+        relay = allocation.relay_for(6 if ":" in ip else 4)
+        if relay is not None:
+            out.append(OffloadPermission(allocation.key, relay, ip, perms[ip]))
+
+    def _renew_channels(self, now: float, out: list[Action]) -> None:
+        """The entries of IPs whose permission grew while they had several channels."""
+        dirty, self._dirty = self._dirty, {}
+        for key, ips in dirty.items():
+            allocation = self.allocations.get(key)
+            if allocation is None or not allocation.offloaded:
+                continue
+            for ip in ips:
+                self._offload_permission(allocation, ip, out)
+                for channel in allocation.channels_to(ip):
+                    until = allocation.peer_until(channel)
+                    if until > now:
+                        out.append(
+                            OffloadChannel(key, channel.number, channel.relay, channel.peer, until)
+                        )
+
+    # ---- the relay's own addresses ---------------------------------------------------------
+
+    def _canon(self, ip: str) -> str:
+        canonical = self._canonical.get(ip)
+        if canonical is None:
+            try:
+                canonical = str(canonical_peer(ip))
+            except PeerAddressError:
+                canonical = ip
+            if len(self._canonical) >= 4096:
+                self._canonical.clear()
+            self._canonical[ip] = canonical
+        return canonical
+
+    def _track(self, relay: Relay, out: list[Action]) -> None:
+        """A relay (or reservation) exists: its addresses are the relay's own from now on, and
+        a channel an earlier client bound to one of them is void."""
+        for ip, port in (relay.address, relay.advertised):
+            self.own.add(ip)
+            for addr in ((ip, port), (self._canon(ip), port)):
+                self._relay_addrs.add(addr)
+                for allocation, channel in self._own_channels.pop(addr, ()):
+                    if self.allocations.get(allocation.key) is not allocation:
+                        continue
+                    if allocation.channels and allocation.channels.get(channel.number) is channel:
+                        allocation.unbind(channel)
+                        self._withdraw_channel(allocation, channel, out)
+
+    def _untrack(self, relay: Relay) -> None:
+        for ip, port in (relay.address, relay.advertised):
+            self._relay_addrs.discard((ip, port))
+            self._relay_addrs.discard((self._canon(ip), port))
+
+    def _is_self(self, peer: Address) -> bool:
+        """True when ``peer`` (an own IP reopened by an allow) is a port the relay serves."""
+        return self.own.refuse((peer[0], peer[1]), self._relay_addrs) is not None
+
+    def _prune_own_channels(self) -> None:
+        for addr in list(self._own_channels):
+            live = [
+                (a, c)
+                for a, c in self._own_channels[addr]
+                if self.allocations.get(a.key) is a and a.channels and a.channels.get(c.number) is c
+            ]
+            if live:
+                self._own_channels[addr] = live
+            else:
+                del self._own_channels[addr]
 
     def _withdraw_channel(
         self, allocation: Allocation, channel: Channel, out: list[Action]
@@ -978,9 +1174,11 @@ class TurnEngine:
             self.stats.dropped_packets += 1
             return []
         relay = allocation.relay_for(6 if ":" in peer[0] else 4)
+        own = self._own_permitted
         if (
             relay is None
             or not allocation.permitted(peer[0], now)
+            or (own and peer[0] in own and self._is_self(peer))
             or not self._spend(allocation, len(data), now)
         ):
             self.stats.dropped_packets += 1
@@ -995,6 +1193,8 @@ class TurnEngine:
         return [Reply(self._error(msg, code, reason, ident))]
 
     def _error(self, msg: Message, code: int, reason: str, ident: Identity | None) -> bytes:
+        if ident is None and self._source is not None:
+            self._budget_reply(self._now_hint)
         self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
         return self._encode(msg, msg.error(code, reason), ident)
 

@@ -3,7 +3,9 @@
 A TURN relay that forwards to any address is a proxy into the server's own network (SSRF
 through TURN: cloud metadata at 169.254.169.254, admin ports on loopback, the private LAN).
 So peers are denied by default when netaddr's IANA special-purpose registries say the address
-is not globally reachable, or is multicast or reserved. Addresses that embed an IPv4 address
+is not globally reachable, or is multicast or reserved, and in the ranges those registries do
+not carry (:data:`EXTRA_SPECIAL`: RFC 9637's documentation prefix 3fff::/20 and the deprecated
+site-local fec0::/10, still routed inside some networks). Addresses that embed an IPv4 address
 (IPv4-mapped, IPv4-compatible, IPv4-translated, NAT64 64:ff9b::/96, 6to4) are judged by the
 IPv4 address inside them, so ``::ffff:127.0.0.1`` is loopback.
 
@@ -13,11 +15,18 @@ special-purpose rule.
 The engine asks a :class:`PeerPolicy` (pion/turn's ``PermissionHandler``) before it installs a
 permission or a channel; :class:`DefaultPeerPolicy` is the rule above, and any object with a
 ``refuse`` method can take its place.
+
+Before any policy, whatever it is, the engine refuses the relay's own addresses
+(:class:`OwnAddresses`): what it listens on, relays from and advertises, on any port, so a
+client cannot make the relay talk to itself (nested allocations, relay loops, services on the
+relay host). Explicitly allowed ranges (``reopened``) may reopen an own IP for peers that
+really live on the relay host, but never its listener ports, its relay port range or the
+transport addresses of its live relays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Protocol, runtime_checkable
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork, IPSet  # type: ignore[import-untyped]
@@ -53,9 +62,134 @@ def canonical_peer(address: str) -> IPAddress:
     return ip
 
 
+#: special-purpose ranges netaddr's registries do not carry (yet): RFC 9637 documentation,
+#: RFC 3879 deprecated site-local
+EXTRA_SPECIAL = IPSet(["3fff::/20", "fec0::/10"])
+
+
 def is_special(ip: IPAddress) -> bool:
     """True when ``ip`` lies in a special-purpose range a relay must not reach by default."""
-    return not ip.is_global() or ip.is_multicast() or ip.is_reserved()
+    return not ip.is_global() or ip.is_multicast() or ip.is_reserved() or ip in EXTRA_SPECIAL
+
+
+#: the reasons the built-in rules give, and the metric label each is counted under; a custom
+#: policy's own reasons are counted as "policy"
+REASON_LABELS = {
+    "the relay's own relayed address": "own_relay",
+    "the relay's own listener": "own_listener",
+    "the relay's own relay port range": "own_relay",
+    "the relay's own address": "own_address",
+    "special-purpose range": "special_purpose",
+    "in the deny list": "deny_list",
+    "not an IP address": "not_ip",
+}
+
+
+def reason_label(reason: str) -> str:
+    """The bounded metric label of a refusal reason."""
+    return REASON_LABELS.get(reason, "policy")
+
+
+def _family(ip: IPAddress) -> int:
+    return int(ip.version)
+
+
+class OwnAddresses:
+    """The addresses of the relay itself, refused as peers before any peer policy is asked.
+
+    ``networks``: IPs or CIDRs the relay owns or answers on (its listen addresses, every local
+    address of the host for a wildcard listener, its relay and external addresses; 0.0.0.0 and
+    :: always, which reach the host itself). ``listen_ports``: (family, port) of its listeners,
+    on every own IP of that family. ``relay_ports``: its configured relay port range (low,
+    high), or None when the kernel picks. ``reopened``: CIDRs explicitly allowed as peers
+    (``allow_peers``), which reopen own IPs for other ports. ``relay_to_relay``: the live
+    relayed addresses of this relay are accepted as peers (two clients relayed by the same
+    server reaching each other, as WebRTC does when both must use a relay): off by default;
+    nested allocations stay impossible either way (the engine drops requests from its relays)
+    and the listener and the rest of the relay's IPs stay refused. The engine adds the IPs of
+    every relay it creates and checks its live relay addresses itself.
+    """
+
+    __slots__ = (
+        "_cache",
+        "listen_ports",
+        "networks",
+        "relay_ports",
+        "relay_to_relay",
+        "reopened",
+    )
+
+    def __init__(
+        self,
+        networks: Iterable[str] = (),
+        *,
+        listen_ports: Iterable[tuple[int, int]] = (),
+        relay_ports: tuple[int, int] | None = None,
+        reopened: Iterable[str] = (),
+        relay_to_relay: bool = False,
+    ) -> None:
+        self.relay_to_relay = relay_to_relay
+        self.networks = _cidrs([*networks, "0.0.0.0/32", "::/128"], "networks")
+        self.listen_ports: frozenset[tuple[int, int]] = frozenset(listen_ports)
+        self.relay_ports = relay_ports
+        self.reopened = _cidrs(reopened, "reopened")
+        self._cache: dict[str, tuple[int, bool] | None] = {}
+
+    def add(self, address: str) -> None:
+        """One more address of the relay (a relay or advertised IP)."""
+        try:
+            ip = canonical_peer(address)
+        except PeerAddressError:
+            return
+        if ip not in self.networks:
+            self.networks.add(ip)
+            self._cache.clear()
+
+    def _own(self, address: str) -> tuple[int, bool] | None:
+        """(family, reopened) when ``address`` is one of the relay's IPs, else None."""
+        if address in self._cache:
+            return self._cache[address]
+        try:
+            ip = canonical_peer(address)
+            raw = IPAddress(address.split("%", 1)[0])
+        except (PeerAddressError, AddrFormatError, ValueError):
+            verdict = None
+        else:
+            if ip in self.networks or raw in self.networks:
+                verdict = (_family(ip), ip in self.reopened or raw in self.reopened)
+            else:
+                verdict = None
+        if len(self._cache) >= 4096:
+            self._cache.clear()
+        self._cache[address] = verdict
+        return verdict
+
+    def owns(self, address: str) -> bool:
+        """True when ``address`` (an IP string) is one of the relay's own IPs."""
+        return self._own(address) is not None
+
+    def refuse(self, peer: Address, relays: Collection[Address] = ()) -> str | None:
+        """Why ``peer`` is the relay itself, or None. ``relays``: the transport addresses of
+        the live relays, as the engine knows them (canonical IP strings)."""
+        own = self._own(peer[0])
+        if own is None:
+            return None
+        family, reopened = own
+        port = peer[1]
+        canonical = str(canonical_peer(peer[0]))
+        if (canonical, port) in relays or (peer[0], port) in relays:
+            return None if self.relay_to_relay else "the relay's own relayed address"
+        if (family, port) in self.listen_ports:
+            return "the relay's own listener"
+        low_high = self.relay_ports
+        if low_high is not None and low_high[0] <= port <= low_high[1]:
+            return "the relay's own relay port range"
+        if not reopened:
+            return "the relay's own address"
+        return None
+
+    def describe(self) -> list[str]:
+        return [str(c) for c in self.networks.iter_cidrs()]
 
 
 @runtime_checkable

@@ -8,17 +8,24 @@ import subprocess
 
 import pytest
 
-from natkit.bench.turn import build_driver, run
+from natkit.bench.turn import driver_command, run
 from natkit.cli import main
+from tests._native import need
 
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.coturn,
     pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn is not installed"),
-    pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler for the driver"),
+    pytest.mark.usefixtures("driver_built"),
 ]
 
 SHORT = {"seconds": 0.5, "allocations": 300, "clients": 4, "window": 8}
+
+
+@pytest.fixture
+def driver_built() -> None:
+    """The driver is the extension module natkit.bench._turnload (required in CI)."""
+    need("natkit.bench._turnload")
 
 
 def check_engine(figures: dict, allocations: int) -> None:
@@ -81,11 +88,11 @@ def test_driver_rejects_wrong_credentials() -> None:
     """The driver really authenticates: a wrong key gets 401s and no allocation."""
     from natkit.server.coturn import CoturnServer
 
-    driver = build_driver()
+    driver = driver_command()
     with CoturnServer([("127.0.0.1", 0)], users={"bench": "right"}, realm="r") as turn:
         ip, port = turn.addresses_of("udp")[0]
         done = subprocess.run(
-            [str(driver), "channel", ip, str(port), "bench", "00" * 16, "-n", "2", "-s", "0.5"],
+            [*driver, "channel", ip, str(port), "bench", "00" * 16, "-n", "2", "-s", "0.5"],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     assert done.returncode == 1
@@ -98,10 +105,10 @@ def test_driver_batched_sends_arrive_as_separate_packets(mode: str, payload: int
     its own well-formed datagram (odd payload: the Data indications' padding too)."""
     from natkit.bench.turn import USER, null_relay
 
-    driver = build_driver()
+    driver = driver_command()
     with null_relay(None, driver) as ((ip, port), _pid):
         done = subprocess.run(
-            [str(driver), mode, ip, str(port), USER, "00" * 16, "-n", "4", "-w", "16",
+            [*driver, mode, ip, str(port), USER, "00" * 16, "-n", "4", "-w", "16",
              "-b", str(payload), "-s", "0.5"],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip

@@ -172,7 +172,8 @@ def udp_blocked(request: pytest.FixtureRequest) -> Iterator[tuple[NsPair, str]]:
     relays between its own allocations, or refuses that (as a relay should: issue 12)."""
     with ns_pair() as pair:
         pair.block_udp()
-        deny = ["--deny-peer", f"{pair.server_ip}/32"] if request.param == "refuses-itself" else []
+        # natkit relays between its own allocations by default, unless --no-relay-to-relay
+        deny = ([] if request.param == "relays-to-itself" else ["--no-relay-to-relay"])
         server = subprocess.Popen(
             pair.exec_argv(pair.server, sys.executable, "-m", "natkit", "serve", "turn",
                            "--listen", f"{pair.server_ip}:3478", "--user", "alice:secret",

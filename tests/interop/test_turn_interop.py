@@ -117,7 +117,9 @@ async def _uclient(args: list[str]) -> str:
 @pytest.mark.parametrize("mode", ["udp", "tcp"])
 async def test_turnutils_uclient_client_to_client_zero_loss(mode: str) -> None:
     _need("turnutils_uclient")
-    async with TurnServer([("127.0.0.1", 0)], users={"u": "pw"}, allow_peers=LOOP) as turn:
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "pw"}, allow_peers=LOOP, relay_to_relay=True
+    ) as turn:
         port = turn.addresses_of("udp")[0][1]
         flags = ["-t"] if mode == "tcp" else []
         out = await _uclient(
@@ -159,7 +161,9 @@ async def test_turnutils_uclient_with_turnutils_peer_zero_loss() -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        async with TurnServer([("127.0.0.1", 0)], users={"u": "pw"}, allow_peers=LOOP) as turn:
+        async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "pw"}, allow_peers=LOOP, relay_to_relay=True
+    ) as turn:
             port = turn.addresses_of("udp")[0][1]
             await asyncio.sleep(0.3)
             for extra in ([], ["-s"]):  # channels, then Send/Data indications
@@ -194,11 +198,12 @@ async def test_turnutils_uclient_with_turnutils_peer_zero_loss() -> None:
 
 
 async def test_aiortc_peers_connect_over_natkit_relay_only() -> None:
+    """Both peers relayed by one server reach each other's relayed address: relay_to_relay."""
     from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
     from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
     async with TurnServer(
-        [("127.0.0.1", 0)], users={"rtc": "pw"}, allow_peers=LOOP, tcp=False
+        [("127.0.0.1", 0)], users={"rtc": "pw"}, allow_peers=LOOP, tcp=False, relay_to_relay=True
     ) as turn:
         ice = [RTCIceServer(urls=turn.urls[0], username="rtc", credential="pw")]
 

@@ -306,10 +306,17 @@ def test_peer_policy_as_coturn_ranges() -> None:
     assert "allowed-peer-ip=127.0.0.100-127.255.255.255" in lines
     assert "allow-loopback-peers" in lines and "no-multicast-peers" in lines
     assert "allow-loopback-peers" not in coturn_peer_policy()
-    denied = default_denied_peers()
-    for cidr in ("fc00::/7", "fe80::/10", "::ffff:10.0.0.0/104", "64:ff9b::a9fe:0/112"):
-        assert cidr in denied
-    assert not netaddr.IPSet(denied) & netaddr.IPSet(["8.8.8.8/32", "::ffff:8.8.8.8/128"])
+    denied = netaddr.IPSet(default_denied_peers())
+    for cidr in (
+        "fc00::/7",
+        "fe80::/10",
+        "::ffff:10.0.0.0/104",
+        "64:ff9b::a9fe:0/112",
+        "fec0::/10",  # deprecated site-local
+        "3fff::/20",  # RFC 9637 documentation
+    ):
+        assert netaddr.IPSet([cidr]) <= denied, cidr
+    assert not denied & netaddr.IPSet(["8.8.8.8/32", "::ffff:8.8.8.8/128"])
 
 
 @functools.cache
@@ -446,3 +453,77 @@ def test_coturn_dies_with_a_killed_parent() -> None:
     assert Path(workdir).exists()
     _sweep_stale_workdirs(min_age=0)
     assert not Path(workdir).exists()
+
+
+def test_own_addresses_are_denied_peers_in_the_generated_config(tmp_path: Path) -> None:
+    from natkit.server._local import local_addresses
+
+    def lines(listen: list[tuple[str, int]], **kw: object) -> netaddr.IPSet:
+        text = CoturnServer(listen, users={"a": "b"}, **kw).render_config(tmp_path)
+        denied = netaddr.IPSet()
+        for line in text.splitlines():
+            if line.startswith("denied-peer-ip="):
+                first, _, last = line.split("=", 1)[1].partition("-")
+                denied.add(netaddr.IPRange(first, last or first))
+        allowed = netaddr.IPSet()
+        for line in text.splitlines():
+            if line.startswith("allowed-peer-ip="):
+                first, _, last = line.split("=", 1)[1].partition("-")
+                allowed.add(netaddr.IPRange(first, last or first))
+        return denied - allowed
+
+    # a public relay and external address: refused although they are global unicast
+    refused = lines([("127.0.0.1", 3478)], relay_ip="127.0.0.1", external_ip="8.8.4.4")
+    assert "8.8.4.4" in refused and "::ffff:8.8.4.4" in refused and "64:ff9b::808:404" in refused
+    # a wildcard listener owns every local address of the host
+    refused = lines([("0.0.0.0", 3478)])
+    for address in local_addresses():
+        if ":" not in address:
+            assert netaddr.IPNetwork(address) in refused
+    # an allow reopens an own IP (coturn cannot keep its ports refused: documented)
+    assert "8.8.4.4" not in lines([("127.0.0.1", 3478)], external_ip="8.8.4.4", relay_ip="127.0.0.1",
+                                  allow_peers=["8.8.4.0/24"])  # fmt: skip
+
+
+def test_tls_files_are_made_absolute_and_must_be_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    turn = CoturnServer(LOOPBACK, no_auth=True, tls_cert="cert.pem", tls_key="key.pem")
+    text = turn.render_config(tmp_path)
+    assert f"cert={cert.resolve()}" in text and f"pkey={key.resolve()}" in text
+    with pytest.raises(ConfigError, match=r"nope\.pem: no such file") as err:
+        CoturnServer(LOOPBACK, no_auth=True, tls_cert="nope.pem", tls_key="key.pem")
+    assert err.value.param == "tls_cert"
+
+
+@needs_coturn
+def test_relative_certificate_paths_serve_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--tls-cert cert.pem`: coturn could not find it and nothing listened (issue 15, P3)."""
+    self_signed(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with CoturnServer(
+        LOOPBACK, no_auth=True, tls_cert="cert.pem", tls_key="key.pem", tls_port=0
+    ) as turn:
+        (tls_addr,) = turn.addresses_of("tls")
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(tls_addr, timeout=3) as raw, context.wrap_socket(raw) as tls:
+            tls.sendall(Message(Method.BINDING, Class.REQUEST).encode())
+            assert decode(tls.recv(2048)).cls == Class.SUCCESS
+
+
+@needs_coturn
+def test_a_listener_that_does_not_come_up_is_an_error_not_a_url(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    key.write_text("nonsense\n")
+    turn = CoturnServer(LOOPBACK, no_auth=True, tls_cert=cert, tls_key=key, tls_port=0,
+                        start_timeout=4)  # fmt: skip
+    with pytest.raises(PrerequisiteError, match="tls") as err:
+        turn.start()
+    assert "\n" not in str(err.value)
+    assert turn.process is None  # stopped, nothing left running

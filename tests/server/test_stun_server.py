@@ -23,29 +23,27 @@ import natkit
 from natkit.errors import UsageError
 from natkit.server._binding import BindingResponder, Reply
 from natkit.server._fastpath import (
+    EXTENSION,
     FAST,
     GARBAGE,
     SLOW,
     address_attr,
     classify,
     fast_response,
-    helper_status,
-    load_helper,
 )
 from natkit.stun import Attr, Class, ErrorCode, Message, Method, decode
 from tests._certs import ec_self_signed
+from tests._native import need
 
 pytestmark = pytest.mark.timeout(60)
 
-HAVE_C = load_helper() is not None
-FAST_PATHS = [
-    pytest.param(
-        True,
-        id="c",
-        marks=pytest.mark.skipif(not HAVE_C, reason=f"no C fast path: {helper_status()}"),
-    ),
-    pytest.param(False, id="python"),
-]
+
+@pytest.fixture(params=[True, False], ids=["c", "python"])
+def fast_path(request: pytest.FixtureRequest) -> bool:
+    """Both UDP paths: the C extension (required in CI) and the pure-Python loop."""
+    if request.param:
+        need(EXTENSION)
+    return bool(request.param)
 
 
 def udp_client(family: int = socket.AF_INET, host: str = "127.0.0.1") -> socket.socket:
@@ -87,7 +85,6 @@ def no_reply(sock: socket.socket, wait: float = 0.3) -> bool:
 # ------------------------------------------------------------------ plain mode, UDP
 
 
-@pytest.mark.parametrize("fast_path", FAST_PATHS)
 async def test_binding_success_udp(fast_path: bool) -> None:
     async with natkit.StunServer(["127.0.0.1:0"], fast_path=fast_path, tcp=False) as srv:
         server = srv.udp_address
@@ -105,7 +102,6 @@ async def test_binding_success_udp(fast_path: bool) -> None:
         assert (await udp_stats(srv, responses=2))["responses"] == 2
 
 
-@pytest.mark.parametrize("fast_path", FAST_PATHS)
 async def test_fast_path_answers_like_the_general_path(fast_path: bool) -> None:
     """Requests the fast path takes get the very bytes the codec path builds."""
     responder = BindingResponder(software="natkit-test")
@@ -145,11 +141,8 @@ def test_python_fast_response_matches_codec_ipv6() -> None:
     assert isinstance(reply, Reply) and built == reply.data
 
 
-@settings(max_examples=2000, deadline=None)
-@given(st.data())
-def test_fast_path_never_disagrees_with_the_codec(data: st.DataObject) -> None:
-    """Over random bytes and mutations of real requests: what the fast path answers, the codec
-    accepts and answers with the same bytes; what it drops as garbage, the codec rejects."""
+def _datagram(data: st.DataObject) -> bytes:
+    """Random bytes, or a real Binding request with a few bytes changed and maybe cut short."""
     seeds = [
         Message(Method.BINDING, transaction_id=b"t" * 12).encode(),
         Message(Method.BINDING, transaction_id=b"t" * 12).encode(fingerprint=True),
@@ -160,9 +153,47 @@ def test_fast_path_never_disagrees_with_the_codec(data: st.DataObject) -> None:
         for _ in range(data.draw(st.integers(0, 3))):
             raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
         raw = raw[: data.draw(st.integers(0, len(raw)))] if data.draw(st.booleans()) else raw
-        blob = bytes(raw)
-    else:
-        blob = data.draw(st.binary(max_size=64))
+        return bytes(raw)
+    return data.draw(st.binary(max_size=64))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.data())
+def test_c_and_python_fast_paths_build_the_same_bytes(data: st.DataObject) -> None:
+    """The C extension's classifier and reply builder against the pure-Python ones, byte for
+    byte, IPv4 and IPv6, with and without a per-datagram local address (wildcard sockets) and
+    extra attributes (OTHER-ADDRESS, SOFTWARE)."""
+    ext = need(EXTENSION)
+    blob = _datagram(data)
+    assert ext.classify(blob) == classify(blob)
+    v6 = data.draw(st.booleans())
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    ips = ["2001:db8::7", "::1", "fe80::1:2"] if v6 else ["198.51.100.9", "127.0.0.1", "0.0.0.0"]
+    src = (data.draw(st.sampled_from(ips)), data.draw(st.integers(0, 65535)))
+    origin = ("2001:db8::1" if v6 else "192.0.2.1", data.draw(st.integers(1, 65535)))
+    local = data.draw(st.sampled_from([None, "::2" if v6 else "192.0.2.77"]))
+    extra = BindingResponder(software=data.draw(st.sampled_from([None, "natkit", "x" * 13])))
+    extra_attrs = extra.fast_extra(("192.0.2.2", 3479) if not v6 else None)
+    pack = lambda ip: socket.inet_pton(family, ip)  # noqa: E731
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        responder = ext.Responder(
+            sock.fileno(), family, local is not None, pack(origin[0]), origin[1], extra_attrs
+        )
+        got = responder.answer(blob, pack(src[0]), src[1], pack(local) if local else None)
+    kind, fp = classify(blob)
+    if kind != FAST:
+        assert got is None
+        return
+    where = address_attr(0x802B, local or origin[0], origin[1])
+    assert got == fast_response(blob, fp, src, where, extra_attrs)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.data())
+def test_fast_path_never_disagrees_with_the_codec(data: st.DataObject) -> None:
+    """Over random bytes and mutations of real requests: what the fast path answers, the codec
+    accepts and answers with the same bytes; what it drops as garbage, the codec rejects."""
+    blob = _datagram(data)
     kind, fp = classify(blob)
     src, local = ("198.51.100.9", 5555), ("192.0.2.1", 3478)
     reply = BindingResponder().respond(blob, src, local)
@@ -173,7 +204,6 @@ def test_fast_path_never_disagrees_with_the_codec(data: st.DataObject) -> None:
         assert reply == "garbage"
 
 
-@pytest.mark.parametrize("fast_path", FAST_PATHS)
 async def test_legacy_rfc3489_request_gets_mapped_address(fast_path: bool) -> None:
     async with natkit.StunServer(["127.0.0.1:0"], fast_path=fast_path, tcp=False) as srv:
         with udp_client() as c:
@@ -186,7 +216,6 @@ async def test_legacy_rfc3489_request_gets_mapped_address(fast_path: bool) -> No
             assert Attr.XOR_MAPPED_ADDRESS not in resp
 
 
-@pytest.mark.parametrize("fast_path", FAST_PATHS)
 async def test_plain_mode_answers_420_to_rfc5780_and_unknown_attributes(fast_path: bool) -> None:
     async with natkit.StunServer(["127.0.0.1:0"], fast_path=fast_path, tcp=False) as srv:
         with udp_client() as c:
@@ -208,7 +237,6 @@ async def test_plain_mode_answers_420_to_rfc5780_and_unknown_attributes(fast_pat
             assert resp.cls == Class.SUCCESS
 
 
-@pytest.mark.parametrize("fast_path", FAST_PATHS)
 async def test_indications_responses_garbage_are_dropped_and_counted(fast_path: bool) -> None:
     async with natkit.StunServer(["127.0.0.1:0"], fast_path=fast_path, tcp=False) as srv:
         with udp_client() as c:
@@ -233,7 +261,6 @@ async def test_indications_responses_garbage_are_dropped_and_counted(fast_path: 
         assert stats["garbage"] == len(garbage)
 
 
-@pytest.mark.parametrize("fast_path", FAST_PATHS)
 async def test_malformed_flood_then_normal_request(fast_path: bool) -> None:
     """Tens of thousands of random and mutated datagrams, then a normal request is answered."""
     rng = random.Random(5780)
@@ -325,7 +352,6 @@ async def test_usage_errors() -> None:
 # ------------------------------------------------------------------ RFC 5780 mode
 
 
-@pytest.mark.parametrize("fast_path", FAST_PATHS)
 async def test_rfc5780_change_request_and_other_address(fast_path: bool) -> None:
     async with natkit.StunServer(
         ["127.0.0.1:0"], alternate_ip="127.0.0.2", fast_path=fast_path, tcp=False
@@ -454,22 +480,42 @@ async def test_tcp_framing_several_and_partial_messages() -> None:
         assert srv.stats()["stream"]["garbage"] == 1
 
 
-async def test_tcp_idle_timeout_closes_and_others_keep_working() -> None:
-    async with natkit.StunServer(["127.0.0.1:0"], idle_timeout=0.3) as srv:
+async def test_tcp_idle_timeout_counts_complete_messages_not_bytes() -> None:
+    async with natkit.StunServer(["127.0.0.1:0"], idle_timeout=1.0) as srv:
         tcp = srv.addresses_of("tcp")[0]
         idle_r, idle_w = await asyncio.open_connection(*tcp)
-        idle_w.write(Message(Method.BINDING).encode()[:7])  # half a header, then silence
-        await idle_w.drain()
+        idle_w.write(Message(Method.BINDING).encode())
+        assert (await asyncio.wait_for(read_message(idle_r), 2)).cls == Class.SUCCESS
         t0 = time.monotonic()
+        partial = Message(Method.BINDING).encode()
+        for i in range(6):  # a byte every 0.4 s (slowloris) does not reset the idle clock
+            idle_w.write(partial[i : i + 1])
+            await idle_w.drain()
+            await asyncio.sleep(0.4)
+            if idle_r.at_eof():
+                break
         assert await asyncio.wait_for(idle_r.read(), 3) == b""
-        assert 0.2 < time.monotonic() - t0 < 2.5
+        assert 0.9 < time.monotonic() - t0 < 3.5
         idle_w.close()
         r, w = await asyncio.open_connection(*tcp)
         w.write(Message(Method.BINDING).encode())
         resp = await asyncio.wait_for(read_message(r), 2)
         assert resp.cls == Class.SUCCESS
         w.close()
-        assert srv.stats()["stream"]["idle_closed"] >= 1
+        assert srv.stats()["stream"]["dropped"]["idle_timeout"] == 1
+
+
+async def test_tcp_first_message_deadline() -> None:
+    async with natkit.StunServer(["127.0.0.1:0"], first_message_timeout=0.5) as srv:
+        tcp = srv.addresses_of("tcp")[0]
+        idle_r, idle_w = await asyncio.open_connection(*tcp)
+        idle_w.write(Message(Method.BINDING).encode()[:7])  # half a header, then silence
+        await idle_w.drain()
+        t0 = time.monotonic()
+        assert await asyncio.wait_for(idle_r.read(), 3) == b""
+        assert 0.4 < time.monotonic() - t0 < 2.5
+        idle_w.close()
+        assert srv.stats()["stream"]["dropped"]["first_message_timeout"] == 1
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
@@ -616,10 +662,9 @@ async def test_tcp_connection_cap() -> None:
         assert (await asyncio.wait_for(read_message(r), 2)).cls == Class.SUCCESS
         for _, w in held:
             w.close()
-        assert srv.stats()["stream"]["refused"] == 1
+        assert srv.stats()["stream"]["dropped"]["total_limit"] == 1
 
 
-@pytest.mark.parametrize("fast_path", FAST_PATHS)
 async def test_a_flooding_client_does_not_stall_others(fast_path: bool) -> None:
     """While one client floods garbage and slow-path requests, another is answered promptly."""
     import threading
@@ -648,7 +693,7 @@ async def test_a_flooding_client_does_not_stall_others(fast_path: bool) -> None:
                 for _ in range(40):
                     req = Message(Method.BINDING)
                     t0 = time.monotonic()
-                    for _attempt in range(5):  # UDP: the kernel may drop under the flood
+                    for _attempt in range(10):  # UDP: the kernel may drop under the flood
                         c.sendto(req.encode(), target)
                         try:
                             raw = await asyncio.to_thread(c.recv, 2048)
@@ -659,7 +704,9 @@ async def test_a_flooding_client_does_not_stall_others(fast_path: bool) -> None:
                     else:
                         raise AssertionError("no answer during the flood")
                     worst = max(worst, time.monotonic() - t0)
-            assert worst < 1.0, worst
+            # A stall is no answer at all; on a loaded 2-core box (the flooder shares this
+            # process's GIL) one answer may take a few retries, hence the 2 s bound.
+            assert worst < 2.0, worst
         finally:
             stop.set()
             flooder.join(5)
@@ -676,11 +723,10 @@ def test_source_budget_token_bucket() -> None:
     assert b.allow("b", 0.0)  # another source has its own bucket
     assert not b.allow("a", 0.05)  # half a token
     assert b.allow("a", 0.1)  # one token after 0.1 s at 10/s
-    assert b.allow("c", 0.1)  # table full: cleared, never a refusal for a new source
-    assert b.allow("a", 0.1)
+    assert b.allow("c", 0.1)  # table full: refilled buckets forgotten, never a new source refused
+    assert not b.allow("a", 0.1)  # a spent bucket is not forgotten for that
 
 
-@pytest.mark.parametrize("fast_path", FAST_PATHS)
 async def test_server_replies_equal_the_codec_path_over_mutations(fast_path: bool) -> None:
     """Differential test of the whole UDP path (C or Python fast path + hand-over): for random
     and mutated datagrams, the server's reply (or silence) is exactly what the codec path says.
@@ -774,3 +820,23 @@ async def test_port_zero_retries_when_the_tcp_twin_is_taken(
             with udp_client() as c:
                 resp, _, _ = await exchange(c, Message(Method.BINDING).encode(), srv.udp_address)
                 assert resp.cls == Class.SUCCESS
+
+
+def test_change_request_notice_once_per_source_and_rate_limited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from natkit.server.stun import ChangeRequestNotice
+
+    notice = ChangeRequestNotice(logging.getLogger("t"), threshold=3, per_minute=2)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(10):
+            notice.saw("192.0.2.1")  # one line for this source, however often
+        for i in range(5):
+            for _ in range(3):
+                notice.saw(f"192.0.2.{10 + i}")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2  # the rate limit: 2 a minute
+    assert "source=192.0.2.1 " in lines[0]
+    assert notice.count == 25 and notice.sources == 6

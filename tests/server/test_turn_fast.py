@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import time
@@ -10,18 +9,14 @@ import time
 import pytest
 
 from natkit.server import _turn_fast
+from tests._native import need
 
 pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
 def table() -> _turn_fast.FastTable:
-    lib = _turn_fast.load()
-    if lib is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"C relay path must build in CI: {_turn_fast.status()}")
-        pytest.skip(_turn_fast.status())
-    t = _turn_fast.FastTable(lib)
+    t = _turn_fast.FastTable(need(_turn_fast.EXTENSION))
     yield t
     t.close()
 
@@ -284,3 +279,43 @@ def test_send_batch_of_records(table: _turn_fast.FastTable, ip: str) -> None:
     assert table.send(out.fileno(), batch[:-1]) > 0  # a truncated record is refused, not read past
     for s in (out, a, b):
         s.close()
+
+
+def test_counters_can_be_read_from_another_thread_while_it_polls(
+    table: _turn_fast.FastTable,
+) -> None:
+    """stats() and len() of a relay running in a thread of its own (the pytest plugin's
+    fixtures) never fail while that thread is inside poll() with the GIL released; changing
+    the table meanwhile is refused, not raced."""
+    import threading
+
+    listener = _udp("127.0.0.1")
+    table.watch(listener.fileno(), 0)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def spin() -> None:
+        deadline = time.monotonic() + 5
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                table.poll(time.monotonic())
+            except BaseException as exc:  # report it to the test
+                errors.append(exc)
+                return
+
+    poller = threading.Thread(target=spin)
+    poller.start()
+    try:
+        for _ in range(2000):
+            assert table.stats()["send_errors"] == 0
+            assert len(table) == 0
+            try:
+                table.delete(_turn_fast.key(listener.fileno(), ("127.0.0.1", 9), 0x4000))
+            except RuntimeError as exc:  # the poller is inside poll() right now
+                assert "in use by another thread" in str(exc)
+    finally:
+        stop.set()
+        poller.join(10)
+    assert errors == []
+    table.unwatch(listener.fileno())
+    listener.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
@@ -51,6 +52,7 @@ class RawClient:
         realm: str = "natkit",
         tcp: bool = False,
         tls: bool = False,
+        source: str | None = None,
     ) -> None:
         self.server = server
         self.username, self.password, self.realm = username, password, realm
@@ -58,7 +60,9 @@ class RawClient:
         self.tcp = tcp or tls
         family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         if self.tcp:
-            raw = socket.create_connection(server, timeout=5)
+            raw = socket.create_connection(
+                server, timeout=5, source_address=(source, 0) if source else None
+            )
             if tls:
                 ctx = ssl.create_default_context()
                 ctx.check_hostname = False
@@ -67,6 +71,8 @@ class RawClient:
             self.sock = raw
         else:
             self.sock = socket.socket(family, socket.SOCK_DGRAM)
+            if source:
+                self.sock.bind((source, 0))
             self.sock.connect(server)
         self.sock.setblocking(False)
         self.buf = b""
@@ -424,7 +430,11 @@ def test_bad_options_are_config_errors_naming_the_option(tmp_path: Path) -> None
         ({"user_quota": 0}, "user_quota", "at least 1"),
         ({"tls_cert": "cert.pem"}, "tls_key", "both"),
         ({"auth": StaticUsers({}), "users": {"a": "b"}}, "auth", "not both"),
-        ({"peer_policy": DefaultPeerPolicy(), "allow_peers": ["10.0.0.0/8"]}, "peer_policy", "not both"),
+        (
+            {"peer_policy": DefaultPeerPolicy(), "allow_peers": ["10.0.0.0/8"]},
+            "peer_policy",
+            "not both",
+        ),
         ({"quota": AllocationQuota(), "user_quota": 2}, "quota", "not both"),
         ({"listen": ["nonsense"]}, "listen", "not an IP"),
     ):
@@ -611,7 +621,9 @@ async def test_channel_range_default_and_strict(strict: bool, status: int) -> No
     """RFC 5766 clients (coturn's uclient among them) bind channels above 0x4FFF: accepted by
     default, refused with 400 under --strict-channels; 0x4000-0x4FFF always works."""
     async with TurnServer(
-        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=["127.0.0.0/8"],
+        [("127.0.0.1", 0)],
+        users={"u": "p"},
+        allow_peers=["127.0.0.0/8"],
         strict_channels=strict,
     ) as turn:
         client = RawClient(turn.addresses[0][1], "u", "p")
@@ -654,9 +666,7 @@ async def test_a_bug_is_answered_500_logged_and_counted(caplog: pytest.LogCaptur
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    async with TurnServer(
-        [("127.0.0.1", 0)], auth=Broken(), metrics=("127.0.0.1", port)
-    ) as turn:
+    async with TurnServer([("127.0.0.1", 0)], auth=Broken(), metrics=("127.0.0.1", port)) as turn:
         c = RawClient(turn.addresses_of("udp")[0], "u", "p")
         with caplog.at_level("ERROR", logger="natkit.turn"):
             resp = await c.allocate()
@@ -664,9 +674,11 @@ async def test_a_bug_is_answered_500_logged_and_counted(caplog: pytest.LogCaptur
         assert turn.stats()["bugs"] == 1 and turn.stats()["errors"].get(500) == 1
         assert any(r.exc_info and "internal_error" in r.getMessage() for r in caplog.records)
         body = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
-            .read()
-            .decode()
+            lambda: (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                .read()
+                .decode()
+            )
         )
         assert "natkit_turn_bugs_total 1.0" in body
         # and the server goes on serving
@@ -695,10 +707,14 @@ async def test_custom_handlers_decide_on_a_real_server() -> None:
         c = RawClient(server, "app", "pw")
         assert (await c.allocate()).cls == Class.SUCCESS
         bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4000)
-        resp = await c.request(bind.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 10)))
+        resp = await c.request(bind.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.2", 10)))
+        assert resp.error_code.code == 403
+        # the relay's own address is refused whatever a custom policy says
+        bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4000)
+        resp = await c.request(bind.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 9)))
         assert resp.error_code.code == 403
         bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4000)
-        assert (await c.request(bind.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 9)))).cls == (
+        assert (await c.request(bind.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.2", 9)))).cls == (
             Class.SUCCESS
         )
         second = RawClient(server, "app", "pw")  # same source IP: over its quota
@@ -709,3 +725,226 @@ async def test_custom_handlers_decide_on_a_real_server() -> None:
         for client in (c, second, wrong):
             client.close()
     assert quota.total == 0  # stop released it
+
+
+# ---- abuse on a real server (docs/security.md); each was possible before the fix ------------
+
+
+def _permit(addr: tuple[str, int]) -> Message:
+    return Message(Method.CREATE_PERMISSION).add(Attr.XOR_PEER_ADDRESS, addr)
+
+
+def _send(addr: tuple[str, int], data: bytes) -> bytes:
+    msg = Message(Method.SEND, Class.INDICATION).add(Attr.XOR_PEER_ADDRESS, addr)
+    return msg.add(Attr.DATA, data).encode()
+
+
+@PATHS
+async def test_no_relay_to_itself_on_a_real_server(fast: bool) -> None:
+    """With relay_to_relay off, relayed addresses and the listener are never peers, even with
+    the IP reopened by --allow-peer; an Allocate sent through the relay to the listener is
+    never answered."""
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast),
+        min_port=42000, max_port=42099, relay_to_relay=False,
+    ) as turn:  # fmt: skip
+        listener = turn.addresses_of("udp")[0]
+        a, b = RawClient(listener, "u", "p"), RawClient(listener, "u", "p")
+        relay_a = (await a.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+        relay_b = (await b.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+        # two allocations pointed at each other, at themselves, at the listener: 403
+        for client, target in ((a, relay_b), (b, relay_a), (a, relay_a), (a, listener)):
+            assert (await client.request(_permit(target))).error_code.code == 403
+        bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4000)
+        assert (await a.request(bind.add(Attr.XOR_PEER_ADDRESS, relay_b))).error_code.code == 403
+        # the IP is reopened for other ports: a permission by IP, then data at our own ports
+        peer = _peer()
+        assert (await a.request(_permit(peer.getsockname()))).cls == Class.SUCCESS
+        assert (await b.request(_permit(peer.getsockname()))).cls == Class.SUCCESS
+        a.send_raw(_send(relay_b, b"loop"))
+        nested = Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17).encode()
+        a.send_raw(_send(listener, nested))
+        a.send_raw(_send(peer.getsockname(), b"fine"))
+        assert (await _peer_recv(peer))[0] == b"fine"
+        with pytest.raises(TimeoutError):
+            await b.recv(0.3)  # nothing from a's relay reached b
+        with pytest.raises(TimeoutError):
+            await a.recv(0.2)  # and the listener answered nothing through the relay
+        stats = turn.stats()
+        assert stats["allocations"] == 2 and stats["to_client_packets"] == 0
+        assert stats["refused_by_reason"]["own_relay"] >= 3
+        assert stats["refused_by_reason"]["own_listener"] == 1
+        for c in (a, b):
+            c.close()
+        peer.close()
+
+
+@PATHS
+async def test_relay_to_relay_by_default_delivers_once_and_refuses_the_listener(fast: bool) -> None:
+    """Two clients of one relay reach each other's relayed address (WebRTC with both sides
+    relayed); allocations pointed at each other deliver each datagram once, never in a loop."""
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast),
+        min_port=42100, max_port=42103,
+    ) as turn:
+        listener = turn.addresses_of("udp")[0]
+        a, b = RawClient(listener, "u", "p"), RawClient(listener, "u", "p")
+        relay_a = (await a.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+        relay_b = (await b.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+        assert (await a.request(_permit(relay_b))).cls == Class.SUCCESS
+        assert (await b.request(_permit(relay_a))).cls == Class.SUCCESS
+        assert (await a.request(_permit(listener))).error_code.code == 403
+        a.send_raw(_send(relay_b, b"hello b"))
+        ind = decode(await b.recv())
+        assert ind.get(Attr.DATA) == b"hello b" and ind.get(Attr.XOR_PEER_ADDRESS) == relay_a
+        with pytest.raises(TimeoutError):
+            await b.recv(0.3)  # once, not again
+        with pytest.raises(TimeoutError):
+            await a.recv(0.2)  # and nothing came back around to a
+        nested = Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17).encode()
+        a.send_raw(_send(relay_b, nested))  # b's client gets it as data; no allocation is made
+        assert decode(await b.recv()).get(Attr.DATA) == nested
+        stats = turn.stats()
+        assert stats["allocations"] == 2 and stats["to_client_packets"] == 2
+        for c in (a, b):
+            c.close()
+
+
+async def test_wildcard_listener_owns_every_local_address() -> None:
+    from natkit.server._local import local_addresses
+
+    async with TurnServer([("0.0.0.0", 0)], users={"u": "p"}, tcp=False) as turn:
+        own = turn.engine.own
+        assert own.owns("127.0.0.5")  # lo answers on all of 127.0.0.0/8
+        for address in local_addresses():
+            ip = address.split("/")[0]
+            if ":" not in ip:
+                assert own.owns(ip), ip
+        assert not own.owns("::1")  # no IPv6 listener: not this relay's address
+        port = turn.addresses_of("udp")[0][1]
+        c = RawClient(("127.0.0.1", port), "u", "p")
+        assert (await c.allocate()).cls == Class.SUCCESS
+        for ip in {a.split("/")[0] for a in local_addresses() if ":" not in a}:
+            assert (await c.request(_permit((ip, 9)))).error_code.code == 403, ip
+        c.close()
+
+
+async def test_spoofed_bad_passwords_do_not_lock_out_a_real_client() -> None:
+    async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}) as turn:
+        server = turn.addresses_of("udp")[0]
+        victim = RawClient(server, "u", "p")
+        assert (await victim.allocate()).cls == Class.SUCCESS
+        spoofer = RawClient(server, "u", "guess")  # the same source IP, as behind one NAT
+        await spoofer.allocate()  # a nonce
+        refreshed = 0
+        for _ in range(20):
+            for _ in range(10):
+                key = long_term_key("u", "natkit", "guess")
+                bad = Message(Method.REFRESH).add(Attr.USERNAME, "u").add(Attr.REALM, "natkit")
+                spoofer.send_raw(bad.add(Attr.NONCE, spoofer.nonce).encode(key=key))
+            resp = await victim.request(Message(Method.REFRESH).add(Attr.LIFETIME, 600))
+            refreshed += resp.cls == Class.SUCCESS
+        assert refreshed == 20
+        assert turn.stats()["auth_blocked"] > 100
+        for c in (victim, spoofer):
+            c.close()
+
+
+async def test_default_per_user_quota_leaves_room_for_other_users() -> None:
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"greedy": "p", "next": "q"}, min_port=43000, max_port=43019
+    ) as turn:
+        server = turn.addresses_of("udp")[0]
+        assert turn.user_quota == 10  # half of the 20 relay ports
+        clients = [RawClient(server, "greedy", "p") for _ in range(12)]
+        codes = [(await c.allocate()).error_code for c in clients]
+        assert sum(e is None for e in codes) == 10
+        assert {e.code for e in codes if e is not None} == {486}
+        other = RawClient(server, "next", "q")
+        assert (await other.allocate()).cls == Class.SUCCESS
+        for c in [*clients, other]:
+            c.close()
+    # one user only: nobody else to protect, no per-user limit
+    assert TurnServer([("127.0.0.1", 0)], users={"solo": "p"}).user_quota is None
+    assert (
+        TurnServer([("127.0.0.1", 0)], auth_secrets=["s"], min_port=1000, max_port=1099).user_quota
+        == 50
+    )
+
+
+async def test_unauthenticated_401s_are_rate_limited_per_source() -> None:
+    async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}) as turn:
+        server = turn.addresses_of("udp")[0]
+        flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        flood.bind(("127.0.0.2", 0))
+        flood.settimeout(0.5)
+        allocate = Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17)
+        for i in range(3000):
+            flood.sendto(allocate.encode(), server)
+            if i % 100 == 99:
+                await asyncio.sleep(0.001)  # let the server (same loop) read
+        await asyncio.sleep(0.3)
+
+        def drain() -> int:
+            got = 0
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    flood.recv(2048)
+                    got += 1
+            return got
+
+        got = await asyncio.to_thread(drain)
+        assert got <= 100 + 50 * 5  # the burst, and what refilled while sending
+        assert got >= 100
+        assert turn.stats()["rate_limited_responses"] >= 3000 - got - 50
+        legit = RawClient(server, "u", "p", source="127.0.0.3")
+        assert (await legit.allocate()).cls == Class.SUCCESS
+        legit.close()
+        flood.close()
+
+
+async def test_rest_expiry_more_than_max_ttl_ahead_is_refused() -> None:
+    from natkit.turn.auth import rest_password
+
+    async with TurnServer([("127.0.0.1", 0)], auth_secrets=["s"], rest_max_ttl=3600) as turn:
+        server = turn.addresses_of("udp")[0]
+        name = f"{int(time.time()) + 7200}:x"
+        assert (
+            await RawClient(server, name, rest_password("s", name)).allocate()
+        ).error_code.code == 401
+        name = f"{int(time.time()) + 600}:x"
+        assert (
+            await RawClient(server, name, rest_password("s", name)).allocate()
+        ).cls == Class.SUCCESS
+
+
+async def test_channels_capped_and_a_binding_stays_fast() -> None:
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, max_channels=200
+    ) as turn:
+        server = turn.addresses_of("udp")[0]
+        c = RawClient(server, "u", "p")
+        await c.allocate()
+        codes = []
+        for n in range(220):
+            bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4000 + n)
+            resp = await c.request(bind.add(Attr.XOR_PEER_ADDRESS, ("127.0.0.2", 2000 + n)))
+            codes.append(resp.error_code.code if resp.error_code else 200)
+        assert codes.count(200) == 200 and set(codes[200:]) == {508}
+        other = RawClient(server, "u", "p", source="127.0.0.3")
+        t0 = time.monotonic()
+        other.send_raw(Message(Method.BINDING).encode())
+        assert decode(await other.recv()).cls == Class.SUCCESS
+        assert time.monotonic() - t0 < 0.5
+        for x in (c, other):
+            x.close()
+
+
+async def test_fec0_and_3fff_peers_refused() -> None:
+    async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}) as turn:
+        c = RawClient(turn.addresses_of("udp")[0], "u", "p")
+        await c.allocate()
+        for ip in ("fec0::1", "3fff::1", "3fff:fff::abcd"):
+            assert (await c.request(_permit((ip, 9)))).error_code.code == 403
+        assert turn.stats()["refused_by_reason"]["special_purpose"] == 3
+        c.close()

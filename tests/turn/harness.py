@@ -196,6 +196,13 @@ class Client:
             msg.add(Attr.XOR_PEER_ADDRESS, (ip, 9))
         return self.send(msg)
 
+    def permit_exact(self, *peers: tuple[str, int]) -> Message:
+        """CreatePermission naming whole transport addresses (the port is the client's)."""
+        msg = Message(Method.CREATE_PERMISSION)
+        for peer in peers:
+            msg.add(Attr.XOR_PEER_ADDRESS, peer)
+        return self.send(msg)
+
     def channel(self, number: int, peer: tuple[str, int]) -> Message:
         msg = (
             Message(Method.CHANNEL_BIND)

@@ -114,7 +114,10 @@ class Mirrored(Harness):
         return replies
 
 
-def check_equivalent(h: Mirrored, clients: list[Client]) -> None:
+def check_equivalent(h: Mirrored, clients: list[Client], *, cover: bool = True) -> None:
+    """The table never forwards what the engine would not; with ``cover`` (after a tick has
+    renewed the entries a permission's growth made stale), it forwards all the engine does for
+    the allocations it took over."""
     engine, table, now = h.engine, h.table, h.now
     for c in clients:
         key = (c.transport, c.addr)
@@ -127,7 +130,7 @@ def check_equivalent(h: Mirrored, clients: list[Client]) -> None:
             assert len(h.sent_to_peers) == before
             fast = table.channel_data(key, number, now)
             want = None if out is None else (out.handle, out.peer)
-            if fast is not None or offloaded:
+            if fast is not None or (offloaded and cover):
                 assert fast == want, (number, fast, want)
         for ip in PEER_IPS:
             for port in PORTS:
@@ -138,7 +141,7 @@ def check_equivalent(h: Mirrored, clients: list[Client]) -> None:
                 sends = [a for a in actions if isinstance(a, SendToPeer)]
                 want = (sends[0].handle, sends[0].peer) if sends else None
                 fast = table.send_indication(key, peer, now)
-                if fast is not None or offloaded:
+                if fast is not None or (offloaded and cover):
                     assert fast == want, (peer, fast, want)
         allocation = engine.allocations.get(key)
         for relay in allocation.relays if allocation else []:
@@ -155,7 +158,7 @@ def check_equivalent(h: Mirrored, clients: list[Client]) -> None:
                             assert decode(frame).get(Attr.XOR_PEER_ADDRESS) == peer
                         want = ((out.client, out.addr), kind)
                     fast = table.from_peer(relay, peer, now)
-                    if fast is not None or offloaded:
+                    if fast is not None or (offloaded and cover):
                         assert fast == want, (relay.family, peer, fast, want)
 
 
@@ -200,6 +203,8 @@ def test_mirrored_table_forwards_what_the_engine_forwards(ops: list[tuple[Any, .
             clients[item[1]].refresh(item[2])
         else:
             clients[item[1]].allocate(additional_address_family=2)
+        check_equivalent(h, clients, cover=False)
+        h.tick(0)  # the tick renews what the request left stale
         check_equivalent(h, clients)
     h.tick(4000)
     assert not h.table.allocations and not h.table.perms and not h.table.to_peer

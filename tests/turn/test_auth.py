@@ -13,6 +13,8 @@ from natkit.turn.auth import (
     Grant,
     NoAuth,
     NonceIssuer,
+    Refused,
+    ResponseLimiter,
     RestSecrets,
     StaticUsers,
     rest_credentials,
@@ -68,17 +70,42 @@ def test_nonce_is_stateless_bound_and_expires() -> None:
     assert not NonceIssuer(secret=b"x" * 16).valid(nonce, "192.0.2.1", NOW)
 
 
-def test_failure_limiter_blocks_refills_and_stays_bounded() -> None:
-    limiter = FailureLimiter(burst=3, rate=1.0, max_sources=100)
+def test_failure_limiter_is_per_user_realm_and_source_with_a_global_budget() -> None:
+    limiter = FailureLimiter(burst=3, rate=1.0, global_burst=10, global_rate=1.0, max_keys=100)
     for _ in range(3):
-        assert not limiter.blocked("a", NOW)
-        limiter.failure("a", NOW)
-    assert limiter.blocked("a", NOW)
-    assert not limiter.blocked("b", NOW)
-    assert not limiter.blocked("a", NOW + 1.5)
+        assert limiter.failure("alice", "r", "a", NOW)
+    assert not limiter.failure("alice", "r", "a", NOW)  # this key is spent...
+    assert limiter.failure("bob", "r", "a", NOW)  # ...not another user from the same source
+    assert limiter.failure("alice", "r", "b", NOW)  # nor the same user from elsewhere
+    assert limiter.failure("alice", "r", "a", NOW + 1.5)  # and tokens come back
+    # the server-wide budget brakes guessing spread over many keys
+    answered = sum(limiter.failure(f"u{i}", "r", "c", NOW + 1.5) for i in range(50))
+    assert answered < 10
     for i in range(1000):
-        limiter.failure(f"10.0.{i // 256}.{i % 256}", NOW)
+        limiter.failure("x", "r", f"10.0.{i // 256}.{i % 256}", NOW + 100 + i)
     assert len(limiter) <= 100
+
+
+def test_response_limiter_budget_and_credit() -> None:
+    limiter = ResponseLimiter(burst=3, rate=1.0)
+    assert [limiter.allow("a", NOW) for _ in range(4)] == [True, True, True, False]
+    limiter.credit("a", NOW)  # a verified request from "a": one more
+    assert limiter.allow("a", NOW) and not limiter.allow("a", NOW)
+    assert limiter.allow("b", NOW)
+
+
+def test_rest_expiry_ascii_digits_and_max_ttl() -> None:
+    rest = RestSecrets(["s"], max_ttl=86400)
+    assert isinstance(rest.lookup(f"{int(NOW) + 86400}:u", "r", ("192.0.2.1", 1), NOW), list)
+    far = rest.lookup(f"{int(NOW) + 86401}:u", "r", ("192.0.2.1", 1), NOW)
+    assert isinstance(far, Refused) and "ahead" in far.reason
+    assert isinstance(rest.lookup("99999999999:u", "r", ("192.0.2.1", 1), NOW), Refused)
+    # digits of other scripts are digits to str.isdigit(), not to a REST timestamp
+    for name in ("١٧٠٠٠٠٠٦٠٠:u", "１７００００００６００:u", "1700000600²:u"):
+        assert rest.expiry(name) is None and rest.lookup(name, "r", ("192.0.2.1", 1), NOW) is None
+    assert isinstance(
+        RestSecrets(["s"], max_ttl=None).lookup("99999999999:u", "r", ("x", 1), NOW), list
+    )
 
 
 def test_nonce_caches_reuse_per_second_and_stay_bounded() -> None:

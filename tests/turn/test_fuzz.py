@@ -214,9 +214,10 @@ def test_thousands_of_permissions_are_capped_and_others_served() -> None:
 
 def test_auth_failures_from_many_sources_do_not_grow_without_bound() -> None:
     engine = make_engine()
-    engine.limiter.max_sources = 500
+    engine.limiter.max_keys = 500
     h = Harness(engine)
     for i in range(2000):
-        Client(h, addr=(f"10.9.{i // 256}.{i % 256}", 1), password="wrong").allocate()
+        c = Client(h, addr=(f"10.9.{i // 256}.{i % 256}", 1), password="wrong")
+        c.try_send(Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17))
     assert len(engine.limiter) <= 500
     check_still_serving(h)

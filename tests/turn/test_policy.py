@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from natkit.errors import ConfigError
-from natkit.turn.policy import DefaultPeerPolicy, PeerAddressError, PeerPolicy, canonical_peer
+from natkit.turn.policy import (
+    DefaultPeerPolicy,
+    OwnAddresses,
+    PeerAddressError,
+    PeerPolicy,
+    canonical_peer,
+    reason_label,
+)
 
 # Special-purpose addresses a relay must refuse by default, several encodings each.
 SPECIAL = [
@@ -42,6 +49,11 @@ SPECIAL = [
     "100::1",
     "2001:2::1",
     "64:ff9b:1::1",
+    # not (yet) in netaddr's registries: RFC 9637 documentation, RFC 3879 deprecated site-local
+    "3fff::1",
+    "3fff:fff:ffff::1",
+    "fec0::1",
+    "feff:ffff::1",
     # IPv4 inside IPv6
     "::ffff:127.0.0.1",
     "::ffff:169.254.169.254",
@@ -128,3 +140,47 @@ def test_refuse_gives_the_reason_and_satisfies_the_protocol() -> None:
     assert policy.refuse(("8.8.8.8", 9)) == "in the deny list"
     assert policy.refuse(("127.0.0.1", 9)) == "special-purpose range"
     assert policy.refuse(("nonsense", 9)) == "not an IP address"
+
+
+def test_rfc9637_and_site_local_edges() -> None:
+    policy = DefaultPeerPolicy()
+    assert policy.permits("3fff:1000::1")  # just past 3fff::/20
+    assert policy.permits("2a00::1")
+    assert not policy.permits("fec0::") and not policy.permits("3fff::")
+
+
+def test_own_addresses_any_port_all_families_and_what_an_allow_reopens() -> None:
+    own = OwnAddresses(["192.0.2.5", "2001:db8::5"], listen_ports=[(4, 3478), (6, 3478)])
+    for peer in (
+        ("192.0.2.5", 1),
+        ("192.0.2.5", 3478),
+        ("::ffff:192.0.2.5", 9),
+        ("64:ff9b::c000:205", 9),
+        ("2001:db8::5", 80),
+        ("0.0.0.0", 3478),
+        ("::", 1),
+    ):
+        assert own.refuse(peer) is not None, peer
+    assert own.refuse(("192.0.2.6", 1)) is None
+    assert own.refuse(("192.0.2.5", 3478)) == "the relay's own listener"
+    # an explicit allow reopens other ports of an own IP, never the listener or a live relay
+    reopened = OwnAddresses(
+        ["192.0.2.5"],
+        listen_ports=[(4, 3478)],
+        relay_ports=(50000, 50100),
+        reopened=["192.0.2.0/24"],
+    )
+    assert reopened.refuse(("192.0.2.5", 9)) is None
+    assert reopened.refuse(("192.0.2.5", 3478)) == "the relay's own listener"
+    assert reopened.refuse(("192.0.2.5", 50050)) == "the relay's own relay port range"
+    assert (
+        reopened.refuse(("192.0.2.5", 9), {("192.0.2.5", 9)}) == "the relay's own relayed address"
+    )
+    assert reopened.refuse(("::ffff:192.0.2.5", 9), {("192.0.2.5", 9)}) is not None
+    reopened.add("203.0.113.9")  # an IP learnt later (a relay's advertised address)
+    assert reopened.refuse(("203.0.113.9", 1)) == "the relay's own address"
+    assert {reason_label(own.refuse(p) or "") for p in (("192.0.2.5", 1), ("192.0.2.5", 3478))} == {
+        "own_address",
+        "own_listener",
+    }
+    assert reason_label("my own words") == "policy"

@@ -3,7 +3,9 @@
 :mod:`~natkit.ice.browsers.knowledge` holds the static rules (what Chromium and Firefox ignore
 or reject, with the source of each rule); :mod:`~natkit.ice.browsers.base` the shape of a live
 gathering run by a real browser; :mod:`~natkit.ice.browsers.chromium` drives headless
-Chromium over the DevTools protocol. A second browser plugs in with :func:`register`: a
+Chromium over the DevTools protocol and :mod:`~natkit.ice.browsers.firefox` headless Firefox
+over WebDriver BiDi, both as :class:`~natkit.ice.browsers.driver.Driver` s started by
+:mod:`~natkit.ice.browsers.process`. Another browser plugs in with :func:`register`: a
 factory that returns an :class:`~natkit.ice.browsers.base.IceBrowser`.
 """
 
@@ -42,3 +44,7 @@ def _builtin() -> None:
         from natkit.ice.browsers.chromium import ChromiumGatherer
 
         _FACTORIES["chromium"] = ChromiumGatherer
+    if "firefox" not in _FACTORIES:
+        from natkit.ice.browsers.firefox import FirefoxGatherer
+
+        register("firefox", FirefoxGatherer)

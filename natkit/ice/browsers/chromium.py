@@ -1,90 +1,109 @@
-"""Headless Chromium gathering candidates per URL, driven over the DevTools protocol.
+"""Headless Chromium, driven over the DevTools protocol on a pipe.
 
-The Trickle ICE page, automated: Chromium starts with a fresh profile and
-``--remote-debugging-pipe`` (the protocol on file descriptors 3 and 4, NUL-separated JSON: no
-port to open, nothing another local user could connect to), opens ``about:blank`` and
-evaluates a script that creates one ``RTCPeerConnection`` per URL, gathers until complete or
-the time is up, and returns every candidate (with the URL Chromium says produced it) and every
-``icecandidateerror``. Chromium, its helper processes and the profile are removed afterwards,
-also on failure and cancellation.
+:class:`ChromiumBrowser` starts Chromium (:class:`~natkit.ice.browsers.process.BrowserProcess`:
+a fresh profile, its own ``TMPDIR``, nothing left behind) with ``--remote-debugging-pipe``
+(the protocol on file descriptors 3 and 4, NUL-separated JSON: no port to open, nothing
+another local user could connect to) and implements :class:`~natkit.ice.browsers.driver.Driver`:
+tabs are DevTools targets, scripts run through ``Runtime.evaluate``. Both ``natkit check
+--browser chromium`` (:class:`ChromiumGatherer`) and the lab's Chromium peer
+(:mod:`natkit.lab.stacks.chromium`) use it, with the one flag list :func:`chromium_flags`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
-import signal
-import subprocess
-import tempfile
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from natkit.errors import PrerequisiteError
-from natkit.ice.browsers.base import BrowserGathering, BrowserServer, BrowserUrlResult
+from natkit.ice.browsers.base import BrowserGathering, BrowserServer
+from natkit.ice.browsers.driver import BrowserError, CommandChannel, gather_in
+from natkit.ice.browsers.process import BrowserProcess
 
-__all__ = ["FLAGS", "ChromiumGatherer", "DevToolsPipe", "find_chromium"]
+__all__ = [
+    "FLAGS",
+    "GOOGLE_SERVICES",
+    "ChromiumBrowser",
+    "ChromiumGatherer",
+    "DevToolsError",
+    "DevToolsPipe",
+    "chromium_flags",
+    "find_chromium",
+    "url_host",
+]
 
 FLAGS = (
     "--headless",
-    "--no-sandbox",  # as root the setuid sandbox cannot start
+    "--no-sandbox",  # as root (and in a namespace) the setuid sandbox cannot start
     "--disable-gpu",
+    "--disable-quic",
     "--no-first-run",
+    "--no-default-browser-check",
+    "--no-proxy-server",  # a proxy in the environment must not carry the page or TURN/TCP
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
     "--disable-default-apps",
     "--disable-extensions",
+    "--disable-breakpad",
+    "--disable-domain-reliability",
+    "--metrics-recording-only",
     "--mute-audio",
+    # Cases in other tabs must not be throttled while one tab has the focus.
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
     "--remote-debugging-pipe",
-    # Servers on loopback (a test, a server on this host) need the loopback interface.
-    "--allow-loopback-in-peer-connection",
 )
+MDNS_OFF = "--disable-features=WebRtcHideLocalIpsWithMdns"  # raw host addresses in candidates
+LOOPBACK = "--allow-loopback-in-peer-connection"  # ICE over 127.0.0.1 (servers on this host)
 MAX_MESSAGE = 16 * 1024 * 1024
+START_TIMEOUT = 20.0
 
-# Runs in the page: gather per URL, and try the whole list in one constructor.
-_SCRIPT = r"""
-async (servers, whole, timeoutMs) => {
-  const one = (server) => new Promise((resolve) => {
-    const out = {path: server.path, url: server.url, candidates: [], errors: [],
-                 exception: null, complete: false};
-    let pc;
-    try {
-      pc = new RTCPeerConnection({iceServers: [server.ice], iceCandidatePoolSize: 0});
-    } catch (e) {
-      out.exception = `${e.name}: ${e.message}`;
-      resolve(out);
-      return;
-    }
-    const done = () => { try { pc.close(); } catch (e) {} resolve(out); };
-    const timer = setTimeout(done, timeoutMs);
-    pc.onicecandidate = (ev) => {
-      if (!ev.candidate) { out.complete = true; clearTimeout(timer); done(); return; }
-      const c = ev.candidate;
-      out.candidates.push({candidate: c.candidate, type: c.type, protocol: c.protocol,
-                           address: c.address, port: c.port, relayProtocol: c.relayProtocol,
-                           url: ev.url || null});
-    };
-    pc.onicecandidateerror = (ev) => {
-      out.errors.push({errorCode: ev.errorCode, errorText: ev.errorText, url: ev.url,
-                       address: ev.address, port: ev.port});
-    };
-    pc.createDataChannel("natkit");
-    pc.createOffer().then((o) => pc.setLocalDescription(o)).catch((e) => {
-      out.exception = `${e.name}: ${e.message}`; clearTimeout(timer); done();
-    });
-  });
-  let wholeError = null;
-  try { new RTCPeerConnection({iceServers: whole}).close(); }
-  catch (e) { wholeError = `${e.name}: ${e.message}`; }
-  const urls = await Promise.all(servers.map(one));
-  return {userAgent: navigator.userAgent, configException: wholeError, urls};
-}
-"""
+
+# Chromium's own services (component and extension updates, account look-ups) that
+# --disable-background-networking and --disable-component-update do not stop in Chromium 156:
+# seen as DNS queries for clients2.google.com, update.googleapis.com, accounts.google.com.
+GOOGLE_SERVICES = ("*.google.com", "*.googleapis.com", "*.gvt1.com", "*.gstatic.com",
+                   "*.googleusercontent.com")
+
+
+def chromium_flags(*, mdns: bool = True, loopback: bool = False,
+                   allow: Sequence[str] = ()) -> list[str]:
+    """Chromium's command line but the binary and the profile. ``mdns=False`` puts raw host
+    addresses in host candidates instead of ``<uuid>.local`` names (nothing in a lab answers
+    mDNS); ``loopback=True`` lets ICE use 127.0.0.1 (STUN/TURN on this host).
+
+    Names under :data:`GOOGLE_SERVICES` fail to resolve at once (no DNS query leaves), except
+    those in ``allow``: the ICE servers' names (``stun.l.google.com`` must still resolve when
+    a user checks it)."""
+    flags = list(FLAGS)
+    if not mdns:
+        flags += [MDNS_OFF, "--force-webrtc-ip-handling-policy=default"]
+    if loopback:
+        flags.append(LOOPBACK)
+    rules = [*(f"EXCLUDE {name}" for name in allow), *(f"MAP {p} ~NOTFOUND" for p in GOOGLE_SERVICES)]
+    flags.append("--host-resolver-rules=" + ", ".join(rules))
+    return flags
+
+
+def url_host(url: str) -> str | None:
+    """The host name of a stun:/turn: URL, or None for an IP literal (nothing to resolve)."""
+    rest = url.split(":", 1)[1] if ":" in url else url
+    rest = rest.split("?", 1)[0].lstrip("/")
+    if rest.startswith("["):
+        return None
+    host = rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower() if host and all(c.isalnum() or c in "-._" for c in host) else None
+    return None
 
 
 def find_chromium() -> str:
@@ -93,56 +112,142 @@ def find_chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise PrerequisiteError("--browser chromium needs Chromium: apt-get install chromium")
+    raise PrerequisiteError("Chromium is not installed: apt-get install chromium")
 
 
-class DevToolsError(Exception):
+class DevToolsError(BrowserError):
     """The DevTools protocol answered with an error, or the browser went away."""
 
 
-class DevToolsPipe:
+class DevToolsPipe(CommandChannel):
     """The DevTools protocol over a pair of pipes (``--remote-debugging-pipe``)."""
+
+    error = DevToolsError
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.WriteTransport) -> None:
         self.reader = reader
         self.writer = writer
-        self.next_id = 0
-        self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.task = asyncio.ensure_future(self._read())
+        super().__init__()
 
-    async def _read(self) -> None:
+    async def _next(self) -> dict[str, Any]:
         try:
-            while True:
-                raw = await self.reader.readuntil(b"\0")
-                message = json.loads(raw[:-1])
-                fut = self.pending.pop(message.get("id", -1), None)
-                if fut is None or fut.done():
-                    continue  # an event
-                if "error" in message:
-                    fut.set_exception(DevToolsError(str(message["error"].get("message"))))
-                else:
-                    fut.set_result(message.get("result", {}))
+            message = json.loads((await self.reader.readuntil(b"\0"))[:-1])
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
                 ConnectionError) as exc:
-            for fut in self.pending.values():
-                if not fut.done():
-                    fut.set_exception(DevToolsError(f"the browser closed the pipe ({exc})"))
-            self.pending.clear()
+            raise DevToolsError(f"the browser closed the pipe ({exc})") from None
+        return message if isinstance(message, dict) else {}
+
+    async def _write(self, message: dict[str, Any]) -> None:
+        self.writer.write(json.dumps(message).encode() + b"\0")
+
+    def _answer(self, message: dict[str, Any]) -> tuple[int, Any, str | None] | None:
+        if "id" not in message:
+            return None
+        if "error" in message:
+            return message["id"], None, str(message["error"].get("message"))
+        return message["id"], message.get("result", {}), None
 
     async def send(self, method: str, params: dict[str, Any] | None = None,
                    session: str | None = None) -> Any:
-        self.next_id += 1
-        message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params or {}}
+        message: dict[str, Any] = {"method": method, "params": params or {}}
         if session:
             message["sessionId"] = session
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending[self.next_id] = fut
-        self.writer.write(json.dumps(message).encode() + b"\0")
-        return await fut
+        return await self.request(message)
 
     def close(self) -> None:
-        self.task.cancel()
+        super().close()
         self.writer.close()
+
+
+class ChromiumBrowser:
+    """A running headless Chromium (a :class:`~natkit.ice.browsers.driver.Driver`)."""
+
+    name = "chromium"
+
+    def __init__(self, process: BrowserProcess, pipe: DevToolsPipe, version: str | None) -> None:
+        self.process = process
+        self.pipe = pipe
+        self.version = version
+        self._targets: dict[str, str] = {}  # session id (the tab) -> target id
+
+    @classmethod
+    async def launch(cls, *, binary: str | None = None, netns: str | None = None,
+                     mdns: bool = True, loopback: bool = False, allow: Sequence[str] = (),
+                     extra_flags: Sequence[str] = ()) -> ChromiumBrowser:
+        """Start Chromium (in namespace ``netns`` if given); see :func:`chromium_flags`.
+        PrerequisiteError if it is not installed, BrowserError if it does not come up."""
+        exe = binary or find_chromium()
+        to_browser_r, to_browser_w = os.pipe()
+        from_browser_r, from_browser_w = os.pipe()
+        flags = [*chromium_flags(mdns=mdns, loopback=loopback, allow=allow), *extra_flags]
+        process: BrowserProcess | None = None
+        pipe: DevToolsPipe | None = None
+        try:
+            process = BrowserProcess.spawn(
+                "chromium", lambda profile: [exe, *flags, f"--user-data-dir={profile}", "about:blank"],
+                netns=netns, child_fds={3: to_browser_r, 4: from_browser_w})
+            os.close(to_browser_r)
+            os.close(from_browser_w)
+            to_browser_r = from_browser_w = -1
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader(limit=MAX_MESSAGE)
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                         os.fdopen(from_browser_r, "rb", buffering=0))
+            from_browser_r = -1
+            transport, _ = await loop.connect_write_pipe(
+                asyncio.Protocol, os.fdopen(to_browser_w, "wb", buffering=0))
+            to_browser_w = -1
+            pipe = DevToolsPipe(reader, transport)
+            try:
+                info = await asyncio.wait_for(pipe.send("Browser.getVersion"), START_TIMEOUT)
+            except TimeoutError:
+                raise DevToolsError(f"Chromium did not answer within {START_TIMEOUT:g} s") from None
+            except DevToolsError as exc:
+                raise DevToolsError(f"{exc}: {process.log_tail(3)}") from None
+            return cls(process, pipe, _version(info.get("product")) or _version(info.get("userAgent")))
+        except BaseException:
+            if pipe is not None:
+                pipe.close()
+            if process is not None:
+                await asyncio.shield(process.close())
+            raise
+        finally:
+            for fd in (to_browser_r, to_browser_w, from_browser_r, from_browser_w):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+    def alive(self) -> bool:
+        return self.process.alive() and self.pipe.closed is None
+
+    async def new_tab(self, url: str) -> str:
+        target = await self.pipe.send("Target.createTarget", {"url": url})
+        attached = await self.pipe.send("Target.attachToTarget",
+                                        {"targetId": target["targetId"], "flatten": True})
+        session: str = attached["sessionId"]
+        self._targets[session] = target["targetId"]
+        return session
+
+    async def evaluate(self, tab: str, expression: str, *, timeout: float) -> Any:
+        answer = await asyncio.wait_for(self.pipe.send("Runtime.evaluate", {
+            "expression": expression, "awaitPromise": True, "returnByValue": True,
+        }, tab), timeout)
+        if "exceptionDetails" in answer:
+            details = answer["exceptionDetails"]
+            text = details.get("exception", {}).get("description") or details.get("text")
+            raise BrowserError(f"the page script failed: {text}")
+        return answer.get("result", {}).get("value")
+
+    async def close_tab(self, tab: str) -> None:
+        target = self._targets.pop(tab, None)
+        if target is not None:
+            with contextlib.suppress(BrowserError, TimeoutError):
+                await asyncio.wait_for(self.pipe.send("Target.closeTarget", {"targetId": target}), 5)
+
+    async def close(self) -> None:
+        # Killed, not asked: the profile is thrown away anyway.
+        self.pipe.close()
+        await self.process.close()
 
 
 class ChromiumGatherer:
@@ -156,116 +261,20 @@ class ChromiumGatherer:
 
     async def gather(self, servers: Sequence[BrowserServer], ice_servers: list[dict[str, Any]],
                      *, timeout: float) -> BrowserGathering:
-        started = time.monotonic()
-        result = BrowserGathering(self.name)
-        try:
-            exe = self.binary or find_chromium()
-        except PrerequisiteError as exc:
-            result.error = str(exc)
-            return result
-        try:
-            # Chromium's start (about a second) comes on top of the gathering time.
-            async with asyncio.timeout(timeout + 20):
-                data = await self._run(exe, servers, ice_servers, timeout)
-        except (DevToolsError, OSError, TimeoutError) as exc:
-            result.error = f"Chromium failed: {exc or 'no answer in time'}"
-            result.duration_s = time.monotonic() - started
-            return result
-        result.version = _version(data.get("product")) or _version(data.get("userAgent"))
-        result.config_exception = data.get("configException")
-        for item in data.get("urls", []):
-            result.urls.append(BrowserUrlResult(
-                url=item["url"], path=item["path"], candidates=item["candidates"],
-                errors=item["errors"], exception=item["exception"], complete=item["complete"]))
-        result.duration_s = time.monotonic() - started
-        return result
-
-    async def _run(self, exe: str, servers: Sequence[BrowserServer],
-                   ice_servers: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
-        profile = tempfile.mkdtemp(prefix="natkit-chromium-")
-        to_browser_r, to_browser_w = os.pipe()
-        from_browser_r, from_browser_w = os.pipe()
-
-        def child_fds() -> None:  # in the child, before exec: the pipe on fds 3 and 4
-            os.dup2(to_browser_r, 3)
-            os.dup2(from_browser_w, 4)
-            with contextlib.suppress(Exception):
-                import ctypes
-
-                ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with us
-
-        log = open(Path(profile) / "chromium.log", "wb")  # noqa: SIM115 - closed below
-        proc: subprocess.Popen[bytes] | None = None
-        pipe: DevToolsPipe | None = None
-        try:
-            proc = subprocess.Popen(
-                [exe, *FLAGS, f"--user-data-dir={profile}", *self.extra_flags, "about:blank"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                close_fds=False,  # our own descriptors are close-on-exec (PEP 446)
-                preexec_fn=child_fds, start_new_session=True,
-                env={**os.environ, "HOME": profile},
-            )
-            os.close(to_browser_r)
-            os.close(from_browser_w)
-            to_browser_r = from_browser_w = -1
-            loop = asyncio.get_running_loop()
-            reader = asyncio.StreamReader(limit=MAX_MESSAGE)
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                         os.fdopen(from_browser_r, "rb", buffering=0))
-            from_browser_r = -1
-            transport, _ = await loop.connect_write_pipe(
-                asyncio.Protocol, os.fdopen(to_browser_w, "wb", buffering=0))
-            to_browser_w = -1
-            pipe = DevToolsPipe(reader, transport)
-            version = await pipe.send("Browser.getVersion")
-            target = await pipe.send("Target.createTarget", {"url": "about:blank"})
-            attached = await pipe.send("Target.attachToTarget",
-                                       {"targetId": target["targetId"], "flatten": True})
-            session = attached["sessionId"]
-            args = [[{"url": s.url, "path": s.path, "ice": s.ice_server()} for s in servers],
-                    ice_servers, int(timeout * 1000)]
-            answer = await pipe.send("Runtime.evaluate", {
-                "expression": f"({_SCRIPT})(...{json.dumps(args)})",
-                "awaitPromise": True, "returnByValue": True,
-            }, session)
-            if "exceptionDetails" in answer:
-                text = answer["exceptionDetails"].get("exception", {}).get("description")
-                raise DevToolsError(f"the page script failed: {text}")
-            value = answer.get("result", {}).get("value")
-            if not isinstance(value, dict):
-                raise DevToolsError("the page script returned nothing")
-            value["product"] = version.get("product")
-            with contextlib.suppress(DevToolsError, TimeoutError):
-                await asyncio.wait_for(pipe.send("Browser.close"), 2)
-            return value
-        finally:
-            if pipe is not None:
-                pipe.close()
-            for fd in (to_browser_r, to_browser_w, from_browser_r, from_browser_w):
-                if fd >= 0:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-            if proc is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    await asyncio.to_thread(proc.wait, 5)
-                for _ in range(100):  # helpers die a moment after the leader
-                    try:
-                        os.killpg(proc.pid, 0)
-                    except (ProcessLookupError, PermissionError):
-                        break
-                    await asyncio.sleep(0.03)
-            log.close()
-            shutil.rmtree(profile, ignore_errors=True)
+        # As a browser on the web (host addresses behind mDNS names), but allowed to reach
+        # servers on this host, and to resolve the servers' names whatever they are.
+        names = sorted({h for s in servers for h in [url_host(s.url)] if h})
+        return await gather_in(self.name, lambda: ChromiumBrowser.launch(
+            binary=self.binary, loopback=True, allow=names, extra_flags=self.extra_flags),
+            servers, ice_servers, timeout)
 
 
 def _version(user_agent: Any) -> str | None:
     if not isinstance(user_agent, str):
         return None
     for token in user_agent.split():
-        if token.startswith("HeadlessChrome/") or ("/" not in token and token[:1].isdigit()):
-            return token.split("/", 1)[-1]
         if token.startswith(("HeadlessChrome/", "Chrome/")):
             return token.split("/", 1)[1]
+        if "/" not in token and token[:1].isdigit():
+            return token
     return None

@@ -3,7 +3,9 @@
 
 A case names the caller's and the callee's stack (``Case.stacks``); the agent in each peer's
 namespace looks the name up here and runs the adapter. Adding a stack is adding a module with a
-class that satisfies :class:`Peer` and its entry in :data:`STACKS`.
+class that satisfies :class:`Peer` and its entry in :data:`STACKS`. A user's own peer program
+(``--peer NAME=COMMAND``, :class:`~natkit.lab.stacks.command.CommandPeer`) joins with
+:func:`register`, before the agents fork.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import importlib
 from natkit.errors import ConfigError
 from natkit.lab.stacks.base import ROLES, Peer, PeerConfig, PeerResult
 
-__all__ = ["ROLES", "STACKS", "Peer", "PeerConfig", "PeerResult", "get", "names"]
+__all__ = ["ROLES", "STACKS", "Peer", "PeerConfig", "PeerResult", "close_all", "get", "names", "register"]
 
 # stack name -> "module:class"; imported on first use (Chromium's and aiortc's modules are not
 # light, and a run imports only what its cases use).
 STACKS: dict[str, str] = {
     "aiortc": "natkit.lab.stacks.aiortc:AiortcPeer",
     "chromium": "natkit.lab.stacks.chromium:ChromiumPeer",
+    "firefox": "natkit.lab.stacks.firefox:FirefoxPeer",
+    "libnice": "natkit.lab.stacks.libnice:LibnicePeer",
+    "pion": "natkit.lab.stacks.pion:PionPeer",
 }
 
 _cache: dict[str, Peer] = {}
@@ -31,6 +36,8 @@ def get(name: str) -> Peer:
     if peer is None:
         try:
             module, cls = STACKS[name].split(":")
+            if module == "registered":  # registered in another process than this one
+                raise KeyError(name)
         except (KeyError, AttributeError):
             raise ConfigError(f"unknown ICE stack {name!r}; choose one of: {', '.join(STACKS)}", param="stacks") from None
         peer = _cache[name] = getattr(importlib.import_module(module), cls)()
@@ -39,3 +46,24 @@ def get(name: str) -> Peer:
 
 def names() -> tuple[str, ...]:
     return tuple(STACKS)
+
+
+async def close_all(timeout: float = 3.0) -> None:
+    """Close the adapters of this process that hold something open (a browser kept across
+    cases has ``close()``), each within ``timeout`` seconds; the agent does this as it stops."""
+    import asyncio
+    import contextlib
+
+    closers = [close() for p in _cache.values() if callable(close := getattr(p, "close", None))]
+    if closers:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*closers, return_exceptions=True), timeout)
+
+
+def register(peer: Peer) -> None:
+    """Make ``peer`` (e.g. a CommandPeer from ``--peer``) the stack named ``peer.name`` in this
+    process and in agents forked after this call; ConfigError if a built-in has that name."""
+    if STACKS.get(peer.name, "").startswith("natkit."):
+        raise ConfigError(f"{peer.name!r} is a built-in stack; choose another name", param="peer")
+    STACKS[peer.name] = f"registered:{type(peer).__name__}"
+    _cache[peer.name] = peer

@@ -4,7 +4,7 @@ The offer/answer flow is WebRTC's. Both peers join a room on the signaling serve
 does createOffer -> setLocalDescription -> sends the offer; the callee setRemoteDescription ->
 createAnswer -> setLocalDescription -> sends the answer; the caller setRemoteDescription. The
 candidates travel inside the descriptions (aiortc gathers before it answers), filtered to the
-path under test:
+path under test; candidates the other side trickles (docs/lab-peers.md) are added as they come:
 
 * ``host``: no ICE servers; host candidates.
 * ``srflx``: a STUN server only; only srflx candidates are signaled (the checks still leave
@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 from natkit.lab.signaling import SignalingClient, SignalingError
 from natkit.lab.stacks.base import ROLES, PeerConfig, PeerResult
+from natkit.lab.stacks.capabilities import AIORTC, Capabilities
 
 __all__ = ["AiortcPeer", "filter_sdp", "run_peer"]
 
@@ -170,15 +171,71 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-async def _wait_relay(sig: SignalingClient, kind: str) -> dict[str, Any]:
-    """The next relayed message of ``kind`` (the caller's loop ends at the overall deadline)."""
-    while True:
-        msg = await sig.recv()
-        if msg.get("type") == "peer-left":
-            raise SignalingError("the other peer left the room")
-        data = msg.get("data")
-        if msg.get("type") == "relay" and isinstance(data, dict) and data.get("type") == kind:
-            return data
+class _Inbox:
+    """The other peer's messages, read by one task for the whole case: trickled candidates
+    (``{"type": "candidate"}``, docs/lab-peers.md) go to the connection as they come, kept
+    until the remote description is set; the rest wait for :meth:`wait`."""
+
+    def __init__(self, sig: SignalingClient, pc: Any) -> None:
+        self.sig, self.pc = sig, pc
+        self.queue: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
+        self.pending: list[Any] = []
+        self.remote_set = False
+        self.task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                msg = await self.sig.recv()
+                if msg.get("type") == "peer-left":
+                    self.queue.put_nowait(SignalingError("the other peer left the room"))
+                    continue
+                data = msg.get("data")
+                if msg.get("type") != "relay" or not isinstance(data, dict):
+                    continue
+                if data.get("type") == "candidate":
+                    await self._candidate(data.get("candidate"))
+                else:
+                    self.queue.put_nowait(data)
+        except (SignalingError, ConnectionError, OSError, ValueError) as exc:
+            self.queue.put_nowait(exc if isinstance(exc, SignalingError) else SignalingError(str(exc)))
+
+    async def _candidate(self, cand: Any) -> None:
+        from aiortc.sdp import candidate_from_sdp
+
+        if not isinstance(cand, dict) or not isinstance(cand.get("candidate"), str) or not cand["candidate"]:
+            return  # null: the end of the other side's gathering
+        try:
+            ice = candidate_from_sdp(cand["candidate"].removeprefix("a=").removeprefix("candidate:"))
+        except (ValueError, IndexError):
+            return
+        ice.sdpMid, ice.sdpMLineIndex = cand.get("sdpMid"), cand.get("sdpMLineIndex")
+        if not self.remote_set:
+            self.pending.append(ice)
+            return
+        with contextlib.suppress(Exception):  # a candidate aiortc cannot use is the peer's loss
+            await self.pc.addIceCandidate(ice)
+
+    async def remote_applied(self) -> None:
+        """The remote description is set: add the candidates that came before it."""
+        self.remote_set = True
+        pending, self.pending = self.pending, []
+        for ice in pending:
+            with contextlib.suppress(Exception):
+                await self.pc.addIceCandidate(ice)
+
+    async def wait(self, kind: str) -> dict[str, Any]:
+        """The next relayed message of ``kind`` (the caller's loop ends at the overall deadline)."""
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, Exception):
+                self.queue.put_nowait(item)
+                raise item
+            if item.get("type") == kind:
+                return item
+
+    def close(self) -> None:
+        self.task.cancel()
 
 
 async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
@@ -197,6 +254,7 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
     policy = RTCIceTransportPolicy.RELAY if cfg.path == "relay" else RTCIceTransportPolicy.ALL
     pc = RTCPeerConnection(RTCConfiguration(iceServers=servers, iceTransportPolicy=policy))
     sig: SignalingClient | None = None
+    inbox: _Inbox | None = None
     opened = asyncio.get_running_loop().create_future()
     done = asyncio.get_running_loop().create_future()
 
@@ -207,13 +265,14 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
         _gather_relays(_ice_connection(pc), turns, relays)
 
     async def body() -> None:
-        nonlocal sig
+        nonlocal sig, inbox
         sig = await SignalingClient.connect(*cfg.signaling)
         members = await sig.join(cfg.room)
         if role == "caller":
             if members < 2:
                 while (await sig.recv()).get("type") != "peer-joined":
                     pass
+            inbox = _Inbox(sig, pc)
             start = time.monotonic()
             channel = pc.createDataChannel("echo")
             echoes: asyncio.Queue[str] = asyncio.Queue()
@@ -223,8 +282,9 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
             await pc.setLocalDescription(await pc.createOffer())
             sdp, result.signaled = filter_sdp(pc.localDescription.sdp, cfg.path)
             await sig.relay({"type": "offer", "sdp": sdp})
-            answer = await _wait_relay(sig, "answer")
+            answer = await inbox.wait("answer")
             await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            await inbox.remote_applied()
             await opened
             result.t_connect_ms = round((time.monotonic() - start) * 1000, 1)
             rtts = []
@@ -239,7 +299,8 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
             result.selected = _selected(pc, relays)
             await sig.relay({"type": "done"})
         else:
-            offer = await _wait_relay(sig, "offer")
+            inbox = _Inbox(sig, pc)
+            offer = await inbox.wait("offer")
             start = time.monotonic()
 
             @pc.on("datachannel")
@@ -248,6 +309,7 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
                 channel.on("message", lambda m: channel.send(m))
 
             await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+            await inbox.remote_applied()
             prepare_gathering()
             await pc.setLocalDescription(await pc.createAnswer())
             sdp, result.signaled = filter_sdp(pc.localDescription.sdp, cfg.path)
@@ -256,7 +318,7 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
             result.t_connect_ms = round((time.monotonic() - start) * 1000, 1)
             # Read the pair now: once the caller is done it closes, and so does this side.
             result.selected = _selected(pc, relays)
-            await _wait_relay(sig, "done")
+            await inbox.wait("done")
             result.outcome = "connected"
             # The caller may close once it has this (a browser is killed from outside).
             with contextlib.suppress(ConnectionError, OSError):
@@ -277,6 +339,8 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
             result.selected = _selected(pc, relays)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(pc.close(), 3)
+        if inbox is not None:
+            inbox.close()
         if sig is not None:
             await sig.close()
     return result
@@ -290,6 +354,7 @@ class AiortcPeer:
     heavy: ClassVar[bool] = False
     parallel: ClassVar[int] = 0  # the orchestrator's CPU-aware limit
     start_s: ClassVar[float] = 0.0
+    capabilities: ClassVar[Capabilities] = AIORTC
 
     def check(self) -> None:
         """Import aiortc now: it is heavy, and forked agents then share it."""

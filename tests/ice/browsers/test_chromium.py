@@ -17,7 +17,7 @@ from natkit.ice.browsers import get, names, register
 from natkit.ice.browsers.base import BrowserGathering
 from natkit.ice.check import check
 from natkit.server.stun import StunServer
-from natkit.server.turn import TurnServer
+from tests.ice.browsers._servers import loopback_servers
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -32,22 +32,14 @@ def _profiles() -> set[str]:
 @needs_chromium
 async def test_chromium_beside_natkit() -> None:
     before = _profiles()
-    async with TurnServer(["127.0.0.1:0"], users={"alice": "secret"}, relay_ip="127.0.0.1",
-                          allow_peers=["127.0.0.0/8"]) as turn, \
-            StunServer(["127.0.0.1:0"]) as stun:
-        stun_port = stun.addresses[0][1][1]
-        config = {"iceServers": [
-            {"urls": f"stun:127.0.0.1:{stun_port}"},
-            {"urls": turn.urls, "username": "alice", "credential": "secret"},
-            {"urls": turn.urls[0], "username": "alice", "credential": "wrong"},
-        ]}
+    async with loopback_servers() as (config, turn_urls):
         report = await check(config, timeout=3, browsers=["chromium"])
     (gathering,) = report.browsers
     assert gathering.error is None and gathering.version, gathering.as_dict()
     by_path = {u.path: u for u in gathering.urls}
     assert by_path["iceServers[0].urls"].verdict == "produced"
     assert "srflx" in by_path["iceServers[0].urls"].produced
-    for i in range(len(turn.urls)):
+    for i in range(len(turn_urls)):
         assert by_path[f"iceServers[1].urls[{i}]"].verdict == "produced"
     wrong = by_path["iceServers[2].urls"]
     assert wrong.verdict == "error"
@@ -92,3 +84,31 @@ def test_missing_chromium_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(shutil, "which", lambda name: None)
     result = asyncio.run(ChromiumGatherer().gather([], [], timeout=1))
     assert result.error and "apt-get install chromium" in result.error
+
+
+def test_one_flag_list_for_check_and_the_lab() -> None:
+    from natkit.ice.browsers.chromium import GOOGLE_SERVICES, chromium_flags, url_host
+
+    lab = chromium_flags(mdns=False)
+    assert "--disable-features=WebRtcHideLocalIpsWithMdns" in lab and "--remote-debugging-pipe" in lab
+    assert "--allow-loopback-in-peer-connection" not in lab
+    web = chromium_flags(loopback=True, allow=["stun.l.google.com"])
+    assert "--allow-loopback-in-peer-connection" in web
+    assert not any("WebRtcHideLocalIpsWithMdns" in f for f in web)
+    (rules,) = [f for f in web if f.startswith("--host-resolver-rules=")]
+    assert rules.startswith("--host-resolver-rules=EXCLUDE stun.l.google.com, MAP ")
+    assert all(f"MAP {p} ~NOTFOUND" in rules for p in GOOGLE_SERVICES)
+    assert [url_host(u) for u in ("stun:Stun.Example.com:3478", "turn:192.0.2.1?transport=tcp",
+                                  "turns:[2001:db8::1]:443", "turn:x.example")] == \
+        ["stun.example.com", None, None, "x.example"]
+
+
+@needs_chromium
+async def test_chromium_resolves_the_servers_names() -> None:
+    """Its own services' names are blocked; the names in the configuration still resolve."""
+    async with StunServer(["127.0.0.1:0"]) as stun:
+        port = stun.addresses[0][1][1]
+        report = await check({"iceServers": [{"urls": f"stun:localhost:{port}"}]}, timeout=3,
+                             browsers=["chromium"])
+    (gathering,) = report.browsers
+    assert gathering.urls[0].verdict == "produced", gathering.as_dict()

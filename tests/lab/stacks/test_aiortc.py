@@ -95,7 +95,8 @@ async def _pair(path: str, ice: list[dict[str, Any]], deadline: float = 8.0) -> 
     async with (
         SignalingServer(IP, 0) as sig,
         StunServer([(IP, 3478)], tcp=False),
-        TurnServer([(IP, 3479)], users={"u": "p"}, realm="lab", relay_ip=IP, allow_peers=[f"{IP}/24"]),
+        TurnServer([(IP, 3479)], users={"u": "p"}, realm="lab", relay_ip=IP, allow_peers=[f"{IP}/24"],
+                   relay_to_relay=True),
     ):
         cfg = PeerConfig("room", path, (IP, sig.port), ice, deadline)
         a, b = await asyncio.gather(run_peer("caller", cfg), run_peer("callee", cfg))

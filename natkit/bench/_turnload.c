@@ -1,10 +1,12 @@
 /*
- * turnload: the load driver of `natkit bench turn`, in C so that it is not the bottleneck
- * when it measures a TURN server written in Python or C. natkit/bench/turn.py compiles it on
- * first use (gcc -O2) into a cache dir and drives it; it can be used alone too:
+ * natkit.bench._turnload: the load driver of `natkit bench turn`, in C so that it is not the
+ * bottleneck when it measures a TURN server written in Python or C. A CPython extension
+ * module (limited API) built at install time by setup.py; natkit/bench/turn.py runs it in its
+ * own process pinned to a core (`python -m natkit.bench.loadgen turn ARGS`, which calls
+ * main() below with the GIL released). The arguments:
  *
- *   turnload MODE SERVER_IP SERVER_PORT USER KEYHEX [-n ALLOCS] [-s SECONDS] [-w WINDOW]
- *            [-b PAYLOAD_BYTES] [-l LIFETIME] [-c SETUP_WINDOW] [-t SETUP_TIMEOUT]
+ *   turn MODE SERVER_IP SERVER_PORT USER KEYHEX [-n ALLOCS] [-s SECONDS] [-w WINDOW]
+ *        [-b PAYLOAD_BYTES] [-l LIFETIME] [-c SETUP_WINDOW] [-t SETUP_TIMEOUT]
  *
  * KEYHEX is the long-term key MD5(user:realm:password) in hex (natkit computes it).
  * Every allocation is made the way a client does it: an unauthenticated Allocate, the 401
@@ -20,7 +22,7 @@
  *            measures the server's memory meanwhile), then Refresh every allocation and count
  *            the ones the server still knows (state held).
  *
- *   null     (turnload null IP PORT [MAX_SECONDS]) not a driver but the least a relay can do,
+ *   null     (turn null IP PORT [MAX_SECONDS]) not a driver but the least a relay can do,
  *            to measure the driver itself: see null_relay() below.
  *
  * The traffic is sent in batches: every burst of packets to one destination leaves in one
@@ -34,6 +36,9 @@
  * whether the driver or the server was the limit.
  */
 #define _GNU_SOURCE
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -807,7 +812,7 @@ static int null_relay(const char *ip, int port, double max_seconds) {
 
 static int hexval(int ch) { return ch <= '9' ? ch - '0' : (ch | 32) - 'a' + 10; }
 
-int main(int argc, char **argv) {
+static int turnload_main(int argc, char **argv) {
     if (argc < 6 && !(argc >= 4 && strcmp(argv[1], "null") == 0)) {
         fprintf(stderr, "usage: %s channel|send|alloc SERVER_IP PORT USER KEYHEX [-n N] [-s S] [-w W] "
                         "[-b BYTES] [-l LIFETIME] [-c SETUP_WINDOW] [-t SETUP_TIMEOUT]\n", argv[0]);
@@ -896,3 +901,62 @@ int main(int argc, char **argv) {
     printf("released=%d\n", released);
     return 0;
 }
+
+/* ---------------------------------------------------------------- the Python module */
+
+/* main(argv) -> exit status: the driver as a program (argv[0] is its name), once per process
+ * (its state is global). Runs with the GIL released; its output goes to the C stdout. */
+static PyObject *mod_main(PyObject *mod, PyObject *arg) {
+    static int ran = 0;
+    (void)mod;
+    if (ran)
+        return PyErr_Format(PyExc_RuntimeError, "the TURN load driver runs once per process");
+    if (!PyList_Check(arg))
+        return PyErr_Format(PyExc_TypeError, "main() takes a list of str");
+    Py_ssize_t argc = PyList_Size(arg);
+    if (argc < 1 || argc > 64)
+        return PyErr_Format(PyExc_ValueError, "main() takes 1 to 64 arguments");
+    char **argv = calloc((size_t)argc + 1, sizeof(char *));
+    if (argv == NULL)
+        return PyErr_NoMemory();
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < argc; i++) {
+        PyObject *item = PyList_GetItem(arg, i); /* borrowed */
+        const char *text = item != NULL ? PyUnicode_AsUTF8AndSize(item, NULL) : NULL;
+        if (text == NULL)
+            goto done;
+        size_t n = strlen(text) + 1;
+        argv[i] = malloc(n);
+        if (argv[i] == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        memcpy(argv[i], text, n);
+    }
+    ran = 1;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = turnload_main((int)argc, argv);
+    fflush(stdout);
+    fflush(stderr);
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromLong(status);
+done:
+    for (Py_ssize_t i = 0; i < argc; i++)
+        free(argv[i]);
+    free(argv);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"main", mod_main, METH_O, "main(argv) -> exit status (see the source's header)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "natkit.bench._turnload",
+    "The TURN load driver of `natkit bench turn` (GIL released while it runs).", 0,
+    module_methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__turnload(void) { return PyModuleDef_Init(&module_def); }
