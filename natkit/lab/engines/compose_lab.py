@@ -424,7 +424,10 @@ def _run_up(
     _settle(run.api, str(runner["Id"]))
     out = run.dir / "orchestration.json"
     if status != 0 or not out.is_file():
-        why = next((ln for ln in reversed(run.log_tail) if "error" in ln.lower()), run.log_tail[-1] if run.log_tail else "")
+        why = next((ln for ln in reversed(run.log_tail) if "error" in ln.lower()), "")
+        if not why and status > 128:
+            why = f"killed by signal {status - 128} (the Docker daemon, the OOM killer or docker kill)"
+        why = why or (run.log_tail[-1] if run.log_tail else "no output")
         raise PrerequisiteError(f"the Compose lab's runner exited with status {status}: {why[:400]}")
     try:
         orch = Orchestration.from_json(json.loads(out.read_text()), topo, plan, cases)
