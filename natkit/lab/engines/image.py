@@ -12,13 +12,19 @@ inside the build:
    whatever natkit builds at install time, C extensions included, is built here with the
    host's compiler), and every dependency's wheel (``pip wheel``, with the host's pip and its
    configured index);
-3. **build**: the Dockerfile in a context of only the wheelhouse (``docker build`` through the
-   API, legacy builder, network ``none``); the Dockerfile installs ``natkit`` from
-   ``wheels/`` with ``--no-index``.
+3. **compiled peers**: the lab's compiled peer programs that ``natkit lab build-stacks``
+   installed on the host (the pion peer: a static Go binary, with the stamp of the source it
+   was built from), copied into the image's ``<venv>/libexec/natkit`` (:func:`host_programs`);
+   a host without them gives an image without them, and the pion stack is then left out of
+   Compose runs, with that command as the reason;
+4. **build**: the Dockerfile in a context of only the wheelhouse and those programs
+   (``docker build`` through the API, legacy builder, network ``none``); the Dockerfile
+   installs ``natkit`` from ``wheels/`` with ``--no-index``.
 
 The tag is ``natkit-lab:<version>-<hash>``: the hash covers what goes into the image (the
-package's files, pyproject.toml, setup.py, README.md, the Dockerfile, the base and its id), so
-a second run finds the tag and builds nothing; any change to natkit builds a new image.
+package's files, pyproject.toml, setup.py, README.md, the Dockerfile, the compiled peers, the
+base and its id), so a second run finds the tag and builds nothing; any change to natkit
+builds a new image.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +57,7 @@ __all__ = [
     "build_image",
     "ensure_debian_base",
     "ensure_image",
+    "host_programs",
     "image_tag",
     "source_root",
 ]
@@ -77,9 +84,11 @@ class ImageInfo:
     base: str
     built: bool
     seconds: float
+    programs: tuple[str, ...] = ()  # the compiled peers it carries (host_programs)
 
     def to_json(self) -> dict[str, Any]:
-        return {"tag": self.tag, "base": self.base, "built": self.built, "build_s": round(self.seconds, 1)}
+        return {"tag": self.tag, "base": self.base, "built": self.built, "build_s": round(self.seconds, 1),
+                "programs": list(self.programs)}
 
 
 def source_root() -> Path:
@@ -104,12 +113,25 @@ def _files(root: Path) -> Iterator[Path]:
             yield rel
 
 
-def image_tag(root: Path, base: str, base_id: str) -> str:
+def host_programs() -> list[Path]:
+    """The compiled peer programs installed on this host, current with their sources (each
+    with its ``.source-sha256`` stamp beside it); the image carries these."""
+    from natkit.lab.stacks.build import find_program
+
+    found = []
+    with contextlib.suppress(PrerequisiteError):
+        found.append(find_program())
+    return found
+
+
+def image_tag(root: Path, base: str, base_id: str, programs: Sequence[Path] = ()) -> str:
     """``natkit-lab:<version>-<hash of the image's inputs>``."""
     h = hashlib.sha256()
     for rel in [*_files(root), Path(DOCKERFILE)]:
         h.update(rel.as_posix().encode() + b"\0")
         h.update((root / rel).read_bytes() + b"\0")  # follows the package's links into configs/
+    for prog in programs:
+        h.update(f"program {prog.name}\0".encode() + prog.read_bytes() + b"\0")
     h.update(f"{base}\0{base_id}\0{sys.version_info[:2]}".encode())
     return f"{IMAGE_REPO}:{__version__}-{h.hexdigest()[:12]}"
 
@@ -210,11 +232,19 @@ def build_wheelhouse(root: Path, dest: Path, notify: Notify) -> None:
     _pip(["wheel", "-q", "--wheel-dir", str(dest), str(wheels[-1])], "collect natkit's dependencies as wheels")
 
 
-def build_image(api: DockerAPI, root: Path, tag: str, base: str, notify: Notify) -> None:
-    """Build ``tag`` from ``base`` with a wheelhouse context (see the module docstring)."""
+def build_image(api: DockerAPI, root: Path, tag: str, base: str, notify: Notify, programs: Sequence[Path] = ()) -> None:
+    """Build ``tag`` from ``base`` with a wheelhouse context and ``programs`` (see the module
+    docstring)."""
     with tempfile.TemporaryDirectory(prefix="natkit-image-") as tmp:
         ctx = Path(tmp) / "context"
         build_wheelhouse(root, ctx / "wheels", notify)
+        if programs:
+            (ctx / "libexec" / "natkit").mkdir(parents=True)
+        for prog in programs:
+            for src in (prog, prog.with_name(prog.name + ".source-sha256")):
+                dst = ctx / "libexec" / "natkit" / src.name
+                shutil.copyfile(src, dst)
+                dst.chmod(0o755 if src == prog else 0o644)
         shutil.copyfile(root / DOCKERFILE, ctx / "Dockerfile")
         (ctx / ".dockerignore").write_text("**/__pycache__\n")
         archive = Path(tmp) / "context.tar"
@@ -256,15 +286,17 @@ def ensure_image(api: DockerAPI, base: str | None = None, notify: Notify | None 
             f"no base image {ref} on this Docker host: pull it (docker pull {ref}) where a registry is "
             f"reachable, or use --base {DEBIAN_BASE} (natkit makes it with mmdebstrap)"
         )
-    tag = image_tag(root, ref, str(found.get("Id", "")))
+    programs = host_programs()
+    names = tuple(p.name for p in programs)
+    tag = image_tag(root, ref, str(found.get("Id", "")), programs)
     if api.image(tag) is not None:
-        return ImageInfo(tag, ref, False, time.monotonic() - t0)
+        return ImageInfo(tag, ref, False, time.monotonic() - t0, names)
     try:
-        build_image(api, root, tag, ref, say)
+        build_image(api, root, tag, ref, say, programs)
     except DockerError as exc:
         raise PrerequisiteError(f"the Docker daemon refused the image build: {exc.message}") from None
     prune_images(api, keep=tag)
-    return ImageInfo(tag, ref, True, time.monotonic() - t0)
+    return ImageInfo(tag, ref, True, time.monotonic() - t0, names)
 
 
 def prune_images(api: DockerAPI, keep: str, count: int = KEEP_IMAGES) -> list[str]:

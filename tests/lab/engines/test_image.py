@@ -42,7 +42,28 @@ def test_the_tag_follows_the_inputs_and_nothing_else(tmp_path: Path) -> None:
     assert changed != tag
     assert image_tag(root, "natkit-base:b", "sha256:2") != changed
     (root / DOCKERFILE).write_text((root / DOCKERFILE).read_text() + "\n# more\n")
-    assert image_tag(root, "natkit-base:b", "sha256:2") not in (tag, changed)
+    edited = image_tag(root, "natkit-base:b", "sha256:2")
+    assert edited not in (tag, changed)
+    # and so are the compiled peers it carries: another build of the pion peer, another image
+    prog = tmp_path / "natkit-pion-peer"
+    prog.write_bytes(b"\x7fELF one")
+    with_peer = image_tag(root, "natkit-base:b", "sha256:2", [prog])
+    assert with_peer != edited
+    prog.write_bytes(b"\x7fELF two")
+    assert image_tag(root, "natkit-base:b", "sha256:2", [prog]) not in (with_peer, edited)
+
+
+def test_the_image_carries_the_hosts_current_compiled_peers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from natkit.errors import PrerequisiteError
+    from natkit.lab.stacks import build
+
+    def missing(*args: object, **kw: object) -> Path:
+        raise PrerequisiteError("not built")
+
+    monkeypatch.setattr(build, "find_program", missing)
+    assert image.host_programs() == []  # an image without them: the pion stack is left out
+    monkeypatch.setattr(build, "find_program", lambda *a, **kw: tmp_path / "natkit-pion-peer")
+    assert image.host_programs() == [tmp_path / "natkit-pion-peer"]
 
 
 def test_the_files_of_the_wheel_are_what_is_copied() -> None:
