@@ -78,6 +78,12 @@ def register(sub: Any, verb: str, help_text: str) -> None:
         "mmdebstrap) or a local image such as python:3.11-slim-bookworm (default: that one if it is "
         "present, else debian)",
     )
+    run.add_argument(
+        "--mount", action="append", default=[], metavar="PATH",
+        help="with --engine compose: bind-mount PATH (a file or directory of this host) read-only at the "
+        "same path into the runner and every peer container, for --peer programs that are not in the "
+        "image (repeatable)",
+    )
     add_json_option(run, "the results (then the matrix goes to stderr when JSON goes to stdout)")
     run.add_argument("--turn-engine", choices=("natkit", "coturn"), help="TURN relay engine (default: the topology's)")
     run.add_argument(
@@ -226,10 +232,12 @@ def _run(args: argparse.Namespace) -> int:
             result = compose_lab.run(
                 topo, cases=cases, turn_engine=args.turn_engine, parallel=args.parallel,
                 capture=not args.no_capture, progress=progress, keep_capture=args.pcap, base=args.base,
+                mounts=args.mount,
             )
         else:
-            if args.base is not None:
-                raise UsageError("--base is the Compose engine's base image: add --engine compose")
+            if args.base is not None or args.mount:
+                flag = "--base" if args.base is not None else "--mount"
+                raise UsageError(f"{flag} is for the Compose engine's containers: add --engine compose")
             result = runner.run(
                 topo, cases=cases, turn_engine=args.turn_engine, parallel=args.parallel,
                 capture=not args.no_capture, progress=progress, keep_capture=args.pcap, browser=args.browser,

@@ -57,11 +57,15 @@ from natkit.lab.engines.image import DOCKERFILE, PYTHON_BASE
 from natkit.lab.topology import Case, Link, Plan, RouterPlan, Topology
 
 __all__ = [
+    "CASES_FILE",
     "CONTROL_PORT",
     "DOCKERFILE",
     "IMAGE",
     "RunOptions",
     "bridge_names",
+    "cases_from_json",
+    "cases_to_json",
+    "check_mount",
     "compose_model",
     "render_compose",
     "router_rulesets",
@@ -88,20 +92,58 @@ class RunOptions:
     image: str  # a tag that exists (built by natkit.lab.engines.image)
     out_dir: str  # host directory mounted at /out in the runner
     owner: str  # "<pid> <start>" of the process that runs it
-    cases: tuple[str, ...] | None = None  # ids of the cases to run (None: all)
+    cases: tuple[Case, ...] | None = None  # the cases to run, any stacks (None: the topology's)
     deadline_s: float | None = None  # the topology's case deadline, overridden
     parallel: int | None = None  # cases expected to connect at once
+    peers: tuple[str, ...] = ()  # --peer NAME=COMMAND: registered in the runner too
+    mounts: tuple[str, ...] = ()  # host directories bind-mounted read-only, same path (--mount)
 
     def selected(self, topology: Topology) -> list[Case]:
-        """The cases of ``topology`` this run holds, in the topology's order."""
-        from natkit.lab.cases import browser_cases
+        """The cases this run holds."""
+        return topology.cases() if self.cases is None else list(self.cases)
 
-        every = topology.cases()
-        if self.cases is None:
-            return every
-        wanted = set(self.cases)
-        found = [c for c in every + browser_cases(topology, within=every) if c.id in wanted]
-        return list({c.id: c for c in found}.values())
+
+CASES_FILE = "cases.json"  # in the run's directory (the runner's /out): the cases to run
+
+
+def cases_to_json(cases: Sequence[Case]) -> list[dict[str, Any]]:
+    return [{"nats": list(c.nats), "path": c.path, "same_lan": c.same_lan, "stacks": list(c.stacks)} for c in cases]
+
+
+def cases_from_json(data: Any) -> list[Case]:
+    """:func:`cases_to_json`'s list again (ValueError when it is not one)."""
+    try:
+        out = []
+        for c in data:
+            nats_, stacks = tuple(map(str, c["nats"])), tuple(map(str, c["stacks"]))
+            if len(nats_) != 2 or len(stacks) != 2:
+                raise ValueError("a case has two NATs and two stacks")
+            out.append(Case((nats_[0], nats_[1]), str(c["path"]), bool(c["same_lan"]), (stacks[0], stacks[1])))
+        return out
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a list of cases: {exc}") from None
+
+
+# Where a --mount would hide what the image itself needs.
+_SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/opt", "/opt/natkit",
+                "/out", "/proc", "/run", "/sbin", "/sys", "/usr", "/var")
+
+
+def check_mount(path: str) -> str:
+    """A ``--mount`` value as the absolute directory or file to bind-mount at the same path;
+    ConfigError(param="mount") when it does not exist or would hide the image's own files."""
+    full = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(full):
+        raise ConfigError(f"--mount {path}: no such file or directory on this host", param="mount")
+    real = os.path.realpath(full)
+    for p in {full, real}:
+        if p in _SYSTEM_DIRS or p.startswith(("/usr/", "/opt/natkit/", "/proc/", "/sys/", "/dev/", "/etc/")):
+            raise ConfigError(
+                f"--mount {path}: {p} would hide the lab image's own files; mount the directory that holds "
+                "your peer (e.g. /srv/my-peer)", param="mount")
+    if any(ch in full for ch in ":,\n"):
+        raise ConfigError(f"--mount {path}: a path with ':' or ',' cannot be bind-mounted by Compose", param="mount")
+    return full
 
 
 def bridge_names(plan: Plan, prefix: str = BRIDGE_PREFIX) -> dict[str, str]:
@@ -198,6 +240,8 @@ def compose_model(
     runner_at = f"{control}:{CONTROL_PORT}"
     bridges = bridge_names(plan, run.tag if run else BRIDGE_PREFIX)
     common = _services_base(run, base)
+    # --mount: the user's peer programs, read-only at the same path (runner and peers)
+    mounts = [f"{m}:{m}:ro" for m in run.mounts] if run is not None else []
     # Routers without NAT route a public LAN: everyone on the internet needs the way to it.
     open_routes = [f"{r.lan_net} via {r.public_ip}" for r in plan.routers if not r.nat.behaviour.nat]
 
@@ -266,6 +310,7 @@ def compose_model(
                 },
                 {net_name: {"ipv4_address": p.ip}},
                 depends_on=[f"router-{r.id}"],
+                **({"volumes": mounts} if mounts else {}),
             )
     runner_env = {
         "NATKIT_LISTEN": runner_at,
@@ -280,12 +325,14 @@ def compose_model(
     if run is not None:
         runner_env["NATKIT_ORCH_OUT"] = "/out/orchestration.json"
         if run.cases is not None:
-            runner_env["NATKIT_CASES"] = " ".join(run.cases)
+            runner_env["NATKIT_CASES_FILE"] = f"/out/{CASES_FILE}"
+        if run.peers:
+            runner_env["NATKIT_PEERS"] = json.dumps(list(run.peers))
         if run.deadline_s is not None:
             runner_env["NATKIT_DEADLINE"] = f"{run.deadline_s:g}"
         if run.parallel:
             runner_env["NATKIT_PARALLEL"] = str(run.parallel)
-        extra["volumes"] = [f"{run.out_dir}:/out"]
+        extra["volumes"] = [f"{run.out_dir}:/out", *mounts]
     services["runner"] = service("runner", runner_env, {"internet": {"ipv4_address": control}}, **extra)
     return {"services": services, "networks": networks}
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from natkit.errors import ConfigError, PrerequisiteError, UsageError
+from natkit.errors import ConfigError, PrerequisiteError
 from natkit.lab.capture import Capture, check_dumpcap
 from natkit.lab.engines import compose as model
 from natkit.lab.engines import hostnet
@@ -61,7 +61,8 @@ from natkit.lab.orchestrate import Orchestration, Progress, Tally, case_result, 
 from natkit.lab.results import LabResult, ProbeResult
 from natkit.lab.topology import TURN_ENGINES, Case, Plan, Topology
 
-__all__ = ["NAME", "ComposeBuiltLab", "check", "cleanup_leftovers", "run"]
+__all__ = ["NAME", "NOT_IN_IMAGE", "ComposeBuiltLab", "check", "check_peers_mounted", "cleanup_leftovers", "run",
+           "stack_unavailable"]
 
 NAME = "compose"
 COMPOSE_STATE = STATE_DIR / "compose"
@@ -190,6 +191,59 @@ def cleanup_leftovers(api: DockerAPI | None = None, *, force: bool = False) -> l
         with contextlib.suppress(OSError):
             _state_path(tag).unlink()
     return removed
+
+
+# -- what the image runs ---------------------------------------------------------------------------
+
+# Built-in stacks the image does not carry, and why (docs/architecture.md: how one gets in).
+NOT_IN_IMAGE = {
+    name: f"{what} is not in the lab's image (it would add {size} to an image built offline on every "
+    "change of natkit); run it with --engine netns"
+    for name, what, size in (
+        ("chromium", "Chromium", "~400 MB"),
+        ("firefox", "Firefox", "~250 MB"),
+        ("libnice", "GStreamer's webrtcbin with libnice", "~150 MB and Debian's own python3 stack"),
+    )
+}
+# Where a --peer command finds programs of the image itself (not the host's).
+IMAGE_DIRS = ("/usr/", "/bin/", "/sbin/", "/opt/natkit/")
+
+
+def stack_unavailable(name: str) -> str | None:
+    """Why the built-in or registered stack ``name`` cannot run in the lab's image, or None.
+    The image carries aiortc (a dependency), the compiled peers built on this host (the pion
+    peer: :func:`natkit.lab.engines.image.host_programs`) and any ``--peer`` command."""
+    from natkit.lab import stacks
+
+    if name in NOT_IN_IMAGE:
+        return NOT_IN_IMAGE[name]
+    if name == "pion":
+        from natkit.lab.engines.image import host_programs
+        from natkit.lab.stacks.build import BUILD_COMMAND, PION_PROGRAM
+
+        if not any(p.name == PION_PROGRAM for p in host_programs()):
+            return f"the image carries the pion peer built on this host, and there is none: {BUILD_COMMAND}"
+        return None
+    if name not in stacks.STACKS:
+        return "no such stack"
+    return None
+
+
+def check_peers_mounted(peers: Sequence[str], mounts: Sequence[str]) -> None:
+    """ConfigError(param="peer") when a ``--peer`` command names a file of this host that no
+    ``--mount`` brings into the containers (it would not be there)."""
+    from natkit.lab.stacks.command import CommandPeer
+
+    for spec in peers:
+        peer = CommandPeer.from_spec(spec)
+        for word in peer.argv:
+            if not (os.path.isabs(word) and os.path.exists(word)) or word.startswith(IMAGE_DIRS):
+                continue
+            if not any(word == m or word.startswith(m.rstrip("/") + "/") for m in mounts):
+                raise ConfigError(
+                    f"--peer {peer.name}: {word} is on this host, not in the Compose lab's containers; add "
+                    f"--mount {os.path.dirname(word) if os.path.isfile(word) else word} (read-only, same path, "
+                    "in the runner and every peer)", param="peer")
 
 
 # -- one run ------------------------------------------------------------------------------------
@@ -335,9 +389,16 @@ def run(
     progress: Progress | None = None,
     keep_capture: str | None = None,
     base: str | None = None,
+    peers: Sequence[str] = (),
+    mounts: Sequence[str] = (),
 ) -> LabResult:
     """Run the lab of ``topo`` under Docker Compose (see the module docstring); the typed
-    result, as :func:`natkit.lab.runner.run` gives it for the netns engine."""
+    result, as :func:`natkit.lab.runner.run` gives it for the netns engine.
+
+    ``peers``: the ``--peer NAME=COMMAND`` stacks the cases may name (registered in this
+    process already: :func:`natkit.lab.choose.register_peers`); their commands run inside the
+    peers' containers, so what they need must be in the image or under ``mounts`` (host paths
+    bind-mounted read-only at the same path into the runner and every peer container)."""
     from natkit.lab.runner import finish
 
     t0 = time.monotonic()
@@ -348,8 +409,12 @@ def run(
     api, tool = check(capture=capture)
     ctopo = topo.for_compose()
     cases = ctopo.cases() if cases is None else list(cases)
-    if any(s != "aiortc" for c in cases for s in c.stacks):
-        raise UsageError("the Compose engine's image runs aiortc peers only; run browser cases with the netns engine")
+    for name in sorted({s for c in cases for s in c.stacks}, key=lambda n: (n != "aiortc", n)):
+        why = stack_unavailable(name)
+        if why is not None:
+            raise PrerequisiteError(f"the {name} stack cannot run under the Compose engine: {why}")
+    mounts = [model.check_mount(m) for m in mounts]
+    check_peers_mounted(peers, mounts)
     check_stacks(cases)
     plan = ctopo.plan(cases)
     for gone in cleanup_leftovers(api):
@@ -363,8 +428,9 @@ def run(
     run_dir = Path(tempfile.mkdtemp(prefix=f"natkit-compose-{tag}-"))
     _write_state(tag, run_dir)
     owner = f"{os.getpid()} {process_start(os.getpid())}"
-    options = model.RunOptions(tag, image.tag, str(run_dir), owner, tuple(c.id for c in cases),
-                               topo.case_deadline_s, parallel)
+    options = model.RunOptions(tag, image.tag, str(run_dir), owner, tuple(cases), topo.case_deadline_s, parallel,
+                               tuple(peers), tuple(mounts))
+    (run_dir / model.CASES_FILE).write_text(json.dumps(model.cases_to_json(cases)))
     text = model.render_compose(topo, turn_engine=engine, run=options)
     services = list(model.compose_model(topo, turn_engine=engine, run=options)["services"])
     run = _Run(tag, api, tool, run_dir, run_dir / "compose.yaml", services)

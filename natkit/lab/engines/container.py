@@ -187,7 +187,7 @@ def _run_lab(env: Mapping[str, str]) -> int:
     from dataclasses import replace
 
     from natkit.lab import report
-    from natkit.lab.engines.compose import RunOptions
+    from natkit.lab.engines.compose import cases_from_json
     from natkit.lab.orchestrate import orchestrate
     from natkit.lab.output import write_atomic
     from natkit.lab.runner import finish
@@ -198,8 +198,20 @@ def _run_lab(env: Mapping[str, str]) -> int:
     if env.get("NATKIT_DEADLINE"):
         topo = replace(topo, case_deadline_s=float(env["NATKIT_DEADLINE"]))
     engine = env.get("NATKIT_TURN_ENGINE") or topo.servers.turn_engine
-    wanted = tuple(env["NATKIT_CASES"].split()) if env.get("NATKIT_CASES") else None
-    cases = RunOptions("", "", "", "", wanted).selected(topo)
+    if env.get("NATKIT_CASES_FILE"):
+        try:
+            cases = cases_from_json(json.loads(Path(env["NATKIT_CASES_FILE"]).read_text()))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"the run's cases: {exc}", where=env["NATKIT_CASES_FILE"]) from None
+    else:
+        cases = topo.cases()
+    if env.get("NATKIT_PEERS"):
+        # --peer commands: registered here as on the host (the agents learn them with each case)
+        from natkit.lab.stacks import register
+        from natkit.lab.stacks.command import CommandPeer
+
+        for spec in json.loads(env["NATKIT_PEERS"]):
+            register(CommandPeer.from_spec(str(spec)))
     plan = topo.plan(cases)
     parallel = int(env["NATKIT_PARALLEL"]) if env.get("NATKIT_PARALLEL") else None
     out = env.get("NATKIT_ORCH_OUT")

@@ -285,3 +285,38 @@ def test_compose_services_run_the_lab_as_namespaces(tmp_path: Path) -> None:
     assert observed[(("symmetric", "symmetric"), "srflx")] == "failed"
     assert observed[(("symmetric", "symmetric"), "relay")] == "connected"
     assert observed[(("open", "symmetric"), "srflx")] == "connected"
+
+
+def test_a_runs_cases_travel_with_their_stacks(tmp_path: Path) -> None:
+    from natkit.lab.engines.compose import RunOptions, cases_from_json, cases_to_json
+    from natkit.lab.topology import Case
+
+    topo = load()
+    cases = [*topo.cases()[:3], Case(("full-cone", "symmetric"), "srflx", False, ("pion", "mine"))]
+    assert cases_from_json(json.loads(json.dumps(cases_to_json(cases)))) == cases
+    with pytest.raises(ValueError):
+        cases_from_json([{"nats": ["a"], "path": "host", "same_lan": False, "stacks": ["x", "y"]}])
+    with pytest.raises(ValueError):
+        cases_from_json({"cases": 1})
+    run = RunOptions("nkabc123", "natkit-lab:x", str(tmp_path), "1 2", tuple(cases), peers=("mine=./p",),
+                     mounts=(str(tmp_path),))
+    model = compose_model(topo, run=run)
+    runner = model["services"]["runner"]
+    assert runner["environment"]["NATKIT_CASES_FILE"] == "/out/cases.json"
+    assert json.loads(runner["environment"]["NATKIT_PEERS"]) == ["mine=./p"]
+    mount = f"{tmp_path}:{tmp_path}:ro"
+    assert runner["volumes"] == [f"{tmp_path}:/out", mount]
+    peers = [s for name, s in model["services"].items() if name.startswith("peer-")]
+    assert peers and all(s["volumes"] == [mount] for s in peers)
+    assert not [s for name, s in model["services"].items() if name.startswith(("router-", "servers")) and "volumes" in s]
+
+
+def test_a_mount_must_exist_and_not_hide_the_image(tmp_path: Path) -> None:
+    from natkit.errors import ConfigError
+    from natkit.lab.engines.compose import check_mount
+
+    assert check_mount(str(tmp_path)) == str(tmp_path)
+    for bad in ("/", "/usr", "/usr/lib", "/etc", "/opt/natkit/venv", str(tmp_path / "missing")):
+        with pytest.raises(ConfigError) as err:
+            check_mount(bad)
+        assert err.value.param == "mount" and "\n" not in str(err.value)

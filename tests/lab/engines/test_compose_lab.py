@@ -148,6 +148,39 @@ def test_nothing_is_left_and_the_host_reaches_what_it_reached(compose_run: dict[
     assert not Path(f"/run/natkit/compose/{tag}.json").exists()
 
 
+# -- which stacks and peers the image runs (no Docker needed) --------------------------------------
+
+
+def test_stacks_the_image_cannot_carry_say_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from natkit.lab.engines import compose_lab, image
+
+    assert compose_lab.stack_unavailable("aiortc") is None
+    for name in ("chromium", "firefox", "libnice"):
+        why = compose_lab.stack_unavailable(name)
+        assert why is not None and "--engine netns" in why
+    monkeypatch.setattr(image, "host_programs", lambda: [])
+    assert "natkit lab build-stacks" in (compose_lab.stack_unavailable("pion") or "")
+    monkeypatch.setattr(image, "host_programs", lambda: [tmp_path / "natkit-pion-peer"])
+    assert compose_lab.stack_unavailable("pion") is None
+    assert compose_lab.stack_unavailable("no-such") == "no such stack"
+
+
+def test_a_peer_on_this_host_needs_a_mount(tmp_path: Path) -> None:
+    from natkit.errors import ConfigError
+    from natkit.lab.engines.compose_lab import check_peers_mounted
+
+    script = tmp_path / "peer" / "peer.py"
+    script.parent.mkdir()
+    script.write_text("")
+    spec = f"mine=python3 {script} --role {{role}}"
+    with pytest.raises(ConfigError) as err:
+        check_peers_mounted([spec], [])
+    assert f"--mount {script.parent}" in str(err.value) and err.value.param == "peer"
+    check_peers_mounted([spec], [str(script.parent)])  # under a mount
+    check_peers_mounted([spec], [str(tmp_path)])
+    check_peers_mounted(["img=/usr/bin/python3 -c pass", "bare=python3 -c pass"], [])  # the image's own
+
+
 # -- interrupted and killed runs ------------------------------------------------------------------
 
 
