@@ -1,4 +1,4 @@
-"""pytest plugin (entry point ``natkit``): ``stun_server`` and ``turn_server`` fixtures.
+"""pytest plugin (entry point ``natkit``): ``stun_server``, ``turn_server`` and ``nat_lab`` fixtures.
 
 Each fixture runs a natkit server on loopback, on ports the kernel picks, in a thread of its
 own (so it serves sync and async tests alike, whatever event loop they use) and yields a
@@ -149,3 +149,42 @@ def stun_server() -> Iterator[RunningServer]:
         yield RunningServer(urls, None, None, list(server.addresses), server)
     finally:
         background.stop()
+
+
+@pytest.fixture(scope="session")
+def nat_lab_topology() -> Any:
+    """The topology the ``nat_lab`` fixture builds (override in a conftest.py): a path, a
+    :class:`natkit.lab.topology.Topology`, or None for ``configs/lab/default.toml``."""
+    return None
+
+
+@pytest.fixture(scope="session")
+def nat_lab(nat_lab_topology: Any) -> Iterator[Any]:
+    """The NAT lab, built once per test session (a :class:`natkit.lab.harness.NatLab`)::
+
+        def test_my_client(nat_lab):
+            out = nat_lab.run("symmetric", ["my-client", "--connect", nat_lab.signaling_url])
+            assert out.returncode == 0, out.stderr
+
+    Needs root on Linux with nftables (``.ci/bootstrap`` installs it); skipped, with the
+    reason, where the machine cannot build network namespaces.
+    """
+    import os
+    import sys
+
+    from natkit.errors import PrerequisiteError
+    from natkit.lab.harness import NatLab
+    from natkit.lab.topology import Topology, load
+
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("nat_lab needs root on Linux (network namespaces and nftables)")
+    topo = nat_lab_topology if isinstance(nat_lab_topology, Topology) or nat_lab_topology is None else load(nat_lab_topology)
+    lab = NatLab(topo)
+    try:
+        lab.start()
+    except PrerequisiteError as exc:
+        pytest.skip(f"nat_lab cannot build the lab here: {exc}")
+    try:
+        yield lab
+    finally:
+        lab.close()

@@ -7,6 +7,10 @@ behind every NAT of the lab with::
     natkit lab run --peer ref='python3 examples/lab-peer/peer.py'
     natkit lab run --peer ref='python3 examples/lab-peer/peer.py --trickle'
 
+aiortc allocates on the first TURN URL it is given only, so behind a UDP-blocking firewall
+(where the contract's TCP URL would work) this peer gets no relay: ``natkit lab run --peer``
+reports those relay cells as mismatches, which is what they are for this peer.
+
 ``--trickle`` sends the description without candidates and then each candidate as a
 ``candidate`` message, ending with ``null`` (the contract's second style); by default the
 candidates travel inside the SDP. Either way it accepts both styles from the other side.

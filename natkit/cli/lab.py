@@ -5,6 +5,7 @@ non-Python peers once (build-stacks)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -55,16 +56,23 @@ def register(sub: Any, verb: str, help_text: str) -> None:
     run = _sub(
         cmds, "run", "build the lab, probe every NAT, run every case, print the matrix (exit 0: all as expected)",
         "Build the lab (network namespaces + nftables NATs; with --engine compose, Docker containers "
-        "from an image built offline once), probe every NAT, connect aiortc peers "
-        "for every pair of NATs over host, srflx and relay candidates, and compare with what the NAT "
-        "behaviours predict. Exit 0 when everything matches, 1 when any case or probe differs, 2 for "
+        "from an image built offline once), probe every NAT, connect WebRTC peers of "
+        "every ICE stack (aiortc, chromium, firefox, libnice, pion, and --peer commands) behind the NATs "
+        "over host, srflx and relay candidates, and compare with what the NAT behaviours and the stacks' "
+        "capabilities predict. By default: aiortc with itself on every NAT pair and path, every other "
+        "stack against aiortc behind every NAT, and every pair of stacks on decisive NAT pairs (about a "
+        "minute); --full runs the whole stack x stack x NAT x NAT x path product. Exit 0 when everything matches, 1 when any case or probe differs, 2 for "
         "bad input or missing prerequisites. Needs root.",
         "  natkit lab run\n"
         "  natkit lab run my-lab.toml --only srflx --only symmetric,port-restricted\n"
         "  natkit lab run --json lab.json --html lab.html --pcap internet.pcapng\n"
         "  natkit lab run --json | jq '.cases[] | select(.pass | not)'\n"
+        "  natkit lab run --stacks aiortc,pion --only srflx\n"
+        "  natkit lab run --full --shard 2/4 --json shard2.json\n"
+        "  natkit lab run --peer mine='./my-peer --role {role}'\n"
         "  natkit lab run --turn-engine coturn --browser\n"
-        "  natkit lab run --engine compose --json lab.json\n",
+        "  natkit lab run --engine compose --json lab.json\n"
+        "  natkit lab run --engine compose --peer mine='python3 /srv/peer/peer.py' --mount /srv/peer\n",
     )
     run.add_argument("topology", nargs="?", help=_TOPOLOGY_HELP)
     run.add_argument(
@@ -94,6 +102,19 @@ def register(sub: Any, verb: str, help_text: str) -> None:
         help="run a subset: comma-separated paths (host,srflx,relay), NAT names (cases among them) "
         "or pairs A:B; repeatable, e.g. --only srflx --only symmetric,port-restricted",
     )
+    run.add_argument(
+        "--stacks", action="append", default=[], metavar="LIST",
+        help="the ICE stacks taking part, comma-separated: aiortc, chromium, firefox, libnice, pion, and "
+        "the names of --peer commands (default: every built-in stack installed here; with --peer: aiortc "
+        "and the peers)",
+    )
+    run.add_argument("--full", action="store_true", help="every stack pair x every NAT pair x every path (long: see docs/benchmarks.md)")
+    run.add_argument(
+        "--peer", action="append", default=[], metavar="NAME=COMMAND",
+        help="run COMMAND (docs/lab-peers.md) as stack NAME, caller and callee, behind every NAT; repeatable; "
+        "'{role}' in COMMAND becomes caller or callee",
+    )
+    run.add_argument("--shard", metavar="K/N", help="run only shard K of N of the cases (join the reports with 'natkit lab merge')")
     run.add_argument("--parallel", type=int, metavar="N", help="cases expected to connect at once (default: 4 x CPUs)")
     run.add_argument("--deadline", type=float, metavar="S", help="seconds before a case counts as failed (default: the topology's)")
     run.add_argument("--no-capture", action="store_true", help="skip the packet capture and its evidence")
@@ -106,6 +127,20 @@ def register(sub: Any, verb: str, help_text: str) -> None:
         "full-cone NAT, over srflx and relay (needs chromium)",
     )
     run.set_defaults(func=_run)
+
+    merge = _sub(
+        cmds, "merge", "join the reports of 'natkit lab run --shard K/N' into one matrix and verdict",
+        "Join the JSON reports of the shards of one run (natkit lab run --shard K/N --json FILE, one "
+        "per machine) into one report: every case in the plan's order, the probes, one verdict. The "
+        "shards must come from one plan (same topology, stacks and options) and every shard must be "
+        "there once. Exit 0 when the merged run passes, 1 when it does not, 2 for bad input.",
+        "  natkit lab merge shard1.json shard2.json shard3.json shard4.json --json lab.json --html lab.html\n"
+        "  natkit lab merge shard*.json\n",
+    )
+    merge.add_argument("reports", nargs="+", metavar="REPORT", help="a shard's JSON report")
+    add_json_option(merge, "the merged report")
+    merge.add_argument("--html", metavar="FILE", help="also write the merged report as one self-contained HTML file")
+    merge.set_defaults(func=_merge)
 
     compose = _sub(
         cmds, "compose", "print (or write) the Docker Compose file of a topology",
@@ -221,26 +256,36 @@ def _run(args: argparse.Namespace) -> int:
         topo = replace(topo, case_deadline_s=args.deadline)
     if args.parallel is not None and not 1 <= args.parallel <= 256:
         raise ConfigError(f"{args.parallel}: give 1..256", param="parallel")
-    cases = runner.select_cases(topo, args.only) if args.only else None
-    progress = report.Progress(sys.stderr)
-    try:
-        if args.engine == "compose":
-            from natkit.lab.engines import compose_lab
+    from natkit.lab.choose import choose
+    from natkit.lab.shard import parse_shard
 
-            if args.browser:
-                raise UsageError("--browser: the Compose engine's image has no Chromium; use --engine netns for browser cases")
+    compose_lab = None
+    if args.engine == "compose":
+        from natkit.lab.engines import compose_lab
+
+        if args.browser:
+            raise UsageError("--browser: the Compose engine's image has no Chromium; use --engine netns for browser cases")
+    elif args.base is not None or args.mount:
+        flag = "--base" if args.base is not None else "--mount"
+        raise UsageError(f"{flag} is for the Compose engine's containers: add --engine compose")
+    shard = parse_shard(args.shard) if args.shard else None
+    selection = choose(topo, stack_names=args.stacks, peers=args.peer, full=args.full, only=args.only,
+                       unavailable=compose_lab.stack_unavailable if compose_lab is not None else None)
+    progress = report.Progress(sys.stderr)
+    for name, why in selection.skipped:
+        progress("stage", {"text": f"stack {name} left out: {why}"})
+    try:
+        if compose_lab is not None:
             result = compose_lab.run(
-                topo, cases=cases, turn_engine=args.turn_engine, parallel=args.parallel,
-                capture=not args.no_capture, progress=progress, keep_capture=args.pcap, base=args.base,
-                mounts=args.mount,
+                topo, turn_engine=args.turn_engine, parallel=args.parallel, capture=not args.no_capture,
+                progress=progress, keep_capture=args.pcap, base=args.base, selection=selection, shard=shard,
+                peers=args.peer, mounts=args.mount,
             )
         else:
-            if args.base is not None or args.mount:
-                flag = "--base" if args.base is not None else "--mount"
-                raise UsageError(f"{flag} is for the Compose engine's containers: add --engine compose")
             result = runner.run(
-                topo, cases=cases, turn_engine=args.turn_engine, parallel=args.parallel,
+                topo, turn_engine=args.turn_engine, parallel=args.parallel,
                 capture=not args.no_capture, progress=progress, keep_capture=args.pcap, browser=args.browser,
+                selection=selection, shard=shard,
             )
     finally:
         progress.close()
@@ -254,6 +299,33 @@ def _run(args: argparse.Namespace) -> int:
 
         write_html(args.html, data, topo.for_compose() if args.engine == "compose" else topo)
     return result.exit_code
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from natkit.lab import report
+    from natkit.lab.merge import load_reports, merge
+
+    inputs = list(args.reports)
+    targets: dict[str, str] = {}
+    for flag, target, kind in (("--json", args.json, "json"), ("--html", args.html, "html")):
+        path = check_output(flag, target, inputs, kind=kind)
+        if path is not None:
+            if os.path.abspath(path) in targets:
+                raise UsageError(f"{flag} {target}: {targets[os.path.abspath(path)]} writes that file too; give each its own file")
+            targets[os.path.abspath(path)] = flag
+    data = merge(load_reports(inputs))
+    to_stdout = args.json == "-"
+    report.render(data, sys.stderr if to_stdout else sys.stdout)
+    if args.json:
+        emit_json(args.json, data, inputs)
+    if args.html:
+        from natkit.lab.html import write_html
+
+        topo = None
+        with contextlib.suppress(Exception):  # the topology file may not be on this machine
+            topo = _load(data.get("topology"))
+        write_html(args.html, data, topo)
+    return 0 if data.get("pass") else 1
 
 
 def _compose(args: argparse.Namespace) -> int:

@@ -141,7 +141,7 @@ def parse_ice_url(url: str, path: str = "url") -> IceUrl:
     try:
         host, port = _split_host_port(opaque, scheme)
     except ValueError as exc:
-        raise ConfigError("", [Problem(path, "SyntaxError", f"'{url}': {exc}")]) from None
+        raise ConfigError("", [Problem(path, "SyntaxError", f"'{_clip(url)}': {exc}")]) from None
     if query is not None:
         transport, explicit = query.split("=", 1)[1], True
     else:
@@ -149,37 +149,45 @@ def parse_ice_url(url: str, path: str = "url") -> IceUrl:
     return IceUrl(url, scheme, host, port, transport, explicit, path)
 
 
+def _clip(text: str, limit: int = 80) -> str:
+    """A user's text as it may appear in a one-line message: hostile input is huge."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def _url_problem(url: str) -> str | tuple[str, str, str | None]:
     """The W3C checks. Returns a message, or (scheme, opaque path, query)."""
+    shown = _clip(url)
     # The URL parser strips leading/trailing C0 controls and spaces, and drops tabs/newlines.
     text = url.strip(_C0_OR_SPACE).replace("\t", "").replace("\n", "").replace("\r", "")
     if not text:
         return "empty URL"
     match = _SCHEME_RE.match(text)
     if not match:
-        return f"'{url}' is not a URL (expected stun:, stuns:, turn: or turns:HOST[:PORT])"
+        return f"'{shown}' is not a URL (expected stun:, stuns:, turn: or turns:HOST[:PORT])"
     scheme = match.group(1).lower()
     if scheme not in SCHEMES:
-        return f"'{url}': scheme '{scheme}' is not stun, stuns, turn or turns"
+        return f"'{shown}': scheme '{_clip(scheme)}' is not stun, stuns, turn or turns"
     rest = text[match.end():]
     if rest.startswith("/"):
         return (
-            f"'{url}': no '//' after '{scheme}:' (write {scheme}:HOST:PORT, "
+            f"'{shown}': no '//' after '{scheme}:' (write {scheme}:HOST:PORT, "
             f"not {scheme}://HOST:PORT)"
         )
     rest, hash_mark, _fragment = rest.partition("#")
     if hash_mark:
-        return f"'{url}' has a fragment ('#...'); remove it"
+        return f"'{shown}' has a fragment ('#...'); remove it"
     opaque, qmark, query = rest.partition("?")
     if "/" in opaque or "@" in opaque:
         bad = "@" if "@" in opaque else "/"
         extra = " (put the username in the 'username' field)" if bad == "@" else ""
-        return f"'{url}' contains '{bad}'{extra}"
+        return f"'{shown}' contains '{bad}'{extra}"
     if qmark and scheme in ("stun", "stuns"):
-        return f"'{url}': {scheme}: URLs take no query ('?{query}'); remove it"
+        return f"'{shown}': {scheme}: URLs take no query ('?{_clip(query)}'); remove it"
     if qmark and query not in ("transport=udp", "transport=tcp"):
         return (
-            f"'{url}': the only query a {scheme}: URL takes is ?transport=udp or "
+            f"'{shown}': the only query a {scheme}: URL takes is ?transport=udp or "
             f"?transport=tcp, not '?{query}'"
         )
     return scheme, opaque, (query if qmark else None)
@@ -192,9 +200,9 @@ def _split_host_port(opaque: str, scheme: str) -> tuple[str, int | None]:
             raise ValueError("missing ']' after the IPv6 address")
         host, tail = opaque[1:end], opaque[end + 1 :]
         if not _is_ip(host) or ":" not in host:
-            raise ValueError(f"'[{host}]' is not an IPv6 address")
+            raise ValueError(f"'[{_clip(host)}]' is not an IPv6 address")
         if tail and not tail.startswith(":"):
-            raise ValueError(f"unexpected '{tail}' after ']'")
+            raise ValueError(f"unexpected '{_clip(tail)}' after ']'")
         port_text = tail[1:] if tail else None
     else:
         host, colon, port_text_raw = opaque.partition(":")
@@ -204,14 +212,15 @@ def _split_host_port(opaque: str, scheme: str) -> tuple[str, int | None]:
         if not host:
             raise ValueError("no host")
         if not re.match(r"^[A-Za-z0-9\-._~%!$&'()*+,;=]+$", host):
-            raise ValueError(f"'{host}' is not a valid host name")
+            raise ValueError(f"'{_clip(host)}' is not a valid host name")
     port: int | None = None
     if port_text is not None:
         if not port_text.isdigit() or not port_text.isascii():
-            raise ValueError(f"port '{port_text}' is not a number")
-        port = int(port_text)
+            raise ValueError(f"port '{_clip(port_text)}' is not a number")
+        # Length first: a 5,000-digit port must not reach int() (Python caps digit strings).
+        port = int(port_text) if len(port_text.lstrip("0")) <= 5 else 65536
         if not 1 <= port <= 65535:
-            raise ValueError(f"port {port} out of range 1-65535")
+            raise ValueError(f"port {_clip(port_text)} out of range 1-65535")
     return host, port
 
 

@@ -8,7 +8,9 @@ candidate carries the URL that produced it and the time since the start, and eve
 reported like the browser's ``icecandidateerror`` (url, local address, code, text; 701 when the
 server could not be reached at all). A srflx candidate's base is the local address the kernel
 uses toward that server; a stuns: URL is checked for reachability only (a mapping seen over TLS
-says nothing about UDP).
+says nothing about UDP). Like a browser, a URL whose name resolves to several addresses is
+asked at its first address (A records before AAAA); ``natkit check`` is the tool that
+tries every address of a round-robin fleet.
 """
 
 from __future__ import annotations

@@ -13,8 +13,11 @@ Wire format, one JSON object per line: a command ``{"id": N, "op": OP, ...}``; i
 ``servers`` a ``{"id": N, "ready": true}`` once they listen. Operations:
 
 ==================  ==========================================================================
-``case``            ``stack``, ``role``, ``config`` (PeerConfig as JSON): one side of a case
-                    (:mod:`natkit.lab.stacks`); result: PeerResult as JSON
+``case``            ``stack``, ``role``, ``config`` (PeerConfig as JSON), ``peer`` (a --peer
+                    stack's NAME=COMMAND): one side of a case (:mod:`natkit.lab.stacks`);
+                    result: PeerResult as JSON
+``prepare``         ``stack``, ``config``: start what the stack keeps across cases (a browser)
+                    before the cases; result: ``{"seconds"}`` (``{"error"}`` if it failed)
 ``probe``           ``server`` (stun: URL), ``timeout``: ``natkit probe``; result: its JSON
 ``servers``         ``spec`` (ServersSpec as JSON): STUN, TURN, signaling until stopped
 ``stop-servers``    unwind the servers (the ``servers`` command then answers)
@@ -86,7 +89,21 @@ async def _command(
         from natkit.lab import stacks
 
         config = stacks.PeerConfig.from_json(cmd["config"])
+        if cmd.get("peer") and cmd["stack"] not in stacks.STACKS:
+            # a --peer command the orchestrator registered in its own process (a container's
+            # agent was not forked from it): its NAME=COMMAND comes with the case
+            from natkit.lab.stacks.command import CommandPeer
+
+            stacks.register(CommandPeer.from_spec(str(cmd["peer"])))
         return (await stacks.get(cmd["stack"]).start(cmd["role"], config)).to_json()
+    if op == "prepare":
+        from natkit.lab import stacks
+
+        peer = stacks.get(cmd["stack"])
+        prepare = getattr(peer, "prepare", None)
+        if prepare is None:
+            return {"seconds": 0.0}
+        return {"seconds": round(await prepare(stacks.PeerConfig.from_json(cmd["config"])), 3)}
     if op == "probe":
         from natkit.nat.probe import probe
 

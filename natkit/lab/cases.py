@@ -10,8 +10,8 @@ from natkit.lab.topology import PATHS, Case, Topology
 __all__ = ["browser_cases", "select_cases"]
 
 
-def select_cases(topo: Topology, only: Sequence[str] = ()) -> list[Case]:
-    """The cases of ``topo`` that ``only`` keeps.
+def select_cases(topo: Topology, only: Sequence[str] = (), within: Sequence[Case] | None = None) -> list[Case]:
+    """The cases of ``topo`` (or of ``within``, e.g. a run's stack matrix) that ``only`` keeps.
 
     Each item is a comma-separated list of tokens: a path (``host``, ``srflx``, ``relay``), a
     NAT name (keeps cases whose NATs are all named), or a pair ``A:B`` (that pair only). Paths
@@ -40,7 +40,7 @@ def select_cases(topo: Topology, only: Sequence[str] = ()) -> list[Case]:
                 param="only",
             )
     out = []
-    for c in topo.cases():
+    for c in topo.cases() if within is None else within:
         if paths and c.path not in paths:
             continue
         if (nats or pairs) and not (set(c.nats) <= nats or frozenset(c.nats) in pairs):

@@ -106,6 +106,17 @@ class Flows:
     def direct_between(self, a: Endpoint, b: Endpoint) -> int:
         return self.direct[(a, b)] + self.direct[(b, a)]
 
+    def peer_of(self, known: Endpoint, port: int) -> Endpoint | None:
+        """The endpoint with ``port`` that exchanged the most DTLS with ``known`` (for a stack
+        whose stats give a peer-reflexive candidate's port but not its address)."""
+        counts: Counter[Endpoint] = Counter()
+        for (s, d), n in self.direct.items():
+            if s == known and d[1] == port:
+                counts[d] += n
+            elif d == known and s[1] == port:
+                counts[s] += n
+        return counts.most_common(1)[0][0] if counts else None
+
     def direct_involving(self, ip: str, exclude: Iterable[str] = ()) -> int:
         skip = set(exclude)
         return sum(
@@ -186,6 +197,11 @@ def _ep(c: dict[str, Any] | None) -> Endpoint | None:
     return (str(c["address"]), int(c["port"]))
 
 
+def _port(c: dict[str, Any] | None) -> int | None:
+    port = (c or {}).get("port")
+    return port if isinstance(port, int) and not isinstance(port, bool) else None
+
+
 def claimed_route(selected: dict[str, Any] | None, own_lan: str, own_public: str) -> str | None:
     """The route a selected pair implies: relay, lan (remote on the peer's own LAN), hairpin
     (remote at the peer's own NAT's public address) or direct."""
@@ -237,6 +253,12 @@ def judge(
     if claimed == "direct":
         b_pub = _ep((sel_a or {}).get("remote"))
         a_pub = _ep((sel_b or {}).get("remote"))
+        # A side whose stats hide the other's peer-reflexive address (Chromium) still gives
+        # its port: the capture's flow from the known end to that port names the address.
+        if a_pub is None and b_pub is not None and (port := _port((sel_b or {}).get("remote"))) is not None:
+            a_pub = flows.peer_of(b_pub, port)
+        elif b_pub is None and a_pub is not None and (port := _port((sel_a or {}).get("remote"))) is not None:
+            b_pub = flows.peer_of(a_pub, port)
         if a_pub is None or b_pub is None:
             return {"route": None, "claimed": claimed, "packets": 0, "consistent": False, "detail": "the callee reported no selected pair"}
         n = flows.direct_between(a_pub, b_pub)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from natkit.lab.nats import Filtering, Mapping, NatBehaviour
 from natkit.lab.nats import expected_probe as _kind_probe
 
-__all__ = ["Expectation", "expect", "expected_probe"]
+__all__ = ["Expectation", "Side", "expect", "expected_probe"]
 
 Endpoint = tuple[str, str]  # (ip token, port token): symbolic, only equality matters
 STUN: Endpoint = ("stun-server", "3478")
@@ -43,10 +43,22 @@ class Expectation:
     connected: bool
     route: str | None  # "lan" | "hairpin" | "direct" | "relay" when connected
     reason: str
+    decided_by: str = "nats"  # "nats" | "stacks": what made the outcome what it is
 
     @property
     def outcome(self) -> str:
         return "connected" if self.connected else "failed"
+
+
+@dataclass(frozen=True)
+class Side:
+    """What the ICE model needs of one peer's stack in one case (natkit.lab.stack_expect makes
+    it from the stack's capabilities); without sides the model is the NATs' alone."""
+
+    name: str
+    redundant_srflx: bool = True  # signals a srflx candidate equal to its host address
+    gives_up_without_candidates: bool = False  # fails at once when the other signals none
+    turn: tuple[str, ...] | None = None  # TURN transports it allocates over (None: any)
 
 
 @dataclass
@@ -82,6 +94,7 @@ class _Net:
     def __init__(self) -> None:
         self.sockets: list[_Socket] = []
         self.drops: list[str] = []
+        self.notes: list[str] = []  # what the stacks did that the NATs alone do not explain
         self.hairpinned = False
 
     def outbound(self, sock: _Socket, dst: Endpoint) -> Endpoint | None:
@@ -165,7 +178,9 @@ class _Agent:
     valid: list[Endpoint] = field(default_factory=list)
 
 
-def _gather(net: _Net, sock: _Socket, path: str, turn: _Box, transports: tuple[str, ...]) -> tuple[_Socket, list[Endpoint], str | None]:
+def _gather(
+    net: _Net, sock: _Socket, path: str, turn: _Box, transports: tuple[str, ...], side: Side | None = None,
+) -> tuple[_Socket, list[Endpoint], str | None]:
     """(socket ICE checks go from, signaled candidates, why there are none)."""
     if path == "host":
         return sock, [sock.local], None
@@ -173,8 +188,19 @@ def _gather(net: _Net, sock: _Socket, path: str, turn: _Box, transports: tuple[s
         mapped = net.outbound(sock, STUN)
         if mapped is None:
             return sock, [], f"{sock.box.label} drops UDP, so STUN gives no srflx candidate"
+        if mapped == sock.local and side is not None and not side.redundant_srflx:
+            net.notes.append(
+                f"{side.name} behind {sock.box.label} signals no srflx candidate (it equals its host "
+                "address, which it drops as redundant, RFC 8445 §5.1.3)"
+            )
+            return sock, [], None
         return sock, [mapped], None
     # relay: UDP to the server unless UDP is blocked, else TCP (stream traffic passes).
+    if side is not None and side.turn is not None:
+        allowed = [t for t in transports if t in side.turn]
+        if not allowed:
+            return sock, [], f"{side.name} allocates over none of the TURN transports offered ({', '.join(transports)})"
+        transports = tuple(allowed)
     usable = [t for t in transports if t == "tcp" or not sock.box.block_udp]
     if not usable:
         return sock, [], f"{sock.box.label} drops UDP and TURN over TCP is not offered"
@@ -190,9 +216,11 @@ def expect(
     *,
     same_lan: bool = False,
     turn_transports: tuple[str, ...] = ("udp", "tcp"),
+    sides: tuple[Side, Side] | None = None,
 ) -> Expectation:
     """The expected outcome of a case: ``caller`` (controlling) behind one NAT, ``callee``
-    behind another (or behind the same one when ``same_lan``; ``callee`` is then ignored)."""
+    behind another (or behind the same one when ``same_lan``; ``callee`` is then ignored).
+    ``sides``: what the caller's and the callee's stacks do (default: the NATs alone)."""
     if path not in ("host", "srflx", "relay"):
         raise ValueError(f"unknown path {path!r}")
     net = _Net()
@@ -206,10 +234,18 @@ def expect(
         socks.append(_Socket(peer, box, (ip, "5000"), public))
     net.sockets.extend(socks)
 
-    gathered = [_gather(net, s, path, turn, turn_transports) for s in socks]
+    gathered = [_gather(net, s, path, turn, turn_transports, sides[i] if sides else None) for i, s in enumerate(socks)]
     for _, cands, why in gathered:
         if not cands and why:
-            return Expectation(False, None, why)
+            return Expectation(False, None, why, "stacks" if why.startswith(tuple(s.name for s in sides or ())) else "nats")
+    if sides is not None:
+        for i, (_, cands, _) in enumerate(gathered):
+            waiting = sides[1 - i]
+            if not cands and waiting.gives_up_without_candidates:
+                return Expectation(False, None, "; ".join([
+                    *net.notes, f"{waiting.name} gives up at once when the other side signals no candidate "
+                    "(it does not wait for peer-reflexive ones)",
+                ]), "stacks")
     agents = [_Agent(g[0], list(gathered[1 - i][1])) for i, g in enumerate(gathered)]
 
     for _ in range(ROUNDS):
@@ -229,7 +265,7 @@ def expect(
 
     if not agents[0].valid:
         reasons = sorted(set(net.drops)) or ["no check got an answer"]
-        return Expectation(False, None, "; ".join(reasons))
+        return Expectation(False, None, "; ".join([*net.notes, *reasons]), "stacks" if net.notes else "nats")
     remote = agents[0].valid[0]
     if path == "relay":
         return Expectation(True, "relay", "both peers allocate on the TURN relay, which relays between them")

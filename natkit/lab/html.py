@@ -171,11 +171,26 @@ def _cell(case: Mapping[str, Any] | None, index: int | None) -> str:
     )
 
 
-def _grid(path: str, cases: Sequence[Mapping[str, Any]], matrix: list[str], lan: list[str]) -> str:
+def _legacy_browser(c: Mapping[str, Any]) -> bool:
+    """A browser case of a report made before every case named its stacks."""
+    return "browser" in c and "caller_stack" not in c
+
+
+def _pair_of(c: Mapping[str, Any]) -> tuple[str, str]:
+    if _legacy_browser(c):
+        return ("chromium", "aiortc")
+    return str(c.get("caller_stack", "aiortc")), str(c.get("callee_stack", "aiortc"))
+
+
+def _grid(
+    path: str, cases: Sequence[Mapping[str, Any]], matrix: list[str], lan: list[str],
+    pair: tuple[str, str] = ("aiortc", "aiortc"), anchor: str = "",
+) -> str:
     index: dict[tuple[str, str], int] = {}
     lan_index: dict[str, int] = {}
+    ordered = pair[0] != pair[1]  # two stacks: who is behind which NAT matters
     for i, c in enumerate(cases):
-        if c.get("path") != path or "browser" in c:
+        if c.get("path") != path or _legacy_browser(c) or _pair_of(c) != pair:
             continue
         nats = list(c.get("nats", []))
         if len(nats) != 2:
@@ -184,19 +199,24 @@ def _grid(path: str, cases: Sequence[Mapping[str, Any]], matrix: list[str], lan:
             lan_index[nats[0]] = i
         else:
             index[(nats[0], nats[1])] = i
-            index.setdefault((nats[1], nats[0]), i)
+            if not ordered:
+                index.setdefault((nats[1], nats[0]), i)
     if not index and not lan_index:
         return ""
+    rows_of, cols_of = matrix, matrix
+    if ordered:
+        rows_of = [n for n in matrix if any(k[0] == n for k in index)]
+        cols_of = [n for n in matrix if any(k[1] == n for k in index)]
     counts = {"pass": 0, "total": 0}
     for i in [*set(index.values()), *lan_index.values()]:
         counts["total"] += 1
         counts["pass"] += cell_state(cases[i]) in ("ok-connected", "ok-failed")
-    head = "".join(f'<th class="col" scope="col"><span>{_e(n)}</span></th>' for n in matrix)
+    head = "".join(f'<th class="col" scope="col"><span>{_e(n)}</span></th>' for n in cols_of)
     rows = []
-    for row, a in enumerate(matrix):
+    for row, a in enumerate(rows_of):
         cells = []
-        for col, b in enumerate(matrix):
-            if col < row:  # one cell per unordered pair: the upper triangle
+        for col, b in enumerate(cols_of):
+            if col < row and not ordered:  # one cell per unordered pair: the upper triangle
                 cells.append('<td class="cell lower"></td>')
                 continue
             at = index.get((a, b))
@@ -208,15 +228,15 @@ def _grid(path: str, cases: Sequence[Mapping[str, Any]], matrix: list[str], lan:
             continue
         rows.append(
             f'<tr class="lanrow"><th class="row" scope="row">{_e(name)}</th>{_cell(cases[at], at)}'
-            f'<td class="lannote" colspan="{max(1, len(matrix) - 1)}">two peers on one LAN '
+            f'<td class="lannote" colspan="{max(1, len(cols_of) - 1)}">two peers on one LAN '
             "behind one NAT</td></tr>"
         )
     ok = counts["pass"] == counts["total"]
     return (
-        f'<section class="path" id="path-{path}"><h3>{_e(_PATH_TITLES[path])} '
+        f'<section class="path" id="path-{anchor}{_e(path)}"><h3>{_e(_PATH_TITLES.get(path, path))} '
         f'<span class="count {"good" if ok else "bad"}">{counts["pass"]}/{counts["total"]} as '
         "expected</span></h3>"
-        f'<table class="grid" data-path="{path}"><thead><tr><th class="corner">caller ↓ '
+        f'<table class="grid" data-path="{_e(path)}" data-pair="{_e(pair[0])}→{_e(pair[1])}"><thead><tr><th class="corner">caller ↓ '
         f"callee →</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
     )
 
@@ -249,11 +269,11 @@ def _probes(probes: Iterable[Mapping[str, Any]]) -> str:
     )
 
 
-def _browser_cases(cases: Sequence[Mapping[str, Any]]) -> str:
+def _browser_cases(cases: Sequence[Mapping[str, Any]], only: set[int]) -> str:
     rows = []
     for i, c in enumerate(cases):
         b = c.get("browser")
-        if b is None and "browser" not in c:
+        if i not in only:
             continue
         b = b if isinstance(b, Mapping) else {}
         state = cell_state(c) if c.get("expected") else (
@@ -280,6 +300,81 @@ def _browser_cases(cases: Sequence[Mapping[str, Any]]) -> str:
         "<th>expected</th><th>observed</th><th>Chromium's selected pair</th><th>candidate types</th>"
         f"<th>RTT</th><th>packet evidence</th><th>error</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
     )
+
+
+def _paths_of(cases: Iterable[Mapping[str, Any]]) -> list[str]:
+    seen = list(dict.fromkeys(str(c.get("path")) for c in cases))
+    return [p for p in PATHS if p in seen] + [p for p in seen if p not in PATHS]
+
+
+def _slug(pair: tuple[str, str]) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in f"{pair[0]}--{pair[1]}")
+
+
+def _pair_grids(
+    results: Mapping[str, Any], cases: Sequence[Mapping[str, Any]], skip: set[int], matrix: list[str], lan: list[str],
+) -> str:
+    """The stack × stack summary (each cell links to its pair), then per stack pair its NAT
+    grids: the reference stack with itself open, every other pair folded unless something in
+    it went wrong."""
+    from natkit.lab.summary import stack_pairs
+
+    grid_cases = [c for i, c in enumerate(cases) if i not in skip]
+    pairs = list(dict.fromkeys(_pair_of(c) for c in grid_cases))
+    reference = str((results.get("plan") or {}).get("reference") or "aiortc")
+    pairs.sort(key=lambda k: k != (reference, reference))
+    if len(pairs) <= 1:
+        pair = pairs[0] if pairs else ("aiortc", "aiortc")
+        return '<div class="paths">' + "".join(_grid(p, cases, matrix, lan, pair) for p in _paths_of(grid_cases)) + "</div>"
+    rows = {(r["caller_stack"], r["callee_stack"]): r for r in stack_pairs(
+        [{**c, "caller_stack": _pair_of(c)[0], "callee_stack": _pair_of(c)[1]} for c in grid_cases])}
+    order = [str(s.get("name")) for s in results.get("stacks") or [] if isinstance(s, Mapping)]
+    for a, b in pairs:
+        order += [n for n in (a, b) if n not in order]
+    callers = [n for n in order if any(k[0] == n for k in rows)]
+    callees = [n for n in order if any(k[1] == n for k in rows)]
+    head = "".join(f'<th class="col" scope="col"><span>{_e(n)}</span></th>' for n in callees)
+    body = []
+    for a in callers:
+        cells = []
+        for b in callees:
+            r = rows.get((a, b))
+            if r is None:
+                cells.append('<td class="cell none">·</td>')
+                continue
+            state = "ok-connected" if r["pass"] else "mismatch"
+            title = (f"{a} → {b}: {r['as_expected']} of {r['cases']} cases as expected; {r['connected']} connected "
+                     f"({r['expected_connected']} expected to); {r['by_stacks']} decided by the stacks")
+            cells.append(
+                f'<td class="cell stackcell {state}" title="{_e(title)}"><a href="#pair-{_slug((a, b))}">'
+                f'<span class="sym">{r["as_expected"]}/{r["cases"]}</span>'
+                f'<span class="route">{r["connected"]} up</span></a></td>'
+            )
+        body.append(f'<tr><th class="row" scope="row">{_e(a)}</th>{"".join(cells)}</tr>')
+    summary = (
+        '<section id="stacks"><h3>Stacks: cases as expected per caller and callee stack '
+        '(click a cell for its NAT grids)</h3><table class="grid stacks"><thead><tr>'
+        f'<th class="corner">caller ↓ callee →</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></section>'
+    )
+    sections = []
+    for pair in pairs:
+        r = rows[pair]
+        sub = [c for c in grid_cases if _pair_of(c) == pair]
+        reasons: dict[str, int] = {}
+        for c in sub:
+            if c.get("decided_by") == "stacks":
+                reasons[str(c.get("reason"))] = reasons.get(str(c.get("reason")), 0) + 1
+        why = "".join(f"<li>{n} × {_e(t)}</li>" for t, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        grids = "".join(_grid(p, cases, matrix, lan, pair, anchor=f"{_slug(pair)}-") for p in _paths_of(sub))
+        opened = " open" if pair == (reference, reference) or not r["pass"] else ""
+        sections.append(
+            f'<details class="pair" id="pair-{_slug(pair)}"{opened}><summary><strong>{_e(pair[0])} → {_e(pair[1])}</strong> '
+            f'<span class="count {"good" if r["pass"] else "bad"}">{r["as_expected"]}/{r["cases"]} as expected</span> '
+            f'<span class="muted">{r["connected"]} connected</span></summary>'
+            + (f'<ul class="why">{why}</ul>' if why else "")
+            + f'<div class="paths">{grids}</div></details>'
+        )
+    return summary + "".join(sections)
 
 
 def _evidence_text(case: Mapping[str, Any]) -> str:
@@ -385,7 +480,11 @@ def _pair_key(c: Mapping[str, Any]) -> tuple[str, ...]:
 def plain_summary(results: Mapping[str, Any]) -> list[str]:
     """What the matrix means, in sentences: which NAT pairs need TURN, where TURN has to run
     over TCP, which pairs connect directly, and what did not go as expected."""
-    cases = [c for c in results.get("cases", []) if "browser" not in c]
+    every = [c for c in results.get("cases", []) if not _legacy_browser(c)]
+    reference = str((results.get("plan") or {}).get("reference") or "aiortc")
+    pairs = list(dict.fromkeys(_pair_of(c) for c in every))
+    ref = (reference, reference) if (reference, reference) in pairs else (pairs[0] if pairs else ("aiortc", "aiortc"))
+    cases = [c for c in every if _pair_of(c) == ref]  # the NATs' question: one stack pair
     by_pair: dict[tuple[str, ...], dict[str, Mapping[str, Any]]] = {}
     for c in cases:
         by_pair.setdefault(_pair_key(c), {})[str(c.get("path"))] = c
@@ -425,15 +524,25 @@ def plain_summary(results: Mapping[str, Any]) -> list[str]:
     elif blocked:
         out.append(f"UDP is blocked at {', '.join(sorted(str(b) for b in blocked))}; no relay case behind it connected over TCP.")
     bad = [c for c in cases if c.get("pass") is False]
+    who = f" of {ref[0]} with itself" if len(pairs) > 1 and ref[0] == ref[1] else ""
     if bad:
-        out.append(f"{len(bad)} of {len(cases)} cases did not go as the NAT types predict (red or amber cells).")
+        out.append(f"{len(bad)} of {len(cases)} cases{who} did not go as the NAT types predict (red or amber cells).")
     else:
-        out.append(f"All {len(cases)} cases went as the NAT types predict.")
+        out.append(f"All {len(cases)} cases{who} went as the NAT types predict.")
+    if len(pairs) > 1:
+        from natkit.lab.summary import stack_pairs
+
+        rows = stack_pairs([{**c, "caller_stack": _pair_of(c)[0], "callee_stack": _pair_of(c)[1]} for c in every])
+        good = sum(r["pass"] for r in rows)
+        out.append(f"{good} of {len(rows)} stack pairs went as expected in every case ({len(every)} cases in all).")
+        never = [f"{r['caller_stack']} → {r['callee_stack']}" for r in rows if r["connected"] == 0 and r["expected_connected"] == 0]
+        if never:
+            out.append(f"Never connect, as their capabilities predict: {', '.join(never)}.")
     return out
 
 
 def _timing(results: Mapping[str, Any]) -> str:
-    cases = [c for c in results.get("cases", []) if "browser" not in c]
+    cases = [c for c in results.get("cases", []) if not _legacy_browser(c)]
     timings = results.get("timings") or {}
     total = results.get("duration_s")
     bars = []
@@ -506,6 +615,9 @@ svg text{font:12px system-ui,sans-serif;fill:#1d2330}svg .c{text-anchor:middle}s
 .bars{max-width:720px;margin:8px 0 12px}.bar{display:flex;align-items:center;gap:10px;margin:4px 0}
 .bl{width:110px;text-align:right;color:var(--mut);font-size:12px}.bt{flex:1;background:#e4e7ec;height:14px;border-radius:7px;overflow:hidden}
 .bf{display:block;height:100%;background:#3b6fd8}.bv{width:70px;font-variant-numeric:tabular-nums;font-size:12px}
+details.pair{margin:10px 0;background:#fff;border:1px solid #e4e7ec;border-radius:8px;padding:6px 12px}
+details.pair summary{cursor:pointer;font-size:15px}ul.why{margin:6px 0;font-size:13px;color:#475467}
+td.stackcell a{color:inherit;text-decoration:none;display:block}
 ul.errors{color:var(--bad)}ul.plain{margin:6px 0 0;padding-left:20px;font-size:15px}ul.plain li{margin:3px 0}
 """
 
@@ -532,19 +644,25 @@ _JS = """
 
 def render_html(results: Mapping[str, Any], topology: Any = None) -> str:
     """One self-contained HTML page for a lab run (``results``: the run's ``--json`` output)."""
-    # Browser cases (they carry Chromium's report under "browser") may come in "cases" or in
-    # "browser_cases"; they get their own table, the grids hold the aiortc cases.
-    cases = [*results.get("cases", []), *results.get("browser_cases", [])]
+    # Every case names its stacks and sits in the grids of its stack pair; a browser case of an
+    # older report (no caller_stack) only in the browser table, as does "browser_cases".
+    cases = list(results.get("cases", []))
+    ids = {c.get("id") for c in cases if c.get("id")}
+    extra = [c for c in results.get("browser_cases", []) if not c.get("id") or c.get("id") not in ids]
+    listed = {c.get("id") for c in results.get("browser_cases", []) if c.get("id")}  # --browser's own table
+    table = [i for i, c in enumerate(cases) if _legacy_browser(c) or c.get("id") in listed]
+    table += list(range(len(cases), len(cases) + len(extra)))
+    cases += extra
     probes = list(results.get("probes", []))
     matrix, lan = _nat_order(results, topology)
     passed = bool(results.get("pass"))
-    grid_cases = [c for c in cases if "browser" not in c]
+    grid_cases = [c for i, c in enumerate(cases) if i not in set(table)]
     n_ok = sum(cell_state(c) in ("ok-connected", "ok-failed") for c in grid_cases)
     p_ok = sum(bool(p.get("pass")) for p in probes)
     name = getattr(topology, "name", None) or "lab"
     duration = results.get("duration_s")
     engine = results.get("turn_engine") or (topology.servers.turn_engine if topology else "?")
-    grids = "".join(_grid(p, cases, matrix, lan) for p in PATHS)
+    grids = _pair_grids(results, cases, set(table), matrix, lan)
     errors = results.get("errors") or []
     # Inline JSON: '</' would end the script element early.
     blob = json.dumps({"cases": cases}, default=str).replace("</", "<\\/")
@@ -585,8 +703,8 @@ timings, the reason for the expectation and the packet evidence.</p>
 <span><i style="background:var(--bad)"></i>differs from the expectation</span>
 <span><i style="background:var(--sus)"></i>outcome as expected, route or evidence not</span></div>
 <div id="detail"><strong id="detail-title">Details</strong><pre id="detail-body">Hover or click a cell.</pre></div>
-<div class="paths">{grids}</div>
-{_browser_cases(cases)}
+{grids}
+{_browser_cases(cases, set(table))}
 <h2>Probes: what natkit probe saw from behind every NAT</h2>
 {_probes(probes)}
 <h2>Topology</h2>

@@ -12,9 +12,12 @@ servers and returns an :class:`Orchestration` of typed results (no packet eviden
 is the engine's capture, judged afterwards by :func:`natkit.lab.runner.finish`).
 
 Scheduling: cases expected to fail idle until their deadline and need no CPU, so they all
-start at once; cases expected to connect are CPU-bound (DTLS) and run at most ``parallel`` at a
-time (default: 4 per CPU). Cases of a heavy stack (a browser) run after the others, a few at a
-time. When one side of a case has failed, the other gets a second to report, then is cancelled.
+start at once (up to IDLE_LIMIT); cases expected to connect are CPU-bound (DTLS) and run at most ``parallel`` at a
+time (default: 4 per CPU), the light stacks' first. Cases of a heavy stack (a browser) also
+count against the stack's own ``parallel``; its browsers are started (``prepare``) in every node
+that needs them after the probes, one per CPU at a time while the other stacks' cases run,
+and a browser case starts once its own nodes' browsers are up. When one side of a case has failed, the other gets
+a second to report, then is cancelled.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from natkit.errors import PrerequisiteError
 from natkit.lab import stacks
 from natkit.lab.agents import AgentClient
 from natkit.lab.evidence import claimed_route
-from natkit.lab.expect import Expectation, expect, expected_probe
+from natkit.lab.expect import Expectation, expected_probe
 from natkit.lab.results import CaseResult, ProbeResult
 from natkit.lab.servers import ServersSpec
 from natkit.lab.stacks import PeerConfig, PeerResult
@@ -55,6 +58,10 @@ RESULT_MARGIN = 6.0  # s an agent may take beyond a peer's own bound to report
 SERVERS_START_TIMEOUT = 15.0
 SERVERS_STOP_TIMEOUT = 12.0  # s for the servers to stop (coturn: SIGTERM, after 5 s SIGKILL)
 FAILED_PEER_GRACE_S = 1.0  # once one side failed, how long the other may take to say so too
+START_GATE_S = 1.0  # an expected failure of a costly stack holds a start slot this long
+# Expected failures at once: they mostly wait for their deadline, but each still gathers
+# (STUN, TURN allocations) and sends checks; thousands at once (--full) would swamp the lab.
+IDLE_LIMIT = 32
 
 # Progress events: ("stage", {"text", ...}), ("probe", {"probe": ProbeResult}),
 # ("case", {"case": CaseResult, "done": int, "total": int, "tally": Tally}).
@@ -152,10 +159,14 @@ def cpu_limit(parallel: int | None, topo: Topology) -> int:
 
 
 def expectation_of(topo: Topology, plan: Plan, case: Case) -> Expectation:
+    """What ``case`` should do: its NATs' behaviours played with what its stacks do."""
+    from natkit.lab.stack_expect import expect_stacks
+
     (ra, _), (rb, _) = plan.peers_of(case)
-    return expect(
+    return expect_stacks(
         ra.nat.behaviour, rb.nat.behaviour, case.path, same_lan=case.same_lan,
-        turn_transports=topo.servers.turn_transports,
+        turn_transports=topo.servers.turn_transports, stacks=case.stacks,
+        capabilities=(stacks.capabilities_of(case.stacks[0]), stacks.capabilities_of(case.stacks[1])),
     )
 
 
@@ -238,19 +249,34 @@ async def _run(
         notify("probe", {"probe": probe})
         return probe
 
-    async def run_case(case: Case, exp: Expectation, sem: asyncio.Semaphore | None) -> CaseResult:
+    async def run_case(
+        case: Case, exp: Expectation, sems: Sequence[asyncio.Semaphore], gate: asyncio.Semaphore | None = None,
+    ) -> CaseResult:
         (_, pa), (_, pb) = plan.peers_of(case)
         a, b = (stacks.get(n) for n in case.stacks)
         ice = srv.ice_servers(case.path)
         sig = (srv.signaling_address, srv.signaling_port)
-        # Each side waits for the other's start-up on top of the case's deadline.
-        cfg_a = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + b.start_s)
-        cfg_b = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + a.start_s)
-        async with sem if sem is not None else contextlib.nullcontext():
-            ra_res, rb_res = await _pair(
+        # Each side waits for the other's start-up on top of the case's deadline (a browser
+        # started before the cases only opens a window).
+        wait_a = getattr(a, "ready_s", a.start_s) if (pa.id, a.name) in prepared else a.start_s
+        wait_b = getattr(b, "ready_s", b.start_s) if (pb.id, b.name) in prepared else b.start_s
+        cfg_a = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + wait_b)
+        cfg_b = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + wait_a)
+        async with contextlib.AsyncExitStack() as held:
+            for sem in sems:
+                await held.enter_async_context(sem)
+            if gate is not None:
+                await gate.acquire()
+            pairing = asyncio.ensure_future(_pair(
                 (agents[pa.id], a.name, "caller", cfg_a, a.max_duration_s(cfg_a) + RESULT_MARGIN),
                 (agents[pb.id], b.name, "callee", cfg_b, b.max_duration_s(cfg_b) + RESULT_MARGIN),
-            )
+            ))
+            if gate is not None:
+                # An expected failure of a stack that starts a process or a window costs CPU
+                # while it starts: such cases start a few per second, not all at once.
+                await asyncio.wait([pairing], timeout=START_GATE_S)
+                gate.release()
+            ra_res, rb_res = await pairing
         result = case_result(topo, plan, case, ra_res, rb_res, exp)
         done["n"] += 1
         tally.add(result)
@@ -259,28 +285,103 @@ async def _run(
 
     light = [c for c in cases if not any(stacks.get(s).heavy for s in c.stacks)]
     heavy = [c for c in cases if c not in light]
+    prepared: set[tuple[str, str]] = set()  # (peer id, stack) started before its cases
+    ready: dict[tuple[str, str], asyncio.Future[None]] = {}  # done once that start is over
+
+    def start_browsers(cases: Sequence[Case], at_once: int) -> asyncio.Future[Any] | None:
+        """Start every heavy stack in every node its cases need, ``at_once`` at a time; each
+        node's start settles its entry in ``ready`` (a case waits for its own nodes only)."""
+        needed = []
+        for c in cases:
+            for (_, peer), name in zip(plan.peers_of(c), c.stacks, strict=True):
+                if stacks.get(name).heavy and (peer.id, name) not in needed:
+                    needed.append((peer.id, name))
+        if not needed:
+            return None
+        notify("stage", {"text": f"starting {len(needed)} browsers"})
+        loop = asyncio.get_running_loop()
+        for key in needed:
+            ready[key] = loop.create_future()
+        gate = asyncio.Semaphore(at_once)
+        sig = (srv.signaling_address, srv.signaling_port)
+        t = time.monotonic()
+
+        async def one(peer_id: str, name: str) -> None:
+            peer = stacks.get(name)
+            try:
+                async with gate:
+                    res = await agents[peer_id].call(
+                        peer.start_s + 30, op="prepare", stack=name,
+                        config=PeerConfig("prepare", "host", sig, [], topo.case_deadline_s).to_json(),
+                    )
+                if "error" not in res:
+                    prepared.add((peer_id, name))
+            finally:
+                ready[(peer_id, name)].set_result(None)
+
+        async def all_of() -> None:
+            await asyncio.gather(*(one(p, n) for p, n in needed))
+            out.timings["prepare_s"] = time.monotonic() - t
+
+        return asyncio.ensure_future(all_of())
+
+    async def started(c: Case) -> None:
+        """Wait until the heavy stacks of ``c`` are started in its nodes."""
+        keys = [(peer.id, name) for (_, peer), name in zip(plan.peers_of(c), c.stacks, strict=True)]
+        waits = [ready[k] for k in keys if k in ready]
+        if waits:
+            await asyncio.gather(*waits)
+
     exps = {c: expectation_of(topo, plan, c) for c in cases}
     sem = asyncio.Semaphore(cpu_limit(parallel, topo))
-    # Expected failures first (they idle until the deadline), then the CPU-bound connections.
-    order = sorted(light, key=lambda c: exps[c].connected)
+    # A heavy stack (a browser) has a limit of its own on connecting cases at once, shared by
+    # its browsers in every namespace; a case of two heavy stacks takes both, in name order.
+    heavy_sems = {
+        name: asyncio.Semaphore(max(1, stacks.get(name).parallel))
+        for name in sorted({s for c in heavy for s in c.stacks if stacks.get(s).heavy})
+    }
+
+    idle = asyncio.Semaphore(IDLE_LIMIT)
+
+    def limits(c: Case) -> list[asyncio.Semaphore]:
+        if not exps[c].connected:
+            return [idle]  # expected failures idle until their deadline: many at once
+        # Every connecting case takes the CPU-aware limit (the heavy ones after their stack's
+        # own limit, so that a waiting browser case does not hold a CPU slot).
+        return [heavy_sems[s] for s in sorted(set(c.stacks)) if s in heavy_sems] + [sem]
+
+    # Expected failures first (they idle until the deadline), then the CPU-bound connections;
+    # the heavy stacks' cases run beside the others (their own limits bound them).
+    order = sorted(light, key=lambda c: exps[c].connected) + sorted(heavy, key=lambda c: exps[c].connected)
     names = [n.name for n in topo.nats]
     probe_names = sorted({n for c in cases for n in c.nats}, key=names.index)
     notify("stage", {"text": f"probing {len(probe_names)} NATs and running {total} cases"})
+    # The probes first, alone. Then the browsers start in every node that needs them, one per
+    # CPU at a time, while the other stacks' cases run; a browser case starts once its own
+    # nodes' browsers are up (a browser's start is seconds of CPU).
+    out.probes = list(await asyncio.gather(*(run_probe(n) for n in probe_names)))
     t1 = time.monotonic()
-    probe_tasks = [asyncio.ensure_future(run_probe(n)) for n in probe_names]
-    case_tasks = {c: asyncio.ensure_future(run_case(c, exps[c], sem if exps[c].connected else None)) for c in order}
-    out.probes = list(await asyncio.gather(*probe_tasks))
+    browsers = start_browsers(heavy, max(2, os.cpu_count() or 1))
+    gate = asyncio.Semaphore(2 * (os.cpu_count() or 1))
+
+    def gate_of(c: Case) -> asyncio.Semaphore | None:
+        costly = any(stacks.get(s).start_s > 0 for s in c.stacks)
+        return gate if costly and not exps[c].connected else None
+
+    async def after_start(c: Case) -> CaseResult:
+        await started(c)
+        return await run_case(c, exps[c], limits(c), gate_of(c))
+
+    case_tasks = {c: asyncio.ensure_future(after_start(c)) for c in order}
     results = {c: await case_tasks[c] for c in light}
     out.timings["cases_s"] = time.monotonic() - t1
     if heavy:
-        # Browsers are heavy: after the matrix, a few at a time (cases expected to fail all at
-        # once). They run before this returns, so while the engine's capture still runs.
-        t2 = time.monotonic()
-        hsem = asyncio.Semaphore(min(stacks.get(s).parallel for c in heavy for s in c.stacks if stacks.get(s).heavy))
-        heavy_tasks = [run_case(c, exps[c], hsem if exps[c].connected else None) for c in heavy]
-        for c, r in zip(heavy, await asyncio.gather(*heavy_tasks), strict=True):
-            results[c] = r
-        out.timings["browser_s"] = time.monotonic() - t2
+        for c in heavy:
+            results[c] = await case_tasks[c]
+        if browsers is not None:
+            await browsers
+        out.timings["browser_s"] = time.monotonic() - t1
+        out.timings["cases_s"] = max(out.timings["cases_s"], out.timings["browser_s"])
     out.cases = [results[c] for c in cases]
     # Stop the servers while the nodes stand, and wait for it (bounded).
     servers.send(op="stop-servers")
@@ -297,18 +398,31 @@ Side = tuple[AgentClient, str, str, PeerConfig, float]  # agent, stack, role, co
 
 async def _pair(a: Side, b: Side) -> tuple[dict[str, Any], dict[str, Any]]:
     """Both sides of one case at once; once one has failed, the other gets
-    :data:`FAILED_PEER_GRACE_S` to report before it is cancelled."""
+    :data:`FAILED_PEER_GRACE_S` to report before it is cancelled. A ``--peer`` command gets
+    until its own limit: its report (exit status, stderr, notes) is what its author needs,
+    and a cancelled command says nothing."""
     tasks = []
+    deadlines: list[float] = []  # how long each side may still report once the other failed
+    start = time.monotonic()
     for agent, stack, role, cfg, limit in (a, b):
-        cid, fut = agent.submit(op="case", stack=stack, role=role, config=cfg.to_json())
+        extra = {}
+        command_peer = not stacks.STACKS.get(stack, "").startswith("natkit.")
+        deadlines.append(start + limit if command_peer else 0.0)
+        if command_peer:
+            # A --peer command: an agent in another process tree (a container) learns it here.
+            spec = getattr(stacks.get(stack), "spec", None)
+            if spec:
+                extra["peer"] = spec
+        cid, fut = agent.submit(op="case", stack=stack, role=role, config=cfg.to_json(), **extra)
         tasks.append((agent, cid, asyncio.ensure_future(agent.answer(cid, fut, limit))))
     done, _ = await asyncio.wait([t for _, _, t in tasks], return_when=asyncio.FIRST_COMPLETED)
     first = done.pop()
     if first.result().get("outcome") != "connected":
-        for agent, cid, task in tasks:
+        for (agent, cid, task), until in zip(tasks, deadlines):
             if task is not first and not task.done():
+                grace = max(FAILED_PEER_GRACE_S, until - time.monotonic())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(task), FAILED_PEER_GRACE_S)
+                    await asyncio.wait_for(asyncio.shield(task), grace)
                 if not task.done():
                     agent.cancel(cid)
     return await tasks[0][2], await tasks[1][2]

@@ -43,6 +43,8 @@ def _matrix(result: dict[str, Any], path: str, names: list[str]) -> list[str]:
     grid = {
         tuple(c["nats"]): cell(c) for c in result["cases"] if c["path"] == path and not c.get("same_lan")
     }
+    if any(c.get("caller_stack", "aiortc") != c.get("callee_stack", "aiortc") for c in result["cases"]):
+        return _ordered_matrix(result, path, names, grid)
     rows = [n for n in names if any(n in k for k in grid)]
     if not rows:
         return []
@@ -61,24 +63,64 @@ def _matrix(result: dict[str, Any], path: str, names: list[str]) -> list[str]:
     return lines
 
 
+def _ordered_matrix(result: dict[str, Any], path: str, names: list[str], grid: dict[Any, str]) -> list[str]:
+    """Rows: the callers' NATs, columns: the callees' NATs that occur (two different stacks:
+    who is behind which NAT matters, so every cell is its own case)."""
+    rows = [n for n in names if any(k[0] == n for k in grid)]
+    cols = [n for n in names if any(k[1] == n for k in grid)]
+    lines: list[str] = []
+    if rows:
+        width = max(len(n) for n in rows)
+        col = max(4, *(len(_short(n)) + 1 for n in cols))
+        lines = [f"  {path}", "  " + " " * width + "".join(_short(n).rjust(col) for n in cols)]
+        for a in rows:
+            lines.append("  " + a.ljust(width) + "".join((grid.get((a, b)) or "").rjust(col) for b in cols))
+    for c in result["cases"]:
+        if c["path"] == path and c.get("same_lan"):
+            lines = lines or [f"  {path}"]
+            lines.append(f"  {c['nats'][0]} (two peers, one LAN): {cell(c)}")
+    return lines
+
+
 def _short(name: str) -> str:
     parts = name.split("-")
     return "".join(p[:4] for p in parts)[:8] if len(name) > 8 else name
 
 
+def _paths(cases: list[dict[str, Any]]) -> list[str]:
+    """The paths of ``cases``: the lab's three first, then any other (relay-tls, ...)."""
+    seen = list(dict.fromkeys(str(c["path"]) for c in cases))
+    return [p for p in ("host", "srflx", "relay") if p in seen] + [p for p in seen if p not in ("host", "srflx", "relay")]
+
+
 def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
-    """Print the matrix of every path, the probes, the mismatches and the summary."""
+    """Print the stack × stack summary, the NAT matrix of every path (for the reference stack
+    with itself; for another stack pair when it has a mismatch), the probes, the mismatches and
+    the summary."""
+    from natkit.lab.stack_report import pair_key, render_stack_summary
+
     names: list[str] = []
     for c in result["cases"]:
         for n in c["nats"]:
             if n not in names and not c.get("same_lan"):
                 names.append(n)
     w = out.write
-    w("\nmatrix (rows: caller's NAT, columns: callee's NAT)\n")
-    for path in ("host", "srflx", "relay"):
-        lines = _matrix(result, path, names)
-        if lines:
-            w("\n".join(lines) + "\n\n")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in result["cases"]:
+        groups.setdefault(pair_key(c), []).append(c)
+    reference = (result.get("plan") or {}).get("reference", "aiortc")
+    shown = [k for k in groups if k == (reference, reference)] or list(groups)[:1]
+    if len(groups) > 1:
+        render_stack_summary(result, groups, out)
+        shown += [k for k, v in groups.items() if k not in shown and not all(c.get("pass") for c in v)]
+    for key in shown:
+        sub = {**result, "cases": groups[key]}
+        title = f"{key[0]} -> {key[1]}: " if len(groups) > 1 else ""
+        w(f"\n{title}matrix (rows: caller's NAT, columns: callee's NAT)\n")
+        for path in _paths(groups[key]):
+            lines = _matrix(sub, path, names)
+            if lines:
+                w("\n".join(lines) + "\n\n")
     w("  D direct  R relay  L LAN  H hairpin  . failed as expected\n")
     w("  !C/!F unexpectedly connected/failed  !E evidence contradicts  !R unexpected route\n\n")
     if result["probes"]:
@@ -116,8 +158,9 @@ def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
     for c in bad:
         a, b = c["nats"]
         ev = c.get("evidence") or {}
+        who = "" if pair_key(c) == ("aiortc", "aiortc") else f" [{c.get('caller_stack')} -> {c.get('callee_stack')}]"
         w(
-            f"  MISMATCH {a} x {b} {c['path']}: expected {c['expected']}"
+            f"  MISMATCH {a} x {b} {c['path']}{who}: expected {c['expected']}"
             f"{' via ' + c['expected_route'] if c.get('expected_route') else ''}, observed {c['observed']}"
             f"{' via ' + c['route'] if c.get('route') else ''}"
             f"{'; ' + c['error'] if c.get('error') and c['observed'] != c['expected'] else ''}"

@@ -110,9 +110,18 @@ class CaseResult:
             "error": self.error,
             "evidence": self.evidence.to_json() if self.evidence is not None else None,
             "pass": self.passed,
+            # Both sides, as each stack reports itself (getStats summary, a peer program's
+            # exit status, result line and stderr tail), whatever the stacks.
+            "id": self.case.id,
+            "decided_by": self.expectation.decided_by,
+            "callee_t_connect_ms": self.callee.t_connect_ms if connected else None,
+            "caller_error": self.caller.error,
+            "callee_error": self.callee.error,
+            "caller_report": self.caller.report,
+            "callee_report": self.callee.report,
         }
         if self.case.stacks[0] == "chromium":
-            out["browser"] = self.caller.report  # Chromium's own getStats summary
+            out["browser"] = self.caller.report  # Chromium's own getStats summary (older key)
         return out
 
 
@@ -165,6 +174,10 @@ class LabResult:
     lab: dict[str, Any] = field(default_factory=dict)
     engine: str = "netns"
     browser: bool = False  # whether browser cases were asked for (``--browser``)
+    plan: dict[str, Any] | None = None  # the Selection (natkit.lab.matrix) the cases come from
+    shard: dict[str, int] | None = None  # {"index", "count"} of a --shard run
+    case_index: dict[str, int] = field(default_factory=dict)  # case id -> index in the plan
+    stacks: list[dict[str, Any]] = field(default_factory=list)  # each stack and its capabilities
     started_at: str = field(default_factory=_now)
     host: str = field(default_factory=socket.gethostname)
     natkit_version: str = field(default_factory=_version)
@@ -188,6 +201,11 @@ class LabResult:
     def exit_code(self) -> int:
         return 0 if self.passed else 1
 
+    def _case_json(self, i: int, case: CaseResult) -> dict[str, Any]:
+        data = case.to_json()
+        data["index"] = self.case_index.get(case.case.id, i)
+        return data
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
@@ -201,12 +219,18 @@ class LabResult:
             "duration_s": round(self.duration_s, 2),
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
             "lab": self.lab,
-            "cases": [c.to_json() for c in self.matrix_cases],
+            "cases": [self._case_json(i, c) for i, c in enumerate(self.cases)],
             "probes": [p.to_json() for p in self.probes],
             "errors": list(self.errors),
+            "plan": self.plan,
+            "shard": self.shard,
+            "stacks": self.stacks,
         }
+        from natkit.lab.summary import stack_pairs
+
+        out["stack_pairs"] = stack_pairs(out["cases"])
         if self.browser:
-            out["browser_cases"] = [c.to_json() for c in self.browser_cases]
+            out["browser_cases"] = [c.to_json() for c in self.cases if c.case.stacks == ("chromium", "aiortc")]
         if self.compose is not None:
             out["compose"] = dict(self.compose)
         return out

@@ -26,11 +26,13 @@ from pathlib import Path
 from natkit.errors import ConfigError, PrerequisiteError
 from natkit.lab.cases import browser_cases, select_cases
 from natkit.lab.engines import BuiltLab
+from natkit.lab.matrix import Selection
 from natkit.lab.orchestrate import Orchestration, Progress, check_stacks, orchestrate
 from natkit.lab.results import CaseResult, Evidence, LabResult, describe_lab
+from natkit.lab.shard import Shard
 from natkit.lab.topology import TURN_ENGINES, Case, Plan, Topology
 
-__all__ = ["attach_evidence", "check_turn_engine", "finish", "run", "select_cases"]
+__all__ = ["attach_evidence", "check_turn_engine", "describe_run", "finish", "run", "run_cases", "select_cases"]
 
 
 def check_turn_engine(topo: Topology, turn_engine: str | None) -> str:
@@ -53,18 +55,21 @@ def run(
     progress: Progress | None = None,
     keep_capture: str | None = None,
     browser: bool = False,
+    selection: Selection | None = None,
+    shard: Shard | None = None,
 ) -> LabResult:
     """Build the lab of ``topo`` with the netns engine, run ``cases`` (all by default), the
-    Chromium cases with ``browser``, and the probes; tear down; the typed result. (The Compose
-    engine's counterpart: :func:`natkit.lab.engines.compose_lab.run`.)"""
+    Chromium cases with ``browser``, and the probes; tear down; the typed result.
+
+    ``selection`` (:func:`natkit.lab.matrix.select`): the plan the cases come from, recorded in
+    the result (``cases`` default to its cases); with ``shard`` only that shard of it runs. (The
+    Compose engine's counterpart: :func:`natkit.lab.engines.compose_lab.run`.)"""
     from natkit.lab.engines import netns
 
     t0 = time.monotonic()
     engine = check_turn_engine(topo, turn_engine)
     netns.check(capture=capture)
-    cases = topo.cases() if cases is None else list(cases)
-    if browser:
-        cases += browser_cases(topo, within=cases)
+    cases = run_cases(topo, cases, selection, shard, browser=browser)
     check_stacks(cases)  # also imports them once, before the agents fork
     plan = topo.plan(cases)
     notify = progress or (lambda kind, info: None)
@@ -77,7 +82,42 @@ def run(
         t2 = time.monotonic()
     result.timings = {**timings, **result.timings, "teardown_s": time.monotonic() - t2}
     result.duration_s = time.monotonic() - t0
+    describe_run(result, selection, shard)
     return result
+
+
+def run_cases(
+    topo: Topology, cases: Sequence[Case] | None, selection: Selection | None, shard: Shard | None, *,
+    browser: bool = False,
+) -> list[Case]:
+    """The cases a run holds, for every engine: ``cases`` (default: the selection's, else the
+    topology's), the Chromium cases with ``browser``, then only ``shard`` of them."""
+    if cases is None:
+        cases = list(selection.cases) if selection is not None else topo.cases()
+    out = list(cases)
+    if browser:
+        out += browser_cases(topo, within=out)
+    if selection is not None and shard is not None:
+        from natkit.lab.shard import shard_cases
+
+        out = [c for _, c in shard_cases(out, shard)]
+        if not out:
+            raise ConfigError(f"shard {shard} of {selection.id} holds no case ({len(selection.cases)} in the plan)", param="shard")
+    return out
+
+
+def describe_run(result: LabResult, selection: Selection | None, shard: Shard | None = None) -> None:
+    """Record in ``result`` the plan its cases come from, the shard, and every stack used."""
+    from natkit.lab import stacks
+
+    if selection is not None:
+        result.plan = selection.to_json()
+        result.case_index = dict(selection.index)
+    result.shard = shard.to_json() if shard is not None else None
+    names = list(dict.fromkeys(s for c in result.cases for s in c.case.stacks))
+    if selection is not None:
+        names = list(dict.fromkeys([*selection.stacks, *names]))
+    result.stacks = [{"name": n, "capabilities": stacks.capabilities_of(n).to_json()} for n in names]
 
 
 def finish(

@@ -26,7 +26,9 @@ from natkit.lab.results import SCHEMA_VERSION
 from natkit.lab.servers import ServersSpec
 from natkit.lab.topology import Plan, Topology
 
-__all__ = ["UP_STATE", "DownReport", "UpLab", "down", "forget_dead", "read_up_state", "shell_command", "up"]
+__all__ = [
+    "UP_STATE", "DownReport", "UpLab", "down", "forget_dead", "read_up_state", "serving", "shell_command", "up",
+]
 
 UP_STATE = STATE_DIR / "lab-up.json"
 SERVERS_START_TIMEOUT = 15.0
@@ -108,6 +110,18 @@ def _start_servers(sock: socket.socket, spec: ServersSpec) -> None:
 
 
 @contextlib.contextmanager
+def serving(topo: Topology, plan: Plan, engine: str) -> Iterator[Any]:
+    """The netns lab of ``plan`` built, its servers running (``engine`` relays), no other agent:
+    what ``natkit lab up`` and the ``nat_lab`` fixture keep. Torn down when the block ends."""
+    from natkit.lab.engines import netns
+
+    with netns.open_lab(topo, plan, capture=False, agents=False) as built:
+        built.procs["srv"] = pid_sock = netns.spawn_agent(built.nodes.srv, [])
+        _start_servers(pid_sock[1], ServersSpec.of(topo, plan, engine))
+        yield built
+
+
+@contextlib.contextmanager
 def up(topo: Topology, *, turn_engine: str | None = None) -> Iterator[UpLab]:
     """Build the whole lab of ``topo`` with its servers running and keep it until the block
     ends (the process owning it is recorded for ``natkit lab down`` / ``shell``)."""
@@ -119,9 +133,7 @@ def up(topo: Topology, *, turn_engine: str | None = None) -> Iterator[UpLab]:
     if read_up_state() is not None:
         raise UsageError("a lab is already up: stop it with 'natkit lab down' first")
     plan = topo.plan()
-    with netns.open_lab(topo, plan, capture=False, agents=False) as built:
-        built.procs["srv"] = pid_sock = netns.spawn_agent(built.nodes.srv, [])
-        _start_servers(pid_sock[1], ServersSpec.of(topo, plan, engine))
+    with serving(topo, plan, engine) as built:
         state = {
             "pid": os.getpid(), "start": process_start(os.getpid()), "tag": built.tag,
             "topology": topo.source, "nodes": built.nodes.nodes(),

@@ -51,7 +51,7 @@ def victim(tmp_path: Path) -> Path:
 
 def test_json_file_swallowing_the_topology_never_overwrites_it(victim: Path) -> None:
     before = victim.read_bytes()
-    proc = _natkit("lab", "run", "--json", str(victim), "--only", "symmetric:symmetric")
+    proc = _natkit("lab", "run", "--stacks", "aiortc", "--json", str(victim), "--only", "symmetric:symmetric")
     _refused(proc, "--json", str(victim), "refusing to overwrite")
     assert victim.read_bytes() == before
 
@@ -141,7 +141,7 @@ def test_run_json_to_stdout_and_html_with_provenance(tmp_path: Path) -> None:
     topo = tmp_path / "small.toml"
     topo.write_text(SMALL)
     page = tmp_path / "lab.html"
-    proc = _natkit("lab", "run", str(topo), "--only", "open:open", "--no-capture", "--json", "--html", str(page))
+    proc = _natkit("lab", "run", str(topo), "--stacks", "aiortc", "--only", "open:open", "--no-capture", "--json", "--html", str(page))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(proc.stdout)  # stdout is only the JSON; the matrix went to stderr
     assert doc["schema_version"] == 1 and doc["pass"] and doc["engine"] == "netns"
@@ -151,7 +151,7 @@ def test_run_json_to_stdout_and_html_with_provenance(tmp_path: Path) -> None:
     html = page.read_text()
     assert doc["host"] in html and doc["started_at"] in html and "0 of 1 NAT pairs need TURN." in html
     # the same command again replaces natkit's own HTML
-    again = _natkit("lab", "run", str(topo), "--only", "open:open,host", "--no-capture", "--html", str(page))
+    again = _natkit("lab", "run", str(topo), "--stacks", "aiortc", "--only", "open:open,host", "--no-capture", "--html", str(page))
     assert again.returncode == 0, again.stderr
 
 

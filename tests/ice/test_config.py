@@ -184,3 +184,22 @@ def test_udp_only_turn_warning() -> None:
                                                "turns:t.example.com:443?transport=tcp"],
                                       "username": "u", "credential": "p"}]))
     assert not any("TURN only over UDP" in w for w in mixed.warnings)
+
+
+@pytest.mark.parametrize("url", [
+    "turn:127.0.0.1:" + "9" * 5000,
+    "turn:127.0.0.1:" + "x" * 5000,
+    "stun:" + "h" * 5000 + "/",
+    "bogus" * 2000 + ":x",
+    "turn:[" + "1" * 5000 + "]",
+    "turn:127.0.0.1:00000000000000003478",
+])
+def test_huge_urls_give_a_short_message(url: str) -> None:
+    try:
+        parsed = parse_ice_url(url)
+    except ConfigError as exc:
+        message = exc.problems[0].message
+        assert len(message) < 400, message[:100]
+        assert "characters)" in message
+    else:
+        assert parsed.port == 3478

@@ -222,3 +222,21 @@ def test_chromium_direct_pair_is_judged_between_the_public_endpoints(tmp_path: P
     callee["selected"]["remote"]["port"] = A_PUB[1] + 1
     ev = judge_browser(flows, selected=sel, callee=callee, **kw)
     assert ev["route"] == "none" and not ev["consistent"]
+
+
+def test_a_hidden_peer_reflexive_address_is_found_by_its_port(tmp_path: Path) -> None:
+    """Chromium's getStats gives a remote prflx candidate's port but no address: the flow from
+    the other side's known endpoint to that port names it."""
+    pcap = tmp_path / "h.pcap"
+    wrpcap(str(pcap), [_udp(A_PUB, B_PUB, DTLS), _udp(B_PUB, A_PUB, DTLS), _udp(A_PUB, ("203.0.113.99", 7), DTLS)])
+    flows = read_capture(pcap, TURN)
+    caller = {"selected": {"local": {"type": "host", "address": A_PUB[0], "port": A_PUB[1]},
+                           "remote": {"type": "prflx", "address": None, "port": B_PUB[1]}}}
+    callee = {"selected": {"local": {"type": "host", "address": "10.64.8.10", "port": 2},
+                           "remote": {"type": "srflx", "address": A_PUB[0], "port": A_PUB[1]}}}
+    kw = dict(caller_lan="10.64.0.0/24", caller_public="203.0.113.10", turn=TURN)
+    ev = judge(flows, caller=caller, callee=callee, **kw)
+    assert ev["route"] == "direct" and ev["consistent"] and ev["packets"] == 2, ev
+    caller["selected"]["remote"]["port"] = 9999  # no flow to that port: nothing to judge by
+    ev = judge(flows, caller=caller, callee=callee, **kw)
+    assert not ev["consistent"]

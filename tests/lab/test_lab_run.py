@@ -185,7 +185,8 @@ def test_browser_case_evidence_is_judged_and_a_contradiction_fails_it(tmp_path: 
     assert bad.evidence and not bad.evidence.consistent and bad.evidence.route == "none" and not bad.passed
     result = LabResult("t", "natkit", [good, bad], [], 1.0, {}, browser=True)
     data = result.to_json()
-    assert result.exit_code == 1 and data["cases"] == [] and len(data["browser_cases"]) == 2
+    assert result.exit_code == 1 and len(data["cases"]) == 2 and len(data["browser_cases"]) == 2
+    assert data["cases"][0]["caller_report"] == report_ and data["cases"][0]["index"] == 0
     assert data["browser_cases"][0]["browser"] == report_ and data["browser_cases"][0]["caller_stack"] == "chromium"
     out = io.StringIO()
     report.render(data, out)
@@ -203,7 +204,7 @@ def test_reduced_matrix_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "lab.json"
     t0 = time.monotonic()
     proc = subprocess.run(
-        [*NATKIT, "lab", "run", *REDUCED, "--deadline", "6", "--json", str(out)],
+        [*NATKIT, "lab", "run", "--stacks", "aiortc", *REDUCED, "--deadline", "6", "--json", str(out)],
         capture_output=True, text=True, timeout=100,
     )
     took = time.monotonic() - t0
@@ -246,13 +247,14 @@ def test_reduced_matrix_end_to_end(tmp_path: Path) -> None:
 def test_browser_cases_carry_packet_evidence_that_agrees_with_getstats(tmp_path: Path) -> None:
     out, page = tmp_path / "lab.json", tmp_path / "lab.html"
     proc = subprocess.run(
-        [*NATKIT, "lab", "run", "--browser", "--only", "symmetric,full-cone", "--deadline", "6",
+        [*NATKIT, "lab", "run", "--stacks", "aiortc", "--browser", "--only", "symmetric,full-cone", "--deadline", "6",
          "--json", str(out), "--html", str(page)],
         capture_output=True, text=True, timeout=100,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
-    assert data["pass"] is True and len(data["cases"]) == 9
+    assert data["pass"] is True and len([c for c in data["cases"] if c["caller_stack"] == "aiortc"]) == 9
+    assert len(data["cases"]) == 13 and len(data["browser_cases"]) == 4
     publics = {}  # NAT name -> its routers' public addresses
     for r in data["lab"]["routers"]:
         publics.setdefault(r["nat"], set()).add(r["public_ip"])
@@ -312,7 +314,7 @@ def test_cleanup_after_kill_9(tmp_path: Path) -> None:
 
     known = set(STATE_DIR.glob("*.json")) if STATE_DIR.is_dir() else set()
     proc = subprocess.Popen(
-        [*NATKIT, "lab", "run", "--only", "symmetric:open", "--deadline", "20"],
+        [*NATKIT, "lab", "run", "--stacks", "aiortc", "--only", "symmetric:open", "--deadline", "20"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     tag = None
@@ -407,7 +409,7 @@ def test_render_draws_a_grid_per_path_and_names_mismatches() -> None:
 @needs_root
 def test_ctrl_c_tears_everything_down() -> None:
     proc = subprocess.Popen(
-        [*NATKIT, "lab", "run", "--only", "symmetric:port-restricted", "--deadline", "20"],
+        [*NATKIT, "lab", "run", "--stacks", "aiortc", "--only", "symmetric:port-restricted", "--deadline", "20"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
@@ -437,7 +439,7 @@ def test_ctrl_c_tears_everything_down() -> None:
 def test_relay_column_with_coturn_as_the_relay(tmp_path: Path) -> None:
     out = tmp_path / "lab.json"
     proc = subprocess.run(
-        [*NATKIT, "lab", "run", "--turn-engine", "coturn", "--only", "relay",
+        [*NATKIT, "lab", "run", "--stacks", "aiortc", "--turn-engine", "coturn", "--only", "relay",
          "--only", "udp-blocked:open,symmetric:symmetric", "--json", str(out)],
         capture_output=True, text=True, timeout=100,
     )

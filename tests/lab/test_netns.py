@@ -379,7 +379,7 @@ def test_the_cli_turns_an_engine_failure_into_one_line_and_exit_2(tmp_path: Path
     (fake / "ip").chmod(0o755)
     env = {**os.environ, "PATH": f"{fake}:{os.environ.get('PATH', '')}"}
     proc = subprocess.run(
-        [sys.executable, "-m", "natkit", "lab", "run", "--no-capture", "--only", "open:open"],
+        [sys.executable, "-m", "natkit", "lab", "run", "--stacks", "aiortc", "--no-capture", "--only", "open:open"],
         capture_output=True, text=True, timeout=60, env=env,
     )
     assert proc.returncode == 2, proc.stderr

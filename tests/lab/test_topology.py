@@ -165,7 +165,7 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
 
 def _cli(path: Path | str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "natkit", "lab", "run", str(path), "--no-capture"],
+        [sys.executable, "-m", "natkit", "lab", "run", str(path), "--stacks", "aiortc", "--no-capture"],
         capture_output=True, text=True, timeout=60,
     )
 

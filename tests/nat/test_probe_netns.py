@@ -18,7 +18,7 @@ from natkit.bench.probe import (
     start_server_in,
     stop,
 )
-from natkit.errors import UsageError
+from natkit.errors import PrerequisiteError, UsageError
 from natkit.lab.nat import NatBehaviour
 from natkit.lab.netns import NatTopology, NetnsLab, check_prerequisites
 
@@ -30,7 +30,7 @@ BUDGET_S = 1.5  # the issue's target for a full classification on the lab
 def _lab_or_skip() -> None:
     try:
         check_prerequisites()
-    except UsageError as exc:
+    except (UsageError, PrerequisiteError) as exc:
         pytest.skip(f"netns lab unavailable: {exc}")
 
 

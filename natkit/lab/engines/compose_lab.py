@@ -56,9 +56,11 @@ from natkit.lab.engines.docker import (
     compose_tool,
 )
 from natkit.lab.engines.image import ImageInfo, ensure_image
+from natkit.lab.matrix import Selection
 from natkit.lab.netns import STATE_DIR, owner_alive, process_start
 from natkit.lab.orchestrate import Orchestration, Progress, Tally, case_result, check_stacks
 from natkit.lab.results import LabResult, ProbeResult
+from natkit.lab.shard import Shard
 from natkit.lab.topology import TURN_ENGINES, Case, Plan, Topology
 
 __all__ = ["NAME", "NOT_IN_IMAGE", "ComposeBuiltLab", "check", "check_peers_mounted", "cleanup_leftovers", "run",
@@ -389,17 +391,20 @@ def run(
     progress: Progress | None = None,
     keep_capture: str | None = None,
     base: str | None = None,
+    selection: Selection | None = None,
+    shard: Shard | None = None,
     peers: Sequence[str] = (),
     mounts: Sequence[str] = (),
 ) -> LabResult:
     """Run the lab of ``topo`` under Docker Compose (see the module docstring); the typed
-    result, as :func:`natkit.lab.runner.run` gives it for the netns engine.
+    result, as :func:`natkit.lab.runner.run` gives it for the netns engine (``cases``,
+    ``selection`` and ``shard`` as there).
 
     ``peers``: the ``--peer NAME=COMMAND`` stacks the cases may name (registered in this
     process already: :func:`natkit.lab.choose.register_peers`); their commands run inside the
     peers' containers, so what they need must be in the image or under ``mounts`` (host paths
     bind-mounted read-only at the same path into the runner and every peer container)."""
-    from natkit.lab.runner import finish
+    from natkit.lab.runner import describe_run, finish, run_cases
 
     t0 = time.monotonic()
     notify = progress or (lambda kind, info: None)
@@ -408,7 +413,7 @@ def run(
         raise ConfigError(f"{engine}: choose {' or '.join(TURN_ENGINES)}", param="turn_engine")
     api, tool = check(capture=capture)
     ctopo = topo.for_compose()
-    cases = ctopo.cases() if cases is None else list(cases)
+    cases = run_cases(ctopo, cases, selection, shard)
     for name in sorted({s for c in cases for s in c.stacks}, key=lambda n: (n != "aiortc", n)):
         why = stack_unavailable(name)
         if why is not None:
@@ -448,7 +453,8 @@ def run(
     result.timings = {**timings, **result.timings, "teardown_s": timings["teardown_s"]}
     result.duration_s = time.monotonic() - t0
     result.compose = {"tool": tool.describe(), "project": tag, "image": image.to_json(),
-                      "bridges": sorted(model.bridge_names(plan, tag).values())}
+                      "bridges": sorted(model.bridge_names(plan, tag).values()), "mounts": list(mounts)}
+    describe_run(result, selection, shard)
     return result
 
 

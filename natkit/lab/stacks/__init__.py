@@ -14,8 +14,11 @@ import importlib
 
 from natkit.errors import ConfigError
 from natkit.lab.stacks.base import ROLES, Peer, PeerConfig, PeerResult
+from natkit.lab.stacks.capabilities import Capabilities
 
-__all__ = ["ROLES", "STACKS", "Peer", "PeerConfig", "PeerResult", "close_all", "get", "names", "register"]
+__all__ = [
+    "ROLES", "STACKS", "Peer", "PeerConfig", "PeerResult", "capabilities_of", "close_all", "get", "names", "register",
+]
 
 # stack name -> "module:class"; imported on first use (Chromium's and aiortc's modules are not
 # light, and a run imports only what its cases use).
@@ -46,6 +49,12 @@ def get(name: str) -> Peer:
 
 def names() -> tuple[str, ...]:
     return tuple(STACKS)
+
+
+def capabilities_of(name: str) -> Capabilities:
+    """What stack ``name`` supports (unknown for a stack that does not say)."""
+    caps = getattr(get(name), "capabilities", None)
+    return caps if isinstance(caps, Capabilities) else Capabilities.unknown(name)
 
 
 async def close_all(timeout: float = 3.0) -> None:

@@ -45,6 +45,7 @@ from urllib.parse import urlencode, urlsplit
 from natkit.errors import ConfigError, PrerequisiteError
 from natkit.ice.browsers.driver import BrowserError, Driver, wait_for
 from natkit.lab.stacks.base import ROLES, PeerConfig, PeerResult
+from natkit.lab.stacks.capabilities import Capabilities
 
 __all__ = ["PAGE", "PAGE_PATH", "BrowserPeer", "case_params", "contract_main", "page_url", "pages"]
 
@@ -136,7 +137,8 @@ class BrowserPeer:
     heavy: ClassVar[bool] = True
     parallel: ClassVar[int] = 3
     start_s: ClassVar[float] = 10.0
-    capabilities: ClassVar[dict[str, Any]] = {}
+    ready_s: ClassVar[float] = 3.0  # a started browser opening the case's window
+    capabilities: ClassVar[Capabilities] = Capabilities.unknown("browser")
 
     def __init__(self, netns: str | None = None, *, mdns: bool = False, loopback: bool | None = None) -> None:
         self.netns = netns
@@ -206,6 +208,11 @@ class BrowserPeer:
         timing["browser_start_s"] = round(started, 3) if started is not None else None
         timing["case_s"] = round(time.monotonic() - t0, 3)
         return _peer_result(result, report, self.title)
+
+    async def prepare(self, config: PeerConfig) -> float:
+        """Start the browser now, before any case (the seconds it took; 0 when it runs)."""
+        _, took = await asyncio.wait_for(self.browser(config), self.start_s + 20)
+        return took or 0.0
 
     async def close(self) -> None:
         """Stop the browser (a later case starts a new one)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["AIORTC", "LIBNICE", "PION", "Capabilities"]
+__all__ = ["AIORTC", "CHROMIUM", "FIREFOX", "LIBNICE", "PION", "Capabilities"]
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,22 @@ class Capabilities:
     * ``dtls_certificate``: the key type of its DTLS certificate (``"ecdsa"``, ``"rsa"``);
       ``dtls_client_suites``: the certificate types its DTLS client accepts from a server.
       A pair connects only if the DTLS client accepts the server's certificate. The answerer
-      picks the roles, and aiortc, pion and webrtcbin all answer as the DTLS client: the
-      caller is the server.
+      picks the roles, and aiortc, pion, webrtcbin and both browsers answer as the DTLS
+      client (``a=setup:active``): the caller is the server.
+    * ``turn_tls_ip_literal``: a ``turns:`` URL whose host is an IP address is used (False: it
+      is dropped, so TURN over TLS to a lab address gathers nothing).
+    * ``redundant_srflx``: signals a server-reflexive candidate equal to its host address
+      (behind no NAT). False: it drops it as redundant (RFC 8445 §5.1.3), so on the srflx
+      path such a peer signals no candidate at all.
+    * ``gives_up_without_candidates``: the roles in which it fails at once when the other
+      side's description holds no candidate, without waiting for peer-reflexive ones.
+    * ``mdns_host_candidates``: hides host addresses behind ``.local`` names by default
+      (natkit runs it with that off); ``resolves_mdns``: resolves remote ``.local`` names.
+    * ``relay_protocol_stats``: its stats name the protocol to the TURN server.
+    * ``host_candidates_without_default_route``: gathers host candidates in a namespace
+      without a default route.
+    * ``hides_prflx_address``: its stats give no address for a remote peer-reflexive
+      candidate (only the port).
     """
 
     stack: str
@@ -50,12 +64,25 @@ class Capabilities:
     relay_policy: bool | None = None
     dtls_certificate: str | None = None
     dtls_client_suites: tuple[str, ...] | None = None
+    turn_tls_ip_literal: bool | None = None
+    redundant_srflx: bool | None = None
+    gives_up_without_candidates: tuple[str, ...] | None = None
+    mdns_host_candidates: bool | None = None
+    resolves_mdns: bool | None = None
+    relay_protocol_stats: bool | None = None
+    host_candidates_without_default_route: bool | None = None
+    hides_prflx_address: bool | None = None
     notes: tuple[str, ...] = ()
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
     def unknown(cls, stack: str) -> Capabilities:
         return cls(stack, notes=("a user's peer command: nothing is known of its ICE stack",))
+
+    @property
+    def known(self) -> bool:
+        """Whether anything is known of the stack (a user's ``--peer`` knows nothing)."""
+        return any(v is not None for k, v in asdict(self).items() if k not in ("stack", "notes", "sources"))
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -79,6 +106,13 @@ PION = Capabilities(
     relay_policy=True,
     dtls_certificate="ecdsa",
     dtls_client_suites=("ecdsa", "rsa"),
+    turn_tls_ip_literal=True,
+    redundant_srflx=True,
+    gives_up_without_candidates=(),
+    mdns_host_candidates=False,
+    resolves_mdns=False,
+    relay_protocol_stats=True,
+    hides_prflx_address=False,
     notes=(
         "ICE-TCP: passive only and only with SettingEngine.SetICETCPMux (not set by natkit's peer)",
         "host candidates: loopback excluded; mDNS query-only by default (host candidates are plain addresses)",
@@ -112,6 +146,15 @@ LIBNICE = Capabilities(
     relay_policy=True,
     dtls_certificate="rsa",
     dtls_client_suites=("ecdsa", "rsa"),
+    turn_tls_ip_literal=True,
+    # Behind no NAT its srflx candidate equals the host one and is not signaled (natkit's
+    # runs: "signaling 0 candidate(s)" on the srflx path behind the open NAT).
+    redundant_srflx=False,
+    gives_up_without_candidates=(),
+    mdns_host_candidates=False,
+    resolves_mdns=True,
+    relay_protocol_stats=True,
+    hides_prflx_address=False,
     notes=(
         "as the offerer it is the DTLS server with an RSA certificate: a DTLS client that takes ECDSA only (aiortc) cannot connect to it",
         "given TURN over UDP and over TCP of one server, it signaled only the TCP relay in natkit's runs",
@@ -139,10 +182,113 @@ AIORTC = Capabilities(
     relay_policy=True,
     dtls_certificate="ecdsa",
     dtls_client_suites=("ecdsa",),
+    turn_tls_ip_literal=True,
+    redundant_srflx=True,
+    # As the answerer it starts its checks as it answers; with no remote candidate its check
+    # list is empty and aioice's connect() reports failure at once (no wait for prflx).
+    gives_up_without_candidates=("callee",),
+    mdns_host_candidates=False,
+    resolves_mdns=False,
+    relay_protocol_stats=True,
+    hides_prflx_address=False,
     notes=("natkit's adapter sends its candidates inside the SDP and accepts trickled ones",),
     sources=(
         "aiortc 1.16 rtcdtlstransport.py (ECDSA P-256 certificate; client cipher list ECDHE-ECDSA-* only)",
+        "aioice 0.13 ice.py (Connection.connect: an empty check list without early checks is ICE_FAILED at once)",
         "aioice 0.13 ice.py (query_consent: CONSENT_INTERVAL 5 s, CONSENT_FAILURES 6; prflx from checks; a second check with USE-CANDIDATE after success: regular nomination; turn_ssl, turn_transport)",
         "natkit/lab/stacks/aiortc.py (_gather_relays; offer/answer with candidates inside; _Inbox applies trickled candidates)",
+    ),
+)
+
+CHROMIUM = Capabilities(
+    stack="Chromium (Debian chromium; libwebrtc), headless, driven over the DevTools protocol",
+    # ICE-TCP host candidates (RFC 6544): none gathered by Chromium 156 (Debian) here, with or
+    # without mDNS; libwebrtc's TCPPort (p2p/base/tcp_port.cc) only ever offers "tcptype
+    # active" (port 9) and can dial a remote passive one (w3c/webrtc-pc#1238).
+    tcp_candidates=(),
+    # TURN over UDP, TCP and TLS: p2p/base/turn_port.cc (PROTO_UDP/TCP/TLS).
+    turn=("udp", "tcp", "tls"),
+    turn_servers=None,
+    # The selected pair keeps being pinged and a pair that stops answering goes
+    # "disconnected" then "failed" (p2p/base/connection.cc; p2p_constants.h).
+    consent_freshness=True,
+    keepalive="binding-request",
+    # P2PTransportChannel::OnUnknownAddress creates a PRFLX_PORT_TYPE remote candidate.
+    prflx=True,
+    trickle=True,
+    nomination="regular",
+    relay_policy=True,
+    dtls_certificate="ecdsa",
+    dtls_client_suites=("ecdsa", "rsa"),
+    # turns: to an IP literal works (the certificate is checked against it).
+    turn_tls_ip_literal=True,
+    # Seen in natkit's runs: behind no NAT it signals "typ srflx" with its host address.
+    redundant_srflx=True,
+    gives_up_without_candidates=(),
+    # Feature WebRtcHideLocalIpsWithMdns (content/public/common/content_features.cc); remote
+    # .local names are resolved (P2PTransportChannel::AddRemoteCandidate).
+    mdns_host_candidates=True,
+    resolves_mdns=True,
+    # RTCIceCandidateStats.relayProtocol and transport.selectedCandidatePairId.
+    relay_protocol_stats=True,
+    # No host candidate at all in a namespace without a default route (Chromium 156).
+    host_candidates_without_default_route=False,
+    # getStats gives a remote peer-reflexive candidate's port, not its address (privacy).
+    hides_prflx_address=True,
+    notes=(
+        "natkit runs it with mDNS host names off (host addresses in the SDP); the lab's page drops .local names",
+        "getStats hides the address of a remote peer-reflexive candidate: the evidence matches that side by port",
+    ),
+    sources=(
+        "libwebrtc p2p/base/tcp_port.cc, turn_port.cc, connection.cc, p2p_transport_channel.cc",
+        "content/public/common/content_features.cc (WebRtcHideLocalIpsWithMdns)",
+        "natkit's runs with Chromium 156 (Debian): getStats of every lab case",
+    ),
+)
+
+FIREFOX = Capabilities(
+    stack="Firefox ESR (Debian firefox-esr; nICEr), headless, driven over WebDriver BiDi",
+    # ICE-TCP host candidates: "tcptype active" only (port 9), on by default
+    # (media.peerconnection.ice.tcp = true; tcp_so_sock_count = 0 disables simultaneous-open;
+    # nICEr ice_component.c, nr_ice_component_initialize_tcp); seen in its offers.
+    tcp_candidates=("active",),
+    turn=("udp", "tcp", "tls"),
+    turn_servers=None,
+    # nICEr ice_component.c: nr_ice_component_refresh_consent, consent timer.
+    consent_freshness=True,
+    keepalive="binding-request",
+    # nr_ice_component_process_incoming_check creates a prflx remote candidate.
+    prflx=True,
+    trickle=True,
+    nomination="regular",
+    relay_policy=True,
+    dtls_certificate="ecdsa",
+    dtls_client_suites=("ecdsa", "rsa"),
+    # A turns: URL with an IP literal is dropped (dom/media/webrtc/transport/nricectx.cpp,
+    # NrIceTurnServer; natkit/ice/browsers/knowledge.py): TURN/TLS to a lab address gathers
+    # nothing.
+    turn_tls_ip_literal=False,
+    # Seen in natkit's runs: behind no NAT it gathers no srflx candidate (the STUN answer
+    # equals its host address).
+    redundant_srflx=False,
+    gives_up_without_candidates=(),
+    # media.peerconnection.ice.obfuscate_host_addresses = true; remote .local names resolved
+    # (dom/media/webrtc/jsapi/PeerConnectionImpl.cpp).
+    mdns_host_candidates=True,
+    resolves_mdns=True,
+    # The selected pair is marked on the candidate-pair itself (selected: true); the local
+    # candidate names its relayProtocol.
+    relay_protocol_stats=True,
+    # iceGatheringState stays "new" in a namespace with only an on-link /24 (Firefox ESR 153).
+    host_candidates_without_default_route=False,
+    hides_prflx_address=False,
+    notes=(
+        "natkit runs it with mDNS host names off; the lab's page drops .local names",
+        "TURN over TLS needs a host name in the turns: URL (no IP literal)",
+    ),
+    sources=(
+        "Firefox ESR prefs (modules/libpref/init/all.js, greprefs.js in omni.ja)",
+        "nICEr ice_component.c; dom/media/webrtc/transport/nricectx.cpp",
+        "natkit's runs with Firefox ESR 153 (Debian): getStats of every lab case",
     ),
 )

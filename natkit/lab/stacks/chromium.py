@@ -36,6 +36,7 @@ from natkit.lab.stacks.browser import (
     page_url,
     pages,
 )
+from natkit.lab.stacks.capabilities import CHROMIUM, Capabilities
 
 __all__ = ["PAGE", "PAGE_PATH", "ChromiumPeer", "page_url", "pages", "run_browser_case"]
 
@@ -45,37 +46,10 @@ class ChromiumPeer(BrowserPeer):
 
     name: ClassVar[str] = "chromium"
     title: ClassVar[str] = "Chromium"
-    parallel: ClassVar[int] = 3  # connecting cases at once: DTLS and the page cost CPU
+    parallel: ClassVar[int] = 6  # connecting cases at once, over all its namespaces
     start_s: ClassVar[float] = 6.0  # measured ~0.5-1.5 s alone; more beside other browsers
-    # What libwebrtc does, for the expectations (the sources are in the comments).
-    capabilities: ClassVar[dict[str, Any]] = {
-        # ICE-TCP host candidates (RFC 6544): none gathered by Chromium 156 (Debian) here, with
-        # or without mDNS; libwebrtc's TCPPort (p2p/base/tcp_port.cc) only ever offers
-        # "tcptype active" (port 9) and can dial a remote passive one (w3c/webrtc-pc#1238).
-        "tcp_candidates": None,
-        # TURN over UDP, TCP and TLS: p2p/base/turn_port.cc (PROTO_UDP/TCP/TLS); turns: to an
-        # IP literal works (the certificate is checked against it).
-        "turn_transports": ("udp", "tcp", "tls"),
-        "turn_tls_ip_literal": True,
-        # Consent freshness (RFC 7675): the selected pair keeps being pinged and a pair that
-        # stops answering goes "disconnected" then "failed" (p2p/base/connection.cc:
-        # WEAK_CONNECTION_RECEIVE_TIMEOUT, CONNECTION_WRITE_TIMEOUT; p2p_constants.h).
-        "consent_freshness": True,
-        # Host candidates as <uuid>.local names by default (feature WebRtcHideLocalIpsWithMdns,
-        # content/public/common/content_features.cc); remote .local names are resolved
-        # (p2p/base/p2p_transport_channel.cc, AddRemoteCandidate -> ResolveHostnameCandidate).
-        "mdns_host_candidates": True,
-        "resolves_mdns": True,
-        # Peer-reflexive candidates learned from checks (RFC 8445 §7.3.1.3):
-        # P2PTransportChannel::OnUnknownAddress creates a PRFLX_PORT_TYPE remote candidate.
-        "peer_reflexive": True,
-        "trickle": True,
-        # getStats: RTCIceCandidateStats.relayProtocol and transport.selectedCandidatePairId.
-        "relay_protocol_stats": True,
-        # No host candidate at all in a namespace without a default route: gathering completes
-        # empty (observed with Chromium 156 in a namespace with only an on-link /24).
-        "host_candidates_without_default_route": False,
-    }
+    # What it does, for the expectations (sources in stacks/capabilities.py).
+    capabilities: ClassVar[Capabilities] = CHROMIUM
 
     def check(self) -> None:
         find_chromium()

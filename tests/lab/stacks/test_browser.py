@@ -27,6 +27,7 @@ from natkit.lab.signaling import SignalingServer
 from natkit.lab.stacks import PeerConfig, PeerResult, get
 from natkit.lab.stacks.aiortc import AiortcPeer
 from natkit.lab.stacks.browser import BrowserPeer, _contract_case, case_params, contract_main, pages
+from natkit.lab.stacks.capabilities import Capabilities
 from natkit.lab.stacks.chromium import ChromiumPeer
 from natkit.lab.stacks.firefox import FirefoxPeer
 from natkit.server.turn import TurnServer
@@ -56,9 +57,10 @@ def test_both_browsers_are_registered_stacks_for_both_roles() -> None:
         peer = get(name)
         assert isinstance(peer, cls) and peer.roles == ("caller", "callee") and peer.heavy
         caps = cls.capabilities
-        assert {"tcp_candidates", "turn_transports", "consent_freshness", "mdns_host_candidates",
-                "peer_reflexive", "turn_tls_ip_literal"} <= set(caps)
-    assert FirefoxPeer.capabilities["turn_tls_ip_literal"] is False
+        assert isinstance(caps, Capabilities) and caps.known
+        assert caps.turn and caps.consent_freshness is True and caps.prflx is True
+    assert FirefoxPeer.capabilities.turn_tls_ip_literal is False
+    assert ChromiumPeer.capabilities.turn_tls_ip_literal is True
 
 
 def test_case_params_follow_the_path() -> None:

@@ -1,0 +1,208 @@
+"""`natkit lab run` with several stacks, as root: shards merged equal the unsharded run's cells;
+`--peer` commands behind the NATs (the reference peer, and peers that misbehave: each case
+fails with a clear error and the run ends); `--stacks` errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from natkit.lab.matrix import BUILTIN
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.root]
+
+needs_root = pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("dumpcap") is None,
+    reason="needs root on Linux (namespaces, nftables) and dumpcap",
+)
+NATKIT = [sys.executable, "-m", "natkit"]
+REFERENCE = Path(__file__).resolve().parents[2] / "examples" / "lab-peer" / "peer.py"
+# Three NATs (the default's partner, port-restricted, among them) and the two paths that
+# differ between stacks: the default selection over aiortc and pion, cut down.
+ONLY = ["--only", "full-cone,port-restricted,symmetric", "--only", "srflx,relay"]
+
+
+def _run(*args: str, timeout: float = 200) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    proc = subprocess.run([*NATKIT, "lab", "run", *args], capture_output=True, text=True, timeout=timeout)
+    out = next((args[i + 1] for i, a in enumerate(args) if a == "--json"), None)
+    data = json.loads(Path(out).read_text()) if out and Path(out).exists() else {}
+    return proc, data
+
+
+def _cells(data: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [(c["index"], c["caller_stack"], c["callee_stack"], tuple(c["nats"]), c["path"], c["same_lan"],
+             c["expected"], c["observed"], c["expected_route"], c["route"], c["reason"], c["pass"]) for c in data["cases"]]
+
+
+@needs_root
+def test_a_merge_of_shards_equals_the_unsharded_run(tmp_path: Path) -> None:
+    common = ["--stacks", "aiortc,pion", *ONLY, "--deadline", "6"]
+    whole_proc, whole = _run(*common, "--json", str(tmp_path / "all.json"))
+    assert whole_proc.returncode == 0, whole_proc.stdout[-3000:] + whole_proc.stderr[-2000:]
+    shards = []
+    for k in (1, 2):
+        proc, data = _run(*common, "--shard", f"{k}/2", "--json", str(tmp_path / f"s{k}.json"))
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert data["shard"] == {"index": k, "count": 2} and data["plan"]["id"] == whole["plan"]["id"]
+        assert 0 < len(data["cases"]) < len(whole["cases"])
+        shards.append(str(tmp_path / f"s{k}.json"))
+    merged_file = tmp_path / "merged.json"
+    proc = subprocess.run([*NATKIT, "lab", "merge", *shards, "--json", str(merged_file), "--html", str(tmp_path / "m.html")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    merged = json.loads(merged_file.read_text())
+    assert _cells(merged) == _cells(whole)
+    assert merged["pass"] is whole["pass"] is True
+    assert {p["nat"] for p in merged["probes"]} == {p["nat"] for p in whole["probes"]}
+    assert merged["stack_pairs"] == whole["stack_pairs"]
+    # every case names both stacks and carries both sides' reports; pion's is its program's
+    pion = [c for c in whole["cases"] if "pion" in (c["caller_stack"], c["callee_stack"])]
+    assert pion and all(c["caller_report"] or c["callee_report"] for c in pion)
+    up = [c for c in pion if c["observed"] == "connected"]
+    assert up and all(c["selected"] and c["callee_selected"] and c["rtt_ms"] and c["evidence"]["consistent"] for c in up)
+
+
+@needs_root
+def test_peer_commands_behind_every_nat_and_peers_that_misbehave(tmp_path: Path) -> None:
+    """The reference peer connects where the NATs say; a peer that exits at once, hangs, or
+    prints garbage fails each of its cases with one clear line, and the run still ends."""
+    py = sys.executable
+    t0 = time.monotonic()
+    proc, data = _run(
+        "--peer", f"ref={py} {REFERENCE}",
+        "--peer", "dies=sh -c 'echo dying >&2; exit 3'",
+        "--peer", "hangs=sleep 600",
+        "--peer", "garbage=sh -c 'echo \"{not json\"; exit 1'",
+        "--stacks", "aiortc,ref,dies,hangs,garbage",
+        "--only", "full-cone,port-restricted", "--only", "srflx",
+        "--deadline", "5", "--json", str(tmp_path / "peers.json"),
+    )
+    took = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert took < 120, took
+    by: dict[str, list[dict[str, Any]]] = {}
+    for c in data["cases"]:
+        for side in ("caller", "callee"):
+            by.setdefault(c[f"{side}_stack"], []).append({**c, "_side": side})
+    ref = [c for c in data["cases"] if "ref" in (c["caller_stack"], c["callee_stack"])
+           and not {"dies", "hangs", "garbage"} & {c["caller_stack"], c["callee_stack"]}]
+    assert ref and all(c["pass"] for c in ref), [(c["id"], c["error"]) for c in ref if not c["pass"]]
+    assert any(c["observed"] == "connected" for c in ref)
+    for c in ref:  # the reference peer reports its pair and its own version
+        for side in ("caller", "callee"):
+            if c[f"{side}_stack"] == "ref" and c["observed"] == "connected":
+                report = c[f"{side}_report"]
+                assert report["exit_status"] == 0 and report["result"]["natkit_peer"] == 1
+                assert c["selected" if side == "caller" else "callee_selected"]["local"]["type"] in ("srflx", "host", "prflx")
+        assert "nothing is known of ref" in c["reason"]
+
+    def errors(name: str) -> set[str]:
+        return {str(c[f"{c['_side']}_error"]) for c in by[name]}
+
+    assert all(c["observed"] == "failed" for n in ("dies", "hangs", "garbage") for c in by[n])
+    assert all(e.startswith("peer error: exit status 3") and "dying" in e for e in errors("dies")), errors("dies")
+    assert all("peer did not exit by its deadline" in e for e in errors("hangs")), errors("hangs")
+    assert all(e.startswith("not connected (exit status 1)") for e in errors("garbage")), errors("garbage")
+    notes = [c[f"{c['_side']}_report"]["notes"] for c in by["garbage"]]
+    assert all(any("not JSON" in n for n in ns) for ns in notes), notes
+    assert "MISMATCH" in proc.stdout and "stacks (rows" in proc.stdout
+
+
+@needs_root
+def test_stack_and_peer_errors_are_one_line(tmp_path: Path) -> None:
+    for args, what in (
+        (["--stacks", "aiortc,nope"], "nope: not a stack"),
+        (["--peer", "pion=true"], "built-in stack"),
+        (["--peer", "mine=/no/such/program"], "not an executable file"),
+        (["--peer", "mine=true", "--stacks", "aiortc,pion"], "not among --stacks"),
+        (["--shard", "3/2"], "K must be 1..N"),
+    ):
+        proc = subprocess.run([*NATKIT, "lab", "run", *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and what in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+GO_PEER = Path(__file__).resolve().parents[2] / "examples" / "lab-peer-go" / "main.go"
+
+
+def _build_go_peer(out: Path) -> Path:
+    """Compile examples/lab-peer-go offline (GOPATH mode over Debian's Go sources)."""
+    from natkit.lab.stacks.build import GOCODE, link_major_versions
+
+    if shutil.which("go") is None or not (GOCODE / "github.com/pion/webrtc").is_dir():
+        pytest.fail("the Go peer needs golang-go and golang-github-pion-webrtc.v3-dev (.ci/bootstrap installs them)")
+    src = out / "src"
+    link_major_versions(src, GOCODE)
+    main = src / "labpeergo"
+    main.mkdir(parents=True)
+    shutil.copyfile(GO_PEER, main / "main.go")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(out), "GO111MODULE": "off",
+           "GOPATH": f"{out}{os.pathsep}{GOCODE.parent}", "GOCACHE": str(out / "cache"), "GOFLAGS": "",
+           "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
+    binary = out / "lab-peer-go"
+    proc = subprocess.run(["go", "build", "-o", str(binary), "."], cwd=main, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return binary
+
+
+@needs_root
+@pytest.mark.timeout(900)
+def test_a_go_peer_written_from_the_contract_alone_behind_every_nat(tmp_path: Path) -> None:
+    """examples/lab-peer-go (pion, written from docs/lab-peers.md) as --peer: as caller and as
+    callee behind every NAT, against aiortc and itself; every case as the NATs predict."""
+    binary = _build_go_peer(tmp_path)
+    proc, data = _run("--peer", f"gopeer={binary}", "--stacks", "aiortc,gopeer", "--only", "srflx,relay",
+                      "--deadline", "8", "--json", str(tmp_path / "go.json"), timeout=400)
+    mine = [c for c in data.get("cases", []) if "gopeer" in (c["caller_stack"], c["callee_stack"])]
+    assert mine, proc.stdout[-2000:] + proc.stderr[-2000:]
+    bad = [(c["id"], c["caller_error"], c["callee_error"]) for c in mine if not c["pass"]]
+    assert not bad and proc.returncode == 0, bad
+    nats = {c["nats"][i] for c in mine for i in (0, 1) if (c["caller_stack"], c["callee_stack"])[i] == "gopeer"}
+    assert nats >= {n for n in ("open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked")}
+    up = [c for c in mine if c["observed"] == "connected"]
+    assert {c["path"] for c in up} == {"srflx", "relay"}
+    for c in up:
+        side = "caller" if c["caller_stack"] == "gopeer" else "callee"
+        report = c[f"{side}_report"]
+        assert report["result"]["stack"].startswith("go-peer") and report["exit_status"] == 0
+        sel = c["selected" if side == "caller" else "callee_selected"]
+        assert sel["local"]["type"] in ("host", "srflx", "prflx", "relay")
+        if c["path"] == "relay" and side == "caller":
+            assert sel["local"]["type"] == "relay" and sel["local"].get("relay_protocol") in ("udp", "tcp")
+
+
+@needs_root
+@pytest.mark.timeout(400)
+def test_the_default_run_has_every_stack_as_caller_and_callee(tmp_path: Path) -> None:
+    """`natkit lab run` as a new user runs it: every built-in stack, as caller and as callee,
+    with connected srflx and relay cases, every case as expected, the reports both written."""
+    out, page = tmp_path / "lab.json", tmp_path / "lab.html"
+    t0 = time.monotonic()
+    proc, data = _run("--json", str(out), "--html", str(page), timeout=360)
+    took = time.monotonic() - t0
+    bad = [(c["id"], c["caller_error"], c["callee_error"]) for c in data.get("cases", []) if not c["pass"]]
+    assert proc.returncode == 0 and not bad, (bad, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert data["plan"]["kind"] == "default" and set(data["plan"]["stacks"]) == set(BUILTIN)
+    assert data["plan"]["skipped"] == []  # bootstrap installs every stack
+    for name in BUILTIN:
+        for side in ("caller", "callee"):
+            mine = [c for c in data["cases"] if c[f"{side}_stack"] == name and c["observed"] == "connected"]
+            assert {"srflx", "relay"} <= {c["path"] for c in mine}, (name, side)
+    # expectations the stacks decide, with their reasons
+    dtls = [c for c in data["cases"] if c["caller_stack"] == "libnice" and c["callee_stack"] == "aiortc"
+            and c["decided_by"] == "stacks"]
+    assert dtls and all("no shared cipher" in c["reason"] for c in dtls if "DTLS" in c["reason"])
+    assert any("RFC 8445" in c["reason"] for c in data["cases"] if c["callee_stack"] == "firefox")
+    assert {r["caller_stack"] for r in data["stack_pairs"]} == set(BUILTIN) and all(r["pass"] for r in data["stack_pairs"])
+    html = page.read_text()
+    assert 'id="stacks"' in html and 'id="pair-libnice--aiortc"' in html
+    assert "stacks (rows" in proc.stdout
+    print(f"\ndefault run: {len(data['cases'])} cases in {took:.1f} s ({data['timings']})")
