@@ -265,6 +265,7 @@ def _run(args: argparse.Namespace) -> int:
 
         if args.browser:
             raise UsageError("--browser: the Compose engine's image has no Chromium; use --engine netns for browser cases")
+        compose_lab.check(capture=not args.no_capture)  # root, the daemon, Compose: before anything else
     elif args.base is not None or args.mount:
         flag = "--base" if args.base is not None else "--mount"
         raise UsageError(f"{flag} is for the Compose engine's containers: add --engine compose")

@@ -61,6 +61,7 @@ from natkit.lab.netns import STATE_DIR, owner_alive, process_start
 from natkit.lab.orchestrate import Orchestration, Progress, Tally, case_result, check_stacks
 from natkit.lab.results import LabResult, ProbeResult
 from natkit.lab.shard import Shard
+from natkit.lab.stacks.command import CommandPeer
 from natkit.lab.topology import TURN_ENGINES, Case, Plan, Topology
 
 __all__ = ["NAME", "NOT_IN_IMAGE", "ComposeBuiltLab", "check", "check_peers_mounted", "cleanup_leftovers", "run",
@@ -234,8 +235,6 @@ def stack_unavailable(name: str) -> str | None:
 def check_peers_mounted(peers: Sequence[str], mounts: Sequence[str]) -> None:
     """ConfigError(param="peer") when a ``--peer`` command names a file of this host that no
     ``--mount`` brings into the containers (it would not be there)."""
-    from natkit.lab.stacks.command import CommandPeer
-
     for spec in peers:
         peer = CommandPeer.from_spec(spec)
         for word in peer.argv:
@@ -243,7 +242,7 @@ def check_peers_mounted(peers: Sequence[str], mounts: Sequence[str]) -> None:
                 continue
             if not any(word == m or word.startswith(m.rstrip("/") + "/") for m in mounts):
                 raise ConfigError(
-                    f"--peer {peer.name}: {word} is on this host, not in the Compose lab's containers; add "
+                    f"{peer.name}: {word} is on this host, not in the Compose lab's containers; add "
                     f"--mount {os.path.dirname(word) if os.path.isfile(word) else word} (read-only, same path, "
                     "in the runner and every peer)", param="peer")
 
@@ -419,6 +418,8 @@ def run(
         if why is not None:
             raise PrerequisiteError(f"the {name} stack cannot run under the Compose engine: {why}")
     mounts = [model.check_mount(m) for m in mounts]
+    # the containers run the commands elsewhere: their relative paths made absolute here
+    peers = [CommandPeer.from_spec(spec).spec for spec in peers]
     check_peers_mounted(peers, mounts)
     check_stacks(cases)
     plan = ctopo.plan(cases)
