@@ -70,6 +70,7 @@ BASE_PACKAGES = ("python3", "python3-venv", "nftables", "iproute2", "coturn", "l
 IMAGE_REPO = "natkit-lab"
 BASE_REPO = "natkit-base"
 BUILD_TIMEOUT_S = 900.0
+LAB_CMD = ["python", "-m", "natkit.lab.engines.container"]  # the Dockerfile's CMD
 KEEP_IMAGES = 3  # lab images kept (the newest): every change to natkit makes another
 _SKIP = re.compile(r"(^|/)(__pycache__|build|dist|[^/]*\.egg-info)(/|$)|\.(pyc|pyo|so)$")
 
@@ -305,6 +306,17 @@ def prune_images(api: DockerAPI, keep: str, count: int = KEEP_IMAGES) -> list[st
     images = api.call("GET", "/images/json", query={"filters": json.dumps({"reference": [f"{IMAGE_REPO}:*"]})}) or []
     images = sorted(images, key=lambda i: int(i.get("Created", 0)), reverse=True)
     removed = []
+    # lab images without a tag: a build of the same inputs took it (two builds at once), or a
+    # build whose client went away stopped before its last step; known by the Dockerfile's CMD or
+    # by the install step that made it
+    dangling = api.call("GET", "/images/json", query={"filters": json.dumps({"dangling": ["true"]})}) or []
+    for img in dangling:
+        with contextlib.suppress(DockerError, OSError):
+            info = api.image(str(img["Id"])) or {}
+            step = " ".join((info.get("ContainerConfig") or {}).get("Cmd") or [])
+            if (info.get("Config") or {}).get("Cmd") == LAB_CMD or "/opt/natkit/venv" in step:
+                api.call("DELETE", f"/images/{img['Id']}")
+                removed.append(str(img["Id"])[:19])
     for img in images[count:]:
         tags = [t for t in img.get("RepoTags") or [] if t.startswith(f"{IMAGE_REPO}:")]
         if keep in tags:
