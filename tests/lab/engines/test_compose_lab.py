@@ -244,19 +244,26 @@ def _wait_for_containers(proc: subprocess.Popen[str], *, running: int) -> str:
     pytest.fail("the run's containers did not start within 240 s")
 
 
-def test_ctrl_c_takes_everything_down(tmp_path: Path) -> None:
+def _interrupted_small(tmp_path: Path, sig: signal.Signals) -> tuple[subprocess.Popen[str], str, dict[str, Any]]:
+    """A small lab's run sent ``sig`` once five of its containers run: the process (ended), its
+    tag, the host's state before."""
     require_docker()
     image()
     before = host_state()
     proc, _ = _start_small(tmp_path)
     try:
         tag = _wait_for_containers(proc, running=5)
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, sig)
         proc.wait(180)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+    return proc, tag, before
+
+
+def test_ctrl_c_takes_everything_down(tmp_path: Path) -> None:
+    proc, tag, before = _interrupted_small(tmp_path, signal.SIGINT)
     assert proc.returncode != 0
     assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
     assert not lab_objects(tag)
@@ -267,15 +274,7 @@ def test_ctrl_c_takes_everything_down(tmp_path: Path) -> None:
 
 
 def test_after_kill_9_lab_clean_removes_what_was_left(tmp_path: Path) -> None:
-    require_docker()
-    image()
-    before = host_state()
-    proc, _ = _start_small(tmp_path)
-    try:
-        tag = _wait_for_containers(proc, running=5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+    _, tag, before = _interrupted_small(tmp_path, signal.SIGKILL)
     assert lab_objects(tag), "kill -9 leaves the containers (until clean or the next run)"
     assert hostnet.lab_rules(tag), "and the lab's firewall exception"
     clean = subprocess.run([*NATKIT, "lab", "clean", "--engine", "compose", "--json"], capture_output=True,
