@@ -134,15 +134,15 @@ def check_mount(path: str) -> str:
     ConfigError(param="mount") when it does not exist or would hide the image's own files."""
     full = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(full):
-        raise ConfigError(f"--mount {path}: no such file or directory on this host", param="mount")
+        raise ConfigError(f"{path}: no such file or directory on this host", param="mount")
     real = os.path.realpath(full)
     for p in {full, real}:
         if p in _SYSTEM_DIRS or p.startswith(("/usr/", "/opt/natkit/", "/proc/", "/sys/", "/dev/", "/etc/")):
             raise ConfigError(
-                f"--mount {path}: {p} would hide the lab image's own files; mount the directory that holds "
+                f"{path}: {p} would hide the lab image's own files; mount the directory that holds "
                 "your peer (e.g. /srv/my-peer)", param="mount")
     if any(ch in full for ch in ":,\n"):
-        raise ConfigError(f"--mount {path}: a path with ':' or ',' cannot be bind-mounted by Compose", param="mount")
+        raise ConfigError(f"{path}: a path with ':' or ',' cannot be bind-mounted by Compose", param="mount")
     return full
 
 
