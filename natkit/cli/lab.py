@@ -266,6 +266,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.browser:
             raise UsageError("--browser: the Compose engine's image has no Chromium; use --engine netns for browser cases")
         compose_lab.check(capture=not args.no_capture)  # root, the daemon, Compose: before anything else
+        from natkit.lab.engines.compose import check_mount
+
+        compose_lab.check_peers_mounted(args.peer, [check_mount(m) for m in args.mount])
     elif args.base is not None or args.mount:
         flag = "--base" if args.base is not None else "--mount"
         raise UsageError(f"{flag} is for the Compose engine's containers: add --engine compose")
