@@ -8,8 +8,10 @@ own (so it serves sync and async tests alike, whatever event loop they use) and 
         config = {"iceServers": [turn_server.ice_server]}
         ...
 
-The TURN relay allows loopback peers (``127.0.0.0/8``, ``::1``) so tests can relay to local
-peers; everything else follows the safe default policy. Options can be changed per test
+The TURN relay listens and relays on both families where the host has IPv6 loopback
+(``127.0.0.1`` and ``::1``: its ``ice_server`` names both, and a client may ask for an IPv6 or
+a dual allocation), and allows loopback peers (``127.0.0.0/8``, ``::1``) so tests can relay to
+local peers; everything else follows the safe default policy. Options can be changed per test
 module by overriding the ``natkit_turn_options`` fixture: keyword arguments of
 :class:`natkit.TurnServer`, or a :class:`natkit.server.service.TurnOptions` (which may carry
 an ``auth``, ``peer_policy`` or ``quota`` object).
@@ -26,6 +28,18 @@ from typing import Any
 import pytest
 
 _START_TIMEOUT = 10.0
+
+
+def has_ipv6_loopback() -> bool:
+    """True when this host can bind UDP on ::1 (tests of IPv6 relaying skip without it)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 @dataclass
@@ -49,8 +63,15 @@ class RunningServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        """The UDP address (ip, port)."""
+        """The UDP address (ip, port): the IPv4 one when there are both."""
         return next(a for t, a in self.addresses if t == "udp")
+
+    def address_of(self, family: int, transport: str = "udp") -> tuple[str, int] | None:
+        """The (ip, port) of ``transport`` for ``family`` (4 or 6), or None."""
+        for t, a in self.addresses:
+            if t == transport and (6 if ":" in a[0] else 4) == family:
+                return a
+        return None
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self.server.stats()
@@ -115,15 +136,19 @@ def natkit_turn_options() -> Any:
 
 @pytest.fixture
 def turn_server(natkit_turn_options: Any) -> Iterator[RunningServer]:
-    """A natkit TURN relay on 127.0.0.1 (UDP and TCP), with a generated user."""
+    """A natkit TURN relay on 127.0.0.1 and ::1 (UDP and TCP; IPv4 only where the host has
+    no IPv6 loopback), relaying on both families, with a generated user."""
     from natkit.server.service import TurnOptions
     from natkit.server.turn import TurnServer
 
     given = natkit_turn_options
     base = given if isinstance(given, TurnOptions) else TurnOptions().replace(**given)
     changes: dict[str, Any] = {}
+    dual = has_ipv6_loopback()
     if base.listen is None:
-        changes["listen"] = [("127.0.0.1", 0)]
+        changes["listen"] = [("127.0.0.1", 0), ("::1", 0)] if dual else [("127.0.0.1", 0)]
+        if base.relay_ip is None and dual:
+            changes["relay_ip"] = ("127.0.0.1", "::1")
     if base.peer_policy is None and not base.allow_peers:
         changes["allow_peers"] = ("127.0.0.0/8", "::1/128")
     options = base.replace(**changes)

@@ -6,7 +6,7 @@
  * main() below with the GIL released). The arguments:
  *
  *   turn MODE SERVER_IP SERVER_PORT USER KEYHEX [-n ALLOCS] [-s SECONDS] [-w WINDOW]
- *        [-b PAYLOAD_BYTES] [-l LIFETIME] [-c SETUP_WINDOW] [-t SETUP_TIMEOUT]
+ *        [-b PAYLOAD_BYTES] [-l LIFETIME] [-c SETUP_WINDOW] [-t SETUP_TIMEOUT] [-p PEER_IP]
  *
  * KEYHEX is the long-term key MD5(user:realm:password) in hex (natkit computes it).
  * Every allocation is made the way a client does it: an unauthenticated Allocate, the 401
@@ -211,6 +211,7 @@ typedef struct {
 static client *C;
 static int N = 100, window_ = 32, payload = 100, lifetime = 3600, setup_window = 128;
 static double seconds = 5, setup_timeout = 60;
+static const char *peer_ip = "127.0.0.1"; /* -p: where the peer socket binds (loopback) */
 static char mode[16];
 static struct sockaddr_in server, peer;
 static int peer_fd, ep;
@@ -307,6 +308,10 @@ static int run_transactions(int from, double timeout, int *ok) {
         if (pending == 0 && next >= N) break;
         int k = epoll_wait(ep, evs, 256, 20);
         for (int e = 0; e < k; e++) {
+            if (evs[e].data.u32 == 0xffffffffu) {  /* the peer socket: late traffic, dropped */
+                while (recv(peer_fd, buf, sizeof buf, MSG_DONTWAIT) > 0) {}
+                continue;
+            }
             client *c = &C[evs[e].data.u32];
             for (;;) {
                 ssize_t n = recv(c->fd, buf, sizeof buf, 0);
@@ -815,7 +820,7 @@ static int hexval(int ch) { return ch <= '9' ? ch - '0' : (ch | 32) - 'a' + 10; 
 static int turnload_main(int argc, char **argv) {
     if (argc < 6 && !(argc >= 4 && strcmp(argv[1], "null") == 0)) {
         fprintf(stderr, "usage: %s channel|send|alloc SERVER_IP PORT USER KEYHEX [-n N] [-s S] [-w W] "
-                        "[-b BYTES] [-l LIFETIME] [-c SETUP_WINDOW] [-t SETUP_TIMEOUT]\n", argv[0]);
+                        "[-b BYTES] [-l LIFETIME] [-c SETUP_WINDOW] [-t SETUP_TIMEOUT] [-p PEER_IP]\n", argv[0]);
         return 2;
     }
     if (strcmp(argv[1], "null") == 0 && argc >= 4)  /* turnload null IP PORT [MAX_SECONDS] */
@@ -837,6 +842,7 @@ static int turnload_main(int argc, char **argv) {
         else if (!strcmp(o, "-l")) lifetime = atoi(v);
         else if (!strcmp(o, "-c")) setup_window = atoi(v);
         else if (!strcmp(o, "-t")) setup_timeout = atof(v);
+        else if (!strcmp(o, "-p")) peer_ip = v;
         else { fprintf(stderr, "turnload: unknown option %s\n", o); return 2; }
     }
     if (payload < 8 || payload > 1200 || N < 1 || window_ < 1) { fprintf(stderr, "turnload: bad option value\n"); return 2; }
@@ -863,7 +869,7 @@ static int turnload_main(int argc, char **argv) {
     peer_fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
     memset(&peer, 0, sizeof peer);
     peer.sin_family = AF_INET;
-    peer.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (inet_pton(AF_INET, peer_ip, &peer.sin_addr) != 1) { fprintf(stderr, "turnload: bad peer IPv4 %s\n", peer_ip); return 2; }
     bufsize = 8 << 20;
     setsockopt(peer_fd, SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof bufsize);
     setsockopt(peer_fd, SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof bufsize);

@@ -24,6 +24,7 @@ from natkit.lab.nat import NatBehaviour
 from natkit.lab.netns import NatTopology, NetnsLab, check_prerequisites
 from natkit.stun import Class, Message, Method, StunParseError, decode
 
+SCHEMA_VERSION = 1
 PRESETS = ("open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked")
 
 # What natkit probe must answer for each lab preset: (nat_type, mapping, filtering).
@@ -207,6 +208,8 @@ class BenchResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "bench-probe",
             "command": self.command,
             "rows": [
                 {

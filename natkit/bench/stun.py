@@ -276,6 +276,7 @@ def run(
     natkit_runs = [r for r in runs if r["server"] == "natkit"]
     report: dict[str, Any] = {
         "schema_version": 2,
+        "kind": "bench-stun",
         "natkit": {
             **summary("natkit"),
             "fast_path": kind,

@@ -57,6 +57,9 @@ from natkit.errors import UsageError
 ENGINES = ("natkit", "coturn")
 USER, PASSWORD, REALM = "bench", "bench-password", "natkit-bench"
 RELAY_PORTS = (10000, 29999)  # below the kernel's ephemeral range, where the driver's ports are
+# The peer is not on the relay's own IP (127.0.0.1): a relay treats its own IPs specially
+# (natkit checks their ports per packet), and real peers are elsewhere.
+PEER_IP = "127.0.0.2"
 _KV = re.compile(r"(\w+)=(\S+)")
 
 
@@ -109,25 +112,28 @@ def _fields(line: str) -> dict[str, Any]:
 # -- the servers --------------------------------------------------------------------------
 
 
-def natkit_command(port: int, cpu: int | None) -> list[str]:
+def natkit_command(port: int, cpu: int | None, extra: tuple[str, ...] = ()) -> list[str]:
     prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
     return [
         *prefix, sys.executable, "-m", "natkit", "serve", "turn",
         "--listen", f"127.0.0.1:{port}", "--realm", REALM, "--user", f"{USER}:{PASSWORD}",
         "--relay-ip", "127.0.0.1", "--allow-peer", "127.0.0.0/8",
-        "--min-port", str(RELAY_PORTS[0]), "--max-port", str(RELAY_PORTS[1]),
+        "--min-port", str(RELAY_PORTS[0]), "--max-port", str(RELAY_PORTS[1]), *extra,
     ]  # fmt: skip
 
 
 @contextlib.contextmanager
-def natkit_server(cpu: int | None, timeout: float = 20.0) -> Iterator[tuple[tuple[str, int], int]]:
-    """``natkit serve turn`` on a free loopback port, pinned to ``cpu``: ((ip, port), pid)."""
+def natkit_server(
+    cpu: int | None, timeout: float = 20.0, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, int], int]]:
+    """``natkit serve turn`` on a free loopback port, pinned to ``cpu``: ((ip, port), pid);
+    ``extra``: more flags (``--no-gro``)."""
     from natkit.server.coturn import free_port, wait_for_binding
 
     port = free_port("127.0.0.1")
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            natkit_command(port, cpu),
+            natkit_command(port, cpu, extra),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -161,6 +167,34 @@ def coturn_server(cpu: int | None) -> Iterator[tuple[tuple[str, int], int]]:
     with turn:
         assert turn.pid is not None
         yield turn.addresses_of("udp")[0], turn.pid
+
+
+@contextlib.contextmanager
+def stream_server(
+    engine: str, cpu: int | None, transport: str, certs: tuple[Any, Any] | None
+) -> Iterator[tuple[tuple[str, int], int]]:
+    """``engine`` serving TURN over ``transport`` (tcp or tls, with ``certs``): its (ip, port)
+    on that transport and its pid."""
+    from natkit.server.coturn import CoturnServer, free_port
+
+    if engine == "natkit":
+        extra: tuple[str, ...] = ()
+        tls_port = free_port("127.0.0.1") if certs else 0
+        if certs:
+            extra = ("--tls-cert", str(certs[0]), "--tls-key", str(certs[1]),
+                     "--tls-port", str(tls_port))  # fmt: skip
+        with natkit_server(cpu, extra=extra) as (addr, pid):
+            yield ((addr[0], tls_port) if certs else addr), pid
+        return
+    tls = {"tls_cert": str(certs[0]), "tls_key": str(certs[1])} if certs else {}
+    turn = CoturnServer(
+        [("127.0.0.1", 0)], realm=REALM, users={USER: PASSWORD}, relay_ip="127.0.0.1",
+        allow_peers=["127.0.0.0/8"], min_port=RELAY_PORTS[0], max_port=RELAY_PORTS[1],
+        cpu=cpu, **tls,
+    )  # fmt: skip
+    with turn:
+        assert turn.pid is not None
+        yield turn.addresses_of(transport)[0], turn.pid
 
 
 @contextlib.contextmanager
@@ -200,7 +234,9 @@ class Bench:
         server_cpu: int | None,
         driver_cpu: int | None,
         driver: list[str],
+        natkit_flags: tuple[str, ...] = (),
     ) -> None:
+        self.natkit_flags = natkit_flags
         self.seconds, self.allocations, self.clients = seconds, allocations, clients
         self.window, self.payload = window, payload
         self.server_cpu, self.driver_cpu, self.driver = server_cpu, driver_cpu, driver
@@ -283,7 +319,7 @@ class Bench:
         time.sleep(0.3)
         proc = self._driver(
             mode, addr, "-n", str(self.clients), "-w", str(self.window),
-            "-b", str(self.payload), "-s", f"{self.seconds:g}",
+            "-b", str(self.payload), "-s", f"{self.seconds:g}", "-p", PEER_IP,
         )  # fmt: skip
         reader = _LineReader(proc)
         try:
@@ -330,7 +366,11 @@ class Bench:
         return out
 
     def engine_round(self, engine: str) -> dict[str, Any]:
-        start = natkit_server if engine == "natkit" else coturn_server
+        def start(cpu: int | None) -> Any:
+            if engine == "natkit":
+                return natkit_server(cpu, extra=self.natkit_flags)
+            return coturn_server(cpu)
+
         out: dict[str, Any] = {}
         # a fresh server for each figure: memory is measured from a clean start
         with start(self.server_cpu) as (addr, pid):
@@ -352,7 +392,16 @@ FIGURES = (  # (section, key, higher is better)
     ("allocations", "per_s", True),
     ("allocations", "bytes_per_allocation", False),
 )
-TARGET_RATIO = 0.75  # ChannelData relayed/s per core, natkit / coturn
+SCHEMA_VERSION = 2
+# natkit / coturn per server core, and natkit / the driver's null relay (the kernel's ceiling
+# with this driver) for ChannelData
+TARGETS = {
+    "channel_data.relayed_per_s": 2.0,
+    "send_indication.relayed_per_s": 2.0,
+    "allocations.per_s": 2.0,
+}
+NULL_TARGET = 0.5  # ChannelData natkit / null relay
+BUSY = 0.9  # a core at least this busy (softirq included) is the limit
 
 
 def run(
@@ -367,6 +416,7 @@ def run(
     server_cpu: int | None = 1,
     driver_cpu: int | None = 0,
     self_test: bool = True,
+    gro: bool = True,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; returns the report (keys documented in docs/bench_turn.md)."""
@@ -398,9 +448,11 @@ def run(
     bench = Bench(
         seconds=seconds, allocations=allocations, clients=clients, window=window,
         payload=payload, server_cpu=server_cpu, driver_cpu=driver_cpu, driver=driver_command(),
+        natkit_flags=() if gro else ("--no-gro",),
     )  # fmt: skip
     load_before = os.getloadavg()[0]
     runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+    nulls: list[dict[str, Any]] = []
     for rnd in range(1, rounds + 1):
         for engine in engines:
             say(
@@ -414,12 +466,21 @@ def run(
                 f"(server {ch['server_cpu']:.0%}, driver {ch['driver_cpu']:.0%} of a core); "
                 f"{a['per_s']:,} allocations/s; {a['bytes_per_allocation']:,} B/allocation"
             )
+        if self_test:  # the ceiling in the same round, on the same core
+            nulls.append(bench.self_test())
+            say(
+                f"  null relay: ChannelData {nulls[-1]['channel_data']['relayed_per_s']:,} "
+                f"relayed/s, Send {nulls[-1]['send_indication']['relayed_per_s']:,}/s"
+            )
 
     report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "bench-turn",
         "settings": {
             "seconds": seconds, "rounds": rounds, "allocations": allocations,
             "clients": clients, "window": window, "payload": payload,
             "server_cpu": server_cpu, "driver_cpu": driver_cpu, "driver": " ".join(bench.driver),
+            "peer_ip": PEER_IP, "gro": gro,
             # other work on the machine competes for the pinned cores: the 1-minute load
             # average before and after the engine runs says how quiet the machine was
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
@@ -430,21 +491,21 @@ def run(
     }  # fmt: skip
     if "coturn" in engines:
         report["engines"]["coturn"]["version"] = coturn_version()
+    if nulls:
+        report["self_test"] = _summary(nulls, sections=("channel_data", "send_indication"))
+        report["runs"]["null"] = nulls
     if "natkit" in engines and "coturn" in engines:
         n, c = report["engines"]["natkit"], report["engines"]["coturn"]
-        ratios = {}
-        for section, key, _ in FIGURES:
-            a, b = n[section].get(key), c[section].get(key)
-            ratios[f"{section}.{key}"] = round(a / b, 3) if a and b else None
-        report["ratios"] = ratios
-        got = ratios["channel_data.relayed_per_s"]
-        per_cpu = ratios["channel_data.per_cpu_second"]
-        report["target"] = {
-            "channel_data_ratio_min": TARGET_RATIO,
-            "ratio": got,
-            "ratio_per_cpu_second": per_cpu,
-            "met": got is not None and got >= TARGET_RATIO,
-        }
+        report["ratios"] = _ratios(n, c)
+        per_round = [_ratios(a, b) for a, b in zip(runs["natkit"], runs["coturn"], strict=True)]
+        report["ratios_per_round"] = per_round
+    if "natkit" in engines and nulls:
+        report["null_ratios"] = _null_ratios(report["engines"]["natkit"], report["self_test"])
+        report["null_ratios_per_round"] = [
+            _null_ratios(a, b) for a, b in zip(runs["natkit"], nulls, strict=True)
+        ]
+    if "ratios" in report:
+        report["target"] = _target(report)
     report["limits"] = _limits(report["engines"])
     report["driver_max_cpu"] = max(
         f[section]["driver_cpu"]
@@ -452,20 +513,207 @@ def run(
         for f in rounds_
         for section in ("channel_data", "send_indication")
     )
-    if self_test:
-        say("driver self-test: the same traffic against the driver's C null relay ...")
-        report["self_test"] = bench.self_test()
-        say(
-            f"  null relay: ChannelData {report['self_test']['channel_data']['relayed_per_s']:,} "
-            f"relayed/s (driver {report['self_test']['channel_data']['driver_cpu']:.0%} of a core)"
-        )
     return report
 
 
-def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+def _stream_traffic_run(
+    bench: Bench, engine: str, transport: str, certs: tuple[Any, Any] | None,
+    peer: tuple[str, int],
+) -> dict[str, Any]:  # fmt: skip
+    """One traffic run of ``engine`` over ``transport`` with a fresh server."""
+    with stream_server(engine, bench.server_cpu, transport, certs) as (addr, pid):
+        time.sleep(0.3)
+        prefix = ["taskset", "-c", str(bench.driver_cpu)] if bench.driver_cpu is not None else []
+        proc = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "natkit.bench.turn_stream", addr[0], str(addr[1]),
+             transport, USER, PASSWORD, peer[0], str(peer[1]), str(bench.clients),
+             str(bench.window), str(bench.payload), f"{bench.seconds:g}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        reader = _LineReader(proc)
+        try:
+            setup = reader.line(60)
+            if setup is None or not setup.startswith("setup"):
+                proc.kill()
+                _, err = proc.communicate(timeout=10)
+                tail = err.decode(errors="replace").strip().splitlines() or [repr(setup)]
+                raise UsageError(f"the TCP/TLS driver got no allocations from {engine}: {tail[-1]}")
+            cpu0, t0, cores0 = cpu_seconds(pid), time.monotonic(), core_times()
+            line = reader.line(bench.seconds + 30)
+            elapsed = time.monotonic() - t0
+            cpu1, cores1 = cpu_seconds(pid), core_times()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
+    if line is None or not line.startswith("result"):
+        raise UsageError(f"the TCP/TLS driver stopped early against {engine}: {line!r}")
+    r = _fields(line)
+    server_cpu = cpu1 - cpu0
+    out = {
+        "relayed_per_s": int(r["relayed_per_s"]),
+        "sent": int(r["sent"]),
+        "received": int(r["received"]),
+        "loss": float(r["loss"]),
+        "server_cpu": round(server_cpu / elapsed, 3),
+        "driver_cpu": float(r["driver_cpu"]),
+        "per_cpu_second": round(2 * int(r["received"]) / server_cpu) if server_cpu > 0 else None,
+    }
+    if bench.server_cpu is not None and bench.driver_cpu is not None:
+        out["server_core_busy"] = core_busy(cores0, cores1, bench.server_cpu)
+        out["driver_core_busy"] = core_busy(cores0, cores1, bench.driver_cpu)
+    return out
+
+
+STREAM_TARGET = 1.0  # TCP and TLS ChannelData natkit / coturn
+
+
+def run_stream(
+    *,
+    transport: str,
+    seconds: float = 5.0,
+    engines: tuple[str, ...] = ENGINES,
+    rounds: int = 1,
+    clients: int = 16,
+    window: int = 32,
+    payload: int = 100,
+    server_cpu: int | None = 1,
+    driver_cpu: int | None = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """ChannelData over TURN-over-TCP or -TLS (natkit/bench/turn_stream.py), both engines in
+    one run; the report has the UDP report's shape with ``channel_data`` only."""
+    from natkit.bench import turn_stream
+
+    say = progress or (lambda _msg: None)
+    check_seconds_rounds(seconds, rounds)
+    if transport not in turn_stream.TRANSPORTS:
+        raise UsageError(f"bad --transport {transport}: choose udp, tcp or tls")
+    if not 1 <= clients <= 1024 or not 1 <= window <= 1024:
+        raise UsageError("bad --clients/--window: give 1-1024 each")
+    if not 8 <= payload <= 1200 or payload % 4:
+        raise UsageError(f"bad --payload {payload}: give 8-1200 bytes, a multiple of 4 over TCP")
+    for tool, package in (("turnutils_peer", "coturn"), ("taskset", "util-linux")):
+        if shutil.which(tool) is None:
+            raise UsageError(f"{tool} is not installed (the TCP/TLS runs): apt-get install {package}")
+    if "coturn" in engines and shutil.which("turnserver") is None:
+        raise UsageError("coturn is not installed: apt-get install coturn (or --engines natkit)")
+    if (os.cpu_count() or 1) < 2:
+        server_cpu = driver_cpu = None
+    bench = Bench(
+        seconds=seconds, allocations=1, clients=clients, window=window, payload=payload,
+        server_cpu=server_cpu, driver_cpu=driver_cpu, driver=[],
+    )  # fmt: skip
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+    with turn_stream.certificates(transport) as certs, turn_stream.echo_peer(
+        driver_cpu, PEER_IP
+    ) as peer:
+        for rnd in range(1, rounds + 1):
+            for engine in engines:
+                say(f"round {rnd}/{rounds}: {engine} over {transport.upper()} ...")
+                figures = _stream_traffic_run(bench, engine, transport, certs, peer)
+                runs[engine].append({"channel_data": figures})
+                say(
+                    f"  {engine}: ChannelData {figures['relayed_per_s']:,} relayed/s, loss "
+                    f"{figures['loss']:.2%} (server {figures['server_cpu']:.0%}, driver "
+                    f"{figures['driver_cpu']:.0%} of a core)"
+                )
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "bench-turn",
+        "settings": {
+            "transport": transport, "seconds": seconds, "rounds": rounds, "clients": clients,
+            "window": window, "payload": payload, "server_cpu": server_cpu,
+            "driver_cpu": driver_cpu, "driver": "python -m natkit.bench.turn_stream",
+            "peer": "turnutils_peer", "peer_ip": PEER_IP,
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "cpus": os.cpu_count() or 1,
+        },
+        "engines": {e: _summary(runs[e], sections=("channel_data",)) for e in engines},
+        "runs": runs,
+    }  # fmt: skip
+    if "coturn" in engines:
+        report["engines"]["coturn"]["version"] = coturn_version()
+    if "natkit" in engines and "coturn" in engines:
+
+        def ratio(n: dict[str, Any], c: dict[str, Any]) -> dict[str, float | None]:
+            out: dict[str, float | None] = {}
+            for key in ("relayed_per_s", "per_cpu_second"):
+                a, b = n["channel_data"].get(key), c["channel_data"].get(key)
+                out[f"channel_data.{key}"] = round(a / b, 3) if a and b else None
+            return out
+
+        report["ratios"] = ratio(report["engines"]["natkit"], report["engines"]["coturn"])
+        per_round = [ratio(a, b) for a, b in zip(runs["natkit"], runs["coturn"], strict=True)]
+        report["ratios_per_round"] = per_round
+        key = "channel_data.relayed_per_s"
+        rounds_ = [r[key] for r in per_round]
+        median = report["ratios"][key]
+        loss = report["engines"]["natkit"]["channel_data"]["loss"]
+        report["target"] = {
+            "floors": {
+                f"{key}_vs_coturn": {
+                    "floor": STREAM_TARGET, "median": median, "rounds": rounds_,
+                    "rounds_met": sum(1 for r in rounds_ if r is not None and r >= STREAM_TARGET),
+                    "met": median is not None and median >= STREAM_TARGET,
+                },
+            },
+            "channel_data_loss": loss,
+            "met": median is not None and median >= STREAM_TARGET and loss == 0,
+        }  # fmt: skip
+    report["limits"] = _limits(report["engines"], sections=("channel_data",))
+    return report
+
+
+def _ratios(n: dict[str, Any], c: dict[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for section, key, _ in FIGURES:
+        a, b = n[section].get(key), c[section].get(key)
+        out[f"{section}.{key}"] = round(a / b, 3) if a and b else None
+    return out
+
+
+def _null_ratios(n: dict[str, Any], null: dict[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for section in ("channel_data", "send_indication"):
+        a, b = n[section].get("relayed_per_s"), null[section].get("relayed_per_s")
+        out[f"{section}.relayed_per_s"] = round(a / b, 3) if a and b else None
+    return out
+
+
+def _target(report: dict[str, Any]) -> dict[str, Any]:
+    """Each floor against the median ratio, and how many rounds met it on their own."""
+    floors: dict[str, Any] = {}
+    checks = [("ratios", k, v) for k, v in TARGETS.items()]
+    if "null_ratios" in report:
+        checks.append(("null_ratios", "channel_data.relayed_per_s", NULL_TARGET))
+    for table, key, floor in checks:
+        median = report[table].get(key)
+        rounds = [r.get(key) for r in report[f"{table}_per_round"]]
+        name = f"{key}_vs_{'coturn' if table == 'ratios' else 'null'}"
+        floors[name] = {
+            "floor": floor,
+            "median": median,
+            "rounds": rounds,
+            "rounds_met": sum(1 for r in rounds if r is not None and r >= floor),
+            "met": median is not None and median >= floor,
+        }
+    loss = report["engines"]["natkit"]["channel_data"]["loss"]
+    return {
+        "floors": floors,
+        "channel_data_loss": loss,
+        "met": all(f["met"] for f in floors.values()) and loss == 0,
+    }
+
+
+def _summary(
+    rounds: list[dict[str, Any]],
+    sections: tuple[str, ...] = ("channel_data", "send_indication", "allocations"),
+) -> dict[str, Any]:
     """Per section and key: the median over rounds (the per-round values stay in ``runs``)."""
     out: dict[str, Any] = {}
-    for section in ("channel_data", "send_indication", "allocations"):
+    for section in sections:
         keys = rounds[0][section].keys()
         out[section] = {}
         for key in keys:
@@ -478,24 +726,26 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _limits(engines: dict[str, Any]) -> dict[str, str]:
-    """Who limited each traffic run, from the CPU shares of the processes and the cores.
+def _limits(
+    engines: dict[str, Any], sections: tuple[str, ...] = ("channel_data", "send_indication")
+) -> dict[str, str]:
+    """Who limited each traffic run, from how busy each pinned core was (/proc/stat: user,
+    system, irq and softirq, whoever ran there; on loopback much of a packet's cost is
+    softirq time charged to the core of whoever sent it, not to any process).
 
-    'server': its process used >= 90% of its core; 'driver': the driver used >= 95% of its
-    own; 'contended': a core was >= 90% busy but not with the process pinned to it (other
-    work on the machine took it); else 'neither' (latency-bound: raise --window).
+    'server': the server's core was >= 90% busy and the driver's was not; 'driver': the
+    reverse; 'both': both were (the figure is a lower bound on the server and the driver
+    together); 'neither': neither core was full (latency-bound: raise --window).
     """
     out = {}
     for engine, figures in engines.items():
-        for section in ("channel_data", "send_indication"):
+        for section in sections:
             f = figures[section]
-            if f["server_cpu"] >= 0.9:
-                verdict = "server"
-            elif f["driver_cpu"] >= 0.95:
-                verdict = "driver"
-            elif max(f.get("server_core_busy", 0), f.get("driver_core_busy", 0)) >= 0.9:
-                verdict = "contended"
-            else:
-                verdict = "neither"
+            server = f.get("server_core_busy", f["server_cpu"]) >= BUSY
+            driver = f.get("driver_core_busy", f["driver_cpu"]) >= BUSY
+            verdict = {
+                (True, False): "server", (False, True): "driver",
+                (True, True): "both", (False, False): "neither",
+            }[(server, driver)]  # fmt: skip
             out[f"{engine}.{section}"] = verdict
     return out

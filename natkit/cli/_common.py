@@ -13,6 +13,9 @@ from typing import Any
 
 from natkit.errors import UsageError
 
+# the JSON lines of `natkit serve stun|turn --json` (docs/json.md)
+SERVE_SCHEMA_VERSION = 1
+
 
 def not_built(verb: str) -> Any:
     def run(args: argparse.Namespace) -> int:

@@ -9,6 +9,12 @@ from natkit.cli._common import print_json, progress_printer
 from natkit.errors import UsageError
 
 HELP = "TURN relay throughput and allocations, natkit vs coturn"
+TARGET_KEYS = ("channel_data.relayed_per_s", "send_indication.relayed_per_s", "allocations.per_s")
+NULL_KEY = "channel_data.relayed_per_s"
+
+
+def _x(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 ROWS = (  # (label, section, key, format)
     ("ChannelData relayed packets/s", "channel_data", "relayed_per_s", "{:,}"),
@@ -57,6 +63,18 @@ def register(sub: Any) -> None:
         action="store_true",
         help="skip the driver self-test (the same traffic against the driver's C null relay)",
     )
+    parser.add_argument(
+        "--no-gro",
+        action="store_true",
+        help="run natkit with --no-gro (its C path reads every datagram on its own)",
+    )
+    parser.add_argument(
+        "--transport",
+        choices=("udp", "tcp", "tls"),
+        default="udp",
+        help="udp: every figure with the C driver (default); tcp or tls: ChannelData over "
+        "TURN-over-TCP/TLS only (driver natkit.bench.turn_stream, peer turnutils_peer)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
 
@@ -68,6 +86,21 @@ def run(args: argparse.Namespace) -> int:
     if not engines:
         raise UsageError("--engines is empty: give natkit, coturn or natkit,coturn")
 
+    if args.transport != "udp":
+        from natkit.bench.turn import run_stream
+
+        report = run_stream(
+            transport=args.transport, seconds=args.seconds, engines=engines, rounds=args.rounds,
+            clients=args.clients, window=args.window, payload=args.payload,
+            server_cpu=args.server_cpu, driver_cpu=args.driver_cpu,
+            progress=progress_printer(args.json),
+        )  # fmt: skip
+        if args.json:
+            print_json(report)
+        else:
+            print()
+            print(format_stream_report(report))
+        return 0
     report = bench(
         seconds=args.seconds,
         engines=engines,
@@ -79,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         server_cpu=args.server_cpu,
         driver_cpu=args.driver_cpu,
         self_test=not args.no_self_test,
+        gro=not args.no_gro,
         progress=progress_printer(args.json),
     )
     if args.json:
@@ -131,24 +165,63 @@ def format_report(report: dict[str, Any]) -> str:
             "'per server CPU-second' is the steadier comparison"
         )
     lines.append(
-        f"driver: at most {report['driver_max_cpu']:.0%} of its core in any run (a saturated "
-        "driver would be near 100%)"
+        f"driver process: at most {report['driver_max_cpu']:.0%} of its core in any run "
+        "(the verdicts above count whole-core busy time, softirq included)"
     )
     if "self_test" in report:
         st = report["self_test"]
         ch, sd = st["channel_data"], st["send_indication"]
         lines.append(
-            f"driver self-test against a C null relay on the server's core: ChannelData "
-            f"{ch['relayed_per_s']:,}/s, Send {sd['relayed_per_s']:,}/s (driver "
-            f"{ch['driver_cpu']:.0%} / {sd['driver_cpu']:.0%} of a core)"
+            f"the driver's C null relay on the server's core (the ceiling), median: ChannelData "
+            f"{ch['relayed_per_s']:,}/s, Send {sd['relayed_per_s']:,}/s"
         )
+    per_round = report.get("ratios_per_round", [])
+    null_round = report.get("null_ratios_per_round", [])
+    for i in range(max(len(per_round), len(null_round))):
+        parts = []
+        if i < len(per_round):
+            r = per_round[i]
+            parts.append(
+                "vs coturn: ChannelData {}, Send {}, allocations {}".format(
+                    *(_x(r.get(k)) for k in TARGET_KEYS)
+                )
+            )
+        if i < len(null_round):
+            parts.append(f"vs null relay: ChannelData {_x(null_round[i].get(NULL_KEY))}")
+        lines.append(f"round {i + 1}: " + "; ".join(parts))
     if "target" in report:
         t = report["target"]
-        verdict = "met" if t["met"] else "NOT met"
-        lines.append(
-            f"target ChannelData natkit/coturn >= {t['channel_data_ratio_min']}: {verdict} "
-            f"({t['ratio']}; per server CPU-second {t['ratio_per_cpu_second']})"
-        )
+        for name, f in t["floors"].items():
+            verdict = "met" if f["met"] else "NOT met"
+            lines.append(
+                f"floor {name} >= {f['floor']}: {verdict} (median {_x(f['median'])}, "
+                f"{f['rounds_met']}/{len(f['rounds'])} rounds)"
+            )
+        lines.append(f"natkit ChannelData loss: {t['channel_data_loss']:.3%}")
     if "coturn" in report["engines"]:
         lines.append(f"coturn: {report['engines']['coturn'].get('version', 'unknown')}")
+    return "\n".join(lines)
+
+
+def format_stream_report(report: dict[str, Any]) -> str:
+    """The TCP/TLS report: ChannelData per engine, the ratio per round and the floor."""
+    s = report["settings"]
+    lines = [f"ChannelData over TURN-over-{s['transport'].upper()}:"]
+    for engine, figures in report["engines"].items():
+        f = figures["channel_data"]
+        lines.append(
+            f"  {engine:<7} {f['relayed_per_s']:>10,} relayed/s, loss {f['loss']:.3%}, "
+            f"{f['per_cpu_second'] or 0:>10,} per server CPU-second (server "
+            f"{f['server_cpu']:.0%} / driver {f['driver_cpu']:.0%} of a core)"
+        )
+    for i, r in enumerate(report.get("ratios_per_round", []), 1):
+        lines.append(
+            f"round {i}: natkit/coturn {_x(r['channel_data.relayed_per_s'])} "
+            f"({_x(r['channel_data.per_cpu_second'])} per CPU-second)"
+        )
+    for name, f in report.get("target", {}).get("floors", {}).items():
+        verdict = "met" if f["met"] else "NOT met"
+        lines.append(f"floor {name} >= {f['floor']}: {verdict} (median {_x(f['median'])})")
+    lines.append("limited by: " + ", ".join(f"{k} {v}" for k, v in report["limits"].items()))
+    lines.append(f"load average (1 min) before/after: {s['load_average'][0]} / {s['load_average'][1]}")
     return "\n".join(lines)

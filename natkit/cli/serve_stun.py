@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from natkit.cli._common import parse_hostport
+from natkit.cli._common import SERVE_SCHEMA_VERSION, parse_hostport
 from natkit.errors import UsageError
 
 HELP = "run the STUN responder (RFC 8489, RFC 5780 mode with --alternate-ip)"
@@ -127,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             _json_line(
                 {
+                    "schema_version": SERVE_SCHEMA_VERSION,
+                    "kind": "serve-stun",
+                    "event": "ready",
                     "addresses": [
                         {"transport": t, "ip": ip, "port": port}
                         for t, (ip, port) in server.addresses
@@ -150,7 +153,15 @@ def run(args: argparse.Namespace) -> int:
     def done(server: Any) -> None:
         stats = server.stats()
         if args.json:
-            _json_line({"stopped": True, "stats": stats})
+            _json_line(
+                {
+                    "schema_version": SERVE_SCHEMA_VERSION,
+                    "kind": "serve-stun",
+                    "event": "stopped",
+                    "stopped": True,
+                    "stats": stats,
+                }
+            )
         else:
             udp, stream = stats["udp"], stats["stream"]
             print(

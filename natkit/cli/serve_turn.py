@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from natkit.cli._common import parse_hostport, print_json
+from natkit.cli._common import SERVE_SCHEMA_VERSION, parse_hostport, print_json
 from natkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -94,6 +94,13 @@ def register(sub: Any) -> None:
     add("--tls-key", metavar="F", help="PEM private key for --tls-cert")
     add("--tls-port", type=int, default=5349, metavar="PORT", help="TLS port (5349)")
     add("--no-tcp", action="store_true", help="serve UDP (and TLS) only")
+    add(
+        "--no-gro",
+        dest="udp_gro",
+        action="store_false",
+        help="the C data path reads one datagram at a time instead of asking the kernel for "
+        "UDP GRO (datagrams of one client that arrive together read as one)",
+    )
     add(
         "--no-relay-to-relay",
         dest="relay_to_relay",
@@ -228,6 +235,7 @@ def options_from_args(args: argparse.Namespace) -> TurnOptions:
         "tcp": not args.no_tcp,
         "user_quota": "auto" if args.user_quota is None else (args.user_quota or None),
         "relay_to_relay": args.relay_to_relay,
+        "udp_gro": args.udp_gro,
         "max_allocations": args.max_allocations,
         "bandwidth": args.bandwidth,
         "max_lifetime": args.max_lifetime,
@@ -267,6 +275,9 @@ def _announce(server: TurnService, args: argparse.Namespace) -> None:
     if args.json:
         print_json(
             {
+                "schema_version": SERVE_SCHEMA_VERSION,
+                "kind": "serve-turn",
+                "event": "ready",
                 "engine": engine,
                 "addresses": [
                     {"transport": t, "ip": ip, "port": port} for t, (ip, port) in server.addresses
@@ -348,7 +359,15 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         stats = asyncio.run(_serve(options, args))
     if args.json:
-        print_json({"stopped": True, "stats": stats})
+        print_json(
+            {
+                "schema_version": SERVE_SCHEMA_VERSION,
+                "kind": "serve-turn",
+                "event": "stopped",
+                "stopped": True,
+                "stats": stats,
+            }
+        )
     else:
         if "allocations_created" in stats:
             print(

@@ -76,9 +76,22 @@ class TurnIntegrityError(TurnClientError):
 
 @dataclass(frozen=True)
 class Allocation:
+    """``relayed``: the first XOR-RELAYED-ADDRESS; ``relayed_all``: every one (two after a
+    dual allocation, RFC 8656 §7.1); ``family_errors``: (family 4/6, code, reason) of each
+    ADDRESS-ERROR-CODE, a family that was asked for but could not be allocated."""
+
     relayed: Address
     mapped: Address | None
     lifetime: int
+    relayed_all: tuple[Address, ...] = ()
+    family_errors: tuple[tuple[int, int, str], ...] = ()
+
+    def relayed_for(self, family: int) -> Address | None:
+        """The relayed address of ``family`` (4 or 6), or None."""
+        for addr in self.relayed_all or (self.relayed,):
+            if (6 if ":" in addr[0] else 4) == family:
+                return addr
+        return None
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,9 @@ class Received:
     peer: Address | None
     data: bytes
     channel: int | None = None
+
+
+_FAMILY_CODES = {4: 1, 6: 2}  # REQUESTED-/ADDITIONAL-ADDRESS-FAMILY values (RFC 8656 §18)
 
 
 def _norm(addr: Any) -> Address:
@@ -474,20 +490,42 @@ class TurnClient:
         return _norm(mapped)
 
     async def allocate(
-        self, lifetime: int | None = None, *, authenticate: bool = True, family: int | None = None
+        self,
+        lifetime: int | None = None,
+        *,
+        authenticate: bool = True,
+        family: int | None = None,
+        dual: bool = False,
     ) -> Allocation:
+        """Allocate a relayed address. ``family``: REQUESTED-ADDRESS-FAMILY, 4 or 6 (the RFC's
+        codes 1 and 2 are taken too); ``dual``: ADDITIONAL-ADDRESS-FAMILY IPv6, an IPv4 and
+        an IPv6 relayed address at once (RFC 8656 §7.1; a server without IPv6 relaying still
+        allocates IPv4 and says why in ``family_errors``). A refusal raises TurnError (440
+        Address Family not Supported, ...)."""
+        if family is not None and dual:
+            raise ValueError("family and dual exclude each other (RFC 8656 §7.1)")
         attrs: list[tuple[int, Any]] = [(Attr.REQUESTED_TRANSPORT, TRANSPORT_UDP)]
         if lifetime is not None:
             attrs.append((Attr.LIFETIME, lifetime))
         if family is not None:
-            attrs.append((Attr.REQUESTED_ADDRESS_FAMILY, family))
+            attrs.append((Attr.REQUESTED_ADDRESS_FAMILY, _FAMILY_CODES.get(family, family)))
+        if dual:
+            attrs.append((Attr.ADDITIONAL_ADDRESS_FAMILY, _FAMILY_CODES[6]))
         resp = await self._checked(Method.ALLOCATE, attrs, authenticate)
-        relayed = resp.get(Attr.XOR_RELAYED_ADDRESS)
-        if relayed is None:
+        relayed_all = tuple(_norm(a) for a in resp.get_all(Attr.XOR_RELAYED_ADDRESS))
+        if not relayed_all:
             raise TurnError("ALLOCATE", 0, "success without XOR-RELAYED-ADDRESS", resp)
+        errors = tuple(
+            (6 if e.family == _FAMILY_CODES[6] else 4, e.code, e.reason)
+            for e in resp.get_all(Attr.ADDRESS_ERROR_CODE)
+        )
         mapped = resp.get(Attr.XOR_MAPPED_ADDRESS)
         self.allocation = Allocation(
-            _norm(relayed), _norm(mapped) if mapped else None, int(resp.get(Attr.LIFETIME, 0))
+            relayed_all[0],
+            _norm(mapped) if mapped else None,
+            int(resp.get(Attr.LIFETIME, 0)),
+            relayed_all,
+            errors,
         )
         return self.allocation
 

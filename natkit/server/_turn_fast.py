@@ -21,9 +21,12 @@ _VAL = struct.Struct("=iHH16sB7xd")
 _REC = struct.Struct("=IiBBH16s")
 KIND_ALLOC = 1
 KIND_PERM = 2
+INTERNAL = 1  # the channel field of a client -> peer value: the peer is a relay of this server
 
 
-_EXT = _native.Extension(EXTENSION, "epoll + recvmmsg/sendmmsg, {m.BATCH} per socket")
+_EXT = _native.Extension(
+    EXTENSION, "its own epoll thread, recvmmsg + UDP GSO sendmmsg, {m.BATCH} per socket"
+)
 load = _EXT.load
 status = _EXT.status
 describe = _EXT.describe  # the start line: which data path runs and why
@@ -57,10 +60,11 @@ def key(fd: int, addr: tuple[str, int], channel: int = 0) -> bytes:
 class FastTable:
     """One C context: the channel table, the epoll set and the receive/send buffers."""
 
-    def __init__(self, lib: ModuleType) -> None:
+    def __init__(self, lib: ModuleType, *, gro: bool = False) -> None:
         if (_KEY.size, _VAL.size, _REC.size) != (lib.KEY_SIZE, lib.VALUE_SIZE, lib.RECORD_SIZE):
             raise RuntimeError(f"{EXTENSION} does not match this natkit: reinstall natkit")
         self._t: Any = lib.Table(int.from_bytes(os.urandom(8), "little"))
+        self._t.set_gro(gro)  # sockets it watches ask for UDP GRO (coalesced reads)
         self.epoll_fd: int = self._t.epoll_fd()
 
     def put(self, k: bytes, fd: int, addr: tuple[str, int], channel: int, until: float) -> None:
@@ -71,6 +75,15 @@ class FastTable:
         """Allocation entry: the relay socket per family (-1: none)."""
         v6 = struct.pack("=i12x", relay6)
         self._t.put(k, _VAL.pack(relay4, 0, 0, v6, 0, 1e300))
+
+    def put_internal(
+        self, k: bytes, target_fd: int, source: tuple[str, int], until: float
+    ) -> None:
+        """Client -> peer entry for a peer that is a relayed address of this server: deliver to
+        the client behind ``target_fd`` (that relay's socket) as a datagram from ``source``
+        (the sending allocation's relayed address), through that relay's peer entries."""
+        family, packed = _ip_bytes(source[0])
+        self._t.put(k, _VAL.pack(target_fd, source[1], INTERNAL, packed, family, until))
 
     def delete(self, k: bytes) -> None:
         self._t.delete(k)
@@ -116,6 +129,22 @@ class FastTable:
         more, raw = self._t.poll(now)
         return more != 0, self._records(raw)
 
+    def start(self) -> int:
+        """Run the table's own C thread (the epoll loop; the GIL is never taken). Returns an
+        fd that is readable while :meth:`take` has datagrams for Python."""
+        return int(self._t.start())
+
+    def stop(self) -> None:
+        self._t.stop()
+
+    def take(self) -> list[tuple[int, bytes, tuple[str, int]]]:
+        """What the thread left for Python: [(fd it came in on, data, source address)]."""
+        return self._records(self._t.take())
+
+    def set_now(self, now: float) -> None:
+        """The engine's clock, which the thread compares entries' ``until`` with."""
+        self._t.set_now(now)
+
     def send(self, fd: int, batch: bytes) -> int:
         """Send the :func:`record` datagrams in ``batch`` through ``fd`` (sendmmsg); returns
         how many were dropped."""
@@ -130,7 +159,13 @@ class FastTable:
             "to_client_bytes": s[3],
             "send_errors": s[4],
             "passed": s[5],
+            "internal_packets": s[6],
+            "python_dropped": s[7],
+            "gso_sends": s[8],
+            "sendmmsg_calls": s[9],
+            "gro_reads": s[10],
+            "gso": int(s[11]),
         }
 
     def close(self) -> None:
-        self._t.close()
+        self._t.close()  # stops the thread first

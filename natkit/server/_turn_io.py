@@ -11,6 +11,7 @@ second): lifetimes are counted in seconds.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import ssl
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 from natkit.server import _turn_fast
 from natkit.server._stream import GuardedStream, StreamGuard
 from natkit.stun import StreamFramer, StunParseError
-from natkit.turn.actions import Action
+from natkit.turn.actions import Action, SendToPeer
 from natkit.turn.allocation import Address, Relay
 from natkit.turn.engine import TurnEngine
 
@@ -36,6 +37,7 @@ class RelayHost(Protocol):
     now: float
     send_errors: int  # datagrams the kernel would not take
     bad_frames: int  # TCP/TLS streams that stopped framing
+    fast: _turn_fast.FastTable | None  # the C data path's table, when it runs
 
     def run_actions(self, actions: list[Action], client: Any, addr: Address | None) -> None: ...
 
@@ -93,7 +95,10 @@ class UdpListener:
                 if 0x40 <= data[0] <= 0x7F:  # ChannelData: the hot path
                     out = forward((self, addr), data, now)
                     if out is not None:
-                        out.handle.sendto(out.data, out.peer)
+                        if type(out) is SendToPeer:
+                            out.handle.sendto(out.data, out.peer)
+                        else:  # relay-to-relay: to the other allocation's client
+                            out.client.send(out.data, out.addr)
                     continue
                 self.handle(data, addr)
         except Exception:  # a bug must not stop the listener
@@ -190,6 +195,9 @@ class StreamClient(GuardedStream):
         self.engine = server.engine
         self.name = transport_name
         self.framer = StreamFramer(channel_max=self.engine.channel_max)
+        self._out: list[bytes] = []
+        self._queued = 0
+        self._flush_scheduled = False
 
     def connection_made(self, transport: Any) -> None:
         sock = transport.get_extra_info("socket")
@@ -203,10 +211,23 @@ class StreamClient(GuardedStream):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if transport.get_write_buffer_size() > _STREAM_BUFFER_LIMIT:
+        if transport.get_write_buffer_size() + self._queued > _STREAM_BUFFER_LIMIT:
             self.server.send_errors += 1
             return
-        self.write(data)
+        # Everything sent to this client in one turn of the event loop (a batch of relayed
+        # datagrams, responses) leaves in one write: one send syscall and, over TLS, one
+        # record instead of one per frame. Order is kept: every write goes through here.
+        self._out.append(data)
+        self._queued += len(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_out)
+
+    def _flush_out(self) -> None:
+        self._flush_scheduled = False
+        out, self._out, self._queued = self._out, [], 0
+        if out:
+            self.write(out[0] if len(out) == 1 else b"".join(out))
 
     def on_data(self, data: bytes) -> None:
         now = time.time()
@@ -220,19 +241,42 @@ class StreamClient(GuardedStream):
             return
         self.completed(len(frames))
         key = (self, self.addr)
+        # With the C table, the datagrams this read produced leave together: one sendmmsg per
+        # relay socket, equal datagrams to one peer as one UDP GSO message.
+        table = self.server.fast
+        batches: dict[int, bytearray] = {}
+        record = _turn_fast.record
         for frame in frames:
             try:
                 if 0x40 <= frame[0] <= 0x7F:
                     out = self.engine.forward_from_client(key, frame, self.server.now)
                     if out is not None:
-                        out.handle.sendto(out.data, out.peer)
+                        if type(out) is SendToPeer:
+                            if table is None:
+                                out.handle.sendto(out.data, out.peer)
+                                continue
+                            fd = out.handle.fd
+                            batch = batches.get(fd)
+                            if batch is None:
+                                batch = batches[fd] = bytearray()
+                            batch += record(out.data, out.peer)
+                        else:  # relay-to-relay: to the other allocation's client
+                            out.client.send(out.data, out.addr)
                     continue
                 actions = self.engine.handle_client(self, self.addr, frame, now, stream=True)
                 if actions:
                     self.server.run_actions(actions, self, self.addr)
             except Exception:
                 self.server.log_bug(f"{self.name} request", self.addr)
+        if table is not None:
+            for fd, batch in batches.items():
+                self.server.send_errors += table.send(fd, bytes(batch))
+
+    def close(self) -> None:
+        self._flush_out()  # what was sent before the close leaves before it
+        super().close()
 
     def closed(self) -> None:
+        self._out, self._queued = [], 0
         self.server.stream_closed(self)
         self.transport = None

@@ -1,11 +1,10 @@
 /*
- * natkit.server._turnfast: the ChannelData fast path of natkit's TURN relay.
+ * natkit.server._turnfast: the data path of natkit's TURN relay.
  *
  * A CPython extension module (limited API) built at install time by setup.py and wrapped by
  * natkit/server/_turn_fast.py; without it (not built, or NATKIT_NO_CEXT=1) the relay runs its
- * pure-Python data path. The calls that read or send (pump, poll, send) release the GIL.
- * Python stays the authority on every allocation, permission and channel; it mirrors each UDP
- * channel binding into the table here:
+ * pure-Python data path. Python (the sans-IO engine) stays the authority on every allocation,
+ * permission and channel; the adapter mirrors the engine's Offload events into the table here:
  *
  *   client -> peer: (listener fd, client address, channel) -> (relay fd, peer address, until)
  *   peer -> client: (relay fd, peer address)                -> (listener fd, client address,
@@ -17,19 +16,32 @@
  *   permission: (relay fd, peer IP, port 0, 2)    -> (listener fd, client address, until)
  *
  * "until" is min(channel expiry, permission expiry) for channels, the permission's expiry for
- * permissions; an entry past it is not used. The sockets are watched by an epoll instance
- * of the context (one fd for the event loop to watch); nk_poll() drains every ready socket
- * (nk_pump() one socket) with recvmmsg,
- * forwards every datagram an entry covers (ChannelData and plain Send indications from
- * clients to peers; peer datagrams to clients as ChannelData or Data indications) and copies
- * everything else (other STUN messages, anything unusual) into the caller's buffer for the
- * Python path, which has the last word. Nothing is allocated per packet.
+ * permissions; an entry past it is not used. A client -> peer entry whose value has chan ==
+ * NK_INTERNAL names a peer that is a relayed address of this same server: value fd is that
+ * relay's socket and the address is the sending allocation's relayed address, so the
+ * datagram goes straight to the other allocation's client through the peer -> client entries
+ * of that relay, as if it had arrived there from the network (nothing is sent to the relay's
+ * own address); without such an entry it goes to Python.
  *
- * Sends are batched with sendmmsg in both directions: datagrams for the same socket queue up
- * (across the sockets one nk_poll drains: every relay socket's traffic to clients leaves
- * through the one listener) and go out when the socket changes, the queue is full, or the
- * poll ends. Queued datagrams point into the receive slots, so a slot is not received into
- * again until the queues holding it are flushed.
+ * The sockets are watched by an epoll instance of the context. In thread mode (start()) a C
+ * thread of the context runs the epoll loop with the GIL never taken: it drains every ready
+ * socket with recvmmsg, forwards every datagram an entry covers (ChannelData and plain Send
+ * indications from clients to peers; peer datagrams to clients as ChannelData or Data
+ * indications) and queues everything else (other STUN messages, anything unusual) for Python,
+ * which has the last word: an eventfd becomes readable and take() hands the records over. The
+ * asyncio loop is never woken for a forwarded packet. poll() and pump() do the same work once
+ * in the caller's thread (tests, and hosts that do not start the thread).
+ *
+ * With GRO on (set_gro), watched sockets ask the kernel for UDP GRO: datagrams of one source
+ * that arrive together may come up as one read with their segment size (a UDP_GRO cmsg), and
+ * each segment is handled as the datagram it was.
+ *
+ * Sends are batched: what one round of reads produced is queued (pointing into the receive
+ * slots), then datagrams of the same size to the same destination through the same socket
+ * leave as one UDP GSO message (UDP_SEGMENT: the kernel splits it into the same datagrams,
+ * each still its own UDP datagram on the wire) and all of one socket's messages in one
+ * sendmmsg. Where GSO is missing or a device refuses it, each datagram is its own message.
+ * Nothing is allocated per packet.
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
@@ -37,20 +49,37 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
-#define NK_BATCH 32
-#define NK_SLOTS (2 * NK_BATCH) /* receive slots: a batch being read + datagrams queued */
+#define NK_BATCH 64                /* datagrams per recvmmsg */
+#define NK_SLOTS (4 * NK_BATCH)    /* receive slots: batches being read + datagrams queued */
 #define NK_SLOT 65536
+#define NK_GSO_MAX 64              /* segments per UDP GSO send (the kernel's UDP_MAX_SEGMENTS) */
+#define NK_GSO_BYTES 65000         /* payload bytes per GSO send: one IP datagram's worth */
 #define NK_KIND_ALLOC 1
 #define NK_KIND_PERM 2
+#define NK_INTERNAL 1              /* val.chan of a client -> peer entry: the peer is a relay here */
 #define NK_MAGIC 0x2112A442u
+#define NK_PYQ (8u << 20)          /* bytes of datagrams waiting for Python (thread mode) */
+#define NK_WAKE UINT64_MAX         /* epoll data of the thread's stop eventfd */
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 
 #pragma pack(push, 1)
 struct nk_key { /* 32 bytes; chan = 0 for peer -> client keys */
@@ -86,32 +115,75 @@ struct nk_slot {
     struct nk_val val;
 };
 
-/* Datagrams queued for one socket: header (may be empty) + payload each. */
-struct nk_queue {
+/* One datagram waiting to be sent: a header (may be empty) and the payload it points to. */
+struct nk_out {
     int fd;
-    unsigned n;
-    int to_client; /* which counters a sent datagram adds to */
-    struct mmsghdr msgs[NK_SLOTS];
-    struct iovec iov[NK_SLOTS][2];
-    struct sockaddr_storage addrs[NK_SLOTS];
-    uint32_t plen[NK_SLOTS];   /* relayed payload bytes */
-    uint8_t hdr[NK_SLOTS][48]; /* ChannelData header, or Data indication up to DATA's value */
+    uint8_t to_client; /* which counters it adds to */
+    uint8_t hlen;
+    uint16_t pad; /* zero bytes after the data (a Data indication's padding) */
+    uint32_t dlen, plen; /* bytes after the header; relayed payload bytes */
+    const uint8_t *data;
+    struct sockaddr_storage to;
+    socklen_t tolen;
+    uint8_t hdr[48]; /* ChannelData header, or Data indication up to DATA's value */
+};
+
+/* A run of equal-sized datagrams to one destination through one socket: one GSO send. */
+struct nk_group {
+    int fd;
+    unsigned first, n; /* first entry index in q.order, count */
+    uint32_t seglen, plen;
+    uint8_t to_client;
+    const struct nk_out *head;
 };
 
 struct nk_ctx {
     struct nk_slot *slots;
     uint32_t cap, used, tomb;
     uint64_t c2p_packets, c2p_bytes, p2c_packets, p2c_bytes, send_errors, passed;
+    uint64_t internal_packets, py_dropped, gso_sends, sendmmsg_calls;
     uint8_t *bufs;
     unsigned slot_next; /* first receive slot no queued datagram points into */
     struct mmsghdr msgs[NK_BATCH];
     struct iovec iov[NK_BATCH];
     struct sockaddr_storage addrs[NK_BATCH];
-    struct nk_queue to_peer, to_client;
+    union {
+        char b[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ictl[NK_BATCH]; /* UDP_GRO: the segment size of a coalesced read */
+    int gro;           /* watched sockets ask for UDP GRO (several datagrams in one read) */
+    uint64_t gro_reads;
+    /* the send queue, and what flushing it builds */
+    struct nk_out q[NK_SLOTS];
+    unsigned qn;
+    unsigned gid[NK_SLOTS];
+    unsigned order[NK_SLOTS];
+    struct nk_group groups[NK_SLOTS];
+    unsigned gorder[NK_SLOTS];
+    struct mmsghdr omsgs[NK_SLOTS];
+    struct iovec oiov[3 * NK_SLOTS];
+    union {
+        char b[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } octl[NK_SLOTS];
+    struct nk_out sendq[NK_SLOTS]; /* nk_send's: Python's batches, never the thread's */
+    struct mmsghdr smsgs[NK_SLOTS];
+    int gso; /* UDP GSO works (probed once; off after a send the device refused) */
     uint64_t rng;
     int epfd;
-    uint8_t *out; /* datagrams for Python: nk_rec + data, ... */
+    uint8_t *out; /* datagrams for Python (poll/pump): nk_rec + data, ... */
     uint32_t outcap;
+    /* the watched sockets: kind and generation per fd (a stale epoll event is skipped) */
+    uint8_t *kinds;
+    uint32_t *gens;
+    int nfds;
+    /* thread mode: one C thread runs the epoll loop; Python takes what is left for it */
+    pthread_mutex_t mu;
+    pthread_t thread;
+    int running, stopping, wakefd, notifyfd, notified;
+    double now; /* the engine's clock, as Python last set it */
+    uint8_t *pyq;
+    uint32_t pyq_len;
 };
 
 #define NK_OUTCAP (4u * NK_BATCH * (NK_SLOT + (uint32_t)sizeof(struct nk_rec)))
@@ -161,18 +233,63 @@ static int nk_resize(struct nk_ctx *c, uint32_t cap) {
     return 0;
 }
 
-static struct nk_ctx *nk_new(void) {
+/* UDP GSO is used only if a 2-segment send over loopback arrives as 2 datagrams. */
+static int nk_gso_probe(void) {
+    int tx = socket(AF_INET, SOCK_DGRAM, 0), rx = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    int got = 0;
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t al = sizeof(a);
+    if (tx >= 0 && rx >= 0 && bind(rx, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(rx, (struct sockaddr *)&a, &al) == 0) {
+        uint8_t two[16] = {0};
+        struct iovec v = {two, sizeof(two)};
+        union {
+            char b[CMSG_SPACE(sizeof(uint16_t))];
+            struct cmsghdr align;
+        } ctl;
+        struct msghdr h;
+        memset(&h, 0, sizeof(h));
+        h.msg_name = &a;
+        h.msg_namelen = sizeof(a);
+        h.msg_iov = &v;
+        h.msg_iovlen = 1;
+        h.msg_control = ctl.b;
+        h.msg_controllen = sizeof(ctl.b);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&h);
+        cm->cmsg_level = SOL_UDP;
+        cm->cmsg_type = UDP_SEGMENT;
+        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t seg = 8;
+        memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
+        if (sendmsg(tx, &h, 0) == (ssize_t)sizeof(two))
+            for (int i = 0; i < 2; i++)
+                if (recv(rx, two, sizeof(two), 0) == 8)
+                    got++;
+    }
+    if (tx >= 0)
+        close(tx);
+    if (rx >= 0)
+        close(rx);
+    return got == 2;
+}
+
+static struct nk_ctx *nk_new(int gso) {
     struct nk_ctx *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
     c->bufs = malloc((size_t)NK_SLOTS * NK_SLOT); /* untouched pages cost no memory */
-    c->to_peer.fd = c->to_client.fd = -1;
-    c->to_client.to_client = 1;
-    c->out = malloc(NK_OUTCAP); /* untouched pages cost no memory */
+    c->out = malloc(NK_OUTCAP);                   /* untouched pages cost no memory */
     c->outcap = NK_OUTCAP;
     c->cap = 1024;
     c->slots = calloc(c->cap, sizeof(*c->slots));
     c->epfd = epoll_create1(EPOLL_CLOEXEC);
+    c->wakefd = c->notifyfd = -1;
+    c->gso = gso;
+    c->gro = 0;
+    pthread_mutex_init(&c->mu, NULL);
     if (c->bufs == NULL || c->slots == NULL || c->out == NULL || c->epfd < 0) {
         if (c->epfd >= 0)
             close(c->epfd);
@@ -189,23 +306,57 @@ static void nk_free(struct nk_ctx *c) {
     if (c == NULL)
         return;
     close(c->epfd);
+    if (c->wakefd >= 0)
+        close(c->wakefd);
+    if (c->notifyfd >= 0)
+        close(c->notifyfd);
+    pthread_mutex_destroy(&c->mu);
     free(c->bufs);
     free(c->out);
+    free(c->pyq);
     free(c->slots);
+    free(c->kinds);
+    free(c->gens);
     free(c);
 }
 
-/* Watch a socket: kind 0 client listener, 1 relay. */
+/* Watch a socket: kind 0 client listener, 1 relay. Caller holds the lock. */
 static int nk_watch(struct nk_ctx *c, int fd, int kind) {
+    if (fd < 0)
+        return -1;
+    if (fd >= c->nfds) {
+        int n = c->nfds ? c->nfds : 256;
+        while (n <= fd)
+            n *= 2;
+        uint8_t *kinds = realloc(c->kinds, (size_t)n);
+        if (kinds == NULL)
+            return -1;
+        c->kinds = kinds;
+        uint32_t *gens = realloc(c->gens, (size_t)n * sizeof(*gens));
+        if (gens == NULL)
+            return -1;
+        c->gens = gens;
+        memset(c->kinds + c->nfds, 0, (size_t)(n - c->nfds));
+        memset(c->gens + c->nfds, 0, (size_t)(n - c->nfds) * sizeof(*gens));
+        c->nfds = n;
+    }
+    c->gens[fd]++;
+    c->kinds[fd] = (uint8_t)kind;
+    if (c->gro) { /* best effort: a kernel without UDP GRO reads one datagram at a time */
+        int on = 1;
+        (void)setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof(on));
+    }
     struct epoll_event ev;
     memset(&ev, 0, sizeof(ev));
     ev.events = EPOLLIN;
-    ev.data.u64 = ((uint64_t)(uint32_t)kind << 32) | (uint32_t)fd;
+    ev.data.u64 = ((uint64_t)c->gens[fd] << 32) | (uint32_t)fd;
     return epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
 static int nk_unwatch(struct nk_ctx *c, int fd) {
     struct epoll_event ev;
+    if (fd >= 0 && fd < c->nfds)
+        c->gens[fd]++; /* events read before this are stale: the fd may be reused */
     return epoll_ctl(c->epfd, EPOLL_CTL_DEL, fd, &ev);
 }
 
@@ -246,13 +397,19 @@ static int nk_del(struct nk_ctx *c, const struct nk_key *k) {
     return 1;
 }
 
-static void nk_stats(struct nk_ctx *c, uint64_t out[6]) {
+#define NK_NSTATS 11
+static void nk_stats(struct nk_ctx *c, uint64_t out[NK_NSTATS]) {
     out[0] = c->c2p_packets;
     out[1] = c->c2p_bytes;
     out[2] = c->p2c_packets;
     out[3] = c->p2c_bytes;
     out[4] = c->send_errors;
     out[5] = c->passed;
+    out[6] = c->internal_packets;
+    out[7] = c->py_dropped;
+    out[8] = c->gso_sends;
+    out[9] = c->sendmmsg_calls;
+    out[10] = c->gro_reads;
 }
 
 static void nk_key_from(struct nk_key *k, int fd, const struct sockaddr_storage *a, uint16_t chan) {
@@ -272,30 +429,21 @@ static void nk_key_from(struct nk_key *k, int fd, const struct sockaddr_storage 
     }
 }
 
-static socklen_t nk_sockaddr(struct sockaddr_storage *out, const struct nk_val *v) {
+static socklen_t nk_sockaddr(struct sockaddr_storage *out, uint8_t family, uint16_t port,
+                             const uint8_t ip[16]) {
     memset(out, 0, sizeof(*out));
-    if (v->family == 4) {
+    if (family == 4) {
         struct sockaddr_in *s = (struct sockaddr_in *)out;
         s->sin_family = AF_INET;
-        s->sin_port = htons(v->port);
-        memcpy(&s->sin_addr, v->ip, 4);
+        s->sin_port = htons(port);
+        memcpy(&s->sin_addr, ip, 4);
         return sizeof(*s);
     }
     struct sockaddr_in6 *s = (struct sockaddr_in6 *)out;
     s->sin6_family = AF_INET6;
-    s->sin6_port = htons(v->port);
-    memcpy(&s->sin6_addr, v->ip, 16);
+    s->sin6_port = htons(port);
+    memcpy(&s->sin6_addr, ip, 16);
     return sizeof(*s);
-}
-
-/* Point entry e of queue q at its iovecs and at the destination `to`. */
-static void nk_msg(struct nk_queue *q, unsigned e, size_t iovlen, const struct nk_val *to) {
-    struct msghdr *m = &q->msgs[e].msg_hdr;
-    memset(m, 0, sizeof(*m));
-    m->msg_iov = q->iov[e];
-    m->msg_iovlen = iovlen;
-    m->msg_name = &q->addrs[e];
-    m->msg_namelen = nk_sockaddr(&q->addrs[e], to);
 }
 
 static uint64_t nk_next(struct nk_ctx *c) { /* xorshift64*: transaction ids of indications */
@@ -356,56 +504,271 @@ static int nk_parse_send(const uint8_t *d, uint32_t n, struct nk_key *peer, cons
     return pos == n && have_peer && have_data;
 }
 
-static void nk_flush(struct nk_ctx *c, struct nk_queue *q) {
-    unsigned done = 0, n = q->n;
-    while (done < n) {
-        int r = sendmmsg(q->fd, &q->msgs[done], n - done, MSG_DONTWAIT);
-        if (r <= 0) {
-            if (r < 0 && errno == EINTR)
-                continue;
-            c->send_errors++; /* a full buffer drops, as UDP would: skip it, send the rest */
-            done++;
-            continue;
-        }
-        for (unsigned i = done; i < done + (unsigned)r; i++) {
-            if (q->to_client) {
-                c->p2c_packets++;
-                c->p2c_bytes += q->plen[i];
-            } else {
-                c->c2p_packets++;
-                c->c2p_bytes += q->plen[i];
-            }
-        }
-        done += (unsigned)r;
-    }
-    q->n = 0;
+/* ---------------------------------------------------------------- sending */
+
+static int nk_same_dest(const struct nk_out *a, const struct nk_out *b) {
+    return a->fd == b->fd && a->tolen == b->tolen && memcmp(&a->to, &b->to, a->tolen) == 0;
 }
 
+/* The next send queue entry (the queue has a place for every receive slot). */
+static struct nk_out *nk_enqueue(struct nk_ctx *c, int fd, int to_client) {
+    struct nk_out *o = &c->q[c->qn++];
+    o->fd = fd;
+    o->to_client = (uint8_t)to_client;
+    o->hlen = 0;
+    o->pad = 0;
+    return o;
+}
+
+static const uint8_t nk_zeros[4];
+
+static void nk_count(struct nk_ctx *c, const struct nk_group *g) {
+    if (g->to_client) {
+        c->p2c_packets += g->n;
+        c->p2c_bytes += g->plen;
+    } else {
+        c->c2p_packets += g->n;
+        c->c2p_bytes += g->plen;
+    }
+}
+
+/* Send one group's datagrams one message each (no GSO): the fallback. */
+static void nk_send_each(struct nk_ctx *c, const struct nk_group *g) {
+    for (unsigned i = 0; i < g->n; i++) {
+        const struct nk_out *o = &c->q[c->order[g->first + i]];
+        struct iovec v[3];
+        struct msghdr m;
+        memset(&m, 0, sizeof(m));
+        unsigned k = 0;
+        if (o->hlen) {
+            v[k].iov_base = (void *)o->hdr;
+            v[k++].iov_len = o->hlen;
+        }
+        v[k].iov_base = (void *)o->data;
+        v[k++].iov_len = o->dlen;
+        if (o->pad) {
+            v[k].iov_base = (void *)nk_zeros;
+            v[k++].iov_len = o->pad;
+        }
+        m.msg_iov = v;
+        m.msg_iovlen = k;
+        m.msg_name = (void *)&o->to;
+        m.msg_namelen = o->tolen;
+        ssize_t r;
+        do
+            r = sendmsg(o->fd, &m, MSG_DONTWAIT);
+        while (r < 0 && errno == EINTR);
+        if (r < 0) {
+            c->send_errors++;
+            continue;
+        }
+        if (o->to_client) {
+            c->p2c_packets++;
+            c->p2c_bytes += o->plen;
+        } else {
+            c->c2p_packets++;
+            c->c2p_bytes += o->plen;
+        }
+    }
+}
+
+/*
+ * Send everything queued. Datagrams to the same destination through the same socket with
+ * the same size form groups (in arrival order: per-flow order is kept), each group leaves as
+ * one UDP GSO message (the kernel splits it into the individual datagrams), and the groups of
+ * one socket leave in one sendmmsg. Without GSO every datagram is its own message.
+ */
 static void nk_flush_all(struct nk_ctx *c) {
-    if (c->to_peer.n)
-        nk_flush(c, &c->to_peer);
-    if (c->to_client.n)
-        nk_flush(c, &c->to_client);
+    unsigned n = c->qn, ng = 0;
+    if (n == 0) {
+        c->slot_next = 0;
+        return;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        struct nk_out *o = &c->q[i];
+        uint32_t len = o->hlen + o->dlen + o->pad;
+        unsigned j = ng, lo = ng > 16 ? ng - 16 : 0; /* a recent group of the same flow */
+        if (c->gso) {
+            for (unsigned t = ng; t > lo; t--) {
+                struct nk_group *g = &c->groups[t - 1];
+                if (g->seglen == len && g->n < NK_GSO_MAX && (g->n + 1) * len <= NK_GSO_BYTES &&
+                    nk_same_dest(g->head, o)) {
+                    j = t - 1;
+                    break;
+                }
+            }
+        }
+        if (j == ng) {
+            struct nk_group *g = &c->groups[ng++];
+            g->fd = o->fd;
+            g->n = 0;
+            g->seglen = len;
+            g->plen = 0;
+            g->to_client = o->to_client;
+            g->head = o;
+        }
+        c->gid[i] = j;
+        c->groups[j].n++;
+        c->groups[j].plen += o->plen;
+    }
+    unsigned pos = 0;
+    for (unsigned j = 0; j < ng; j++) {
+        c->groups[j].first = pos;
+        pos += c->groups[j].n;
+        c->groups[j].n = 0;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        struct nk_group *g = &c->groups[c->gid[i]];
+        c->order[g->first + g->n++] = i;
+    }
+    /* groups of one socket next to each other (stable: per-flow order is kept) */
+    for (unsigned j = 0; j < ng; j++) {
+        unsigned k = j;
+        while (k > 0 && c->groups[c->gorder[k - 1]].fd > c->groups[j].fd) {
+            c->gorder[k] = c->gorder[k - 1];
+            k--;
+        }
+        c->gorder[k] = j;
+    }
+    unsigned at = 0;
+    while (at < ng) {
+        int fd = c->groups[c->gorder[at]].fd;
+        unsigned m = 0, iv = 0, end = at;
+        for (; end < ng && c->groups[c->gorder[end]].fd == fd; end++) {
+            struct nk_group *g = &c->groups[c->gorder[end]];
+            struct msghdr *h = &c->omsgs[m].msg_hdr;
+            memset(h, 0, sizeof(*h));
+            h->msg_iov = &c->oiov[iv];
+            for (unsigned s = 0; s < g->n; s++) {
+                const struct nk_out *o = &c->q[c->order[g->first + s]];
+                if (o->hlen) {
+                    c->oiov[iv].iov_base = (void *)o->hdr;
+                    c->oiov[iv++].iov_len = o->hlen;
+                }
+                c->oiov[iv].iov_base = (void *)o->data;
+                c->oiov[iv++].iov_len = o->dlen;
+                if (o->pad) {
+                    c->oiov[iv].iov_base = (void *)nk_zeros;
+                    c->oiov[iv++].iov_len = o->pad;
+                }
+            }
+            h->msg_iovlen = (size_t)(&c->oiov[iv] - h->msg_iov);
+            h->msg_name = (void *)&g->head->to;
+            h->msg_namelen = g->head->tolen;
+            if (g->n > 1) {
+                h->msg_control = c->octl[m].b;
+                h->msg_controllen = sizeof(c->octl[m].b);
+                struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+                cm->cmsg_level = SOL_UDP;
+                cm->cmsg_type = UDP_SEGMENT;
+                cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+                uint16_t seg = (uint16_t)g->seglen;
+                memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
+            }
+            m++;
+        }
+        unsigned done = 0;
+        while (done < m) {
+            int r = sendmmsg(fd, &c->omsgs[done], m - done, MSG_DONTWAIT);
+            c->sendmmsg_calls++;
+            if (r > 0) {
+                for (unsigned i = done; i < done + (unsigned)r; i++) {
+                    struct nk_group *g = &c->groups[c->gorder[at + i]];
+                    nk_count(c, g);
+                    if (g->n > 1)
+                        c->gso_sends++;
+                }
+                done += (unsigned)r;
+                continue;
+            }
+            if (r < 0 && errno == EINTR)
+                continue;
+            struct nk_group *g = &c->groups[c->gorder[at + done]];
+            if (g->n > 1 && (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP ||
+                             errno == ENOPROTOOPT)) {
+                c->gso = 0; /* the device cannot segment: datagrams one by one from now on */
+                nk_send_each(c, g);
+            } else {
+                c->send_errors += g->n; /* a full buffer drops, as UDP would: send the rest */
+            }
+            done++;
+        }
+        at = end;
+    }
+    c->qn = 0;
     c->slot_next = 0;
 }
 
-/* The next queue entry for fd: flushes what is queued for another socket first. */
-static unsigned nk_enqueue(struct nk_ctx *c, struct nk_queue *q, int fd) {
-    if (q->n && q->fd != fd)
-        nk_flush(c, q);
-    q->fd = fd;
-    return q->n++;
+/* ---------------------------------------------------------------- receiving */
+
+/* Queue datagram d (n bytes) from peer `pk` (fd = the relay socket it arrived on) for the
+ * client its entry names: ChannelData when a live channel covers the peer, else a Data
+ * indication when a live permission covers its IP. 0 when no entry covers it. d has room for
+ * padding after n bytes. */
+static int nk_to_client(struct nk_ctx *c, const struct nk_key *pk, uint8_t *d, uint32_t n,
+                        double now) {
+    struct nk_slot *s = nk_find(c, pk);
+    if (s != NULL && s->val.until > now && n <= 65535) {
+        struct nk_out *o = nk_enqueue(c, s->val.fd, 1);
+        o->hdr[0] = (uint8_t)(s->val.chan >> 8);
+        o->hdr[1] = (uint8_t)s->val.chan;
+        o->hdr[2] = (uint8_t)(n >> 8);
+        o->hdr[3] = (uint8_t)n;
+        o->hlen = 4;
+        o->data = d;
+        o->dlen = n;
+        o->plen = n;
+        o->tolen = nk_sockaddr(&o->to, s->val.family, s->val.port, s->val.ip);
+        return 1;
+    }
+    struct nk_key permk = *pk;
+    permk.port = 0;
+    permk.chan = NK_KIND_PERM;
+    struct nk_slot *perm = nk_find(c, &permk);
+    if (perm == NULL || !(perm->val.until > now) || n > 65535 - 48)
+        return 0;
+    /* a Data indication: XOR-PEER-ADDRESS and DATA */
+    struct nk_out *o = nk_enqueue(c, perm->val.fd, 1);
+    uint8_t *h = o->hdr;
+    uint32_t alen = pk->family == 4 ? 8 : 20;
+    uint32_t pad = (4 - (n & 3)) & 3;
+    uint32_t body = 4 + alen + 4 + n + pad;
+    uint64_t r1 = nk_next(c), r2 = nk_next(c);
+    h[0] = 0x00;
+    h[1] = 0x17;
+    h[2] = (uint8_t)(body >> 8);
+    h[3] = (uint8_t)body;
+    h[4] = 0x21, h[5] = 0x12, h[6] = 0xA4, h[7] = 0x42;
+    memcpy(h + 8, &r1, 8);
+    memcpy(h + 16, &r2, 4);
+    uint8_t *v = h + 20;
+    v[0] = 0x00, v[1] = 0x12, v[2] = 0x00, v[3] = (uint8_t)alen;
+    v[4] = 0x00;
+    v[5] = pk->family == 4 ? 0x01 : 0x02;
+    uint16_t xport = (uint16_t)(pk->port ^ 0x2112);
+    v[6] = (uint8_t)(xport >> 8);
+    v[7] = (uint8_t)xport;
+    for (uint32_t j = 0; j < alen - 4; j++)
+        v[8 + j] = pk->ip[j] ^ h[4 + j];
+    uint8_t *dh = v + 4 + alen;
+    dh[0] = 0x00, dh[1] = 0x13, dh[2] = (uint8_t)(n >> 8), dh[3] = (uint8_t)n;
+    o->hlen = (uint8_t)(20 + 4 + alen + 4);
+    o->data = d;
+    o->dlen = n;
+    o->pad = (uint16_t)pad; /* not written after d: that may be the next GRO segment */
+    o->plen = n;
+    o->tolen = nk_sockaddr(&o->to, perm->val.family, perm->val.port, perm->val.ip);
+    return 1;
 }
 
 /*
  * Drain up to `batch` datagrams from fd. kind 0: a client listener (ChannelData and Send
  * indications in), kind 1: a relay socket (peer datagrams in). Datagrams not forwarded are
- * appended to c->out at *used as nk_rec + data. Returns the number received, or -1.
+ * appended to out at *usedp as nk_rec + data (or counted as dropped when out is full).
+ * Returns the number received, or -1.
  */
 static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned batch,
-                       uint32_t *usedp) {
-    uint8_t *out = c->out;
-    uint32_t outcap = c->outcap;
+                       uint8_t *out, uint32_t outcap, uint32_t *usedp) {
     uint32_t used = *usedp;
     if (c->slot_next + batch > NK_SLOTS)
         nk_flush_all(c); /* the slots are all spoken for: send what is queued first */
@@ -418,14 +781,41 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
         c->msgs[i].msg_hdr.msg_iovlen = 1;
         c->msgs[i].msg_hdr.msg_name = &c->addrs[i];
         c->msgs[i].msg_hdr.msg_namelen = sizeof(c->addrs[i]);
+        if (c->gro) {
+            c->msgs[i].msg_hdr.msg_control = c->ictl[i].b;
+            c->msgs[i].msg_hdr.msg_controllen = sizeof(c->ictl[i].b);
+        }
     }
     int got = recvmmsg(fd, c->msgs, batch, MSG_DONTWAIT, NULL);
     if (got < 0)
         return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -1;
     int queued = 0;
     for (int i = 0; i < got; i++) {
-        uint8_t *d = c->iov[i].iov_base;
-        uint32_t n = c->msgs[i].msg_len;
+        uint8_t *buf = c->iov[i].iov_base;
+        uint32_t total = c->msgs[i].msg_len, seg = total;
+        if (c->gro && c->msgs[i].msg_hdr.msg_controllen) {
+            struct cmsghdr *cm = CMSG_FIRSTHDR(&c->msgs[i].msg_hdr);
+            for (; cm != NULL; cm = CMSG_NXTHDR(&c->msgs[i].msg_hdr, cm))
+                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+                    int size;
+                    memcpy(&size, CMSG_DATA(cm), sizeof(size));
+                    if (size > 0 && (uint32_t)size < total) {
+                        seg = (uint32_t)size;
+                        c->gro_reads++;
+                    }
+                }
+        }
+        /* GRO: the kernel coalesced datagrams of one source into this read; each segment
+         * (all seg bytes but the last) is a datagram of its own */
+        uint32_t off = 0;
+        int whole = seg == total;
+        if (!whole && c->qn + (total + seg - 1) / seg > NK_SLOTS)
+            nk_flush_all(c);
+        for (int first = 1; first || off < total; first = 0, off += seg) { /* once if empty */
+        if (!whole && c->qn >= NK_SLOTS)
+            nk_flush_all(c);
+        uint8_t *d = buf + off;
+        uint32_t n = total - off < seg ? total - off : seg;
         struct nk_key k;
         if (kind == 0) {
             if (n >= 4 && d[0] >= 0x40 && d[0] <= 0x7F) {
@@ -434,14 +824,29 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
                 nk_key_from(&k, fd, &c->addrs[i], chan);
                 struct nk_slot *s = nk_find(c, &k);
                 if (s != NULL && s->val.until > now && 4 + len <= n) {
-                    struct nk_queue *q = &c->to_peer;
-                    unsigned e = nk_enqueue(c, q, s->val.fd);
-                    q->iov[e][0].iov_base = d + 4;
-                    q->iov[e][0].iov_len = len;
-                    q->plen[e] = len;
-                    nk_msg(q, e, 1, &s->val);
-                    queued = 1;
-                    continue;
+                    if (s->val.chan == NK_INTERNAL) {
+                        /* the peer is a relay of this server: straight to its client, as
+                         * if the datagram had arrived there from our relay's address */
+                        struct nk_key pk;
+                        memset(&pk, 0, sizeof(pk));
+                        pk.fd = s->val.fd;
+                        pk.port = s->val.port;
+                        pk.family = s->val.family;
+                        memcpy(pk.ip, s->val.ip, 16);
+                        if (nk_to_client(c, &pk, d + 4, len, now)) {
+                            c->internal_packets++;
+                            queued = 1;
+                            continue;
+                        }
+                    } else {
+                        struct nk_out *o = nk_enqueue(c, s->val.fd, 0);
+                        o->data = d + 4;
+                        o->dlen = len;
+                        o->plen = len;
+                        o->tolen = nk_sockaddr(&o->to, s->val.family, s->val.port, s->val.ip);
+                        queued = 1;
+                        continue;
+                    }
                 }
             } else if (n >= 20 && d[0] == 0x00 && d[1] == 0x16) {
                 struct nk_key peer;
@@ -464,17 +869,11 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
                         pk.chan = NK_KIND_PERM;
                         struct nk_slot *p = nk_find(c, &pk);
                         if (p != NULL && p->val.until > now) {
-                            struct nk_val to;
-                            memset(&to, 0, sizeof(to));
-                            to.family = peer.family;
-                            to.port = peer.port;
-                            memcpy(to.ip, peer.ip, 16);
-                            struct nk_queue *q = &c->to_peer;
-                            unsigned e = nk_enqueue(c, q, relay_fd);
-                            q->iov[e][0].iov_base = (void *)data;
-                            q->iov[e][0].iov_len = dlen;
-                            q->plen[e] = dlen;
-                            nk_msg(q, e, 1, &to);
+                            struct nk_out *o = nk_enqueue(c, relay_fd, 0);
+                            o->data = data;
+                            o->dlen = dlen;
+                            o->plen = dlen;
+                            o->tolen = nk_sockaddr(&o->to, peer.family, peer.port, peer.ip);
                             queued = 1;
                             continue;
                         }
@@ -483,76 +882,16 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
             }
         } else {
             nk_key_from(&k, fd, &c->addrs[i], 0);
-            struct nk_slot *s = nk_find(c, &k);
-            struct nk_slot *perm = NULL;
-            if (s == NULL || !(s->val.until > now)) {
-                struct nk_key pk = k;
-                pk.port = 0;
-                pk.chan = NK_KIND_PERM;
-                perm = nk_find(c, &pk);
-                if (perm != NULL && !(perm->val.until > now))
-                    perm = NULL;
-                s = NULL;
-            }
-            if (perm != NULL && n <= 65535 - 48) {
-                /* a Data indication: XOR-PEER-ADDRESS and DATA */
-                struct nk_queue *q = &c->to_client;
-                unsigned e = nk_enqueue(c, q, perm->val.fd);
-                uint8_t *h = q->hdr[e];
-                uint32_t alen = k.family == 4 ? 8 : 20;
-                uint32_t pad = (4 - (n & 3)) & 3;
-                uint32_t body = 4 + alen + 4 + n + pad;
-                uint64_t r1 = nk_next(c), r2 = nk_next(c);
-                h[0] = 0x00;
-                h[1] = 0x17;
-                h[2] = (uint8_t)(body >> 8);
-                h[3] = (uint8_t)body;
-                h[4] = 0x21, h[5] = 0x12, h[6] = 0xA4, h[7] = 0x42;
-                memcpy(h + 8, &r1, 8);
-                memcpy(h + 16, &r2, 4);
-                uint8_t *v = h + 20;
-                v[0] = 0x00, v[1] = 0x12, v[2] = 0x00, v[3] = (uint8_t)alen;
-                v[4] = 0x00;
-                v[5] = k.family == 4 ? 0x01 : 0x02;
-                uint16_t xport = (uint16_t)(k.port ^ 0x2112);
-                v[6] = (uint8_t)(xport >> 8);
-                v[7] = (uint8_t)xport;
-                for (uint32_t j = 0; j < alen - 4; j++)
-                    v[8 + j] = k.ip[j] ^ h[4 + j];
-                uint8_t *dh = v + 4 + alen;
-                dh[0] = 0x00, dh[1] = 0x13, dh[2] = (uint8_t)(n >> 8), dh[3] = (uint8_t)n;
-                uint32_t hlen = 20 + 4 + alen + 4;
-                memset(d + n, 0, pad); /* the slot has room: n <= NK_SLOT - 48 */
-                q->iov[e][0].iov_base = h;
-                q->iov[e][0].iov_len = hlen;
-                q->iov[e][1].iov_base = d;
-                q->iov[e][1].iov_len = n + pad;
-                q->plen[e] = n;
-                nk_msg(q, e, 2, &perm->val);
-                queued = 1;
-                continue;
-            }
-            if (s != NULL && n <= 65535) {
-                struct nk_queue *q = &c->to_client;
-                unsigned e = nk_enqueue(c, q, s->val.fd);
-                uint8_t *h = q->hdr[e];
-                h[0] = (uint8_t)(s->val.chan >> 8);
-                h[1] = (uint8_t)s->val.chan;
-                h[2] = (uint8_t)(n >> 8);
-                h[3] = (uint8_t)n;
-                q->iov[e][0].iov_base = h;
-                q->iov[e][0].iov_len = 4;
-                q->iov[e][1].iov_base = d;
-                q->iov[e][1].iov_len = n;
-                q->plen[e] = n;
-                nk_msg(q, e, 2, &s->val);
+            if (nk_to_client(c, &k, d, n, now)) {
                 queued = 1;
                 continue;
             }
         }
         /* not ours: hand it to Python */
-        if (used + sizeof(struct nk_rec) + n > outcap)
-            continue; /* cannot happen with outcap >= NK_BATCH * (NK_SLOT + 24) */
+        if (used + sizeof(struct nk_rec) + n > outcap) {
+            c->py_dropped++; /* Python is that far behind: dropped, as a full socket would */
+            continue;
+        }
         struct nk_rec rec;
         memset(&rec, 0, sizeof(rec));
         rec.len = n;
@@ -567,6 +906,7 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
         memcpy(out + used + sizeof(rec), d, n);
         used += (uint32_t)sizeof(rec) + n;
         c->passed++;
+        }
     }
     if (queued)
         c->slot_next = base + (unsigned)got; /* queued datagrams point into these slots */
@@ -577,9 +917,18 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
 /* One socket, one batch (tests and single-socket use). Records at c->out. */
 static int nk_pump(struct nk_ctx *c, int fd, int kind, double now, uint32_t *outlen) {
     *outlen = 0;
-    int got = nk_pump_one(c, fd, kind, now, NK_BATCH, outlen);
+    int got = nk_pump_one(c, fd, kind, now, NK_BATCH, c->out, c->outcap, outlen);
     nk_flush_all(c);
     return got;
+}
+
+/* The kind of a watched socket from its epoll event, or -1 when the event is stale. */
+static int nk_event_kind(struct nk_ctx *c, uint64_t data, int *fd) {
+    *fd = (int)(uint32_t)data;
+    uint32_t gen = (uint32_t)(data >> 32);
+    if (*fd < 0 || *fd >= c->nfds || c->gens[*fd] != gen)
+        return -1;
+    return c->kinds[*fd];
 }
 
 /*
@@ -603,10 +952,12 @@ static int nk_poll(struct nk_ctx *c, double now, uint32_t *outlen) {
             more = 1;
             break;
         }
+        int fd;
+        int kind = nk_event_kind(c, events[i].data.u64, &fd);
+        if (kind < 0)
+            continue;
         unsigned batch = room < NK_BATCH ? room : NK_BATCH;
-        int fd = (int)(uint32_t)events[i].data.u64;
-        int kind = (int)(events[i].data.u64 >> 32);
-        int got = nk_pump_one(c, fd, kind, now, batch, &used);
+        int got = nk_pump_one(c, fd, kind, now, batch, c->out, c->outcap, &used);
         if (got == (int)batch)
             more = 1;
     }
@@ -618,12 +969,13 @@ static int nk_poll(struct nk_ctx *c, double now, uint32_t *outlen) {
 /*
  * Send a batch the Python path made (replies to clients): records laid out as nk_out's
  * (nk_rec + data, nk_rec.fd ignored) all through socket fd, with sendmmsg. Returns how many
- * could not be sent (a full buffer drops, as UDP would).
+ * could not be sent (a full buffer drops, as UDP would). Uses only sendq/smsgs: safe beside
+ * the thread, serialised by the caller (one Python call at a time).
  */
 static int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
-    struct nk_queue *q = &c->to_peer; /* free outside nk_poll/nk_pump: they flush before returning */
     uint32_t pos = 0;
     int failed = 0;
+    static __thread struct iovec iov[NK_SLOTS];
     while (pos < len) {
         unsigned n = 0;
         while (pos + sizeof(struct nk_rec) <= len && n < NK_SLOTS) {
@@ -631,14 +983,16 @@ static int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
             memcpy(&rec, buf + pos, sizeof(rec));
             if (pos + sizeof(rec) + rec.len > len)
                 return failed + 1; /* malformed: stop */
-            struct nk_val to;
-            memset(&to, 0, sizeof(to));
-            to.family = rec.family;
-            to.port = rec.port;
-            memcpy(to.ip, rec.ip, 16);
-            q->iov[n][0].iov_base = (void *)(buf + pos + sizeof(rec));
-            q->iov[n][0].iov_len = rec.len;
-            nk_msg(q, n, 1, &to);
+            struct nk_out *o = &c->sendq[n];
+            o->tolen = nk_sockaddr(&o->to, rec.family, rec.port, rec.ip);
+            iov[n].iov_base = (void *)(buf + pos + sizeof(rec));
+            iov[n].iov_len = rec.len;
+            struct msghdr *m = &c->smsgs[n].msg_hdr;
+            memset(m, 0, sizeof(*m));
+            m->msg_iov = &iov[n];
+            m->msg_iovlen = 1;
+            m->msg_name = &o->to;
+            m->msg_namelen = o->tolen;
             pos += (uint32_t)sizeof(rec) + rec.len;
             n++;
         }
@@ -646,7 +1000,7 @@ static int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
             return failed + 1;
         unsigned done = 0;
         while (done < n) {
-            int r = sendmmsg(fd, &q->msgs[done], n - done, MSG_DONTWAIT);
+            int r = sendmmsg(fd, &c->smsgs[done], n - done, MSG_DONTWAIT);
             if (r <= 0) {
                 if (r < 0 && errno == EINTR)
                     continue;
@@ -660,12 +1014,98 @@ static int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
     return failed;
 }
 
+/* ---------------------------------------------------------------- thread mode */
+
+/*
+ * The relay's own thread: epoll_wait on every watched socket, forward what the table covers,
+ * queue the rest for Python (pyq) and signal notifyfd once until Python takes it. Everything
+ * it touches is under c->mu, which Python's calls take too, so a table change lands between
+ * two batches and an fd Python unwatched (and may close and reuse) is never read again: the
+ * generation in each epoll event must match.
+ */
+static void *nk_thread_main(void *arg) {
+    struct nk_ctx *c = arg;
+    struct epoll_event events[64];
+    for (;;) {
+        int n = epoll_wait(c->epfd, events, 64, 1000);
+        pthread_mutex_lock(&c->mu);
+        if (c->stopping) {
+            pthread_mutex_unlock(&c->mu);
+            break;
+        }
+        uint32_t before = c->pyq_len;
+        double now = c->now;
+        for (int i = 0; i < n; i++) {
+            if (events[i].data.u64 == NK_WAKE)
+                continue;
+            int fd;
+            int kind = nk_event_kind(c, events[i].data.u64, &fd);
+            if (kind < 0)
+                continue;
+            for (int round = 0; round < 4; round++) { /* fair: others wait their turn */
+                int got = nk_pump_one(c, fd, kind, now, NK_BATCH, c->pyq, NK_PYQ, &c->pyq_len);
+                if (got < (int)NK_BATCH)
+                    break;
+            }
+        }
+        nk_flush_all(c);
+        if (c->pyq_len > before && !c->notified) {
+            uint64_t one = 1;
+            if (write(c->notifyfd, &one, sizeof(one)) == sizeof(one))
+                c->notified = 1;
+        }
+        pthread_mutex_unlock(&c->mu);
+    }
+    return NULL;
+}
+
+static int nk_start(struct nk_ctx *c) {
+    if (c->running)
+        return 0;
+    if (c->pyq == NULL && (c->pyq = malloc(NK_PYQ)) == NULL)
+        return -1;
+    if (c->wakefd < 0)
+        c->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (c->notifyfd < 0)
+        c->notifyfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (c->wakefd < 0 || c->notifyfd < 0)
+        return -1;
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.events = EPOLLIN;
+    ev.data.u64 = NK_WAKE;
+    if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->wakefd, &ev) != 0 && errno != EEXIST)
+        return -1;
+    c->stopping = 0;
+    c->pyq_len = 0;
+    c->notified = 0;
+    if (pthread_create(&c->thread, NULL, nk_thread_main, c) != 0)
+        return -1;
+    c->running = 1;
+    return 0;
+}
+
+/* Stop and join the thread. Called without the lock. */
+static void nk_stop(struct nk_ctx *c) {
+    if (!c->running)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->stopping = 1;
+    pthread_mutex_unlock(&c->mu);
+    uint64_t one = 1;
+    if (write(c->wakefd, &one, sizeof(one)) < 0) {
+        /* the eventfd cannot be full here; the thread also wakes within a second */
+    }
+    pthread_join(c->thread, NULL);
+    c->running = 0;
+}
+
 /* ---------------------------------------------------------------- the Python module */
 
 typedef struct {
     PyObject_HEAD
     struct nk_ctx *ctx;
-    int busy; /* a call that released the GIL is running: no other call may touch ctx */
+    int busy; /* a pump/poll/send call released the GIL: no other may run meanwhile */
 } Table;
 
 /* The context of an open table, or NULL + error. */
@@ -676,10 +1116,21 @@ static struct nk_ctx *open_ctx(PyObject *obj) {
     return t->ctx;
 }
 
-/* The context of an open table that no call without the GIL is using (every call that
- * changes or reads through the table), or NULL + error. Counters and the size may be read
- * from another thread meanwhile (stats() of a server running in a thread of its own): they
- * are plain integers, read as the ctypes-loaded helper let them be read before. */
+/* Take the context's lock with the GIL released while waiting (the thread holds the lock
+ * for a batch and never takes the GIL, so waiting with the GIL held could only slow others). */
+static void lock_ctx(struct nk_ctx *c) {
+    if (pthread_mutex_trylock(&c->mu) == 0)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&c->mu);
+    Py_END_ALLOW_THREADS
+}
+
+static void unlock_ctx(struct nk_ctx *c) { pthread_mutex_unlock(&c->mu); }
+
+/* The context of an open table that no call without the GIL is using, or NULL + error.
+ * Counters and the size may be read from another thread meanwhile (stats() of a server
+ * running in a thread of its own): they are plain integers. */
 static struct nk_ctx *table_ctx(PyObject *obj) {
     Table *t = (Table *)obj;
     if (open_ctx(obj) == NULL)
@@ -701,7 +1152,11 @@ static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (self == NULL)
         return NULL;
     self->busy = 0;
-    self->ctx = nk_new();
+    int gso;
+    Py_BEGIN_ALLOW_THREADS
+    gso = nk_gso_probe();
+    Py_END_ALLOW_THREADS
+    self->ctx = nk_new(gso);
     if (self->ctx == NULL) {
         Py_DECREF(self);
         return PyErr_NoMemory();
@@ -712,7 +1167,13 @@ static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 
 static void Table_dealloc(PyObject *obj) {
     PyTypeObject *tp = Py_TYPE(obj);
-    nk_free(((Table *)obj)->ctx);
+    struct nk_ctx *c = ((Table *)obj)->ctx;
+    if (c != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        nk_stop(c);
+        Py_END_ALLOW_THREADS
+    }
+    nk_free(c);
     freefunc tp_free = (freefunc)PyType_GetSlot(tp, Py_tp_free);
     tp_free(obj);
     Py_DECREF(tp);
@@ -723,7 +1184,13 @@ static PyObject *Table_close(PyObject *obj, PyObject *unused) {
     (void)unused;
     if (t->busy)
         return PyErr_Format(PyExc_RuntimeError, "the table is in use by another thread");
-    nk_free(t->ctx);
+    struct nk_ctx *c = t->ctx;
+    if (c != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        nk_stop(c);
+        Py_END_ALLOW_THREADS
+    }
+    nk_free(c);
     t->ctx = NULL;
     Py_RETURN_NONE;
 }
@@ -743,7 +1210,10 @@ static PyObject *Table_put(PyObject *obj, PyObject *args) {
     struct nk_val val;
     memcpy(&key, k, sizeof key);
     memcpy(&val, v, sizeof val);
-    if (nk_put(c, &key, &val) != 0)
+    lock_ctx(c);
+    int failed = nk_put(c, &key, &val);
+    unlock_ctx(c);
+    if (failed != 0)
         return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
@@ -760,7 +1230,10 @@ static PyObject *Table_delete(PyObject *obj, PyObject *arg) {
         return PyErr_Format(PyExc_ValueError, "key: %zu bytes", sizeof(struct nk_key));
     struct nk_key key;
     memcpy(&key, k, sizeof key);
-    return PyBool_FromLong(nk_del(c, &key));
+    lock_ctx(c);
+    int was = nk_del(c, &key);
+    unlock_ctx(c);
+    return PyBool_FromLong(was);
 }
 
 static Py_ssize_t Table_len(PyObject *obj) {
@@ -773,11 +1246,15 @@ static PyObject *Table_stats(PyObject *obj, PyObject *unused) {
     struct nk_ctx *c = open_ctx(obj);
     if (c == NULL)
         return NULL;
-    uint64_t s[6];
+    uint64_t s[NK_NSTATS];
     nk_stats(c, s);
-    return Py_BuildValue("(KKKKKK)", (unsigned long long)s[0], (unsigned long long)s[1],
-                         (unsigned long long)s[2], (unsigned long long)s[3],
-                         (unsigned long long)s[4], (unsigned long long)s[5]);
+    PyObject *out = PyTuple_New(NK_NSTATS + 1);
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < NK_NSTATS; i++)
+        PyTuple_SetItem(out, i, PyLong_FromUnsignedLongLong(s[i]));
+    PyTuple_SetItem(out, NK_NSTATS, PyBool_FromLong(c->gso));
+    return out;
 }
 
 static PyObject *Table_epoll_fd(PyObject *obj, PyObject *unused) {
@@ -793,8 +1270,14 @@ static PyObject *Table_watch(PyObject *obj, PyObject *args) {
     struct nk_ctx *c = table_ctx(obj);
     if (c == NULL)
         return NULL;
-    if (nk_watch(c, fd, kind) != 0)
+    lock_ctx(c);
+    int failed = nk_watch(c, fd, kind);
+    int err = errno;
+    unlock_ctx(c);
+    if (failed != 0) {
+        errno = err ? err : ENOMEM;
         return PyErr_SetFromErrno(PyExc_OSError);
+    }
     Py_RETURN_NONE;
 }
 
@@ -805,7 +1288,10 @@ static PyObject *Table_unwatch(PyObject *obj, PyObject *arg) {
     struct nk_ctx *c = table_ctx(obj);
     if (c == NULL)
         return NULL;
-    return PyBool_FromLong(nk_unwatch(c, fd) == 0);
+    lock_ctx(c);
+    int failed = nk_unwatch(c, fd);
+    unlock_ctx(c);
+    return PyBool_FromLong(failed == 0);
 }
 
 /* pump() (one socket: fd, kind) or poll() (every ready one: all) without the GIL:
@@ -814,12 +1300,16 @@ static PyObject *table_read(PyObject *obj, int all, int fd, int kind, double now
     struct nk_ctx *c = table_ctx(obj);
     if (c == NULL)
         return NULL;
+    if (c->running)
+        return PyErr_Format(PyExc_RuntimeError, "the table's thread is running: use take()");
     Table *t = (Table *)obj;
     uint32_t used = 0;
     int n;
     t->busy = 1;
     Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&c->mu);
     n = all ? nk_poll(c, now, &used) : nk_pump(c, fd, kind, now, &used);
+    pthread_mutex_unlock(&c->mu);
     Py_END_ALLOW_THREADS
     t->busy = 0;
     return Py_BuildValue("(iy#)", n, (const char *)c->out, (Py_ssize_t)used);
@@ -863,11 +1353,88 @@ static PyObject *Table_send(PyObject *obj, PyObject *args) {
     return PyLong_FromLong(failed);
 }
 
+static PyObject *Table_start(PyObject *obj, PyObject *unused) {
+    (void)unused;
+    struct nk_ctx *c = table_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    if (nk_start(c) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(c->notifyfd);
+}
+
+static PyObject *Table_stop(PyObject *obj, PyObject *unused) {
+    (void)unused;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    nk_stop(c);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_take(PyObject *obj, PyObject *unused) {
+    (void)unused;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    if (c->pyq == NULL)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    lock_ctx(c);
+    PyObject *out = PyBytes_FromStringAndSize((const char *)c->pyq, (Py_ssize_t)c->pyq_len);
+    if (out != NULL) {
+        c->pyq_len = 0;
+        uint64_t v;
+        if (c->notified && read(c->notifyfd, &v, sizeof(v)) < 0) {
+            /* already drained: nothing to do */
+        }
+        c->notified = 0;
+    }
+    unlock_ctx(c);
+    return out;
+}
+
+static PyObject *Table_set_gro(PyObject *obj, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    lock_ctx(c);
+    c->gro = on;
+    unlock_ctx(c);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_set_now(PyObject *obj, PyObject *arg) {
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    lock_ctx(c);
+    c->now = now;
+    unlock_ctx(c);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Table_methods[] = {
+    {"start", Table_start, METH_NOARGS,
+     "start() -> notify fd: run the relay's own thread (epoll loop, GIL never taken); the fd "
+     "is readable when take() has datagrams."},
+    {"stop", Table_stop, METH_NOARGS, "stop(): stop and join the thread."},
+    {"take", Table_take, METH_NOARGS, "take() -> the records the thread left for Python."},
+    {"set_now", Table_set_now, METH_O, "set_now(now): the engine's clock, for the thread."},
+    {"set_gro", Table_set_gro, METH_O,
+     "set_gro(on): sockets watched from now on ask for UDP GRO (coalesced reads)."},
     {"put", Table_put, METH_VARARGS, "put(key, value): add or replace an entry (32 + 40 bytes)."},
     {"delete", Table_delete, METH_O, "delete(key) -> whether it was there."},
     {"stats", Table_stats, METH_NOARGS,
-     "(to_peer_packets, to_peer_bytes, to_client_packets, to_client_bytes, send_errors, passed)"},
+     "(to_peer_packets, to_peer_bytes, to_client_packets, to_client_bytes, send_errors, passed, "
+     "internal_packets, python_dropped, gso_sends, sendmmsg_calls, gro_reads, gso)"},
     {"epoll_fd", Table_epoll_fd, METH_NOARGS, "The epoll fd watching every watched socket."},
     {"watch", Table_watch, METH_VARARGS, "watch(fd, kind): kind 0 client listener, 1 relay."},
     {"unwatch", Table_unwatch, METH_O, "unwatch(fd)"},
@@ -905,7 +1472,8 @@ static int module_exec(PyObject *mod) {
     if (PyModule_AddIntConstant(mod, "KEY_SIZE", (long)sizeof(struct nk_key)) < 0 ||
         PyModule_AddIntConstant(mod, "VALUE_SIZE", (long)sizeof(struct nk_val)) < 0 ||
         PyModule_AddIntConstant(mod, "RECORD_SIZE", (long)sizeof(struct nk_rec)) < 0 ||
-        PyModule_AddIntConstant(mod, "BATCH", NK_BATCH) < 0)
+        PyModule_AddIntConstant(mod, "BATCH", NK_BATCH) < 0 ||
+        PyModule_AddIntConstant(mod, "INTERNAL", NK_INTERNAL) < 0)
         return -1;
     return 0;
 }
@@ -917,7 +1485,7 @@ static PyModuleDef_Slot module_slots[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "natkit.server._turnfast",
-    "The TURN relay's ChannelData/Send data path (recvmmsg/sendmmsg, epoll, GIL released).", 0,
+    "The TURN relay's ChannelData/Send data path (recvmmsg, GSO sendmmsg, its own epoll thread).", 0,
     NULL, module_slots, NULL, NULL, NULL,
 };
 

@@ -352,6 +352,7 @@ NATKIT_ONLY = (
     "error_burst",
     "metrics",
     "fast_path",
+    "udp_gro",
 )
 _DEFAULTS = TurnOptions()
 

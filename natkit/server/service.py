@@ -68,6 +68,8 @@ class TurnOptions:
     ``max_connections`` in total, ``max_connections_per_source``, ``first_message_timeout``,
     ``allocate_timeout`` (the first successful Allocate), ``idle_timeout`` (between complete
     messages, for connections without an allocation). docs/security.md says why each default.
+    ``udp_gro``: the C data path asks the kernel for UDP GRO on its sockets (datagrams of one
+    source that arrive together are read as one and split again; natkit's engine only).
     """
 
     listen: Sequence[str | Address] | None = None
@@ -117,6 +119,7 @@ class TurnOptions:
     error_burst: int = 100
     metrics: str | Address | None = None
     fast_path: bool | None = None
+    udp_gro: bool = True
 
     def replace(self, **changes: Any) -> TurnOptions:
         """A copy with ``changes`` (TypeError for a name that is not an option)."""

@@ -75,7 +75,6 @@ log = logging.getLogger("natkit.server.turn")
 _RCVBUF = 4 << 20  # client listeners: every client's traffic arrives here
 _RELAY_RCVBUF = 1 << 20  # each relay socket (the kernel doubles it, capped by rmem_max)
 _TICK = 0.5
-_FAST_ROUNDS = 4  # C polls per wake-up before yielding to the event loop
 _SUMMARY_EVERY = 10.0  # seconds between batched allocation lifecycle lines
 IP_PMTUDISC_DO = 2
 # Linux values; the socket module exposes them only on some builds.
@@ -194,6 +193,7 @@ class TurnServer(TurnService):
         self._metrics: MetricsEndpoint | None = None
         self.fast_path = opts.fast_path
         self.fast: FastTable | None = None
+        self._notify_fd: int | None = None
         # engine allocation key -> the C table keys mirroring it
         self._fast_keys: dict[Any, set[bytes]] = {}
         self._fast_totals: dict[str, int] = {}
@@ -281,6 +281,7 @@ class TurnServer(TurnService):
             "to_peer_bytes": s.to_peer_bytes + fast.get("to_peer_bytes", 0),
             "to_client_packets": s.to_client_packets + fast.get("to_client_packets", 0),
             "to_client_bytes": s.to_client_bytes + fast.get("to_client_bytes", 0),
+            "relay_to_relay_packets": s.relay_to_relay_packets + fast.get("internal_packets", 0),
             "fast_path": self.fast_path_kind,
             "errors": dict(s.errors),
             "bugs": self.bugs + s.bugs,
@@ -312,9 +313,13 @@ class TurnServer(TurnService):
                     "or run with fast_path=None (or False) to use the Python path"
                 )
             if lib is not None:
-                self.fast = FastTable(lib)
+                self.fast = FastTable(lib, gro=self.options.udp_gro)
                 self.engine.offload = True  # the engine describes what the table may forward
-                self._loop.add_reader(self.fast.epoll_fd, self._poll_fast)
+                self.fast.set_now(self.now)
+                # the table's own thread runs the data path; this loop wakes only for what
+                # the table leaves to the engine (requests, anything its entries do not cover)
+                self._notify_fd = self.fast.start()
+                self._loop.add_reader(self._notify_fd, self._drain_fast)
         try:
             for ip, port in self.listen:
                 self._listen_udp(ip, port)
@@ -401,9 +406,11 @@ class TurnServer(TurnService):
                 self._metrics.shutdown()
             self._metrics = None
         if self.fast is not None:
+            if self._loop is not None and self._notify_fd is not None:
+                self._loop.remove_reader(self._notify_fd)
+            self._notify_fd = None
+            self.fast.stop()
             self._fast_totals = self.fast.stats()
-            if self._loop is not None:
-                self._loop.remove_reader(self.fast.epoll_fd)
             self.fast.close()
             self.fast = None
 
@@ -413,6 +420,8 @@ class TurnServer(TurnService):
     def _tick(self) -> None:
         assert self._loop is not None
         self.now = now = time.time()
+        if self.fast is not None:
+            self.fast.set_now(now)
         try:
             self.run_actions(self.engine.tick(now), None, None)
             if now - self._summary_at >= _SUMMARY_EVERY:
@@ -524,29 +533,28 @@ class TurnServer(TurnService):
 
     # -- the C data path ----------------------------------------------------------------------
 
-    def _poll_fast(self) -> None:
-        """The epoll set of every UDP socket is readable: let C forward, handle the rest."""
+    def _drain_fast(self) -> None:
+        """The table's thread left datagrams for the engine: handle them, and send the
+        replies of the whole batch in one sendmmsg per listener."""
         table = self.fast
         if table is None:
+            return
+        records = table.take()
+        if not records:
             return
         listeners, relays = self._listeners, self._relays
         udp = self._udp
         for listener in udp:
             listener.batch = bytearray()
         try:
-            for _ in range(_FAST_ROUNDS):
-                more, records = table.poll(self.now)
-                for fd, data, addr in records:
-                    listener = listeners.get(fd)
-                    if listener is not None:
-                        listener.handle(data, addr)
-                        continue
-                    relay = relays.get(fd)
-                    if relay is not None:
-                        relay.handle(data, addr)
-                self._send_batches(table)
-                if not more:
-                    return
+            for fd, data, addr in records:
+                listener = listeners.get(fd)
+                if listener is not None:
+                    listener.handle(data, addr)
+                    continue
+                relay = relays.get(fd)
+                if relay is not None:
+                    relay.handle(data, addr)
         finally:
             self._send_batches(table)
             for listener in udp:
@@ -595,7 +603,12 @@ class TurnServer(TurnService):
                     table.delete(k)
                     keys.discard(k)
             else:
-                table.put(to_peer, relay_fd, event.peer, 0, event.until)
+                if event.target is not None:  # relay-to-relay: straight to its client
+                    table.put_internal(
+                        to_peer, event.target.handle.fd, event.relay.advertised, event.until
+                    )
+                else:
+                    table.put(to_peer, relay_fd, event.peer, 0, event.until)
                 table.put(to_client, listener.fd, addr, event.number, event.until)
                 keys.update((to_peer, to_client))
 

@@ -14,6 +14,11 @@ engine's state:
 * :class:`OffloadChannel` - ChannelData ``number`` from the client goes to ``peer`` through
   ``relay`` and datagrams from exactly ``peer`` on ``relay`` go to the client as ChannelData
   ``number``, while ``now < until`` (the channel's expiry, or its peer's permission's if earlier).
+* An :class:`OffloadChannel` with ``target`` (relay-to-relay: ``peer`` is that live relayed
+  address of this same server) sends ChannelData ``number`` from the client not to the network
+  but to ``target``'s client, exactly as a datagram from ``relay.advertised`` arriving on
+  ``target`` would go (through ``target``'s own entries; when they cover nothing, to the
+  engine). Before ``target``'s socket closes, the entry comes again without ``target``.
 * ``until is None`` withdraws that one entry; :class:`OffloadWithdraw` withdraws every entry of
   ``key`` and comes before the :class:`CloseRelay` actions of that allocation.
 
@@ -117,13 +122,16 @@ class OffloadPermission:
 
 @dataclass(frozen=True, slots=True)
 class OffloadChannel:
-    """Channel ``number`` <-> ``peer`` through ``relay`` until ``until`` (None: withdrawn)."""
+    """Channel ``number`` <-> ``peer`` through ``relay`` until ``until`` (None: withdrawn).
+    ``target``: ``peer`` is that live relay of this server (relay-to-relay), see the module
+    doc."""
 
     key: ClientKey
     number: int
     relay: Relay
     peer: Address
     until: float | None
+    target: Relay | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,9 @@ log = logging.getLogger("natkit.turn")
 
 UDP = 17
 IPV4, IPV6 = 1, 2  # REQUESTED-/ADDITIONAL-ADDRESS-FAMILY values
+# coturn 4.x's clients (turnutils_uclient -Z) send ADDITIONAL-ADDRESS-FAMILY under its
+# pre-RFC 8656 code; read it as the attribute it stands for
+_LEGACY_ADDITIONAL_FAMILY = 0x8032
 _FAMILY_OF_CODE = {IPV4: 4, IPV6: 6}
 _CODE_OF_FAMILY = {4: IPV4, 6: IPV6}
 _ALGORITHMS = (PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256)
@@ -170,6 +173,10 @@ class Stats:
     to_client_packets: int = 0
     to_client_bytes: int = 0
     dropped_packets: int = 0
+    #: datagrams from a client to a relayed address of this server, delivered straight to
+    #: that allocation's client (never through the network); counted in to_client too
+    relay_to_relay_packets: int = 0
+    relay_to_relay_bytes: int = 0
     #: exceptions raised while handling a request: bugs, logged with their traceback
     bugs: int = 0
     errors: dict[int, int] = field(default_factory=dict)
@@ -233,6 +240,8 @@ class TurnEngine:
         # the transport addresses of live relays and reservations, bound and advertised, with
         # canonical IPs: never a peer, never a client
         self._relay_addrs: set[Address] = set()
+        # the same addresses -> their Relay: where relay-to-relay data is delivered in process
+        self._relay_of: dict[Address, Relay] = {}
         self._canonical: dict[str, str] = {}
         # own IPs a permission was granted for (an explicit allow reopened them): their data
         # is checked per packet and never offloaded
@@ -305,11 +314,16 @@ class TurnEngine:
 
     # ---- the data path: every forwarding rule, behind two methods -------------------------
 
-    def forward_from_client(self, key: ClientKey, data: bytes, now: float) -> SendToPeer | None:
+    def forward_from_client(
+        self, key: ClientKey, data: bytes, now: float
+    ) -> SendToPeer | SendToClient | None:
         """A ChannelData frame (UDP datagram, or TCP/TLS frame with its padding) from the client
         of allocation ``key``: the payload for its peer, or None when it is dropped (no
         allocation, unbound or expired channel, no permission, over the bandwidth cap,
-        truncated; counted in ``stats.dropped_packets``)."""
+        truncated; counted in ``stats.dropped_packets``). When the peer is a live relayed
+        address of this server (relay-to-relay), the frame for that allocation's client
+        instead: what :meth:`forward_from_peer` makes of it arriving there from this
+        allocation's relayed address (nothing goes through the network)."""
         stats = self.stats
         allocation = self.allocations.get(key)
         if allocation is None or allocation.channels is None or len(data) < 4:
@@ -330,6 +344,11 @@ class TurnEngine:
         ):
             stats.dropped_packets += 1
             return None
+        internal = self._internal
+        if internal is not None:
+            target = internal.get(peer)
+            if target is not None:
+                return self._relay_to_relay(channel.relay, target, data[4 : 4 + length], now)
         stats.to_peer_packets += 1
         stats.to_peer_bytes += length
         return SendToPeer(channel.relay.handle, data[4 : 4 + length], peer)
@@ -376,6 +395,23 @@ class TurnEngine:
         stats.to_client_packets += 1
         stats.to_client_bytes += n
         return SendToClient(allocation.client, allocation.client_addr, frame)
+
+    @property
+    def _internal(self) -> dict[Address, Relay] | None:
+        """Live relay addresses -> Relay when relay-to-relay is on (else None)."""
+        return self._relay_of if self.own.relay_to_relay and self._relay_of else None
+
+    def _relay_to_relay(
+        self, source: Relay, target: Relay, data: bytes, now: float
+    ) -> SendToClient | None:
+        """Data from ``source``'s client to ``target``'s relayed address: what the target's
+        client would get had it crossed the network from ``source``'s relayed address (the
+        one its client was told), under the target's own permissions, channels and cap."""
+        out = self.forward_from_peer(target, source.advertised, data, now)
+        if out is not None:
+            self.stats.relay_to_relay_packets += 1
+            self.stats.relay_to_relay_bytes += len(data)
+        return out
 
     def _spend(self, allocation: Allocation, size: int, now: float) -> bool:
         """Take ``size`` bytes from the allocation's bandwidth bucket; False when it is short."""
@@ -442,7 +478,7 @@ class TurnEngine:
             actions += self._delete(allocation, "expired", count=False)
         for token in [t for t, r in self.reservations.items() if r.expires <= now]:
             relay = self.reservations.pop(token).relay
-            self._untrack(relay)
+            self._untrack(relay, actions)
             actions.append(CloseRelay(relay.handle, relay.address))
         if self._dirty:
             self._renew_channels(now, actions)
@@ -462,7 +498,7 @@ class TurnEngine:
         for allocation in list(self.allocations.values()):
             actions += self._delete(allocation, "server shutdown")
         for reservation in self.reservations.values():
-            self._untrack(reservation.relay)
+            self._untrack(reservation.relay, actions)
             actions.append(CloseRelay(reservation.relay.handle, reservation.relay.address))
         self.reservations.clear()
         return actions
@@ -740,6 +776,10 @@ class TurnEngine:
         token = get(Attr.RESERVATION_TOKEN)
         requested_family = get(Attr.REQUESTED_ADDRESS_FAMILY)
         additional = get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        if additional is None:
+            legacy = get(_LEGACY_ADDITIONAL_FAMILY)
+            if isinstance(legacy, bytes) and len(legacy) == 4:
+                additional = legacy[0]
         if token is not None and (even is not None or requested_family is not None):
             return self._fail(
                 msg, 400, "Bad Request: RESERVATION-TOKEN with EVEN-PORT or family", ident
@@ -789,8 +829,10 @@ class TurnEngine:
                 self.quota.release(user, addr)
                 if reservation is not None:
                     r = reservation.relay
-                    self._untrack(r)
+                    gone: list[Action] = []
+                    self._untrack(r, gone)
                     return [
+                        *gone,
                         CloseRelay(r.handle, r.address),
                         Reply(self._error(msg, 508, "Insufficient Capacity", ident)),
                     ]
@@ -912,7 +954,7 @@ class TurnEngine:
             actions.append(OffloadWithdraw(allocation.key))
         for relay in allocation.relays:
             relay.allocation = None
-            self._untrack(relay)
+            self._untrack(relay, actions)
             actions.append(CloseRelay(relay.handle, relay.address))
         return actions
 
@@ -1069,7 +1111,12 @@ class TurnEngine:
                 self._offload_permission(allocation, ip, out)
         if channel is not None:
             until = allocation.peer_until(channel)
-            out.append(OffloadChannel(key, channel.number, channel.relay, channel.peer, until))
+            out.append(self._channel_entry(key, channel, until))
+
+    def _channel_entry(self, key: ClientKey, channel: Channel, until: float) -> OffloadChannel:
+        internal = self._internal
+        target = internal.get(channel.peer) if internal is not None else None
+        return OffloadChannel(key, channel.number, channel.relay, channel.peer, until, target)
 
     def _offload_permission(self, allocation: Allocation, ip: str, out: list[Action]) -> None:
         perms = allocation.perms
@@ -1092,9 +1139,7 @@ class TurnEngine:
                 for channel in allocation.channels_to(ip):
                     until = allocation.peer_until(channel)
                     if until > now:
-                        out.append(
-                            OffloadChannel(key, channel.number, channel.relay, channel.peer, until)
-                        )
+                        out.append(self._channel_entry(key, channel, until))
 
     # ---- the relay's own addresses ---------------------------------------------------------
 
@@ -1117,6 +1162,7 @@ class TurnEngine:
             self.own.add(ip)
             for addr in ((ip, port), (self._canon(ip), port)):
                 self._relay_addrs.add(addr)
+                self._relay_of[addr] = relay
                 for allocation, channel in self._own_channels.pop(addr, ()):
                     if self.allocations.get(allocation.key) is not allocation:
                         continue
@@ -1124,10 +1170,30 @@ class TurnEngine:
                         allocation.unbind(channel)
                         self._withdraw_channel(allocation, channel, out)
 
-    def _untrack(self, relay: Relay) -> None:
+    def _untrack(self, relay: Relay, out: list[Action]) -> None:
+        """A relay (or reservation) ends: its addresses are no peer's any more, and a fast
+        table's relay-to-relay entries toward it become plain ones (to the network address,
+        where nothing listens now), before the adapter closes its socket."""
         for ip, port in (relay.address, relay.advertised):
-            self._relay_addrs.discard((ip, port))
-            self._relay_addrs.discard((self._canon(ip), port))
+            for addr in ((ip, port), (self._canon(ip), port)):
+                self._relay_addrs.discard(addr)
+                if self._relay_of.get(addr) is relay:
+                    del self._relay_of[addr]
+                if not self.offload:
+                    continue
+                for allocation, channel in self._own_channels.get(addr, ()):
+                    if (
+                        allocation.offloaded
+                        and self.allocations.get(allocation.key) is allocation
+                        and allocation.channels
+                        and allocation.channels.get(channel.number) is channel
+                    ):
+                        until = allocation.peer_until(channel)
+                        out.append(
+                            OffloadChannel(
+                                allocation.key, channel.number, channel.relay, channel.peer, until
+                            )
+                        )
 
     def _is_self(self, peer: Address) -> bool:
         """True when ``peer`` (an own IP reopened by an allow) is a port the relay serves."""
@@ -1183,6 +1249,12 @@ class TurnEngine:
         ):
             self.stats.dropped_packets += 1
             return []
+        internal = self._internal
+        if internal is not None:
+            target = internal.get((peer[0], peer[1]))
+            if target is not None:
+                out = self._relay_to_relay(relay, target, data, now)
+                return [] if out is None else [out]
         self.stats.to_peer_packets += 1
         self.stats.to_peer_bytes += len(data)
         return [SendToPeer(relay.handle, data, (peer[0], peer[1]), Attr.DONT_FRAGMENT in msg)]

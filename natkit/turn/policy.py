@@ -111,6 +111,7 @@ class OwnAddresses:
     """
 
     __slots__ = (
+        "_added",
         "_cache",
         "listen_ports",
         "networks",
@@ -134,9 +135,14 @@ class OwnAddresses:
         self.relay_ports = relay_ports
         self.reopened = _cidrs(reopened, "reopened")
         self._cache: dict[str, tuple[int, bool] | None] = {}
+        self._added: set[str] = set()  # every relay adds the same few IPs: parse each once
 
     def add(self, address: str) -> None:
         """One more address of the relay (a relay or advertised IP)."""
+        if address in self._added:
+            return
+        if len(self._added) < 4096:
+            self._added.add(address)
         try:
             ip = canonical_peer(address)
         except PeerAddressError:

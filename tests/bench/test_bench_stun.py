@@ -40,7 +40,7 @@ def test_bench_cli_json_reports_all_servers_and_the_ratios() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["schema_version"] == 2
+    assert (report["schema_version"], report["kind"]) == (2, "bench-stun")
     n, c, top = report["natkit"], report["coturn"], report["ceiling"]
     assert n["rate"] > 1000 and c["rate"] > 1000 and top["rate"] > 1000
     assert report["ratio"] == pytest.approx(n["rate"] / c["rate"], rel=1e-2)

@@ -69,7 +69,23 @@ def test_natkit_and_coturn_with_ratios(capsys: pytest.CaptureFixture[str]) -> No
     assert ratios["channel_data.relayed_per_s"] == pytest.approx(
         n["channel_data"]["relayed_per_s"] / c["channel_data"]["relayed_per_s"], rel=0.01
     )
-    assert report["target"]["channel_data_ratio_min"] == 0.75
+    assert (report["schema_version"], report["kind"]) == (2, "bench-turn")
+    floors = report["target"]["floors"]
+    assert floors["channel_data.relayed_per_s_vs_coturn"]["floor"] == 2.0
+    assert floors["allocations.per_s_vs_coturn"]["rounds"] == [ratios["allocations.per_s"]]
+    assert report["ratios_per_round"] == [ratios]  # one round: the median is that round
+    assert set(report["limits"].values()) <= {"server", "driver", "both", "neither"}
+
+
+def test_per_round_null_relay_ratios() -> None:
+    """With the self-test on, each round runs the null relay too, and natkit's rates are
+    read against it round by round."""
+    report = run(engines=("natkit",), rounds=2, **SHORT)
+    assert len(report["runs"]["null"]) == 2 and len(report["null_ratios_per_round"]) == 2
+    first = report["null_ratios_per_round"][0]["channel_data.relayed_per_s"]
+    natkit = report["runs"]["natkit"][0]["channel_data"]["relayed_per_s"]
+    null = report["runs"]["null"][0]["channel_data"]["relayed_per_s"]
+    assert first == pytest.approx(natkit / null, rel=0.01)
 
 
 def test_cli_table_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,6 +19,7 @@ from natkit.client.turn import (
     TurnError,
     TurnTimeout,
 )
+from natkit.pytest_plugin import has_ipv6_loopback
 from natkit.server.coturn import CoturnServer, free_port
 from natkit.stun import Attr, Class, Message, Method
 
@@ -172,3 +173,72 @@ def test_a_bad_protocol_is_a_config_error() -> None:
         TurnClient(("127.0.0.1", 3478), "sctp")
     assert info.value.param == "protocol"
 
+
+
+
+async def _peer_on(ip: str) -> tuple[asyncio.DatagramTransport, Peer]:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(Peer, local_addr=(ip, 0))
+    return transport, protocol  # type: ignore[return-value]
+
+
+async def _round_trip(
+    client: TurnClient, peer: tuple[asyncio.DatagramTransport, Peer], relayed: tuple[str, int]
+) -> None:
+    transport, protocol = peer
+    paddr = transport.get_extra_info("sockname")[:2]
+    await client.create_permission(paddr)
+    client.send_to(paddr, b"out")
+    data, src = await asyncio.wait_for(protocol.queue.get(), 5)
+    assert data == b"out" and src[:2] == relayed
+    transport.sendto(b"back", relayed)
+    got = await client.receive(5)
+    assert got.data == b"back" and got.peer == paddr
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")
+async def test_ipv6_relaying_families_and_dual_allocation() -> None:
+    """natkit's client against natkit's relay listening and relaying on both families:
+    REQUESTED-ADDRESS-FAMILY IPv6 from an IPv4 client, the IPv4 default for an IPv6 client,
+    a dual allocation (ADDITIONAL-ADDRESS-FAMILY) with data on both, 443 for a peer of the
+    other family, 440 where the relay has no IPv6."""
+    from natkit.server.turn import TurnServer
+
+    async with TurnServer(
+        [("127.0.0.1", 0), ("::1", 0)], users={"u": "p"}, relay_ip=["127.0.0.1", "::1"],
+        allow_peers=["127.0.0.0/8", "::1/128"], tcp=False,
+    ) as turn:  # fmt: skip
+        v4_server, v6_server = turn.addresses_of("udp")
+        peer4, peer6 = await _peer_on("127.0.0.1"), await _peer_on("::1")
+        try:
+            async with await TurnClient.connect(v4_server, username="u", password="p") as c:
+                allocation = await c.allocate(family=6)  # IPv4 client <-> IPv6 peer
+                assert allocation.relayed[0] == "::1" and allocation.relayed_for(4) is None
+                await _round_trip(c, peer6, allocation.relayed)
+                with pytest.raises(TurnError) as err:
+                    await c.create_permission("127.0.0.1")
+                assert err.value.code == 443
+            async with await TurnClient.connect(v6_server, username="u", password="p") as c:
+                allocation = await c.allocate()  # IPv6 client <-> IPv4 peer: IPv4 by default
+                assert allocation.relayed[0] == "127.0.0.1"
+                await _round_trip(c, peer4, allocation.relayed)
+            async with await TurnClient.connect(v4_server, username="u", password="p") as c:
+                allocation = await c.allocate(dual=True)
+                assert [a[0] for a in allocation.relayed_all] == ["127.0.0.1", "::1"]
+                assert allocation.family_errors == ()
+                relay4, relay6 = allocation.relayed_for(4), allocation.relayed_for(6)
+                assert relay4 is not None and relay6 is not None
+                await _round_trip(c, peer4, relay4)
+                await _round_trip(c, peer6, relay6)
+        finally:
+            for transport, _ in (peer4, peer6):
+                transport.close()
+    async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}, tcp=False) as v4_only:
+        server = v4_only.addresses_of("udp")[0]
+        async with await TurnClient.connect(server, username="u", password="p") as c:
+            with pytest.raises(TurnError) as err:
+                await c.allocate(family=6)
+            assert err.value.code == 440
+            allocation = await c.allocate(dual=True)  # IPv4 still, and why not IPv6
+            assert allocation.relayed[0] == "127.0.0.1" and len(allocation.relayed_all) == 1
+            assert [(f, code) for f, code, _ in allocation.family_errors] == [(6, 440)]

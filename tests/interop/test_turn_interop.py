@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from natkit.pytest_plugin import has_ipv6_loopback
 from natkit.server.turn import TurnServer
 from tests._certs import self_signed
 
@@ -144,8 +145,10 @@ async def test_turnutils_uclient_client_to_client_zero_loss(mode: str) -> None:
             ]
         )
         assert _lost(out) == 0, out[-2000:]
-        assert turn.stats()["to_peer_packets"] >= 160
-        assert turn.stats()["bugs"] == 0
+        stats = turn.stats()
+        # client to client through one relay: delivered in process, never to its own address
+        assert stats["relay_to_relay_packets"] >= 160 and stats["to_peer_packets"] == 0
+        assert stats["bugs"] == 0
 
 
 @pytest.mark.coturn
@@ -239,11 +242,82 @@ async def test_aiortc_peers_connect_over_natkit_relay_only() -> None:
             assert await asyncio.wait_for(received.get(), 10) == "ping"
             assert await asyncio.wait_for(replies.get(), 10) == "pong:ping"
             stats = turn.stats()
-            assert (
-                stats["allocations"] >= 2
-                and stats["to_peer_packets"] > 0
-                and stats["to_client_packets"] > 0
-            )
+            # both peers relay through this server: their media crosses relay to relay in
+            # process (never the network), each side's relayed address the other's peer
+            assert stats["allocations"] >= 2 and stats["relay_to_relay_packets"] > 0
         finally:
             await caller.close()
             await callee.close()
+
+
+
+@pytest.mark.coturn
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")
+@pytest.mark.parametrize("flag", ["-x", "-Z"], ids=["ipv6-relay", "dual-allocation"])
+async def test_turnutils_uclient_ipv6_relay_and_dual_allocation(flag: str) -> None:
+    """coturn's client asks natkit for an IPv6 relayed address (-x: REQUESTED-ADDRESS-FAMILY)
+    or for both families at once (-Z: ADDITIONAL-ADDRESS-FAMILY, which coturn 4.x sends under
+    its pre-RFC code) from IPv4, and relays to an IPv6 turnutils_peer without loss."""
+    _need("turnutils_uclient")
+    _need("turnutils_peer")
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.bind(("::1", 0))
+        peer_port = s.getsockname()[1]
+    peer = subprocess.Popen(
+        ["turnutils_peer", "-L", "::1", "-p", str(peer_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with TurnServer(
+            [("127.0.0.1", 0)], users={"u": "pw"}, relay_ip=["127.0.0.1", "::1"],
+            allow_peers=[*LOOP, "::1/128"],
+        ) as turn:  # fmt: skip
+            port = turn.addresses_of("udp")[0][1]
+            await asyncio.sleep(0.3)
+            out = await _uclient(
+                [flag, "-v", "-e", "::1", "-r", str(peer_port), "-u", "u", "-w", "pw",
+                 "-n", "40", "-m", "2", "-l", "120", "-z", "5", "-p", str(port), "127.0.0.1"]
+            )  # fmt: skip
+            assert _lost(out) == 0, out[-2000:]
+            assert "IPv6. Received relay addr: ::1" in out, out[-2000:]
+            if flag == "-Z":
+                assert "IPv4. Received relay addr: 127.0.0.1" in out, out[-2000:]
+            stats = turn.stats()
+            assert stats["to_peer_packets"] >= 80 and stats["bugs"] == 0
+    finally:
+        peer.terminate()
+        peer.wait(10)
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")
+async def test_aioice_over_ipv6_to_an_ipv4_peer() -> None:
+    """aioice (which cannot ask for an IPv6 relayed address: it sends no
+    REQUESTED-ADDRESS-FAMILY) reaches natkit over IPv6 and gets the IPv4 relayed address
+    RFC 8656 gives by default: an IPv6 client relaying to an IPv4 peer."""
+    from aioice.turn import create_turn_endpoint
+
+    async with TurnServer(
+        [("::1", 0)], users={"alice": "s3cret"}, relay_ip=["127.0.0.1", "::1"],
+        allow_peers=LOOP, tcp=False,
+    ) as turn:  # fmt: skip
+        loop = asyncio.get_running_loop()
+        peer_transport, peer = await loop.create_datagram_endpoint(
+            _Queue, local_addr=("127.0.0.1", 0)
+        )
+        peer_addr = peer_transport.get_extra_info("sockname")
+        server = turn.addresses_of("udp")[0]
+        client_transport, client = await create_turn_endpoint(
+            _Queue, server, "alice", "s3cret"
+        )
+        try:
+            for i in range(10):
+                client_transport.sendto(b"v6 client %d" % i, peer_addr)
+                data, relayed = await asyncio.wait_for(peer.queue.get(), 5)
+                assert data == b"v6 client %d" % i and relayed[0] == "127.0.0.1"
+                peer_transport.sendto(b"v4 peer %d" % i, relayed)
+                data, src = await asyncio.wait_for(client.queue.get(), 5)
+                assert data == b"v4 peer %d" % i and src == peer_addr
+        finally:
+            client_transport.close()
+            peer_transport.close()

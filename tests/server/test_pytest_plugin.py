@@ -35,6 +35,23 @@ def test_turn_server_fixture_is_ready_for_ice_servers(turn_server: RunningServer
     assert resp.cls == Class.SUCCESS and resp.get(Attr.XOR_MAPPED_ADDRESS)[0] == "127.0.0.1"
 
 
+async def test_turn_server_fixture_serves_both_families(turn_server: RunningServer) -> None:
+    """Where the host has IPv6 loopback the fixture listens on ::1 too, ice_server names it,
+    and a client may ask for an IPv6 or a dual allocation."""
+    from natkit.client.turn import TurnClient
+    from natkit.pytest_plugin import has_ipv6_loopback
+
+    if not has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this host")
+    v6 = turn_server.address_of(6)
+    assert v6 is not None and v6[0] == "::1"
+    assert f"turn:[::1]:{v6[1]}?transport=udp" in turn_server.ice_server["urls"]
+    user, password = turn_server.username, turn_server.credential
+    async with await TurnClient.connect(v6, username=user, password=password) as client:
+        allocation = await client.allocate(dual=True)
+        assert {a[0] for a in allocation.relayed_all} == {"127.0.0.1", "::1"}
+
+
 async def test_turn_server_fixture_relays_for_aioice_in_an_async_test(
     turn_server: RunningServer,
 ) -> None:

@@ -563,6 +563,7 @@ def _ready_port(proc: subprocess.Popen[str]) -> int:
             f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}"
         ) from None
     assert ready["workers"] >= 1 and ready["fast_path"]
+    assert (ready["schema_version"], ready["kind"], ready["event"]) == (1, "serve-stun", "ready")
     return int(ready["addresses"][0]["port"])
 
 
@@ -592,7 +593,9 @@ def test_cli_serve_stops_cleanly_on_sigterm(workers: int, rfc5780: bool) -> None
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
         assert proc.returncode == 0, err
-        assert json.loads(out.strip().splitlines()[-1])["stopped"] is True
+        last = json.loads(out.strip().splitlines()[-1])
+        assert (last["schema_version"], last["kind"], last["event"]) == (1, "serve-stun", "stopped")
+        assert last["stopped"] is True
         assert "Traceback" not in err
         deadline = time.monotonic() + 5
         while any(_alive(pid) for pid in children) and time.monotonic() < deadline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from typing import Any
 
 import pytest
 
@@ -170,13 +171,19 @@ def test_send_and_data_indications(table: _turn_fast.FastTable, ip: str) -> None
         s.close()
 
 
-def test_poll_drains_every_watched_socket(table: _turn_fast.FastTable) -> None:
+def _watched(table: _turn_fast.FastTable) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """A listener and a relay socket the table watches, a client and a peer socket, and the
+    client's and the peer's addresses."""
     listener, relay, client, peer = _udp(), _udp(), _udp(), _udp()
     for s in (listener, relay):
         s.setblocking(False)
     table.watch(listener.fileno(), 0)
     table.watch(relay.fileno(), 1)
-    caddr, paddr = client.getsockname(), peer.getsockname()
+    return listener, relay, client, peer, client.getsockname(), peer.getsockname()
+
+
+def test_poll_drains_every_watched_socket(table: _turn_fast.FastTable) -> None:
+    listener, relay, client, peer, caddr, paddr = _watched(table)
     now = time.time()
     table.put(_turn_fast.key(listener.fileno(), caddr, 0x4001), relay.fileno(), paddr, 0, now + 9)
     for i in range(40):  # more than one batch on the listener
@@ -319,3 +326,45 @@ def test_counters_can_be_read_from_another_thread_while_it_polls(
     assert errors == []
     table.unwatch(listener.fileno())
     listener.close()
+
+
+def _gso_send(sock: socket.socket, datagrams: list[bytes], to: tuple[str, int]) -> None:
+    """Equal-sized datagrams (the last may be shorter) in one UDP GSO send."""
+    size = len(datagrams[0])
+    ctl = [(socket.IPPROTO_UDP, 103, struct.pack("=H", size))]  # UDP_SEGMENT
+    sock.sendmsg([b"".join(datagrams)], ctl, 0, to)
+
+
+def test_gro_reads_are_split_into_their_datagrams() -> None:
+    """With UDP GRO the kernel may hand several datagrams of one source over in one read:
+    each is relayed as the datagram it was, both ways, a Data indication's padding never
+    spilling into the next one."""
+    from natkit.stun import Attr, decode
+
+    table = _turn_fast.FastTable(need(_turn_fast.EXTENSION), gro=True)
+    listener, relay, client, peer, caddr, paddr = _watched(table)
+    now = time.time()
+    table.put(_turn_fast.key(listener.fileno(), caddr, 0x4000), relay.fileno(), paddr, 0, now + 9)
+    table.put(
+        _turn_fast.key(relay.fileno(), (paddr[0], 0), _turn_fast.KIND_PERM),
+        listener.fileno(), caddr, 0, now + 9,
+    )  # fmt: skip
+    try:
+        _gso_send(client, [struct.pack("!HH", 0x4000, 3) + b"c%02d" % i for i in range(20)],
+                  listener.getsockname())  # fmt: skip
+        _gso_send(peer, [b"p%04d" % i for i in range(20)], relay.getsockname())
+    except OSError:
+        table.close()
+        pytest.skip("no UDP GSO on this kernel")
+    time.sleep(0.1)
+    assert table.poll(now) == (False, [])
+    assert [peer.recv(100) for _ in range(20)] == [b"c%02d" % i for i in range(20)]
+    got = [decode(client.recv(200)) for _ in range(20)]
+    assert [m.get(Attr.DATA) for m in got] == [b"p%04d" % i for i in range(20)]
+    assert all(m.get(Attr.XOR_PEER_ADDRESS) == paddr for m in got)
+    stats = table.stats()
+    assert stats["to_peer_packets"] == 20 and stats["to_client_packets"] == 20
+    assert stats["gro_reads"] >= 1  # loopback keeps a GSO send whole for a GRO socket
+    table.close()
+    for s in (listener, relay, client, peer):
+        s.close()

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from natkit.errors import ConfigError, UsageError
+from natkit.pytest_plugin import has_ipv6_loopback
 from natkit.server.turn import TurnServer, load_users_file
 from natkit.stun import Attr, Class, Message, Method, decode, encode_channel_data, long_term_key
 from natkit.turn import AllocationQuota, DefaultPeerPolicy, StaticUsers
@@ -272,6 +273,34 @@ async def test_tcp_client_channel_data_padding_and_close_releases() -> None:
         peer.close()
 
 
+@PATHS
+async def test_tcp_bursts_keep_their_order_both_ways(fast: bool) -> None:
+    """A burst of equal ChannelData frames in one TCP segment leaves as datagrams in order
+    (one batched send, GSO on the C path), and a burst of peer datagrams reaches the TCP
+    client as frames in order (one write per event-loop turn)."""
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast)
+    ) as turn:
+        c = RawClient(turn.addresses_of("tcp")[0], "u", "p", tcp=True)
+        relayed = (await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+        peer = _peer()
+        await c.request(
+            Message(Method.CHANNEL_BIND)
+            .add(Attr.CHANNEL_NUMBER, 0x4000)
+            .add(Attr.XOR_PEER_ADDRESS, peer.getsockname())
+        )
+        c.send_raw(b"".join(encode_channel_data(0x4000, b"%04d" % i) for i in range(50)))
+        got = [(await _peer_recv(peer))[0] for _ in range(50)]
+        assert got == [b"%04d" % i for i in range(50)]
+        for i in range(50):
+            peer.sendto(b"back%03d" % i, relayed)
+        frames = [await c.recv() for _ in range(50)]
+        assert frames == [encode_channel_data(0x4000, b"back%03d" % i, pad=True) for i in range(50)]
+        assert turn.stats()["dropped_packets"] == 0
+        c.close()
+        peer.close()
+
+
 async def test_tls_client(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     async with TurnServer(
@@ -318,16 +347,8 @@ async def test_external_ip_is_advertised() -> None:
         c.close()
 
 
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
-
-@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback on this host")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")
 @PATHS
 async def test_dual_stack_allocation_relays_ipv6(fast: bool) -> None:
     async with TurnServer(
@@ -502,6 +523,7 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
                 break
         info = json.loads("".join(lines))
         assert info["engine"] == "natkit" and info["urls"][0].startswith("turn:127.0.0.1:")
+        assert (info["schema_version"], info["kind"], info["event"]) == (1, "serve-turn", "ready")
         assert info["credential"] is None  # only a generated password is printed
         port = info["addresses"][0]["port"]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -511,7 +533,9 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=10)
         assert proc.returncode == 0
-        assert json.loads(out)["stopped"] is True
+        stopped = json.loads(out)
+        assert stopped["stopped"] is True and stopped["event"] == "stopped"
+        assert stopped["schema_version"] == 1 and "allocations_created" in stopped["stats"]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -806,6 +830,49 @@ async def test_relay_to_relay_by_default_delivers_once_and_refuses_the_listener(
         assert decode(await b.recv()).get(Attr.DATA) == nested
         stats = turn.stats()
         assert stats["allocations"] == 2 and stats["to_client_packets"] == 2
+        # delivered in process: nothing was sent to the relay's own address over the network
+        assert stats["relay_to_relay_packets"] == 2 and stats["to_peer_packets"] == 0
+        for c in (a, b):
+            c.close()
+
+
+@PATHS
+async def test_relay_to_relay_channels_never_touch_the_network(fast: bool) -> None:
+    """ChannelData between two allocations of one relay goes from one client straight to the
+    other (on the C path by the table's relay-to-relay entries), framed for the receiver's own
+    channel; once the target allocation is gone the data goes to the network address again,
+    where nothing listens."""
+    from natkit.stun import encode_channel_data
+
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast),
+        min_port=42110, max_port=42113,
+    ) as turn:
+        listener = turn.addresses_of("udp")[0]
+        a, b = RawClient(listener, "u", "p"), RawClient(listener, "u", "p")
+        relay_a = (await a.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+        relay_b = (await b.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+        for client, number, peer in ((a, 0x4000, relay_b), (b, 0x4001, relay_a)):
+            bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, number)
+            assert (await client.request(bind.add(Attr.XOR_PEER_ADDRESS, peer))).cls == Class.SUCCESS
+        for i in range(50):
+            a.send_raw(encode_channel_data(0x4000, b"a%d" % i))
+            assert await b.recv() == encode_channel_data(0x4001, b"a%d" % i)
+            b.send_raw(encode_channel_data(0x4001, b"b%d" % i))
+            assert await a.recv() == encode_channel_data(0x4000, b"b%d" % i)
+        stats = turn.stats()
+        assert stats["relay_to_relay_packets"] == 100 and stats["to_peer_packets"] == 0
+        assert stats["to_client_packets"] == 100
+        gone = Message(Method.REFRESH).add(Attr.LIFETIME, 0)
+        assert (await b.request(gone)).cls == Class.SUCCESS
+        await asyncio.sleep(0.05)
+        a.send_raw(encode_channel_data(0x4000, b"after"))
+        with pytest.raises(TimeoutError):
+            await b.recv(0.3)
+        stats = turn.stats()
+        assert stats["relay_to_relay_packets"] == 100 and stats["to_peer_packets"] == 1
+        if fast:
+            assert turn.fast is not None and turn.fast.stats()["internal_packets"] == 100
         for c in (a, b):
             c.close()
 

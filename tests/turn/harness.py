@@ -20,7 +20,7 @@ from natkit.turn.actions import (
 from natkit.turn.allocation import Relay
 from natkit.turn.auth import Authenticator, FirstOf, NoAuth, RestSecrets, StaticUsers
 from natkit.turn.engine import TurnConfig, TurnEngine
-from natkit.turn.policy import DefaultPeerPolicy
+from natkit.turn.policy import DefaultPeerPolicy, OwnAddresses
 from natkit.turn.quota import AllocationQuota
 
 REALM = "test.realm"
@@ -241,6 +241,7 @@ def make_engine(
     user_quota: int | None = None,
     max_allocations: int | None = None,
     offload: bool = False,
+    own: OwnAddresses | None = None,
     **config: Any,
 ) -> TurnEngine:
     cfg = TurnConfig(realm=REALM, families=families, **config)
@@ -255,4 +256,5 @@ def make_engine(
         peer_policy=DefaultPeerPolicy(allow=allow),
         quota=AllocationQuota(per_user=user_quota, total=max_allocations),
         offload=offload,
+        own=own,
     )

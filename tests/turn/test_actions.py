@@ -3,7 +3,10 @@
 ``ModelTable`` does what natkit/server/_turnfast.c does with its entries (the same keys, the
 same ``now < until`` test); random sequences of requests, data and time must never let it
 forward something the engine would drop or send elsewhere, and, for the allocations it may
-take over, it must cover everything the engine forwards.
+take over, it must cover everything the engine forwards (data to and from the relay's own
+addresses excepted: the engine checks those per packet). Relay-to-relay channels (a channel
+to another allocation's relayed address) go to that allocation's client through its entries,
+as the C table does, and never name a relay that has closed.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from natkit.turn.actions import (
     OffloadChannel,
     OffloadPermission,
     OffloadWithdraw,
+    SendToClient,
     SendToPeer,
 )
 from natkit.turn.allocation import Relay
+from natkit.turn.policy import OwnAddresses
 from tests.turn.harness import Client, Harness, make_engine
 
 PEER_IPS = ["198.51.100.7", "198.51.100.8", "2001:db8:1::5"]
@@ -37,7 +42,9 @@ class ModelTable:
     def __init__(self) -> None:
         self.allocations: dict[Any, dict[int, Relay]] = {}
         self.perms: dict[tuple[int, str], tuple[Any, float]] = {}
-        self.to_peer: dict[tuple[Any, int], tuple[Relay, tuple[str, int], float]] = {}
+        self.to_peer: dict[
+            tuple[Any, int], tuple[Relay, tuple[str, int], float, Relay | None]
+        ] = {}
         self.to_client: dict[tuple[int, tuple[str, int]], tuple[Any, int, float]] = {}
         self.keys: dict[Any, set[tuple[str, Any]]] = {}
 
@@ -68,15 +75,21 @@ class ModelTable:
                 self.to_peer.pop(k1, None)
                 self.to_client.pop(k2, None)
             else:
-                self.to_peer[k1] = (event.relay, event.peer, event.until)
+                self.to_peer[k1] = (event.relay, event.peer, event.until, event.target)
                 self.to_client[k2] = (event.key, event.number, event.until)
                 owned.update({("to_peer", k1), ("to_client", k2)})
 
-    def channel_data(self, key: Any, number: int, now: float) -> tuple[Any, tuple[str, int]] | None:
+    def channel_data(self, key: Any, number: int, now: float) -> tuple[Any, ...] | None:
+        """("peer", relay handle, peer) or, relay-to-relay, ("client", client key, kind)."""
         entry = self.to_peer.get((key, number))
         if entry is None or not entry[2] > now:
             return None
-        return entry[0].handle, entry[1]
+        relay, peer, _, target = entry
+        if target is None:
+            return "peer", relay.handle, peer
+        assert not target.handle.closed, "a relay-to-relay entry outlived its target"
+        delivered = self.from_peer(target, relay.advertised, now)
+        return None if delivered is None else ("client", *delivered)
 
     def send_indication(
         self, key: Any, peer: tuple[str, int], now: float
@@ -101,9 +114,29 @@ class ModelTable:
         return None
 
 
+def _where(out: SendToPeer | SendToClient | None) -> tuple[Any, ...] | None:
+    if out is None:
+        return None
+    if isinstance(out, SendToPeer):
+        return "peer", out.handle, out.peer
+    kind: Any = "data" if out.data[0] < 0x40 else int.from_bytes(out.data[:2])
+    return "client", (out.client, out.addr), kind
+
+
+RELAY_NETS = ("192.0.2.0/24", "203.0.113.0/24", "2001:db8::/48")  # the harness's relays
+
+
 class Mirrored(Harness):
     def __init__(self, **engine: Any) -> None:
-        super().__init__(make_engine(families=frozenset({4, 6}), offload=True, **engine))
+        super().__init__(
+            make_engine(
+                families=frozenset({4, 6}),
+                offload=True,
+                allow=("198.51.100.0/24", "2001:db8:1::/48", *RELAY_NETS),
+                own=OwnAddresses(relay_to_relay=True),
+                **engine,
+            )
+        )
         self.table = ModelTable()
 
     def run(self, actions: list[Any]) -> list[bytes]:
@@ -119,6 +152,7 @@ def check_equivalent(h: Mirrored, clients: list[Client], *, cover: bool = True) 
     renewed the entries a permission's growth made stale), it forwards all the engine does for
     the allocations it took over."""
     engine, table, now = h.engine, h.table, h.now
+    relayed = [r.advertised for c in clients if c.allocation for r in c.allocation.relays]
     for c in clients:
         key = (c.transport, c.addr)
         offloaded = key in table.allocations
@@ -129,37 +163,40 @@ def check_equivalent(h: Mirrored, clients: list[Client], *, cover: bool = True) 
             )
             assert len(h.sent_to_peers) == before
             fast = table.channel_data(key, number, now)
-            want = None if out is None else (out.handle, out.peer)
-            if fast is not None or (offloaded and cover):
+            want = _where(out)
+            # to a relay of this server: the table may leave it to the engine (the target's
+            # permission for an own IP is never offloaded), never send it elsewhere
+            own = want is not None and want[0] == "client"
+            if fast is not None or (offloaded and cover and not own):
                 assert fast == want, (number, fast, want)
-        for ip in PEER_IPS:
-            for port in PORTS:
-                peer = (ip, port)
-                msg = Message(Method.SEND, Class.INDICATION)
-                msg.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, b"s")
-                actions = engine.handle_client(c.transport, c.addr, msg.encode(), now)
-                sends = [a for a in actions if isinstance(a, SendToPeer)]
-                want = (sends[0].handle, sends[0].peer) if sends else None
-                fast = table.send_indication(key, peer, now)
-                if fast is not None or (offloaded and cover):
-                    assert fast == want, (peer, fast, want)
+        for peer in [(ip, port) for ip in PEER_IPS for port in PORTS] + relayed:
+            msg = Message(Method.SEND, Class.INDICATION)
+            msg.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, b"s")
+            actions = engine.handle_client(c.transport, c.addr, msg.encode(), now)
+            assert len(actions) <= 1
+            if actions and isinstance(actions[0], SendToClient):
+                assert peer in relayed  # relay-to-relay: the engine's (own IPs stay its own)
+                continue
+            want = (actions[0].handle, actions[0].peer) if actions else None
+            fast = table.send_indication(key, peer, now)
+            if fast is not None or (offloaded and cover and peer not in relayed):
+                assert fast == want, (peer, fast, want)
         allocation = engine.allocations.get(key)
         for relay in allocation.relays if allocation else []:
-            for ip in PEER_IPS:
-                for port in PORTS:
-                    peer = (ip, port)
-                    out = engine.forward_from_peer(relay, peer, b"d", now)
-                    if out is None:
-                        want = None
-                    else:
-                        frame = out.data
-                        kind: Any = "data" if frame[0] < 0x40 else int.from_bytes(frame[:2])
-                        if kind == "data":
-                            assert decode(frame).get(Attr.XOR_PEER_ADDRESS) == peer
-                        want = ((out.client, out.addr), kind)
-                    fast = table.from_peer(relay, peer, now)
-                    if fast is not None or (offloaded and cover):
-                        assert fast == want, (relay.family, peer, fast, want)
+            for peer in [(ip, port) for ip in PEER_IPS for port in PORTS] + relayed:
+                own = peer in relayed
+                out = engine.forward_from_peer(relay, peer, b"d", now)
+                if out is None:
+                    want = None
+                else:
+                    frame = out.data
+                    kind: Any = "data" if frame[0] < 0x40 else int.from_bytes(frame[:2])
+                    if kind == "data":
+                        assert decode(frame).get(Attr.XOR_PEER_ADDRESS) == peer
+                    want = ((out.client, out.addr), kind)
+                fast = table.from_peer(relay, peer, now)
+                if fast is not None or (offloaded and cover and not own):
+                    assert fast == want, (relay.family, peer, fast, want)
 
 
 op = st.one_of(
@@ -174,6 +211,9 @@ op = st.one_of(
         st.sampled_from(NUMBERS),
         st.sampled_from(PEER_IPS),
         st.sampled_from(PORTS),
+    ),
+    st.tuples(
+        st.just("relay_channel"), st.integers(0, 2), st.sampled_from(NUMBERS), st.integers(0, 2)
     ),
     st.tuples(st.just("refresh"), st.integers(0, 2), st.sampled_from([0, 600, 3600])),
     st.tuples(st.just("allocate"), st.integers(0, 2)),
@@ -199,6 +239,10 @@ def test_mirrored_table_forwards_what_the_engine_forwards(ops: list[tuple[Any, .
             clients[item[1]].permit(*item[2])
         elif kind == "channel":
             clients[item[1]].channel(item[2], (item[3], item[4]))
+        elif kind == "relay_channel":  # to another client's (or its own) relayed address
+            target = clients[item[3]].allocation
+            if target is not None:
+                clients[item[1]].channel(item[2], target.relays[0].advertised)
         elif kind == "refresh":
             clients[item[1]].refresh(item[2])
         else:
@@ -257,3 +301,33 @@ def test_withdraw_precedes_the_relay_close(lifetime: int | None) -> None:
     kinds = [type(a).__name__ for a in actions]
     assert kinds.index("OffloadWithdraw") < kinds.index("CloseRelay"), kinds
     assert any(isinstance(a, OffloadWithdraw) and a.key == key for a in actions)
+
+
+def test_relay_to_relay_entries_follow_their_target() -> None:
+    """A channel to another allocation's relayed address is offloaded with that relay as its
+    target; when the target ends, the entry comes again without it before its socket closes."""
+    h = Mirrored()
+    a = Client(h, addr=("198.51.100.30", 1000))
+    b = Client(h, addr=("198.51.100.31", 1000))
+    a.allocate()
+    b.allocate()
+    relay_a, relay_b = a.allocation.relays[0], b.allocation.relays[0]
+    a.channel(0x4000, relay_b.advertised)
+    b.channel(0x4001, relay_a.advertised)
+    key_a, key_b = (a.transport, a.addr), (b.transport, b.addr)
+    assert h.table.to_peer[(key_a, 0x4000)][3] is relay_b
+    assert h.table.channel_data(key_a, 0x4000, h.now) == ("client", key_b, 0x4001)
+    out = h.engine.forward_from_client(key_a, encode_channel_data(0x4000, b"x"), h.now)
+    assert isinstance(out, SendToClient) and out.data[:2] == b"\x40\x01"
+    assert h.engine.stats.relay_to_relay_packets == 1 and h.engine.stats.to_peer_packets == 0
+    msg = Message(Method.REFRESH).add(Attr.LIFETIME, 0)
+    actions = h.engine.handle_client(b.transport, b.addr, b._sign(msg, "sha1"), h.now)
+    kinds = [type(x).__name__ for x in actions]
+    again = [
+        i for i, x in enumerate(actions) if isinstance(x, OffloadChannel) and x.key == key_a
+    ]
+    assert again and again[0] < kinds.index("CloseRelay"), kinds
+    h.run(actions)
+    assert h.table.channel_data(key_a, 0x4000, h.now) == ("peer", relay_a.handle, relay_b.advertised)
+    out = h.engine.forward_from_client(key_a, encode_channel_data(0x4000, b"x"), h.now)
+    assert isinstance(out, SendToPeer)  # the address is no relay now: the network's
