@@ -32,7 +32,7 @@ def register_peers(specs: Sequence[str]) -> list[CommandPeer]:
     for spec in specs:
         peer = CommandPeer.from_spec(spec, reserved=BUILTIN)
         if any(p.name == peer.name for p in peers):
-            raise ConfigError(f"--peer {peer.name}: given twice; give each peer its own name", param="peer")
+            raise ConfigError(f"{peer.name}: given twice; give each peer its own name", param="peer")
         peer.check()
         stacks.register(peer)
         peers.append(peer)
@@ -87,7 +87,7 @@ def choose(
         missing = [p for p in added if p not in named]
         if missing:
             raise ConfigError(
-                f"--peer {missing[0]} is not among --stacks {','.join(named)}; add it there", param="stacks"
+                f"peer {missing[0]} is not among the stacks {','.join(named)}; add it there", param="stacks"
             )
         chosen = list(named)
         for name in chosen:
