@@ -1,7 +1,8 @@
 """Suite-wide guards: nothing a test starts may outlive the run.
 
-Under CI (``CI=true``) the run fails when network namespaces named with natkit's prefix or
-coturn processes started by the tests are still there at the end.
+Under CI (``CI=true``) the run fails when network namespaces named with natkit's prefix,
+coturn processes or Compose lab containers and networks started by the tests are still there
+at the end.
 """
 
 from __future__ import annotations
@@ -34,19 +35,53 @@ def _turnservers() -> set[str]:
     return set(out.split())
 
 
+COMPOSE_LAB_TESTS = "tests/lab/engines/test_compose_lab.py"
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The Compose lab's tests run last, and the lab image's build starts now, in the background,
+    so that it overlaps everything before them (the build is mostly waiting on I/O)."""
+    compose = [i for i in items if i.nodeid.startswith(COMPOSE_LAB_TESTS)]
+    if not compose:
+        return
+    items[:] = [i for i in items if i not in compose] + compose
+    from tests.lab.engines.docker_lab import start_image_build
+
+    start_image_build()
+
+
+def _docker_objects() -> set[str]:
+    """Containers and networks of Compose labs (label org.natkit.lab), if a daemon answers."""
+    if not os.path.exists("/var/run/docker.sock") and not os.environ.get("DOCKER_HOST"):
+        return set()
+    try:
+        from natkit.lab.engines.docker import DockerAPI
+
+        api = DockerAPI(timeout=10)
+        api.ping(5)
+        return {f"container {c['Id'][:12]}" for c in api.containers("org.natkit.lab")} | {
+            f"network {n['Name']}" for n in api.networks("org.natkit.lab")
+        }
+    except Exception:
+        return set()
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config._natkit_before = (_namespaces(), _turnservers())  # type: ignore[attr-defined]
+    session.config._natkit_before = (_namespaces(), _turnservers(), _docker_objects())  # type: ignore[attr-defined]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         return  # fixtures of an interrupted run may not be torn down yet
-    before_ns, before_ts = getattr(session.config, "_natkit_before", (set(), set()))
+    before_ns, before_ts, before_docker = getattr(session.config, "_natkit_before", (set(), set(), set()))
     leaked_ns = _namespaces() - before_ns
     leaked_ts = _turnservers() - before_ts
-    if not (leaked_ns or leaked_ts):
+    leaked_docker = _docker_objects() - before_docker
+    if not (leaked_ns or leaked_ts or leaked_docker):
         return
     message = f"left behind: namespaces {sorted(leaked_ns)}, turnserver pids {sorted(leaked_ts)}"
+    if leaked_docker:
+        message += f", Compose lab objects {sorted(leaked_docker)}"
     print(f"\nnatkit: {message}")
     if os.environ.get("CI") == "true" and session.exitstatus == 0:
         session.exitstatus = 1

@@ -71,6 +71,11 @@ def _is_natkit_output(path: Path, kind: str) -> bool:
     return isinstance(doc, dict) and "schema_version" in doc
 
 
+# Outputs that may go to stdout with '-': JSON, Prometheus text, the Compose YAML; an HTML
+# page or a pcapng capture goes to a file only.
+STDOUT_KINDS = frozenset({"json", "prom", "compose"})
+
+
 def check_output(
     flag: str, target: str | None, inputs: Iterable[str | os.PathLike[str] | None] = (), kind: str = "json"
 ) -> Path | None:
@@ -78,8 +83,11 @@ def check_output(
 
     Refuses (UsageError) a target that is one of ``inputs``, that exists and is not natkit's
     own output of ``kind`` ("json": an object with ``schema_version``; "html": natkit's
-    marker), or that cannot be written.
+    marker), or that cannot be written; '-' (stdout) only for the kinds that can go there.
     """
+    to_stdout = kind in STDOUT_KINDS
+    if target == "-" and not to_stdout:
+        raise UsageError(f"{flag} -: {flag} writes a file, not stdout; give a file name")
     if not target or target == "-":
         return None
     path = Path(target)
@@ -95,9 +103,10 @@ def check_output(
         if not path.is_file():
             raise UsageError(f"{flag} {target}: not a regular file; give a file to write")
         if not _is_natkit_output(path, kind):
+            instead = f", or '{flag} -' for stdout" if to_stdout else ""
             raise UsageError(
                 f"{flag} {target}: exists and is not a natkit {kind.upper()} report; refusing to "
-                f"overwrite it (choose a new file, or '{flag} -' for stdout)"
+                f"overwrite it (choose a new file{instead})"
             )
     parent = path.parent if str(path.parent) else Path(".")
     if not os.access(parent, os.W_OK):
@@ -153,6 +162,12 @@ def check_timeout(value: float, flag: str = "--timeout") -> float:
     if not 0 < value <= 600:
         raise UsageError(f"{flag} {value:g}: expected seconds between 0 and 600")
     return value
+
+
+def not_a_file(path: str) -> str:
+    """Why ``path``, which is no regular file, cannot be read: missing, or a device, FIFO or
+    directory (``/dev/zero`` is there, but no certificate)."""
+    return "not a regular file (a directory, device or FIFO)" if os.path.exists(path) else "no such file"
 
 
 def examples(*lines: str) -> str:

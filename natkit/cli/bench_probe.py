@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from natkit.cli._common import print_json, progress_printer
+from natkit.cli._common import print_json, progress_printer, verb_parser
 
 
 def register(sub: Any) -> None:
     help_text = "probe time of natkit vs turnutils_natdiscovery on lab NATs"
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "probe",
-        help=help_text,
-        description=help_text + " (needs root, nftables, coturn). "
+    parser: argparse.ArgumentParser = verb_parser(
+        sub, "probe", help_text,
+        help_text + " (needs root, nftables, coturn). "
         "Builds each NAT in network namespaces, runs an RFC 5780 server on its public side and "
         "both probes behind it, and prints the time ratio.",
+        [
+            "natkit bench probe --nat symmetric --nat full-cone",
+            "natkit bench probe --server natkit --no-natdiscovery --json",
+        ],
     )
     parser.add_argument(
         "--nat", action="append", metavar="PRESET", help="NAT preset (repeatable; default: all six)"

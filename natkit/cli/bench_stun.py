@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from natkit.cli._common import print_json, progress_printer
+from natkit.cli._common import print_json, progress_printer, verb_parser
 
 HELP = "Binding responses/s of natkit vs coturn and a bare C reflector, per core"
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "stun",
-        help=HELP,
-        description=HELP + ": the servers on loopback, alternating, each pinned to one core "
+    parser: argparse.ArgumentParser = verb_parser(
+        sub, "stun", HELP,
+        HELP + ": the servers on loopback, alternating, each pinned to one core "
         "(taskset) with natkit's batching C load generator on another core. The bare "
         "reflector (the ceiling) is what one core answers through the same syscalls.",
+        [
+            "natkit bench stun --seconds 3 --rounds 1",
+            "natkit bench stun --fast-path python --no-coturn --json",
+        ],
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each run (5)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of all servers (2)")

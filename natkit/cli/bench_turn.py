@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from natkit.cli._common import print_json, progress_printer
+from natkit.cli._common import print_json, progress_printer, verb_parser
 from natkit.errors import UsageError
 
 HELP = "TURN relay throughput and allocations, natkit vs coturn"
@@ -32,12 +32,15 @@ ROWS = (  # (label, section, key, format)
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "turn",
-        help=HELP,
-        description=HELP + ": each engine on loopback pinned to one core (taskset), the C "
+    parser: argparse.ArgumentParser = verb_parser(
+        sub, "turn", HELP,
+        HELP + ": each engine on loopback pinned to one core (taskset), the C "
         "driver turnload on another: ChannelData and Send-indication relay rates and loss, "
         "allocations/s, memory per idle allocation; each figure for both and the ratio.",
+        [
+            "natkit bench turn --seconds 3 --rounds 1",
+            "natkit bench turn --engines natkit --allocations 100 --json",
+        ],
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each traffic run (5)")
     parser.add_argument(

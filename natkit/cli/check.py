@@ -68,7 +68,8 @@ def register(sub: Any, verb: str, help_text: str) -> None:
     monitor = parser.add_argument_group("monitoring")
     monitor.add_argument("--prometheus", metavar="FILE",
                          help="also write the result as Prometheus gauges (node-exporter "
-                         "textfile format, written atomically)")
+                         "textfile format, written atomically); '-': to stdout instead of "
+                         "the text")
     monitor.add_argument("--serve", metavar="HOST:PORT",
                          help="serve /metrics and run the check on every scrape "
                          "(blackbox_exporter style) until interrupted")
@@ -86,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     if args.serve and (args.json or args.prometheus or args.static_only or args.browsers):
         raise UsageError("--serve runs until interrupted: it takes no --json, --prometheus, "
                          "--static-only or --browser")
+    if args.prometheus == "-" and args.json == "-":
+        raise UsageError("--json - and --prometheus - both want stdout: give one of them a file")
+    if args.prometheus and args.static_only:
+        raise UsageError("--prometheus reports the live checks: drop --static-only")
     if not 1 <= args.concurrency <= 256:
         raise UsageError(f"--concurrency {args.concurrency}: expected 1-256")
     inputs = [args.file if args.file != "-" else None]
@@ -128,12 +133,15 @@ def run(args: argparse.Namespace) -> int:
                                browsers=args.browsers or ()))
     if args.json:
         emit_json(args.json, report.as_dict(), inputs)
-    if args.json != "-":  # --json FILE keeps the text on stdout
+    if "-" not in (args.json, args.prometheus):  # a FILE keeps the text on stdout
         print(format_report(report))
-    if prom_path is not None:
+    if args.prometheus:
         from natkit.ice.monitor import prometheus_text
 
-        write_output(prom_path, prometheus_text(report))
+        if prom_path is None:  # '-'
+            sys.stdout.write(prometheus_text(report))
+        else:
+            write_output(prom_path, prometheus_text(report))
     return report.exit_code
 
 

@@ -40,8 +40,9 @@ def _sub(cmds: Any, name: str, help_text: str, description: str, examples: str) 
 def register(sub: Any, verb: str, help_text: str) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         verb, help=help_text,
-        description="The NAT lab: real Linux NATs (nftables in network namespaces), a STUN server, a "
-        "TURN relay and a signaling server, and real WebRTC peers for every pair of NATs. Needs root.",
+        description="The NAT lab: real Linux NATs (nftables in network namespaces, or in Docker "
+        "containers with --engine compose), a STUN server, a TURN relay and a signaling server, and "
+        "real WebRTC peers for every pair of NATs. Needs root.",
         epilog="examples:\n"
         "  natkit lab run                         # the default topology, the matrix on stdout\n"
         "  natkit lab run --json lab.json --html lab.html\n"
@@ -54,7 +55,8 @@ def register(sub: Any, verb: str, help_text: str) -> None:
 
     run = _sub(
         cmds, "run", "build the lab, probe every NAT, run every case, print the matrix (exit 0: all as expected)",
-        "Build the lab (network namespaces + nftables NATs), probe every NAT, connect WebRTC peers of "
+        "Build the lab (network namespaces + nftables NATs; with --engine compose, Docker containers "
+        "from an image built offline once), probe every NAT, connect WebRTC peers of "
         "every ICE stack (aiortc, chromium, firefox, libnice, pion, and --peer commands) behind the NATs "
         "over host, srflx and relay candidates, and compare with what the NAT behaviours and the stacks' "
         "capabilities predict. By default: aiortc with itself on every NAT pair and path, every other "
@@ -68,9 +70,28 @@ def register(sub: Any, verb: str, help_text: str) -> None:
         "  natkit lab run --stacks aiortc,pion --only srflx\n"
         "  natkit lab run --full --shard 2/4 --json shard2.json\n"
         "  natkit lab run --peer mine='./my-peer --role {role}'\n"
-        "  natkit lab run --turn-engine coturn --browser\n",
+        "  natkit lab run --turn-engine coturn --browser\n"
+        "  natkit lab run --engine compose --json lab.json\n"
+        "  natkit lab run --engine compose --peer mine='python3 /srv/peer/peer.py' --mount /srv/peer\n",
     )
     run.add_argument("topology", nargs="?", help=_TOPOLOGY_HELP)
+    run.add_argument(
+        "--engine", choices=("netns", "compose"), default="netns",
+        help="netns: namespaces on this host (default); compose: Docker containers (needs a running "
+        "Docker daemon and Compose; the image is built offline once and reused)",
+    )
+    run.add_argument(
+        "--base", metavar="IMAGE",
+        help="with --engine compose: the image the lab's image builds on: 'debian' (made here with "
+        "mmdebstrap) or a local image such as python:3.11-slim-bookworm (default: that one if it is "
+        "present, else debian)",
+    )
+    run.add_argument(
+        "--mount", action="append", default=[], metavar="PATH",
+        help="with --engine compose: bind-mount PATH (a file or directory of this host) read-only at the "
+        "same path into the runner and every peer container, for --peer programs that are not in the "
+        "image (repeatable)",
+    )
     add_json_option(run, "the results (then the matrix goes to stderr when JSON goes to stdout)")
     run.add_argument("--turn-engine", choices=("natkit", "coturn"), help="TURN relay engine (default: the topology's)")
     run.add_argument(
@@ -134,6 +155,7 @@ def register(sub: Any, verb: str, help_text: str) -> None:
     compose.add_argument("topology", nargs="?", help=_TOPOLOGY_HELP)
     compose.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     compose.add_argument("--turn-engine", choices=("natkit", "coturn"), help="TURN relay engine (default: the topology's)")
+    compose.add_argument("--base", metavar="IMAGE", help="the image the lab's image builds on (default: python:3.11-slim-bookworm)")
     add_json_option(compose, "a report of the generated project")
     compose.set_defaults(func=_compose)
 
@@ -174,9 +196,12 @@ def register(sub: Any, verb: str, help_text: str) -> None:
     clean = _sub(
         cmds, "clean", "remove namespaces, processes and state left by killed runs",
         "Remove the namespaces, processes, scratch directories and state files that killed runs "
-        "(kill -9, a crash) left behind. Runs whose process still lives are kept unless --force.",
-        "  natkit lab clean\n  natkit lab clean --force --json\n",
+        "(kill -9, a crash) left behind; with --engine compose, the containers, networks and "
+        "firewall rules of killed Compose runs (the image stays). Runs whose process still lives "
+        "are kept unless --force.",
+        "  natkit lab clean\n  natkit lab clean --force --json\n  natkit lab clean --engine compose\n",
     )
+    clean.add_argument("--engine", choices=("netns", "compose"), default="netns", help="whose leftovers (default: netns)")
     clean.add_argument("--force", action="store_true", help="also remove labs whose owner is still running")
     add_json_option(clean, "what was removed")
     clean.set_defaults(func=_clean)
@@ -234,17 +259,38 @@ def _run(args: argparse.Namespace) -> int:
     from natkit.lab.choose import choose
     from natkit.lab.shard import parse_shard
 
+    compose_lab = None
+    if args.engine == "compose":
+        from natkit.lab.engines import compose_lab
+
+        if args.browser:
+            raise UsageError("--browser: the Compose engine's image has no Chromium; use --engine netns for browser cases")
+        compose_lab.check(capture=not args.no_capture)  # root, the daemon, Compose: before anything else
+        from natkit.lab.engines.compose import check_mount
+
+        compose_lab.check_peers_mounted(args.peer, [check_mount(m) for m in args.mount])
+    elif args.base is not None or args.mount:
+        flag = "--base" if args.base is not None else "--mount"
+        raise UsageError(f"{flag} is for the Compose engine's containers: add --engine compose")
     shard = parse_shard(args.shard) if args.shard else None
-    selection = choose(topo, stack_names=args.stacks, peers=args.peer, full=args.full, only=args.only)
+    selection = choose(topo, stack_names=args.stacks, peers=args.peer, full=args.full, only=args.only,
+                       unavailable=compose_lab.stack_unavailable if compose_lab is not None else None)
     progress = report.Progress(sys.stderr)
     for name, why in selection.skipped:
         progress("stage", {"text": f"stack {name} left out: {why}"})
     try:
-        result = runner.run(
-            topo, turn_engine=args.turn_engine, parallel=args.parallel,
-            capture=not args.no_capture, progress=progress, keep_capture=args.pcap, browser=args.browser,
-            selection=selection, shard=shard,
-        )
+        if compose_lab is not None:
+            result = compose_lab.run(
+                topo, turn_engine=args.turn_engine, parallel=args.parallel, capture=not args.no_capture,
+                progress=progress, keep_capture=args.pcap, base=args.base, selection=selection, shard=shard,
+                peers=args.peer, mounts=args.mount,
+            )
+        else:
+            result = runner.run(
+                topo, turn_engine=args.turn_engine, parallel=args.parallel,
+                capture=not args.no_capture, progress=progress, keep_capture=args.pcap, browser=args.browser,
+                selection=selection, shard=shard,
+            )
     finally:
         progress.close()
     data = result.to_json()
@@ -255,7 +301,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.html:
         from natkit.lab.html import write_html
 
-        write_html(args.html, data, topo)
+        write_html(args.html, data, topo.for_compose() if args.engine == "compose" else topo)
     return result.exit_code
 
 
@@ -288,6 +334,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _compose(args: argparse.Namespace) -> int:
     from natkit.lab.engines.compose import compose_model, write_compose
+    from natkit.lab.engines.image import PYTHON_BASE
     from natkit.lab.results import SCHEMA_VERSION
 
     inputs = [_input(args.topology)]
@@ -295,9 +342,10 @@ def _compose(args: argparse.Namespace) -> int:
     if args.json:
         check_output("--json", args.json, inputs)
     topo = _load(args.topology)
-    text = write_compose(topo, out, turn_engine=args.turn_engine)
+    base = args.base or PYTHON_BASE
+    text = write_compose(topo, out, turn_engine=args.turn_engine, base=base)
     if args.json:
-        model = compose_model(topo, turn_engine=args.turn_engine)
+        model = compose_model(topo, turn_engine=args.turn_engine, base=base)
         doc: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "topology": topo.source,
@@ -305,6 +353,7 @@ def _compose(args: argparse.Namespace) -> int:
             "turn_engine": args.turn_engine or topo.servers.turn_engine,
             "services": sorted(model["services"]),
             "networks": {k: v["ipam"]["config"][0]["subnet"] for k, v in model["networks"].items()},
+            "base": base,
         }
         if out is None:
             doc["compose"] = text
@@ -371,12 +420,20 @@ def _clean(args: argparse.Namespace) -> int:
     from natkit.lab.up import forget_dead
 
     check_output("--json", args.json)
-    removed = cleanup_leftovers(force=args.force)
-    forget_dead()  # a killed 'natkit lab up' is gone with its namespaces
+    if args.engine == "compose":
+        from natkit.lab.engines.compose_lab import cleanup_leftovers as compose_leftovers
+
+        removed = compose_leftovers(force=args.force)
+        what = "container(s), network(s) and rule(s)"
+    else:
+        removed = cleanup_leftovers(force=args.force)
+        forget_dead()  # a killed 'natkit lab up' is gone with its namespaces
+        what = "namespace(s)"
     if args.json:
-        emit_json(args.json, {"schema_version": SCHEMA_VERSION, "removed": removed, "force": args.force})
+        emit_json(args.json, {"schema_version": SCHEMA_VERSION, "removed": removed, "force": args.force,
+                              "engine": args.engine})
     if args.json != "-":
-        print(f"removed {len(removed)} namespace(s)" + (": " + ", ".join(removed) if removed else ""))
+        print(f"removed {len(removed)} {what}" + (": " + ", ".join(removed) if removed else ""))
     return 0
 
 

@@ -8,18 +8,22 @@ import os
 import sys
 from typing import Any
 
-from natkit.cli._common import SERVE_SCHEMA_VERSION, parse_hostport
+from natkit.cli._common import SERVE_SCHEMA_VERSION, not_a_file, parse_hostport, verb_parser
 from natkit.errors import UsageError
 
 HELP = "run the STUN responder (RFC 8489, RFC 5780 mode with --alternate-ip)"
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "stun",
-        help=HELP,
-        description=HELP + ". Default: UDP and TCP on 0.0.0.0:3478 and [::]:3478, TLS on 5349 "
+    parser: argparse.ArgumentParser = verb_parser(
+        sub, "stun", HELP,
+        HELP + ". Default: UDP and TCP on 0.0.0.0:3478 and [::]:3478, TLS on 5349 "
         "when a certificate is given. Stops cleanly on SIGTERM or Ctrl-C.",
+        [
+            "natkit serve stun --listen 127.0.0.1:3478",
+            "natkit serve stun --listen 192.0.2.10:3478 --alternate-ip 192.0.2.11   # RFC 5780 mode",
+            "natkit serve stun --tls-cert cert.pem --tls-key key.pem --metrics 127.0.0.1:9100",
+        ],
     )
     parser.add_argument(
         "--listen",
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"bad --workers {args.workers}: give 1-256 processes")
     for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
         if path and not os.path.isfile(path):
-            raise UsageError(f"{flag} {path}: no such file")
+            raise UsageError(f"{flag} {path}: {not_a_file(path)}")
     if args.idle_timeout <= 0:
         raise UsageError(f"bad --idle-timeout {args.idle_timeout}: must be > 0 seconds")
     options = {

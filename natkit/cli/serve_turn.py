@@ -10,7 +10,13 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from natkit.cli._common import SERVE_SCHEMA_VERSION, parse_hostport, print_json
+from natkit.cli._common import (
+    SERVE_SCHEMA_VERSION,
+    not_a_file,
+    parse_hostport,
+    print_json,
+    verb_parser,
+)
 from natkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -19,14 +25,19 @@ if TYPE_CHECKING:
 HELP = "run the TURN relay (RFC 8656), safe by default"
 
 
+
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "turn",
-        help=HELP,
-        description=HELP + ": peers in special-purpose ranges (loopback, private, link-local, "
+    parser: argparse.ArgumentParser = verb_parser(
+        sub, "turn", HELP,
+        HELP + ": peers in special-purpose ranges (loopback, private, link-local, "
         "cloud metadata, CGNAT, ULA, multicast, documentation...) are refused unless "
         "--allow-peer opens them. Default: UDP and TCP on 0.0.0.0:3478. Without --user, "
         "--users-file or --auth-secret a random user is generated and printed.",
+        [
+            "natkit serve turn --listen 127.0.0.1:3478 --user alice:s3cret",
+            "natkit serve turn --auth-secret S --external-ip 203.0.113.5 --min-port 49152 --max-port 65535",
+            "natkit serve turn --user alice:s3cret --tls-cert cert.pem --tls-key key.pem --engine coturn",
+        ],
     )
     add = parser.add_argument
     add(
@@ -213,7 +224,7 @@ def options_from_args(args: argparse.Namespace) -> TurnOptions:
         ("users_file", args.users_file),
     ):
         if path and not os.path.isfile(path):
-            raise ConfigError(f"{path}: no such file", param=param)
+            raise ConfigError(f"{path}: {not_a_file(path)}", param=param)
     if not 600 <= args.max_lifetime <= 86400:
         raise ConfigError(f"give 600-86400 seconds, not {args.max_lifetime}", param="max_lifetime")
     changes: dict[str, Any] = {

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 from natkit.errors import PrerequisiteError
 from natkit.lab.evidence import CAPTURE_MARKER
-from natkit.lab.netns import NetnsLab
+from natkit.lab.netns import NetnsLab, in_netns
 
 __all__ = ["MARKER_PORT", "SYNC_TIMEOUT", "Capture", "CaptureMarker", "check_dumpcap", "wait_capture"]
 
@@ -46,8 +47,10 @@ class CaptureMarker:
     """Marker datagrams sent across the internet bridge: once one is in the capture file,
     everything that crossed the bridge before it is too (libpcap hands packets over in order)."""
 
-    def __init__(self, lab: NetnsLab, ns: str, dest: tuple[str, int]) -> None:
-        self._sock = lab.socket(ns)
+    def __init__(self, lab: NetnsLab | None, ns: str, dest: tuple[str, int]) -> None:
+        # ``ns``: a namespace of ``lab``, or (lab None) a network namespace's path, such as a
+        # container's /proc/PID/ns/net.
+        self._sock = lab.socket(ns) if lab is not None else in_netns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         self._dest = dest
         self._offset = 0
         self._tail = b""
@@ -111,9 +114,12 @@ def wait_capture(pcap: Path, proc: subprocess.Popen[Any]) -> None:
 
 class Capture:
     """dumpcap on ``iface`` in namespace ``ns`` into ``path``, bracketed by markers sent from
-    namespace ``marker_ns`` to ``marker_to`` (an address on the far side of the bridge)."""
+    namespace ``marker_ns`` to ``marker_to`` (an address on the far side of the bridge).
 
-    def __init__(self, lab: NetnsLab, ns: str, iface: str, path: Path, marker_ns: str, marker_to: str) -> None:
+    ``lab`` None: ``iface`` is an interface of the host itself (the Compose engine's internet
+    bridge) and ``marker_ns`` a network namespace's path (a container's /proc/PID/ns/net)."""
+
+    def __init__(self, lab: NetnsLab | None, ns: str, iface: str, path: Path, marker_ns: str, marker_to: str) -> None:
         self.lab, self.ns, self.iface, self.path = lab, ns, iface, path
         self._marker_ns, self._marker_to = marker_ns, marker_to
         self._proc: subprocess.Popen[bytes] | None = None
@@ -121,11 +127,9 @@ class Capture:
 
     def start(self) -> None:
         """Start dumpcap; return once a marker sent now is in the file (no case starts before)."""
-        self._proc = self.lab.popen(
-            self.ns,
-            ["dumpcap", "-q", "-P", "-i", self.iface, "-f", "udp or tcp", "-w", str(self.path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent,
-        )
+        argv = ["dumpcap", "-q", "-P", "-i", self.iface, "-f", "udp or tcp", "-w", str(self.path)]
+        kw: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "preexec_fn": die_with_parent}
+        self._proc = self.lab.popen(self.ns, argv, **kw) if self.lab is not None else subprocess.Popen(argv, **kw)
         wait_capture(self.path, self._proc)
         self._marker = CaptureMarker(self.lab, self._marker_ns, (self._marker_to, MARKER_PORT))
         if not self._marker.sync(self.path, self._proc):
@@ -159,3 +163,6 @@ class Capture:
         if self._marker is not None:
             self._marker.close()
             self._marker = None
+        if self.lab is None and self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()  # a NetnsLab kills its own processes; on the host, we do
+            self._proc.wait(5)

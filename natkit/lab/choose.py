@@ -13,7 +13,7 @@ filter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from natkit.errors import ConfigError, PrerequisiteError
 from natkit.lab import stacks
@@ -32,21 +32,35 @@ def register_peers(specs: Sequence[str]) -> list[CommandPeer]:
     for spec in specs:
         peer = CommandPeer.from_spec(spec, reserved=BUILTIN)
         if any(p.name == peer.name for p in peers):
-            raise ConfigError(f"--peer {peer.name}: given twice; give each peer its own name", param="peer")
+            raise ConfigError(f"{peer.name}: given twice; give each peer its own name", param="peer")
         peer.check()
         stacks.register(peer)
         peers.append(peer)
     return peers
 
 
-def _available(names: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+Unavailable = Callable[[str], "str | None"]  # why a stack cannot run on the engine, or None
+
+
+def _why_not(name: str, unavailable: Unavailable | None) -> str | None:
+    if unavailable is not None:
+        why = unavailable(name)
+        if why is not None:
+            return why
+    try:
+        stacks.get(name).check()
+    except PrerequisiteError as exc:
+        return str(exc)
+    return None
+
+
+def _available(names: Sequence[str], unavailable: Unavailable | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     ok: list[str] = []
     skipped: list[tuple[str, str]] = []
     for name in names:
-        try:
-            stacks.get(name).check()
-        except PrerequisiteError as exc:
-            skipped.append((name, str(exc)))
+        why = _why_not(name, unavailable)
+        if why is not None:
+            skipped.append((name, why))
             continue
         ok.append(name)
     return ok, skipped
@@ -59,9 +73,12 @@ def choose(
     peers: Sequence[str] = (),
     full: bool = False,
     only: Sequence[str] = (),
+    unavailable: Unavailable | None = None,
 ) -> Selection:
     """The run's :class:`~natkit.lab.matrix.Selection` (see the module docstring).
-    ``stack_names``: ``--stacks`` values; ``peers``: ``--peer`` values (registered here)."""
+    ``stack_names``: ``--stacks`` values; ``peers``: ``--peer`` values (registered here);
+    ``unavailable``: the engine's own reason a stack cannot run there (the Compose engine's
+    image: :func:`natkit.lab.engines.compose_lab.stack_unavailable`), besides this host's."""
     added = [p.name for p in register_peers(peers)]
     known = [*BUILTIN, *added]
     named = parse_stacks(stack_names, known)
@@ -70,13 +87,17 @@ def choose(
         missing = [p for p in added if p not in named]
         if missing:
             raise ConfigError(
-                f"--peer {missing[0]} is not among --stacks {','.join(named)}; add it there", param="stacks"
+                f"peer {missing[0]} is not among the stacks {','.join(named)}; add it there", param="stacks"
             )
         chosen = list(named)
+        for name in chosen:
+            why = unavailable(name) if unavailable is not None else None
+            if why is not None:
+                raise PrerequisiteError(f"--stacks {name}: {why}")
     elif added:
         chosen = [REFERENCE, *added]
     else:
-        chosen, skipped = _available(BUILTIN)
+        chosen, skipped = _available(BUILTIN, unavailable)
         if REFERENCE not in chosen:
             raise PrerequisiteError(f"the reference stack cannot run: {dict(skipped)[REFERENCE]}")
     selection = select(topo, chosen, full=full, skipped=skipped, dtls_ok=_dtls_ok)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,11 +38,18 @@ def load_reports(paths: Sequence[str | os.PathLike[str]]) -> list[tuple[str, dic
     for p in paths:
         where = str(p)
         try:
-            size = os.path.getsize(p)
-            if size > MAX_REPORT_BYTES:
-                raise _fail(where, f"{size} bytes: larger than any lab report ({MAX_REPORT_BYTES >> 20} MiB)")
+            info = os.stat(p)
+            if not stat.S_ISREG(info.st_mode):  # /dev/zero, a FIFO: never read to the end
+                raise _fail(where, "not a regular file (a directory, device or FIFO); give a lab report")
+            if info.st_size > MAX_REPORT_BYTES:
+                raise _fail(where, f"{info.st_size} bytes: larger than any lab report ({MAX_REPORT_BYTES >> 20} MiB)")
             with open(p, "rb") as f:
-                doc = json.loads(f.read())
+                data = f.read(MAX_REPORT_BYTES + 1)  # a file that grows while read stays bounded
+            if len(data) > MAX_REPORT_BYTES:
+                raise _fail(where, f"larger than any lab report ({MAX_REPORT_BYTES >> 20} MiB)")
+            doc = json.loads(data)
+        except ConfigError:
+            raise
         except OSError as exc:
             raise _fail(where, f"cannot read: {exc.strerror or exc}") from None
         except RecursionError:

@@ -43,7 +43,17 @@ from natkit.lab.servers import WEB_PORT, ServersSpec
 from natkit.lab.stacks import PeerConfig, PeerResult
 from natkit.lab.topology import LAB_ZONE, Case, PeerPlan, Plan, RouterPlan, Topology
 
-__all__ = ["Orchestration", "Progress", "Tally", "check_stacks", "cpu_limit", "expectation_of", "orchestrate"]
+__all__ = [
+    "Orchestration",
+    "Progress",
+    "Tally",
+    "case_report",
+    "case_result",
+    "check_stacks",
+    "cpu_limit",
+    "expectation_of",
+    "orchestrate",
+]
 
 PROBE_TIMEOUT = 1.5  # s per probe transaction: answers take ms in the lab
 RESULT_MARGIN = 6.0  # s an agent may take beyond a peer's own bound to report
@@ -87,12 +97,66 @@ class Tally:
 
 @dataclass
 class Orchestration:
-    """What :func:`orchestrate` returns: results in the order of the cases given."""
+    """What :func:`orchestrate` returns: results in the order of the cases given.
+
+    :meth:`to_json` / :meth:`from_json` carry it from one process to another (the Compose
+    engine's runner container to the host, which owns the capture and judges): only what the
+    agents reported travels; expectations and routes are derived again from the topology.
+    """
 
     cases: list[CaseResult]
     probes: list[ProbeResult]
     errors: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cases": [case_report(c) for c in self.cases],
+            "probes": [p.to_json() for p in self.probes],
+            "errors": list(self.errors),
+            "timings": dict(self.timings),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], topo: Topology, plan: Plan, cases: Sequence[Case]) -> Orchestration:
+        """The orchestration of ``cases`` from :meth:`to_json`; a case it lacks is a failed one
+        with that error (ValueError when ``data`` is not such a document)."""
+        try:
+            reports = {str(c["id"]): c for c in data["cases"]}
+            probes = [ProbeResult.from_json(p) for p in data["probes"]]
+            errors = [str(e) for e in data.get("errors", [])]
+            timings = {str(k): float(v) for k, v in dict(data.get("timings", {})).items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not an orchestration document: {exc}") from None
+        missing = {"error": "no result from the lab's runner"}
+        out = []
+        for case in cases:
+            rep = reports.get(case.id, {})
+            out.append(case_result(topo, plan, case, rep.get("caller", missing), rep.get("callee", missing)))
+        return cls(out, probes, errors, timings)
+
+
+def case_report(c: CaseResult) -> dict[str, Any]:
+    """What the agents reported of one case (the part of a case that :func:`case_result` needs)."""
+    return {"id": c.case.id, "caller": c.caller.to_json(), "callee": c.callee.to_json()}
+
+
+def case_result(
+    topo: Topology, plan: Plan, case: Case, caller: Mapping[str, Any], callee: Mapping[str, Any],
+    exp: Expectation | None = None,
+) -> CaseResult:
+    """The typed result of ``case`` from both sides' reports (agent JSON)."""
+    (ra, _), (rb, _) = plan.peers_of(case)
+    a, b = case.stacks
+    result = CaseResult(
+        case, exp or expectation_of(topo, plan, case),
+        PeerResult.from_json(dict(caller), role="caller", path=case.path, stack=a),
+        PeerResult.from_json(dict(callee), role="callee", path=case.path, stack=b),
+        (ra.id, rb.id),
+    )
+    if result.observed == "connected":
+        result.route = claimed_route(result.caller.selected, ra.peer_lan, ra.public_ip)
+    return result
 
 
 def cpu_limit(parallel: int | None, topo: Topology) -> int:
@@ -292,11 +356,7 @@ async def _run(
                 await asyncio.wait([pairing], timeout=START_GATE_S)
                 gate.release()
             ra_res, rb_res = await pairing
-        caller = PeerResult.from_json(ra_res, role="caller", path=case.path, stack=a.name)
-        callee = PeerResult.from_json(rb_res, role="callee", path=case.path, stack=b.name)
-        result = CaseResult(case, exp, caller, callee, (ra.id, rb.id))
-        if result.observed == "connected":
-            result.route = claimed_route(caller.selected, ra.peer_lan, ra.public_ip)
+        result = case_result(topo, plan, case, ra_res, rb_res, exp)
         done["n"] += 1
         tally.add(result)
         notify("case", {"case": result, "done": done["n"], "total": total, "tally": tally})

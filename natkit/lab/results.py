@@ -138,6 +138,12 @@ class ProbeResult:
     passed: bool
     error: str | None = None
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProbeResult:
+        err = data.get("error")
+        return cls(str(data["nat"]), str(data["type"]), dict(data["expected"]), dict(data["observed"]),
+                   bool(data["pass"]), None if err is None else str(err))
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"nat": self.nat, "type": self.type, "expected": self.expected,
                                "observed": self.observed, "pass": self.passed}
@@ -185,6 +191,7 @@ class LabResult:
     started_at: str = field(default_factory=_now)
     host: str = field(default_factory=socket.gethostname)
     natkit_version: str = field(default_factory=_version)
+    compose: dict[str, Any] | None = None  # the Compose engine's run: tool, project, image, bridges
 
     @property
     def matrix_cases(self) -> list[CaseResult]:
@@ -234,6 +241,8 @@ class LabResult:
         out["stack_pairs"] = stack_pairs(out["cases"])
         if self.browser:
             out["browser_cases"] = [c.to_json() for c in self.cases if c.case.stacks == ("chromium", "aiortc")]
+        if self.compose is not None:
+            out["compose"] = dict(self.compose)
         return out
 
 

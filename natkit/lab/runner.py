@@ -32,7 +32,7 @@ from natkit.lab.results import CaseResult, Evidence, LabResult, describe_lab
 from natkit.lab.shard import Shard
 from natkit.lab.topology import TURN_ENGINES, Case, Plan, Topology
 
-__all__ = ["attach_evidence", "check_turn_engine", "describe_run", "finish", "run", "select_cases"]
+__all__ = ["attach_evidence", "check_turn_engine", "describe_run", "finish", "run", "run_cases", "select_cases"]
 
 
 def check_turn_engine(topo: Topology, turn_engine: str | None) -> str:
@@ -62,7 +62,8 @@ def run(
     Chromium cases with ``browser``, and the probes; tear down; the typed result.
 
     ``selection`` (:func:`natkit.lab.matrix.select`): the plan the cases come from, recorded in
-    the result (``cases`` default to its cases); with ``shard`` only that shard of it runs."""
+    the result (``cases`` default to its cases); with ``shard`` only that shard of it runs. (The
+    Compose engine's counterpart: :func:`natkit.lab.engines.compose_lab.run`.)"""
     from natkit.lab.engines import netns
 
     t0 = time.monotonic()
@@ -72,17 +73,7 @@ def run(
 
     check_kinds(topo)  # before anything is built
     netns.NOT_APPLIED.clear()
-    if cases is None:
-        cases = list(selection.cases) if selection is not None else topo.cases()
-    cases = list(cases)
-    if browser:
-        cases += browser_cases(topo, within=cases)
-    if selection is not None and shard is not None:
-        from natkit.lab.shard import shard_cases
-
-        cases = [c for _, c in shard_cases(cases, shard)]
-        if not cases:
-            raise ConfigError(f"shard {shard} of {selection.id} holds no case ({len(selection.cases)} in the plan)", param="shard")
+    cases = run_cases(topo, cases, selection, shard, browser=browser)
     check_stacks(cases)  # also imports them once, before the agents fork
     plan = topo.plan(cases)
     notify = progress or (lambda kind, info: None)
@@ -98,6 +89,26 @@ def run(
     result.duration_s = time.monotonic() - t0
     describe_run(result, selection, shard)
     return result
+
+
+def run_cases(
+    topo: Topology, cases: Sequence[Case] | None, selection: Selection | None, shard: Shard | None, *,
+    browser: bool = False,
+) -> list[Case]:
+    """The cases a run holds, for every engine: ``cases`` (default: the selection's, else the
+    topology's), the Chromium cases with ``browser``, then only ``shard`` of them."""
+    if cases is None:
+        cases = list(selection.cases) if selection is not None else topo.cases()
+    out = list(cases)
+    if browser:
+        out += browser_cases(topo, within=out)
+    if selection is not None and shard is not None:
+        from natkit.lab.shard import shard_cases
+
+        out = [c for _, c in shard_cases(out, shard)]
+        if not out:
+            raise ConfigError(f"shard {shard} of {selection.id} holds no case ({len(selection.cases)} in the plan)", param="shard")
+    return out
 
 
 def describe_run(result: LabResult, selection: Selection | None, shard: Shard | None = None) -> None:

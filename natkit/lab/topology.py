@@ -19,7 +19,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,12 @@ _NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 # Mappings must outlive a case (gathering, checks, DTLS, echo) or the expectation model, which
 # assumes live mappings, would be wrong for reasons that have nothing to do with NAT types.
 MIN_UDP_TIMEOUT_S = 15
+# The Compose engine's subnets: Docker puts its bridges on the host, so the netns defaults
+# (203.0.113.0/24, 10.64.0.0/16: fine inside namespaces) could shadow a route of the host. These
+# come from ranges hosts rarely use (RFC 2544's benchmarking block above 198.18.0.0/16, which
+# some proxies take; an odd 10.x); `[compose]` moves them. The same host offsets are kept.
+COMPOSE_INTERNET = "198.19.113.0/24"
+COMPOSE_LAN_BASE = "10.213.0.0/16"
 
 
 @dataclass(frozen=True)
@@ -257,6 +263,26 @@ class Topology:
     meta: Mapping[str, Any] = field(default_factory=dict)
     internet_net6: str | None = None
     paths: tuple[str, ...] = DEFAULT_PATHS
+    # The subnets the Compose engine uses instead of ``internet_net`` and ``lan_base``
+    # (``[compose]`` keys); see :meth:`for_compose`.
+    compose_internet: str = COMPOSE_INTERNET
+    compose_lan_base: str = COMPOSE_LAN_BASE
+
+    def for_compose(self) -> Topology:
+        """This topology on the Compose engine's subnets: every internet address keeps its offset
+        in the subnet (``.2`` stays ``.2``), routers and LANs follow from the plan. Idempotent."""
+        old = ipaddress.IPv4Network(self.internet_net)
+        new = ipaddress.IPv4Network(self.compose_internet)
+
+        def move(ip: str) -> str:
+            return str(new.network_address + (int(ipaddress.IPv4Address(ip)) - int(old.network_address)))
+
+        s = self.servers
+        servers = replace(
+            s, stun_addresses=(move(s.stun_addresses[0]), move(s.stun_addresses[1])),
+            turn_address=move(s.turn_address), signaling_address=move(s.signaling_address),
+        )
+        return replace(self, internet_net=str(new), lan_base=self.compose_lan_base, servers=servers)
 
     def nat(self, name: str) -> NatSpec:
         for n in self.nats:
@@ -538,7 +564,7 @@ def _nat(r: _Reader, data: dict[str, Any], key: str, same_lan: bool) -> NatSpec:
 def parse(data: Mapping[str, Any], source: str = "<topology>") -> Topology:
     """Validate parsed TOML ``data`` and build the :class:`Topology` (``source`` names the file)."""
     r = _Reader(source)
-    r.check_keys(data, "", {"lab", "internet", "stun", "turn", "signaling", "nat", "same_lan"})
+    r.check_keys(data, "", {"lab", "internet", "stun", "turn", "signaling", "nat", "same_lan", "compose"})
     lab = r.table(data, "", "lab")
     r.check_keys(lab, "lab", {"name", "case_deadline_s", "parallel", "lan_base", "paths"})
     name = r.get(lab, "lab", "name", str, "lab")
@@ -672,8 +698,10 @@ def parse(data: Mapping[str, Any], source: str = "<topology>") -> Topology:
     default_paths = (*DEFAULT_PATHS, *(("relay-tls",) if tls_port else ()))
     if paths is not None and "relay-tls" in paths and not tls_port:
         raise r.fail("lab.paths", "relay-tls needs TURN over TLS: set turn.tls_port (e.g. 443)")
+    c_inet, c_lans = _compose_subnets(r, data, net, lan_net)
     return Topology(source, name, str(net), link, str(lan_net), servers, tuple(found), deadline, parallel,
-                    internet_net6=net6, paths=tuple(paths) if paths is not None else default_paths)
+                    internet_net6=net6, paths=tuple(paths) if paths is not None else default_paths,
+                    compose_internet=str(c_inet), compose_lan_base=str(c_lans))
 
 
 class _V6:
@@ -686,6 +714,31 @@ class _V6:
     def of(self, ip4: str) -> str:
         assert self.n6 is not None
         return str(self.n6.network_address + (int(ipaddress.IPv4Address(ip4)) - int(self.n4.network_address)))
+
+
+def _compose_subnets(
+    r: _Reader, data: Mapping[str, Any], net: ipaddress.IPv4Network, lan_net: ipaddress.IPv4Network
+) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Network]:
+    """``[compose]``: the subnets the Compose engine uses, each at least as large as the netns
+    one it replaces (addresses keep their offsets); defaults of the same size in
+    :data:`COMPOSE_INTERNET` and :data:`COMPOSE_LAN_BASE`."""
+    table = r.table(data, "", "compose")
+    r.check_keys(table, "compose", {"internet_subnet", "lan_base"})
+    found = []
+    for key, default, ref, ref_key in (("internet_subnet", COMPOSE_INTERNET, net, "internet.subnet"),
+                                       ("lan_base", COMPOSE_LAN_BASE, lan_net, "lab.lan_base")):
+        if key in table:
+            text = r.get(table, "compose", key, str)
+            got = r.network(f"compose.{key}", text, default)
+            if got.prefixlen > ref.prefixlen:
+                raise r.fail(f"compose.{key}", f"{text} is smaller than {ref_key} {ref}; give a /{ref.prefixlen} or larger")
+        else:
+            got = ipaddress.IPv4Network(f"{default.split('/')[0]}/{ref.prefixlen}", strict=False)
+        found.append(got)
+    c_inet, c_lans = found
+    if c_inet.overlaps(c_lans):
+        raise r.fail("compose.internet_subnet", f"{c_inet} overlaps compose.lan_base {c_lans}")
+    return c_inet, c_lans
 
 
 # What the pre-scan looks at: strings and comments (skipped), brackets, long digit runs, lines.

@@ -17,7 +17,7 @@ import os
 import ssl
 from pathlib import Path
 
-from natkit.errors import UsageError
+from natkit.errors import ConfigError
 
 #: how a TLS handshake failed, as counted in the metrics and named in the log
 FAILURE_KINDS = (
@@ -69,14 +69,14 @@ def server_context(
 ) -> ssl.SSLContext | None:
     """None without a certificate; both files are needed, and must load."""
     if bool(cert) != bool(key):
-        raise UsageError("TLS needs both --tls-cert FILE and --tls-key FILE")
+        raise ConfigError("TLS needs both a certificate and a key", param="tls_key" if cert else "tls_cert")
     if not (cert and key):
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         ctx.load_cert_chain(os.fspath(cert), os.fspath(key))
     except (OSError, ssl.SSLError) as exc:
-        raise UsageError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
+        raise ConfigError(f"cannot load TLS certificate {cert} / key {key}: {exc}", param="tls_cert") from None
     ctx.sni_callback = _record_sni
     return ctx
 

@@ -230,31 +230,33 @@ class StunServer:
     ) -> None:
         self.listen = [parse_listen(s) for s in (listen if listen is not None else DEFAULT_LISTEN)]
         if not self.listen:
-            raise UsageError("nothing to listen on: give at least one --listen ADDR:PORT")
+            raise ConfigError("nothing to listen on: give at least one ADDR:PORT", param="listen")
         self.tcp = tcp
         self.alternate_ip: str | None = None
         if alternate_ip is not None:
             try:
                 self.alternate_ip = str(ipaddress.ip_address(alternate_ip))
             except ValueError:
-                raise UsageError(
-                    f"bad --alternate-ip '{alternate_ip}': not an IP address"
+                raise ConfigError(
+                    f"'{alternate_ip}' is not an IP address", param="alternate_ip"
                 ) from None
             same = [a for a in self.listen if _family(a[0]) == _family(self.alternate_ip)]
             if not same:
-                raise UsageError(
-                    f"--alternate-ip {self.alternate_ip} has no listen address of its family"
+                raise ConfigError(
+                    f"{self.alternate_ip} has no listen address of its family",
+                    param="alternate_ip",
                 )
             for ip, _ in same:
                 if _is_wildcard(ip):
-                    raise UsageError(
+                    raise ConfigError(
                         f"RFC 5780 mode needs specific listen addresses, not {ip}: "
-                        "give --listen IP:PORT with the primary IP"
+                        "listen on the primary IP itself (IP:PORT)",
+                        param="listen",
                     )
                 if ip == self.alternate_ip:
-                    raise UsageError(f"--alternate-ip {ip} is also a primary listen address")
+                    raise ConfigError(f"{ip} is also a primary listen address", param="alternate_ip")
         if alternate_port is not None and not 0 < alternate_port <= 65535:
-            raise UsageError(f"bad --alternate-port {alternate_port}: must be 1-65535")
+            raise ConfigError(f"bad port {alternate_port}: must be 1-65535", param="alternate_port")
         self.alternate_port = alternate_port
         self._ssl: ssl.SSLContext | None = server_context(tls_cert, tls_key)
         self.tls_port = tls_port
@@ -527,9 +529,10 @@ class StunServer:
         try:
             return self._udp_socket(ip, port)
         except OSError as exc:
-            raise UsageError(
+            raise ConfigError(
                 f"cannot listen on {transport} {_fmt(ip, port)}: {exc.strerror or exc}; "
-                "pick another --listen address or stop what holds it"
+                "pick another address or stop what holds it",
+                param="listen",
             ) from None
 
     def _start_thread(self, s: _UdpSocket) -> None:

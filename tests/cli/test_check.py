@@ -152,6 +152,21 @@ async def test_json_file_and_prometheus_file(tmp_path: Path, rest_turn: TurnServ
     assert code == 2 and "input of this command" in err
 
 
+async def test_prometheus_to_stdout(tmp_path: Path, rest_turn: TurnServer,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """'--prometheus -' (as the refusal to overwrite a file suggests) puts the gauges on stdout
+    instead of the text; with '--json -' too, stdout cannot take both."""
+    path = write(tmp_path, [{"urls": rest_turn.urls}])
+    code, out, _ = await _cli(capsys, "check", path, "--auth-secret", "s3cret", "--prometheus", "-")
+    assert code == 0 and out.startswith("# natkit check metrics\n") and "PASS" not in out
+    assert "natkit_check_success 1" in out
+    code, _, err = await _cli(capsys, "check", path, "--json", "-", "--prometheus", "-")
+    assert code == 2 and "both want stdout" in err
+    code, _, err = await _cli(capsys, "check", path, "--static-only", "--prometheus",
+                              str(tmp_path / "x.prom"))
+    assert code == 2 and "drop --static-only" in err and not (tmp_path / "x.prom").exists()
+
+
 async def test_metrics_server_probes_on_every_scrape(tmp_path: Path,
                                                      rest_turn: TurnServer) -> None:
     from natkit.ice.check import check

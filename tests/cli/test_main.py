@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -65,3 +66,21 @@ def test_config_error_names_the_flag_of_its_parameter() -> None:
     assert _one_line(located, parser, []) == "lab.toml:3: bad value"
     assert PrerequisiteError.exit_code == 2 and ProtocolError.exit_code == 1
     assert ConfigError.exit_code == 2 and isinstance(exc, ValueError)
+
+
+def _every_parser(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    found = [(path, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found += _every_parser(child, (*path, name))
+    return found
+
+
+def test_every_help_has_a_description_and_an_example() -> None:
+    missing = []
+    for path, parser in _every_parser(build_parser())[1:]:
+        text = parser.format_help()
+        if not parser.description or "examples:\n  natkit " + " ".join(path) not in text:
+            missing.append(" ".join(path))
+    assert not missing, f"--help without a description or an example: {missing}"

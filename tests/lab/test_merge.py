@@ -4,6 +4,7 @@ hostile files end in one line, never a traceback."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,17 @@ def test_the_cli_writes_json_and_html_and_never_over_an_input(tmp_path: Path) ->
     assert "stacks (rows" in proc.stdout
     proc = subprocess.run([*NATKIT, "lab", "merge", *files, "--json", files[0]], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and json.loads(Path(files[0]).read_text())["shard"]["index"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_device_or_a_fifo_is_refused_without_reading_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)  # nobody writes: reading it would block forever
+    for path, says in (("/dev/zero", "not a regular file"), (str(fifo), "not a regular file"),
+                       (str(tmp_path), "not a regular file")):
+        with pytest.raises(ConfigError) as err:
+            load_reports([path])
+        assert says in str(err.value) and "not JSON" not in str(err.value), err.value
+    proc = subprocess.run([*NATKIT, "lab", "merge", "/dev/zero"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "/dev/zero: not a regular file" in proc.stderr

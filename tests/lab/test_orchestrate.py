@@ -133,6 +133,27 @@ async def test_orchestrate_runs_servers_probes_and_cases_on_the_agents_it_is_giv
     assert {k for k, _ in events} == {"stage", "probe", "case"}
 
 
+async def test_an_orchestration_travels_as_json_and_comes_back_typed() -> None:
+    """The Compose engine's runner container sends its orchestration to the host this way."""
+    from natkit.lab.cases import select_cases
+    from natkit.lab.orchestrate import Orchestration
+
+    orch, _, _, _ = await _run(["symmetric:full-cone,same-lan"], set())
+    topo = load()
+    cases = select_cases(topo, ["symmetric:full-cone,same-lan"])
+    doc = json.loads(json.dumps(orch.to_json()))
+    back = Orchestration.from_json(doc, topo, topo.plan(cases), cases)
+    assert [c.to_json() for c in back.cases] == [c.to_json() for c in orch.cases]
+    assert [p.to_json() for p in back.probes] == [p.to_json() for p in orch.probes]
+    assert back.errors == orch.errors and back.timings == orch.timings
+    # a case the document lacks is a failed one, with the reason
+    doc["cases"] = doc["cases"][1:]
+    short = Orchestration.from_json(doc, topo, topo.plan(cases), cases)
+    assert short.cases[0].observed == "failed" and "no result" in (short.cases[0].error or "")
+    with pytest.raises(ValueError, match="not an orchestration document"):
+        Orchestration.from_json({"cases": 3}, topo, topo.plan(cases), cases)
+
+
 async def test_when_one_side_fails_the_other_is_cancelled_after_a_grace() -> None:
     room = "open~symmetric/host"  # expected to connect; here the caller gives up at once
     orch, fakes, took, _ = await _run(["open:symmetric"], {room})

@@ -122,12 +122,13 @@ def test_stack_and_peer_errors_are_one_line(tmp_path: Path) -> None:
         (["--stacks", "aiortc,nope"], "nope: not a stack"),
         (["--peer", "pion=true"], "built-in stack"),
         (["--peer", "mine=/no/such/program"], "not an executable file"),
-        (["--peer", "mine=true", "--stacks", "aiortc,pion"], "not among --stacks"),
+        (["--peer", "mine=true", "--stacks", "aiortc,pion"], "--stacks: peer mine is not among the stacks"),
         (["--shard", "3/2"], "K must be 1..N"),
     ):
         proc = subprocess.run([*NATKIT, "lab", "run", *args], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and what in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
         assert proc.stderr.strip().count("\n") == 0, proc.stderr
+        assert proc.stderr.count("--peer") <= 1, proc.stderr  # the flag named once, by the CLI
 
 
 GO_PEER = Path(__file__).resolve().parents[2] / "examples" / "lab-peer-go" / "main.go"

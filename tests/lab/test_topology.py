@@ -134,6 +134,11 @@ _DELETE = object()
         ({"lab__case_deadline_s": 0.5}, "lab.case_deadline_s", "out of range"),
         ({"lab__parallel": True}, "lab.parallel", "got a boolean"),
         ({"bogus": 1}, "bogus", "unknown key"),
+        ({"compose": {"subnet": "10.0.0.0/24"}}, "compose.subnet", "unknown key"),
+        ({"compose": {"internet_subnet": "198.19.0.0/25"}}, "compose.internet_subnet", "give a /24 or larger"),
+        ({"compose": {"internet_subnet": "nope"}}, "compose.internet_subnet", "CIDR"),
+        ({"compose": {"lan_base": "10.9.0.0/20"}}, "compose.lan_base", "give a /16 or larger"),
+        ({"compose": {"internet_subnet": "10.213.5.0/24"}}, "compose.internet_subnet", "overlaps compose.lan_base"),
     ],
 )
 def test_errors_name_file_key_and_problem(changes: dict, key: str, what: str) -> None:
@@ -286,3 +291,31 @@ def test_ranges_the_kernel_cannot_use_are_refused() -> None:
     for subnet in ("224.0.0.0/24", "127.0.0.0/24", "169.254.0.0/24", "240.0.0.0/24", "0.0.0.0/24"):
         with pytest.raises(UsageError, match=r"internet\.subnet"):
             parse(_with(internet__subnet=subnet), "lab.toml")
+
+
+def test_the_compose_engine_moves_the_lab_to_its_own_subnets() -> None:
+    topo = load()
+    # defaults the size of the netns ones, in ranges hosts rarely use
+    assert (topo.compose_internet, topo.compose_lan_base) == ("198.19.113.0/24", "10.213.0.0/16")
+    moved = topo.for_compose()
+    assert moved.internet_net == "198.19.113.0/24" and moved.lan_base == "10.213.0.0/16"
+    # every address keeps its offset; routers and LANs follow from the plan
+    assert moved.servers.stun_addresses == ("198.19.113.2", "198.19.113.3")
+    assert moved.servers.turn_address == moved.servers.signaling_address == "198.19.113.4"
+    a, b = topo.plan(), moved.plan()
+    assert [r.id for r in a.routers] == [r.id for r in b.routers]
+    assert [r.public_ip.split(".")[-1] for r in a.routers] == [r.public_ip.split(".")[-1] for r in b.routers]
+    assert b.routers[0].lan_net == "10.213.0.0/24" and b.routers[0].peers[0].ip == "10.213.0.10"
+    assert moved.for_compose() == moved  # idempotent
+    assert moved.cases() == topo.cases()  # the same cells
+
+
+def test_compose_subnets_are_topology_keys() -> None:
+    data = _with(compose={"internet_subnet": "172.31.250.0/23", "lan_base": "10.77.0.0/16"})
+    moved = parse(data, "lab.toml").for_compose()
+    assert moved.internet_net == "172.31.250.0/23"
+    assert moved.servers.stun_addresses[0] == "172.31.250.2"
+    assert moved.plan().routers[-1].lan_net.startswith("10.77.")
+    # a larger netns subnet gets a default of its own size
+    wide = parse(_with(internet__subnet="203.0.112.0/22"), "lab.toml")
+    assert wide.compose_internet == "198.19.112.0/22"

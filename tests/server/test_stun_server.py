@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import natkit
-from natkit.errors import UsageError
+from natkit.errors import ConfigError, UsageError
 from natkit.server._binding import BindingResponder, Reply
 from natkit.server._fastpath import (
     EXTENSION,
@@ -343,6 +343,16 @@ async def test_usage_errors() -> None:
         natkit.StunServer(["localhost:3478"])
     with pytest.raises(UsageError, match="both"):
         natkit.StunServer(["127.0.0.1:0"], tls_cert="x.pem")
+    # a library caller is told the parameter, not a command line flag (the CLI maps it)
+    for kwargs, param in [({"alternate_ip": "nope"}, "alternate_ip"),
+                          ({"alternate_ip": "::1"}, "alternate_ip"),
+                          ({"alternate_ip": "127.0.0.1"}, "alternate_ip"),
+                          ({"alternate_ip": "127.0.0.2", "alternate_port": 70000}, "alternate_port"),
+                          ({"tls_cert": "x.pem"}, "tls_key"),
+                          ({"tls_cert": "/nonexistent.pem", "tls_key": "/nonexistent.key"}, "tls_cert")]:
+        with pytest.raises(ConfigError) as info:
+            natkit.StunServer(["127.0.0.1:0"], **kwargs)  # type: ignore[arg-type]
+        assert info.value.param == param and "--" not in str(info.value), (kwargs, info.value)
     async with natkit.StunServer(["127.0.0.1:0"], tcp=False) as srv:
         with pytest.raises(UsageError, match="cannot listen"):
             async with natkit.StunServer([srv.udp_address], tcp=False):
@@ -624,8 +634,13 @@ def _alive(pid: int) -> bool:
 
 
 def test_cli_usage_errors_are_one_line() -> None:
-    for args in (["--listen", "nope:1"], ["--listen", "0.0.0.0:0", "--alternate-ip", "127.0.0.2"],
-                 ["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"]):  # fmt: skip
+    for args, says in (
+        (["--listen", "nope:1"], "bad address 'nope:1'"),
+        (["--listen", "0.0.0.0:0", "--alternate-ip", "127.0.0.2"], "--listen: RFC 5780 mode"),
+        (["--listen", "127.0.0.1:0", "--alternate-ip", "::1"], "--alternate-ip: ::1 has no listen"),
+        (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], "--tls-cert /nonexistent"),
+        (["--tls-cert", __file__, "--tls-key", __file__], "--tls-cert: cannot load TLS certificate"),
+    ):  # fmt: skip
         done = subprocess.run(
             [sys.executable, "-m", "natkit", "serve", "stun", *args],
             capture_output=True,
@@ -634,6 +649,7 @@ def test_cli_usage_errors_are_one_line() -> None:
         )
         assert done.returncode == 2, done
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+        assert f"natkit serve: error: {says}" in done.stderr, done.stderr  # names the flag
 
 
 async def test_tcp_in_rfc5780_mode_refuses_udp_only_attributes() -> None:

@@ -142,11 +142,17 @@ class RawClient:
         self.sock.close()
 
 
-def _peer() -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(2)
-    return s
+def _peer(avoid: range = range(0)) -> socket.socket:
+    """A UDP peer on loopback, on a port outside ``avoid`` (a relay's own port range, which the
+    relay refuses as a peer whatever --allow-peer says)."""
+    for _ in range(100):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        if s.getsockname()[1] not in avoid:
+            s.settimeout(2)
+            return s
+        s.close()
+    raise AssertionError(f"no free port outside {avoid}")
 
 
 async def _peer_recv(s: socket.socket) -> tuple[bytes, Any]:
@@ -480,6 +486,7 @@ def test_cli_usage_errors_exit_2() -> None:
         ["--user", "nocolon"],
         ["--min-port", "9", "--max-port", "1"],
         ["--tls-cert", "/nonexistent"],
+        ["--users-file", "/dev/zero"],  # a device: refused by its kind, never read
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "natkit", "serve", "turn", "--listen", "127.0.0.1:0", *args],
@@ -489,6 +496,8 @@ def test_cli_usage_errors_exit_2() -> None:
         )
         assert proc.returncode == 2, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        if args[-1] == "/dev/zero":
+            assert "/dev/zero: not a regular file" in proc.stderr, proc.stderr
 
 
 def test_cli_serves_and_stops_on_sigterm() -> None:
@@ -782,7 +791,7 @@ async def test_no_relay_to_itself_on_a_real_server(fast: bool) -> None:
         bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4000)
         assert (await a.request(bind.add(Attr.XOR_PEER_ADDRESS, relay_b))).error_code.code == 403
         # the IP is reopened for other ports: a permission by IP, then data at our own ports
-        peer = _peer()
+        peer = _peer(avoid=range(42000, 42100))
         assert (await a.request(_permit(peer.getsockname()))).cls == Class.SUCCESS
         assert (await b.request(_permit(peer.getsockname()))).cls == Class.SUCCESS
         a.send_raw(_send(relay_b, b"loop"))

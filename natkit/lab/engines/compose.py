@@ -1,14 +1,25 @@
-"""The Compose engine: a topology as a Docker Compose project, and the containers' side of it.
+"""The Compose engine's model: a topology as a Docker Compose project.
 
-:func:`render_compose` turns a :class:`~natkit.lab.topology.Topology` (the same file and the
-same :class:`~natkit.lab.topology.Plan` of addresses the netns engine builds) into a Compose
-file; ``natkit lab compose`` prints or writes it, and the top-level ``compose.yaml`` is its
-output for ``configs/lab/default.toml``. What runs (``docker compose up --build
---exit-code-from runner``):
+:func:`compose_model` turns a :class:`~natkit.lab.topology.Topology` into a Compose file: the
+netns engine's file, routers and NAT recipes, on the Compose engine's subnets
+(:meth:`Topology.for_compose <natkit.lab.topology.Topology.for_compose>`: ``[compose]`` keys,
+defaults that hosts rarely use, since Docker's bridges live on the host). Two uses:
 
-* one **network** per segment, all ``internal`` (nothing leaves the host): ``internet`` with
-  the topology's subnet, and ``lan-<router>`` per router with its /24 (Docker's bridge takes the
-  LAN's ``.254``, so ``.1`` stays the router's);
+* ``natkit lab compose`` prints or writes it (the top-level ``compose.yaml`` is its output
+  for ``configs/lab/default.toml``), for people who drive Docker themselves:
+  ``docker compose up --build --exit-code-from runner`` builds the image from the repository
+  (base ``python:3.11-slim-bookworm`` unless ``--base``) and the runner prints the matrix;
+* ``natkit lab run --engine compose`` (:mod:`natkit.lab.engines.compose_lab`) writes one per
+  run (:class:`RunOptions`: its own tag in bridge names, project and labels; a prebuilt
+  image; the runner's output directory) and drives it from the host.
+
+What it holds:
+
+* one **network** per segment, every one ``internal`` (Docker gives it no way out):
+  ``internet`` with the topology's subnet, and ``lan-<router>`` per router with its /24
+  (Docker's gateway address is the LAN's ``.254``, so ``.1`` stays the router's); each
+  bridge has a name of ours (``nklab-i``, ``nklab-l<k>``, or the run's tag) so that the
+  host-side exception for ``br_netfilter`` (:mod:`natkit.lab.engines.hostnet`) can name it;
 * one **router** container per NAT instance (``NAT-1``, ``NAT-2``), with ``NET_ADMIN`` and the
   sysctls and ruleset of its NAT kind's recipe (:func:`natkit.lab.nats.recipe`) with the netns
   engine's arguments (interfaces ``wan`` and ``lan``, renamed by address at start), written into
@@ -17,54 +28,45 @@ output for ``configs/lab/default.toml``. What runs (``docker compose up --build
 * one **peer** container per peer (the lab's aiortc agent), its default route via its router;
 * **servers**: the RFC 5780 STUN responder (two addresses), the TURN relay and the signaling
   server, as in the netns engine's server namespace;
-* **runner**: waits for every agent to connect (peers through their NATs, over TCP), runs the
-  probes and the cases through the public orchestration API
-  (:func:`natkit.lab.orchestrate.orchestrate`, then :func:`natkit.lab.runner.finish`), prints the
-  same matrix and exits 0/1, which ``--exit-code-from runner`` makes the exit status of
-  ``docker compose up``.
+* **runner**: waits for every agent to connect (peers through their NATs, over TCP) and runs
+  the probes and the cases through the public orchestration API
+  (:mod:`natkit.lab.engines.container` is every container's side).
 
-All containers use one image built from ``configs/docker/Dockerfile`` (a Debian-based Python
-base image, nftables, iproute2, coturn, natkit from the build context): nothing but the base
-image is pulled. The container side of every service is :func:`node_main`
-(``python -m natkit.lab.engines.compose node``), configured by ``NATKIT_*`` environment
-variables.
-
-Differences from the netns engine: no packet capture (the internet bridge belongs to the
-Docker host), so cases carry no packet evidence; netem shapes only the containers' egress (the
-bridge side of a link is the host's), i.e. half the added delay of the netns engine; no browser
-cases (Chromium is not in the image).
+Differences from the netns engine: the subnets (above); netem shapes only the containers'
+egress (the bridge side of a link is the host's), i.e. half the added delay; no browser cases
+(Chromium is not in the image); run by hand, the runner has no capture, so no packet evidence
+(``natkit lab run --engine compose`` captures on the internet bridge from the host and has it).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from natkit import __version__
-from natkit.errors import ConfigError, PrerequisiteError
+from natkit.errors import ConfigError
 from natkit.lab import nats
-from natkit.lab.capture import Capture
-from natkit.lab.topology import Link, Plan, RouterPlan, Topology
+from natkit.lab.engines.image import DOCKERFILE, PYTHON_BASE
+from natkit.lab.topology import Case, Link, Plan, RouterPlan, Topology
 
 __all__ = [
+    "CASES_FILE",
     "CONTROL_PORT",
     "DOCKERFILE",
     "IMAGE",
-    "ContainerLab",
+    "RunOptions",
+    "bridge_names",
+    "cases_from_json",
+    "cases_to_json",
+    "check_mount",
     "compose_model",
-    "node_main",
     "render_compose",
     "router_rulesets",
     "to_yaml",
@@ -72,12 +74,84 @@ __all__ = [
 ]
 
 IMAGE = f"natkit-lab:{__version__}"
-DOCKERFILE = "configs/docker/Dockerfile"
 CONTROL_PORT = 7700
-# Containers start in any order: agents retry and the runner waits this long for them.
-AGENT_WAIT_S = float(os.environ.get("NATKIT_AGENT_WAIT_S", "180"))
+COMMAND = ["python", "-m", "natkit.lab.engines.container"]
 # The netns engine's router interfaces (natkit.lab.engines.netns.build): the same names here.
 WAN_IF, LAN_IF = "wan", "lan"
+BRIDGE_PREFIX = "nklab"  # the bridges of a file run by hand; a run's own use its tag
+PROGRESS_PREFIX = "natkit-progress "  # a progress event on the runner's stdout, for the host
+LABEL = "org.natkit.lab"  # on every container and network of a run: its tag
+OWNER_LABEL = "org.natkit.lab.owner"  # "<pid> <start>" of the natkit process that runs it
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``natkit lab run --engine compose`` puts into the file of one run."""
+
+    tag: str  # nk + 6 hex: the project, the bridges' prefix, the labels
+    image: str  # a tag that exists (built by natkit.lab.engines.image)
+    out_dir: str  # host directory mounted at /out in the runner
+    owner: str  # "<pid> <start>" of the process that runs it
+    cases: tuple[Case, ...] | None = None  # the cases to run, any stacks (None: the topology's)
+    deadline_s: float | None = None  # the topology's case deadline, overridden
+    parallel: int | None = None  # cases expected to connect at once
+    peers: tuple[str, ...] = ()  # --peer NAME=COMMAND: registered in the runner too
+    mounts: tuple[str, ...] = ()  # host directories bind-mounted read-only, same path (--mount)
+
+    def selected(self, topology: Topology) -> list[Case]:
+        """The cases this run holds."""
+        return topology.cases() if self.cases is None else list(self.cases)
+
+
+CASES_FILE = "cases.json"  # in the run's directory (the runner's /out): the cases to run
+
+
+def cases_to_json(cases: Sequence[Case]) -> list[dict[str, Any]]:
+    return [{"nats": list(c.nats), "path": c.path, "same_lan": c.same_lan, "stacks": list(c.stacks)} for c in cases]
+
+
+def cases_from_json(data: Any) -> list[Case]:
+    """:func:`cases_to_json`'s list again (ValueError when it is not one)."""
+    try:
+        out = []
+        for c in data:
+            nats_, stacks = tuple(map(str, c["nats"])), tuple(map(str, c["stacks"]))
+            if len(nats_) != 2 or len(stacks) != 2:
+                raise ValueError("a case has two NATs and two stacks")
+            out.append(Case((nats_[0], nats_[1]), str(c["path"]), bool(c["same_lan"]), (stacks[0], stacks[1])))
+        return out
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a list of cases: {exc}") from None
+
+
+# Where a --mount would hide what the image itself needs.
+_SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/opt", "/opt/natkit",
+                "/out", "/proc", "/run", "/sbin", "/sys", "/usr", "/var")
+
+
+def check_mount(path: str) -> str:
+    """A ``--mount`` value as the absolute directory or file to bind-mount at the same path;
+    ConfigError(param="mount") when it does not exist or would hide the image's own files."""
+    full = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(full):
+        raise ConfigError(f"{path}: no such file or directory on this host", param="mount")
+    real = os.path.realpath(full)
+    for p in {full, real}:
+        if p in _SYSTEM_DIRS or p.startswith(("/usr/", "/opt/natkit/", "/proc/", "/sys/", "/dev/", "/etc/")):
+            raise ConfigError(
+                f"{path}: {p} would hide the lab image's own files; mount the directory that holds "
+                "your peer (e.g. /srv/my-peer)", param="mount")
+    if any(ch in full for ch in ":,\n"):
+        raise ConfigError(f"{path}: a path with ':' or ',' cannot be bind-mounted by Compose", param="mount")
+    return full
+
+
+def bridge_names(plan: Plan, prefix: str = BRIDGE_PREFIX) -> dict[str, str]:
+    """Network name -> the name of its bridge on the host (at most 15 characters)."""
+    names = {"internet": f"{prefix}-i"}
+    for k, r in enumerate(plan.routers):
+        names[f"lan-{r.id}"] = f"{prefix}-l{k}"
+    return names
 
 
 # -- what the routers run -------------------------------------------------------------------------
@@ -88,7 +162,9 @@ def _router_recipe(r: RouterPlan) -> nats.RouterRecipe:
 
 
 def router_rulesets(topology: Topology, plan: Plan | None = None) -> dict[str, str]:
-    """Router id -> the ``nft -f`` text its container applies (the netns engine's ruleset)."""
+    """Router id -> the ``nft -f`` text its container applies (the netns engine's ruleset on
+    the Compose engine's subnets)."""
+    topology = topology.for_compose()
     plan = plan or topology.plan()
     return {r.id: _router_recipe(r).nft for r in plan.routers}
 
@@ -107,7 +183,7 @@ def _netem(link: Link) -> str:
     return " ".join(parts)
 
 
-def _control_ip(topology: Topology, plan: Plan) -> str:
+def control_ip(topology: Topology, plan: Plan) -> str:
     """An internet address for the runner: below the routers' range, not a server's."""
     net = ipaddress.IPv4Network(topology.internet_net)
     s = topology.servers
@@ -123,28 +199,29 @@ def _control_ip(topology: Topology, plan: Plan) -> str:
     )
 
 
-def _service(role: str, env: dict[str, str], networks: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    svc: dict[str, Any] = {
-        "build": {"context": ".", "dockerfile": DOCKERFILE},
-        "image": IMAGE,
-        "pull_policy": "build",
-        "init": True,  # a real PID 1: signals reach natkit, coturn's children are reaped
-        "cap_add": ["NET_ADMIN"],
-    }
-    svc.update(extra)
-    svc["environment"] = {"NATKIT_ROLE": role, **env}
-    svc["command"] = ["python", "-m", "natkit.lab.engines.compose", "node"]
-    svc["networks"] = networks
-    return svc
+def _services_base(run: RunOptions | None, base: str) -> dict[str, Any]:
+    common: dict[str, Any] = {}
+    if run is None:
+        common["build"] = {"context": ".", "dockerfile": DOCKERFILE, "args": {"BASE": base}}
+        common["image"] = IMAGE
+        common["pull_policy"] = "build"
+    else:
+        common["image"] = run.image
+        common["labels"] = {LABEL: run.tag, OWNER_LABEL: run.owner}
+    common["init"] = True  # a real PID 1: signals reach natkit, coturn's children are reaped
+    common["cap_add"] = ["NET_ADMIN"]
+    return common
 
 
 def compose_model(
-    topology: Topology, *, turn_engine: str | None = None, topology_text: str | None = None
+    topology: Topology, *, turn_engine: str | None = None, topology_text: str | None = None,
+    base: str = PYTHON_BASE, run: RunOptions | None = None,
 ) -> dict[str, Any]:
     """The Compose file of ``topology`` as plain data (see the module docstring).
 
     ``topology_text`` is the TOML the runner container reads (default: the file
-    ``topology.source``); it travels inside the Compose file, so any topology works.
+    ``topology.source``); it travels inside the Compose file, so any topology works. ``base``:
+    the image the Dockerfile builds on; ``run``: the file of one ``natkit lab run``.
     """
     engine = turn_engine or topology.servers.turn_engine
     if engine not in ("natkit", "coturn"):
@@ -154,21 +231,39 @@ def compose_model(
             topology_text = Path(topology.source).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the topology file: {exc}", where=topology.source) from None
-    plan = topology.plan()
+    source = topology.source
+    topology = topology.for_compose()
+    plan = topology.plan(run.selected(topology) if run is not None else None)
     s = topology.servers
     prefix = ipaddress.IPv4Network(topology.internet_net).prefixlen
-    control = _control_ip(topology, plan)
+    control = control_ip(topology, plan)
     runner_at = f"{control}:{CONTROL_PORT}"
+    bridges = bridge_names(plan, run.tag if run else BRIDGE_PREFIX)
+    common = _services_base(run, base)
+    # --mount: the user's peer programs, read-only at the same path (runner and peers)
+    mounts = [f"{m}:{m}:ro" for m in run.mounts] if run is not None else []
     # Routers without NAT route a public LAN: everyone on the internet needs the way to it.
     open_routes = [f"{r.lan_net} via {r.public_ip}" for r in plan.routers if not r.nat.behaviour.nat]
 
-    networks: dict[str, Any] = {
-        "internet": {"internal": True, "ipam": {"config": [{"subnet": topology.internet_net}]}},
-    }
+    def network(subnet: str, name: str, gateway: str | None = None) -> dict[str, Any]:
+        ipam: dict[str, str] = {"subnet": subnet}
+        if gateway:
+            ipam["gateway"] = gateway
+        net: dict[str, Any] = {"internal": True, "driver_opts": {"com.docker.network.bridge.name": bridges[name]},
+                               "ipam": {"config": [ipam]}}
+        if run is not None:
+            net["labels"] = {LABEL: run.tag, OWNER_LABEL: run.owner}
+        return net
+
+    def service(role: str, env: dict[str, str], networks: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        svc = {**common, **extra, "environment": {"NATKIT_ROLE": role, **env}, "command": COMMAND, "networks": networks}
+        return svc
+
+    networks: dict[str, Any] = {"internet": network(topology.internet_net, "internet")}
     services: dict[str, Any] = {}
 
     extra_ips = list(dict.fromkeys([*s.stun_addresses, s.turn_address, s.signaling_address]))
-    services["servers"] = _service(
+    services["servers"] = service(
         "agent",
         {
             "NATKIT_AGENT": "srv",
@@ -184,16 +279,13 @@ def compose_model(
     for r in plan.routers:
         lan_net = ipaddress.IPv4Network(r.lan_net)
         net_name = f"lan-{r.id}"
-        networks[net_name] = {
-            "internal": True,
-            "ipam": {"config": [{"subnet": r.lan_net, "gateway": str(lan_net.broadcast_address - 1)}]},
-        }
+        networks[net_name] = network(r.lan_net, net_name, str(lan_net.broadcast_address - 1))
         wan = r.nat.wan
         netem = [f"{WAN_IF}={_netem(wan)}"] if wan.shaped else []
         if r.nat.lan.shaped:
             netem.append(f"{LAN_IF}={_netem(r.nat.lan)}")
         recipe = _router_recipe(r)
-        services[f"router-{r.id}"] = _service(
+        services[f"router-{r.id}"] = service(
             "router",
             {
                 "NATKIT_NAT": f"{r.nat.name} ({r.nat.type})",
@@ -207,7 +299,7 @@ def compose_model(
         )
         for p in r.peers:
             agents.append(p.id)
-            services[f"peer-{p.id}"] = _service(
+            services[f"peer-{p.id}"] = service(
                 "agent",
                 {
                     "NATKIT_AGENT": p.id,
@@ -218,21 +310,30 @@ def compose_model(
                 },
                 {net_name: {"ipv4_address": p.ip}},
                 depends_on=[f"router-{r.id}"],
+                **({"volumes": mounts} if mounts else {}),
             )
-    services["runner"] = _service(
-        "runner",
-        {
-            "NATKIT_LISTEN": runner_at,
-            "NATKIT_AGENTS": " ".join(agents),
-            "NATKIT_TURN_ENGINE": engine,
-            "NATKIT_TOPOLOGY_SOURCE": _display_source(topology.source),
-            "NATKIT_TOPOLOGY": topology_text,
-            "NATKIT_IFACES": f"eth0={control}",
-            "NATKIT_ROUTES": "; ".join(open_routes),
-        },
-        {"internet": {"ipv4_address": control}},
-        depends_on=["servers"],
-    )
+    runner_env = {
+        "NATKIT_LISTEN": runner_at,
+        "NATKIT_AGENTS": " ".join(agents),
+        "NATKIT_TURN_ENGINE": engine,
+        "NATKIT_TOPOLOGY_SOURCE": _display_source(source),
+        "NATKIT_TOPOLOGY": topology_text,
+        "NATKIT_IFACES": f"eth0={control}",
+        "NATKIT_ROUTES": "; ".join(open_routes),
+    }
+    extra: dict[str, Any] = {"depends_on": ["servers"]}
+    if run is not None:
+        runner_env["NATKIT_ORCH_OUT"] = "/out/orchestration.json"
+        if run.cases is not None:
+            runner_env["NATKIT_CASES_FILE"] = f"/out/{CASES_FILE}"
+        if run.peers:
+            runner_env["NATKIT_PEERS"] = json.dumps(list(run.peers))
+        if run.deadline_s is not None:
+            runner_env["NATKIT_DEADLINE"] = f"{run.deadline_s:g}"
+        if run.parallel:
+            runner_env["NATKIT_PARALLEL"] = str(run.parallel)
+        extra["volumes"] = [f"{run.out_dir}:/out", *mounts]
+    services["runner"] = service("runner", runner_env, {"internet": {"ipv4_address": control}}, **extra)
     return {"services": services, "networks": networks}
 
 
@@ -244,19 +345,27 @@ def _display_source(source: str) -> str:
     return source
 
 
-def render_compose(topology: Topology, *, turn_engine: str | None = None, topology_text: str | None = None) -> str:
+def render_compose(
+    topology: Topology, *, turn_engine: str | None = None, topology_text: str | None = None,
+    base: str = PYTHON_BASE, run: RunOptions | None = None,
+) -> str:
     """The Compose file of ``topology`` as YAML text (deterministic: same input, same bytes)."""
-    model = compose_model(topology, turn_engine=turn_engine, topology_text=topology_text)
+    model = compose_model(topology, turn_engine=turn_engine, topology_text=topology_text, base=base, run=run)
+    bridges = " ".join(n["driver_opts"]["com.docker.network.bridge.name"] for n in model["networks"].values())
     head = (
         "# natkit NAT lab under Docker Compose, generated by `natkit lab compose` from\n"
         f"# {_display_source(topology.source)}: do not edit; regenerate instead.\n"
         "#\n"
-        "#   docker compose up --build --exit-code-from runner\n"
+        "#   docker compose up --build --exit-code-from runner     (or docker-compose ...)\n"
+        "#   docker compose down\n"
         "#\n"
         "# Routers apply the same nftables rules as the netns engine (NATKIT_NFT below); the\n"
-        "# runner prints the matrix and exits 0 when every case and probe is as expected.\n"
-        "# The netns engine (`natkit lab run`) is what CI runs; this file is generated and checked\n"
-        "# with `docker-compose config` there, not run.\n"
+        "# runner prints the matrix and exits 0 when every case and probe is as expected. Every\n"
+        "# network is internal. Where br_netfilter is loaded (dockerd loads it), Docker's isolation\n"
+        "# rules drop the frames between a peer and its router: allow this lab's bridges first and\n"
+        "# remove the rules afterwards (natkit lab run --engine compose does all of this itself):\n"
+        f"#   for b in {bridges}; do iptables -I DOCKER-USER -i $b -o $b -j ACCEPT; done\n"
+        f"#   for b in {bridges}; do iptables -D DOCKER-USER -i $b -o $b -j ACCEPT; done\n"
     )
     return head + to_yaml(model)
 
@@ -334,198 +443,3 @@ def _item(prefix: str, v: Any, indent: str, in_list: bool = False) -> str:
     if isinstance(v, str) and "\n" in v and not v[:1].isspace() and "\r" not in v:
         return f"{prefix} {_block(v, inner)}"
     return f"{prefix} {_scalar(v)}\n"
-
-
-# -- inside the containers: python -m natkit.lab.engines.compose node ----------------------------
-
-
-def _ip(*args: str) -> str:
-    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
-    if res.returncode != 0:
-        raise PrerequisiteError(f"ip {' '.join(args)}: {res.stderr.strip()}; the container needs NET_ADMIN")
-    return res.stdout
-
-
-def _pairs(text: str, sep: str = " ") -> list[tuple[str, str]]:
-    out = []
-    for item in (x.strip() for x in text.split(sep)):
-        if item:
-            name, _, value = item.partition("=")
-            out.append((name.strip(), value.strip()))
-    return out
-
-
-def setup_network(env: Mapping[str, str]) -> None:
-    """Name interfaces by the address they hold, add addresses and routes, shape, apply nft."""
-    by_ip: dict[str, str] = {}
-    for line in _ip("-o", "-4", "addr", "show").splitlines():
-        parts = line.split()
-        if "inet" in parts:
-            by_ip[parts[parts.index("inet") + 1].split("/")[0]] = parts[1]
-    deadline = time.monotonic() + 30
-    for name, ip in _pairs(env.get("NATKIT_IFACES", "")):
-        while ip not in by_ip and time.monotonic() < deadline:  # Docker attaches networks late
-            time.sleep(0.2)
-            by_ip = {
-                ln.split()[ln.split().index("inet") + 1].split("/")[0]: ln.split()[1]
-                for ln in _ip("-o", "-4", "addr", "show").splitlines() if "inet" in ln.split()
-            }
-        dev = by_ip.get(ip)
-        if dev is None:
-            raise PrerequisiteError(f"no interface holds {ip}: the container is not on the network it needs")
-        if dev != name:
-            _ip("link", "set", "dev", dev, "down")
-            _ip("link", "set", "dev", dev, "name", name)
-            _ip("link", "set", "dev", name, "up")
-    for dev, cidr in _pairs(env.get("NATKIT_ADDRS", "")):
-        _ip("addr", "add", cidr, "dev", dev)
-    for route in (r.strip() for r in env.get("NATKIT_ROUTES", "").split(";")):
-        if route:
-            _ip("route", "replace", *route.split())
-    for dev, spec in _pairs(env.get("NATKIT_NETEM", ""), ";"):
-        if spec:
-            subprocess.run(["tc", "qdisc", "replace", "dev", dev, "root", "netem", *spec.split()],
-                           check=True, timeout=20)
-    rules = env.get("NATKIT_NFT")
-    if rules:
-        subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True, timeout=20)
-
-
-def _connect_runner(address: str, name: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    deadline = time.monotonic() + AGENT_WAIT_S
-    while True:
-        try:
-            sock = socket.create_connection((host, int(port)), timeout=5)
-            sock.settimeout(None)
-            sock.sendall((json.dumps({"agent": name}) + "\n").encode())
-            return sock
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def _accept_agents(address: str, names: Sequence[str]) -> dict[str, socket.socket]:
-    host, _, port = address.rpartition(":")
-    server = socket.create_server((host, int(port)), backlog=256)
-    server.settimeout(1.0)
-    agents: dict[str, socket.socket] = {}
-    deadline = time.monotonic() + AGENT_WAIT_S
-    with server:
-        while set(names) - set(agents):
-            if time.monotonic() > deadline:
-                missing = ", ".join(sorted(set(names) - set(agents)))
-                raise PrerequisiteError(f"agents did not connect within {AGENT_WAIT_S:g} s: {missing}")
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            conn.settimeout(10)
-            hello = b""
-            while not hello.endswith(b"\n") and len(hello) < 1024:
-                chunk = conn.recv(1)
-                if not chunk:
-                    break
-                hello += chunk
-            conn.settimeout(None)
-            with contextlib.suppress(ValueError, AttributeError):
-                agents[str(json.loads(hello)["agent"])] = conn
-    return agents
-
-
-class ContainerLab:
-    """The runner container's view of the lab (a :class:`natkit.lab.engines.BuiltLab`): the
-    agents that connected to it; no capture (the internet bridge belongs to the Docker host)."""
-
-    engine = "compose"
-    tag = "compose"
-    capture: Capture | None = None
-
-    def __init__(self, socks: dict[str, socket.socket]) -> None:
-        self._socks = socks
-
-    @property
-    def agents(self) -> dict[str, socket.socket]:
-        return dict(self._socks)
-
-    def stop_agents(self) -> None:
-        for s in self._socks.values():
-            s.close()
-
-
-def _run_lab(env: Mapping[str, str]) -> int:
-    from natkit.lab import report
-    from natkit.lab.orchestrate import orchestrate
-    from natkit.lab.runner import finish
-    from natkit.lab.topology import loads
-
-    t0 = time.monotonic()
-    topo = loads(env["NATKIT_TOPOLOGY"], env.get("NATKIT_TOPOLOGY_SOURCE", "topology"))
-    engine = env.get("NATKIT_TURN_ENGINE") or topo.servers.turn_engine
-    cases = topo.cases()
-    plan = topo.plan(cases)
-    print(f"natkit lab (compose): waiting for {len(env['NATKIT_AGENTS'].split())} agents", flush=True)
-    built = ContainerLab(_accept_agents(env["NATKIT_LISTEN"], env["NATKIT_AGENTS"].split()))
-    build_s = time.monotonic() - t0
-    progress = report.Progress(sys.stderr)
-    orch = asyncio.run(orchestrate(topo, plan, cases, built.agents, turn_engine=engine, progress=progress))
-    result = finish(built, topo, plan, orch, turn_engine=engine, started=t0, progress=progress)
-    result.timings = {"build_s": build_s, **result.timings}
-    data = result.to_json()
-    report.render(data, sys.stdout)
-    sys.stdout.flush()
-    out = env.get("NATKIT_JSON")
-    if out:
-        Path(out).write_text(json.dumps(data, indent=2, default=str))
-    return result.exit_code
-
-
-def _sleep_until_stopped() -> None:
-    """Block until Compose stops the container (SIGTERM) or Ctrl-C."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
-
-
-def node_main(env: Mapping[str, str] | None = None) -> int:
-    """A container's life: network set-up, then its role (router, agent or runner)."""
-    env = os.environ if env is None else env
-    role = env.get("NATKIT_ROLE", "")
-    setup_network(env)
-    if role == "router":
-        # Nothing to run: the kernel routes and NATs.
-        print(f"router {env.get('NATKIT_NAT', '')}: rules applied", flush=True)
-        _sleep_until_stopped()
-        return 0
-    if role == "agent":
-        import aiortc  # noqa: F401 - loaded before the first case, as the netns agents do
-
-        from natkit.lab.agents import serve
-
-        sock = _connect_runner(env["NATKIT_RUNNER"], env["NATKIT_AGENT"])
-        asyncio.run(serve(sock))
-        # Stay up: the runner must be the one container that exits (--exit-code-from runner
-        # stops the whole project when any container exits).
-        _sleep_until_stopped()
-        return 0
-    if role == "runner":
-        return _run_lab(env)
-    raise ConfigError(f"NATKIT_ROLE {role!r}: expected router, agent or runner", param="NATKIT_ROLE")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args != ["node"]:
-        print("usage: python -m natkit.lab.engines.compose node  (inside a lab container)", file=sys.stderr)
-        return 2
-    from natkit.errors import NatkitError
-
-    try:
-        return node_main()
-    except NatkitError as exc:  # one line in the container's log, not a traceback
-        print(f"natkit lab (compose): error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -407,7 +407,7 @@ class CommandPeer:
         malformed. ``reserved``: names that are taken (the built-in stacks)."""
         name, sep, command = spec.partition("=")
         name = name.strip()
-        where = f"--peer {_clip(spec, 80)!r}"
+        where = repr(_clip(spec, 80))  # the CLI puts "--peer:" before it
         if not sep or not command.strip():
             raise ConfigError(f"{where}: expected NAME=COMMAND, e.g. mypeer='./my-peer --role {{role}}'", param="peer")
         if not NAME_RE.match(name):
@@ -441,9 +441,9 @@ class CommandPeer:
         program = self.argv[0]
         found = program if "/" in program else shutil.which(program)
         if found is None:
-            raise ConfigError(f"--peer {self.name}: {program!r} is not on PATH", param="peer")
+            raise ConfigError(f"{self.name}: {program!r} is not on PATH", param="peer")
         if not os.path.isfile(found) or not os.access(found, os.X_OK):
-            raise ConfigError(f"--peer {self.name}: {found} is not an executable file", param="peer")
+            raise ConfigError(f"{self.name}: {found} is not an executable file", param="peer")
 
     def max_duration_s(self, config: PeerConfig) -> float:
         return config.deadline_s + TERM_AFTER_S + KILL_AFTER_S + DRAIN_S + 1.0

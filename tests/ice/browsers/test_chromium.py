@@ -4,16 +4,16 @@ against natkit's own servers on loopback, and its result stands beside natkit's 
 from __future__ import annotations
 
 import asyncio
-import glob
 import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from natkit.cli import main
-from natkit.ice.browsers import get, names, register
+from natkit.ice.browsers import get, names, process, register
 from natkit.ice.browsers.base import BrowserGathering
 from natkit.ice.check import check
 from natkit.server.stun import StunServer
@@ -25,13 +25,25 @@ needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
                                     reason="Chromium is not installed (apt-get install chromium)")
 
 
-def _profiles() -> set[str]:
-    return set(glob.glob(str(Path(tempfile.gettempdir()) / "natkit-chromium-*")))
+def _record_profiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The profile directories this test's browsers make (other processes on the machine may
+    run Chromium at the same time: a glob of the temporary directory would see theirs)."""
+    made: list[str] = []
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args: Any, **kwargs: Any) -> str:
+        path = real(*args, **kwargs)
+        if Path(path).name.startswith("natkit-chromium-"):
+            made.append(path)
+        return path
+
+    monkeypatch.setattr(process.tempfile, "mkdtemp", mkdtemp)
+    return made
 
 
 @needs_chromium
-async def test_chromium_beside_natkit() -> None:
-    before = _profiles()
+async def test_chromium_beside_natkit(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = _record_profiles(monkeypatch)
     async with loopback_servers() as (config, turn_urls):
         report = await check(config, timeout=3, browsers=["chromium"])
     (gathering,) = report.browsers
@@ -53,7 +65,7 @@ async def test_chromium_beside_natkit() -> None:
 
     text = format_report(report)
     assert "natkit FAIL  chromium: icecandidateerror 401" in text
-    assert _profiles() == before  # the profile directory is gone
+    assert made and not [p for p in made if Path(p).exists()]  # the profile directory is gone
 
 
 class _Fake:

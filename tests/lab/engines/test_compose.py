@@ -1,5 +1,7 @@
-"""The Compose engine: generated from the netns engine's topology, accepted by docker-compose,
-routers running the netns engine's very rulesets. (No Docker engine here: nothing is run.)"""
+"""The Compose engine's model: generated from the netns engine's topology (on the Compose
+subnets), accepted by docker-compose, routers running the netns engine's very rulesets, and
+the containers' side run as namespaces. (The Compose lab run under Docker:
+tests/lab/engines/test_compose_lab.py.)"""
 
 from __future__ import annotations
 
@@ -130,7 +132,8 @@ def test_generation_is_deterministic_and_matches_compose_yaml() -> None:
 
 def test_router_rulesets_are_the_netns_engines() -> None:
     topo = load()
-    rules, sysctls = _netns_engine(topo)
+    # the netns engine's rules for the same topology on the Compose engine's subnets
+    rules, sysctls = _netns_engine(topo.for_compose())
     assert router_rulesets(topo) == rules
     model = compose_model(topo)
     for rid, ruleset in rules.items():
@@ -147,13 +150,14 @@ def test_docker_compose_accepts_it_and_reads_the_same_rules(tmp_path: Path) -> N
     path = tmp_path / "compose.yaml"
     path.write_text(render_compose(topo))
     cfg = _compose_config(path)
-    rules, _ = _netns_engine(topo)
+    rules, _ = _netns_engine(topo.for_compose())
     services = cfg["services"]
     # Compose's own reading of the file: every router carries the netns engine's ruleset.
     for rid, ruleset in rules.items():
         assert services[f"router-{rid}"]["environment"]["NATKIT_NFT"] == ruleset
         assert services[f"router-{rid}"]["cap_add"] == ["NET_ADMIN"]
-    plan = topo.plan()
+    ctopo = topo.for_compose()
+    plan = ctopo.plan()
     peers = [p for r in plan.routers for p in r.peers]
     assert set(services) == {
         "servers", "runner", *(f"router-{r.id}" for r in plan.routers), *(f"peer-{p.id}" for p in peers)
@@ -164,11 +168,16 @@ def test_docker_compose_accepts_it_and_reads_the_same_rules(tmp_path: Path) -> N
         assert svc.get("pull_policy") == "build", name
     assert (ROOT / DOCKERFILE).is_file()
     froms = [ln for ln in (ROOT / DOCKERFILE).read_text().splitlines() if ln.startswith("FROM ")]
-    assert len(froms) == 1
-    # Every network is internal (nothing reaches the host's outside), with the plan's subnets.
+    assert froms == ["FROM ${BASE}"]
+    assert all(svc["build"]["args"] == {"BASE": "python:3.11-slim-bookworm"} for svc in services.values())
+    # Every network is internal (nothing reaches the host's outside), with the plan's subnets
+    # (the Compose engine's: off the netns defaults, which may shadow a host route) and a
+    # bridge name that the host-side firewall exception can name.
     nets = cfg["networks"]
     assert all(n.get("internal") is True for n in nets.values())
-    assert nets["internet"]["ipam"]["config"][0]["subnet"] == topo.internet_net
+    assert nets["internet"]["ipam"]["config"][0]["subnet"] == ctopo.internet_net == "198.19.113.0/24"
+    names = [n["driver_opts"]["com.docker.network.bridge.name"] for n in nets.values()]
+    assert len(set(names)) == len(nets) and all(len(b) <= 15 and b.startswith("nklab-") for b in names)
     for r in plan.routers:
         lan = nets[f"lan-{r.id}"]["ipam"]["config"][0]
         assert lan["subnet"] == r.lan_net and lan["gateway"] != r.lan_ip
@@ -184,7 +193,7 @@ def test_docker_compose_accepts_it_and_reads_the_same_rules(tmp_path: Path) -> N
     assert sorted(env["NATKIT_AGENTS"].split()) == sorted(["srv", *(p.id for p in peers)])
     assert env["NATKIT_TOPOLOGY"] == Path(topo.source).read_text()
     runner_ip = services["runner"]["networks"]["internet"]["ipv4_address"]
-    assert ipaddress.IPv4Address(runner_ip) in ipaddress.IPv4Network(topo.internet_net)
+    assert ipaddress.IPv4Address(runner_ip) in ipaddress.IPv4Network(ctopo.internet_net)
     assert runner_ip not in {r.public_ip for r in plan.routers}
 
 
@@ -205,7 +214,7 @@ def test_a_custom_topology_with_shaped_links(tmp_path: Path) -> None:
     assert services["runner"]["environment"]["NATKIT_TURN_ENGINE"] == "coturn"
     # '$' survives Compose's interpolation: the runner reads the topology exactly as written
     assert services["runner"]["environment"]["NATKIT_TOPOLOGY"] == toml
-    rules, _ = _netns_engine(topo)
+    rules, _ = _netns_engine(topo.for_compose())
     assert services["router-lossy-1"]["environment"]["NATKIT_NFT"] == rules["lossy-1"]
 
 
@@ -286,3 +295,38 @@ def test_compose_services_run_the_lab_as_namespaces(tmp_path: Path) -> None:
     assert observed[(("symmetric", "symmetric"), "srflx")] == "failed"
     assert observed[(("symmetric", "symmetric"), "relay")] == "connected"
     assert observed[(("open", "symmetric"), "srflx")] == "connected"
+
+
+def test_a_runs_cases_travel_with_their_stacks(tmp_path: Path) -> None:
+    from natkit.lab.engines.compose import RunOptions, cases_from_json, cases_to_json
+    from natkit.lab.topology import Case
+
+    topo = load()
+    cases = [*topo.cases()[:3], Case(("full-cone", "symmetric"), "srflx", False, ("pion", "mine"))]
+    assert cases_from_json(json.loads(json.dumps(cases_to_json(cases)))) == cases
+    with pytest.raises(ValueError):
+        cases_from_json([{"nats": ["a"], "path": "host", "same_lan": False, "stacks": ["x", "y"]}])
+    with pytest.raises(ValueError):
+        cases_from_json({"cases": 1})
+    run = RunOptions("nkabc123", "natkit-lab:x", str(tmp_path), "1 2", tuple(cases), peers=("mine=./p",),
+                     mounts=(str(tmp_path),))
+    model = compose_model(topo, run=run)
+    runner = model["services"]["runner"]
+    assert runner["environment"]["NATKIT_CASES_FILE"] == "/out/cases.json"
+    assert json.loads(runner["environment"]["NATKIT_PEERS"]) == ["mine=./p"]
+    mount = f"{tmp_path}:{tmp_path}:ro"
+    assert runner["volumes"] == [f"{tmp_path}:/out", mount]
+    peers = [s for name, s in model["services"].items() if name.startswith("peer-")]
+    assert peers and all(s["volumes"] == [mount] for s in peers)
+    assert not [s for name, s in model["services"].items() if name.startswith(("router-", "servers")) and "volumes" in s]
+
+
+def test_a_mount_must_exist_and_not_hide_the_image(tmp_path: Path) -> None:
+    from natkit.errors import ConfigError
+    from natkit.lab.engines.compose import check_mount
+
+    assert check_mount(str(tmp_path)) == str(tmp_path)
+    for bad in ("/", "/usr", "/usr/lib", "/etc", "/opt/natkit/venv", str(tmp_path / "missing")):
+        with pytest.raises(ConfigError) as err:
+            check_mount(bad)
+        assert err.value.param == "mount" and "\n" not in str(err.value)

@@ -1,0 +1,287 @@
+"""Inside the Compose lab's containers: ``python -m natkit.lab.engines.container``.
+
+Every service of the Compose file (:mod:`natkit.lab.engines.compose`) runs this, configured by
+``NATKIT_*`` environment variables: first :func:`setup_network` (interfaces named by the
+address they hold, extra addresses, routes, netem, the router's nftables recipe), then its
+role:
+
+* ``router``: nothing more (the kernel routes and NATs) until Compose stops it;
+* ``agent`` (the servers and every peer): connect to the runner over TCP (retrying: containers
+  start in any order) and serve the agent RPC (:func:`natkit.lab.agents.serve`);
+* ``runner``: accept every agent, run the probes and the cases through the public API
+  (:func:`natkit.lab.orchestrate.orchestrate`), then either
+
+  - with ``NATKIT_ORCH_OUT`` (``natkit lab run --engine compose``): write the orchestration
+    there (:meth:`~natkit.lab.orchestrate.Orchestration.to_json`) and progress events as JSON
+    lines on stdout, and exit 0: the host owns the capture of the internet bridge, judges and
+    reports; or
+  - alone (``docker compose up --exit-code-from runner``): finish the run itself (no capture,
+    so no packet evidence), print the matrix and exit 0/1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from natkit.errors import ConfigError, PrerequisiteError
+from natkit.lab.capture import Capture
+from natkit.lab.engines.compose import PROGRESS_PREFIX
+
+__all__ = ["PROGRESS_PREFIX", "ContainerLab", "main", "node_main", "progress_event", "setup_network"]
+
+# Containers start in any order: agents retry and the runner waits this long for them.
+AGENT_WAIT_S = float(os.environ.get("NATKIT_AGENT_WAIT_S", "180"))
+
+
+def _ip(*args: str) -> str:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
+    if res.returncode != 0:
+        raise PrerequisiteError(f"ip {' '.join(args)}: {res.stderr.strip()}; the container needs NET_ADMIN")
+    return res.stdout
+
+
+def _pairs(text: str, sep: str = " ") -> list[tuple[str, str]]:
+    out = []
+    for item in (x.strip() for x in text.split(sep)):
+        if item:
+            name, _, value = item.partition("=")
+            out.append((name.strip(), value.strip()))
+    return out
+
+
+def _addresses() -> dict[str, str]:
+    """IPv4 address -> the interface holding it."""
+    out = {}
+    for line in _ip("-o", "-4", "addr", "show").splitlines():
+        parts = line.split()
+        if "inet" in parts:
+            out[parts[parts.index("inet") + 1].split("/")[0]] = parts[1]
+    return out
+
+
+def setup_network(env: Mapping[str, str]) -> None:
+    """Name interfaces by the address they hold, add addresses and routes, shape, apply nft."""
+    by_ip = _addresses()
+    deadline = time.monotonic() + 30
+    for name, ip in _pairs(env.get("NATKIT_IFACES", "")):
+        while ip not in by_ip and time.monotonic() < deadline:  # Docker attaches networks late
+            time.sleep(0.2)
+            by_ip = _addresses()
+        dev = by_ip.get(ip)
+        if dev is None:
+            raise PrerequisiteError(f"no interface holds {ip}: the container is not on the network it needs")
+        if dev != name:
+            _ip("link", "set", "dev", dev, "down")
+            _ip("link", "set", "dev", dev, "name", name)
+            _ip("link", "set", "dev", name, "up")
+    for dev, cidr in _pairs(env.get("NATKIT_ADDRS", "")):
+        _ip("addr", "add", cidr, "dev", dev)
+    for route in (r.strip() for r in env.get("NATKIT_ROUTES", "").split(";")):
+        if route:
+            _ip("route", "replace", *route.split())
+    for dev, spec in _pairs(env.get("NATKIT_NETEM", ""), ";"):
+        if spec:
+            subprocess.run(["tc", "qdisc", "replace", "dev", dev, "root", "netem", *spec.split()],
+                           check=True, timeout=20)
+    rules = env.get("NATKIT_NFT")
+    if rules:
+        subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True, timeout=20)
+
+
+def _connect_runner(address: str, name: str) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock.settimeout(None)
+            sock.sendall((json.dumps({"agent": name}) + "\n").encode())
+            return sock
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _accept_agents(address: str, names: Sequence[str]) -> dict[str, socket.socket]:
+    host, _, port = address.rpartition(":")
+    server = socket.create_server((host, int(port)), backlog=256)
+    server.settimeout(1.0)
+    agents: dict[str, socket.socket] = {}
+    deadline = time.monotonic() + AGENT_WAIT_S
+    with server:
+        while set(names) - set(agents):
+            if time.monotonic() > deadline:
+                missing = ", ".join(sorted(set(names) - set(agents)))
+                raise PrerequisiteError(f"agents did not connect within {AGENT_WAIT_S:g} s: {missing}")
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(10)
+            hello = b""
+            with contextlib.suppress(OSError):
+                while not hello.endswith(b"\n") and len(hello) < 1024:
+                    chunk = conn.recv(1)
+                    if not chunk:
+                        break
+                    hello += chunk
+            conn.settimeout(None)
+            try:
+                agents[str(json.loads(hello)["agent"])] = conn
+            except (ValueError, KeyError, TypeError):
+                conn.close()
+    return agents
+
+
+class ContainerLab:
+    """The runner container's view of the lab (a :class:`natkit.lab.engines.BuiltLab`): the
+    agents that connected to it; no capture (the internet bridge belongs to the Docker host)."""
+
+    engine = "compose"
+    tag = "compose"
+    capture: Capture | None = None
+
+    def __init__(self, socks: dict[str, socket.socket]) -> None:
+        self._socks = socks
+
+    @property
+    def agents(self) -> dict[str, socket.socket]:
+        return dict(self._socks)
+
+    def stop_agents(self) -> None:
+        for s in self._socks.values():
+            s.close()
+
+
+def progress_event(kind: str, info: dict[str, Any]) -> dict[str, Any]:
+    """A progress event (:data:`natkit.lab.orchestrate.Progress`) as JSON."""
+    from natkit.lab.orchestrate import case_report
+
+    if kind == "case":
+        t = info["tally"]
+        return {"kind": kind, "case": case_report(info["case"]), "done": info["done"], "total": info["total"],
+                "tally": [t.connected, t.failed_as_expected, t.unexpected]}
+    if kind == "probe":
+        return {"kind": kind, "probe": info["probe"].to_json()}
+    return {"kind": kind, "text": str(info.get("text", ""))}
+
+
+def _emit(kind: str, info: dict[str, Any]) -> None:
+    sys.stdout.write(PROGRESS_PREFIX + json.dumps(progress_event(kind, info), default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _run_lab(env: Mapping[str, str]) -> int:
+    from dataclasses import replace
+
+    from natkit.lab import report
+    from natkit.lab.engines.compose import cases_from_json
+    from natkit.lab.orchestrate import orchestrate
+    from natkit.lab.output import write_atomic
+    from natkit.lab.runner import finish
+    from natkit.lab.topology import loads
+
+    t0 = time.monotonic()
+    topo = loads(env["NATKIT_TOPOLOGY"], env.get("NATKIT_TOPOLOGY_SOURCE", "topology")).for_compose()
+    if env.get("NATKIT_DEADLINE"):
+        topo = replace(topo, case_deadline_s=float(env["NATKIT_DEADLINE"]))
+    engine = env.get("NATKIT_TURN_ENGINE") or topo.servers.turn_engine
+    if env.get("NATKIT_CASES_FILE"):
+        try:
+            cases = cases_from_json(json.loads(Path(env["NATKIT_CASES_FILE"]).read_text()))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"the run's cases: {exc}", where=env["NATKIT_CASES_FILE"]) from None
+    else:
+        cases = topo.cases()
+    if env.get("NATKIT_PEERS"):
+        # --peer commands: registered here as on the host (the agents learn them with each case)
+        from natkit.lab.stacks import register
+        from natkit.lab.stacks.command import CommandPeer
+
+        for spec in json.loads(env["NATKIT_PEERS"]):
+            register(CommandPeer.from_spec(str(spec)))
+    plan = topo.plan(cases)
+    parallel = int(env["NATKIT_PARALLEL"]) if env.get("NATKIT_PARALLEL") else None
+    out = env.get("NATKIT_ORCH_OUT")
+    names = env["NATKIT_AGENTS"].split()
+    print(f"natkit lab (compose): waiting for {len(names)} agents", file=sys.stderr, flush=True)
+    built = ContainerLab(_accept_agents(env["NATKIT_LISTEN"], names))
+    build_s = time.monotonic() - t0
+    progress = _emit if out else report.Progress(sys.stderr)
+    if out:
+        _emit("stage", {"text": f"{len(names)} agents connected after {build_s:.1f} s"})
+    orch = asyncio.run(orchestrate(topo, plan, cases, built.agents, turn_engine=engine, parallel=parallel, progress=progress))
+    if out:
+        orch.timings["agents_s"] = build_s
+        built.stop_agents()
+        write_atomic(out, json.dumps(orch.to_json(), default=str))
+        return 0
+    result = finish(built, topo, plan, orch, turn_engine=engine, started=t0, progress=progress)
+    result.timings = {"build_s": build_s, **result.timings}
+    data = result.to_json()
+    report.render(data, sys.stdout)
+    sys.stdout.flush()
+    if env.get("NATKIT_JSON"):
+        Path(env["NATKIT_JSON"]).write_text(json.dumps(data, indent=2, default=str))
+    return result.exit_code
+
+
+def _sleep_until_stopped() -> None:
+    """Block until Compose stops the container (SIGTERM) or Ctrl-C."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+def node_main(env: Mapping[str, str] | None = None) -> int:
+    """A container's life: network set-up, then its role (router, agent or runner)."""
+    env = os.environ if env is None else env
+    role = env.get("NATKIT_ROLE", "")
+    setup_network(env)
+    if role == "router":
+        print(f"router {env.get('NATKIT_NAT', '')}: rules applied", flush=True)
+        _sleep_until_stopped()
+        return 0
+    if role == "agent":
+        import aiortc  # noqa: F401 - loaded before the first case, as the netns agents do
+
+        from natkit.lab.agents import serve
+
+        sock = _connect_runner(env["NATKIT_RUNNER"], env["NATKIT_AGENT"])
+        asyncio.run(serve(sock))
+        # Stay up: the runner must be the one container that exits (--exit-code-from runner
+        # stops the whole project when any container exits).
+        _sleep_until_stopped()
+        return 0
+    if role == "runner":
+        return _run_lab(env)
+    raise ConfigError(f"NATKIT_ROLE {role!r}: expected router, agent or runner", param="NATKIT_ROLE")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args not in ([], ["node"]):
+        print("usage: python -m natkit.lab.engines.container  (inside a lab container)", file=sys.stderr)
+        return 2
+    from natkit.errors import NatkitError
+
+    try:
+        return node_main()
+    except NatkitError as exc:  # one line in the container's log, not a traceback
+        print(f"natkit lab (compose): error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The Docker host as the Compose engine sees it: the API client against a fake daemon on a
+unix socket, and each missing prerequisite as one line with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from natkit.errors import PrerequisiteError
+from natkit.lab.engines import docker
+from natkit.lab.engines.docker import DockerAPI, check_daemon
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+class FakeDaemon:
+    """Answers HTTP/1.1 requests on a unix socket from a table: path prefix -> (status, body)."""
+
+    def __init__(self, path: Path, routes: dict[str, tuple[int, Any]]) -> None:
+        self.path, self.routes, self.seen = path, routes, []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                line = data.split(b"\r\n", 1)[0].decode()
+                method, target, _ = line.split(" ", 2)
+                self.seen.append((method, target))
+                status, body = next(
+                    (v for k, v in self.routes.items() if target.split("?")[0].endswith(k)), (404, {"message": "no such thing"})
+                )
+                raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+                head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(raw)}\r\nApi-Version: 1.41\r\nConnection: close\r\n\r\n"
+                conn.sendall(head.encode() + raw)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Any]:
+    made: list[FakeDaemon] = []
+
+    def make(routes: dict[str, tuple[int, Any]]) -> FakeDaemon:
+        d = FakeDaemon(tmp_path / "docker.sock", routes)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.close()
+
+
+def test_ping_negotiates_and_calls_answer_json(daemon: Any) -> None:
+    d = daemon({"/_ping": (200, b"OK"), "/info": (200, {"Driver": "overlay2"}),
+                "/images/natkit-base%3Ax/json": (200, {"Id": "sha256:ab"})})
+    api = DockerAPI(str(d.path))
+    check_daemon(api)
+    assert api.version == "1.41"
+    assert api.image("natkit-base:x") == {"Id": "sha256:ab"}
+    assert api.image("missing:tag") is None  # a 404 is "no such image"
+    assert ("GET", "/v1.41/info") in d.seen
+
+
+def test_a_copying_storage_driver_is_one_line(daemon: Any) -> None:
+    d = daemon({"/_ping": (200, b"OK"), "/info": (200, {"Driver": "vfs"})})
+    with pytest.raises(PrerequisiteError) as err:
+        check_daemon(DockerAPI(str(d.path)))
+    text = str(err.value)
+    assert "vfs" in text and "--storage-driver=overlay2" in text and "\n" not in text
+
+
+def test_no_daemon_is_one_line_saying_how_to_start_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docker, "_engine_installed", lambda: True)
+    with pytest.raises(PrerequisiteError) as err:
+        check_daemon(DockerAPI(str(tmp_path / "none.sock")))
+    assert "not running" in str(err.value) and "dockerd --storage-driver=overlay2" in str(err.value)
+    monkeypatch.setattr(docker, "_engine_installed", lambda: False)
+    with pytest.raises(PrerequisiteError, match=r"apt-get install docker\.io"):
+        check_daemon(DockerAPI(str(tmp_path / "none.sock")))
+    # a socket nobody listens on
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(tmp_path / "dead.sock"))
+    dead.close()
+    with pytest.raises(PrerequisiteError, match="does not answer"):
+        check_daemon(DockerAPI(str(tmp_path / "dead.sock")))
+
+
+def test_docker_host_over_tcp_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")
+    with pytest.raises(PrerequisiteError, match="unix socket"):
+        docker.socket_path()
+
+
+def test_streams_yield_each_object(daemon: Any) -> None:
+    body = b'{"stream":"Step 1/4"}\r\n{"stream":"ok"}\r\n{"error":"boom"}\r\n'
+    d = daemon({"/build": (200, body)})
+    events = list(DockerAPI(str(d.path)).stream("POST", "/build", body=b""))
+    assert events == [{"stream": "Step 1/4"}, {"stream": "ok"}, {"error": "boom"}]
+
+
+def test_the_cli_says_it_in_one_line_and_exits_2(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock", "HOME": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-m", "natkit", "lab", "run", "--engine", "compose"],
+                         capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr
+    assert "needs root" in lines[0] or "Docker" in lines[0], lines
+
+
+def test_the_compose_tool_is_chosen_and_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "docker-compose"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = version ] && echo 1.29.2\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("NATKIT_COMPOSE", str(fake))
+    tool = docker.compose_tool()
+    assert tool.describe() == "docker-compose 1.29.2" and tool.argv == (str(fake),)
+    monkeypatch.setenv("NATKIT_COMPOSE", str(tmp_path / "nothing"))
+    with pytest.raises(PrerequisiteError, match="NATKIT_COMPOSE"):
+        docker.compose_tool()
