@@ -333,7 +333,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _compose(args: argparse.Namespace) -> int:
-    from natkit.lab.engines.compose import compose_model, write_compose
+    from natkit.lab.engines.compose import compose_model, compose_scope, write_compose
     from natkit.lab.engines.image import PYTHON_BASE
     from natkit.lab.results import SCHEMA_VERSION
 
@@ -341,7 +341,9 @@ def _compose(args: argparse.Namespace) -> int:
     out = check_output("--output", args.output, inputs, kind="compose")
     if args.json:
         check_output("--json", args.json, inputs)
-    topo = _load(args.topology)
+    topo, left_out = compose_scope(_load(args.topology))
+    for what, why in left_out:
+        print(f"natkit lab compose: left out: {what}: {why}", file=sys.stderr)
     base = args.base or PYTHON_BASE
     text = write_compose(topo, out, turn_engine=args.turn_engine, base=base)
     if args.json:
@@ -354,6 +356,7 @@ def _compose(args: argparse.Namespace) -> int:
             "services": sorted(model["services"]),
             "networks": {k: v["ipam"]["config"][0]["subnet"] for k, v in model["networks"].items()},
             "base": base,
+            "left_out": [{"what": w, "why": y} for w, y in left_out],
         }
         if out is None:
             doc["compose"] = text

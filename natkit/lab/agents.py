@@ -107,8 +107,14 @@ async def _command(
     if op == "probe":
         from natkit.nat.probe import probe
 
-        res = await probe([cmd["server"]], families=(4,), timeout=cmd["timeout"])
+        res = await probe([cmd["server"]], families=tuple(cmd.get("families") or (4,)), timeout=cmd["timeout"])
         return res.to_json()
+    if op == "lifetime":
+        from natkit.nat.discovery import ProbeOptions, binding_lifetime
+
+        host, port = cmd["server"]
+        af = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return await binding_lifetime((str(host), int(port)), af, ProbeOptions(), 0.005, [float(t) for t in cmd["schedule"]])
     if op == "servers":
         from natkit.lab.servers import ServersSpec, run_servers
 

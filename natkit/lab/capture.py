@@ -127,7 +127,7 @@ class Capture:
 
     def start(self) -> None:
         """Start dumpcap; return once a marker sent now is in the file (no case starts before)."""
-        argv = ["dumpcap", "-q", "-i", self.iface, "-f", "udp or tcp", "-w", str(self.path)]
+        argv = ["dumpcap", "-q", "-P", "-i", self.iface, "-f", "udp or tcp", "-w", str(self.path)]
         kw: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "preexec_fn": die_with_parent}
         self._proc = self.lab.popen(self.ns, argv, **kw) if self.lab is not None else subprocess.Popen(argv, **kw)
         wait_capture(self.path, self._proc)

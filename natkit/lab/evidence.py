@@ -1,7 +1,7 @@
 """Packet evidence: which way each lab case's traffic really went on the internet segment.
 
 The runner captures every frame on the internet bridge (``dumpcap``, one file per run); this
-module reads the capture with scapy and counts DTLS records (the WebRTC data channel after ICE)
+module reads the capture (:mod:`natkit.lab.pcap`) and counts DTLS records (the WebRTC data channel after ICE)
 per flow:
 
 * **direct**: DTLS in plain UDP between two endpoints;
@@ -90,6 +90,25 @@ class _Stream:
     framer: StreamFramer = field(default_factory=StreamFramer)
     next_seq: int | None = None
     broken: bool = False
+    tls: bytearray | None = None  # TURN over TLS: the bytes of a record not yet complete
+
+
+def _tls_records(st: _Stream, data: bytes) -> int:
+    """Application-data records (content type 23) completed by ``data`` on a TLS stream."""
+    buf = st.tls if st.tls is not None else bytearray()
+    buf += data
+    n = 0
+    while len(buf) >= 5:
+        if buf[0] not in (20, 21, 22, 23, 24):
+            st.broken = True
+            return n
+        size = 5 + int.from_bytes(buf[3:5], "big")
+        if len(buf) < size:
+            break
+        n += buf[0] == 23
+        del buf[:size]
+    st.tls = buf
+    return n
 
 
 @dataclass
@@ -98,6 +117,8 @@ class Flows:
 
     direct: Counter[tuple[Endpoint, Endpoint]] = field(default_factory=Counter)
     relayed: Counter[tuple[str, Endpoint]] = field(default_factory=Counter)  # (transport, client)
+    # TURN over TLS: application-data records per client (what is inside cannot be read)
+    tls: Counter[Endpoint] = field(default_factory=Counter)
     # relayed address -> (transport, client): from the TURN server's Allocate success responses
     allocations: dict[Endpoint, tuple[str, Endpoint]] = field(default_factory=dict)
     packets: int = 0
@@ -124,70 +145,66 @@ class Flows:
         )
 
 
-def read_capture(path: str | Path, turn: Endpoint) -> Flows:
-    """Count DTLS records per flow in the pcap at ``path``; ``turn`` is the TURN server's
-    client-facing address."""
-    from scapy.layers.inet import IP, TCP, UDP
-    from scapy.layers.l2 import Ether
-    from scapy.utils import RawPcapReader
+def read_capture(path: str | Path, turn: Endpoint, turn_tls: Endpoint | None = None,
+                 also: tuple[Endpoint, ...] = ()) -> Flows:
+    """Count DTLS records per flow in the pcap/pcapng at ``path``; ``turn`` is the TURN
+    server's client-facing address, ``turn_tls`` its TURN-over-TLS one (there only TLS records
+    are counted: DTLS inside cannot be seen); ``also`` are more addresses of the same server
+    (its IPv6 ones). :mod:`natkit.lab.pcap` reads the frames."""
+    turns = {turn, *also}
+    tlss = {turn_tls} | {(a[0], turn_tls[1]) for a in also} if turn_tls else set()
+    from natkit.lab.pcap import read_segments
 
     flows = Flows()
     streams: dict[tuple[Endpoint, Endpoint], _Stream] = {}
-    try:
-        reader = RawPcapReader(str(path))
-    except (OSError, EOFError):
-        return flows
-    with reader:
-        for raw, _meta in reader:
-            flows.packets += 1
-            pkt = Ether(raw)
-            ip = pkt.getlayer(IP)
-            if ip is None:
+    for seg in read_segments(path):
+        flows.packets += 1
+        if seg is None:
+            continue
+        src, dst, data = seg.src, seg.dst, seg.payload
+        if seg.proto == "udp":
+            if data.startswith(CAPTURE_MARKER):
+                flows.markers += 1
                 continue
-            l4 = ip.payload
-            if isinstance(l4, UDP):
-                src, dst = (ip.src, l4.sport), (ip.dst, l4.dport)
-                data = bytes(l4.payload)
-                if data.startswith(CAPTURE_MARKER):
-                    flows.markers += 1
-                    continue
-                if turn in (src, dst):
-                    client = dst if src == turn else src
-                    if src == turn and (relayed := _allocated(data)) is not None:
-                        flows.allocations[relayed] = ("udp", client)
-                    inner = _turn_inner(data)
-                    if inner is not None and _is_dtls(inner):
-                        flows.relayed[("udp", client)] += 1
-                elif _is_dtls(data):
-                    flows.direct[(src, dst)] += 1
-            elif isinstance(l4, TCP):
-                src, dst = (ip.src, l4.sport), (ip.dst, l4.dport)
-                if turn not in (src, dst):
-                    continue
-                data = bytes(l4.payload)
-                st = streams.setdefault((src, dst), _Stream())
-                if l4.flags & 0x02:  # SYN: the stream starts after it
-                    st.next_seq = (l4.seq + 1) & 0xFFFFFFFF
-                    continue
-                if not data or st.broken or st.next_seq is None:
-                    continue
-                if l4.seq != st.next_seq:  # a retransmission or a gap: only in-order bytes count
-                    if (l4.seq - st.next_seq) & 0xFFFFFFFF < 1 << 31:
-                        st.broken = True  # bytes missing from the capture
-                    continue
-                st.next_seq = (l4.seq + len(data)) & 0xFFFFFFFF
-                try:
-                    frames = st.framer.feed(data)
-                except StunParseError:
-                    st.broken = True
-                    continue
-                client = dst if src == turn else src
-                for frame in frames:
-                    if src == turn and (relayed := _allocated(frame)) is not None:
-                        flows.allocations[relayed] = ("tcp", client)
-                    inner = _turn_inner(frame)
-                    if inner is not None and _is_dtls(inner):
-                        flows.relayed[("tcp", client)] += 1
+            if src in turns or dst in turns:
+                client = dst if src in turns else src
+                if src in turns and (relayed := _allocated(data)) is not None:
+                    flows.allocations[relayed] = ("udp", client)
+                inner = _turn_inner(data)
+                if inner is not None and _is_dtls(inner):
+                    flows.relayed[("udp", client)] += 1
+            elif _is_dtls(data):
+                flows.direct[(src, dst)] += 1
+            continue
+        tls = src in tlss or dst in tlss
+        if src not in turns and dst not in turns and not tls:
+            continue
+        st = streams.setdefault((src, dst), _Stream())
+        if seg.flags & 0x02:  # SYN: the stream starts after it
+            st.next_seq = (seg.seq + 1) & 0xFFFFFFFF
+            continue
+        if not data or st.broken or st.next_seq is None:
+            continue
+        if seg.seq != st.next_seq:  # a retransmission or a gap: only in-order bytes count
+            if (seg.seq - st.next_seq) & 0xFFFFFFFF < 1 << 31:
+                st.broken = True  # bytes missing from the capture
+            continue
+        st.next_seq = (seg.seq + len(data)) & 0xFFFFFFFF
+        if tls:
+            flows.tls[dst if src in tlss else src] += _tls_records(st, data)
+            continue
+        try:
+            frames = st.framer.feed(data)
+        except StunParseError:
+            st.broken = True
+            continue
+        client = dst if src in turns else src
+        for frame in frames:
+            if src in turns and (relayed := _allocated(frame)) is not None:
+                flows.allocations[relayed] = ("tcp", client)
+            inner = _turn_inner(frame)
+            if inner is not None and _is_dtls(inner):
+                flows.relayed[("tcp", client)] += 1
     return flows
 
 
@@ -245,6 +262,13 @@ def judge(
         if allocation is None or not allocation.get("mapped"):
             return {"route": None, "claimed": claimed, "packets": 0, "consistent": False, "detail": "no TURN allocation recorded for the selected relay candidate"}
         mapped = (str(allocation["mapped"][0]), int(allocation["mapped"][1]))
+        if allocation["transport"] == "tls":
+            ips = {mapped[0], caller_public}
+            n = sum(k for c, k in flows.tls.items() if c[0] in ips or _in_net(c[0], caller_lan))
+            detail = (f"{n} TLS application-data records between {caller_public} and the TURN/TLS listener "
+                      "(the DTLS inside TLS cannot be seen)")
+            return {"route": "relay" if n else "none", "claimed": claimed, "packets": n, "consistent": n > 0,
+                    "detail": detail}
         n = flows.relayed[(allocation["transport"], mapped)]
         d = flows.direct_between(_ep((sel_b or {}).get("remote")) or mapped, _ep((sel_a or {}).get("remote")) or mapped)
         route = "relay" if n else ("direct" if d else "none")

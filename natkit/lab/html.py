@@ -3,8 +3,10 @@
 :func:`render_html` turns the lab's JSON result (:meth:`natkit.lab.results.LabResult.to_json`)
 and the :class:`~natkit.lab.topology.Topology` into a page people can look at and share: when,
 where and with which natkit it ran, a summary in plain words (how many NAT pairs need TURN,
-where TURN over TCP is needed), the matrix as a coloured NAT × NAT grid per path (host /
-srflx / relay) with expected vs observed in every cell (relay cells say UDP or TCP), a detail
+where TURN over TCP or TLS on 443 is needed, which calls survived idling past the mapping
+lifetime), the matrix as a coloured NAT × NAT grid per address family (IPv4, IPv6, NAT64) and
+path (host / srflx / relay / relay-tls / longevity), each with only the NATs that have a case
+there, with expected vs observed in every cell (relay cells say UDP, TCP or TLS), a detail
 panel (and a hover title) with the selected pair, RTT, time to connect, the expectation's
 reason and the packet evidence, the browser cases, the probe results per NAT, the topology (a
 diagram and a table) and the run's timing.
@@ -33,17 +35,30 @@ __all__ = ["GENERATOR", "cell_state", "plain_summary", "relay_transports", "rend
 # The mark by which natkit recognises its own report (it then may overwrite the file).
 GENERATOR = '<meta name="generator" content="natkit">'
 
-PATHS = ("host", "srflx", "relay")
+PATHS = ("host", "srflx", "relay", "relay-tls", "longevity")
 _PATH_TITLES = {
     "host": "host: no ICE servers, host candidates only",
     "srflx": "srflx: STUN only, server-reflexive candidates signaled",
     "relay": "relay: TURN only (UDP and TCP), relay policy",
+    "relay-tls": "relay-tls: TURN over TLS on port 443 only (turns:)",
+    "longevity": "longevity: srflx, then idle past the NATs' UDP mapping lifetime, then echo again",
 }
+FAMILIES = ("ipv4", "ipv6", "nat64")
+_FAMILY_TITLES = {
+    "ipv4": "IPv4",
+    "ipv6": "IPv6 (both peers have it)",
+    "nat64": "IPv6-only peer (NAT64) against a peer without IPv6",
+}
+_FAMILY_SHORT = {"ipv4": "", "ipv6": " over IPv6", "nat64": " across NAT64 (IPv6-only × IPv4-only)"}
 _SYMBOL = {"connected": "✓", "failed": "✗"}
 
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
+
+
+def _family(case: Mapping[str, Any]) -> str:
+    return str(case.get("family") or "ipv4")  # documents before issue 10 carry no family
 
 
 def cell_state(case: Mapping[str, Any]) -> str:
@@ -102,13 +117,15 @@ def _ms(value: Any) -> str:
 
 def _case_title(case: Mapping[str, Any]) -> str:
     a, b = [*case.get("nats", ()), "?", "?"][:2]
-    lines = [f"{a} → {b} over {case.get('path')}" + (" (same LAN)" if case.get("same_lan") else "")]
+    fam = _FAMILY_SHORT.get(_family(case), f" over {_family(case)}")
+    lines = [f"{a} → {b} over {case.get('path')}{fam}" + (" (same LAN)" if case.get("same_lan") else "")]
     route = f" via {case['expected_route']}" if case.get("expected_route") else ""
     lines.append(f"expected: {case.get('expected')}{route}")
     route = f" via {case['route']}" if case.get("route") else ""
     lines.append(f"observed: {case.get('observed')}{route}")
     if case.get("observed") == "connected":
-        lines.append(f"selected: {_pair_text(case.get('selected'))}")
+        lines.append(f"selected: {_pair_text(case.get('selected'))}"
+                     + (f" ({case['selected_family']})" if case.get("selected_family") else ""))
         if case.get("callee_selected"):
             lines.append(f"callee selected: {_pair_text(case.get('callee_selected'))}")
         lines.append(f"connect {_ms(case.get('t_connect_ms'))}, RTT {_ms(case.get('rtt_ms'))}")
@@ -183,14 +200,18 @@ def _pair_of(c: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _grid(
-    path: str, cases: Sequence[Mapping[str, Any]], matrix: list[str], lan: list[str],
+    path: str, family: str, cases: Sequence[Mapping[str, Any]], matrix: list[str], lan: list[str],
     pair: tuple[str, str] = ("aiortc", "aiortc"), anchor: str = "",
 ) -> str:
+    """One NAT x NAT grid: the cases of stack ``pair`` over ``path`` and ``family``, rows and
+    columns only for the NATs that have a case there (an IPv6 grid has the dual-stack NATs, a
+    longevity grid the NATs with a longevity case); ordered (caller rows, callee columns) for
+    two different stacks."""
     index: dict[tuple[str, str], int] = {}
     lan_index: dict[str, int] = {}
     ordered = pair[0] != pair[1]  # two stacks: who is behind which NAT matters
     for i, c in enumerate(cases):
-        if c.get("path") != path or _legacy_browser(c) or _pair_of(c) != pair:
+        if c.get("path") != path or _legacy_browser(c) or _pair_of(c) != pair or _family(c) != family:
             continue
         nats = list(c.get("nats", []))
         if len(nats) != 2:
@@ -203,10 +224,11 @@ def _grid(
                 index.setdefault((nats[1], nats[0]), i)
     if not index and not lan_index:
         return ""
-    rows_of, cols_of = matrix, matrix
+    used = {n for k in index for n in k}
+    rows_of = cols_of = [n for n in matrix if n in used] + sorted(used - set(matrix))
     if ordered:
-        rows_of = [n for n in matrix if any(k[0] == n for k in index)]
-        cols_of = [n for n in matrix if any(k[1] == n for k in index)]
+        rows_of = [n for n in rows_of if any(k[0] == n for k in index)]
+        cols_of = [n for n in cols_of if any(k[1] == n for k in index)]
     counts = {"pass": 0, "total": 0}
     for i in [*set(index.values()), *lan_index.values()]:
         counts["total"] += 1
@@ -222,7 +244,7 @@ def _grid(
             at = index.get((a, b))
             cells.append(_cell(cases[at] if at is not None else None, at))
         rows.append(f'<tr><th class="row" scope="row">{_e(a)}</th>{"".join(cells)}</tr>')
-    for name in lan:
+    for name in [*lan, *sorted(set(lan_index) - set(lan))]:
         at = lan_index.get(name)
         if at is None:
             continue
@@ -232,13 +254,36 @@ def _grid(
             "behind one NAT</td></tr>"
         )
     ok = counts["pass"] == counts["total"]
+    sid = f"path-{anchor}{path}" if family == "ipv4" else f"path-{anchor}{path}-{family}"
+    title = _PATH_TITLES.get(path, path)
     return (
-        f'<section class="path" id="path-{anchor}{_e(path)}"><h3>{_e(_PATH_TITLES.get(path, path))} '
+        f'<section class="path" id="{_e(sid)}"><h3>{_e(title)} '
         f'<span class="count {"good" if ok else "bad"}">{counts["pass"]}/{counts["total"]} as '
         "expected</span></h3>"
-        f'<table class="grid" data-path="{_e(path)}" data-pair="{_e(pair[0])}→{_e(pair[1])}"><thead><tr><th class="corner">caller ↓ '
+        f'<table class="grid" data-path="{_e(path)}" data-family="{_e(family)}" '
+        f'data-pair="{_e(pair[0])}→{_e(pair[1])}"><thead><tr><th class="corner">caller ↓ '
         f"callee →</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
     )
+
+
+def _grids(cases: Sequence[Mapping[str, Any]], matrix: list[str], lan: list[str],
+           pair: tuple[str, str] = ("aiortc", "aiortc"), anchor: str = "") -> str:
+    """Every grid of stack ``pair``: per address family (a heading each when the run has more
+    than IPv4), per path; paths or families no case of the pair has are left out."""
+    grid_cases = [c for c in cases if not _legacy_browser(c) and _pair_of(c) == pair]
+    families = [f for f in FAMILIES if any(_family(c) == f for c in grid_cases)]
+    families += sorted({_family(c) for c in grid_cases} - set(families))
+    paths = _paths_of(grid_cases)
+    out = []
+    for family in families:
+        grids = "".join(_grid(p, family, cases, matrix, lan, pair, anchor) for p in paths)
+        if not grids:
+            continue
+        n = sum(_family(c) == family for c in grid_cases)
+        heading = (f'<h3 class="family" id="family-{anchor}{_e(family)}">{_e(_FAMILY_TITLES.get(family, family))} '
+                   f'<span class="muted">({n} cases)</span></h3>') if families != ["ipv4"] else ""
+        out.append(f'{heading}<div class="paths" data-family="{_e(family)}">{grids}</div>')
+    return "".join(out)
 
 
 def _fmt_probe(value: Any) -> str:
@@ -325,7 +370,7 @@ def _pair_grids(
     pairs.sort(key=lambda k: k != (reference, reference))
     if len(pairs) <= 1:
         pair = pairs[0] if pairs else ("aiortc", "aiortc")
-        return '<div class="paths">' + "".join(_grid(p, cases, matrix, lan, pair) for p in _paths_of(grid_cases)) + "</div>"
+        return _grids(cases, matrix, lan, pair)
     rows = {(r["caller_stack"], r["callee_stack"]): r for r in stack_pairs(
         [{**c, "caller_stack": _pair_of(c)[0], "callee_stack": _pair_of(c)[1]} for c in grid_cases])}
     order = [str(s.get("name")) for s in results.get("stacks") or [] if isinstance(s, Mapping)]
@@ -365,14 +410,14 @@ def _pair_grids(
             if c.get("decided_by") == "stacks":
                 reasons[str(c.get("reason"))] = reasons.get(str(c.get("reason")), 0) + 1
         why = "".join(f"<li>{n} × {_e(t)}</li>" for t, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
-        grids = "".join(_grid(p, cases, matrix, lan, pair, anchor=f"{_slug(pair)}-") for p in _paths_of(sub))
+        grids = _grids(cases, matrix, lan, pair, anchor=f"{_slug(pair)}-")
         opened = " open" if pair == (reference, reference) or not r["pass"] else ""
         sections.append(
             f'<details class="pair" id="pair-{_slug(pair)}"{opened}><summary><strong>{_e(pair[0])} → {_e(pair[1])}</strong> '
             f'<span class="count {"good" if r["pass"] else "bad"}">{r["as_expected"]}/{r["cases"]} as expected</span> '
             f'<span class="muted">{r["connected"]} connected</span></summary>'
             + (f'<ul class="why">{why}</ul>' if why else "")
-            + f'<div class="paths">{grids}</div></details>'
+            + f'{grids}</details>'
         )
     return summary + "".join(sections)
 
@@ -438,6 +483,32 @@ def _svg(topology: Any) -> str:
     return "".join(parts)
 
 
+def _families_text(b: Any) -> str:
+    """The LAN's address families and how IPv6 leaves it."""
+    six = getattr(b, "ipv6", None)
+    parts = ["IPv4"] if getattr(b, "ipv4", True) else []
+    if six is not None:
+        how = "prefix-translated" if six.mapping is not None else "routed"
+        parts.append(f"IPv6 ({how}, filters {six.filtering.value if six.filtering else 'nothing'})")
+    if getattr(b, "nat64", False):
+        parts.append("NAT64 + DNS64 to IPv4")
+    return ", ".join(parts) or "–"
+
+
+def _inner_text(b: Any) -> str:
+    inner = getattr(b, "inner", None)
+    if inner is None:
+        return "–"
+    return f"{inner.name}: {inner.mapping.value if inner.mapping else 'no NAT'} / {inner.filtering.value if inner.filtering else '–'} on {b.inner_net}"
+
+
+def _blocked_text(b: Any) -> str:
+    ports = getattr(b, "egress_tcp_ports", None)
+    if ports is not None:
+        return "all but TCP to " + "/".join(str(p) for p in ports)
+    return "UDP" if b.block_udp else "no"
+
+
 def _topology(topology: Any, results: Mapping[str, Any]) -> str:
     if topology is None:
         src = results.get("topology")
@@ -450,7 +521,8 @@ def _topology(topology: Any, results: Mapping[str, Any]) -> str:
             f'<tr data-nat="{_e(n.name)}"><td>{_e(n.name)}</td><td>{_e(n.type)}</td>'
             f"<td>{_e(b.mapping.value if b.mapping else 'none')}</td>"
             f"<td>{_e(b.filtering.value if b.filtering else 'none')}</td>"
-            f"<td>{'yes' if b.block_udp else 'no'}</td><td>{'yes' if b.hairpinning else 'no'}</td>"
+            f"<td>{_e(_families_text(b))}</td><td>{_e(_inner_text(b))}</td>"
+            f"<td>{_e(_blocked_text(b))}</td><td>{'yes' if b.hairpinning else 'no'}</td>"
             f"<td>{b.udp_timeout} s</td><td>{_e(_link(n.wan))}</td><td>{_e(_link(n.lan))}</td>"
             f"<td>{n.peers}{' (same LAN)' if n.same_lan else ''}</td></tr>"
         )
@@ -459,15 +531,19 @@ def _topology(topology: Any, results: Mapping[str, Any]) -> str:
         _svg(topology)
         + '<dl class="facts">'
         f"<dt>file</dt><dd>{_e(topology.source)}</dd>"
-        f"<dt>internet</dt><dd>{_e(topology.internet_net)} (links: {_e(_link(topology.internet_link))})</dd>"
+        f"<dt>internet</dt><dd>{_e(topology.internet_net)}"
+        f"{_e(', ' + topology.internet_net6) if getattr(topology, 'internet_net6', None) else ''} "
+        f"(links: {_e(_link(topology.internet_link))})</dd>"
         f"<dt>STUN (RFC 5780)</dt><dd>{_e(s.stun_addresses[0])}, {_e(s.stun_addresses[1])} ports "
         f"{s.stun_port}/{s.stun_alt_port}</dd>"
         f"<dt>TURN</dt><dd>{_e(engine)} at {_e(s.turn_address)}:{s.turn_port} over "
-        f"{_e(', '.join(s.turn_transports))}, realm {_e(s.turn_realm)}</dd>"
+        f"{_e(', '.join(s.turn_transports))}"
+        f"{_e(f', TLS on {s.turn_tls_port}') if getattr(s, 'turn_tls_port', None) else ''}"
+        f"{_e(f', also {s.turn_address6}') if getattr(s, 'turn_address6', None) else ''}, realm {_e(s.turn_realm)}</dd>"
         f"<dt>signaling</dt><dd>{_e(s.signaling_address)}:{s.signaling_port}</dd>"
         f"<dt>case deadline</dt><dd>{topology.case_deadline_s:g} s</dd></dl>"
         '<table class="probes"><thead><tr><th>NAT</th><th>type</th><th>mapping</th>'
-        "<th>filtering</th><th>UDP blocked</th><th>hairpin</th><th>UDP timeout</th><th>WAN</th>"
+        "<th>filtering</th><th>families</th><th>behind it</th><th>blocked</th><th>hairpin</th><th>UDP timeout</th><th>WAN</th>"
         f"<th>LAN</th><th>peers</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
 
@@ -478,17 +554,15 @@ def _pair_key(c: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def plain_summary(results: Mapping[str, Any]) -> list[str]:
-    """What the matrix means, in sentences: which NAT pairs need TURN, where TURN has to run
-    over TCP, which pairs connect directly, and what did not go as expected."""
+    """What the matrix means, in sentences: per address family which NAT pairs need TURN (and
+    which only TURN over TLS on 443 saves), which connect directly; where TURN has to run
+    over TCP; which calls survived idling past the mapping lifetime; what did not go as
+    expected."""
     every = [c for c in results.get("cases", []) if not _legacy_browser(c)]
     reference = str((results.get("plan") or {}).get("reference") or "aiortc")
     pairs = list(dict.fromkeys(_pair_of(c) for c in every))
     ref = (reference, reference) if (reference, reference) in pairs else (pairs[0] if pairs else ("aiortc", "aiortc"))
     cases = [c for c in every if _pair_of(c) == ref]  # the NATs' question: one stack pair
-    by_pair: dict[tuple[str, ...], dict[str, Mapping[str, Any]]] = {}
-    for c in cases:
-        by_pair.setdefault(_pair_key(c), {})[str(c.get("path"))] = c
-    full = {k: v for k, v in by_pair.items() if set(PATHS) <= set(v)}
     out: list[str] = []
 
     def up(c: Mapping[str, Any] | None) -> bool:
@@ -497,17 +571,40 @@ def plain_summary(results: Mapping[str, Any]) -> list[str]:
     def names(keys: Iterable[tuple[str, ...]]) -> str:
         return ", ".join(" × ".join(k) if k[-1] != "same LAN" else f"{k[0]} (same LAN)" for k in keys)
 
-    if full:
-        turn = [k for k, v in full.items() if up(v["relay"]) and not up(v["host"]) and not up(v["srflx"])]
-        none = [k for k, v in full.items() if not any(up(x) for x in v.values())]
-        direct = len(full) - len(turn) - len(none)
-        sentence = f"{len(turn)} of {len(full)} NAT pairs need TURN"
-        out.append(sentence + (f": {names(turn)}." if turn else "."))
-        out.append(f"{direct} of {len(full)} pairs connect without a relay (host or server-reflexive candidates).")
+    def grouped(keys: list[tuple[str, ...]], among: Iterable[tuple[str, ...]]) -> str:
+        """``keys`` in words: "every pair with X" for a NAT all of whose pairs (of ``among``)
+        are in ``keys``, then the other pairs one by one."""
+        pairs = [k for k in among if k[-1] != "same LAN"]
+        nats = list(dict.fromkeys(n for k in pairs for n in k))
+        whole = [n for n in nats if len([k for k in pairs if n in k]) > 1 and all(k in keys for k in pairs if n in k)]
+        rest = [k for k in keys if not any(n in k for n in whole)]
+        parts = [f"every pair with {n} ({sum(n in k for k in pairs)})" for n in whole]
+        return ", ".join([*parts, *([names(rest)] if rest else [])])
+
+    families = [f for f in FAMILIES if any(_family(c) == f for c in cases)]
+    said_partial = False
+    for family in families:
+        by_pair: dict[tuple[str, ...], dict[str, Mapping[str, Any]]] = {}
+        for c in cases:
+            if _family(c) == family and c.get("path") != "longevity":
+                by_pair.setdefault(_pair_key(c), {})[str(c.get("path"))] = c
+        full = {k: v for k, v in by_pair.items() if {"host", "srflx", "relay"} <= set(v)}
+        where = _FAMILY_SHORT.get(family, f" over {family}")
+        if not full:
+            if not said_partial:
+                out.append("Not every path ran for any NAT pair (--only), so no pair can be said to need TURN.")
+                said_partial = True
+            continue
+        direct = [k for k, v in full.items() if up(v.get("host")) or up(v.get("srflx"))]
+        turn = [k for k, v in full.items() if k not in direct and (up(v.get("relay")) or up(v.get("relay-tls")))]
+        tls_only = [k for k in turn if not up(full[k].get("relay"))]
+        none = [k for k in full if k not in direct and k not in turn]
+        out.append(f"{len(turn)} of {len(full)} NAT pairs{where} need TURN" + (f": {grouped(turn, full)}." if turn else "."))
+        out.append(f"{len(direct)} of {len(full)} pairs{where} connect without a relay (host or server-reflexive candidates).")
+        if tls_only:
+            out.append(f"Only TURN over TLS on port 443 connects {grouped(tls_only, full)}: nothing else gets out there.")
         if none:
-            out.append(f"{len(none)} pairs do not connect even through TURN: {names(none)}.")
-    else:
-        out.append("Not every path ran for any NAT pair (--only), so no pair can be said to need TURN.")
+            out.append(f"{len(none)} pairs{where} do not connect even through TURN: {names(none)}.")
     # TURN over TCP: NATs whose relay cases connected only with a TCP allocation on their side.
     tcp_only: dict[str, list[bool]] = {}
     for c in cases:
@@ -516,13 +613,23 @@ def plain_summary(results: Mapping[str, Any]) -> list[str]:
         sides = zip(c.get("nats", []), relay_transports(c), strict=False)
         for nat, proto in sides:
             tcp_only.setdefault(str(nat), []).append(proto == "TCP")
-    blocked = {n.get("name") for n in (results.get("lab") or {}).get("nats", []) if n.get("block_udp")}
+    # (an egress firewall blocks UDP too, but also TURN over TCP: its sentence is the TLS one)
+    blocked = {n.get("name") for n in (results.get("lab") or {}).get("nats", [])
+               if n.get("block_udp") and not n.get("egress_tcp_ports")}
     need_tcp = sorted(n for n, seen in tcp_only.items() if seen and all(seen) and (n in blocked or not blocked))
     if need_tcp:
         out.append(f"Relay over TCP needed for {', '.join(need_tcp)}: UDP does not get out there, "
                    "so only TURN over TCP (or TLS) connects.")
     elif blocked:
         out.append(f"UDP is blocked at {', '.join(sorted(str(b) for b in blocked))}; no relay case behind it connected over TCP.")
+    # Mapping expiry mid-call: which calls still echoed after idling past the mapping lifetime.
+    idle = [c for c in cases if c.get("path") == "longevity"]
+    kept = [_pair_key(c) for c in idle if up(c)]
+    lost = [_pair_key(c) for c in idle if not up(c)]
+    if kept:
+        out.append(f"Calls that idled past the NAT's UDP mapping lifetime and still echoed: {names(kept)}.")
+    if lost:
+        out.append(f"Calls that lost their path while idle (the mapping expired): {names(lost)}.")
     bad = [c for c in cases if c.get("pass") is False]
     who = f" of {ref[0]} with itself" if len(pairs) > 1 and ref[0] == ref[1] else ""
     if bad:

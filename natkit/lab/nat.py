@@ -14,7 +14,11 @@ from natkit.lab.nats.model import Filtering, Mapping, NatBehaviour
 
 __all__ = ["PRESETS", "Filtering", "Mapping", "NatBehaviour", "nat_ruleset", "router_sysctls"]
 
-PRESETS: _Mapping[str, NatBehaviour] = {k.name: k.model for k in kinds()}
+# The textbook kinds: one router, IPv4 only (what a probe topology of one NAT can build).
+PRESETS: _Mapping[str, NatBehaviour] = {
+    k.name: k.model for k in kinds()
+    if k.model.inner is None and k.model.ipv6 is None and k.model.egress_tcp_ports is None and k.model.port_allocation is None
+}
 
 
 def nat_ruleset(

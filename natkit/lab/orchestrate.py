@@ -36,10 +36,12 @@ from natkit.lab import stacks
 from natkit.lab.agents import AgentClient
 from natkit.lab.evidence import claimed_route
 from natkit.lab.expect import Expectation, expected_probe
+from natkit.lab.labca import LabCA, make_lab_ca
+from natkit.lab.nats import NatBehaviour
 from natkit.lab.results import CaseResult, ProbeResult
-from natkit.lab.servers import ServersSpec
+from natkit.lab.servers import WEB_PORT, ServersSpec
 from natkit.lab.stacks import PeerConfig, PeerResult
-from natkit.lab.topology import Case, Plan, Topology
+from natkit.lab.topology import LAB_ZONE, Case, PeerPlan, Plan, RouterPlan, Topology
 
 __all__ = [
     "Orchestration",
@@ -58,10 +60,18 @@ RESULT_MARGIN = 6.0  # s an agent may take beyond a peer's own bound to report
 SERVERS_START_TIMEOUT = 15.0
 SERVERS_STOP_TIMEOUT = 12.0  # s for the servers to stop (coturn: SIGTERM, after 5 s SIGKILL)
 FAILED_PEER_GRACE_S = 1.0  # once one side failed, how long the other may take to say so too
+# NATs whose UDP mapping lifetime (udp_timeout_s) is this short or shorter get it measured
+# during the cases (RFC 5780 §4.6: checkpoints just before and just after it); longer ones
+# would hold the run past its budget.
+LIFETIME_MEASURE_MAX_S = 30
+LIFETIME_BRACKET_S = 5.0  # the checkpoints: this much before and after the claimed lifetime
+PROBE_TRIES = 2  # an inconclusive probe is asked again once
+PROBES_AT_ONCE = 6  # probes judge by timed silences: a few at a time keep them exact
+LONGEVITY_MARGIN_S = 5  # a longevity case idles this much past the mapping lifetime
 START_GATE_S = 1.0  # an expected failure of a costly stack holds a start slot this long
 # Expected failures at once: they mostly wait for their deadline, but each still gathers
 # (STUN, TURN allocations) and sends checks; thousands at once (--full) would swamp the lab.
-IDLE_LIMIT = 32
+IDLE_LIMIT = 48
 
 # Progress events: ("stage", {"text", ...}), ("probe", {"probe": ProbeResult}),
 # ("case", {"case": CaseResult, "done": int, "total": int, "tally": Tally}).
@@ -145,7 +155,7 @@ def case_result(
         (ra.id, rb.id),
     )
     if result.observed == "connected":
-        result.route = claimed_route(result.caller.selected, ra.lan_net, ra.public_ip)
+        result.route = claimed_route(result.caller.selected, ra.peer_lan, ra.public_ip)
     return result
 
 
@@ -158,6 +168,14 @@ def cpu_limit(parallel: int | None, topo: Topology) -> int:
     return max(4, 4 * (os.cpu_count() or 1))
 
 
+def path_transports(topo: Topology, path: str) -> tuple[str, ...]:
+    """The TURN transports the ICE servers of ``path`` name (the lab gives the relay path its
+    UDP and TCP URLs, relay-tls its one ``turns:`` URL)."""
+    if path == "relay-tls":
+        return ("tls",) if topo.servers.turn_tls_port else ()
+    return topo.servers.turn_transports
+
+
 def expectation_of(topo: Topology, plan: Plan, case: Case) -> Expectation:
     """What ``case`` should do: its NATs' behaviours played with what its stacks do."""
     from natkit.lab.stack_expect import expect_stacks
@@ -165,9 +183,48 @@ def expectation_of(topo: Topology, plan: Plan, case: Case) -> Expectation:
     (ra, _), (rb, _) = plan.peers_of(case)
     return expect_stacks(
         ra.nat.behaviour, rb.nat.behaviour, case.path, same_lan=case.same_lan,
-        turn_transports=topo.servers.turn_transports, stacks=case.stacks,
+        turn_transports=path_transports(topo, case.path), family=case.family, stacks=case.stacks,
+        turn_is_ip=case.family != "nat64",  # NAT64 cases reach the servers by name
         capabilities=(stacks.capabilities_of(case.stacks[0]), stacks.capabilities_of(case.stacks[1])),
     )
+
+
+def idle_s(case: Case, plan: Plan) -> float:
+    """How long a longevity case idles: past the shortest UDP mapping lifetime on its way."""
+    if case.path != "longevity":
+        return 0.0
+    (ra, _), (rb, _) = plan.peers_of(case)
+    chain = [ra.nat.behaviour, rb.nat.behaviour]
+    chain += [b.inner for b in chain if b.inner is not None]
+    return float(max(b.udp_timeout for b in chain) + LONGEVITY_MARGIN_S)
+
+
+def side_config(topo: Topology, case: Case, router: RouterPlan, peer: PeerPlan, deadline: float,
+                ca_pem: str | None, idle: float) -> PeerConfig:
+    """What one side of ``case`` gets: the ICE servers and signaling address of its family
+    (an IPv6-only side in a nat64 case: the lab's names, through its router's DNS64)."""
+    srv = topo.servers
+    v6_only = not router.nat.behaviour.ipv4
+    fam = case.family
+    if fam == "nat64":
+        fam = "nat64" if v6_only else "ipv4"
+    sig_host = srv.signaling_address6 if (fam == "ipv6" or v6_only) and srv.signaling_address6 else srv.signaling_address
+    resolver = (router.lan_ip6, 53) if fam == "nat64" and router.lan_ip6 else None
+    egress = router.nat.behaviour.egress_tcp_ports
+    sig_port = WEB_PORT if egress is not None and srv.signaling_port not in egress else srv.signaling_port
+    return PeerConfig(case.id, case.path, (sig_host, sig_port), srv.ice_servers(case.path, fam),
+                      deadline + idle, case.family, resolver, ca_pem, idle)
+
+
+def lab_ca(topo: Topology) -> LabCA | None:
+    """A fresh CA and TURN/TLS certificate when the topology has TURN over TLS."""
+    srv = topo.servers
+    if not srv.turn_tls_port:
+        return None
+    from natkit.lab.dns64 import synthesize
+
+    ips = [srv.turn_address, synthesize(srv.turn_address), *((srv.turn_address6,) if srv.turn_address6 else ())]
+    return make_lab_ca(ips, [f"turn.{LAB_ZONE}"])
 
 
 def check_stacks(cases: Sequence[Case]) -> None:
@@ -221,7 +278,8 @@ async def _run(
 ) -> None:
     srv = topo.servers
     servers = agents["srv"]
-    spec = ServersSpec.of(topo, plan, turn_engine)
+    ca = lab_ca(topo)
+    spec = ServersSpec.of(topo, plan, turn_engine, (ca.cert_pem, ca.key_pem) if ca else None)
     servers_result = asyncio.ensure_future(servers.call(3600, op="servers", spec=spec.to_json()))
     started: list[asyncio.Future[Any]] = [servers.ready, servers_result]
     await asyncio.wait(started, timeout=SERVERS_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
@@ -239,29 +297,50 @@ async def _run(
 
     async def run_probe(nat_name: str) -> ProbeResult:
         router = plan.router(f"{nat_name}-1")
-        res = await agents[router.peers[0].id].call(
-            30, op="probe", server=f"stun:{srv.stun_addresses[0]}:{srv.stun_port}", timeout=PROBE_TIMEOUT
-        )
+        v6 = not router.nat.behaviour.ipv4 and srv.stun_addresses6 is not None
+        server = f"stun:[{srv.stun_addresses6[0]}]:{srv.stun_port}" if v6 and srv.stun_addresses6 else \
+            f"stun:{srv.stun_addresses[0]}:{srv.stun_port}"
+        if router.nat.behaviour.egress_tcp_ports is not None:
+            server = f"stun:{srv.stun_addresses[0]}:{WEB_PORT}"  # the only port TCP may reach
         want = expected_probe(router.nat.behaviour)
-        observed = {k: res.get(k) for k in ("nat_type", "mapping", "filtering", "public")}
+        for _ in range(PROBE_TRIES):
+            res = await agents[router.peers[0].id].call(
+                30, op="probe", server=server, timeout=PROBE_TIMEOUT, families=[6 if v6 else 4],
+            )
+            # An inconclusive probe (a test that got no answer in time on a loaded box: mapping
+            # or filtering "unknown") is asked once more; a verdict, right or wrong, stands.
+            if not any(k in want and res.get(k) == "unknown" and want[k] != "unknown" for k in ("mapping", "filtering")):
+                break
+        observed = {k: res.get(k) for k in ("nat_type", "mapping", "filtering", "public", "port_allocation",
+                                             "port_preservation", "nat_layers", "hairpinning")}
         ok = "error" not in res and all(observed.get(k) == v for k, v in want.items())
         probe = ProbeResult(router.nat.name, router.nat.type, want, observed, ok, res.get("error"))
         notify("probe", {"probe": probe})
         return probe
 
+    async def measure_lifetime(nat_name: str) -> dict[str, Any]:
+        """The NAT's idle UDP mapping lifetime, bracketed around what the topology claims."""
+        router = plan.router(f"{nat_name}-1")
+        t = router.nat.behaviour.udp_timeout
+        schedule = [max(1.0, t - LIFETIME_BRACKET_S), t + LIFETIME_BRACKET_S]
+        res = await agents[router.peers[0].id].call(
+            t + 3 * LIFETIME_BRACKET_S, op="lifetime", server=[srv.stun_addresses[0], srv.stun_port], schedule=schedule,
+        )
+        return res
+
     async def run_case(
         case: Case, exp: Expectation, sems: Sequence[asyncio.Semaphore], gate: asyncio.Semaphore | None = None,
     ) -> CaseResult:
-        (_, pa), (_, pb) = plan.peers_of(case)
+        (ra, pa), (rb, pb) = plan.peers_of(case)
         a, b = (stacks.get(n) for n in case.stacks)
-        ice = srv.ice_servers(case.path)
-        sig = (srv.signaling_address, srv.signaling_port)
+        idle = idle_s(case, plan)
+        pem = ca.ca_pem if ca else None
         # Each side waits for the other's start-up on top of the case's deadline (a browser
         # started before the cases only opens a window).
         wait_a = getattr(a, "ready_s", a.start_s) if (pa.id, a.name) in prepared else a.start_s
         wait_b = getattr(b, "ready_s", b.start_s) if (pb.id, b.name) in prepared else b.start_s
-        cfg_a = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + wait_b)
-        cfg_b = PeerConfig(case.id, case.path, sig, ice, topo.case_deadline_s + wait_a)
+        cfg_a = side_config(topo, case, ra, pa, topo.case_deadline_s + wait_b, pem, idle)
+        cfg_b = side_config(topo, case, rb, pb, topo.case_deadline_s + wait_a, pem, idle)
         async with contextlib.AsyncExitStack() as held:
             for sem in sems:
                 await held.enter_async_context(sem)
@@ -344,23 +423,40 @@ async def _run(
     idle = asyncio.Semaphore(IDLE_LIMIT)
 
     def limits(c: Case) -> list[asyncio.Semaphore]:
+        if c.path == "longevity":
+            return []  # they idle longest, and start first: none waits for another's slot
         if not exps[c].connected:
             return [idle]  # expected failures idle until their deadline: many at once
         # Every connecting case takes the CPU-aware limit (the heavy ones after their stack's
         # own limit, so that a waiting browser case does not hold a CPU slot).
         return [heavy_sems[s] for s in sorted(set(c.stacks)) if s in heavy_sems] + [sem]
 
-    # Expected failures first (they idle until the deadline), then the CPU-bound connections;
-    # the heavy stacks' cases run beside the others (their own limits bound them).
-    order = sorted(light, key=lambda c: exps[c].connected) + sorted(heavy, key=lambda c: exps[c].connected)
+    # Longevity cases first (they idle longest), then the expected failures (they idle until
+    # the deadline), then the CPU-bound connections; the heavy stacks' cases run beside the
+    # others (their own limits bound them).
+    def first(c: Case) -> tuple[bool, bool]:
+        return c.path != "longevity", exps[c].connected
+
+    order = sorted(light, key=first) + sorted(heavy, key=first)
     names = [n.name for n in topo.nats]
     probe_names = sorted({n for c in cases for n in c.nats}, key=names.index)
     notify("stage", {"text": f"probing {len(probe_names)} NATs and running {total} cases"})
-    # The probes first, alone. Then the browsers start in every node that needs them, one per
-    # CPU at a time, while the other stacks' cases run; a browser case starts once its own
-    # nodes' browsers are up (a browser's start is seconds of CPU).
-    out.probes = list(await asyncio.gather(*(run_probe(n) for n in probe_names)))
+    # The probes first, alone (their negative results are timed silences, which a loaded CPU
+    # would turn into wrong verdicts), a few at a time. Then the browsers start in every node
+    # that needs them, one per CPU at a time, while the other stacks' cases run; a browser
+    # case starts once its own nodes' browsers are up (a browser's start is seconds of CPU).
+    probe_sem = asyncio.Semaphore(PROBES_AT_ONCE)
+
+    async def bounded_probe(n: str) -> ProbeResult:
+        async with probe_sem:
+            return await run_probe(n)
+
+    out.probes = list(await asyncio.gather(*(bounded_probe(n) for n in probe_names)))
     t1 = time.monotonic()
+    # The lab measures the mapping lifetime it claims, beside the cases (fresh sockets of
+    # their own: no case's mapping is touched), where it is short enough to wait for.
+    timed = [p for p in out.probes if _lifetime_measurable(plan.router(f"{p.nat}-1").nat.behaviour)]
+    lifetime_tasks = {p.nat: asyncio.ensure_future(measure_lifetime(p.nat)) for p in timed}
     browsers = start_browsers(heavy, max(2, os.cpu_count() or 1))
     gate = asyncio.Semaphore(2 * (os.cpu_count() or 1))
 
@@ -383,6 +479,15 @@ async def _run(
         out.timings["browser_s"] = time.monotonic() - t1
         out.timings["cases_s"] = max(out.timings["cases_s"], out.timings["browser_s"])
     out.cases = [results[c] for c in cases]
+    for probe in timed:
+        res = await lifetime_tasks[probe.nat]
+        measured = {"min": res.get("min"), "max": res.get("max")} if "error" not in res else None
+        if measured is None:
+            probe.error = f"mapping lifetime: {res['error']}"
+        claimed = plan.router(f"{probe.nat}-1").nat.behaviour.udp_timeout
+        probe.expected["udp_lifetime_s"] = claimed
+        probe.observed["udp_lifetime_s"] = measured
+        probe.passed = probe.passed and lifetime_agrees(claimed, measured)
     # Stop the servers while the nodes stand, and wait for it (bounded).
     servers.send(op="stop-servers")
     try:
@@ -391,6 +496,20 @@ async def _run(
         stopped = {"error": f"no answer within {SERVERS_STOP_TIMEOUT:g} s"}
     if not stopped.get("stopped"):
         out.errors.append(f"the lab's servers did not stop cleanly: {stopped.get('error', stopped)}")
+
+
+def _lifetime_measurable(b: NatBehaviour) -> bool:
+    return b.ipv4 and not b.block_udp and b.udp_timeout <= LIFETIME_MEASURE_MAX_S
+
+
+def lifetime_agrees(claimed: float, measured: dict[str, float | None] | None) -> bool:
+    """Whether a measured lifetime bracket (the mapping answered at ``min``, not at ``max``)
+    holds the ``claimed`` one."""
+    if not measured or measured.get("min") is None or measured.get("max") is None:
+        return False
+    lo, hi = measured["min"], measured["max"]
+    assert lo is not None and hi is not None
+    return lo < claimed <= hi
 
 
 Side = tuple[AgentClient, str, str, PeerConfig, float]  # agent, stack, role, config, time limit

@@ -23,6 +23,8 @@ from typing import Any, TextIO
 __all__ = ["Progress", "case_line", "cell", "render"]
 
 ROUTE_LETTER = {"direct": "D", "relay": "R", "lan": "L", "hairpin": "H"}
+MATRIX_PATHS = ("host", "srflx", "relay", "relay-tls")
+FAMILY_TITLE = {"ipv4": "IPv4", "ipv6": "IPv6", "nat64": "IPv6-only vs IPv4-only (NAT64)"}
 
 
 def cell(case: dict[str, Any]) -> str:
@@ -39,31 +41,40 @@ def cell(case: dict[str, Any]) -> str:
     return ROUTE_LETTER.get(case.get("route") or "", "?")
 
 
-def _matrix(result: dict[str, Any], path: str, names: list[str]) -> list[str]:
-    grid = {
-        tuple(c["nats"]): cell(c) for c in result["cases"] if c["path"] == path and not c.get("same_lan")
-    }
+def _matrix(result: dict[str, Any], path: str, names: list[str], family: str = "ipv4") -> list[str]:
+    mine = [c for c in result["cases"] if c["path"] == path and c.get("family", "ipv4") == family]
+    grid = {tuple(c["nats"]): cell(c) for c in mine if not c.get("same_lan")}
     if any(c.get("caller_stack", "aiortc") != c.get("callee_stack", "aiortc") for c in result["cases"]):
-        return _ordered_matrix(result, path, names, grid)
+        return _ordered_matrix(mine, path, names, grid, family)
     rows = [n for n in names if any(n in k for k in grid)]
     if not rows:
         return []
     width = max(len(n) for n in rows)
     col = max(4, *(len(_short(n)) + 1 for n in rows))
-    lines = [f"  {path}", "  " + " " * width + "".join(_short(n).rjust(col) for n in rows)]
+    title = path if family == "ipv4" else f"{path} over {FAMILY_TITLE.get(family, family)}"
+    lines = [f"  {title}", "  " + " " * width + "".join(_short(n).rjust(col) for n in rows)]
     for i, a in enumerate(rows):
         cells = []
         for j, b in enumerate(rows):
             text = grid.get((a, b)) or grid.get((b, a)) if j >= i else ""
             cells.append((text or ("" if j < i else " ")).rjust(col))
         lines.append("  " + a.ljust(width) + "".join(cells))
-    for c in result["cases"]:
-        if c["path"] == path and c.get("same_lan"):
+    for c in mine:
+        if c.get("same_lan"):
             lines.append(f"  {c['nats'][0]} (two peers, one LAN): {cell(c)}")
     return lines
 
 
-def _ordered_matrix(result: dict[str, Any], path: str, names: list[str], grid: dict[Any, str]) -> list[str]:
+def _probe_value(key: str, value: Any) -> str:
+    if key == "udp_lifetime_s":  # claimed: seconds; measured: the bracket it lies in
+        if isinstance(value, dict):
+            return f"lifetime {value.get('min')}..{value.get('max')} s"
+        return f"lifetime {value} s"
+    return str(value)
+
+
+def _ordered_matrix(mine: list[dict[str, Any]], path: str, names: list[str], grid: dict[Any, str],
+                    family: str = "ipv4") -> list[str]:
     """Rows: the callers' NATs, columns: the callees' NATs that occur (two different stacks:
     who is behind which NAT matters, so every cell is its own case)."""
     rows = [n for n in names if any(k[0] == n for k in grid)]
@@ -72,11 +83,12 @@ def _ordered_matrix(result: dict[str, Any], path: str, names: list[str], grid: d
     if rows:
         width = max(len(n) for n in rows)
         col = max(4, *(len(_short(n)) + 1 for n in cols))
-        lines = [f"  {path}", "  " + " " * width + "".join(_short(n).rjust(col) for n in cols)]
+        title = path if family == "ipv4" else f"{path} over {FAMILY_TITLE.get(family, family)}"
+        lines = [f"  {title}", "  " + " " * width + "".join(_short(n).rjust(col) for n in cols)]
         for a in rows:
             lines.append("  " + a.ljust(width) + "".join((grid.get((a, b)) or "").rjust(col) for b in cols))
-    for c in result["cases"]:
-        if c["path"] == path and c.get("same_lan"):
+    for c in mine:
+        if c.get("same_lan"):
             lines = lines or [f"  {path}"]
             lines.append(f"  {c['nats'][0]} (two peers, one LAN): {cell(c)}")
     return lines
@@ -88,9 +100,10 @@ def _short(name: str) -> str:
 
 
 def _paths(cases: list[dict[str, Any]]) -> list[str]:
-    """The paths of ``cases``: the lab's three first, then any other (relay-tls, ...)."""
+    """The grid paths of ``cases``: the lab's own first, then any other (longevity cases get a
+    line each, not a grid)."""
     seen = list(dict.fromkeys(str(c["path"]) for c in cases))
-    return [p for p in ("host", "srflx", "relay") if p in seen] + [p for p in seen if p not in ("host", "srflx", "relay")]
+    return [p for p in MATRIX_PATHS if p in seen] + [p for p in seen if p not in (*MATRIX_PATHS, "longevity")]
 
 
 def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
@@ -118,9 +131,15 @@ def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
         title = f"{key[0]} -> {key[1]}: " if len(groups) > 1 else ""
         w(f"\n{title}matrix (rows: caller's NAT, columns: callee's NAT)\n")
         for path in _paths(groups[key]):
-            lines = _matrix(sub, path, names)
-            if lines:
-                w("\n".join(lines) + "\n\n")
+            for family in FAMILY_TITLE:
+                lines = _matrix(sub, path, names, family)
+                if lines:
+                    w("\n".join(lines) + "\n\n")
+        for c in groups[key]:
+            if c["path"] == "longevity":
+                w(f"  longevity {c['nats'][0]} x {c['nats'][1]}: {cell(c)}  ({c['reason']})\n")
+    for note in (result.get("lab") or {}).get("not_applied") or []:
+        w(f"  not applied: {note}\n")
     w("  D direct  R relay  L LAN  H hairpin  . failed as expected\n")
     w("  !C/!F unexpectedly connected/failed  !E evidence contradicts  !R unexpected route\n\n")
     if result["probes"]:
@@ -128,8 +147,9 @@ def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
         width = max(len(p["nat"]) for p in result["probes"])
         for p in result["probes"]:
             obs = p["observed"]
-            got = obs.get("nat_type") if "nat_type" in p["expected"] else f"{obs.get('mapping')} / {obs.get('filtering')}"
-            want = " / ".join(p["expected"].values())
+            # the observed values of the expected keys, in their order
+            got = " / ".join(_probe_value(k, obs.get(k)) for k in p["expected"])
+            want = " / ".join(_probe_value(k, v) for k, v in p["expected"].items())
             mark = "ok " if p["pass"] else "BAD"
             w(f"  {mark} {p['nat'].ljust(width)}  expected {want:<58} observed {got}\n")
         w("\n")

@@ -110,6 +110,8 @@ class CaseResult:
             "error": self.error,
             "evidence": self.evidence.to_json() if self.evidence is not None else None,
             "pass": self.passed,
+            "family": self.case.family,
+            "selected_family": _family_of(self.caller.selected) if connected else None,
             # Both sides, as each stack reports itself (getStats summary, a peer program's
             # exit status, result line and stderr tail), whatever the stacks.
             "id": self.case.id,
@@ -148,6 +150,14 @@ class ProbeResult:
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+def _family_of(selected: dict[str, Any] | None) -> str | None:
+    """ipv4 | ipv6: the family of a selected pair's remote address."""
+    addr = ((selected or {}).get("remote") or {}).get("address")
+    if not isinstance(addr, str):
+        return None
+    return "ipv6" if ":" in addr else "ipv4"
 
 
 def _now() -> str:
@@ -256,6 +266,8 @@ def describe_lab(topo: Topology, plan: Plan) -> dict[str, Any]:
                 "mapping": n.behaviour.mapping.value if n.behaviour.mapping else "none",
                 "filtering": n.behaviour.filtering.value if n.behaviour.filtering else "none",
                 "block_udp": n.behaviour.block_udp,
+                "egress_tcp_ports": list(n.behaviour.egress_tcp_ports) if n.behaviour.egress_tcp_ports is not None else None,
+                "families": [f"ipv{f}" for f in n.behaviour.families],
                 "hairpin": n.behaviour.hairpinning,
                 "udp_timeout_s": n.behaviour.udp_timeout,
                 "same_lan": n.same_lan,

@@ -69,6 +69,10 @@ def run(
     t0 = time.monotonic()
     engine = check_turn_engine(topo, turn_engine)
     netns.check(capture=capture)
+    from natkit.lab.prereqs import check_kinds
+
+    check_kinds(topo)  # before anything is built
+    netns.NOT_APPLIED.clear()
     cases = run_cases(topo, cases, selection, shard, browser=browser)
     check_stacks(cases)  # also imports them once, before the agents fork
     plan = topo.plan(cases)
@@ -81,6 +85,7 @@ def run(
                         keep_capture=keep_capture, browser=browser)
         t2 = time.monotonic()
     result.timings = {**timings, **result.timings, "teardown_s": time.monotonic() - t2}
+    result.lab["not_applied"] = list(netns.NOT_APPLIED)  # impairments the kernel could not apply
     result.duration_s = time.monotonic() - t0
     describe_run(result, selection, shard)
     return result
@@ -154,18 +159,33 @@ def finish(
     )
 
 
+def _global6(ip6: str, lan6: str | None, out6: str | None) -> str:
+    """A peer's IPv6 address as the internet sees it (prefix-translated behind NPTv6)."""
+    import ipaddress
+
+    if not lan6 or not out6:
+        return ip6
+    host = int(ipaddress.IPv6Address(ip6)) - int(ipaddress.IPv6Network(lan6).network_address)
+    return str(ipaddress.IPv6Network(out6).network_address + host)
+
+
 def attach_evidence(pcap: str | Path, topo: Topology, plan: Plan, cases: Sequence[CaseResult]) -> None:
     """Set ``evidence`` of every connected case from the capture at ``pcap``."""
     from natkit.lab.evidence import judge_peers, read_capture
 
-    turn = (topo.servers.turn_address, topo.servers.turn_port)
-    flows = read_capture(pcap, turn)
+    srv = topo.servers
+    turn = (srv.turn_address, srv.turn_port)
+    also = ((srv.turn_address6, srv.turn_port),) if srv.turn_address6 else ()
+    flows = read_capture(pcap, turn, (srv.turn_address, srv.turn_tls_port) if srv.turn_tls_port else None, also)
     for c in cases:
         if c.observed != "connected":
             c.evidence = None
             continue
         ra = plan.router(c.routers[0])
+        public = ra.public_ip
+        if c.case.family == "ipv6" and ra.peers[0].ip6:  # the caller's global address
+            public = _global6(ra.peers[0].ip6, ra.lan_net6, ra.outside_net6)
         c.evidence = Evidence.from_json(judge_peers(
             flows, caller=c.caller.to_json(), callee=c.callee.to_json(),
-            caller_lan=ra.lan_net, caller_public=ra.public_ip, turn=turn,
+            caller_lan=ra.peer_lan, caller_public=public, turn=turn,
         ))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -79,9 +79,14 @@ class SignalingServer:
     port (see :attr:`port`).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, pages: Mapping[str, tuple[str, bytes]] | None = None) -> None:
+    def __init__(self, host: str | Sequence[str] = "127.0.0.1", port: int = 0, *,
+                 pages: Mapping[str, tuple[str, bytes]] | None = None, extra_ports: Sequence[int] = ()) -> None:
         self.host = host
         self.port = port
+        # More ports with the same rooms (port 80 for peers behind a firewall that lets out only
+        # web traffic).
+        self.extra_ports = tuple(extra_ports)
+        self._extra: list[asyncio.Server] = []
         self.pages = dict(pages or {})
         self.rooms: dict[str, list[_Member]] = {}
         self.relayed = 0
@@ -91,8 +96,13 @@ class SignalingServer:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        for extra in self.extra_ports:
+            self._extra.append(await asyncio.start_server(self._serve, self.host, extra))
 
     async def close(self) -> None:
+        for server in self._extra:
+            server.close()
+        self._extra = []
         if self._server is not None:
             self._server.close()
             for task in list(self._tasks):

@@ -43,6 +43,7 @@ def side_of(name: str, caps: Capabilities, role: str, *, turn_is_ip: bool = True
         redundant_srflx=caps.redundant_srflx is not False,
         gives_up_without_candidates=role in (caps.gives_up_without_candidates or ()),
         turn=turn,
+        keepalive_s=caps.keepalive_s,
     )
 
 
@@ -68,12 +69,13 @@ def expect_stacks(
     same_lan: bool = False,
     turn_transports: tuple[str, ...] = ("udp", "tcp"),
     turn_is_ip: bool = True,
+    family: str = "ipv4",
 ) -> Expectation:
     """The expectation of a case between stacks ``stacks`` (caller, callee) with
     ``capabilities``: the NATs' model played with what each stack does, then DTLS."""
     a, b = capabilities
     sides = (side_of(stacks[0], a, "caller", turn_is_ip=turn_is_ip), side_of(stacks[1], b, "callee", turn_is_ip=turn_is_ip))
-    exp = expect(caller, callee, path, same_lan=same_lan, turn_transports=turn_transports, sides=sides)
+    exp = expect(caller, callee, path, same_lan=same_lan, turn_transports=turn_transports, sides=sides, family=family)
     unknown = [n for n, c in zip(stacks, capabilities, strict=True) if not c.known]
     if exp.connected:
         why = after_ice(stacks, a, b)

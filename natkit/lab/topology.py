@@ -44,13 +44,23 @@ __all__ = [
 
 # configs/lab/default.toml; the package carries it too (a link in a source tree, a copy in a wheel).
 DEFAULT_TOPOLOGY = Path(__file__).with_name("default.toml").resolve()
-PATHS = ("host", "srflx", "relay")
+PATHS = ("host", "srflx", "relay", "relay-tls", "longevity")
+DEFAULT_PATHS = ("host", "srflx", "relay")
 DEFAULT_STACKS = ("aiortc", "aiortc")
+# The lab's DNS zone: IPv4-only names (A records) of the servers, which a NAT64 LAN's DNS64
+# resolver turns into 64:ff9b::/96 addresses.
+LAB_ZONE = "lab.natkit"
+# IPv6 LAN prefixes: 2001:db8:1:K::/64 routed (K = the LAN's number); an NPTv6 LAN's inside
+# prefix fd00:64:0:K::/64 is translated to 2001:db8:2:K::/64.
+LAN6_ROUTED = "2001:db8:1:{k:x}::/64"
+LAN6_ULA = "fd00:64:0:{k:x}::/64"
+LAN6_TRANSLATED = "2001:db8:2:{k:x}::/64"
 MAX_TOPOLOGY_BYTES = 1 << 20  # 1 MiB: the default topology is ~4 KiB
 MAX_NESTING = 32  # arrays/inline tables inside each other; a topology needs 2
 MAX_DIGITS = 64  # digits in one number; Python refuses int() of more than 4300
 TURN_ENGINES = ("natkit", "coturn")
 TURN_TRANSPORTS = ("udp", "tcp")
+FAMILIES = ("ipv4", "ipv6", "nat64")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 # Mappings must outlive a case (gathering, checks, DTLS, echo) or the expectation model, which
 # assumes live mappings, would be wrong for reasons that have nothing to do with NAT types.
@@ -87,6 +97,11 @@ class NatSpec:
     lan: Link = Link()
     peers: int = 1
     same_lan: bool = False
+    longevity: bool = False
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        return self.behaviour.families
 
 
 @dataclass(frozen=True)
@@ -103,19 +118,40 @@ class Servers:
     turn_realm: str
     signaling_address: str
     signaling_port: int
+    # IPv6 addresses of the same servers on a dual-stack internet (None: IPv4 only).
+    stun_addresses6: tuple[str, str] | None = None
+    turn_address6: str | None = None
+    signaling_address6: str | None = None
+    turn_tls_port: int | None = None  # TURN over TLS (``turns:``, the relay-tls path)
 
-    def ice_servers(self, path: str) -> list[dict[str, Any]]:
-        """The ``iceServers`` list (W3C shape) a peer gets for ``path``."""
-        if path == "srflx":
-            return [{"urls": [f"stun:{self.stun_addresses[0]}:{self.stun_port}"]}]
+    @property
+    def transports(self) -> tuple[str, ...]:
+        """What the TURN server offers: its UDP/TCP transports, and ``tls`` with a TLS port."""
+        return (*self.turn_transports, *(("tls",) if self.turn_tls_port else ()))
+
+    def names(self) -> dict[str, str]:
+        """The lab zone's A records: name -> IPv4 address."""
+        return {f"stun.{LAB_ZONE}": self.stun_addresses[0], f"turn.{LAB_ZONE}": self.turn_address,
+                f"signaling.{LAB_ZONE}": self.signaling_address}
+
+    def ice_servers(self, path: str, family: str = "ipv4") -> list[dict[str, Any]]:
+        """The ``iceServers`` list (W3C shape) a peer gets for ``path`` over ``family``:
+        IPv4 literals, IPv6 literals (``ipv6``), or the lab zone's names (``nat64``: an
+        IPv6-only peer resolves them through its DNS64 resolver)."""
+        if family == "ipv6":
+            assert self.stun_addresses6 is not None and self.turn_address6 is not None
+            stun, turn = f"[{self.stun_addresses6[0]}]", f"[{self.turn_address6}]"
+        elif family == "nat64":
+            stun, turn = f"stun.{LAB_ZONE}", f"turn.{LAB_ZONE}"
+        else:
+            stun, turn = self.stun_addresses[0], self.turn_address
+        cred = {"username": self.turn_username, "credential": self.turn_password}
+        if path in ("srflx", "longevity"):
+            return [{"urls": [f"stun:{stun}:{self.stun_port}"]}]
         if path == "relay":
-            urls = [
-                f"turn:{self.turn_address}:{self.turn_port}?transport={t}"
-                for t in self.turn_transports
-            ]
-            return [
-                {"urls": urls, "username": self.turn_username, "credential": self.turn_password}
-            ]
+            return [{"urls": [f"turn:{turn}:{self.turn_port}?transport={t}" for t in self.turn_transports], **cred}]
+        if path == "relay-tls" and self.turn_tls_port:
+            return [{"urls": [f"turns:{turn}:{self.turn_tls_port}?transport=tcp"], **cred}]
         return []
 
 
@@ -128,23 +164,45 @@ class Case:
     path: str
     same_lan: bool = False
     stacks: tuple[str, str] = DEFAULT_STACKS
+    family: str = "ipv4"  # ipv4 | ipv6 | nat64 (an IPv6-only peer against an IPv4-only one)
 
     @property
     def id(self) -> str:
         """Unique per case (the signaling room's name)."""
         base = f"{self.nats[0]}~{self.nats[1]}/{self.path}"
+        if self.family != "ipv4":
+            base += f"@{self.family}"
         return base if self.stacks == DEFAULT_STACKS else f"{self.stacks[0]}-{self.stacks[1]}:{base}"
 
 
 @dataclass(frozen=True)
 class PeerPlan:
     id: str
-    ip: str
+    ip: str  # IPv4 address ("" on an IPv6-only LAN)
+    ip6: str | None = None
+
+
+@dataclass(frozen=True)
+class InnerPlan:
+    """A second NAT between the peers and their router (a subscriber's home NAT behind a carrier
+    NAT): its WAN address on the router's inside network, its own LAN and peers."""
+
+    id: str
+    wan_ip: str
+    lan_net: str
+    lan_ip: str
+    peers: tuple[PeerPlan, ...]
 
 
 @dataclass(frozen=True)
 class RouterPlan:
-    """One router (a NAT instance) with its LAN and the peers on it."""
+    """One router (a NAT instance) with its LAN and the peers on it.
+
+    With an inner NAT (``inner``), ``lan_net``/``lan_ip`` are the network between the two
+    stages and the peers sit on the inner routers' LANs. IPv6 (``public_ip6`` set): the router's
+    address on the internet, its LAN prefix (``lan_net6``), its address there, and for prefix
+    translation the outside prefix (``outside_net6``).
+    """
 
     id: str
     nat: NatSpec
@@ -152,6 +210,16 @@ class RouterPlan:
     lan_net: str
     lan_ip: str
     peers: tuple[PeerPlan, ...]
+    inner: tuple[InnerPlan, ...] = ()
+    public_ip6: str | None = None
+    lan_net6: str | None = None
+    lan_ip6: str | None = None
+    outside_net6: str | None = None
+
+    @property
+    def peer_lan(self) -> str:
+        """The IPv4 LAN of the first peer (an inner NAT's LAN when there is one)."""
+        return self.inner[0].lan_net if self.inner else self.lan_net
 
 
 @dataclass(frozen=True)
@@ -160,6 +228,7 @@ class Plan:
 
     internet_net: str
     routers: tuple[RouterPlan, ...]
+    internet_net6: str | None = None
 
     def router(self, router_id: str) -> RouterPlan:
         for r in self.routers:
@@ -192,6 +261,8 @@ class Topology:
     case_deadline_s: float = 10.0
     parallel: int = 0
     meta: Mapping[str, Any] = field(default_factory=dict)
+    internet_net6: str | None = None
+    paths: tuple[str, ...] = DEFAULT_PATHS
     # The subnets the Compose engine uses instead of ``internet_net`` and ``lan_base``
     # (``[compose]`` keys); see :meth:`for_compose`.
     compose_internet: str = COMPOSE_INTERNET
@@ -224,18 +295,33 @@ class Topology:
         """The NATs that form the rows/columns of the matrix (same-LAN NATs are extra rows)."""
         return tuple(n for n in self.nats if not n.same_lan)
 
-    def cases(self, paths: tuple[str, ...] = PATHS) -> list[Case]:
+    def pair_families(self, a: NatSpec, b: NatSpec) -> tuple[str, ...]:
+        """The address families a case between NATs ``a`` and ``b`` runs over: IPv4 when both
+        LANs have it, IPv6 when both have it (and the internet is dual-stack), ``nat64`` when
+        one is IPv6-only behind NAT64 and the other has no IPv6."""
+        fa, fb = a.families, b.families
+        out = [f"ipv{f}" for f in (4, 6) if f in fa and f in fb and (f == 4 or self.internet_net6)]
+        if not out and (a.behaviour.nat64 or b.behaviour.nat64) and (4 in fa or 4 in fb):
+            out.append("nat64")
+        return tuple(out)
+
+    def cases(self, paths: tuple[str, ...] | None = None) -> list[Case]:
         """Every unordered pair of matrix NATs (a NAT with itself = two NATs of that kind), plus
-        each same-LAN NAT, times every path."""
+        each same-LAN NAT, times every path (the topology's ``lab.paths`` by default), over
+        every family the pair shares; plus a ``longevity`` case per NAT that asks for it."""
         rows = self.matrix_nats
         out: list[Case] = []
-        for path in paths:
+        for path in self.paths if paths is None else paths:
+            if path == "longevity":
+                continue
             for i, a in enumerate(rows):
                 for b in rows[i:]:
-                    out.append(Case((a.name, b.name), path))
+                    out += [Case((a.name, b.name), path, family=f) for f in self.pair_families(a, b)]
             for n in self.nats:
                 if n.same_lan:
-                    out.append(Case((n.name, n.name), path, same_lan=True))
+                    out += [Case((n.name, n.name), path, same_lan=True, family=f) for f in self.pair_families(n, n)]
+        if paths is None or "longevity" in paths:
+            out += [Case((n.name, n.name), "longevity", same_lan=n.same_lan) for n in self.nats if n.longevity]
         return out
 
     def plan(self, cases: list[Case] | None = None) -> Plan:
@@ -260,19 +346,59 @@ class Topology:
         public = (str(h) for h in inet.hosts() if str(h) not in taken and int(h) - int(inet.network_address) >= 10)
         lans = ipaddress.IPv4Network(self.lan_base).subnets(new_prefix=24)
         routers: list[RouterPlan] = []
-        for nat in self.nats:
+        for n_index, nat in enumerate(self.nats):
+            slots = [next(lans), next(lans)]
+            pubs = [next(public), next(public)]
             for k in (1, 2):
-                lan = next(lans)
-                pub = next(public)
+                lan, pub = slots[k - 1], pubs[k - 1]
                 rid = f"{nat.name}-{k}"
                 if rid not in needed:
                     continue
-                hosts = list(lan.hosts())
-                peers = tuple(
-                    PeerPlan(f"{rid}-p{i + 1}", str(hosts[9 + i])) for i in range(nat.peers)
-                )
-                routers.append(RouterPlan(rid, nat, pub, str(lan), str(hosts[0]), peers))
-        return Plan(self.internet_net, tuple(routers))
+                slot = 2 * n_index + k  # a number per router, for its IPv6 and inner prefixes
+                routers.append(self._router(rid, nat, pub, lan, slots[1] if nat.same_lan else None, slot))
+        return Plan(self.internet_net, tuple(routers), self.internet_net6)
+
+    def _v6(self, ip4: str) -> str | None:
+        """The IPv6 address of an internet host: the IPv4 address's host number in the
+        internet's IPv6 prefix (203.0.113.12 -> 2001:db8::c)."""
+        return _V6(self.internet_net, self.internet_net6).of(ip4) if self.internet_net6 else None
+
+    def _router(self, rid: str, nat: NatSpec, pub: str, lan: ipaddress.IPv4Network,
+                spare: ipaddress.IPv4Network | None, slot: int) -> RouterPlan:
+        b = nat.behaviour
+        v6 = self._v6(pub) if b.ipv6 is not None else None
+        lan6 = out6 = None
+        if v6 is not None:
+            lan6 = LAN6_ULA.format(k=slot) if b.ipv6 is not None and b.ipv6.mapping is not None else LAN6_ROUTED.format(k=slot)
+            out6 = LAN6_TRANSLATED.format(k=slot) if b.ipv6 is not None and b.ipv6.mapping is not None else None
+
+        def peers_on(net: ipaddress.IPv4Network, first: int, count: int, pid: str) -> tuple[PeerPlan, ...]:
+            hosts = list(net.hosts())
+            base6 = ipaddress.IPv6Network(lan6).network_address if lan6 else None
+            return tuple(
+                PeerPlan(f"{pid}-p{first + i}", str(hosts[8 + first + i]) if b.ipv4 else "",
+                         str(base6 + 9 + first + i) if base6 is not None else None)
+                for i in range(count)
+            )
+
+        lan_ip6 = str(ipaddress.IPv6Network(lan6).network_address + 1) if lan6 else None
+        if b.inner is None:
+            hosts = list(lan.hosts())
+            return RouterPlan(rid, nat, pub, str(lan), str(hosts[0]), peers_on(lan, 1, nat.peers, rid),
+                              (), v6, lan6, lan_ip6, out6)
+        # Two stages: the router's inside is a /24 of inner_net; each inner router gets its own
+        # LAN (the second one, for two subscribers, is the slot a second router would have).
+        middle = list(ipaddress.IPv4Network(b.inner_net).subnets(new_prefix=24))[slot % 256]
+        mhosts = list(middle.hosts())
+        inner_lans = [lan] + ([spare] if nat.peers > 1 and spare is not None else [])
+        inner = []
+        for i, ilan in enumerate(inner_lans):
+            count = 1 if len(inner_lans) > 1 else nat.peers
+            ihosts = list(ilan.hosts())
+            inner.append(InnerPlan(f"{rid}h{i + 1}", str(mhosts[1 + i]), str(ilan), str(ihosts[0]),
+                                   peers_on(ilan, 1 + i, count, rid)))
+        peers = tuple(p for ip in inner for p in ip.peers)
+        return RouterPlan(rid, nat, pub, str(middle), str(mhosts[0]), peers, tuple(inner), v6, lan6, lan_ip6, out6)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -403,7 +529,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-_NAT_KEYS = {"name", "type", "wan", "lan", *GENERIC_KNOBS}
+_NAT_KEYS = {"name", "type", "wan", "lan", "longevity", *GENERIC_KNOBS}
 
 
 def _nat(r: _Reader, data: dict[str, Any], key: str, same_lan: bool) -> NatSpec:
@@ -430,7 +556,9 @@ def _nat(r: _Reader, data: dict[str, Any], key: str, same_lan: bool) -> NatSpec:
     behaviour = kind.from_knobs({k: v for k, v in knobs.items() if k in kind.knobs})
     wan = r.link(r.table(data, key, "wan"), f"{key}.wan")
     lan = r.link(r.table(data, key, "lan"), f"{key}.lan")
-    return NatSpec(name, type_name, behaviour, wan, lan, peers=2 if same_lan else 1, same_lan=same_lan)
+    longevity = bool(r.get(data, key, "longevity", bool, False)) if "longevity" in data else False
+    return NatSpec(name, type_name, behaviour, wan, lan, peers=2 if same_lan else 1, same_lan=same_lan,
+                   longevity=longevity)
 
 
 def parse(data: Mapping[str, Any], source: str = "<topology>") -> Topology:
@@ -438,7 +566,7 @@ def parse(data: Mapping[str, Any], source: str = "<topology>") -> Topology:
     r = _Reader(source)
     r.check_keys(data, "", {"lab", "internet", "stun", "turn", "signaling", "nat", "same_lan", "compose"})
     lab = r.table(data, "", "lab")
-    r.check_keys(lab, "lab", {"name", "case_deadline_s", "parallel", "lan_base"})
+    r.check_keys(lab, "lab", {"name", "case_deadline_s", "parallel", "lan_base", "paths"})
     name = r.get(lab, "lab", "name", str, "lab")
     if not 0 < len(name) <= 64 or any(ord(c) < 0x20 for c in name):
         raise r.fail("lab.name", "give 1-64 printable characters")
@@ -449,15 +577,35 @@ def parse(data: Mapping[str, Any], source: str = "<topology>") -> Topology:
     if lan_net.prefixlen > 18:
         raise r.fail("lab.lan_base", f"{lan_base} is too small; give a /18 or larger (one /24 per router)")
 
+    paths = r.get(lab, "lab", "paths", list, None) if "paths" in lab else None
+    if paths is not None and (
+        not paths or not all(isinstance(p, str) and p in PATHS and p != "longevity" for p in paths)
+        or len(set(paths)) != len(paths)
+    ):
+        raise r.fail("lab.paths", f"{_show(paths)}: give distinct paths out of {', '.join(p for p in PATHS if p != 'longevity')} "
+                                  "(longevity cases come from a NAT's longevity = true)")
+
     inet = r.table(data, "", "internet", required=True)
-    r.check_keys(inet, "internet", {"subnet", "delay_ms", "jitter_ms", "loss_pct"})
+    r.check_keys(inet, "internet", {"subnet", "subnet6", "delay_ms", "jitter_ms", "loss_pct"})
     subnet = r.get(inet, "internet", "subnet", str)
     net = r.network("internet.subnet", subnet, "203.0.113.0/24")
     if net.prefixlen > 26:
         raise r.fail("internet.subnet", f"{subnet} is too small; give a /26 or larger")
     if net.overlaps(lan_net):
         raise r.fail("internet.subnet", f"{subnet} overlaps lab.lan_base {lan_base}")
-    link = r.link({k: v for k, v in inet.items() if k != "subnet"}, "internet")
+    link = r.link({k: v for k, v in inet.items() if k not in ("subnet", "subnet6")}, "internet")
+    net6: str | None = None
+    if "subnet6" in inet:
+        text6 = r.get(inet, "internet", "subnet6", str)
+        try:
+            n6 = ipaddress.IPv6Network(text6)
+        except ValueError:
+            raise r.fail("internet.subnet6", f"{_short(text6)} is not an IPv6 network; give a /64 of 2001:db8::/32 "
+                                             "such as 2001:db8::/64") from None
+        if n6.prefixlen != 64 or any(n6.subnet_of(ipaddress.IPv6Network(f"2001:db8:{k}::/48")) for k in (1, 2)) or not n6.subnet_of(ipaddress.IPv6Network("2001:db8::/32")):
+            raise r.fail("internet.subnet6", f"{text6}: give a /64 of the documentation prefix 2001:db8::/32 outside "
+                                             "2001:db8:1::/48 and 2001:db8:2::/48 (the LANs' prefixes), such as 2001:db8::/64")
+        net6 = str(n6)
 
     stun = r.table(data, "", "stun", required=True)
     r.check_keys(stun, "stun", {"addresses", "port", "alt_port"})
@@ -474,7 +622,7 @@ def parse(data: Mapping[str, Any], source: str = "<topology>") -> Topology:
         raise r.fail("stun.alt_port", "must differ from stun.port")
 
     turn = r.table(data, "", "turn", required=True)
-    r.check_keys(turn, "turn", {"engine", "address", "port", "transports", "username", "password", "realm"})
+    r.check_keys(turn, "turn", {"engine", "address", "port", "transports", "username", "password", "realm", "tls_port"})
     engine = r.get(turn, "turn", "engine", str, "natkit")
     if engine not in TURN_ENGINES:
         raise r.fail("turn.engine", f"unknown engine {_short(engine)}; expected one of: {', '.join(TURN_ENGINES)}")
@@ -487,6 +635,9 @@ def parse(data: Mapping[str, Any], source: str = "<topology>") -> Topology:
         or len(set(transports)) != len(transports)
     ):
         raise r.fail("turn.transports", f"{_show(transports)}: give a list of distinct transports out of udp, tcp")
+    tls_port = r.port(turn, "turn", "tls_port", 443) if "tls_port" in turn else None
+    if tls_port is not None and tls_port == tport:
+        raise r.fail("turn.tls_port", "must differ from turn.port")
     user = r.get(turn, "turn", "username", str, "natkit")
     password = r.get(turn, "turn", "password", str, "natkit-lab")
     realm = r.get(turn, "turn", "realm", str, "lab.natkit")
@@ -529,12 +680,40 @@ def parse(data: Mapping[str, Any], source: str = "<topology>") -> Topology:
     if 2 * len(found) > 2 ** (24 - lan_net.prefixlen):
         raise r.fail("lab.lan_base", f"{lan_base} has no room for {2 * len(found)} router LANs")
 
+    for i, n in enumerate(found):
+        if n.longevity and n.behaviour.udp_timeout + 10 > 120:
+            where = f"nat[{i}]" if not n.same_lan else f"same_lan[{i - len(nats_data)}]"
+            raise r.fail(f"{where}.longevity", f"idling past a {n.behaviour.udp_timeout} s mapping lifetime takes too "
+                                               "long; give udp_timeout_s <= 110 with longevity")
+        if n.behaviour.ipv6 is not None and net6 is None:
+            where = f"nat[{i}]" if not n.same_lan else f"same_lan[{i - len(nats_data)}]"
+            raise r.fail(f"{where}.type", f"NAT type {n.type!r} needs IPv6 on the internet: add internet.subnet6 "
+                                          "(e.g. \"2001:db8::/64\")")
+    v6 = _V6(str(net), net6)
     servers = Servers(
-        (a0, a1), sport, salt, engine, taddr, tport, tuple(transports), user, password, realm, saddr, sigport
+        (a0, a1), sport, salt, engine, taddr, tport, tuple(transports), user, password, realm, saddr, sigport,
+        (v6.of(a0), v6.of(a1)) if net6 else None, v6.of(taddr) if net6 else None, v6.of(saddr) if net6 else None,
+        tls_port,
     )
+    default_paths = (*DEFAULT_PATHS, *(("relay-tls",) if tls_port else ()))
+    if paths is not None and "relay-tls" in paths and not tls_port:
+        raise r.fail("lab.paths", "relay-tls needs TURN over TLS: set turn.tls_port (e.g. 443)")
     c_inet, c_lans = _compose_subnets(r, data, net, lan_net)
     return Topology(source, name, str(net), link, str(lan_net), servers, tuple(found), deadline, parallel,
+                    internet_net6=net6, paths=tuple(paths) if paths is not None else default_paths,
                     compose_internet=str(c_inet), compose_lan_base=str(c_lans))
+
+
+class _V6:
+    """IPv4 internet host -> its IPv6 address (the same host number in the IPv6 prefix)."""
+
+    def __init__(self, net4: str, net6: str | None) -> None:
+        self.n4 = ipaddress.IPv4Network(net4)
+        self.n6 = ipaddress.IPv6Network(net6) if net6 else None
+
+    def of(self, ip4: str) -> str:
+        assert self.n6 is not None
+        return str(self.n6.network_address + (int(ipaddress.IPv4Address(ip4)) - int(self.n4.network_address)))
 
 
 def _compose_subnets(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,10 +43,12 @@ from natkit.nat.classify import (
     classify,
     usable_other,
 )
+from natkit.nat.layers import nat_layers, port_pattern
 from natkit.nat.servers import ResolvedServer
 from natkit.stun import CHANGE_IP, CHANGE_PORT, Attr, Class, Message, Method
 
 Address = tuple[str, int]
+LAYER_TRIES = 2  # rounds of the NAT-layer trace (a lost packet or ICMP error is asked again)
 
 
 @dataclass
@@ -59,6 +62,7 @@ class ProbeOptions:
     min_rto: float = 0.05
     behaviour: bool = True  # run the RFC 5780 tests (False: only the public mapping)
     hairpin: bool = True
+    layers: bool = True  # count the NATs on the way (TTL-limited Bindings, natkit.nat.layers)
     stream_control: bool = True  # TCP/TLS Binding alongside UDP
     lifetime: bool = False
     lifetime_max: float = 60.0
@@ -78,6 +82,8 @@ class FamilyReport:
     duration_s: float
     lifetime_s: dict[str, float | None] | None = None
     errors: list[str] = field(default_factory=list)
+    ports: tuple[bool | None, str | None] = (None, None)  # (preserved, allocation): natkit.nat.layers
+    nat_layers: int | None = None
 
 
 def _reply(resp: Any) -> Reply:
@@ -305,6 +311,7 @@ async def discover(
             )
 
         mapping_tests: list[_Test] = []
+        layers_task: asyncio.Future[int | None] | None = None
         hairpin: bool | None = None
         chosen: int | None = None
         first_rtt: float | None = None
@@ -325,6 +332,21 @@ async def discover(
             hairpin_task: asyncio.Future[Any] | None = None
             m1 = answers[chosen if chosen is not None else test1.index(first)].udp
             mapped = m1.reply.mapped if m1 and m1.reply else None
+            # The NAT-layer trace runs beside the RFC 5780 tests, on sockets of its own (its
+            # TTL-limited packets never touch the primary socket's mapping or the filtering
+            # sockets), within the time the tests take anyway: two rounds of half a wait. Its
+            # task starts before the hairpin test's, so its packets leave first: a router
+            # without hairpinning answers those with ICMP errors too, and routers rate-limit
+            # ICMP errors per destination.
+            trace_wait = max(0.15, w / 2)
+            if opts.behaviour and opts.layers and mapped is not None and local is not None \
+                    and loop.time() + LAYER_TRIES * trace_wait < hard:
+                traced = udp_servers[chosen if chosen is not None else test1.index(first)].address
+                layers_task = asyncio.ensure_future(
+                    nat_layers(traced, mapped, local, wait=trace_wait, tries=LAYER_TRIES)
+                )
+                tasks.append(layers_task)
+                await asyncio.sleep(0)  # let it send its first round now
             if opts.behaviour and opts.hairpin and mapped is not None and primary is not None:
                 hairpin_task = asyncio.ensure_future(
                     _hairpin(primary, mapped, rto, loop.time() + w)
@@ -422,7 +444,12 @@ async def discover(
             + list(filt)
             + list(obs.mapping_tests)
         )
-        return FamilyReport(family, verdict, obs, tests, loop.time() - t0, lifetime, errors)
+        layers = None
+        if layers_task is not None:
+            await _wait([layers_task], hard)
+            if layers_task.done() and not layers_task.cancelled() and layers_task.exception() is None:
+                layers = layers_task.result()
+        return FamilyReport(family, verdict, obs, tests, loop.time() - t0, lifetime, errors, port_pattern(tests), layers)
     finally:
         for fut in tasks:
             if not fut.done():
@@ -456,16 +483,18 @@ async def _hairpin(client: UdpStunClient, mapped: Address, rto: float, deadline:
 
 
 async def binding_lifetime(
-    server: Address, af: int, opts: ProbeOptions, rtt: float
+    server: Address, af: int, opts: ProbeOptions, rtt: float, schedule: Sequence[float] | None = None,
 ) -> dict[str, float | None]:
     """Bounded search for how long an idle UDP binding lives (RFC 5780 §4.6).
 
     One fresh socket per checkpoint (an inbound packet may refresh a binding, so each is checked
     only once), all created at the start; at each checkpoint another socket sends a Binding with
     RESPONSE-PORT set to the probe socket's mapped port. The binding lived at least until the
-    last checkpoint answered and at most until the first that was not."""
+    last checkpoint answered and at most until the first that was not. ``schedule``: the
+    checkpoints in seconds (default: 1 s doubling up to ``opts.lifetime_max``; a caller that
+    knows the lifetime to check, as the lab does, brackets it)."""
     loop = asyncio.get_running_loop()
-    schedule = [
+    schedule = sorted(schedule) if schedule is not None else [
         t for t in (1, 2, 4, 8, 15, 30, 45, 60, 90, 120, 180, 300) if t <= opts.lifetime_max
     ]
     w = max(opts.floor, opts.rtt_factor * rtt)

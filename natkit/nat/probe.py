@@ -17,6 +17,10 @@
 ``udp_blocked``   true when no UDP answer came but TCP/TLS did
 ``mappings_agree`` whether several servers saw the same mapping (null with one server)
 ``lifetime_s``    {min, max} idle binding lifetime bracket with --lifetime, else null
+``port_preservation``  true when every mapping kept the local port, false when not, null
+``port_allocation``  preserved | sequential | random | changed (another port, one mapping) | null
+``nat_layers``    NATs between the host and the server (0: none; 2: e.g. a home NAT behind a
+                  carrier NAT), from TTL-limited Bindings and the routers' ICMP; null: unknown
 ``ice``           {direct_with, turn_needed_with, summary}: what the type means for peers
 ``servers``       per server: url, address, transport, rtt_s (UDP), mapped, rfc5780,
                   other_address, response_origin, stream {transport, answered, mapped, rtt_s}
@@ -132,6 +136,9 @@ def _family_json(rep: FamilyReport) -> dict[str, Any]:
         "udp_blocked": v.udp_blocked,
         "mappings_agree": v.mappings_agree,
         "lifetime_s": rep.lifetime_s,
+        "port_preservation": rep.ports[0],
+        "port_allocation": rep.ports[1],
+        "nat_layers": rep.nat_layers,
         "ice": ice_advice(v.nat_type),
         "servers": servers,
         "tests": [_test_json(t) for t in rep.tests],
@@ -181,6 +188,9 @@ class ProbeResult:
                 "udp_blocked": False,
                 "mappings_agree": None,
                 "lifetime_s": None,
+                "port_preservation": None,
+                "port_allocation": None,
+                "nat_layers": None,
                 "ice": ice_advice(UNKNOWN),
                 "servers": [],
                 "tests": [],

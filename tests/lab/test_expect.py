@@ -106,5 +106,31 @@ def test_probe_expectations_use_the_probe_vocabulary() -> None:
     assert expected_probe(PRESETS["restricted-cone"]) == {
         "mapping": "endpoint-independent",
         "filtering": "address-dependent",
+        "hairpinning": False,
+        "port_allocation": "preserved",
     }
+    assert expected_probe(PRESETS["cgnat"])["nat_layers"] == 2
+    assert expected_probe(PRESETS["symmetric-sequential"])["port_allocation"] == "sequential"
+
+
+def test_new_behaviours_name_the_cause_and_the_fix() -> None:
+    e = expect(PRESETS["port-restricted"], PRESETS["symmetric"], "srflx")
+    assert not e.connected and e.reason.startswith("symmetric maps per destination") and "needs TURN" in e.reason
+    e = expect(PRESETS["egress-443"], PRESETS["open"], "relay", turn_transports=("udp", "tcp"))
+    assert not e.connected and "needs TURN/TLS on 443" in e.reason
+    assert expect(PRESETS["egress-443"], PRESETS["open"], "relay-tls", turn_transports=("tls",)).connected
+    # a relay path that also names a turns: URL on 443 gets out through it
+    assert expect(PRESETS["egress-443"], PRESETS["open"], "relay", turn_transports=("udp", "tcp", "tls")).connected
+    e = expect(PRESETS["nat64"], PRESETS["open"], "srflx", family="nat64")
+    assert not e.connected and "needs IPv6 on both" in e.reason
+    assert expect(PRESETS["nat64"], PRESETS["open"], "relay", family="nat64").connected
+    short = NatBehaviour.preset("port-restricted", udp_timeout=20)
+    e = expect(short, short, "longevity", keepalive_s=25)
+    assert not e.connected and "needs keepalive < 20 s" in e.reason
+    assert expect(short, short, "longevity", keepalive_s=5).connected
+    # Two subscribers of one carrier NAT meet through its hairpin; two home NATs without one don't.
+    e = expect(PRESETS["cgnat"], PRESETS["cgnat"], "srflx", same_lan=True)
+    assert e.connected and e.route == "hairpin"
+    assert expect(PRESETS["ipv6-firewall"], PRESETS["nptv6"], "host", family="ipv6").connected is False
+    assert expect(PRESETS["ipv6-firewall"], PRESETS["ipv6-firewall"], "host", family="ipv6").connected
     assert expected_probe(PRESETS["udp-blocked"]) == {"nat_type": "udp-blocked"}

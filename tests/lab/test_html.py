@@ -30,6 +30,14 @@ MISMATCH = 3  # index of the case made to differ from its expectation
 SUSPECT_PATH = "relay"
 
 
+def _expect(topo: Topology, plan: Any, case: Any) -> Any:
+    from natkit.lab.orchestrate import path_transports
+
+    (ra, _), (rb, _) = plan.peers_of(case)
+    return expect(ra.nat.behaviour, rb.nat.behaviour, case.path, same_lan=case.same_lan,
+                  turn_transports=path_transports(topo, case.path), family=case.family)
+
+
 def _results(topo: Topology) -> dict[str, Any]:
     """A run's JSON as natkit.lab.runner writes it: every case of ``topo`` observed as the
     expectation model predicts, then one case flipped, one with contradicting evidence, one
@@ -38,14 +46,14 @@ def _results(topo: Topology) -> dict[str, Any]:
     cases: list[dict[str, Any]] = []
     for i, case in enumerate(topo.cases()):
         (ra, _), (rb, _) = plan.peers_of(case)
-        exp = expect(ra.nat.behaviour, rb.nat.behaviour, case.path, same_lan=case.same_lan)
+        exp = _expect(topo, plan, case)
         up = exp.connected
         cases.append({
-            "nats": list(case.nats), "path": case.path, "same_lan": case.same_lan,
+            "nats": list(case.nats), "path": case.path, "same_lan": case.same_lan, "family": case.family,
             "expected": exp.outcome, "observed": exp.outcome, "expected_route": exp.route,
             "route": exp.route if up else None, "reason": exp.reason,
             "selected": {
-                "local": {"type": "relay" if case.path == "relay" else "host",
+                "local": {"type": "relay" if case.path.startswith("relay") else "host",
                           "address": ra.public_ip, "port": 40000 + i},
                 "remote": {"type": case.path, "address": rb.public_ip, "port": 50000 + i},
             } if up else None,
@@ -101,18 +109,18 @@ class _Dom(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.cells: list[dict[str, str]] = []
-        self.grid_of: list[str] = []
+        self.grid_of: list[tuple[str, str]] = []  # (path, family) of each cell's grid
         self.probes: list[dict[str, str]] = []
         self.links: list[str] = []
         self.ids: dict[str, str] = {}
-        self._grid = ""
+        self._grid = ("", "")
         self._text_for: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         self.links += [a[k] for k in ("src", "href") if k in a]
         if tag == "table" and "grid" in a.get("class", ""):
-            self._grid = a.get("data-path", "")
+            self._grid = (a.get("data-path", ""), a.get("data-family", ""))
         if tag == "td" and "data-case" in a and "cell" in a.get("class", ""):
             self.cells.append(a)
             self.grid_of.append(self._grid)
@@ -231,9 +239,9 @@ def test_chromium_renders_the_report(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-500:]
     dom = _dom(res.stdout)
     grid_cases = [c for c in results["cases"] if "browser" not in c]
-    per_path = Counter(dom.grid_of)
-    for path in ("host", "srflx", "relay"):
-        assert per_path[path] == sum(c["path"] == path for c in grid_cases), per_path
+    per_grid = Counter(dom.grid_of)
+    assert per_grid == Counter((c["path"], c["family"]) for c in grid_cases), per_grid
+    assert {p for p, _ in per_grid} == {"host", "srflx", "relay", "relay-tls", "longevity"}
     states = Counter(c["class"].split()[1] for c in dom.cells)
     assert states["mismatch"] == 1 and states["suspect"] == 1, states
     expected_ok = sum(c["expected"] == "connected" for c in grid_cases)
@@ -279,6 +287,38 @@ def test_chromium_renders_the_report(tmp_path: Path) -> None:
     assert colours[header] > 0.02 * sampled  # the header bar
 
 
+def test_every_path_and_family_of_the_internet_topology_has_its_grid() -> None:
+    from natkit.lab.html import plain_summary
+
+    topo = load(Path(__file__).parents[2] / "configs" / "lab" / "internet.toml")
+    results = _results(topo)
+    dom = _dom(render_html(results, topo))
+    grid_cases = [c for c in results["cases"] if "browser" not in c]
+    # every case in exactly one cell, of the grid of its path and family
+    assert sorted(int(c["data-case"]) for c in dom.cells) == list(range(len(grid_cases)))
+    for cell, grid in zip(dom.cells, dom.grid_of, strict=True):
+        c = grid_cases[int(cell["data-case"])]
+        assert grid == (c["path"], c["family"]), (cell, grid)
+    families = {f for _, f in dom.grid_of}
+    assert families == {"ipv4", "ipv6", "nat64"}
+    for fam in ("ipv4", "ipv6", "nat64"):
+        assert f"family-{fam}" in dom.ids  # a heading per family
+    assert "path-relay-tls" in dom.ids and "path-srflx-ipv6" in dom.ids and "path-relay-nat64" in dom.ids
+    # the longevity grid holds only the NAT with a longevity case; the IPv6 grids only the
+    # dual-stack and IPv6-only NATs
+    longevity = [c for c, g in zip(dom.cells, dom.grid_of, strict=True) if g[0] == "longevity"]
+    assert len(longevity) == 1 and "short-timeout" in longevity[0]["title"]
+    six = {n for cell, g in zip(dom.cells, dom.grid_of, strict=True) if g == ("srflx", "ipv6")
+           for n in grid_cases[int(cell["data-case"])]["nats"]}
+    assert six == {"ipv6-firewall", "nptv6", "nat64"}
+    ipv6_cell = next(c for c, g in zip(dom.cells, dom.grid_of, strict=True) if g[1] == "ipv6")
+    assert " over IPv6" in ipv6_cell["title"].split("\n")[0]
+    text = plain_summary(_as_observed(topo))
+    assert "0 of 6 NAT pairs over IPv6 need TURN." in text, text
+    assert "10 of 10 NAT pairs across NAT64 (IPv6-only × IPv4-only) need TURN: every pair with nat64 (10)." in text
+    assert "Only TURN over TLS on port 443 connects egress-443 × nat64: nothing else gets out there." in text
+
+
 def test_the_report_says_when_where_and_with_what_it_ran() -> None:
     from natkit.lab.html import GENERATOR
 
@@ -299,19 +339,19 @@ def _as_observed(topo: Topology) -> dict[str, Any]:
     blocked = {n.name for n in topo.nats if n.behaviour.block_udp}
     cases = []
     for case in topo.cases():
-        (ra, _), (rb, _) = plan.peers_of(case)
-        exp = expect(ra.nat.behaviour, rb.nat.behaviour, case.path, same_lan=case.same_lan)
+        exp = _expect(topo, plan, case)
         sel = callee_sel = None
-        if exp.connected and case.path == "relay":
-            def relay(nat: str) -> dict[str, Any]:
-                return {"type": "relay", "address": "203.0.113.4", "port": 5000,
-                        "relay_transport": "tcp" if nat in blocked else "udp"}
+        if exp.connected and case.path in ("relay", "relay-tls"):
+            def relay(nat: str, path: str = case.path) -> dict[str, Any]:
+                how = "tls" if path == "relay-tls" else "tcp" if nat in blocked else "udp"
+                return {"type": "relay", "address": "203.0.113.4", "port": 5000, "relay_transport": how}
             sel = {"local": relay(case.nats[0]), "remote": {"type": "relay"}}
             callee_sel = {"local": relay(case.nats[1]), "remote": {"type": "relay"}}
         cases.append({"nats": list(case.nats), "path": case.path, "same_lan": case.same_lan,
-                      "expected": exp.outcome, "observed": exp.outcome, "expected_route": exp.route,
+                      "family": case.family, "expected": exp.outcome, "observed": exp.outcome, "expected_route": exp.route,
                       "route": exp.route, "selected": sel, "callee_selected": callee_sel, "pass": True})
-    lab = {"nats": [{"name": n.name, "block_udp": n.behaviour.block_udp} for n in topo.nats]}
+    lab = {"nats": [{"name": n.name, "block_udp": n.behaviour.block_udp,
+                     "egress_tcp_ports": n.behaviour.egress_tcp_ports} for n in topo.nats]}
     return {"cases": cases, "probes": [], "pass": True, "lab": lab, "turn_engine": "natkit"}
 
 
@@ -320,16 +360,20 @@ def test_a_plain_language_summary_of_the_matrix() -> None:
 
     topo = load()
     text = plain_summary(_as_observed(topo))
-    # 21 NAT pairs + the same-LAN one; TURN is the only way for symmetric x symmetric,
-    # port-restricted x symmetric and every pair with the UDP-blocking firewall (6).
-    assert text[0].startswith("8 of 22 NAT pairs need TURN: "), text
-    assert "port-restricted × symmetric" in text[0] and "symmetric × symmetric" in text[0]
-    assert "full-cone × udp-blocked" in text[0]
-    assert text[1] == "14 of 22 pairs connect without a relay (host or server-reflexive candidates)."
+    # 36 NAT pairs + the two same-LAN ones; TURN is the only way for every pair with the
+    # UDP-blocking firewall (8) or the egress-443 office (8, one shared), and for symmetric
+    # against symmetric, port-restricted and the carrier NAT's subscriber, which filters like it (3).
+    assert text[0] == ("18 of 38 NAT pairs need TURN: every pair with udp-blocked (8), every pair with "
+                       "egress-443 (8), port-restricted × symmetric, symmetric × symmetric, cgnat × symmetric."), text
+    assert text[1] == "20 of 38 pairs connect without a relay (host or server-reflexive candidates)."
+    assert text[2] == "Only TURN over TLS on port 443 connects every pair with egress-443 (8): nothing else gets out there."
     assert any(t.startswith("Relay over TCP needed for udp-blocked:") for t in text), text
-    assert text[-1] == "All 66 cases went as the NAT types predict."
+    assert not any("UDP is blocked at" in t for t in text), text  # egress-443's sentence is the TLS one
+    assert ("Calls that idled past the NAT's UDP mapping lifetime and still echoed: "
+            "port-restricted × port-restricted.") in text
+    assert text[-1] == "All 153 cases went as the NAT types predict."
     page = render_html(_as_observed(topo), topo)
-    assert "8 of 22 NAT pairs need TURN" in _dom(page).ids["plain-summary"]
+    assert "18 of 38 NAT pairs need TURN" in _dom(page).ids["plain-summary"]
     # a run of one path cannot say which pairs need TURN
     only = _as_observed(topo)
     only["cases"] = [c for c in only["cases"] if c["path"] == "srflx"]

@@ -48,14 +48,14 @@ def _namespaces(tag: str | None = None) -> set[str]:
 
 def test_select_cases() -> None:
     topo = load()
-    assert len(runner.select_cases(topo, ["srflx"])) == 22
+    assert len(runner.select_cases(topo, ["srflx"])) == 38  # 36 NAT pairs + 2 same-LAN NATs
     cases = runner.select_cases(topo, ["symmetric,port-restricted", "host,relay"])
     assert {c.nats for c in cases} == {
         ("port-restricted", "port-restricted"), ("port-restricted", "symmetric"), ("symmetric", "symmetric")
     }
     assert {c.path for c in cases} == {"host", "relay"}
     cases = runner.select_cases(topo, ["symmetric:open"])
-    assert [c.nats for c in cases] == [("open", "symmetric")] * 3
+    assert [c.nats for c in cases] == [("open", "symmetric")] * 4
     for bad in (["nope"], ["open:nope"]):
         with pytest.raises(UsageError, match="nope") as err:
             runner.select_cases(topo, bad)
@@ -213,7 +213,7 @@ def test_reduced_matrix_end_to_end(tmp_path: Path) -> None:
     assert data["pass"] is True and data["duration_s"] < took
     assert set(data) >= {"cases", "probes", "pass", "duration_s"}
     by = {(tuple(c["nats"]), c["path"]): c for c in data["cases"]}
-    assert len(by) == 12
+    assert len(by) == 16  # 4 pairs x host, srflx, relay, relay-tls (TURN/TLS on 443)
     for c in data["cases"]:
         assert set(c) >= {"nats", "path", "expected", "observed", "selected", "t_connect_ms", "rtt_ms", "evidence"}
         assert c["expected"] == c["observed"], c
@@ -227,6 +227,9 @@ def test_reduced_matrix_end_to_end(tmp_path: Path) -> None:
     assert relay["observed"] == "connected" and relay["evidence"]["route"] == "relay"
     tcp = relay["callee_selected"]["local"]
     assert tcp["type"] == "relay" and tcp["relay_transport"] == "tcp"
+    tls = by[(("open", "udp-blocked"), "relay-tls")]
+    assert tls["observed"] == "connected" and tls["evidence"]["route"] == "relay", tls
+    assert tls["selected"]["local"]["relay_transport"] == "tls" and tls["family"] == "ipv4"
     assert by[(("same-lan", "same-lan"), "host")]["route"] == "lan"
     assert by[(("same-lan", "same-lan"), "host")]["evidence"]["route"] == "none"
     assert by[(("same-lan", "same-lan"), "srflx")]["route"] == "hairpin"
@@ -235,7 +238,7 @@ def test_reduced_matrix_end_to_end(tmp_path: Path) -> None:
     assert all(p["pass"] for p in probes.values())
     assert probes["symmetric"]["observed"]["mapping"] == "address-and-port-dependent"
     # The grid and the summary are on stdout; nothing of the run is left behind.
-    assert "srflx" in proc.stdout and "PASS: 12 cases" in proc.stdout
+    assert "srflx" in proc.stdout and "relay-tls" in proc.stdout and "PASS: 16 cases" in proc.stdout
     tag = re.search(r"building \d+ routers \((nk[0-9a-f]{6})\)", proc.stderr)
     assert tag is not None, proc.stderr
     assert not _namespaces(tag.group(1))
@@ -253,8 +256,8 @@ def test_browser_cases_carry_packet_evidence_that_agrees_with_getstats(tmp_path:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
-    assert data["pass"] is True and len([c for c in data["cases"] if c["caller_stack"] == "aiortc"]) == 9
-    assert len(data["cases"]) == 13 and len(data["browser_cases"]) == 4
+    assert data["pass"] is True and len([c for c in data["cases"] if c["caller_stack"] == "aiortc"]) == 12  # 3 pairs x 4 paths
+    assert len(data["cases"]) == 16 and len(data["browser_cases"]) == 4
     publics = {}  # NAT name -> its routers' public addresses
     for r in data["lab"]["routers"]:
         publics.setdefault(r["nat"], set()).add(r["public_ip"])

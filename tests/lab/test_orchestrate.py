@@ -20,8 +20,10 @@ pytestmark = pytest.mark.timeout(60)
 class FakeAgent:
     """Speaks the agent side of natkit.lab.agents: answers as the expectation model predicts."""
 
-    def __init__(self, name: str, sock: socket.socket, topo: Any, plan: Any, hang: set[str]) -> None:
+    def __init__(self, name: str, sock: socket.socket, topo: Any, plan: Any, hang: set[str],
+                 lifetime: tuple[float | None, float | None] | None = None) -> None:
         self.name, self.sock, self.topo, self.plan, self.hang = name, sock, topo, plan, hang
+        self.lifetime = lifetime  # what a lifetime measurement answers (None: the bracket asked)
         self.seen: list[dict[str, Any]] = []
         self.cancelled: list[int] = []
 
@@ -68,6 +70,9 @@ class FakeAgent:
                 from natkit.lab.expect import expected_probe
 
                 answer(cmd["id"], dict(expected_probe(nat.behaviour)))
+            elif op == "lifetime":
+                lo, hi = self.lifetime or cmd["schedule"]
+                answer(cmd["id"], {"min": lo, "max": hi})
             elif op == "case":
                 tasks.append(asyncio.ensure_future(case(cmd)))
             elif op == "cancel":
@@ -78,7 +83,8 @@ class FakeAgent:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _run(only: list[str], hang: set[str]) -> tuple[Any, dict[str, FakeAgent], float, list[tuple[str, Any]]]:
+async def _run(only: list[str], hang: set[str], lifetime: tuple[float | None, float | None] | None = None,
+               ) -> tuple[Any, dict[str, FakeAgent], float, list[tuple[str, Any]]]:
     from natkit.lab.cases import select_cases
 
     topo = load()
@@ -90,7 +96,7 @@ async def _run(only: list[str], hang: set[str]) -> tuple[Any, dict[str, FakeAgen
     for n in names:
         a, b = socket.socketpair()
         ours[n] = a
-        fakes[n] = FakeAgent(n, b, topo, plan, hang)
+        fakes[n] = FakeAgent(n, b, topo, plan, hang, lifetime)
     events: list[tuple[str, Any]] = []
     runs = [asyncio.ensure_future(f.run()) for f in fakes.values()]
     t0 = time.monotonic()
@@ -116,7 +122,7 @@ async def test_orchestrate_runs_servers_probes_and_cases_on_the_agents_it_is_giv
     assert fakes["srv"].seen[0]["spec"]["turn"] == "203.0.113.4"
     for name, f in fakes.items():
         if name != "srv":
-            assert {c["op"] for c in f.seen} <= {"probe", "case"} and f.seen
+            assert {c["op"] for c in f.seen} <= {"probe", "case", "lifetime"} and f.seen
     # each side of a case ran in the agent of its peer, with its role and stack
     lan = next(c for c in orch.cases if c.case.same_lan and c.case.path == "host")
     roles = {(n, c["role"]) for n, f in fakes.items() for c in f.seen if c["op"] == "case" and c["config"]["room"] == lan.case.id}
@@ -158,3 +164,21 @@ async def test_when_one_side_fails_the_other_is_cancelled_after_a_grace() -> Non
     callee_agent = fakes[case.routers[1] + "-p1"]
     assert len(callee_agent.cancelled) == 1
     assert took < FAILED_PEER_GRACE_S + 3, took  # not the callee's whole deadline
+
+
+async def test_the_short_mapping_lifetime_is_measured_not_trusted() -> None:
+    from natkit.lab.orchestrate import lifetime_agrees
+
+    orch, fakes, _, _ = await _run(["port-restricted:open"], set())
+    timed = {p.nat: p for p in orch.probes if "udp_lifetime_s" in p.expected}
+    assert set(timed) == {"port-restricted"}  # the 20 s NAT; the others' lifetimes are minutes
+    probe = timed["port-restricted"]
+    assert probe.expected["udp_lifetime_s"] == 20 and probe.passed
+    assert probe.observed["udp_lifetime_s"] == {"min": 15.0, "max": 25.0}
+    asked = [c for f in fakes.values() for c in f.seen if c["op"] == "lifetime"]
+    assert [c["schedule"] for c in asked] == [[15.0, 25.0]]  # bracketing the claimed lifetime
+    # a mapping that outlived both checkpoints (or died before the first) fails the probe
+    orch, _, _, _ = await _run(["port-restricted:open"], set(), lifetime=(25.0, None))
+    assert not next(p for p in orch.probes if p.nat == "port-restricted").passed
+    assert lifetime_agrees(20, {"min": 15.0, "max": 25.0})
+    assert not lifetime_agrees(20, {"min": None, "max": 15.0}) and not lifetime_agrees(20, None)

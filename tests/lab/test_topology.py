@@ -22,9 +22,12 @@ DEFAULT = tomllib.loads(DEFAULT_TOPOLOGY.read_text())
 def test_default_topology_holds_every_behaviour_and_a_same_lan() -> None:
     topo = load()
     kinds = [n.type for n in topo.matrix_nats]
-    assert kinds == ["open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked"]
+    assert kinds == ["open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked",
+                     "cgnat", "egress-443"]
     lan = [n for n in topo.nats if n.same_lan]
-    assert len(lan) == 1 and lan[0].peers == 2 and lan[0].behaviour.hairpinning
+    assert [n.type for n in lan] == ["port-restricted", "cgnat"]
+    assert all(n.peers == 2 and n.behaviour.hairpinning for n in lan)
+    assert topo.servers.turn_tls_port == 443 and [n.name for n in topo.nats if n.longevity] == ["port-restricted"]
     sym = topo.nat("symmetric").behaviour
     assert sym.mapping == Mapping.ADDRESS_AND_PORT_DEPENDENT
     assert sym.filtering == Filtering.ADDRESS_AND_PORT_DEPENDENT
@@ -33,14 +36,29 @@ def test_default_topology_holds_every_behaviour_and_a_same_lan() -> None:
     assert topo.servers.stun_addresses[0] != topo.servers.stun_addresses[1]
 
 
-def test_cases_are_every_unordered_pair_plus_same_lan_times_three_paths() -> None:
+def test_cases_are_every_unordered_pair_plus_same_lan_times_four_paths_plus_longevity() -> None:
     topo = load()
     cases = topo.cases()
-    assert len(cases) == (21 + 1) * 3
+    assert len(cases) == (36 + 2) * 4 + 1
     pairs = {frozenset(c.nats) for c in cases if not c.same_lan}
-    assert len(pairs) == 21
+    assert len(pairs) == 36
     assert {c.path for c in cases} == set(PATHS)
     assert len({c.id for c in cases}) == len(cases)
+
+
+def test_internet_topology_runs_each_family_a_pair_shares() -> None:
+    topo = load(Path(__file__).parents[2] / "configs" / "lab" / "internet.toml")
+    fams = {(c.nats, c.family) for c in topo.cases(("host",))}
+    assert (("ipv6-firewall", "nptv6"), "ipv4") in fams and (("ipv6-firewall", "nptv6"), "ipv6") in fams
+    assert (("open", "nat64"), "nat64") in fams and (("open", "nat64"), "ipv4") not in fams
+    assert (("nat64", "nat64"), "ipv6") in fams
+    plan = topo.plan()
+    nat64 = plan.router("nat64-1")
+    assert nat64.peers[0].ip == "" and nat64.peers[0].ip6 and nat64.lan_net6
+    npt = plan.router("nptv6-1")
+    assert npt.lan_net6.startswith("fd00:") and npt.outside_net6.startswith("2001:db8:2:")
+    cg = plan.router("cgnat-pair-1")
+    assert cg.lan_net.startswith("100.64.") and len(cg.inner) == 2 and cg.inner[0].lan_net != cg.inner[1].lan_net
 
 
 def test_plan_is_deterministic_and_gives_distinct_routers_for_a_nat_with_itself() -> None:

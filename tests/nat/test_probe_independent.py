@@ -34,6 +34,8 @@ import pytest
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 BUDGET_S = 1.5  # the target for a full classification on namespaces
+ICMP_GAP_S = 1.2  # between probes of one topology (see run_probe)
+_LAST_PROBE: dict[str, float] = {}  # topology -> when its last probe ended
 NATKIT_PORT = 3478  # natkit's responder: 3478 and alternate 3479
 COTURN_PORT = 3490  # coturn in the same server namespace: 3490 and alternate 3491
 
@@ -348,6 +350,9 @@ class Case:
     expect: tuple[str, str, str]  # nat_type, mapping, filtering
     hairpin: bool | None  # None: not asserted (no NAT, or not tested)
     ports: tuple[int, int] | None = None  # the public port's range, when the NAT picks it
+    # nat_layers the probe may report: the NATs on the way (TTL-limited Bindings); None when a
+    # hop's answer was lost (the lossy NAT) or nothing was traced (UDP blocked)
+    layers: tuple[int | None, ...] = (1,)
 
 
 PRC = ("port-restricted-cone", EI, APD)
@@ -396,9 +401,9 @@ CASES: dict[str, Case] = {
         ("restricted-cone", EI, AD),
         False,
     ),
-    "routed-open": Case(_routed(_public_bridge, False), ("open", "none", EI), None),
-    "firewall-no-nat": Case(_routed(_public_p30, True), ("symmetric-firewall", "none", APD), None),
-    "double-nat": Case(_double_nat, PRC, False),
+    "routed-open": Case(_routed(_public_bridge, False), ("open", "none", EI), None, layers=(0,)),
+    "firewall-no-nat": Case(_routed(_public_p30, True), ("symmetric-firewall", "none", APD), None, layers=(0,)),
+    "double-nat": Case(_double_nat, PRC, False, layers=(2,)),
     "nat66-masquerade": Case(_nat66, PRC, False),
     "udp-dropped": Case(
         _single_nat(
@@ -406,6 +411,7 @@ CASES: dict[str, Case] = {
         ),
         ("udp-blocked", "unknown", "unknown"),
         None,
+        layers=(None,),
     ),
     "udp-rejected": Case(
         _single_nat(
@@ -413,6 +419,7 @@ CASES: dict[str, Case] = {
         ),
         ("udp-blocked", "unknown", "unknown"),
         None,
+        layers=(None,),
     ),
     "snat-per-destination": Case(
         _single_nat(
@@ -442,6 +449,7 @@ CASES: dict[str, Case] = {
         ),
         ("full-cone", EI, EI),
         False,
+        layers=(1, None),
     ),
     "hairpin-dnat-snat": Case(
         _single_nat(
@@ -551,6 +559,10 @@ def test_probe_behind_hand_built_nat(topo: tuple[str, Topo, set[str]], server: s
     for port in ports[server]:  # "both": two servers asked at once, as a user may
         argv += ["--server", "stun:" + _hostport(t.server_ips[0], port)]
     def run_probe() -> tuple[subprocess.CompletedProcess[str], float]:
+        # Routers rate-limit ICMP errors per destination (Linux: a burst of 6, then one a
+        # second), and a router without hairpinning answers the hairpin test with some: probes
+        # of one topology are spaced so that each one's NAT-layer trace gets its ICMP answer.
+        time.sleep(max(0.0, _LAST_PROBE.get(name, 0.0) + ICMP_GAP_S - time.monotonic()))
         t0 = time.monotonic()
         out = subprocess.run(
             ["ip", "netns", "exec", t.client, *argv, "--json"],
@@ -558,6 +570,7 @@ def test_probe_behind_hand_built_nat(topo: tuple[str, Topo, set[str]], server: s
             text=True,
             timeout=30,
         )
+        _LAST_PROBE[name] = time.monotonic()
         return out, time.monotonic() - t0
 
     out, wall = run_probe()
@@ -576,7 +589,12 @@ def test_probe_behind_hand_built_nat(topo: tuple[str, Topo, set[str]], server: s
     print(f"\n{name} vs {server}: {got} hairpin={data['hairpinning']} {data['duration_s']} s")
     assert got == case.expect, (name, server, data.get("reason"), data.get("notes"), data["tests"])
     assert data["duration_s"] <= BUDGET_S, f"{name} vs {server}: {data['duration_s']} s"
-    assert wall <= BUDGET_S + 2.0  # interpreter start-up included, bounded anyway
+    # The wall time includes the interpreter's start-up, seconds on a loaded 2-core box: only a
+    # bound against hangs (the probe's own budget is duration_s, above).
+    assert wall <= BUDGET_S + 8.0, wall
+    # The NAT-layer trace runs beside the RFC 5780 tests: it counts the NATs and never costs
+    # the budget above.
+    assert data["nat_layers"] in case.layers, (name, server, data["nat_layers"])
     assert data["family"] == t.family
     assert data["public"] is not None and data["public"]["ip"] in t.public_ips
     if case.ports is not None:

@@ -46,7 +46,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ from natkit.lab.topology import Case, Link, Plan, RouterPlan, Topology
 
 __all__ = [
     "CASES_FILE",
+    "COMPOSE_PATHS",
     "CONTROL_PORT",
     "DOCKERFILE",
     "IMAGE",
@@ -67,6 +68,8 @@ __all__ = [
     "cases_to_json",
     "check_mount",
     "compose_model",
+    "compose_scope",
+    "in_scope",
     "render_compose",
     "router_rulesets",
     "to_yaml",
@@ -164,7 +167,7 @@ def _router_recipe(r: RouterPlan) -> nats.RouterRecipe:
 def router_rulesets(topology: Topology, plan: Plan | None = None) -> dict[str, str]:
     """Router id -> the ``nft -f`` text its container applies (the netns engine's ruleset on
     the Compose engine's subnets)."""
-    topology = topology.for_compose()
+    topology = compose_scope(topology)[0].for_compose()
     plan = plan or topology.plan()
     return {r.id: _router_recipe(r).nft for r in plan.routers}
 
@@ -213,6 +216,44 @@ def _services_base(run: RunOptions | None, base: str) -> dict[str, Any]:
     return common
 
 
+COMPOSE_PATHS = ("host", "srflx", "relay")
+
+
+def compose_scope(topo: Topology) -> tuple[Topology, tuple[tuple[str, str], ...]]:
+    """The part of ``topo`` the Compose engine builds, and what it leaves out, each with why.
+
+    The containers carry one router per NAT on IPv4: NATs in a row (a carrier NAT, a double
+    NAT), IPv6 and NAT64, egress port firewalls and the nft port-allocation patterns are built
+    by the netns engine only for now, and so are the relay-tls and longevity paths."""
+    kept, left = [], []
+    for n in topo.nats:
+        b = n.behaviour
+        why = (
+            "two NATs in a row" if b.inner is not None else
+            "IPv6 / NAT64" if b.ipv6 is not None or not b.ipv4 or b.nat64 else
+            "an egress port firewall (TURN over TLS on 443)" if b.egress_tcp_ports is not None else
+            "a port-allocation pattern" if b.port_allocation is not None else None
+        )
+        if why is None:
+            kept.append(n)
+        else:
+            left.append((f"NAT {n.name} ({n.type})", f"{why} is built by the netns engine only"))
+    if any(n.longevity for n in kept):
+        left.append(("path longevity", "built by the netns engine only"))
+        kept = [replace(n, longevity=False) for n in kept]
+    paths = tuple(p for p in topo.paths if p in COMPOSE_PATHS)
+    left += [(f"path {p}", "built by the netns engine only") for p in topo.paths if p not in COMPOSE_PATHS]
+    servers = replace(topo.servers, turn_tls_port=None) if "relay-tls" not in paths else topo.servers
+    scoped = replace(topo, nats=tuple(kept), paths=paths, servers=servers)
+    return scoped, tuple(left)
+
+
+def in_scope(topo: Topology, cases: Sequence[Case]) -> list[Case]:
+    """The ``cases`` the scoped ``topo`` (:func:`compose_scope`) can run."""
+    names = {n.name for n in topo.nats}
+    return [c for c in cases if set(c.nats) <= names and c.path in topo.paths and c.family == "ipv4"]
+
+
 def compose_model(
     topology: Topology, *, turn_engine: str | None = None, topology_text: str | None = None,
     base: str = PYTHON_BASE, run: RunOptions | None = None,
@@ -232,7 +273,7 @@ def compose_model(
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the topology file: {exc}", where=topology.source) from None
     source = topology.source
-    topology = topology.for_compose()
+    topology = compose_scope(topology)[0].for_compose()
     plan = topology.plan(run.selected(topology) if run is not None else None)
     s = topology.servers
     prefix = ipaddress.IPv4Network(topology.internet_net).prefixlen

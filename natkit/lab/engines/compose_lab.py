@@ -411,8 +411,14 @@ def run(
     if engine not in TURN_ENGINES:  # coturn is in the image: the host needs none
         raise ConfigError(f"{engine}: choose {' or '.join(TURN_ENGINES)}", param="turn_engine")
     api, tool = check(capture=capture)
+    topo, left_out = model.compose_scope(topo)
+    for what, why in left_out:
+        notify("stage", {"text": f"left out under Compose: {what}: {why}"})
     ctopo = topo.for_compose()
-    cases = run_cases(ctopo, cases, selection, shard)
+    cases = model.in_scope(ctopo, run_cases(ctopo, cases, selection, shard))
+    if not cases:
+        raise ConfigError("no case of this run can run under the Compose engine "
+                          f"({'; '.join(w for w, _ in left_out) or 'none selected'}); use --engine netns", param="engine")
     for name in sorted({s for c in cases for s in c.stacks}, key=lambda n: (n != "aiortc", n)):
         why = stack_unavailable(name)
         if why is not None:
@@ -454,7 +460,8 @@ def run(
     result.timings = {**timings, **result.timings, "teardown_s": timings["teardown_s"]}
     result.duration_s = time.monotonic() - t0
     result.compose = {"tool": tool.describe(), "project": tag, "image": image.to_json(),
-                      "bridges": sorted(model.bridge_names(plan, tag).values()), "mounts": list(mounts)}
+                      "bridges": sorted(model.bridge_names(plan, tag).values()), "mounts": list(mounts),
+                      "left_out": [{"what": w, "why": y} for w, y in left_out]}
     describe_run(result, selection, shard)
     return result
 

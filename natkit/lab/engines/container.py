@@ -187,14 +187,15 @@ def _run_lab(env: Mapping[str, str]) -> int:
     from dataclasses import replace
 
     from natkit.lab import report
-    from natkit.lab.engines.compose import cases_from_json
+    from natkit.lab.engines.compose import cases_from_json, compose_scope
     from natkit.lab.orchestrate import orchestrate
     from natkit.lab.output import write_atomic
     from natkit.lab.runner import finish
     from natkit.lab.topology import loads
 
     t0 = time.monotonic()
-    topo = loads(env["NATKIT_TOPOLOGY"], env.get("NATKIT_TOPOLOGY_SOURCE", "topology")).for_compose()
+    # the part of the topology the Compose file holds, as the host scoped it
+    topo = compose_scope(loads(env["NATKIT_TOPOLOGY"], env.get("NATKIT_TOPOLOGY_SOURCE", "topology")))[0].for_compose()
     if env.get("NATKIT_DEADLINE"):
         topo = replace(topo, case_deadline_s=float(env["NATKIT_DEADLINE"]))
     engine = env.get("NATKIT_TURN_ENGINE") or topo.servers.turn_engine

@@ -73,42 +73,150 @@ def build(lab: NetnsLab, topo: Topology, plan: Plan) -> LabNodes:
     lab.add_veth(nodes.srv, "eth0", inet, "p0", master="br0")
     for ip in dict.fromkeys([*srv.stun_addresses, srv.turn_address, srv.signaling_address]):
         lab.add_addr(nodes.srv, "eth0", f"{ip}/{prefix}")
-    _impair(lab, nodes.srv, "eth0", link)
-    _impair(lab, inet, "p0", link)
+    if plan.internet_net6 is not None and srv.stun_addresses6 is not None:
+        for ip in dict.fromkeys([*srv.stun_addresses6, srv.turn_address6, srv.signaling_address6]):
+            lab.add_addr(nodes.srv, "eth0", f"{ip}/64")
+    _impair(lab, nodes.srv, "eth0", link, "the servers")
+    _impair(lab, inet, "p0", link, "the servers")
     open_routes: list[tuple[str, str, str]] = []  # (routed LAN, via public IP, router ns)
     for k, r in enumerate(plan.routers):
         ns = lab.add_ns(f"r{k}")
         nodes.routers[r.id] = ns
+        b = r.nat.behaviour
         lab.add_veth(ns, "wan", inet, f"p{k + 1}", master="br0")
         lab.add_addr(ns, "wan", f"{r.public_ip}/{prefix}")
         lab.add_bridge(ns, "lan")
         lan_prefix = r.lan_net.split("/")[1]
-        lab.add_addr(ns, "lan", f"{r.lan_ip}/{lan_prefix}")
-        lab.apply_nat(ns, r.nat.behaviour, inside_if="lan", outside_if="wan", public_ip=r.public_ip, inside_net=r.lan_net)
+        if b.ipv4:
+            lab.add_addr(ns, "lan", f"{r.lan_ip}/{lan_prefix}")
+        if r.public_ip6 is not None and r.lan_ip6 is not None and r.lan_net6 is not None:
+            lab.add_addr(ns, "wan", f"{r.public_ip6}/64")
+            lab.add_addr(ns, "lan", f"{r.lan_ip6}/64")
+            open_routes.append((r.outside_net6 or r.lan_net6, r.public_ip6, ns))
+        _apply(lab, ns, b, "lan", "wan", r.public_ip, r.lan_net, r.lan_net6, r.outside_net6)
+        if b.nat64 and r.lan_ip6 is not None:
+            start_dns64(lab, ns, r.lan_ip6, topo.servers.names())
         wan = replace(r.nat.wan, delay_ms=r.nat.wan.delay_ms + link.delay_ms, loss_pct=max(r.nat.wan.loss_pct, link.loss_pct))
-        _impair(lab, ns, "wan", wan)
-        _impair(lab, inet, f"p{k + 1}", wan)
-        if not r.nat.behaviour.nat:
+        _impair(lab, ns, "wan", wan, r.nat.name)
+        _impair(lab, inet, f"p{k + 1}", wan, r.nat.name)
+        if not b.nat:
             open_routes.append((r.lan_net, r.public_ip, ns))
-        for i, p in enumerate(r.peers):
-            pns = lab.add_ns(f"r{k}p{i + 1}")
-            nodes.peers[p.id] = pns
-            lab.add_veth(pns, "eth0", ns, f"l{i + 1}", master="lan")
-            lab.add_addr(pns, "eth0", f"{p.ip}/{lan_prefix}")
-            lab.add_route(pns, "default", via=r.lan_ip)
-            _impair(lab, pns, "eth0", r.nat.lan)
-            _impair(lab, ns, f"l{i + 1}", r.nat.lan)
+        if b.inner is not None:
+            for i, inner in enumerate(r.inner):
+                hns = lab.add_ns(f"r{k}h{i + 1}")
+                nodes.routers[inner.id] = hns
+                lab.add_veth(hns, "wan", ns, f"h{i + 1}", master="lan")
+                lab.add_addr(hns, "wan", f"{inner.wan_ip}/{lan_prefix}")
+                lab.add_route(hns, "default", via=r.lan_ip)
+                lab.add_bridge(hns, "lan")
+                ilan_prefix = inner.lan_net.split("/")[1]
+                lab.add_addr(hns, "lan", f"{inner.lan_ip}/{ilan_prefix}")
+                _apply(lab, hns, b.inner, "lan", "wan", inner.wan_ip, inner.lan_net, None, None)
+                _add_peers(lab, nodes, hns, f"r{k}h{i + 1}p", inner.peers, inner.lan_ip, ilan_prefix, r)
+            continue
+        _add_peers(lab, nodes, ns, f"r{k}p", r.peers, r.lan_ip, lan_prefix, r)
     # Routers without NAT route a public LAN: everyone on the segment needs the way to it.
+    six = {nodes.routers[r.id] for r in plan.routers if r.public_ip6 is not None}
+    if plan.internet_net6 is not None:
+        six.add(nodes.srv)
+    outer = [nodes.srv, *(nodes.routers[r.id] for r in plan.routers)]
     for lan_net, via, router_ns in open_routes:
-        for ns in [nodes.srv, *nodes.routers.values()]:
-            if ns != router_ns:
+        for ns in outer:
+            if ns != router_ns and (":" not in via or ns in six):
                 lab.add_route(ns, lan_net, via=via)
     return nodes
 
 
-def _impair(lab: NetnsLab, ns: str, ifname: str, link: Link) -> None:
-    if link.shaped:
-        lab.impair(ns, ifname, delay_ms=link.delay_ms, loss_pct=link.loss_pct)
+def start_dns64(lab: NetnsLab, ns: str, listen_ip6: str, names: Mapping[str, str]) -> None:
+    """The lab's DNS64 resolver (:mod:`natkit.lab.dns64`) on router ``ns``, port 53."""
+    import subprocess
+    import sys
+
+    zone = [f"{name}={ip}" for name, ip in names.items()]
+    proc = lab.popen(ns, [sys.executable, "-m", "natkit.lab.dns64", "--listen", listen_ip6, *zone],
+                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    # It prints one line once it listens; bounded, so a broken resolver does not hang the build.
+    import select
+
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 10)
+    if not ready or not proc.stdout.readline():
+        from natkit.lab.netns import NetnsError
+
+        raise NetnsError(f"the DNS64 resolver did not start in {ns} within 10 s")
+
+
+def _apply(lab: NetnsLab, ns: str, b: Any, inside: str, outside: str, public_ip: str, lan: str,
+           lan6: str | None, out6: str | None) -> None:
+    """The NAT kind's recipe on router ``ns`` (and NAT64's tayga and DNS64 resolver)."""
+    from natkit.lab import nats
+
+    side = nats.RouterSide(inside, outside, public_ip, lan, inside_net6=lan6, outside_net6=out6)
+    recipe = nats.recipe(b, side)
+    for key, value in recipe.sysctls.items():
+        lab.sysctl(ns, key, value)
+    if recipe.nat64 is not None:
+        start_nat64(lab, ns, recipe.nat64)
+    lab.apply_nft(ns, recipe.nft)
+
+
+def start_nat64(lab: NetnsLab, ns: str, plan: Any) -> None:
+    """tayga in router ``ns`` (its tun device, routes and state directory), bounded in time."""
+    import shutil as _shutil
+    import subprocess
+
+    data = Path(tempfile.mkdtemp(prefix=f"natkit-lab-{lab.tag}-tayga-"))
+    conf = data / "tayga.conf"
+    conf.write_text(plan.tayga_conf(str(data)))
+    tayga = _shutil.which("tayga") or "/usr/sbin/tayga"
+    res = lab.run(ns, [tayga, "--mktun", "-c", str(conf)], timeout=10)
+    if res.returncode != 0:
+        from natkit.lab.netns import NetnsError
+
+        raise NetnsError(f"tayga --mktun failed in {ns}: {(res.stderr or res.stdout).strip()[:200]}; "
+                         "install tayga and load the tun module (modprobe tun)")
+    for argv in plan.commands():
+        lab.run(ns, argv, check=True, timeout=10)
+    lab.popen(ns, [tayga, "--nodetach", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+              preexec_fn=die_with_parent)
+
+
+def _add_peers(lab: NetnsLab, nodes: LabNodes, router_ns: str, role: str, peers: Any, gw: str, lan_prefix: str,
+               r: Any) -> None:
+    for i, p in enumerate(peers):
+        pns = lab.add_ns(f"{role}{i + 1}".replace("-", ""))
+        nodes.peers[p.id] = pns
+        port = f"l{i + 1}"
+        lab.add_veth(pns, "eth0", router_ns, port, master="lan")
+        if p.ip:
+            lab.add_addr(pns, "eth0", f"{p.ip}/{lan_prefix}")
+            lab.add_route(pns, "default", via=gw)
+        if p.ip6 and r.lan_ip6:
+            lab.add_addr(pns, "eth0", f"{p.ip6}/64")
+            lab.add_route(pns, "::/0", via=r.lan_ip6)
+        _impair(lab, pns, "eth0", r.nat.lan, r.nat.name)
+        _impair(lab, router_ns, port, r.nat.lan, r.nat.name)
+
+
+# What could not be applied of what the topology asked for (by NAT name), for the run's report.
+NOT_APPLIED: list[str] = []
+
+
+def _impair(lab: NetnsLab, ns: str, ifname: str, link: Link, who: str = "") -> None:
+    """netem on ``ns:ifname``; a delay the kernel cannot apply (no netem) is dropped and said
+    once per NAT in :data:`NOT_APPLIED` instead of stopping the run (loss still applies)."""
+    from natkit.lab.netns import has_netem
+
+    if not link.shaped:
+        return
+    delay = link.delay_ms
+    if delay and not has_netem():
+        note = f"{who}: link delay {delay:g} ms not applied (the kernel has no netem qdisc, sch_netem)"
+        if note not in NOT_APPLIED:
+            NOT_APPLIED.append(note)
+        delay = 0
+    if delay or link.loss_pct:
+        lab.impair(ns, ifname, delay_ms=delay, loss_pct=link.loss_pct)
 
 
 # -- agents (forked per namespace) -------------------------------------------------------------

@@ -49,10 +49,11 @@ import re
 from dataclasses import dataclass, field
 
 from natkit.errors import ConfigError
-from natkit.lab.nats.model import Filtering, Mapping, NatBehaviour
+from natkit.lab.nats.model import Filtering, Mapping, NatBehaviour, PortAllocation
 
 __all__ = [
     "CHAIN_HOOKS",
+    "Nat64Plan",
     "RouterRecipe",
     "RouterSide",
     "Ruleset",
@@ -63,10 +64,13 @@ __all__ = [
     "add_mapping",
     "add_router_input",
     "add_tracking",
+    "ipv6_ruleset",
     "rfc4787_recipe",
     "router_sysctls",
 ]
 
+# The first port of a sequentially allocating NAT (a multiple of 256: see add_mapping).
+SEQUENTIAL_BASE = 40960
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _TABLE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 
@@ -92,6 +96,10 @@ class RouterSide:
     public_ip: str
     inside_net: str
     table: str = "natkit"
+    # IPv6 (for a behaviour with ``ipv6``): the LAN's prefix and, for prefix translation, the
+    # prefix it is translated to on the outside.
+    inside_net6: str | None = None
+    outside_net6: str | None = None
 
     def __post_init__(self) -> None:
         for what, name in (("inside interface", self.inside_if), ("outside interface", self.outside_if)):
@@ -117,6 +125,38 @@ class RouterRecipe:
 
     sysctls: dict[str, str]
     nft: str
+    # Stateful NAT64 (a behaviour with ``nat64``): tayga's configuration file and the routes
+    # and addresses around its tun device, which the engine sets up before ``nft``.
+    nat64: Nat64Plan | None = None
+
+
+@dataclass(frozen=True)
+class Nat64Plan:
+    """How a router translates ``prefix`` to IPv4 (a network-specific /96 prefix, RFC 6052
+    §2.2: tayga refuses the well-known 64:ff9b::/96 for the RFC 5737 documentation addresses the
+    lab's internet uses, as RFC 6052 §3.1 asks of non-global addresses): tayga
+    maps each IPv6 host to an address of ``pool`` on tun device ``tun``; the IPv4 ruleset then
+    masquerades the pool behind the router's public address (the stateful part)."""
+
+    prefix: str = "2001:db8:64::/96"
+    pool: str = "192.168.255.0/24"
+    tayga_ip: str = "192.168.255.1"
+    tayga_ip6: str = "fd00:64:ff9b::1"  # tayga's own IPv6 address (its ICMPv6 errors come from it)
+    tun: str = "nat64"
+
+    def tayga_conf(self, data_dir: str) -> str:
+        return "\n".join([
+            f"tun-device {self.tun}", f"ipv4-addr {self.tayga_ip}", f"ipv6-addr {self.tayga_ip6}", f"prefix {self.prefix}",
+            f"dynamic-pool {self.pool}", f"data-dir {data_dir}", "",
+        ])
+
+    def commands(self) -> list[list[str]]:
+        """``ip`` commands (run in the router) that bring the tun device and its routes up."""
+        return [
+            ["ip", "link", "set", self.tun, "up"],
+            ["ip", "route", "add", self.pool, "dev", self.tun],
+            ["ip", "-6", "route", "add", self.prefix, "dev", self.tun],
+        ]
 
 
 @dataclass
@@ -127,6 +167,7 @@ class Ruleset:
     table: str
     objects: list[str] = field(default_factory=list)
     chains: dict[str, list[str]] = field(default_factory=dict)
+    family: str = "ip"
 
     def chain(self, name: str) -> list[str]:
         """The rules of base chain ``name`` (created empty on first use)."""
@@ -138,8 +179,8 @@ class Ruleset:
         self.chain(chain).append(text)
 
     def text(self) -> str:
-        t = self.table
-        lines = [f"add table ip {t}", f"delete table ip {t}", f"table ip {t} {{", *self.objects]
+        t, fam = self.table, self.family
+        lines = [f"add table {fam} {t}", f"delete table {fam} {t}", f"table {fam} {t} {{", *self.objects]
         for name in CHAIN_HOOKS:
             if name in self.chains:
                 lines += [f"  chain {name} {{", f"    {CHAIN_HOOKS[name]}"]
@@ -158,7 +199,7 @@ def add_lifetime(rs: Ruleset, timeout_s: int) -> None:
     attached after conntrack made the entry (priority > -200) and before it is confirmed."""
     rs.objects += [
         "  ct timeout udp_mapping {",
-        "    protocol udp; l3proto ip",
+        f"    protocol udp; l3proto {rs.family}",
         f"    policy = {{ unreplied: {timeout_s}, replied: {timeout_s} }}",
         "  }",
     ]
@@ -217,8 +258,18 @@ def add_hairpin(rs: Ruleset, side: RouterSide, pub: ipaddress.IPv4Address, b: Na
 def add_mapping(rs: Ruleset, side: RouterSide, pub: ipaddress.IPv4Address, b: NatBehaviour) -> None:
     """The outbound translation for ``b.mapping`` (see the module docstring)."""
     out = _q(side.outside_if)
-    if b.mapping == Mapping.ENDPOINT_INDEPENDENT:
+    ports = b.ports
+    if ports == PortAllocation.SEQUENTIAL:
+        # A counter per new mapping. The port is read from the register's first two bytes
+        # (network order), i.e. the counter's low byte is the port's high byte: shifting the
+        # counter into the second byte and OR-ing the high byte in gives ports base..base+255.
+        stmts = [f"meta l4proto {{ tcp, udp }} snat ip to {pub} : numgen inc mod 256 << 8 | {SEQUENTIAL_BASE >> 8}", "masquerade"]
+    elif b.mapping == Mapping.ENDPOINT_INDEPENDENT and ports == PortAllocation.PRESERVE:
         stmts = ["masquerade"]
+    elif b.mapping == Mapping.ENDPOINT_INDEPENDENT:
+        # Endpoint-independent without port preservation: the port is a hash of the inside
+        # endpoint only, so every destination sees the same (but another) port.
+        stmts = [f"meta l4proto {{ tcp, udp }} snat ip to {pub} : jhash ip saddr . th sport mod 65536 | 4", "masquerade"]
     elif b.mapping == Mapping.ADDRESS_AND_PORT_DEPENDENT and b.random_ports:
         stmts = ["masquerade fully-random"]
     else:
@@ -236,13 +287,21 @@ def add_mapping(rs: Ruleset, side: RouterSide, pub: ipaddress.IPv4Address, b: Na
 
 
 def add_forward_policy(
-    rs: Ruleset, side: RouterSide, net: ipaddress.IPv4Network, *, nat: bool, block_udp: bool
+    rs: Ruleset, side: RouterSide, net: ipaddress.IPv4Network | ipaddress.IPv6Network, *, nat: bool, block_udp: bool,
+    egress_tcp_ports: tuple[int, ...] | None = None,
 ) -> None:
-    """What the router forwards: no UDP at all with ``block_udp``; behind a NAT, only replies,
-    DNAT'd packets and traffic from inside."""
+    """What the router forwards: no UDP at all with ``block_udp``; with ``egress_tcp_ports``
+    only new TCP connections from inside to those ports; behind a NAT, only replies, DNAT'd
+    packets and traffic from inside."""
     rs.chain("forward")
     if block_udp:
         rs.rule("forward", "meta l4proto udp drop")
+    if egress_tcp_ports is not None:
+        ports = ", ".join(str(p) for p in egress_tcp_ports)
+        rs.rule("forward", "ct state established,related accept")
+        if ports:
+            rs.rule("forward", f"iifname {_q(side.inside_if)} ct state new tcp dport {{ {ports} }} accept")
+        rs.rule("forward", f"iifname {_q(side.inside_if)} drop")
     if nat:
         rs.rule("forward", "ct state established,related accept")
         rs.rule("forward", f"iifname {_q(side.outside_if)} ct status dnat accept")
@@ -257,13 +316,42 @@ def add_router_input(rs: Ruleset) -> None:
 
 def router_sysctls(behaviour: NatBehaviour) -> dict[str, str]:
     """Sysctls every lab router needs (keys as for ``sysctl -w``)."""
-    del behaviour  # every behaviour routes; kept as a parameter for kinds that need more
-    return {
+    out = {
         "net.ipv4.ip_forward": "1",
         # Hairpinned packets leave by the interface they came in on: no ICMP redirects.
         "net.ipv4.conf.all.send_redirects": "0",
         "net.ipv4.conf.default.send_redirects": "0",
     }
+    if behaviour.ipv6 is not None:
+        out["net.ipv6.conf.all.forwarding"] = "1"
+    return out
+
+
+def ipv6_ruleset(b6: NatBehaviour, side: RouterSide, timeout_s: int) -> str:
+    """The IPv6 table of a router whose LAN has IPv6 (``b6`` = the behaviour's ``ipv6``): a
+    stateful firewall that admits only replies and related ICMPv6 (RFC 6092 §3.2's default:
+    address-and-port-dependent filtering; endpoint-independent when ``b6.filtering`` says so),
+    and with an endpoint-independent ``b6.mapping`` the translation of the LAN prefix to
+    ``side.outside_net6`` (NPTv6-style, ``snat ip6 prefix to``: the interface identifier and
+    the ports stay, the prefix changes)."""
+    if side.inside_net6 is None:
+        raise ConfigError(f"NAT {b6.name!r}: IPv6 needs the LAN's IPv6 prefix")
+    rs = Ruleset(f"{side.table}6", family="ip6")
+    inside, outside = _q(side.inside_if), _q(side.outside_if)
+    add_lifetime(rs, timeout_s)
+    lan = side.inside_net6
+    if b6.mapping is not None:
+        if side.outside_net6 is None:
+            raise ConfigError(f"NAT {b6.name!r}: prefix translation needs the outside IPv6 prefix")
+        rs.rule("nat_post", f"oifname {outside} ip6 saddr {lan} snat ip6 prefix to {side.outside_net6}")
+        rs.rule("nat_pre", f"iifname {outside} ip6 daddr {side.outside_net6} dnat ip6 prefix to {lan}")
+    rs.rule("forward", "ct state established,related accept")
+    rs.rule("forward", f"iifname {inside} accept")
+    if b6.filtering == Filtering.ENDPOINT_INDEPENDENT:
+        rs.rule("forward", f"iifname {outside} accept")
+    rs.rule("forward", f"iifname {outside} icmpv6 type {{ echo-request }} accept")
+    rs.rule("forward", f"iifname {outside} drop")
+    return rs.text()
 
 
 def rfc4787_recipe(b: NatBehaviour, side: RouterSide) -> RouterRecipe:
@@ -285,7 +373,10 @@ def rfc4787_recipe(b: NatBehaviour, side: RouterSide) -> RouterRecipe:
         add_hairpin(rs, side, pub, b)
     if nat:
         add_mapping(rs, side, pub, b)
-    add_forward_policy(rs, side, net, nat=nat, block_udp=b.block_udp)
+    add_forward_policy(rs, side, net, nat=nat, block_udp=b.block_udp, egress_tcp_ports=b.egress_tcp_ports)
     if nat:
         add_router_input(rs)
-    return RouterRecipe(router_sysctls(b), rs.text())
+    text = rs.text()
+    if b.ipv6 is not None:
+        text += ipv6_ruleset(b.ipv6, side, b.udp_timeout)
+    return RouterRecipe(router_sysctls(b), text, Nat64Plan() if b.nat64 else None)

@@ -48,15 +48,21 @@ RELAY_GRACE = 0.5  # after the first relay candidate, how long the other transpo
 PINGS = 5
 
 
-def filter_sdp(sdp: str, path: str) -> tuple[str, list[str]]:
-    """``sdp`` with only the candidates of ``path``'s type; also those candidate lines."""
+def filter_sdp(sdp: str, path: str, family: str | None = None) -> tuple[str, list[str]]:
+    """``sdp`` with only the candidates of ``path``'s type (a path name or a candidate type)
+    and, for host and srflx candidates, of ``family`` (``ipv4``/``ipv6``; ``nat64`` and None
+    keep both); also those candidate lines."""
+    want = {"relay-tls": "relay", "longevity": "srflx"}.get(path, path)
     keep: list[str] = []
     out: list[str] = []
     for line in sdp.splitlines():
         if line.startswith("a=candidate:"):
             parts = line.split()
             typ = parts[parts.index("typ") + 1] if "typ" in parts else ""
-            if typ != path:
+            if typ != want:
+                continue
+            v6 = len(parts) > 4 and ":" in parts[4]
+            if typ != "relay" and family in ("ipv4", "ipv6") and v6 != (family == "ipv6"):
                 continue
             keep.append(line[2:])
         out.append(line)
@@ -71,34 +77,117 @@ def _cand(c: Any, transports: dict[tuple[str, int], str] | None = None) -> dict[
 
 
 def _turn_urls(ice_servers: list[dict[str, Any]]) -> list[tuple[tuple[str, int], str, str, str]]:
-    """Every ``turn:`` URL as ((host, port), transport, username, password)."""
+    """Every ``turn:``/``turns:`` URL as ((host, port), transport, username, password); a
+    ``turns:`` URL's transport is ``tls``."""
     out = []
     for server in ice_servers:
         urls = server.get("urls", [])
         for url in [urls] if isinstance(urls, str) else urls:
-            if not url.startswith("turn:"):
+            scheme, _, rest = url.partition(":")
+            if scheme not in ("turn", "turns"):
                 continue
-            rest, _, query = url[5:].partition("?")
+            rest, _, query = rest.partition("?")
             host, _, port = rest.rpartition(":")
             transport = "udp"
             for kv in query.split("&"):
                 if kv.startswith("transport="):
                     transport = kv.split("=", 1)[1]
-            out.append(((host, int(port)), transport, server.get("username", ""), server.get("credential", "")))
+            if scheme == "turns":
+                transport = "tls"
+            out.append(((host.strip("[]"), int(port)), transport, server.get("username", ""), server.get("credential", "")))
     return out
 
 
-def _gather_relays(connection: Any, turns: list[tuple[tuple[str, int], str, str, str]], relays: list[dict[str, Any]]) -> None:
+def _resolve_servers(ice_servers: list[dict[str, Any]], resolver: tuple[str, int] | None, family: str) -> list[dict[str, Any]]:
+    """The ICE servers with host names replaced by addresses, asked of ``resolver`` (AAAA first
+    for an IPv6 family, as an IPv6-only host would); literals and no resolver: unchanged."""
+    if resolver is None:
+        return ice_servers
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    cache: dict[str, str] = {}
+
+    def lookup(name: str) -> str:
+        if _is_ip(name) or name in cache:
+            return cache.get(name, name)
+        for rtype in (("AAAA", "A") if family != "ipv4" else ("A", "AAAA")):
+            q = dns.message.make_query(name, rtype)
+            with contextlib.suppress(Exception):
+                resp = dns.query.udp(q, resolver[0], port=resolver[1], timeout=2.0)
+                for rrset in resp.answer:
+                    if rrset.rdtype == dns.rdatatype.from_text(rtype):
+                        cache[name] = next(iter(rrset)).to_text()
+                        return cache[name]
+        return name
+
+    out = []
+    for server in ice_servers:
+        urls = server.get("urls", [])
+        fixed = []
+        for url in [urls] if isinstance(urls, str) else urls:
+            scheme, _, rest = url.partition(":")
+            hostport, sep, query = rest.partition("?")
+            host, _, port = hostport.rpartition(":")
+            if host and not host.startswith("["):
+                addr = lookup(host)
+                host = f"[{addr}]" if ":" in addr else addr
+            fixed.append(f"{scheme}:{host}:{port}{sep}{query}")
+        out.append({**server, "urls": fixed})
+    return out
+
+
+def _tls_context(ca_pem: str | None) -> Any:
+    """The context a ``turns:`` connection checks the server with: the lab CA only."""
+    import ssl
+
+    ctx = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
+    return ctx
+
+
+async def _srflx6(connection: Any, protocol: Any, server: tuple[str, int], component: int) -> Any:
+    """A server-reflexive candidate of an IPv6 host socket (aioice queries STUN over IPv4 only)."""
+    from aioice import stun
+    from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+
+    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    response, _ = await protocol.request(request, server)
+    host, port = response.attributes["XOR-MAPPED-ADDRESS"]
+    local = protocol.local_candidate
+    return Candidate(
+        foundation=candidate_foundation("srflx", "udp", local.host), component=component, transport="udp",
+        priority=candidate_priority(component, "srflx"), host=host, port=port, type="srflx",
+        related_address=local.host, related_port=local.port,
+    )
+
+
+def _gather_relays(connection: Any, turns: list[tuple[tuple[str, int], str, str, str]], relays: list[dict[str, Any]],
+                   stun6: tuple[str, int] | None = None, ca_pem: str | None = None, family: str | None = None) -> None:
     """Make ``connection`` (an aioice Connection) allocate on every TURN URL in parallel,
-    keep what answers within the grace period, and bound STUN gathering by GATHER_TIMEOUT."""
+    keep what answers within the grace period, and bound STUN gathering by GATHER_TIMEOUT;
+    with ``stun6`` (an IPv6 STUN server) also gather IPv6 server-reflexive candidates. An
+    ``ipv4`` case gathers on no IPv6 address: a candidate it does not signal would still answer
+    checks, and the other side would select it as peer-reflexive over the wrong family."""
     from aioice import ice
     from aioice.candidate import candidate_foundation, candidate_priority
 
     original = connection.get_component_candidates
     connection.turn_server = None  # the relays are made here instead, one per URL
+    if stun6 is not None and connection.stun_server == stun6:
+        connection.stun_server = None  # aioice would resolve it as an IPv4 name
 
     async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5) -> list[Any]:
+        if family == "ipv4":
+            addresses = [a for a in addresses if ":" not in a]
         base = asyncio.ensure_future(original(component, addresses, timeout=GATHER_TIMEOUT))
+        if stun6 is not None:
+            await asyncio.wait([base], timeout=GATHER_TIMEOUT)
+            six = [p for p in connection._protocols if ":" in getattr(p.local_candidate, "host", "")]
+            found6 = await asyncio.gather(*(asyncio.wait_for(_srflx6(connection, p, stun6, component), GATHER_TIMEOUT) for p in six),
+                                          return_exceptions=True)
+            extra = [c for c in found6 if not isinstance(c, BaseException)]
+            return [*(await base), *extra]
         tasks = {
             asyncio.ensure_future(
                 ice.relayed_candidate(
@@ -108,8 +197,8 @@ def _gather_relays(connection: Any, turns: list[tuple[tuple[str, int], str, str,
                     turn_server=server,
                     turn_username=user,
                     turn_password=password,
-                    turn_ssl=False,
-                    turn_transport=transport,
+                    turn_ssl=_tls_context(ca_pem) if transport == "tls" else False,
+                    turn_transport="tcp" if transport == "tls" else transport,
                 )
             ): transport
             for server, transport, user, password in turns
@@ -129,7 +218,7 @@ def _gather_relays(connection: Any, turns: list[tuple[tuple[str, int], str, str,
             for task in done:
                 if task.exception() is None:
                     candidate, protocol = task.result()
-                    if tasks[task] == "tcp":
+                    if tasks[task] in ("tcp", "tls"):
                         # Like browsers: TURN over TCP is the fallback, preferred least, and a
                         # foundation of its own (RFC 8445 §5.1.1.3, §5.1.2.1).
                         candidate.priority = candidate_priority(component, "relay", local_pref=0)
@@ -249,9 +338,14 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
     )
 
     result = PeerResult(role, cfg.path, AiortcPeer.name)
-    turns = _turn_urls(cfg.ice_servers)
-    servers = [RTCIceServer(**s) for s in cfg.ice_servers]
-    policy = RTCIceTransportPolicy.RELAY if cfg.path == "relay" else RTCIceTransportPolicy.ALL
+    ice_servers = await asyncio.get_running_loop().run_in_executor(
+        None, _resolve_servers, cfg.ice_servers, cfg.resolver, cfg.family)
+    turns = _turn_urls(ice_servers)
+    stun6 = _stun6(ice_servers)
+    # aiortc takes no turns: URLs and resolves STUN names itself: give it only what it handles.
+    servers = [RTCIceServer(**s) for s in ice_servers if all(u.startswith("stun:") for u in _urls(s))]
+    servers = [s for s in servers if stun6 is None]
+    policy = RTCIceTransportPolicy.RELAY if cfg.candidate_type == "relay" else RTCIceTransportPolicy.ALL
     pc = RTCPeerConnection(RTCConfiguration(iceServers=servers, iceTransportPolicy=policy))
     sig: SignalingClient | None = None
     inbox: _Inbox | None = None
@@ -262,7 +356,7 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
     result.relays = relays
 
     def prepare_gathering() -> None:
-        _gather_relays(_ice_connection(pc), turns, relays)
+        _gather_relays(_ice_connection(pc), turns, relays, stun6, cfg.ca_pem, cfg.family)
 
     async def body() -> None:
         nonlocal sig, inbox
@@ -280,7 +374,7 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
             channel.on("message", lambda m: echoes.put_nowait(m))
             prepare_gathering()
             await pc.setLocalDescription(await pc.createOffer())
-            sdp, result.signaled = filter_sdp(pc.localDescription.sdp, cfg.path)
+            sdp, result.signaled = filter_sdp(pc.localDescription.sdp, cfg.path, cfg.family)
             await sig.relay({"type": "offer", "sdp": sdp})
             answer = await inbox.wait("answer")
             await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
@@ -295,6 +389,13 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
                     pass
                 rtts.append((time.monotonic() - sent) * 1000)
             result.rtt_ms = round(statistics.median(rtts), 2)
+            if cfg.idle_s:
+                # Mapping expiry mid-call: only ICE's own consent checks cross the NATs now.
+                result.selected = _selected(pc, relays)
+                await asyncio.sleep(cfg.idle_s)
+                channel.send("after idle")
+                while await echoes.get() != "after idle":
+                    pass
             result.outcome = "connected"
             result.selected = _selected(pc, relays)
             await sig.relay({"type": "done"})
@@ -312,7 +413,7 @@ async def run_peer(role: str, cfg: PeerConfig) -> PeerResult:
             await inbox.remote_applied()
             prepare_gathering()
             await pc.setLocalDescription(await pc.createAnswer())
-            sdp, result.signaled = filter_sdp(pc.localDescription.sdp, cfg.path)
+            sdp, result.signaled = filter_sdp(pc.localDescription.sdp, cfg.path, cfg.family)
             await sig.relay({"type": "answer", "sdp": sdp})
             await opened
             result.t_connect_ms = round((time.monotonic() - start) * 1000, 1)
@@ -361,10 +462,25 @@ class AiortcPeer:
         import aiortc  # noqa: F401
 
     def max_duration_s(self, config: PeerConfig) -> float:
-        return config.deadline_s + 3.0  # pc.close() is bounded by 3 s
+        return config.deadline_s + 3.0  # pc.close() is bounded by 3 s (the deadline includes idle_s)
 
     async def start(self, role: str, config: PeerConfig) -> PeerResult:
         return await run_peer(role, config)
+
+
+def _urls(server: dict[str, Any]) -> list[str]:
+    urls = server.get("urls", [])
+    return [urls] if isinstance(urls, str) else list(urls)
+
+
+def _stun6(ice_servers: list[dict[str, Any]]) -> tuple[str, int] | None:
+    """The first ``stun:`` server given by an IPv6 address, if any."""
+    for server in ice_servers:
+        for url in _urls(server):
+            if url.startswith("stun:["):
+                host, _, port = url[5:].partition("]:")
+                return host.strip("["), int(port.split("?")[0])
+    return None
 
 
 def _is_ip(text: str) -> bool:

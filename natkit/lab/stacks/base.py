@@ -33,19 +33,38 @@ class PeerConfig:
     """One side of one case, as the agent hands it to a stack."""
 
     room: str
-    path: str  # "host" | "srflx" | "relay"
+    path: str  # "host" | "srflx" | "relay" | "relay-tls" | "longevity"
     signaling: tuple[str, int]
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     deadline_s: float = 10.0
+    # The case's address family: only candidates of it are signaled ("ipv4", "ipv6"; "nat64":
+    # each side its own, the IPv6-only one reaching IPv4 servers by name).
+    family: str = "ipv4"
+    # A DNS server ([ip, port]) for the ICE servers' names (the NAT64 LAN's DNS64 resolver).
+    resolver: tuple[str, int] | None = None
+    # The lab CA's certificate (PEM) that turns: servers' certificates are checked against.
+    ca_pem: str | None = None
+    # longevity: after the echo, idle this long (only ICE keepalives), then echo again.
+    idle_s: float = 0.0
+
+    @property
+    def candidate_type(self) -> str:
+        """The candidate type the path signals."""
+        return {"relay-tls": "relay", "longevity": "srflx"}.get(self.path, self.path)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "signaling": list(self.signaling)}
+        out = {**asdict(self), "signaling": list(self.signaling)}
+        if self.resolver is not None:
+            out["resolver"] = list(self.resolver)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PeerConfig:
         host, port = data["signaling"]
+        res = data.get("resolver")
         return cls(str(data["room"]), str(data["path"]), (str(host), int(port)), list(data.get("ice_servers", [])),
-                   float(data.get("deadline_s", 10.0)))
+                   float(data.get("deadline_s", 10.0)), str(data.get("family", "ipv4")),
+                   (str(res[0]), int(res[1])) if res else None, data.get("ca_pem"), float(data.get("idle_s", 0.0)))
 
 
 @dataclass

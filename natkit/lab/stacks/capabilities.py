@@ -23,6 +23,7 @@ class Capabilities:
     * ``turn``: TURN transports it can allocate over: ``"udp"``, ``"tcp"``, ``"tls"``
       (``turns:`` over TCP), ``"dtls"`` (``turns:`` over UDP).
     * ``turn_servers``: how many TURN URLs it uses at once (``None``: all it is given).
+    * ``keepalive_s``: seconds between the packets it sends on an idle selected pair.
     * ``consent_freshness``: RFC 7675: the selected pair is given up when the peer stops
       answering checks for 30 s. ``keepalive`` says what it sends on the selected pair:
       ``"binding-request"`` (answered, so usable as consent) or ``"binding-indication"``.
@@ -74,6 +75,9 @@ class Capabilities:
     hides_prflx_address: bool | None = None
     notes: tuple[str, ...] = ()
     sources: tuple[str, ...] = field(default=(), compare=False)
+    # Seconds between packets it sends on the selected pair while idle (consent checks or
+    # keepalives): what keeps a NAT's UDP mapping alive through a quiet call.
+    keepalive_s: float | None = None
 
     @classmethod
     def unknown(cls, stack: str) -> Capabilities:
@@ -100,6 +104,7 @@ PION = Capabilities(
     # expiry: the pair goes "disconnected" after 5 s and "failed" after 25 s of silence.
     consent_freshness=False,
     keepalive="binding-request",
+    keepalive_s=2.0,
     prflx=True,
     trickle=True,
     nomination="regular",
@@ -140,6 +145,8 @@ LIBNICE = Capabilities(
     # keepalives are binding indications (keepalive-conncheck off).
     consent_freshness=False,
     keepalive="binding-indication",
+    # libnice's Tr timer (NICE_AGENT_TIMER_TR_DEFAULT): a keepalive every 25 s.
+    keepalive_s=25.0,
     prflx=True,
     trickle=True,
     nomination="regular",
@@ -176,6 +183,7 @@ AIORTC = Capabilities(
     turn_servers=None,  # natkit's adapter allocates on every TURN URL (aiortc itself: one)
     consent_freshness=True,
     keepalive="binding-request",
+    keepalive_s=5.0,
     prflx=True,
     trickle=True,
     nomination="regular",

@@ -19,6 +19,7 @@ from natkit.lab.engines import netns as netns_engine
 from natkit.lab.engines.compose import (
     DOCKERFILE,
     compose_model,
+    compose_scope,
     render_compose,
     router_rulesets,
     to_yaml,
@@ -60,12 +61,22 @@ class _RecordingLab(NetnsLab):
         self.rules[ns] = ruleset
 
 
+def _inner_routers(topo: Any) -> set[str]:
+    """The home routers behind a carrier NAT or another home NAT (two-stage kinds), which only
+    the netns engine builds so far."""
+    return {i.id for r in topo.plan().routers for i in r.inner}
+
+
 def _netns_engine(topo: Any) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """Router id -> ruleset and sysctls, as natkit.lab.engines.netns.build applies them."""
+    """Router id -> ruleset and sysctls, as natkit.lab.engines.netns.build applies them, for the
+    routers the compose engine builds too: the two-stage kinds' home routers (cgnat,
+    double-nat) are not ported to Compose yet, and are checked to be the only ones missing."""
     lab = _RecordingLab()
     nodes = netns_engine.build(lab, topo, topo.plan())
-    rules = {rid: lab.rules[ns] for rid, ns in nodes.routers.items()}
-    sysctls = {rid: lab.sysctls[ns] for rid, ns in nodes.routers.items()}
+    inner = _inner_routers(topo)
+    assert inner <= set(nodes.routers)
+    rules = {rid: lab.rules[ns] for rid, ns in nodes.routers.items() if rid not in inner}
+    sysctls = {rid: lab.sysctls[ns] for rid, ns in nodes.routers.items() if rid not in inner}
     return rules, sysctls
 
 
@@ -121,7 +132,7 @@ def test_generation_is_deterministic_and_matches_compose_yaml() -> None:
 
 
 def test_router_rulesets_are_the_netns_engines() -> None:
-    topo = load()
+    topo = compose_scope(load())[0]  # what the Compose engine builds
     # the netns engine's rules for the same topology on the Compose engine's subnets
     rules, sysctls = _netns_engine(topo.for_compose())
     assert router_rulesets(topo) == rules
@@ -136,7 +147,7 @@ def test_router_rulesets_are_the_netns_engines() -> None:
 
 @needs_compose
 def test_docker_compose_accepts_it_and_reads_the_same_rules(tmp_path: Path) -> None:
-    topo = load()
+    topo = compose_scope(load())[0]  # what the Compose engine builds
     path = tmp_path / "compose.yaml"
     path.write_text(render_compose(topo))
     cfg = _compose_config(path)
@@ -204,7 +215,7 @@ def test_a_custom_topology_with_shaped_links(tmp_path: Path) -> None:
     assert services["runner"]["environment"]["NATKIT_TURN_ENGINE"] == "coturn"
     # '$' survives Compose's interpolation: the runner reads the topology exactly as written
     assert services["runner"]["environment"]["NATKIT_TOPOLOGY"] == toml
-    rules, _ = _netns_engine(topo.for_compose())
+    rules, _ = _netns_engine(compose_scope(topo)[0].for_compose())
     assert services["router-lossy-1"]["environment"]["NATKIT_NFT"] == rules["lossy-1"]
 
 
@@ -320,3 +331,21 @@ def test_a_mount_must_exist_and_not_hide_the_image(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as err:
             check_mount(bad)
         assert err.value.param == "mount" and "\n" not in str(err.value)
+
+
+def test_what_the_compose_engine_leaves_out_is_named() -> None:
+    """The kinds only the netns engine builds are left out by name and reason, never run
+    half-built (a carrier NAT without its home NAT would pass for a cone)."""
+    scoped, left = compose_scope(load())
+    assert {w for w, _ in left} == {
+        "NAT cgnat (cgnat)", "NAT egress-443 (egress-443)", "NAT cgnat-pair (cgnat)",
+        "path longevity", "path relay-tls",
+    }
+    assert all("netns engine only" in why for _, why in left)
+    assert {n.type for n in scoped.nats} == {
+        "open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked"}
+    assert compose_scope(scoped) == (scoped, ())  # idempotent: the containers scope again
+    internet, left6 = compose_scope(load(ROOT / "configs/lab/internet.toml"))
+    kinds = {w.split("(")[1].rstrip(")") for w, _ in left6 if w.startswith("NAT ")}
+    assert {"double-nat", "ipv6-firewall", "nptv6", "nat64", "eim-no-preserve", "symmetric-sequential"} <= kinds
+    assert all(n.behaviour.inner is None and n.behaviour.ipv6 is None for n in internet.nats)

@@ -9,9 +9,11 @@ import pytest
 
 from natkit.errors import UsageError
 from natkit.lab import nats
+from natkit.lab.nat import PRESETS
 from natkit.lab.nats import Filtering, Mapping, NatBehaviour, RouterSide, router_sysctls
 
-PRESETS = {k.name: k.model for k in nats.kinds()}
+NEW_KINDS = [k.model for k in nats.kinds() if k.model.name not in PRESETS]
+ARGS6 = {"inside_net6": "2001:db8:1:1::/64", "outside_net6": "2001:db8:2:1::/64"}
 
 ARGS = {
     "inside_if": "lan",
@@ -187,3 +189,26 @@ def test_nft_accepts_every_ruleset() -> None:
             lab.apply_nft(ns, rules(b))
         listing = lab.run(ns, ["nft", "list", "tables"]).stdout
         assert listing.strip() == "table ip natkit"
+
+
+def test_nft_accepts_the_rulesets_of_the_new_kinds() -> None:
+    # Two-stage kinds: each stage's recipe; IPv6 kinds: the ip6 table too (prefix NAT for NPTv6).
+    from natkit.lab.netns import NetnsLab
+
+    with NetnsLab() as lab:
+        ns = lab.add_ns("nftn")
+        for b in NEW_KINDS:
+            for stage in (b, *((b.inner,) if b.inner else ())):
+                text = nats.recipe(stage, RouterSide(**ARGS, **ARGS6)).nft  # type: ignore[arg-type]
+                lab.apply_nft(ns, text, check=True)
+
+
+def test_new_kinds_rules_say_what_they_do() -> None:
+    by = {b.name: nats.recipe(b, RouterSide(**ARGS, **ARGS6)).nft for b in NEW_KINDS}  # type: ignore[arg-type]
+    assert "tcp dport { 80, 443 } accept" in by["egress-443"] and "meta l4proto udp drop" in by["egress-443"]
+    assert "jhash ip saddr . th sport mod 65536" in by["eim-no-preserve"]
+    assert "numgen inc mod 256 << 8" in by["symmetric-sequential"]
+    assert "snat ip6 prefix to 2001:db8:2:1::/64" in by["nptv6"] and "table ip6 natkit6" in by["nptv6"]
+    assert "table ip6 natkit6" in by["ipv6-firewall"] and "prefix" not in by["ipv6-firewall"]
+    plan = nats.recipe(nats.get("nat64").model, RouterSide(**ARGS, **ARGS6)).nat64  # type: ignore[arg-type]
+    assert plan is not None and "prefix 2001:db8:64::/96" in plan.tayga_conf("/tmp/x")

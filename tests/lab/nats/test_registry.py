@@ -16,9 +16,12 @@ SIDE = RouterSide("lan", "wan", "203.0.113.1", "10.0.0.0/24")
 
 
 def test_each_module_registers_one_kind_in_order() -> None:
-    assert nats.names() == ("open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked")
+    assert nats.names() == ("open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked",
+                            "cgnat", "double-nat", "egress-443", "eim-no-preserve", "symmetric-sequential",
+                            "ipv6-firewall", "nptv6", "nat64")
+    renamed = {"sequential": "symmetric-sequential"}
     for module, kind in zip(nats.MODULES, nats.kinds(), strict=True):
-        assert kind.name == module.replace("_", "-") and kind.model.name == kind.name
+        assert kind.name == renamed.get(module, module.replace("_", "-")) and kind.model.name == kind.name
         assert kind.summary and kind.built
         assert nats.get(kind.name) is kind
 
@@ -47,7 +50,8 @@ def test_a_kind_registered_elsewhere_is_usable_in_a_topology_with_its_own_recipe
         b = topo.nat("test-cone").behaviour
         assert b.name == "test-cone" and b.udp_timeout == 60
         assert nats.recipe(b, SIDE).sysctls["net.ipv4.ip_default_ttl"] == "32"
-        assert nats.expected_probe(b) == {"mapping": "endpoint-independent", "filtering": "endpoint-independent"}
+        assert nats.expected_probe(b) == {"mapping": "endpoint-independent", "filtering": "endpoint-independent",
+                                          "hairpinning": False, "port_allocation": "preserved"}
         # the kind takes no hairpin knob: the topology says so with the key's path
         with pytest.raises(ConfigError, match=r"nat\[0\].hairpin': NAT type 'test-cone' takes no hairpin"):
             loads(small_topology("test-cone") + "hairpin = true\n")
