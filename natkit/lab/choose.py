@@ -93,7 +93,7 @@ def choose(
         for name in chosen:
             why = unavailable(name) if unavailable is not None else None
             if why is not None:
-                raise PrerequisiteError(f"--stacks {name}: {why}")
+                raise PrerequisiteError(f"the {name} stack: {why}")
     elif added:
         chosen = [REFERENCE, *added]
     else:

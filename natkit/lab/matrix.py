@@ -120,7 +120,7 @@ def parse_stacks(items: Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
             if name not in out:
                 out.append(name)
     if not out and items:
-        raise ConfigError("name at least one stack, e.g. --stacks aiortc,pion", param="stacks")
+        raise ConfigError("name at least one stack, e.g. aiortc,pion", param="stacks")
     return tuple(out)
 
 

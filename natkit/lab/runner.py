@@ -41,7 +41,7 @@ def check_turn_engine(topo: Topology, turn_engine: str | None) -> str:
     if engine not in TURN_ENGINES:
         raise ConfigError(f"{engine}: choose {' or '.join(TURN_ENGINES)}", param="turn_engine")
     if engine == "coturn" and shutil.which("turnserver") is None:
-        raise PrerequisiteError("--turn-engine coturn needs coturn: apt-get install coturn")
+        raise PrerequisiteError("the coturn TURN engine needs coturn: apt-get install coturn")
     return engine
 
 

@@ -39,7 +39,7 @@ def parse_shard(text: str) -> Shard:
     """``K/N`` (1 <= K <= N <= MAX_SHARDS) as a :class:`Shard`; ConfigError otherwise."""
     m = _SPEC.match(text or "")
     if not m:
-        raise ConfigError(f"{text!r}: expected K/N, e.g. --shard 2/4", param="shard")
+        raise ConfigError(f"{text!r}: expected K/N, e.g. 2/4", param="shard")
     k, n = int(m.group(1)), int(m.group(2))
     if not 1 <= n <= MAX_SHARDS or not 1 <= k <= n:
         raise ConfigError(f"{text}: K must be 1..N and N 1..{MAX_SHARDS}", param="shard")

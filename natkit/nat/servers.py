@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from natkit.errors import UsageError
+from natkit.errors import ConfigError, UsageError
 
 Address = tuple[str, int]
 
@@ -287,13 +287,14 @@ def default_servers(path: str | Path | None = None) -> list[str]:
         try:
             text = resources.files("natkit.nat").joinpath("stun-servers.toml").read_text()
         except (FileNotFoundError, ModuleNotFoundError):
-            raise UsageError(
-                "no STUN server given and no default list found: pass --server stun:HOST[:PORT]"
+            raise ConfigError(
+                "no STUN server given and no default list found: give one, e.g. stun:HOST[:PORT]",
+                param="server",
             ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"stun-servers.toml: {exc}: fix the file or pass --server") from None
+        raise ConfigError(f"{exc}: fix the file or give a STUN server", where="stun-servers.toml") from None
     servers = data.get("servers")
     if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
         raise UsageError("stun-servers.toml: 'servers' must be a list of stun: URLs")
