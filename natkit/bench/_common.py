@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from natkit.bench import loadgen
-from natkit.errors import PrerequisiteError, UsageError
+from natkit.errors import ConfigError, PrerequisiteError
 
 Progress = Callable[[str], None]
 CoreTimes = dict[int, tuple[int, int]]
@@ -20,9 +20,9 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 def check_seconds_rounds(seconds: float, rounds: int) -> None:
     if not 0.5 <= seconds <= 600:
-        raise UsageError(f"bad --seconds {seconds}: give 0.5-600")
+        raise ConfigError(f"{seconds:g}: give 0.5-600 seconds", param="seconds")
     if not 1 <= rounds <= 20:
-        raise UsageError(f"bad --rounds {rounds}: give 1-20")
+        raise ConfigError(f"{rounds}: give 1-20 rounds", param="rounds")
 
 
 def tool_command(tool: str, cpu: int | None = None) -> list[str]:

@@ -42,7 +42,7 @@ from natkit.bench._common import (
     stop,
     tool_command,
 )
-from natkit.errors import PrerequisiteError, UsageError
+from natkit.errors import ConfigError, PrerequisiteError, UsageError
 from natkit.server.coturn import free_port, wait_for_binding
 
 SERVERS = ("natkit", "coturn", "ceiling")
@@ -181,21 +181,22 @@ def run(
     say = progress or (lambda _msg: None)
     check_seconds_rounds(seconds, rounds)
     if not 1 <= sockets <= 1024 or not 1 <= window <= 1024:
-        raise UsageError(f"bad --sockets {sockets} / --window {window}: give 1-1024 each")
+        raise ConfigError(f"{sockets} / {window}: give 1-1024 sockets and 1-1024 in flight",
+                          param="sockets" if not 1 <= sockets <= 1024 else "window")
     ncpu = os.cpu_count() or 1
-    for label, cpu in (("--server-cpu", server_cpu), ("--generator-cpu", generator_cpu)):
+    for param, cpu in (("server_cpu", server_cpu), ("generator_cpu", generator_cpu)):
         if not 0 <= cpu < ncpu:
-            raise UsageError(f"bad {label} {cpu}: this machine has CPUs 0-{ncpu - 1}")
+            raise ConfigError(f"{cpu}: this machine has CPUs 0-{ncpu - 1}", param=param)
     if server_cpu == generator_cpu:
-        raise UsageError("--server-cpu and --generator-cpu must differ (one core each)")
+        raise ConfigError(f"{cpu}: the server and the generator need one core each", param="generator_cpu")
     if fast_path not in ("auto", "c", "python"):
-        raise UsageError(f"bad --fast-path {fast_path}: auto, c or python")
+        raise ConfigError(f"{fast_path}: choose auto, c or python", param="fast_path")
     if shutil.which("taskset") is None:
         raise PrerequisiteError(
             "taskset is not installed (CPU pinning): apt-get install util-linux"
         )
     if with_coturn and shutil.which("turnserver") is None:
-        raise PrerequisiteError("coturn is not installed: apt-get install coturn (or --no-coturn)")
+        raise PrerequisiteError("coturn is not installed: apt-get install coturn (or leave coturn out)")
     tool_command("stun-flood")  # the generator is built, or say so before anything starts
 
     from natkit.server._fastpath import describe, helper_status

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from natkit.bench.stun import run
-from natkit.errors import UsageError
+from natkit.errors import ConfigError
 from tests._clone import build_in_place, source_tree
 from tests._native import need
 
@@ -114,15 +114,17 @@ def test_bench_runs_in_a_clone_with_no_sibling_folders(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "param", "message"),
     [
-        ({"server_cpu": 0, "generator_cpu": 0}, "must differ"),
-        ({"server_cpu": 99}, "this machine has CPUs"),
-        ({"seconds": 0.01}, "bad --seconds"),
-        ({"fast_path": "rust"}, "bad --fast-path"),
-        ({"sockets": 0}, "bad --sockets"),
+        ({"server_cpu": 0, "generator_cpu": 0}, "generator_cpu", "one core each"),
+        ({"server_cpu": 99}, "server_cpu", "this machine has CPUs"),
+        ({"seconds": 0.01}, "seconds", "give 0.5-600"),
+        ({"fast_path": "rust"}, "fast_path", "auto, c or python"),
+        ({"sockets": 0}, "sockets", "1-1024 sockets"),
     ],
 )
-def test_bench_usage_errors(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(UsageError, match=message):
+def test_bench_usage_errors(kwargs: dict[str, object], param: str, message: str) -> None:
+    """The library names its parameter (the CLI turns it into the flag), never a flag."""
+    with pytest.raises(ConfigError, match=message) as info:
         run(**kwargs)  # type: ignore[arg-type]
+    assert info.value.param == param and "--" not in str(info.value)
