@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from natkit.cli._common import SERVE_SCHEMA_VERSION, parse_hostport, print_json
-from natkit.errors import ConfigError
+from natkit.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from natkit.server.service import TurnOptions, TurnService
@@ -176,7 +176,21 @@ def register(sub: Any) -> None:
         help="accept only RFC 8656 channel numbers 0x4000-0x4FFF (default: up to 0x7FFE as "
         "RFC 5766 clients such as turnutils_uclient use)",
     )
-    add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/")
+    add(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/ (with --workers, the first "
+        "process's counters)",
+    )
+    add(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N processes on the same listeners (SO_REUSEPORT), each with its own share of "
+        "the relay ports (--min-port/--max-port, default 49152-65535 split N ways); natkit's "
+        "engine only",
+    )
     add(
         "--engine",
         choices=("natkit", "coturn"),
@@ -287,10 +301,12 @@ def _announce(server: TurnService, args: argparse.Namespace) -> None:
                 "credential": credential if generated else None,
                 "auth": not args.no_auth,
                 "data_path": data_path,
+                "workers": args.workers,
             }
         )
     else:
-        print(f"natkit TURN relay (engine: {engine}) on:")
+        workers = f", {args.workers} workers" if args.workers > 1 else ""
+        print(f"natkit TURN relay (engine: {engine}{workers}) on:")
         if data_path is not None:
             print(f"  data path: {data_path}")
         for url in server.urls:
@@ -344,6 +360,28 @@ def _raise_fd_limit() -> None:
             continue
 
 
+def _serve_workers(options: TurnOptions, args: argparse.Namespace) -> dict[str, Any]:
+    """natkit's engine as ``args.workers`` processes (natkit/server/_workers.py): the stats
+    returned are the first process's."""
+    from natkit.server._workers import serve
+    from natkit.server.turn import TurnServer
+
+    server = TurnServer(options=options, workers=args.workers)
+    stats: dict[str, Any] = {}
+
+    def done(srv: TurnServer) -> None:
+        stats.update(srv.stats())
+
+    serve(
+        server,
+        workers=args.workers,
+        name="natkit-turn-worker",
+        ready=lambda srv: _announce(srv, args),
+        done=done,
+    )
+    return stats
+
+
 def run(args: argparse.Namespace) -> int:
     _raise_fd_limit()
     logging.basicConfig(
@@ -351,13 +389,23 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if not 1 <= args.workers <= 256:
+        raise UsageError(f"bad --workers {args.workers}: give 1-256 processes")
+    if args.workers > 1 and args.engine == "coturn":
+        raise UsageError(
+            "--workers is natkit's engine only (coturn runs its own relay threads): "
+            "drop --workers or --engine coturn"
+        )
     options = options_from_args(args)
-    try:
-        import uvloop
+    if args.workers > 1:
+        stats = _serve_workers(options, args)
+    else:
+        try:
+            import uvloop
 
-        stats = uvloop.run(_serve(options, args))
-    except ImportError:
-        stats = asyncio.run(_serve(options, args))
+            stats = uvloop.run(_serve(options, args))
+        except ImportError:
+            stats = asyncio.run(_serve(options, args))
     if args.json:
         print_json(
             {

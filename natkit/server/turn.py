@@ -108,6 +108,36 @@ def _primary_ip(family: int) -> str:
             return "::1" if family == 6 else "127.0.0.1"
 
 
+#: the relay ports split between workers when none are configured (coturn's default range)
+WORKER_PORTS = (49152, 65535)
+
+
+def _worker_share(
+    opts: TurnOptions, worker: int, workers: int
+) -> tuple[tuple[int, int] | None, list[tuple[int, int]], TurnOptions]:
+    """(the whole relay range, the other workers' shares, options with this worker's share)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+        raise ConfigError(f"give 1-256 workers, not {workers!r}", param="workers")
+    if not 0 <= worker < workers:
+        raise ConfigError(f"worker {worker} is not one of 0-{workers - 1}", param="worker")
+    if workers == 1:
+        return None, [], opts
+    low, high = (opts.min_port, opts.max_port) if opts.min_port else WORKER_PORTS
+    size = (high - low + 1) // workers
+    if size < 2:
+        raise ConfigError(
+            f"relay ports {low}-{high} cannot be split between {workers} workers: "
+            "give a wider --min-port/--max-port range or fewer workers",
+            param="min_port",
+        )
+    shares = [
+        (low + n * size, high if n == workers - 1 else low + (n + 1) * size - 1)
+        for n in range(workers)
+    ]
+    mine = shares.pop(worker)
+    return (low, high), shares, opts.replace(min_port=mine[0], max_port=mine[1])
+
+
 class TurnServer(TurnService):
     """A TURN relay (RFC 8656) on UDP, TCP and (with a certificate) TLS: natkit's engine.
 
@@ -115,6 +145,12 @@ class TurnServer(TurnService):
     (``TurnServer(users={"u": "p"}, allow_peers=["10.0.0.0/8"])``); see :class:`TurnOptions`.
     ``fast_path``: None (the C data path when the extension is built and NATKIT_NO_CEXT is
     unset), True/False to force C/Python.
+    ``workers``/``worker``/``reuse_port``: this is process ``worker`` of ``workers`` serving the
+    same listeners with SO_REUSEPORT (``natkit serve turn --workers N``, natkit/server/_workers.py):
+    the relay port range (``min_port``-``max_port``, default 49152-65535 with several
+    workers) is split into one share per worker so their relay ports never collide, and the
+    other shares are the siblings' relayed addresses (peers reached over the network with
+    ``relay_to_relay``, refused without it; docs/turn-server.md).
     Once started, :attr:`addresses`, :attr:`urls` and :meth:`ice_server` are ready.
     """
 
@@ -125,9 +161,16 @@ class TurnServer(TurnService):
         listen: Sequence[str | Address] | None = None,
         *,
         options: TurnOptions | None = None,
+        reuse_port: bool = False,
+        worker: int = 0,
+        workers: int = 1,
         **overrides: Any,
     ) -> None:
-        opts = self.options = build_options(options, listen, overrides)
+        opts = build_options(options, listen, overrides)
+        self.workers, self.worker = workers, worker
+        self.reuse_port = reuse_port or workers > 1
+        self.relay_range, self.sibling_ports, opts = _worker_share(opts, worker, workers)
+        self.options = opts
         self.listen = opts.listen_addresses()
         self.realm = opts.realm
         self.auth_plan = plan_auth(opts)
@@ -374,7 +417,33 @@ class TurnServer(TurnService):
             relay_ports=relay_ports,
             reopened=reopened,
             relay_to_relay=self.options.relay_to_relay,
+            sibling_ports=self.sibling_ports,
+            sibling_ips=[*self.relay_ips.values(), *self.external_ips.values()],
         )
+
+    def worker_options(self, worker: int) -> dict[str, Any]:
+        """Keyword arguments of worker ``worker``'s TurnServer (natkit/server/_workers.py):
+        these listeners (ports resolved), the same users (a generated one too), the whole
+        relay range to take its share of; metrics stay with the first process."""
+        assert self.relay_range is not None, "a single-process server has no workers"
+        udp = self.addresses_of("udp")
+        tls = self.addresses_of("tls")
+        changes: dict[str, Any] = {
+            "listen": udp,
+            "min_port": self.relay_range[0],
+            "max_port": self.relay_range[1],
+            "metrics": None,
+        }
+        if tls:
+            changes["tls_port"] = tls[0][1]
+        if self.auth_plan.generated:
+            changes["users"] = dict(self.auth_plan.users)
+        return {
+            "options": self.options.replace(**changes),
+            "reuse_port": True,
+            "worker": worker,
+            "workers": self.workers,
+        }
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -457,6 +526,8 @@ class TurnServer(TurnService):
         try:
             if sock.family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _RCVBUF)
@@ -489,6 +560,8 @@ class TurnServer(TurnService):
             sock = socket.socket(_af(_family(ip)), socket.SOCK_STREAM)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self.reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if sock.family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((ip, port))
