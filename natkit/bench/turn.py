@@ -48,6 +48,7 @@ from natkit.bench._common import (
     core_times,
     coturn_version,
     cpu_seconds,
+    cpu_seconds_each,
     rss_bytes,
     stop,
     tool_command,
@@ -112,7 +113,7 @@ def _fields(line: str) -> dict[str, Any]:
 # -- the servers --------------------------------------------------------------------------
 
 
-def natkit_command(port: int, cpu: int | None, extra: tuple[str, ...] = ()) -> list[str]:
+def natkit_command(port: int, cpu: int | str | None, extra: tuple[str, ...] = ()) -> list[str]:
     prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
     return [
         *prefix, sys.executable, "-m", "natkit", "serve", "turn",
@@ -124,10 +125,11 @@ def natkit_command(port: int, cpu: int | None, extra: tuple[str, ...] = ()) -> l
 
 @contextlib.contextmanager
 def natkit_server(
-    cpu: int | None, timeout: float = 20.0, extra: tuple[str, ...] = ()
+    cpu: int | str | None, timeout: float = 20.0, extra: tuple[str, ...] = ()
 ) -> Iterator[tuple[tuple[str, int], int]]:
-    """``natkit serve turn`` on a free loopback port, pinned to ``cpu``: ((ip, port), pid);
-    ``extra``: more flags (``--no-gro``)."""
+    """``natkit serve turn`` on a free loopback port, pinned to ``cpu`` (a core or a taskset
+    list): ((ip, port), pid); ``extra``: more flags (``--no-gro``, ``--workers N``: then it
+    returns once every worker serves, as the server's announcement says)."""
     from natkit.server.coturn import free_port, wait_for_binding
 
     port = free_port("127.0.0.1")
@@ -141,6 +143,8 @@ def natkit_server(
         )
         try:
             status = wait_for_binding(("127.0.0.1", port), timeout, proc)
+            if status == "ok" and "--workers" in extra:
+                status = _wait_for_announcement(log, proc, timeout)
             if status != "ok":
                 log.seek(0)
                 tail = log.read().decode(errors="replace").strip().splitlines() or ["no output"]
@@ -148,6 +152,19 @@ def natkit_server(
             yield ("127.0.0.1", port), proc.pid
         finally:
             stop(proc)
+
+
+def _wait_for_announcement(log: Any, proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """Until ``natkit serve turn`` printed its start lines (with --workers: every worker up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return "exited"
+        log.seek(0)
+        if b"SIGTERM stops it" in log.read():
+            return "ok"
+        time.sleep(0.05)
+    return "timeout"
 
 
 @contextlib.contextmanager
@@ -314,8 +331,14 @@ class Bench:
         }
 
     def traffic_run(
-        self, mode: str, engine: str, addr: tuple[str, int], pid: int
+        self,
+        mode: str,
+        engine: str,
+        addr: tuple[str, int],
+        pid: int,
+        cores: list[int] | None = None,
     ) -> dict[str, Any]:
+        """One traffic run; ``cores``: the server's cores when it has several (workers)."""
         time.sleep(0.3)
         proc = self._driver(
             mode, addr, "-n", str(self.clients), "-w", str(self.window),
@@ -324,10 +347,10 @@ class Bench:
         reader = _LineReader(proc)
         try:
             self._setup(reader, proc, engine)
-            cpu0, t0, cores0 = cpu_seconds(pid), time.monotonic(), core_times()
+            each0, t0, cores0 = cpu_seconds_each(pid), time.monotonic(), core_times()
             line = reader.line(self.seconds + 60)
             elapsed = time.monotonic() - t0
-            cpu1, cores1 = cpu_seconds(pid), core_times()
+            each1, cores1 = cpu_seconds_each(pid), core_times()
             reader.line(30)  # released=N
         except BaseException:  # Ctrl-C or a failure: the driver goes now, not at its end
             proc.kill()
@@ -337,7 +360,7 @@ class Bench:
         if line is None or not line.startswith("result"):
             raise UsageError(f"the TURN load driver stopped early against {engine}: {line!r}")
         r = _fields(line)
-        server_cpu = cpu1 - cpu0
+        server_cpu = sum(each1.values()) - sum(each0.values())
         relayed = int(r["peer_rx"]) + int(r["client_rx"])
         out = {
             "relayed_per_s": round(float(r["relayed_per_s"])),
@@ -352,9 +375,27 @@ class Bench:
         driver_cpu = float(r["driver_cpu_s"])
         # what one core of the driver sustains: far above relayed_per_s = not the limit
         out["driver_per_cpu_second"] = round(relayed / driver_cpu) if driver_cpu > 0 else None
+        if cores is not None:  # several server processes: each one's share of a core
+            busy = [round((each1[p] - each0.get(p, 0.0)) / elapsed, 3) for p in each1]
+            out["process_cpu"] = sorted((b for b in busy if b >= 0.01), reverse=True)
+            out["server_cores_busy"] = round(sum(core_busy(cores0, cores1, c) for c in cores), 3)
         if self.server_cpu is not None and self.driver_cpu is not None:
             out["server_core_busy"] = core_busy(cores0, cores1, self.server_cpu)
             out["driver_core_busy"] = core_busy(cores0, cores1, self.driver_cpu)
+        return out
+
+    def workers_run(self, workers: int, cpus: str | None) -> dict[str, Any]:
+        """ChannelData against natkit with 1 and with ``workers`` processes (--workers), all
+        pinned to ``cpus``: relayed/s per busy server core (per_cpu_second: per CPU-second of
+        all server processes) and the efficiency, N workers' figure over 1 worker's."""
+        cores = parse_cpus(cpus) if cpus is not None else None
+        out: dict[str, Any] = {}
+        for n in (1, workers):
+            extra = (*self.natkit_flags, "--workers", str(n))
+            with natkit_server(cpus, extra=extra) as (addr, pid):
+                out[str(n)] = self.traffic_run("channel", f"natkit x{n}", addr, pid, cores or [])
+        one, many = out["1"]["per_cpu_second"], out[str(workers)]["per_cpu_second"]
+        out["efficiency"] = round(many / one, 3) if one and many else None
         return out
 
     def self_test(self) -> dict[str, Any]:
@@ -380,6 +421,21 @@ class Bench:
         with start(self.server_cpu) as (addr, pid):
             out["send_indication"] = self.traffic_run("send", engine, addr, pid)
         return out
+
+
+def parse_cpus(text: str) -> list[int]:
+    """A taskset CPU list ("1", "1-3", "0,2") as core numbers (UsageError if malformed)."""
+    cores: list[int] = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            first, last = int(low), int(high or low)
+            if not 0 <= first <= last < 4096:
+                raise ValueError
+            cores += range(first, last + 1)
+    except ValueError:
+        raise UsageError(f"bad CPU list {text[:40]!r}: give e.g. 1 or 1-3 or 1,3") from None
+    return sorted(set(cores))
 
 
 # -- the whole benchmark ------------------------------------------------------------------
@@ -417,11 +473,19 @@ def run(
     driver_cpu: int | None = 0,
     self_test: bool = True,
     gro: bool = True,
+    workers: int = 1,
+    worker_cpus: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark; returns the report (keys documented in docs/bench_turn.md)."""
+    """Run the benchmark; returns the report (keys documented in docs/bench_turn.md).
+    ``workers`` > 1: each round also runs ChannelData against natkit with 1 and with that
+    many processes, all pinned to ``worker_cpus`` (a taskset list; default the server's core)."""
     say = progress or (lambda _msg: None)
     check_seconds_rounds(seconds, rounds)
+    if not 1 <= workers <= 64:
+        raise UsageError(f"bad --workers {workers}: give 1-64 processes")
+    if workers > 1 and "natkit" not in engines:
+        raise UsageError("--workers measures natkit's engine: add natkit to --engines")
     if not 1 <= allocations <= 18_000:
         raise UsageError(f"bad --allocations {allocations}: give 1-18000 (one relay port each)")
     if not 1 <= clients <= 1024 or not 1 <= window <= 1024:
@@ -440,6 +504,12 @@ def run(
                 raise UsageError(f"bad {label} {cpu}: this machine has CPUs 0-{ncpu - 1}")
         if server_cpu == driver_cpu:
             raise UsageError("--server-cpu and --driver-cpu must differ (one core each)")
+        if worker_cpus is None and server_cpu is not None:
+            worker_cpus = str(server_cpu)
+        if worker_cpus is not None:
+            bad = [c for c in parse_cpus(worker_cpus) if c >= ncpu]
+            if bad:
+                raise UsageError(f"bad --worker-cpus {worker_cpus}: this machine has CPUs 0-{ncpu - 1}")
         if shutil.which("taskset") is None:
             raise UsageError("taskset is not installed (CPU pinning): apt-get install util-linux")
     if "coturn" in engines and shutil.which("turnserver") is None:
@@ -453,6 +523,9 @@ def run(
     load_before = os.getloadavg()[0]
     runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
     nulls: list[dict[str, Any]] = []
+    scaling: list[dict[str, Any]] = []
+    if ncpu < 2:
+        worker_cpus = None
     for rnd in range(1, rounds + 1):
         for engine in engines:
             say(
@@ -471,6 +544,15 @@ def run(
             say(
                 f"  null relay: ChannelData {nulls[-1]['channel_data']['relayed_per_s']:,} "
                 f"relayed/s, Send {nulls[-1]['send_indication']['relayed_per_s']:,}/s"
+            )
+        if workers > 1:
+            say(f"  natkit with 1 and {workers} workers on CPU(s) {worker_cpus} ...")
+            scaling.append(bench.workers_run(workers, worker_cpus))
+            w = scaling[-1]
+            say(
+                f"  workers: 1 -> {w['1']['per_cpu_second']:,}, {workers} -> "
+                f"{w[str(workers)]['per_cpu_second']:,} relayed per server CPU-second "
+                f"(efficiency {w['efficiency']})"
             )
 
     report: dict[str, Any] = {
@@ -504,6 +586,8 @@ def run(
         report["null_ratios_per_round"] = [
             _null_ratios(a, b) for a, b in zip(runs["natkit"], nulls, strict=True)
         ]
+    if scaling:
+        report["workers"] = _workers_summary(scaling, workers, worker_cpus)
     if "ratios" in report:
         report["target"] = _target(report)
     report["limits"] = _limits(report["engines"])
@@ -664,6 +748,29 @@ def run_stream(
         }  # fmt: skip
     report["limits"] = _limits(report["engines"], sections=("channel_data",))
     return report
+
+
+def _workers_summary(
+    scaling: list[dict[str, Any]], workers: int, cpus: str | None
+) -> dict[str, Any]:
+    """The --workers section: medians of 1 and N workers, the efficiency per round."""
+    keys = ("relayed_per_s", "per_cpu_second", "server_cpu", "loss")
+    medians: dict[str, Any] = {}
+    for n in ("1", str(workers)):
+        medians[n] = {}
+        for key in keys:
+            values = [r[n][key] for r in scaling if r[n].get(key) is not None]
+            medians[n][key] = statistics.median(values) if values else None
+    rounds = [r["efficiency"] for r in scaling]
+    known = [e for e in rounds if e is not None]
+    return {
+        "workers": workers,
+        "cpus": cpus,
+        "median": medians,
+        "efficiency": round(statistics.median(known), 3) if known else None,
+        "efficiency_per_round": rounds,
+        "runs": scaling,
+    }
 
 
 def _ratios(n: dict[str, Any], c: dict[str, Any]) -> dict[str, float | None]:

@@ -136,3 +136,27 @@ def test_driver_batched_sends_arrive_as_separate_packets(mode: str, payload: int
     assert int(fields["peer_rx"]) >= int(fields["client_rx"])
     assert float(fields["loss"]) < 0.05
     assert fields["gso"] in ("0", "1")
+
+
+def test_workers_section() -> None:
+    """--workers 2: ChannelData against natkit with 1 and 2 processes, relayed per busy
+    server core for both and their ratio (the per-worker efficiency)."""
+    from natkit.bench.turn import Bench, _workers_summary
+
+    bench = Bench(
+        seconds=0.5, allocations=1, clients=8, window=8, payload=100, server_cpu=1,
+        driver_cpu=0, driver=driver_command(),
+    )  # fmt: skip
+    run_ = bench.workers_run(2, "1")
+    for n in ("1", "2"):
+        f = run_[n]
+        assert f["relayed_per_s"] > 0 and f["loss"] < 0.05 and f["per_cpu_second"] > 0
+        assert 1 <= len(f["process_cpu"]) <= 3  # the workers (and an idle helper at most)
+    assert run_["efficiency"] == pytest.approx(
+        run_["2"]["per_cpu_second"] / run_["1"]["per_cpu_second"], rel=0.01
+    )
+    w = _workers_summary([run_], 2, "1")
+    assert (w["workers"], w["cpus"], w["efficiency_per_round"]) == (2, "1", [run_["efficiency"]])
+    assert w["median"]["2"]["relayed_per_s"] == run_["2"]["relayed_per_s"]
+    assert main(["bench", "turn", "--workers", "0"]) == 2
+    assert main(["bench", "turn", "--workers", "2", "--worker-cpus", "1-x"]) == 2
