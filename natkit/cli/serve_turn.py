@@ -58,7 +58,9 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="IP",
-        help="address relay sockets bind to (one per family; default: the listen address)",
+        help="address relay sockets bind to (default: the listen address); repeatable, also "
+        "within a family: allocations are spread over them, each IP holding one per relay "
+        "port (beyond ~64,000 allocations a family needs several)",
     )
     add(
         "--external-ip",
@@ -347,19 +349,6 @@ async def _serve(options: TurnOptions, args: argparse.Namespace) -> dict[str, An
     return server.stats()
 
 
-def _raise_fd_limit() -> None:
-    """Each allocation holds a relay socket: let the process open as many as it may."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    for want in (max(hard, 1 << 16), hard):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
-            return
-        except (ValueError, OSError):
-            continue
-
-
 def _serve_workers(options: TurnOptions, args: argparse.Namespace) -> dict[str, Any]:
     """natkit's engine as ``args.workers`` processes (natkit/server/_workers.py): the stats
     returned are the first process's."""
@@ -383,7 +372,9 @@ def _serve_workers(options: TurnOptions, args: argparse.Namespace) -> dict[str, 
 
 
 def run(args: argparse.Namespace) -> int:
-    _raise_fd_limit()
+    from natkit.server._workers import raise_fd_limit
+
+    raise_fd_limit()
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

@@ -26,14 +26,19 @@ class WorkerServer(AbstractAsyncContextManager[Any], Protocol):
         ...
 
 
-def _raise_fd_limit() -> None:
-    """One descriptor per TCP/TLS client: lift the soft limit to the hard one."""
+def raise_fd_limit() -> None:
+    """One descriptor per TCP/TLS client and per TURN relay socket: lift the soft limit to
+    the hard one, and the hard one too where the process may (root: room for several relay
+    IPs' worth of allocations)."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    for want in (max(hard, 1 << 18), max(hard, 1 << 16), hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
+            return
+        except (ValueError, OSError):
+            continue
 
 
 def _install_loop_policy() -> None:
@@ -65,7 +70,7 @@ _START_TIMEOUT = 60.0  # seconds the first process waits for the others to be se
 
 
 def _worker_main(cls: type[WorkerServer], options: dict[str, Any], up: Connection) -> None:
-    _raise_fd_limit()
+    raise_fd_limit()
     _install_loop_policy()
 
     def ready(_: WorkerServer) -> None:
@@ -105,7 +110,7 @@ def serve(
     """Serve ``server`` (made with SO_REUSEPORT when ``workers`` > 1) until SIGTERM or Ctrl-C,
     with ``workers - 1`` more processes on the same ports; ``ready`` is called once every
     address is up, ``done`` after it stopped (both in this process)."""
-    _raise_fd_limit()
+    raise_fd_limit()
     _install_loop_policy()
     children: list[multiprocessing.process.BaseProcess] = []
 

@@ -176,9 +176,18 @@ class TurnServer(TurnService):
         self.auth_plan = plan_auth(opts)
         self.users = self.auth_plan.users
         self.auth_secrets = self.auth_plan.secrets
-        self.relay_ips = self._relay_ips(opts.relay_ip)
+        #: family -> every relay IP of it (allocations are spread over them), and the first
+        self.relay_pool = self._relay_ips(opts.relay_ip)
+        self.relay_ips = {fam: ips[0] for fam, ips in self.relay_pool.items()}
         self.external_ips = self._external_ips(opts.external_ip)
-        self.ports = PortPool(opts.min_port, opts.max_port)
+        # one port pool per relay IP: each IP holds one relay socket per port of the range
+        self.port_pools = {
+            ip: PortPool(opts.min_port, opts.max_port)
+            for ips in self.relay_pool.values()
+            for ip in ips
+        }
+        self.ports = next(iter(self.port_pools.values()))
+        self._next_ip = {fam: 0 for fam in self.relay_pool}
         self.policy = opts.peer_policy or _default_policy(opts)
         try:
             self._ssl: ssl.SSLContext | None = server_context(opts.tls_cert, opts.tls_key)
@@ -249,25 +258,25 @@ class TurnServer(TurnService):
 
     # -- configuration helpers --------------------------------------------------------------
 
-    def _relay_ips(self, relay_ip: str | Sequence[str] | None) -> dict[int, str]:
-        ips: dict[int, str] = {}
+    def _relay_ips(self, relay_ip: str | Sequence[str] | None) -> dict[int, list[str]]:
+        ips: dict[int, list[str]] = {}
         for value in as_list(relay_ip):
             ip = check_ip(value, "relay_ip")
-            if _family(ip) in ips:
-                raise ConfigError(
-                    f"two relay IPs of the same family: {ips[_family(ip)]} and {ip}",
-                    param="relay_ip",
-                )
-            ips[_family(ip)] = ip
+            if ipaddress.ip_address(ip).is_unspecified:
+                raise ConfigError(f"{ip} is not an address to relay from", param="relay_ip")
+            same = ips.setdefault(_family(ip), [])
+            if ip in same:
+                raise ConfigError(f"relay IP {ip} given twice", param="relay_ip")
+            same.append(ip)
         if not ips:
             for ip, _ in self.listen:
                 fam = _family(ip)
                 if fam in ips:
                     continue
                 if ipaddress.ip_address(ip).is_unspecified:
-                    ips[fam] = _primary_ip(fam)
+                    ips[fam] = [_primary_ip(fam)]
                 else:
-                    ips[fam] = ip
+                    ips[fam] = [ip]
         return ips
 
     def _external_ips(self, external_ip: str | Sequence[str] | None) -> dict[int, str]:
@@ -277,6 +286,12 @@ class TurnServer(TurnService):
             if _family(ip) not in self.relay_ips:
                 raise ConfigError(
                     f"{ip} has no relay IP of its family to stand for", param="external_ip"
+                )
+            if len(self.relay_pool[_family(ip)]) > 1:
+                raise ConfigError(
+                    f"{ip} would stand for {len(self.relay_pool[_family(ip)])} relay IPs: "
+                    "give one relay IP per family with an external IP",
+                    param="external_ip",
                 )
             ips[_family(ip)] = ip
         return ips
@@ -382,7 +397,7 @@ class TurnServer(TurnService):
                 "%s can relay through this server. Use it in a closed lab only.",
                 ", ".join(sorted({_fmt(a) for _, a in self.addresses})),
             )
-        relay = ",".join(self.relay_ips.values())
+        relay = ",".join(ip for ips in self.relay_pool.values() for ip in ips)
         describe = getattr(self.policy, "describe", None)
         log.info(
             "event=turn_started listen=%s relay_ip=%s realm=%r policy=%s own=%s user_quota=%s "
@@ -405,7 +420,7 @@ class TurnServer(TurnService):
         if wildcard:
             networks += [a for a in local_addresses() if _family(a.split("/")[0]) in wildcard]
         networks += [ip for ip, _ in self.listen if not ipaddress.ip_address(ip).is_unspecified]
-        networks += list(self.relay_ips.values()) + list(self.external_ips.values())
+        networks += list(self.port_pools) + list(self.external_ips.values())
         ports = {(_family(ip), port) for _, (ip, port) in self.addresses}
         reopened: Sequence[str] = ()
         if self.options.peer_policy is None:
@@ -418,7 +433,7 @@ class TurnServer(TurnService):
             reopened=reopened,
             relay_to_relay=self.options.relay_to_relay,
             sibling_ports=self.sibling_ports,
-            sibling_ips=[*self.relay_ips.values(), *self.external_ips.values()],
+            sibling_ips=[*self.port_pools, *self.external_ips.values()],
         )
 
     def worker_options(self, worker: int) -> dict[str, Any]:
@@ -689,13 +704,22 @@ class TurnServer(TurnService):
         relays: list[Relay] = []
         reserved: Relay | None = None
         for i, family in enumerate(pending.families):
-            ip = self.relay_ips.get(family)
-            if ip is None:
+            ips = self.relay_pool.get(family)
+            if not ips:
                 continue
             first = i == 0
-            got = self._open_relay(
-                ip, even=first and pending.even_port, pair=first and pending.reserve_next
-            )
+            got = None
+            # round robin over the family's relay IPs, the next one when one is full
+            start = self._next_ip[family]
+            self._next_ip[family] = (start + 1) % len(ips)
+            for n in range(len(ips)):
+                got = self._open_relay(
+                    ips[(start + n) % len(ips)],
+                    even=first and pending.even_port,
+                    pair=first and pending.reserve_next,
+                )
+                if got is not None:
+                    break
             if got is None:
                 if first:
                     break
@@ -729,7 +753,8 @@ class TurnServer(TurnService):
         self, ip: str, *, even: bool, pair: bool
     ) -> tuple[RelaySocket, RelaySocket | None] | None:
         """Bind a relay socket (an even port, and the next one too with ``pair``)."""
-        if self.ports.ephemeral:
+        pool = self.port_pools[ip]
+        if pool.ephemeral:
             for _ in range(64):
                 first = self._bind_port(ip, 0)
                 if first is None:
@@ -745,7 +770,7 @@ class TurnServer(TurnService):
                     return first, second
                 self.forget_relay(first)
             return None
-        for port in self.ports.candidates(even=even, pair=pair):
+        for port in pool.candidates(even=even, pair=pair):
             first = self._bind_port(ip, port)
             if first is None:
                 continue
@@ -779,8 +804,9 @@ class TurnServer(TurnService):
             return None
         relay = RelaySocket(self, sock, (ip, port) if port else None)
         self._relays[sock.fileno()] = relay
-        if not self.ports.ephemeral:
-            self.ports.take(relay.address[1])
+        pool = self.port_pools[ip]
+        if not pool.ephemeral:
+            pool.take(port)
         if self.fast is not None:
             self.fast.watch(relay.fd, 1)
         else:
@@ -797,8 +823,9 @@ class TurnServer(TurnService):
             self.fast.unwatch(fd)
         elif self._loop is not None:
             self._loop.remove_reader(fd)
-        if not self.ports.ephemeral:
-            self.ports.release(relay.address[1])
+        pool = self.port_pools.get(relay.address[0])
+        if pool is not None and not pool.ephemeral:
+            pool.release(relay.address[1])
         relay.sock.close()
         relay.relay = None
 

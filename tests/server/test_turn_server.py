@@ -1151,3 +1151,52 @@ def test_cli_workers_serve_both_shares_and_stop_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- several relay IPs of one family ---------------------------------------------------------
+
+
+@PATHS
+async def test_several_relay_ips_spread_allocations_and_each_holds_the_port_range(
+    fast: bool,
+) -> None:
+    """Two relay IPs, two relay ports: four allocations (each IP holds every port of the
+    range once), a fifth is refused 508; both IPs are the relay's own; a port freed on one
+    IP serves the next allocation there."""
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast),
+        relay_ip=["127.0.0.1", "127.0.0.3"], min_port=44000, max_port=44001,
+    ) as turn:  # fmt: skip
+        listener = turn.addresses_of("udp")[0]
+        clients, relayed = [], []
+        for _ in range(4):
+            c = RawClient(listener, "u", "p")
+            relayed.append((await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS))
+            clients.append(c)
+        assert sorted(relayed) == [
+            ("127.0.0.1", 44000), ("127.0.0.1", 44001), ("127.0.0.3", 44000), ("127.0.0.3", 44001)
+        ]  # fmt: skip
+        extra = RawClient(listener, "u", "p")
+        assert (await extra.allocate()).error_code.code == 508
+        # the second IP is the relay's own: a relayed address there is a peer (relay to
+        # relay), the listener port on it is not
+        assert (await clients[0].request(_permit(relayed[1]))).cls == Class.SUCCESS
+        assert (await clients[0].request(_permit(("127.0.0.3", listener[1])))).error_code.code == 403
+        gone = relayed.index(("127.0.0.3", 44001))
+        delete = Message(Method.REFRESH).add(Attr.LIFETIME, 0)
+        assert (await clients[gone].request(delete)).cls == Class.SUCCESS
+        assert (await extra.allocate()).get(Attr.XOR_RELAYED_ADDRESS) == ("127.0.0.3", 44001)
+        assert turn.stats()["relay_sockets"] == 4
+        for c in (*clients, extra):
+            c.close()
+
+
+def test_relay_ip_errors_name_the_option() -> None:
+    for kwargs, match in (
+        ({"relay_ip": ["127.0.0.1", "127.0.0.1"]}, "given twice"),
+        ({"relay_ip": ["0.0.0.0"]}, "not an address to relay from"),
+        ({"relay_ip": ["127.0.0.1", "127.0.0.3"], "external_ip": "192.0.2.1"}, "one relay IP"),
+    ):
+        with pytest.raises(ConfigError, match=match) as info:
+            TurnServer([("127.0.0.1", 0)], users={"u": "p"}, **kwargs)
+        assert info.value.param in ("relay_ip", "external_ip")
