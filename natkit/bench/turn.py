@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from natkit.bench._common import (
@@ -54,10 +55,56 @@ from natkit.bench._common import (
     tool_command,
 )
 from natkit.errors import UsageError
+from natkit.server._workers import raise_fd_limit
 
 ENGINES = ("natkit", "coturn")
 USER, PASSWORD, REALM = "bench", "bench-password", "natkit-bench"
 RELAY_PORTS = (10000, 29999)  # below the kernel's ephemeral range, where the driver's ports are
+MAX_ALLOCATIONS = 100_000
+# One relay IP holds one allocation per relay port; one process holds one socket per
+# allocation, up to its descriptor limit (RLIMIT_NOFILE, which only a process with
+# CAP_SYS_RESOURCE may raise). So a large allocations run adds loopback relay IPs, and where
+# the limit is lower than the count, natkit serves with --workers and the driver runs as
+# several processes, each with a source IP of its own (one IP has ~28,000 ephemeral ports).
+PER_RELAY_IP = RELAY_PORTS[1] - RELAY_PORTS[0] + 1
+_FD_MARGIN = 1500  # descriptors a process keeps for everything but its allocations
+
+
+@dataclass(frozen=True)
+class AllocationPlan:
+    """How ``allocations`` idle allocations are held on this machine."""
+
+    allocations: int
+    fd_limit: int
+    #: natkit's processes (serve turn --workers) and the driver's processes
+    workers: int
+    drivers: int
+    #: what coturn (one process) is asked for: the count, or what its limit allows
+    coturn: int
+    relay_ips: tuple[str, ...]
+
+    @classmethod
+    def make(cls, allocations: int, fd_limit: int | None = None) -> AllocationPlan:
+        import resource
+
+        limit = fd_limit or resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        per_process = max(1000, min(limit, 1 << 20) - _FD_MARGIN)
+        workers = -(-allocations // per_process)
+        # shares of the port range per worker are uneven by the hash's spread: 15 % spare
+        spare = 1.15 if workers > 1 else 1.0
+        n_ips = max(1, -(-int(allocations * spare) // PER_RELAY_IP))
+        ips = ("127.0.0.1", *(f"127.0.2.{n}" for n in range(1, n_ips)))
+        return cls(allocations, limit, workers, workers, min(allocations, per_process), ips)
+
+    def driver_counts(self, total: int) -> list[int]:
+        return [total // self.drivers + (1 if n < total % self.drivers else 0)
+                for n in range(self.drivers)]  # fmt: skip
+
+    def driver_sources(self, n: int) -> list[str]:
+        """Driver ``n``'s source IP (none with one driver: the kernel's choice)."""
+        return [] if self.drivers == 1 else [f"127.0.3.{n + 1}"]
+
+
 # The peer is not on the relay's own IP (127.0.0.1): a relay treats its own IPs specially
 # (natkit checks their ports per packet), and real peers are elsewhere.
 PEER_IP = "127.0.0.2"
@@ -168,14 +215,16 @@ def _wait_for_announcement(log: Any, proc: subprocess.Popen[bytes], timeout: flo
 
 
 @contextlib.contextmanager
-def coturn_server(cpu: int | None) -> Iterator[tuple[tuple[str, int], int]]:
+def coturn_server(
+    cpu: int | None, relay: list[str] | None = None
+) -> Iterator[tuple[tuple[str, int], int]]:
     from natkit.server.coturn import CoturnServer
 
     turn = CoturnServer(
         [("127.0.0.1", 0)],
         realm=REALM,
         users={USER: PASSWORD},
-        relay_ip="127.0.0.1",
+        relay_ip=relay or "127.0.0.1",
         allow_peers=["127.0.0.0/8"],
         min_port=RELAY_PORTS[0],
         max_port=RELAY_PORTS[1],
@@ -260,6 +309,9 @@ class Bench:
         from natkit.stun import long_term_key
 
         self.key = long_term_key(USER, REALM, PASSWORD).hex()
+        # the driver's setup (and refresh) deadline: 60 s, more for a large allocations run
+        self.setup_seconds = max(60, allocations // 500)
+        self.plan = AllocationPlan.make(allocations)
 
     def _driver(self, mode: str, addr: tuple[str, int], *extra: str) -> subprocess.Popen[bytes]:
         prefix = ["taskset", "-c", str(self.driver_cpu)] if self.driver_cpu is not None else []
@@ -287,7 +339,7 @@ class Bench:
     def _setup(
         self, reader: _LineReader, proc: subprocess.Popen[bytes], engine: str
     ) -> dict[str, Any]:
-        line = reader.line(120)
+        line = reader.line(self.setup_seconds + 60)
         if line is None or not line.startswith("setup"):
             proc.kill()
             raise UsageError(f"the TURN load driver got no allocations from {engine}: {line!r}")
@@ -299,35 +351,57 @@ class Bench:
             )
         return setup
 
-    def allocations_run(self, engine: str, addr: tuple[str, int], pid: int) -> dict[str, Any]:
+    def allocations_run(
+        self, engine: str, addr: tuple[str, int], pid: int, count: int | None = None
+    ) -> dict[str, Any]:
+        """``count`` (default: all) allocations made as fast as the server takes them, held
+        idle (memory), refreshed (state held), released; by the plan's driver processes
+        at once, each with its share."""
+        requested = count or self.allocations
+        plan = self.plan
         time.sleep(0.3)  # let the server settle after start
         before = rss_bytes(pid)
-        proc = self._driver("alloc", addr, "-n", str(self.allocations), "-c", "256", "-l", "3600")
-        reader = _LineReader(proc)
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            setup = self._setup(reader, proc, engine)
-            count = int(setup["ok"])
-            time.sleep(1.0 if count >= 1000 else 0.2)  # idle: let the server finish deferred work
+            for n, share in enumerate(plan.driver_counts(requested)):
+                sources = plan.driver_sources(n)
+                flags = ("-a", ",".join(sources)) if sources else ()
+                procs.append(self._driver(
+                    "alloc", addr, "-n", str(share), "-c", str(max(16, 256 // plan.drivers)),
+                    "-l", "3600", "-t", str(self.setup_seconds), *flags,
+                ))  # fmt: skip
+            readers = [_LineReader(p) for p in procs]
+            setups = [self._setup(r, p, engine) for r, p in zip(readers, procs, strict=True)]
+            made = sum(int(s["ok"]) for s in setups)
+            time.sleep(1.0 if made >= 1000 else 0.2)  # idle: let the server finish deferred work
             held = rss_bytes(pid)
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            proc.stdin.flush()
-            result = _fields(reader.line(120) or "")
-        except BaseException:  # Ctrl-C or a failure: the driver goes now, not at its end
-            proc.kill()
-            proc.wait(5)
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(b"go\n")
+                proc.stdin.flush()
+            results = [_fields(r.line(self.setup_seconds + 60) or "") for r in readers]
+        except BaseException:  # Ctrl-C or a failure: the drivers go now, not at their end
+            for proc in procs:
+                proc.kill()
+                proc.wait(5)
             raise
-        self._finish(proc, "allocations")
+        for proc in procs:
+            self._finish(proc, "allocations")
+        # the drivers ran side by side: the count over the longest one's time
+        seconds = max(float(s["seconds"]) for s in setups)
         return {
-            "requested": self.allocations,
-            "allocated": count,
-            "failed": int(setup["failed"]) + int(setup["unanswered"]),
-            "per_s": round(float(setup["per_s"])),
-            "refreshed": int(result.get("refreshed", 0)),
-            "released": int(result.get("released", 0)),
+            "requested": requested,
+            "allocated": made,
+            "failed": sum(int(s["failed"]) + int(s["unanswered"]) for s in setups),
+            "per_s": round(made / seconds) if seconds > 0 else 0,
+            "refreshed": sum(int(r.get("refreshed", 0)) for r in results),
+            "released": sum(int(r.get("released", 0)) for r in results),
             "rss_before": before,
             "rss_held": held,
-            "bytes_per_allocation": round((held - before) / count),
+            "bytes_per_allocation": round((held - before) / made),
+            "server_processes": plan.workers if engine == "natkit" else 1,
+            "driver_processes": plan.drivers,
+            "relay_ips": len(plan.relay_ips),
         }
 
     def traffic_run(
@@ -407,15 +481,22 @@ class Bench:
         return out
 
     def engine_round(self, engine: str) -> dict[str, Any]:
-        def start(cpu: int | None) -> Any:
+        def start(cpu: int | None, plan: AllocationPlan | None = None) -> Any:
             if engine == "natkit":
-                return natkit_server(cpu, extra=self.natkit_flags)
-            return coturn_server(cpu)
+                more: list[str] = []
+                if plan is not None:
+                    more = [f for ip in plan.relay_ips[1:] for f in ("--relay-ip", ip)]
+                    if plan.workers > 1:
+                        more += ["--workers", str(plan.workers)]
+                return natkit_server(cpu, timeout=60.0, extra=(*self.natkit_flags, *more))
+            return coturn_server(cpu, list(plan.relay_ips) if plan else None)
 
         out: dict[str, Any] = {}
+        plan = self.plan
+        count = plan.allocations if engine == "natkit" else plan.coturn
         # a fresh server for each figure: memory is measured from a clean start
-        with start(self.server_cpu) as (addr, pid):
-            out["allocations"] = self.allocations_run(engine, addr, pid)
+        with start(self.server_cpu, plan) as (addr, pid):
+            out["allocations"] = self.allocations_run(engine, addr, pid, count)
         with start(self.server_cpu) as (addr, pid):
             out["channel_data"] = self.traffic_run("channel", engine, addr, pid)
         with start(self.server_cpu) as (addr, pid):
@@ -486,8 +567,11 @@ def run(
         raise UsageError(f"bad --workers {workers}: give 1-64 processes")
     if workers > 1 and "natkit" not in engines:
         raise UsageError("--workers measures natkit's engine: add natkit to --engines")
-    if not 1 <= allocations <= 18_000:
-        raise UsageError(f"bad --allocations {allocations}: give 1-18000 (one relay port each)")
+    if not 1 <= allocations <= MAX_ALLOCATIONS:
+        raise UsageError(
+            f"bad --allocations {allocations}: give 1-{MAX_ALLOCATIONS} (one relay port each)"
+        )
+    raise_fd_limit()  # both engines and the driver hold a socket per allocation
     if not 1 <= clients <= 1024 or not 1 <= window <= 1024:
         raise UsageError("bad --clients/--window: give 1-1024 each")
     if not 8 <= payload <= 1200:
