@@ -491,6 +491,26 @@ def test_cli_usage_errors_exit_2() -> None:
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 
 
+def _serve_json(*args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """``natkit serve turn --json --listen 127.0.0.1:0 ARGS`` and its ready event."""
+    import json
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "natkit", "serve", "turn", "--json", "--listen", "127.0.0.1:0",
+         *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not lines or not lines[-1].startswith("}"):
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            raise AssertionError(proc.stderr.read() if proc.stderr else "no ready event")
+        lines.append(line)
+    return proc, json.loads("".join(lines))
+
+
 def test_cli_serves_and_stops_on_sigterm() -> None:
     import json
     import signal
@@ -554,7 +574,6 @@ async def test_dont_fragment_sets_df_on_the_relay_socket() -> None:
 
 @pytest.mark.coturn
 def test_cli_engine_coturn_same_options() -> None:
-    import json
     import shutil
     import signal
 
@@ -562,19 +581,8 @@ def test_cli_engine_coturn_same_options() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("turnserver missing in CI (Debian package coturn)")
         pytest.skip("coturn not installed")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "natkit", "serve", "turn", "--engine", "coturn", "--json",
-         "--listen", "127.0.0.1:0", "--user", "a:b", "--allow-peer", "127.0.0.0/8"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc, info = _serve_json("--engine", "coturn", "--user", "a:b", "--allow-peer", "127.0.0.0/8")
     try:
-        assert proc.stdout is not None
-        lines = []
-        while not lines or not lines[-1].startswith("}"):
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read() if proc.stderr else ""
-            lines.append(line)
-        info = json.loads("".join(lines))
         assert info["engine"] == "coturn"
         port = info["addresses"][0]["port"]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -1111,22 +1119,11 @@ def test_cli_workers_serve_both_shares_and_stop_on_sigterm() -> None:
     import json
     import signal
 
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "natkit", "serve", "turn", "--listen", "127.0.0.1:0",
-            "--json", "--user", "u:p", "--workers", "2", "--min-port", "43200",
-            "--max-port", "43299", "--allow-peer", "127.0.0.0/8",
-        ],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc, info = _serve_json(
+        "--user", "u:p", "--workers", "2", "--min-port", "43200", "--max-port", "43299",
+        "--allow-peer", "127.0.0.0/8",
     )  # fmt: skip
     try:
-        assert proc.stdout is not None
-        lines = []
-        while not lines or not lines[-1].startswith("}"):
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read() if proc.stderr else ""
-            lines.append(line)
-        info = json.loads("".join(lines))
         assert info["workers"] == 2
         listener = ("127.0.0.1", info["addresses"][0]["port"])
 
