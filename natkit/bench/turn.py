@@ -13,7 +13,9 @@ server each time, alternating engines round by round:
 
 * ``allocations``: ALLOCATIONS allocations as fast as the server takes them (allocations/s);
   the server's RSS before and with them all held gives the memory per idle allocation; then
-  every allocation is refreshed and counted (state held), then deleted.
+  every allocation is refreshed and counted (state held), then deleted. Counts beyond what
+  one relay IP or one process's descriptor limit holds are spread as :class:`AllocationPlan`
+  says (more loopback relay IPs; natkit with --workers and several driver processes).
 * ``channel_data``: CLIENTS allocations bound to a channel toward a peer socket that reflects
   every datagram to the relay address it came from; WINDOW ChannelData messages in flight per
   allocation for SECONDS. ``relayed_per_s`` counts both directions (client->peer and
