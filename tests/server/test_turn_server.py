@@ -480,6 +480,9 @@ def test_cli_usage_errors_exit_2() -> None:
         ["--user", "nocolon"],
         ["--min-port", "9", "--max-port", "1"],
         ["--tls-cert", "/nonexistent"],
+        ["--workers", "0"],
+        ["--workers", "2", "--engine", "coturn"],
+        ["--workers", "3", "--min-port", "5000", "--max-port", "5004"],
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "natkit", "serve", "turn", "--listen", "127.0.0.1:0", *args],
