@@ -74,14 +74,19 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its descendants, all threads."""
-    total = 0.0
+def cpu_seconds_each(pid: int) -> dict[int, float]:
+    """utime + stime of a process and of each of its descendants (all threads), by pid."""
+    out: dict[int, float] = {}
     for p in _tree(pid):
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / _TICK
-    return total
+            out[p] = (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its descendants, all threads."""
+    return sum(cpu_seconds_each(pid).values())
 
 
 def rss_bytes(pid: int) -> int:

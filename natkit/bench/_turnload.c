@@ -7,6 +7,7 @@
  *
  *   turn MODE SERVER_IP SERVER_PORT USER KEYHEX [-n ALLOCS] [-s SECONDS] [-w WINDOW]
  *        [-b PAYLOAD_BYTES] [-l LIFETIME] [-c SETUP_WINDOW] [-t SETUP_TIMEOUT] [-p PEER_IP]
+ *        [-a SOURCE_IP,SOURCE_IP...]
  *
  * KEYHEX is the long-term key MD5(user:realm:password) in hex (natkit computes it).
  * Every allocation is made the way a client does it: an unauthenticated Allocate, the 401
@@ -21,6 +22,9 @@
  *            handshakes in flight), print a line, wait for a line on stdin (the caller
  *            measures the server's memory meanwhile), then Refresh every allocation and count
  *            the ones the server still knows (state held).
+ *
+ * -a: the client sockets bind to these loopback IPs in turn (port picked by the kernel): one
+ * source IP gives only the kernel's ephemeral ports (~28,000) of client sockets.
  *
  *   null     (turn null IP PORT [MAX_SECONDS]) not a driver but the least a relay can do,
  *            to measure the driver itself: see null_relay() below.
@@ -212,6 +216,9 @@ static client *C;
 static int N = 100, window_ = 32, payload = 100, lifetime = 3600, setup_window = 128;
 static double seconds = 5, setup_timeout = 60;
 static const char *peer_ip = "127.0.0.1"; /* -p: where the peer socket binds (loopback) */
+#define NK_MAX_SOURCES 64
+static struct in_addr g_sources[NK_MAX_SOURCES]; /* -a: client source IPs, used in turn */
+static int g_nsources;
 static char mode[16];
 static struct sockaddr_in server, peer;
 static int peer_fd, ep;
@@ -843,6 +850,17 @@ static int turnload_main(int argc, char **argv) {
         else if (!strcmp(o, "-c")) setup_window = atoi(v);
         else if (!strcmp(o, "-t")) setup_timeout = atof(v);
         else if (!strcmp(o, "-p")) peer_ip = v;
+        else if (!strcmp(o, "-a")) {
+            char list[1024];
+            snprintf(list, sizeof list, "%s", v);
+            for (char *save = NULL, *ip = strtok_r(list, ",", &save); ip != NULL; ip = strtok_r(NULL, ",", &save)) {
+                if (g_nsources == NK_MAX_SOURCES || inet_pton(AF_INET, ip, &g_sources[g_nsources]) != 1) {
+                    fprintf(stderr, "turnload: bad -a source IPv4 %s\n", ip);
+                    return 2;
+                }
+                g_nsources++;
+            }
+        }
         else { fprintf(stderr, "turnload: unknown option %s\n", o); return 2; }
     }
     if (payload < 8 || payload > 1200 || N < 1 || window_ < 1) { fprintf(stderr, "turnload: bad option value\n"); return 2; }
@@ -860,6 +878,10 @@ static int turnload_main(int argc, char **argv) {
         if (N <= 256) {
             setsockopt(C[i].fd, SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof bufsize);
             setsockopt(C[i].fd, SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof bufsize);
+        }
+        if (g_nsources > 0) {
+            struct sockaddr_in src = {.sin_family = AF_INET, .sin_addr = g_sources[i % g_nsources]};
+            if (bind(C[i].fd, (struct sockaddr *)&src, sizeof src) != 0) { perror("turnload: bind -a"); return 1; }
         }
         if (connect(C[i].fd, (struct sockaddr *)&server, sizeof server) != 0) { perror("turnload: connect"); return 1; }
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};

@@ -13,7 +13,9 @@ server each time, alternating engines round by round:
 
 * ``allocations``: ALLOCATIONS allocations as fast as the server takes them (allocations/s);
   the server's RSS before and with them all held gives the memory per idle allocation; then
-  every allocation is refreshed and counted (state held), then deleted.
+  every allocation is refreshed and counted (state held), then deleted. Counts beyond what
+  one relay IP or one process's descriptor limit holds are spread as :class:`AllocationPlan`
+  says (more loopback relay IPs; natkit with --workers and several driver processes).
 * ``channel_data``: CLIENTS allocations bound to a channel toward a peer socket that reflects
   every datagram to the relay address it came from; WINDOW ChannelData messages in flight per
   allocation for SECONDS. ``relayed_per_s`` counts both directions (client->peer and
@@ -39,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from natkit.bench._common import (
@@ -48,15 +51,62 @@ from natkit.bench._common import (
     core_times,
     coturn_version,
     cpu_seconds,
+    cpu_seconds_each,
     rss_bytes,
     stop,
     tool_command,
 )
 from natkit.errors import UsageError
+from natkit.server._workers import raise_fd_limit
 
 ENGINES = ("natkit", "coturn")
 USER, PASSWORD, REALM = "bench", "bench-password", "natkit-bench"
 RELAY_PORTS = (10000, 29999)  # below the kernel's ephemeral range, where the driver's ports are
+MAX_ALLOCATIONS = 100_000
+# One relay IP holds one allocation per relay port; one process holds one socket per
+# allocation, up to its descriptor limit (RLIMIT_NOFILE, which only a process with
+# CAP_SYS_RESOURCE may raise). So a large allocations run adds loopback relay IPs, and where
+# the limit is lower than the count, natkit serves with --workers and the driver runs as
+# several processes, each with a source IP of its own (one IP has ~28,000 ephemeral ports).
+PER_RELAY_IP = RELAY_PORTS[1] - RELAY_PORTS[0] + 1
+_FD_MARGIN = 1500  # descriptors a process keeps for everything but its allocations
+
+
+@dataclass(frozen=True)
+class AllocationPlan:
+    """How ``allocations`` idle allocations are held on this machine."""
+
+    allocations: int
+    fd_limit: int
+    #: natkit's processes (serve turn --workers) and the driver's processes
+    workers: int
+    drivers: int
+    #: what coturn (one process) is asked for: the count, or what its limit allows
+    coturn: int
+    relay_ips: tuple[str, ...]
+
+    @classmethod
+    def make(cls, allocations: int, fd_limit: int | None = None) -> AllocationPlan:
+        import resource
+
+        limit = fd_limit or resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        per_process = max(1000, min(limit, 1 << 20) - _FD_MARGIN)
+        workers = -(-allocations // per_process)
+        # shares of the port range per worker are uneven by the hash's spread: 15 % spare
+        spare = 1.15 if workers > 1 else 1.0
+        n_ips = max(1, -(-int(allocations * spare) // PER_RELAY_IP))
+        ips = ("127.0.0.1", *(f"127.0.2.{n}" for n in range(1, n_ips)))
+        return cls(allocations, limit, workers, workers, min(allocations, per_process), ips)
+
+    def driver_counts(self, total: int) -> list[int]:
+        return [total // self.drivers + (1 if n < total % self.drivers else 0)
+                for n in range(self.drivers)]  # fmt: skip
+
+    def driver_sources(self, n: int) -> list[str]:
+        """Driver ``n``'s source IP (none with one driver: the kernel's choice)."""
+        return [] if self.drivers == 1 else [f"127.0.3.{n + 1}"]
+
+
 # The peer is not on the relay's own IP (127.0.0.1): a relay treats its own IPs specially
 # (natkit checks their ports per packet), and real peers are elsewhere.
 PEER_IP = "127.0.0.2"
@@ -112,7 +162,7 @@ def _fields(line: str) -> dict[str, Any]:
 # -- the servers --------------------------------------------------------------------------
 
 
-def natkit_command(port: int, cpu: int | None, extra: tuple[str, ...] = ()) -> list[str]:
+def natkit_command(port: int, cpu: int | str | None, extra: tuple[str, ...] = ()) -> list[str]:
     prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
     return [
         *prefix, sys.executable, "-m", "natkit", "serve", "turn",
@@ -124,10 +174,11 @@ def natkit_command(port: int, cpu: int | None, extra: tuple[str, ...] = ()) -> l
 
 @contextlib.contextmanager
 def natkit_server(
-    cpu: int | None, timeout: float = 20.0, extra: tuple[str, ...] = ()
+    cpu: int | str | None, timeout: float = 20.0, extra: tuple[str, ...] = ()
 ) -> Iterator[tuple[tuple[str, int], int]]:
-    """``natkit serve turn`` on a free loopback port, pinned to ``cpu``: ((ip, port), pid);
-    ``extra``: more flags (``--no-gro``)."""
+    """``natkit serve turn`` on a free loopback port, pinned to ``cpu`` (a core or a taskset
+    list): ((ip, port), pid); ``extra``: more flags (``--no-gro``, ``--workers N``: then it
+    returns once every worker serves, as the server's announcement says)."""
     from natkit.server.coturn import free_port, wait_for_binding
 
     port = free_port("127.0.0.1")
@@ -141,6 +192,8 @@ def natkit_server(
         )
         try:
             status = wait_for_binding(("127.0.0.1", port), timeout, proc)
+            if status == "ok" and "--workers" in extra:
+                status = _wait_for_announcement(log, proc, timeout)
             if status != "ok":
                 log.seek(0)
                 tail = log.read().decode(errors="replace").strip().splitlines() or ["no output"]
@@ -150,15 +203,30 @@ def natkit_server(
             stop(proc)
 
 
+def _wait_for_announcement(log: Any, proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """Until ``natkit serve turn`` printed its start lines (with --workers: every worker up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return "exited"
+        log.seek(0)
+        if b"SIGTERM stops it" in log.read():
+            return "ok"
+        time.sleep(0.05)
+    return "timeout"
+
+
 @contextlib.contextmanager
-def coturn_server(cpu: int | None) -> Iterator[tuple[tuple[str, int], int]]:
+def coturn_server(
+    cpu: int | None, relay: list[str] | None = None
+) -> Iterator[tuple[tuple[str, int], int]]:
     from natkit.server.coturn import CoturnServer
 
     turn = CoturnServer(
         [("127.0.0.1", 0)],
         realm=REALM,
         users={USER: PASSWORD},
-        relay_ip="127.0.0.1",
+        relay_ip=relay or "127.0.0.1",
         allow_peers=["127.0.0.0/8"],
         min_port=RELAY_PORTS[0],
         max_port=RELAY_PORTS[1],
@@ -243,6 +311,9 @@ class Bench:
         from natkit.stun import long_term_key
 
         self.key = long_term_key(USER, REALM, PASSWORD).hex()
+        # the driver's setup (and refresh) deadline: 60 s, more for a large allocations run
+        self.setup_seconds = max(60, allocations // 500)
+        self.plan = AllocationPlan.make(allocations)
 
     def _driver(self, mode: str, addr: tuple[str, int], *extra: str) -> subprocess.Popen[bytes]:
         prefix = ["taskset", "-c", str(self.driver_cpu)] if self.driver_cpu is not None else []
@@ -270,7 +341,7 @@ class Bench:
     def _setup(
         self, reader: _LineReader, proc: subprocess.Popen[bytes], engine: str
     ) -> dict[str, Any]:
-        line = reader.line(120)
+        line = reader.line(self.setup_seconds + 60)
         if line is None or not line.startswith("setup"):
             proc.kill()
             raise UsageError(f"the TURN load driver got no allocations from {engine}: {line!r}")
@@ -282,40 +353,68 @@ class Bench:
             )
         return setup
 
-    def allocations_run(self, engine: str, addr: tuple[str, int], pid: int) -> dict[str, Any]:
+    def allocations_run(
+        self, engine: str, addr: tuple[str, int], pid: int, count: int | None = None
+    ) -> dict[str, Any]:
+        """``count`` (default: all) allocations made as fast as the server takes them, held
+        idle (memory), refreshed (state held), released; by the plan's driver processes
+        at once, each with its share."""
+        requested = count or self.allocations
+        plan = self.plan
         time.sleep(0.3)  # let the server settle after start
         before = rss_bytes(pid)
-        proc = self._driver("alloc", addr, "-n", str(self.allocations), "-c", "256", "-l", "3600")
-        reader = _LineReader(proc)
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            setup = self._setup(reader, proc, engine)
-            count = int(setup["ok"])
-            time.sleep(1.0 if count >= 1000 else 0.2)  # idle: let the server finish deferred work
+            for n, share in enumerate(plan.driver_counts(requested)):
+                sources = plan.driver_sources(n)
+                flags = ("-a", ",".join(sources)) if sources else ()
+                procs.append(self._driver(
+                    "alloc", addr, "-n", str(share), "-c", str(max(16, 256 // plan.drivers)),
+                    "-l", "3600", "-t", str(self.setup_seconds), *flags,
+                ))  # fmt: skip
+            readers = [_LineReader(p) for p in procs]
+            setups = [self._setup(r, p, engine) for r, p in zip(readers, procs, strict=True)]
+            made = sum(int(s["ok"]) for s in setups)
+            time.sleep(1.0 if made >= 1000 else 0.2)  # idle: let the server finish deferred work
             held = rss_bytes(pid)
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            proc.stdin.flush()
-            result = _fields(reader.line(120) or "")
-        except BaseException:  # Ctrl-C or a failure: the driver goes now, not at its end
-            proc.kill()
-            proc.wait(5)
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(b"go\n")
+                proc.stdin.flush()
+            results = [_fields(r.line(self.setup_seconds + 60) or "") for r in readers]
+        except BaseException:  # Ctrl-C or a failure: the drivers go now, not at their end
+            for proc in procs:
+                proc.kill()
+                proc.wait(5)
             raise
-        self._finish(proc, "allocations")
+        for proc in procs:
+            self._finish(proc, "allocations")
+        # the drivers ran side by side: the count over the longest one's time
+        seconds = max(float(s["seconds"]) for s in setups)
         return {
-            "requested": self.allocations,
-            "allocated": count,
-            "failed": int(setup["failed"]) + int(setup["unanswered"]),
-            "per_s": round(float(setup["per_s"])),
-            "refreshed": int(result.get("refreshed", 0)),
-            "released": int(result.get("released", 0)),
+            "requested": requested,
+            "allocated": made,
+            "failed": sum(int(s["failed"]) + int(s["unanswered"]) for s in setups),
+            "per_s": round(made / seconds) if seconds > 0 else 0,
+            "refreshed": sum(int(r.get("refreshed", 0)) for r in results),
+            "released": sum(int(r.get("released", 0)) for r in results),
             "rss_before": before,
             "rss_held": held,
-            "bytes_per_allocation": round((held - before) / count),
+            "bytes_per_allocation": round((held - before) / made),
+            "server_processes": plan.workers if engine == "natkit" else 1,
+            "driver_processes": plan.drivers,
+            "relay_ips": len(plan.relay_ips),
         }
 
     def traffic_run(
-        self, mode: str, engine: str, addr: tuple[str, int], pid: int
+        self,
+        mode: str,
+        engine: str,
+        addr: tuple[str, int],
+        pid: int,
+        cores: list[int] | None = None,
     ) -> dict[str, Any]:
+        """One traffic run; ``cores``: the server's cores when it has several (workers)."""
         time.sleep(0.3)
         proc = self._driver(
             mode, addr, "-n", str(self.clients), "-w", str(self.window),
@@ -324,10 +423,10 @@ class Bench:
         reader = _LineReader(proc)
         try:
             self._setup(reader, proc, engine)
-            cpu0, t0, cores0 = cpu_seconds(pid), time.monotonic(), core_times()
+            each0, t0, cores0 = cpu_seconds_each(pid), time.monotonic(), core_times()
             line = reader.line(self.seconds + 60)
             elapsed = time.monotonic() - t0
-            cpu1, cores1 = cpu_seconds(pid), core_times()
+            each1, cores1 = cpu_seconds_each(pid), core_times()
             reader.line(30)  # released=N
         except BaseException:  # Ctrl-C or a failure: the driver goes now, not at its end
             proc.kill()
@@ -337,7 +436,7 @@ class Bench:
         if line is None or not line.startswith("result"):
             raise UsageError(f"the TURN load driver stopped early against {engine}: {line!r}")
         r = _fields(line)
-        server_cpu = cpu1 - cpu0
+        server_cpu = sum(each1.values()) - sum(each0.values())
         relayed = int(r["peer_rx"]) + int(r["client_rx"])
         out = {
             "relayed_per_s": round(float(r["relayed_per_s"])),
@@ -352,9 +451,27 @@ class Bench:
         driver_cpu = float(r["driver_cpu_s"])
         # what one core of the driver sustains: far above relayed_per_s = not the limit
         out["driver_per_cpu_second"] = round(relayed / driver_cpu) if driver_cpu > 0 else None
+        if cores is not None:  # several server processes: each one's share of a core
+            busy = [round((each1[p] - each0.get(p, 0.0)) / elapsed, 3) for p in each1]
+            out["process_cpu"] = sorted((b for b in busy if b >= 0.01), reverse=True)
+            out["server_cores_busy"] = round(sum(core_busy(cores0, cores1, c) for c in cores), 3)
         if self.server_cpu is not None and self.driver_cpu is not None:
             out["server_core_busy"] = core_busy(cores0, cores1, self.server_cpu)
             out["driver_core_busy"] = core_busy(cores0, cores1, self.driver_cpu)
+        return out
+
+    def workers_run(self, workers: int, cpus: str | None) -> dict[str, Any]:
+        """ChannelData against natkit with 1 and with ``workers`` processes (--workers), all
+        pinned to ``cpus``: relayed/s per busy server core (per_cpu_second: per CPU-second of
+        all server processes) and the efficiency, N workers' figure over 1 worker's."""
+        cores = parse_cpus(cpus) if cpus is not None else None
+        out: dict[str, Any] = {}
+        for n in (1, workers):
+            extra = (*self.natkit_flags, "--workers", str(n))
+            with natkit_server(cpus, extra=extra) as (addr, pid):
+                out[str(n)] = self.traffic_run("channel", f"natkit x{n}", addr, pid, cores or [])
+        one, many = out["1"]["per_cpu_second"], out[str(workers)]["per_cpu_second"]
+        out["efficiency"] = round(many / one, 3) if one and many else None
         return out
 
     def self_test(self) -> dict[str, Any]:
@@ -366,20 +483,42 @@ class Bench:
         return out
 
     def engine_round(self, engine: str) -> dict[str, Any]:
-        def start(cpu: int | None) -> Any:
+        def start(cpu: int | None, plan: AllocationPlan | None = None) -> Any:
             if engine == "natkit":
-                return natkit_server(cpu, extra=self.natkit_flags)
-            return coturn_server(cpu)
+                more: list[str] = []
+                if plan is not None:
+                    more = [f for ip in plan.relay_ips[1:] for f in ("--relay-ip", ip)]
+                    if plan.workers > 1:
+                        more += ["--workers", str(plan.workers)]
+                return natkit_server(cpu, timeout=60.0, extra=(*self.natkit_flags, *more))
+            return coturn_server(cpu, list(plan.relay_ips) if plan else None)
 
         out: dict[str, Any] = {}
+        plan = self.plan
+        count = plan.allocations if engine == "natkit" else plan.coturn
         # a fresh server for each figure: memory is measured from a clean start
-        with start(self.server_cpu) as (addr, pid):
-            out["allocations"] = self.allocations_run(engine, addr, pid)
+        with start(self.server_cpu, plan) as (addr, pid):
+            out["allocations"] = self.allocations_run(engine, addr, pid, count)
         with start(self.server_cpu) as (addr, pid):
             out["channel_data"] = self.traffic_run("channel", engine, addr, pid)
         with start(self.server_cpu) as (addr, pid):
             out["send_indication"] = self.traffic_run("send", engine, addr, pid)
         return out
+
+
+def parse_cpus(text: str) -> list[int]:
+    """A taskset CPU list ("1", "1-3", "0,2") as core numbers (UsageError if malformed)."""
+    cores: list[int] = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            first, last = int(low), int(high or low)
+            if not 0 <= first <= last < 4096:
+                raise ValueError
+            cores += range(first, last + 1)
+    except ValueError:
+        raise UsageError(f"bad CPU list {text[:40]!r}: give e.g. 1 or 1-3 or 1,3") from None
+    return sorted(set(cores))
 
 
 # -- the whole benchmark ------------------------------------------------------------------
@@ -417,13 +556,24 @@ def run(
     driver_cpu: int | None = 0,
     self_test: bool = True,
     gro: bool = True,
+    workers: int = 1,
+    worker_cpus: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark; returns the report (keys documented in docs/bench_turn.md)."""
+    """Run the benchmark; returns the report (keys documented in docs/bench_turn.md).
+    ``workers`` > 1: each round also runs ChannelData against natkit with 1 and with that
+    many processes, all pinned to ``worker_cpus`` (a taskset list; default the server's core)."""
     say = progress or (lambda _msg: None)
     check_seconds_rounds(seconds, rounds)
-    if not 1 <= allocations <= 18_000:
-        raise UsageError(f"bad --allocations {allocations}: give 1-18000 (one relay port each)")
+    if not 1 <= workers <= 64:
+        raise UsageError(f"bad --workers {workers}: give 1-64 processes")
+    if workers > 1 and "natkit" not in engines:
+        raise UsageError("--workers measures natkit's engine: add natkit to --engines")
+    if not 1 <= allocations <= MAX_ALLOCATIONS:
+        raise UsageError(
+            f"bad --allocations {allocations}: give 1-{MAX_ALLOCATIONS} (one relay port each)"
+        )
+    raise_fd_limit()  # both engines and the driver hold a socket per allocation
     if not 1 <= clients <= 1024 or not 1 <= window <= 1024:
         raise UsageError("bad --clients/--window: give 1-1024 each")
     if not 8 <= payload <= 1200:
@@ -440,6 +590,12 @@ def run(
                 raise UsageError(f"bad {label} {cpu}: this machine has CPUs 0-{ncpu - 1}")
         if server_cpu == driver_cpu:
             raise UsageError("--server-cpu and --driver-cpu must differ (one core each)")
+        if worker_cpus is None and server_cpu is not None:
+            worker_cpus = str(server_cpu)
+        if worker_cpus is not None:
+            bad = [c for c in parse_cpus(worker_cpus) if c >= ncpu]
+            if bad:
+                raise UsageError(f"bad --worker-cpus {worker_cpus}: this machine has CPUs 0-{ncpu - 1}")
         if shutil.which("taskset") is None:
             raise UsageError("taskset is not installed (CPU pinning): apt-get install util-linux")
     if "coturn" in engines and shutil.which("turnserver") is None:
@@ -453,6 +609,9 @@ def run(
     load_before = os.getloadavg()[0]
     runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
     nulls: list[dict[str, Any]] = []
+    scaling: list[dict[str, Any]] = []
+    if ncpu < 2:
+        worker_cpus = None
     for rnd in range(1, rounds + 1):
         for engine in engines:
             say(
@@ -471,6 +630,15 @@ def run(
             say(
                 f"  null relay: ChannelData {nulls[-1]['channel_data']['relayed_per_s']:,} "
                 f"relayed/s, Send {nulls[-1]['send_indication']['relayed_per_s']:,}/s"
+            )
+        if workers > 1:
+            say(f"  natkit with 1 and {workers} workers on CPU(s) {worker_cpus} ...")
+            scaling.append(bench.workers_run(workers, worker_cpus))
+            w = scaling[-1]
+            say(
+                f"  workers: 1 -> {w['1']['per_cpu_second']:,}, {workers} -> "
+                f"{w[str(workers)]['per_cpu_second']:,} relayed per server CPU-second "
+                f"(efficiency {w['efficiency']})"
             )
 
     report: dict[str, Any] = {
@@ -504,6 +672,8 @@ def run(
         report["null_ratios_per_round"] = [
             _null_ratios(a, b) for a, b in zip(runs["natkit"], nulls, strict=True)
         ]
+    if scaling:
+        report["workers"] = _workers_summary(scaling, workers, worker_cpus)
     if "ratios" in report:
         report["target"] = _target(report)
     report["limits"] = _limits(report["engines"])
@@ -664,6 +834,29 @@ def run_stream(
         }  # fmt: skip
     report["limits"] = _limits(report["engines"], sections=("channel_data",))
     return report
+
+
+def _workers_summary(
+    scaling: list[dict[str, Any]], workers: int, cpus: str | None
+) -> dict[str, Any]:
+    """The --workers section: medians of 1 and N workers, the efficiency per round."""
+    keys = ("relayed_per_s", "per_cpu_second", "server_cpu", "loss")
+    medians: dict[str, Any] = {}
+    for n in ("1", str(workers)):
+        medians[n] = {}
+        for key in keys:
+            values = [r[n][key] for r in scaling if r[n].get(key) is not None]
+            medians[n][key] = statistics.median(values) if values else None
+    rounds = [r["efficiency"] for r in scaling]
+    known = [e for e in rounds if e is not None]
+    return {
+        "workers": workers,
+        "cpus": cpus,
+        "median": medians,
+        "efficiency": round(statistics.median(known), 3) if known else None,
+        "efficiency_per_round": rounds,
+        "runs": scaling,
+    }
 
 
 def _ratios(n: dict[str, Any], c: dict[str, Any]) -> dict[str, float | None]:

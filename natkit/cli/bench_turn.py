@@ -72,6 +72,20 @@ def register(sub: Any) -> None:
         help="run natkit with --no-gro (its C path reads every datagram on its own)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="also run ChannelData against natkit with 1 and with N processes (serve turn "
+        "--workers N) each round: relayed/s per busy server core and the efficiency",
+    )
+    parser.add_argument(
+        "--worker-cpus",
+        metavar="LIST",
+        help="taskset CPU list for those runs (default: the server's core; on 2 cores keep "
+        "the driver's core out of it)",
+    )
+    parser.add_argument(
         "--transport",
         choices=("udp", "tcp", "tls"),
         default="udp",
@@ -116,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         driver_cpu=args.driver_cpu,
         self_test=not args.no_self_test,
         gro=not args.no_gro,
+        workers=args.workers,
+        worker_cpus=args.worker_cpus,
         progress=progress_printer(args.json),
     )
     if args.json:
@@ -201,9 +217,28 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{f['rounds_met']}/{len(f['rounds'])} rounds)"
             )
         lines.append(f"natkit ChannelData loss: {t['channel_data_loss']:.3%}")
+    if "workers" in report:
+        lines += _format_workers(report["workers"])
     if "coturn" in report["engines"]:
         lines.append(f"coturn: {report['engines']['coturn'].get('version', 'unknown')}")
     return "\n".join(lines)
+
+
+def _format_workers(w: dict[str, Any]) -> list[str]:
+    n = str(w["workers"])
+    one, many = w["median"]["1"], w["median"][n]
+    lines = [f"natkit --workers {n} on CPU(s) {w['cpus']}, ChannelData (median):"]
+    for label, fig in (("1 worker", one), (f"{n} workers", many)):
+        lines.append(
+            f"  {label:<10} {fig['relayed_per_s'] or 0:>10,.0f} relayed/s, "
+            f"{fig['per_cpu_second'] or 0:>10,.0f} per busy server core "
+            f"(server processes {fig['server_cpu'] or 0:.0%} of a core)"
+        )
+    rounds = ", ".join(_x(e) for e in w["efficiency_per_round"])
+    lines.append(f"  per-worker efficiency {_x(w['efficiency'])} (rounds {rounds}): relayed "
+                 "per server CPU-second with N workers over 1; with every worker on one core "
+                 "this is the cost of N processes, not a scaling figure")
+    return lines
 
 
 def format_stream_report(report: dict[str, Any]) -> str:

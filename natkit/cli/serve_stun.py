@@ -101,6 +101,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from natkit.server._workers import serve
+    from natkit.server.stun import StunServer
 
     listen = [parse_hostport(text) for text in args.listen] if args.listen else None
     if not 1 <= args.workers <= 256:
@@ -174,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    serve(options, workers=args.workers, ready=ready, done=done)
+    server = StunServer(reuse_port=args.workers > 1, **options)
+    serve(server, workers=args.workers, name="natkit-stun-worker", ready=ready, done=done)
     return 0
 
 

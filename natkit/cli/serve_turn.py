@@ -17,7 +17,7 @@ from natkit.cli._common import (
     print_json,
     verb_parser,
 )
-from natkit.errors import ConfigError
+from natkit.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from natkit.server.service import TurnOptions, TurnService
@@ -69,7 +69,9 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="IP",
-        help="address relay sockets bind to (one per family; default: the listen address)",
+        help="address relay sockets bind to (default: the listen address); repeatable, also "
+        "within a family: allocations are spread over them, each IP holding one per relay "
+        "port (beyond ~64,000 allocations a family needs several)",
     )
     add(
         "--external-ip",
@@ -187,7 +189,21 @@ def register(sub: Any) -> None:
         help="accept only RFC 8656 channel numbers 0x4000-0x4FFF (default: up to 0x7FFE as "
         "RFC 5766 clients such as turnutils_uclient use)",
     )
-    add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/")
+    add(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/ (with --workers, the first "
+        "process's counters)",
+    )
+    add(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N processes on the same listeners (SO_REUSEPORT), each with its own share of "
+        "the relay ports (--min-port/--max-port, default 49152-65535 split N ways); natkit's "
+        "engine only",
+    )
     add(
         "--engine",
         choices=("natkit", "coturn"),
@@ -298,10 +314,12 @@ def _announce(server: TurnService, args: argparse.Namespace) -> None:
                 "credential": credential if generated else None,
                 "auth": not args.no_auth,
                 "data_path": data_path,
+                "workers": args.workers,
             }
         )
     else:
-        print(f"natkit TURN relay (engine: {engine}) on:")
+        workers = f", {args.workers} workers" if args.workers > 1 else ""
+        print(f"natkit TURN relay (engine: {engine}{workers}) on:")
         if data_path is not None:
             print(f"  data path: {data_path}")
         for url in server.urls:
@@ -342,33 +360,54 @@ async def _serve(options: TurnOptions, args: argparse.Namespace) -> dict[str, An
     return server.stats()
 
 
-def _raise_fd_limit() -> None:
-    """Each allocation holds a relay socket: let the process open as many as it may."""
-    import resource
+def _serve_workers(options: TurnOptions, args: argparse.Namespace) -> dict[str, Any]:
+    """natkit's engine as ``args.workers`` processes (natkit/server/_workers.py): the stats
+    returned are the first process's."""
+    from natkit.server._workers import serve
+    from natkit.server.turn import TurnServer
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    for want in (max(hard, 1 << 16), hard):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
-            return
-        except (ValueError, OSError):
-            continue
+    server = TurnServer(options=options, workers=args.workers)
+    stats: dict[str, Any] = {}
+
+    def done(srv: TurnServer) -> None:
+        stats.update(srv.stats())
+
+    serve(
+        server,
+        workers=args.workers,
+        name="natkit-turn-worker",
+        ready=lambda srv: _announce(srv, args),
+        done=done,
+    )
+    return stats
 
 
 def run(args: argparse.Namespace) -> int:
-    _raise_fd_limit()
+    from natkit.server._workers import raise_fd_limit
+
+    raise_fd_limit()
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if not 1 <= args.workers <= 256:
+        raise UsageError(f"bad --workers {args.workers}: give 1-256 processes")
+    if args.workers > 1 and args.engine == "coturn":
+        raise UsageError(
+            "--workers is natkit's engine only (coturn runs its own relay threads): "
+            "drop --workers or --engine coturn"
+        )
     options = options_from_args(args)
-    try:
-        import uvloop
+    if args.workers > 1:
+        stats = _serve_workers(options, args)
+    else:
+        try:
+            import uvloop
 
-        stats = uvloop.run(_serve(options, args))
-    except ImportError:
-        stats = asyncio.run(_serve(options, args))
+            stats = uvloop.run(_serve(options, args))
+        except ImportError:
+            stats = asyncio.run(_serve(options, args))
     if args.json:
         print_json(
             {

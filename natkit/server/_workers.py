@@ -1,7 +1,10 @@
-"""Run a StunServer until SIGTERM/SIGINT, optionally as N processes sharing the ports.
+"""Run a server (StunServer, TurnServer) until SIGTERM/SIGINT, optionally as N processes
+sharing the ports.
 
 ``--workers N``: this process binds first (resolving port 0), then starts N-1 more processes
 that bind the very same addresses with SO_REUSEPORT; the kernel spreads clients over them.
+Worker ``n``'s server is ``type(first)(**first.worker_options(n))``: the first server says
+what its siblings need (the resolved ports, and for TURN the worker's share of relay ports).
 """
 
 from __future__ import annotations
@@ -10,20 +13,32 @@ import asyncio
 import contextlib
 import multiprocessing
 import signal
+import time
 from collections.abc import Callable
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from multiprocessing.connection import Connection, wait
+from typing import Any, Protocol
 
-from natkit.server.stun import StunServer
+
+class WorkerServer(AbstractAsyncContextManager[Any], Protocol):
+    def worker_options(self, worker: int) -> dict[str, Any]:
+        """Keyword arguments of worker ``worker``'s server (1 .. N-1), ports resolved."""
+        ...
 
 
-def _raise_fd_limit() -> None:
-    """One descriptor per TCP/TLS client: lift the soft limit to the hard one."""
+def raise_fd_limit() -> None:
+    """One descriptor per TCP/TLS client and per TURN relay socket: lift the soft limit to
+    the hard one, and the hard one too where the process may (root: room for several relay
+    IPs' worth of allocations)."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    for want in (max(hard, 1 << 18), max(hard, 1 << 16), hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
+            return
+        except (ValueError, OSError):
+            continue
 
 
 def _install_loop_policy() -> None:
@@ -34,7 +49,9 @@ def _install_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _run_until_signal(server: StunServer, ready: Callable[[StunServer], None] | None) -> None:
+async def _run_until_signal(
+    server: WorkerServer, ready: Callable[[WorkerServer], None] | None
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -49,38 +66,70 @@ async def _run_until_signal(server: StunServer, ready: Callable[[StunServer], No
             loop.remove_signal_handler(sig)
 
 
-def _worker_main(options: dict[str, Any]) -> None:
-    _raise_fd_limit()
+_START_TIMEOUT = 60.0  # seconds the first process waits for the others to be serving
+
+
+def _worker_main(cls: type[WorkerServer], options: dict[str, Any], up: Connection) -> None:
+    raise_fd_limit()
     _install_loop_policy()
+
+    def ready(_: WorkerServer) -> None:
+        with contextlib.suppress(OSError):
+            up.send(True)
+            up.close()
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_until_signal(StunServer(reuse_port=True, **options), None))
+        asyncio.run(_run_until_signal(cls(**options), ready))
+
+
+def _wait_until_up(children: list[tuple[multiprocessing.process.BaseProcess, Connection]]) -> None:
+    """Until every child serves (or died): a socket joining an SO_REUSEPORT group moves some
+    sources to it, so "ready" waits until the group is complete."""
+    deadline = time.monotonic() + _START_TIMEOUT
+    pending = {conn: proc for proc, conn in children}
+    while pending and time.monotonic() < deadline:
+        for conn in wait(list(pending), timeout=0.2):
+            with contextlib.suppress(EOFError, OSError):
+                conn.recv()
+            conn.close()
+            pending.pop(conn)  # type: ignore[call-overload]
+        for conn, proc in list(pending.items()):
+            if not proc.is_alive():
+                conn.close()
+                del pending[conn]
 
 
 def serve(
-    options: dict[str, Any],
+    server: WorkerServer,
     *,
     workers: int = 1,
-    ready: Callable[[StunServer], None] | None = None,
-    done: Callable[[StunServer], None] | None = None,
+    name: str = "natkit-worker",
+    ready: Callable[[Any], None] | None = None,
+    done: Callable[[Any], None] | None = None,
 ) -> None:
-    """Serve with ``StunServer(**options)`` until SIGTERM or Ctrl-C; ``ready`` is called once
-    every address is up, ``done`` after it stopped (both in this process)."""
-    _raise_fd_limit()
+    """Serve ``server`` (made with SO_REUSEPORT when ``workers`` > 1) until SIGTERM or Ctrl-C,
+    with ``workers - 1`` more processes on the same ports; ``ready`` is called once every
+    address is up, ``done`` after it stopped (both in this process)."""
+    raise_fd_limit()
     _install_loop_policy()
-    server = StunServer(reuse_port=workers > 1, **options)
     children: list[multiprocessing.process.BaseProcess] = []
 
-    def on_ready(srv: StunServer) -> None:
+    def on_ready(srv: WorkerServer) -> None:
         ctx = multiprocessing.get_context("spawn")
-        for n in range(workers - 1):
+        started = []
+        for n in range(1, workers):
+            mine, theirs = ctx.Pipe(duplex=False)
             proc = ctx.Process(
                 target=_worker_main,
-                args=(srv.same_ports_options(),),
-                name=f"natkit-stun-worker-{n + 1}",
+                args=(type(srv), srv.worker_options(n), theirs),
+                name=f"{name}-{n}",
                 daemon=True,
             )
             proc.start()
+            theirs.close()
             children.append(proc)
+            started.append((proc, mine))
+        _wait_until_up(started)
         if ready is not None:
             ready(srv)
 

@@ -51,8 +51,10 @@ class TurnOptions:
     (``NAME:PASSWORD`` lines) and ``auth_secrets`` (TURN REST API, several for rotation) give
     credentials; with none of them a random user is generated; ``no_auth`` makes an open
     relay; ``auth`` replaces all of these with an :class:`~natkit.turn.auth.Authenticator`.
-    ``relay_ip``: the address(es) relay sockets bind to, one per family (default: the listen
-    address, or this host's primary address); ``external_ip``: what XOR-RELAYED-ADDRESS says
+    ``relay_ip``: the address(es) relay sockets bind to (default: the listen address, or this
+    host's primary address); several of one family spread the allocations over them, each
+    IP holding one allocation per port of the relay range (so more than ~64,000 allocations
+    per family need several); ``external_ip``: what XOR-RELAYED-ADDRESS says
     behind a 1:1 NAT. ``min_port``/``max_port``: the relay port range (default: ports the
     kernel picks). ``allow_peers``/``deny_peers``: CIDRs opened / closed on top of the default
     peer policy, or ``peer_policy``: a :class:`~natkit.turn.policy.PeerPolicy` of your own.
@@ -194,6 +196,8 @@ class TurnOptions:
         else:
             low, high = ephemeral_ports()
             capacity = high - low + 1
+        ips = as_list(self.relay_ip)
+        capacity *= max([1, *(sum(1 for ip in ips if family(ip) == f) for f in (4, 6))])
         if self.max_allocations is not None:
             capacity = min(capacity, self.max_allocations)
         return max(1, capacity // 2)

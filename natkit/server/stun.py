@@ -324,6 +324,10 @@ class StunServer:
         "pure Python: NATKIT_NO_CEXT=1")."""
         return describe(self.fast_path is not False)
 
+    def worker_options(self, worker: int) -> dict[str, Any]:
+        """Keyword arguments of ``--workers``' other processes: these ports, SO_REUSEPORT."""
+        return {**self.same_ports_options(), "reuse_port": True}
+
     def same_ports_options(self) -> dict[str, Any]:
         """Keyword arguments for another StunServer on exactly these ports (port 0 resolved):
         how ``--workers`` starts its other processes (with ``reuse_port=True``)."""

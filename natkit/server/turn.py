@@ -108,6 +108,36 @@ def _primary_ip(family: int) -> str:
             return "::1" if family == 6 else "127.0.0.1"
 
 
+#: the relay ports split between workers when none are configured (coturn's default range)
+WORKER_PORTS = (49152, 65535)
+
+
+def _worker_share(
+    opts: TurnOptions, worker: int, workers: int
+) -> tuple[tuple[int, int] | None, list[tuple[int, int]], TurnOptions]:
+    """(the whole relay range, the other workers' shares, options with this worker's share)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+        raise ConfigError(f"give 1-256 workers, not {workers!r}", param="workers")
+    if not 0 <= worker < workers:
+        raise ConfigError(f"worker {worker} is not one of 0-{workers - 1}", param="worker")
+    if workers == 1:
+        return None, [], opts
+    low, high = (opts.min_port, opts.max_port) if opts.min_port else WORKER_PORTS
+    size = (high - low + 1) // workers
+    if size < 2:
+        raise ConfigError(
+            f"relay ports {low}-{high} cannot be split between {workers} workers: "
+            "give a wider --min-port/--max-port range or fewer workers",
+            param="min_port",
+        )
+    shares = [
+        (low + n * size, high if n == workers - 1 else low + (n + 1) * size - 1)
+        for n in range(workers)
+    ]
+    mine = shares.pop(worker)
+    return (low, high), shares, opts.replace(min_port=mine[0], max_port=mine[1])
+
+
 class TurnServer(TurnService):
     """A TURN relay (RFC 8656) on UDP, TCP and (with a certificate) TLS: natkit's engine.
 
@@ -115,6 +145,12 @@ class TurnServer(TurnService):
     (``TurnServer(users={"u": "p"}, allow_peers=["10.0.0.0/8"])``); see :class:`TurnOptions`.
     ``fast_path``: None (the C data path when the extension is built and NATKIT_NO_CEXT is
     unset), True/False to force C/Python.
+    ``workers``/``worker``/``reuse_port``: this is process ``worker`` of ``workers`` serving the
+    same listeners with SO_REUSEPORT (``natkit serve turn --workers N``, natkit/server/_workers.py):
+    the relay port range (``min_port``-``max_port``, default 49152-65535 with several
+    workers) is split into one share per worker so their relay ports never collide, and the
+    other shares are the siblings' relayed addresses (peers reached over the network with
+    ``relay_to_relay``, refused without it; docs/turn-server.md).
     Once started, :attr:`addresses`, :attr:`urls` and :meth:`ice_server` are ready.
     """
 
@@ -125,17 +161,33 @@ class TurnServer(TurnService):
         listen: Sequence[str | Address] | None = None,
         *,
         options: TurnOptions | None = None,
+        reuse_port: bool = False,
+        worker: int = 0,
+        workers: int = 1,
         **overrides: Any,
     ) -> None:
-        opts = self.options = build_options(options, listen, overrides)
+        opts = build_options(options, listen, overrides)
+        self.workers, self.worker = workers, worker
+        self.reuse_port = reuse_port or workers > 1
+        self.relay_range, self.sibling_ports, opts = _worker_share(opts, worker, workers)
+        self.options = opts
         self.listen = opts.listen_addresses()
         self.realm = opts.realm
         self.auth_plan = plan_auth(opts)
         self.users = self.auth_plan.users
         self.auth_secrets = self.auth_plan.secrets
-        self.relay_ips = self._relay_ips(opts.relay_ip)
+        #: family -> every relay IP of it (allocations are spread over them), and the first
+        self.relay_pool = self._relay_ips(opts.relay_ip)
+        self.relay_ips = {fam: ips[0] for fam, ips in self.relay_pool.items()}
         self.external_ips = self._external_ips(opts.external_ip)
-        self.ports = PortPool(opts.min_port, opts.max_port)
+        # one port pool per relay IP: each IP holds one relay socket per port of the range
+        self.port_pools = {
+            ip: PortPool(opts.min_port, opts.max_port)
+            for ips in self.relay_pool.values()
+            for ip in ips
+        }
+        self.ports = next(iter(self.port_pools.values()))
+        self._next_ip = {fam: 0 for fam in self.relay_pool}
         self.policy = opts.peer_policy or _default_policy(opts)
         try:
             self._ssl: ssl.SSLContext | None = server_context(opts.tls_cert, opts.tls_key)
@@ -206,25 +258,25 @@ class TurnServer(TurnService):
 
     # -- configuration helpers --------------------------------------------------------------
 
-    def _relay_ips(self, relay_ip: str | Sequence[str] | None) -> dict[int, str]:
-        ips: dict[int, str] = {}
+    def _relay_ips(self, relay_ip: str | Sequence[str] | None) -> dict[int, list[str]]:
+        ips: dict[int, list[str]] = {}
         for value in as_list(relay_ip):
             ip = check_ip(value, "relay_ip")
-            if _family(ip) in ips:
-                raise ConfigError(
-                    f"two relay IPs of the same family: {ips[_family(ip)]} and {ip}",
-                    param="relay_ip",
-                )
-            ips[_family(ip)] = ip
+            if ipaddress.ip_address(ip).is_unspecified:
+                raise ConfigError(f"{ip} is not an address to relay from", param="relay_ip")
+            same = ips.setdefault(_family(ip), [])
+            if ip in same:
+                raise ConfigError(f"relay IP {ip} given twice", param="relay_ip")
+            same.append(ip)
         if not ips:
             for ip, _ in self.listen:
                 fam = _family(ip)
                 if fam in ips:
                     continue
                 if ipaddress.ip_address(ip).is_unspecified:
-                    ips[fam] = _primary_ip(fam)
+                    ips[fam] = [_primary_ip(fam)]
                 else:
-                    ips[fam] = ip
+                    ips[fam] = [ip]
         return ips
 
     def _external_ips(self, external_ip: str | Sequence[str] | None) -> dict[int, str]:
@@ -234,6 +286,12 @@ class TurnServer(TurnService):
             if _family(ip) not in self.relay_ips:
                 raise ConfigError(
                     f"{ip} has no relay IP of its family to stand for", param="external_ip"
+                )
+            if len(self.relay_pool[_family(ip)]) > 1:
+                raise ConfigError(
+                    f"{ip} would stand for {len(self.relay_pool[_family(ip)])} relay IPs: "
+                    "give one relay IP per family with an external IP",
+                    param="external_ip",
                 )
             ips[_family(ip)] = ip
         return ips
@@ -339,7 +397,7 @@ class TurnServer(TurnService):
                 "%s can relay through this server. Use it in a closed lab only.",
                 ", ".join(sorted({_fmt(a) for _, a in self.addresses})),
             )
-        relay = ",".join(self.relay_ips.values())
+        relay = ",".join(ip for ips in self.relay_pool.values() for ip in ips)
         describe = getattr(self.policy, "describe", None)
         log.info(
             "event=turn_started listen=%s relay_ip=%s realm=%r policy=%s own=%s user_quota=%s "
@@ -362,7 +420,7 @@ class TurnServer(TurnService):
         if wildcard:
             networks += [a for a in local_addresses() if _family(a.split("/")[0]) in wildcard]
         networks += [ip for ip, _ in self.listen if not ipaddress.ip_address(ip).is_unspecified]
-        networks += list(self.relay_ips.values()) + list(self.external_ips.values())
+        networks += list(self.port_pools) + list(self.external_ips.values())
         ports = {(_family(ip), port) for _, (ip, port) in self.addresses}
         reopened: Sequence[str] = ()
         if self.options.peer_policy is None:
@@ -374,7 +432,33 @@ class TurnServer(TurnService):
             relay_ports=relay_ports,
             reopened=reopened,
             relay_to_relay=self.options.relay_to_relay,
+            sibling_ports=self.sibling_ports,
+            sibling_ips=[*self.port_pools, *self.external_ips.values()],
         )
+
+    def worker_options(self, worker: int) -> dict[str, Any]:
+        """Keyword arguments of worker ``worker``'s TurnServer (natkit/server/_workers.py):
+        these listeners (ports resolved), the same users (a generated one too), the whole
+        relay range to take its share of; metrics stay with the first process."""
+        assert self.relay_range is not None, "a single-process server has no workers"
+        udp = self.addresses_of("udp")
+        tls = self.addresses_of("tls")
+        changes: dict[str, Any] = {
+            "listen": udp,
+            "min_port": self.relay_range[0],
+            "max_port": self.relay_range[1],
+            "metrics": None,
+        }
+        if tls:
+            changes["tls_port"] = tls[0][1]
+        if self.auth_plan.generated:
+            changes["users"] = dict(self.auth_plan.users)
+        return {
+            "options": self.options.replace(**changes),
+            "reuse_port": True,
+            "worker": worker,
+            "workers": self.workers,
+        }
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -457,6 +541,8 @@ class TurnServer(TurnService):
         try:
             if sock.family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _RCVBUF)
@@ -489,6 +575,8 @@ class TurnServer(TurnService):
             sock = socket.socket(_af(_family(ip)), socket.SOCK_STREAM)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self.reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if sock.family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((ip, port))
@@ -616,13 +704,22 @@ class TurnServer(TurnService):
         relays: list[Relay] = []
         reserved: Relay | None = None
         for i, family in enumerate(pending.families):
-            ip = self.relay_ips.get(family)
-            if ip is None:
+            ips = self.relay_pool.get(family)
+            if not ips:
                 continue
             first = i == 0
-            got = self._open_relay(
-                ip, even=first and pending.even_port, pair=first and pending.reserve_next
-            )
+            got = None
+            # round robin over the family's relay IPs, the next one when one is full
+            start = self._next_ip[family]
+            self._next_ip[family] = (start + 1) % len(ips)
+            for n in range(len(ips)):
+                got = self._open_relay(
+                    ips[(start + n) % len(ips)],
+                    even=first and pending.even_port,
+                    pair=first and pending.reserve_next,
+                )
+                if got is not None:
+                    break
             if got is None:
                 if first:
                     break
@@ -656,7 +753,8 @@ class TurnServer(TurnService):
         self, ip: str, *, even: bool, pair: bool
     ) -> tuple[RelaySocket, RelaySocket | None] | None:
         """Bind a relay socket (an even port, and the next one too with ``pair``)."""
-        if self.ports.ephemeral:
+        pool = self.port_pools[ip]
+        if pool.ephemeral:
             for _ in range(64):
                 first = self._bind_port(ip, 0)
                 if first is None:
@@ -672,7 +770,7 @@ class TurnServer(TurnService):
                     return first, second
                 self.forget_relay(first)
             return None
-        for port in self.ports.candidates(even=even, pair=pair):
+        for port in pool.candidates(even=even, pair=pair):
             first = self._bind_port(ip, port)
             if first is None:
                 continue
@@ -706,8 +804,9 @@ class TurnServer(TurnService):
             return None
         relay = RelaySocket(self, sock, (ip, port) if port else None)
         self._relays[sock.fileno()] = relay
-        if not self.ports.ephemeral:
-            self.ports.take(relay.address[1])
+        pool = self.port_pools[ip]
+        if not pool.ephemeral:
+            pool.take(port)
         if self.fast is not None:
             self.fast.watch(relay.fd, 1)
         else:
@@ -724,8 +823,9 @@ class TurnServer(TurnService):
             self.fast.unwatch(fd)
         elif self._loop is not None:
             self._loop.remove_reader(fd)
-        if not self.ports.ephemeral:
-            self.ports.release(relay.address[1])
+        pool = self.port_pools.get(relay.address[0])
+        if pool is not None and not pool.ephemeral:
+            pool.release(relay.address[1])
         relay.sock.close()
         relay.relay = None
 

@@ -271,7 +271,8 @@ class TurnEngine:
         if first > 0x3F:
             self.stats.bad_packets += 1
             return []
-        if addr in self._relay_addrs:  # one of our relays: a nested allocation, a loop
+        if addr in self._relay_addrs or self.own.sibling_relay(addr):
+            # one of our relays (or another worker's): a nested allocation, a loop
             self.stats.from_own_relay += 1
             return []
         if self.requires_auth:

@@ -107,7 +107,13 @@ class OwnAddresses:
     server reaching each other, as WebRTC does when both must use a relay): off by default;
     nested allocations stay impossible either way (the engine drops requests from its relays)
     and the listener and the rest of the relay's IPs stay refused. The engine adds the IPs of
-    every relay it creates and checks its live relay addresses itself.
+    every relay it creates and checks its live relay addresses itself. ``sibling_ports``: the
+    relay port ranges of the other processes of the same server (``--workers``), whose relayed
+    addresses live on ``sibling_ips`` (the relay and external IPs they share with this one):
+    with ``relay_to_relay`` a peer there is accepted and reached over the network (this
+    process cannot know which of those ports are live), without it they are refused as this
+    process's own range is; :meth:`sibling_relay` tells the engine to drop requests coming
+    from them as it drops those from its own relays.
     """
 
     __slots__ = (
@@ -118,6 +124,8 @@ class OwnAddresses:
         "relay_ports",
         "relay_to_relay",
         "reopened",
+        "sibling_ips",
+        "sibling_ports",
     )
 
     def __init__(
@@ -128,8 +136,12 @@ class OwnAddresses:
         relay_ports: tuple[int, int] | None = None,
         reopened: Iterable[str] = (),
         relay_to_relay: bool = False,
+        sibling_ports: Iterable[tuple[int, int]] = (),
+        sibling_ips: Iterable[str] = (),
     ) -> None:
         self.relay_to_relay = relay_to_relay
+        self.sibling_ports = tuple(sibling_ports)
+        self.sibling_ips = frozenset(str(canonical_peer(ip)) for ip in sibling_ips)
         self.networks = _cidrs([*networks, "0.0.0.0/32", "::/128"], "networks")
         self.listen_ports: frozenset[tuple[int, int]] = frozenset(listen_ports)
         self.relay_ports = relay_ports
@@ -187,12 +199,26 @@ class OwnAddresses:
             return None if self.relay_to_relay else "the relay's own relayed address"
         if (family, port) in self.listen_ports:
             return "the relay's own listener"
+        if self.sibling_ports and canonical in self.sibling_ips and self._in_sibling(port):
+            return None if self.relay_to_relay else "the relay's own relay port range"
         low_high = self.relay_ports
         if low_high is not None and low_high[0] <= port <= low_high[1]:
             return "the relay's own relay port range"
         if not reopened:
             return "the relay's own address"
         return None
+
+    def _in_sibling(self, port: int) -> bool:
+        return any(low <= port <= high for low, high in self.sibling_ports)
+
+    def sibling_relay(self, address: Address) -> bool:
+        """True when ``address`` may be a relayed address of another worker of this server."""
+        if not self.sibling_ports or not self._in_sibling(address[1]):
+            return False
+        try:
+            return str(canonical_peer(address[0])) in self.sibling_ips
+        except PeerAddressError:
+            return False
 
     def describe(self) -> list[str]:
         return [str(c) for c in self.networks.iter_cidrs()]

@@ -136,3 +136,76 @@ def test_driver_batched_sends_arrive_as_separate_packets(mode: str, payload: int
     assert int(fields["peer_rx"]) >= int(fields["client_rx"])
     assert float(fields["loss"]) < 0.05
     assert fields["gso"] in ("0", "1")
+
+
+def test_workers_section() -> None:
+    """--workers 2: ChannelData against natkit with 1 and 2 processes, relayed per busy
+    server core for both and their ratio (the per-worker efficiency)."""
+    from natkit.bench.turn import Bench, _workers_summary
+
+    bench = Bench(
+        seconds=0.5, allocations=1, clients=8, window=8, payload=100, server_cpu=1,
+        driver_cpu=0, driver=driver_command(),
+    )  # fmt: skip
+    run_ = bench.workers_run(2, "1")
+    for n in ("1", "2"):
+        f = run_[n]
+        assert f["relayed_per_s"] > 0 and f["loss"] < 0.05 and f["per_cpu_second"] > 0
+        assert 1 <= len(f["process_cpu"]) <= 3  # the workers (and an idle helper at most)
+    assert run_["efficiency"] == pytest.approx(
+        run_["2"]["per_cpu_second"] / run_["1"]["per_cpu_second"], rel=0.01
+    )
+    w = _workers_summary([run_], 2, "1")
+    assert (w["workers"], w["cpus"], w["efficiency_per_round"]) == (2, "1", [run_["efficiency"]])
+    assert w["median"]["2"]["relayed_per_s"] == run_["2"]["relayed_per_s"]
+    assert main(["bench", "turn", "--workers", "0"]) == 2
+    assert main(["bench", "turn", "--workers", "2", "--worker-cpus", "1-x"]) == 2
+
+
+def test_allocation_plan_fits_the_descriptor_limit() -> None:
+    """Where one process cannot hold the count (RLIMIT_NOFILE), natkit runs as workers and the
+    driver as several processes; relay IPs cover the count (each holds one per relay port)."""
+    from natkit.bench.turn import AllocationPlan
+
+    small = AllocationPlan.make(10_000, fd_limit=20_000)
+    assert (small.workers, small.drivers, small.coturn, small.relay_ips) == (
+        1, 1, 10_000, ("127.0.0.1",)
+    )  # fmt: skip
+    assert small.driver_sources(0) == [] and small.driver_counts(10_000) == [10_000]
+    big = AllocationPlan.make(100_000, fd_limit=20_000)
+    assert (big.workers, big.drivers, big.coturn, len(big.relay_ips)) == (6, 6, 18_500, 6)
+    assert sum(big.driver_counts(100_000)) == 100_000 and max(big.driver_counts(100_000)) < 18_500
+    assert {ip for n in range(6) for ip in big.driver_sources(n)} == {
+        f"127.0.3.{n}" for n in range(1, 7)
+    }
+    roomy = AllocationPlan.make(100_000, fd_limit=1 << 18)
+    assert (roomy.workers, roomy.coturn, len(roomy.relay_ips)) == (1, 100_000, 5)
+
+
+def test_driver_binds_its_sources() -> None:
+    """-a: the driver's client sockets come from the given source IPs, in turn."""
+    import asyncio
+
+    from natkit.bench.turn import PASSWORD, REALM, USER
+    from natkit.server.turn import TurnServer
+    from natkit.stun import long_term_key
+
+    key = long_term_key(USER, REALM, PASSWORD).hex()
+
+    async def main() -> set[str]:
+        async with TurnServer([("127.0.0.1", 0)], users={USER: PASSWORD}, realm=REALM) as turn:
+            ip, port = turn.addresses_of("udp")[0]
+            proc = await asyncio.create_subprocess_exec(
+                *driver_command(), "alloc", ip, str(port), USER, key, "-n", "6",
+                "-a", "127.0.3.1,127.0.3.2", "-t", "10",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert proc.stdout is not None and proc.stdin is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 20)
+            assert b"ok=6" in line, line
+            sources = {a.client_addr[0] for a in turn.engine.allocations.values()}
+            proc.stdin.write(b"go\n")
+            await asyncio.wait_for(proc.communicate(), 20)
+            return sources
+
+    assert asyncio.run(main()) == {"127.0.3.1", "127.0.3.2"}

@@ -487,6 +487,9 @@ def test_cli_usage_errors_exit_2() -> None:
         ["--min-port", "9", "--max-port", "1"],
         ["--tls-cert", "/nonexistent"],
         ["--users-file", "/dev/zero"],  # a device: refused by its kind, never read
+        ["--workers", "0"],
+        ["--workers", "2", "--engine", "coturn"],
+        ["--workers", "3", "--min-port", "5000", "--max-port", "5004"],
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "natkit", "serve", "turn", "--listen", "127.0.0.1:0", *args],
@@ -498,6 +501,26 @@ def test_cli_usage_errors_exit_2() -> None:
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
         if args[-1] == "/dev/zero":
             assert "/dev/zero: not a regular file" in proc.stderr, proc.stderr
+
+
+def _serve_json(*args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """``natkit serve turn --json --listen 127.0.0.1:0 ARGS`` and its ready event."""
+    import json
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "natkit", "serve", "turn", "--json", "--listen", "127.0.0.1:0",
+         *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not lines or not lines[-1].startswith("}"):
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            raise AssertionError(proc.stderr.read() if proc.stderr else "no ready event")
+        lines.append(line)
+    return proc, json.loads("".join(lines))
 
 
 def test_cli_serves_and_stops_on_sigterm() -> None:
@@ -563,7 +586,6 @@ async def test_dont_fragment_sets_df_on_the_relay_socket() -> None:
 
 @pytest.mark.coturn
 def test_cli_engine_coturn_same_options() -> None:
-    import json
     import shutil
     import signal
 
@@ -571,19 +593,8 @@ def test_cli_engine_coturn_same_options() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("turnserver missing in CI (Debian package coturn)")
         pytest.skip("coturn not installed")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "natkit", "serve", "turn", "--engine", "coturn", "--json",
-         "--listen", "127.0.0.1:0", "--user", "a:b", "--allow-peer", "127.0.0.0/8"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc, info = _serve_json("--engine", "coturn", "--user", "a:b", "--allow-peer", "127.0.0.0/8")
     try:
-        assert proc.stdout is not None
-        lines = []
-        while not lines or not lines[-1].startswith("}"):
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read() if proc.stderr else ""
-            lines.append(line)
-        info = json.loads("".join(lines))
         assert info["engine"] == "coturn"
         port = info["addresses"][0]["port"]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -1024,3 +1035,177 @@ async def test_fec0_and_3fff_peers_refused() -> None:
             assert (await c.request(_permit((ip, 9)))).error_code.code == 403
         assert turn.stats()["refused_by_reason"]["special_purpose"] == 3
         c.close()
+
+
+# -- several workers on the same listeners (--workers) -------------------------------------
+
+
+async def _one_on_each_worker(
+    listener: tuple[str, int], shares: list[tuple[int, int]], tries: int = 48
+) -> list[tuple[RawClient, tuple[str, int]]]:
+    """Clients from new source ports until one allocation landed in each relay port share
+    (the kernel spreads sources over SO_REUSEPORT sockets by hash): [(client, relayed)]."""
+    found: dict[int, tuple[RawClient, tuple[str, int]]] = {}
+    spare: list[RawClient] = []
+    for _ in range(tries):
+        c = RawClient(listener, "u", "p")
+        relayed = (await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+        share = next(n for n, (lo, hi) in enumerate(shares) if lo <= relayed[1] <= hi)
+        if share in found:
+            spare.append(c)
+        else:
+            found[share] = (c, relayed)
+        if len(found) == len(shares):
+            break
+    for c in spare:
+        c.close()
+    assert len(found) == len(shares), f"{tries} sources all landed on workers {sorted(found)}"
+    return [found[n] for n in range(len(shares))]
+
+
+@PATHS
+@pytest.mark.parametrize("relay_to_relay", [True, False], ids=["relay-to-relay", "refused"])
+async def test_workers_share_the_listener_split_the_ports_and_reach_each_other(
+    fast: bool, relay_to_relay: bool
+) -> None:
+    """Two workers on one port (SO_REUSEPORT), each relaying from its own half of the range;
+    an allocation on one reaches a relayed address of the other over the network (or is
+    refused 403 with relay_to_relay off); the listener stays refused either way."""
+    first = TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast),
+        min_port=43000, max_port=43099, workers=2, relay_to_relay=relay_to_relay,
+    )  # fmt: skip
+    async with first:
+        second = TurnServer(**first.worker_options(1))
+        async with second:
+            listener = first.addresses_of("udp")[0]
+            assert second.addresses_of("udp") == [listener]
+            assert (first.ports.low, first.ports.high) == (43000, 43049)
+            assert (second.ports.low, second.ports.high) == (43050, 43099)
+            (a, relay_a), (b, relay_b) = await _one_on_each_worker(
+                listener, [(43000, 43049), (43050, 43099)]
+            )
+            assert (await a.request(_permit(listener))).error_code.code == 403
+            free = 43000 if relay_a[1] != 43000 else 43001  # not live: this worker knows
+            assert (await a.request(_permit(("127.0.0.1", free)))).error_code.code == 403
+            if not relay_to_relay:
+                assert (await a.request(_permit(relay_b))).error_code.code == 403
+                bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4000)
+                bind.add(Attr.XOR_PEER_ADDRESS, relay_b)
+                assert (await a.request(bind)).error_code.code == 403
+            else:
+                assert (await a.request(_permit(relay_b))).cls == Class.SUCCESS
+                assert (await b.request(_permit(relay_a))).cls == Class.SUCCESS
+                a.send_raw(_send(relay_b, b"hello b"))
+                ind = decode(await b.recv())
+                assert ind.get(Attr.DATA) == b"hello b"
+                assert ind.get(Attr.XOR_PEER_ADDRESS) == relay_a
+                # channels both ways: worker 1 -> worker 0 over the network, each once
+                bind = Message(Method.CHANNEL_BIND).add(Attr.CHANNEL_NUMBER, 0x4001)
+                assert (await b.request(bind.add(Attr.XOR_PEER_ADDRESS, relay_a))).cls == (
+                    Class.SUCCESS
+                )
+                b.send_raw(encode_channel_data(0x4001, b"hello a"))
+                assert decode(await a.recv()).get(Attr.DATA) == b"hello a"
+                with pytest.raises(TimeoutError):
+                    await a.recv(0.3)  # once, not in a loop
+                with pytest.raises(TimeoutError):
+                    await b.recv(0.1)
+                assert first.stats()["to_peer_packets"] == 1
+                assert second.stats()["to_peer_packets"] == 1
+            a.close()
+            b.close()
+
+
+def test_worker_share_refuses_a_range_too_small_to_split() -> None:
+    with pytest.raises(ConfigError, match="cannot be split") as info:
+        TurnServer([("127.0.0.1", 0)], users={"u": "p"}, min_port=5000, max_port=5002, workers=2)
+    assert info.value.param == "min_port"
+    default = TurnServer([("127.0.0.1", 0)], users={"u": "p"}, workers=2, worker=1)
+    assert (default.ports.low, default.ports.high) == (57344, 65535)
+
+
+def test_cli_workers_serve_both_shares_and_stop_on_sigterm() -> None:
+    """``--workers 2``: a second process on the same port, allocations land in both halves of
+    the relay range, SIGTERM stops every process."""
+    import json
+    import signal
+
+    proc, info = _serve_json(
+        "--user", "u:p", "--workers", "2", "--min-port", "43200", "--max-port", "43299",
+        "--allow-peer", "127.0.0.0/8",
+    )  # fmt: skip
+    try:
+        assert info["workers"] == 2
+        listener = ("127.0.0.1", info["addresses"][0]["port"])
+
+        async def both() -> None:
+            deadline = time.monotonic() + 20  # the second worker may still be starting
+            while True:
+                try:
+                    pairs = await _one_on_each_worker(listener, [(43200, 43249), (43250, 43299)])
+                    break
+                except AssertionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
+            for c, _ in pairs:
+                c.close()
+
+        asyncio.run(both())
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+        assert proc.returncode == 0 and json.loads(out)["stopped"] is True
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# -- several relay IPs of one family ---------------------------------------------------------
+
+
+@PATHS
+async def test_several_relay_ips_spread_allocations_and_each_holds_the_port_range(
+    fast: bool,
+) -> None:
+    """Two relay IPs, two relay ports: four allocations (each IP holds every port of the
+    range once), a fifth is refused 508; both IPs are the relay's own; a port freed on one
+    IP serves the next allocation there."""
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast),
+        relay_ip=["127.0.0.1", "127.0.0.3"], min_port=44000, max_port=44001,
+    ) as turn:  # fmt: skip
+        listener = turn.addresses_of("udp")[0]
+        clients, relayed = [], []
+        for _ in range(4):
+            c = RawClient(listener, "u", "p")
+            relayed.append((await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS))
+            clients.append(c)
+        assert sorted(relayed) == [
+            ("127.0.0.1", 44000), ("127.0.0.1", 44001), ("127.0.0.3", 44000), ("127.0.0.3", 44001)
+        ]  # fmt: skip
+        extra = RawClient(listener, "u", "p")
+        assert (await extra.allocate()).error_code.code == 508
+        # the second IP is the relay's own: a relayed address there is a peer (relay to
+        # relay), the listener port on it is not
+        assert (await clients[0].request(_permit(relayed[1]))).cls == Class.SUCCESS
+        assert (await clients[0].request(_permit(("127.0.0.3", listener[1])))).error_code.code == 403
+        gone = relayed.index(("127.0.0.3", 44001))
+        delete = Message(Method.REFRESH).add(Attr.LIFETIME, 0)
+        assert (await clients[gone].request(delete)).cls == Class.SUCCESS
+        assert (await extra.allocate()).get(Attr.XOR_RELAYED_ADDRESS) == ("127.0.0.3", 44001)
+        assert turn.stats()["relay_sockets"] == 4
+        for c in (*clients, extra):
+            c.close()
+
+
+def test_relay_ip_errors_name_the_option() -> None:
+    for kwargs, match in (
+        ({"relay_ip": ["127.0.0.1", "127.0.0.1"]}, "given twice"),
+        ({"relay_ip": ["0.0.0.0"]}, "not an address to relay from"),
+        ({"relay_ip": ["127.0.0.1", "127.0.0.3"], "external_ip": "192.0.2.1"}, "one relay IP"),
+    ):
+        with pytest.raises(ConfigError, match=match) as info:
+            TurnServer([("127.0.0.1", 0)], users={"u": "p"}, **kwargs)
+        assert info.value.param in ("relay_ip", "external_ip")

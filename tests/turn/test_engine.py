@@ -850,3 +850,21 @@ def test_rest_credentials_far_in_the_future_or_with_unicode_digits_are_refused(
         with caplog.at_level("INFO", logger="natkit.turn"):
             assert code(c.allocate()) == 401, name
     assert "ahead" in caplog.text
+
+
+def test_requests_from_another_workers_relay_ports_are_dropped() -> None:
+    """--workers: a request from a relay port of another worker's share (on a relay IP) is a
+    nested allocation across workers: dropped and counted, like one from an own relay."""
+    from natkit.turn.policy import OwnAddresses
+
+    engine = make_engine(allow=("198.51.100.0/24", "192.0.2.0/24"))
+    engine.own = OwnAddresses(
+        ["192.0.2.1"], listen_ports=[(4, 3478)], relay_ports=(50000, 50049),
+        sibling_ports=[(50050, 50099)], sibling_ips=["192.0.2.1"],
+    )  # fmt: skip
+    h = Harness(engine)
+    nested = Client(h, addr=("192.0.2.1", 50070))
+    assert nested.raw(Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17).encode()) == []
+    assert engine.stats.from_own_relay == 1 and not engine.allocations
+    ordinary = Client(h, addr=("192.0.2.1", 40000))  # not a relay port: served as usual
+    assert ordinary.allocate().cls == Class.SUCCESS

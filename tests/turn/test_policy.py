@@ -184,3 +184,32 @@ def test_own_addresses_any_port_all_families_and_what_an_allow_reopens() -> None
         "own_listener",
     }
     assert reason_label("my own words") == "policy"
+
+
+@pytest.mark.parametrize("relay_to_relay", [True, False])
+def test_other_workers_relay_shares_are_peers_only_with_relay_to_relay(
+    relay_to_relay: bool,
+) -> None:
+    """--workers: another worker's share of the relay ports on a relay IP is a peer (reached
+    over the network) with relay_to_relay, refused without; this worker's own share outside
+    its live relays, the listener and other own IPs stay refused; sibling_relay says which
+    sources the engine drops."""
+    own = OwnAddresses(
+        ["192.0.2.5", "192.0.2.9"],
+        listen_ports=[(4, 3478)],
+        relay_ports=(50000, 50049),
+        relay_to_relay=relay_to_relay,
+        sibling_ports=[(50050, 50099)],
+        sibling_ips=["192.0.2.5"],
+    )
+    sibling = own.refuse(("192.0.2.5", 50060))
+    assert sibling is None if relay_to_relay else sibling == "the relay's own relay port range"
+    assert own.refuse(("::ffff:192.0.2.5", 50060)) == sibling
+    assert own.refuse(("192.0.2.5", 50010)) == "the relay's own relay port range"
+    assert own.refuse(("192.0.2.5", 3478)) == "the relay's own listener"
+    assert own.refuse(("192.0.2.9", 50060)) == "the relay's own address"  # not a relay IP
+    assert own.sibling_relay(("192.0.2.5", 50099)) and own.sibling_relay(("::ffff:192.0.2.5", 50050))
+    assert not own.sibling_relay(("192.0.2.5", 50100))
+    assert not own.sibling_relay(("192.0.2.9", 50060))
+    assert not own.sibling_relay(("nonsense", 50060))
+    assert not OwnAddresses(["192.0.2.5"]).sibling_relay(("192.0.2.5", 50060))
