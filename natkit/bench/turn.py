@@ -56,7 +56,7 @@ from natkit.bench._common import (
     stop,
     tool_command,
 )
-from natkit.errors import UsageError
+from natkit.errors import ConfigError, PrerequisiteError, UsageError
 from natkit.server._workers import raise_fd_limit
 
 ENGINES = ("natkit", "coturn")
@@ -517,7 +517,7 @@ def parse_cpus(text: str) -> list[int]:
                 raise ValueError
             cores += range(first, last + 1)
     except ValueError:
-        raise UsageError(f"bad CPU list {text[:40]!r}: give e.g. 1 or 1-3 or 1,3") from None
+        raise ConfigError(f"{text[:40]!r}: give a CPU list, e.g. 1 or 1-3 or 1,3", param="worker_cpus") from None
     return sorted(set(cores))
 
 
@@ -566,40 +566,39 @@ def run(
     say = progress or (lambda _msg: None)
     check_seconds_rounds(seconds, rounds)
     if not 1 <= workers <= 64:
-        raise UsageError(f"bad --workers {workers}: give 1-64 processes")
+        raise ConfigError(f"{workers}: give 1-64 processes", param="workers")
     if workers > 1 and "natkit" not in engines:
-        raise UsageError("--workers measures natkit's engine: add natkit to --engines")
+        raise ConfigError("several workers measure natkit's engine: add natkit to the engines", param="engines")
     if not 1 <= allocations <= MAX_ALLOCATIONS:
-        raise UsageError(
-            f"bad --allocations {allocations}: give 1-{MAX_ALLOCATIONS} (one relay port each)"
-        )
+        raise ConfigError(f"{allocations}: give 1-{MAX_ALLOCATIONS} (one relay port each)", param="allocations")
     raise_fd_limit()  # both engines and the driver hold a socket per allocation
     if not 1 <= clients <= 1024 or not 1 <= window <= 1024:
-        raise UsageError("bad --clients/--window: give 1-1024 each")
+        raise ConfigError(f"{clients} / {window}: give 1-1024 clients and 1-1024 in flight",
+                          param="clients" if not 1 <= clients <= 1024 else "window")
     if not 8 <= payload <= 1200:
-        raise UsageError(f"bad --payload {payload}: give 8-1200 bytes")
+        raise ConfigError(f"{payload}: give 8-1200 bytes", param="payload")
     unknown = [e for e in engines if e not in ENGINES]
     if unknown or not engines:
-        raise UsageError(f"bad --engines {','.join(engines)}: choose from natkit,coturn")
+        raise ConfigError(f"{','.join(engines)}: choose from natkit,coturn", param="engines")
     ncpu = os.cpu_count() or 1
     if ncpu < 2:
         server_cpu = driver_cpu = None  # nothing to pin to: say so in the report
     else:
-        for label, cpu in (("--server-cpu", server_cpu), ("--driver-cpu", driver_cpu)):
+        for param, cpu in (("server_cpu", server_cpu), ("driver_cpu", driver_cpu)):
             if cpu is not None and not 0 <= cpu < ncpu:
-                raise UsageError(f"bad {label} {cpu}: this machine has CPUs 0-{ncpu - 1}")
+                raise ConfigError(f"{cpu}: this machine has CPUs 0-{ncpu - 1}", param=param)
         if server_cpu == driver_cpu:
-            raise UsageError("--server-cpu and --driver-cpu must differ (one core each)")
+            raise ConfigError(f"{driver_cpu}: the server and the driver need one core each", param="driver_cpu")
         if worker_cpus is None and server_cpu is not None:
             worker_cpus = str(server_cpu)
         if worker_cpus is not None:
             bad = [c for c in parse_cpus(worker_cpus) if c >= ncpu]
             if bad:
-                raise UsageError(f"bad --worker-cpus {worker_cpus}: this machine has CPUs 0-{ncpu - 1}")
+                raise ConfigError(f"{worker_cpus}: this machine has CPUs 0-{ncpu - 1}", param="worker_cpus")
         if shutil.which("taskset") is None:
-            raise UsageError("taskset is not installed (CPU pinning): apt-get install util-linux")
+            raise PrerequisiteError("taskset is not installed (CPU pinning): apt-get install util-linux")
     if "coturn" in engines and shutil.which("turnserver") is None:
-        raise UsageError("coturn is not installed: apt-get install coturn (or --engines natkit)")
+        raise PrerequisiteError("coturn is not installed: apt-get install coturn (or measure natkit alone)")
 
     bench = Bench(
         seconds=seconds, allocations=allocations, clients=clients, window=window,
@@ -758,16 +757,17 @@ def run_stream(
     say = progress or (lambda _msg: None)
     check_seconds_rounds(seconds, rounds)
     if transport not in turn_stream.TRANSPORTS:
-        raise UsageError(f"bad --transport {transport}: choose udp, tcp or tls")
+        raise ConfigError(f"{transport}: choose udp, tcp or tls", param="transport")
     if not 1 <= clients <= 1024 or not 1 <= window <= 1024:
-        raise UsageError("bad --clients/--window: give 1-1024 each")
+        raise ConfigError(f"{clients} / {window}: give 1-1024 clients and 1-1024 in flight",
+                          param="clients" if not 1 <= clients <= 1024 else "window")
     if not 8 <= payload <= 1200 or payload % 4:
-        raise UsageError(f"bad --payload {payload}: give 8-1200 bytes, a multiple of 4 over TCP")
+        raise ConfigError(f"{payload}: give 8-1200 bytes, a multiple of 4 over TCP", param="payload")
     for tool, package in (("turnutils_peer", "coturn"), ("taskset", "util-linux")):
         if shutil.which(tool) is None:
-            raise UsageError(f"{tool} is not installed (the TCP/TLS runs): apt-get install {package}")
+            raise PrerequisiteError(f"{tool} is not installed (the TCP/TLS runs): apt-get install {package}")
     if "coturn" in engines and shutil.which("turnserver") is None:
-        raise UsageError("coturn is not installed: apt-get install coturn (or --engines natkit)")
+        raise PrerequisiteError("coturn is not installed: apt-get install coturn (or measure natkit alone)")
     if (os.cpu_count() or 1) < 2:
         server_cpu = driver_cpu = None
     bench = Bench(

@@ -96,7 +96,7 @@ def test_cli_table_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ChannelData relayed packets/s" in out and "memory per idle allocation" in out
     assert "100/100" in out  # allocations held after refresh
     assert main(["bench", "turn", "--engines", "natkit,squid"]) == 2
-    assert "bad --engines" in capsys.readouterr().err
+    assert "--engines: natkit,squid: choose from natkit,coturn" in capsys.readouterr().err
     assert main(["bench", "turn", "--seconds", "0"]) == 2
 
 
