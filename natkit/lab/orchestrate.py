@@ -396,7 +396,8 @@ async def _run(
                 if "error" not in res:
                     prepared.add((peer_id, name))
             finally:
-                ready[(peer_id, name)].set_result(None)
+                if not ready[(peer_id, name)].done():  # cancelled already when the run is stopped
+                    ready[(peer_id, name)].set_result(None)
 
         async def all_of() -> None:
             await asyncio.gather(*(one(p, n) for p, n in needed))
