@@ -78,6 +78,11 @@ WEIGHTS = {
     "auth-challenge": 1.0, "allocate": 1.5, "relay-address": 0.0, "permission": 1.0,
     "relay-echo": 2.0, "channel": 2.0,
 }
+# The first exchange with the server (a TCP connect or the first Binding) may take at least this
+# long, or half of what is left if that is less: nothing after it can happen without it, and one
+# lost SYN or request costs a retransmission (TCP's first one comes after 1 s).
+FIRST_CONTACT = ("connect", "binding")
+FIRST_CONTACT_FLOOR_S = 1.2
 
 
 @dataclass
@@ -284,12 +289,16 @@ class _Budget:
         # safety net's, are what the report says.
         self.deadline = deadline - margin
         self.plan = list(plan)
+        self.first_contact = next((n for n in self.plan if n in FIRST_CONTACT), None)
 
     def share(self, name: str, now: float) -> float:
         left = max(0.0, self.deadline - now)
         ahead = self.plan[self.plan.index(name):] if name in self.plan else [name]
         total = sum(WEIGHTS.get(n, 1.0) for n in ahead) or 1.0
-        return left * WEIGHTS.get(name, 1.0) / total
+        share = left * WEIGHTS.get(name, 1.0) / total
+        if name == self.first_contact:
+            share = max(share, min(left / 2, FIRST_CONTACT_FLOOR_S))
+        return share
 
 
 class _Run:

@@ -228,3 +228,19 @@ async def test_turns_on_a_plain_port(lt_server: Coturn) -> None:
     result = report.servers[0]
     assert [c.name for c in result.checks if not c.ok] == ["tls"]
     assert result.hint is not None and "rather than TLS" in result.hint
+
+
+def test_first_exchange_gets_time_for_a_retransmission() -> None:
+    """A TCP connect of a 3 s check may take 1.2 s (one lost SYN is retried after 1 s), yet
+    never more than half of what is left; later steps keep their weighted shares."""
+    from natkit.ice.check import _Budget
+
+    plan = ["dns", "route", "connect", "tls", "auth-challenge", "allocate", "permission",
+            "relay-echo", "channel"]
+    budget = _Budget(3.0, plan)
+    assert budget.share("connect", 0.0) == pytest.approx(1.2)
+    assert budget.share("connect", 2.0) == pytest.approx(0.5)
+    assert budget.share("allocate", 0.0) < 1.2
+    udp = _Budget(3.0, ["dns", "binding", "auth-challenge", "allocate"])
+    assert udp.first_contact == "binding"
+    assert udp.share("auth-challenge", 0.0) == pytest.approx(3.0 * 1.0 / 2.5)
