@@ -106,6 +106,22 @@ def test_cells_and_case_verdicts() -> None:
     assert {"caller_stack", "callee_stack", "evidence", "selected", "pass"} <= set(data)
 
 
+def test_the_case_keys_name_their_units_as_the_docs_say() -> None:
+    """Every time in a case is in milliseconds under a key ending ``_ms`` and docs/lab-json.md
+    says milliseconds for each; docs/json.md gives the rule for ``_s`` and ``_ms``."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| [^|]+ \| (.+) \|$",
+                                                         (docs / "lab-json.md").read_text(), re.M)}
+    data = _result("connected", "connected").to_json()
+    timed = [k for k in data if k.endswith("_ms")]
+    assert set(timed) == {"t_connect_ms", "callee_t_connect_ms", "rtt_ms"}, timed
+    for key in timed:
+        assert "millisecond" in rows[key], (key, rows.get(key))
+    assert not [k for k in data if k.endswith(("_sec", "_seconds", "_millis"))]
+    rule = (docs / "json.md").read_text()
+    assert "ending `_s` is seconds" in rule and "ending `_ms` milliseconds" in rule
+
+
 def test_exit_code_follows_the_cases_and_probes() -> None:
     good = ProbeResult("x", "open", {}, {}, True)
     ok_case = _result("failed", "failed")
@@ -343,6 +359,11 @@ def test_cleanup_after_kill_9(tmp_path: Path) -> None:
         assert _namespaces(tag)
         scratch = list(Path(tempfile.gettempdir()).glob(f"natkit-lab-{tag}-*"))
         assert scratch, "the run's scratch directory (packet capture) is named after its tag"
+        # the servers' TLS certificate and key are written inside it, not beside it in /tmp
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not any(p.glob("natkit-lab-tls-*/key.pem") for p in scratch):
+            time.sleep(0.05)
+        assert any(p.glob("natkit-lab-tls-*/key.pem") for p in scratch), [list(p.iterdir()) for p in scratch]
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
