@@ -39,6 +39,40 @@ TRANSPORT_UDP = 17
 SOFTWARE = "natkit"
 
 
+def peer_address(peer: object) -> Address:
+    """A peer for CreatePermission as ``(ip, port)``: an IP string (port 0), ``"IP:PORT"``,
+    ``"[v6]:PORT"`` or an ``(ip, port)`` tuple. ConfigError (param ``peer``) otherwise."""
+    import ipaddress
+
+    host: object
+    port: object = 0
+    if isinstance(peer, str):
+        text = peer.strip()
+        host = text
+        if text.startswith("["):
+            end = text.find("]")
+            if end < 0 or (text[end + 1 :] and not text[end + 1 :].startswith(":")):
+                raise ConfigError(f"peer {peer!r}: expected IP, IP:PORT or [IPv6]:PORT", param="peer")
+            host, rest = text[1:end], text[end + 2 :]
+            port = rest if rest else 0
+        elif text.count(":") == 1:
+            host, port = text.split(":")
+    elif isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+    else:
+        raise ConfigError(f"peer {peer!r}: expected IP, IP:PORT or an (ip, port) tuple", param="peer")
+    try:
+        if not isinstance(host, str) or isinstance(port, bool):
+            raise TypeError
+        ip = str(ipaddress.ip_address(host))
+        number = int(port)  # type: ignore[call-overload]
+    except (ValueError, TypeError):
+        raise ConfigError(f"peer {peer!r}: expected IP, IP:PORT or an (ip, port) tuple", param="peer") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"peer {peer!r}: port must be 0..65535", param="peer")
+    return ip, number
+
+
 class TurnClientError(ProtocolError):
     """Base of the TURN client's errors."""
 
@@ -536,12 +570,13 @@ class TurnClient:
         return int(resp.get(Attr.LIFETIME, lifetime))
 
     async def create_permission(self, *peers: str | Address) -> None:
-        attrs: list[tuple[int, Any]] = []
-        for peer in peers:
-            # a permission is for the IP (RFC 8656 §9); the port of an (ip, port) peer goes
-            # along all the same, so a server that refuses whole addresses (its own relayed
-            # ones) can say so
-            attrs.append((Attr.XOR_PEER_ADDRESS, (peer, 0) if isinstance(peer, str) else peer))
+        """Install permissions for ``peers``, each an IP (``"192.0.2.1"``, ``"2001:db8::1"``),
+        ``"IP:PORT"`` / ``"[v6]:PORT"``, or an ``(ip, port)`` tuple; ConfigError (param
+        ``peer``) for anything else, before a request is sent."""
+        # a permission is for the IP (RFC 8656 §9); the port of a peer given with one goes
+        # along all the same, so a server that refuses whole addresses (its own relayed ones)
+        # can say so
+        attrs: list[tuple[int, Any]] = [(Attr.XOR_PEER_ADDRESS, peer_address(p)) for p in peers]
         await self._checked(Method.CREATE_PERMISSION, attrs)
 
     async def channel_bind(self, peer: Address, channel: int = 0x4000) -> int:

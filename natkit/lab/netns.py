@@ -293,6 +293,14 @@ def cleanup_leftovers(prefix: str = PREFIX, *, force: bool = False) -> list[str]
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(str(path))
+    # Servers' TLS directories of natkit versions that wrote them outside the run's scratch
+    # directory (``natkit-lab-tls-*``, no tag): whose they are is unknown, so they go only
+    # when no other run is alive (or with force).
+    others_alive = any(st.get("pid") != os.getpid() and _owner_alive(st) for st in states.values())
+    if force or not others_alive:
+        for path in list(Path(tempfile.gettempdir()).glob("natkit-lab-tls-*"))[:1000]:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
     for tag, state in states.items():
         if tag in dead_tags or (state.get("pid") != os.getpid() and not _owner_alive(state)):
             with contextlib.suppress(OSError):

@@ -116,7 +116,7 @@ def serving(topo: Topology, plan: Plan, engine: str) -> Iterator[Any]:
     from natkit.lab.engines import netns
 
     with netns.open_lab(topo, plan, capture=False, agents=False) as built:
-        built.procs["srv"] = pid_sock = netns.spawn_agent(built.nodes.srv, [])
+        built.procs["srv"] = pid_sock = netns.spawn_agent(built.nodes.srv, [], built.scratch)
         _start_servers(pid_sock[1], ServersSpec.of(topo, plan, engine))
         yield built
 

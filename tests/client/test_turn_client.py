@@ -242,3 +242,44 @@ async def test_ipv6_relaying_families_and_dual_allocation() -> None:
             allocation = await c.allocate(dual=True)  # IPv4 still, and why not IPv6
             assert allocation.relayed[0] == "127.0.0.1" and len(allocation.relayed_all) == 1
             assert [(f, code) for f, code, _ in allocation.family_errors] == [(6, 440)]
+
+
+async def test_create_permission_takes_ip_port_strings_and_refuses_garbage_before_sending() -> None:
+    """A peer as "IP", "IP:PORT", "[v6]:PORT" or (ip, port) installs a permission (data from
+    it relays); anything else is a ConfigError naming the peer, and nothing is sent."""
+    from natkit.client.turn import peer_address
+    from natkit.errors import ConfigError
+    from natkit.server.turn import TurnServer
+
+    assert peer_address("127.0.0.1") == ("127.0.0.1", 0)
+    assert peer_address(" 127.0.0.1:5000 ") == ("127.0.0.1", 5000)
+    assert peer_address("[::1]:9") == peer_address(("::1", 9)) == ("::1", 9)
+    assert peer_address("::1") == ("::1", 0)
+    async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}, relay_ip="127.0.0.1",
+                          allow_peers=["127.0.0.0/8"], tcp=False) as turn:
+        peer = await _peer_on("127.0.0.1")
+        try:
+            async with await TurnClient.connect(turn.addresses_of("udp")[0], username="u", password="p") as c:
+                allocation = await c.allocate()
+                sent: list[Message] = []
+                original = c.transact
+
+                async def spy(msg: Message, key: bytes | None = None) -> Message:
+                    sent.append(msg)
+                    return await original(msg, key)
+
+                c.transact = spy  # type: ignore[method-assign]
+                for bad in ("127.0.0.1:x", "127.0.0.1:70000", "nope", "[::1", "", 5, ("nope", 1), ("127.0.0.1", True)):
+                    with pytest.raises(ConfigError) as err:
+                        await c.create_permission(bad)  # type: ignore[arg-type]
+                    assert err.value.param == "peer" and repr(bad) in str(err.value)
+                assert sent == []
+                transport = peer[0]
+                paddr = transport.get_extra_info("sockname")[:2]
+                await c.create_permission(f"{paddr[0]}:{paddr[1]}")
+                assert len(sent) >= 1
+                transport.sendto(b"via string", allocation.relayed)
+                got = await c.receive(5)
+                assert got.data == b"via string" and got.peer == paddr
+        finally:
+            peer[0].close()

@@ -218,6 +218,35 @@ def test_cleanup_leftovers_after_a_dead_owner(how: str) -> None:
         cleanup_leftovers()
 
 
+def test_clean_removes_untagged_tls_directories_only_when_no_other_run_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Servers' TLS directories that older runs wrote outside their scratch directory
+    (``natkit-lab-tls-*``): removed when no other run is alive, kept beside a live one."""
+    import json
+    import tempfile
+
+    import natkit.lab.netns as netns_mod
+
+    states, tmp = tmp_path / "states", tmp_path / "tmp"
+    states.mkdir()
+    tmp.mkdir()
+    monkeypatch.setattr(netns_mod, "STATE_DIR", states)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    prefix = "nkzz"  # no real tag matches: other runs' namespaces are never looked at
+    legacy = tmp / "natkit-lab-tls-abc123"
+    legacy.mkdir()
+    (legacy / "key.pem").write_text("x")
+    other = tmp / "natkit-other"
+    other.mkdir()
+    (states / f"{prefix}000000.json").write_text(json.dumps({"pid": 1, "start": process_start(1)}))
+    assert owner_alive(json.loads((states / f"{prefix}000000.json").read_text()))
+    assert str(legacy) not in cleanup_leftovers(prefix) and legacy.is_dir()
+    (states / f"{prefix}000000.json").unlink()
+    assert str(legacy) in cleanup_leftovers(prefix)
+    assert not legacy.exists() and other.is_dir()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_tear_down(sig: signal.Signals) -> None:
     proc, tag, sleeper = _start_holder("hold")

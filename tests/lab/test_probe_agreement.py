@@ -61,37 +61,35 @@ def _natkit_probe(ns: str, server: str, port: int) -> dict[str, Any]:
     return data
 
 
-def test_natkit_probe_and_turnutils_natdiscovery_agree_inside_every_nat() -> None:
+def test_natkit_probe_and_turnutils_natdiscovery_agree_inside_every_nat(nat_lab: Any) -> None:
+    """In the session's default lab (the ``nat_lab`` fixture: built once, shared)."""
     from natkit.lab.expect import expected_probe
     from natkit.lab.servers import WEB_PORT
-    from natkit.lab.topology import load
-    from natkit.lab.up import up
 
-    topo = load()
-    with up(topo) as lab:
-        server = topo.servers.stun_addresses[0]
-        first = {r.nat.name: r for r in reversed(lab.plan.routers) if r.peers}  # NAT -> its first router
-        nses = {name: lab.nodes[r.peers[0].id] for name, r in first.items()}
-        short = next(name for name, r in first.items() if r.nat.behaviour.udp_timeout <= 30 and not r.nat.behaviour.block_udp)
-        timeout = first[short].nat.behaviour.udp_timeout
-        with ThreadPoolExecutor(AT_ONCE) as pool, ThreadPoolExecutor(2) as idle:
-            # the lifetime checks mostly idle, beside the rest, each from its own socket
-            alive = idle.submit(_natdiscovery, nses[short], server, "-t", "-T", str(timeout - 5))
-            dead = idle.submit(_natdiscovery, nses[short], server, "-t", "-T", str(timeout + 5))
-            tool = {n: pool.submit(_natdiscovery, ns, server, "-m", "-f") for n, ns in nses.items()}
-            hairpin = {n: pool.submit(_natdiscovery, ns, server, "-H") for n, ns in nses.items()}
-            tool_out = {n: f.result() for n, f in tool.items()}
-            hairpin_out = {n: f.result() for n, f in hairpin.items()}
-            # natkit after the tools, not beside them (its negative results are timed too)
-            # (behind an egress firewall over the one port its TCP may reach, as the lab does)
-            ours = {n: pool.submit(_natkit_probe, ns, server,
-                                   3478 if first[n].nat.behaviour.egress_tcp_ports is None else WEB_PORT)
-                    for n, ns in nses.items()}
-            probes = {n: f.result() for n, f in ours.items()}
-            alive_out, dead_out = alive.result(), dead.result()
+    topo = nat_lab.topology
+    server = topo.servers.stun_addresses[0]
+    first = {n.name: n for n in topo.nats}  # every NAT, from its first router's first peer
+    nses = {name: nat_lab.namespace(name) for name in first}
+    short = next(name for name, n in first.items() if n.behaviour.udp_timeout <= 30 and not n.behaviour.block_udp)
+    timeout = first[short].behaviour.udp_timeout
+    with ThreadPoolExecutor(AT_ONCE) as pool, ThreadPoolExecutor(2) as idle:
+        # the lifetime checks mostly idle, beside the rest, each from its own socket
+        alive = idle.submit(_natdiscovery, nses[short], server, "-t", "-T", str(timeout - 5))
+        dead = idle.submit(_natdiscovery, nses[short], server, "-t", "-T", str(timeout + 5))
+        tool = {n: pool.submit(_natdiscovery, ns, server, "-m", "-f") for n, ns in nses.items()}
+        hairpin = {n: pool.submit(_natdiscovery, ns, server, "-H") for n, ns in nses.items()}
+        tool_out = {n: f.result() for n, f in tool.items()}
+        hairpin_out = {n: f.result() for n, f in hairpin.items()}
+        # natkit after the tools, not beside them (its negative results are timed too)
+        # (behind an egress firewall over the one port its TCP may reach, as the lab does)
+        ours = {n: pool.submit(_natkit_probe, ns, server,
+                               3478 if first[n].behaviour.egress_tcp_ports is None else WEB_PORT)
+                for n, ns in nses.items()}
+        probes = {n: f.result() for n, f in ours.items()}
+        alive_out, dead_out = alive.result(), dead.result()
     disagree = []
-    for name, r in first.items():
-        b = r.nat.behaviour
+    for name, nat in first.items():
+        b = nat.behaviour
         want = expected_probe(b)
         theirs, ours = _verdicts(tool_out[name]), probes[name]
         if b.block_udp:

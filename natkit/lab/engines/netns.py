@@ -222,8 +222,12 @@ def _impair(lab: NetnsLab, ns: str, ifname: str, link: Link, who: str = "") -> N
 # -- agents (forked per namespace) -------------------------------------------------------------
 
 
-def _child_setup(ns: str) -> None:
-    """In a fresh child: no Ctrl-C of its own (the run decides), die with the parent, enter ns."""
+def _child_setup(ns: str, tmpdir: str | None = None) -> None:
+    """In a fresh child: no Ctrl-C of its own (the run decides), die with the parent, enter ns;
+    its temporary files under ``tmpdir`` (the run's scratch directory, which the run removes
+    and ``natkit lab clean`` removes after a killed run) when given."""
+    if tmpdir is not None:
+        tempfile.tempdir = tmpdir
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
@@ -237,9 +241,10 @@ def _child_setup(ns: str) -> None:
         os.close(devnull)
 
 
-def spawn_agent(ns: str, parent_ends: list[socket.socket]) -> tuple[int, socket.socket]:
+def spawn_agent(ns: str, parent_ends: list[socket.socket], tmpdir: str | os.PathLike[str] | None = None) -> tuple[int, socket.socket]:
     """Fork an agent into namespace ``ns``; (its pid, the orchestrator's end of its socket).
-    ``parent_ends`` are the sockets of earlier agents, which the child closes."""
+    ``parent_ends`` are the sockets of earlier agents, which the child closes; ``tmpdir``
+    holds the agent's temporary files (the servers' TLS key, coturn's work directory)."""
     from natkit.lab.agents import serve
 
     ours, theirs = socket.socketpair()
@@ -250,7 +255,7 @@ def spawn_agent(ns: str, parent_ends: list[socket.socket]) -> tuple[int, socket.
             ours.close()
             for s in parent_ends:
                 s.close()
-            _child_setup(ns)
+            _child_setup(ns, None if tmpdir is None else os.fspath(tmpdir))
             asyncio.run(serve(theirs))
         except BaseException:
             code = 1
@@ -306,6 +311,8 @@ class NetnsBuiltLab:
     procs: dict[str, tuple[int, socket.socket]]
     capture: Capture | None = None
     engine: str = NAME
+    # the run's scratch directory (natkit-lab-<tag>-*): gone with the run, or with `lab clean`
+    scratch: Path | None = None
 
     @property
     def agents(self) -> dict[str, socket.socket]:
@@ -332,7 +339,7 @@ def open_lab(
     with NetnsLab() as lab, tempfile.TemporaryDirectory(prefix=f"natkit-lab-{lab.tag}-") as tmp:
         notify("stage", {"text": f"building {len(plan.routers)} routers ({lab.tag})", "tag": lab.tag})
         nodes = build(lab, topo, plan)
-        built = NetnsBuiltLab(lab.tag, lab, nodes, {})
+        built = NetnsBuiltLab(lab.tag, lab, nodes, {}, scratch=Path(tmp))
         try:
             if capture:
                 built.capture = Capture(lab, nodes.inet, "br0", Path(tmp) / "internet.pcap",
@@ -340,7 +347,7 @@ def open_lab(
                 built.capture.start()
             if agents:
                 parent_ends: list[socket.socket] = []
-                built.procs["srv"] = spawn_agent(nodes.srv, parent_ends)
+                built.procs["srv"] = spawn_agent(nodes.srv, parent_ends, tmp)
                 for peer_id, ns in nodes.peers.items():
                     built.procs[peer_id] = spawn_agent(ns, parent_ends)
             yield built
