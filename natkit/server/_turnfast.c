@@ -1917,16 +1917,16 @@ static PyObject *Table_stream_send(PyObject *obj, PyObject *args) {
     if (!PyArg_ParseTuple(args, "iy*", &fd, &data))
         return NULL;
     struct nk_ctx *c = table_ctx(obj);
-    if (c == NULL || data.len > NK_SOUT_HARD) {
+    if (c == NULL) {
         PyBuffer_Release(&data);
-        if (c == NULL)
-            return NULL;
-        return PyLong_FromLong(1);
+        return NULL;
     }
+    /* more than the hard limit is refused before any copy */
+    uint32_t n = data.len > NK_SOUT_HARD ? NK_SOUT_HARD + 1 : (uint32_t)data.len;
     int r;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&c->mu);
-    r = nk_stream_send(c, fd, data.buf, (uint32_t)data.len);
+    r = nk_stream_send(c, fd, data.buf, n);
     pthread_mutex_unlock(&c->mu);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
