@@ -93,6 +93,8 @@
 #define NK_SBUF (4u * (NK_SREAD + NK_FRAME_MAX)) /* stream reads queued datagrams point into */
 #define NK_SOUT_LIMIT (1u << 20)   /* relayed bytes queued for one stream client: beyond, dropped */
 #define NK_SOUT_HARD (2u << 20)    /* with the server's own messages: beyond, the client is cut */
+#define NK_HOLD_TURNS 8            /* loop turns a stream write may wait for more input */
+#define NK_HOLD_BYTES (64u << 10)  /* ... or until this much waits */
 enum { NK_CLOSE_EOF = 0, NK_CLOSE_ERROR = 1, NK_CLOSE_FRAMING = 2, NK_CLOSE_OVERFLOW = 3 };
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
@@ -229,6 +231,7 @@ struct nk_ctx {
     uint32_t sbuf_used;
     uint16_t channel_max;
     uint64_t stream_reads, stream_writes, stream_dropped, stream_frames;
+    uint32_t held_bytes; /* queued for stream clients since their last writes */
 };
 
 #define NK_OUTCAP (4u * NK_BATCH * (NK_SLOT + (uint32_t)sizeof(struct nk_rec)))
@@ -877,6 +880,7 @@ static void nk_conn_put(struct nk_ctx *c, struct nk_conn *s, const uint8_t *hdr,
     memcpy(w + hlen, d, n);
     memset(w + hlen + n, 0, pad);
     s->outlen += need;
+    c->held_bytes += need;
     c->p2c_packets++;
     c->p2c_bytes += n;
     nk_dirty(c, s);
@@ -913,6 +917,7 @@ static void nk_conn_write(struct nk_ctx *c, struct nk_conn *s) {
 
 /* One write per stream client with bytes queued this turn. */
 static void nk_streams_flush(struct nk_ctx *c) {
+    c->held_bytes = 0;
     for (unsigned i = 0; i < c->ndirty; i++) {
         struct nk_conn *s = nk_stream(c, c->dirty[i]);
         if (s == NULL)
@@ -1471,8 +1476,12 @@ static void nk_stream_release(struct nk_ctx *c, int fd) {
 static void *nk_thread_main(void *arg) {
     struct nk_ctx *c = arg;
     struct epoll_event events[64];
+    int held = 0; /* turns the streams' output has waited for more input */
     for (;;) {
-        int n = epoll_wait(c->epfd, events, 64, 1000);
+        /* With output for stream clients pending, look for more input first (without waiting):
+         * what it brings leaves in the same write. The write is made as soon as a look finds
+         * nothing, after NK_HOLD_TURNS turns, or once NK_HOLD_BYTES wait. */
+        int n = epoll_wait(c->epfd, events, 64, c->ndirty ? 0 : 1000);
         pthread_mutex_lock(&c->mu);
         if (c->stopping) {
             pthread_mutex_unlock(&c->mu);
@@ -1495,7 +1504,10 @@ static void *nk_thread_main(void *arg) {
             }
         }
         nk_flush_all(c);
-        nk_streams_flush(c);
+        if (c->ndirty && (n <= 0 || ++held >= NK_HOLD_TURNS || c->held_bytes >= NK_HOLD_BYTES)) {
+            nk_streams_flush(c);
+            held = 0;
+        }
         nk_report_gone(c, c->pyq, NK_PYQ, &c->pyq_len);
         if (c->pyq_len > before && !c->notified) {
             uint64_t one = 1;
