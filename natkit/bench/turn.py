@@ -443,6 +443,7 @@ class Bench:
             "round_trips_per_s": round(float(r["round_trips_per_s"])),
             "sent": int(r["sent"]),
             "received": int(r["client_rx"]),
+            "peer_received": int(r["peer_rx"]),  # the peer's count: where a loss happened
             "loss": round(float(r["loss"]), 6),
             "server_cpu": round(server_cpu / elapsed, 3),
             "driver_cpu": round(float(r["driver_cpu"]), 3),
