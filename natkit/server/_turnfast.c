@@ -1251,7 +1251,7 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
         if (!whole && c->qn + (total + seg - 1) / seg > NK_SLOTS)
             nk_flush_all(c);
         for (int first = 1; first || off < total; first = 0, off += seg) { /* once if empty */
-            if (!whole && c->qn >= NK_SLOTS)
+            if (c->qn >= NK_SLOTS) /* (segments of an earlier read of this batch filled it) */
                 nk_flush_all(c);
             uint8_t *d = buf + off;
             uint32_t n = total - off < seg ? total - off : seg;
