@@ -279,6 +279,22 @@ async def test_tcp_client_channel_data_padding_and_close_releases() -> None:
         peer.close()
 
 
+async def _tcp_with_channel(
+    turn: TurnServer, channel: int
+) -> tuple[RawClient, tuple[str, int], socket.socket]:
+    """A TCP client with an allocation and ``channel`` bound to a new peer socket:
+    (client, relayed address, peer)."""
+    c = RawClient(turn.addresses_of("tcp")[0], "u", "p", tcp=True)
+    relayed = (await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+    peer = _peer()
+    await c.request(
+        Message(Method.CHANNEL_BIND)
+        .add(Attr.CHANNEL_NUMBER, channel)
+        .add(Attr.XOR_PEER_ADDRESS, peer.getsockname())
+    )
+    return c, relayed, peer
+
+
 @PATHS
 async def test_tcp_bursts_keep_their_order_both_ways(fast: bool) -> None:
     """A burst of equal ChannelData frames in one TCP segment leaves as datagrams in order
@@ -287,14 +303,7 @@ async def test_tcp_bursts_keep_their_order_both_ways(fast: bool) -> None:
     async with TurnServer(
         [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast)
     ) as turn:
-        c = RawClient(turn.addresses_of("tcp")[0], "u", "p", tcp=True)
-        relayed = (await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
-        peer = _peer()
-        await c.request(
-            Message(Method.CHANNEL_BIND)
-            .add(Attr.CHANNEL_NUMBER, 0x4000)
-            .add(Attr.XOR_PEER_ADDRESS, peer.getsockname())
-        )
+        c, relayed, peer = await _tcp_with_channel(turn, 0x4000)
         c.send_raw(b"".join(encode_channel_data(0x4000, b"%04d" % i) for i in range(50)))
         got = [(await _peer_recv(peer))[0] for _ in range(50)]
         assert got == [b"%04d" % i for i in range(50)]
@@ -315,14 +324,7 @@ async def test_tcp_stream_handed_to_the_c_table() -> None:
         [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(True)
     ) as turn:
         assert turn.fast is not None
-        c = RawClient(turn.addresses_of("tcp")[0], "u", "p", tcp=True)
-        relayed = (await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
-        peer = _peer()
-        await c.request(
-            Message(Method.CHANNEL_BIND)
-            .add(Attr.CHANNEL_NUMBER, 0x4000)
-            .add(Attr.XOR_PEER_ADDRESS, peer.getsockname())
-        )
+        c, relayed, peer = await _tcp_with_channel(turn, 0x4000)
         engine_before = turn.engine.stats.to_peer_packets
         c.send_raw(b"".join(encode_channel_data(0x4000, b"c%03d" % i, pad=True) for i in range(30)))
         assert [(await _peer_recv(peer))[0] for _ in range(30)] == [b"c%03d" % i for i in range(30)]
