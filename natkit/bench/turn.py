@@ -443,10 +443,15 @@ class Bench:
             "round_trips_per_s": round(float(r["round_trips_per_s"])),
             "sent": int(r["sent"]),
             "received": int(r["client_rx"]),
+            "peer_received": int(r["peer_rx"]),  # the peer's count: where a loss happened
             "loss": round(float(r["loss"]), 6),
             "server_cpu": round(server_cpu / elapsed, 3),
             "driver_cpu": round(float(r["driver_cpu"]), 3),
             "per_cpu_second": round(relayed / server_cpu) if server_cpu > 0 else None,
+            # of the lost: dropped at the driver's own sockets (receive buffers, its echoes)
+            "driver_dropped": int(r.get("driver_dropped", 0)),
+            "refills": int(r.get("refills", 0)),  # silences the driver took as loss
+            "late": int(r.get("late", 0)),  # back after the drain: not lost, not in the rate
         }
         driver_cpu = float(r["driver_cpu_s"])
         # what one core of the driver sustains: far above relayed_per_s = not the limit

@@ -52,6 +52,7 @@ DROP_REASONS = (
     "allocate_timeout",  # (TURN) no allocation within allocate_timeout
     "idle_timeout",  # no complete message for idle_timeout (and no allocation)
     "bad_framing",  # bytes that are not STUN/ChannelData
+    "unread_output",  # (TURN over TCP) the client left more than 2 MiB of the server's unread
     "tls_failed",  # the TLS handshake failed (by kind in StreamGuard.tls)
 )
 

@@ -22,6 +22,10 @@ _REC = struct.Struct("=IiBBH16s")
 KIND_ALLOC = 1
 KIND_PERM = 2
 INTERNAL = 1  # the channel field of a client -> peer value: the peer is a relay of this server
+KIND_STREAM = 2  # a record's kind: a frame from a TCP client the table reads
+REC_CLOSED = 3  # a record's kind: that TCP client's stream ended (why: CLOSE_REASONS[port])
+#: why the table ended a stream (a closed record's port field)
+CLOSE_REASONS = ("eof", "error", "bad_framing", "overflow")
 
 
 _EXT = _native.Extension(
@@ -99,23 +103,31 @@ class FastTable:
         self._t.unwatch(fd)
 
     @staticmethod
-    def _records(raw: bytes) -> list[tuple[int, bytes, tuple[str, int]]]:
+    def _kinded(raw: bytes) -> list[tuple[int, int, bytes, tuple[str, int]]]:
+        """[(fd, kind, data, address)]; a REC_CLOSED record has no data and no address, and
+        its port is the reason (an index into CLOSE_REASONS)."""
         n = len(raw)
         if not n:
             return []
-        left: list[tuple[int, bytes, tuple[str, int]]] = []
+        left: list[tuple[int, int, bytes, tuple[str, int]]] = []
         pos = 0
         unpack, size = _REC.unpack_from, _REC.size
         while pos < n:
-            length, fd, family, _kind, port, ip = unpack(raw, pos)
+            length, fd, family, kind, port, ip = unpack(raw, pos)
             pos += size
             if family == 4:
                 host = socket.inet_ntop(socket.AF_INET, ip[:4])
-            else:
+            elif family == 6:
                 host = socket.inet_ntop(socket.AF_INET6, ip)
-            left.append((fd, raw[pos : pos + length], (host, port)))
+            else:
+                host = ""
+            left.append((fd, kind, raw[pos : pos + length], (host, port)))
             pos += length
         return left
+
+    @classmethod
+    def _records(cls, raw: bytes) -> list[tuple[int, bytes, tuple[str, int]]]:
+        return [(fd, data, addr) for fd, _, data, addr in cls._kinded(raw)]
 
     def pump(
         self, fd: int, kind: int, now: float
@@ -137,9 +149,43 @@ class FastTable:
     def stop(self) -> None:
         self._t.stop()
 
-    def take(self) -> list[tuple[int, bytes, tuple[str, int]]]:
-        """What the thread left for Python: [(fd it came in on, data, source address)]."""
-        return self._records(self._t.take())
+    def take(self) -> list[tuple[int, int, bytes, tuple[str, int]]]:
+        """What the thread left for Python: [(fd it came in on, kind, data, source address)];
+        kind 0 a listener's datagram, 1 a relay's, KIND_STREAM a TCP client's frame,
+        REC_CLOSED that client's stream ended (the port: the reason, see CLOSE_REASONS)."""
+        return self._kinded(self._t.take())
+
+    def poll_kinded(self, now: float) -> tuple[bool, list[tuple[int, int, bytes, tuple[str, int]]]]:
+        """:meth:`poll` with each record's kind, as :meth:`take` gives them."""
+        more, raw = self._t.poll(now)
+        return more != 0, self._kinded(raw)
+
+    # -- TCP clients whose stream the table reads and writes ---------------------------------
+
+    def stream_attach(self, fd: int, client: tuple[str, int]) -> None:
+        """Own ``fd`` (a dup of a TCP client's socket; the table closes it on release), the
+        connection of ``client``: entries keyed by ``fd`` are that client's. Until
+        :meth:`stream_start` the table neither reads nor writes it."""
+        self._t.stream_attach(fd, key(fd, client))
+
+    def stream_start(self, fd: int, pending: bytes = b"") -> None:
+        """The table reads and writes the stream from now on; ``pending``: the bytes already
+        read past the last whole frame."""
+        self._t.stream_start(fd, pending)
+
+    def stream_send(self, fd: int, data: bytes) -> int:
+        """Queue the server's own bytes for the client (written at once as far as the socket
+        takes them): 0 queued, 1 the client has left too much unread (the table cut it), 2 the
+        stream is gone."""
+        return int(self._t.stream_send(fd, data))
+
+    def stream_release(self, fd: int) -> None:
+        """Forget the stream and close the table's fd (idempotent)."""
+        self._t.stream_release(fd)
+
+    def set_channel_max(self, channel_max: int) -> None:
+        """The highest channel number a stream frame may carry (others end the stream)."""
+        self._t.set_channel_max(channel_max)
 
     def set_now(self, now: float) -> None:
         """The engine's clock, which the thread compares entries' ``until`` with."""
@@ -164,7 +210,11 @@ class FastTable:
             "gso_sends": s[8],
             "sendmmsg_calls": s[9],
             "gro_reads": s[10],
-            "gso": int(s[11]),
+            "stream_reads": s[11],
+            "stream_writes": s[12],
+            "stream_dropped": s[13],
+            "stream_frames": s[14],
+            "gso": int(s[-1]),
         }
 
     def close(self) -> None:

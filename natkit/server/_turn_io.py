@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 import time
@@ -38,6 +39,7 @@ class RelayHost(Protocol):
     send_errors: int  # datagrams the kernel would not take
     bad_frames: int  # TCP/TLS streams that stopped framing
     fast: _turn_fast.FastTable | None  # the C data path's table, when it runs
+    streams: dict[int, StreamClient]  # TCP clients the table reads, by the table's fd
 
     def run_actions(self, actions: list[Action], client: Any, addr: Address | None) -> None: ...
 
@@ -181,7 +183,16 @@ class RelaySocket:
 
 class StreamClient(GuardedStream):
     """One TCP or TLS client connection: STUN and padded ChannelData, framed (RFC 8656 §12.5),
-    under the listener limits of natkit/server/_stream.py (``guard``)."""
+    under the listener limits of natkit/server/_stream.py (``guard``).
+
+    With the C table, a TCP (not TLS) connection is handed over once its allocation's first
+    entries come (:meth:`fast_key_fd`): the table gets a dup of the socket (``fast_fd``, which
+    also names the client in the table's keys) and, at the end of the read that made the
+    entries and once the transport has nothing left to write, the bytes read past the last
+    frame; the transport stops reading. From then on the table's thread reads and writes the
+    stream: it forwards ChannelData and Send indications itself and hands the other frames
+    here (:meth:`fast_frames`), and what this side sends joins the table's output buffer
+    (``stream_send``), so nothing is reordered on the wire."""
 
     def __init__(
         self,
@@ -198,6 +209,8 @@ class StreamClient(GuardedStream):
         self._out: list[bytes] = []
         self._queued = 0
         self._flush_scheduled = False
+        self.fast_fd: int | None = None  # the table's dup of the socket, once attached
+        self.fast_started = False  # the table reads and writes the stream
 
     def connection_made(self, transport: Any) -> None:
         sock = transport.get_extra_info("socket")
@@ -207,11 +220,65 @@ class StreamClient(GuardedStream):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
 
+    # -- the C table ------------------------------------------------------------------------
+
+    def fast_key_fd(self) -> int | None:
+        """The fd that names this client in the table's keys, attaching the connection to the
+        table on first use; None when the table cannot serve it (TLS, closing, no table)."""
+        if self.fast_fd is not None:
+            return self.fast_fd
+        table, transport = self.server.fast, self.transport
+        if table is None or self.tls is not None or transport is None or transport.is_closing():
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        fd = os.dup(sock.fileno())
+        try:
+            table.stream_attach(fd, self.addr)
+        except (ValueError, OSError):
+            os.close(fd)
+            return None
+        self.fast_fd = fd
+        self.server.streams[fd] = self
+        return fd
+
+    def _hand_over(self) -> None:
+        """The table takes the stream's reads and writes, once the transport has written all
+        it holds (until then this side keeps serving: tried again after the next read)."""
+        transport, table, fd = self.transport, self.server.fast, self.fast_fd
+        if transport is None or transport.is_closing() or table is None or fd is None:
+            return
+        self._flush_out()
+        if transport.get_write_buffer_size():
+            return
+        transport.pause_reading()
+        table.stream_start(fd, self.framer.take_pending())
+        self.fast_started = True
+
+    def fast_frames(self, frames: list[bytes]) -> None:
+        """Frames the table read from the stream and left to the engine."""
+        self.completed(len(frames))
+        self._handle_frames(frames, time.time())
+
+    def fast_closed(self, reason: str) -> None:
+        """The table ended the stream (``reason``: one of _turn_fast.CLOSE_REASONS)."""
+        if reason == "bad_framing":
+            self.server.bad_frames += 1
+            self.bad_framing()
+            return
+        if reason == "overflow":
+            self.guard.drop(self, "unread_output")
+        if self.transport is not None:
+            self.transport.abort()
+
     def send(self, data: bytes, addr: Address) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if transport.get_write_buffer_size() + self._queued > _STREAM_BUFFER_LIMIT:
+        if self.fast_started:
+            pass  # the table bounds what waits for the client (stream_send)
+        elif transport.get_write_buffer_size() + self._queued > _STREAM_BUFFER_LIMIT:
             self.server.send_errors += 1
             return
         # Everything sent to this client in one turn of the event loop (a batch of relayed
@@ -226,8 +293,18 @@ class StreamClient(GuardedStream):
     def _flush_out(self) -> None:
         self._flush_scheduled = False
         out, self._out, self._queued = self._out, [], 0
-        if out:
-            self.write(out[0] if len(out) == 1 else b"".join(out))
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        table = self.server.fast
+        if not self.fast_started or table is None or self.fast_fd is None:
+            self.write(data)
+            return
+        failed = table.stream_send(self.fast_fd, data)
+        if failed and self.transport is not None:
+            if failed == 1:
+                self.guard.drop(self, "unread_output")
+            self.transport.abort()
 
     def on_data(self, data: bytes) -> None:
         now = time.time()
@@ -240,6 +317,11 @@ class StreamClient(GuardedStream):
         if not frames:
             return
         self.completed(len(frames))
+        self._handle_frames(frames, now)
+        if self.fast_fd is not None and not self.fast_started:
+            self._hand_over()
+
+    def _handle_frames(self, frames: list[bytes], now: float) -> None:
         key = (self, self.addr)
         # With the C table, the datagrams this read produced leave together: one sendmmsg per
         # relay socket, equal datagrams to one peer as one UDP GSO message.
@@ -278,5 +360,12 @@ class StreamClient(GuardedStream):
 
     def closed(self) -> None:
         self._out, self._queued = [], 0
-        self.server.stream_closed(self)
+        self.server.stream_closed(self)  # its entries leave the table first
+        fd, self.fast_fd = self.fast_fd, None
+        self.fast_started = False
+        if fd is not None:
+            self.server.streams.pop(fd, None)
+            table = self.server.fast
+            if table is not None:  # (a closed table closed its fds itself)
+                table.stream_release(fd)
         self.transport = None

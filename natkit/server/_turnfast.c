@@ -42,6 +42,21 @@
  * each still its own UDP datagram on the wire) and all of one socket's messages in one
  * sendmmsg. Where GSO is missing or a device refuses it, each datagram is its own message.
  * Nothing is allocated per packet.
+ *
+ * TCP clients (RFC 8656 12.5): once an allocation exists, Python may hand a client's
+ * connection over (stream_attach with a dup of its socket, then stream_start with the bytes
+ * it had read past the last whole frame). The thread then owns its reads and writes: it splits
+ * the stream into STUN messages and ChannelData frames (padded to 4 bytes), forwards what the
+ * entries cover (keyed by that fd like a listener's, so the same tables decide), and hands
+ * every other frame to Python in order, as a record of kind NK_KIND_STREAM. Peer datagrams
+ * for such a client are framed into its output buffer and leave in one send per client per
+ * turn of the loop; Python's own messages (responses) join the same buffer (stream_send), so
+ * the byte order on the wire is the order they were made. Relayed data over NK_SOUT_LIMIT
+ * queued for one client is dropped (the peer's UDP cannot be slowed down, and late media is
+ * worthless); the server's own messages may take the buffer to NK_SOUT_HARD, beyond which the
+ * client is cut. End of stream, a reset or bytes that frame as neither STUN nor ChannelData
+ * end the stream: a NK_REC_CLOSED record tells Python, which closes the connection and calls
+ * stream_release. TLS connections stay in Python.
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
@@ -71,6 +86,16 @@
 #define NK_MAGIC 0x2112A442u
 #define NK_PYQ (8u << 20)          /* bytes of datagrams waiting for Python (thread mode) */
 #define NK_WAKE UINT64_MAX         /* epoll data of the thread's stop eventfd */
+#define NK_KIND_STREAM 2           /* a watched TCP client connection the C side owns */
+#define NK_REC_CLOSED 3            /* nk_rec.kind: that stream ended (nk_rec.port: NK_CLOSE_*) */
+#define NK_FRAME_MAX (20 + 65532)  /* the longest frame a stream carries (a STUN message) */
+#define NK_SREAD (128u << 10)      /* bytes per stream read */
+#define NK_SBUF (4u * (NK_SREAD + NK_FRAME_MAX)) /* stream reads queued datagrams point into */
+#define NK_SOUT_LIMIT (1u << 20)   /* relayed bytes queued for one stream client: beyond, dropped */
+#define NK_SOUT_HARD (2u << 20)    /* with the server's own messages: beyond, the client is cut */
+#define NK_HOLD_TURNS 8            /* loop turns a stream write may wait for more input */
+#define NK_HOLD_BYTES (64u << 10)  /* ... or until this much waits */
+enum { NK_CLOSE_EOF = 0, NK_CLOSE_ERROR = 1, NK_CLOSE_FRAMING = 2, NK_CLOSE_OVERFLOW = 3 };
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
 #endif
@@ -137,6 +162,18 @@ struct nk_group {
     const struct nk_out *head;
 };
 
+/* A TCP client connection whose reads and writes the C side owns (stream_attach/start). */
+struct nk_conn {
+    int fd;
+    uint8_t started, dead, dirty;
+    uint32_t events;       /* what epoll watches for it now */
+    struct nk_key src;     /* fd, family, port, ip of the client: its keys' client half */
+    uint8_t *in;           /* a partial frame carried over to the next read */
+    uint32_t inlen, incap;
+    uint8_t *out;          /* bytes for the client not yet written */
+    uint32_t outoff, outlen, outcap;
+};
+
 struct nk_ctx {
     struct nk_slot *slots;
     uint32_t cap, used, tomb;
@@ -184,6 +221,17 @@ struct nk_ctx {
     double now; /* the engine's clock, as Python last set it */
     uint8_t *pyq;
     uint32_t pyq_len;
+    /* streams: per fd, the connections the C side owns; those with bytes to write this turn */
+    struct nk_conn **conns;
+    int *dirty;
+    unsigned ndirty, dirtycap;
+    int *gone; /* (fd, reason) pairs of streams that ended, not yet reported to Python */
+    unsigned ngone, gonecap;
+    uint8_t *sbuf;
+    uint32_t sbuf_used;
+    uint16_t channel_max;
+    uint64_t stream_reads, stream_writes, stream_dropped, stream_frames;
+    uint32_t held_bytes; /* queued for stream clients since their last writes */
 };
 
 #define NK_OUTCAP (4u * NK_BATCH * (NK_SLOT + (uint32_t)sizeof(struct nk_rec)))
@@ -282,6 +330,7 @@ static struct nk_ctx *nk_new(int gso) {
         return NULL;
     c->bufs = malloc((size_t)NK_SLOTS * NK_SLOT); /* untouched pages cost no memory */
     c->out = malloc(NK_OUTCAP);                   /* untouched pages cost no memory */
+    c->sbuf = malloc(NK_SBUF);                    /* untouched pages cost no memory */
     c->outcap = NK_OUTCAP;
     c->cap = 1024;
     c->slots = calloc(c->cap, sizeof(*c->slots));
@@ -289,10 +338,12 @@ static struct nk_ctx *nk_new(int gso) {
     c->wakefd = c->notifyfd = -1;
     c->gso = gso;
     c->gro = 0;
+    c->channel_max = 0x7FFF;
     pthread_mutex_init(&c->mu, NULL);
-    if (c->bufs == NULL || c->slots == NULL || c->out == NULL || c->epfd < 0) {
+    if (c->bufs == NULL || c->slots == NULL || c->out == NULL || c->sbuf == NULL || c->epfd < 0) {
         if (c->epfd >= 0)
             close(c->epfd);
+        free(c->sbuf);
         free(c->bufs);
         free(c->out);
         free(c->slots);
@@ -315,31 +366,56 @@ static void nk_free(struct nk_ctx *c) {
     free(c->out);
     free(c->pyq);
     free(c->slots);
+    for (int fd = 0; fd < c->nfds; fd++) {
+        struct nk_conn *s = c->conns ? c->conns[fd] : NULL;
+        if (s != NULL) {
+            close(s->fd);
+            free(s->in);
+            free(s->out);
+            free(s);
+        }
+    }
+    free(c->conns);
+    free(c->dirty);
+    free(c->gone);
+    free(c->sbuf);
     free(c->kinds);
     free(c->gens);
     free(c);
 }
 
-/* Watch a socket: kind 0 client listener, 1 relay. Caller holds the lock. */
-static int nk_watch(struct nk_ctx *c, int fd, int kind) {
+/* Room for fd in the per-fd arrays. */
+static int nk_grow_fds(struct nk_ctx *c, int fd) {
     if (fd < 0)
         return -1;
-    if (fd >= c->nfds) {
-        int n = c->nfds ? c->nfds : 256;
-        while (n <= fd)
-            n *= 2;
-        uint8_t *kinds = realloc(c->kinds, (size_t)n);
-        if (kinds == NULL)
-            return -1;
-        c->kinds = kinds;
-        uint32_t *gens = realloc(c->gens, (size_t)n * sizeof(*gens));
-        if (gens == NULL)
-            return -1;
-        c->gens = gens;
-        memset(c->kinds + c->nfds, 0, (size_t)(n - c->nfds));
-        memset(c->gens + c->nfds, 0, (size_t)(n - c->nfds) * sizeof(*gens));
-        c->nfds = n;
-    }
+    if (fd < c->nfds)
+        return 0;
+    int n = c->nfds ? c->nfds : 256;
+    while (n <= fd)
+        n *= 2;
+    uint8_t *kinds = realloc(c->kinds, (size_t)n);
+    if (kinds == NULL)
+        return -1;
+    c->kinds = kinds;
+    uint32_t *gens = realloc(c->gens, (size_t)n * sizeof(*gens));
+    if (gens == NULL)
+        return -1;
+    c->gens = gens;
+    struct nk_conn **conns = realloc(c->conns, (size_t)n * sizeof(*conns));
+    if (conns == NULL)
+        return -1;
+    c->conns = conns;
+    memset(c->kinds + c->nfds, 0, (size_t)(n - c->nfds));
+    memset(c->gens + c->nfds, 0, (size_t)(n - c->nfds) * sizeof(*gens));
+    memset(c->conns + c->nfds, 0, (size_t)(n - c->nfds) * sizeof(*conns));
+    c->nfds = n;
+    return 0;
+}
+
+/* Watch a socket: kind 0 client listener, 1 relay. Caller holds the lock. */
+static int nk_watch(struct nk_ctx *c, int fd, int kind) {
+    if (nk_grow_fds(c, fd) != 0)
+        return -1;
     c->gens[fd]++;
     c->kinds[fd] = (uint8_t)kind;
     if (c->gro) { /* best effort: a kernel without UDP GRO reads one datagram at a time */
@@ -397,7 +473,7 @@ static int nk_del(struct nk_ctx *c, const struct nk_key *k) {
     return 1;
 }
 
-#define NK_NSTATS 11
+#define NK_NSTATS 15
 static void nk_stats(struct nk_ctx *c, uint64_t out[NK_NSTATS]) {
     out[0] = c->c2p_packets;
     out[1] = c->c2p_bytes;
@@ -410,6 +486,10 @@ static void nk_stats(struct nk_ctx *c, uint64_t out[NK_NSTATS]) {
     out[8] = c->gso_sends;
     out[9] = c->sendmmsg_calls;
     out[10] = c->gro_reads;
+    out[11] = c->stream_reads;
+    out[12] = c->stream_writes;
+    out[13] = c->stream_dropped;
+    out[14] = c->stream_frames;
 }
 
 static void nk_key_from(struct nk_key *k, int fd, const struct sockaddr_storage *a, uint16_t chan) {
@@ -582,6 +662,7 @@ static void nk_flush_all(struct nk_ctx *c) {
     unsigned n = c->qn, ng = 0;
     if (n == 0) {
         c->slot_next = 0;
+        c->sbuf_used = 0;
         return;
     }
     for (unsigned i = 0; i < n; i++) {
@@ -697,6 +778,154 @@ static void nk_flush_all(struct nk_ctx *c) {
     }
     c->qn = 0;
     c->slot_next = 0;
+    c->sbuf_used = 0;
+}
+
+/* ---------------------------------------------------------------- streams (TCP clients) */
+
+/* The connection the C side owns on fd, or NULL (a UDP socket, or not handed over). */
+static struct nk_conn *nk_stream(struct nk_ctx *c, int fd) {
+    return fd >= 0 && fd < c->nfds ? c->conns[fd] : NULL;
+}
+
+static void nk_conn_events(struct nk_ctx *c, struct nk_conn *s) {
+    uint32_t want = EPOLLIN | EPOLLRDHUP | (s->outlen ? EPOLLOUT : 0);
+    if (s->dead || !s->started || want == s->events)
+        return;
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.events = want;
+    ev.data.u64 = ((uint64_t)c->gens[s->fd] << 32) | (uint32_t)s->fd;
+    if (epoll_ctl(c->epfd, s->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s->fd, &ev) == 0)
+        s->events = want;
+}
+
+/* The stream is over: never read or written again; Python hears of it when `report`. */
+static void nk_conn_dead(struct nk_ctx *c, struct nk_conn *s, int reason, int report) {
+    if (s->dead)
+        return;
+    s->dead = 1;
+    if (s->events) {
+        struct epoll_event ev;
+        (void)epoll_ctl(c->epfd, EPOLL_CTL_DEL, s->fd, &ev);
+        s->events = 0;
+    }
+    c->gens[s->fd]++; /* events already read for it are stale */
+    s->outlen = s->outoff = 0;
+    if (!report)
+        return;
+    if (c->ngone + 2 > c->gonecap) {
+        unsigned cap = c->gonecap ? 2 * c->gonecap : 64;
+        int *g = realloc(c->gone, cap * sizeof(*g));
+        if (g == NULL)
+            return; /* Python finds out when it next writes to it */
+        c->gone = g;
+        c->gonecap = cap;
+    }
+    c->gone[c->ngone++] = s->fd;
+    c->gone[c->ngone++] = reason;
+}
+
+/* Room for `need` more bytes to the client within `limit` queued; -1 when over it. */
+static int nk_conn_reserve(struct nk_conn *s, uint32_t need, uint32_t limit) {
+    if (s->outlen + need > limit)
+        return -1;
+    if (s->outoff + s->outlen + need <= s->outcap)
+        return 0;
+    if (s->outoff) {
+        memmove(s->out, s->out + s->outoff, s->outlen);
+        s->outoff = 0;
+    }
+    if (s->outlen + need > s->outcap) {
+        uint32_t cap = s->outcap ? s->outcap : 16384;
+        while (cap < s->outlen + need)
+            cap *= 2;
+        uint8_t *p = realloc(s->out, cap);
+        if (p == NULL)
+            return -1;
+        s->out = p;
+        s->outcap = cap;
+    }
+    return 0;
+}
+
+static void nk_dirty(struct nk_ctx *c, struct nk_conn *s) {
+    if (s->dirty)
+        return;
+    if (c->ndirty == c->dirtycap) {
+        unsigned cap = c->dirtycap ? 2 * c->dirtycap : 64;
+        int *d = realloc(c->dirty, cap * sizeof(*d));
+        if (d == NULL)
+            return; /* written when epoll next reports it writable */
+        c->dirty = d;
+        c->dirtycap = cap;
+    }
+    c->dirty[c->ndirty++] = s->fd;
+    s->dirty = 1;
+}
+
+/* Queue a relayed datagram for a stream client: header, data, padding. Over the limit it is
+ * dropped, as a full UDP socket would: the peer cannot be slowed down, and media queued
+ * behind a client that does not keep up only arrives later. */
+static void nk_conn_put(struct nk_ctx *c, struct nk_conn *s, const uint8_t *hdr, uint32_t hlen,
+                        const uint8_t *d, uint32_t n, uint32_t pad) {
+    uint32_t need = hlen + n + pad;
+    if (nk_conn_reserve(s, need, NK_SOUT_LIMIT) != 0) {
+        c->stream_dropped++;
+        c->send_errors++;
+        return;
+    }
+    uint8_t *w = s->out + s->outoff + s->outlen;
+    memcpy(w, hdr, hlen);
+    memcpy(w + hlen, d, n);
+    memset(w + hlen + n, 0, pad);
+    s->outlen += need;
+    c->held_bytes += need;
+    c->p2c_packets++;
+    c->p2c_bytes += n;
+    nk_dirty(c, s);
+}
+
+/* One send of everything queued for the client (what the socket takes; the rest waits for
+ * EPOLLOUT). */
+static void nk_conn_write(struct nk_ctx *c, struct nk_conn *s) {
+    while (s->outlen && !s->dead) {
+        ssize_t r = send(s->fd, s->out + s->outoff, s->outlen, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r > 0) {
+            c->stream_writes++;
+            s->outoff += (uint32_t)r;
+            s->outlen -= (uint32_t)r;
+            break; /* a short write: the socket is full, EPOLLOUT says when it has room */
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        nk_conn_dead(c, s, NK_CLOSE_ERROR, 1);
+        return;
+    }
+    if (s->outlen == 0) {
+        s->outoff = 0;
+        if (s->outcap > (256u << 10)) { /* a burst's buffer is not kept by an idle client */
+            free(s->out);
+            s->out = NULL;
+            s->outcap = 0;
+        }
+    }
+    nk_conn_events(c, s);
+}
+
+/* One write per stream client with bytes queued this turn. */
+static void nk_streams_flush(struct nk_ctx *c) {
+    c->held_bytes = 0;
+    for (unsigned i = 0; i < c->ndirty; i++) {
+        struct nk_conn *s = nk_stream(c, c->dirty[i]);
+        if (s == NULL)
+            continue;
+        s->dirty = 0;
+        nk_conn_write(c, s);
+    }
+    c->ndirty = 0;
 }
 
 /* ---------------------------------------------------------------- receiving */
@@ -709,6 +938,15 @@ static int nk_to_client(struct nk_ctx *c, const struct nk_key *pk, uint8_t *d, u
                         double now) {
     struct nk_slot *s = nk_find(c, pk);
     if (s != NULL && s->val.until > now && n <= 65535) {
+        struct nk_conn *sc = nk_stream(c, s->val.fd);
+        if (sc != NULL) { /* a TCP client: ChannelData padded to 4 bytes (RFC 8656 12.5) */
+            if (!sc->started || sc->dead)
+                return 0; /* Python still writes to it, or hears it is gone */
+            uint8_t h[4] = {(uint8_t)(s->val.chan >> 8), (uint8_t)s->val.chan, (uint8_t)(n >> 8),
+                            (uint8_t)n};
+            nk_conn_put(c, sc, h, 4, d, n, (4 - (n & 3)) & 3);
+            return 1;
+        }
         struct nk_out *o = nk_enqueue(c, s->val.fd, 1);
         o->hdr[0] = (uint8_t)(s->val.chan >> 8);
         o->hdr[1] = (uint8_t)s->val.chan;
@@ -728,7 +966,11 @@ static int nk_to_client(struct nk_ctx *c, const struct nk_key *pk, uint8_t *d, u
     if (perm == NULL || !(perm->val.until > now) || n > 65535 - 48)
         return 0;
     /* a Data indication: XOR-PEER-ADDRESS and DATA */
-    struct nk_out *o = nk_enqueue(c, perm->val.fd, 1);
+    struct nk_conn *sc = nk_stream(c, perm->val.fd);
+    if (sc != NULL && (!sc->started || sc->dead))
+        return 0;
+    struct nk_out stream_out;
+    struct nk_out *o = sc != NULL ? &stream_out : nk_enqueue(c, perm->val.fd, 1);
     uint8_t *h = o->hdr;
     uint32_t alen = pk->family == 4 ? 8 : 20;
     uint32_t pad = (4 - (n & 3)) & 3;
@@ -753,12 +995,208 @@ static int nk_to_client(struct nk_ctx *c, const struct nk_key *pk, uint8_t *d, u
     uint8_t *dh = v + 4 + alen;
     dh[0] = 0x00, dh[1] = 0x13, dh[2] = (uint8_t)(n >> 8), dh[3] = (uint8_t)n;
     o->hlen = (uint8_t)(20 + 4 + alen + 4);
+    if (sc != NULL) {
+        nk_conn_put(c, sc, h, o->hlen, d, n, pad);
+        return 1;
+    }
     o->data = d;
     o->dlen = n;
     o->pad = (uint16_t)pad; /* not written after d: that may be the next GRO segment */
     o->plen = n;
     o->tolen = nk_sockaddr(&o->to, perm->val.family, perm->val.port, perm->val.ip);
     return 1;
+}
+
+/*
+ * A ChannelData frame or Send indication d (n bytes: a UDP datagram, or a stream frame with its
+ * padding) from the client `src` (fd, family, port, ip; chan 0): queued for its peer when an
+ * entry covers it. 0 when none does (Python decides).
+ */
+static int nk_from_client(struct nk_ctx *c, const struct nk_key *src, const uint8_t *d,
+                          uint32_t n, double now) {
+    struct nk_key k;
+    if (n >= 4 && d[0] >= 0x40 && d[0] <= 0x7F) {
+        uint16_t chan = (uint16_t)((d[0] << 8) | d[1]);
+        uint32_t len = (uint32_t)((d[2] << 8) | d[3]);
+        k = *src;
+        k.chan = chan;
+        struct nk_slot *s = nk_find(c, &k);
+        if (s == NULL || !(s->val.until > now) || 4 + len > n)
+            return 0;
+        if (s->val.chan == NK_INTERNAL) {
+            /* the peer is a relay of this server: straight to its client, as if the datagram
+             * had arrived there from our relay's address */
+            struct nk_key pk;
+            memset(&pk, 0, sizeof(pk));
+            pk.fd = s->val.fd;
+            pk.port = s->val.port;
+            pk.family = s->val.family;
+            memcpy(pk.ip, s->val.ip, 16);
+            if (!nk_to_client(c, &pk, (uint8_t *)d + 4, len, now))
+                return 0;
+            c->internal_packets++;
+            return 1;
+        }
+        struct nk_out *o = nk_enqueue(c, s->val.fd, 0);
+        o->data = d + 4;
+        o->dlen = len;
+        o->plen = len;
+        o->tolen = nk_sockaddr(&o->to, s->val.family, s->val.port, s->val.ip);
+        return 1;
+    }
+    if (n < 20 || d[0] != 0x00 || d[1] != 0x16)
+        return 0;
+    struct nk_key peer;
+    const uint8_t *data = NULL;
+    uint32_t dlen = 0;
+    if (!nk_parse_send(d, n, &peer, &data, &dlen))
+        return 0;
+    k = *src;
+    k.chan = NK_KIND_ALLOC;
+    struct nk_slot *a = nk_find(c, &k);
+    int32_t relay_fd = -1;
+    if (a != NULL) {
+        if (peer.family == 4)
+            relay_fd = a->val.fd;
+        else
+            memcpy(&relay_fd, a->val.ip, 4);
+    }
+    if (relay_fd < 0)
+        return 0;
+    struct nk_key pk = peer;
+    pk.fd = relay_fd;
+    pk.port = 0;
+    pk.chan = NK_KIND_PERM;
+    struct nk_slot *p = nk_find(c, &pk);
+    if (p == NULL || !(p->val.until > now))
+        return 0;
+    struct nk_out *o = nk_enqueue(c, relay_fd, 0);
+    o->data = data;
+    o->dlen = dlen;
+    o->plen = dlen;
+    o->tolen = nk_sockaddr(&o->to, peer.family, peer.port, peer.ip);
+    return 1;
+}
+
+/* Hand a datagram or frame to Python: nk_rec + data at out + *usedp (dropped and counted when
+ * out is full: Python is that far behind, as a full socket would). */
+static void nk_to_python(struct nk_ctx *c, int fd, int kind, const struct nk_key *from,
+                         const uint8_t *d, uint32_t n, uint8_t *out, uint32_t outcap,
+                         uint32_t *usedp) {
+    uint32_t used = *usedp;
+    if (used + sizeof(struct nk_rec) + n > outcap) {
+        c->py_dropped++;
+        return;
+    }
+    struct nk_rec rec;
+    memset(&rec, 0, sizeof(rec));
+    rec.len = n;
+    rec.fd = fd;
+    rec.kind = (uint8_t)kind;
+    rec.family = from->family;
+    rec.port = from->port;
+    memcpy(rec.ip, from->ip, 16);
+    memcpy(out + used, &rec, sizeof(rec));
+    memcpy(out + used + sizeof(rec), d, n);
+    *usedp = used + (uint32_t)sizeof(rec) + n;
+    c->passed++;
+}
+
+/* The streams that ended since Python last heard: one NK_REC_CLOSED record each (kept for
+ * the next turn when out has no room). */
+static void nk_report_gone(struct nk_ctx *c, uint8_t *out, uint32_t outcap, uint32_t *usedp) {
+    unsigned i = 0;
+    for (; i + 1 < c->ngone; i += 2) {
+        if (*usedp + sizeof(struct nk_rec) > outcap)
+            break;
+        struct nk_rec rec;
+        memset(&rec, 0, sizeof(rec));
+        rec.fd = c->gone[i];
+        rec.kind = NK_REC_CLOSED;
+        rec.port = (uint16_t)c->gone[i + 1];
+        memcpy(out + *usedp, &rec, sizeof(rec));
+        *usedp += (uint32_t)sizeof(rec);
+    }
+    memmove(c->gone, c->gone + i, (c->ngone - i) * sizeof(*c->gone));
+    c->ngone -= i;
+}
+
+/*
+ * Read what a stream client sent (a few reads at most: others wait their turn) and split it
+ * into frames (RFC 8489 6.2.2, RFC 8656 12.5: ChannelData padded to 4 bytes): ChannelData and
+ * Send indications an entry covers go to their peers, every other frame to Python in order.
+ * A partial frame waits in the connection for the next read; bytes that start neither STUN
+ * nor ChannelData on a channel up to channel_max end the stream (NK_CLOSE_FRAMING).
+ */
+static void nk_stream_read(struct nk_ctx *c, struct nk_conn *s, double now, uint8_t *out,
+                           uint32_t outcap, uint32_t *usedp) {
+    for (int round = 0; round < 4 && !s->dead; round++) {
+        if (c->sbuf_used + NK_FRAME_MAX + NK_SREAD > NK_SBUF)
+            nk_flush_all(c); /* queued datagrams point into sbuf: send them first */
+        uint32_t at = c->sbuf_used;
+        uint8_t *base = c->sbuf + at;
+        if (s->inlen)
+            memcpy(base, s->in, s->inlen);
+        ssize_t r = recv(s->fd, base + s->inlen, NK_SREAD, MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                nk_conn_dead(c, s, NK_CLOSE_ERROR, 1);
+            return;
+        }
+        if (r == 0) {
+            nk_conn_dead(c, s, NK_CLOSE_EOF, 1);
+            return;
+        }
+        c->stream_reads++;
+        uint32_t avail = s->inlen + (uint32_t)r, pos = 0;
+        while (avail - pos >= 4) {
+            const uint8_t *d = base + pos;
+            uint32_t head = (uint32_t)((d[0] << 8) | d[1]), len = (uint32_t)((d[2] << 8) | d[3]);
+            uint32_t need;
+            if (head < 0x4000 && (len & 3) == 0)
+                need = 20 + len;
+            else if (head >= 0x4000 && head <= c->channel_max)
+                need = 4 + len + ((4 - (len & 3)) & 3);
+            else {
+                nk_conn_dead(c, s, NK_CLOSE_FRAMING, 1);
+                break;
+            }
+            if (avail - pos < need)
+                break;
+            if (c->qn >= NK_SLOTS)
+                nk_flush_all(c);
+            c->stream_frames++;
+            if (!nk_from_client(c, &s->src, d, need, now))
+                nk_to_python(c, s->fd, NK_KIND_STREAM, &s->src, d, need, out, outcap, usedp);
+            pos += need;
+        }
+        c->sbuf_used = at + avail; /* what was queued from this read stays until the flush */
+        if (s->dead)
+            return;
+        uint32_t left = avail - pos;
+        if (left > s->incap) {
+            uint32_t cap = left < 4096 ? 4096 : NK_FRAME_MAX;
+            uint8_t *p = realloc(s->in, cap);
+            if (p == NULL) {
+                nk_conn_dead(c, s, NK_CLOSE_ERROR, 1);
+                return;
+            }
+            s->in = p;
+            s->incap = cap;
+        }
+        if (left)
+            memcpy(s->in, base + pos, left);
+        s->inlen = left;
+        if (left == 0 && s->incap > 4096) {
+            free(s->in);
+            s->in = NULL;
+            s->incap = 0;
+        }
+        if ((uint32_t)r < NK_SREAD)
+            return; /* drained */
+    }
 }
 
 /*
@@ -769,8 +1207,7 @@ static int nk_to_client(struct nk_ctx *c, const struct nk_key *pk, uint8_t *d, u
  */
 static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned batch,
                        uint8_t *out, uint32_t outcap, uint32_t *usedp) {
-    uint32_t used = *usedp;
-    if (c->slot_next + batch > NK_SLOTS)
+    if (c->slot_next + batch > NK_SLOTS || c->qn + batch > NK_SLOTS)
         nk_flush_all(c); /* the slots are all spoken for: send what is queued first */
     unsigned base = c->slot_next;
     for (unsigned i = 0; i < batch; i++) {
@@ -805,6 +1242,8 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
                     }
                 }
         }
+        struct nk_key src;
+        nk_key_from(&src, fd, &c->addrs[i], 0);
         /* GRO: the kernel coalesced datagrams of one source into this read; each segment
          * (all seg bytes but the last) is a datagram of its own */
         uint32_t off = 0;
@@ -812,106 +1251,36 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
         if (!whole && c->qn + (total + seg - 1) / seg > NK_SLOTS)
             nk_flush_all(c);
         for (int first = 1; first || off < total; first = 0, off += seg) { /* once if empty */
-        if (!whole && c->qn >= NK_SLOTS)
-            nk_flush_all(c);
-        uint8_t *d = buf + off;
-        uint32_t n = total - off < seg ? total - off : seg;
-        struct nk_key k;
-        if (kind == 0) {
-            if (n >= 4 && d[0] >= 0x40 && d[0] <= 0x7F) {
-                uint16_t chan = (uint16_t)((d[0] << 8) | d[1]);
-                uint32_t len = (uint32_t)((d[2] << 8) | d[3]);
-                nk_key_from(&k, fd, &c->addrs[i], chan);
-                struct nk_slot *s = nk_find(c, &k);
-                if (s != NULL && s->val.until > now && 4 + len <= n) {
-                    if (s->val.chan == NK_INTERNAL) {
-                        /* the peer is a relay of this server: straight to its client, as
-                         * if the datagram had arrived there from our relay's address */
-                        struct nk_key pk;
-                        memset(&pk, 0, sizeof(pk));
-                        pk.fd = s->val.fd;
-                        pk.port = s->val.port;
-                        pk.family = s->val.family;
-                        memcpy(pk.ip, s->val.ip, 16);
-                        if (nk_to_client(c, &pk, d + 4, len, now)) {
-                            c->internal_packets++;
-                            queued = 1;
-                            continue;
-                        }
-                    } else {
-                        struct nk_out *o = nk_enqueue(c, s->val.fd, 0);
-                        o->data = d + 4;
-                        o->dlen = len;
-                        o->plen = len;
-                        o->tolen = nk_sockaddr(&o->to, s->val.family, s->val.port, s->val.ip);
-                        queued = 1;
-                        continue;
-                    }
-                }
-            } else if (n >= 20 && d[0] == 0x00 && d[1] == 0x16) {
-                struct nk_key peer;
-                const uint8_t *data = NULL;
-                uint32_t dlen = 0;
-                if (nk_parse_send(d, n, &peer, &data, &dlen)) {
-                    nk_key_from(&k, fd, &c->addrs[i], NK_KIND_ALLOC);
-                    struct nk_slot *a = nk_find(c, &k);
-                    int32_t relay_fd = -1;
-                    if (a != NULL) {
-                        if (peer.family == 4)
-                            relay_fd = a->val.fd;
-                        else
-                            memcpy(&relay_fd, a->val.ip, 4);
-                    }
-                    if (relay_fd >= 0) {
-                        struct nk_key pk = peer;
-                        pk.fd = relay_fd;
-                        pk.port = 0;
-                        pk.chan = NK_KIND_PERM;
-                        struct nk_slot *p = nk_find(c, &pk);
-                        if (p != NULL && p->val.until > now) {
-                            struct nk_out *o = nk_enqueue(c, relay_fd, 0);
-                            o->data = data;
-                            o->dlen = dlen;
-                            o->plen = dlen;
-                            o->tolen = nk_sockaddr(&o->to, peer.family, peer.port, peer.ip);
-                            queued = 1;
-                            continue;
-                        }
-                    }
-                }
-            }
-        } else {
-            nk_key_from(&k, fd, &c->addrs[i], 0);
-            if (nk_to_client(c, &k, d, n, now)) {
+            if (c->qn >= NK_SLOTS) /* (segments of an earlier read of this batch filled it) */
+                nk_flush_all(c);
+            uint8_t *d = buf + off;
+            uint32_t n = total - off < seg ? total - off : seg;
+            if (kind == 0 ? nk_from_client(c, &src, d, n, now) : nk_to_client(c, &src, d, n, now)) {
                 queued = 1;
                 continue;
             }
-        }
-        /* not ours: hand it to Python */
-        if (used + sizeof(struct nk_rec) + n > outcap) {
-            c->py_dropped++; /* Python is that far behind: dropped, as a full socket would */
-            continue;
-        }
-        struct nk_rec rec;
-        memset(&rec, 0, sizeof(rec));
-        rec.len = n;
-        rec.fd = fd;
-        rec.kind = (uint8_t)kind;
-        struct nk_key a;
-        nk_key_from(&a, 0, &c->addrs[i], 0);
-        rec.family = a.family;
-        rec.port = a.port;
-        memcpy(rec.ip, a.ip, 16);
-        memcpy(out + used, &rec, sizeof(rec));
-        memcpy(out + used + sizeof(rec), d, n);
-        used += (uint32_t)sizeof(rec) + n;
-        c->passed++;
+            nk_to_python(c, fd, kind, &src, d, n, out, outcap, usedp); /* not ours */
         }
     }
     if (queued)
         c->slot_next = base + (unsigned)got; /* queued datagrams point into these slots */
-    *usedp = used;
     return got;
+}
+
+/* A ready socket of either kind: one batch of datagrams, or a stream's reads and writes.
+ * Returns what nk_pump_one does (a stream: 0). */
+static int nk_ready(struct nk_ctx *c, int fd, int kind, uint32_t events, double now,
+                    unsigned batch, uint8_t *out, uint32_t outcap, uint32_t *usedp) {
+    if (kind != NK_KIND_STREAM)
+        return nk_pump_one(c, fd, kind, now, batch, out, outcap, usedp);
+    struct nk_conn *s = nk_stream(c, fd);
+    if (s == NULL || s->dead || !s->started)
+        return 0;
+    if (events & EPOLLOUT)
+        nk_dirty(c, s);
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        nk_stream_read(c, s, now, out, outcap, usedp);
+    return 0;
 }
 
 /* One socket, one batch (tests and single-socket use). Records at c->out. */
@@ -957,11 +1326,13 @@ static int nk_poll(struct nk_ctx *c, double now, uint32_t *outlen) {
         if (kind < 0)
             continue;
         unsigned batch = room < NK_BATCH ? room : NK_BATCH;
-        int got = nk_pump_one(c, fd, kind, now, batch, c->out, c->outcap, &used);
+        int got = nk_ready(c, fd, kind, events[i].events, now, batch, c->out, c->outcap, &used);
         if (got == (int)batch)
             more = 1;
     }
     nk_flush_all(c);
+    nk_streams_flush(c);
+    nk_report_gone(c, c->out, c->outcap, &used);
     *outlen = used;
     return more;
 }
@@ -1014,6 +1385,85 @@ static int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
     return failed;
 }
 
+/* ---------------------------------------------------------------- streams: Python's side */
+
+/* Take over fd (a dup of a TCP client socket; the table closes it on release): not read or
+ * written yet, and datagrams for it still go to Python, until nk_stream_start. */
+static int nk_stream_attach(struct nk_ctx *c, int fd, const struct nk_key *src) {
+    if (nk_grow_fds(c, fd) != 0 || c->conns[fd] != NULL)
+        return -1;
+    struct nk_conn *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return -1;
+    s->fd = fd;
+    s->src = *src;
+    s->src.fd = fd;
+    s->src.chan = 0;
+    c->conns[fd] = s;
+    c->kinds[fd] = NK_KIND_STREAM;
+    c->gens[fd]++;
+    return 0;
+}
+
+/* From now on the table reads and writes the stream; `pending` is what Python had read past
+ * the last whole frame. */
+static int nk_stream_start(struct nk_ctx *c, int fd, const uint8_t *pending, uint32_t n) {
+    struct nk_conn *s = nk_stream(c, fd);
+    if (s == NULL || s->started || n > NK_FRAME_MAX)
+        return -1;
+    if (n) {
+        s->in = malloc(NK_FRAME_MAX);
+        if (s->in == NULL)
+            return -1;
+        s->incap = NK_FRAME_MAX;
+        memcpy(s->in, pending, n);
+        s->inlen = n;
+    }
+    s->started = 1;
+    nk_conn_events(c, s);
+    if (s->events == 0)
+        return -1;
+    /* bytes already buffered by the kernel make epoll report it at once (level-triggered) */
+    return 0;
+}
+
+/* Python's own message (a response) for the client: 0 queued and written as far as the socket
+ * takes it, 1 the client has not read 2 MiB (the stream is cut: it is dead now), 2 the stream
+ * is gone or not the table's. */
+static int nk_stream_send(struct nk_ctx *c, int fd, const uint8_t *d, uint32_t n) {
+    struct nk_conn *s = nk_stream(c, fd);
+    if (s == NULL || !s->started || s->dead)
+        return 2;
+    if (nk_conn_reserve(s, n, NK_SOUT_HARD) != 0) {
+        nk_conn_dead(c, s, NK_CLOSE_OVERFLOW, 0);
+        return 1;
+    }
+    memcpy(s->out + s->outoff + s->outlen, d, n);
+    s->outlen += n;
+    nk_conn_write(c, s);
+    return s->dead ? 2 : 0;
+}
+
+/* Forget the stream and close the table's fd. */
+static void nk_stream_release(struct nk_ctx *c, int fd) {
+    struct nk_conn *s = nk_stream(c, fd);
+    if (s == NULL)
+        return;
+    nk_conn_dead(c, s, NK_CLOSE_EOF, 0);
+    for (unsigned i = 0; i < c->ndirty; i++)
+        if (c->dirty[i] == fd)
+            c->dirty[i] = -1;
+    for (unsigned i = 0; i + 1 < c->ngone; i += 2)
+        if (c->gone[i] == fd)
+            c->gone[i] = -1; /* reported as fd -1: Python skips it */
+    c->conns[fd] = NULL;
+    c->kinds[fd] = 0;
+    close(s->fd);
+    free(s->in);
+    free(s->out);
+    free(s);
+}
+
 /* ---------------------------------------------------------------- thread mode */
 
 /*
@@ -1026,8 +1476,12 @@ static int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
 static void *nk_thread_main(void *arg) {
     struct nk_ctx *c = arg;
     struct epoll_event events[64];
+    int held = 0; /* turns the streams' output has waited for more input */
     for (;;) {
-        int n = epoll_wait(c->epfd, events, 64, 1000);
+        /* With output for stream clients pending, look for more input first (without waiting):
+         * what it brings leaves in the same write. The write is made as soon as a look finds
+         * nothing, after NK_HOLD_TURNS turns, or once NK_HOLD_BYTES wait. */
+        int n = epoll_wait(c->epfd, events, 64, c->ndirty ? 0 : 1000);
         pthread_mutex_lock(&c->mu);
         if (c->stopping) {
             pthread_mutex_unlock(&c->mu);
@@ -1043,12 +1497,18 @@ static void *nk_thread_main(void *arg) {
             if (kind < 0)
                 continue;
             for (int round = 0; round < 4; round++) { /* fair: others wait their turn */
-                int got = nk_pump_one(c, fd, kind, now, NK_BATCH, c->pyq, NK_PYQ, &c->pyq_len);
+                int got = nk_ready(c, fd, kind, events[i].events, now, NK_BATCH, c->pyq, NK_PYQ,
+                                   &c->pyq_len);
                 if (got < (int)NK_BATCH)
                     break;
             }
         }
         nk_flush_all(c);
+        if (c->ndirty && (n <= 0 || ++held >= NK_HOLD_TURNS || c->held_bytes >= NK_HOLD_BYTES)) {
+            nk_streams_flush(c);
+            held = 0;
+        }
+        nk_report_gone(c, c->pyq, NK_PYQ, &c->pyq_len);
         if (c->pyq_len > before && !c->notified) {
             uint64_t one = 1;
             if (write(c->notifyfd, &one, sizeof(one)) == sizeof(one))
@@ -1421,7 +1881,110 @@ static PyObject *Table_set_now(PyObject *obj, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Table_stream_attach(PyObject *obj, PyObject *args) {
+    int fd;
+    const char *k;
+    Py_ssize_t klen;
+    if (!PyArg_ParseTuple(args, "iy#", &fd, &k, &klen))
+        return NULL;
+    struct nk_ctx *c = table_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    if (klen != (Py_ssize_t)sizeof(struct nk_key))
+        return PyErr_Format(PyExc_ValueError, "key: %zu bytes", sizeof(struct nk_key));
+    struct nk_key key;
+    memcpy(&key, k, sizeof key);
+    lock_ctx(c);
+    int failed = nk_stream_attach(c, fd, &key);
+    unlock_ctx(c);
+    if (failed)
+        return PyErr_Format(PyExc_ValueError, "fd %d: not attachable (in use, or no memory)", fd);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_stream_start(PyObject *obj, PyObject *args) {
+    int fd;
+    Py_buffer pending;
+    if (!PyArg_ParseTuple(args, "iy*", &fd, &pending))
+        return NULL;
+    struct nk_ctx *c = table_ctx(obj);
+    if (c == NULL || pending.len > NK_FRAME_MAX) {
+        if (c != NULL)
+            PyErr_SetString(PyExc_ValueError, "more pending than a frame");
+        PyBuffer_Release(&pending);
+        return NULL;
+    }
+    lock_ctx(c);
+    int failed = nk_stream_start(c, fd, pending.buf, (uint32_t)pending.len);
+    unlock_ctx(c);
+    PyBuffer_Release(&pending);
+    if (failed)
+        return PyErr_Format(PyExc_ValueError, "fd %d: not an attached stream", fd);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_stream_send(PyObject *obj, PyObject *args) {
+    int fd;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "iy*", &fd, &data))
+        return NULL;
+    struct nk_ctx *c = table_ctx(obj);
+    if (c == NULL) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    /* more than the hard limit is refused before any copy */
+    uint32_t n = data.len > NK_SOUT_HARD ? NK_SOUT_HARD + 1 : (uint32_t)data.len;
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&c->mu);
+    r = nk_stream_send(c, fd, data.buf, n);
+    pthread_mutex_unlock(&c->mu);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    return PyLong_FromLong(r);
+}
+
+static PyObject *Table_stream_release(PyObject *obj, PyObject *arg) {
+    int fd = (int)PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    struct nk_ctx *c = table_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    lock_ctx(c);
+    nk_stream_release(c, fd);
+    unlock_ctx(c);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_set_channel_max(PyObject *obj, PyObject *arg) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    if (n < 0x4000 || n > 0x7FFF)
+        return PyErr_Format(PyExc_ValueError, "channel_max: 0x4000-0x7FFF");
+    lock_ctx(c);
+    c->channel_max = (uint16_t)n;
+    unlock_ctx(c);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Table_methods[] = {
+    {"stream_attach", Table_stream_attach, METH_VARARGS,
+     "stream_attach(fd, key): own fd (a dup of a TCP client socket; closed on release); its "
+     "client is the key's address. Not read until stream_start."},
+    {"stream_start", Table_stream_start, METH_VARARGS,
+     "stream_start(fd, pending): read and write the stream from now on; pending: bytes read "
+     "past the last whole frame."},
+    {"stream_send", Table_stream_send, METH_VARARGS,
+     "stream_send(fd, data) -> 0 queued, 1 the client reads too little (cut), 2 gone."},
+    {"stream_release", Table_stream_release, METH_O, "stream_release(fd): forget and close it."},
+    {"set_channel_max", Table_set_channel_max, METH_O,
+     "set_channel_max(n): the highest channel number a stream may start a frame with."},
     {"start", Table_start, METH_NOARGS,
      "start() -> notify fd: run the relay's own thread (epoll loop, GIL never taken); the fd "
      "is readable when take() has datagrams."},
@@ -1434,7 +1997,8 @@ static PyMethodDef Table_methods[] = {
     {"delete", Table_delete, METH_O, "delete(key) -> whether it was there."},
     {"stats", Table_stats, METH_NOARGS,
      "(to_peer_packets, to_peer_bytes, to_client_packets, to_client_bytes, send_errors, passed, "
-     "internal_packets, python_dropped, gso_sends, sendmmsg_calls, gro_reads, gso)"},
+     "internal_packets, python_dropped, gso_sends, sendmmsg_calls, gro_reads, stream_reads, "
+     "stream_writes, stream_dropped, stream_frames, gso)"},
     {"epoll_fd", Table_epoll_fd, METH_NOARGS, "The epoll fd watching every watched socket."},
     {"watch", Table_watch, METH_VARARGS, "watch(fd, kind): kind 0 client listener, 1 relay."},
     {"unwatch", Table_unwatch, METH_O, "unwatch(fd)"},
@@ -1473,7 +2037,10 @@ static int module_exec(PyObject *mod) {
         PyModule_AddIntConstant(mod, "VALUE_SIZE", (long)sizeof(struct nk_val)) < 0 ||
         PyModule_AddIntConstant(mod, "RECORD_SIZE", (long)sizeof(struct nk_rec)) < 0 ||
         PyModule_AddIntConstant(mod, "BATCH", NK_BATCH) < 0 ||
-        PyModule_AddIntConstant(mod, "INTERNAL", NK_INTERNAL) < 0)
+        PyModule_AddIntConstant(mod, "INTERNAL", NK_INTERNAL) < 0 ||
+        PyModule_AddIntConstant(mod, "KIND_STREAM", NK_KIND_STREAM) < 0 ||
+        PyModule_AddIntConstant(mod, "REC_CLOSED", NK_REC_CLOSED) < 0 ||
+        PyModule_AddIntConstant(mod, "STREAM_LIMIT", NK_SOUT_LIMIT) < 0)
         return -1;
     return 0;
 }

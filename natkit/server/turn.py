@@ -245,6 +245,7 @@ class TurnServer(TurnService):
         self._metrics: MetricsEndpoint | None = None
         self.fast_path = opts.fast_path
         self.fast: FastTable | None = None
+        self.streams: dict[int, StreamClient] = {}  # TCP clients the table reads, by its fd
         self._notify_fd: int | None = None
         # engine allocation key -> the C table keys mirroring it
         self._fast_keys: dict[Any, set[bytes]] = {}
@@ -373,6 +374,8 @@ class TurnServer(TurnService):
             if lib is not None:
                 self.fast = FastTable(lib, gro=self.options.udp_gro)
                 self.engine.offload = True  # the engine describes what the table may forward
+                self.engine.offload_streams = True  # TCP clients too (TLS stays here)
+                self.fast.set_channel_max(self.engine.channel_max)
                 self.fast.set_now(self.now)
                 # the table's own thread runs the data path; this loop wakes only for what
                 # the table leaves to the engine (requests, anything its entries do not cover)
@@ -630,12 +633,33 @@ class TurnServer(TurnService):
         records = table.take()
         if not records:
             return
-        listeners, relays = self._listeners, self._relays
+        listeners, relays, streams = self._listeners, self._relays, self.streams
         udp = self._udp
         for listener in udp:
             listener.batch = bytearray()
+        stream_kind, closed = _turn_fast.KIND_STREAM, _turn_fast.REC_CLOSED
+        frames: list[bytes] = []
+        stream: StreamClient | None = None
         try:
-            for fd, data, addr in records:
+            for fd, kind, data, addr in records:
+                if kind == stream_kind:  # a TCP client's frames, in order, a run at a time
+                    client = streams.get(fd)
+                    if client is not stream and stream is not None and frames:
+                        stream.fast_frames(frames)
+                        frames = []
+                    stream = client
+                    if client is not None:
+                        frames.append(data)
+                    continue
+                if stream is not None and frames:
+                    stream.fast_frames(frames)
+                    frames, stream = [], None
+                if kind == closed:
+                    client = streams.get(fd)
+                    if client is not None:
+                        reasons = _turn_fast.CLOSE_REASONS
+                        client.fast_closed(reasons[addr[1]] if addr[1] < len(reasons) else "error")
+                    continue
                 listener = listeners.get(fd)
                 if listener is not None:
                     listener.handle(data, addr)
@@ -643,6 +667,8 @@ class TurnServer(TurnService):
                 relay = relays.get(fd)
                 if relay is not None:
                     relay.handle(data, addr)
+            if stream is not None and frames:
+                stream.fast_frames(frames)
         finally:
             self._send_batches(table)
             for listener in udp:
@@ -667,11 +693,17 @@ class TurnServer(TurnService):
             for k in self._fast_keys.pop(event.key, ()):
                 table.delete(k)
             return
-        listener, addr = event.key
+        client, addr = event.key
+        if type(client) is StreamClient:
+            client_fd = client.fast_key_fd()  # the table's own fd of the connection
+            if client_fd is None:
+                return  # a stream the table cannot read (TLS): the engine forwards it all
+        else:
+            client_fd = client.fd
         keys = self._fast_keys.setdefault(event.key, set())
         if isinstance(event, OffloadAllocation):
             fds = {r.family: r.handle.fd for r in event.relays}
-            k = _turn_fast.key(listener.fd, addr, _turn_fast.KIND_ALLOC)
+            k = _turn_fast.key(client_fd, addr, _turn_fast.KIND_ALLOC)
             table.put_allocation(k, fds.get(4, -1), fds.get(6, -1))
             keys.add(k)
         elif isinstance(event, OffloadPermission):
@@ -680,11 +712,11 @@ class TurnServer(TurnService):
                 table.delete(k)
                 keys.discard(k)
             else:
-                table.put(k, listener.fd, addr, 0, event.until)
+                table.put(k, client_fd, addr, 0, event.until)
                 keys.add(k)
         else:
             relay_fd = event.relay.handle.fd
-            to_peer = _turn_fast.key(listener.fd, addr, event.number)
+            to_peer = _turn_fast.key(client_fd, addr, event.number)
             to_client = _turn_fast.key(relay_fd, event.peer)
             if event.until is None:
                 for k in (to_peer, to_client):
@@ -697,7 +729,7 @@ class TurnServer(TurnService):
                     )
                 else:
                     table.put(to_peer, relay_fd, event.peer, 0, event.until)
-                table.put(to_client, listener.fd, addr, event.number, event.until)
+                table.put(to_client, client_fd, addr, event.number, event.until)
                 keys.update((to_peer, to_client))
 
     def _bind(self, pending: BindRelays) -> list[Action]:

@@ -63,3 +63,10 @@ class StreamFramer:
     @property
     def pending(self) -> int:
         return len(self._buf)
+
+    def take_pending(self) -> bytes:
+        """The bytes buffered past the last whole frame, which the framer forgets (whoever
+        reads the stream from here on needs them first)."""
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out

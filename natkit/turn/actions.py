@@ -23,7 +23,9 @@ engine's state:
   ``key`` and comes before the :class:`CloseRelay` actions of that allocation.
 
 Events are emitted only when the engine's ``offload`` is on, and only for allocations whose data
-needs no per-packet decision of the engine: UDP clients (not TCP/TLS) without a bandwidth cap;
+needs no per-packet decision of the engine: clients without a bandwidth cap, over UDP, and over
+TCP/TLS too when the engine's ``offload_streams`` is on (the table then pads ChannelData to
+4 bytes for them, RFC 8656 §12.5; an adapter may ignore the events of a stream it cannot read);
 a permission for one of the relay's own IPs (reopened by an explicit allow) is never offloaded,
 as its data is checked per packet against the relay's own ports. A request emits the entries it
 changed itself; when a permission grows while its IP has several channels, the permission and

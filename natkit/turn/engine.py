@@ -227,6 +227,8 @@ class TurnEngine:
         self.responses = responses or ResponseLimiter()
         self.own = own or OwnAddresses()
         self.offload = offload
+        #: with ``offload``: TCP/TLS allocations' entries too (the table frames the stream)
+        self.offload_streams = False
         #: the channel number range, for the codec and the adapter's stream framer alike
         self.channel_max = CHANNEL_MAX if self.config.strict_channels else CHANNEL_MAX_RFC5766
         self.allocations: dict[Any, Allocation] = {}
@@ -1097,8 +1099,12 @@ class TurnEngine:
         costs the same however many channels exist, and a table never holds a live permission
         beside a stale channel entry of that IP (it would frame the peer's data as a Data
         indication where the engine uses the channel)."""
-        if not self.offload or allocation.stream or allocation.bucket is not None:
-            return  # a fast table could not apply the cap, and serves only UDP clients
+        if (
+            not self.offload
+            or (allocation.stream and not self.offload_streams)
+            or allocation.bucket is not None
+        ):
+            return  # a fast table could not apply the cap (nor frame a stream it cannot read)
         key = allocation.key
         if not allocation.offloaded:
             allocation.offloaded = True

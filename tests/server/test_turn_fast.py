@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
@@ -368,3 +369,50 @@ def test_gro_reads_are_split_into_their_datagrams() -> None:
     table.close()
     for s in (listener, relay, client, peer):
         s.close()
+
+
+def test_a_batch_of_coalesced_and_single_datagrams_all_leave() -> None:
+    """One read batch of GRO-coalesced bursts (many datagrams each) followed by single
+    datagrams: more sends than the send queue holds at once; every datagram still leaves
+    (the queue is flushed when full, whatever kind of read filled it)."""
+    t = _turn_fast.FastTable(need(_turn_fast.EXTENSION), gro=True)
+    listener, relay, client, peer = _udp(), _udp(), _udp(), _udp()
+    try:
+        listener.setblocking(False)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        t.watch(listener.fileno(), 0)
+        now = time.time()
+        caddr, paddr = client.getsockname(), peer.getsockname()
+        t.put(_turn_fast.key(listener.fileno(), caddr, 0x4000), relay.fileno(), paddr, 0, now + 9)
+        frame = struct.pack("!HH", 0x4000, 4) + b"burs"
+        bursts = 0
+        for segments in (64, 64, 64, 60):
+            try:
+                client.sendmsg(
+                    [frame * segments], [(socket.SOL_UDP, 103, struct.pack("=H", len(frame)))],
+                    0, listener.getsockname(),
+                )  # fmt: skip
+            except OSError:
+                pytest.skip("no UDP GSO here")
+            bursts += segments
+        singles = [b"s" * (4 + i) for i in range(60)]  # growing sizes: never coalesced
+        for data in singles:
+            client.sendto(struct.pack("!HH", 0x4000, len(data)) + data, listener.getsockname())
+        time.sleep(0.05)
+        for _ in range(10):
+            more, left = t.poll(now)
+            assert left == []
+            if not more:
+                break
+        got = []
+        peer.settimeout(1)
+        with contextlib.suppress(TimeoutError):
+            while len(got) < bursts + len(singles):
+                got.append(peer.recv(100))
+        assert got.count(b"burs") == bursts
+        assert [d for d in got if d != b"burs"] == singles
+    finally:
+        t.close()
+        for s in (listener, relay, client, peer):
+            s.close()

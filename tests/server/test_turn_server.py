@@ -279,6 +279,22 @@ async def test_tcp_client_channel_data_padding_and_close_releases() -> None:
         peer.close()
 
 
+async def _tcp_with_channel(
+    turn: TurnServer, channel: int
+) -> tuple[RawClient, tuple[str, int], socket.socket]:
+    """A TCP client with an allocation and ``channel`` bound to a new peer socket:
+    (client, relayed address, peer)."""
+    c = RawClient(turn.addresses_of("tcp")[0], "u", "p", tcp=True)
+    relayed = (await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
+    peer = _peer()
+    await c.request(
+        Message(Method.CHANNEL_BIND)
+        .add(Attr.CHANNEL_NUMBER, channel)
+        .add(Attr.XOR_PEER_ADDRESS, peer.getsockname())
+    )
+    return c, relayed, peer
+
+
 @PATHS
 async def test_tcp_bursts_keep_their_order_both_ways(fast: bool) -> None:
     """A burst of equal ChannelData frames in one TCP segment leaves as datagrams in order
@@ -287,14 +303,7 @@ async def test_tcp_bursts_keep_their_order_both_ways(fast: bool) -> None:
     async with TurnServer(
         [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(fast)
     ) as turn:
-        c = RawClient(turn.addresses_of("tcp")[0], "u", "p", tcp=True)
-        relayed = (await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
-        peer = _peer()
-        await c.request(
-            Message(Method.CHANNEL_BIND)
-            .add(Attr.CHANNEL_NUMBER, 0x4000)
-            .add(Attr.XOR_PEER_ADDRESS, peer.getsockname())
-        )
+        c, relayed, peer = await _tcp_with_channel(turn, 0x4000)
         c.send_raw(b"".join(encode_channel_data(0x4000, b"%04d" % i) for i in range(50)))
         got = [(await _peer_recv(peer))[0] for _ in range(50)]
         assert got == [b"%04d" % i for i in range(50)]
@@ -303,6 +312,41 @@ async def test_tcp_bursts_keep_their_order_both_ways(fast: bool) -> None:
         frames = [await c.recv() for _ in range(50)]
         assert frames == [encode_channel_data(0x4000, b"back%03d" % i, pad=True) for i in range(50)]
         assert turn.stats()["dropped_packets"] == 0
+        c.close()
+        peer.close()
+
+
+async def test_tcp_stream_handed_to_the_c_table() -> None:
+    """Once its channel exists, a TCP client's stream is the C table's: ChannelData both ways
+    without the engine, requests still answered by it (in order with the relayed frames),
+    garbage closes the connection and frees the allocation."""
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, allow_peers=LOOP, fast_path=_fast(True)
+    ) as turn:
+        assert turn.fast is not None
+        c, relayed, peer = await _tcp_with_channel(turn, 0x4000)
+        engine_before = turn.engine.stats.to_peer_packets
+        c.send_raw(b"".join(encode_channel_data(0x4000, b"c%03d" % i, pad=True) for i in range(30)))
+        assert [(await _peer_recv(peer))[0] for _ in range(30)] == [b"c%03d" % i for i in range(30)]
+        for i in range(30):
+            peer.sendto(b"p%02d" % i, relayed)
+        frames = [await c.recv() for _ in range(30)]
+        assert frames == [encode_channel_data(0x4000, b"p%02d" % i, pad=True) for i in range(30)]
+        fast = turn.fast.stats()
+        assert fast["stream_frames"] >= 30 and fast["stream_writes"] >= 1
+        assert turn.engine.stats.to_peer_packets == engine_before  # none through the engine
+        # a request through the table to the engine, and its answer back through the table
+        resp = await c.request(Message(Method.REFRESH).add(Attr.LIFETIME, 300))
+        assert resp.cls == Class.SUCCESS
+        assert turn.stats()["allocations"] == 1
+        c.send_raw(b"\xff" * 8)  # garbage: the connection ends, and the allocation with it
+        for _ in range(100):
+            if turn.stats()["allocations"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert turn.stats()["allocations"] == 0 and turn.stats()["relay_sockets"] == 0
+        assert turn.bad_frames == 1 and turn.guard.dropped["bad_framing"] == 1
+        assert not turn.streams
         c.close()
         peer.close()
 
