@@ -363,6 +363,7 @@ class Bench:
         plan = self.plan
         time.sleep(0.3)  # let the server settle after start
         before = rss_bytes(pid)
+        cpu0 = cpu_seconds(pid)
         procs: list[subprocess.Popen[bytes]] = []
         try:
             for n, share in enumerate(plan.driver_counts(requested)):
@@ -375,6 +376,9 @@ class Bench:
             readers = [_LineReader(p) for p in procs]
             setups = [self._setup(r, p, engine) for r, p in zip(readers, procs, strict=True)]
             made = sum(int(s["ok"]) for s in setups)
+            # the server's CPU time over the allocations (threads and workers included): a
+            # figure other work on the machine moves less than the wall-clock rate
+            server_cpu = cpu_seconds(pid) - cpu0
             time.sleep(1.0 if made >= 1000 else 0.2)  # idle: let the server finish deferred work
             held = rss_bytes(pid)
             for proc in procs:
@@ -396,6 +400,8 @@ class Bench:
             "allocated": made,
             "failed": sum(int(s["failed"]) + int(s["unanswered"]) for s in setups),
             "per_s": round(made / seconds) if seconds > 0 else 0,
+            "per_cpu_second": round(made / server_cpu) if server_cpu > 0 else None,
+            "server_cpu": round(server_cpu / seconds, 3) if seconds > 0 else None,
             "refreshed": sum(int(r.get("refreshed", 0)) for r in results),
             "released": sum(int(r.get("released", 0)) for r in results),
             "rss_before": before,
@@ -534,6 +540,7 @@ FIGURES = (  # (section, key, higher is better)
     ("send_indication", "relayed_per_s", True),
     ("send_indication", "per_cpu_second", True),
     ("allocations", "per_s", True),
+    ("allocations", "per_cpu_second", True),
     ("allocations", "bytes_per_allocation", False),
 )
 SCHEMA_VERSION = 2

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import time
@@ -150,7 +151,9 @@ class TurnServer(TurnService):
     the relay port range (``min_port``-``max_port``, default 49152-65535 with several
     workers) is split into one share per worker so their relay ports never collide, and the
     other shares are the siblings' relayed addresses (peers reached over the network with
-    ``relay_to_relay``, refused without it; docs/turn-server.md).
+    ``relay_to_relay``, refused without it; docs/turn-server.md). ``nonce_secret`` (16+ bytes)
+    keys the nonces: workers share the first one's (made at random when not given), so any of
+    them accepts a nonce another issued.
     Once started, :attr:`addresses`, :attr:`urls` and :meth:`ice_server` are ready.
     """
 
@@ -164,10 +167,20 @@ class TurnServer(TurnService):
         reuse_port: bool = False,
         worker: int = 0,
         workers: int = 1,
+        nonce_secret: bytes | None = None,
         **overrides: Any,
     ) -> None:
         opts = build_options(options, listen, overrides)
         self.workers, self.worker = workers, worker
+        if nonce_secret is not None and (
+            not isinstance(nonce_secret, bytes) or len(nonce_secret) < 16
+        ):
+            raise ConfigError("give a nonce secret of at least 16 bytes", param="nonce_secret")
+        # Workers share one nonce secret (the first process makes it, worker_options hands it
+        # on): a client the kernel moves to another worker keeps its nonce instead of a 438.
+        if nonce_secret is None and workers > 1 and worker == 0:
+            nonce_secret = os.urandom(16)
+        self.nonce_secret = nonce_secret
         self.reuse_port = reuse_port or workers > 1
         self.relay_range, self.sibling_ports, opts = _worker_share(opts, worker, workers)
         self.options = opts
@@ -225,6 +238,7 @@ class TurnServer(TurnService):
             auth=self.auth_plan.authenticator,
             peer_policy=self.policy,
             quota=quota,
+            nonce_secret=nonce_secret,
             responses=ResponseLimiter(opts.error_burst, opts.error_rate),
         )
         engine = self.engine
@@ -461,6 +475,7 @@ class TurnServer(TurnService):
             "reuse_port": True,
             "worker": worker,
             "workers": self.workers,
+            "nonce_secret": self.nonce_secret,
         }
 
     async def stop(self) -> None:

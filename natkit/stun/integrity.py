@@ -85,7 +85,7 @@ def _integrity_offsets(raw: bytes) -> dict[int, tuple[int, int]]:
 
 def _mac_ok(raw: bytes, offset: int, alen: int, key: bytes, digest: str) -> bool:
     head = raw[:2] + struct.pack("!H", offset + 4 + alen - HEADER_LENGTH) + raw[4:HEADER_LENGTH]
-    mac = hmac.new(key, head + raw[HEADER_LENGTH:offset], digest).digest()
+    mac = hmac.digest(key, head + raw[HEADER_LENGTH:offset], digest)  # one call, no object
     return hmac.compare_digest(mac[:alen], raw[offset + 4 : offset + 4 + alen])
 
 

@@ -118,6 +118,7 @@ _CODE_OF_FAMILY = {4: IPV4, 6: IPV6}
 _ALGORITHMS = (PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256)
 _CD_HEADER = struct.Struct("!HH")
 _KEY_CACHE_MAX = 100_000
+_KNOWN = frozenset(CODECS)  # attribute types the codec decodes (a request with only these: no 420)
 # the largest DATA a Data indication carries: a STUN body is at most 65535 bytes, and holds
 # XOR-PEER-ADDRESS (8 or 20 bytes + 4) and DATA's own header and padding
 _DATA_MAX = {4: 65535 - 12 - 4 - 3, 6: 65535 - 24 - 4 - 3}
@@ -239,6 +240,7 @@ class TurnEngine:
         self._challenges: dict[tuple[int, int, str, str], bytes] = {}
         # (username, password, algorithm) -> long-term key: derived once, not per request
         self._keys: dict[tuple[str, str, int], bytes] = {}
+        self._plain: dict[tuple[str, str, int], Identity] = {}
         # the transport addresses of live relays and reservations, bound and advertised, with
         # canonical IPs: never a peer, never a client
         self._relay_addrs: set[Address] = set()
@@ -544,7 +546,10 @@ class TurnEngine:
         if method not in AUTH_METHODS:
             return self._fail(msg, 400, "Bad Request: unsupported method", None)
         attrs = _first_values(msg)
-        unknown = tuple(t for t in attrs if t < 0x8000 and t not in CODECS)
+        if attrs.keys() <= _KNOWN:
+            unknown: tuple[int, ...] = ()
+        else:
+            unknown = tuple(t for t in attrs if t < 0x8000 and t not in CODECS)
         if unknown:
             self._budget_reply(now)
             err = msg.error(420, "Unknown Attribute").add(Attr.UNKNOWN_ATTRIBUTES, unknown)
@@ -696,7 +701,7 @@ class TurnEngine:
         if isinstance(found, Refused):
             return found.reason
         if isinstance(found, str):
-            return [Identity(username, self._key(username, found, algorithm), username)]
+            return [self._identity(username, found, algorithm)]
         grants = [found] if isinstance(found, Grant) else found
         if not isinstance(grants, (list, tuple)) or not all(isinstance(g, Grant) for g in grants):
             raise TypeError(f"an Authenticator returned {type(found).__name__}, not str or Grant")
@@ -715,6 +720,17 @@ class TurnEngine:
                 continue
             out.append(Identity(username, key, grant.account or username, grant.expires))
         return out or why
+
+    def _identity(self, username: str, password: str, algorithm: PasswordAlgorithm) -> Identity:
+        """The Identity of a plain password (immutable: made once per credential, like its key)."""
+        cache_key = (username, password, algorithm.algorithm)
+        identity = self._plain.get(cache_key)
+        if identity is None:
+            identity = Identity(username, self._key(username, password, algorithm), username)
+            if len(self._plain) >= _KEY_CACHE_MAX:
+                self._plain.clear()
+            self._plain[cache_key] = identity
+        return identity
 
     def _key(self, username: str, password: str, algorithm: PasswordAlgorithm) -> bytes:
         cache_key = (username, password, algorithm.algorithm)

@@ -1253,3 +1253,56 @@ def test_relay_ip_errors_name_the_option() -> None:
         with pytest.raises(ConfigError, match=match) as info:
             TurnServer([("127.0.0.1", 0)], users={"u": "p"}, **kwargs)
         assert info.value.param in ("relay_ip", "external_ip")
+
+
+async def test_workers_accept_each_others_nonces() -> None:
+    """Workers share the first one's nonce secret: a client the kernel moves to another
+    worker keeps its nonce (no 438), while a server on its own does not take it."""
+    first = TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, min_port=43300, max_port=43399, workers=2
+    )
+    alone = TurnServer([("127.0.0.1", 0)], users={"u": "p"})
+    assert first.nonce_secret is not None and alone.nonce_secret is None
+    now = time.time()
+    async with first:
+        listener = first.addresses_of("udp")[0]
+        async with TurnServer(**first.worker_options(1)) as other:
+            assert other.nonce_secret == first.nonce_secret
+            nonce = first.engine.nonces.issue("127.0.0.1", now)
+            assert other.engine.nonces.valid(nonce, "127.0.0.1", now)
+            assert not other.engine.nonces.valid(nonce, "127.0.0.2", now)  # bound to the IP
+            assert not alone.engine.nonces.valid(nonce, "127.0.0.1", now)
+            # the request path: a 401 from one worker, the authenticated Allocate on the other
+            challenge = decode(
+                first.engine.handle_client(None, ("127.0.0.1", 5), _allocate_bytes(), now)[0].data
+            )
+            assert challenge.error_code.code == 401
+            request = Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17)
+            request.add(Attr.USERNAME, "u").add(Attr.REALM, challenge.get(Attr.REALM))
+            request.add(Attr.NONCE, challenge.get(Attr.NONCE))
+            key = long_term_key("u", challenge.get(Attr.REALM), "p")
+            data = request.encode(key=key, fingerprint=True)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind(("127.0.0.1", 0))
+                sock.settimeout(5)
+                source = sock.getsockname()
+                udp = other._udp[0]
+                other.run_actions(
+                    other.engine.handle_client(udp, source, data, time.time()), udp, source
+                )
+                reply = decode(sock.recv(2048))
+                assert reply.cls == Class.SUCCESS, reply.error_code
+                assert listener == udp.address
+            finally:
+                sock.close()
+
+
+def _allocate_bytes() -> bytes:
+    return Message(Method.ALLOCATE).add(Attr.REQUESTED_TRANSPORT, 17).encode()
+
+
+def test_nonce_secret_must_be_bytes_of_16() -> None:
+    with pytest.raises(ConfigError) as info:
+        TurnServer([("127.0.0.1", 0)], users={"u": "p"}, nonce_secret=b"short")
+    assert info.value.param == "nonce_secret"

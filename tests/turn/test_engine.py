@@ -19,7 +19,7 @@ from natkit.stun import (
     verify_integrity,
 )
 from natkit.turn.allocation import Relay
-from natkit.turn.auth import Grant, rest_credentials
+from natkit.turn.auth import Grant, StaticUsers, rest_credentials
 from tests.turn.harness import REALM, Client, Harness, code, make_engine
 
 PEER = ("198.51.100.7", 4000)
@@ -868,3 +868,21 @@ def test_requests_from_another_workers_relay_ports_are_dropped() -> None:
     assert engine.stats.from_own_relay == 1 and not engine.allocations
     ordinary = Client(h, addr=("192.0.2.1", 40000))  # not a relay port: served as usual
     assert ordinary.allocate().cls == Class.SUCCESS
+
+
+def test_a_changed_password_takes_effect_at_once_despite_the_identity_cache() -> None:
+    """The identity of a plain password is made once per (user, password, algorithm): the
+    next request with the old password after a change fails, the new one works."""
+    users = StaticUsers({"alice": "secret"})
+    harness = Harness(make_engine(auth=users))
+    first = Client(harness, ("198.51.100.10", 40000))
+    assert first.allocate().cls == Class.SUCCESS
+    users.users["alice"] = "changed"
+    old = Client(harness, ("198.51.100.11", 40000))
+    assert code(old.allocate()) == 401
+    new = Client(harness, ("198.51.100.12", 40000), password="changed")
+    assert new.allocate().cls == Class.SUCCESS
+    sha = Client(harness, ("198.51.100.13", 40000), password="changed",
+                 algorithm=PasswordAlgorithm.SHA256)  # fmt: skip
+    assert sha.allocate().cls == Class.SUCCESS  # another algorithm: another key
+    assert len(harness.engine._plain) == 3
