@@ -77,7 +77,10 @@ __all__ = [
 ]
 
 IMAGE = f"natkit-lab:{__version__}"
-CONTROL_PORT = 7700
+# The agents' control connections to the runner cross their NATs as TCP: on 443, the one port
+# every lab firewall lets out (egress-443 passes only TCP to 80/443); the runner has an
+# address of its own, so no lab server's 443 is taken.
+CONTROL_PORT = 443
 COMMAND = ["python", "-m", "natkit.lab.engines.container"]
 # The netns engine's router interfaces (natkit.lab.engines.netns.build): the same names here.
 WAN_IF, LAN_IF = "wan", "lan"
@@ -216,42 +219,44 @@ def _services_base(run: RunOptions | None, base: str) -> dict[str, Any]:
     return common
 
 
-COMPOSE_PATHS = ("host", "srflx", "relay")
+COMPOSE_PATHS = ("host", "srflx", "relay", "relay-tls", "longevity")
 
 
 def compose_scope(topo: Topology) -> tuple[Topology, tuple[tuple[str, str], ...]]:
     """The part of ``topo`` the Compose engine builds, and what it leaves out, each with why.
 
-    The containers carry one router per NAT on IPv4: NATs in a row (a carrier NAT, a double
-    NAT), IPv6 and NAT64, egress port firewalls and the nft port-allocation patterns are built
-    by the netns engine only for now, and so are the relay-tls and longevity paths."""
+    The containers carry one router per NAT on IPv4, with any one-router nftables recipe
+    (filtering, hairpinning, short mapping lifetimes, egress port firewalls, port-allocation
+    patterns); NATs in a row (a carrier NAT, a double NAT), IPv6 and NAT64 are built by the
+    netns engine only for now."""
     kept, left = [], []
     for n in topo.nats:
         b = n.behaviour
         why = (
-            "two NATs in a row" if b.inner is not None else
-            "IPv6 / NAT64" if b.ipv6 is not None or not b.ipv4 or b.nat64 else
-            "an egress port firewall (TURN over TLS on 443)" if b.egress_tcp_ports is not None else
-            "a port-allocation pattern" if b.port_allocation is not None else None
+            "two NATs in a row (a second router container per NAT)" if b.inner is not None else
+            "IPv6 / NAT64 (IPv6 Docker networks)" if b.ipv6 is not None or not b.ipv4 or b.nat64 else None
         )
         if why is None:
             kept.append(n)
         else:
             left.append((f"NAT {n.name} ({n.type})", f"{why} is built by the netns engine only"))
-    if any(n.longevity for n in kept):
-        left.append(("path longevity", "built by the netns engine only"))
-        kept = [replace(n, longevity=False) for n in kept]
     paths = tuple(p for p in topo.paths if p in COMPOSE_PATHS)
     left += [(f"path {p}", "built by the netns engine only") for p in topo.paths if p not in COMPOSE_PATHS]
     servers = replace(topo.servers, turn_tls_port=None) if "relay-tls" not in paths else topo.servers
-    scoped = replace(topo, nats=tuple(kept), paths=paths, servers=servers)
+    net6 = topo.internet_net6
+    if net6 is not None:  # the servers listen on IPv4 only: the lab's networks are IPv4-only
+        left.append((f"the internet's IPv6 ({net6}, the ipv6 cases)", "IPv6 Docker networks are built by the netns engine only"))
+        servers = replace(servers, stun_addresses6=None, turn_address6=None, signaling_address6=None)
+    scoped = replace(topo, nats=tuple(kept), paths=paths, servers=servers, internet_net6=None)
     return scoped, tuple(left)
 
 
 def in_scope(topo: Topology, cases: Sequence[Case]) -> list[Case]:
     """The ``cases`` the scoped ``topo`` (:func:`compose_scope`) can run."""
     names = {n.name for n in topo.nats}
-    return [c for c in cases if set(c.nats) <= names and c.path in topo.paths and c.family == "ipv4"]
+    idle = {n.name for n in topo.nats if n.longevity}  # longevity cases come from the NATs, not lab.paths
+    return [c for c in cases if set(c.nats) <= names and c.family == "ipv4"
+            and (c.path in topo.paths or (c.path == "longevity" and set(c.nats) <= idle))]
 
 
 def compose_model(
