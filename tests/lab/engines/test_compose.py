@@ -20,6 +20,7 @@ from natkit.lab.engines.compose import (
     DOCKERFILE,
     compose_model,
     compose_scope,
+    in_scope,
     render_compose,
     router_rulesets,
     to_yaml,
@@ -337,15 +338,24 @@ def test_what_the_compose_engine_leaves_out_is_named() -> None:
     """The kinds only the netns engine builds are left out by name and reason, never run
     half-built (a carrier NAT without its home NAT would pass for a cone)."""
     scoped, left = compose_scope(load())
-    assert {w for w, _ in left} == {
-        "NAT cgnat (cgnat)", "NAT egress-443 (egress-443)", "NAT cgnat-pair (cgnat)",
-        "path longevity", "path relay-tls",
-    }
+    assert {w for w, _ in left} == {"NAT cgnat (cgnat)", "NAT cgnat-pair (cgnat)"}
     assert all("netns engine only" in why for _, why in left)
     assert {n.type for n in scoped.nats} == {
-        "open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked"}
+        "open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked", "egress-443"}
+    assert scoped.paths == ("host", "srflx", "relay", "relay-tls") and scoped.servers.turn_tls_port == 443
     assert compose_scope(scoped) == (scoped, ())  # idempotent: the containers scope again
     internet, left6 = compose_scope(load(ROOT / "configs/lab/internet.toml"))
     kinds = {w.split("(")[1].rstrip(")") for w, _ in left6 if w.startswith("NAT ")}
-    assert {"double-nat", "ipv6-firewall", "nptv6", "nat64", "eim-no-preserve", "symmetric-sequential"} <= kinds
+    assert kinds == {"cgnat", "double-nat", "ipv6-firewall", "nptv6", "nat64"}
+    assert any(w.startswith("the internet's IPv6 (2001:db8::/64") for w, _ in left6)
+    assert internet.internet_net6 is None and internet.servers.turn_address6 is None
+    assert {"eim-no-preserve", "symmetric-sequential", "egress-443"} <= {n.type for n in internet.nats}
     assert all(n.behaviour.inner is None and n.behaviour.ipv6 is None for n in internet.nats)
+
+
+def test_longevity_cases_stay_in_scope() -> None:
+    """A longevity case comes from a NAT's ``longevity = true``, not from ``lab.paths``."""
+    scoped, _ = compose_scope(load())
+    idle = [c for c in scoped.cases() if c.path == "longevity"]
+    assert [c.nats for c in idle] == [("port-restricted", "port-restricted")]
+    assert in_scope(scoped, idle) == idle
