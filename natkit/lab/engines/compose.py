@@ -54,7 +54,7 @@ from natkit import __version__
 from natkit.errors import ConfigError
 from natkit.lab import nats
 from natkit.lab.engines.image import DOCKERFILE, PYTHON_BASE
-from natkit.lab.topology import Case, Link, Plan, RouterPlan, Topology
+from natkit.lab.topology import Case, InnerPlan, Link, PeerPlan, Plan, RouterPlan, Topology
 
 __all__ = [
     "CASES_FILE",
@@ -157,6 +157,8 @@ def bridge_names(plan: Plan, prefix: str = BRIDGE_PREFIX) -> dict[str, str]:
     names = {"internet": f"{prefix}-i"}
     for k, r in enumerate(plan.routers):
         names[f"lan-{r.id}"] = f"{prefix}-l{k}"
+        for i, inner in enumerate(r.inner):  # a home NAT's own LAN behind a carrier NAT
+            names[f"lan-{inner.id}"] = f"{prefix}-l{k}h{i + 1}"
     return names
 
 
@@ -167,12 +169,22 @@ def _router_recipe(r: RouterPlan) -> nats.RouterRecipe:
     return nats.recipe(r.nat.behaviour, nats.RouterSide(LAN_IF, WAN_IF, r.public_ip, r.lan_net))
 
 
+def _inner_recipe(r: RouterPlan, inner: InnerPlan) -> nats.RouterRecipe:
+    """The home NAT behind carrier NAT ``r``: its WAN on ``r``'s inside segment."""
+    assert r.nat.behaviour.inner is not None
+    return nats.recipe(r.nat.behaviour.inner, nats.RouterSide(LAN_IF, WAN_IF, inner.wan_ip, inner.lan_net))
+
+
 def router_rulesets(topology: Topology, plan: Plan | None = None) -> dict[str, str]:
     """Router id -> the ``nft -f`` text its container applies (the netns engine's ruleset on
-    the Compose engine's subnets)."""
+    the Compose engine's subnets); a home NAT behind a carrier NAT under its own id."""
     topology = compose_scope(topology)[0].for_compose()
     plan = plan or topology.plan()
-    return {r.id: _router_recipe(r).nft for r in plan.routers}
+    out = {}
+    for r in plan.routers:
+        out[r.id] = _router_recipe(r).nft
+        out.update((inner.id, _inner_recipe(r, inner).nft) for inner in r.inner)
+    return out
 
 
 # -- the Compose model ----------------------------------------------------------------------------
@@ -225,17 +237,15 @@ COMPOSE_PATHS = ("host", "srflx", "relay", "relay-tls", "longevity")
 def compose_scope(topo: Topology) -> tuple[Topology, tuple[tuple[str, str], ...]]:
     """The part of ``topo`` the Compose engine builds, and what it leaves out, each with why.
 
-    The containers carry one router per NAT on IPv4, with any one-router nftables recipe
-    (filtering, hairpinning, short mapping lifetimes, egress port firewalls, port-allocation
-    patterns); NATs in a row (a carrier NAT, a double NAT), IPv6 and NAT64 are built by the
-    netns engine only for now."""
+    The containers carry the routers of every IPv4 NAT kind: one router container per NAT with
+    its nftables recipe (filtering, hairpinning, short mapping lifetimes, egress port firewalls,
+    port-allocation patterns), and for NATs in a row (a carrier NAT, a double NAT) a second
+    router container per home NAT on the outer router's inside segment; IPv6 and NAT64 are
+    built by the netns engine only for now."""
     kept, left = [], []
     for n in topo.nats:
         b = n.behaviour
-        why = (
-            "two NATs in a row (a second router container per NAT)" if b.inner is not None else
-            "IPv6 / NAT64 (IPv6 Docker networks)" if b.ipv6 is not None or not b.ipv4 or b.nat64 else None
-        )
+        why = "IPv6 / NAT64 (IPv6 Docker networks)" if b.ipv6 is not None or not b.ipv4 or b.nat64 else None
         if why is None:
             kept.append(n)
         else:
@@ -343,21 +353,46 @@ def compose_model(
             {"internet": {"ipv4_address": r.public_ip}, net_name: {"ipv4_address": r.lan_ip}},
             sysctls=dict(recipe.sysctls),
         )
-        for p in r.peers:
-            agents.append(p.id)
-            services[f"peer-{p.id}"] = service(
-                "agent",
+        def peers(on: tuple[PeerPlan, ...], lan: str, gateway: str, router: str, link: Link) -> None:
+            for p in on:
+                agents.append(p.id)
+                services[f"peer-{p.id}"] = service(
+                    "agent",
+                    {
+                        "NATKIT_AGENT": p.id,
+                        "NATKIT_RUNNER": runner_at,
+                        "NATKIT_IFACES": f"eth0={p.ip}",
+                        "NATKIT_ROUTES": f"default via {gateway}",
+                        "NATKIT_NETEM": f"eth0={_netem(link)}" if link.shaped else "",
+                    },
+                    {lan: {"ipv4_address": p.ip}},
+                    depends_on=[router],
+                    **({"volumes": mounts} if mounts else {}),
+                )
+
+        # NATs in a row: each home NAT is a router of its own on the outer router's inside
+        # segment (a carrier's 100.64.0.0/10), its default route via the outer router.
+        for inner in r.inner:
+            inner_net = f"lan-{inner.id}"
+            networks[inner_net] = network(inner.lan_net, inner_net,
+                                          str(ipaddress.IPv4Network(inner.lan_net).broadcast_address - 1))
+            irecipe = _inner_recipe(r, inner)
+            services[f"router-{inner.id}"] = service(
+                "router",
                 {
-                    "NATKIT_AGENT": p.id,
-                    "NATKIT_RUNNER": runner_at,
-                    "NATKIT_IFACES": f"eth0={p.ip}",
+                    "NATKIT_NAT": f"{r.nat.name} ({r.nat.type}), the NAT behind {r.id}",
+                    "NATKIT_IFACES": f"{WAN_IF}={inner.wan_ip} {LAN_IF}={inner.lan_ip}",
                     "NATKIT_ROUTES": f"default via {r.lan_ip}",
-                    "NATKIT_NETEM": f"eth0={_netem(r.nat.lan)}" if r.nat.lan.shaped else "",
+                    "NATKIT_NETEM": "",
+                    "NATKIT_NFT": irecipe.nft,
                 },
-                {net_name: {"ipv4_address": p.ip}},
+                {net_name: {"ipv4_address": inner.wan_ip}, inner_net: {"ipv4_address": inner.lan_ip}},
+                sysctls=dict(irecipe.sysctls),
                 depends_on=[f"router-{r.id}"],
-                **({"volumes": mounts} if mounts else {}),
             )
+            peers(inner.peers, inner_net, inner.lan_ip, f"router-{inner.id}", r.nat.lan)
+        if not r.inner:  # behind NATs in a row the peers are the home NATs' (r.peers lists them too)
+            peers(r.peers, net_name, r.lan_ip, f"router-{r.id}", r.nat.lan)
     runner_env = {
         "NATKIT_LISTEN": runner_at,
         "NATKIT_AGENTS": " ".join(agents),
