@@ -24,11 +24,14 @@ What it holds:
   sysctls and ruleset of its NAT kind's recipe (:func:`natkit.lab.nats.recipe`) with the netns
   engine's arguments (interfaces ``wan`` and ``lan``, renamed by address at start), written into
   the file (``NATKIT_NFT``) so anyone can read the rules a router runs; :func:`router_rulesets`
-  gives them per router;
+  gives them per router; NATs in a row (cgnat, double-nat) add a router per home NAT
+  (``NAT-1h1``) on the outer router's inside segment (``lan-NAT-1``: the carrier's
+  100.64.0.0/10) with its own LAN ``lan-NAT-1h1`` and peers;
 * one **peer** container per peer (the lab's aiortc agent), its default route via its router;
 * **servers**: the RFC 5780 STUN responder (two addresses), the TURN relay and the signaling
   server, as in the netns engine's server namespace;
-* **runner**: waits for every agent to connect (peers through their NATs, over TCP) and runs
+* **runner**: waits for every agent to connect (peers through their NATs, over TCP to port
+  443, which every lab firewall lets out) and runs
   the probes and the cases through the public orchestration API
   (:mod:`natkit.lab.engines.container` is every container's side).
 
