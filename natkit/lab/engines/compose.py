@@ -24,11 +24,14 @@ What it holds:
   sysctls and ruleset of its NAT kind's recipe (:func:`natkit.lab.nats.recipe`) with the netns
   engine's arguments (interfaces ``wan`` and ``lan``, renamed by address at start), written into
   the file (``NATKIT_NFT``) so anyone can read the rules a router runs; :func:`router_rulesets`
-  gives them per router;
+  gives them per router; NATs in a row (cgnat, double-nat) add a router per home NAT
+  (``NAT-1h1``) on the outer router's inside segment (``lan-NAT-1``: the carrier's
+  100.64.0.0/10) with its own LAN ``lan-NAT-1h1`` and peers;
 * one **peer** container per peer (the lab's aiortc agent), its default route via its router;
 * **servers**: the RFC 5780 STUN responder (two addresses), the TURN relay and the signaling
   server, as in the netns engine's server namespace;
-* **runner**: waits for every agent to connect (peers through their NATs, over TCP) and runs
+* **runner**: waits for every agent to connect (peers through their NATs, over TCP to port
+  443, which every lab firewall lets out) and runs
   the probes and the cases through the public orchestration API
   (:mod:`natkit.lab.engines.container` is every container's side).
 
@@ -54,7 +57,7 @@ from natkit import __version__
 from natkit.errors import ConfigError
 from natkit.lab import nats
 from natkit.lab.engines.image import DOCKERFILE, PYTHON_BASE
-from natkit.lab.topology import Case, Link, Plan, RouterPlan, Topology
+from natkit.lab.topology import Case, InnerPlan, Link, PeerPlan, Plan, RouterPlan, Topology
 
 __all__ = [
     "CASES_FILE",
@@ -77,7 +80,10 @@ __all__ = [
 ]
 
 IMAGE = f"natkit-lab:{__version__}"
-CONTROL_PORT = 7700
+# The agents' control connections to the runner cross their NATs as TCP: on 443, the one port
+# every lab firewall lets out (egress-443 passes only TCP to 80/443); the runner has an
+# address of its own, so no lab server's 443 is taken.
+CONTROL_PORT = 443
 COMMAND = ["python", "-m", "natkit.lab.engines.container"]
 # The netns engine's router interfaces (natkit.lab.engines.netns.build): the same names here.
 WAN_IF, LAN_IF = "wan", "lan"
@@ -154,6 +160,8 @@ def bridge_names(plan: Plan, prefix: str = BRIDGE_PREFIX) -> dict[str, str]:
     names = {"internet": f"{prefix}-i"}
     for k, r in enumerate(plan.routers):
         names[f"lan-{r.id}"] = f"{prefix}-l{k}"
+        for i, inner in enumerate(r.inner):  # a home NAT's own LAN behind a carrier NAT
+            names[f"lan-{inner.id}"] = f"{prefix}-l{k}h{i + 1}"
     return names
 
 
@@ -164,12 +172,22 @@ def _router_recipe(r: RouterPlan) -> nats.RouterRecipe:
     return nats.recipe(r.nat.behaviour, nats.RouterSide(LAN_IF, WAN_IF, r.public_ip, r.lan_net))
 
 
+def _inner_recipe(r: RouterPlan, inner: InnerPlan) -> nats.RouterRecipe:
+    """The home NAT behind carrier NAT ``r``: its WAN on ``r``'s inside segment."""
+    assert r.nat.behaviour.inner is not None
+    return nats.recipe(r.nat.behaviour.inner, nats.RouterSide(LAN_IF, WAN_IF, inner.wan_ip, inner.lan_net))
+
+
 def router_rulesets(topology: Topology, plan: Plan | None = None) -> dict[str, str]:
     """Router id -> the ``nft -f`` text its container applies (the netns engine's ruleset on
-    the Compose engine's subnets)."""
+    the Compose engine's subnets); a home NAT behind a carrier NAT under its own id."""
     topology = compose_scope(topology)[0].for_compose()
     plan = plan or topology.plan()
-    return {r.id: _router_recipe(r).nft for r in plan.routers}
+    out = {}
+    for r in plan.routers:
+        out[r.id] = _router_recipe(r).nft
+        out.update((inner.id, _inner_recipe(r, inner).nft) for inner in r.inner)
+    return out
 
 
 # -- the Compose model ----------------------------------------------------------------------------
@@ -216,42 +234,42 @@ def _services_base(run: RunOptions | None, base: str) -> dict[str, Any]:
     return common
 
 
-COMPOSE_PATHS = ("host", "srflx", "relay")
+COMPOSE_PATHS = ("host", "srflx", "relay", "relay-tls", "longevity")
 
 
 def compose_scope(topo: Topology) -> tuple[Topology, tuple[tuple[str, str], ...]]:
     """The part of ``topo`` the Compose engine builds, and what it leaves out, each with why.
 
-    The containers carry one router per NAT on IPv4: NATs in a row (a carrier NAT, a double
-    NAT), IPv6 and NAT64, egress port firewalls and the nft port-allocation patterns are built
-    by the netns engine only for now, and so are the relay-tls and longevity paths."""
+    The containers carry the routers of every IPv4 NAT kind: one router container per NAT with
+    its nftables recipe (filtering, hairpinning, short mapping lifetimes, egress port firewalls,
+    port-allocation patterns), and for NATs in a row (a carrier NAT, a double NAT) a second
+    router container per home NAT on the outer router's inside segment; IPv6 and NAT64 are
+    built by the netns engine only for now."""
     kept, left = [], []
     for n in topo.nats:
         b = n.behaviour
-        why = (
-            "two NATs in a row" if b.inner is not None else
-            "IPv6 / NAT64" if b.ipv6 is not None or not b.ipv4 or b.nat64 else
-            "an egress port firewall (TURN over TLS on 443)" if b.egress_tcp_ports is not None else
-            "a port-allocation pattern" if b.port_allocation is not None else None
-        )
+        why = "IPv6 / NAT64 (IPv6 Docker networks)" if b.ipv6 is not None or not b.ipv4 or b.nat64 else None
         if why is None:
             kept.append(n)
         else:
             left.append((f"NAT {n.name} ({n.type})", f"{why} is built by the netns engine only"))
-    if any(n.longevity for n in kept):
-        left.append(("path longevity", "built by the netns engine only"))
-        kept = [replace(n, longevity=False) for n in kept]
     paths = tuple(p for p in topo.paths if p in COMPOSE_PATHS)
     left += [(f"path {p}", "built by the netns engine only") for p in topo.paths if p not in COMPOSE_PATHS]
     servers = replace(topo.servers, turn_tls_port=None) if "relay-tls" not in paths else topo.servers
-    scoped = replace(topo, nats=tuple(kept), paths=paths, servers=servers)
+    net6 = topo.internet_net6
+    if net6 is not None:  # the servers listen on IPv4 only: the lab's networks are IPv4-only
+        left.append((f"the internet's IPv6 ({net6}, the ipv6 cases)", "IPv6 Docker networks are built by the netns engine only"))
+        servers = replace(servers, stun_addresses6=None, turn_address6=None, signaling_address6=None)
+    scoped = replace(topo, nats=tuple(kept), paths=paths, servers=servers, internet_net6=None)
     return scoped, tuple(left)
 
 
 def in_scope(topo: Topology, cases: Sequence[Case]) -> list[Case]:
     """The ``cases`` the scoped ``topo`` (:func:`compose_scope`) can run."""
     names = {n.name for n in topo.nats}
-    return [c for c in cases if set(c.nats) <= names and c.path in topo.paths and c.family == "ipv4"]
+    idle = {n.name for n in topo.nats if n.longevity}  # longevity cases come from the NATs, not lab.paths
+    return [c for c in cases if set(c.nats) <= names and c.family == "ipv4"
+            and (c.path in topo.paths or (c.path == "longevity" and set(c.nats) <= idle))]
 
 
 def compose_model(
@@ -338,21 +356,46 @@ def compose_model(
             {"internet": {"ipv4_address": r.public_ip}, net_name: {"ipv4_address": r.lan_ip}},
             sysctls=dict(recipe.sysctls),
         )
-        for p in r.peers:
-            agents.append(p.id)
-            services[f"peer-{p.id}"] = service(
-                "agent",
+        def peers(on: tuple[PeerPlan, ...], lan: str, gateway: str, router: str, link: Link) -> None:
+            for p in on:
+                agents.append(p.id)
+                services[f"peer-{p.id}"] = service(
+                    "agent",
+                    {
+                        "NATKIT_AGENT": p.id,
+                        "NATKIT_RUNNER": runner_at,
+                        "NATKIT_IFACES": f"eth0={p.ip}",
+                        "NATKIT_ROUTES": f"default via {gateway}",
+                        "NATKIT_NETEM": f"eth0={_netem(link)}" if link.shaped else "",
+                    },
+                    {lan: {"ipv4_address": p.ip}},
+                    depends_on=[router],
+                    **({"volumes": mounts} if mounts else {}),
+                )
+
+        # NATs in a row: each home NAT is a router of its own on the outer router's inside
+        # segment (a carrier's 100.64.0.0/10), its default route via the outer router.
+        for inner in r.inner:
+            inner_net = f"lan-{inner.id}"
+            networks[inner_net] = network(inner.lan_net, inner_net,
+                                          str(ipaddress.IPv4Network(inner.lan_net).broadcast_address - 1))
+            irecipe = _inner_recipe(r, inner)
+            services[f"router-{inner.id}"] = service(
+                "router",
                 {
-                    "NATKIT_AGENT": p.id,
-                    "NATKIT_RUNNER": runner_at,
-                    "NATKIT_IFACES": f"eth0={p.ip}",
+                    "NATKIT_NAT": f"{r.nat.name} ({r.nat.type}), the NAT behind {r.id}",
+                    "NATKIT_IFACES": f"{WAN_IF}={inner.wan_ip} {LAN_IF}={inner.lan_ip}",
                     "NATKIT_ROUTES": f"default via {r.lan_ip}",
-                    "NATKIT_NETEM": f"eth0={_netem(r.nat.lan)}" if r.nat.lan.shaped else "",
+                    "NATKIT_NETEM": "",
+                    "NATKIT_NFT": irecipe.nft,
                 },
-                {net_name: {"ipv4_address": p.ip}},
+                {net_name: {"ipv4_address": inner.wan_ip}, inner_net: {"ipv4_address": inner.lan_ip}},
+                sysctls=dict(irecipe.sysctls),
                 depends_on=[f"router-{r.id}"],
-                **({"volumes": mounts} if mounts else {}),
             )
+            peers(inner.peers, inner_net, inner.lan_ip, f"router-{inner.id}", r.nat.lan)
+        if not r.inner:  # behind NATs in a row the peers are the home NATs' (r.peers lists them too)
+            peers(r.peers, net_name, r.lan_ip, f"router-{r.id}", r.nat.lan)
     runner_env = {
         "NATKIT_LISTEN": runner_at,
         "NATKIT_AGENTS": " ".join(agents),

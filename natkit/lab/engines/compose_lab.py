@@ -121,7 +121,8 @@ def check(*, capture: bool) -> tuple[DockerAPI, ComposeTool]:
 
 def _check_subnets(topo: Topology, plan: Plan, docker_networks: Sequence[dict[str, Any]]) -> None:
     """ConfigError when a subnet of the lab overlaps something the host uses."""
-    subnets = [(topo.internet_net, "compose.internet_subnet"), *((r.lan_net, "compose.lan_base") for r in plan.routers)]
+    subnets = [(topo.internet_net, "compose.internet_subnet"), *((r.lan_net, "compose.lan_base") for r in plan.routers),
+               *((i.lan_net, "compose.lan_base") for r in plan.routers for i in r.inner)]
     hostnet.check_overlap(subnets, hostnet.host_usage(docker_networks=docker_networks), where=topo.source)
 
 
@@ -505,6 +506,10 @@ def _run_up(
     out = run.dir / "orchestration.json"
     if status != 0 or not out.is_file():
         why = next((ln for ln in reversed(run.log_tail) if "error" in ln.lower()), "")
+        if not why:  # the follower may not have read the last lines yet: ask for them
+            with contextlib.suppress(OSError, ValueError):
+                tail = b"".join(chunk for _, chunk in run.api.logs(str(runner["Id"]), tail="20", timeout=10))
+                why = next((ln for ln in reversed(tail.decode(errors="replace").splitlines()) if "error" in ln.lower()), "")
         if not why and status > 128:
             why = f"killed by signal {status - 128} (the Docker daemon, the OOM killer or docker kill)"
         why = why or (run.log_tail[-1] if run.log_tail else "no output")

@@ -20,6 +20,7 @@ from natkit.lab.engines.compose import (
     DOCKERFILE,
     compose_model,
     compose_scope,
+    in_scope,
     render_compose,
     router_rulesets,
     to_yaml,
@@ -61,22 +62,13 @@ class _RecordingLab(NetnsLab):
         self.rules[ns] = ruleset
 
 
-def _inner_routers(topo: Any) -> set[str]:
-    """The home routers behind a carrier NAT or another home NAT (two-stage kinds), which only
-    the netns engine builds so far."""
-    return {i.id for r in topo.plan().routers for i in r.inner}
-
-
 def _netns_engine(topo: Any) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """Router id -> ruleset and sysctls, as natkit.lab.engines.netns.build applies them, for the
-    routers the compose engine builds too: the two-stage kinds' home routers (cgnat,
-    double-nat) are not ported to Compose yet, and are checked to be the only ones missing."""
+    """Router id -> ruleset and sysctls, as natkit.lab.engines.netns.build applies them (the
+    two-stage kinds' home routers, cgnat and double-nat, under their own ids)."""
     lab = _RecordingLab()
     nodes = netns_engine.build(lab, topo, topo.plan())
-    inner = _inner_routers(topo)
-    assert inner <= set(nodes.routers)
-    rules = {rid: lab.rules[ns] for rid, ns in nodes.routers.items() if rid not in inner}
-    sysctls = {rid: lab.sysctls[ns] for rid, ns in nodes.routers.items() if rid not in inner}
+    rules = {rid: lab.rules[ns] for rid, ns in nodes.routers.items()}
+    sysctls = {rid: lab.sysctls[ns] for rid, ns in nodes.routers.items()}
     return rules, sysctls
 
 
@@ -161,7 +153,8 @@ def test_docker_compose_accepts_it_and_reads_the_same_rules(tmp_path: Path) -> N
     plan = ctopo.plan()
     peers = [p for r in plan.routers for p in r.peers]
     assert set(services) == {
-        "servers", "runner", *(f"router-{r.id}" for r in plan.routers), *(f"peer-{p.id}" for p in peers)
+        "servers", "runner", *(f"router-{r.id}" for r in plan.routers), *(f"peer-{p.id}" for p in peers),
+        *(f"router-{i.id}" for r in plan.routers for i in r.inner),
     }
     # Everything is built from the Dockerfile in configs/, nothing is pulled.
     for name, svc in services.items():
@@ -187,8 +180,10 @@ def test_docker_compose_accepts_it_and_reads_the_same_rules(tmp_path: Path) -> N
         assert router["networks"][f"lan-{r.id}"]["ipv4_address"] == r.lan_ip
         for p in r.peers:
             peer = services[f"peer-{p.id}"]
-            assert peer["networks"] == {f"lan-{r.id}": {"ipv4_address": p.ip}}
-            assert peer["environment"]["NATKIT_ROUTES"] == f"default via {r.lan_ip}"
+            home = next((i for i in r.inner if p in i.peers), None)  # behind NATs in a row
+            lan_id, gw = (home.id, home.lan_ip) if home else (r.id, r.lan_ip)
+            assert peer["networks"] == {f"lan-{lan_id}": {"ipv4_address": p.ip}}
+            assert peer["environment"]["NATKIT_ROUTES"] == f"default via {gw}"
     # The runner waits for exactly the agents the plan has, and exits with the lab's code.
     env = services["runner"]["environment"]
     assert sorted(env["NATKIT_AGENTS"].split()) == sorted(["srv", *(p.id for p in peers)])
@@ -335,17 +330,45 @@ def test_a_mount_must_exist_and_not_hide_the_image(tmp_path: Path) -> None:
 
 def test_what_the_compose_engine_leaves_out_is_named() -> None:
     """The kinds only the netns engine builds are left out by name and reason, never run
-    half-built (a carrier NAT without its home NAT would pass for a cone)."""
+    half-built (an IPv6 kind on an IPv4-only Docker network would pass for an IPv4 NAT)."""
     scoped, left = compose_scope(load())
-    assert {w for w, _ in left} == {
-        "NAT cgnat (cgnat)", "NAT egress-443 (egress-443)", "NAT cgnat-pair (cgnat)",
-        "path longevity", "path relay-tls",
-    }
-    assert all("netns engine only" in why for _, why in left)
-    assert {n.type for n in scoped.nats} == {
-        "open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked"}
+    assert left == ()  # the default topology runs whole under Compose
+    assert scoped.paths == ("host", "srflx", "relay", "relay-tls") and scoped.servers.turn_tls_port == 443
     assert compose_scope(scoped) == (scoped, ())  # idempotent: the containers scope again
     internet, left6 = compose_scope(load(ROOT / "configs/lab/internet.toml"))
     kinds = {w.split("(")[1].rstrip(")") for w, _ in left6 if w.startswith("NAT ")}
-    assert {"double-nat", "ipv6-firewall", "nptv6", "nat64", "eim-no-preserve", "symmetric-sequential"} <= kinds
-    assert all(n.behaviour.inner is None and n.behaviour.ipv6 is None for n in internet.nats)
+    assert kinds == {"ipv6-firewall", "nptv6", "nat64"}
+    assert all("netns engine only" in why for _, why in left6)
+    assert any(w.startswith("the internet's IPv6 (2001:db8::/64") for w, _ in left6)
+    assert internet.internet_net6 is None and internet.servers.turn_address6 is None
+    assert {"cgnat", "double-nat", "eim-no-preserve", "symmetric-sequential", "egress-443"} <= {n.type for n in internet.nats}
+    assert all(n.behaviour.ipv6 is None and n.behaviour.ipv4 for n in internet.nats)
+
+
+def test_nats_in_a_row_get_a_router_container_per_home_nat() -> None:
+    """A carrier NAT's subscribers: the home NAT is a router of its own on the carrier's
+    100.64.0.0/10 segment, its peers on its own LAN behind it."""
+    topo = compose_scope(load())[0].for_compose()
+    model = compose_model(topo, topology_text="")
+    svc, nets = model["services"], model["networks"]
+    home = svc["router-cgnat-1h1"]
+    assert home["environment"]["NATKIT_ROUTES"] == "default via 100.64.13.1"
+    assert set(home["networks"]) == {"lan-cgnat-1", "lan-cgnat-1h1"}
+    assert nets["lan-cgnat-1"]["ipam"]["config"][0]["subnet"] == "100.64.13.0/24"
+    assert nets["lan-cgnat-1h1"]["internal"] is True
+    peer = svc["peer-cgnat-1-p1"]
+    assert set(peer["networks"]) == {"lan-cgnat-1h1"} and peer["depends_on"] == ["router-cgnat-1h1"]
+    assert peer["environment"]["NATKIT_ROUTES"] == "default via 10.213.12.1"
+    # two subscribers of one carrier NAT: two home routers on its one segment
+    assert {"router-cgnat-pair-1h1", "router-cgnat-pair-1h2"} <= set(svc)
+    assert "peer-cgnat-pair-1-p1" in svc and "peer-cgnat-pair-1-p2" in svc
+    rules = router_rulesets(load())
+    assert "masquerade" in rules["cgnat-1h1"] or "snat" in rules["cgnat-1h1"]
+
+
+def test_longevity_cases_stay_in_scope() -> None:
+    """A longevity case comes from a NAT's ``longevity = true``, not from ``lab.paths``."""
+    scoped, _ = compose_scope(load())
+    idle = [c for c in scoped.cases() if c.path == "longevity"]
+    assert [c.nats for c in idle] == [("port-restricted", "port-restricted")]
+    assert in_scope(scoped, idle) == idle
