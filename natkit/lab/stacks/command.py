@@ -67,9 +67,11 @@ _PROTOCOLS = ("udp", "tcp", "tls", "dtls")
 
 def candidate_types(path: str) -> list[str]:
     """The candidate types a peer signals on ``path`` (``relay-tls`` and kin signal relays)."""
+    if path == "longevity":  # srflx, then an idle period (NATKIT_IDLE_S)
+        return ["srflx"]
     base = path.split("-", 1)[0]
     if base not in ("host", "srflx", "relay"):
-        raise ConfigError(f"unknown path {path!r}; expected host, srflx or relay[-...]", param="path")
+        raise ConfigError(f"unknown path {path!r}; expected host, srflx, relay[-...] or longevity", param="path")
     return [base]
 
 
@@ -90,6 +92,7 @@ def contract_env(stack: str, role: str, config: PeerConfig) -> dict[str, str]:
         "NATKIT_CANDIDATE_TYPES": ",".join(types),
         "NATKIT_PATH": config.path,
         "NATKIT_DEADLINE_S": f"{config.deadline_s:g}",
+        "NATKIT_IDLE_S": f"{config.idle_s:g}",
         "NATKIT_STACK": stack,
     }
 
