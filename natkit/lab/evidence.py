@@ -314,17 +314,24 @@ def judge_browser(
     if claimed_route(selected, caller_lan, caller_public) == "relay":
         local = _ep((selected or {}).get("local"))
         seen = flows.allocations.get(local) if local else None
+        hidden = None
+        if local is not None and seen is None:
+            # TURN over TLS: the Allocate response is encrypted; what the capture shows is a TLS
+            # session from inside the caller's NAT to the TURN server.
+            hidden = _tls_client(flows, caller_public, caller_lan)
+            seen = ("tls", hidden) if hidden is not None else None
         if local is None or seen is None:
             where = f"{local[0]}:{local[1]}" if local else "(no address)"
             return {
                 "route": None, "claimed": "relay", "packets": 0, "consistent": False,
-                "detail": f"no Allocate response in the capture gave out Chromium's relay candidate {where}",
+                "detail": f"no Allocate response (nor a TURN/TLS session from the caller's NAT) in the capture "
+                          f"gave out the caller's relay candidate {where}",
             }
         transport, client = seen
         if client[0] != caller_public and not _in_net(client[0], caller_lan):
             return {
                 "route": None, "claimed": "relay", "packets": 0, "consistent": False,
-                "detail": f"Chromium's relay candidate {local[0]}:{local[1]} was allocated to {client[0]}:{client[1]}, "
+                "detail": f"the caller's relay candidate {local[0]}:{local[1]} was allocated to {client[0]}:{client[1]}, "
                           f"outside its NAT ({caller_public}, {caller_lan})",
             }
         relays.append({"transport": transport, "relayed": list(local), "mapped": list(client)})
@@ -334,8 +341,19 @@ def judge_browser(
     )
     if relays:
         relayed, client = relays[0]["relayed"], relays[0]["mapped"]
-        ev["detail"] += f" (the capture's Allocate response gave {relayed[0]}:{relayed[1]} to {client[0]}:{client[1]})"
+        if relays[0]["transport"] == "tls" and (relayed[0], relayed[1]) not in flows.allocations:
+            ev["detail"] += (f" ({flows.tls[(client[0], client[1])]} TLS records between {client[0]}:{client[1]} and the "
+                             f"TURN server; the allocation of {relayed[0]}:{relayed[1]} inside them cannot be read)")
+        else:
+            ev["detail"] += f" (the capture's Allocate response gave {relayed[0]}:{relayed[1]} to {client[0]}:{client[1]})"
     return ev
+
+
+def _tls_client(flows: Flows, public: str, lan: str) -> Endpoint | None:
+    """The TURN/TLS client inside one NAT (its public address or its LAN) with the most TLS
+    records, or None."""
+    mine = [(n, c) for c, n in flows.tls.items() if n and (c[0] == public or _in_net(c[0], lan))]
+    return max(mine)[1] if mine else None
 
 
 def judge_peers(

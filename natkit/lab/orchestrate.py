@@ -279,7 +279,7 @@ async def _run(
     srv = topo.servers
     servers = agents["srv"]
     ca = lab_ca(topo)
-    spec = ServersSpec.of(topo, plan, turn_engine, (ca.cert_pem, ca.key_pem) if ca else None)
+    spec = ServersSpec.of(topo, plan, turn_engine, (ca.chain_pem, ca.key_pem) if ca else None)
     servers_result = asyncio.ensure_future(servers.call(3600, op="servers", spec=spec.to_json()))
     started: list[asyncio.Future[Any]] = [servers.ready, servers_result]
     await asyncio.wait(started, timeout=SERVERS_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
@@ -391,7 +391,8 @@ async def _run(
                 async with gate:
                     res = await agents[peer_id].call(
                         peer.start_s + 30, op="prepare", stack=name,
-                        config=PeerConfig("prepare", "host", sig, [], topo.case_deadline_s).to_json(),
+                        config=PeerConfig("prepare", "host", sig, [], topo.case_deadline_s,
+                                          ca_pem=ca.ca_pem if ca else None).to_json(),
                     )
                 if "error" not in res:
                     prepared.add((peer_id, name))

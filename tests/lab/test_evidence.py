@@ -240,3 +240,18 @@ def test_a_hidden_peer_reflexive_address_is_found_by_its_port(tmp_path: Path) ->
     caller["selected"]["remote"]["port"] = 9999  # no flow to that port: nothing to judge by
     ev = judge(flows, caller=caller, callee=callee, **kw)
     assert not ev["consistent"]
+
+
+def test_a_relay_allocated_inside_turn_over_tls_is_tied_to_the_tls_session_of_the_callers_nat() -> None:
+    from collections import Counter
+
+    from natkit.lab.evidence import Flows
+
+    kw = dict(callee={}, caller_lan="10.64.2.0/24", turn=TURN)
+    flows = Flows(tls=Counter({A_PUB: 9, B_PUB: 4}))
+    ev = judge_browser(flows, selected=_chromium_relay_pair(), caller_public=A_PUB[0], **kw)
+    assert ev["route"] == "relay" and ev["consistent"], ev
+    assert "cannot be read" in ev["detail"] and f"{A_PUB[0]}:{A_PUB[1]}" in ev["detail"]
+    # No TLS session from the caller's NAT: the relay candidate is unexplained.
+    ev = judge_browser(flows, selected=_chromium_relay_pair(), caller_public="203.0.113.99", **kw)
+    assert not ev["consistent"] and "TURN/TLS session" in ev["detail"]

@@ -146,6 +146,7 @@ class BrowserPeer:
         self.mdns = mdns
         self.loopback = loopback
         self.start_times: list[float] = []  # seconds each start of the browser took
+        self.ca_pem: str | None = None  # the lab CA the browser is started trusting (TURN over TLS)
         self._driver: Driver | None = None
         self._lock: asyncio.Lock | None = None
 
@@ -175,6 +176,8 @@ class BrowserPeer:
                 with contextlib.suppress(Exception):
                     await self._driver.close()
                 self._driver = None
+            if config is not None and config.ca_pem:
+                self.ca_pem = config.ca_pem
             loopback = self.loopback
             if loopback is None:
                 loopback = config is not None and _is_loopback(config.signaling[0])

@@ -140,9 +140,12 @@ LIBNICE = Capabilities(
     stack="libnice 0.1.21 through GStreamer 1.22 webrtcbin (Debian gstreamer1.0-nice, gstreamer1.0-plugins-bad)",
     # webrtcbin leaves libnice's ice-tcp on: active and passive TCP host candidates (RFC 6544).
     tcp_candidates=("active", "passive"),
-    # "turn:" URLs: UDP (transport=udp), TCP (transport=tcp), both without a transport;
-    # "turns:": TLS over TCP. No TURN over DTLS.
-    turn=("udp", "tcp", "tls"),
+    # "turn:" URLs: UDP (transport=udp), TCP (transport=tcp), both without a transport.
+    # "turns:" becomes NICE_RELAY_TYPE_TURN_TLS, which in RFC 5245 mode is plain TURN over TCP:
+    # libnice has no TLS client (its pseudo-SSL socket is a canned handshake for Google's and
+    # Microsoft's old relays only; it links GnuTLS for hashes), so a real TLS listener on 443
+    # never completes an allocation. No TURN over DTLS either.
+    turn=("udp", "tcp"),
     turn_servers=None,
     # libnice implements RFC 7675, but webrtcbin 1.22 does not enable it (later GStreamer does);
     # keepalives are binding indications (keepalive-conncheck off).
@@ -171,12 +174,14 @@ LIBNICE = Capabilities(
         "given TURN over UDP and over TCP of one server, it signaled only the TCP relay in natkit's runs",
         "one STUN server only (webrtcbin's stun-server property); every TURN URL through add-turn-server",
         "UPnP port mapping is on by default in libnice; natkit's peer turns it off",
+        "no TURN over TLS: a turns: URL is tried as plain TURN over TCP to port 443 (no relay-tls)",
     ),
     sources=(
         "GStreamer gst-libs/gst/webrtc/nice/nice.c (gst_webrtc_nice_constructed: ICE_TRICKLE | REGULAR_NOMINATION, CONSENT_FRESHNESS only in later releases; _add_turn_server: turn udp/tcp, turns -> TURN_TLS; get_selected_pair)",
         "the NiceAgent webrtcbin 1.22 makes, read at run time: ice-tcp True, ice-trickle True, consent-freshness False, keepalive-conncheck False, nomination-mode REGULAR, upnp True",
         "GStreamer ext/dtls gstdtlscertificate.c (the generated certificate is RSA); natkit's runs: webrtcbin offering to aiortc fails with OpenSSL 'no shared cipher'",
         "libnice agent/conncheck.c (peer-reflexive candidates from incoming checks, RFC 5245 §7.2.1.3)",
+        "libnice agent/agent.c (priv_add_new_candidate_discovery_turn: NICE_RELAY_TYPE_TURN_TLS wraps the TCP socket in pseudossl only for the GOOGLE and OC2007 compatibilities); socket/pseudossl.c (fixed handshake bytes); libnice.so.10 imports no gnutls/GIO TLS session function",
     ),
 )
 
