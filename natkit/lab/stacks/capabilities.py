@@ -11,7 +11,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["AIORTC", "CHROMIUM", "FIREFOX", "LIBNICE", "PION", "Capabilities"]
+__all__ = ["AIORTC", "CHROMIUM", "FIREFOX", "LIBNICE", "PEER_CAPS", "PION", "Capabilities"]
+
+# The words of ``--peer-caps NAME=LIST`` (docs/lab-peers.md), what each declares.
+PEER_CAPS = {
+    "relay-udp": "allocates on TURN over UDP (turn:...?transport=udp)",
+    "relay-tcp": "allocates on TURN over TCP (turn:...?transport=tcp)",
+    "relay-tls": "allocates on TURN over TLS (turns:, trusting NATKIT_CA_FILE)",
+    "relay-dtls": "allocates on TURN over DTLS",
+    "ice-tcp": "gathers ICE-TCP host candidates (RFC 6544)",
+    "ipv6": "gathers and pairs IPv6 candidates",
+    "idle": "honours NATKIT_IDLE_S (the longevity path)",
+    "keepalive=S": "sends on an idle selected pair every S seconds",
+    "dtls=ecdsa|rsa": "its DTLS certificate's key type",
+    "none": "none of these",
+}
 
 
 @dataclass(frozen=True)
@@ -75,11 +89,59 @@ class Capabilities:
     hides_prflx_address: bool | None = None
     notes: tuple[str, ...] = ()
     sources: tuple[str, ...] = field(default=(), compare=False)
+    # IPv6 candidates (None: not known; False: an IPv6 case cannot connect through it).
+    ipv6: bool | None = None
+    # Honours the contract's NATKIT_IDLE_S (longevity: idles, then echoes again). False: its
+    # longevity cases are left out (an echo without the idle would pass without testing).
+    idle: bool | None = None
     # Seconds between packets it sends on the selected pair while idle (consent checks or
     # keepalives): what keeps a NAT's UDP mapping alive through a quiet call. For the built-in
     # stacks it is measured: the gaps between a side's STUN packets on the pair in the capture
     # of `natkit lab run --full --only longevity --pcap F`.
     keepalive_s: float | None = None
+
+    @classmethod
+    def declared(cls, stack: str, spec: str) -> Capabilities:
+        """What a user's peer says it supports: ``spec`` is ``--peer-caps``' comma-separated
+        list (:data:`PEER_CAPS`); what it does not name it does not do. ConfigError
+        (param="peer-caps") for a word that is not one."""
+        from natkit.errors import ConfigError
+
+        words = [w.strip() for w in spec.split(",") if w.strip()]
+        if not words:
+            raise ConfigError(f"{stack}: name what the peer supports ({', '.join(PEER_CAPS)}), or 'none'", param="peer-caps")
+        turn: list[str] = []
+        flags: set[str] = set()
+        keepalive: float | None = None
+        cert: str | None = None
+        for w in words:
+            key, _, value = w.partition("=")
+            if key.startswith("relay-") and key[6:] in ("udp", "tcp", "tls", "dtls") and not value:
+                turn.append(key[6:])
+            elif key in ("ice-tcp", "ipv6", "idle", "none") and not value:
+                flags.add(key)
+            elif key == "keepalive" and value:
+                try:
+                    keepalive = float(value)
+                except ValueError:
+                    keepalive = -1.0
+                if not 0 < keepalive <= 3600:
+                    raise ConfigError(f"{stack}: keepalive={value}: give the seconds between its packets on an idle pair "
+                                      "(0 < S <= 3600)", param="peer-caps")
+            elif key == "dtls" and value in ("ecdsa", "rsa"):
+                cert = value
+            else:
+                raise ConfigError(f"{stack}: {w!r} is not a capability; give a comma-separated list of "
+                                  f"{', '.join(PEER_CAPS)}", param="peer-caps")
+        if "none" in flags and (len(words) > 1):
+            raise ConfigError(f"{stack}: 'none' stands alone", param="peer-caps")
+        order = ("udp", "tcp", "tls", "dtls")
+        return cls(
+            stack, tcp_candidates=("active", "passive") if "ice-tcp" in flags else (),
+            turn=tuple(t for t in order if t in turn), turn_tls_ip_literal="tls" in turn, ipv6="ipv6" in flags,
+            idle="idle" in flags, keepalive_s=keepalive, dtls_certificate=cert,
+            notes=(f"declared with --peer-caps {stack}={spec}",),
+        )
 
     @classmethod
     def unknown(cls, stack: str) -> Capabilities:
@@ -108,6 +170,7 @@ PION = Capabilities(
     keepalive="binding-request",
     # measured in natkit's longevity cases: a Binding request every 2.0 s (median) while idle
     keepalive_s=2.0,
+    idle=True,  # natkit's peer idles on NATKIT_IDLE_S
     prflx=True,
     trickle=True,
     nomination="regular",
@@ -154,6 +217,7 @@ LIBNICE = Capabilities(
     # libnice's Tr timer (NICE_AGENT_TIMER_TR_DEFAULT): a keepalive every 25 s; measured in
     # natkit's longevity cases: a Binding indication every 25.0 s while idle, nothing else.
     keepalive_s=25.0,
+    idle=True,  # natkit's peer idles on NATKIT_IDLE_S
     prflx=True,
     trickle=True,
     nomination="regular",
@@ -194,6 +258,7 @@ AIORTC = Capabilities(
     keepalive="binding-request",
     # measured in natkit's longevity cases: a consent check every 4.6-6.0 s while idle
     keepalive_s=5.0,
+    idle=True,  # natkit's peer idles on NATKIT_IDLE_S
     prflx=True,
     trickle=True,
     nomination="regular",
@@ -234,6 +299,7 @@ CHROMIUM = Capabilities(
     # A stable writable selected pair is pinged every 2.5 s (STABLE_WRITABLE_CONNECTION_PING_INTERVAL);
     # measured in natkit's longevity cases: a Binding request every 2.6-2.7 s while idle.
     keepalive_s=2.5,
+    idle=True,  # natkit's peer idles on NATKIT_IDLE_S
     # P2PTransportChannel::OnUnknownAddress creates a PRFLX_PORT_TYPE remote candidate.
     prflx=True,
     trickle=True,
@@ -281,6 +347,7 @@ FIREFOX = Capabilities(
     # RFC 7675 consent checks every 5 s, randomised by +-20 % (nICEr's consent timer);
     # measured in natkit's longevity cases: a Binding request every 4.5-6.0 s while idle.
     keepalive_s=5.0,
+    idle=True,  # natkit's peer idles on NATKIT_IDLE_S
     # nr_ice_component_process_incoming_check creates a prflx remote candidate.
     prflx=True,
     trickle=True,
