@@ -121,6 +121,21 @@ class Flows:
     tls: Counter[Endpoint] = field(default_factory=Counter)
     # relayed address -> (transport, client): from the TURN server's Allocate success responses
     allocations: dict[Endpoint, tuple[str, Endpoint]] = field(default_factory=dict)
+    # Every allocation of each relayed address, in capture order: a run's TURN server hands a
+    # freed relay port out again (thousands of allocations in --full), so one address may
+    # have served several clients.
+    allocated: dict[Endpoint, list[tuple[str, Endpoint]]] = field(default_factory=dict)
+
+    def allocate(self, relayed: Endpoint, transport: str, client: Endpoint) -> None:
+        self.allocations[relayed] = (transport, client)
+        self.allocated.setdefault(relayed, []).append((transport, client))
+
+    def allocation_of(self, relayed: Endpoint, public: str, lan: str) -> tuple[str, Endpoint] | None:
+        """The allocation of ``relayed`` to a client inside one NAT (public address or LAN),
+        else its latest one, else None."""
+        seen = self.allocated.get(relayed) or ([self.allocations[relayed]] if relayed in self.allocations else [])
+        mine = [a for a in seen if a[1][0] == public or _in_net(a[1][0], lan)]
+        return (mine or seen or [None])[-1]
     packets: int = 0
     markers: int = 0  # the runner's capture markers seen
 
@@ -169,7 +184,7 @@ def read_capture(path: str | Path, turn: Endpoint, turn_tls: Endpoint | None = N
             if src in turns or dst in turns:
                 client = dst if src in turns else src
                 if src in turns and (relayed := _allocated(data)) is not None:
-                    flows.allocations[relayed] = ("udp", client)
+                    flows.allocate(relayed, "udp", client)
                 inner = _turn_inner(data)
                 if inner is not None and _is_dtls(inner):
                     flows.relayed[("udp", client)] += 1
@@ -201,7 +216,7 @@ def read_capture(path: str | Path, turn: Endpoint, turn_tls: Endpoint | None = N
         client = dst if src in turns else src
         for frame in frames:
             if src in turns and (relayed := _allocated(frame)) is not None:
-                flows.allocations[relayed] = ("tcp", client)
+                flows.allocate(relayed, "tcp", client)
             inner = _turn_inner(frame)
             if inner is not None and _is_dtls(inner):
                 flows.relayed[("tcp", client)] += 1
@@ -313,7 +328,7 @@ def judge_browser(
     relays: list[dict[str, Any]] = []
     if claimed_route(selected, caller_lan, caller_public) == "relay":
         local = _ep((selected or {}).get("local"))
-        seen = flows.allocations.get(local) if local else None
+        seen = flows.allocation_of(local, caller_public, caller_lan) if local else None
         hidden = None
         if local is not None and seen is None:
             # TURN over TLS: the Allocate response is encrypted; what the capture shows is a TLS

@@ -255,3 +255,17 @@ def test_a_relay_allocated_inside_turn_over_tls_is_tied_to_the_tls_session_of_th
     # No TLS session from the caller's NAT: the relay candidate is unexplained.
     ev = judge_browser(flows, selected=_chromium_relay_pair(), caller_public="203.0.113.99", **kw)
     assert not ev["consistent"] and "TURN/TLS session" in ev["detail"]
+
+
+def test_a_relay_port_handed_out_twice_in_one_capture_is_matched_to_the_callers_nat() -> None:
+    from natkit.lab.evidence import Flows
+
+    other = ("203.0.113.21", 38216)
+    flows = Flows()
+    flows.allocate(RELAYED, "udp", A_PUB)  # this case's allocation ...
+    flows.allocate(RELAYED, "udp", other)  # ... and a later case's, on the freed port
+    flows.relayed[("udp", A_PUB)] += 3
+    ev = judge_browser(flows, selected=_chromium_relay_pair(), callee={}, caller_lan="10.64.2.0/24",
+                       caller_public=A_PUB[0], turn=TURN)
+    assert ev["route"] == "relay" and ev["consistent"], ev
+    assert flows.allocation_of(RELAYED, "203.0.113.99", "10.9.9.0/24") == ("udp", other)  # no match: the latest

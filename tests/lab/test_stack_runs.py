@@ -158,9 +158,11 @@ def _build_go_peer(out: Path) -> Path:
 @pytest.mark.timeout(900)
 def test_a_go_peer_written_from_the_contract_alone_behind_every_nat(tmp_path: Path) -> None:
     """examples/lab-peer-go (pion, written from docs/lab-peers.md) as --peer: as caller and as
-    callee behind every NAT, against aiortc and itself; every case as the NATs predict."""
+    callee behind every NAT, against aiortc and itself, with what it declares (--peer-caps):
+    TURN over TLS trusting the lab CA, idling on the longevity path; every case as expected."""
     binary = _build_go_peer(tmp_path)
-    proc, data = _run("--peer", f"gopeer={binary}", "--stacks", "aiortc,gopeer", "--only", "srflx,relay",
+    proc, data = _run("--peer", f"gopeer={binary}", "--peer-caps", "gopeer=relay-udp,relay-tcp,relay-tls,idle,keepalive=2,dtls=ecdsa",
+                      "--stacks", "aiortc,gopeer", "--full", "--only", "srflx,relay,relay-tls,longevity",
                       "--deadline", "8", "--json", str(tmp_path / "go.json"), timeout=400)
     mine = [c for c in data.get("cases", []) if "gopeer" in (c["caller_stack"], c["callee_stack"])]
     assert mine, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -169,7 +171,8 @@ def test_a_go_peer_written_from_the_contract_alone_behind_every_nat(tmp_path: Pa
     nats = {c["nats"][i] for c in mine for i in (0, 1) if (c["caller_stack"], c["callee_stack"])[i] == "gopeer"}
     assert nats >= {n for n in ("open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked")}
     up = [c for c in mine if c["observed"] == "connected"]
-    assert {c["path"] for c in up} == {"srflx", "relay"}
+    assert {c["path"] for c in up} == {"srflx", "relay", "relay-tls", "longevity"}
+    assert all("nothing is known" not in c["reason"] for c in mine)  # derived from --peer-caps
     for c in up:
         side = "caller" if c["caller_stack"] == "gopeer" else "callee"
         report = c[f"{side}_report"]
@@ -178,6 +181,8 @@ def test_a_go_peer_written_from_the_contract_alone_behind_every_nat(tmp_path: Pa
         assert sel["local"]["type"] in ("host", "srflx", "prflx", "relay")
         if c["path"] == "relay" and side == "caller":
             assert sel["local"]["type"] == "relay" and sel["local"].get("relay_protocol") in ("udp", "tcp")
+        if c["path"] == "relay-tls" and side == "caller":
+            assert sel["local"]["type"] == "relay" and sel["local"].get("relay_protocol") == "tls"
 
 
 @needs_root
