@@ -14,8 +14,10 @@ ways, both read from each adapter's :class:`~natkit.lab.stacks.capabilities.Capa
   when the client's suites do not take the server's certificate type (webrtcbin's RSA
   certificate against aiortc's ECDSA-only client: OpenSSL's "no shared cipher").
 
-A stack with unknown capabilities (a user's ``--peer``) gets the NATs' expectation, and the
-reason says so.
+Before either: a stack that does not gather IPv6 (``ipv6`` False, as a ``--peer-caps``
+declaration without ``ipv6`` says) cannot connect an IPv6 case, nor a NAT64 one as the
+IPv6-only side. A stack with unknown capabilities (a user's ``--peer`` without
+``--peer-caps``) gets the NATs' expectation, and the reason says so.
 """
 
 from __future__ import annotations
