@@ -329,12 +329,13 @@ def judge_browser(
     if claimed_route(selected, caller_lan, caller_public) == "relay":
         local = _ep((selected or {}).get("local"))
         seen = flows.allocation_of(local, caller_public, caller_lan) if local else None
-        hidden = None
-        if local is not None and seen is None:
-            # TURN over TLS: the Allocate response is encrypted; what the capture shows is a TLS
-            # session from inside the caller's NAT to the TURN server.
+        over_tls = (selected or {}).get("local", {}).get("relay_protocol") == "tls"
+        if local is not None and (seen is None or over_tls):
+            # TURN over TLS: the Allocate response is encrypted (a clear one for that port came
+            # from another case's allocation); what the capture shows is a TLS session from
+            # inside the caller's NAT to the TURN server.
             hidden = _tls_client(flows, caller_public, caller_lan)
-            seen = ("tls", hidden) if hidden is not None else None
+            seen = ("tls", hidden) if hidden is not None else seen
         if local is None or seen is None:
             where = f"{local[0]}:{local[1]}" if local else "(no address)"
             return {
@@ -356,7 +357,7 @@ def judge_browser(
     )
     if relays:
         relayed, client = relays[0]["relayed"], relays[0]["mapped"]
-        if relays[0]["transport"] == "tls" and (relayed[0], relayed[1]) not in flows.allocations:
+        if relays[0]["transport"] == "tls":  # an Allocate inside TLS is never readable
             ev["detail"] += (f" ({flows.tls[(client[0], client[1])]} TLS records between {client[0]}:{client[1]} and the "
                              f"TURN server; the allocation of {relayed[0]}:{relayed[1]} inside them cannot be read)")
         else:

@@ -269,3 +269,16 @@ def test_a_relay_port_handed_out_twice_in_one_capture_is_matched_to_the_callers_
                        caller_public=A_PUB[0], turn=TURN)
     assert ev["route"] == "relay" and ev["consistent"], ev
     assert flows.allocation_of(RELAYED, "203.0.113.99", "10.9.9.0/24") == ("udp", other)  # no match: the latest
+
+
+def test_a_tls_relay_on_a_port_another_case_had_in_the_clear_is_the_tls_sessions() -> None:
+    from collections import Counter
+
+    from natkit.lab.evidence import Flows
+
+    flows = Flows(tls=Counter({A_PUB: 9}))
+    flows.allocate(RELAYED, "udp", ("203.0.113.21", 38216))  # an earlier case, over UDP
+    pair = _chromium_relay_pair()
+    pair["local"]["relay_protocol"] = "tls"
+    ev = judge_browser(flows, selected=pair, callee={}, caller_lan="10.64.2.0/24", caller_public=A_PUB[0], turn=TURN)
+    assert ev["consistent"] and "cannot be read" in ev["detail"], ev
