@@ -430,6 +430,26 @@ func caller(p *peer) {
 	}
 	sort.Float64s(rtts)
 	p.res.RttMs = &rtts[len(rtts)/2]
+	// The longevity path: silence on the channel for NATKIT_IDLE_S, then one more echo.
+	if idle, _ := strconv.ParseFloat(os.Getenv("NATKIT_IDLE_S"), 64); idle > 0 {
+		select {
+		case <-left:
+			finish(p, 1, "the other peer left while idle")
+		case <-time.After(time.Duration(idle * float64(time.Second))):
+		}
+		if err := dc.SendText("after idle"); err != nil {
+			finish(p, 1, "send: "+err.Error())
+		}
+		for got := ""; got != "after idle"; {
+			select {
+			case got = <-echoes:
+			case <-left:
+				finish(p, 1, "the other peer left before the echo after the idle period")
+			case <-time.After(time.Until(p.deadline)):
+				finish(p, 1, "no echo after the idle period before the deadline")
+			}
+		}
+	}
 	p.report()
 	_ = p.relay(map[string]any{"type": "done"})
 	select { // the callee's bye, for at most 2 s: its absence does not fail the case

@@ -277,6 +277,12 @@ class Peer:
                 pass
             rtts.append((time.monotonic() - sent) * 1000)
         self.result["rtt_ms"] = round(statistics.median(rtts), 3)
+        idle = float(os.environ.get("NATKIT_IDLE_S") or 0)
+        if idle > 0:  # the longevity path: a silent channel, then one more echo
+            await asyncio.sleep(idle)
+            channel.send("after idle")
+            while await echoes.get() != "after idle":
+                pass
         self.result["connected"] = True
         await sig.relay({"type": "done"})
         with contextlib.suppress(TimeoutError, ConnectionError, asyncio.IncompleteReadError):

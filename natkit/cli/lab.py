@@ -114,6 +114,12 @@ def register(sub: Any, verb: str, help_text: str) -> None:
         help="run COMMAND (docs/lab-peers.md) as stack NAME, caller and callee, behind every NAT; repeatable; "
         "'{role}' in COMMAND becomes caller or callee",
     )
+    run.add_argument(
+        "--peer-caps", action="append", default=[], metavar="NAME=LIST",
+        help="what --peer NAME supports, so its expectations are derived (docs/lab-peers.md): comma-separated "
+        "relay-udp, relay-tcp, relay-tls, relay-dtls, ice-tcp, ipv6, idle, keepalive=S, dtls=ecdsa|rsa, or none; "
+        "what is not named it does not do (without it: nothing is known, the NATs' expectation applies)",
+    )
     run.add_argument("--shard", metavar="K/N", help="run only shard K of N of the cases (join the reports with 'natkit lab merge')")
     run.add_argument("--parallel", type=int, metavar="N", help="cases expected to connect at once (default: 4 x CPUs)")
     run.add_argument("--deadline", type=float, metavar="S", help="seconds before a case counts as failed (default: the topology's)")
@@ -274,7 +280,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"{flag} is for the Compose engine's containers: add --engine compose")
     shard = parse_shard(args.shard) if args.shard else None
     selection = choose(topo, stack_names=args.stacks, peers=args.peer, full=args.full, only=args.only,
-                       unavailable=compose_lab.stack_unavailable if compose_lab is not None else None)
+                       unavailable=compose_lab.stack_unavailable if compose_lab is not None else None,
+                       peer_caps=args.peer_caps)
     progress = report.Progress(sys.stderr)
     for name, why in selection.skipped:
         progress("stage", {"text": f"stack {name} left out: {why}"})
@@ -283,7 +290,7 @@ def _run(args: argparse.Namespace) -> int:
             result = compose_lab.run(
                 topo, turn_engine=args.turn_engine, parallel=args.parallel, capture=not args.no_capture,
                 progress=progress, keep_capture=args.pcap, base=args.base, selection=selection, shard=shard,
-                peers=args.peer, mounts=args.mount,
+                peers=args.peer, mounts=args.mount, peer_caps=args.peer_caps,
             )
         else:
             result = runner.run(

@@ -20,22 +20,43 @@ from natkit.lab import stacks
 from natkit.lab.cases import select_cases
 from natkit.lab.matrix import BUILTIN, REFERENCE, Selection, parse_stacks, select
 from natkit.lab.stack_expect import after_ice
+from natkit.lab.stacks.capabilities import Capabilities
 from natkit.lab.stacks.command import CommandPeer
 from natkit.lab.topology import Topology
 
-__all__ = ["choose", "register_peers"]
+__all__ = ["choose", "peer_capabilities", "register_peers"]
 
 
-def register_peers(specs: Sequence[str]) -> list[CommandPeer]:
-    """``--peer NAME=COMMAND`` values as registered stacks (checked: the program exists)."""
+def peer_capabilities(specs: Sequence[str], names: Sequence[str]) -> dict[str, Capabilities]:
+    """``--peer-caps NAME=LIST`` values by peer name (each must name a ``--peer``, once)."""
+    out: dict[str, Capabilities] = {}
+    for spec in specs:
+        name, sep, words = spec.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ConfigError(f"{spec!r}: expected NAME=LIST, e.g. mine=relay-udp,relay-tcp,ipv6,idle", param="peer-caps")
+        if name not in names:
+            raise ConfigError(f"{name}: no --peer of that name", param="peer-caps")
+        if name in out:
+            raise ConfigError(f"{name}: given twice", param="peer-caps")
+        out[name] = Capabilities.declared(name, words)
+    return out
+
+
+def register_peers(specs: Sequence[str], caps: Sequence[str] = ()) -> list[CommandPeer]:
+    """``--peer NAME=COMMAND`` values as registered stacks (checked: the program exists),
+    with what ``--peer-caps`` declares of them (else nothing is known of them)."""
     peers: list[CommandPeer] = []
     for spec in specs:
         peer = CommandPeer.from_spec(spec, reserved=BUILTIN)
         if any(p.name == peer.name for p in peers):
             raise ConfigError(f"{peer.name}: given twice; give each peer its own name", param="peer")
+        peers.append(peer)
+    declared = peer_capabilities(caps, [p.name for p in peers])
+    for peer in peers:
+        peer.capabilities = declared.get(peer.name, peer.capabilities)
         peer.check()
         stacks.register(peer)
-        peers.append(peer)
     return peers
 
 
@@ -74,12 +95,13 @@ def choose(
     full: bool = False,
     only: Sequence[str] = (),
     unavailable: Unavailable | None = None,
+    peer_caps: Sequence[str] = (),
 ) -> Selection:
     """The run's :class:`~natkit.lab.matrix.Selection` (see the module docstring).
     ``stack_names``: ``--stacks`` values; ``peers``: ``--peer`` values (registered here);
     ``unavailable``: the engine's own reason a stack cannot run there (the Compose engine's
     image: :func:`natkit.lab.engines.compose_lab.stack_unavailable`), besides this host's."""
-    added = [p.name for p in register_peers(peers)]
+    added = [p.name for p in register_peers(peers, peer_caps)]
     known = [*BUILTIN, *added]
     named = parse_stacks(stack_names, known)
     skipped: list[tuple[str, str]] = []
@@ -101,10 +123,18 @@ def choose(
         if REFERENCE not in chosen:
             raise PrerequisiteError(f"the reference stack cannot run: {dict(skipped)[REFERENCE]}")
     selection = select(topo, chosen, full=full, skipped=skipped, dtls_ok=_dtls_ok)
-    if not only:
+    cases = [c for c in selection.cases if c.path != "longevity" or all(_idles(n) for n in c.stacks)]
+    if only:
+        cases = select_cases(topo, only, within=tuple(cases))
+    if len(cases) == len(selection.cases):
         return selection
-    cases = select_cases(topo, only, within=selection.cases)
     return Selection(selection.kind, selection.stacks, selection.reference, tuple(cases), selection.skipped)
+
+
+def _idles(name: str) -> bool:
+    """Whether a stack's longevity cases test anything: it idles on NATKIT_IDLE_S (a peer
+    declared without ``idle`` would echo at once and pass without idling)."""
+    return stacks.capabilities_of(name).idle is not False
 
 
 def _dtls_ok(caller: str, callee: str) -> bool:

@@ -121,6 +121,21 @@ class Flows:
     tls: Counter[Endpoint] = field(default_factory=Counter)
     # relayed address -> (transport, client): from the TURN server's Allocate success responses
     allocations: dict[Endpoint, tuple[str, Endpoint]] = field(default_factory=dict)
+    # Every allocation of each relayed address, in capture order: a run's TURN server hands a
+    # freed relay port out again (thousands of allocations in --full), so one address may
+    # have served several clients.
+    allocated: dict[Endpoint, list[tuple[str, Endpoint]]] = field(default_factory=dict)
+
+    def allocate(self, relayed: Endpoint, transport: str, client: Endpoint) -> None:
+        self.allocations[relayed] = (transport, client)
+        self.allocated.setdefault(relayed, []).append((transport, client))
+
+    def allocation_of(self, relayed: Endpoint, public: str, lan: str) -> tuple[str, Endpoint] | None:
+        """The allocation of ``relayed`` to a client inside one NAT (public address or LAN),
+        else its latest one, else None."""
+        seen = self.allocated.get(relayed) or ([self.allocations[relayed]] if relayed in self.allocations else [])
+        mine = [a for a in seen if a[1][0] == public or _in_net(a[1][0], lan)]
+        return (mine or seen or [None])[-1]
     packets: int = 0
     markers: int = 0  # the runner's capture markers seen
 
@@ -169,7 +184,7 @@ def read_capture(path: str | Path, turn: Endpoint, turn_tls: Endpoint | None = N
             if src in turns or dst in turns:
                 client = dst if src in turns else src
                 if src in turns and (relayed := _allocated(data)) is not None:
-                    flows.allocations[relayed] = ("udp", client)
+                    flows.allocate(relayed, "udp", client)
                 inner = _turn_inner(data)
                 if inner is not None and _is_dtls(inner):
                     flows.relayed[("udp", client)] += 1
@@ -201,7 +216,7 @@ def read_capture(path: str | Path, turn: Endpoint, turn_tls: Endpoint | None = N
         client = dst if src in turns else src
         for frame in frames:
             if src in turns and (relayed := _allocated(frame)) is not None:
-                flows.allocations[relayed] = ("tcp", client)
+                flows.allocate(relayed, "tcp", client)
             inner = _turn_inner(frame)
             if inner is not None and _is_dtls(inner):
                 flows.relayed[("tcp", client)] += 1
@@ -313,18 +328,26 @@ def judge_browser(
     relays: list[dict[str, Any]] = []
     if claimed_route(selected, caller_lan, caller_public) == "relay":
         local = _ep((selected or {}).get("local"))
-        seen = flows.allocations.get(local) if local else None
+        seen = flows.allocation_of(local, caller_public, caller_lan) if local else None
+        over_tls = (selected or {}).get("local", {}).get("relay_protocol") == "tls"
+        if local is not None and (seen is None or over_tls):
+            # TURN over TLS: the Allocate response is encrypted (a clear one for that port came
+            # from another case's allocation); what the capture shows is a TLS session from
+            # inside the caller's NAT to the TURN server.
+            hidden = _tls_client(flows, caller_public, caller_lan)
+            seen = ("tls", hidden) if hidden is not None else seen
         if local is None or seen is None:
             where = f"{local[0]}:{local[1]}" if local else "(no address)"
             return {
                 "route": None, "claimed": "relay", "packets": 0, "consistent": False,
-                "detail": f"no Allocate response in the capture gave out Chromium's relay candidate {where}",
+                "detail": f"no Allocate response (nor a TURN/TLS session from the caller's NAT) in the capture "
+                          f"gave out the caller's relay candidate {where}",
             }
         transport, client = seen
         if client[0] != caller_public and not _in_net(client[0], caller_lan):
             return {
                 "route": None, "claimed": "relay", "packets": 0, "consistent": False,
-                "detail": f"Chromium's relay candidate {local[0]}:{local[1]} was allocated to {client[0]}:{client[1]}, "
+                "detail": f"the caller's relay candidate {local[0]}:{local[1]} was allocated to {client[0]}:{client[1]}, "
                           f"outside its NAT ({caller_public}, {caller_lan})",
             }
         relays.append({"transport": transport, "relayed": list(local), "mapped": list(client)})
@@ -334,8 +357,19 @@ def judge_browser(
     )
     if relays:
         relayed, client = relays[0]["relayed"], relays[0]["mapped"]
-        ev["detail"] += f" (the capture's Allocate response gave {relayed[0]}:{relayed[1]} to {client[0]}:{client[1]})"
+        if relays[0]["transport"] == "tls":  # an Allocate inside TLS is never readable
+            ev["detail"] += (f" ({flows.tls[(client[0], client[1])]} TLS records between {client[0]}:{client[1]} and the "
+                             f"TURN server; the allocation of {relayed[0]}:{relayed[1]} inside them cannot be read)")
+        else:
+            ev["detail"] += f" (the capture's Allocate response gave {relayed[0]}:{relayed[1]} to {client[0]}:{client[1]})"
     return ev
+
+
+def _tls_client(flows: Flows, public: str, lan: str) -> Endpoint | None:
+    """The TURN/TLS client inside one NAT (its public address or its LAN) with the most TLS
+    records, or None."""
+    mine = [(n, c) for c, n in flows.tls.items() if n and (c[0] == public or _in_net(c[0], lan))]
+    return max(mine)[1] if mine else None
 
 
 def judge_peers(

@@ -21,7 +21,9 @@ over it:
   UDP or, through a UDP-blocking firewall, over TCP; *relay-tls* the same over TLS on port 443
   only (``turns:``). A relay allocation is itself a public endpoint that filters by address
   (TURN permissions are per IP, RFC 8656 §9). *longevity* is srflx, then an idle period longer
-  than the NATs' UDP mapping lifetime with only the stacks' keepalives on the pair.
+  than the NATs' UDP mapping lifetime with only the stacks' keepalives on the pair: the
+  mappings live if either side sends more often than the lifetime (packets either way refresh
+  them), and expired ones come back where the NATs give a new mapping the same port.
 * **ICE** (RFC 8445): both agents send checks to every remote candidate, round after round; an
   agent that receives a check answers it to the check's source and, if that source is new,
   learns it as a peer-reflexive candidate and sends a triggered check to it (§7.3.1.3-4). A check
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from natkit.lab.nats import Filtering, Mapping, NatBehaviour
+from natkit.lab.nats import Filtering, Mapping, NatBehaviour, PortAllocation
 from natkit.lab.nats import expected_probe as _kind_probe
 
 __all__ = ["FAMILIES", "PATHS", "Expectation", "Side", "expect", "expected_probe"]
@@ -391,9 +393,9 @@ def expect(
     """The expected outcome of a case: ``caller`` (controlling) behind one NAT, ``callee``
     behind another (or behind the same one when ``same_lan``; ``callee`` is then ignored),
     over address ``family``; ``turn_transports`` are what the TURN server offers (``tls``:
-    TURN/TLS on 443); ``keepalive_s`` is the longest interval at which the two stacks send on
-    the selected pair (the ``longevity`` path; None: the sides' own, else RFC 8445's default of
-    15 s); ``sides``: what the caller's and the callee's stacks do (default: the NATs alone)."""
+    TURN/TLS on 443); ``keepalive_s`` is the interval at which the more frequent of the two
+    stacks sends on the selected pair (the ``longevity`` path; None: the sides' own, else RFC
+    8445's default of 15 s); ``sides``: what the caller's and the callee's stacks do (default: the NATs alone)."""
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}")
     if family not in FAMILIES:
@@ -448,18 +450,7 @@ def expect(
         return Expectation(False, None, "; ".join([*net.notes, _failure(net, path, beh)]), "stacks" if net.notes else "nats")
     remote = agents[0].valid[0]
     if path == "longevity":
-        lifetime = min(b.udp_timeout for p in (pa, pb) for b in [p.behaviour, *([p.behaviour.inner] if p.behaviour.inner else [])])
-        if keepalive_s is None and sides is not None and all(s.keepalive_s is not None for s in sides):
-            keepalive_s = max(s.keepalive_s or 0.0 for s in sides)
-        interval = keepalive_s if keepalive_s is not None else DEFAULT_KEEPALIVE_S
-        if interval >= lifetime:
-            slow = [s.name for s in sides or () if (s.keepalive_s or DEFAULT_KEEPALIVE_S) >= lifetime]
-            who = f"{' and '.join(slow)} sends" if slow else "the stacks send"
-            return Expectation(False, None, f"the NATs drop an idle UDP mapping after {lifetime} s and {who} "
-                                            f"on the pair only every {interval:g} s; needs keepalive < {lifetime} s",
-                               "stacks" if slow else "nats")
-        return Expectation(True, "direct", f"keepalives every {interval:g} s keep the {lifetime} s mappings open "
-                                           f"through the idle period; {_how(pa, pb, 'srflx')}")
+        return _longevity(pa, pb, sides, keepalive_s)
     if path in ("relay", "relay-tls"):
         how = "over TLS on port 443" if path == "relay-tls" else "over UDP or TCP"
         via = " (the IPv6-only side through NAT64)" if family == "nat64" else ""
@@ -507,6 +498,42 @@ def _failure(net: _Net, path: str, beh: list[NatBehaviour]) -> str:
     if unmapped is not None:
         return f"{unmapped.box} has no mapping for the port the checks go to; {_fix(path)}"
     return "no check got an answer; " + _fix(path)
+
+
+def _longevity(pa: _Peer, pb: _Peer, sides: tuple[Side, Side] | None, keepalive_s: float | None) -> Expectation:
+    """A connected srflx pair idles past the NATs' UDP mapping lifetime.
+
+    Every consent check or keepalive crosses both NATs (and a check's answer crosses them
+    back), and a conntrack entry is refreshed by packets either way: the mappings live as long
+    as the **more frequent** sender sends more often than the shortest lifetime. If neither
+    does, the mappings expire mid-call; NATs that give a new mapping the same public port
+    (port preservation, or a port hashed from the flow) re-open the very endpoints the pair
+    uses as soon as both sides send again (keepalives, SCTP retransmissions), so the call
+    recovers; with a fresh port per mapping the pair is gone (an ICE restart would be needed).
+    """
+    behaviours = [b for p in (pa, pb) for b in [p.behaviour, *([p.behaviour.inner] if p.behaviour.inner else [])]]
+    lifetime = min(b.udp_timeout for b in behaviours)
+    named = [s for s in sides or () if s.keepalive_s is not None]
+    who = "the stacks"
+    if keepalive_s is None and named:
+        fastest = min(named, key=lambda s: s.keepalive_s or 0.0)
+        keepalive_s, who = fastest.keepalive_s, fastest.name
+    interval = keepalive_s if keepalive_s is not None else DEFAULT_KEEPALIVE_S
+    if interval < lifetime:
+        return Expectation(True, "direct", f"{who} sends on the pair every {interval:g} s, which keeps the {lifetime} s "
+                                           f"mappings open through the idle period; {_how(pa, pb, 'srflx')}")
+    slow = f"{' and '.join(dict.fromkeys(s.name for s in sides))} send" if sides else "the stacks send"
+    expired = f"the NATs drop an idle UDP mapping after {lifetime} s and {slow} on the pair only every {interval:g} s"
+    nats = [b for b in behaviours if b.nat]
+    fresh = [b.name for b in nats if b.ports not in (PortAllocation.PRESERVE, PortAllocation.HASH)]
+    decided = "stacks" if named else "nats"
+    if not fresh:
+        return Expectation(True, "direct", f"{expired}, so the mappings expire mid-call, but every NAT on the way gives a "
+                                           "new mapping the same public port: the next packets of both sides re-open the "
+                                           "pair's endpoints and the call recovers (keepalive < "
+                                           f"{lifetime} s would avoid the gap)", decided)
+    return Expectation(False, None, f"{expired}, and {' and '.join(dict.fromkeys(fresh))} gives a new mapping a new port: "
+                                    f"the pair's endpoints are gone; needs keepalive < {lifetime} s", decided)
 
 
 def _how(a: _Peer, b: _Peer, path: str) -> str:

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["LabCA", "make_lab_ca"]
+__all__ = ["LabCA", "make_lab_ca", "spki_sha256"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,12 @@ class LabCA:
     ca_pem: str
     cert_pem: str
     key_pem: str
+
+    @property
+    def chain_pem(self) -> str:
+        """What the TLS listener presents: its certificate, then the CA's (so a client that
+        pins the CA's key, such as Chromium's SPKI allow-list, finds it in the chain)."""
+        return self.cert_pem + self.ca_pem
 
 
 def make_lab_ca(ips: Sequence[str], names: Sequence[str] = ()) -> LabCA:
@@ -59,3 +65,17 @@ def make_lab_ca(ips: Sequence[str], names: Sequence[str] = ()) -> LabCA:
     pem = serialization.Encoding.PEM
     key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     return LabCA(ca.public_bytes(pem).decode(), cert.public_bytes(pem).decode(), key_pem.decode())
+
+
+def spki_sha256(pem: str) -> str:
+    """Base64 of the SHA-256 of a certificate's SubjectPublicKeyInfo (DER): the form
+    Chromium's ``--ignore-certificate-errors-spki-list`` takes."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    der = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()

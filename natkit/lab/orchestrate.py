@@ -27,7 +27,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,13 @@ START_GATE_S = 1.0  # an expected failure of a costly stack holds a start slot t
 # Expected failures at once: they mostly wait for their deadline, but each still gathers
 # (STUN, TURN allocations) and sends checks; thousands at once (--full) would swamp the lab.
 IDLE_LIMIT = 48
+# Browser windows connecting at once, per CPU, over every browser stack (a case of two
+# browsers opens two): a window's ICE, DTLS and renderer start are CPU-bound, and more at once
+# made connecting browser cases miss their deadline on two loaded cores (--full).
+WINDOWS_PER_CPU = 2
+# Of the expected failures at once, how many may hold browser windows (each still gathers
+# and checks in its renderer until its deadline).
+HEAVY_IDLE_LIMIT = 12
 
 # Progress events: ("stage", {"text", ...}), ("probe", {"probe": ProbeResult}),
 # ("case", {"case": CaseResult, "done": int, "total": int, "tally": Tally}).
@@ -157,6 +164,31 @@ def case_result(
     if result.observed == "connected":
         result.route = claimed_route(result.caller.selected, ra.peer_lan, ra.public_ip)
     return result
+
+
+class Windows:
+    """A limit on browser windows at once, taken ``n`` at a time (a case of two browsers
+    takes two): one taker gathers its units at a time, so two takers never deadlock each
+    holding part of what they need."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(2, total)  # a case of two browsers must fit
+        self._sem = asyncio.Semaphore(self.total)
+        self._taking = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def take(self, n: int) -> AsyncIterator[None]:
+        n = min(n, self.total)
+        got = 0
+        try:
+            async with self._taking:
+                for _ in range(n):
+                    await self._sem.acquire()
+                    got += 1
+            yield
+        finally:
+            for _ in range(got):
+                self._sem.release()
 
 
 def cpu_limit(parallel: int | None, topo: Topology) -> int:
@@ -279,7 +311,7 @@ async def _run(
     srv = topo.servers
     servers = agents["srv"]
     ca = lab_ca(topo)
-    spec = ServersSpec.of(topo, plan, turn_engine, (ca.cert_pem, ca.key_pem) if ca else None)
+    spec = ServersSpec.of(topo, plan, turn_engine, (ca.chain_pem, ca.key_pem) if ca else None)
     servers_result = asyncio.ensure_future(servers.call(3600, op="servers", spec=spec.to_json()))
     started: list[asyncio.Future[Any]] = [servers.ready, servers_result]
     await asyncio.wait(started, timeout=SERVERS_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
@@ -329,7 +361,7 @@ async def _run(
         return res
 
     async def run_case(
-        case: Case, exp: Expectation, sems: Sequence[asyncio.Semaphore], gate: asyncio.Semaphore | None = None,
+        case: Case, exp: Expectation, sems: Sequence[Any], gate: asyncio.Semaphore | None = None,
     ) -> CaseResult:
         (ra, pa), (rb, pb) = plan.peers_of(case)
         a, b = (stacks.get(n) for n in case.stacks)
@@ -391,7 +423,8 @@ async def _run(
                 async with gate:
                     res = await agents[peer_id].call(
                         peer.start_s + 30, op="prepare", stack=name,
-                        config=PeerConfig("prepare", "host", sig, [], topo.case_deadline_s).to_json(),
+                        config=PeerConfig("prepare", "host", sig, [], topo.case_deadline_s,
+                                          ca_pem=ca.ca_pem if ca else None).to_json(),
                     )
                 if "error" not in res:
                     prepared.add((peer_id, name))
@@ -422,15 +455,19 @@ async def _run(
     }
 
     idle = asyncio.Semaphore(IDLE_LIMIT)
+    heavy_idle = asyncio.Semaphore(HEAVY_IDLE_LIMIT)
+    windows = Windows(WINDOWS_PER_CPU * (os.cpu_count() or 1))
 
-    def limits(c: Case) -> list[asyncio.Semaphore]:
+    def limits(c: Case) -> list[Any]:
         if c.path == "longevity":
             return []  # they idle longest, and start first: none waits for another's slot
+        n = sum(1 for s in c.stacks if s in heavy_sems)
         if not exps[c].connected:
-            return [idle]  # expected failures idle until their deadline: many at once
+            # expected failures idle until their deadline: many at once (fewer with browsers)
+            return [heavy_idle, idle] if n else [idle]
         # Every connecting case takes the CPU-aware limit (the heavy ones after their stack's
-        # own limit, so that a waiting browser case does not hold a CPU slot).
-        return [heavy_sems[s] for s in sorted(set(c.stacks)) if s in heavy_sems] + [sem]
+        # own limit and their windows, so that a waiting browser case does not hold a CPU slot).
+        return [heavy_sems[s] for s in sorted(set(c.stacks)) if s in heavy_sems] + ([windows.take(n)] if n else []) + [sem]
 
     # Longevity cases first (they idle longest), then the expected failures (they idle until
     # the deadline), then the CPU-bound connections; the heavy stacks' cases run beside the

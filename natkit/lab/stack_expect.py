@@ -14,8 +14,10 @@ ways, both read from each adapter's :class:`~natkit.lab.stacks.capabilities.Capa
   when the client's suites do not take the server's certificate type (webrtcbin's RSA
   certificate against aiortc's ECDSA-only client: OpenSSL's "no shared cipher").
 
-A stack with unknown capabilities (a user's ``--peer``) gets the NATs' expectation, and the
-reason says so.
+Before either: a stack that does not gather IPv6 (``ipv6`` False, as a ``--peer-caps``
+declaration without ``ipv6`` says) cannot connect an IPv6 case, nor a NAT64 one as the
+IPv6-only side. A stack with unknown capabilities (a user's ``--peer`` without
+``--peer-caps``) gets the NATs' expectation, and the reason says so.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ def expect_stacks(
     """The expectation of a case between stacks ``stacks`` (caller, callee) with
     ``capabilities``: the NATs' model played with what each stack does, then DTLS."""
     a, b = capabilities
+    for name, caps, beh in zip(stacks, capabilities, (caller, callee), strict=True):
+        if caps.ipv6 is False and (family == "ipv6" or (family == "nat64" and not beh.ipv4)):
+            return Expectation(False, None, f"{name} does not gather IPv6 candidates (declared); needs IPv6 in the stack", "stacks")
     sides = (side_of(stacks[0], a, "caller", turn_is_ip=turn_is_ip), side_of(stacks[1], b, "callee", turn_is_ip=turn_is_ip))
     exp = expect(caller, callee, path, same_lan=same_lan, turn_transports=turn_transports, sides=sides, family=family)
     unknown = [n for n, c in zip(stacks, capabilities, strict=True) if not c.known]

@@ -240,3 +240,45 @@ def test_a_hidden_peer_reflexive_address_is_found_by_its_port(tmp_path: Path) ->
     caller["selected"]["remote"]["port"] = 9999  # no flow to that port: nothing to judge by
     ev = judge(flows, caller=caller, callee=callee, **kw)
     assert not ev["consistent"]
+
+
+def test_a_relay_allocated_inside_turn_over_tls_is_tied_to_the_tls_session_of_the_callers_nat() -> None:
+    from collections import Counter
+
+    from natkit.lab.evidence import Flows
+
+    kw = dict(callee={}, caller_lan="10.64.2.0/24", turn=TURN)
+    flows = Flows(tls=Counter({A_PUB: 9, B_PUB: 4}))
+    ev = judge_browser(flows, selected=_chromium_relay_pair(), caller_public=A_PUB[0], **kw)
+    assert ev["route"] == "relay" and ev["consistent"], ev
+    assert "cannot be read" in ev["detail"] and f"{A_PUB[0]}:{A_PUB[1]}" in ev["detail"]
+    # No TLS session from the caller's NAT: the relay candidate is unexplained.
+    ev = judge_browser(flows, selected=_chromium_relay_pair(), caller_public="203.0.113.99", **kw)
+    assert not ev["consistent"] and "TURN/TLS session" in ev["detail"]
+
+
+def test_a_relay_port_handed_out_twice_in_one_capture_is_matched_to_the_callers_nat() -> None:
+    from natkit.lab.evidence import Flows
+
+    other = ("203.0.113.21", 38216)
+    flows = Flows()
+    flows.allocate(RELAYED, "udp", A_PUB)  # this case's allocation ...
+    flows.allocate(RELAYED, "udp", other)  # ... and a later case's, on the freed port
+    flows.relayed[("udp", A_PUB)] += 3
+    ev = judge_browser(flows, selected=_chromium_relay_pair(), callee={}, caller_lan="10.64.2.0/24",
+                       caller_public=A_PUB[0], turn=TURN)
+    assert ev["route"] == "relay" and ev["consistent"], ev
+    assert flows.allocation_of(RELAYED, "203.0.113.99", "10.9.9.0/24") == ("udp", other)  # no match: the latest
+
+
+def test_a_tls_relay_on_a_port_another_case_had_in_the_clear_is_the_tls_sessions() -> None:
+    from collections import Counter
+
+    from natkit.lab.evidence import Flows
+
+    flows = Flows(tls=Counter({A_PUB: 9}))
+    flows.allocate(RELAYED, "udp", ("203.0.113.21", 38216))  # an earlier case, over UDP
+    pair = _chromium_relay_pair()
+    pair["local"]["relay_protocol"] = "tls"
+    ev = judge_browser(flows, selected=pair, callee={}, caller_lan="10.64.2.0/24", caller_public=A_PUB[0], turn=TURN)
+    assert ev["consistent"] and "cannot be read" in ev["detail"], ev

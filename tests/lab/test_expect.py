@@ -8,7 +8,7 @@ import pytest
 
 from natkit.lab import nats
 from natkit.lab.expect import expect, expected_probe
-from natkit.lab.nats import Filtering, Mapping, NatBehaviour
+from natkit.lab.nats import Filtering, Mapping, NatBehaviour, PortAllocation
 
 PRESETS = {k.name: k.model for k in nats.kinds()}
 
@@ -125,9 +125,14 @@ def test_new_behaviours_name_the_cause_and_the_fix() -> None:
     assert not e.connected and "needs IPv6 on both" in e.reason
     assert expect(PRESETS["nat64"], PRESETS["open"], "relay", family="nat64").connected
     short = NatBehaviour.preset("port-restricted", udp_timeout=20)
-    e = expect(short, short, "longevity", keepalive_s=25)
-    assert not e.connected and "needs keepalive < 20 s" in e.reason
     assert expect(short, short, "longevity", keepalive_s=5).connected
+    # The mappings expire, but a port-preserving NAT re-opens the same endpoints: the call recovers.
+    e = expect(short, short, "longevity", keepalive_s=25)
+    assert e.connected and "expire mid-call" in e.reason and "recovers" in e.reason
+    # A NAT that gives every new mapping a new port loses the pair.
+    fresh = NatBehaviour("random-eim", port_allocation=PortAllocation.RANDOM, udp_timeout=20)
+    e = expect(short, fresh, "longevity", keepalive_s=25)
+    assert not e.connected and "random-eim gives a new mapping a new port" in e.reason and "needs keepalive < 20 s" in e.reason
     # Two subscribers of one carrier NAT meet through its hairpin; two home NATs without one don't.
     e = expect(PRESETS["cgnat"], PRESETS["cgnat"], "srflx", same_lan=True)
     assert e.connected and e.route == "hairpin"

@@ -182,3 +182,25 @@ async def test_the_short_mapping_lifetime_is_measured_not_trusted() -> None:
     assert not next(p for p in orch.probes if p.nat == "port-restricted").passed
     assert lifetime_agrees(20, {"min": 15.0, "max": 25.0})
     assert not lifetime_agrees(20, {"min": None, "max": 15.0}) and not lifetime_agrees(20, None)
+
+
+def test_browser_windows_are_bounded_and_taken_whole() -> None:
+    import asyncio
+
+    from natkit.lab.orchestrate import Windows
+
+    async def main() -> int:
+        w = Windows(3)
+        now = {"n": 0, "max": 0}
+
+        async def case(n: int) -> None:
+            async with w.take(n):
+                now["n"] += n
+                now["max"] = max(now["max"], now["n"])
+                await asyncio.sleep(0.01)
+                now["n"] -= n
+
+        await asyncio.wait_for(asyncio.gather(*(case(2 if i % 2 else 1) for i in range(12))), 5)
+        return now["max"]
+
+    assert asyncio.run(main()) <= 3

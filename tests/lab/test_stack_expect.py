@@ -68,6 +68,13 @@ def test_turn_over_tls_to_an_ip_address_is_not_for_firefox() -> None:
     assert run("chromium", "pion", "relay", "open", "open", turn_transports=("tls",)).connected  # type: ignore[attr-defined]
 
 
+def test_libnice_has_no_turn_over_tls() -> None:
+    e = run("libnice", "pion", "relay-tls", "open", "open", turn_transports=("tls",))
+    assert not e.connected and "libnice allocates over none" in e.reason  # type: ignore[attr-defined]
+    e = run("pion", "libnice", "relay-tls", "open", "open", turn_transports=("tls",))
+    assert not e.connected and "libnice" in e.reason  # type: ignore[attr-defined]
+
+
 def test_a_stack_without_turn_over_tcp_behind_a_udp_blocking_firewall() -> None:
     udp_only = replace(AIORTC, stack="udp-only", turn=("udp",), gives_up_without_candidates=())
     e = expect_stacks(NAT["udp-blocked"], NAT["open"], "relay", stacks=("mine", "aiortc"), capabilities=(udp_only, AIORTC))

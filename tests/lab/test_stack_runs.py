@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -181,31 +180,19 @@ def _build_go_peer(out: Path) -> Path:
     return binary
 
 
-def _no_lifetime_wait(out: Path) -> Path:
-    """The default topology with the port-restricted NAT's 20 s mapping lifetime raised to
-    60 s: the same NAT kinds, but no lifetime measurement (timeout + 5 s) for the run to wait
-    for. (The default run and the internet topology's run measure lifetimes.)"""
-    from natkit.lab.orchestrate import LIFETIME_MEASURE_MAX_S
-    from natkit.lab.topology import DEFAULT_TOPOLOGY, load
-
-    text, n = re.subn(r'(name = "port-restricted".*\n(?:.*\n)*?udp_timeout_s = )20\b', r"\g<1>60",
-                      DEFAULT_TOPOLOGY.read_text(), count=1)
-    assert n == 1, "the default topology's port-restricted NAT no longer says udp_timeout_s = 20"
-    path = out / "no-lifetime.toml"
-    path.write_text(text)
-    assert all(n.behaviour.udp_timeout > LIFETIME_MEASURE_MAX_S for n in load(path).nats if n.type == "port-restricted")
-    return path
-
-
 @needs_root
 @pytest.mark.timeout(900)
 def test_a_go_peer_written_from_the_contract_alone_behind_every_nat(tmp_path: Path, go_peer_build: Future[Path] | None) -> None:
     """examples/lab-peer-go (pion, written from docs/lab-peers.md) as --peer: as caller and as
-    callee behind every NAT, against aiortc and itself; every case as the NATs predict."""
+    callee behind every NAT, against aiortc and itself, with what it declares (--peer-caps):
+    TURN over TLS trusting the lab CA, idling on the longevity path; every case as expected.
+    (The longevity case idles past port-restricted's 20 s lifetime, so the lifetime
+    measurement runs alongside and costs nothing extra.)"""
     assert go_peer_build is not None
     binary = go_peer_build.result(timeout=600)
-    proc, data = _run(str(_no_lifetime_wait(tmp_path)), "--peer", f"gopeer={binary}", "--stacks", "aiortc,gopeer",
-                      "--only", "srflx,relay", "--deadline", "8", "--json", str(tmp_path / "go.json"), timeout=400)
+    proc, data = _run("--peer", f"gopeer={binary}", "--peer-caps", "gopeer=relay-udp,relay-tcp,relay-tls,idle,keepalive=2,dtls=ecdsa",
+                      "--stacks", "aiortc,gopeer", "--full", "--only", "srflx,relay,relay-tls,longevity",
+                      "--deadline", "8", "--json", str(tmp_path / "go.json"), timeout=400)
     mine = [c for c in data.get("cases", []) if "gopeer" in (c["caller_stack"], c["callee_stack"])]
     assert mine, proc.stdout[-2000:] + proc.stderr[-2000:]
     bad = [(c["id"], c["caller_error"], c["callee_error"]) for c in mine if not c["pass"]]
@@ -213,7 +200,8 @@ def test_a_go_peer_written_from_the_contract_alone_behind_every_nat(tmp_path: Pa
     nats = {c["nats"][i] for c in mine for i in (0, 1) if (c["caller_stack"], c["callee_stack"])[i] == "gopeer"}
     assert nats >= {n for n in ("open", "full-cone", "restricted-cone", "port-restricted", "symmetric", "udp-blocked")}
     up = [c for c in mine if c["observed"] == "connected"]
-    assert {c["path"] for c in up} == {"srflx", "relay"}
+    assert {c["path"] for c in up} == {"srflx", "relay", "relay-tls", "longevity"}
+    assert all("nothing is known" not in c["reason"] for c in mine)  # derived from --peer-caps
     for c in up:
         side = "caller" if c["caller_stack"] == "gopeer" else "callee"
         report = c[f"{side}_report"]
@@ -222,6 +210,8 @@ def test_a_go_peer_written_from_the_contract_alone_behind_every_nat(tmp_path: Pa
         assert sel["local"]["type"] in ("host", "srflx", "prflx", "relay")
         if c["path"] == "relay" and side == "caller":
             assert sel["local"]["type"] == "relay" and sel["local"].get("relay_protocol") in ("udp", "tcp")
+        if c["path"] == "relay-tls" and side == "caller":
+            assert sel["local"]["type"] == "relay" and sel["local"].get("relay_protocol") == "tls"
 
 
 @needs_root

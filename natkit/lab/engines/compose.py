@@ -106,6 +106,7 @@ class RunOptions:
     parallel: int | None = None  # cases expected to connect at once
     peers: tuple[str, ...] = ()  # --peer NAME=COMMAND: registered in the runner too
     mounts: tuple[str, ...] = ()  # host directories bind-mounted read-only, same path (--mount)
+    peer_caps: tuple[str, ...] = ()  # --peer-caps NAME=LIST: what the peers declare
 
     def selected(self, topology: Topology) -> list[Case]:
         """The cases this run holds."""
@@ -412,6 +413,8 @@ def compose_model(
             runner_env["NATKIT_CASES_FILE"] = f"/out/{CASES_FILE}"
         if run.peers:
             runner_env["NATKIT_PEERS"] = json.dumps(list(run.peers))
+        if run.peer_caps:
+            runner_env["NATKIT_PEER_CAPS"] = json.dumps(list(run.peer_caps))
         if run.deadline_s is not None:
             runner_env["NATKIT_DEADLINE"] = f"{run.deadline_s:g}"
         if run.parallel:

@@ -395,6 +395,7 @@ def run(
     shard: Shard | None = None,
     peers: Sequence[str] = (),
     mounts: Sequence[str] = (),
+    peer_caps: Sequence[str] = (),
 ) -> LabResult:
     """Run the lab of ``topo`` under Docker Compose (see the module docstring); the typed
     result, as :func:`natkit.lab.runner.run` gives it for the netns engine (``cases``,
@@ -403,7 +404,8 @@ def run(
     ``peers``: the ``--peer NAME=COMMAND`` stacks the cases may name (registered in this
     process already: :func:`natkit.lab.choose.register_peers`); their commands run inside the
     peers' containers, so what they need must be in the image or under ``mounts`` (host paths
-    bind-mounted read-only at the same path into the runner and every peer container)."""
+    bind-mounted read-only at the same path into the runner and every peer container);
+    ``peer_caps``: their ``--peer-caps NAME=LIST`` (the runner derives expectations from them)."""
     from natkit.lab.runner import describe_run, finish, run_cases
 
     t0 = time.monotonic()
@@ -442,7 +444,7 @@ def run(
     _write_state(tag, run_dir)
     owner = f"{os.getpid()} {process_start(os.getpid())}"
     options = model.RunOptions(tag, image.tag, str(run_dir), owner, tuple(cases), topo.case_deadline_s, parallel,
-                               tuple(peers), tuple(mounts))
+                               tuple(peers), tuple(mounts), tuple(peer_caps))
     (run_dir / model.CASES_FILE).write_text(json.dumps(model.cases_to_json(cases)))
     text = model.render_compose(topo, turn_engine=engine, run=options)
     services = list(model.compose_model(topo, turn_engine=engine, run=options)["services"])

@@ -208,11 +208,15 @@ def _run_lab(env: Mapping[str, str]) -> int:
         cases = topo.cases()
     if env.get("NATKIT_PEERS"):
         # --peer commands: registered here as on the host (the agents learn them with each case)
+        from natkit.lab.choose import peer_capabilities
         from natkit.lab.stacks import register
         from natkit.lab.stacks.command import CommandPeer
 
-        for spec in json.loads(env["NATKIT_PEERS"]):
-            register(CommandPeer.from_spec(str(spec)))
+        peers = [CommandPeer.from_spec(str(spec)) for spec in json.loads(env["NATKIT_PEERS"])]
+        caps = peer_capabilities([str(c) for c in json.loads(env.get("NATKIT_PEER_CAPS") or "[]")], [p.name for p in peers])
+        for peer in peers:
+            peer.capabilities = caps.get(peer.name, peer.capabilities)
+            register(peer)
     plan = topo.plan(cases)
     parallel = int(env["NATKIT_PARALLEL"]) if env.get("NATKIT_PARALLEL") else None
     out = env.get("NATKIT_ORCH_OUT")

@@ -51,7 +51,7 @@ __all__ = ["PAGE", "PAGE_PATH", "BrowserPeer", "case_params", "contract_main", "
 
 PAGE = Path(__file__).resolve().parents[1] / "static" / "browser_peer.html"
 PAGE_PATH = "/browser"
-PATH_TYPES = {"host": "host", "srflx": "srflx", "relay": "relay"}
+PATH_TYPES = {"host": "host", "srflx": "srflx", "relay": "relay", "longevity": "srflx"}
 PAGE_READY_S = 10.0  # a new window loading a page from the lab's server
 PAGE_READY = "document.readyState === 'complete' && typeof natkitPeer === 'object'"
 CLOSE_S = 5.0  # closing the window after the case
@@ -99,7 +99,7 @@ def _check_path(path: str) -> None:
 
 def candidate_types(path: str) -> list[str]:
     """The candidate types a peer signals on ``path`` (``relay-tls`` and the like: relay)."""
-    return ["relay"] if path.startswith("relay") else [path]
+    return ["relay"] if path.startswith("relay") else [PATH_TYPES.get(path, path)]
 
 
 def case_params(role: str, config: PeerConfig) -> dict[str, Any]:
@@ -112,6 +112,7 @@ def case_params(role: str, config: PeerConfig) -> dict[str, Any]:
         "deadlineMs": int(config.deadline_s * 1000),
         "gatherMs": int(min(5.0, config.deadline_s / 2) * 1000),
         "echo": PINGS,
+        "idleMs": int(config.idle_s * 1000),
     }
 
 
@@ -145,6 +146,7 @@ class BrowserPeer:
         self.mdns = mdns
         self.loopback = loopback
         self.start_times: list[float] = []  # seconds each start of the browser took
+        self.ca_pem: str | None = None  # the lab CA the browser is started trusting (TURN over TLS)
         self._driver: Driver | None = None
         self._lock: asyncio.Lock | None = None
 
@@ -174,6 +176,8 @@ class BrowserPeer:
                 with contextlib.suppress(Exception):
                     await self._driver.close()
                 self._driver = None
+            if config is not None and config.ca_pem:
+                self.ca_pem = config.ca_pem
             loopback = self.loopback
             if loopback is None:
                 loopback = config is not None and _is_loopback(config.signaling[0])

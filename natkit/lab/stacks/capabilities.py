@@ -11,7 +11,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["AIORTC", "CHROMIUM", "FIREFOX", "LIBNICE", "PION", "Capabilities"]
+__all__ = ["AIORTC", "CHROMIUM", "FIREFOX", "LIBNICE", "PEER_CAPS", "PION", "Capabilities"]
+
+# The words of ``--peer-caps NAME=LIST`` (docs/lab-peers.md), what each declares.
+PEER_CAPS = {
+    "relay-udp": "allocates on TURN over UDP (turn:...?transport=udp)",
+    "relay-tcp": "allocates on TURN over TCP (turn:...?transport=tcp)",
+    "relay-tls": "allocates on TURN over TLS (turns:, trusting NATKIT_CA_FILE)",
+    "relay-dtls": "allocates on TURN over DTLS",
+    "ice-tcp": "gathers ICE-TCP host candidates (RFC 6544)",
+    "ipv6": "gathers and pairs IPv6 candidates",
+    "idle": "honours NATKIT_IDLE_S (the longevity path)",
+    "keepalive=S": "sends on an idle selected pair every S seconds",
+    "dtls=ecdsa|rsa": "its DTLS certificate's key type",
+    "none": "none of these",
+}
 
 
 @dataclass(frozen=True)
@@ -75,9 +89,59 @@ class Capabilities:
     hides_prflx_address: bool | None = None
     notes: tuple[str, ...] = ()
     sources: tuple[str, ...] = field(default=(), compare=False)
+    # IPv6 candidates (None: not known; False: an IPv6 case cannot connect through it).
+    ipv6: bool | None = None
+    # Honours the contract's NATKIT_IDLE_S (longevity: idles, then echoes again). False: its
+    # longevity cases are left out (an echo without the idle would pass without testing).
+    idle: bool | None = None
     # Seconds between packets it sends on the selected pair while idle (consent checks or
-    # keepalives): what keeps a NAT's UDP mapping alive through a quiet call.
+    # keepalives): what keeps a NAT's UDP mapping alive through a quiet call. For the built-in
+    # stacks it is measured: the gaps between a side's STUN packets on the pair in the capture
+    # of `natkit lab run --full --only longevity --pcap F`.
     keepalive_s: float | None = None
+
+    @classmethod
+    def declared(cls, stack: str, spec: str) -> Capabilities:
+        """What a user's peer says it supports: ``spec`` is ``--peer-caps``' comma-separated
+        list (:data:`PEER_CAPS`); what it does not name it does not do. ConfigError
+        (param="peer-caps") for a word that is not one."""
+        from natkit.errors import ConfigError
+
+        words = [w.strip() for w in spec.split(",") if w.strip()]
+        if not words:
+            raise ConfigError(f"{stack}: name what the peer supports ({', '.join(PEER_CAPS)}), or 'none'", param="peer-caps")
+        turn: list[str] = []
+        flags: set[str] = set()
+        keepalive: float | None = None
+        cert: str | None = None
+        for w in words:
+            key, _, value = w.partition("=")
+            if key.startswith("relay-") and key[6:] in ("udp", "tcp", "tls", "dtls") and not value:
+                turn.append(key[6:])
+            elif key in ("ice-tcp", "ipv6", "idle", "none") and not value:
+                flags.add(key)
+            elif key == "keepalive" and value:
+                try:
+                    keepalive = float(value)
+                except ValueError:
+                    keepalive = -1.0
+                if not 0 < keepalive <= 3600:
+                    raise ConfigError(f"{stack}: keepalive={value}: give the seconds between its packets on an idle pair "
+                                      "(0 < S <= 3600)", param="peer-caps")
+            elif key == "dtls" and value in ("ecdsa", "rsa"):
+                cert = value
+            else:
+                raise ConfigError(f"{stack}: {w!r} is not a capability; give a comma-separated list of "
+                                  f"{', '.join(PEER_CAPS)}", param="peer-caps")
+        if "none" in flags and (len(words) > 1):
+            raise ConfigError(f"{stack}: 'none' stands alone", param="peer-caps")
+        order = ("udp", "tcp", "tls", "dtls")
+        return cls(
+            stack, tcp_candidates=("active", "passive") if "ice-tcp" in flags else (),
+            turn=tuple(t for t in order if t in turn), turn_tls_ip_literal="tls" in turn, ipv6="ipv6" in flags,
+            idle="idle" in flags, keepalive_s=keepalive, dtls_certificate=cert,
+            notes=(f"declared with --peer-caps {stack}={spec}",),
+        )
 
     @classmethod
     def unknown(cls, stack: str) -> Capabilities:
@@ -104,7 +168,9 @@ PION = Capabilities(
     # expiry: the pair goes "disconnected" after 5 s and "failed" after 25 s of silence.
     consent_freshness=False,
     keepalive="binding-request",
+    # measured in natkit's longevity cases: a Binding request every 2.0 s (median) while idle
     keepalive_s=2.0,
+    idle=True,  # natkit's peer idles on NATKIT_IDLE_S
     prflx=True,
     trickle=True,
     nomination="regular",
@@ -137,16 +203,21 @@ LIBNICE = Capabilities(
     stack="libnice 0.1.21 through GStreamer 1.22 webrtcbin (Debian gstreamer1.0-nice, gstreamer1.0-plugins-bad)",
     # webrtcbin leaves libnice's ice-tcp on: active and passive TCP host candidates (RFC 6544).
     tcp_candidates=("active", "passive"),
-    # "turn:" URLs: UDP (transport=udp), TCP (transport=tcp), both without a transport;
-    # "turns:": TLS over TCP. No TURN over DTLS.
-    turn=("udp", "tcp", "tls"),
+    # "turn:" URLs: UDP (transport=udp), TCP (transport=tcp), both without a transport.
+    # "turns:" becomes NICE_RELAY_TYPE_TURN_TLS, which in RFC 5245 mode is plain TURN over TCP:
+    # libnice has no TLS client (its pseudo-SSL socket is a canned handshake for Google's and
+    # Microsoft's old relays only; it links GnuTLS for hashes), so a real TLS listener on 443
+    # never completes an allocation. No TURN over DTLS either.
+    turn=("udp", "tcp"),
     turn_servers=None,
     # libnice implements RFC 7675, but webrtcbin 1.22 does not enable it (later GStreamer does);
     # keepalives are binding indications (keepalive-conncheck off).
     consent_freshness=False,
     keepalive="binding-indication",
-    # libnice's Tr timer (NICE_AGENT_TIMER_TR_DEFAULT): a keepalive every 25 s.
+    # libnice's Tr timer (NICE_AGENT_TIMER_TR_DEFAULT): a keepalive every 25 s; measured in
+    # natkit's longevity cases: a Binding indication every 25.0 s while idle, nothing else.
     keepalive_s=25.0,
+    idle=True,  # natkit's peer idles on NATKIT_IDLE_S
     prflx=True,
     trickle=True,
     nomination="regular",
@@ -167,12 +238,14 @@ LIBNICE = Capabilities(
         "given TURN over UDP and over TCP of one server, it signaled only the TCP relay in natkit's runs",
         "one STUN server only (webrtcbin's stun-server property); every TURN URL through add-turn-server",
         "UPnP port mapping is on by default in libnice; natkit's peer turns it off",
+        "no TURN over TLS: a turns: URL is tried as plain TURN over TCP to port 443 (no relay-tls)",
     ),
     sources=(
         "GStreamer gst-libs/gst/webrtc/nice/nice.c (gst_webrtc_nice_constructed: ICE_TRICKLE | REGULAR_NOMINATION, CONSENT_FRESHNESS only in later releases; _add_turn_server: turn udp/tcp, turns -> TURN_TLS; get_selected_pair)",
         "the NiceAgent webrtcbin 1.22 makes, read at run time: ice-tcp True, ice-trickle True, consent-freshness False, keepalive-conncheck False, nomination-mode REGULAR, upnp True",
         "GStreamer ext/dtls gstdtlscertificate.c (the generated certificate is RSA); natkit's runs: webrtcbin offering to aiortc fails with OpenSSL 'no shared cipher'",
         "libnice agent/conncheck.c (peer-reflexive candidates from incoming checks, RFC 5245 §7.2.1.3)",
+        "libnice agent/agent.c (priv_add_new_candidate_discovery_turn: NICE_RELAY_TYPE_TURN_TLS wraps the TCP socket in pseudossl only for the GOOGLE and OC2007 compatibilities); socket/pseudossl.c (fixed handshake bytes); libnice.so.10 imports no gnutls/GIO TLS session function",
     ),
 )
 
@@ -183,7 +256,9 @@ AIORTC = Capabilities(
     turn_servers=None,  # natkit's adapter allocates on every TURN URL (aiortc itself: one)
     consent_freshness=True,
     keepalive="binding-request",
+    # measured in natkit's longevity cases: a consent check every 4.6-6.0 s while idle
     keepalive_s=5.0,
+    idle=True,  # natkit's peer idles on NATKIT_IDLE_S
     prflx=True,
     trickle=True,
     nomination="regular",
@@ -221,6 +296,10 @@ CHROMIUM = Capabilities(
     # "disconnected" then "failed" (p2p/base/connection.cc; p2p_constants.h).
     consent_freshness=True,
     keepalive="binding-request",
+    # A stable writable selected pair is pinged every 2.5 s (STABLE_WRITABLE_CONNECTION_PING_INTERVAL);
+    # measured in natkit's longevity cases: a Binding request every 2.6-2.7 s while idle.
+    keepalive_s=2.5,
+    idle=True,  # natkit's peer idles on NATKIT_IDLE_S
     # P2PTransportChannel::OnUnknownAddress creates a PRFLX_PORT_TYPE remote candidate.
     prflx=True,
     trickle=True,
@@ -265,6 +344,10 @@ FIREFOX = Capabilities(
     # nICEr ice_component.c: nr_ice_component_refresh_consent, consent timer.
     consent_freshness=True,
     keepalive="binding-request",
+    # RFC 7675 consent checks every 5 s, randomised by +-20 % (nICEr's consent timer);
+    # measured in natkit's longevity cases: a Binding request every 4.5-6.0 s while idle.
+    keepalive_s=5.0,
+    idle=True,  # natkit's peer idles on NATKIT_IDLE_S
     # nr_ice_component_process_incoming_check creates a prflx remote candidate.
     prflx=True,
     trickle=True,

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from natkit.ice.browsers.chromium import ChromiumBrowser, find_chromium
 from natkit.ice.browsers.driver import Driver
+from natkit.lab.labca import spki_sha256
 from natkit.lab.stacks.base import PeerConfig
 from natkit.lab.stacks.browser import (
     PAGE,
@@ -55,7 +56,10 @@ class ChromiumPeer(BrowserPeer):
         find_chromium()
 
     async def launch(self, *, loopback: bool) -> Driver:
-        return await ChromiumBrowser.launch(netns=self.netns, mdns=self.mdns, loopback=loopback)
+        # Trust the lab CA for TURN over TLS: the network service's verifier accepts a chain
+        # holding a key on this list (it needs --user-data-dir, which the launch sets).
+        flags = [f"--ignore-certificate-errors-spki-list={spki_sha256(self.ca_pem)}"] if self.ca_pem else []
+        return await ChromiumBrowser.launch(netns=self.netns, mdns=self.mdns, loopback=loopback, extra_flags=flags)
 
 
 async def run_browser_case(

@@ -32,7 +32,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -67,9 +67,11 @@ _PROTOCOLS = ("udp", "tcp", "tls", "dtls")
 
 def candidate_types(path: str) -> list[str]:
     """The candidate types a peer signals on ``path`` (``relay-tls`` and kin signal relays)."""
+    if path == "longevity":  # srflx, then an idle period (NATKIT_IDLE_S)
+        return ["srflx"]
     base = path.split("-", 1)[0]
     if base not in ("host", "srflx", "relay"):
-        raise ConfigError(f"unknown path {path!r}; expected host, srflx or relay[-...]", param="path")
+        raise ConfigError(f"unknown path {path!r}; expected host, srflx, relay[-...] or longevity", param="path")
     return [base]
 
 
@@ -90,6 +92,7 @@ def contract_env(stack: str, role: str, config: PeerConfig) -> dict[str, str]:
         "NATKIT_CANDIDATE_TYPES": ",".join(types),
         "NATKIT_PATH": config.path,
         "NATKIT_DEADLINE_S": f"{config.deadline_s:g}",
+        "NATKIT_IDLE_S": f"{config.idle_s:g}",
         "NATKIT_STACK": stack,
     }
 
@@ -459,6 +462,27 @@ class CommandPeer:
             env = self.environment(role, config)
         except (ConfigError, PrerequisiteError) as exc:
             return PeerResult(role, config.path, self.name, error=str(exc), relays=None)
-        run = await run_command(self.command(role), env, config.deadline_s)
+        with _ca_file(config.ca_pem) as ca_file:
+            if ca_file is not None:
+                # The lab CA that turns: servers' certificates chain to; SSL_CERT_FILE makes
+                # OpenSSL's and Go's default trust store that file, for this process only.
+                env = {**env, "NATKIT_CA_FILE": ca_file, "SSL_CERT_FILE": ca_file}
+            run = await run_command(self.command(role), env, config.deadline_s)
         return interpret(run, role, config, self.name)
+
+
+@contextlib.contextmanager
+def _ca_file(pem: str | None) -> Iterator[str | None]:
+    """``pem`` in a file of its own while the peer runs (None: no CA, no file)."""
+    if not pem:
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="natkit-ca-")
+    try:
+        path = os.path.join(folder, "lab-ca.pem")
+        with open(path, "w", encoding="ascii") as f:
+            f.write(pem)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 

@@ -73,6 +73,24 @@ def test_contract_env_per_path() -> None:
     assert srflx["NATKIT_CANDIDATE_TYPES"] == "srflx" and srflx["NATKIT_SIGNALING_URL"] == "ws://[::1]:80/ws"
     assert json.loads(srflx["NATKIT_ICE_CONFIG"])["iceTransportPolicy"] == "all"
     assert contract_env("m", "caller", config("relay-tls"))["NATKIT_CANDIDATE_TYPES"] == "relay"
+    assert env["NATKIT_IDLE_S"] == "0"
+    idle = contract_env("m", "caller", PeerConfig("r", "longevity", ("127.0.0.1", 9), [], 40.0, idle_s=25.0))
+    assert idle["NATKIT_CANDIDATE_TYPES"] == "srflx" and idle["NATKIT_IDLE_S"] == "25" and idle["NATKIT_PATH"] == "longevity"
+
+
+def test_the_lab_ca_reaches_the_peer_as_a_file_for_its_run_only(tmp_path: Path) -> None:
+    dump = tmp_path / "ca.json"
+    peer = CommandPeer("cadump", [PY, "-c", (
+        "import json, os; f = os.environ['NATKIT_CA_FILE'];"
+        f" json.dump({{'file': f, 'ssl': os.environ.get('SSL_CERT_FILE'), 'pem': open(f).read()}}, open({str(dump)!r}, 'w'))"
+    )])
+    cfg = config()
+    cfg.ca_pem = "-----BEGIN CERTIFICATE-----\nQUJD\n-----END CERTIFICATE-----\n"
+    res, _ = start(peer, cfg=cfg)
+    assert res.outcome == "connected", res.error
+    seen = json.loads(dump.read_text())
+    assert seen["pem"] == cfg.ca_pem and seen["ssl"] == seen["file"]
+    assert not os.path.exists(seen["file"])  # removed with the run
 
 
 def test_every_variable_reaches_the_peer_and_role_is_substituted(tmp_path: Path) -> None:

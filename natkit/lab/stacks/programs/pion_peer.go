@@ -27,6 +27,8 @@ import (
 
 const contractVersion = 1
 
+const afterIdle = "after idle" // the longevity echo, after NATKIT_IDLE_S of silence
+
 // Set at build time (-ldflags "-X main.pionVersion=...").
 var pionVersion = "v3"
 
@@ -165,6 +167,7 @@ type peer struct {
 	role      string
 	types     map[string]bool
 	deadline  time.Time
+	idle      time.Duration // longevity: NATKIT_IDLE_S of silence on the channel before a last echo
 	sig       *signaling
 	pc        *webrtc.PeerConnection
 	remoteSet bool
@@ -356,6 +359,20 @@ func (p *peer) runCaller() error {
 		p.res.RttsMs = append(p.res.RttsMs, *ms(time.Since(sent)))
 	}
 	p.res.RttMs = median(p.res.RttsMs)
+	if p.idle > 0 {
+		// longevity: nothing on the channel (only pion's keepalives on the pair), then one more echo.
+		time.Sleep(p.idle)
+		if err := dc.SendText(afterIdle); err != nil {
+			return fmt.Errorf("send %q: %v", afterIdle, err)
+		}
+		for got := ""; got != afterIdle; {
+			select {
+			case got = <-echoes:
+			case <-time.After(time.Until(p.deadline)):
+				return failure{fmt.Sprintf("connected, but the echo after %v idle did not come back within the deadline", p.idle)}
+			}
+		}
+	}
 	p.res.Connected = true
 	if err := p.sig.relay(peerMsg{Type: "done"}); err != nil {
 		logf("sending done: %v", err)
@@ -583,6 +600,14 @@ func run(res *result, started time.Time) int {
 	if err != nil || seconds <= 0 {
 		return bad(fmt.Errorf("NATKIT_DEADLINE_S is %q; expected a positive number", vars["NATKIT_DEADLINE_S"]))
 	}
+	var idle time.Duration
+	if v := os.Getenv("NATKIT_IDLE_S"); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 0 {
+			return bad(fmt.Errorf("NATKIT_IDLE_S is %q; expected a number of seconds >= 0", v))
+		}
+		idle = time.Duration(f * float64(time.Second))
+	}
 	// Leave a moment to close and report inside the deadline.
 	deadline := started.Add(time.Duration(seconds*float64(time.Second)) - 500*time.Millisecond)
 	var cfg iceConfig
@@ -630,7 +655,7 @@ func run(res *result, started time.Time) int {
 	}()
 	pc.OnICEConnectionStateChange(func(s webrtc.ICEConnectionState) { logf("ICE %s", s) })
 
-	p := &peer{role: role, types: types, deadline: deadline, sig: sig, pc: pc, res: res}
+	p := &peer{role: role, types: types, deadline: deadline, idle: idle, sig: sig, pc: pc, res: res}
 	if role == "caller" {
 		err = p.runCaller()
 	} else {

@@ -30,6 +30,7 @@ import urllib.parse
 CONTRACT = 1
 PINGS = 5
 BYE_WAIT_S = 2.0
+AFTER_IDLE = "after idle"  # the longevity echo, after NATKIT_IDLE_S of silence on the channel
 SETTLE_MS = 150
 
 try:
@@ -181,6 +182,8 @@ class Peer:
         self.types = {t.strip() for t in env["NATKIT_CANDIDATE_TYPES"].split(",") if t.strip()}
         self.started = time.monotonic()
         self.deadline = self.started + float(env["NATKIT_DEADLINE_S"]) - 0.5
+        self.idle_s = float(env.get("NATKIT_IDLE_S") or 0.0)
+        self.idling = False
         self.ice = json.loads(env["NATKIT_ICE_CONFIG"])
         self.url = env["NATKIT_SIGNALING_URL"]
         self.loop = GLib.MainLoop()
@@ -284,7 +287,8 @@ class Peer:
 
     def on_deadline(self) -> bool:
         if self.opened and self.role == "caller":
-            self.fail(f"connected, but the echo did not complete within the deadline ({len(self.rtts)} of {PINGS} echoes)")
+            what = "the echo after the idle period" if self.idling else f"the echo ({len(self.rtts)} of {PINGS} echoes)"
+            self.fail(f"connected, but {what} did not complete within the deadline")
         elif self.opened:
             self.fail("connected, but no 'done' from the caller within the deadline")
         else:
@@ -464,6 +468,10 @@ class Peer:
         self.channel.emit("send-string", f"ping {self.pings_sent}")
 
     def on_message(self, text: str) -> None:
+        if text == AFTER_IDLE and self.idling:
+            self.idling = False
+            self.finish_echo()
+            return
         if text != f"ping {self.pings_sent}":
             return
         self.rtts.append(round((time.monotonic() - self.ping_at) * 1000, 3))
@@ -472,6 +480,18 @@ class Peer:
             return
         self.result["rtt_ms"] = round(statistics.median(self.rtts), 3)
         self.result["rtts_ms"] = self.rtts
+        if self.idle_s > 0:
+            # longevity: nothing on the channel (only libnice's keepalives), then one more echo
+            self.idling = True
+            GLib.timeout_add(int(self.idle_s * 1000), self.send_after_idle)
+            return
+        self.finish_echo()
+
+    def send_after_idle(self) -> bool:
+        self.channel.emit("send-string", AFTER_IDLE)
+        return False
+
+    def finish_echo(self) -> None:
         self.result["connected"] = True
         self.relay({"type": "done"})
         GLib.timeout_add(int(min(BYE_WAIT_S, max(0.0, self.deadline - time.monotonic())) * 1000), self.no_bye)
