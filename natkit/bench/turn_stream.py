@@ -103,9 +103,20 @@ def drive(
     payload: int,
     seconds: float,
 ) -> dict[str, Any]:
-    """Set up, print ``setup ok=N``, run the traffic; the result's counters."""
+    """Set up, print ``setup ok=N``, run the traffic; the result's counters. ``peer`` with
+    port 0: the driver is the peer itself (its C loop reflects the datagrams; TCP only)."""
+    own_peer = None
+    if peer[1] == 0:
+        own_peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            own_peer.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+        own_peer.bind((peer[0], 0))
+        own_peer.setblocking(False)
+        peer = own_peer.getsockname()
     socks = [_setup(server, tls, user, password, peer) for _ in range(clients)]
     print(f"setup ok={len(socks)}", flush=True)
+    if own_peer is not None:
+        return _drive_c(socks, own_peer, window, payload, seconds)
     frame_len = 4 + payload  # payload is a multiple of 4: no padding on the stream
     frame = CHANNEL.to_bytes(2, "big") + payload.to_bytes(2, "big") + b"\x5a" * payload
     sel = selectors.DefaultSelector()
@@ -168,6 +179,33 @@ def drive(
     }
 
 
+def _drive_c(
+    socks: list[socket.socket], peer: socket.socket, window: int, payload: int, seconds: float
+) -> dict[str, Any]:
+    """The traffic in C (natkit.bench._turnload.stream): the driver and its peer in one loop."""
+    from natkit.server import _native
+
+    module, why = _native.load("natkit.bench._turnload", honour_env=False)
+    if module is None:
+        raise UsageError(f"the TCP driver's C loop is not available ({why}): reinstall natkit")
+    t0 = time.monotonic()
+    r = module.stream([s.fileno() for s in socks], peer.fileno(), 4 + payload, window, seconds)
+    wall = time.monotonic() - t0
+    for s in socks:
+        s.close()
+    peer.close()
+    sent, received, elapsed = r["sent"], r["received"], r["seconds"]
+    return {
+        "sent": sent,
+        "received": received,
+        "seconds": round(elapsed, 3),
+        "relayed_per_s": round(2 * r["received_at_deadline"] / elapsed),
+        "loss": round(1 - received / sent, 6) if sent else 0.0,
+        "driver_cpu": round(r["cpu"] / wall, 3),
+        "peer_lost": r["peer_lost"],
+    }
+
+
 def main(argv: Sequence[str]) -> int:
     ip, port, transport, user, password, peer_ip, peer_port, *nums = argv
     clients, window, payload = (int(x) for x in nums[:3])
@@ -216,6 +254,27 @@ def echo_peer(cpu: int | None, ip: str) -> Iterator[tuple[str, int]]:
         yield ip, port
     finally:
         stop(proc)
+
+
+def peer_for(
+    transport: str, cpu: int | None, ip: str
+) -> contextlib.AbstractContextManager[tuple[str, int]]:
+    """The runs' peer: over TCP the driver's own (port 0: its C loop reflects the datagrams,
+    batched); over TLS, where the driver's loop is Python, turnutils_peer on ``cpu``."""
+    if transport == "tcp":
+        return contextlib.nullcontext((ip, 0))
+    return echo_peer(cpu, ip)
+
+
+def driver_name(transport: str) -> str:
+    """What drives ``transport`` (the report's settings.driver)."""
+    loop = "C loop natkit.bench._turnload.stream" if transport == "tcp" else "Python selector loop"
+    return f"python -m natkit.bench.turn_stream ({loop})"
+
+
+def peer_name(transport: str) -> str:
+    """What reflects the relayed datagrams over ``transport`` (the report's settings.peer)."""
+    return "the driver (recvmmsg, GSO sends)" if transport == "tcp" else "turnutils_peer"
 
 
 def certificates(transport: str) -> contextlib.AbstractContextManager[tuple[Path, Path] | None]:
