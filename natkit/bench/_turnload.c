@@ -381,28 +381,8 @@ typedef struct {
 } gso_run;
 
 /* GSO is used only if a 2-segment send over loopback arrives as 2 datagrams. */
-static void gso_probe(void) {
-    int tx = socket(AF_INET, SOCK_DGRAM, 0), rx = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0), got = 0;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    if (tx >= 0 && rx >= 0 && bind(rx, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(rx, (struct sockaddr *)&a, &al) == 0) {
-        unsigned char two[16] = {0};
-        struct iovec v = {two, sizeof two};
-        union { char b[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } ctl;
-        struct msghdr h = {.msg_name = &a, .msg_namelen = sizeof a, .msg_iov = &v, .msg_iovlen = 1,
-                           .msg_control = ctl.b, .msg_controllen = sizeof ctl.b};
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&h);
-        cm->cmsg_level = SOL_UDP; cm->cmsg_type = UDP_SEGMENT; cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-        uint16_t seg = 8;
-        memcpy(CMSG_DATA(cm), &seg, sizeof seg);
-        if (sendmsg(tx, &h, 0) == (ssize_t)sizeof two)
-            for (int i = 0; i < 2; i++) if (recv(rx, two, sizeof two, 0) == 8) got++;
-    }
-    g_gso = got == 2;
-    if (tx >= 0) close(tx);
-    if (rx >= 0) close(rx);
-}
+#include "../server/_gso_probe.h"
+static void gso_probe(void) { g_gso = nk_gso_probe(); }
 
 /* Send every run on fd, as few syscalls as possible; returns the datagrams sent. */
 static long gso_send(int fd, gso_run *g, int ng, struct iovec *iov) {
