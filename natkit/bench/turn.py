@@ -739,6 +739,8 @@ def _stream_traffic_run(
         "server_cpu": round(server_cpu / elapsed, 3),
         "driver_cpu": float(r["driver_cpu"]),
         "per_cpu_second": round(2 * int(r["received"]) / server_cpu) if server_cpu > 0 else None,
+        # echoes the driver's own peer could not send (TCP; 0 with turnutils_peer)
+        "driver_dropped": int(r.get("peer_lost", 0)),
     }
     if bench.server_cpu is not None and bench.driver_cpu is not None:
         out["server_core_busy"] = core_busy(cores0, cores1, bench.server_cpu)
