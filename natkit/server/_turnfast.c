@@ -1298,44 +1298,78 @@ static int nk_poll(struct nk_ctx *c, double now, uint32_t *outlen) {
 }
 
 /*
- * Send a batch the Python path made (replies to clients): records laid out as nk_out's
- * (nk_rec + data, nk_rec.fd ignored) all through socket fd, with sendmmsg. Returns how many
- * could not be sent (a full buffer drops, as UDP would). Uses only sendq/smsgs: safe beside
- * the thread, serialised by the caller (one Python call at a time).
+ * Send a batch the Python path made (replies to clients; over TLS, the datagrams a client's
+ * read produced for its peers): records laid out as nk_out's (nk_rec + data, nk_rec.fd
+ * ignored) all through socket fd, with sendmmsg; equal datagrams in a row to one destination
+ * leave as one UDP GSO message. Returns how many could not be sent (a full buffer drops, as
+ * UDP would). Uses only sendq/smsgs: safe beside the thread, serialised by the caller (one
+ * Python call at a time).
  */
 static int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
     uint32_t pos = 0;
     int failed = 0;
     static __thread struct iovec iov[NK_SLOTS];
+    static __thread unsigned segs[NK_SLOTS]; /* datagrams per message */
+    static __thread union {
+        char b[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } ctl[NK_SLOTS];
     while (pos < len) {
-        unsigned n = 0;
+        unsigned n = 0, m = 0; /* records (one iovec each) and messages */
+        struct nk_rec prev;
         while (pos + sizeof(struct nk_rec) <= len && n < NK_SLOTS) {
             struct nk_rec rec;
             memcpy(&rec, buf + pos, sizeof(rec));
             if (pos + sizeof(rec) + rec.len > len)
                 return failed + 1; /* malformed: stop */
-            struct nk_out *o = &c->sendq[n];
-            o->tolen = nk_sockaddr(&o->to, rec.family, rec.port, rec.ip);
             iov[n].iov_base = (void *)(buf + pos + sizeof(rec));
             iov[n].iov_len = rec.len;
-            struct msghdr *m = &c->smsgs[n].msg_hdr;
-            memset(m, 0, sizeof(*m));
-            m->msg_iov = &iov[n];
-            m->msg_iovlen = 1;
-            m->msg_name = &o->to;
-            m->msg_namelen = o->tolen;
+            /* equal datagrams to the previous one's destination join its GSO message */
+            if (c->gso && m > 0 && segs[m - 1] < NK_GSO_MAX && rec.len > 0 && rec.len == prev.len &&
+                (segs[m - 1] + 1) * rec.len <= NK_GSO_BYTES && rec.family == prev.family &&
+                rec.port == prev.port && memcmp(rec.ip, prev.ip, 16) == 0) {
+                segs[m - 1]++;
+                c->smsgs[m - 1].msg_hdr.msg_iovlen++;
+            } else {
+                struct nk_out *o = &c->sendq[m];
+                o->tolen = nk_sockaddr(&o->to, rec.family, rec.port, rec.ip);
+                struct msghdr *h = &c->smsgs[m].msg_hdr;
+                memset(h, 0, sizeof(*h));
+                h->msg_iov = &iov[n];
+                h->msg_iovlen = 1;
+                h->msg_name = &o->to;
+                h->msg_namelen = o->tolen;
+                segs[m++] = 1;
+            }
+            prev = rec;
             pos += (uint32_t)sizeof(rec) + rec.len;
             n++;
         }
         if (n == 0)
             return failed + 1;
+        for (unsigned j = 0; j < m; j++) {
+            if (segs[j] < 2)
+                continue;
+            struct msghdr *h = &c->smsgs[j].msg_hdr;
+            h->msg_control = ctl[j].b;
+            h->msg_controllen = sizeof(ctl[j].b);
+            struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t seg = (uint16_t)h->msg_iov[0].iov_len;
+            memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
+        }
         unsigned done = 0;
-        while (done < n) {
-            int r = sendmmsg(fd, &c->smsgs[done], n - done, MSG_DONTWAIT);
+        while (done < m) {
+            int r = sendmmsg(fd, &c->smsgs[done], m - done, MSG_DONTWAIT);
             if (r <= 0) {
                 if (r < 0 && errno == EINTR)
                     continue;
-                failed++;
+                if (segs[done] > 1 && r < 0 &&
+                    (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOPROTOOPT))
+                    c->gso = 0; /* the device cannot segment: one by one from the next batch */
+                failed += (int)segs[done]; /* a full buffer drops, as UDP would */
                 done++;
                 continue;
             }

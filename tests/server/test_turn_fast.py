@@ -289,6 +289,40 @@ def test_send_batch_of_records(table: _turn_fast.FastTable, ip: str) -> None:
         s.close()
 
 
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1"])
+def test_send_batch_runs_of_equal_datagrams_arrive_one_by_one(
+    table: _turn_fast.FastTable, ip: str
+) -> None:
+    """Python's batches (a TLS client's read: many equal ChannelData payloads to one peer)
+    leave as GSO messages of up to 64 datagrams: each still arrives as its own datagram, in
+    order, whatever the runs' lengths, sizes and destinations."""
+    try:
+        out, a, b = _udp(ip), _udp(ip), _udp(ip)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    runs = [(a, 100, 150), (a, 52, 3), (b, 100, 70), (a, 100, 1), (b, 7, 2)]
+    want: dict[socket.socket, list[bytes]] = {a: [], b: []}
+    batch = b""
+    seq = 0
+    for dest, size, count in runs:
+        for _ in range(count):
+            data = seq.to_bytes(4, "big") + b"\x5a" * (size - 4)
+            want[dest].append(data)
+            batch += _turn_fast.record(data, dest.getsockname()[:2])
+            seq += 1
+    assert table.send(out.fileno(), batch) == 0
+    for dest in (a, b):
+        dest.settimeout(2)
+        assert [dest.recv(2000) for _ in want[dest]] == want[dest]
+        dest.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            dest.recv(2000)
+    for s in (out, a, b):
+        s.close()
+
+
 def test_counters_can_be_read_from_another_thread_while_it_polls(
     table: _turn_fast.FastTable,
 ) -> None:
