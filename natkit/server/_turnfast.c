@@ -726,8 +726,10 @@ static void nk_flush_all(struct nk_ctx *c) {
                 continue;
             struct nk_group *g = &c->groups[c->gorder[at + done]];
             if (g->n > 1 && (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP ||
-                             errno == ENOPROTOOPT)) {
-                c->gso = 0; /* the device cannot segment: datagrams one by one from now on */
+                             errno == ENOPROTOOPT || errno == EMSGSIZE)) {
+                /* the device cannot segment, or a segment is over its MTU (EMSGSIZE; alone, the
+                 * datagram may still be fragmented): datagrams one by one from now on */
+                c->gso = 0;
                 nk_send_each(c, g);
             } else {
                 c->send_errors += g->n; /* a full buffer drops, as UDP would: send the rest */
@@ -1366,10 +1368,25 @@ static int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
             if (r <= 0) {
                 if (r < 0 && errno == EINTR)
                     continue;
+                struct msghdr *h = &c->smsgs[done].msg_hdr;
                 if (segs[done] > 1 && r < 0 &&
-                    (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOPROTOOPT))
-                    c->gso = 0; /* the device cannot segment: one by one from the next batch */
-                failed += (int)segs[done]; /* a full buffer drops, as UDP would */
+                    (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOPROTOOPT ||
+                     errno == EMSGSIZE)) {
+                    /* the device cannot segment (or a segment exceeds its MTU): these datagrams
+                     * one by one, and no GSO from now on */
+                    c->gso = 0;
+                    struct msghdr one = *h;
+                    one.msg_control = NULL;
+                    one.msg_controllen = 0;
+                    one.msg_iovlen = 1;
+                    for (unsigned k = 0; k < segs[done]; k++) {
+                        one.msg_iov = h->msg_iov + k;
+                        if (sendmsg(fd, &one, MSG_DONTWAIT) < 0)
+                            failed++;
+                    }
+                } else {
+                    failed += (int)segs[done]; /* a full buffer drops, as UDP would */
+                }
                 done++;
                 continue;
             }
