@@ -140,8 +140,9 @@ def drive(
         if not sending and (received >= sent or now >= drain_until):
             break
         for key, events in sel.select(0.2):
-            s = key.fileobj
-            assert isinstance(s, socket.socket)
+            fileobj = key.fileobj
+            assert isinstance(fileobj, socket.socket)
+            s = fileobj
             if events & selectors.EVENT_READ:
                 try:
                     data = s.recv(262144)
