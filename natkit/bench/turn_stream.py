@@ -5,10 +5,14 @@ to the server core, a fresh server per round, engines alternating. The client si
 module's driver, run as its own process pinned to the driver core (``python -m
 natkit.bench.turn_stream ...``): CLIENTS connections, each with an allocation (401, then
 long-term credentials) and a channel bound to the peer, then WINDOW ChannelData frames in
-flight per connection for SECONDS. The driver does no per-frame Python: frames have one size,
-so it counts received bytes and answers each batch of complete frames with the same number
-of new frames in one write. The peer is coturn's ``turnutils_peer`` (a C UDP echo, one
-syscall pair per datagram) on the driver core, so the relay's peer side is real UDP traffic.
+flight per connection for SECONDS. Frames have one size, so the driver counts received bytes
+and answers each batch of complete frames with the same number of new frames in one write.
+Over TCP that loop is C (natkit.bench._turnload.stream) and the driver is the peer too: one
+UDP socket in the same loop, read with recvmmsg and reflected with GSO sends, so that the
+driver's core is not what is measured (a Python loop beside ``turnutils_peer``, which makes
+three syscalls per datagram, was: docs/benchmarks.md). Over TLS the loop is Python (``ssl``)
+and the peer coturn's ``turnutils_peer`` on the driver core. Either way the relay's peer
+side is real UDP traffic.
 
 ``relayed_per_s`` counts both directions, as the UDP figures do: every frame echoed back was
 relayed twice (client -> peer as a datagram, peer -> client as ChannelData on the stream).
