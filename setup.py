@@ -16,12 +16,16 @@ import sys
 from setuptools import Extension, setup
 
 LIMITED_API = ("Py_LIMITED_API", "0x030B0000")
+# The UDP GSO probe, one header shared by the modules that send with GSO (in the sdist too).
+GSO_PROBE = "natkit/server/_gso_probe.h"
+GSO_PROBE_USERS = {"natkit.server._turnfast", "natkit.bench._turnload", "natkit.bench._stunload"}
 
 
 def _extension(name: str, *sources: str) -> Extension:
     return Extension(
         name,
         sources=list(sources),
+        depends=[GSO_PROBE] if GSO_PROBE_USERS & {name} else [],
         define_macros=[LIMITED_API],
         py_limited_api=True,
         extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Werror=implicit-function-declaration"],

@@ -90,31 +90,8 @@ static int parse_addr(const char *host, int port, struct sockaddr_storage *ss, s
 /* ---------------------------------------------------------------- the generator */
 
 /* Whether a 2-segment GSO send over loopback arrives as 2 datagrams here. */
-static int gso_works(void) {
-    int tx = socket(AF_INET, SOCK_DGRAM, 0), rx = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
-    int got = 0;
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t al = sizeof a;
-    if (tx >= 0 && rx >= 0 && bind(rx, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(rx, (struct sockaddr *)&a, &al) == 0 &&
-        connect(tx, (struct sockaddr *)&a, sizeof a) == 0) {
-        int seg = 8; /* an int: the kernel refuses a shorter option */
-        uint8_t two[16] = {0};
-        if (setsockopt(tx, SOL_UDP, UDP_SEGMENT, &seg, sizeof seg) == 0 &&
-            send(tx, two, sizeof two, 0) == (ssize_t)sizeof two) {
-            struct pollfd p = {rx, POLLIN, 0};
-            for (int i = 0; i < 2 && poll(&p, 1, 200) > 0; i++)
-                if (recv(rx, two, sizeof two, 0) == 8)
-                    got++;
-        }
-    }
-    if (tx >= 0) close(tx);
-    if (rx >= 0) close(rx);
-    return got == 2;
-}
+#include "../server/_gso_probe.h"
+static int gso_works(void) { return nk_gso_probe(); }
 
 #define STALL 0.010 /* seconds without an answer after which a socket's window is refilled */
 

@@ -381,28 +381,8 @@ typedef struct {
 } gso_run;
 
 /* GSO is used only if a 2-segment send over loopback arrives as 2 datagrams. */
-static void gso_probe(void) {
-    int tx = socket(AF_INET, SOCK_DGRAM, 0), rx = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0), got = 0;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    if (tx >= 0 && rx >= 0 && bind(rx, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(rx, (struct sockaddr *)&a, &al) == 0) {
-        unsigned char two[16] = {0};
-        struct iovec v = {two, sizeof two};
-        union { char b[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } ctl;
-        struct msghdr h = {.msg_name = &a, .msg_namelen = sizeof a, .msg_iov = &v, .msg_iovlen = 1,
-                           .msg_control = ctl.b, .msg_controllen = sizeof ctl.b};
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&h);
-        cm->cmsg_level = SOL_UDP; cm->cmsg_type = UDP_SEGMENT; cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-        uint16_t seg = 8;
-        memcpy(CMSG_DATA(cm), &seg, sizeof seg);
-        if (sendmsg(tx, &h, 0) == (ssize_t)sizeof two)
-            for (int i = 0; i < 2; i++) if (recv(rx, two, sizeof two, 0) == 8) got++;
-    }
-    g_gso = got == 2;
-    if (tx >= 0) close(tx);
-    if (rx >= 0) close(rx);
-}
+#include "../server/_gso_probe.h"
+static void gso_probe(void) { g_gso = nk_gso_probe(); }
 
 /* Send every run on fd, as few syscalls as possible; returns the datagrams sent. */
 static long gso_send(int fd, gso_run *g, int ng, struct iovec *iov) {
@@ -962,6 +942,158 @@ static int turnload_main(int argc, char **argv) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- TURN over TCP: the traffic */
+
+/*
+ * stream(fds, peer_fd, frame_len, window, seconds): the traffic phase of `natkit bench turn
+ * --transport tcp` (natkit/bench/turn_stream.py makes the connections, allocations and
+ * channels, blocking, then calls this). Every connection keeps WINDOW frames of frame_len
+ * bytes (one ChannelData frame, its payload a multiple of 4: no padding) in flight: what comes
+ * back is counted in bytes, and each read's complete frames are answered with as many new
+ * ones in one send. peer_fd (>= 0) is the peer: a UDP socket that reflects every datagram to
+ * the relay address it came from, read with recvmmsg and answered with GSO sends, so that the
+ * driver's core does far less per packet than a relay and the server is what is measured.
+ * After SECONDS, at most 1 s more for what is in flight to come back.
+ */
+enum { ST_READ = 256 << 10, ST_OUT = 256 << 10 };
+typedef struct {
+    int fd, want_out;
+    long partial;          /* bytes of a frame not yet complete */
+    long owed;             /* bytes to send, not yet taken by the socket */
+    long phase;            /* where in a frame the next byte sent is */
+} st_conn;
+
+static int st_send(int ep_, st_conn *c, uint32_t id, const unsigned char *frames, long frame_len,
+                   long cap) {
+    while (c->owed > 0) {
+        long n = c->owed < cap - c->phase ? c->owed : cap - c->phase;
+        ssize_t r = send(c->fd, frames + c->phase, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+        if (r <= 0) break;
+        c->owed -= r;
+        c->phase = (c->phase + r) % frame_len;
+        if (r < n) break;
+    }
+    int want = c->owed > 0;
+    if (want != c->want_out) {
+        struct epoll_event ev = {.events = EPOLLIN | (want ? EPOLLOUT : 0), .data.u32 = id};
+        epoll_ctl(ep_, EPOLL_CTL_MOD, c->fd, &ev);
+        c->want_out = want;
+    }
+    return 0;
+}
+
+static PyObject *mod_stream(PyObject *mod, PyObject *args) {
+    PyObject *list;
+    int pfd, window;
+    long frame_len;
+    double secs;
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "O!ilid", &PyList_Type, &list, &pfd, &frame_len, &window, &secs))
+        return NULL;
+    Py_ssize_t n = PyList_Size(list);
+    if (n < 1 || n > 4096 || frame_len < 8 || frame_len > 1500 || window < 1 || secs <= 0)
+        return PyErr_Format(PyExc_ValueError, "stream(): 1-4096 fds, a frame of 8-1500 bytes");
+    st_conn *cs = calloc((size_t)n, sizeof *cs);
+    long cap = (ST_OUT / frame_len) * frame_len;
+    unsigned char *frames = malloc((size_t)cap), *rbuf = malloc(ST_READ);
+    rx_batch *b = pfd >= 0 ? rx_new() : NULL;
+    int ep_ = epoll_create1(EPOLL_CLOEXEC);
+    if (cs == NULL || frames == NULL || rbuf == NULL || (pfd >= 0 && b == NULL) || ep_ < 0) {
+        free(cs); free(frames); free(rbuf); free(b);
+        if (ep_ >= 0) close(ep_);
+        return PyErr_NoMemory();
+    }
+    for (long off = 0; off < cap; off += frame_len) {
+        put16(frames + off, CHANNEL);
+        put16(frames + off + 2, (unsigned)(frame_len - 4));
+        memset(frames + off + 4, 0x5a, (size_t)(frame_len - 4));
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        cs[i].fd = (int)PyLong_AsLong(PyList_GetItem(list, i));
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        if (cs[i].fd < 0 || epoll_ctl(ep_, EPOLL_CTL_ADD, cs[i].fd, &ev) != 0) {
+            free(cs); free(frames); free(rbuf); free(b); close(ep_);
+            if (!PyErr_Occurred()) PyErr_SetFromErrno(PyExc_OSError);
+            return NULL;
+        }
+    }
+    if (pfd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = 0xffffffffu};
+        epoll_ctl(ep_, EPOLL_CTL_ADD, pfd, &ev);
+        gso_probe();
+        peer_fd = pfd;
+        reflect_lost = 0;
+    }
+    long sent = 0, received = 0, at_deadline = 0, reflected = 0, failed = 0;
+    double t0, elapsed = 0, cpu0, cpu;
+    Py_BEGIN_ALLOW_THREADS
+    struct epoll_event evs[256];
+    t0 = now();
+    cpu0 = cpu_seconds();
+    double end = t0 + secs, drain = end + 1.0;
+    int sending = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        cs[i].owed = (long)window * frame_len;
+        sent += window;
+        if (st_send(ep_, &cs[i], (uint32_t)i, frames, frame_len, cap) != 0) failed = 1;
+    }
+    while (!failed) {
+        double t = now();
+        if (sending && t >= end) {
+            sending = 0;
+            elapsed = t - t0;
+            at_deadline = received;
+        }
+        if (!sending && (received >= sent || t >= drain)) break;
+        int k = epoll_wait(ep_, evs, 256, 100);
+        for (int e = 0; e < k && !failed; e++) {
+            uint32_t id = evs[e].data.u32;
+            if (id == 0xffffffffu) {
+                for (int round = 0; round < 16; round++) {
+                    int r = rx_read(b, pfd, RX);
+                    if (r <= 0) break;
+                    reflected += r;
+                    reflect(b, r);
+                    if (r < RX) break;
+                }
+                continue;
+            }
+            st_conn *c = &cs[id];
+            if (evs[e].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+                long got = 0;
+                for (;;) {
+                    ssize_t r = recv(c->fd, rbuf, ST_READ, MSG_DONTWAIT);
+                    if (r < 0 && errno == EINTR) continue;
+                    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) { failed = 2; break; }
+                    if (r < 0) break;
+                    got += r;
+                    if (r < ST_READ) break;
+                }
+                long total = c->partial + got, whole = total / frame_len;
+                c->partial = total % frame_len;
+                received += whole;
+                if (sending && whole) {
+                    c->owed += whole * frame_len;
+                    sent += whole;
+                }
+            }
+            if (c->owed && st_send(ep_, c, id, frames, frame_len, cap) != 0) failed = 2;
+        }
+    }
+    cpu = cpu_seconds() - cpu0;
+    if (sending) { elapsed = now() - t0; at_deadline = received; }
+    Py_END_ALLOW_THREADS
+    long lost = reflect_lost;
+    free(cs); free(frames); free(rbuf); free(b); close(ep_);
+    if (failed)
+        return PyErr_Format(PyExc_ConnectionError, "the server closed a connection during the run");
+    return Py_BuildValue("{s:l,s:l,s:d,s:l,s:d,s:l,s:l}", "sent", sent, "received", received,
+                         "seconds", elapsed, "received_at_deadline", at_deadline, "cpu", cpu,
+                         "peer_rx", reflected, "peer_lost", lost);
+}
+
 /* ---------------------------------------------------------------- the Python module */
 
 /* main(argv) -> exit status: the driver as a program (argv[0] is its name), once per process
@@ -1010,6 +1142,9 @@ done:
 
 static PyMethodDef module_methods[] = {
     {"main", mod_main, METH_O, "main(argv) -> exit status (see the source's header)."},
+    {"stream", mod_stream, METH_VARARGS,
+     "stream(fds, peer_fd, frame_len, window, seconds) -> counters: TURN-over-TCP traffic "
+     "(see the source); GIL released."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -739,6 +739,8 @@ def _stream_traffic_run(
         "server_cpu": round(server_cpu / elapsed, 3),
         "driver_cpu": float(r["driver_cpu"]),
         "per_cpu_second": round(2 * int(r["received"]) / server_cpu) if server_cpu > 0 else None,
+        # echoes the driver's own peer could not send (TCP; 0 with turnutils_peer)
+        "driver_dropped": int(r.get("peer_lost", 0)),
     }
     if bench.server_cpu is not None and bench.driver_cpu is not None:
         out["server_core_busy"] = core_busy(cores0, cores1, bench.server_cpu)
@@ -775,9 +777,16 @@ def run_stream(
                           param="clients" if not 1 <= clients <= 1024 else "window")
     if not 8 <= payload <= 1200 or payload % 4:
         raise ConfigError(f"{payload}: give 8-1200 bytes, a multiple of 4 over TCP", param="payload")
-    for tool, package in (("turnutils_peer", "coturn"), ("taskset", "util-linux")):
+    tools = (("turnutils_peer", "coturn"),) if transport == "tls" else ()
+    for tool, package in (*tools, ("taskset", "util-linux")):
         if shutil.which(tool) is None:
-            raise PrerequisiteError(f"{tool} is not installed (the TCP/TLS runs): apt-get install {package}")
+            raise PrerequisiteError(f"{tool} is not installed (the TLS runs): apt-get install {package}")
+    if transport == "tcp":
+        from natkit.bench import loadgen
+
+        why = loadgen.missing("turn")  # the TCP driver's traffic loop is in that module
+        if why:
+            raise PrerequisiteError(why)
     if "coturn" in engines and shutil.which("turnserver") is None:
         raise PrerequisiteError("coturn is not installed: apt-get install coturn (or measure natkit alone)")
     if (os.cpu_count() or 1) < 2:
@@ -788,8 +797,8 @@ def run_stream(
     )  # fmt: skip
     load_before = os.getloadavg()[0]
     runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
-    with turn_stream.certificates(transport) as certs, turn_stream.echo_peer(
-        driver_cpu, PEER_IP
+    with turn_stream.certificates(transport) as certs, turn_stream.peer_for(
+        transport, driver_cpu, PEER_IP
     ) as peer:
         for rnd in range(1, rounds + 1):
             for engine in engines:
@@ -807,8 +816,8 @@ def run_stream(
         "settings": {
             "transport": transport, "seconds": seconds, "rounds": rounds, "clients": clients,
             "window": window, "payload": payload, "server_cpu": server_cpu,
-            "driver_cpu": driver_cpu, "driver": "python -m natkit.bench.turn_stream",
-            "peer": "turnutils_peer", "peer_ip": PEER_IP,
+            "driver_cpu": driver_cpu, "driver": turn_stream.driver_name(transport),
+            "peer": turn_stream.peer_name(transport), "peer_ip": PEER_IP,
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "cpus": os.cpu_count() or 1,
         },

@@ -5,10 +5,14 @@ to the server core, a fresh server per round, engines alternating. The client si
 module's driver, run as its own process pinned to the driver core (``python -m
 natkit.bench.turn_stream ...``): CLIENTS connections, each with an allocation (401, then
 long-term credentials) and a channel bound to the peer, then WINDOW ChannelData frames in
-flight per connection for SECONDS. The driver does no per-frame Python: frames have one size,
-so it counts received bytes and answers each batch of complete frames with the same number
-of new frames in one write. The peer is coturn's ``turnutils_peer`` (a C UDP echo, one
-syscall pair per datagram) on the driver core, so the relay's peer side is real UDP traffic.
+flight per connection for SECONDS. Frames have one size, so the driver counts received bytes
+and answers each batch of complete frames with the same number of new frames in one write.
+Over TCP that loop is C (natkit.bench._turnload.stream) and the driver is the peer too: one
+UDP socket in the same loop, read with recvmmsg and reflected with GSO sends, so that the
+driver's core is not what is measured (a Python loop beside ``turnutils_peer``, which makes
+three syscalls per datagram, was: docs/benchmarks.md). Over TLS the loop is Python (``ssl``)
+and the peer coturn's ``turnutils_peer`` on the driver core. Either way the relay's peer
+side is real UDP traffic.
 
 ``relayed_per_s`` counts both directions, as the UDP figures do: every frame echoed back was
 relayed twice (client -> peer as a datagram, peer -> client as ChannelData on the stream).
@@ -103,9 +107,20 @@ def drive(
     payload: int,
     seconds: float,
 ) -> dict[str, Any]:
-    """Set up, print ``setup ok=N``, run the traffic; the result's counters."""
+    """Set up, print ``setup ok=N``, run the traffic; the result's counters. ``peer`` with
+    port 0: the driver is the peer itself (its C loop reflects the datagrams; TCP only)."""
+    own_peer = None
+    if peer[1] == 0:
+        own_peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            own_peer.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+        own_peer.bind((peer[0], 0))
+        own_peer.setblocking(False)
+        peer = own_peer.getsockname()
     socks = [_setup(server, tls, user, password, peer) for _ in range(clients)]
     print(f"setup ok={len(socks)}", flush=True)
+    if own_peer is not None:
+        return _drive_c(socks, own_peer, window, payload, seconds)
     frame_len = 4 + payload  # payload is a multiple of 4: no padding on the stream
     frame = CHANNEL.to_bytes(2, "big") + payload.to_bytes(2, "big") + b"\x5a" * payload
     sel = selectors.DefaultSelector()
@@ -129,8 +144,9 @@ def drive(
         if not sending and (received >= sent or now >= drain_until):
             break
         for key, events in sel.select(0.2):
-            s = key.fileobj
-            assert isinstance(s, socket.socket)
+            fileobj = key.fileobj
+            assert isinstance(fileobj, socket.socket)
+            s = fileobj
             if events & selectors.EVENT_READ:
                 try:
                     data = s.recv(262144)
@@ -165,6 +181,33 @@ def drive(
         "relayed_per_s": round(2 * got_at_deadline / elapsed),
         "loss": round(1 - received / sent, 6) if sent else 0.0,
         "driver_cpu": round(cpu / (time.monotonic() - t0), 3),
+    }
+
+
+def _drive_c(
+    socks: list[socket.socket], peer: socket.socket, window: int, payload: int, seconds: float
+) -> dict[str, Any]:
+    """The traffic in C (natkit.bench._turnload.stream): the driver and its peer in one loop."""
+    from natkit.server import _native
+
+    module, why = _native.load("natkit.bench._turnload", honour_env=False)
+    if module is None:
+        raise UsageError(f"the TCP driver's C loop is not available ({why}): reinstall natkit")
+    t0 = time.monotonic()
+    r = module.stream([s.fileno() for s in socks], peer.fileno(), 4 + payload, window, seconds)
+    wall = time.monotonic() - t0
+    for s in socks:
+        s.close()
+    peer.close()
+    sent, received, elapsed = r["sent"], r["received"], r["seconds"]
+    return {
+        "sent": sent,
+        "received": received,
+        "seconds": round(elapsed, 3),
+        "relayed_per_s": round(2 * r["received_at_deadline"] / elapsed),
+        "loss": round(1 - received / sent, 6) if sent else 0.0,
+        "driver_cpu": round(r["cpu"] / wall, 3),
+        "peer_lost": r["peer_lost"],
     }
 
 
@@ -216,6 +259,27 @@ def echo_peer(cpu: int | None, ip: str) -> Iterator[tuple[str, int]]:
         yield ip, port
     finally:
         stop(proc)
+
+
+def peer_for(
+    transport: str, cpu: int | None, ip: str
+) -> contextlib.AbstractContextManager[tuple[str, int]]:
+    """The runs' peer: over TCP the driver's own (port 0: its C loop reflects the datagrams,
+    batched); over TLS, where the driver's loop is Python, turnutils_peer on ``cpu``."""
+    if transport == "tcp":
+        return contextlib.nullcontext((ip, 0))
+    return echo_peer(cpu, ip)
+
+
+def driver_name(transport: str) -> str:
+    """What drives ``transport`` (the report's settings.driver)."""
+    loop = "C loop natkit.bench._turnload.stream" if transport == "tcp" else "Python selector loop"
+    return f"python -m natkit.bench.turn_stream ({loop})"
+
+
+def peer_name(transport: str) -> str:
+    """What reflects the relayed datagrams over ``transport`` (the report's settings.peer)."""
+    return "the driver (recvmmsg, GSO sends)" if transport == "tcp" else "turnutils_peer"
 
 
 def certificates(transport: str) -> contextlib.AbstractContextManager[tuple[Path, Path] | None]:

@@ -90,7 +90,8 @@ def register(sub: Any) -> None:
         choices=("udp", "tcp", "tls"),
         default="udp",
         help="udp: every figure with the C driver (default); tcp or tls: ChannelData over "
-        "TURN-over-TCP/TLS only (driver natkit.bench.turn_stream, peer turnutils_peer)",
+        "TURN-over-TCP/TLS only (driver natkit.bench.turn_stream: over TCP a C loop that is "
+        "its own UDP peer, over TLS a Python loop with turnutils_peer)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)

@@ -282,47 +282,7 @@ static int nk_resize(struct nk_ctx *c, uint32_t cap) {
 }
 
 /* UDP GSO is used only if a 2-segment send over loopback arrives as 2 datagrams. */
-static int nk_gso_probe(void) {
-    int tx = socket(AF_INET, SOCK_DGRAM, 0), rx = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
-    int got = 0;
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t al = sizeof(a);
-    if (tx >= 0 && rx >= 0 && bind(rx, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(rx, (struct sockaddr *)&a, &al) == 0) {
-        uint8_t two[16] = {0};
-        struct iovec v = {two, sizeof(two)};
-        union {
-            char b[CMSG_SPACE(sizeof(uint16_t))];
-            struct cmsghdr align;
-        } ctl;
-        struct msghdr h;
-        memset(&h, 0, sizeof(h));
-        h.msg_name = &a;
-        h.msg_namelen = sizeof(a);
-        h.msg_iov = &v;
-        h.msg_iovlen = 1;
-        h.msg_control = ctl.b;
-        h.msg_controllen = sizeof(ctl.b);
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&h);
-        cm->cmsg_level = SOL_UDP;
-        cm->cmsg_type = UDP_SEGMENT;
-        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-        uint16_t seg = 8;
-        memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
-        if (sendmsg(tx, &h, 0) == (ssize_t)sizeof(two))
-            for (int i = 0; i < 2; i++)
-                if (recv(rx, two, sizeof(two), 0) == 8)
-                    got++;
-    }
-    if (tx >= 0)
-        close(tx);
-    if (rx >= 0)
-        close(rx);
-    return got == 2;
-}
+#include "_gso_probe.h"
 
 static struct nk_ctx *nk_new(int gso) {
     struct nk_ctx *c = calloc(1, sizeof(*c));
@@ -766,8 +726,10 @@ static void nk_flush_all(struct nk_ctx *c) {
                 continue;
             struct nk_group *g = &c->groups[c->gorder[at + done]];
             if (g->n > 1 && (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP ||
-                             errno == ENOPROTOOPT)) {
-                c->gso = 0; /* the device cannot segment: datagrams one by one from now on */
+                             errno == ENOPROTOOPT || errno == EMSGSIZE)) {
+                /* the device cannot segment, or a segment is over its MTU (EMSGSIZE; alone, the
+                 * datagram may still be fragmented): datagrams one by one from now on */
+                c->gso = 0;
                 nk_send_each(c, g);
             } else {
                 c->send_errors += g->n; /* a full buffer drops, as UDP would: send the rest */
@@ -1338,44 +1300,93 @@ static int nk_poll(struct nk_ctx *c, double now, uint32_t *outlen) {
 }
 
 /*
- * Send a batch the Python path made (replies to clients): records laid out as nk_out's
- * (nk_rec + data, nk_rec.fd ignored) all through socket fd, with sendmmsg. Returns how many
- * could not be sent (a full buffer drops, as UDP would). Uses only sendq/smsgs: safe beside
- * the thread, serialised by the caller (one Python call at a time).
+ * Send a batch the Python path made (replies to clients; over TLS, the datagrams a client's
+ * read produced for its peers): records laid out as nk_out's (nk_rec + data, nk_rec.fd
+ * ignored) all through socket fd, with sendmmsg; equal datagrams in a row to one destination
+ * leave as one UDP GSO message. Returns how many could not be sent (a full buffer drops, as
+ * UDP would). Uses only sendq/smsgs: safe beside the thread, serialised by the caller (one
+ * Python call at a time).
  */
 static int nk_send(struct nk_ctx *c, int fd, const uint8_t *buf, uint32_t len) {
     uint32_t pos = 0;
     int failed = 0;
     static __thread struct iovec iov[NK_SLOTS];
+    static __thread unsigned segs[NK_SLOTS]; /* datagrams per message */
+    static __thread union {
+        char b[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } ctl[NK_SLOTS];
     while (pos < len) {
-        unsigned n = 0;
+        unsigned n = 0, m = 0; /* records (one iovec each) and messages */
+        struct nk_rec prev;
         while (pos + sizeof(struct nk_rec) <= len && n < NK_SLOTS) {
             struct nk_rec rec;
             memcpy(&rec, buf + pos, sizeof(rec));
             if (pos + sizeof(rec) + rec.len > len)
                 return failed + 1; /* malformed: stop */
-            struct nk_out *o = &c->sendq[n];
-            o->tolen = nk_sockaddr(&o->to, rec.family, rec.port, rec.ip);
             iov[n].iov_base = (void *)(buf + pos + sizeof(rec));
             iov[n].iov_len = rec.len;
-            struct msghdr *m = &c->smsgs[n].msg_hdr;
-            memset(m, 0, sizeof(*m));
-            m->msg_iov = &iov[n];
-            m->msg_iovlen = 1;
-            m->msg_name = &o->to;
-            m->msg_namelen = o->tolen;
+            /* equal datagrams to the previous one's destination join its GSO message */
+            if (c->gso && m > 0 && segs[m - 1] < NK_GSO_MAX && rec.len > 0 && rec.len == prev.len &&
+                (segs[m - 1] + 1) * rec.len <= NK_GSO_BYTES && rec.family == prev.family &&
+                rec.port == prev.port && memcmp(rec.ip, prev.ip, 16) == 0) {
+                segs[m - 1]++;
+                c->smsgs[m - 1].msg_hdr.msg_iovlen++;
+            } else {
+                struct nk_out *o = &c->sendq[m];
+                o->tolen = nk_sockaddr(&o->to, rec.family, rec.port, rec.ip);
+                struct msghdr *h = &c->smsgs[m].msg_hdr;
+                memset(h, 0, sizeof(*h));
+                h->msg_iov = &iov[n];
+                h->msg_iovlen = 1;
+                h->msg_name = &o->to;
+                h->msg_namelen = o->tolen;
+                segs[m++] = 1;
+            }
+            prev = rec;
             pos += (uint32_t)sizeof(rec) + rec.len;
             n++;
         }
         if (n == 0)
             return failed + 1;
+        for (unsigned j = 0; j < m; j++) {
+            if (segs[j] < 2)
+                continue;
+            struct msghdr *h = &c->smsgs[j].msg_hdr;
+            h->msg_control = ctl[j].b;
+            h->msg_controllen = sizeof(ctl[j].b);
+            struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t seg = (uint16_t)h->msg_iov[0].iov_len;
+            memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
+        }
         unsigned done = 0;
-        while (done < n) {
-            int r = sendmmsg(fd, &c->smsgs[done], n - done, MSG_DONTWAIT);
+        while (done < m) {
+            int r = sendmmsg(fd, &c->smsgs[done], m - done, MSG_DONTWAIT);
             if (r <= 0) {
                 if (r < 0 && errno == EINTR)
                     continue;
-                failed++;
+                struct msghdr *h = &c->smsgs[done].msg_hdr;
+                if (segs[done] > 1 && r < 0 &&
+                    (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOPROTOOPT ||
+                     errno == EMSGSIZE)) {
+                    /* the device cannot segment (or a segment exceeds its MTU): these datagrams
+                     * one by one, and no GSO from now on */
+                    c->gso = 0;
+                    struct msghdr one = *h;
+                    one.msg_control = NULL;
+                    one.msg_controllen = 0;
+                    one.msg_iovlen = 1;
+                    for (unsigned k = 0; k < segs[done]; k++) {
+                        one.msg_iov = h->msg_iov + k;
+                        if (sendmsg(fd, &one, MSG_DONTWAIT) < 0)
+                            failed++;
+                    }
+                } else {
+                    failed += (int)segs[done]; /* a full buffer drops, as UDP would */
+                }
                 done++;
                 continue;
             }
@@ -1881,82 +1892,63 @@ static PyObject *Table_set_now(PyObject *obj, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Table_stream_attach(PyObject *obj, PyObject *args) {
-    int fd;
-    const char *k;
-    Py_ssize_t klen;
-    if (!PyArg_ParseTuple(args, "iy#", &fd, &k, &klen))
-        return NULL;
-    struct nk_ctx *c = table_ctx(obj);
-    if (c == NULL)
-        return NULL;
-    if (klen != (Py_ssize_t)sizeof(struct nk_key))
-        return PyErr_Format(PyExc_ValueError, "key: %zu bytes", sizeof(struct nk_key));
-    struct nk_key key;
-    memcpy(&key, k, sizeof key);
-    lock_ctx(c);
-    int failed = nk_stream_attach(c, fd, &key);
-    unlock_ctx(c);
-    if (failed)
-        return PyErr_Format(PyExc_ValueError, "fd %d: not attachable (in use, or no memory)", fd);
-    Py_RETURN_NONE;
-}
+/* The stream calls: (fd) or (fd, bytes), the context's lock held and the GIL released for the
+ * call itself (stream_send writes to the socket). */
+enum { NK_OP_ATTACH, NK_OP_START, NK_OP_SEND, NK_OP_RELEASE };
 
-static PyObject *Table_stream_start(PyObject *obj, PyObject *args) {
+static PyObject *table_stream(PyObject *obj, PyObject *args, int op) {
     int fd;
-    Py_buffer pending;
-    if (!PyArg_ParseTuple(args, "iy*", &fd, &pending))
+    Py_buffer data = {0};
+    if (!PyArg_ParseTuple(args, op == NK_OP_RELEASE ? "i" : "iy*", &fd, &data))
         return NULL;
     struct nk_ctx *c = table_ctx(obj);
-    if (c == NULL || pending.len > NK_FRAME_MAX) {
-        if (c != NULL)
-            PyErr_SetString(PyExc_ValueError, "more pending than a frame");
-        PyBuffer_Release(&pending);
+    const char *bad = NULL;
+    if (c != NULL && op == NK_OP_ATTACH && data.len != (Py_ssize_t)sizeof(struct nk_key))
+        bad = "key: not KEY_SIZE bytes";
+    else if (c != NULL && op == NK_OP_START && data.len > NK_FRAME_MAX)
+        bad = "more pending than a frame";
+    if (c == NULL || bad != NULL) {
+        if (bad != NULL)
+            PyErr_SetString(PyExc_ValueError, bad);
+        if (op != NK_OP_RELEASE)
+            PyBuffer_Release(&data);
         return NULL;
     }
-    lock_ctx(c);
-    int failed = nk_stream_start(c, fd, pending.buf, (uint32_t)pending.len);
-    unlock_ctx(c);
-    PyBuffer_Release(&pending);
-    if (failed)
-        return PyErr_Format(PyExc_ValueError, "fd %d: not an attached stream", fd);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Table_stream_send(PyObject *obj, PyObject *args) {
-    int fd;
-    Py_buffer data;
-    if (!PyArg_ParseTuple(args, "iy*", &fd, &data))
-        return NULL;
-    struct nk_ctx *c = table_ctx(obj);
-    if (c == NULL) {
-        PyBuffer_Release(&data);
-        return NULL;
-    }
-    /* more than the hard limit is refused before any copy */
+    /* stream_send: more than the hard limit is refused before any copy */
     uint32_t n = data.len > NK_SOUT_HARD ? NK_SOUT_HARD + 1 : (uint32_t)data.len;
-    int r;
+    int r = 0;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&c->mu);
-    r = nk_stream_send(c, fd, data.buf, n);
+    if (op == NK_OP_ATTACH) {
+        struct nk_key key;
+        memcpy(&key, data.buf, sizeof key);
+        r = nk_stream_attach(c, fd, &key);
+    } else if (op == NK_OP_START)
+        r = nk_stream_start(c, fd, data.buf, n);
+    else if (op == NK_OP_SEND)
+        r = nk_stream_send(c, fd, data.buf, n);
+    else
+        nk_stream_release(c, fd);
     pthread_mutex_unlock(&c->mu);
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&data);
-    return PyLong_FromLong(r);
-}
-
-static PyObject *Table_stream_release(PyObject *obj, PyObject *arg) {
-    int fd = (int)PyLong_AsLong(arg);
-    if (fd == -1 && PyErr_Occurred())
-        return NULL;
-    struct nk_ctx *c = table_ctx(obj);
-    if (c == NULL)
-        return NULL;
-    lock_ctx(c);
-    nk_stream_release(c, fd);
-    unlock_ctx(c);
+    if (op != NK_OP_RELEASE)
+        PyBuffer_Release(&data);
+    if (op == NK_OP_SEND)
+        return PyLong_FromLong(r);
+    if (r != 0)
+        return PyErr_Format(PyExc_ValueError,
+                            op == NK_OP_ATTACH ? "fd %d: not attachable (in use, or no memory)"
+                                               : "fd %d: not an attached stream",
+                            fd);
     Py_RETURN_NONE;
 }
+
+#define NK_STREAM_METHOD(name, op)                                                                \
+    static PyObject *Table_##name(PyObject *obj, PyObject *args) { return table_stream(obj, args, op); }
+NK_STREAM_METHOD(stream_attach, NK_OP_ATTACH)
+NK_STREAM_METHOD(stream_start, NK_OP_START)
+NK_STREAM_METHOD(stream_send, NK_OP_SEND)
+NK_STREAM_METHOD(stream_release, NK_OP_RELEASE)
 
 static PyObject *Table_set_channel_max(PyObject *obj, PyObject *arg) {
     long n = PyLong_AsLong(arg);
@@ -1982,7 +1974,7 @@ static PyMethodDef Table_methods[] = {
      "past the last whole frame."},
     {"stream_send", Table_stream_send, METH_VARARGS,
      "stream_send(fd, data) -> 0 queued, 1 the client reads too little (cut), 2 gone."},
-    {"stream_release", Table_stream_release, METH_O, "stream_release(fd): forget and close it."},
+    {"stream_release", Table_stream_release, METH_VARARGS, "stream_release(fd): forget and close it."},
     {"set_channel_max", Table_set_channel_max, METH_O,
      "set_channel_max(n): the highest channel number a stream may start a frame with."},
     {"start", Table_start, METH_NOARGS,

@@ -8,9 +8,10 @@ import subprocess
 
 import pytest
 
-from natkit.bench.turn import driver_command, run
+from natkit.bench.turn import _limits, driver_command, run
 from natkit.cli import main
 from tests._native import need
+from tests.bench._docs import undocumented
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -77,6 +78,23 @@ def test_natkit_and_coturn_with_ratios(capsys: pytest.CaptureFixture[str]) -> No
     assert floors["allocations.per_s_vs_coturn"]["rounds"] == [ratios["allocations.per_s"]]
     assert report["ratios_per_round"] == [ratios]  # one round: the median is that round
     assert set(report["limits"].values()) <= {"server", "driver", "both", "neither"}
+    assert undocumented(report, ("channel_data", "send_indication", "allocations")) == set()
+
+
+def test_limits_read_the_cores_not_the_processes() -> None:
+    """The verdict comes from each pinned core's busy fraction (softirq included): a server
+    process at 40 % of its core whose core was full is the limit; process CPU only stands in
+    when nothing was pinned."""
+    pinned = {"server_cpu": 0.4, "driver_cpu": 0.3, "server_core_busy": 0.97, "driver_core_busy": 0.5}
+    unpinned = {"server_cpu": 0.95, "driver_cpu": 0.3}
+    both = {"server_cpu": 0.5, "driver_cpu": 0.5, "server_core_busy": 0.9, "driver_core_busy": 0.92}
+    idle = {"server_cpu": 0.95, "driver_cpu": 0.95, "server_core_busy": 0.6, "driver_core_busy": 0.5}
+    engines = {e: {"channel_data": f} for e, f in
+               (("a", pinned), ("b", unpinned), ("c", both), ("d", idle))}  # fmt: skip
+    assert _limits(engines, sections=("channel_data",)) == {
+        "a.channel_data": "server", "b.channel_data": "server",
+        "c.channel_data": "both", "d.channel_data": "neither",
+    }  # fmt: skip
 
 
 def test_per_round_null_relay_ratios() -> None:

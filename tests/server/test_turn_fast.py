@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import subprocess
+import sys
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -287,6 +290,78 @@ def test_send_batch_of_records(table: _turn_fast.FastTable, ip: str) -> None:
     assert table.send(out.fileno(), batch[:-1]) > 0  # a truncated record is refused, not read past
     for s in (out, a, b):
         s.close()
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1"])
+def test_send_batch_runs_of_equal_datagrams_arrive_one_by_one(
+    table: _turn_fast.FastTable, ip: str
+) -> None:
+    """Python's batches (a TLS client's read: many equal ChannelData payloads to one peer)
+    leave as GSO messages of up to 64 datagrams: each still arrives as its own datagram, in
+    order, whatever the runs' lengths, sizes and destinations."""
+    try:
+        out, a, b = _udp(ip), _udp(ip), _udp(ip)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    runs = [(a, 100, 150), (a, 52, 3), (b, 100, 70), (a, 100, 1), (b, 7, 2)]
+    want: dict[socket.socket, list[bytes]] = {a: [], b: []}
+    batch = b""
+    seq = 0
+    for dest, size, count in runs:
+        for _ in range(count):
+            data = seq.to_bytes(4, "big") + b"\x5a" * (size - 4)
+            want[dest].append(data)
+            batch += _turn_fast.record(data, dest.getsockname()[:2])
+            seq += 1
+    assert table.send(out.fileno(), batch) == 0
+    for dest in (a, b):
+        dest.settimeout(2)
+        assert [dest.recv(2000) for _ in want[dest]] == want[dest]
+        dest.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            dest.recv(2000)
+    for s in (out, a, b):
+        s.close()
+
+
+_MTU_CHILD = """
+import socket, sys
+from natkit.server import _native, _turn_fast
+t = _turn_fast.FastTable(_native.load(_turn_fast.EXTENSION)[0])
+out, peer = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+peer.bind(("127.0.0.1", 0))
+peer.settimeout(2)
+out.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT: may fragment
+sizes = [1300] * 3 + [100] * 3  # a GSO segment over lo's MTU is refused (EINVAL)
+batch = b"".join(_turn_fast.record(bytes([i]) * n, peer.getsockname()) for i, n in enumerate(sizes))
+failed = t.send(out.fileno(), batch)
+got = [peer.recv(2000) for _ in sizes]
+assert failed == 0 and got == [bytes([i]) * n for i, n in enumerate(sizes)], (failed, got)
+print("ok", t.stats()["gso"])
+"""
+
+
+@pytest.mark.root
+def test_send_batch_falls_back_when_a_gso_message_is_refused() -> None:
+    """A GSO message the device refuses (here: segments over the MTU of a namespace's
+    loopback) is sent again datagram by datagram, and GSO is off from then on."""
+    from tests.ice._netns import require_root_netns
+
+    require_root_netns()
+    need(_turn_fast.EXTENSION)
+    ns = f"nk{uuid.uuid4().hex[:6]}-mtu"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "mtu", "1280", "up"], check=True,
+                       timeout=20)  # fmt: skip
+        done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _MTU_CHILD],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split() == ["ok", "0"]  # delivered, and GSO switched off
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], timeout=20, check=False)
 
 
 def test_counters_can_be_read_from_another_thread_while_it_polls(

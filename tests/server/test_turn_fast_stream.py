@@ -249,3 +249,20 @@ def test_not_started_streams_leave_peer_data_to_python(table: _turn_fast.FastTab
     table.stream_release(fd)  # idempotent
     for s in (ls, client, server, relay, peer):
         s.close()
+
+
+def test_stream_calls_refuse_bad_arguments_one_way(table: _turn_fast.FastTable) -> None:
+    """The four stream calls share one wrapper in C: each argument error is its own
+    ValueError, and an fd the table does not hold is refused without touching anything."""
+    raw = table._t
+    good = _turn_fast.key(-1, ("127.0.0.1", 9))
+    with pytest.raises(ValueError, match="KEY_SIZE"):
+        raw.stream_attach(5, good[:-1])
+    with pytest.raises(ValueError, match="not an attached stream"):
+        raw.stream_start(1_000_000, b"")
+    with pytest.raises(ValueError, match="more pending than a frame"):
+        raw.stream_start(5, b"\0" * (20 + 65533))
+    with pytest.raises(TypeError):
+        raw.stream_send(5)
+    assert raw.stream_send(1_000_000, b"x") == 2
+    assert raw.stream_release(1_000_000) is None
