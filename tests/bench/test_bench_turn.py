@@ -10,11 +10,12 @@ import pytest
 
 from natkit.bench.turn import _limits, driver_command, run
 from natkit.cli import main
+from natkit.cli.bench_turn import format_report
 from tests._native import need
 from tests.bench._docs import undocumented
 
 pytestmark = [
-    pytest.mark.timeout(120),
+    pytest.mark.timeout(300),  # the shared run of both engines is set up inside the first test
     pytest.mark.coturn,
     pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn is not installed"),
     pytest.mark.usefixtures("driver_built"),
@@ -45,79 +46,104 @@ def check_engine(figures: dict, allocations: int) -> None:
         assert 0 < f["server_cpu"] <= 1.5 and 0 < f["driver_cpu"] <= 1.5
 
 
-def test_coturn_alone() -> None:
-    report = run(engines=("coturn",), **SHORT)
-    check_engine(report["engines"]["coturn"], 300)
-    assert report["engines"]["coturn"]["version"].startswith("4.")
+@pytest.fixture(scope="module")
+def both() -> dict:
+    """One short two-round run of both engines with the self-test (the null relay), shared by
+    the tests that read its report: one engine start each instead of one per test."""
+    need("natkit.bench._turnload")
+    return run(engines=("natkit", "coturn"), rounds=2, **SHORT)
+
+
+def test_both_engines_and_the_null_relay(both: dict) -> None:
+    for engine in ("natkit", "coturn"):
+        check_engine(both["engines"][engine], 300)
+        assert len(both["runs"][engine]) == 2
+    assert both["engines"]["coturn"]["version"].startswith("4.")
     # the driver self-test ran the same traffic against the C null relay
     for section in ("channel_data", "send_indication"):
-        assert report["self_test"][section]["received"] > 0
-    assert 0 < report["driver_max_cpu"] <= 1.5
-    assert "ratios" not in report and set(report["limits"]) == {
-        "coturn.channel_data",
-        "coturn.send_indication",
+        assert both["self_test"][section]["received"] > 0
+    assert 0 < both["driver_max_cpu"] <= 1.5
+    assert set(both["limits"]) == {
+        f"{e}.{s}" for e in ("natkit", "coturn") for s in ("channel_data", "send_indication")
     }
+    assert set(both["limits"].values()) <= {"server", "driver", "both", "neither"}
 
 
-def test_natkit_and_coturn_with_ratios(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["bench", "turn", "--json", "--seconds", "0.5", "--allocations", "300", "--no-self-test",
-                 "--clients", "4", "--window", "8"])  # fmt: skip
+def test_ratios_per_round_and_their_median(both: dict) -> None:
+    """Each round's ratio is natkit's figure over coturn's in that round; the report's ratio
+    is the median of the rounds' (two rounds: their mean), and the floors list the rounds."""
+    assert (both["schema_version"], both["kind"]) == (2, "bench-turn")
+    per_round = both["ratios_per_round"]
+    assert len(per_round) == 2
+    key = "channel_data.relayed_per_s"
+    for i, ratios in enumerate(per_round):
+        n, c = both["runs"]["natkit"][i], both["runs"]["coturn"][i]
+        assert ratios[key] == pytest.approx(
+            n["channel_data"]["relayed_per_s"] / c["channel_data"]["relayed_per_s"], rel=0.01
+        )
+    assert set(both["ratios"]) >= {key, "allocations.bytes_per_allocation"}
+    floors = both["target"]["floors"]
+    assert floors["channel_data.relayed_per_s_vs_coturn"]["floor"] == 2.0
+    assert floors["allocations.per_s_vs_coturn"]["rounds"] == [
+        r["allocations.per_s"] for r in per_round
+    ]
+    assert undocumented(both, ("channel_data", "send_indication", "allocations")) == set()
+
+
+def test_per_round_null_relay_ratios(both: dict) -> None:
+    """With the self-test on, each round runs the null relay too, and natkit's rates are
+    read against it round by round."""
+    assert len(both["runs"]["null"]) == 2 and len(both["null_ratios_per_round"]) == 2
+    first = both["null_ratios_per_round"][0]["channel_data.relayed_per_s"]
+    natkit = both["runs"]["natkit"][0]["channel_data"]["relayed_per_s"]
+    null = both["runs"]["null"][0]["channel_data"]["relayed_per_s"]
+    assert first == pytest.approx(natkit / null, rel=0.01)
+
+
+def test_the_table_shows_both_engines_and_the_ratios(both: dict) -> None:
+    out = format_report(both)
+    assert "ChannelData relayed packets/s" in out and "memory per idle allocation" in out
+    assert "300/300" in out  # allocations held after refresh
+    assert "natkit" in out and "coturn" in out
+
+
+def test_cli_json_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    """The verb end to end, kept small (natkit alone, no self-test); bad options exit 2."""
+    code = main(["bench", "turn", "--json", "--engines", "natkit", "--seconds", "0.5", "--no-self-test",
+                 "--allocations", "50", "--clients", "2", "--window", "4"])  # fmt: skip
     assert code == 0
     report = json.loads(capsys.readouterr().out)
-    for engine in ("natkit", "coturn"):
-        check_engine(report["engines"][engine], 300)
-    ratios = report["ratios"]
-    assert set(ratios) >= {"channel_data.relayed_per_s", "allocations.bytes_per_allocation"}
-    n, c = report["engines"]["natkit"], report["engines"]["coturn"]
-    assert ratios["channel_data.relayed_per_s"] == pytest.approx(
-        n["channel_data"]["relayed_per_s"] / c["channel_data"]["relayed_per_s"], rel=0.01
-    )
-    assert (report["schema_version"], report["kind"]) == (2, "bench-turn")
-    floors = report["target"]["floors"]
-    assert floors["channel_data.relayed_per_s_vs_coturn"]["floor"] == 2.0
-    assert floors["allocations.per_s_vs_coturn"]["rounds"] == [ratios["allocations.per_s"]]
-    assert report["ratios_per_round"] == [ratios]  # one round: the median is that round
-    assert set(report["limits"].values()) <= {"server", "driver", "both", "neither"}
-    assert undocumented(report, ("channel_data", "send_indication", "allocations")) == set()
+    check_engine(report["engines"]["natkit"], 50)
+    assert "ratios" not in report and "self_test" not in report
+    assert main(["bench", "turn", "--engines", "natkit,squid"]) == 2
+    assert "--engines: natkit,squid: choose from natkit,coturn" in capsys.readouterr().err
+    assert main(["bench", "turn", "--seconds", "0"]) == 2
 
 
 def test_limits_read_the_cores_not_the_processes() -> None:
     """The verdict comes from each pinned core's busy fraction (softirq included): a server
     process at 40 % of its core whose core was full is the limit; process CPU only stands in
     when nothing was pinned."""
-    pinned = {"server_cpu": 0.4, "driver_cpu": 0.3, "server_core_busy": 0.97, "driver_core_busy": 0.5}
+    pinned = {
+        "server_cpu": 0.4,
+        "driver_cpu": 0.3,
+        "server_core_busy": 0.97,
+        "driver_core_busy": 0.5,
+    }
     unpinned = {"server_cpu": 0.95, "driver_cpu": 0.3}
     both = {"server_cpu": 0.5, "driver_cpu": 0.5, "server_core_busy": 0.9, "driver_core_busy": 0.92}
-    idle = {"server_cpu": 0.95, "driver_cpu": 0.95, "server_core_busy": 0.6, "driver_core_busy": 0.5}
+    idle = {
+        "server_cpu": 0.95,
+        "driver_cpu": 0.95,
+        "server_core_busy": 0.6,
+        "driver_core_busy": 0.5,
+    }
     engines = {e: {"channel_data": f} for e, f in
                (("a", pinned), ("b", unpinned), ("c", both), ("d", idle))}  # fmt: skip
     assert _limits(engines, sections=("channel_data",)) == {
         "a.channel_data": "server", "b.channel_data": "server",
         "c.channel_data": "both", "d.channel_data": "neither",
     }  # fmt: skip
-
-
-def test_per_round_null_relay_ratios() -> None:
-    """With the self-test on, each round runs the null relay too, and natkit's rates are
-    read against it round by round."""
-    report = run(engines=("natkit",), rounds=2, **SHORT)
-    assert len(report["runs"]["null"]) == 2 and len(report["null_ratios_per_round"]) == 2
-    first = report["null_ratios_per_round"][0]["channel_data.relayed_per_s"]
-    natkit = report["runs"]["natkit"][0]["channel_data"]["relayed_per_s"]
-    null = report["runs"]["null"][0]["channel_data"]["relayed_per_s"]
-    assert first == pytest.approx(natkit / null, rel=0.01)
-
-
-def test_cli_table_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["bench", "turn", "--engines", "coturn", "--seconds", "0.5", "--no-self-test",
-                 "--allocations", "100", "--clients", "2", "--window", "4"])  # fmt: skip
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "ChannelData relayed packets/s" in out and "memory per idle allocation" in out
-    assert "100/100" in out  # allocations held after refresh
-    assert main(["bench", "turn", "--engines", "natkit,squid"]) == 2
-    assert "--engines: natkit,squid: choose from natkit,coturn" in capsys.readouterr().err
-    assert main(["bench", "turn", "--seconds", "0"]) == 2
 
 
 def test_driver_rejects_wrong_credentials() -> None:
