@@ -42,6 +42,11 @@ def _ip_bytes(ip: str) -> tuple[int, bytes]:
     return 4, socket.inet_pton(socket.AF_INET, ip)
 
 
+def _padded(ip: str) -> tuple[int, bytes]:
+    family, packed = _ip_bytes(ip)
+    return family, packed.ljust(16, b"\0")
+
+
 _packed_ips: dict[str, tuple[int, bytes]] = {}
 
 
@@ -195,6 +200,43 @@ class FastTable:
         """Send the :func:`record` datagrams in ``batch`` through ``fd`` (sendmmsg); returns
         how many were dropped."""
         return int(self._t.send(fd, batch))
+
+    # -- the control fast path (_turnctl.c) ---------------------------------------------------
+
+    def configure_control(
+        self,
+        scheme: tuple[bytes, float, str],
+        parts: tuple[bytes, bytes],
+        budget: int,
+        own: list[tuple[str, int, int]],
+    ) -> None:
+        """The thread answers credential-less first requests with the engine's 401 itself:
+        ``scheme`` the engine's nonce scheme (NonceIssuer.scheme), ``parts`` the challenge's
+        attributes around NONCE (TurnEngine.challenge_parts), ``budget`` the error-response
+        burst (0: not budgeted; else it answers a source only out of :meth:`credit`),
+        ``own`` (ip, low port, high port): the relay's own addresses, whose requests stay
+        the engine's."""
+        secret, lifetime, prefix = scheme
+        records = b"".join(
+            struct.pack("=B16sHH", *_padded(ip), low, high) for ip, low, high in own
+        )
+        self._t.ctl_configure(
+            secret, lifetime, prefix.encode(), parts[0], parts[1], budget, records
+        )
+
+    def credit(self, ips: list[str]) -> None:
+        """Sources whose requests verified: one challenge each to answer from the thread."""
+        self._t.ctl_credit(b"".join(struct.pack("=B16s", *_padded(ip)) for ip in ips))
+
+    def control_nonce(self, ip: str, now: float) -> str | None:
+        """The nonce the thread issues to ``ip`` at ``now`` (None: not configured)."""
+        family, packed = _padded(ip)
+        result: str | None = self._t.ctl_nonce(family, packed, now)
+        return result
+
+    def control_stats(self) -> dict[str, int]:
+        s = self._t.ctl_stats()
+        return {"challenges": s[0], "no_budget": s[1], "passed": s[2]}
 
     def stats(self) -> dict[str, int]:
         s = self._t.stats()

@@ -401,6 +401,7 @@ class TurnServer(TurnService):
             if self.tcp or self._ssl is not None:
                 await self._listen_streams()
             self.engine.own = self._own_addresses()
+            self._control_fast()
             self.guard.start(self._loop)
             if self.metrics_address is not None:
                 self._metrics = start_metrics(self.stats, *self.metrics_address)
@@ -452,6 +453,28 @@ class TurnServer(TurnService):
             sibling_ports=self.sibling_ports,
             sibling_ips=[*self.port_pools, *self.external_ips.values()],
         )
+
+    def _control_fast(self) -> None:
+        """Let the table's thread answer credential-less first requests (the 401 of every
+        Allocate) with the engine's challenge and nonce; requests from the relay's own
+        addresses stay the engine's (its relay IPs over the relay port range, siblings' too)."""
+        table, engine = self.fast, self.engine
+        if table is None or not engine.requires_auth:
+            return
+        if self.ports.ephemeral:
+            low, high = 0, 65535
+        else:
+            low = min([self.ports.low, *(lo for lo, _ in self.sibling_ports)])
+            high = max([self.ports.high, *(hi for _, hi in self.sibling_ports)])
+        ips = dict.fromkeys([*self.port_pools, *self.external_ips.values()])
+        responses = engine.responses
+        budget = max(1, int(responses.burst)) if responses.limited else 0
+        table.configure_control(
+            engine.nonces.scheme(), engine.challenge_parts(), budget,
+            [(ip, low, high) for ip in ips],
+        )  # fmt: skip
+        if budget:
+            responses.credited = []
 
     def worker_options(self, worker: int) -> dict[str, Any]:
         """Keyword arguments of worker ``worker``'s TurnServer (natkit/server/_workers.py):
@@ -688,6 +711,10 @@ class TurnServer(TurnService):
             self._send_batches(table)
             for listener in udp:
                 listener.batch = None
+            credited = self.engine.responses.credited
+            if credited:  # the thread answers these sources' next challenges
+                table.credit(credited)
+                credited.clear()
 
     def _send_batches(self, table: FastTable) -> None:
         """What the Python path answered in this round, one sendmmsg per listener."""

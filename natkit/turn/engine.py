@@ -619,6 +619,21 @@ class TurnEngine:
             msg.method, msg.transaction_id, fingerprint, code, reason, ip, now
         )
 
+    def challenge_parts(self) -> tuple[bytes, bytes]:
+        """The 401 challenge's attributes before NONCE and after it, as :meth:`_challenge_bytes`
+        encodes them: with the nonce scheme (:meth:`NonceIssuer.scheme`) all a C fast path
+        needs to send the same challenge."""
+        nonce = self.nonces.scheme()[2] + "0" * 30  # a placeholder of the real length
+        err = Message(Method.ALLOCATE, Class.ERROR, bytes(12))
+        err.add(Attr.ERROR_CODE, ErrorCode(401, "Unauthorized"))
+        err.add(Attr.REALM, self.config.realm).add(Attr.NONCE, nonce)
+        err.add(Attr.PASSWORD_ALGORITHMS, _ALGORITHMS)
+        if self.config.software:
+            err.add(Attr.SOFTWARE, self.config.software)
+        body = err.encode()[20:]
+        at = body.index(HEADER.pack(Attr.NONCE, len(nonce)) + nonce.encode())
+        return body[:at], body[at + 4 + (len(nonce) + 3) // 4 * 4 :]
+
     def _challenge_bytes(
         self,
         method: int,

@@ -1,0 +1,291 @@
+/*
+ * The TURN relay's control fast path: see _turnctl.h. Today: the 401 challenge to the
+ * credential-less first request of an authenticated method (the first half of every
+ * Allocate), answered in the relay's C thread instead of the Python engine.
+ *
+ * What qualifies is exactly what the engine's _quick_challenge answers without decoding: a
+ * request of Allocate, Refresh, CreatePermission or ChannelBind, the magic cookie, a length
+ * that matches, and only REQUESTED-TRANSPORT, LIFETIME (4 bytes each) and DONT-FRAGMENT
+ * (empty), each at most once. The reply is the engine's challenge with the nonce the engine's
+ * NonceIssuer would issue: cookie prefix + expiry (hex, 10 digits) + the first 20 hex digits
+ * of HMAC-SHA256(secret, "<expiry hex>|<client IP>"), so the engine accepts it on the
+ * authenticated request that follows.
+ *
+ * Error responses to unauthenticated UDP sources are budgeted (a source proves nothing, and
+ * our 401s could be aimed at a victim). This path answers a source only out of replies the
+ * engine gave it back for requests that verified (nk_ctl_credit), up to the engine's burst:
+ * a source that never verified, or has spent them, is Python's, whose own budget decides.
+ */
+#include "_turnctl.h"
+
+#include <arpa/inet.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define CTL_NONCES 1024   /* nonces cached per (IP, expiry), direct-mapped */
+#define CTL_BUDGETS 4096  /* sources with replies to spend, direct-mapped */
+#define CTL_OWN_MAX 64    /* relay IPs whose port ranges are the relay's own */
+#define CTL_PART_MAX 256  /* the challenge's attributes before or after NONCE */
+
+#define M_ALLOCATE 0x003
+#define M_REFRESH 0x004
+#define M_CREATE_PERMISSION 0x008
+#define M_CHANNEL_BIND 0x009
+#define A_REQUESTED_TRANSPORT 0x0019
+#define A_LIFETIME 0x000D
+#define A_DONT_FRAGMENT 0x001A
+#define A_NONCE 0x0015
+
+struct ctl_nonce {
+    uint8_t used, family;
+    uint8_t ip[16];
+    int64_t expiry;
+    uint8_t len;
+    char text[64];
+};
+
+struct ctl_budget {
+    uint8_t used, family;
+    uint8_t ip[16];
+    uint16_t left;
+};
+
+struct ctl_own {
+    uint8_t family;
+    uint8_t ip[16];
+    uint16_t lo, hi;
+};
+
+struct nk_ctl {
+    int configured;
+    uint8_t secret[64];
+    size_t secret_len;
+    double lifetime;
+    char prefix[32];
+    size_t prefix_len;
+    uint8_t pre[CTL_PART_MAX], post[CTL_PART_MAX];
+    size_t pre_len, post_len;
+    unsigned cap; /* 0: not budgeted */
+    struct ctl_own own[CTL_OWN_MAX];
+    unsigned nown;
+    struct ctl_nonce nonces[CTL_NONCES];
+    struct ctl_budget budgets[CTL_BUDGETS];
+    uint64_t challenges, no_budget, passed;
+};
+
+struct nk_ctl *nk_ctl_new(void) { return calloc(1, sizeof(struct nk_ctl)); }
+
+void nk_ctl_free(struct nk_ctl *t) { free(t); }
+
+static uint16_t get16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+
+static void put16(uint8_t *p, unsigned v) {
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static uint32_t ip_hash(uint8_t family, const uint8_t ip[16]) {
+    uint32_t h = 2166136261u ^ family; /* FNV-1a */
+    for (int i = 0; i < (family == 6 ? 16 : 4); i++)
+        h = (h ^ ip[i]) * 16777619u;
+    return h;
+}
+
+static int ip_eq(uint8_t fa, const uint8_t *a, uint8_t fb, const uint8_t *b) {
+    return fa == fb && memcmp(a, b, fa == 6 ? 16 : 4) == 0;
+}
+
+int nk_ctl_configure(struct nk_ctl *t, const uint8_t *secret, size_t secret_len, double lifetime,
+                     const uint8_t *prefix, size_t prefix_len, const uint8_t *pre, size_t pre_len,
+                     const uint8_t *post, size_t post_len, unsigned budget_cap,
+                     const uint8_t *own, size_t own_len) {
+    if (secret_len > sizeof t->secret || prefix_len + 30 > sizeof t->nonces[0].text - 1 ||
+        prefix_len >= sizeof t->prefix || pre_len > CTL_PART_MAX || post_len > CTL_PART_MAX ||
+        own_len % 21 != 0 || own_len / 21 > CTL_OWN_MAX || lifetime < 0 || lifetime > 1e9)
+        return -1;
+    memcpy(t->secret, secret, secret_len);
+    t->secret_len = secret_len;
+    t->lifetime = lifetime;
+    memcpy(t->prefix, prefix, prefix_len);
+    t->prefix_len = prefix_len;
+    memcpy(t->pre, pre, pre_len);
+    t->pre_len = pre_len;
+    memcpy(t->post, post, post_len);
+    t->post_len = post_len;
+    t->cap = budget_cap > 0xFFFF ? 0xFFFF : budget_cap;
+    t->nown = 0;
+    for (size_t off = 0; off < own_len; off += 21) {
+        struct ctl_own *o = &t->own[t->nown++];
+        o->family = own[off];
+        memcpy(o->ip, own + off + 1, 16);
+        memcpy(&o->lo, own + off + 17, 2);
+        memcpy(&o->hi, own + off + 19, 2);
+    }
+    memset(t->nonces, 0, sizeof t->nonces); /* the secret may have changed */
+    t->configured = 1;
+    return 0;
+}
+
+static const struct ctl_nonce *ctl_nonce(struct nk_ctl *t, uint8_t family, const uint8_t ip[16],
+                                         double now) {
+    int64_t expiry = (int64_t)(now + t->lifetime); /* int(now + lifetime), now >= 0 */
+    struct ctl_nonce *e = &t->nonces[ip_hash(family, ip) % CTL_NONCES];
+    if (e->used && e->expiry == expiry && ip_eq(e->family, e->ip, family, ip))
+        return e;
+    char host[INET6_ADDRSTRLEN], msg[16 + INET6_ADDRSTRLEN];
+    if (inet_ntop(family == 6 ? AF_INET6 : AF_INET, ip, host, sizeof host) == NULL)
+        return NULL;
+    int mlen = snprintf(msg, sizeof msg, "%010llx|%s", (unsigned long long)expiry, host);
+    if (mlen < 0 || (size_t)mlen >= sizeof msg)
+        return NULL;
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned maclen = 0;
+    if (HMAC(EVP_sha256(), t->secret, (int)t->secret_len, (const unsigned char *)msg,
+             (size_t)mlen, mac, &maclen) == NULL || maclen < 10)
+        return NULL;
+    memcpy(e->text, t->prefix, t->prefix_len);
+    size_t pos = t->prefix_len;
+    pos += (size_t)snprintf(e->text + pos, sizeof e->text - pos, "%010llx",
+                            (unsigned long long)expiry);
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 10; i++) {
+        e->text[pos++] = hex[mac[i] >> 4];
+        e->text[pos++] = hex[mac[i] & 15];
+    }
+    e->text[pos] = 0;
+    e->len = (uint8_t)pos;
+    e->used = 1;
+    e->family = family;
+    memcpy(e->ip, ip, 16);
+    e->expiry = expiry;
+    return e;
+}
+
+int nk_ctl_nonce(struct nk_ctl *t, uint8_t family, const uint8_t ip[16], double now, char *out) {
+    if (!t->configured)
+        return -1;
+    const struct ctl_nonce *e = ctl_nonce(t, family, ip, now);
+    if (e == NULL)
+        return -1;
+    memcpy(out, e->text, (size_t)e->len + 1);
+    return e->len;
+}
+
+static struct ctl_budget *ctl_budget(struct nk_ctl *t, uint8_t family, const uint8_t ip[16]) {
+    return &t->budgets[ip_hash(family, ip) % CTL_BUDGETS];
+}
+
+void nk_ctl_credit(struct nk_ctl *t, uint8_t family, const uint8_t ip[16]) {
+    if (t->cap == 0)
+        return;
+    struct ctl_budget *b = ctl_budget(t, family, ip);
+    if (!b->used || !ip_eq(b->family, b->ip, family, ip)) {
+        /* the slot's source loses what it had left: it is Python's again, never answered more */
+        b->used = 1;
+        b->family = family;
+        memset(b->ip, 0, sizeof b->ip);
+        memcpy(b->ip, ip, family == 6 ? 16 : 4);
+        b->left = 0;
+    }
+    if (b->left < t->cap)
+        b->left++;
+}
+
+static int ctl_own(const struct nk_ctl *t, uint8_t family, const uint8_t ip[16], uint16_t port) {
+    for (unsigned i = 0; i < t->nown; i++) {
+        const struct ctl_own *o = &t->own[i];
+        if (port >= o->lo && port <= o->hi && ip_eq(o->family, o->ip, family, ip))
+            return 1;
+    }
+    return 0;
+}
+
+/* A credential-less request the engine answers with its quick 401: the method, else 0. */
+static unsigned ctl_plain_request(const uint8_t *d, uint32_t n) {
+    if (n < 20 || n > 20 + 36 || 20u + get16(d + 2) != n || d[4] != 0x21 || d[5] != 0x12 ||
+        d[6] != 0xA4 || d[7] != 0x42)
+        return 0;
+    unsigned method = get16(d); /* a request: class bits 0, so the type is the method */
+    if (method != M_ALLOCATE && method != M_REFRESH && method != M_CREATE_PERMISSION &&
+        method != M_CHANNEL_BIND)
+        return 0;
+    unsigned seen = 0;
+    for (uint32_t pos = 20; pos < n;) {
+        if (pos + 4 > n)
+            return 0;
+        unsigned type = get16(d + pos), len = get16(d + pos + 2), bit;
+        if (type == A_REQUESTED_TRANSPORT && len == 4)
+            bit = 1;
+        else if (type == A_LIFETIME && len == 4)
+            bit = 2;
+        else if (type == A_DONT_FRAGMENT && len == 0)
+            bit = 4;
+        else
+            return 0;
+        if (seen & bit)
+            return 0;
+        seen |= bit;
+        pos += 4 + len;
+        if (pos > n)
+            return 0;
+    }
+    return method;
+}
+
+int nk_ctl_request(struct nk_ctl *t, uint8_t family, const uint8_t ip[16], uint16_t port,
+                   const uint8_t *d, uint32_t n, double now, uint8_t *reply) {
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
+    if (!t->configured || (family != 4 && family != 6) ||
+        (family == 6 && memcmp(ip, mapped, 12) == 0)) /* the engine canonicalises those */
+        return 0;
+    unsigned method = ctl_plain_request(d, n);
+    if (method == 0 || ctl_own(t, family, ip, port)) {
+        t->passed++;
+        return 0;
+    }
+    struct ctl_budget *b = NULL;
+    if (t->cap) {
+        b = ctl_budget(t, family, ip);
+        if (!b->used || !ip_eq(b->family, b->ip, family, ip) || b->left == 0) {
+            t->no_budget++;
+            return 0;
+        }
+    }
+    const struct ctl_nonce *nonce = ctl_nonce(t, family, ip, now);
+    if (nonce == NULL) {
+        t->passed++;
+        return 0;
+    }
+    size_t npad = ((size_t)nonce->len + 3) & ~(size_t)3;
+    size_t body = t->pre_len + 4 + npad + t->post_len;
+    if (20 + body > NK_CTL_REPLY) {
+        t->passed++;
+        return 0;
+    }
+    put16(reply, 0x0110 | method); /* the error response of the method */
+    put16(reply + 2, (unsigned)body);
+    memcpy(reply + 4, d + 4, 16); /* cookie and transaction id */
+    uint8_t *p = reply + 20;
+    memcpy(p, t->pre, t->pre_len);
+    p += t->pre_len;
+    put16(p, A_NONCE);
+    put16(p + 2, nonce->len);
+    memcpy(p + 4, nonce->text, nonce->len);
+    memset(p + 4 + nonce->len, 0, npad - nonce->len);
+    p += 4 + npad;
+    memcpy(p, t->post, t->post_len);
+    if (b != NULL)
+        b->left--;
+    t->challenges++;
+    return (int)(20 + body);
+}
+
+void nk_ctl_stats(const struct nk_ctl *t, uint64_t out[NK_CTL_NSTATS]) {
+    out[0] = t->challenges;
+    out[1] = t->no_budget;
+    out[2] = t->passed;
+}
