@@ -24,6 +24,10 @@ KIND_PERM = 2
 INTERNAL = 1  # the channel field of a client -> peer value: the peer is a relay of this server
 KIND_STREAM = 2  # a record's kind: a frame from a TCP client the table reads
 REC_CLOSED = 3  # a record's kind: that TCP client's stream ended (why: CLOSE_REASONS[port])
+#: a record's kind: an allocation the C control path made, two records in a row: MADE's
+#: fields + the username, then the success response it sent
+REC_MADE = 4
+MADE = struct.Struct("=iI12sHH")
 #: why the table ended a stream (a closed record's port field)
 CLOSE_REASONS = ("eof", "error", "bad_framing", "overflow")
 
@@ -234,9 +238,43 @@ class FastTable:
         result: str | None = self._t.ctl_nonce(family, packed, now)
         return result
 
+    def configure_allocates(
+        self, realm: str, keys: dict[str, bytes], default_lifetime: int, max_lifetime: int
+    ) -> None:
+        """The thread serves authenticated Allocates of these users itself (after
+        :meth:`configure_control`), out of the relay sockets :meth:`add_spares` gives it."""
+        users = b"".join(
+            struct.pack("=H", len(raw)) + raw + key
+            for raw, key in ((name.encode(), key) for name, key in keys.items())
+        )
+        self._t.ctl_allocate_config(realm.encode(), users, default_lifetime, max_lifetime)
+
+    def add_spares(self, spares: list[tuple[int, tuple[str, int]]]) -> int:
+        """Bound, watched IPv4 relay sockets an Allocate may take: (fd, advertised address);
+        returns how many the thread holds now."""
+        return int(
+            self._t.ctl_add_spares(
+                b"".join(
+                    struct.pack("=i4sH", fd, socket.inet_aton(ip), port)
+                    for fd, (ip, port) in spares
+                )
+            )
+        )
+
+    def take_spares(self) -> list[int]:
+        """The spares' fds the thread still holds (it forgets them)."""
+        fds: list[int] = self._t.ctl_take_spares()
+        return fds
+
     def control_stats(self) -> dict[str, int]:
         s = self._t.ctl_stats()
-        return {"challenges": s[0], "no_budget": s[1], "passed": s[2]}
+        return {
+            "challenges": s[0],
+            "no_budget": s[1],
+            "passed": s[2],
+            "allocations": s[3],
+            "no_spare": s[4],
+        }
 
     def stats(self) -> dict[str, int]:
         s = self._t.stats()

@@ -11,6 +11,17 @@
  * of HMAC-SHA256(secret, "<expiry hex>|<client IP>"), so the engine accepts it on the
  * authenticated request that follows.
  *
+ * Authenticated Allocates (when Python configured them: static users, no quota limit, no
+ * SOFTWARE, no bandwidth cap): a request with exactly REQUESTED-TRANSPORT (UDP), LIFETIME
+ * (optional), USERNAME, REALM, NONCE, MESSAGE-INTEGRITY and FINGERPRINT (optional), from an
+ * IPv4 client without an allocation, whose realm, nonce (issued to that IP, not expired) and
+ * HMAC-SHA1 verify against a configured user's key, takes a spare relay socket Python bound
+ * and watches (nk_ctl_add_spare), and is answered with the engine's Allocate success (the
+ * bytes natkit/turn/wire.py allocate_success builds). The caller hands Python a record of it
+ * (struct nk_ctl_made) and the engine adopts the allocation: its state, quota and lifetime
+ * stay the engine's. Anything else, a failed check included, is Python's, unchanged (the
+ * engine then answers it, errors and failure brakes included).
+ *
  * Error responses to unauthenticated UDP sources are budgeted (a source proves nothing, and
  * our 401s could be aimed at a victim). This path answers a source only out of replies the
  * engine gave it back for requests that verified (nk_ctl_credit), up to the engine's burst:
@@ -19,6 +30,7 @@
 #include "_turnctl.h"
 
 #include <arpa/inet.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <stdio.h>
@@ -39,6 +51,14 @@
 #define A_LIFETIME 0x000D
 #define A_DONT_FRAGMENT 0x001A
 #define A_NONCE 0x0015
+#define A_USERNAME 0x0006
+#define A_REALM 0x0014
+#define A_MESSAGE_INTEGRITY 0x0008
+#define A_FINGERPRINT 0x8028
+#define A_XOR_RELAYED_ADDRESS 0x0016
+#define A_XOR_MAPPED_ADDRESS 0x0020
+#define CTL_USERS 16      /* static users this path knows (more: Python's) */
+#define CTL_SPARES 1024   /* spare relay sockets held */
 
 struct ctl_nonce {
     uint8_t used, family;
@@ -60,8 +80,29 @@ struct ctl_own {
     uint16_t lo, hi;
 };
 
+struct ctl_user {
+    uint16_t len;
+    uint8_t name[NK_CTL_USER_MAX];
+    uint8_t key[16];
+};
+
+struct ctl_spare {
+    int fd;
+    uint8_t ip[4];
+    uint16_t port;
+};
+
 struct nk_ctl {
     int configured;
+    int allocates; /* authenticated Allocates are served here */
+    uint8_t realm[CTL_PART_MAX];
+    size_t realm_len;
+    struct ctl_user users[CTL_USERS];
+    unsigned nusers;
+    uint32_t default_lifetime, max_lifetime;
+    struct ctl_spare spares[CTL_SPARES];
+    unsigned nspares;
+    uint64_t made, no_spare;
     uint8_t secret[64];
     size_t secret_len;
     double lifetime;
@@ -130,9 +171,8 @@ int nk_ctl_configure(struct nk_ctl *t, const uint8_t *secret, size_t secret_len,
     return 0;
 }
 
-static const struct ctl_nonce *ctl_nonce(struct nk_ctl *t, uint8_t family, const uint8_t ip[16],
-                                         double now) {
-    int64_t expiry = (int64_t)(now + t->lifetime); /* int(now + lifetime), now >= 0 */
+static const struct ctl_nonce *ctl_nonce_at(struct nk_ctl *t, uint8_t family,
+                                            const uint8_t ip[16], int64_t expiry) {
     struct ctl_nonce *e = &t->nonces[ip_hash(family, ip) % CTL_NONCES];
     if (e->used && e->expiry == expiry && ip_eq(e->family, e->ip, family, ip))
         return e;
@@ -163,6 +203,11 @@ static const struct ctl_nonce *ctl_nonce(struct nk_ctl *t, uint8_t family, const
     memcpy(e->ip, ip, 16);
     e->expiry = expiry;
     return e;
+}
+
+static const struct ctl_nonce *ctl_nonce(struct nk_ctl *t, uint8_t family, const uint8_t ip[16],
+                                         double now) {
+    return ctl_nonce_at(t, family, ip, (int64_t)(now + t->lifetime)); /* int(now + lifetime) */
 }
 
 int nk_ctl_nonce(struct nk_ctl *t, uint8_t family, const uint8_t ip[16], double now, char *out) {
@@ -236,14 +281,295 @@ static unsigned ctl_plain_request(const uint8_t *d, uint32_t n) {
     return method;
 }
 
+int nk_ctl_allocate_config(struct nk_ctl *t, const uint8_t *realm, size_t realm_len,
+                           const uint8_t *users, size_t users_len, uint32_t default_lifetime,
+                           uint32_t max_lifetime) {
+    if (realm_len > CTL_PART_MAX)
+        return -1;
+    unsigned nusers = 0;
+    for (size_t off = 0; off < users_len;) {
+        uint16_t len;
+        if (off + 2 > users_len)
+            return -1;
+        memcpy(&len, users + off, 2);
+        if (len > NK_CTL_USER_MAX || off + 2 + len + 16 > users_len || nusers >= CTL_USERS)
+            return -1;
+        struct ctl_user *u = &t->users[nusers++];
+        u->len = len;
+        memcpy(u->name, users + off + 2, len);
+        memcpy(u->key, users + off + 2 + len, 16);
+        off += 2 + (size_t)len + 16;
+    }
+    memcpy(t->realm, realm, realm_len);
+    t->realm_len = realm_len;
+    t->nusers = nusers;
+    t->default_lifetime = default_lifetime;
+    t->max_lifetime = max_lifetime;
+    t->allocates = nusers > 0;
+    return 0;
+}
+
+int nk_ctl_add_spare(struct nk_ctl *t, int fd, const uint8_t ip[4], uint16_t port) {
+    if (t->nspares >= CTL_SPARES)
+        return -1;
+    struct ctl_spare *s = &t->spares[t->nspares++];
+    s->fd = fd;
+    memcpy(s->ip, ip, 4);
+    s->port = port;
+    return 0;
+}
+
+unsigned nk_ctl_spares(const struct nk_ctl *t) { return t->nspares; }
+
+unsigned nk_ctl_take_spares(struct nk_ctl *t, int *fds, unsigned max) {
+    unsigned k = 0;
+    while (t->nspares > 0 && k < max)
+        fds[k++] = t->spares[--t->nspares].fd;
+    return k;
+}
+
+static void put32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static uint32_t ctl_crc32(const uint8_t *p, size_t n) { /* zlib's CRC-32 (RFC 8489 14.7) */
+    static uint32_t table[256];
+    static int ready;
+    if (!ready) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++)
+                c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            table[i] = c;
+        }
+        ready = 1;
+    }
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++)
+        c = table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static int ctl_hex(const uint8_t *p, size_t n, int64_t *out) {
+    int64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = p[i], x;
+        if (c >= '0' && c <= '9')
+            x = c - '0';
+        else if (c >= 'a' && c <= 'f')
+            x = c - 'a' + 10;
+        else
+            return -1; /* (the engine's own nonces are lower case: others are Python's) */
+        v = v * 16 + x;
+    }
+    *out = v;
+    return 0;
+}
+
+/*
+ * An authenticated Allocate this path can serve: its reply at reply (> 0) and *made filled,
+ * or 0 (Python's). The checks are the engine's for this shape of request; any doubt is 0.
+ */
+static int ctl_allocate(struct nk_ctl *t, const uint8_t ip[16], uint16_t port, const uint8_t *d,
+                        uint32_t n, double now, uint8_t *reply, struct nk_ctl_made *made) {
+    uint32_t len = get16(d + 2);
+    if (20 + len != n || (len & 3) || d[4] != 0x21 || d[5] != 0x12 || d[6] != 0xA4 ||
+        d[7] != 0x42)
+        return 0;
+    const uint8_t *user = NULL, *realm = NULL, *nonce = NULL, *life = NULL;
+    unsigned ulen = 0, rlen = 0, nlen = 0, seen = 0;
+    uint32_t mi_at = 0, fp_at = 0;
+    for (uint32_t pos = 20; pos < n;) {
+        if (pos + 4 > n)
+            return 0;
+        unsigned type = get16(d + pos), alen = get16(d + pos + 2), bit;
+        uint32_t next = pos + 4 + ((alen + 3) & ~3u);
+        if (next > n || fp_at)
+            return 0; /* nothing follows FINGERPRINT */
+        const uint8_t *v = d + pos + 4;
+        if (mi_at && type != A_FINGERPRINT)
+            return 0; /* after MESSAGE-INTEGRITY only FINGERPRINT */
+        switch (type) {
+        case A_REQUESTED_TRANSPORT:
+            if (alen != 4 || v[0] != 17)
+                return 0;
+            bit = 1;
+            break;
+        case A_LIFETIME:
+            if (alen != 4)
+                return 0;
+            life = v;
+            bit = 2;
+            break;
+        case A_USERNAME:
+            user = v, ulen = alen, bit = 4;
+            break;
+        case A_REALM:
+            realm = v, rlen = alen, bit = 8;
+            break;
+        case A_NONCE:
+            nonce = v, nlen = alen, bit = 16;
+            break;
+        case A_MESSAGE_INTEGRITY:
+            if (alen != 20)
+                return 0;
+            mi_at = pos;
+            bit = 32;
+            break;
+        case A_FINGERPRINT:
+            if (alen != 4)
+                return 0;
+            fp_at = pos;
+            bit = 64;
+            break;
+        default:
+            return 0;
+        }
+        if (seen & bit)
+            return 0;
+        seen |= bit;
+        pos = next;
+    }
+    if ((seen & (1 | 4 | 8 | 16 | 32)) != (1 | 4 | 8 | 16 | 32))
+        return 0;
+    if (fp_at) {
+        uint32_t want = ctl_crc32(d, fp_at) ^ 0x5354554Eu;
+        const uint8_t *v = d + fp_at + 4;
+        if (((uint32_t)v[0] << 24 | (uint32_t)v[1] << 16 | (uint32_t)v[2] << 8 | v[3]) != want)
+            return 0;
+    }
+    if (rlen != t->realm_len || memcmp(realm, t->realm, rlen) != 0)
+        return 0;
+    /* the nonce: one this path (or the engine: the same scheme) issued to this IP, live */
+    int64_t expiry;
+    if (nlen != t->prefix_len + 30 || memcmp(nonce, t->prefix, t->prefix_len) != 0 ||
+        ctl_hex(nonce + t->prefix_len, 10, &expiry) != 0 || !((double)expiry > now))
+        return 0;
+    const struct ctl_nonce *good = ctl_nonce_at(t, 4, ip, expiry);
+    if (good == NULL || good->len != nlen || CRYPTO_memcmp(good->text, nonce, nlen) != 0)
+        return 0;
+    const struct ctl_user *u = NULL;
+    for (unsigned i = 0; i < t->nusers; i++)
+        if (t->users[i].len == ulen && memcmp(t->users[i].name, user, ulen) == 0) {
+            u = &t->users[i];
+            break;
+        }
+    if (u == NULL)
+        return 0;
+    /* MESSAGE-INTEGRITY: HMAC-SHA1 over the message up to it, its length as if it ended there */
+    uint8_t head[4];
+    memcpy(head, d, 2);
+    put16(head + 2, mi_at - 20 + 24);
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned maclen = 0;
+    {
+        uint8_t buf[4096];
+        if (mi_at > sizeof buf)
+            return 0;
+        memcpy(buf, d, mi_at);
+        memcpy(buf, head, 4);
+        if (HMAC(EVP_sha1(), u->key, 16, buf, mi_at, mac, &maclen) == NULL || maclen != 20)
+            return 0;
+    }
+    if (CRYPTO_memcmp(mac, d + mi_at + 4, 20) != 0)
+        return 0;
+    if (t->nspares == 0) {
+        t->no_spare++;
+        return 0;
+    }
+    /* the engine's lifetime: the default without LIFETIME or with 0, else clamped */
+    uint32_t lifetime = t->default_lifetime;
+    if (life != NULL) {
+        uint32_t want = (uint32_t)life[0] << 24 | (uint32_t)life[1] << 16 |
+                        (uint32_t)life[2] << 8 | life[3];
+        if (want != 0) {
+            lifetime = want < t->max_lifetime ? want : t->max_lifetime;
+            if (lifetime < t->default_lifetime)
+                lifetime = t->default_lifetime;
+        }
+    }
+    const struct ctl_spare *sp = &t->spares[--t->nspares];
+    /* the success: XOR-RELAYED-ADDRESS, LIFETIME, XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY,
+     * FINGERPRINT when the request had one */
+    uint8_t *p = reply + 20;
+    put16(p, A_XOR_RELAYED_ADDRESS);
+    put16(p + 2, 8);
+    p[4] = 0;
+    p[5] = 1;
+    put16(p + 6, sp->port ^ 0x2112);
+    for (int i = 0; i < 4; i++)
+        p[8 + i] = sp->ip[i] ^ d[4 + i];
+    p += 12;
+    put16(p, A_LIFETIME);
+    put16(p + 2, 4);
+    put32(p + 4, lifetime);
+    p += 8;
+    put16(p, A_XOR_MAPPED_ADDRESS);
+    put16(p + 2, 8);
+    p[4] = 0;
+    p[5] = 1;
+    put16(p + 6, port ^ 0x2112);
+    for (int i = 0; i < 4; i++)
+        p[8 + i] = ip[i] ^ d[4 + i];
+    p += 12;
+    uint32_t at = (uint32_t)(p - reply);
+    put16(reply, 0x0100 | M_ALLOCATE);
+    put16(reply + 2, at - 20 + 24);
+    memcpy(reply + 4, d + 4, 16);
+    if (HMAC(EVP_sha1(), u->key, 16, reply, at, mac, &maclen) == NULL || maclen != 20) {
+        t->nspares++; /* (cannot fail) the spare stays */
+        return 0;
+    }
+    put16(p, A_MESSAGE_INTEGRITY);
+    put16(p + 2, 20);
+    memcpy(p + 4, mac, 20);
+    p += 24;
+    at = (uint32_t)(p - reply);
+    if (fp_at) {
+        put16(reply + 2, at - 20 + 8);
+        uint32_t crc = ctl_crc32(reply, at) ^ 0x5354554Eu;
+        put16(p, A_FINGERPRINT);
+        put16(p + 2, 4);
+        put32(p + 4, crc);
+        p += 8;
+        at += 8;
+    }
+    put16(reply + 2, at - 20);
+    made->relay_fd = sp->fd;
+    made->lifetime = lifetime;
+    memcpy(made->tid, d + 8, 12);
+    made->user_len = (uint16_t)ulen;
+    made->resp_len = (uint16_t)at;
+    memcpy(made->user, user, ulen);
+    t->made++;
+    return (int)at;
+}
+
 int nk_ctl_request(struct nk_ctl *t, uint8_t family, const uint8_t ip[16], uint16_t port,
-                   const uint8_t *d, uint32_t n, double now, uint8_t *reply) {
+                   const uint8_t *d, uint32_t n, double now, int has_alloc, uint8_t *reply,
+                   struct nk_ctl_made *made) {
+    made->relay_fd = -1;
     static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
     if (!t->configured || (family != 4 && family != 6) ||
         (family == 6 && memcmp(ip, mapped, 12) == 0)) /* the engine canonicalises those */
         return 0;
+    if (ctl_own(t, family, ip, port)) {
+        t->passed++;
+        return 0;
+    }
     unsigned method = ctl_plain_request(d, n);
-    if (method == 0 || ctl_own(t, family, ip, port)) {
+    if (method == 0) {
+        int r = 0;
+        if (t->allocates && family == 4 && !has_alloc && get16(d) == M_ALLOCATE)
+            r = ctl_allocate(t, ip, port, d, n, now, reply, made);
+        if (r > 0) {
+            /* a verified request: its source's error budget gets one back, as the engine's */
+            nk_ctl_credit(t, family, ip);
+            return r;
+        }
         t->passed++;
         return 0;
     }
@@ -288,4 +614,6 @@ void nk_ctl_stats(const struct nk_ctl *t, uint64_t out[NK_CTL_NSTATS]) {
     out[0] = t->challenges;
     out[1] = t->no_budget;
     out[2] = t->passed;
+    out[3] = t->made;
+    out[4] = t->no_spare;
 }

@@ -34,8 +34,41 @@ int nk_ctl_configure(struct nk_ctl *t, const uint8_t *secret, size_t secret_len,
  * A request d (n bytes) from a client at (family, ip, port) on a UDP listener: > 0 the reply's
  * length (written to reply, NK_CTL_REPLY bytes), 0 Python's to answer.
  */
+#define NK_CTL_USER_MAX 256 /* the longest USERNAME this path serves */
+
+/* An allocation this path made (an authenticated Allocate): Python's engine adopts it. */
+struct nk_ctl_made {
+    int32_t relay_fd; /* -1: none made */
+    uint32_t lifetime;
+    uint8_t tid[12];
+    uint16_t user_len, resp_len;
+    uint8_t user[NK_CTL_USER_MAX];
+};
+#define NK_CTL_MADE_HEAD 24 /* relay_fd .. resp_len as Python reads them (=iI12sHH) */
+
+/*
+ * has_alloc: the client already has an allocation (or the table cannot tell): an Allocate
+ * is Python's. made->relay_fd >= 0 when the reply is an Allocate success this path made.
+ */
 int nk_ctl_request(struct nk_ctl *t, uint8_t family, const uint8_t ip[16], uint16_t port,
-                   const uint8_t *d, uint32_t n, double now, uint8_t *reply);
+                   const uint8_t *d, uint32_t n, double now, int has_alloc, uint8_t *reply,
+                   struct nk_ctl_made *made);
+
+/*
+ * Configure authenticated Allocates: the realm, the static users (records of name length
+ * (2, host order), name, long-term key (16)), the lifetimes the engine grants (default and
+ * max). Without it (or with no user) every authenticated request is Python's. Returns 0 or -1.
+ */
+int nk_ctl_allocate_config(struct nk_ctl *t, const uint8_t *realm, size_t realm_len,
+                           const uint8_t *users, size_t users_len, uint32_t default_lifetime,
+                           uint32_t max_lifetime);
+
+/* A bound, watched IPv4 relay socket an Allocate may take (advertised address ip:port). */
+int nk_ctl_add_spare(struct nk_ctl *t, int fd, const uint8_t ip[4], uint16_t port);
+/* How many spares are left. */
+unsigned nk_ctl_spares(const struct nk_ctl *t);
+/* Give the spares back (up to max fds): the caller closes them. Returns how many. */
+unsigned nk_ctl_take_spares(struct nk_ctl *t, int *fds, unsigned max);
 
 /* A request from this IP verified (Python's engine credits its error budget): one reply of
  * the C path's budget for it, up to the cap. */
@@ -44,8 +77,9 @@ void nk_ctl_credit(struct nk_ctl *t, uint8_t family, const uint8_t ip[16]);
 /* The nonce this path issues to ip at now (tests compare it with the engine's). */
 int nk_ctl_nonce(struct nk_ctl *t, uint8_t family, const uint8_t ip[16], double now, char *out);
 
-#define NK_CTL_NSTATS 3
-/* challenges sent, requests passed to Python for want of budget, requests passed otherwise */
+#define NK_CTL_NSTATS 5
+/* challenges sent, requests passed to Python for want of budget, requests passed otherwise,
+ * allocations made, authenticated Allocates passed for want of a spare relay socket */
 void nk_ctl_stats(const struct nk_ctl *t, uint64_t out[NK_CTL_NSTATS]);
 
 #endif

@@ -90,6 +90,8 @@
 #define NK_WAKE UINT64_MAX         /* epoll data of the thread's stop eventfd */
 #define NK_KIND_STREAM 2           /* a watched TCP client connection the C side owns */
 #define NK_REC_CLOSED 3            /* nk_rec.kind: that stream ended (nk_rec.port: NK_CLOSE_*) */
+#define NK_REC_MADE 4              /* nk_rec.kind: an allocation the control path made (two
+                                    * records: struct nk_ctl_made's head + user, then the reply) */
 #define NK_FRAME_MAX (20 + 65532)  /* the longest frame a stream carries (a STUN message) */
 #define NK_SREAD (128u << 10)      /* bytes per stream read */
 #define NK_SBUF (4u * (NK_SREAD + NK_FRAME_MAX)) /* stream reads queued datagrams point into */
@@ -1092,15 +1094,43 @@ static int nk_from_client(struct nk_ctx *c, const struct nk_key *src, const uint
     return 1;
 }
 
-/* A listener's request the control path answers itself: its reply queued (1), or 0 (Python's). */
+static void nk_to_python(struct nk_ctx *c, int fd, int kind, const struct nk_key *from,
+                         const uint8_t *d, uint32_t n, uint8_t *out, uint32_t outcap,
+                         uint32_t *usedp);
+
+/*
+ * A listener's request the control path answers itself: its reply queued (1), or 0 (Python's).
+ * An allocation it made gets its table entry here and a NK_REC_MADE record for Python (made
+ * only when that record has room: Python must hear of every allocation).
+ */
 static int nk_ctl_answer(struct nk_ctx *c, int fd, const struct nk_key *src, const uint8_t *d,
-                         uint32_t n, double now) {
+                         uint32_t n, double now, uint8_t *out, uint32_t outcap, uint32_t *usedp) {
     if (c->ctl == NULL || n < 20 || d[0] > 0x01)
         return 0;
+    struct nk_key ak = *src;
+    ak.chan = NK_KIND_ALLOC;
+    int has_alloc = *usedp + 2 * sizeof(struct nk_rec) + sizeof(struct nk_ctl_made) +
+                            NK_CTL_REPLY > outcap ||
+                    nk_find(c, &ak) != NULL;
     uint8_t *reply = c->ctlbuf + (size_t)c->qn * NK_CTL_REPLY;
-    int len = nk_ctl_request(c->ctl, src->family, src->ip, src->port, d, n, now, reply);
+    struct nk_ctl_made made;
+    int len = nk_ctl_request(c->ctl, src->family, src->ip, src->port, d, n, now, has_alloc,
+                             reply, &made);
     if (len <= 0)
         return 0;
+    if (made.relay_fd >= 0) {
+        struct nk_val v;
+        memset(&v, 0, sizeof(v));
+        v.fd = made.relay_fd;
+        int32_t none = -1; /* no IPv6 relay */
+        memcpy(v.ip, &none, 4);
+        v.until = 1e300;
+        if (nk_put(c, &ak, &v) != 0) { /* no memory: Send indications go to Python */
+        }
+        nk_to_python(c, fd, NK_REC_MADE, src, (const uint8_t *)&made,
+                     NK_CTL_MADE_HEAD + made.user_len, out, outcap, usedp);
+        nk_to_python(c, fd, NK_REC_MADE, src, reply, (uint32_t)len, out, outcap, usedp);
+    }
     struct nk_out *o = nk_enqueue(c, fd, NK_OWN_REPLY);
     o->data = reply;
     o->dlen = (uint32_t)len;
@@ -1290,7 +1320,7 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
                 queued = 1;
                 continue;
             }
-            if (kind == 0 && nk_ctl_answer(c, fd, &src, d, n, now))
+            if (kind == 0 && nk_ctl_answer(c, fd, &src, d, n, now, out, outcap, usedp))
                 continue; /* (the reply is in ctlbuf, not in the slots) */
             nk_to_python(c, fd, kind, &src, d, n, out, outcap, usedp); /* not ours */
         }
@@ -1996,6 +2026,77 @@ static PyObject *Table_ctl_nonce(PyObject *obj, PyObject *args) {
     return PyUnicode_FromStringAndSize(text, len);
 }
 
+/* ctl_allocate_config(realm, users, default_lifetime, max_lifetime): see _turnctl.h. */
+static PyObject *Table_ctl_allocate_config(PyObject *obj, PyObject *args) {
+    const char *realm, *users;
+    Py_ssize_t realm_len, users_len;
+    unsigned int deflt, max;
+    if (!PyArg_ParseTuple(args, "y#y#II", &realm, &realm_len, &users, &users_len, &deflt, &max))
+        return NULL;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    int r = -1;
+    lock_ctx(c);
+    if (c->ctl != NULL)
+        r = nk_ctl_allocate_config(c->ctl, (const uint8_t *)realm, (size_t)realm_len,
+                                   (const uint8_t *)users, (size_t)users_len, deflt, max);
+    unlock_ctx(c);
+    if (r != 0)
+        return PyErr_Format(PyExc_ValueError, "ctl_allocate_config: not configured or too long");
+    Py_RETURN_NONE;
+}
+
+/* ctl_add_spares(records) -> spares held: records of fd (int), IPv4 (4), port (2, host order). */
+static PyObject *Table_ctl_add_spares(PyObject *obj, PyObject *arg) {
+    char *b;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(arg, &b, &n) < 0)
+        return NULL;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    if (n % 10 != 0)
+        return PyErr_Format(PyExc_ValueError, "ctl_add_spares: 10-byte records");
+    long held = -1;
+    int failed = 0;
+    lock_ctx(c);
+    if (c->ctl != NULL) {
+        for (Py_ssize_t off = 0; off < n; off += 10) {
+            int fd;
+            uint16_t port;
+            memcpy(&fd, b + off, 4);
+            memcpy(&port, b + off + 8, 2);
+            failed |= nk_ctl_add_spare(c->ctl, fd, (const uint8_t *)b + off + 4, port) != 0;
+        }
+        held = (long)nk_ctl_spares(c->ctl);
+    }
+    unlock_ctx(c);
+    if (held < 0 || failed)
+        return PyErr_Format(PyExc_ValueError, "ctl_add_spares: not configured or too many");
+    return PyLong_FromLong(held);
+}
+
+/* ctl_take_spares() -> the fds of the spares still held (they leave the table's hands). */
+static PyObject *Table_ctl_take_spares(PyObject *obj, PyObject *unused) {
+    (void)unused;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    int fds[1024];
+    unsigned k = 0;
+    lock_ctx(c);
+    if (c->ctl != NULL)
+        k = nk_ctl_take_spares(c->ctl, fds, 1024);
+    unlock_ctx(c);
+    PyObject *out = PyList_New(k);
+    if (out == NULL)
+        return NULL;
+    for (unsigned i = 0; i < k; i++)
+        PyList_SetItem(out, i, PyLong_FromLong(fds[i]));
+    return out;
+}
+
 static PyObject *Table_ctl_stats(PyObject *obj, PyObject *unused) {
     (void)unused;
     struct nk_ctx *c = open_ctx(obj);
@@ -2131,6 +2232,13 @@ static PyMethodDef Table_methods[] = {
      "ctl_credit(records): sources whose requests verified (family + ip[16] each)."},
     {"ctl_nonce", Table_ctl_nonce, METH_VARARGS,
      "ctl_nonce(family, ip16, now) -> the nonce the C path issues, or None."},
+    {"ctl_allocate_config", Table_ctl_allocate_config, METH_VARARGS,
+     "ctl_allocate_config(realm, users, default_lifetime, max_lifetime): the C thread serves\n"
+     "authenticated Allocates of these static users (records: name length, name, key)."},
+    {"ctl_add_spares", Table_ctl_add_spares, METH_O,
+     "ctl_add_spares(records) -> held: bound, watched IPv4 relay sockets (fd, ip, port)."},
+    {"ctl_take_spares", Table_ctl_take_spares, METH_NOARGS,
+     "ctl_take_spares() -> [fd]: the spares not used, given back."},
     {"ctl_stats", Table_ctl_stats, METH_NOARGS,
      "ctl_stats() -> (challenges, passed for want of budget, passed otherwise)."},
     {"set_gro", Table_set_gro, METH_O,

@@ -76,6 +76,8 @@ log = logging.getLogger("natkit.server.turn")
 _RCVBUF = 4 << 20  # client listeners: every client's traffic arrives here
 _RELAY_RCVBUF = 1 << 20  # each relay socket (the kernel doubles it, capped by rmem_max)
 _TICK = 0.5
+# spare relay sockets the C thread holds for the Allocates it serves (refilled below LOW)
+_SPARES_LOW, _SPARES_HIGH = 384, 768
 _SUMMARY_EVERY = 10.0  # seconds between batched allocation lifecycle lines
 IP_PMTUDISC_DO = 2
 # Linux values; the socket module exposes them only on some builds.
@@ -253,6 +255,13 @@ class TurnServer(TurnService):
         self._udp: list[UdpListener] = []
         self._listeners: dict[int, UdpListener] = {}
         self._relays: dict[int, RelaySocket] = {}
+        # bound, watched relay sockets the table's thread may take for an Allocate it serves
+        # itself (also in _relays, with no relay yet): fd -> socket
+        self._spares: dict[int, RelaySocket] = {}
+        self._spare_ip = 0
+        self._fast_allocates = False
+        self._closing = False
+        self._reserved: Relay | None = None  # _bind_relays' reservation (EVEN-PORT R bit)
         self._servers: list[asyncio.Server] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.TimerHandle | None = None
@@ -335,7 +344,7 @@ class TurnServer(TurnService):
         return {
             "engine": self.engine_name,
             **self.engine.counts(),
-            "relay_sockets": len(self._relays),
+            "relay_sockets": len(self._relays) - len(self._spares),
             "connections": self.guard.total,
             "allocations_created": s.allocations_created,
             "allocations_expired": s.allocations_expired,
@@ -475,6 +484,76 @@ class TurnServer(TurnService):
         )  # fmt: skip
         if budget:
             responses.credited = []
+        # authenticated Allocates too, where the engine's answer needs nothing the thread
+        # lacks: static users, no quota limit, no SOFTWARE, no bandwidth cap, IPv4 relays
+        keys = engine.static_keys()
+        quota = engine.quota
+        if (
+            keys
+            and type(quota) is AllocationQuota
+            and quota.per_user is None
+            and quota.per_source is None
+            and quota.total_limit is None
+            and not engine.config.software
+            and not engine.config.bandwidth
+            and self.relay_pool.get(4)
+            and all(_family(self._advertised((ip, 0))[0]) == 4 for ip in self.relay_pool[4])
+        ):
+            table.configure_allocates(
+                engine.config.realm, keys, engine.config.default_lifetime,
+                engine.config.max_lifetime,
+            )  # fmt: skip
+            engine.offload_eager = True  # the table knows every allocation there is
+            self._fast_allocates = True
+            self._refill_spares()
+
+    def _refill_spares(self) -> None:
+        """Keep the thread supplied with bound relay sockets (made here: the port policy
+        stays this side's), _SPARES_LOW..._SPARES_HIGH of them."""
+        if len(self._spares) >= _SPARES_LOW or self.fast is None:
+            return
+        ips = self.relay_pool[4]
+        # never more than an eighth of the free relay ports: the engine's own Allocates (an
+        # EVEN-PORT pair, a small range) must find theirs
+        free = 0
+        for ip in ips:
+            pool = self.port_pools[ip]
+            free += 65536 if pool.ephemeral else pool.high - pool.low + 1 - len(pool.in_use)
+        want = min(_SPARES_HIGH, (free + len(self._spares)) // 8) - len(self._spares)
+        made: list[tuple[int, Address]] = []
+        for _ in range(want):
+            got = None
+            for _ in range(len(ips)):
+                ip = ips[self._spare_ip % len(ips)]
+                self._spare_ip += 1
+                got = self._open_relay(ip, even=False, pair=False)
+                if got is not None:
+                    break
+            if got is None:
+                break  # the ports are all taken: Allocates go to the engine (its 508)
+            relay_sock = got[0]
+            self._spares[relay_sock.fd] = relay_sock
+            made.append((relay_sock.fd, self._advertised(relay_sock.address)))
+        if made:
+            self.fast.add_spares(made)
+
+    def _adopt(self, fd: int, head: bytes, addr: Address, response: bytes) -> None:
+        """An allocation the table's thread made (and answered): the engine's from now on."""
+        if self._closing:
+            return  # (its relay socket closes with the others)
+        relay_fd, lifetime, tid, user_len, _ = _turn_fast.MADE.unpack_from(head)
+        username = head[_turn_fast.MADE.size : _turn_fast.MADE.size + user_len].decode()
+        listener = self._listeners.get(fd)
+        relay_sock = self._spares.pop(relay_fd, None)
+        if listener is None or relay_sock is None:  # (cannot be: both outlive the thread's use)
+            log.warning("event=adopt_lost client=%s", _fmt(addr))
+            return
+        relay = Relay(4, relay_sock.address, self._advertised(relay_sock.address), relay_sock)
+        relay_sock.relay = relay
+        actions = self.engine.adopt_allocation(
+            listener, addr, username, relay, lifetime, tid, response, time.time()
+        )
+        self.run_actions(actions, listener, addr)
 
     def worker_options(self, worker: int) -> dict[str, Any]:
         """Keyword arguments of worker ``worker``'s TurnServer (natkit/server/_workers.py):
@@ -505,11 +584,15 @@ class TurnServer(TurnService):
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        self._closing = True  # allocations the thread made from here on are not adopted
+        if self.fast is not None:  # the thread takes no spare from here on
+            self.fast.take_spares()
         self.run_actions(self.engine.close_all(), None, None)
         if self._started:
             self._log_summary(time.time())
         for relay in list(self._relays.values()):
             self.forget_relay(relay)
+        self._spares.clear()  # (closed with the others)
         self.guard.stop()
         for server in self._servers:
             server.close()
@@ -676,6 +759,8 @@ class TurnServer(TurnService):
         for listener in udp:
             listener.batch = bytearray()
         stream_kind, closed = _turn_fast.KIND_STREAM, _turn_fast.REC_CLOSED
+        made_kind = _turn_fast.REC_MADE
+        made: tuple[int, bytes, Address] | None = None
         frames: list[bytes] = []
         stream: StreamClient | None = None
         try:
@@ -692,6 +777,13 @@ class TurnServer(TurnService):
                 if stream is not None and frames:
                     stream.fast_frames(frames)
                     frames, stream = [], None
+                if kind == made_kind:  # an allocation the thread made: fields, then reply
+                    if made is None:
+                        made = (fd, data, addr)
+                    else:
+                        self._adopt(made[0], made[1], made[2], data)
+                        made = None
+                    continue
                 if kind == closed:
                     client = streams.get(fd)
                     if client is not None:
@@ -715,6 +807,8 @@ class TurnServer(TurnService):
             if credited:  # the thread answers these sources' next challenges
                 table.credit(credited)
                 credited.clear()
+            if self._fast_allocates:
+                self._refill_spares()
 
     def _send_batches(self, table: FastTable) -> None:
         """What the Python path answered in this round, one sendmmsg per listener."""
@@ -774,7 +868,26 @@ class TurnServer(TurnService):
                 table.put(to_client, client_fd, addr, event.number, event.until)
                 keys.update((to_peer, to_client))
 
+    def _reclaim_spares(self) -> bool:
+        """Take the spare relay sockets back from the thread and close them (their ports are
+        needed); True when there were any."""
+        if self.fast is None or not self._spares:
+            return False
+        for fd in self.fast.take_spares():
+            spare = self._spares.pop(fd, None)
+            if spare is not None:
+                self.forget_relay(spare)
+        return True
+
     def _bind(self, pending: BindRelays) -> list[Action]:
+        relays = self._bind_relays(pending)
+        if not relays and self._reclaim_spares():
+            relays = self._bind_relays(pending)  # again, with the spares' ports free
+        reserved = self._reserved
+        self._reserved = None
+        return self.engine.complete_allocate(pending, relays, time.time(), reserved=reserved)
+
+    def _bind_relays(self, pending: BindRelays) -> list[Relay]:
         relays: list[Relay] = []
         reserved: Relay | None = None
         for i, family in enumerate(pending.families):
@@ -809,7 +922,8 @@ class TurnServer(TurnService):
             if spare is not None:
                 reserved = Relay(family, spare.address, self._advertised(spare.address), spare)
                 spare.relay = reserved
-        return self.engine.complete_allocate(pending, relays, time.time(), reserved=reserved)
+        self._reserved = reserved
+        return relays
 
     def _advertised(self, address: Address) -> Address:
         external = self.external_ips.get(_family(address[0]))

@@ -230,6 +230,10 @@ class TurnEngine:
         self.offload = offload
         #: with ``offload``: TCP/TLS allocations' entries too (the table frames the stream)
         self.offload_streams = False
+        #: with ``offload``: a UDP allocation's OffloadAllocation comes when it is created (not
+        #: with its first permission), so a table knows every allocation a client has (a C
+        #: path that makes allocations itself must never make a second one for a 5-tuple)
+        self.offload_eager = False
         #: the channel number range, for the codec and the adapter's stream framer alike
         self.channel_max = CHANNEL_MAX if self.config.strict_channels else CHANNEL_MAX_RFC5766
         self.allocations: dict[Any, Allocation] = {}
@@ -468,6 +472,44 @@ class TurnEngine:
         reply = Reply(self._create(pending, relays, missing, token, now, out))
         return [*out, reply]
 
+    def adopt_allocation(
+        self,
+        client: Any,
+        addr: Address,
+        username: str,
+        relay: Relay,
+        lifetime: int,
+        transaction_id: bytes,
+        response: bytes,
+        now: float,
+    ) -> list[Action]:
+        """An Allocate a fast path outside the engine verified and answered itself (the C
+        control path of natkit/server/_turnctl.c: a static user's plain UDP Allocate, under
+        no quota limit, ``response`` the success it sent): the allocation becomes the
+        engine's like one it made. Should the engine already hold one for that 5-tuple, or
+        the quota refuse, the engine's state wins and the new relay is closed."""
+        key = (client, addr)
+        refused = None
+        if key not in self.allocations and key not in self.pending:
+            refused = self.quota.acquire(username if self.requires_auth else None, addr)
+        if key in self.allocations or key in self.pending or refused is not None:
+            self.stats.bugs += 1
+            log.warning("event=adopt_refused client=%s user=%r", _fmt(addr), username[:64])
+            return [CloseRelay(relay.handle, relay.address)]
+        allocation = Allocation(
+            key, client, addr, False, username, username, [relay], now, lifetime
+        )
+        if self.config.bandwidth:
+            allocation.bucket = [float(self.config.bandwidth), now]
+        out: list[Action] = []
+        relay.allocation = allocation
+        self._track(relay, out)
+        self.allocations[key] = allocation
+        self.stats.allocations_created += 1
+        allocation.last_request = (transaction_id, response)
+        self._offload_peers(allocation, set(), out)
+        return out
+
     def client_gone(self, client: Any, addr: Address, now: float) -> list[Action]:
         """A TCP/TLS client connection closed: its allocation goes with it (RFC 8656 §5)."""
         allocation = self.allocations.get((client, addr))
@@ -618,6 +660,16 @@ class TurnEngine:
         return self._challenge_bytes(
             msg.method, msg.transaction_id, fingerprint, code, reason, ip, now
         )
+
+    def static_keys(self) -> dict[str, bytes] | None:
+        """username -> MD5 long-term key of every user, when the authenticator is a plain
+        :class:`~natkit.turn.auth.StaticUsers` (what a C path may verify itself); else None."""
+        if type(self.auth) is not StaticUsers:
+            return None
+        return {
+            name: self._key(name, password, PasswordAlgorithm.MD5)
+            for name, password in self.auth.users.items()
+        }
 
     def challenge_parts(self) -> tuple[bytes, bytes]:
         """The 401 challenge's attributes before NONCE and after it, as :meth:`_challenge_bytes`
@@ -910,6 +962,8 @@ class TurnEngine:
             self._track(relay, out)
         self.allocations[pending.key] = allocation
         self.stats.allocations_created += 1
+        if self.offload_eager and not pending.stream:
+            self._offload_peers(allocation, set(), out)
         msg = pending.request
         if not missing and token is None and ident is not None and not self.config.software:
             quick = allocate_success(msg, relays, pending.lifetime, pending.client_addr, ident.key)
