@@ -756,8 +756,8 @@ class TurnServer(TurnService):
             return
         listeners, relays, streams = self._listeners, self._relays, self.streams
         udp = self._udp
-        for listener in udp:
-            listener.batch = bytearray()
+        for each in udp:
+            each.batch = bytearray()
         stream_kind, closed = _turn_fast.KIND_STREAM, _turn_fast.REC_CLOSED
         made_kind = _turn_fast.REC_MADE
         made: tuple[int, bytes, Address] | None = None
@@ -801,8 +801,8 @@ class TurnServer(TurnService):
                 stream.fast_frames(frames)
         finally:
             self._send_batches(table)
-            for listener in udp:
-                listener.batch = None
+            for each in udp:
+                each.batch = None
             credited = self.engine.responses.credited
             if credited:  # the thread answers these sources' next challenges
                 table.credit(credited)
@@ -828,6 +828,9 @@ class TurnServer(TurnService):
         if isinstance(event, OffloadWithdraw):
             for k in self._fast_keys.pop(event.key, ()):
                 table.delete(k)
+            client, addr = event.key
+            if type(client) is UdpListener:  # (its allocation entry is in no key set)
+                table.delete(_turn_fast.key(client.fd, addr, _turn_fast.KIND_ALLOC))
             return
         client, addr = event.key
         if type(client) is StreamClient:
@@ -836,13 +839,17 @@ class TurnServer(TurnService):
                 return  # a stream the table cannot read (TLS): the engine forwards it all
         else:
             client_fd = client.fd
-        keys = self._fast_keys.setdefault(event.key, set())
         if isinstance(event, OffloadAllocation):
             fds = {r.family: r.handle.fd for r in event.relays}
             k = _turn_fast.key(client_fd, addr, _turn_fast.KIND_ALLOC)
             table.put_allocation(k, fds.get(4, -1), fds.get(6, -1))
-            keys.add(k)
-        elif isinstance(event, OffloadPermission):
+            if type(client) is not UdpListener:
+                # a UDP allocation's entry is found again from its key (withdraw above): an
+                # idle allocation costs no key set here
+                self._fast_keys.setdefault(event.key, set()).add(k)
+            return
+        keys = self._fast_keys.setdefault(event.key, set())
+        if isinstance(event, OffloadPermission):
             k = _turn_fast.key(event.relay.handle.fd, (event.ip, 0), _turn_fast.KIND_PERM)
             if event.until is None:
                 table.delete(k)

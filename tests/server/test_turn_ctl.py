@@ -13,8 +13,9 @@ import time
 import pytest
 
 from natkit.server import _turn_fast
-from natkit.stun import Attr, Class, Method, decode
-from natkit.turn.actions import Reply
+from natkit.stun import Attr, Class, Message, Method, decode, long_term_key
+from natkit.turn.actions import BindRelays, Reply
+from natkit.turn.allocation import Relay
 from natkit.turn.auth import NonceIssuer, StaticUsers
 from natkit.turn.engine import TurnConfig, TurnEngine
 from tests._native import need
@@ -234,3 +235,139 @@ def test_hostile_requests_never_crash_and_are_answered_or_left() -> None:
         assert stats["challenges"] + left == sent
     finally:
         rig.close()
+
+
+# -- authenticated Allocates ------------------------------------------------------------------
+
+
+def _allocate_rig(engine: TurnEngine) -> tuple[_Rig, socket.socket]:
+    rig = _Rig(engine)
+    rig.table.configure_allocates(
+        engine.config.realm,
+        engine.static_keys() or {},
+        engine.config.default_lifetime,
+        engine.config.max_lifetime,
+    )
+    spare = _udp()
+    assert rig.table.add_spares([(spare.fileno(), spare.getsockname())]) == 1
+    return rig, spare
+
+
+def _signed_allocate(
+    nonce: str,
+    *,
+    lifetime: int | None = None,
+    fingerprint: bool = False,
+    user: str = "u",
+    password: str = "p",
+    realm: str = "ctl.test",
+    extra: tuple[int, object] | None = None,
+) -> bytes:
+    msg = Message(Method.ALLOCATE, Class.REQUEST, os.urandom(12))
+    msg.add(Attr.REQUESTED_TRANSPORT, 17)
+    if lifetime is not None:
+        msg.add(Attr.LIFETIME, lifetime)
+    if extra is not None:
+        msg.add(*extra)
+    msg.add(Attr.USERNAME, user).add(Attr.REALM, realm).add(Attr.NONCE, nonce)
+    return msg.encode(key=long_term_key(user, realm, password), fingerprint=fingerprint)
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "fingerprint"), [(None, False), (1200, True), (0, False), (99999, True), (5, False)]
+)
+def test_allocate_success_is_the_engines_bytes(lifetime: int | None, fingerprint: bool) -> None:
+    engine = _engine()
+    rig, spare = _allocate_rig(engine)
+    try:
+        now = time.time()
+        nonce = rig.table.control_nonce("127.0.0.1", now)
+        assert nonce is not None
+        data = _signed_allocate(nonce, lifetime=lifetime, fingerprint=fingerprint)
+        reply, left = rig.exchange(data, now)
+        assert reply is not None and len(left) == 2  # the record of what it made: 2 parts
+        fields = _turn_fast.MADE.unpack_from(left[0])
+        assert fields[0] == spare.fileno() and left[1] == reply
+        # the engine's answer to the same request, with the same relay socket
+        (pending,) = rig.engine.handle_client(None, rig.caddr, data, now)
+        assert isinstance(pending, BindRelays)
+        relay = Relay(4, spare.getsockname(), spare.getsockname(), spare)
+        actions = rig.engine.complete_allocate(pending, [relay], now)
+        (expected,) = [a.data for a in actions if isinstance(a, Reply)]
+        assert reply == expected
+        assert fields[1] == pending.lifetime
+        assert rig.table.control_stats()["allocations"] == 1
+        # a second Allocate of the client (a retransmission, or one more) is the engine's
+        reply, left = rig.exchange(data, now)
+        assert reply is None and left == [data]
+    finally:
+        rig.close()
+        spare.close()
+
+
+def test_allocates_that_do_not_verify_go_to_the_engine() -> None:
+    rig, spare = _allocate_rig(_engine())
+    try:
+        now = time.time()
+        nonce = rig.table.control_nonce("127.0.0.1", now)
+        assert nonce is not None
+        other = NonceIssuer(600, os.urandom(16)).issue("127.0.0.1", now)
+        stale_nonce = NonceIssuer(-1, rig.engine.nonces.scheme()[0]).issue("127.0.0.1", now)
+        bad_mac = bytearray(_signed_allocate(nonce))
+        bad_mac[-1] ^= 1
+        bad_fp = bytearray(_signed_allocate(nonce, fingerprint=True))
+        bad_fp[-1] ^= 1
+        cases = [
+            _signed_allocate(nonce, password="wrong"),
+            _signed_allocate(nonce, user="nobody"),
+            _signed_allocate(nonce, realm="other.realm"),
+            _signed_allocate(other),
+            _signed_allocate(stale_nonce),
+            _signed_allocate(nonce.upper()),
+            _signed_allocate(nonce, extra=(Attr.DONT_FRAGMENT, True)),
+            _signed_allocate(nonce, extra=(Attr.EVEN_PORT, False)),
+            _signed_allocate(nonce, extra=(Attr.SOFTWARE, "x")),
+            bytes(bad_mac),
+            bytes(bad_fp),
+            _signed_allocate(nonce)[:-4],
+        ]
+        for data in cases:
+            reply, left = rig.exchange(data, now)
+            assert reply is None and left == [data], data.hex()
+        stats = rig.table.control_stats()
+        assert stats["allocations"] == 0
+        # with no spare left an Allocate that verifies is the engine's too
+        assert rig.table.take_spares() == [spare.fileno()]
+        data = _signed_allocate(nonce)
+        reply, left = rig.exchange(data, now)
+        assert reply is None and left == [data]
+        assert rig.table.control_stats()["no_spare"] == 1
+    finally:
+        rig.close()
+        spare.close()
+
+
+def test_hostile_signed_allocates_never_crash() -> None:
+    rig, spare = _allocate_rig(_engine())
+    rng = random.Random(1414)
+    try:
+        now = time.time()
+        nonce = rig.table.control_nonce("127.0.0.1", now)
+        assert nonce is not None
+        base = _signed_allocate(nonce, fingerprint=True)
+        answered = 0
+        for _ in range(300):
+            data = bytearray(base)
+            for _ in range(rng.randint(1, 3)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            if rng.random() < 0.3:  # an attribute length far past the end
+                pos = rng.randrange(20, len(data) - 4)
+                data[pos + 2 : pos + 4] = b"\xff\xf0"
+            data = data[: rng.randint(20, len(data))]
+            data[0:2] = b"\x00\x03"
+            reply, _ = rig.exchange(bytes(data), now)
+            answered += reply is not None
+        assert answered == rig.table.control_stats()["allocations"] <= 1
+    finally:
+        rig.close()
+        spare.close()
