@@ -495,7 +495,12 @@ class TurnEngine:
         if key in self.allocations or key in self.pending or refused is not None:
             self.stats.bugs += 1
             log.warning("event=adopt_refused client=%s user=%r", _fmt(addr), username[:64])
-            return [CloseRelay(relay.handle, relay.address)]
+            # the fast path's table entry for the key goes: back to the engine's allocation
+            existing = self.allocations.get(key)
+            entry: Action = OffloadWithdraw(key)
+            if existing is not None and existing.offloaded:
+                entry = OffloadAllocation(key, tuple(existing.relays))
+            return [entry, CloseRelay(relay.handle, relay.address)]
         allocation = Allocation(
             key, client, addr, False, username, username, [relay], now, lifetime
         )
@@ -507,7 +512,9 @@ class TurnEngine:
         self.allocations[key] = allocation
         self.stats.allocations_created += 1
         allocation.last_request = (transaction_id, response)
-        self._offload_peers(allocation, set(), out)
+        if self.offload and allocation.bucket is None:
+            # the fast path put the allocation's table entry itself: no OffloadAllocation
+            allocation.offloaded = True
         return out
 
     def client_gone(self, client: Any, addr: Address, now: float) -> list[Action]:
