@@ -27,12 +27,14 @@
  * engine gave it back for requests that verified (nk_ctl_credit), up to the engine's burst:
  * a source that never verified, or has spent them, is Python's, whose own budget decides.
  */
+#define OPENSSL_SUPPRESS_DEPRECATED /* SHA1_Init & co: a keyed state copied per message */
 #include "_turnctl.h"
 
 #include <arpa/inet.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +61,8 @@
 #define A_XOR_MAPPED_ADDRESS 0x0020
 #define CTL_USERS 16      /* static users this path knows (more: Python's) */
 #define CTL_SPARES 1024   /* spare relay sockets held */
+#define CTL_HANDED 16384  /* clients whose Allocate Python answers, direct-mapped */
+#define CTL_HANDED_S 45.0 /* ... for this long: a client's retransmissions (RFC 8489 Rc=7) */
 
 struct ctl_nonce {
     uint8_t used, family;
@@ -84,10 +88,44 @@ struct ctl_user {
     uint16_t len;
     uint8_t name[NK_CTL_USER_MAX];
     uint8_t key[16];
+    SHA_CTX inner, outer; /* HMAC-SHA1 with this key: the states after ipad and opad */
 };
+
+static void ctl_hmac_key(struct ctl_user *u) {
+    uint8_t pad[64];
+    memset(pad, 0x36, sizeof pad);
+    for (int i = 0; i < 16; i++)
+        pad[i] ^= u->key[i];
+    SHA1_Init(&u->inner);
+    SHA1_Update(&u->inner, pad, sizeof pad);
+    memset(pad, 0x5c, sizeof pad);
+    for (int i = 0; i < 16; i++)
+        pad[i] ^= u->key[i];
+    SHA1_Init(&u->outer);
+    SHA1_Update(&u->outer, pad, sizeof pad);
+}
+
+/* HMAC-SHA1(user's key, head (4 bytes) + d[4:n]): a STUN message with its length replaced. */
+static void ctl_hmac(const struct ctl_user *u, const uint8_t head[4], const uint8_t *d, size_t n,
+                     uint8_t mac[20]) {
+    SHA_CTX c = u->inner;
+    uint8_t inner[20];
+    SHA1_Update(&c, head, 4);
+    SHA1_Update(&c, d + 4, n - 4);
+    SHA1_Final(inner, &c);
+    c = u->outer;
+    SHA1_Update(&c, inner, 20);
+    SHA1_Final(mac, &c);
+}
 
 struct ctl_spare {
     int fd;
+    uint8_t ip[4];
+    uint16_t port;
+};
+
+struct ctl_handed {
+    double at;
     uint8_t ip[4];
     uint16_t port;
 };
@@ -103,6 +141,9 @@ struct nk_ctl {
     struct ctl_spare spares[CTL_SPARES];
     unsigned nspares;
     uint64_t made, no_spare;
+    /* clients whose last Allocate went to Python: their retransmission must go there too
+     * (answered here, it would get a second allocation with another relayed address) */
+    struct ctl_handed handed[CTL_HANDED];
     uint8_t secret[64];
     size_t secret_len;
     double lifetime;
@@ -286,6 +327,7 @@ int nk_ctl_allocate_config(struct nk_ctl *t, const uint8_t *realm, size_t realm_
                            uint32_t max_lifetime) {
     if (realm_len > CTL_PART_MAX)
         return -1;
+    t->allocates = 0;
     unsigned nusers = 0;
     for (size_t off = 0; off < users_len;) {
         uint16_t len;
@@ -298,6 +340,7 @@ int nk_ctl_allocate_config(struct nk_ctl *t, const uint8_t *realm, size_t realm_
         u->len = len;
         memcpy(u->name, users + off + 2, len);
         memcpy(u->key, users + off + 2 + len, 16);
+        ctl_hmac_key(u);
         off += 2 + (size_t)len + 16;
     }
     memcpy(t->realm, realm, realm_len);
@@ -463,22 +506,16 @@ static int ctl_allocate(struct nk_ctl *t, const uint8_t ip[16], uint16_t port, c
     uint8_t head[4];
     memcpy(head, d, 2);
     put16(head + 2, mi_at - 20 + 24);
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned maclen = 0;
-    {
-        uint8_t buf[4096];
-        if (mi_at > sizeof buf)
-            return 0;
-        memcpy(buf, d, mi_at);
-        memcpy(buf, head, 4);
-        if (HMAC(EVP_sha1(), u->key, 16, buf, mi_at, mac, &maclen) == NULL || maclen != 20)
-            return 0;
-    }
+    uint8_t mac[20];
+    ctl_hmac(u, head, d, mi_at, mac);
     if (CRYPTO_memcmp(mac, d + mi_at + 4, 20) != 0)
         return 0;
     if (t->nspares == 0) {
+        /* dropped, not Python's: an answer from the engine now and one from here to the
+         * client's retransmission would be two allocations; the retransmission finds a
+         * spare (Python refills them after every batch) */
         t->no_spare++;
-        return 0;
+        return -1;
     }
     /* the engine's lifetime: the default without LIFETIME or with 0, else clamped */
     uint32_t lifetime = t->default_lifetime;
@@ -519,10 +556,7 @@ static int ctl_allocate(struct nk_ctl *t, const uint8_t ip[16], uint16_t port, c
     put16(reply, 0x0100 | M_ALLOCATE);
     put16(reply + 2, at - 20 + 24);
     memcpy(reply + 4, d + 4, 16);
-    if (HMAC(EVP_sha1(), u->key, 16, reply, at, mac, &maclen) == NULL || maclen != 20) {
-        t->nspares++; /* (cannot fail) the spare stays */
-        return 0;
-    }
+    ctl_hmac(u, reply, reply, at, mac);
     put16(p, A_MESSAGE_INTEGRITY);
     put16(p + 2, 20);
     memcpy(p + 4, mac, 20);
@@ -562,13 +596,26 @@ int nk_ctl_request(struct nk_ctl *t, uint8_t family, const uint8_t ip[16], uint1
     }
     unsigned method = ctl_plain_request(d, n);
     if (method == 0) {
-        int r = 0;
-        if (t->allocates && family == 4 && !has_alloc && get16(d) == M_ALLOCATE)
-            r = ctl_allocate(t, ip, port, d, n, now, reply, made);
-        if (r > 0) {
-            /* a verified request: its source's error budget gets one back, as the engine's */
-            nk_ctl_credit(t, family, ip);
-            return r;
+        if (family == 4 && get16(d) == M_ALLOCATE) { /* (marked even while not served) */
+            struct ctl_handed *h = &t->handed[(ip_hash(4, ip) ^ port * 2654435761u) % CTL_HANDED];
+            int recent = h->port == port && memcmp(h->ip, ip, 4) == 0 &&
+                         now - h->at < CTL_HANDED_S && now >= h->at;
+            int r = 0;
+            if (t->allocates && !has_alloc && !recent)
+                r = ctl_allocate(t, ip, port, d, n, now, reply, made);
+            if (r > 0) {
+                /* a verified request: its source's error budget gets one back, as the
+                 * engine's */
+                nk_ctl_credit(t, family, ip);
+                return r;
+            }
+            if (r < 0)
+                return -1;
+            /* (a collision forgets another client: the race it guards against is a
+             * retransmission that overtakes the original, rarer still) */
+            h->at = now;
+            memcpy(h->ip, ip, 4);
+            h->port = port;
         }
         t->passed++;
         return 0;

@@ -32,7 +32,8 @@ int nk_ctl_configure(struct nk_ctl *t, const uint8_t *secret, size_t secret_len,
 
 /*
  * A request d (n bytes) from a client at (family, ip, port) on a UDP listener: > 0 the reply's
- * length (written to reply, NK_CTL_REPLY bytes), 0 Python's to answer.
+ * length (written to reply, NK_CTL_REPLY bytes), 0 Python's to answer, -1 dropped (an
+ * Allocate this path would serve but for a spare relay socket: the client retransmits).
  */
 #define NK_CTL_USER_MAX 256 /* the longest USERNAME this path serves */
 

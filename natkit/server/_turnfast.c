@@ -1116,7 +1116,9 @@ static int nk_ctl_answer(struct nk_ctx *c, int fd, const struct nk_key *src, con
     struct nk_ctl_made made;
     int len = nk_ctl_request(c->ctl, src->family, src->ip, src->port, d, n, now, has_alloc,
                              reply, &made);
-    if (len <= 0)
+    if (len < 0)
+        return 1; /* dropped */
+    if (len == 0)
         return 0;
     if (made.relay_fd >= 0) {
         struct nk_val v;

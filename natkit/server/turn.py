@@ -77,7 +77,9 @@ _RCVBUF = 4 << 20  # client listeners: every client's traffic arrives here
 _RELAY_RCVBUF = 1 << 20  # each relay socket (the kernel doubles it, capped by rmem_max)
 _TICK = 0.5
 # spare relay sockets the C thread holds for the Allocates it serves (refilled below LOW)
-_SPARES_LOW, _SPARES_HIGH = 384, 768
+_SPARES_LOW, _SPARES_HIGH = 640, 1000
+_SPARES_MIN = 32  # below this many spares to be had (a small port range), the engine's alone
+_C_USERS_MAX = 16  # static users the C thread verifies itself (more: the engine does)
 _SUMMARY_EVERY = 10.0  # seconds between batched allocation lifecycle lines
 IP_PMTUDISC_DO = 2
 # Linux values; the socket module exposes them only on some builds.
@@ -94,6 +96,11 @@ def _default_policy(opts: TurnOptions) -> PeerPolicy:
         return DefaultPeerPolicy(opts.allow_peers, opts.deny_peers)
     except ConfigError as exc:  # name the server's option, not the policy's argument
         raise ConfigError(exc.message, param=f"{exc.param}_peers") from None
+
+
+def _c_users(keys: dict[str, bytes]) -> bool:
+    """Whether the C thread can verify these users itself (few, names not too long)."""
+    return len(keys) <= _C_USERS_MAX and all(len(n.encode()) <= 256 for n in keys)
 
 
 def _fmt(addr: Address) -> str:
@@ -260,6 +267,8 @@ class TurnServer(TurnService):
         self._spares: dict[int, RelaySocket] = {}
         self._spare_ip = 0
         self._fast_allocates = False
+        self._fast_keys_of_users: dict[str, bytes] | None = None
+        self._spares_on = False  # the thread serves Allocates (it has spares to)
         self._closing = False
         self._reserved: Relay | None = None  # _bind_relays' reservation (EVEN-PORT R bit)
         self._servers: list[asyncio.Server] = []
@@ -490,6 +499,7 @@ class TurnServer(TurnService):
         quota = engine.quota
         if (
             keys
+            and _c_users(keys)
             and type(quota) is AllocationQuota
             and quota.per_user is None
             and quota.per_source is None
@@ -499,13 +509,30 @@ class TurnServer(TurnService):
             and self.relay_pool.get(4)
             and all(_family(self._advertised((ip, 0))[0]) == 4 for ip in self.relay_pool[4])
         ):
-            table.configure_allocates(
-                engine.config.realm, keys, engine.config.default_lifetime,
-                engine.config.max_lifetime,
-            )  # fmt: skip
             engine.offload_eager = True  # the table knows every allocation there is
             self._fast_allocates = True
+            self._fast_keys_of_users = keys
             self._refill_spares()
+
+    def _apply_fast_users(self) -> None:
+        """Tell the thread whose Allocates it serves: the users' keys while it has spares to
+        serve them with, nobody's otherwise (it would have to drop them)."""
+        keys = self._fast_keys_of_users
+        usable = keys if keys and _c_users(keys) and self._spares_on else {}
+        config = self.engine.config
+        assert self.fast is not None
+        self.fast.configure_allocates(
+            config.realm, usable, config.default_lifetime, config.max_lifetime
+        )
+
+    def _check_fast_users(self) -> None:
+        """The users changed (engine.auth.users is a live mapping): the thread verifies with
+        the new keys from now on, or hands every Allocate to the engine (every tick)."""
+        keys = self.engine.static_keys()
+        if keys == self._fast_keys_of_users or self.fast is None:
+            return
+        self._fast_keys_of_users = keys
+        self._apply_fast_users()
 
     def _refill_spares(self) -> None:
         """Keep the thread supplied with bound relay sockets (made here: the port policy
@@ -519,7 +546,17 @@ class TurnServer(TurnService):
         for ip in ips:
             pool = self.port_pools[ip]
             free += 65536 if pool.ephemeral else pool.high - pool.low + 1 - len(pool.in_use)
-        want = min(_SPARES_HIGH, (free + len(self._spares)) // 8) - len(self._spares)
+        target = min(_SPARES_HIGH, (free + len(self._spares)) // 8)
+        if (target >= _SPARES_MIN) != self._spares_on:
+            # too few ports to spare: the engine serves every Allocate (the thread drops one
+            # it would serve but has no spare for), until there are enough again
+            self._spares_on = target >= _SPARES_MIN
+            self._apply_fast_users()
+            if not self._spares_on:
+                self._reclaim_spares()  # their ports are the engine's again
+        if not self._spares_on:
+            return
+        want = target - len(self._spares)
         made: list[tuple[int, Address]] = []
         for _ in range(want):
             got = None
@@ -630,6 +667,8 @@ class TurnServer(TurnService):
         self.now = now = time.time()
         if self.fast is not None:
             self.fast.set_now(now)
+            if self._fast_allocates:
+                self._check_fast_users()
         try:
             self.run_actions(self.engine.tick(now), None, None)
             if now - self._summary_at >= _SUMMARY_EVERY:

@@ -494,7 +494,15 @@ class TurnEngine:
             refused = self.quota.acquire(username if self.requires_auth else None, addr)
         if key in self.allocations or key in self.pending or refused is not None:
             self.stats.bugs += 1
-            log.warning("event=adopt_refused client=%s user=%r", _fmt(addr), username[:64])
+            existing = self.allocations.get(key)
+            log.warning(
+                "event=adopt_refused client=%s user=%r why=%s",
+                _fmt(addr),
+                username[:64],
+                "pending" if key in self.pending else "quota" if existing is None else
+                "same transaction" if existing.last_request and
+                existing.last_request[0] == transaction_id else "allocated",
+            )  # fmt: skip
             # the fast path's table entry for the key goes: back to the engine's allocation
             existing = self.allocations.get(key)
             entry: Action = OffloadWithdraw(key)

@@ -336,12 +336,53 @@ def test_allocates_that_do_not_verify_go_to_the_engine() -> None:
             assert reply is None and left == [data], data.hex()
         stats = rig.table.control_stats()
         assert stats["allocations"] == 0
-        # with no spare left an Allocate that verifies is the engine's too
+        # ... and so is every Allocate of a client whose Allocate the engine answers, for a
+        # while (a retransmission must not get a second allocation from the thread)
+        reply, left = rig.exchange(_signed_allocate(nonce), now)
+        assert reply is None and rig.table.control_stats()["allocations"] == 0
+    finally:
+        rig.close()
+        spare.close()
+
+
+def test_a_retransmission_of_an_allocate_the_engine_took_stays_the_engines() -> None:
+    rig, spare = _allocate_rig(_engine())
+    try:
+        now = time.time()
+        nonce = rig.table.control_nonce("127.0.0.1", now)
+        assert nonce is not None
+        # an Allocate the engine took (DONT-FRAGMENT): a retransmission of the client, or
+        # another Allocate, is the engine's too (it may be making that allocation)
+        data = _signed_allocate(nonce, extra=(Attr.DONT_FRAGMENT, True))
+        reply, left = rig.exchange(data, now)
+        assert reply is None and left == [data]
+        plain = _signed_allocate(nonce)
+        reply, left = rig.exchange(plain, now)
+        assert reply is None and left == [plain]
+        # long after, a new Allocate of that client may be the thread's again
+        reply, left = rig.exchange(_signed_allocate(nonce), now + 60)
+        assert reply is not None and rig.table.control_stats()["allocations"] == 1
+    finally:
+        rig.close()
+        spare.close()
+
+
+def test_without_a_spare_an_allocate_is_dropped_until_one_comes() -> None:
+    """Not passed on: the engine answering it and the thread answering its retransmission
+    would make two allocations for one client."""
+    rig, spare = _allocate_rig(_engine())
+    try:
+        now = time.time()
+        nonce = rig.table.control_nonce("127.0.0.1", now)
+        assert nonce is not None
         assert rig.table.take_spares() == [spare.fileno()]
         data = _signed_allocate(nonce)
         reply, left = rig.exchange(data, now)
-        assert reply is None and left == [data]
+        assert reply is None and left == []
         assert rig.table.control_stats()["no_spare"] == 1
+        assert rig.table.add_spares([(spare.fileno(), spare.getsockname())]) == 1
+        reply, left = rig.exchange(data, now)  # the retransmission
+        assert reply is not None and rig.table.control_stats()["allocations"] == 1
     finally:
         rig.close()
         spare.close()
