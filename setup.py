@@ -5,7 +5,8 @@ Everything else about the project is in pyproject.toml. Each module uses only th
 from 3.11 on. They are Linux code (recvmmsg/sendmmsg, epoll, UDP GSO): elsewhere, or with
 NATKIT_NO_CEXT=1 set while building, none is built and natkit runs its pure-Python paths.
 A failed build is an error, not a silent pure-Python install: it needs gcc, the libc
-headers and Python.h (Debian: gcc libc6-dev python3.11-dev; .ci/bootstrap installs them).
+headers, libcrypto's headers and Python.h (Debian: gcc libc6-dev libssl-dev python3.11-dev;
+.ci/bootstrap installs them).
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ GSO_PROBE = "natkit/server/_gso_probe.h"
 GSO_PROBE_USERS = {"natkit.server._turnfast", "natkit.bench._turnload", "natkit.bench._stunload"}
 
 
-def _extension(name: str, *sources: str) -> Extension:
+def _extension(
+    name: str, *sources: str, libraries: tuple[str, ...] = (), depends: tuple[str, ...] = ()
+) -> Extension:
     return Extension(
         name,
         sources=list(sources),
-        depends=[GSO_PROBE] if GSO_PROBE_USERS & {name} else [],
+        libraries=list(libraries),
+        # headers: rebuilt when they change, shipped in the sdist
+        depends=[*depends, *([GSO_PROBE] if name in GSO_PROBE_USERS else [])],
         define_macros=[LIMITED_API],
         py_limited_api=True,
         extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Werror=implicit-function-declaration"],
@@ -41,8 +46,15 @@ def _wanted() -> bool:
 EXTENSIONS = [
     # The STUN responder's Binding fast path (natkit/server/_fastpath.py loads it).
     _extension("natkit.server._stunfast", "natkit/server/_stunfast.c"),
-    # The TURN relay's ChannelData/Send data path (natkit/server/_turn_fast.py loads it).
-    _extension("natkit.server._turnfast", "natkit/server/_turnfast.c"),
+    # The TURN relay's ChannelData/Send data path (natkit/server/_turn_fast.py loads it) and
+    # its control fast path (_turnctl.c: the 401 challenge; HMAC-SHA256 from libcrypto).
+    _extension(
+        "natkit.server._turnfast",
+        "natkit/server/_turnfast.c",
+        "natkit/server/_turnctl.c",
+        libraries=("crypto",),
+        depends=("natkit/server/_turnctl.h",),
+    ),
     # The benchmarks' load generators: the TURN driver, the STUN flood and the bare reflector
     # (run through natkit/bench/loadgen.py, each in its own pinned process).
     _extension("natkit.bench._turnload", "natkit/bench/_turnload.c"),

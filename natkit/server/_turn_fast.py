@@ -24,6 +24,10 @@ KIND_PERM = 2
 INTERNAL = 1  # the channel field of a client -> peer value: the peer is a relay of this server
 KIND_STREAM = 2  # a record's kind: a frame from a TCP client the table reads
 REC_CLOSED = 3  # a record's kind: that TCP client's stream ended (why: CLOSE_REASONS[port])
+#: a record's kind: an allocation the C control path made, two records in a row: MADE's
+#: fields + the username, then the success response it sent
+REC_MADE = 4
+MADE = struct.Struct("=iI12sHH")
 #: why the table ended a stream (a closed record's port field)
 CLOSE_REASONS = ("eof", "error", "bad_framing", "overflow")
 
@@ -40,6 +44,11 @@ def _ip_bytes(ip: str) -> tuple[int, bytes]:
     if ":" in ip:
         return 6, socket.inet_pton(socket.AF_INET6, ip)
     return 4, socket.inet_pton(socket.AF_INET, ip)
+
+
+def _padded(ip: str) -> tuple[int, bytes]:
+    family, packed = _ip_bytes(ip)
+    return family, packed.ljust(16, b"\0")
 
 
 _packed_ips: dict[str, tuple[int, bytes]] = {}
@@ -195,6 +204,77 @@ class FastTable:
         """Send the :func:`record` datagrams in ``batch`` through ``fd`` (sendmmsg); returns
         how many were dropped."""
         return int(self._t.send(fd, batch))
+
+    # -- the control fast path (_turnctl.c) ---------------------------------------------------
+
+    def configure_control(
+        self,
+        scheme: tuple[bytes, float, str],
+        parts: tuple[bytes, bytes],
+        budget: int,
+        own: list[tuple[str, int, int]],
+    ) -> None:
+        """The thread answers credential-less first requests with the engine's 401 itself:
+        ``scheme`` the engine's nonce scheme (NonceIssuer.scheme), ``parts`` the challenge's
+        attributes around NONCE (TurnEngine.challenge_parts), ``budget`` the error-response
+        burst (0: not budgeted; else it answers a source only out of :meth:`credit`),
+        ``own`` (ip, low port, high port): the relay's own addresses, whose requests stay
+        the engine's."""
+        secret, lifetime, prefix = scheme
+        records = b"".join(
+            struct.pack("=B16sHH", *_padded(ip), low, high) for ip, low, high in own
+        )
+        self._t.ctl_configure(
+            secret, lifetime, prefix.encode(), parts[0], parts[1], budget, records
+        )
+
+    def credit(self, ips: list[str]) -> None:
+        """Sources whose requests verified: one challenge each to answer from the thread."""
+        self._t.ctl_credit(b"".join(struct.pack("=B16s", *_padded(ip)) for ip in ips))
+
+    def control_nonce(self, ip: str, now: float) -> str | None:
+        """The nonce the thread issues to ``ip`` at ``now`` (None: not configured)."""
+        family, packed = _padded(ip)
+        result: str | None = self._t.ctl_nonce(family, packed, now)
+        return result
+
+    def configure_allocates(
+        self, realm: str, keys: dict[str, bytes], default_lifetime: int, max_lifetime: int
+    ) -> None:
+        """The thread serves authenticated Allocates of these users itself (after
+        :meth:`configure_control`), out of the relay sockets :meth:`add_spares` gives it."""
+        users = b"".join(
+            struct.pack("=H", len(raw)) + raw + key
+            for raw, key in ((name.encode(), key) for name, key in keys.items())
+        )
+        self._t.ctl_allocate_config(realm.encode(), users, default_lifetime, max_lifetime)
+
+    def add_spares(self, spares: list[tuple[int, tuple[str, int]]]) -> int:
+        """Bound, watched IPv4 relay sockets an Allocate may take: (fd, advertised address);
+        returns how many the thread holds now."""
+        return int(
+            self._t.ctl_add_spares(
+                b"".join(
+                    struct.pack("=i4sH", fd, socket.inet_aton(ip), port)
+                    for fd, (ip, port) in spares
+                )
+            )
+        )
+
+    def take_spares(self) -> list[int]:
+        """The spares' fds the thread still holds (it forgets them)."""
+        fds: list[int] = self._t.ctl_take_spares()
+        return fds
+
+    def control_stats(self) -> dict[str, int]:
+        s = self._t.ctl_stats()
+        return {
+            "challenges": s[0],
+            "no_budget": s[1],
+            "passed": s[2],
+            "allocations": s[3],
+            "no_spare": s[4],
+        }
 
     def stats(self) -> dict[str, int]:
         s = self._t.stats()

@@ -62,6 +62,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "_turnctl.h"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -88,6 +90,8 @@
 #define NK_WAKE UINT64_MAX         /* epoll data of the thread's stop eventfd */
 #define NK_KIND_STREAM 2           /* a watched TCP client connection the C side owns */
 #define NK_REC_CLOSED 3            /* nk_rec.kind: that stream ended (nk_rec.port: NK_CLOSE_*) */
+#define NK_REC_MADE 4              /* nk_rec.kind: an allocation the control path made (two
+                                    * records: struct nk_ctl_made's head + user, then the reply) */
 #define NK_FRAME_MAX (20 + 65532)  /* the longest frame a stream carries (a STUN message) */
 #define NK_SREAD (128u << 10)      /* bytes per stream read */
 #define NK_SBUF (4u * (NK_SREAD + NK_FRAME_MAX)) /* stream reads queued datagrams point into */
@@ -232,6 +236,10 @@ struct nk_ctx {
     uint16_t channel_max;
     uint64_t stream_reads, stream_writes, stream_dropped, stream_frames;
     uint32_t held_bytes; /* queued for stream clients since their last writes */
+    /* the control fast path (_turnctl.c), once Python configures it; its replies wait in
+     * ctlbuf, NK_CTL_REPLY bytes per send queue entry */
+    struct nk_ctl *ctl;
+    uint8_t *ctlbuf;
 };
 
 #define NK_OUTCAP (4u * NK_BATCH * (NK_SLOT + (uint32_t)sizeof(struct nk_rec)))
@@ -341,6 +349,8 @@ static void nk_free(struct nk_ctx *c) {
     free(c->sbuf);
     free(c->kinds);
     free(c->gens);
+    nk_ctl_free(c->ctl);
+    free(c->ctlbuf);
     free(c);
 }
 
@@ -562,7 +572,11 @@ static struct nk_out *nk_enqueue(struct nk_ctx *c, int fd, int to_client) {
 
 static const uint8_t nk_zeros[4];
 
+#define NK_OWN_REPLY 2 /* nk_out.to_client: a reply of the control path, not relayed data */
+
 static void nk_count(struct nk_ctx *c, const struct nk_group *g) {
+    if (g->to_client == NK_OWN_REPLY)
+        return;
     if (g->to_client) {
         c->p2c_packets += g->n;
         c->p2c_bytes += g->plen;
@@ -602,7 +616,9 @@ static void nk_send_each(struct nk_ctx *c, const struct nk_group *g) {
             c->send_errors++;
             continue;
         }
-        if (o->to_client) {
+        if (o->to_client == NK_OWN_REPLY) {
+            continue;
+        } else if (o->to_client) {
             c->p2c_packets++;
             c->p2c_bytes += o->plen;
         } else {
@@ -633,7 +649,7 @@ static void nk_flush_all(struct nk_ctx *c) {
             for (unsigned t = ng; t > lo; t--) {
                 struct nk_group *g = &c->groups[t - 1];
                 if (g->seglen == len && g->n < NK_GSO_MAX && (g->n + 1) * len <= NK_GSO_BYTES &&
-                    nk_same_dest(g->head, o)) {
+                    g->to_client == o->to_client && nk_same_dest(g->head, o)) {
                     j = t - 1;
                     break;
                 }
@@ -1040,6 +1056,53 @@ static int nk_from_client(struct nk_ctx *c, const struct nk_key *src, const uint
     return 1;
 }
 
+static void nk_to_python(struct nk_ctx *c, int fd, int kind, const struct nk_key *from,
+                         const uint8_t *d, uint32_t n, uint8_t *out, uint32_t outcap,
+                         uint32_t *usedp);
+
+/*
+ * A listener's request the control path answers itself: its reply queued (1), or 0 (Python's).
+ * An allocation it made gets its table entry here and a NK_REC_MADE record for Python (made
+ * only when that record has room: Python must hear of every allocation).
+ */
+static int nk_ctl_answer(struct nk_ctx *c, int fd, const struct nk_key *src, const uint8_t *d,
+                         uint32_t n, double now, uint8_t *out, uint32_t outcap, uint32_t *usedp) {
+    if (c->ctl == NULL || n < 20 || d[0] > 0x01)
+        return 0;
+    struct nk_key ak = *src;
+    ak.chan = NK_KIND_ALLOC;
+    int has_alloc = *usedp + 2 * sizeof(struct nk_rec) + sizeof(struct nk_ctl_made) +
+                            NK_CTL_REPLY > outcap ||
+                    nk_find(c, &ak) != NULL;
+    uint8_t *reply = c->ctlbuf + (size_t)c->qn * NK_CTL_REPLY;
+    struct nk_ctl_made made;
+    int len = nk_ctl_request(c->ctl, src->family, src->ip, src->port, d, n, now, has_alloc,
+                             reply, &made);
+    if (len < 0)
+        return 1; /* dropped */
+    if (len == 0)
+        return 0;
+    if (made.relay_fd >= 0) {
+        struct nk_val v;
+        memset(&v, 0, sizeof(v));
+        v.fd = made.relay_fd;
+        int32_t none = -1; /* no IPv6 relay */
+        memcpy(v.ip, &none, 4);
+        v.until = 1e300;
+        if (nk_put(c, &ak, &v) != 0) { /* no memory: Send indications go to Python */
+        }
+        nk_to_python(c, fd, NK_REC_MADE, src, (const uint8_t *)&made,
+                     NK_CTL_MADE_HEAD + made.user_len, out, outcap, usedp);
+        nk_to_python(c, fd, NK_REC_MADE, src, reply, (uint32_t)len, out, outcap, usedp);
+    }
+    struct nk_out *o = nk_enqueue(c, fd, NK_OWN_REPLY);
+    o->data = reply;
+    o->dlen = (uint32_t)len;
+    o->plen = 0;
+    o->tolen = nk_sockaddr(&o->to, src->family, src->port, src->ip);
+    return 1;
+}
+
 /* Hand a datagram or frame to Python: nk_rec + data at out + *usedp (dropped and counted when
  * out is full: Python is that far behind, as a full socket would). */
 static void nk_to_python(struct nk_ctx *c, int fd, int kind, const struct nk_key *from,
@@ -1221,6 +1284,8 @@ static int nk_pump_one(struct nk_ctx *c, int fd, int kind, double now, unsigned 
                 queued = 1;
                 continue;
             }
+            if (kind == 0 && nk_ctl_answer(c, fd, &src, d, n, now, out, outcap, usedp))
+                continue; /* (the reply is in ctlbuf, not in the slots) */
             nk_to_python(c, fd, kind, &src, d, n, out, outcap, usedp); /* not ours */
         }
     }
@@ -1892,6 +1957,177 @@ static PyObject *Table_set_now(PyObject *obj, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* ctl_configure(secret, lifetime, prefix, pre, post, budget_cap, own): see _turnctl.h. */
+static PyObject *Table_ctl_configure(PyObject *obj, PyObject *args) {
+    const char *secret, *prefix, *pre, *post, *own;
+    Py_ssize_t secret_len, prefix_len, pre_len, post_len, own_len;
+    double lifetime;
+    unsigned int cap;
+    if (!PyArg_ParseTuple(args, "y#dy#y#y#Iy#", &secret, &secret_len, &lifetime, &prefix,
+                          &prefix_len, &pre, &pre_len, &post, &post_len, &cap, &own, &own_len))
+        return NULL;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    struct nk_ctl *t = nk_ctl_new();
+    uint8_t *buf = malloc((size_t)NK_SLOTS * NK_CTL_REPLY);
+    if (t == NULL || buf == NULL) {
+        nk_ctl_free(t);
+        free(buf);
+        return PyErr_NoMemory();
+    }
+    if (nk_ctl_configure(t, (const uint8_t *)secret, (size_t)secret_len, lifetime,
+                         (const uint8_t *)prefix, (size_t)prefix_len, (const uint8_t *)pre,
+                         (size_t)pre_len, (const uint8_t *)post, (size_t)post_len, cap,
+                         (const uint8_t *)own, (size_t)own_len) != 0) {
+        nk_ctl_free(t);
+        free(buf);
+        return PyErr_Format(PyExc_ValueError, "ctl_configure: a part is too long");
+    }
+    lock_ctx(c);
+    struct nk_ctl *old = c->ctl;
+    uint8_t *oldbuf = c->ctlbuf;
+    nk_flush_all(c); /* nothing queued may point into the old buffer */
+    c->ctl = t;
+    c->ctlbuf = buf;
+    unlock_ctx(c);
+    nk_ctl_free(old);
+    free(oldbuf);
+    Py_RETURN_NONE;
+}
+
+/* ctl_credit(ips): one reply of budget per 17-byte record (family, ip[16]). */
+static PyObject *Table_ctl_credit(PyObject *obj, PyObject *arg) {
+    char *b;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(arg, &b, &n) < 0)
+        return NULL;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    if (n % 17 != 0)
+        return PyErr_Format(PyExc_ValueError, "ctl_credit: 17-byte records");
+    lock_ctx(c);
+    if (c->ctl != NULL)
+        for (Py_ssize_t off = 0; off < n; off += 17)
+            nk_ctl_credit(c->ctl, (uint8_t)b[off], (const uint8_t *)b + off + 1);
+    unlock_ctx(c);
+    Py_RETURN_NONE;
+}
+
+/* ctl_nonce(family, ip16, now) -> the nonce the control path issues (None: not configured). */
+static PyObject *Table_ctl_nonce(PyObject *obj, PyObject *args) {
+    int family;
+    const char *ip;
+    Py_ssize_t iplen;
+    double now;
+    if (!PyArg_ParseTuple(args, "iy#d", &family, &ip, &iplen, &now))
+        return NULL;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    if (iplen != 16)
+        return PyErr_Format(PyExc_ValueError, "ctl_nonce: a 16-byte ip");
+    char text[64];
+    int len = -1;
+    lock_ctx(c);
+    if (c->ctl != NULL)
+        len = nk_ctl_nonce(c->ctl, (uint8_t)family, (const uint8_t *)ip, now, text);
+    unlock_ctx(c);
+    if (len < 0)
+        Py_RETURN_NONE;
+    return PyUnicode_FromStringAndSize(text, len);
+}
+
+/* ctl_allocate_config(realm, users, default_lifetime, max_lifetime): see _turnctl.h. */
+static PyObject *Table_ctl_allocate_config(PyObject *obj, PyObject *args) {
+    const char *realm, *users;
+    Py_ssize_t realm_len, users_len;
+    unsigned int deflt, max;
+    if (!PyArg_ParseTuple(args, "y#y#II", &realm, &realm_len, &users, &users_len, &deflt, &max))
+        return NULL;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    int r = -1;
+    lock_ctx(c);
+    if (c->ctl != NULL)
+        r = nk_ctl_allocate_config(c->ctl, (const uint8_t *)realm, (size_t)realm_len,
+                                   (const uint8_t *)users, (size_t)users_len, deflt, max);
+    unlock_ctx(c);
+    if (r != 0)
+        return PyErr_Format(PyExc_ValueError, "ctl_allocate_config: not configured or too long");
+    Py_RETURN_NONE;
+}
+
+/* ctl_add_spares(records) -> spares held: records of fd (int), IPv4 (4), port (2, host order). */
+static PyObject *Table_ctl_add_spares(PyObject *obj, PyObject *arg) {
+    char *b;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(arg, &b, &n) < 0)
+        return NULL;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    if (n % 10 != 0)
+        return PyErr_Format(PyExc_ValueError, "ctl_add_spares: 10-byte records");
+    long held = -1;
+    int failed = 0;
+    lock_ctx(c);
+    if (c->ctl != NULL) {
+        for (Py_ssize_t off = 0; off < n; off += 10) {
+            int fd;
+            uint16_t port;
+            memcpy(&fd, b + off, 4);
+            memcpy(&port, b + off + 8, 2);
+            failed |= nk_ctl_add_spare(c->ctl, fd, (const uint8_t *)b + off + 4, port) != 0;
+        }
+        held = (long)nk_ctl_spares(c->ctl);
+    }
+    unlock_ctx(c);
+    if (held < 0 || failed)
+        return PyErr_Format(PyExc_ValueError, "ctl_add_spares: not configured or too many");
+    return PyLong_FromLong(held);
+}
+
+/* ctl_take_spares() -> the fds of the spares still held (they leave the table's hands). */
+static PyObject *Table_ctl_take_spares(PyObject *obj, PyObject *unused) {
+    (void)unused;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    int fds[1024];
+    unsigned k = 0;
+    lock_ctx(c);
+    if (c->ctl != NULL)
+        k = nk_ctl_take_spares(c->ctl, fds, 1024);
+    unlock_ctx(c);
+    PyObject *out = PyList_New(k);
+    if (out == NULL)
+        return NULL;
+    for (unsigned i = 0; i < k; i++)
+        PyList_SetItem(out, i, PyLong_FromLong(fds[i]));
+    return out;
+}
+
+static PyObject *Table_ctl_stats(PyObject *obj, PyObject *unused) {
+    (void)unused;
+    struct nk_ctx *c = open_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    uint64_t s[NK_CTL_NSTATS] = {0};
+    lock_ctx(c);
+    if (c->ctl != NULL)
+        nk_ctl_stats(c->ctl, s);
+    unlock_ctx(c);
+    PyObject *out = PyTuple_New(NK_CTL_NSTATS);
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < NK_CTL_NSTATS; i++)
+        PyTuple_SetItem(out, i, PyLong_FromUnsignedLongLong(s[i]));
+    return out;
+}
+
 /* The stream calls: (fd) or (fd, bytes), the context's lock held and the GIL released for the
  * call itself (stream_send writes to the socket). */
 enum { NK_OP_ATTACH, NK_OP_START, NK_OP_SEND, NK_OP_RELEASE };
@@ -1983,6 +2219,22 @@ static PyMethodDef Table_methods[] = {
     {"stop", Table_stop, METH_NOARGS, "stop(): stop and join the thread."},
     {"take", Table_take, METH_NOARGS, "take() -> the records the thread left for Python."},
     {"set_now", Table_set_now, METH_O, "set_now(now): the engine's clock, for the thread."},
+    {"ctl_configure", Table_ctl_configure, METH_VARARGS,
+     "ctl_configure(secret, lifetime, prefix, pre, post, budget_cap, own): the C thread\n"
+     "answers credential-less first requests with the engine's 401 (see _turnctl.h)."},
+    {"ctl_credit", Table_ctl_credit, METH_O,
+     "ctl_credit(records): sources whose requests verified (family + ip[16] each)."},
+    {"ctl_nonce", Table_ctl_nonce, METH_VARARGS,
+     "ctl_nonce(family, ip16, now) -> the nonce the C path issues, or None."},
+    {"ctl_allocate_config", Table_ctl_allocate_config, METH_VARARGS,
+     "ctl_allocate_config(realm, users, default_lifetime, max_lifetime): the C thread serves\n"
+     "authenticated Allocates of these static users (records: name length, name, key)."},
+    {"ctl_add_spares", Table_ctl_add_spares, METH_O,
+     "ctl_add_spares(records) -> held: bound, watched IPv4 relay sockets (fd, ip, port)."},
+    {"ctl_take_spares", Table_ctl_take_spares, METH_NOARGS,
+     "ctl_take_spares() -> [fd]: the spares not used, given back."},
+    {"ctl_stats", Table_ctl_stats, METH_NOARGS,
+     "ctl_stats() -> (challenges, passed for want of budget, passed otherwise)."},
     {"set_gro", Table_set_gro, METH_O,
      "set_gro(on): sockets watched from now on ask for UDP GRO (coalesced reads)."},
     {"put", Table_put, METH_VARARGS, "put(key, value): add or replace an entry (32 + 40 bytes)."},

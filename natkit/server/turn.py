@@ -76,6 +76,10 @@ log = logging.getLogger("natkit.server.turn")
 _RCVBUF = 4 << 20  # client listeners: every client's traffic arrives here
 _RELAY_RCVBUF = 1 << 20  # each relay socket (the kernel doubles it, capped by rmem_max)
 _TICK = 0.5
+# spare relay sockets the C thread holds for the Allocates it serves (refilled below LOW)
+_SPARES_LOW, _SPARES_HIGH = 640, 1000
+_SPARES_MIN = 32  # below this many spares to be had (a small port range), the engine's alone
+_C_USERS_MAX = 16  # static users the C thread verifies itself (more: the engine does)
 _SUMMARY_EVERY = 10.0  # seconds between batched allocation lifecycle lines
 IP_PMTUDISC_DO = 2
 # Linux values; the socket module exposes them only on some builds.
@@ -92,6 +96,11 @@ def _default_policy(opts: TurnOptions) -> PeerPolicy:
         return DefaultPeerPolicy(opts.allow_peers, opts.deny_peers)
     except ConfigError as exc:  # name the server's option, not the policy's argument
         raise ConfigError(exc.message, param=f"{exc.param}_peers") from None
+
+
+def _c_users(keys: dict[str, bytes]) -> bool:
+    """Whether the C thread can verify these users itself (few, names not too long)."""
+    return len(keys) <= _C_USERS_MAX and all(len(n.encode()) <= 256 for n in keys)
 
 
 def _fmt(addr: Address) -> str:
@@ -253,6 +262,15 @@ class TurnServer(TurnService):
         self._udp: list[UdpListener] = []
         self._listeners: dict[int, UdpListener] = {}
         self._relays: dict[int, RelaySocket] = {}
+        # bound, watched relay sockets the table's thread may take for an Allocate it serves
+        # itself (also in _relays, with no relay yet): fd -> socket
+        self._spares: dict[int, RelaySocket] = {}
+        self._spare_ip = 0
+        self._fast_allocates = False
+        self._fast_keys_of_users: dict[str, bytes] | None = None
+        self._spares_on = False  # the thread serves Allocates (it has spares to)
+        self._closing = False
+        self._reserved: Relay | None = None  # _bind_relays' reservation (EVEN-PORT R bit)
         self._servers: list[asyncio.Server] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.TimerHandle | None = None
@@ -335,7 +353,7 @@ class TurnServer(TurnService):
         return {
             "engine": self.engine_name,
             **self.engine.counts(),
-            "relay_sockets": len(self._relays),
+            "relay_sockets": len(self._relays) - len(self._spares),
             "connections": self.guard.total,
             "allocations_created": s.allocations_created,
             "allocations_expired": s.allocations_expired,
@@ -401,6 +419,7 @@ class TurnServer(TurnService):
             if self.tcp or self._ssl is not None:
                 await self._listen_streams()
             self.engine.own = self._own_addresses()
+            self._control_fast()
             self.guard.start(self._loop)
             if self.metrics_address is not None:
                 self._metrics = start_metrics(self.stats, *self.metrics_address)
@@ -453,6 +472,126 @@ class TurnServer(TurnService):
             sibling_ips=[*self.port_pools, *self.external_ips.values()],
         )
 
+    def _control_fast(self) -> None:
+        """Let the table's thread answer credential-less first requests (the 401 of every
+        Allocate) with the engine's challenge and nonce; requests from the relay's own
+        addresses stay the engine's (its relay IPs over the relay port range, siblings' too)."""
+        table, engine = self.fast, self.engine
+        if table is None or not engine.requires_auth:
+            return
+        if self.ports.ephemeral:
+            low, high = 0, 65535
+        else:
+            low = min([self.ports.low, *(lo for lo, _ in self.sibling_ports)])
+            high = max([self.ports.high, *(hi for _, hi in self.sibling_ports)])
+        ips = dict.fromkeys([*self.port_pools, *self.external_ips.values()])
+        responses = engine.responses
+        budget = max(1, int(responses.burst)) if responses.limited else 0
+        table.configure_control(
+            engine.nonces.scheme(), engine.challenge_parts(), budget,
+            [(ip, low, high) for ip in ips],
+        )  # fmt: skip
+        if budget:
+            responses.credited = []
+        # authenticated Allocates too, where the engine's answer needs nothing the thread
+        # lacks: static users, no quota limit, no SOFTWARE, no bandwidth cap, IPv4 relays
+        keys = engine.static_keys()
+        quota = engine.quota
+        if (
+            keys
+            and _c_users(keys)
+            and type(quota) is AllocationQuota
+            and quota.per_user is None
+            and quota.per_source is None
+            and quota.total_limit is None
+            and not engine.config.software
+            and not engine.config.bandwidth
+            and self.relay_pool.get(4)
+            and all(_family(self._advertised((ip, 0))[0]) == 4 for ip in self.relay_pool[4])
+        ):
+            engine.offload_eager = True  # the table knows every allocation there is
+            self._fast_allocates = True
+            self._fast_keys_of_users = keys
+            self._refill_spares()
+
+    def _apply_fast_users(self) -> None:
+        """Tell the thread whose Allocates it serves: the users' keys while it has spares to
+        serve them with, nobody's otherwise (it would have to drop them)."""
+        keys = self._fast_keys_of_users
+        usable = keys if keys and _c_users(keys) and self._spares_on else {}
+        config = self.engine.config
+        assert self.fast is not None
+        self.fast.configure_allocates(
+            config.realm, usable, config.default_lifetime, config.max_lifetime
+        )
+
+    def _check_fast_users(self) -> None:
+        """The users changed (engine.auth.users is a live mapping): the thread verifies with
+        the new keys from now on, or hands every Allocate to the engine (every tick)."""
+        keys = self.engine.static_keys()
+        if keys == self._fast_keys_of_users or self.fast is None:
+            return
+        self._fast_keys_of_users = keys
+        self._apply_fast_users()
+
+    def _refill_spares(self) -> None:
+        """Keep the thread supplied with bound relay sockets (made here: the port policy
+        stays this side's), _SPARES_LOW..._SPARES_HIGH of them."""
+        if len(self._spares) >= _SPARES_LOW or self.fast is None:
+            return
+        ips = self.relay_pool[4]
+        # never more than an eighth of the free relay ports: the engine's own Allocates (an
+        # EVEN-PORT pair, a small range) must find theirs
+        free = 0
+        for ip in ips:
+            pool = self.port_pools[ip]
+            free += 65536 if pool.ephemeral else pool.high - pool.low + 1 - len(pool.in_use)
+        target = min(_SPARES_HIGH, (free + len(self._spares)) // 8)
+        if (target >= _SPARES_MIN) != self._spares_on:
+            # too few ports to spare: the engine serves every Allocate (the thread drops one
+            # it would serve but has no spare for), until there are enough again
+            self._spares_on = target >= _SPARES_MIN
+            self._apply_fast_users()
+            if not self._spares_on:
+                self._reclaim_spares()  # their ports are the engine's again
+        if not self._spares_on:
+            return
+        want = target - len(self._spares)
+        made: list[tuple[int, Address]] = []
+        for _ in range(want):
+            got = None
+            for _ in range(len(ips)):
+                ip = ips[self._spare_ip % len(ips)]
+                self._spare_ip += 1
+                got = self._open_relay(ip, even=False, pair=False)
+                if got is not None:
+                    break
+            if got is None:
+                break  # the ports are all taken: Allocates go to the engine (its 508)
+            relay_sock = got[0]
+            self._spares[relay_sock.fd] = relay_sock
+            made.append((relay_sock.fd, self._advertised(relay_sock.address)))
+        if made:
+            self.fast.add_spares(made)
+
+    def _adopt(self, fd: int, head: bytes, addr: Address, response: bytes) -> None:
+        """An allocation the table's thread made (and answered): the engine's from now on."""
+        if self._closing:
+            return  # (its relay socket closes with the others)
+        relay_fd, lifetime, tid, user_len, _ = _turn_fast.MADE.unpack_from(head)
+        username = head[_turn_fast.MADE.size : _turn_fast.MADE.size + user_len].decode()
+        listener = self._listeners.get(fd)
+        relay_sock = self._spares.pop(relay_fd, None)
+        if listener is None or relay_sock is None:  # (cannot be: both outlive the thread's use)
+            log.warning("event=adopt_lost client=%s", _fmt(addr))
+            return
+        relay = Relay(4, relay_sock.address, self._advertised(relay_sock.address), relay_sock)
+        relay_sock.relay = relay
+        actions = self.engine.adopt_allocation(
+            listener, addr, username, relay, lifetime, tid, response, time.time()
+        )
+        self.run_actions(actions, listener, addr)
+
     def worker_options(self, worker: int) -> dict[str, Any]:
         """Keyword arguments of worker ``worker``'s TurnServer (natkit/server/_workers.py):
         these listeners (ports resolved), the same users (a generated one too), the whole
@@ -482,11 +621,15 @@ class TurnServer(TurnService):
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        self._closing = True  # allocations the thread made from here on are not adopted
+        if self.fast is not None:  # the thread takes no spare from here on
+            self.fast.take_spares()
         self.run_actions(self.engine.close_all(), None, None)
         if self._started:
             self._log_summary(time.time())
         for relay in list(self._relays.values()):
             self.forget_relay(relay)
+        self._spares.clear()  # (closed with the others)
         self.guard.stop()
         for server in self._servers:
             server.close()
@@ -524,6 +667,8 @@ class TurnServer(TurnService):
         self.now = now = time.time()
         if self.fast is not None:
             self.fast.set_now(now)
+            if self._fast_allocates:
+                self._check_fast_users()
         try:
             self.run_actions(self.engine.tick(now), None, None)
             if now - self._summary_at >= _SUMMARY_EVERY:
@@ -650,9 +795,11 @@ class TurnServer(TurnService):
             return
         listeners, relays, streams = self._listeners, self._relays, self.streams
         udp = self._udp
-        for listener in udp:
-            listener.batch = bytearray()
+        for each in udp:
+            each.batch = bytearray()
         stream_kind, closed = _turn_fast.KIND_STREAM, _turn_fast.REC_CLOSED
+        made_kind = _turn_fast.REC_MADE
+        made: tuple[int, bytes, Address] | None = None
         frames: list[bytes] = []
         stream: StreamClient | None = None
         try:
@@ -669,6 +816,13 @@ class TurnServer(TurnService):
                 if stream is not None and frames:
                     stream.fast_frames(frames)
                     frames, stream = [], None
+                if kind == made_kind:  # an allocation the thread made: fields, then reply
+                    if made is None:
+                        made = (fd, data, addr)
+                    else:
+                        self._adopt(made[0], made[1], made[2], data)
+                        made = None
+                    continue
                 if kind == closed:
                     client = streams.get(fd)
                     if client is not None:
@@ -686,8 +840,14 @@ class TurnServer(TurnService):
                 stream.fast_frames(frames)
         finally:
             self._send_batches(table)
-            for listener in udp:
-                listener.batch = None
+            for each in udp:
+                each.batch = None
+            credited = self.engine.responses.credited
+            if credited:  # the thread answers these sources' next challenges
+                table.credit(credited)
+                credited.clear()
+            if self._fast_allocates:
+                self._refill_spares()
 
     def _send_batches(self, table: FastTable) -> None:
         """What the Python path answered in this round, one sendmmsg per listener."""
@@ -707,6 +867,9 @@ class TurnServer(TurnService):
         if isinstance(event, OffloadWithdraw):
             for k in self._fast_keys.pop(event.key, ()):
                 table.delete(k)
+            client, addr = event.key
+            if type(client) is UdpListener:  # (its allocation entry is in no key set)
+                table.delete(_turn_fast.key(client.fd, addr, _turn_fast.KIND_ALLOC))
             return
         client, addr = event.key
         if type(client) is StreamClient:
@@ -715,13 +878,17 @@ class TurnServer(TurnService):
                 return  # a stream the table cannot read (TLS): the engine forwards it all
         else:
             client_fd = client.fd
-        keys = self._fast_keys.setdefault(event.key, set())
         if isinstance(event, OffloadAllocation):
             fds = {r.family: r.handle.fd for r in event.relays}
             k = _turn_fast.key(client_fd, addr, _turn_fast.KIND_ALLOC)
             table.put_allocation(k, fds.get(4, -1), fds.get(6, -1))
-            keys.add(k)
-        elif isinstance(event, OffloadPermission):
+            if type(client) is not UdpListener:
+                # a UDP allocation's entry is found again from its key (withdraw above): an
+                # idle allocation costs no key set here
+                self._fast_keys.setdefault(event.key, set()).add(k)
+            return
+        keys = self._fast_keys.setdefault(event.key, set())
+        if isinstance(event, OffloadPermission):
             k = _turn_fast.key(event.relay.handle.fd, (event.ip, 0), _turn_fast.KIND_PERM)
             if event.until is None:
                 table.delete(k)
@@ -747,7 +914,26 @@ class TurnServer(TurnService):
                 table.put(to_client, client_fd, addr, event.number, event.until)
                 keys.update((to_peer, to_client))
 
+    def _reclaim_spares(self) -> bool:
+        """Take the spare relay sockets back from the thread and close them (their ports are
+        needed); True when there were any."""
+        if self.fast is None or not self._spares:
+            return False
+        for fd in self.fast.take_spares():
+            spare = self._spares.pop(fd, None)
+            if spare is not None:
+                self.forget_relay(spare)
+        return True
+
     def _bind(self, pending: BindRelays) -> list[Action]:
+        relays = self._bind_relays(pending)
+        if not relays and self._reclaim_spares():
+            relays = self._bind_relays(pending)  # again, with the spares' ports free
+        reserved = self._reserved
+        self._reserved = None
+        return self.engine.complete_allocate(pending, relays, time.time(), reserved=reserved)
+
+    def _bind_relays(self, pending: BindRelays) -> list[Relay]:
         relays: list[Relay] = []
         reserved: Relay | None = None
         for i, family in enumerate(pending.families):
@@ -782,7 +968,8 @@ class TurnServer(TurnService):
             if spare is not None:
                 reserved = Relay(family, spare.address, self._advertised(spare.address), spare)
                 spare.relay = reserved
-        return self.engine.complete_allocate(pending, relays, time.time(), reserved=reserved)
+        self._reserved = reserved
+        return relays
 
     def _advertised(self, address: Address) -> Address:
         external = self.external_ips.get(_family(address[0]))

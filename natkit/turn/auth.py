@@ -223,6 +223,12 @@ class NonceIssuer:
         self._issued[nonce] = client_ip
         return nonce
 
+    def scheme(self) -> tuple[bytes, float, str]:
+        """(secret, lifetime, prefix): what another issuer of the same nonces needs (the C
+        control path): prefix + expiry (10 hex digits) + the first 20 hex digits of
+        HMAC-SHA256(secret, "<expiry hex>|<client IP>"), expiry = int(now + lifetime)."""
+        return self._secret, self.lifetime, _PREFIX
+
     def valid(self, nonce: str, client_ip: str, now: float) -> bool:
         """True if we issued ``nonce`` to ``client_ip`` and it has not expired."""
         prefix = _PREFIX

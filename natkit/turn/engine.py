@@ -230,6 +230,10 @@ class TurnEngine:
         self.offload = offload
         #: with ``offload``: TCP/TLS allocations' entries too (the table frames the stream)
         self.offload_streams = False
+        #: with ``offload``: a UDP allocation's OffloadAllocation comes when it is created (not
+        #: with its first permission), so a table knows every allocation a client has (a C
+        #: path that makes allocations itself must never make a second one for a 5-tuple)
+        self.offload_eager = False
         #: the channel number range, for the codec and the adapter's stream framer alike
         self.channel_max = CHANNEL_MAX if self.config.strict_channels else CHANNEL_MAX_RFC5766
         self.allocations: dict[Any, Allocation] = {}
@@ -468,6 +472,59 @@ class TurnEngine:
         reply = Reply(self._create(pending, relays, missing, token, now, out))
         return [*out, reply]
 
+    def adopt_allocation(
+        self,
+        client: Any,
+        addr: Address,
+        username: str,
+        relay: Relay,
+        lifetime: int,
+        transaction_id: bytes,
+        response: bytes,
+        now: float,
+    ) -> list[Action]:
+        """An Allocate a fast path outside the engine verified and answered itself (the C
+        control path of natkit/server/_turnctl.c: a static user's plain UDP Allocate, under
+        no quota limit, ``response`` the success it sent): the allocation becomes the
+        engine's like one it made. Should the engine already hold one for that 5-tuple, or
+        the quota refuse, the engine's state wins and the new relay is closed."""
+        key = (client, addr)
+        refused = None
+        if key not in self.allocations and key not in self.pending:
+            refused = self.quota.acquire(username if self.requires_auth else None, addr)
+        if key in self.allocations or key in self.pending or refused is not None:
+            self.stats.bugs += 1
+            existing = self.allocations.get(key)
+            log.warning(
+                "event=adopt_refused client=%s user=%r why=%s",
+                _fmt(addr),
+                username[:64],
+                "pending" if key in self.pending else "quota" if existing is None else
+                "same transaction" if existing.last_request and
+                existing.last_request[0] == transaction_id else "allocated",
+            )  # fmt: skip
+            # the fast path's table entry for the key goes: back to the engine's allocation
+            existing = self.allocations.get(key)
+            entry: Action = OffloadWithdraw(key)
+            if existing is not None and existing.offloaded:
+                entry = OffloadAllocation(key, tuple(existing.relays))
+            return [entry, CloseRelay(relay.handle, relay.address)]
+        allocation = Allocation(
+            key, client, addr, False, username, username, [relay], now, lifetime
+        )
+        if self.config.bandwidth:
+            allocation.bucket = [float(self.config.bandwidth), now]
+        out: list[Action] = []
+        relay.allocation = allocation
+        self._track(relay, out)
+        self.allocations[key] = allocation
+        self.stats.allocations_created += 1
+        allocation.last_request = (transaction_id, response)
+        if self.offload and allocation.bucket is None:
+            # the fast path put the allocation's table entry itself: no OffloadAllocation
+            allocation.offloaded = True
+        return out
+
     def client_gone(self, client: Any, addr: Address, now: float) -> list[Action]:
         """A TCP/TLS client connection closed: its allocation goes with it (RFC 8656 §5)."""
         allocation = self.allocations.get((client, addr))
@@ -618,6 +675,31 @@ class TurnEngine:
         return self._challenge_bytes(
             msg.method, msg.transaction_id, fingerprint, code, reason, ip, now
         )
+
+    def static_keys(self) -> dict[str, bytes] | None:
+        """username -> MD5 long-term key of every user, when the authenticator is a plain
+        :class:`~natkit.turn.auth.StaticUsers` (what a C path may verify itself); else None."""
+        if type(self.auth) is not StaticUsers:
+            return None
+        return {
+            name: self._key(name, password, PasswordAlgorithm.MD5)
+            for name, password in self.auth.users.items()
+        }
+
+    def challenge_parts(self) -> tuple[bytes, bytes]:
+        """The 401 challenge's attributes before NONCE and after it, as :meth:`_challenge_bytes`
+        encodes them: with the nonce scheme (:meth:`NonceIssuer.scheme`) all a C fast path
+        needs to send the same challenge."""
+        nonce = self.nonces.scheme()[2] + "0" * 30  # a placeholder of the real length
+        err = Message(Method.ALLOCATE, Class.ERROR, bytes(12))
+        err.add(Attr.ERROR_CODE, ErrorCode(401, "Unauthorized"))
+        err.add(Attr.REALM, self.config.realm).add(Attr.NONCE, nonce)
+        err.add(Attr.PASSWORD_ALGORITHMS, _ALGORITHMS)
+        if self.config.software:
+            err.add(Attr.SOFTWARE, self.config.software)
+        body = err.encode()[20:]
+        at = body.index(HEADER.pack(Attr.NONCE, len(nonce)) + nonce.encode())
+        return body[:at], body[at + 4 + (len(nonce) + 3) // 4 * 4 :]
 
     def _challenge_bytes(
         self,
@@ -895,6 +977,8 @@ class TurnEngine:
             self._track(relay, out)
         self.allocations[pending.key] = allocation
         self.stats.allocations_created += 1
+        if self.offload_eager and not pending.stream:
+            self._offload_peers(allocation, set(), out)
         msg = pending.request
         if not missing and token is None and ident is not None and not self.config.software:
             quick = allocate_success(msg, relays, pending.lifetime, pending.client_addr, ident.key)

@@ -131,7 +131,7 @@ class ResponseLimiter:
     go on to authenticate (one 401 per Allocate, then signed requests) never run dry, however
     many of them share one address, while a source that only ever provokes errors does."""
 
-    __slots__ = ("_buckets", "limited")
+    __slots__ = ("_buckets", "credited", "limited")
 
     def __init__(
         self, burst: float = 100.0, rate: float | None = 50.0, max_keys: int = 10_000
@@ -139,6 +139,9 @@ class ResponseLimiter:
         """``rate`` None: no limit."""
         self.limited = rate is not None
         self._buckets = TokenBuckets(burst, rate or 0.0, max_keys)
+        #: when a list: every credited IP is appended (the adapter passes them on to a C
+        #: fast path that answers challenges out of the same credits)
+        self.credited: list[str] | None = None
 
     @property
     def burst(self) -> float:
@@ -155,6 +158,8 @@ class ResponseLimiter:
     def credit(self, ip: str, now: float) -> None:
         """A verified request from ``ip``: one error response back into its budget."""
         self._buckets.give(ip, now)
+        if self.credited is not None:
+            self.credited.append(ip)
 
     def prune(self, now: float) -> None:
         self._buckets.prune(now)

@@ -886,3 +886,27 @@ def test_a_changed_password_takes_effect_at_once_despite_the_identity_cache() ->
                  algorithm=PasswordAlgorithm.SHA256)  # fmt: skip
     assert sha.allocate().cls == Class.SUCCESS  # another algorithm: another key
     assert len(harness.engine._plain) == 3
+
+
+def test_an_adopted_allocation_is_the_engines_and_a_duplicate_is_refused() -> None:
+    """A fast path's allocation (TurnEngine.adopt_allocation): counted, quota'd, cached for a
+    retransmission; a second one for the same 5-tuple keeps the first and closes its relay."""
+    from natkit.turn.actions import CloseRelay, OffloadAllocation, OffloadWithdraw
+
+    engine = make_engine(offload=True, max_allocations=1)
+    addr = ("192.0.2.50", 5000)
+    relay = Relay(4, ("192.0.2.1", 40000), ("192.0.2.1", 40000), object())
+    assert engine.adopt_allocation("udp", addr, "alice", relay, 600, b"t" * 12, b"ok", 100.0) == []
+    allocation = engine.allocations[("udp", addr)]
+    assert allocation.username == "alice" and allocation.expires == 700.0
+    assert allocation.last_request == (b"t" * 12, b"ok") and allocation.offloaded
+    assert engine.quota.total == 1 and engine.stats.allocations_created == 1
+    assert ("192.0.2.1", 40000) in engine._relay_addrs
+    second = Relay(4, ("192.0.2.1", 40001), ("192.0.2.1", 40001), object())
+    actions = engine.adopt_allocation("udp", addr, "alice", second, 600, b"u" * 12, b"", 101.0)
+    assert [type(a) for a in actions] == [OffloadAllocation, CloseRelay]
+    assert engine.allocations[("udp", addr)] is allocation and engine.stats.bugs == 1
+    other = ("192.0.2.51", 5000)  # the quota is full: refused, its table entry withdrawn
+    actions = engine.adopt_allocation("udp", other, "alice", second, 600, b"v" * 12, b"", 101.0)
+    assert [type(a) for a in actions] == [OffloadWithdraw, CloseRelay]
+    assert ("udp", other) not in engine.allocations and engine.quota.total == 1
