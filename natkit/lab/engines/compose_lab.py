@@ -124,6 +124,11 @@ def _check_subnets(topo: Topology, plan: Plan, docker_networks: Sequence[dict[st
     subnets = [(topo.internet_net, "compose.internet_subnet"), *((r.lan_net, "compose.lan_base") for r in plan.routers),
                *((i.lan_net, "compose.lan_base") for r in plan.routers for i in r.inner)]
     hostnet.check_overlap(subnets, hostnet.host_usage(docker_networks=docker_networks), where=topo.source)
+    six = [(plan.internet_net6, "key 'internet.subnet6'")] if plan.internet_net6 else []
+    six += [(net, f"the IPv6 LAN of NAT {r.nat.name}") for r in plan.routers if r.public_ip6
+            for net in (r.lan_net6, r.outside_net6) if net]
+    if six:
+        hostnet.check_overlap6(six, hostnet.host_usage6(), where=topo.source)
 
 
 def _state_path(tag: str) -> Path:
