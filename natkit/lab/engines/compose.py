@@ -58,7 +58,16 @@ from natkit.errors import ConfigError
 from natkit.lab import nats
 from natkit.lab.dns64 import synthesize
 from natkit.lab.engines.image import DOCKERFILE, PYTHON_BASE
-from natkit.lab.topology import Case, InnerPlan, Link, PeerPlan, Plan, RouterPlan, Topology
+from natkit.lab.topology import (
+    FAMILIES,
+    Case,
+    InnerPlan,
+    Link,
+    PeerPlan,
+    Plan,
+    RouterPlan,
+    Topology,
+)
 
 __all__ = [
     "CASES_FILE",
@@ -127,7 +136,8 @@ CASES_FILE = "cases.json"  # in the run's directory (the runner's /out): the cas
 
 
 def cases_to_json(cases: Sequence[Case]) -> list[dict[str, Any]]:
-    return [{"nats": list(c.nats), "path": c.path, "same_lan": c.same_lan, "stacks": list(c.stacks)} for c in cases]
+    return [{"nats": list(c.nats), "path": c.path, "same_lan": c.same_lan, "stacks": list(c.stacks), "family": c.family}
+            for c in cases]
 
 
 def cases_from_json(data: Any) -> list[Case]:
@@ -138,7 +148,10 @@ def cases_from_json(data: Any) -> list[Case]:
             nats_, stacks = tuple(map(str, c["nats"])), tuple(map(str, c["stacks"]))
             if len(nats_) != 2 or len(stacks) != 2:
                 raise ValueError("a case has two NATs and two stacks")
-            out.append(Case((nats_[0], nats_[1]), str(c["path"]), bool(c["same_lan"]), (stacks[0], stacks[1])))
+            family = str(c.get("family", "ipv4"))
+            if family not in FAMILIES:
+                raise ValueError(f"family {family!r}: expected one of {', '.join(FAMILIES)}")
+            out.append(Case((nats_[0], nats_[1]), str(c["path"]), bool(c["same_lan"]), (stacks[0], stacks[1]), family))
         return out
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not a list of cases: {exc}") from None

@@ -288,6 +288,21 @@ def _settle(api: DockerAPI, ident: str, timeout: float = 15.0) -> None:
         time.sleep(0.2)
 
 
+def _exited(run: _Run) -> str:
+    """The lab containers (not the runner) that stopped by themselves, with their last line
+    (a router whose set-up failed leaves its peers unconnected: this says which and why)."""
+    out = []
+    with contextlib.suppress(OSError, DockerError, ValueError):
+        for c in run.api.containers(f"com.docker.compose.project={run.tag}"):
+            service = (c.get("Labels") or {}).get("com.docker.compose.service", "")
+            if service == "runner" or c.get("State") == "running":
+                continue
+            tail = b"".join(chunk for _, chunk in run.api.logs(str(c["Id"]), tail="3", timeout=10))
+            last = next((ln for ln in reversed(tail.decode(errors="replace").splitlines()) if ln.strip()), "no output")
+            out.append(f"{service} exited: {last.strip()[:200]}")
+    return f" ({'; '.join(out[:5])})" if out else ""
+
+
 def _teardown(run: _Run) -> list[str]:
     """Down, then whatever is still there, the rules, the directory; the problems."""
     problems: list[str] = []
@@ -520,7 +535,7 @@ def _run_up(
         if not why and status > 128:
             why = f"killed by signal {status - 128} (the Docker daemon, the OOM killer or docker kill)"
         why = why or (run.log_tail[-1] if run.log_tail else "no output")
-        raise PrerequisiteError(f"the Compose lab's runner exited with status {status}: {why[:400]}")
+        raise PrerequisiteError(f"the Compose lab's runner exited with status {status}: {why[:400]}{_exited(run)}")
     try:
         orch = Orchestration.from_json(json.loads(out.read_text()), topo, plan, cases)
     except ValueError as exc:

@@ -42,6 +42,7 @@ __all__ = ["PROGRESS_PREFIX", "ContainerLab", "main", "node_main", "progress_eve
 
 # Containers start in any order: agents retry and the runner waits this long for them.
 AGENT_WAIT_S = float(os.environ.get("NATKIT_AGENT_WAIT_S", "180"))
+DNS64_START_S = 60.0
 
 
 # A router's daemons (tayga, the DNS64 resolver): they live as long as the container.
@@ -163,10 +164,11 @@ def start_dns64(spec: Sequence[str]) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "natkit.lab.dns64", "--listen", spec[0], *spec[1:]],
                             stdout=subprocess.PIPE)
     assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 10)
+    # bounded, but generous: every container of the lab imports Python at once on a busy host
+    ready, _, _ = select.select([proc.stdout], [], [], DNS64_START_S)
     if not ready or not proc.stdout.readline():
         proc.kill()
-        raise PrerequisiteError(f"the DNS64 resolver did not start on [{spec[0]}]:53 within 10 s")
+        raise PrerequisiteError(f"the DNS64 resolver did not start on [{spec[0]}]:53 within {DNS64_START_S:g} s")
     return proc
 
 
