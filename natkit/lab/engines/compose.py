@@ -341,6 +341,16 @@ def compose_model(
         return svc
 
     net6 = plan.internet_net6 if s.stun_addresses6 is not None else None
+
+    def unused6(ip4: str, dev: str, env: dict[str, str]) -> dict[str, Any]:
+        """The internet endpoint of an IPv4-only container on a dual-stack internet: Docker
+        would pick it an IPv6 address from the pool (the first free ones are the servers'),
+        so it gets one of its own (its IPv4 host number) that it drops at start."""
+        if net6 is None:
+            return {"ipv4_address": ip4}
+        host = int(ipaddress.IPv4Address(ip4)) - int(ipaddress.IPv4Network(topology.internet_net).network_address)
+        env["NATKIT_FLUSH6"] = " ".join([*env.get("NATKIT_FLUSH6", "").split(), dev])
+        return {"ipv4_address": ip4, "ipv6_address": str(ipaddress.IPv6Network(net6).network_address + host)}
     networks: dict[str, Any] = {"internet": network(topology.internet_net, "internet", subnet6=net6)}
     services: dict[str, Any] = {}
 
@@ -390,7 +400,7 @@ def compose_model(
             "NATKIT_NETEM": "; ".join(netem),
             "NATKIT_NFT": recipe.nft,
         }
-        wan_net: dict[str, Any] = {"ipv4_address": r.public_ip}
+        wan_net = {"ipv4_address": r.public_ip} if six else unused6(r.public_ip, WAN_IF, router_env)
         lan_addr: dict[str, Any] = {"ipv4_address": r.lan_ip}
         router_extra: dict[str, Any] = {"sysctls": {**(IPV6_SYSCTLS if six else {}), **recipe.sysctls}}
         if six:
@@ -488,7 +498,7 @@ def compose_model(
         if run.parallel:
             runner_env["NATKIT_PARALLEL"] = str(run.parallel)
         extra["volumes"] = [f"{run.out_dir}:/out", *mounts]
-    services["runner"] = service("runner", runner_env, {"internet": {"ipv4_address": control}}, **extra)
+    services["runner"] = service("runner", runner_env, {"internet": unused6(control, "eth0", runner_env)}, **extra)
     return {"services": services, "networks": networks}
 
 

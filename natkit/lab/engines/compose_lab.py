@@ -509,7 +509,7 @@ def _run_up(
         srv = run.api.container(str(_container(run, "servers")["Id"]))
         pid = int(srv.get("State", {}).get("Pid") or 0)
         if not pid:
-            raise PrerequisiteError("the servers' container is not running: see its log (docker logs)")
+            raise PrerequisiteError(f"the servers' container is not running{_exited(run) or ': see its log (docker logs)'}")
         run.capture = Capture(None, "", bridges["internet"], run.dir / "internet.pcap", f"/proc/{pid}/ns/net",
                               plan.routers[0].public_ip)
         run.capture.start()

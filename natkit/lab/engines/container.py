@@ -113,6 +113,8 @@ def setup_network(env: Mapping[str, str]) -> None:
             cidrs = _cidrs()
     for dev in env.get("NATKIT_FLUSH4", "").split():  # an IPv6-only LAN (Docker always gives IPv4)
         _ip("-4", "addr", "flush", "dev", dev)
+    for dev in env.get("NATKIT_FLUSH6", "").split():  # IPv4-only on a dual-stack segment
+        _ip("-6", "addr", "flush", "dev", dev, "scope", "global")
     for dev, cidr in _pairs(env.get("NATKIT_ADDRS", "")):
         _add_addr(cidr, dev)
     for route in (r.strip() for r in env.get("NATKIT_ROUTES", "").split(";")):

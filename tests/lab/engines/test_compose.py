@@ -396,9 +396,17 @@ def test_ipv6_kinds_get_dual_stack_networks_tayga_and_dns64() -> None:
     dual = svc["peer-nptv6-1-p1"]["environment"]
     assert dual["NATKIT_ROUTES"].startswith("default via 10.213.") and "; ::/0 via fd00:64:" in dual["NATKIT_ROUTES"]
     assert "NATKIT_FLUSH4" not in dual
-    # IPv4-only routers are as before: no IPv6 anywhere near them
+    # IPv4-only containers on the dual-stack internet: an address of their own (never one Docker
+    # picks from the pool, which could be a server's), dropped at start; their LANs IPv4-only
     plain = svc["router-symmetric-1"]
-    assert "ipv6_address" not in plain["networks"]["internet"] and "enable_ipv6" not in nets["lan-symmetric-1"]
+    wan = plain["networks"]["internet"]
+    assert wan["ipv6_address"] == "2001:db8::" + format(int(wan["ipv4_address"].rsplit(".", 1)[1]), "x")
+    assert plain["environment"]["NATKIT_FLUSH6"] == "wan" and "enable_ipv6" not in nets["lan-symmetric-1"]
+    assert svc["runner"]["environment"]["NATKIT_FLUSH6"] == "eth0"
+    six = [n["ipv6_address"] for v in svc.values() for n in v["networks"].values() if "ipv6_address" in n]
+    assert len(six) == len(set(six))
+    assert sum(1 for v in svc.values() if "internet" in v["networks"]) == sum(
+        1 for v in svc.values() if "ipv6_address" in v["networks"].get("internet", {}))
 
 
 def test_nats_in_a_row_get_a_router_container_per_home_nat() -> None:
