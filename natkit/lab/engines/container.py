@@ -43,6 +43,7 @@ __all__ = ["PROGRESS_PREFIX", "ContainerLab", "main", "node_main", "progress_eve
 # Containers start in any order: agents retry and the runner waits this long for them.
 AGENT_WAIT_S = float(os.environ.get("NATKIT_AGENT_WAIT_S", "180"))
 DNS64_START_S = 60.0
+DAD_WAIT_S = 15.0
 
 
 # A router's daemons (tayga, the DNS64 resolver): they live as long as the container.
@@ -124,6 +125,7 @@ def setup_network(env: Mapping[str, str]) -> None:
         if spec:
             subprocess.run(["tc", "qdisc", "replace", "dev", dev, "root", "netem", *spec.split()],
                            check=True, timeout=20)
+    _wait_dad()
     if env.get("NATKIT_NAT64"):
         _DAEMONS.append(start_nat64(env["NATKIT_NAT64"]))
     if env.get("NATKIT_DNS64"):
@@ -131,6 +133,17 @@ def setup_network(env: Mapping[str, str]) -> None:
     rules = env.get("NATKIT_NFT")
     if rules:
         subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True, timeout=20)
+
+
+def _wait_dad(timeout: float = DAD_WAIT_S) -> None:
+    """Wait (bounded) until no IPv6 address is tentative: an interface that went down for its
+    new name runs duplicate address detection again when it comes up, and until it is done
+    nothing binds to the address (the DNS64 resolver, a peer's host candidates)."""
+    deadline = time.monotonic() + timeout
+    while _ip("-6", "addr", "show", "tentative").strip():
+        if time.monotonic() > deadline:
+            raise PrerequisiteError(f"IPv6 addresses still tentative after {timeout:g} s (duplicate address detection)")
+        time.sleep(0.1)
 
 
 def start_nat64(spec: str) -> subprocess.Popen[bytes]:
@@ -168,9 +181,11 @@ def start_dns64(spec: Sequence[str]) -> subprocess.Popen[bytes]:
     assert proc.stdout is not None
     # bounded, but generous: every container of the lab imports Python at once on a busy host
     ready, _, _ = select.select([proc.stdout], [], [], DNS64_START_S)
-    if not ready or not proc.stdout.readline():
+    if not ready:
         proc.kill()
         raise PrerequisiteError(f"the DNS64 resolver did not start on [{spec[0]}]:53 within {DNS64_START_S:g} s")
+    if not proc.stdout.readline():
+        raise PrerequisiteError(f"the DNS64 resolver exited at start (status {proc.wait(5)}) on [{spec[0]}]:53")
     return proc
 
 
