@@ -20,13 +20,16 @@ What it holds:
   (Docker's gateway address is the LAN's ``.254``, so ``.1`` stays the router's); each
   bridge has a name of ours (``nklab-i``, ``nklab-l<k>``, or the run's tag) so that the
   host-side exception for ``br_netfilter`` (:mod:`natkit.lab.engines.hostnet`) can name it;
+  a dual-stack internet (``subnet6``) and the IPv6 LANs (ipv6-firewall, nptv6, nat64) have
+  ``enable_ipv6`` with the netns engine's prefixes, and every endpoint there its plan address;
 * one **router** container per NAT instance (``NAT-1``, ``NAT-2``), with ``NET_ADMIN`` and the
   sysctls and ruleset of its NAT kind's recipe (:func:`natkit.lab.nats.recipe`) with the netns
   engine's arguments (interfaces ``wan`` and ``lan``, renamed by address at start), written into
   the file (``NATKIT_NFT``) so anyone can read the rules a router runs; :func:`router_rulesets`
   gives them per router; NATs in a row (cgnat, double-nat) add a router per home NAT
   (``NAT-1h1``) on the outer router's inside segment (``lan-NAT-1``: the carrier's
-  100.64.0.0/10) with its own LAN ``lan-NAT-1h1`` and peers;
+  100.64.0.0/10) with its own LAN ``lan-NAT-1h1`` and peers; a NAT64 router also gets
+  ``/dev/net/tun`` (tayga) and runs the DNS64 resolver on its LAN address;
 * one **peer** container per peer (the lab's aiortc agent), its default route via its router;
 * **servers**: the RFC 5780 STUN responder (two addresses), the TURN relay and the signaling
   server, as in the netns engine's server namespace;
