@@ -51,7 +51,9 @@ def host_state(before: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "routes": _out("ip", "-4", "route", "show", "table", "all"),
         # the IPv6 Docker networks: no host route into them, the host's forwarding as it was
-        "routes6": _out("ip", "-6", "route", "show", "table", "main"),
+        # (link-local routes of veths come and go with any container on the host: not compared)
+        "routes6": sorted(ln for ln in _out("ip", "-6", "route", "show", "table", "main").splitlines()
+                          if ln.strip() and not ln.startswith("fe80:")),
         "forwarding6": Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text(),
         "route_get": {a: _out("ip", "-4", "route", "get", a) for a in addrs},
         "links": sorted(ln.split()[0] for ln in _out("ip", "-br", "link").splitlines() if ln.strip()),
