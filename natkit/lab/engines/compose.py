@@ -403,7 +403,7 @@ def compose_model(
             "NATKIT_NETEM": "; ".join(netem),
             "NATKIT_NFT": recipe.nft,
         }
-        wan_net = {"ipv4_address": r.public_ip} if six else unused6(r.public_ip, WAN_IF, router_env)
+        wan_net: dict[str, Any] = {"ipv4_address": r.public_ip} if six else unused6(r.public_ip, WAN_IF, router_env)
         lan_addr: dict[str, Any] = {"ipv4_address": r.lan_ip}
         router_extra: dict[str, Any] = {"sysctls": {**(IPV6_SYSCTLS if six else {}), **recipe.sysctls}}
         if six:

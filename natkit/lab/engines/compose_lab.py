@@ -137,7 +137,13 @@ def _state_path(tag: str) -> Path:
 
 def _write_state(tag: str, run_dir: Path) -> None:
     COMPOSE_STATE.mkdir(parents=True, exist_ok=True)
-    state = {"pid": os.getpid(), "start": process_start(os.getpid()), "dir": str(run_dir)}
+    state: dict[str, Any] = {"pid": os.getpid(), "start": process_start(os.getpid()), "dir": str(run_dir)}
+    # the host's IPv6 forwarding before dockerd makes an IPv6 network: a killed run's clean-up
+    # puts it back (hostnet.BridgeGuard does at the end of a run that ends)
+    state["forwarding6"] = {}
+    for path in hostnet.BridgeGuard.FORWARDING6:
+        with contextlib.suppress(OSError):
+            state["forwarding6"][str(path)] = path.read_text().strip()
     tmp = COMPOSE_STATE / f".{tag}.tmp"
     tmp.write_text(json.dumps(state))
     tmp.replace(_state_path(tag))
@@ -194,6 +200,12 @@ def cleanup_leftovers(api: DockerAPI | None = None, *, force: bool = False) -> l
             continue
         removed += _remove_objects(api, tag)
         removed += [f"rule {r}" for r in hostnet.remove_rules(tag)]
+        for path, value in ((state or {}).get("forwarding6") or {}).items():
+            if Path(path) in hostnet.BridgeGuard.FORWARDING6 and value in ("0", "1"):
+                with contextlib.suppress(OSError):
+                    if Path(path).read_text().strip() != value:
+                        Path(path).write_text(value)
+                        removed.append(f"IPv6 forwarding change ({path} back to {value})")
         scratch = (state or {}).get("dir")
         if isinstance(scratch, str) and Path(scratch).name.startswith(f"natkit-compose-{tag}-"):
             shutil.rmtree(scratch, ignore_errors=True)
