@@ -162,7 +162,9 @@ def case_result(
         (ra.id, rb.id),
     )
     if result.observed == "connected":
-        result.route = claimed_route(result.caller.selected, ra.peer_lan, ra.public_ip)
+        # over IPv6 the peers' own LAN is its IPv6 prefix (two peers of one dual-stack LAN)
+        lan = ra.lan_net6 if case.family == "ipv6" and ra.lan_net6 else ra.peer_lan
+        result.route = claimed_route(result.caller.selected, lan, ra.public_ip)
     return result
 
 

@@ -182,10 +182,11 @@ def attach_evidence(pcap: str | Path, topo: Topology, plan: Plan, cases: Sequenc
             c.evidence = None
             continue
         ra = plan.router(c.routers[0])
-        public = ra.public_ip
-        if c.case.family == "ipv6" and ra.peers[0].ip6:  # the caller's global address
+        public, lan = ra.public_ip, ra.peer_lan
+        if c.case.family == "ipv6" and ra.peers[0].ip6:  # the caller's global address and IPv6 LAN
             public = _global6(ra.peers[0].ip6, ra.lan_net6, ra.outside_net6)
+            lan = ra.lan_net6 or lan
         c.evidence = Evidence.from_json(judge_peers(
             flows, caller=c.caller.to_json(), callee=c.callee.to_json(),
-            caller_lan=ra.peer_lan, caller_public=public, turn=turn,
+            caller_lan=lan, caller_public=public, turn=turn,
         ))

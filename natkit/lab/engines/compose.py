@@ -20,13 +20,16 @@ What it holds:
   (Docker's gateway address is the LAN's ``.254``, so ``.1`` stays the router's); each
   bridge has a name of ours (``nklab-i``, ``nklab-l<k>``, or the run's tag) so that the
   host-side exception for ``br_netfilter`` (:mod:`natkit.lab.engines.hostnet`) can name it;
+  a dual-stack internet (``subnet6``) and the IPv6 LANs (ipv6-firewall, nptv6, nat64) have
+  ``enable_ipv6`` with the netns engine's prefixes, and every endpoint there its plan address;
 * one **router** container per NAT instance (``NAT-1``, ``NAT-2``), with ``NET_ADMIN`` and the
   sysctls and ruleset of its NAT kind's recipe (:func:`natkit.lab.nats.recipe`) with the netns
   engine's arguments (interfaces ``wan`` and ``lan``, renamed by address at start), written into
   the file (``NATKIT_NFT``) so anyone can read the rules a router runs; :func:`router_rulesets`
   gives them per router; NATs in a row (cgnat, double-nat) add a router per home NAT
   (``NAT-1h1``) on the outer router's inside segment (``lan-NAT-1``: the carrier's
-  100.64.0.0/10) with its own LAN ``lan-NAT-1h1`` and peers;
+  100.64.0.0/10) with its own LAN ``lan-NAT-1h1`` and peers; a NAT64 router also gets
+  ``/dev/net/tun`` (tayga) and runs the DNS64 resolver on its LAN address;
 * one **peer** container per peer (the lab's aiortc agent), its default route via its router;
 * **servers**: the RFC 5780 STUN responder (two addresses), the TURN relay and the signaling
   server, as in the netns engine's server namespace;
@@ -49,15 +52,25 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from natkit import __version__
 from natkit.errors import ConfigError
 from natkit.lab import nats
+from natkit.lab.dns64 import synthesize
 from natkit.lab.engines.image import DOCKERFILE, PYTHON_BASE
-from natkit.lab.topology import Case, InnerPlan, Link, PeerPlan, Plan, RouterPlan, Topology
+from natkit.lab.topology import (
+    FAMILIES,
+    Case,
+    InnerPlan,
+    Link,
+    PeerPlan,
+    Plan,
+    RouterPlan,
+    Topology,
+)
 
 __all__ = [
     "CASES_FILE",
@@ -89,6 +102,15 @@ COMMAND = ["python", "-m", "natkit.lab.engines.container"]
 WAN_IF, LAN_IF = "wan", "lan"
 BRIDGE_PREFIX = "nklab"  # the bridges of a file run by hand; a run's own use its tag
 PROGRESS_PREFIX = "natkit-progress "  # a progress event on the runner's stdout, for the host
+# Containers on an IPv6 network: IPv6 on, no router advertisements (addresses and routes are
+# the plan's), and addresses kept when an interface is renamed (it goes down for that).
+IPV6_SYSCTLS = {
+    "net.ipv6.conf.all.disable_ipv6": "0",
+    "net.ipv6.conf.default.disable_ipv6": "0",
+    "net.ipv6.conf.all.accept_ra": "0",
+    "net.ipv6.conf.default.accept_ra": "0",
+    "net.ipv6.conf.all.keep_addr_on_down": "1",
+}
 LABEL = "org.natkit.lab"  # on every container and network of a run: its tag
 OWNER_LABEL = "org.natkit.lab.owner"  # "<pid> <start>" of the natkit process that runs it
 
@@ -117,7 +139,8 @@ CASES_FILE = "cases.json"  # in the run's directory (the runner's /out): the cas
 
 
 def cases_to_json(cases: Sequence[Case]) -> list[dict[str, Any]]:
-    return [{"nats": list(c.nats), "path": c.path, "same_lan": c.same_lan, "stacks": list(c.stacks)} for c in cases]
+    return [{"nats": list(c.nats), "path": c.path, "same_lan": c.same_lan, "stacks": list(c.stacks), "family": c.family}
+            for c in cases]
 
 
 def cases_from_json(data: Any) -> list[Case]:
@@ -128,7 +151,10 @@ def cases_from_json(data: Any) -> list[Case]:
             nats_, stacks = tuple(map(str, c["nats"])), tuple(map(str, c["stacks"]))
             if len(nats_) != 2 or len(stacks) != 2:
                 raise ValueError("a case has two NATs and two stacks")
-            out.append(Case((nats_[0], nats_[1]), str(c["path"]), bool(c["same_lan"]), (stacks[0], stacks[1])))
+            family = str(c.get("family", "ipv4"))
+            if family not in FAMILIES:
+                raise ValueError(f"family {family!r}: expected one of {', '.join(FAMILIES)}")
+            out.append(Case((nats_[0], nats_[1]), str(c["path"]), bool(c["same_lan"]), (stacks[0], stacks[1]), family))
         return out
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not a list of cases: {exc}") from None
@@ -170,7 +196,8 @@ def bridge_names(plan: Plan, prefix: str = BRIDGE_PREFIX) -> dict[str, str]:
 
 
 def _router_recipe(r: RouterPlan) -> nats.RouterRecipe:
-    return nats.recipe(r.nat.behaviour, nats.RouterSide(LAN_IF, WAN_IF, r.public_ip, r.lan_net))
+    return nats.recipe(r.nat.behaviour, nats.RouterSide(LAN_IF, WAN_IF, r.public_ip, r.lan_net,
+                                                        inside_net6=r.lan_net6, outside_net6=r.outside_net6))
 
 
 def _inner_recipe(r: RouterPlan, inner: InnerPlan) -> nats.RouterRecipe:
@@ -241,35 +268,24 @@ COMPOSE_PATHS = ("host", "srflx", "relay", "relay-tls", "longevity")
 def compose_scope(topo: Topology) -> tuple[Topology, tuple[tuple[str, str], ...]]:
     """The part of ``topo`` the Compose engine builds, and what it leaves out, each with why.
 
-    The containers carry the routers of every IPv4 NAT kind: one router container per NAT with
-    its nftables recipe (filtering, hairpinning, short mapping lifetimes, egress port firewalls,
-    port-allocation patterns), and for NATs in a row (a carrier NAT, a double NAT) a second
-    router container per home NAT on the outer router's inside segment; IPv6 and NAT64 are
-    built by the netns engine only for now."""
-    kept, left = [], []
-    for n in topo.nats:
-        b = n.behaviour
-        why = "IPv6 / NAT64 (IPv6 Docker networks)" if b.ipv6 is not None or not b.ipv4 or b.nat64 else None
-        if why is None:
-            kept.append(n)
-        else:
-            left.append((f"NAT {n.name} ({n.type})", f"{why} is built by the netns engine only"))
+    The containers carry the routers of every NAT kind: one router container per NAT with its
+    nftables recipe (filtering, hairpinning, short mapping lifetimes, egress port firewalls,
+    port-allocation patterns, IPv6 firewalls and prefix translation), NAT64 with tayga (its tun
+    device passed in) and the DNS64 resolver in the router container, and for NATs in a row (a
+    carrier NAT, a double NAT) a second router container per home NAT on the outer router's
+    inside segment; a dual-stack internet is a Docker network with IPv6. Only paths the
+    Compose engine does not know are left out."""
     paths = tuple(p for p in topo.paths if p in COMPOSE_PATHS)
-    left += [(f"path {p}", "built by the netns engine only") for p in topo.paths if p not in COMPOSE_PATHS]
+    left = tuple((f"path {p}", "built by the netns engine only") for p in topo.paths if p not in COMPOSE_PATHS)
     servers = replace(topo.servers, turn_tls_port=None) if "relay-tls" not in paths else topo.servers
-    net6 = topo.internet_net6
-    if net6 is not None:  # the servers listen on IPv4 only: the lab's networks are IPv4-only
-        left.append((f"the internet's IPv6 ({net6}, the ipv6 cases)", "IPv6 Docker networks are built by the netns engine only"))
-        servers = replace(servers, stun_addresses6=None, turn_address6=None, signaling_address6=None)
-    scoped = replace(topo, nats=tuple(kept), paths=paths, servers=servers, internet_net6=None)
-    return scoped, tuple(left)
+    return replace(topo, paths=paths, servers=servers), left
 
 
 def in_scope(topo: Topology, cases: Sequence[Case]) -> list[Case]:
     """The ``cases`` the scoped ``topo`` (:func:`compose_scope`) can run."""
     names = {n.name for n in topo.nats}
     idle = {n.name for n in topo.nats if n.longevity}  # longevity cases come from the NATs, not lab.paths
-    return [c for c in cases if set(c.nats) <= names and c.family == "ipv4"
+    return [c for c in cases if set(c.nats) <= names
             and (c.path in topo.paths or (c.path == "longevity" and set(c.nats) <= idle))]
 
 
@@ -304,13 +320,21 @@ def compose_model(
     mounts = [f"{m}:{m}:ro" for m in run.mounts] if run is not None else []
     # Routers without NAT route a public LAN: everyone on the internet needs the way to it.
     open_routes = [f"{r.lan_net} via {r.public_ip}" for r in plan.routers if not r.nat.behaviour.nat]
+    # IPv6 LANs (global, or the prefix NPTv6 translates to) are routed by their router: the
+    # servers and the other IPv6 routers need the way to them (as in the netns engine).
+    open_routes6 = [f"{r.outside_net6 or r.lan_net6} via {r.public_ip6}" for r in plan.routers
+                    if r.public_ip6 is not None and r.lan_net6 is not None]
 
-    def network(subnet: str, name: str, gateway: str | None = None) -> dict[str, Any]:
+    def network(subnet: str, name: str, gateway: str | None = None, subnet6: str | None = None,
+                gateway6: str | None = None) -> dict[str, Any]:
         ipam: dict[str, str] = {"subnet": subnet}
         if gateway:
             ipam["gateway"] = gateway
         net: dict[str, Any] = {"internal": True, "driver_opts": {"com.docker.network.bridge.name": bridges[name]},
                                "ipam": {"config": [ipam]}}
+        if subnet6 is not None:  # dual stack: our own 2001:db8:: (or ULA) prefix, no host route (sealed)
+            net["enable_ipv6"] = True
+            net["ipam"]["config"].append({"subnet": subnet6, **({"gateway": gateway6} if gateway6 else {})})
         if run is not None:
             net["labels"] = {LABEL: run.tag, OWNER_LABEL: run.owner}
         return net
@@ -319,58 +343,115 @@ def compose_model(
         svc = {**common, **extra, "environment": {"NATKIT_ROLE": role, **env}, "command": COMMAND, "networks": networks}
         return svc
 
-    networks: dict[str, Any] = {"internet": network(topology.internet_net, "internet")}
+    net6 = plan.internet_net6 if s.stun_addresses6 is not None else None
+
+    def unused6(ip4: str, dev: str, env: dict[str, str]) -> dict[str, Any]:
+        """The internet endpoint of an IPv4-only container on a dual-stack internet: Docker
+        would pick it an IPv6 address from the pool (the first free ones are the servers'),
+        so it gets one of its own (its IPv4 host number) that it drops at start."""
+        if net6 is None:
+            return {"ipv4_address": ip4}
+        host = int(ipaddress.IPv4Address(ip4)) - int(ipaddress.IPv4Network(topology.internet_net).network_address)
+        env["NATKIT_FLUSH6"] = " ".join([*env.get("NATKIT_FLUSH6", "").split(), dev])
+        return {"ipv4_address": ip4, "ipv6_address": str(ipaddress.IPv6Network(net6).network_address + host)}
+    networks: dict[str, Any] = {"internet": network(topology.internet_net, "internet", subnet6=net6)}
     services: dict[str, Any] = {}
 
     extra_ips = list(dict.fromkeys([*s.stun_addresses, s.turn_address, s.signaling_address]))
+    srv_net: dict[str, Any] = {"ipv4_address": extra_ips[0]}
+    srv_addrs = [f"eth0={ip}/{prefix}" for ip in extra_ips[1:]]
+    srv_extra: dict[str, Any] = {}
+    if net6 is not None:  # STUN, TURN and signaling on both families
+        assert s.stun_addresses6 is not None and s.turn_address6 is not None and s.signaling_address6 is not None
+        extra6 = list(dict.fromkeys([*s.stun_addresses6, s.turn_address6, s.signaling_address6]))
+        srv_net["ipv6_address"] = extra6[0]
+        srv_addrs += [f"eth0={ip}/64" for ip in extra6[1:]]
+        srv_extra["sysctls"] = dict(IPV6_SYSCTLS)
     services["servers"] = service(
         "agent",
         {
             "NATKIT_AGENT": "srv",
             "NATKIT_RUNNER": runner_at,
             "NATKIT_IFACES": f"eth0={extra_ips[0]}",
-            "NATKIT_ADDRS": " ".join(f"eth0={ip}/{prefix}" for ip in extra_ips[1:]),
-            "NATKIT_ROUTES": "; ".join(open_routes),
+            "NATKIT_ADDRS": " ".join(srv_addrs),
+            "NATKIT_ROUTES": "; ".join([*open_routes, *(open_routes6 if net6 else [])]),
             "NATKIT_NETEM": f"eth0={_netem(topology.internet_link)}" if topology.internet_link.shaped else "",
         },
-        {"internet": {"ipv4_address": extra_ips[0]}},
+        {"internet": srv_net},
+        **srv_extra,
     )
     agents = ["srv"]
     for r in plan.routers:
         lan_net = ipaddress.IPv4Network(r.lan_net)
         net_name = f"lan-{r.id}"
-        networks[net_name] = network(r.lan_net, net_name, str(lan_net.broadcast_address - 1))
+        b = r.nat.behaviour
+        six = r.public_ip6 is not None and r.lan_net6 is not None and r.lan_ip6 is not None
+        # Docker's gateway on an IPv6 LAN: an address no plan uses (the router is ::1)
+        gw6 = str(ipaddress.IPv6Network(r.lan_net6).network_address + 0xfffe) if six and r.lan_net6 else None
+        networks[net_name] = network(r.lan_net, net_name, str(lan_net.broadcast_address - 1),
+                                     r.lan_net6 if six else None, gw6)
         wan = r.nat.wan
         netem = [f"{WAN_IF}={_netem(wan)}"] if wan.shaped else []
         if r.nat.lan.shaped:
             netem.append(f"{LAN_IF}={_netem(r.nat.lan)}")
         recipe = _router_recipe(r)
+        router_env = {
+            "NATKIT_NAT": f"{r.nat.name} ({r.nat.type})",
+            "NATKIT_IFACES": f"{WAN_IF}={r.public_ip} {LAN_IF}={r.lan_ip}",
+            "NATKIT_ROUTES": "; ".join([*(x for x in open_routes if not x.endswith(f" {r.public_ip}")),
+                                        *(x for x in open_routes6 if six and not x.endswith(f" {r.public_ip6}"))]),
+            "NATKIT_NETEM": "; ".join(netem),
+            "NATKIT_NFT": recipe.nft,
+        }
+        wan_net: dict[str, Any] = {"ipv4_address": r.public_ip} if six else unused6(r.public_ip, WAN_IF, router_env)
+        lan_addr: dict[str, Any] = {"ipv4_address": r.lan_ip}
+        router_extra: dict[str, Any] = {"sysctls": {**(IPV6_SYSCTLS if six else {}), **recipe.sysctls}}
+        if six:
+            wan_net["ipv6_address"] = r.public_ip6
+            lan_addr["ipv6_address"] = r.lan_ip6
+        if not b.ipv4:  # an IPv6-only LAN: Docker gives every endpoint an IPv4 address, which goes
+            router_env["NATKIT_FLUSH4"] = LAN_IF
+        if recipe.nat64 is not None:  # tayga needs a tun device; DNS64 answers on the LAN
+            assert r.lan_ip6 is not None
+            router_env["NATKIT_NAT64"] = json.dumps(asdict(recipe.nat64), sort_keys=True)
+            router_env["NATKIT_DNS64"] = " ".join([r.lan_ip6, *(f"{n}={ip}" for n, ip in s.names().items())])
+            router_extra["devices"] = ["/dev/net/tun:/dev/net/tun"]
         services[f"router-{r.id}"] = service(
-            "router",
-            {
-                "NATKIT_NAT": f"{r.nat.name} ({r.nat.type})",
-                "NATKIT_IFACES": f"{WAN_IF}={r.public_ip} {LAN_IF}={r.lan_ip}",
-                "NATKIT_ROUTES": "; ".join(x for x in open_routes if not x.endswith(f" {r.public_ip}")),
-                "NATKIT_NETEM": "; ".join(netem),
-                "NATKIT_NFT": recipe.nft,
-            },
-            {"internet": {"ipv4_address": r.public_ip}, net_name: {"ipv4_address": r.lan_ip}},
-            sysctls=dict(recipe.sysctls),
+            "router", router_env, {"internet": wan_net, net_name: lan_addr}, **router_extra,
         )
-        def peers(on: tuple[PeerPlan, ...], lan: str, gateway: str, router: str, link: Link) -> None:
-            for p in on:
+        def peers(on: tuple[PeerPlan, ...], lan: str, gateway: str, router: str, link: Link,
+                  gateway6: str | None = None) -> None:
+            for i, p in enumerate(on):
                 agents.append(p.id)
+                addr: dict[str, Any] = {}
+                routes = []
+                env = {"NATKIT_AGENT": p.id, "NATKIT_RUNNER": runner_at}
+                if p.ip:
+                    addr["ipv4_address"] = p.ip
+                    routes.append(f"default via {gateway}")
+                    env["NATKIT_IFACES"] = f"eth0={p.ip}"
+                else:  # IPv6-only: the runner through NAT64, its IPv4 address under the NAT64 prefix
+                    assert p.ip6 is not None
+                    # Docker gives every endpoint IPv4: one of ours (never the router's), flushed at start
+                    addr["ipv4_address"] = str(ipaddress.IPv4Interface(f"{gateway}/24").network.network_address + 10 + i)
+                    env["NATKIT_IFACES"] = f"eth0={p.ip6}"
+                    env["NATKIT_FLUSH4"] = "eth0"
+                    env["NATKIT_RUNNER"] = f"[{synthesize(control)}]:{CONTROL_PORT}"
+                extra_p: dict[str, Any] = {}
+                if p.ip6 and gateway6:
+                    addr["ipv6_address"] = p.ip6
+                    routes.append(f"::/0 via {gateway6}")
+                    extra_p["sysctls"] = dict(IPV6_SYSCTLS)
                 services[f"peer-{p.id}"] = service(
                     "agent",
                     {
-                        "NATKIT_AGENT": p.id,
-                        "NATKIT_RUNNER": runner_at,
-                        "NATKIT_IFACES": f"eth0={p.ip}",
-                        "NATKIT_ROUTES": f"default via {gateway}",
+                        **env,
+                        "NATKIT_ROUTES": "; ".join(routes),
                         "NATKIT_NETEM": f"eth0={_netem(link)}" if link.shaped else "",
                     },
-                    {lan: {"ipv4_address": p.ip}},
+                    {lan: addr},
                     depends_on=[router],
+                    **extra_p,
                     **({"volumes": mounts} if mounts else {}),
                 )
 
@@ -396,7 +477,7 @@ def compose_model(
             )
             peers(inner.peers, inner_net, inner.lan_ip, f"router-{inner.id}", r.nat.lan)
         if not r.inner:  # behind NATs in a row the peers are the home NATs' (r.peers lists them too)
-            peers(r.peers, net_name, r.lan_ip, f"router-{r.id}", r.nat.lan)
+            peers(r.peers, net_name, r.lan_ip, f"router-{r.id}", r.nat.lan, r.lan_ip6 if six else None)
     runner_env = {
         "NATKIT_LISTEN": runner_at,
         "NATKIT_AGENTS": " ".join(agents),
@@ -420,7 +501,7 @@ def compose_model(
         if run.parallel:
             runner_env["NATKIT_PARALLEL"] = str(run.parallel)
         extra["volumes"] = [f"{run.out_dir}:/out", *mounts]
-    services["runner"] = service("runner", runner_env, {"internet": {"ipv4_address": control}}, **extra)
+    services["runner"] = service("runner", runner_env, {"internet": unused6(control, "eth0", runner_env)}, **extra)
     return {"services": services, "networks": networks}
 
 

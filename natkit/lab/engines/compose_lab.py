@@ -124,6 +124,11 @@ def _check_subnets(topo: Topology, plan: Plan, docker_networks: Sequence[dict[st
     subnets = [(topo.internet_net, "compose.internet_subnet"), *((r.lan_net, "compose.lan_base") for r in plan.routers),
                *((i.lan_net, "compose.lan_base") for r in plan.routers for i in r.inner)]
     hostnet.check_overlap(subnets, hostnet.host_usage(docker_networks=docker_networks), where=topo.source)
+    six = [(plan.internet_net6, "key 'internet.subnet6'")] if plan.internet_net6 else []
+    six += [(net, f"the IPv6 LAN of NAT {r.nat.name}") for r in plan.routers if r.public_ip6
+            for net in (r.lan_net6, r.outside_net6) if net]
+    if six:
+        hostnet.check_overlap6(six, hostnet.host_usage6(), where=topo.source)
 
 
 def _state_path(tag: str) -> Path:
@@ -132,7 +137,13 @@ def _state_path(tag: str) -> Path:
 
 def _write_state(tag: str, run_dir: Path) -> None:
     COMPOSE_STATE.mkdir(parents=True, exist_ok=True)
-    state = {"pid": os.getpid(), "start": process_start(os.getpid()), "dir": str(run_dir)}
+    state: dict[str, Any] = {"pid": os.getpid(), "start": process_start(os.getpid()), "dir": str(run_dir)}
+    # the host's IPv6 forwarding before dockerd makes an IPv6 network: a killed run's clean-up
+    # puts it back (hostnet.BridgeGuard does at the end of a run that ends)
+    state["forwarding6"] = {}
+    for path in hostnet.BridgeGuard.FORWARDING6:
+        with contextlib.suppress(OSError):
+            state["forwarding6"][str(path)] = path.read_text().strip()
     tmp = COMPOSE_STATE / f".{tag}.tmp"
     tmp.write_text(json.dumps(state))
     tmp.replace(_state_path(tag))
@@ -189,6 +200,12 @@ def cleanup_leftovers(api: DockerAPI | None = None, *, force: bool = False) -> l
             continue
         removed += _remove_objects(api, tag)
         removed += [f"rule {r}" for r in hostnet.remove_rules(tag)]
+        for path, value in ((state or {}).get("forwarding6") or {}).items():
+            if Path(path) in hostnet.BridgeGuard.FORWARDING6 and value in ("0", "1"):
+                with contextlib.suppress(OSError):
+                    if Path(path).read_text().strip() != value:
+                        Path(path).write_text(value)
+                        removed.append(f"IPv6 forwarding change ({path} back to {value})")
         scratch = (state or {}).get("dir")
         if isinstance(scratch, str) and Path(scratch).name.startswith(f"natkit-compose-{tag}-"):
             shutil.rmtree(scratch, ignore_errors=True)
@@ -281,6 +298,21 @@ def _settle(api: DockerAPI, ident: str, timeout: float = 15.0) -> None:
         if not info.get("State", {}).get("Running") and not any(n.get("EndpointID") for n in nets.values()):
             return
         time.sleep(0.2)
+
+
+def _exited(run: _Run) -> str:
+    """The lab containers (not the runner) that stopped by themselves, with their last line
+    (a router whose set-up failed leaves its peers unconnected: this says which and why)."""
+    out = []
+    with contextlib.suppress(OSError, DockerError, ValueError):
+        for c in run.api.containers(f"com.docker.compose.project={run.tag}"):
+            service = (c.get("Labels") or {}).get("com.docker.compose.service", "")
+            if service == "runner" or c.get("State") == "running":
+                continue
+            tail = b"".join(chunk for _, chunk in run.api.logs(str(c["Id"]), tail="3", timeout=10))
+            last = next((ln for ln in reversed(tail.decode(errors="replace").splitlines()) if ln.strip()), "no output")
+            out.append(f"{service} exited: {last.strip()[:200]}")
+    return f" ({'; '.join(out[:5])})" if out else ""
 
 
 def _teardown(run: _Run) -> list[str]:
@@ -489,7 +521,7 @@ def _run_up(
         srv = run.api.container(str(_container(run, "servers")["Id"]))
         pid = int(srv.get("State", {}).get("Pid") or 0)
         if not pid:
-            raise PrerequisiteError("the servers' container is not running: see its log (docker logs)")
+            raise PrerequisiteError(f"the servers' container is not running{_exited(run) or ': see its log (docker logs)'}")
         run.capture = Capture(None, "", bridges["internet"], run.dir / "internet.pcap", f"/proc/{pid}/ns/net",
                               plan.routers[0].public_ip)
         run.capture.start()
@@ -515,7 +547,7 @@ def _run_up(
         if not why and status > 128:
             why = f"killed by signal {status - 128} (the Docker daemon, the OOM killer or docker kill)"
         why = why or (run.log_tail[-1] if run.log_tail else "no output")
-        raise PrerequisiteError(f"the Compose lab's runner exited with status {status}: {why[:400]}")
+        raise PrerequisiteError(f"the Compose lab's runner exited with status {status}: {why[:400]}{_exited(run)}")
     try:
         orch = Orchestration.from_json(json.loads(out.read_text()), topo, plan, cases)
     except ValueError as exc:

@@ -42,6 +42,12 @@ __all__ = ["PROGRESS_PREFIX", "ContainerLab", "main", "node_main", "progress_eve
 
 # Containers start in any order: agents retry and the runner waits this long for them.
 AGENT_WAIT_S = float(os.environ.get("NATKIT_AGENT_WAIT_S", "180"))
+DNS64_START_S = 60.0
+DAD_WAIT_S = 15.0
+
+
+# A router's daemons (tayga, the DNS64 resolver): they live as long as the container.
+_DAEMONS: list[subprocess.Popen[bytes]] = []
 
 
 def _ip(*args: str) -> str:
@@ -61,46 +67,131 @@ def _pairs(text: str, sep: str = " ") -> list[tuple[str, str]]:
 
 
 def _addresses() -> dict[str, str]:
-    """IPv4 address -> the interface holding it."""
+    """Address (IPv4, and IPv6 other than link-local) -> the interface holding it."""
+    return {ip: dev for ip, (dev, _) in _cidrs().items()}
+
+
+def _cidrs() -> dict[str, tuple[str, str]]:
+    """Address -> (interface, address/prefix), IPv4 and global IPv6."""
     out = {}
-    for line in _ip("-o", "-4", "addr", "show").splitlines():
+    for line in _ip("-o", "addr", "show").splitlines():
         parts = line.split()
-        if "inet" in parts:
-            out[parts[parts.index("inet") + 1].split("/")[0]] = parts[1]
+        for fam in ("inet", "inet6"):
+            if fam in parts:
+                cidr = parts[parts.index(fam) + 1]
+                if not cidr.startswith("fe80:"):
+                    out[cidr.split("/")[0]] = (parts[1], cidr)
     return out
 
 
+def _add_addr(cidr: str, dev: str) -> None:
+    # no duplicate address detection: the plan's addresses are unique, and a tentative
+    # address cannot be bound for a second or two
+    _ip("addr", "add", cidr, "dev", dev, *(["nodad"] if ":" in cidr else []))
+
+
 def setup_network(env: Mapping[str, str]) -> None:
-    """Name interfaces by the address they hold, add addresses and routes, shape, apply nft."""
-    by_ip = _addresses()
+    """Name interfaces by the address they hold, add addresses and routes, shape, start NAT64
+    and DNS64 (a router that has them), apply nft."""
+    cidrs = _cidrs()
     deadline = time.monotonic() + 30
     for name, ip in _pairs(env.get("NATKIT_IFACES", "")):
-        while ip not in by_ip and time.monotonic() < deadline:  # Docker attaches networks late
+        while ip not in cidrs and time.monotonic() < deadline:  # Docker attaches networks late
             time.sleep(0.2)
-            by_ip = _addresses()
-        dev = by_ip.get(ip)
-        if dev is None:
+            cidrs = _cidrs()
+        if ip not in cidrs:
             raise PrerequisiteError(f"no interface holds {ip}: the container is not on the network it needs")
+        dev = cidrs[ip][0]
         if dev != name:
+            six = [cidr for d, cidr in cidrs.values() if d == dev and ":" in cidr]
             _ip("link", "set", "dev", dev, "down")
             _ip("link", "set", "dev", dev, "name", name)
             _ip("link", "set", "dev", name, "up")
+            have = _cidrs()
+            for cidr in six:  # the kernel may drop IPv6 addresses of a link that went down
+                if cidr.split("/")[0] not in have:
+                    _add_addr(cidr, name)
+            cidrs = _cidrs()
+    for dev in env.get("NATKIT_FLUSH4", "").split():  # an IPv6-only LAN (Docker always gives IPv4)
+        _ip("-4", "addr", "flush", "dev", dev)
+    for dev in env.get("NATKIT_FLUSH6", "").split():  # IPv4-only on a dual-stack segment
+        _ip("-6", "addr", "flush", "dev", dev, "scope", "global")
     for dev, cidr in _pairs(env.get("NATKIT_ADDRS", "")):
-        _ip("addr", "add", cidr, "dev", dev)
+        _add_addr(cidr, dev)
     for route in (r.strip() for r in env.get("NATKIT_ROUTES", "").split(";")):
         if route:
-            _ip("route", "replace", *route.split())
+            _ip(*(["-6"] if ":" in route else []), "route", "replace", *route.split())
     for dev, spec in _pairs(env.get("NATKIT_NETEM", ""), ";"):
         if spec:
             subprocess.run(["tc", "qdisc", "replace", "dev", dev, "root", "netem", *spec.split()],
                            check=True, timeout=20)
+    _wait_dad()
+    if env.get("NATKIT_NAT64"):
+        _DAEMONS.append(start_nat64(env["NATKIT_NAT64"]))
+    if env.get("NATKIT_DNS64"):
+        _DAEMONS.append(start_dns64(env["NATKIT_DNS64"].split()))
     rules = env.get("NATKIT_NFT")
     if rules:
         subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True, timeout=20)
 
 
+def _wait_dad(timeout: float = DAD_WAIT_S) -> None:
+    """Wait (bounded) until no IPv6 address is tentative: an interface that went down for its
+    new name runs duplicate address detection again when it comes up, and until it is done
+    nothing binds to the address (the DNS64 resolver, a peer's host candidates)."""
+    deadline = time.monotonic() + timeout
+    while _ip("-6", "addr", "show", "tentative").strip():
+        if time.monotonic() > deadline:
+            raise PrerequisiteError(f"IPv6 addresses still tentative after {timeout:g} s (duplicate address detection)")
+        time.sleep(0.1)
+
+
+def start_nat64(spec: str) -> subprocess.Popen[bytes]:
+    """tayga (the router's stateful NAT64, :class:`natkit.lab.nats.nftables.Nat64Plan` as JSON):
+    its tun device (``/dev/net/tun`` passed into the container), routes, then the daemon, which
+    lives as long as the container."""
+    import shutil
+    import tempfile
+
+    from natkit.lab.nats.nftables import Nat64Plan
+
+    plan = Nat64Plan(**json.loads(spec))
+    tayga = shutil.which("tayga") or "/usr/sbin/tayga"
+    if not os.path.exists(tayga):
+        raise PrerequisiteError("the NAT64 router needs tayga in the lab image: rebuild it (natkit lab run --engine compose does)")
+    data = tempfile.mkdtemp(prefix="natkit-tayga-")
+    conf = os.path.join(data, "tayga.conf")
+    Path(conf).write_text(plan.tayga_conf(data))
+    res = subprocess.run([tayga, "--mktun", "-c", conf], capture_output=True, text=True, timeout=10)
+    if res.returncode != 0:
+        raise PrerequisiteError(f"tayga --mktun failed: {(res.stderr or res.stdout).strip()[:200]}; the router "
+                                "container needs /dev/net/tun and NET_ADMIN")
+    for argv in plan.commands():
+        subprocess.run(argv, check=True, timeout=10)
+    return subprocess.Popen([tayga, "--nodetach", "-c", conf], stdout=subprocess.DEVNULL)
+
+
+def start_dns64(spec: Sequence[str]) -> subprocess.Popen[bytes]:
+    """The lab's DNS64 resolver (:mod:`natkit.lab.dns64`) on ``spec[0]`` port 53, zone
+    ``spec[1:]`` (``name=ipv4``); waits (bounded) for the line it prints once it listens."""
+    import select
+
+    proc = subprocess.Popen([sys.executable, "-m", "natkit.lab.dns64", "--listen", spec[0], *spec[1:]],
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    # bounded, but generous: every container of the lab imports Python at once on a busy host
+    ready, _, _ = select.select([proc.stdout], [], [], DNS64_START_S)
+    if not ready:
+        proc.kill()
+        raise PrerequisiteError(f"the DNS64 resolver did not start on [{spec[0]}]:53 within {DNS64_START_S:g} s")
+    if not proc.stdout.readline():
+        raise PrerequisiteError(f"the DNS64 resolver exited at start (status {proc.wait(5)}) on [{spec[0]}]:53")
+    return proc
+
+
 def _connect_runner(address: str, name: str) -> socket.socket:
     host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # an IPv6 address (a NAT64 LAN's way to the runner)
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:

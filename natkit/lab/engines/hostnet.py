@@ -253,6 +253,47 @@ def check_overlap(lab: Sequence[tuple[str, str]], uses: Iterable[Use], *, where:
                 )
 
 
+def host_usage6(ignore_ifaces: Iterable[str] = ()) -> list[tuple[ipaddress.IPv6Network, str]]:
+    """The host's global IPv6 addresses and routes (not the default route, link-local,
+    multicast or loopback): what an IPv6 lab bridge must not overlap."""
+    skip = set(ignore_ifaces)
+    out: list[tuple[ipaddress.IPv6Network, str]] = []
+    for line in _run(["ip", "-o", "-6", "addr", "show"]).splitlines():
+        parts = line.split()
+        if "inet6" in parts and parts[1] not in skip:
+            cidr = parts[parts.index("inet6") + 1]
+            out.append((ipaddress.IPv6Network(cidr, strict=False), f"the host's address {cidr} on {parts[1]}"))
+    for line in _run(["ip", "-6", "route", "show", "table", "all"]).splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("unreachable", "prohibit", "blackhole", "throw"):
+            parts = parts[1:]
+        if not parts or parts[0] in ("default", "local", "multicast", "broadcast", "anycast"):
+            continue
+        dev = parts[parts.index("dev") + 1] if "dev" in parts else ""
+        try:
+            net = ipaddress.IPv6Network(parts[0], strict=False)
+        except ValueError:
+            continue
+        if dev not in skip and net.prefixlen:
+            out.append((net, f"the host's route {' '.join(line.split()[:5])}"))
+    return [(n, w) for n, w in out if not (n.is_link_local or n.is_multicast or n.is_loopback)]
+
+
+def check_overlap6(lab: Sequence[tuple[str, str]], uses: Iterable[tuple[ipaddress.IPv6Network, str]], *,
+                   where: str) -> None:
+    """ConfigError naming the first clash of a lab IPv6 prefix (prefix, what sets it) with ``uses``."""
+    uses = list(uses)
+    for prefix, key in lab:
+        net = ipaddress.IPv6Network(prefix)
+        for use, what in uses:
+            if net.overlaps(use):
+                raise ConfigError(
+                    f"{key}: the lab's IPv6 prefix {net} overlaps {what}; a Docker bridge on it would "
+                    "shadow that on the host; run this topology with --engine netns or free that prefix",
+                    param="internet.subnet6", where=where,
+                )
+
+
 # -- the firewall exception -------------------------------------------------------------------
 
 
@@ -305,9 +346,17 @@ class BridgeGuard:
         self.bridges = list(bridges)
         self._ipt = _iptables()
         self._chain = _chain(self._ipt)
+        self._forwarding6: dict[Path, str] = {}
+
+    # Creating a network with IPv6, dockerd turns the host's IPv6 forwarding on; the lab's
+    # bridges are internal (frames are bridged, nothing is routed by the host): put it back.
+    FORWARDING6 = (Path("/proc/sys/net/ipv6/conf/all/forwarding"), Path("/proc/sys/net/ipv6/conf/default/forwarding"))
 
     def install(self) -> None:
         """Insert the ACCEPT rules (before the bridges exist: a rule names an interface)."""
+        for path in self.FORWARDING6:
+            with contextlib.suppress(OSError):
+                self._forwarding6[path] = path.read_text().strip()
         for br in self.bridges:
             res = subprocess.run(
                 [*self._ipt, "-I", self._chain, "-i", br, "-o", br, "-m", "comment", "--comment",
@@ -331,3 +380,7 @@ class BridgeGuard:
 
     def remove(self) -> None:
         remove_rules(self.tag)
+        for path, value in self._forwarding6.items():
+            with contextlib.suppress(OSError):
+                if path.read_text().strip() != value:
+                    path.write_text(value)

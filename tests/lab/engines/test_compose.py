@@ -300,6 +300,11 @@ def test_a_runs_cases_travel_with_their_stacks(tmp_path: Path) -> None:
     topo = load()
     cases = [*topo.cases()[:3], Case(("full-cone", "symmetric"), "srflx", False, ("pion", "mine"))]
     assert cases_from_json(json.loads(json.dumps(cases_to_json(cases)))) == cases
+    # the family travels too: an IPv6 case is not its IPv4 twin (the same NATs and path)
+    six = [Case(("nat64", "open"), "relay", False, family="nat64"), Case(("nptv6", "nptv6"), "host", family="ipv6")]
+    assert cases_from_json(json.loads(json.dumps(cases_to_json(six)))) == six
+    with pytest.raises(ValueError):
+        cases_from_json([{**cases_to_json(six)[0], "family": "ipx"}])
     with pytest.raises(ValueError):
         cases_from_json([{"nats": ["a"], "path": "host", "same_lan": False, "stacks": ["x", "y"]}])
     with pytest.raises(ValueError):
@@ -328,21 +333,80 @@ def test_a_mount_must_exist_and_not_hide_the_image(tmp_path: Path) -> None:
         assert err.value.param == "mount" and "\n" not in str(err.value)
 
 
-def test_what_the_compose_engine_leaves_out_is_named() -> None:
-    """The kinds only the netns engine builds are left out by name and reason, never run
-    half-built (an IPv6 kind on an IPv4-only Docker network would pass for an IPv4 NAT)."""
+def test_the_compose_engine_builds_every_nat_kind() -> None:
+    """Nothing of the default or the internet topology is left out any more: the IPv6 kinds
+    and the dual-stack internet are Docker networks with IPv6."""
     scoped, left = compose_scope(load())
     assert left == ()  # the default topology runs whole under Compose
     assert scoped.paths == ("host", "srflx", "relay", "relay-tls") and scoped.servers.turn_tls_port == 443
     assert compose_scope(scoped) == (scoped, ())  # idempotent: the containers scope again
-    internet, left6 = compose_scope(load(ROOT / "configs/lab/internet.toml"))
-    kinds = {w.split("(")[1].rstrip(")") for w, _ in left6 if w.startswith("NAT ")}
-    assert kinds == {"ipv6-firewall", "nptv6", "nat64"}
-    assert all("netns engine only" in why for _, why in left6)
-    assert any(w.startswith("the internet's IPv6 (2001:db8::/64") for w, _ in left6)
-    assert internet.internet_net6 is None and internet.servers.turn_address6 is None
-    assert {"cgnat", "double-nat", "eim-no-preserve", "symmetric-sequential", "egress-443"} <= {n.type for n in internet.nats}
-    assert all(n.behaviour.ipv6 is None and n.behaviour.ipv4 for n in internet.nats)
+    full = load(ROOT / "configs/lab/internet.toml")
+    internet, left6 = compose_scope(full)
+    assert left6 == () and internet.nats == full.nats
+    assert internet.internet_net6 == "2001:db8::/64" and internet.servers.turn_address6 == "2001:db8::4"
+    ctopo = internet.for_compose()
+    assert in_scope(ctopo, ctopo.cases()) == ctopo.cases()
+    assert {c.family for c in ctopo.cases()} == {"ipv4", "ipv6", "nat64"}
+
+
+def test_ipv6_kinds_get_dual_stack_networks_tayga_and_dns64() -> None:
+    """The internet and the IPv6 LANs: internal Docker networks with our own IPv6 prefix (and
+    an IPv4 subnet of the Compose scheme, which Docker always wants); the servers on both
+    families; NAT64's router with the tun device, tayga's plan and the DNS64 zone; an IPv6-only
+    peer whose IPv4 address goes and which reaches the runner through NAT64."""
+    topo = compose_scope(load(ROOT / "configs/lab/internet.toml"))[0].for_compose()
+    model = compose_model(topo, topology_text="")
+    svc, nets = model["services"], model["networks"]
+    inet = nets["internet"]
+    assert inet["internal"] is True and inet["enable_ipv6"] is True
+    assert [c["subnet"] for c in inet["ipam"]["config"]] == ["198.19.113.0/24", "2001:db8::/64"]
+    for name, net in nets.items():
+        assert net["internal"] is True
+        for cfg in net["ipam"]["config"]:
+            if ":" in cfg["subnet"]:
+                assert net["enable_ipv6"] is True
+                assert cfg["subnet"].startswith(("2001:db8:", "fd00:64:")), (name, cfg)
+    srv = svc["servers"]
+    assert srv["networks"]["internet"] == {"ipv4_address": "198.19.113.2", "ipv6_address": "2001:db8::2"}
+    assert "eth0=2001:db8::4/64" in srv["environment"]["NATKIT_ADDRS"].split()
+    assert srv["sysctls"]["net.ipv6.conf.all.disable_ipv6"] == "0"
+    # every IPv6 LAN is routed from the servers via its router (NPTv6: the translated prefix)
+    routes = srv["environment"]["NATKIT_ROUTES"].split("; ")
+    for rid in ("ipv6-firewall-1", "nptv6-1", "nat64-1"):
+        r = svc[f"router-{rid}"]
+        wan6 = r["networks"]["internet"]["ipv6_address"]
+        assert any(x.endswith(f" via {wan6}") for x in routes), (rid, routes)
+        assert r["sysctls"]["net.ipv6.conf.all.forwarding"] == "1"
+        assert "ip6 " in r["environment"]["NATKIT_NFT"] or "table ip6" in r["environment"]["NATKIT_NFT"]
+    assert any(x.startswith("2001:db8:2:") for x in routes)  # NPTv6's outside prefix
+    nat64 = svc["router-nat64-1"]
+    env = nat64["environment"]
+    assert nat64["devices"] == ["/dev/net/tun:/dev/net/tun"]
+    assert json.loads(env["NATKIT_NAT64"])["prefix"] == "2001:db8:64::/96" and env["NATKIT_FLUSH4"] == "lan"
+    listen, *zone = env["NATKIT_DNS64"].split()
+    assert listen == nat64["networks"]["lan-nat64-1"]["ipv6_address"]
+    assert "turn.lab.natkit=198.19.113.4" in zone
+    peer = svc["peer-nat64-1-p1"]
+    penv = peer["environment"]
+    assert penv["NATKIT_FLUSH4"] == "eth0" and penv["NATKIT_IFACES"].startswith("eth0=2001:db8:1:")
+    assert penv["NATKIT_RUNNER"] == "[2001:db8:64::c613:7109]:443"  # 198.19.113.9 under the NAT64 prefix
+    assert penv["NATKIT_ROUTES"] == f"::/0 via {listen}"
+    lan4 = peer["networks"]["lan-nat64-1"]["ipv4_address"]
+    assert lan4 != nat64["networks"]["lan-nat64-1"]["ipv4_address"]
+    dual = svc["peer-nptv6-1-p1"]["environment"]
+    assert dual["NATKIT_ROUTES"].startswith("default via 10.213.") and "; ::/0 via fd00:64:" in dual["NATKIT_ROUTES"]
+    assert "NATKIT_FLUSH4" not in dual
+    # IPv4-only containers on the dual-stack internet: an address of their own (never one Docker
+    # picks from the pool, which could be a server's), dropped at start; their LANs IPv4-only
+    plain = svc["router-symmetric-1"]
+    wan = plain["networks"]["internet"]
+    assert wan["ipv6_address"] == "2001:db8::" + format(int(wan["ipv4_address"].rsplit(".", 1)[1]), "x")
+    assert plain["environment"]["NATKIT_FLUSH6"] == "wan" and "enable_ipv6" not in nets["lan-symmetric-1"]
+    assert svc["runner"]["environment"]["NATKIT_FLUSH6"] == "eth0"
+    six = [n["ipv6_address"] for v in svc.values() for n in v["networks"].values() if "ipv6_address" in n]
+    assert len(six) == len(set(six))
+    assert sum(1 for v in svc.values() if "internet" in v["networks"]) == sum(
+        1 for v in svc.values() if "ipv6_address" in v["networks"].get("internet", {}))
 
 
 def test_nats_in_a_row_get_a_router_container_per_home_nat() -> None:

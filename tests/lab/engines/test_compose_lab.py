@@ -1,6 +1,6 @@
 """The Compose lab under Docker, end to end: ``natkit lab run --engine compose`` on the default
-topology with the two port-allocation NATs added (run once per session, asserted on from several
-tests), and a small lab interrupted
+topology with the two port-allocation NATs and the IPv6 kinds on a dual-stack internet added
+(run once per session, asserted on from several tests), and a small lab interrupted
 (Ctrl-C) and killed (kill -9) to check that nothing is left behind.
 
 The run itself is the long pole of the suite, so tests/conftest.py puts these tests last and
@@ -50,6 +50,11 @@ def host_state(before: dict[str, Any] | None = None) -> dict[str, Any]:
         addrs = sorted(before["route_get"])
     return {
         "routes": _out("ip", "-4", "route", "show", "table", "all"),
+        # the IPv6 Docker networks: no host route into them, the host's forwarding as it was
+        # (link-local routes of veths come and go with any container on the host: not compared)
+        "routes6": sorted(ln for ln in _out("ip", "-6", "route", "show", "table", "main").splitlines()
+                          if ln.strip() and not ln.startswith("fe80:")),
+        "forwarding6": Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text(),
         "route_get": {a: _out("ip", "-4", "route", "get", a) for a in addrs},
         "links": sorted(ln.split()[0] for ln in _out("ip", "-br", "link").splitlines() if ln.strip()),
         "rules": [ln for ln in _out("iptables", "-S").splitlines() if "natkit-lab" in ln],
@@ -68,8 +73,11 @@ def lab_objects(tag: str | None = None) -> list[str]:
 # plus the NATs of the port-allocation patterns (nft in the router container), which the
 # default topology leaves to configs/lab/internet.toml. They join as same-LAN NATs: probed
 # like any NAT, with their four same-LAN cases, not a matrix row and column each (about 80
-# cases more, too many for the suite's time and a loaded 2-core machine).
-PORT_PATTERN_NATS = """
+# cases more, too many for the suite's time and a loaded 2-core machine). The IPv6 kinds on a
+# dual-stack internet likewise: nat64 as a matrix row (its NAT64 + DNS64 cases against every
+# IPv4-only NAT, and IPv6 through two RFC 6092 firewalls against itself), ipv6-firewall and
+# nptv6 as same-LAN NATs (built, probed, and their LAN cases over both families).
+EXTRA_NATS = """
 [[same_lan]]
 name = "eim-no-preserve"
 type = "eim-no-preserve"
@@ -77,12 +85,27 @@ type = "eim-no-preserve"
 [[same_lan]]
 name = "sym-sequential"
 type = "symmetric-sequential"
+
+[[nat]]
+name = "nat64"
+type = "nat64"
+
+[[same_lan]]
+name = "ipv6-firewall"
+type = "ipv6-firewall"
+
+[[same_lan]]
+name = "nptv6"
+type = "nptv6"
 """
 
 
 def run_topology(tmp: Path) -> Path:
     src = tmp / "compose-run.toml"
-    src.write_text((ROOT / "configs/lab/default.toml").read_text() + PORT_PATTERN_NATS)
+    text = (ROOT / "configs/lab/default.toml").read_text()
+    dual = text.replace('subnet = "203.0.113.0/24"\n', 'subnet = "203.0.113.0/24"\nsubnet6 = "2001:db8::/64"\n', 1)
+    assert dual != text
+    src.write_text(dual + EXTRA_NATS)
     return src
 
 
@@ -145,7 +168,7 @@ def test_every_cell_is_as_expected(compose_run: dict[str, Any]) -> None:
     from natkit.lab.engines.compose import compose_scope
 
     scoped, left_out = compose_scope(load(compose_run["topology"]))  # what only netns builds: named
-    assert by_stacks[("aiortc", "aiortc")] == len(scoped.cases()) == 161
+    assert by_stacks[("aiortc", "aiortc")] == len(scoped.cases()) == 213
     assert [d["what"] for d in data["compose"]["left_out"]] == [w for w, _ in left_out]
     assert left_out == ()  # the default topology runs whole under Compose
     assert all(set(c["nats"]) <= {n.name for n in scoped.nats} for c in data["cases"])
@@ -173,12 +196,22 @@ def test_every_cell_is_as_expected(compose_run: dict[str, Any]) -> None:
     assert cells[(("port-restricted", "port-restricted"), "longevity", False)] == "connected"
     assert cells[(("sym-sequential", "sym-sequential"), "host", True)] == "connected"
     assert cells[(("eim-no-preserve", "eim-no-preserve"), "relay", True)] == "connected"
+    # IPv6 and NAT64 (Docker networks with IPv6, tayga and the DNS64 resolver in the router)
+    fam = {(tuple(c["nats"]), c["path"], c["family"]): c for c in data["cases"]
+           if (c["caller_stack"], c["callee_stack"]) == ("aiortc", "aiortc")}
+    assert fam[(("symmetric", "nat64"), "relay", "nat64")]["observed"] == "connected"
+    assert fam[(("symmetric", "nat64"), "srflx", "nat64")]["observed"] == "failed"
+    assert fam[(("nat64", "nat64"), "srflx", "ipv6")]["observed"] == "connected"
+    assert fam[(("nat64", "nat64"), "srflx", "ipv6")]["selected_family"] == "ipv6"
+    assert fam[(("nptv6", "nptv6"), "host", "ipv6")]["observed"] == "connected"
+    assert fam[(("ipv6-firewall", "ipv6-firewall"), "relay", "ipv6")]["observed"] == "connected"
+    assert {c["family"] for c in data["cases"]} == {"ipv4", "ipv6", "nat64"}
     assert compose_run["seconds"] < 180, "the default topology under Compose, image cached, within 3 minutes"
 
 
 def test_every_probe_is_as_expected(compose_run: dict[str, Any]) -> None:
     probes = compose_run["data"].get("probes", [])
-    assert len(probes) == 12, _why(compose_run)
+    assert len(probes) == 15, _why(compose_run)
     for p in probes:
         assert p["pass"] is True and "error" not in p, p
     seen = {p["nat"]: p["observed"] for p in probes}
@@ -224,6 +257,7 @@ def test_nothing_is_left_and_the_host_reaches_what_it_reached(compose_run: dict[
     assert not [ln for ln in after["links"] if ln.startswith(tag)]
     assert after["rules"] == before["rules"] == []
     assert after["routes"] == before["routes"]
+    assert after["routes6"] == before["routes6"] and after["forwarding6"] == before["forwarding6"]
     assert after["route_get"] == before["route_get"]
     assert before["route_get"], "the host uses no address at all? (its DNS server, its package sources)"
     assert not Path(f"/run/natkit/compose/{tag}.json").exists()
