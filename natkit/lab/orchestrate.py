@@ -85,7 +85,7 @@ HEAVY_IDLE_LIMIT = 12
 # dozens of processes and browsers) a connection can miss its deadline for want of CPU. Its
 # report keeps both: ``attempts`` and the first attempt's error. A real failure fails twice.
 RETRIES = 1
-RETRY_PER_CPU = 1
+RETRY_PER_CPU = 2
 
 # Progress events: ("stage", {"text", ...}), ("probe", {"probe": ProbeResult}),
 # ("case", {"case": CaseResult, "done": int, "total": int, "tally": Tally}).
