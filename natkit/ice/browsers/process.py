@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shlex
 import shutil
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["BrowserProcess", "bound", "die_with_parent", "group_alive"]
+__all__ = ["BrowserProcess", "bound", "die_with_parent", "group_alive", "private_mounts"]
 
 LOG_NAME = "browser.log"
 GROUP_EXIT_S = 3.0  # helpers die a moment after the leader
@@ -72,6 +73,20 @@ def die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@functools.cache
+def private_mounts() -> bool:
+    """Whether this process may give a child a mount namespace of its own (root with
+    CAP_SYS_ADMIN and util-linux's ``unshare``; a container without it may not): without,
+    :meth:`BrowserProcess.spawn` starts the browser without its ``binds``."""
+    if shutil.which("unshare") is None:
+        return False
+    try:
+        return subprocess.run(["unshare", "--mount", "--", "true"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def bound(argv: Sequence[str], binds: Mapping[str, Path]) -> list[str]:
@@ -145,8 +160,9 @@ class BrowserProcess:
         the profile before the start. ``binds`` maps a path of this host to a file or
         directory of the scratch directory (relative to it, written by ``prepare``) that the
         browser sees there instead: it runs in a mount namespace of its own (``unshare``), so
-        nothing changes for other processes and nothing is left to undo. OSError if the
-        browser cannot be started."""
+        nothing changes for other processes and nothing is left to undo (where this process
+        may not make one, :func:`private_mounts`, without them). OSError if the browser cannot
+        be started."""
         root = Path(tempfile.mkdtemp(prefix=f"natkit-{name}-"))
         try:
             for sub in ("profile", "tmp", "home"):
@@ -154,7 +170,7 @@ class BrowserProcess:
             if prepare is not None:
                 prepare(root / "profile")
             argv = list(argv_of(root / "profile"))
-            if binds:
+            if binds and private_mounts():
                 argv = bound(argv, {target: root / source for target, source in binds.items()})
             if netns is not None:
                 argv = ["ip", "netns", "exec", netns, *argv]

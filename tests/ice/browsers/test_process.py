@@ -142,12 +142,12 @@ def test_bound_runs_the_browser_in_a_mount_namespace_of_its_own(tmp_path: Path) 
     """The bind mounts reach only the process (its own mount namespace) and keep its argv."""
     import subprocess
 
-    from natkit.ice.browsers.process import bound
+    from natkit.ice.browsers.process import bound, private_mounts
 
     (tmp_path / "hosts").write_text("192.0.2.9 turn.lab.natkit\n")
     argv = bound(["cat", "/etc/hosts"], {"/etc/hosts": tmp_path / "hosts"})
     assert argv[:5] == ["unshare", "--mount", "--propagation", "private", "--"] and argv[-2:] == ["cat", "/etc/hosts"]
-    if shutil.which("unshare") is None or os.geteuid() != 0:
+    if not private_mounts():
         pytest.skip("needs root and unshare (util-linux)")
     before = Path("/etc/hosts").read_text()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout
