@@ -41,6 +41,7 @@ from natkit.lab.nats import NatBehaviour
 from natkit.lab.results import CaseResult, ProbeResult
 from natkit.lab.servers import WEB_PORT, ServersSpec
 from natkit.lab.stacks import PeerConfig, PeerResult
+from natkit.lab.stacks.capabilities import Capabilities
 from natkit.lab.topology import LAB_ZONE, Case, PeerPlan, Plan, RouterPlan, Topology
 
 __all__ = [
@@ -79,6 +80,12 @@ WINDOWS_PER_CPU = 2
 # Of the expected failures at once, how many may hold browser windows (each still gathers
 # and checks in its renderer until its deadline).
 HEAVY_IDLE_LIMIT = 12
+# A case expected to connect that failed runs once more after every other case, a few at a
+# time (RETRY_PER_CPU), in a room of its own: on a loaded machine (--full: thousands of cases,
+# dozens of processes and browsers) a connection can miss its deadline for want of CPU. Its
+# report keeps both: ``attempts`` and the first attempt's error. A real failure fails twice.
+RETRIES = 1
+RETRY_PER_CPU = 2
 
 # Progress events: ("stage", {"text", ...}), ("probe", {"probe": ProbeResult}),
 # ("case", {"case": CaseResult, "done": int, "total": int, "tally": Tally}).
@@ -139,13 +146,19 @@ class Orchestration:
         out = []
         for case in cases:
             rep = reports.get(case.id, {})
-            out.append(case_result(topo, plan, case, rep.get("caller", missing), rep.get("callee", missing)))
+            result = case_result(topo, plan, case, rep.get("caller", missing), rep.get("callee", missing))
+            result.attempts = int(rep.get("attempts", 1))
+            result.first_error = rep.get("first_error")
+            out.append(result)
         return cls(out, probes, errors, timings)
 
 
 def case_report(c: CaseResult) -> dict[str, Any]:
     """What the agents reported of one case (the part of a case that :func:`case_result` needs)."""
-    return {"id": c.case.id, "caller": c.caller.to_json(), "callee": c.callee.to_json()}
+    out: dict[str, Any] = {"id": c.case.id, "caller": c.caller.to_json(), "callee": c.callee.to_json()}
+    if c.attempts > 1:
+        out.update(attempts=c.attempts, first_error=c.first_error)
+    return out
 
 
 def case_result(
@@ -218,7 +231,9 @@ def expectation_of(topo: Topology, plan: Plan, case: Case) -> Expectation:
     return expect_stacks(
         ra.nat.behaviour, rb.nat.behaviour, case.path, same_lan=case.same_lan,
         turn_transports=path_transports(topo, case.path), family=case.family, stacks=case.stacks,
-        turn_is_ip=case.family != "nat64",  # NAT64 cases reach the servers by name
+        # NAT64 cases reach the servers by name, and an IPv4 case names the TURN/TLS server
+        # for a stack that needs a name (tls_by_name); the lab zone has no IPv6 names
+        turn_is_ip=case.family == "ipv6",
         capabilities=(stacks.capabilities_of(case.stacks[0]), stacks.capabilities_of(case.stacks[1])),
     )
 
@@ -233,10 +248,17 @@ def idle_s(case: Case, plan: Plan) -> float:
     return float(max(b.udp_timeout for b in chain) + LONGEVITY_MARGIN_S)
 
 
+def tls_by_name(caps: Capabilities) -> bool:
+    """Whether a stack gets its ``turns:`` URL with the TURN server's name (and the lab
+    zone's names to resolve it): one that drops a ``turns:`` URL with an IP address."""
+    return caps.turn_tls_ip_literal is False
+
+
 def side_config(topo: Topology, case: Case, router: RouterPlan, peer: PeerPlan, deadline: float,
-                ca_pem: str | None, idle: float) -> PeerConfig:
+                ca_pem: str | None, idle: float, *, tls_name: bool = False) -> PeerConfig:
     """What one side of ``case`` gets: the ICE servers and signaling address of its family
-    (an IPv6-only side in a nat64 case: the lab's names, through its router's DNS64)."""
+    (an IPv6-only side in a nat64 case: the lab's names, through its router's DNS64), the
+    lab zone's names, and with ``tls_name`` a ``turns:`` URL that names the TURN server."""
     srv = topo.servers
     v6_only = not router.nat.behaviour.ipv4
     fam = case.family
@@ -246,8 +268,8 @@ def side_config(topo: Topology, case: Case, router: RouterPlan, peer: PeerPlan, 
     resolver = (router.lan_ip6, 53) if fam == "nat64" and router.lan_ip6 else None
     egress = router.nat.behaviour.egress_tcp_ports
     sig_port = WEB_PORT if egress is not None and srv.signaling_port not in egress else srv.signaling_port
-    return PeerConfig(case.id, case.path, (sig_host, sig_port), srv.ice_servers(case.path, fam),
-                      deadline + idle, case.family, resolver, ca_pem, idle)
+    return PeerConfig(case.id, case.path, (sig_host, sig_port), srv.ice_servers(case.path, fam, tls_name=tls_name),
+                      deadline + idle, case.family, resolver, ca_pem, idle, srv.names())
 
 
 def lab_ca(topo: Topology) -> LabCA | None:
@@ -282,9 +304,11 @@ async def orchestrate(
     turn_engine: str,
     parallel: int | None = None,
     progress: Progress | None = None,
+    retries: int = RETRIES,
 ) -> Orchestration:
     """Run the probes and ``cases`` of ``topo`` on ``agents`` (agent name -> connected socket;
-    see the module docstring); the servers run in agent ``srv``."""
+    see the module docstring); the servers run in agent ``srv``. ``retries``: how many more
+    attempts a case expected to connect gets when it failed (after all the others)."""
     notify = progress or (lambda kind, info: None)
     t0 = time.monotonic()
     out = Orchestration([], [])
@@ -292,7 +316,7 @@ async def orchestrate(
     for c in clients.values():
         await c.start()
     try:
-        await _run(topo, plan, list(cases), clients, turn_engine, parallel, notify, out, t0)
+        await _run(topo, plan, list(cases), clients, turn_engine, parallel, notify, out, t0, retries)
     finally:
         for c in clients.values():
             await c.close()
@@ -309,6 +333,7 @@ async def _run(
     notify: Progress,
     out: Orchestration,
     t0: float,
+    retries: int = RETRIES,
 ) -> None:
     srv = topo.servers
     servers = agents["srv"]
@@ -363,7 +388,7 @@ async def _run(
         return res
 
     async def run_case(
-        case: Case, exp: Expectation, sems: Sequence[Any], gate: asyncio.Semaphore | None = None,
+        case: Case, exp: Expectation, sems: Sequence[Any], gate: asyncio.Semaphore | None = None, attempt: int = 1,
     ) -> CaseResult:
         (ra, pa), (rb, pb) = plan.peers_of(case)
         a, b = (stacks.get(n) for n in case.stacks)
@@ -373,8 +398,12 @@ async def _run(
         # started before the cases only opens a window).
         wait_a = getattr(a, "ready_s", a.start_s) if (pa.id, a.name) in prepared else a.start_s
         wait_b = getattr(b, "ready_s", b.start_s) if (pb.id, b.name) in prepared else b.start_s
-        cfg_a = side_config(topo, case, ra, pa, topo.case_deadline_s + wait_b, pem, idle)
-        cfg_b = side_config(topo, case, rb, pb, topo.case_deadline_s + wait_a, pem, idle)
+        cfg_a = side_config(topo, case, ra, pa, topo.case_deadline_s + wait_b, pem, idle,
+                            tls_name=tls_by_name(stacks.capabilities_of(a.name)))
+        cfg_b = side_config(topo, case, rb, pb, topo.case_deadline_s + wait_a, pem, idle,
+                            tls_name=tls_by_name(stacks.capabilities_of(b.name)))
+        if attempt > 1:  # a room of its own: nothing of the first attempt can reach it
+            cfg_a.room = cfg_b.room = f"{case.id}~{attempt}"
         async with contextlib.AsyncExitStack() as held:
             for sem in sems:
                 await held.enter_async_context(sem)
@@ -391,9 +420,11 @@ async def _run(
                 gate.release()
             ra_res, rb_res = await pairing
         result = case_result(topo, plan, case, ra_res, rb_res, exp)
-        done["n"] += 1
-        tally.add(result)
-        notify("case", {"case": result, "done": done["n"], "total": total, "tally": tally})
+        result.attempts = attempt
+        if attempt == 1:
+            done["n"] += 1
+            tally.add(result)
+            notify("case", {"case": result, "done": done["n"], "total": total, "tally": tally})
         return result
 
     light = [c for c in cases if not any(stacks.get(s).heavy for s in c.stacks)]
@@ -426,7 +457,7 @@ async def _run(
                     res = await agents[peer_id].call(
                         peer.start_s + 30, op="prepare", stack=name,
                         config=PeerConfig("prepare", "host", sig, [], topo.case_deadline_s,
-                                          ca_pem=ca.ca_pem if ca else None).to_json(),
+                                          ca_pem=ca.ca_pem if ca else None, hosts=srv.names()).to_json(),
                     )
                 if "error" not in res:
                     prepared.add((peer_id, name))
@@ -518,6 +549,24 @@ async def _run(
             await browsers
         out.timings["browser_s"] = time.monotonic() - t1
         out.timings["cases_s"] = max(out.timings["cases_s"], out.timings["browser_s"])
+    for attempt in range(2, 2 + max(0, retries)):
+        again = [c for c in cases if exps[c].connected and results[c].observed != "connected"]
+        if not again:
+            break
+        notify("stage", {"text": f"{len(again)} cases expected to connect failed: running them again, "
+                                 f"{RETRY_PER_CPU * (os.cpu_count() or 1)} at a time"})
+        t2 = time.monotonic()
+        retry_sem = asyncio.Semaphore(max(1, RETRY_PER_CPU * (os.cpu_count() or 1)))
+
+        async def retry(c: Case, n: int, retry_sem: asyncio.Semaphore = retry_sem) -> CaseResult:
+            async with retry_sem:
+                return await run_case(c, exps[c], limits(c), None, attempt=n)
+
+        for c, redone in zip(again, await asyncio.gather(*(retry(c, attempt) for c in again)), strict=True):
+            redone.first_error = results[c].first_error or results[c].error or "not connected"
+            results[c] = redone
+            notify("retry", {"case": redone})
+        out.timings["retry_s"] = out.timings.get("retry_s", 0.0) + time.monotonic() - t2
     out.cases = [results[c] for c in cases]
     for probe in timed:
         res = await lifetime_tasks[probe.nat]

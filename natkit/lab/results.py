@@ -63,6 +63,10 @@ class CaseResult:
     route: str | None = None
     evidence: Evidence | None = None
     passed: bool = False
+    # A case expected to connect that failed is run once more after the others
+    # (natkit.lab.orchestrate, RETRIES): this is the second attempt, and why the first failed.
+    attempts: int = 1
+    first_error: str | None = None
 
     @property
     def observed(self) -> str:
@@ -122,6 +126,9 @@ class CaseResult:
             "caller_report": self.caller.report,
             "callee_report": self.callee.report,
         }
+        if self.attempts > 1:
+            out["attempts"] = self.attempts
+            out["first_error"] = self.first_error
         if self.case.stacks[0] == "chromium":
             out["browser"] = self.caller.report  # Chromium's own getStats summary (older key)
         return out

@@ -134,10 +134,15 @@ class Servers:
         return {f"stun.{LAB_ZONE}": self.stun_addresses[0], f"turn.{LAB_ZONE}": self.turn_address,
                 f"signaling.{LAB_ZONE}": self.signaling_address}
 
-    def ice_servers(self, path: str, family: str = "ipv4") -> list[dict[str, Any]]:
+    def ice_servers(self, path: str, family: str = "ipv4", *, tls_name: bool = False) -> list[dict[str, Any]]:
         """The ``iceServers`` list (W3C shape) a peer gets for ``path`` over ``family``:
         IPv4 literals, IPv6 literals (``ipv6``), or the lab zone's names (``nat64``: an
-        IPv6-only peer resolves them through its DNS64 resolver)."""
+        IPv6-only peer resolves them through its DNS64 resolver). ``tls_name``: the
+        ``turns:`` URL of an IPv4 case names the TURN server (``turn.lab.natkit``, which its
+        certificate carries) for a stack that drops IP literals there."""
+        if path == "relay-tls" and tls_name and family == "ipv4" and self.turn_tls_port:
+            cred = {"username": self.turn_username, "credential": self.turn_password}
+            return [{"urls": [f"turns:turn.{LAB_ZONE}:{self.turn_tls_port}?transport=tcp"], **cred}]
         if family == "ipv6":
             assert self.stun_addresses6 is not None and self.turn_address6 is not None
             stun, turn = f"[{self.stun_addresses6[0]}]", f"[{self.turn_address6}]"

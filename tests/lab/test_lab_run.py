@@ -428,6 +428,14 @@ def test_render_draws_a_grid_per_path_and_names_mismatches() -> None:
     assert "l (two peers, one LAN): L" in text
     assert "MISMATCH b x b srflx: expected connected via direct, observed failed" in text
     assert text.rstrip().splitlines()[-1].startswith("FAIL: 7 cases: 6 connected, 0 failed as expected, 1 unexpected;")
+    assert "ran again" not in text  # no case needed a second attempt
+    # a case that connected only on its second attempt is named with its first error
+    cases[0].update(attempts=2, first_error="not connected within 10 s", caller_stack="pion", callee_stack="libnice")
+    out = io.StringIO()
+    report.render(result, out)
+    text = out.getvalue()
+    assert "1 cases expected to connect failed and ran again: 1 passed on the second attempt" in text
+    assert "ok  a x a host [pion -> libnice]: first not connected within 10 s" in text
 
 
 @pytest.mark.root

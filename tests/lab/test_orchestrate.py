@@ -37,7 +37,9 @@ class FakeAgent:
 
         async def case(cmd: dict[str, Any]) -> None:
             cfg = cmd["config"]
-            c = next(c for c in self.topo.cases() if c.id == cfg["room"])
+            head, _, n = cfg["room"].rpartition("~")
+            base = head if n.isdigit() else cfg["room"]  # a second attempt's room: "<id>~2"
+            c = next(c for c in self.topo.cases() if c.id == base)
             if cfg["room"] in self.hang and cmd["role"] == "callee":
                 waiting[cmd["id"]] = fut = asyncio.get_running_loop().create_future()
                 await fut  # until the orchestrator cancels it
@@ -84,7 +86,7 @@ class FakeAgent:
 
 
 async def _run(only: list[str], hang: set[str], lifetime: tuple[float | None, float | None] | None = None,
-               ) -> tuple[Any, dict[str, FakeAgent], float, list[tuple[str, Any]]]:
+               retries: int = 1) -> tuple[Any, dict[str, FakeAgent], float, list[tuple[str, Any]]]:
     from natkit.lab.cases import select_cases
 
     topo = load()
@@ -100,7 +102,8 @@ async def _run(only: list[str], hang: set[str], lifetime: tuple[float | None, fl
     events: list[tuple[str, Any]] = []
     runs = [asyncio.ensure_future(f.run()) for f in fakes.values()]
     t0 = time.monotonic()
-    orch = await orchestrate(topo, plan, cases, ours, turn_engine="natkit", progress=lambda k, i: events.append((k, i)))
+    orch = await orchestrate(topo, plan, cases, ours, turn_engine="natkit", progress=lambda k, i: events.append((k, i)),
+                             retries=retries)
     took = time.monotonic() - t0
     for s in ours.values():
         s.close()
@@ -156,7 +159,7 @@ async def test_an_orchestration_travels_as_json_and_comes_back_typed() -> None:
 
 async def test_when_one_side_fails_the_other_is_cancelled_after_a_grace() -> None:
     room = "open~symmetric/host"  # expected to connect; here the caller gives up at once
-    orch, fakes, took, _ = await _run(["open:symmetric"], {room})
+    orch, fakes, took, _ = await _run(["open:symmetric"], {room}, retries=0)
     case = next(c for c in orch.cases if c.case.id == room)
     assert case.observed == "failed" and not case.as_expected
     assert case.error == "gave up at once"
@@ -164,6 +167,31 @@ async def test_when_one_side_fails_the_other_is_cancelled_after_a_grace() -> Non
     callee_agent = fakes[case.routers[1] + "-p1"]
     assert len(callee_agent.cancelled) == 1
     assert took < FAILED_PEER_GRACE_S + 3, took  # not the callee's whole deadline
+
+
+async def test_a_case_expected_to_connect_that_failed_runs_again_in_a_room_of_its_own() -> None:
+    from natkit.lab.orchestrate import Orchestration
+
+    room = "open~symmetric/host"  # the fake fails it in this room only: the retry connects
+    orch, fakes, _, events = await _run(["open:symmetric"], {room})
+    case = next(c for c in orch.cases if c.case.id == room)
+    assert case.passed is False and case.as_expected and case.attempts == 2  # judged later, with evidence
+    assert case.first_error == "gave up at once"
+    rooms = [c["config"]["room"] for f in fakes.values() for c in f.seen if c["op"] == "case" and c["role"] == "caller"]
+    assert rooms.count(room) == 1 and rooms.count(f"{room}~2") == 1
+    assert all(c.attempts == 1 for c in orch.cases if c.case.id != room)  # only the failed one
+    assert [i["case"].case.id for k, i in events if k == "retry"] == [room]
+    assert "retry_s" in orch.timings
+    # the report and the Compose engine's document keep both attempts
+    doc = case.to_json()
+    assert doc["attempts"] == 2 and doc["first_error"] == "gave up at once"
+    from natkit.lab.cases import select_cases
+
+    topo = load()
+    cases = select_cases(topo, ["open:symmetric"])
+    back = Orchestration.from_json(json.loads(json.dumps(orch.to_json())), topo, topo.plan(cases), cases)
+    again = next(c for c in back.cases if c.case.id == room)
+    assert (again.attempts, again.first_error) == (2, "gave up at once")
 
 
 async def test_the_short_mapping_lifetime_is_measured_not_trusted() -> None:

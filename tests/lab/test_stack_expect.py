@@ -97,3 +97,29 @@ def test_aiortc_with_itself_and_pion_are_the_nats_answer(a: str, b: str) -> None
         for pair in (("aiortc", "aiortc"), ("pion", "pion"), ("pion", "aiortc"), ("chromium", "pion")):
             e = run(*pair, path, a, b)
             assert (e.connected, e.route, e.reason) == (plain.connected, plain.route, plain.reason), (pair, path)  # type: ignore[attr-defined]
+
+
+def test_firefox_gets_its_turns_url_by_name_and_is_expected_to_relay_over_tls() -> None:
+    """nICEr drops a turns: URL with an IP address: the lab names the TURN server for it
+    (turn.lab.natkit, on the certificate) and gives it the zone's names; then it allocates."""
+    from natkit.lab.orchestrate import expectation_of, side_config, tls_by_name
+    from natkit.lab.topology import LAB_ZONE, Case, load
+
+    assert tls_by_name(FIREFOX) and not any(tls_by_name(c) for c in (AIORTC, CHROMIUM, LIBNICE, PION))
+    topo = load()
+    srv = topo.servers
+    assert srv.ice_servers("relay-tls", tls_name=True)[0]["urls"] == [f"turns:turn.{LAB_ZONE}:443?transport=tcp"]
+    assert srv.ice_servers("relay-tls")[0]["urls"] == [f"turns:{srv.turn_address}:443?transport=tcp"]
+    assert srv.ice_servers("relay", tls_name=True) == srv.ice_servers("relay")  # only turns: is named
+    case = Case(("open", "egress-443"), "relay-tls", stacks=("firefox", "aiortc"))
+    plan = topo.plan([case])
+    (ra, pa), _ = plan.peers_of(case)
+    cfg = side_config(topo, case, ra, pa, 10.0, "PEM", 0.0, tls_name=True)
+    assert cfg.hosts[f"turn.{LAB_ZONE}"] == srv.turn_address and "turn.lab.natkit" in cfg.ice_servers[0]["urls"][0]
+    assert type(cfg).from_json(cfg.to_json()).hosts == cfg.hosts
+    for stacks in (("firefox", "aiortc"), ("aiortc", "firefox"), ("firefox", "firefox")):
+        e = expectation_of(topo, plan, Case(("open", "egress-443"), "relay-tls", stacks=stacks))
+        assert e.connected and e.route == "relay", (stacks, e.reason)
+    # libnice has no TURN over TLS whatever the URL says
+    e = expectation_of(topo, plan, Case(("open", "egress-443"), "relay-tls", stacks=("firefox", "libnice")))
+    assert not e.connected and "libnice" in e.reason

@@ -36,8 +36,8 @@ from natkit.ice.browsers.driver import BrowserError, CommandChannel, gather_in
 from natkit.ice.browsers.process import BrowserProcess
 from natkit.ice.websocket import WebSocket, WebSocketError
 
-__all__ = ["OFFLINE_PREFS", "BiDi", "FirefoxBrowser", "FirefoxGatherer", "find_firefox",
-           "user_js", "webrtc_prefs"]
+__all__ = ["OFFLINE_PREFS", "BiDi", "FirefoxBrowser", "FirefoxGatherer", "find_firefox", "policies_json",
+           "private_files", "user_js", "webrtc_prefs"]
 
 START_TIMEOUT = 30.0  # a first start on a loaded 2-core machine takes several seconds
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -230,22 +230,35 @@ class FirefoxBrowser:
     @classmethod
     async def launch(cls, *, binary: str | None = None, netns: str | None = None,
                      mdns: bool = True, loopback: bool = False,
-                     prefs: Mapping[str, PrefValue] | None = None) -> FirefoxBrowser:
+                     prefs: Mapping[str, PrefValue] | None = None,
+                     hosts: Mapping[str, str] | None = None, ca_pem: str | None = None) -> FirefoxBrowser:
         """Start Firefox (in namespace ``netns`` if given) with a fresh profile of
-        :data:`OFFLINE_PREFS`, :func:`webrtc_prefs` and ``prefs``. PrerequisiteError if it
-        is not installed, BrowserError if it does not come up."""
+        :data:`OFFLINE_PREFS`, :func:`webrtc_prefs` and ``prefs``. ``hosts`` (name ->
+        address) are names it resolves (a ``turns:`` URL needs one: nICEr drops IP literals
+        there); ``ca_pem`` a CA it trusts for TLS (the TURN/TLS server's). Both reach only this
+        Firefox (:func:`private_files`). PrerequisiteError if it is not installed,
+        BrowserError if it does not come up."""
         exe = binary or find_firefox()
         all_prefs = {**OFFLINE_PREFS, **webrtc_prefs(mdns=mdns, loopback=loopback), **(prefs or {})}
+        files, binds = private_files(exe, hosts, ca_pem)
 
         def prepare(profile: Path) -> None:
             (profile / "user.js").write_text(user_js(all_prefs))
+            for name, text in files.items():
+                target = profile.parent / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+            if "distribution/ca.pem" in files:
+                ca_file = profile.parent / "distribution" / "ca.pem"
+                (ca_file.parent / "policies.json").write_text(policies_json(str(ca_file)))
 
         process = BrowserProcess.spawn(
             "firefox",
             lambda profile: [exe, "--headless", "--no-remote", "--new-instance",
                              "--profile", str(profile), "--remote-debugging-port", "0",
                              "about:blank"],
-            netns=netns, prepare=prepare, env={"MOZ_CRASHREPORTER_DISABLE": "1", "MOZ_REMOTE_SETTINGS_DEVTOOLS": "1"})
+            netns=netns, prepare=prepare, env={"MOZ_CRASHREPORTER_DISABLE": "1", "MOZ_REMOTE_SETTINGS_DEVTOOLS": "1"},
+            binds=binds)
         bidi: BiDi | None = None
         try:
             port = await _bidi_port(process, START_TIMEOUT)
@@ -304,6 +317,36 @@ class FirefoxBrowser:
         # Killed, not asked: a graceful shutdown takes a second and the profile is thrown away.
         await self.bidi.aclose()
         await self.process.close()
+
+
+HOSTS_HEAD = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
+
+
+def private_files(exe: str, hosts: Mapping[str, str] | None, ca_pem: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """The files one Firefox gets in its scratch directory and where it sees them: (file
+    name -> text, host path -> file name) for :meth:`BrowserProcess.spawn`.
+
+    ``hosts``: an ``/etc/hosts`` of localhost and those names (Firefox resolves through the
+    system, and nothing else in a lab namespace answers for the lab's names). ``ca_pem``: an
+    enterprise policy (``Certificates`` / ``Install``) in a ``distribution`` directory of its
+    own, shown over the installation's one, so the CA lands in this profile's certificate
+    store only (no certutil needed; the installation's own ``distribution`` holds only search
+    plugins, which a lab's Firefox does not use)."""
+    files: dict[str, str] = {}
+    binds: dict[str, str] = {}
+    if hosts:
+        files["etc/hosts"] = HOSTS_HEAD + "".join(f"{ip} {name}\n" for name, ip in hosts.items())
+        binds["/etc/hosts"] = "etc/hosts"
+    dist = Path(exe).resolve().parent / "distribution"
+    if ca_pem and dist.resolve().is_dir():
+        files["distribution/ca.pem"] = ca_pem
+        binds[str(dist.resolve())] = "distribution"
+    return files, binds
+
+
+def policies_json(ca_file: str) -> str:
+    """An enterprise policy document that installs the CA at ``ca_file`` (absolute)."""
+    return json.dumps({"policies": {"Certificates": {"Install": [ca_file]}}})
 
 
 async def _bidi_port(process: BrowserProcess, timeout: float) -> int:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -26,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["BrowserProcess", "die_with_parent", "group_alive"]
+__all__ = ["BrowserProcess", "bound", "die_with_parent", "group_alive", "private_mounts"]
 
 LOG_NAME = "browser.log"
 GROUP_EXIT_S = 3.0  # helpers die a moment after the leader
@@ -71,6 +73,27 @@ def die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@functools.cache
+def private_mounts() -> bool:
+    """Whether this process may give a child a mount namespace of its own (root with
+    CAP_SYS_ADMIN and util-linux's ``unshare``; a container without it may not): without,
+    :meth:`BrowserProcess.spawn` starts the browser without its ``binds``."""
+    if shutil.which("unshare") is None:
+        return False
+    try:
+        return subprocess.run(["unshare", "--mount", "--", "true"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def bound(argv: Sequence[str], binds: Mapping[str, Path]) -> list[str]:
+    """``argv`` run in a private mount namespace where each path of ``binds`` shows its file
+    (a bind mount; ``unshare`` of util-linux, root only). The browser keeps the process id."""
+    mounts = " && ".join(f"mount --bind {shlex.quote(str(src))} {shlex.quote(target)}" for target, src in binds.items())
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", f'{mounts} && exec "$@"', "sh", *argv]
 
 
 def _processes_naming(root: Path) -> list[int]:
@@ -129,11 +152,17 @@ class BrowserProcess:
         child_fds: Mapping[int, int] | None = None,
         prepare: Callable[[Path], None] | None = None,
         env: Mapping[str, str] | None = None,
+        binds: Mapping[str, str] | None = None,
     ) -> BrowserProcess:
         """Start ``argv_of(profile)`` in a fresh scratch directory (in namespace ``netns`` if
         given, through ``ip netns exec``). ``child_fds`` maps descriptor numbers in the
         browser to ours (``{3: r, 4: w}`` for a DevTools pipe); ``prepare(profile)`` writes
-        the profile before the start. OSError if the browser cannot be started."""
+        the profile before the start. ``binds`` maps a path of this host to a file or
+        directory of the scratch directory (relative to it, written by ``prepare``) that the
+        browser sees there instead: it runs in a mount namespace of its own (``unshare``), so
+        nothing changes for other processes and nothing is left to undo (where this process
+        may not make one, :func:`private_mounts`, without them). OSError if the browser cannot
+        be started."""
         root = Path(tempfile.mkdtemp(prefix=f"natkit-{name}-"))
         try:
             for sub in ("profile", "tmp", "home"):
@@ -141,6 +170,8 @@ class BrowserProcess:
             if prepare is not None:
                 prepare(root / "profile")
             argv = list(argv_of(root / "profile"))
+            if binds and private_mounts():
+                argv = bound(argv, {target: root / source for target, source in binds.items()})
             if netns is not None:
                 argv = ["ip", "netns", "exec", netns, *argv]
             fds = dict(child_fds or {})

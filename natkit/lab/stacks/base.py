@@ -46,6 +46,9 @@ class PeerConfig:
     ca_pem: str | None = None
     # longevity: after the echo, idle this long (only ICE keepalives), then echo again.
     idle_s: float = 0.0
+    # The lab zone's names (name -> IPv4 address) for a stack that resolves them itself (a
+    # browser, whose ``turns:`` URL names the TURN server: it drops IP literals there).
+    hosts: dict[str, str] = field(default_factory=dict)
 
     @property
     def candidate_type(self) -> str:
@@ -64,7 +67,8 @@ class PeerConfig:
         res = data.get("resolver")
         return cls(str(data["room"]), str(data["path"]), (str(host), int(port)), list(data.get("ice_servers", [])),
                    float(data.get("deadline_s", 10.0)), str(data.get("family", "ipv4")),
-                   (str(res[0]), int(res[1])) if res else None, data.get("ca_pem"), float(data.get("idle_s", 0.0)))
+                   (str(res[0]), int(res[1])) if res else None, data.get("ca_pem"), float(data.get("idle_s", 0.0)),
+                   {str(k): str(v) for k, v in dict(data.get("hosts") or {}).items()})
 
 
 @dataclass

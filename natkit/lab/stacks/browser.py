@@ -147,6 +147,7 @@ class BrowserPeer:
         self.loopback = loopback
         self.start_times: list[float] = []  # seconds each start of the browser took
         self.ca_pem: str | None = None  # the lab CA the browser is started trusting (TURN over TLS)
+        self.hosts: dict[str, str] = {}  # names the browser is started resolving (the lab zone's)
         self._driver: Driver | None = None
         self._lock: asyncio.Lock | None = None
 
@@ -178,6 +179,8 @@ class BrowserPeer:
                 self._driver = None
             if config is not None and config.ca_pem:
                 self.ca_pem = config.ca_pem
+            if config is not None and config.hosts:
+                self.hosts = dict(config.hosts)
             loopback = self.loopback
             if loopback is None:
                 loopback = config is not None and _is_loopback(config.signaling[0])

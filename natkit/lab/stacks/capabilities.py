@@ -375,7 +375,8 @@ FIREFOX = Capabilities(
     hides_prflx_address=False,
     notes=(
         "natkit runs it with mDNS host names off; the lab's page drops .local names",
-        "TURN over TLS needs a host name in the turns: URL (no IP literal)",
+        "TURN over TLS needs a host name in the turns: URL (no IP literal): the lab gives it "
+        "turns:turn.lab.natkit, an /etc/hosts of the lab's names and the lab CA, in its own mount namespace",
     ),
     sources=(
         "Firefox ESR prefs (modules/libpref/init/all.js, greprefs.js in omni.ja)",

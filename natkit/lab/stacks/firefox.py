@@ -37,7 +37,10 @@ class FirefoxPeer(BrowserPeer):
         find_firefox()
 
     async def launch(self, *, loopback: bool) -> Driver:
-        return await FirefoxBrowser.launch(netns=self.netns, mdns=self.mdns, loopback=loopback)
+        # The lab's names and CA: its turns: URL names the TURN server (nICEr drops IP
+        # literals there), whose certificate the lab CA signed for that name.
+        return await FirefoxBrowser.launch(netns=self.netns, mdns=self.mdns, loopback=loopback,
+                                           hosts=self.hosts or None, ca_pem=self.ca_pem)
 
 
 if __name__ == "__main__":

@@ -117,3 +117,68 @@ async def test_firefox_in_a_namespace_is_driven_from_outside() -> None:
             await browser.close()
     assert f" {pair.client_ip} " in sdp  # a host candidate of the namespace, not of the host
     assert not browser.process.root.exists() and not group_alive(browser.process.process.pid)
+
+
+def test_private_files_give_one_firefox_the_lab_names_and_ca(tmp_path: Path) -> None:
+    from natkit.ice.browsers.firefox import policies_json, private_files
+
+    exe = tmp_path / "lib" / "firefox"
+    (exe.parent / "distribution").mkdir(parents=True)
+    exe.write_text("")
+    files, binds = private_files(str(exe), {"turn.lab.natkit": "203.0.113.4"}, "PEM")
+    assert files["etc/hosts"].splitlines()[-1] == "203.0.113.4 turn.lab.natkit"
+    assert "127.0.0.1 localhost" in files["etc/hosts"]
+    assert binds == {"/etc/hosts": "etc/hosts", str((exe.parent / "distribution").resolve()): "distribution"}
+    assert files["distribution/ca.pem"] == "PEM"
+    assert json.loads(policies_json("/x/ca.pem")) == {"policies": {"Certificates": {"Install": ["/x/ca.pem"]}}}
+    # nothing asked, nothing bound; no distribution directory to show it over: no CA policy
+    assert private_files(str(exe), None, None) == ({}, {})
+    assert private_files(str(tmp_path / "elsewhere" / "firefox"), None, "PEM") == ({}, {})
+
+
+@needs_firefox
+async def test_firefox_resolves_the_lab_names_and_trusts_the_lab_ca_alone() -> None:
+    """What TURN over TLS needs (turns:turn.lab.natkit): an HTTPS fetch by that name to a
+    server whose certificate the lab CA signed; the host's /etc/hosts is left as it was."""
+    import http.server
+    import ssl
+    import tempfile
+    import threading
+
+    from natkit.lab.labca import make_lab_ca
+
+    ca = make_lab_ca(["127.0.0.1"], ["turn.lab.natkit"])
+    before = Path("/etc/hosts").read_text()
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Access-Control-Allow-Origin", "*")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "c.pem").write_text(ca.chain_pem)
+        Path(d, "k.pem").write_text(ca.key_pem)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(f"{d}/c.pem", f"{d}/k.pem")
+        server = http.server.HTTPServer(("127.0.0.1", 0), Hello)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://turn.lab.natkit:{server.server_address[1]}/"
+    try:
+        browser = await FirefoxBrowser.launch(mdns=False, loopback=True, hosts={"turn.lab.natkit": "127.0.0.1"},
+                                              ca_pem=ca.ca_pem)
+        try:
+            tab = await browser.new_tab("about:blank")
+            got = await browser.evaluate(tab, f"fetch({json.dumps(url)}).then(r => r.text(), e => 'ERR ' + e)",
+                                         timeout=20)
+        finally:
+            await browser.close()
+    finally:
+        server.shutdown()
+    assert got == "hello"
+    assert Path("/etc/hosts").read_text() == before

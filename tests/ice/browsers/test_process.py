@@ -136,3 +136,20 @@ async def test_chromium_and_its_tmpdir_go_with_a_killed_natkit() -> None:
     assert not alive, "Chromium outlived the natkit process that started it"
     assert not root.exists()
     assert _helpers_of(root) == []
+
+
+def test_bound_runs_the_browser_in_a_mount_namespace_of_its_own(tmp_path: Path) -> None:
+    """The bind mounts reach only the process (its own mount namespace) and keep its argv."""
+    import subprocess
+
+    from natkit.ice.browsers.process import bound, private_mounts
+
+    (tmp_path / "hosts").write_text("192.0.2.9 turn.lab.natkit\n")
+    argv = bound(["cat", "/etc/hosts"], {"/etc/hosts": tmp_path / "hosts"})
+    assert argv[:5] == ["unshare", "--mount", "--propagation", "private", "--"] and argv[-2:] == ["cat", "/etc/hosts"]
+    if not private_mounts():
+        pytest.skip("needs root and unshare (util-linux)")
+    before = Path("/etc/hosts").read_text()
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout
+    assert out == "192.0.2.9 turn.lab.natkit\n"
+    assert Path("/etc/hosts").read_text() == before

@@ -265,9 +265,24 @@ func (p *peer) setRemote(kind webrtc.SDPType, sdp string) error {
 	return nil
 }
 
-// localDescription sets desc, waits for gathering (bounded) and returns the filtered SDP.
+// gatherGrace is how long gathering may go on once a candidate of the path's type is there:
+// the other servers' answers take milliseconds in the lab, and a server that cannot answer
+// (TURN over UDP behind a UDP-blocking firewall) would hold the description until the limit.
+const gatherGrace = 500 * time.Millisecond
+
+// localDescription sets desc, waits for gathering (bounded: complete, or gatherGrace after the
+// first candidate of the path's type) and returns the filtered SDP.
 func (p *peer) localDescription(desc webrtc.SessionDescription) (string, error) {
 	gathered := webrtc.GatheringCompletePromise(p.pc)
+	wanted := make(chan struct{}, 1)
+	p.pc.OnICECandidate(func(c *webrtc.ICECandidate) {
+		if c != nil && p.types[c.Typ.String()] {
+			select {
+			case wanted <- struct{}{}:
+			default:
+			}
+		}
+	})
 	if err := p.pc.SetLocalDescription(desc); err != nil {
 		return "", fmt.Errorf("SetLocalDescription: %v", err)
 	}
@@ -275,9 +290,18 @@ func (p *peer) localDescription(desc webrtc.SessionDescription) (string, error) 
 	if limit > 5*time.Second {
 		limit = 5 * time.Second
 	}
+	timeout := time.After(limit)
 	select {
 	case <-gathered:
-	case <-time.After(limit):
+	case <-wanted:
+		select {
+		case <-gathered:
+		case <-time.After(gatherGrace):
+			logf("gathering not complete %v after the first wanted candidate; sending what there is", gatherGrace)
+		case <-timeout:
+			logf("gathering not complete after %v; sending what there is", limit)
+		}
+	case <-timeout:
 		logf("gathering not complete after %v; sending what there is", limit)
 	}
 	sdp, kept := p.filterSDP(p.pc.LocalDescription().SDP)
