@@ -436,10 +436,13 @@ async def _run(
         """Start every heavy stack in every node its cases need, ``at_once`` at a time; each
         node's start settles its entry in ``ready`` (a case waits for its own nodes only)."""
         needed = []
+        tls: set[tuple[str, str]] = set()  # (peer id, stack) with a relay-tls case
         for c in cases:
             for (_, peer), name in zip(plan.peers_of(c), c.stacks, strict=True):
                 if stacks.get(name).heavy and (peer.id, name) not in needed:
                     needed.append((peer.id, name))
+                if c.path == "relay-tls":
+                    tls.add((peer.id, name))
         if not needed:
             return None
         notify("stage", {"text": f"starting {len(needed)} browsers"})
@@ -452,12 +455,18 @@ async def _run(
 
         async def one(peer_id: str, name: str) -> None:
             peer = stacks.get(name)
+            # A stack that reaches TURN/TLS by name gets the lab's names and CA only where it
+            # has a relay-tls case: Firefox starts slower with them (a private mount
+            # namespace, an enterprise policy), 10-20 s more over a default run's nodes.
+            by_name = tls_by_name(stacks.capabilities_of(name))
+            named = not by_name or (peer_id, name) in tls
             try:
                 async with gate:
                     res = await agents[peer_id].call(
                         peer.start_s + 30, op="prepare", stack=name,
                         config=PeerConfig("prepare", "host", sig, [], topo.case_deadline_s,
-                                          ca_pem=ca.ca_pem if ca else None, hosts=srv.names()).to_json(),
+                                          ca_pem=ca.ca_pem if ca and named else None,
+                                          hosts=srv.names() if named else {}).to_json(),
                     )
                 if "error" not in res:
                     prepared.add((peer_id, name))
