@@ -1321,7 +1321,7 @@ async def test_the_c_allocate_path_follows_a_changed_password() -> None:
     range: with kernel-picked relay ports on the clients' IP every request from that IP may
     come from a relay of ours, and the engine answers them all.)"""
     async with TurnServer(
-        [("127.0.0.1", 0)], users={"u": "p"}, min_port=42000, max_port=42999
+        [("127.0.0.1", 0)], users={"u": "p"}, min_port=42000, max_port=42999, c_allocate=True
     ) as turn:
         served = turn.fast is not None and turn._fast_allocates
         a = RawClient(turn.addresses_of("udp")[0], "u", "p")
