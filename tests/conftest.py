@@ -7,10 +7,14 @@ at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
+
+from natkit.lab.netns import STATE_DIR, owner_alive
 
 PREFIX = "nk"
 
@@ -23,6 +27,34 @@ def _namespaces() -> set[str]:
     except (OSError, subprocess.TimeoutExpired):
         return set()
     return {line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)}
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        # The command name may hold spaces and parentheses: fields after the last ")".
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _someone_elses(ns: str) -> bool:
+    """Whether namespace ``ns`` belongs to a live run this session did not start (another
+    pytest or ``natkit lab run`` on the same machine): its run's state file names a live
+    process that is not this process or one of its descendants."""
+    try:
+        state = json.loads((STATE_DIR / f"{ns.split('-', 1)[0]}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    pid = state.get("pid") if isinstance(state, dict) else None
+    if not isinstance(pid, int) or not owner_alive(state):
+        return False
+    for _ in range(64):  # a bounded walk up the process tree
+        if pid == os.getpid():
+            return False
+        if pid is None or pid <= 1:
+            return True
+        pid = _parent(pid)
+    return True
 
 
 def _turnservers() -> set[str]:
@@ -74,7 +106,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         return  # fixtures of an interrupted run may not be torn down yet
     before_ns, before_ts, before_docker = getattr(session.config, "_natkit_before", (set(), set(), set()))
-    leaked_ns = _namespaces() - before_ns
+    leaked_ns = {ns for ns in _namespaces() - before_ns if not _someone_elses(ns)}
     leaked_ts = _turnservers() - before_ts
     leaked_docker = _docker_objects() - before_docker
     if not (leaked_ns or leaked_ts or leaked_docker):
