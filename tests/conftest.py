@@ -7,6 +7,7 @@ at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -117,3 +118,38 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     print(f"\nnatkit: {message}")
     if os.environ.get("CI") == "true" and session.exitstatus == 0:
         session.exitstatus = 1
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and _parent(int(d.name)) == pid:
+            kids.append(int(d.name))
+    return kids
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A session that ends early (``-x``, a failed collection) must not leave the lab image's
+    background build running: its mmdebstrap is a child of this process, which the build
+    thread's end does not stop."""
+    import signal
+    import time
+
+    builds = [p for p in _children(os.getpid()) if _comm(p) == "mmdebstrap"]
+    for pid in builds:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)  # mmdebstrap removes its scratch directory on TERM
+    deadline = time.monotonic() + 15
+    while builds and time.monotonic() < deadline:
+        builds = [p for p in builds if _comm(p) == "mmdebstrap"]
+        time.sleep(0.2)
+    for pid in builds:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
