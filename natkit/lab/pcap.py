@@ -56,7 +56,8 @@ def _frames(data: bytes) -> Iterator[tuple[int, bytes]]:
         return
     if data[:4] != _PCAPNG_SHB:
         return
-    off, e, links = 0, "<", []
+    off, e = 0, "<"
+    links: list[int] = []
     while off + 12 <= len(data):
         btype = data[off : off + 4]
         if btype == _PCAPNG_SHB:

@@ -50,7 +50,7 @@ class ServersSpec:
     def of(cls, topo: Topology, plan: Plan, engine: str, tls: tuple[str, str] | None = None) -> ServersSpec:
         srv = topo.servers
         routed = [r.lan_net for r in plan.routers if not r.nat.behaviour.nat]
-        routed += [r.outside_net6 or r.lan_net6 for r in plan.routers if r.lan_net6]  # type: ignore[misc]
+        routed += [r.outside_net6 or r.lan_net6 for r in plan.routers if r.lan_net6]
         nets = (topo.internet_net, *((topo.internet_net6,) if topo.internet_net6 else ()), *routed)
         return cls(
             srv.stun_addresses, srv.stun_port, srv.stun_alt_port, srv.turn_address, srv.turn_port, engine,
