@@ -64,7 +64,7 @@ from natkit.lab.shard import Shard
 from natkit.lab.stacks.command import CommandPeer
 from natkit.lab.topology import TURN_ENGINES, Case, Plan, Topology
 
-__all__ = ["NAME", "NOT_IN_IMAGE", "ComposeBuiltLab", "check", "check_peers_mounted", "cleanup_leftovers", "run",
+__all__ = ["NAME", "ComposeBuiltLab", "check", "check_peers_mounted", "cleanup_leftovers", "run",
            "stack_unavailable"]
 
 NAME = "compose"
@@ -216,16 +216,6 @@ def cleanup_leftovers(api: DockerAPI | None = None, *, force: bool = False) -> l
 
 # -- what the image runs ---------------------------------------------------------------------------
 
-# Built-in stacks the image does not carry, and why (docs/architecture.md: how one gets in).
-NOT_IN_IMAGE = {
-    name: f"{what} is not in the lab's image (it would add {size} to an image built offline on every "
-    "change of natkit); run it with --engine netns"
-    for name, what, size in (
-        ("chromium", "Chromium", "~400 MB"),
-        ("firefox", "Firefox", "~250 MB"),
-        ("libnice", "GStreamer's webrtcbin with libnice", "~150 MB and Debian's own python3 stack"),
-    )
-}
 # Where a --peer command finds programs of the image itself (not the host's).
 IMAGE_DIRS = ("/usr/", "/bin/", "/sbin/", "/opt/natkit/")
 
@@ -233,11 +223,11 @@ IMAGE_DIRS = ("/usr/", "/bin/", "/sbin/", "/opt/natkit/")
 def stack_unavailable(name: str) -> str | None:
     """Why the built-in or registered stack ``name`` cannot run in the lab's image, or None.
     The image carries aiortc (a dependency), the compiled peers built on this host (the pion
-    peer: :func:`natkit.lab.engines.image.host_programs`) and any ``--peer`` command."""
+    peer: :func:`natkit.lab.engines.image.host_programs`), any ``--peer`` command, and, when a
+    run names one of them, the stacks that are Debian packages (Chromium, Firefox, libnice:
+    :data:`natkit.lab.engines.image.STACK_PACKAGES`, in a flavour of the image of their own)."""
     from natkit.lab import stacks
 
-    if name in NOT_IN_IMAGE:
-        return NOT_IN_IMAGE[name]
     if name == "pion":
         from natkit.lab.engines.image import host_programs
         from natkit.lab.stacks.build import BUILD_COMMAND, PION_PROGRAM
@@ -468,7 +458,8 @@ def run(
         notify("stage", {"text": f"removed a killed run's {gone}"})
     _check_subnets(ctopo, plan, api.networks())
     notify("stage", {"text": f"Compose engine: {tool.describe()}"})
-    image: ImageInfo = ensure_image(api, base, lambda text: notify("stage", {"text": text}))
+    run_stacks = sorted({s for c in cases for s in c.stacks})
+    image: ImageInfo = ensure_image(api, base, lambda text: notify("stage", {"text": text}), stacks=run_stacks)
     how = f"built in {image.seconds:.0f} s" if image.built else "cached"
     notify("stage", {"text": f"image {image.tag} on {image.base} ({how})"})
     tag = "nk" + secrets.token_hex(3)
