@@ -418,10 +418,11 @@ def run(
     peers: Sequence[str] = (),
     mounts: Sequence[str] = (),
     peer_caps: Sequence[str] = (),
+    browser: bool = False,
 ) -> LabResult:
     """Run the lab of ``topo`` under Docker Compose (see the module docstring); the typed
     result, as :func:`natkit.lab.runner.run` gives it for the netns engine (``cases``,
-    ``selection`` and ``shard`` as there).
+    ``selection``, ``shard`` and ``browser``, the Chromium cases, as there).
 
     ``peers``: the ``--peer NAME=COMMAND`` stacks the cases may name (registered in this
     process already: :func:`natkit.lab.choose.register_peers`); their commands run inside the
@@ -440,7 +441,7 @@ def run(
     for what, why in left_out:
         notify("stage", {"text": f"left out under Compose: {what}: {why}"})
     ctopo = topo.for_compose()
-    cases = model.in_scope(ctopo, run_cases(ctopo, cases, selection, shard))
+    cases = model.in_scope(ctopo, run_cases(ctopo, cases, selection, shard, browser=browser))
     if not cases:
         raise ConfigError("no case of this run can run under the Compose engine "
                           f"({'; '.join(w for w, _ in left_out) or 'none selected'}); use --engine netns", param="engine")
@@ -478,6 +479,7 @@ def run(
     with _signals():
         try:
             result = _run_up(run, ctopo, plan, cases, engine, capture, notify, keep_capture, t0, timings, finish)
+            result.browser = browser
         finally:
             t_down = time.monotonic()
             errors += _teardown(run)
