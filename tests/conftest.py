@@ -78,9 +78,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if not compose:
         return
     items[:] = [i for i in items if i not in compose] + compose
-    from tests.lab.engines.docker_lab import start_image_build
+    from tests.lab.engines.docker_lab import STACKS_TEST, start_image_build
 
-    start_image_build()
+    start_image_build(stacks=any(STACKS_TEST in i.nodeid for i in compose))
 
 
 def _docker_objects() -> set[str]:

@@ -269,8 +269,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.engine == "compose":
         from natkit.lab.engines import compose_lab
 
-        if args.browser:
-            raise UsageError("--browser: the Compose engine's image has no Chromium; use --engine netns for browser cases")
         compose_lab.check(capture=not args.no_capture)  # root, the daemon, Compose: before anything else
         from natkit.lab.engines.compose import check_mount
 
@@ -290,7 +288,7 @@ def _run(args: argparse.Namespace) -> int:
             result = compose_lab.run(
                 topo, turn_engine=args.turn_engine, parallel=args.parallel, capture=not args.no_capture,
                 progress=progress, keep_capture=args.pcap, base=args.base, selection=selection, shard=shard,
-                peers=args.peer, mounts=args.mount, peer_caps=args.peer_caps,
+                peers=args.peer, mounts=args.mount, peer_caps=args.peer_caps, browser=args.browser,
             )
         else:
             result = runner.run(

@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["BrowserProcess", "bound", "die_with_parent", "group_alive", "private_mounts"]
+__all__ = ["BrowserProcess", "bound", "die_with_parent", "group_alive", "install_in_place", "own_filesystem",
+           "private_mounts"]
 
 LOG_NAME = "browser.log"
 GROUP_EXIT_S = 3.0  # helpers die a moment after the leader
@@ -87,6 +88,32 @@ def private_mounts() -> bool:
                               stderr=subprocess.DEVNULL, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+OWN_FILESYSTEM_ENV = "NATKIT_CONTAINER"  # set by the lab image (configs/docker/Dockerfile)
+
+
+def own_filesystem() -> bool:
+    """Whether this process's filesystem is the lab's alone (a container of the lab image,
+    whose Dockerfile sets ``NATKIT_CONTAINER=1``), as root: then a browser's ``binds`` may be
+    written in place where no private mount namespace can be made (a container has no
+    CAP_SYS_ADMIN), since nothing else sees them."""
+    return os.environ.get(OWN_FILESYSTEM_ENV) == "1" and os.geteuid() == 0
+
+
+def install_in_place(binds: Mapping[str, Path]) -> None:
+    """Write each file of ``binds`` over its target (a directory: each file in it into the
+    target directory, which keeps its other files). The in-place counterpart of
+    :func:`bound`, for :func:`own_filesystem` only; in place, not renamed over, since a
+    container's ``/etc/hosts`` is itself a bind mount."""
+    for target, src in binds.items():
+        if src.is_dir():
+            Path(target).mkdir(parents=True, exist_ok=True)
+            for item in sorted(src.iterdir()):
+                if item.is_file():
+                    shutil.copyfile(item, Path(target) / item.name)
+        else:
+            shutil.copyfile(src, target)
 
 
 def bound(argv: Sequence[str], binds: Mapping[str, Path]) -> list[str]:
@@ -161,8 +188,8 @@ class BrowserProcess:
         directory of the scratch directory (relative to it, written by ``prepare``) that the
         browser sees there instead: it runs in a mount namespace of its own (``unshare``), so
         nothing changes for other processes and nothing is left to undo (where this process
-        may not make one, :func:`private_mounts`, without them). OSError if the browser cannot
-        be started."""
+        may not make one, :func:`private_mounts`, without them, or in a lab container,
+        :func:`own_filesystem`, written in place). OSError if the browser cannot be started."""
         root = Path(tempfile.mkdtemp(prefix=f"natkit-{name}-"))
         try:
             for sub in ("profile", "tmp", "home"):
@@ -172,6 +199,8 @@ class BrowserProcess:
             argv = list(argv_of(root / "profile"))
             if binds and private_mounts():
                 argv = bound(argv, {target: root / source for target, source in binds.items()})
+            elif binds and own_filesystem():
+                install_in_place({target: root / source for target, source in binds.items()})
             if netns is not None:
                 argv = ["ip", "netns", "exec", netns, *argv]
             fds = dict(child_fds or {})

@@ -39,9 +39,14 @@ What it holds:
   (:mod:`natkit.lab.engines.container` is every container's side).
 
 Differences from the netns engine: the subnets (above); netem shapes only the containers'
-egress (the bridge side of a link is the host's), i.e. half the added delay; no browser cases
-(Chromium is not in the image); run by hand, the runner has no capture, so no packet evidence
-(``natkit lab run --engine compose`` captures on the internet bridge from the host and has it).
+egress (the bridge side of a link is the host's), i.e. half the added delay; run by hand, the
+runner has no capture, so no packet evidence (``natkit lab run --engine compose`` captures on
+the internet bridge from the host and has it). Every stack runs in the peer containers: the
+browsers and libnice from a flavour of the image that has their Debian packages
+(:func:`natkit.lab.engines.image.ensure_image`), made only for a run that names one of them;
+the peers of a run with browser cases get a larger ``/dev/shm`` (:data:`BROWSER_SHM`), and a
+browser's private files (the lab's names, Firefox's lab CA policy) are written in the
+container's own filesystem (:func:`natkit.ice.browsers.process.own_filesystem`).
 """
 
 from __future__ import annotations
@@ -111,6 +116,8 @@ IPV6_SYSCTLS = {
     "net.ipv6.conf.default.accept_ra": "0",
     "net.ipv6.conf.all.keep_addr_on_down": "1",
 }
+BROWSER_STACKS = ("chromium", "firefox")
+BROWSER_SHM = "256m"  # a peer container's /dev/shm in a run with browser cases (Docker's default: 64m)
 LABEL = "org.natkit.lab"  # on every container and network of a run: its tag
 OWNER_LABEL = "org.natkit.lab.owner"  # "<pid> <start>" of the natkit process that runs it
 
@@ -318,6 +325,10 @@ def compose_model(
     common = _services_base(run, base)
     # --mount: the user's peer programs, read-only at the same path (runner and peers)
     mounts = [f"{m}:{m}:ro" for m in run.mounts] if run is not None else []
+    # A browser's shared memory (Chromium's renderers, Firefox's content processes) outgrows
+    # Docker's 64 MB /dev/shm with a few tabs: the peers of a run with browser cases get more.
+    browsers = run is not None and any(st in BROWSER_STACKS for c in run.selected(topology) for st in c.stacks)
+    peer_shm: dict[str, Any] = {"shm_size": BROWSER_SHM} if browsers else {}
     # Routers without NAT route a public LAN: everyone on the internet needs the way to it.
     open_routes = [f"{r.lan_net} via {r.public_ip}" for r in plan.routers if not r.nat.behaviour.nat]
     # IPv6 LANs (global, or the prefix NPTv6 translates to) are routed by their router: the
@@ -452,6 +463,7 @@ def compose_model(
                     {lan: addr},
                     depends_on=[router],
                     **extra_p,
+                    **peer_shm,
                     **({"volumes": mounts} if mounts else {}),
                 )
 

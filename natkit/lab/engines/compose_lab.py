@@ -64,7 +64,7 @@ from natkit.lab.shard import Shard
 from natkit.lab.stacks.command import CommandPeer
 from natkit.lab.topology import TURN_ENGINES, Case, Plan, Topology
 
-__all__ = ["NAME", "NOT_IN_IMAGE", "ComposeBuiltLab", "check", "check_peers_mounted", "cleanup_leftovers", "run",
+__all__ = ["NAME", "ComposeBuiltLab", "check", "check_peers_mounted", "cleanup_leftovers", "run",
            "stack_unavailable"]
 
 NAME = "compose"
@@ -216,16 +216,6 @@ def cleanup_leftovers(api: DockerAPI | None = None, *, force: bool = False) -> l
 
 # -- what the image runs ---------------------------------------------------------------------------
 
-# Built-in stacks the image does not carry, and why (docs/architecture.md: how one gets in).
-NOT_IN_IMAGE = {
-    name: f"{what} is not in the lab's image (it would add {size} to an image built offline on every "
-    "change of natkit); run it with --engine netns"
-    for name, what, size in (
-        ("chromium", "Chromium", "~400 MB"),
-        ("firefox", "Firefox", "~250 MB"),
-        ("libnice", "GStreamer's webrtcbin with libnice", "~150 MB and Debian's own python3 stack"),
-    )
-}
 # Where a --peer command finds programs of the image itself (not the host's).
 IMAGE_DIRS = ("/usr/", "/bin/", "/sbin/", "/opt/natkit/")
 
@@ -233,11 +223,11 @@ IMAGE_DIRS = ("/usr/", "/bin/", "/sbin/", "/opt/natkit/")
 def stack_unavailable(name: str) -> str | None:
     """Why the built-in or registered stack ``name`` cannot run in the lab's image, or None.
     The image carries aiortc (a dependency), the compiled peers built on this host (the pion
-    peer: :func:`natkit.lab.engines.image.host_programs`) and any ``--peer`` command."""
+    peer: :func:`natkit.lab.engines.image.host_programs`), any ``--peer`` command, and, when a
+    run names one of them, the stacks that are Debian packages (Chromium, Firefox, libnice:
+    :data:`natkit.lab.engines.image.STACK_PACKAGES`, in a flavour of the image of their own)."""
     from natkit.lab import stacks
 
-    if name in NOT_IN_IMAGE:
-        return NOT_IN_IMAGE[name]
     if name == "pion":
         from natkit.lab.engines.image import host_programs
         from natkit.lab.stacks.build import BUILD_COMMAND, PION_PROGRAM
@@ -428,10 +418,11 @@ def run(
     peers: Sequence[str] = (),
     mounts: Sequence[str] = (),
     peer_caps: Sequence[str] = (),
+    browser: bool = False,
 ) -> LabResult:
     """Run the lab of ``topo`` under Docker Compose (see the module docstring); the typed
     result, as :func:`natkit.lab.runner.run` gives it for the netns engine (``cases``,
-    ``selection`` and ``shard`` as there).
+    ``selection``, ``shard`` and ``browser``, the Chromium cases, as there).
 
     ``peers``: the ``--peer NAME=COMMAND`` stacks the cases may name (registered in this
     process already: :func:`natkit.lab.choose.register_peers`); their commands run inside the
@@ -450,7 +441,7 @@ def run(
     for what, why in left_out:
         notify("stage", {"text": f"left out under Compose: {what}: {why}"})
     ctopo = topo.for_compose()
-    cases = model.in_scope(ctopo, run_cases(ctopo, cases, selection, shard))
+    cases = model.in_scope(ctopo, run_cases(ctopo, cases, selection, shard, browser=browser))
     if not cases:
         raise ConfigError("no case of this run can run under the Compose engine "
                           f"({'; '.join(w for w, _ in left_out) or 'none selected'}); use --engine netns", param="engine")
@@ -468,7 +459,8 @@ def run(
         notify("stage", {"text": f"removed a killed run's {gone}"})
     _check_subnets(ctopo, plan, api.networks())
     notify("stage", {"text": f"Compose engine: {tool.describe()}"})
-    image: ImageInfo = ensure_image(api, base, lambda text: notify("stage", {"text": text}))
+    run_stacks = sorted({s for c in cases for s in c.stacks})
+    image: ImageInfo = ensure_image(api, base, lambda text: notify("stage", {"text": text}), stacks=run_stacks)
     how = f"built in {image.seconds:.0f} s" if image.built else "cached"
     notify("stage", {"text": f"image {image.tag} on {image.base} ({how})"})
     tag = "nk" + secrets.token_hex(3)
@@ -487,6 +479,7 @@ def run(
     with _signals():
         try:
             result = _run_up(run, ctopo, plan, cases, engine, capture, notify, keep_capture, t0, timings, finish)
+            result.browser = browser
         finally:
             t_down = time.monotonic()
             errors += _teardown(run)

@@ -17,13 +17,22 @@ inside the build:
    was built from), copied into the image's ``<venv>/libexec/natkit`` (:func:`host_programs`);
    a host without them gives an image without them, and the pion stack is then left out of
    Compose runs, with that command as the reason;
-4. **build**: the Dockerfile in a context of only the wheelhouse and those programs
+4. **stack packages**: the stacks that are Debian packages (Chromium, Firefox ESR, libnice
+   through GStreamer's webrtcbin: :data:`STACK_PACKAGES`) come only when a run asks for one
+   of them: the ``debian`` base then has a second flavour, ``natkit-base:<suite>-<hash>``
+   made by the same mmdebstrap with all those packages included, from the host's mirror and
+   its security archive when it uses one (the browsers' fixes are there; about 1 GB more,
+   made once and cached like the plain base, so a change of natkit rebuilds only the thin
+   layer above it);
+   another base gets them from apt in the build (``STACK_PACKAGES`` build argument, which
+   needs that base's network, so only for a build by hand or a base that has them already);
+5. **build**: the Dockerfile in a context of only the wheelhouse and those programs
    (``docker build`` through the API, legacy builder, network ``none``); the Dockerfile
    installs ``natkit`` from ``wheels/`` with ``--no-index``.
 
 The tag is ``natkit-lab:<version>-<hash>``: the hash covers what goes into the image (the
 package's files, pyproject.toml, setup.py, README.md, the Dockerfile, the compiled peers, the
-base and its id), so a second run finds the tag and builds nothing; any change to natkit
+base and its id, the stack packages), so a second run finds the tag and builds nothing; any change to natkit
 builds a new image.
 """
 
@@ -53,6 +62,7 @@ __all__ = [
     "DEBIAN_BASE",
     "DOCKERFILE",
     "PYTHON_BASE",
+    "STACK_PACKAGES",
     "ImageInfo",
     "build_image",
     "ensure_debian_base",
@@ -60,6 +70,7 @@ __all__ = [
     "host_programs",
     "image_tag",
     "source_root",
+    "stack_packages",
 ]
 
 DOCKERFILE = "configs/docker/Dockerfile"
@@ -67,6 +78,18 @@ PYTHON_BASE = "python:3.11-slim-bookworm"
 DEBIAN_BASE = "debian"  # natkit's own base, made with mmdebstrap (see ensure_debian_base)
 SUITE = "bookworm"  # Debian 12: Python 3.11, like the host that builds the wheelhouse
 BASE_PACKAGES = ("python3", "python3-venv", "nftables", "iproute2", "coturn", "libstdc++6", "netbase", "tayga")
+# The built-in stacks that are Debian packages, as .ci/bootstrap installs them on a host
+# (natkit.lab.stacks.libnice.PACKAGES for libnice). Without recommends: fonts, codecs' GUIs,
+# desktop integration are not needed by a headless peer.
+STACK_PACKAGES: dict[str, tuple[str, ...]] = {
+    "chromium": ("chromium",),
+    "firefox": ("firefox-esr",),
+    "libnice": (
+        "python3-gi", "gir1.2-gstreamer-1.0", "gir1.2-gst-plugins-base-1.0", "gir1.2-gst-plugins-bad-1.0",
+        "gir1.2-nice-0.1", "gstreamer1.0-nice", "gstreamer1.0-plugins-base", "gstreamer1.0-plugins-good",
+        "gstreamer1.0-plugins-bad",
+    ),
+}
 IMAGE_REPO = "natkit-lab"
 BASE_REPO = "natkit-base"
 BUILD_TIMEOUT_S = 900.0
@@ -86,10 +109,21 @@ class ImageInfo:
     built: bool
     seconds: float
     programs: tuple[str, ...] = ()  # the compiled peers it carries (host_programs)
+    stacks: tuple[str, ...] = ()  # the stacks of STACK_PACKAGES it carries
 
     def to_json(self) -> dict[str, Any]:
         return {"tag": self.tag, "base": self.base, "built": self.built, "build_s": round(self.seconds, 1),
-                "programs": list(self.programs)}
+                "programs": list(self.programs), "stacks": list(self.stacks)}
+
+
+def stack_packages(names: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the stacks of :data:`STACK_PACKAGES` the image carries, their packages) for a run of
+    the stacks ``names``: none, or all of them as soon as one is named. One flavour with them
+    all, not one per set: each flavour is a base of its own (about 1 GB, minutes to make), and
+    a cache of one serves every run."""
+    if not any(n in STACK_PACKAGES for n in names):
+        return (), ()
+    return tuple(sorted(STACK_PACKAGES)), tuple(sorted({p for pkgs in STACK_PACKAGES.values() for p in pkgs}))
 
 
 def source_root() -> Path:
@@ -125,7 +159,7 @@ def host_programs() -> list[Path]:
     return found
 
 
-def image_tag(root: Path, base: str, base_id: str, programs: Sequence[Path] = ()) -> str:
+def image_tag(root: Path, base: str, base_id: str, programs: Sequence[Path] = (), packages: Sequence[str] = ()) -> str:
     """``natkit-lab:<version>-<hash of the image's inputs>``."""
     h = hashlib.sha256()
     for rel in [*_files(root), Path(DOCKERFILE)]:
@@ -134,6 +168,8 @@ def image_tag(root: Path, base: str, base_id: str, programs: Sequence[Path] = ()
     for prog in programs:
         h.update(f"program {prog.name}\0".encode() + prog.read_bytes() + b"\0")
     h.update(f"{base}\0{base_id}\0{sys.version_info[:2]}".encode())
+    if packages:  # (the plain image's tag stays what it was)
+        h.update(f"\0packages {' '.join(packages)}".encode())
     return f"{IMAGE_REPO}:{__version__}-{h.hexdigest()[:12]}"
 
 
@@ -154,15 +190,38 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def _base_tag(mirror: str) -> str:
-    h = hashlib.sha256(f"{SUITE}\0{mirror}\0{' '.join(BASE_PACKAGES)}\0essential".encode()).hexdigest()[:12]
+def debian_security() -> str | None:
+    """The Debian security archive the host's apt uses, if any (``NATKIT_DEBIAN_SECURITY``
+    overrides; empty: none)."""
+    if "NATKIT_DEBIAN_SECURITY" in os.environ:
+        return os.environ["NATKIT_DEBIAN_SECURITY"] or None
+    for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        with contextlib.suppress(OSError):
+            for uri in re.findall(r"(https?://\S+/debian-security)/?(?:\s|$)", path.read_text(errors="replace")):
+                return str(uri)
+    return None
+
+
+def _mirrors(extra: Sequence[str]) -> list[str]:
+    """mmdebstrap's mirror arguments: the archive, and its security archive for a flavour with
+    the stacks' packages (a browser of the main suite may be several releases behind)."""
+    mirror = debian_mirror()
+    security = debian_security() if extra else None
+    return [mirror, *([f"deb {security} {SUITE}-security main"] if security else [])]
+
+
+def _base_tag(mirrors: Sequence[str], extra: Sequence[str] = ()) -> str:
+    packages = " ".join([*BASE_PACKAGES, *extra])
+    h = hashlib.sha256(f"{SUITE}\0{chr(0).join(mirrors)}\0{packages}\0essential".encode()).hexdigest()[:12]
     return f"{BASE_REPO}:{SUITE}-{h}"
 
 
-def ensure_debian_base(api: DockerAPI, notify: Notify) -> str:
-    """natkit's Debian base image (made when missing); its tag."""
-    mirror = debian_mirror()
-    tag = _base_tag(mirror)
+def ensure_debian_base(api: DockerAPI, notify: Notify, extra: Sequence[str] = ()) -> str:
+    """natkit's Debian base image (made when missing), with the Debian packages ``extra``
+    besides :data:`BASE_PACKAGES` (a flavour of its own); its tag."""
+    mirrors = _mirrors(extra)
+    mirror = mirrors[0]
+    tag = _base_tag(mirrors, extra)
     if api.image(tag) is not None:
         return tag
     if shutil.which("mmdebstrap") is None:
@@ -170,13 +229,14 @@ def ensure_debian_base(api: DockerAPI, notify: Notify) -> str:
             "making the lab's Debian base image needs mmdebstrap: apt-get install mmdebstrap "
             f"(or, with a registry, --base {PYTHON_BASE})"
         )
-    notify(f"making the Debian base image {tag} with mmdebstrap from {mirror}")
+    what = f" with {' '.join(extra)} (a few minutes, once)" if extra else ""
+    notify(f"making the Debian base image {tag} with mmdebstrap from {mirror}{what}")
     with tempfile.TemporaryDirectory(prefix="natkit-base-") as tmp:
         out = Path(tmp) / "rootfs.tar"
         argv = [
-            "mmdebstrap", "--quiet", "--variant=essential", f"--include={','.join(BASE_PACKAGES)}",
+            "mmdebstrap", "--quiet", "--variant=essential", f"--include={','.join([*BASE_PACKAGES, *extra])}",
             *(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale", "info")),
-            SUITE, str(out), mirror,
+            SUITE, str(out), *mirrors,
         ]
         try:
             res = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, stdin=subprocess.DEVNULL)
@@ -233,7 +293,8 @@ def build_wheelhouse(root: Path, dest: Path, notify: Notify) -> None:
     _pip(["wheel", "-q", "--wheel-dir", str(dest), str(wheels[-1])], "collect natkit's dependencies as wheels")
 
 
-def build_image(api: DockerAPI, root: Path, tag: str, base: str, notify: Notify, programs: Sequence[Path] = ()) -> None:
+def build_image(api: DockerAPI, root: Path, tag: str, base: str, notify: Notify, programs: Sequence[Path] = (),
+                packages: Sequence[str] = ()) -> None:
     """Build ``tag`` from ``base`` with a wheelhouse context and ``programs`` (see the module
     docstring)."""
     with tempfile.TemporaryDirectory(prefix="natkit-image-") as tmp:
@@ -258,7 +319,8 @@ def build_image(api: DockerAPI, root: Path, tag: str, base: str, notify: Notify,
             events = api.stream(
                 "POST", "/build", body=body, timeout=BUILD_TIMEOUT_S,
                 headers={"Content-Type": "application/x-tar", "Content-Length": str(archive.stat().st_size)},
-                query={"t": tag, "dockerfile": "Dockerfile", "buildargs": json.dumps({"BASE": base}),
+                query={"t": tag, "dockerfile": "Dockerfile",
+                       "buildargs": json.dumps({"BASE": base, "STACK_PACKAGES": " ".join(packages)}),
                        "networkmode": "none", "rm": 1, "forcerm": 1,
                        "labels": json.dumps({"org.natkit.lab": "image", "org.natkit.version": __version__})},
             )
@@ -272,15 +334,18 @@ def build_image(api: DockerAPI, root: Path, tag: str, base: str, notify: Notify,
         raise PrerequisiteError(f"docker build of the lab image gave no image {tag}")
 
 
-def ensure_image(api: DockerAPI, base: str | None = None, notify: Notify | None = None) -> ImageInfo:
+def ensure_image(api: DockerAPI, base: str | None = None, notify: Notify | None = None,
+                 stacks: Sequence[str] = ()) -> ImageInfo:
     """The lab image for ``base`` (None: :data:`PYTHON_BASE` if present, else ``debian``),
-    built when its tag is missing."""
+    with the Debian packages of the ``stacks`` that need some (:data:`STACK_PACKAGES`), built
+    when its tag is missing."""
     say = notify or (lambda text: None)
     t0 = time.monotonic()
     root = source_root()
+    with_stacks, packages = stack_packages(stacks)
     if base is None:
         base = PYTHON_BASE if api.image(PYTHON_BASE) is not None else DEBIAN_BASE
-    ref = ensure_debian_base(api, say) if base == DEBIAN_BASE else base
+    ref = ensure_debian_base(api, say, packages) if base == DEBIAN_BASE else base
     found = api.image(ref)
     if found is None:
         raise PrerequisiteError(
@@ -289,15 +354,17 @@ def ensure_image(api: DockerAPI, base: str | None = None, notify: Notify | None 
         )
     programs = host_programs()
     names = tuple(p.name for p in programs)
-    tag = image_tag(root, ref, str(found.get("Id", "")), programs)
+    # natkit's own base has the packages already: the build installs none
+    build_packages = () if base == DEBIAN_BASE else packages
+    tag = image_tag(root, ref, str(found.get("Id", "")), programs, build_packages)
     if api.image(tag) is not None:
-        return ImageInfo(tag, ref, False, time.monotonic() - t0, names)
+        return ImageInfo(tag, ref, False, time.monotonic() - t0, names, with_stacks)
     try:
-        build_image(api, root, tag, ref, say, programs)
+        build_image(api, root, tag, ref, say, programs, build_packages)
     except DockerError as exc:
         raise PrerequisiteError(f"the Docker daemon refused the image build: {exc.message}") from None
     prune_images(api, keep=tag)
-    return ImageInfo(tag, ref, True, time.monotonic() - t0, names)
+    return ImageInfo(tag, ref, True, time.monotonic() - t0, names, with_stacks)
 
 
 def prune_images(api: DockerAPI, keep: str, count: int = KEEP_IMAGES) -> list[str]:

@@ -153,3 +153,31 @@ def test_bound_runs_the_browser_in_a_mount_namespace_of_its_own(tmp_path: Path) 
     out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout
     assert out == "192.0.2.9 turn.lab.natkit\n"
     assert Path("/etc/hosts").read_text() == before
+
+
+def test_in_a_lab_container_the_private_files_are_written_in_place(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    """Where no mount namespace can be made (a container without CAP_SYS_ADMIN), the lab image's
+    own filesystem takes the files in place: a file over its target (its content, the same
+    inode: a container's /etc/hosts is a bind mount), a directory's files into the target
+    directory beside what it held."""
+    import os
+
+    from natkit.ice.browsers import process
+
+    src, dst = tmp_path / "scratch", tmp_path / "root"
+    (src / "distribution").mkdir(parents=True)
+    (src / "hosts").write_text("192.0.2.9 turn.lab.natkit\n")
+    (src / "distribution" / "policies.json").write_text("{}")
+    (dst / "distribution").mkdir(parents=True)
+    (dst / "distribution" / "searchplugins").mkdir()
+    (dst / "hosts").write_text("127.0.0.1 localhost\n")
+    inode = (dst / "hosts").stat().st_ino
+    process.install_in_place({str(dst / "hosts"): src / "hosts", str(dst / "distribution"): src / "distribution"})
+    assert (dst / "hosts").read_text() == "192.0.2.9 turn.lab.natkit\n" and (dst / "hosts").stat().st_ino == inode
+    assert sorted(p.name for p in (dst / "distribution").iterdir()) == ["policies.json", "searchplugins"]
+    # only the lab image says its filesystem is its own (and only root writes there)
+    monkeypatch.delenv(process.OWN_FILESYSTEM_ENV, raising=False)
+    assert process.own_filesystem() is False
+    monkeypatch.setenv(process.OWN_FILESYSTEM_ENV, "1")
+    assert process.own_filesystem() is (os.geteuid() == 0)

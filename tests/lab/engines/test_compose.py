@@ -320,6 +320,13 @@ def test_a_runs_cases_travel_with_their_stacks(tmp_path: Path) -> None:
     peers = [s for name, s in model["services"].items() if name.startswith("peer-")]
     assert peers and all(s["volumes"] == [mount] for s in peers)
     assert not [s for name, s in model["services"].items() if name.startswith(("router-", "servers")) and "volumes" in s]
+    # no browser among the stacks: Docker's /dev/shm; a browser case: more for every peer
+    assert not [s for s in peers if "shm_size" in s]
+    browser = RunOptions("nkabc123", "natkit-lab:x", str(tmp_path), "1 2",
+                         (Case(("full-cone", "symmetric"), "srflx", False, ("firefox", "aiortc")),))
+    services = compose_model(topo, run=browser)["services"]
+    assert {s.get("shm_size") for name, s in services.items() if name.startswith("peer-")} == {"256m"}
+    assert not [s for name, s in services.items() if not name.startswith("peer-") and "shm_size" in s]
 
 
 def test_a_mount_must_exist_and_not_hide_the_image(tmp_path: Path) -> None:

@@ -89,3 +89,33 @@ def test_the_dockerignore_keeps_the_context_small() -> None:
     assert lines[lines.index("**")] == "**"  # everything out, then only what the install needs
     kept = {ln[1:] for ln in lines if ln.startswith("!")}
     assert kept == {"pyproject.toml", "setup.py", "README.md", "natkit", "configs"}
+
+
+def test_the_stacks_packages_make_one_flavour_of_their_own(tmp_path: Path) -> None:
+    from natkit.lab.stacks.libnice import PACKAGES
+
+    assert image.stack_packages(["aiortc", "pion", "mine"]) == ((), ())  # the plain image
+    one = image.stack_packages(["aiortc", "libnice"])
+    # any of them: all of them (one cached flavour serves every run), whatever the order
+    assert one == image.stack_packages(["firefox", "chromium"]) == image.stack_packages(["libnice", "firefox", "chromium"])
+    assert one[0] == ("chromium", "firefox", "libnice")
+    assert {"chromium", "firefox-esr", *PACKAGES.split()} == set(one[1]) and list(one[1]) == sorted(one[1])
+    # the libnice stack's own list (what it tells a user to install) is what the image gets
+    assert set(image.STACK_PACKAGES["libnice"]) == set(PACKAGES.split())
+    root = _tree(tmp_path)
+    plain = image_tag(root, "python:3.11-slim-bookworm", "sha256:1")
+    assert image_tag(root, "python:3.11-slim-bookworm", "sha256:1", packages=one[1]) != plain
+    # natkit's own base: a flavour with the packages is another base (mmdebstrap includes them)
+    mirrors = ["http://mirror.lab/debian"]
+    assert image._base_tag(mirrors) != image._base_tag(mirrors, one[1])
+    assert image._base_tag(mirrors, one[1]) != image._base_tag([*mirrors, "deb http://x/debian-security bookworm-security main"], one[1])
+
+
+def test_the_flavour_with_stacks_takes_the_security_archive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NATKIT_DEBIAN_MIRROR", "http://mirror.lab/debian")
+    monkeypatch.setenv("NATKIT_DEBIAN_SECURITY", "http://mirror.lab/debian-security")
+    assert image._mirrors(()) == ["http://mirror.lab/debian"]  # the plain base: as it was
+    assert image._mirrors(("chromium",)) == ["http://mirror.lab/debian",
+                                             "deb http://mirror.lab/debian-security bookworm-security main"]
+    monkeypatch.setenv("NATKIT_DEBIAN_SECURITY", "")
+    assert image._mirrors(("chromium",)) == ["http://mirror.lab/debian"]
