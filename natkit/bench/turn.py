@@ -399,6 +399,9 @@ class Bench:
             "requested": requested,
             "allocated": made,
             "failed": sum(int(s["failed"]) + int(s["unanswered"]) for s in setups),
+            # requests the driver sent again after a timeout (a reply the server dropped,
+            # or one late): each costs its client 250 ms or more
+            "retransmits": sum(int(s.get("retransmits", 0)) for s in setups),
             "per_s": round(made / seconds) if seconds > 0 else 0,
             "per_cpu_second": round(made / server_cpu) if server_cpu > 0 else None,
             "server_cpu": round(server_cpu / seconds, 3) if seconds > 0 else None,

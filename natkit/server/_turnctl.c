@@ -16,7 +16,8 @@
  * (optional), USERNAME, REALM, NONCE, MESSAGE-INTEGRITY and FINGERPRINT (optional), from an
  * IPv4 client without an allocation, whose realm, nonce (issued to that IP, not expired) and
  * HMAC-SHA1 verify against a configured user's key, takes a spare relay socket Python bound
- * and watches (nk_ctl_add_spare), and is answered with the engine's Allocate success (the
+ * and watches (nk_ctl_add_spare; with none left it is Python's), and is answered with the
+ * engine's Allocate success (the
  * bytes natkit/turn/wire.py allocate_success builds). The caller hands Python a record of it
  * (struct nk_ctl_made) and the engine adopts the allocation: its state, quota and lifetime
  * stay the engine's. Anything else, a failed check included, is Python's, unchanged (the
@@ -511,11 +512,10 @@ static int ctl_allocate(struct nk_ctl *t, const uint8_t ip[16], uint16_t port, c
     if (CRYPTO_memcmp(mac, d + mi_at + 4, 20) != 0)
         return 0;
     if (t->nspares == 0) {
-        /* dropped, not Python's: an answer from the engine now and one from here to the
-         * client's retransmission would be two allocations; the retransmission finds a
-         * spare (Python refills them after every batch) */
+        /* Python's: the caller marks the client handed over, so its retransmission goes to
+         * the engine too (never a second allocation from here) */
         t->no_spare++;
-        return -1;
+        return 0;
     }
     /* the engine's lifetime: the default without LIFETIME or with 0, else clamped */
     uint32_t lifetime = t->default_lifetime;
@@ -609,8 +609,6 @@ int nk_ctl_request(struct nk_ctl *t, uint8_t family, const uint8_t ip[16], uint1
                 nk_ctl_credit(t, family, ip);
                 return r;
             }
-            if (r < 0)
-                return -1;
             /* (a collision forgets another client: the race it guards against is a
              * retransmission that overtakes the original, rarer still) */
             h->at = now;

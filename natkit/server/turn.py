@@ -177,17 +177,14 @@ class TurnServer(TurnService):
         worker: int = 0,
         workers: int = 1,
         nonce_secret: bytes | None = None,
-        c_allocate: bool = False,
+        c_allocate: bool | None = None,
         **overrides: Any,
     ) -> None:
         opts = build_options(options, listen, overrides)
         self.workers, self.worker = workers, worker
-        # Authenticated Allocates served by the C thread (natkit/server/_turnctl.c): half the
-        # server CPU per allocation, but on loopback (natkit bench turn, 18,000 allocations)
-        # half the allocations per second too (4,689/s against 8,960/s: the thread drops an
-        # Allocate it has no spare relay socket for, and the client's retransmission waits),
-        # so it is off unless asked for.
-        self.c_allocate = c_allocate
+        # Authenticated Allocates served by the C thread (natkit/server/_turnctl.c): the
+        # option, or the argument when given
+        self.c_allocate = opts.c_allocate if c_allocate is None else c_allocate
         if nonce_secret is not None and (
             not isinstance(nonce_secret, bytes) or len(nonce_secret) < 16
         ):
@@ -595,8 +592,13 @@ class TurnServer(TurnService):
             return
         relay = Relay(4, relay_sock.address, self._advertised(relay_sock.address), relay_sock)
         relay_sock.relay = relay
+        now = time.time()
+        # a verified request: the engine's error budget for its source gets one back too (the
+        # thread credited its own), as for one the engine verified; else a busy source whose
+        # Allocates the thread serves would spend the engine's budget on 401s and never earn
+        self.engine.responses.credit(addr[0], now, fast=False)
         actions = self.engine.adopt_allocation(
-            listener, addr, username, relay, lifetime, tid, response, time.time()
+            listener, addr, username, relay, lifetime, tid, response, now
         )
         self.run_actions(actions, listener, addr)
 

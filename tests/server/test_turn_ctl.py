@@ -367,9 +367,9 @@ def test_a_retransmission_of_an_allocate_the_engine_took_stays_the_engines() -> 
         spare.close()
 
 
-def test_without_a_spare_an_allocate_is_dropped_until_one_comes() -> None:
-    """Not passed on: the engine answering it and the thread answering its retransmission
-    would make two allocations for one client."""
+def test_without_a_spare_an_allocate_goes_to_the_engine_and_stays_there() -> None:
+    """Passed on, never dropped (a drop costs the client a retransmission timeout); its
+    retransmission is the engine's too, even once a spare came: one client, one allocation."""
     rig, spare = _allocate_rig(_engine())
     try:
         now = time.time()
@@ -378,10 +378,14 @@ def test_without_a_spare_an_allocate_is_dropped_until_one_comes() -> None:
         assert rig.table.take_spares() == [spare.fileno()]
         data = _signed_allocate(nonce)
         reply, left = rig.exchange(data, now)
-        assert reply is None and left == []
+        assert reply is None and left == [data]
         assert rig.table.control_stats()["no_spare"] == 1
         assert rig.table.add_spares([(spare.fileno(), spare.getsockname())]) == 1
         reply, left = rig.exchange(data, now)  # the retransmission
+        assert reply is None and left == [data]
+        assert rig.table.control_stats()["allocations"] == 0
+        # long after, a new Allocate of that client may be the thread's again
+        reply, left = rig.exchange(_signed_allocate(nonce), now + 60)
         assert reply is not None and rig.table.control_stats()["allocations"] == 1
     finally:
         rig.close()
