@@ -77,8 +77,12 @@ _RCVBUF = 4 << 20  # client listeners: every client's traffic arrives here
 _RELAY_RCVBUF = 1 << 20  # each relay socket (the kernel doubles it, capped by rmem_max)
 _TICK = 0.5
 # spare relay sockets the C thread holds for the Allocates it serves (refilled below LOW)
-_SPARES_LOW, _SPARES_HIGH = 640, 1000
+_SPARES_LOW, _SPARES_HIGH = 960, 1000
 _SPARES_MIN = 32  # below this many spares to be had (a small port range), the engine's alone
+# a source's 401s the C thread may bank, in error bursts: earned one per verified request, so
+# only a source that receives our replies has them, and a client behind which hundreds of
+# Allocates are under way at once (a NAT, the bench's 256) is never braked into timeouts
+_C_CREDIT_BURSTS = 4
 _C_USERS_MAX = 16  # static users the C thread verifies itself (more: the engine does)
 _SUMMARY_EVERY = 10.0  # seconds between batched allocation lifecycle lines
 IP_PMTUDISC_DO = 2
@@ -492,7 +496,7 @@ class TurnServer(TurnService):
         responses = engine.responses
         budget = max(1, int(responses.burst)) if responses.limited else 0
         table.configure_control(
-            engine.nonces.scheme(), engine.challenge_parts(), budget,
+            engine.nonces.scheme(), engine.challenge_parts(), budget * _C_CREDIT_BURSTS,
             [(ip, low, high) for ip in ips],
         )  # fmt: skip
         if budget:
