@@ -62,7 +62,7 @@
 #define A_XOR_MAPPED_ADDRESS 0x0020
 #define CTL_USERS 16      /* static users this path knows (more: Python's) */
 #define CTL_SPARES 1024   /* spare relay sockets held */
-#define CTL_HANDED 16384  /* clients whose Allocate Python answers, direct-mapped */
+#define CTL_HANDED 65536  /* clients whose Allocate Python answers, direct-mapped */
 #define CTL_HANDED_S 45.0 /* ... for this long: a client's retransmissions (RFC 8489 Rc=7) */
 
 struct ctl_nonce {
@@ -129,6 +129,7 @@ struct ctl_handed {
     double at;
     uint8_t ip[4];
     uint16_t port;
+    uint8_t many; /* two live clients met in this slot: every client of it is Python's */
 };
 
 struct nk_ctl {
@@ -598,8 +599,9 @@ int nk_ctl_request(struct nk_ctl *t, uint8_t family, const uint8_t ip[16], uint1
     if (method == 0) {
         if (family == 4 && get16(d) == M_ALLOCATE) { /* (marked even while not served) */
             struct ctl_handed *h = &t->handed[(ip_hash(4, ip) ^ port * 2654435761u) % CTL_HANDED];
-            int recent = h->port == port && memcmp(h->ip, ip, 4) == 0 &&
-                         now - h->at < CTL_HANDED_S && now >= h->at;
+            int live = now - h->at < CTL_HANDED_S && now >= h->at;
+            int same = h->port == port && memcmp(h->ip, ip, 4) == 0;
+            int recent = live && (same || h->many);
             int r = 0;
             if (t->allocates && !has_alloc && !recent)
                 r = ctl_allocate(t, ip, port, d, n, now, reply, made);
@@ -609,8 +611,9 @@ int nk_ctl_request(struct nk_ctl *t, uint8_t family, const uint8_t ip[16], uint1
                 nk_ctl_credit(t, family, ip);
                 return r;
             }
-            /* (a collision forgets another client: the race it guards against is a
-             * retransmission that overtakes the original, rarer still) */
+            /* a collision never forgets a live client (its retransmission would get a second
+             * allocation here): the slot serves nobody until both are done */
+            h->many = live && !same ? 1 : live ? h->many : 0;
             h->at = now;
             memcpy(h->ip, ip, 4);
             h->port = port;

@@ -566,22 +566,31 @@ class TurnServer(TurnService):
         if not self._spares_on:
             return
         want = target - len(self._spares)
-        made: list[tuple[int, Address]] = []
-        for _ in range(want):
-            got = None
-            for _ in range(len(ips)):
-                ip = ips[self._spare_ip % len(ips)]
-                self._spare_ip += 1
-                got = self._open_relay(ip, even=False, pair=False)
-                if got is not None:
-                    break
-            if got is None:
-                break  # the ports are all taken: Allocates go to the engine (its 508)
-            relay_sock = got[0]
-            self._spares[relay_sock.fd] = relay_sock
-            made.append((relay_sock.fd, self._advertised(relay_sock.address)))
-        if made:
-            self.fast.add_spares(made)
+        # candidate ports round robin over the relay IPs, bound by the table in one call (the
+        # kernel's work, without a Python call per socket)
+        wanted: list[tuple[str, str, int]] = []
+        per_ip = -(-want // len(ips))
+        for n in range(len(ips)):
+            ip = ips[(self._spare_ip + n) % len(ips)]
+            pool = self.port_pools[ip]
+            adv = self._advertised((ip, 0))[0]
+            if pool.ephemeral:
+                wanted += [(ip, adv, 0)] * per_ip
+            else:
+                wanted += [(ip, adv, port) for port in pool.candidates(limit=per_ip)]
+        self._spare_ip += 1
+        if not wanted:
+            return  # the ports are all taken: Allocates go to the engine (its 508)
+        relays = self._relays
+        for fd, port, index in self.fast.make_spares(wanted[:want], _RELAY_RCVBUF):
+            ip = wanted[index][0]
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK, fileno=fd)
+            relay_sock = RelaySocket(self, sock, (ip, port))
+            relays[fd] = relay_sock
+            pool = self.port_pools[ip]
+            if not pool.ephemeral:
+                pool.take(port)
+            self._spares[fd] = relay_sock
 
     def _adopt(self, fd: int, head: bytes, addr: Address, response: bytes) -> None:
         """An allocation the table's thread made (and answered): the engine's from now on."""
