@@ -574,6 +574,7 @@ def run(
     workers: int = 1,
     worker_cpus: str | None = None,
     progress: Progress | None = None,
+    c_allocate: bool = True,
 ) -> dict[str, Any]:
     """Run the benchmark; returns the report (keys documented in docs/bench_turn.md).
     ``workers`` > 1: each round also runs ChannelData against natkit with 1 and with that
@@ -618,7 +619,7 @@ def run(
     bench = Bench(
         seconds=seconds, allocations=allocations, clients=clients, window=window,
         payload=payload, server_cpu=server_cpu, driver_cpu=driver_cpu, driver=driver_command(),
-        natkit_flags=() if gro else ("--no-gro",),
+        natkit_flags=(*(() if gro else ("--no-gro",)), *(() if c_allocate else ("--no-c-allocate",))),
     )  # fmt: skip
     load_before = os.getloadavg()[0]
     runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
@@ -662,7 +663,7 @@ def run(
             "seconds": seconds, "rounds": rounds, "allocations": allocations,
             "clients": clients, "window": window, "payload": payload,
             "server_cpu": server_cpu, "driver_cpu": driver_cpu, "driver": " ".join(bench.driver),
-            "peer_ip": PEER_IP, "gro": gro,
+            "peer_ip": PEER_IP, "gro": gro, "c_allocate": c_allocate,
             # other work on the machine competes for the pinned cores: the 1-minute load
             # average before and after the engine runs says how quiet the machine was
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],

@@ -115,11 +115,11 @@ def register(sub: Any) -> None:
         "UDP GRO (datagrams of one client that arrive together read as one)",
     )
     add(
-        "--c-allocate",
+        "--no-c-allocate",
         dest="c_allocate",
-        action="store_true",
-        default=False,
-        help="the C data path's thread answers a static user's plain UDP Allocate itself",
+        action="store_false",
+        help="every authenticated Allocate goes to the engine (by default the C data path's "
+        "thread answers a static user's plain UDP Allocate itself)",
     )
     add(
         "--no-relay-to-relay",

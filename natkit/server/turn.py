@@ -627,6 +627,7 @@ class TurnServer(TurnService):
             "min_port": self.relay_range[0],
             "max_port": self.relay_range[1],
             "metrics": None,
+            "c_allocate": self.c_allocate,
         }
         if tls:
             changes["tls_port"] = tls[0][1]
