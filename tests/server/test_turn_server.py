@@ -1385,3 +1385,24 @@ async def test_the_c_allocate_path_follows_a_changed_password() -> None:
             assert turn.fast is not None and turn.fast.control_stats()["allocations"] == 2
         for c in (a, old, new):
             c.close()
+
+
+def test_c_allocate_is_on_by_default_an_option_and_reaches_the_workers() -> None:
+    assert TurnServer([("127.0.0.1", 0)], users={"u": "p"}).c_allocate is True
+    off = TurnServer([("127.0.0.1", 0)], users={"u": "p"}, c_allocate=False)
+    assert off.c_allocate is False and off.options.c_allocate is True  # the argument wins
+    first = TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, min_port=43600, max_port=43699, workers=2,
+        c_allocate=False,
+    )  # fmt: skip
+    assert first.worker_options(1)["options"].c_allocate is False
+
+
+def test_cli_no_c_allocate_flag() -> None:
+    from natkit.cli import build_parser
+    from natkit.cli.serve_turn import options_from_args
+
+    args = build_parser().parse_args(["serve", "turn", "--no-c-allocate", "--user", "a:b"])
+    assert options_from_args(args).c_allocate is False
+    args = build_parser().parse_args(["serve", "turn", "--user", "a:b"])
+    assert options_from_args(args).c_allocate is True
