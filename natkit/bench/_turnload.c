@@ -225,6 +225,7 @@ static int peer_fd, ep;
 static long sent_pkts, client_rx, peer_rx, bad_rx;
 static long reflect_lost, refills; /* the peer's echoes the kernel refused; silence refills */
 static long late_rx, late_peer;     /* back after the 0.5 s drain (not in the rates, not lost) */
+static long setup_retransmits, setup_challenges; /* the setup's timeouts, and 401/438s it got */
 
 static double now(void) {
     struct timespec t;
@@ -279,6 +280,7 @@ static int on_response(client *c, const unsigned char *p, int n) {
         const unsigned char *nv = find_attr(p, n, A_NONCE, &len);
         if (nv && len < (int)sizeof c->nonce && (code == 401 || code == 438) &&
             (c->state == S_ALLOC0 || code == 438) && c->tries < 6) {
+            setup_challenges++;
             memcpy(c->nonce, nv, (size_t)len); c->nonce_len = len;
             const unsigned char *rv = find_attr(p, n, A_REALM, &len);
             if (rv && len < (int)sizeof g_realm && !g_realm_len) { memcpy(g_realm, rv, (size_t)len); g_realm_len = len; }
@@ -337,7 +339,7 @@ static int run_transactions(int from, double timeout, int *ok) {
             if (c->state != S_ALLOC0 && c->state != S_ALLOC1 && c->state != S_PERM && c->state != S_REFRESH) continue;
             if (t - c->sent_at > 0.25 * (1 << (c->tries - 1))) {
                 if (c->tries >= 6) { c->state = S_FAILED; c->error = 408; pending--; }
-                else send_request(c, 0);
+                else { send_request(c, 0); setup_retransmits++; }
             }
         }
     }
@@ -919,8 +921,10 @@ static int turnload_main(int argc, char **argv) {
     double setup = now() - t0;
     int failed = 0, first_error = 0;
     for (int i = 0; i < N; i++) if (C[i].state == S_FAILED) { failed++; if (!first_error) first_error = C[i].error; }
-    printf("setup ok=%d failed=%d unanswered=%d seconds=%.3f per_s=%.0f first_error=%d\n",
-           ok, failed, left, setup, ok / (setup > 0 ? setup : 1e-9), first_error);
+    printf("setup ok=%d failed=%d unanswered=%d seconds=%.3f per_s=%.0f first_error=%d "
+           "retransmits=%ld challenges=%ld\n",
+           ok, failed, left, setup, ok / (setup > 0 ? setup : 1e-9), first_error,
+           setup_retransmits, setup_challenges);
     fflush(stdout);
     if (ok == 0) { printf("result mode=%s error=no_allocation first_error=%d\n", mode, first_error); return 1; }
 

@@ -399,6 +399,9 @@ class Bench:
             "requested": requested,
             "allocated": made,
             "failed": sum(int(s["failed"]) + int(s["unanswered"]) for s in setups),
+            # requests the driver sent again after a timeout (a reply the server dropped,
+            # or one late): each costs its client 250 ms or more
+            "retransmits": sum(int(s.get("retransmits", 0)) for s in setups),
             "per_s": round(made / seconds) if seconds > 0 else 0,
             "per_cpu_second": round(made / server_cpu) if server_cpu > 0 else None,
             "server_cpu": round(server_cpu / seconds, 3) if seconds > 0 else None,
@@ -571,6 +574,7 @@ def run(
     workers: int = 1,
     worker_cpus: str | None = None,
     progress: Progress | None = None,
+    c_allocate: bool = True,
 ) -> dict[str, Any]:
     """Run the benchmark; returns the report (keys documented in docs/bench_turn.md).
     ``workers`` > 1: each round also runs ChannelData against natkit with 1 and with that
@@ -615,7 +619,7 @@ def run(
     bench = Bench(
         seconds=seconds, allocations=allocations, clients=clients, window=window,
         payload=payload, server_cpu=server_cpu, driver_cpu=driver_cpu, driver=driver_command(),
-        natkit_flags=() if gro else ("--no-gro",),
+        natkit_flags=(*(() if gro else ("--no-gro",)), *(() if c_allocate else ("--no-c-allocate",))),
     )  # fmt: skip
     load_before = os.getloadavg()[0]
     runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
@@ -659,7 +663,7 @@ def run(
             "seconds": seconds, "rounds": rounds, "allocations": allocations,
             "clients": clients, "window": window, "payload": payload,
             "server_cpu": server_cpu, "driver_cpu": driver_cpu, "driver": " ".join(bench.driver),
-            "peer_ip": PEER_IP, "gro": gro,
+            "peer_ip": PEER_IP, "gro": gro, "c_allocate": c_allocate,
             # other work on the machine competes for the pinned cores: the 1-minute load
             # average before and after the engine runs says how quiet the machine was
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],

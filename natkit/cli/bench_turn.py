@@ -72,6 +72,11 @@ def register(sub: Any) -> None:
         help="run natkit with --no-gro (its C path reads every datagram on its own)",
     )
     parser.add_argument(
+        "--no-c-allocate",
+        action="store_true",
+        help="run natkit with --no-c-allocate (every authenticated Allocate in its engine)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -131,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         driver_cpu=args.driver_cpu,
         self_test=not args.no_self_test,
         gro=not args.no_gro,
+        c_allocate=not args.no_c_allocate,
         workers=args.workers,
         worker_cpus=args.worker_cpus,
         progress=progress_printer(args.json),

@@ -115,6 +115,13 @@ def register(sub: Any) -> None:
         "UDP GRO (datagrams of one client that arrive together read as one)",
     )
     add(
+        "--no-c-allocate",
+        dest="c_allocate",
+        action="store_false",
+        help="every authenticated Allocate goes to the engine (by default the C data path's "
+        "thread answers a static user's plain UDP Allocate itself)",
+    )
+    add(
         "--no-relay-to-relay",
         dest="relay_to_relay",
         action="store_false",
@@ -263,6 +270,7 @@ def options_from_args(args: argparse.Namespace) -> TurnOptions:
         "user_quota": "auto" if args.user_quota is None else (args.user_quota or None),
         "relay_to_relay": args.relay_to_relay,
         "udp_gro": args.udp_gro,
+        "c_allocate": args.c_allocate,
         "max_allocations": args.max_allocations,
         "bandwidth": args.bandwidth,
         "max_lifetime": args.max_lifetime,

@@ -261,6 +261,19 @@ class FastTable:
             )
         )
 
+    def make_spares(
+        self, wanted: list[tuple[str, str, int]], rcvbuf: int
+    ) -> list[tuple[int, int, int]]:
+        """Bind IPv4 relay sockets for the thread in one call: (bind IP, advertised IP, port;
+        0: the kernel's pick) each; returns (fd, bound port, index in ``wanted``) of those
+        made, now watched and held as spares (a port in use is skipped)."""
+        records = b"".join(
+            struct.pack("=4s4sH", socket.inet_aton(ip), socket.inet_aton(adv), port)
+            for ip, adv, port in wanted
+        )
+        out: bytes = self._t.ctl_make_spares(records, rcvbuf)
+        return list(struct.iter_unpack("=iHH", out))
+
     def take_spares(self) -> list[int]:
         """The spares' fds the thread still holds (it forgets them)."""
         fds: list[int] = self._t.ctl_take_spares()

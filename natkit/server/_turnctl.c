@@ -16,7 +16,8 @@
  * (optional), USERNAME, REALM, NONCE, MESSAGE-INTEGRITY and FINGERPRINT (optional), from an
  * IPv4 client without an allocation, whose realm, nonce (issued to that IP, not expired) and
  * HMAC-SHA1 verify against a configured user's key, takes a spare relay socket Python bound
- * and watches (nk_ctl_add_spare), and is answered with the engine's Allocate success (the
+ * and watches (nk_ctl_add_spare; with none left it is Python's), and is answered with the
+ * engine's Allocate success (the
  * bytes natkit/turn/wire.py allocate_success builds). The caller hands Python a record of it
  * (struct nk_ctl_made) and the engine adopts the allocation: its state, quota and lifetime
  * stay the engine's. Anything else, a failed check included, is Python's, unchanged (the
@@ -61,7 +62,7 @@
 #define A_XOR_MAPPED_ADDRESS 0x0020
 #define CTL_USERS 16      /* static users this path knows (more: Python's) */
 #define CTL_SPARES 1024   /* spare relay sockets held */
-#define CTL_HANDED 16384  /* clients whose Allocate Python answers, direct-mapped */
+#define CTL_HANDED 65536  /* clients whose Allocate Python answers, direct-mapped */
 #define CTL_HANDED_S 45.0 /* ... for this long: a client's retransmissions (RFC 8489 Rc=7) */
 
 struct ctl_nonce {
@@ -128,6 +129,7 @@ struct ctl_handed {
     double at;
     uint8_t ip[4];
     uint16_t port;
+    uint8_t many; /* two live clients met in this slot: every client of it is Python's */
 };
 
 struct nk_ctl {
@@ -511,11 +513,10 @@ static int ctl_allocate(struct nk_ctl *t, const uint8_t ip[16], uint16_t port, c
     if (CRYPTO_memcmp(mac, d + mi_at + 4, 20) != 0)
         return 0;
     if (t->nspares == 0) {
-        /* dropped, not Python's: an answer from the engine now and one from here to the
-         * client's retransmission would be two allocations; the retransmission finds a
-         * spare (Python refills them after every batch) */
+        /* Python's: the caller marks the client handed over, so its retransmission goes to
+         * the engine too (never a second allocation from here) */
         t->no_spare++;
-        return -1;
+        return 0;
     }
     /* the engine's lifetime: the default without LIFETIME or with 0, else clamped */
     uint32_t lifetime = t->default_lifetime;
@@ -598,8 +599,9 @@ int nk_ctl_request(struct nk_ctl *t, uint8_t family, const uint8_t ip[16], uint1
     if (method == 0) {
         if (family == 4 && get16(d) == M_ALLOCATE) { /* (marked even while not served) */
             struct ctl_handed *h = &t->handed[(ip_hash(4, ip) ^ port * 2654435761u) % CTL_HANDED];
-            int recent = h->port == port && memcmp(h->ip, ip, 4) == 0 &&
-                         now - h->at < CTL_HANDED_S && now >= h->at;
+            int live = now - h->at < CTL_HANDED_S && now >= h->at;
+            int same = h->port == port && memcmp(h->ip, ip, 4) == 0;
+            int recent = live && (same || h->many);
             int r = 0;
             if (t->allocates && !has_alloc && !recent)
                 r = ctl_allocate(t, ip, port, d, n, now, reply, made);
@@ -609,10 +611,9 @@ int nk_ctl_request(struct nk_ctl *t, uint8_t family, const uint8_t ip[16], uint1
                 nk_ctl_credit(t, family, ip);
                 return r;
             }
-            if (r < 0)
-                return -1;
-            /* (a collision forgets another client: the race it guards against is a
-             * retransmission that overtakes the original, rarer still) */
+            /* a collision never forgets a live client (its retransmission would get a second
+             * allocation here): the slot serves nobody until both are done */
+            h->many = live && !same ? 1 : live ? h->many : 0;
             h->at = now;
             memcpy(h->ip, ip, 4);
             h->port = port;

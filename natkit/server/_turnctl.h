@@ -32,8 +32,9 @@ int nk_ctl_configure(struct nk_ctl *t, const uint8_t *secret, size_t secret_len,
 
 /*
  * A request d (n bytes) from a client at (family, ip, port) on a UDP listener: > 0 the reply's
- * length (written to reply, NK_CTL_REPLY bytes), 0 Python's to answer, -1 dropped (an
- * Allocate this path would serve but for a spare relay socket: the client retransmits).
+ * length (written to reply, NK_CTL_REPLY bytes), 0 Python's to answer (an Allocate this path
+ * would serve but for a spare relay socket too: that client stays Python's, as any client
+ * whose Allocate Python took, for CTL_HANDED_S).
  */
 #define NK_CTL_USER_MAX 256 /* the longest USERNAME this path serves */
 
@@ -80,7 +81,7 @@ int nk_ctl_nonce(struct nk_ctl *t, uint8_t family, const uint8_t ip[16], double 
 
 #define NK_CTL_NSTATS 5
 /* challenges sent, requests passed to Python for want of budget, requests passed otherwise,
- * allocations made, authenticated Allocates passed for want of a spare relay socket */
+ * allocations made, authenticated Allocates passed to Python for want of a spare relay socket */
 void nk_ctl_stats(const struct nk_ctl *t, uint64_t out[NK_CTL_NSTATS]);
 
 #endif

@@ -2090,6 +2090,87 @@ static PyObject *Table_ctl_add_spares(PyObject *obj, PyObject *arg) {
     return PyLong_FromLong(held);
 }
 
+/*
+ * ctl_make_spares(records, rcvbuf) -> bytes: bind IPv4 relay sockets and hand them to the
+ * thread as spares in one call (a socket, SO_RCVBUF, bind and the epoll add each, with the
+ * GIL released and the thread's lock taken once). records: bind IPv4 (4), advertised IPv4
+ * (4), port (2, host order; 0: the kernel's pick). Returns a record of fd (int32), port
+ * (uint16, the bound one) and the input record's index (uint16) per socket made: a port
+ * that would not bind (in use) is skipped, and making stops when the thread holds its most.
+ */
+static PyObject *Table_ctl_make_spares(PyObject *obj, PyObject *args) {
+    const char *b;
+    Py_ssize_t n;
+    int rcvbuf;
+    if (!PyArg_ParseTuple(args, "y#i", &b, &n, &rcvbuf))
+        return NULL;
+    struct nk_ctx *c = table_ctx(obj);
+    if (c == NULL)
+        return NULL;
+    if (n % 10 != 0 || n / 10 > 4096)
+        return PyErr_Format(PyExc_ValueError, "ctl_make_spares: up to 4096 10-byte records");
+    unsigned want = (unsigned)(n / 10), made = 0, kept = 0;
+    int *fds = malloc(sizeof(int) * (want ? want : 1));
+    uint16_t *ports = malloc(sizeof(uint16_t) * (want ? want : 1));
+    uint16_t *idx = malloc(sizeof(uint16_t) * (want ? want : 1));
+    if (fds == NULL || ports == NULL || idx == NULL) {
+        free(fds), free(ports), free(idx);
+        return PyErr_NoMemory();
+    }
+    ((Table *)obj)->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (unsigned i = 0; i < want; i++) {
+        const uint8_t *r = (const uint8_t *)b + (size_t)i * 10;
+        int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            break; /* out of descriptors: what was made is handed over */
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+        struct sockaddr_in a;
+        memset(&a, 0, sizeof(a));
+        a.sin_family = AF_INET;
+        memcpy(&a.sin_addr, r, 4);
+        uint16_t port;
+        memcpy(&port, r + 8, 2);
+        a.sin_port = htons(port);
+        socklen_t alen = sizeof(a);
+        if (bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+            (port == 0 && getsockname(fd, (struct sockaddr *)&a, &alen) != 0)) {
+            close(fd);
+            continue;
+        }
+        fds[made] = fd;
+        ports[made] = ntohs(a.sin_port);
+        idx[made++] = (uint16_t)i;
+    }
+    pthread_mutex_lock(&c->mu);
+    for (; kept < made && c->ctl != NULL; kept++) {
+        const uint8_t *r = (const uint8_t *)b + (size_t)idx[kept] * 10;
+        if (nk_watch(c, fds[kept], 1) != 0)
+            break;
+        if (nk_ctl_add_spare(c->ctl, fds[kept], r + 4, ports[kept]) != 0) {
+            nk_unwatch(c, fds[kept]);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    for (unsigned i = kept; i < made; i++)
+        close(fds[i]);
+    Py_END_ALLOW_THREADS
+    ((Table *)obj)->busy = 0;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)kept * 8);
+    if (out != NULL) {
+        char *w = PyBytes_AsString(out);
+        for (unsigned i = 0; i < kept; i++) {
+            int32_t fd = fds[i];
+            memcpy(w + i * 8, &fd, 4);
+            memcpy(w + i * 8 + 4, &ports[i], 2);
+            memcpy(w + i * 8 + 6, &idx[i], 2);
+        }
+    }
+    free(fds), free(ports), free(idx);
+    return out;
+}
+
 /* ctl_take_spares() -> the fds of the spares still held (they leave the table's hands). */
 static PyObject *Table_ctl_take_spares(PyObject *obj, PyObject *unused) {
     (void)unused;
@@ -2231,6 +2312,8 @@ static PyMethodDef Table_methods[] = {
      "authenticated Allocates of these static users (records: name length, name, key)."},
     {"ctl_add_spares", Table_ctl_add_spares, METH_O,
      "ctl_add_spares(records) -> held: bound, watched IPv4 relay sockets (fd, ip, port)."},
+    {"ctl_make_spares", Table_ctl_make_spares, METH_VARARGS,
+     "ctl_make_spares(records, rcvbuf) -> (fd, port, index) records: spares bound here."},
     {"ctl_take_spares", Table_ctl_take_spares, METH_NOARGS,
      "ctl_take_spares() -> [fd]: the spares not used, given back."},
     {"ctl_stats", Table_ctl_stats, METH_NOARGS,

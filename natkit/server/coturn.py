@@ -353,6 +353,7 @@ NATKIT_ONLY = (
     "metrics",
     "fast_path",
     "udp_gro",
+    "c_allocate",
 )
 _DEFAULTS = TurnOptions()
 

@@ -72,6 +72,8 @@ class TurnOptions:
     messages, for connections without an allocation). docs/security.md says why each default.
     ``udp_gro``: the C data path asks the kernel for UDP GRO on its sockets (datagrams of one
     source that arrive together are read as one and split again; natkit's engine only).
+    ``c_allocate``: the C data path's thread answers a static user's plain UDP Allocate itself
+    (on by default; docs/turn-server.md, "The control fast path"; natkit's engine only).
     """
 
     listen: Sequence[str | Address] | None = None
@@ -122,6 +124,7 @@ class TurnOptions:
     metrics: str | Address | None = None
     fast_path: bool | None = None
     udp_gro: bool = True
+    c_allocate: bool = True
 
     def replace(self, **changes: Any) -> TurnOptions:
         """A copy with ``changes`` (TypeError for a name that is not an option)."""

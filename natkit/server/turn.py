@@ -77,8 +77,12 @@ _RCVBUF = 4 << 20  # client listeners: every client's traffic arrives here
 _RELAY_RCVBUF = 1 << 20  # each relay socket (the kernel doubles it, capped by rmem_max)
 _TICK = 0.5
 # spare relay sockets the C thread holds for the Allocates it serves (refilled below LOW)
-_SPARES_LOW, _SPARES_HIGH = 640, 1000
+_SPARES_LOW, _SPARES_HIGH = 960, 1000
 _SPARES_MIN = 32  # below this many spares to be had (a small port range), the engine's alone
+# a source's 401s the C thread may bank, in error bursts: earned one per verified request, so
+# only a source that receives our replies has them, and a client behind which hundreds of
+# Allocates are under way at once (a NAT, the bench's 256) is never braked into timeouts
+_C_CREDIT_BURSTS = 4
 _C_USERS_MAX = 16  # static users the C thread verifies itself (more: the engine does)
 _SUMMARY_EVERY = 10.0  # seconds between batched allocation lifecycle lines
 IP_PMTUDISC_DO = 2
@@ -177,17 +181,14 @@ class TurnServer(TurnService):
         worker: int = 0,
         workers: int = 1,
         nonce_secret: bytes | None = None,
-        c_allocate: bool = False,
+        c_allocate: bool | None = None,
         **overrides: Any,
     ) -> None:
         opts = build_options(options, listen, overrides)
         self.workers, self.worker = workers, worker
-        # Authenticated Allocates served by the C thread (natkit/server/_turnctl.c): half the
-        # server CPU per allocation, but on loopback (natkit bench turn, 18,000 allocations)
-        # half the allocations per second too (4,689/s against 8,960/s: the thread drops an
-        # Allocate it has no spare relay socket for, and the client's retransmission waits),
-        # so it is off unless asked for.
-        self.c_allocate = c_allocate
+        # Authenticated Allocates served by the C thread (natkit/server/_turnctl.c): the
+        # option, or the argument when given
+        self.c_allocate = opts.c_allocate if c_allocate is None else c_allocate
         if nonce_secret is not None and (
             not isinstance(nonce_secret, bytes) or len(nonce_secret) < 16
         ):
@@ -495,7 +496,7 @@ class TurnServer(TurnService):
         responses = engine.responses
         budget = max(1, int(responses.burst)) if responses.limited else 0
         table.configure_control(
-            engine.nonces.scheme(), engine.challenge_parts(), budget,
+            engine.nonces.scheme(), engine.challenge_parts(), budget * _C_CREDIT_BURSTS,
             [(ip, low, high) for ip in ips],
         )  # fmt: skip
         if budget:
@@ -565,22 +566,31 @@ class TurnServer(TurnService):
         if not self._spares_on:
             return
         want = target - len(self._spares)
-        made: list[tuple[int, Address]] = []
-        for _ in range(want):
-            got = None
-            for _ in range(len(ips)):
-                ip = ips[self._spare_ip % len(ips)]
-                self._spare_ip += 1
-                got = self._open_relay(ip, even=False, pair=False)
-                if got is not None:
-                    break
-            if got is None:
-                break  # the ports are all taken: Allocates go to the engine (its 508)
-            relay_sock = got[0]
-            self._spares[relay_sock.fd] = relay_sock
-            made.append((relay_sock.fd, self._advertised(relay_sock.address)))
-        if made:
-            self.fast.add_spares(made)
+        # candidate ports round robin over the relay IPs, bound by the table in one call (the
+        # kernel's work, without a Python call per socket)
+        wanted: list[tuple[str, str, int]] = []
+        per_ip = -(-want // len(ips))
+        for n in range(len(ips)):
+            ip = ips[(self._spare_ip + n) % len(ips)]
+            pool = self.port_pools[ip]
+            adv = self._advertised((ip, 0))[0]
+            if pool.ephemeral:
+                wanted += [(ip, adv, 0)] * per_ip
+            else:
+                wanted += [(ip, adv, port) for port in pool.candidates(limit=per_ip)]
+        self._spare_ip += 1
+        if not wanted:
+            return  # the ports are all taken: Allocates go to the engine (its 508)
+        relays = self._relays
+        for fd, port, index in self.fast.make_spares(wanted[:want], _RELAY_RCVBUF):
+            ip = wanted[index][0]
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK, fileno=fd)
+            relay_sock = RelaySocket(self, sock, (ip, port))
+            relays[fd] = relay_sock
+            pool = self.port_pools[ip]
+            if not pool.ephemeral:
+                pool.take(port)
+            self._spares[fd] = relay_sock
 
     def _adopt(self, fd: int, head: bytes, addr: Address, response: bytes) -> None:
         """An allocation the table's thread made (and answered): the engine's from now on."""
@@ -595,8 +605,13 @@ class TurnServer(TurnService):
             return
         relay = Relay(4, relay_sock.address, self._advertised(relay_sock.address), relay_sock)
         relay_sock.relay = relay
+        now = time.time()
+        # a verified request: the engine's error budget for its source gets one back too (the
+        # thread credited its own), as for one the engine verified; else a busy source whose
+        # Allocates the thread serves would spend the engine's budget on 401s and never earn
+        self.engine.responses.credit(addr[0], now, fast=False)
         actions = self.engine.adopt_allocation(
-            listener, addr, username, relay, lifetime, tid, response, time.time()
+            listener, addr, username, relay, lifetime, tid, response, now
         )
         self.run_actions(actions, listener, addr)
 
@@ -612,6 +627,7 @@ class TurnServer(TurnService):
             "min_port": self.relay_range[0],
             "max_port": self.relay_range[1],
             "metrics": None,
+            "c_allocate": self.c_allocate,
         }
         if tls:
             changes["tls_port"] = tls[0][1]

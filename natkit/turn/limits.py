@@ -155,10 +155,11 @@ class ResponseLimiter:
         """Take one response for ``ip``; False: send nothing (count it)."""
         return not self.limited or self._buckets.take(ip, now)
 
-    def credit(self, ip: str, now: float) -> None:
-        """A verified request from ``ip``: one error response back into its budget."""
+    def credit(self, ip: str, now: float, *, fast: bool = True) -> None:
+        """A verified request from ``ip``: one error response back into its budget
+        (``fast`` False: a request the fast path verified, which credited its own)."""
         self._buckets.give(ip, now)
-        if self.credited is not None:
+        if fast and self.credited is not None:
             self.credited.append(ip)
 
     def prune(self, now: float) -> None:

@@ -36,17 +36,32 @@ class PortPool:
         if self.ephemeral:
             return
         span = self.high - self.low + 1
-        start = self._rng.randrange(span)
-        tried = 0
+        in_use, rng = self.in_use, self._rng
+        yielded: set[int] = set()
+        # random probes first: a few per candidate while the range has room (a scan from a
+        # random start would walk the taken ports of a nearly full range for every
+        # allocation), then the scan, which finds the last free ports too
+        for _ in range(min(8 * limit, 4 * span)):
+            if len(yielded) >= limit:
+                return
+            port = self.low + rng.randrange(span)
+            if port in yielded or port in in_use or (even and port % 2):
+                continue
+            if pair and (port + 1 > self.high or port + 1 in in_use):
+                continue
+            yielded.add(port)
+            yield port
+        start = rng.randrange(span)
+        tried = len(yielded)
         for i in range(span):
             if tried >= limit:
                 return
             port = self.low + (start + i) % span
             if even and port % 2:
                 continue
-            if port in self.in_use:
+            if port in in_use or port in yielded:
                 continue
-            if pair and (port + 1 > self.high or port + 1 in self.in_use):
+            if pair and (port + 1 > self.high or port + 1 in in_use):
                 continue
             tried += 1
             yield port

@@ -367,9 +367,9 @@ def test_a_retransmission_of_an_allocate_the_engine_took_stays_the_engines() -> 
         spare.close()
 
 
-def test_without_a_spare_an_allocate_is_dropped_until_one_comes() -> None:
-    """Not passed on: the engine answering it and the thread answering its retransmission
-    would make two allocations for one client."""
+def test_without_a_spare_an_allocate_goes_to_the_engine_and_stays_there() -> None:
+    """Passed on, never dropped (a drop costs the client a retransmission timeout); its
+    retransmission is the engine's too, even once a spare came: one client, one allocation."""
     rig, spare = _allocate_rig(_engine())
     try:
         now = time.time()
@@ -378,14 +378,71 @@ def test_without_a_spare_an_allocate_is_dropped_until_one_comes() -> None:
         assert rig.table.take_spares() == [spare.fileno()]
         data = _signed_allocate(nonce)
         reply, left = rig.exchange(data, now)
-        assert reply is None and left == []
+        assert reply is None and left == [data]
         assert rig.table.control_stats()["no_spare"] == 1
         assert rig.table.add_spares([(spare.fileno(), spare.getsockname())]) == 1
         reply, left = rig.exchange(data, now)  # the retransmission
+        assert reply is None and left == [data]
+        assert rig.table.control_stats()["allocations"] == 0
+        # long after, a new Allocate of that client may be the thread's again
+        reply, left = rig.exchange(_signed_allocate(nonce), now + 60)
         assert reply is not None and rig.table.control_stats()["allocations"] == 1
     finally:
         rig.close()
         spare.close()
+
+
+def _ip_hash(ip: str) -> int:
+    h = 2166136261 ^ 4  # FNV-1a over the IPv4 address, as _turnctl.c's ip_hash
+    for b in socket.inet_aton(ip):
+        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def _colliding_clients() -> tuple[socket.socket, socket.socket]:
+    """Two client sockets (two loopback IPs) in one slot of the C path's table of clients
+    handed to the engine: (ip_hash ^ port * 2654435761) % 65536 alike."""
+    first = _udp()
+    slot = (_ip_hash("127.0.0.1") ^ first.getsockname()[1] * 2654435761) % 65536
+    inverse = pow(2654435761 % 65536, -1, 65536)
+    for n in range(2, 250):
+        ip = f"127.0.0.{n}"
+        port = ((slot ^ _ip_hash(ip)) % 65536) * inverse % 65536
+        if port < 1024:
+            continue
+        second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            second.bind((ip, port))
+        except OSError:
+            second.close()
+            continue
+        return first, second
+    raise AssertionError("no colliding address free")
+
+
+def test_a_colliding_client_never_makes_the_thread_forget_one_handed_over() -> None:
+    """Client A's Allocate is the engine's; client B, in the same slot, is handed over too;
+    A's retransmission must still be the engine's (else: a second allocation for A)."""
+    rig, spare = _allocate_rig(_engine())
+    a, b = _colliding_clients()
+    try:
+        now = time.time()
+        nonce = rig.table.control_nonce("127.0.0.1", now)
+        assert nonce is not None
+        to = rig.listener.getsockname()
+        a_data = _signed_allocate(nonce, extra=(Attr.DONT_FRAGMENT, True))  # the engine's
+        a.sendto(a_data, to)
+        b.sendto(_signed_allocate(nonce, password="wrong"), to)  # the engine's too
+        _, left = rig.table.pump(rig.listener.fileno(), 0, now)
+        assert len(left) == 2
+        a.sendto(_signed_allocate(nonce), to)  # a plain Allocate of A: still the engine's
+        _, left = rig.table.pump(rig.listener.fileno(), 0, now)
+        assert len(left) == 1 and rig.table.control_stats()["allocations"] == 0
+    finally:
+        rig.close()
+        spare.close()
+        a.close()
+        b.close()
 
 
 def test_hostile_signed_allocates_never_crash() -> None:

@@ -1101,6 +1101,11 @@ async def _one_on_each_worker(
     lost = 0
     for _ in range(tries):
         c = RawClient(listener, "u", "p")
+        if any(lo <= c.sock.getsockname()[1] <= hi for lo, hi in shares):
+            # the kernel's ephemeral ports include the relay range: from a port of it on the
+            # relay IP a request is from a relayed address of ours (a loop), never answered
+            c.close()
+            continue
         try:
             relayed = (await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
         except TimeoutError:  # this client never retransmits: a lost reply, try another source
@@ -1176,6 +1181,40 @@ async def test_workers_share_the_listener_split_the_ports_and_reach_each_other(
                 assert second.stats()["to_peer_packets"] == 1
             a.close()
             b.close()
+
+
+@PATHS
+async def test_a_request_from_a_sibling_workers_relay_range_is_not_answered(fast: bool) -> None:
+    """A source on the relay IP inside another worker's share of the relay range is one of
+    its relayed addresses (a nested allocation, a loop): dropped, counted, on either path.
+    (The workers test's clients must avoid those ports: the kernel may pick them.)"""
+    async with TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, fast_path=_fast(fast), min_port=43400,
+        max_port=43499, workers=2,
+    ) as first:  # fmt: skip
+        listener = first.addresses_of("udp")[0]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for port in range(43450, 43500):  # the sibling's share, 43450-43499
+                with contextlib.suppress(OSError):
+                    sock.bind(("127.0.0.1", port))
+                    break
+            sock.setblocking(False)
+            sock.sendto(_allocate_bytes(), listener)
+            for _ in range(200):  # the server runs on this loop: let it
+                await asyncio.sleep(0.01)
+                if first.stats()["from_own_relay"]:
+                    break
+            await asyncio.sleep(0.1)
+            assert first.stats()["from_own_relay"] == 1
+            with pytest.raises(BlockingIOError):
+                sock.recv(2048)
+        finally:
+            sock.close()
+        c = RawClient(listener, "u", "p")  # from an ephemeral port outside the shares
+        if not 43400 <= c.sock.getsockname()[1] <= 43499:
+            assert (await c.allocate()).cls == Class.SUCCESS
+        c.close()
 
 
 def test_worker_share_refuses_a_range_too_small_to_split() -> None:
@@ -1346,3 +1385,24 @@ async def test_the_c_allocate_path_follows_a_changed_password() -> None:
             assert turn.fast is not None and turn.fast.control_stats()["allocations"] == 2
         for c in (a, old, new):
             c.close()
+
+
+def test_c_allocate_is_on_by_default_an_option_and_reaches_the_workers() -> None:
+    assert TurnServer([("127.0.0.1", 0)], users={"u": "p"}).c_allocate is True
+    off = TurnServer([("127.0.0.1", 0)], users={"u": "p"}, c_allocate=False)
+    assert off.c_allocate is False and off.options.c_allocate is True  # the argument wins
+    first = TurnServer(
+        [("127.0.0.1", 0)], users={"u": "p"}, min_port=43600, max_port=43699, workers=2,
+        c_allocate=False,
+    )  # fmt: skip
+    assert first.worker_options(1)["options"].c_allocate is False
+
+
+def test_cli_no_c_allocate_flag() -> None:
+    from natkit.cli import build_parser
+    from natkit.cli.serve_turn import options_from_args
+
+    args = build_parser().parse_args(["serve", "turn", "--no-c-allocate", "--user", "a:b"])
+    assert options_from_args(args).c_allocate is False
+    args = build_parser().parse_args(["serve", "turn", "--user", "a:b"])
+    assert options_from_args(args).c_allocate is True
