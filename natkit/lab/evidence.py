@@ -293,7 +293,7 @@ def claimed_route(selected: dict[str, Any] | None, own_lan: str, own_public: str
     selected pair) names a remote address the stats hide (:func:`unhide`)."""
     if not selected:
         return None
-    selected = unhide(selected, other)
+    selected = unhide(selected, other) or selected
     local, remote = selected.get("local") or {}, selected.get("remote") or {}
     if local.get("type") == "relay" or remote.get("type") == "relay":
         return "relay"

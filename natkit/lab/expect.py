@@ -489,7 +489,7 @@ def expect(
     return Expectation(True, "direct", _how(pa, pb, path))
 
 
-def _ice_tcp(beh: list[NatBehaviour], same_lan: bool, sides: tuple[Side, Side]) -> tuple[str | None, str | None]:
+def _ice_tcp(beh: list[NatBehaviour | None], same_lan: bool, sides: tuple[Side, Side]) -> tuple[str | None, str | None]:
     """ICE-TCP on the host path (RFC 6544): (why the case connects over a TCP host pair, or
     None; else why it does not though a connection would get through, or None).
 
@@ -499,6 +499,7 @@ def _ice_tcp(beh: list[NatBehaviour], same_lan: bool, sides: tuple[Side, Side]) 
     listener's ephemeral port) and into the listener's: only a box without NAT and without a
     filter (``open``) lets an unsolicited connection in. Once up, its packets pass both ways
     (conntrack), and the dialer's side is learned as a peer-reflexive TCP candidate."""
+    assert beh[0] is not None and beh[1] is not None
     reasons: list[str] = []
     notes: list[str] = []
     for dialer, listener in ((0, 1), (1, 0)):
