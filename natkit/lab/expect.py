@@ -29,6 +29,12 @@ over it:
   learns it as a peer-reflexive candidate and sends a triggered check to it (§7.3.1.3-4). A check
   succeeds when its response gets back. The case connects when the controlling agent (the
   caller) has a succeeded pair, which it then nominates over the same path.
+* **ICE-TCP** (RFC 6544, the host path, when the sides' stacks are known): where UDP gets no
+  pair through, a stack that dials ("active") connects to one that listens on a signaled
+  passive TCP host candidate if the connection's first packet gets out of the dialer's boxes
+  (a UDP-blocking firewall lets TCP out; an egress filter only to its own ports) and into the
+  listener's (only a box without NAT and without a filter lets an unsolicited one in). Where
+  UDP works the stacks prefer it (a UDP host pair has the higher priority).
 
 The result also says which way the packets go (``lan``, ``hairpin``, ``direct`` between public
 addresses, ``relay``), which the packet evidence is checked against, and why a case fails: the
