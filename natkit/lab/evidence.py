@@ -298,8 +298,18 @@ def claimed_route(selected: dict[str, Any] | None, own_lan: str, own_public: str
     if local.get("type") == "relay" or remote.get("type") == "relay":
         return "relay"
     addr = remote.get("address")
+    theirs = (other or {}).get("local") or {}
+    if addr is None and theirs.get("port") == remote.get("port") and _in_net(str(theirs.get("address")), own_lan):
+        # A hidden remote whose other end is a host socket on our own LAN on that port (pion
+        # reports its host base, the NAT kept the port): the pair stays behind our NAT, through
+        # its public address when our end is that (hairpin), else on the LAN.
+        return "hairpin" if local.get("address") == own_public else "lan"
     try:
-        if addr is not None and ipaddress.ip_address(addr) in ipaddress.ip_network(own_lan):
+        # A link-local remote (fe80::/10, 169.254/16) is on the peer's own link, whatever the
+        # case's family: libnice gathers the LAN's IPv6 link-local host candidates in an IPv4
+        # case, and two peers of one LAN may select that pair.
+        if addr is not None and (ipaddress.ip_address(addr) in ipaddress.ip_network(own_lan)
+                                 or ipaddress.ip_address(addr).is_link_local):
             return "lan"
     except ValueError:
         pass
@@ -324,7 +334,7 @@ def judge(
     """
     sel_a, sel_b = caller.get("selected"), callee.get("selected")
     sel_a, sel_b = unhide(sel_a, sel_b), unhide(sel_b, sel_a)
-    claimed = claimed_route(sel_a, caller_lan, caller_public)
+    claimed = claimed_route(sel_a, caller_lan, caller_public, sel_b)
     if claimed is None:
         return {"route": None, "claimed": None, "packets": 0, "consistent": False, "detail": "the caller reported no selected pair"}
     if claimed == "relay":

@@ -351,3 +351,32 @@ def test_of_two_allocations_of_one_relay_port_behind_the_callers_nat_the_one_wit
     assert ev["route"] == "relay" and ev["consistent"] and ev["packets"] == 31, ev
     flows.relayed[("udp", A_PUB)] = 0  # neither carried any: the latest, as before
     assert flows.allocation_of(RELAYED, A_PUB[0], "10.64.2.0/24") == ("udp", later)
+
+
+def test_a_link_local_pair_is_on_the_lan_whatever_the_cases_family() -> None:
+    """Two libnice peers of one LAN in an IPv4 case selected their IPv6 link-local host
+    candidates: that pair never leaves the link (it was judged direct, with 0 DTLS)."""
+    sel = {"local": {"type": "host", "address": "fe80::1092:eff:fe7a:e3a5", "port": 58605},
+           "remote": {"type": "host", "address": "fe80::60ca:42ff:feaf:d570", "port": 44065}}
+    assert claimed_route(sel, "10.64.12.0/24", "203.0.113.22") == "lan"
+    sel["remote"]["address"] = "169.254.7.1"
+    assert claimed_route(sel, "10.64.12.0/24", "203.0.113.22") == "lan"
+    sel["remote"]["address"] = "2001:db8::1"
+    assert claimed_route(sel, "10.64.12.0/24", "203.0.113.22") == "direct"
+
+
+def test_a_hidden_remote_whose_other_end_is_a_host_on_our_lan_stays_behind_our_nat() -> None:
+    """Chromium behind a hairpinning NAT with pion on its LAN (shard 4 of --full): Chromium's
+    remote is a prflx candidate without address, pion reports its host base on that port."""
+    from natkit.lab.evidence import Flows
+
+    pub, lan = "203.0.113.26", "10.64.16.0/24"
+    a = {"local": {"type": "srflx", "address": pub, "port": 33658}, "remote": {"type": "prflx", "address": None, "port": 59019}}
+    b = {"local": {"type": "host", "address": "10.64.16.11", "port": 59019}, "remote": {"type": "srflx", "address": pub, "port": 33658}}
+    assert claimed_route(a, lan, pub, b) == "hairpin"
+    ev = judge(Flows(), caller={"selected": a}, callee={"selected": b}, caller_lan=lan, caller_public=pub, turn=TURN)
+    assert ev["claimed"] == "hairpin" and ev["consistent"], ev
+    a["local"] = {"type": "host", "address": "10.64.16.10", "port": 33658}
+    assert claimed_route(a, lan, pub, b) == "lan"
+    b["local"]["port"] = 1  # not the port Chromium names: nothing is known
+    assert claimed_route(a, lan, pub, b) == "direct"
