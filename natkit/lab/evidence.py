@@ -5,6 +5,8 @@ module reads the capture (:mod:`natkit.lab.pcap`) and counts DTLS records (the W
 per flow:
 
 * **direct**: DTLS in plain UDP between two endpoints;
+* **direct over ICE-TCP** (RFC 6544): DTLS in the RFC 4571 frames (a 16-bit length before
+  each STUN or DTLS packet) of a TCP connection between two endpoints;
 * **relayed**: DTLS carried inside TURN (ChannelData, Send or Data indications) between a
   client and the TURN server, over UDP or TCP (TCP streams are reassembled in order and framed
   with :class:`natkit.stun.StreamFramer`).
@@ -40,7 +42,7 @@ from natkit.stun import (
     decode_channel_data,
 )
 
-__all__ = ["CAPTURE_MARKER", "Flows", "claimed_route", "judge", "judge_browser", "judge_peers", "read_capture"]
+__all__ = ["CAPTURE_MARKER", "Flows", "claimed_route", "judge", "judge_browser", "judge_peers", "read_capture", "unhide"]
 
 Endpoint = tuple[str, int]
 
@@ -91,6 +93,28 @@ class _Stream:
     next_seq: int | None = None
     broken: bool = False
     tls: bytearray | None = None  # TURN over TLS: the bytes of a record not yet complete
+    framed: bytearray | None = None  # ICE-TCP: the bytes of an RFC 4571 frame not yet complete
+
+
+def _rfc4571(st: _Stream, data: bytes) -> int:
+    """DTLS packets completed by ``data`` on an ICE-TCP stream (RFC 4571: a 16-bit length, then
+    the packet). A stream whose frames are not STUN or DTLS (the signaling's WebSocket, say) is
+    given up at its first frame: an ICE-TCP connection starts with a STUN check."""
+    buf = st.framed if st.framed is not None else bytearray()
+    buf += data
+    n = 0
+    while len(buf) >= 3:
+        kind = classify_packet(buf[2])
+        if kind not in (PacketKind.STUN, PacketKind.DTLS):
+            st.broken, st.framed = True, None
+            return n
+        size = 2 + int.from_bytes(buf[:2], "big")
+        if len(buf) < size:
+            break
+        n += kind == PacketKind.DTLS
+        del buf[:size]
+    st.framed = buf
+    return n
 
 
 def _tls_records(st: _Stream, data: bytes) -> int:
@@ -116,6 +140,8 @@ class Flows:
     """DTLS records seen on the segment, per flow."""
 
     direct: Counter[tuple[Endpoint, Endpoint]] = field(default_factory=Counter)
+    # ICE-TCP: DTLS packets per (source, destination) of a TCP connection outside TURN
+    direct_tcp: Counter[tuple[Endpoint, Endpoint]] = field(default_factory=Counter)
     relayed: Counter[tuple[str, Endpoint]] = field(default_factory=Counter)  # (transport, client)
     # TURN over TLS: application-data records per client (what is inside cannot be read)
     tls: Counter[Endpoint] = field(default_factory=Counter)
@@ -132,21 +158,28 @@ class Flows:
 
     def allocation_of(self, relayed: Endpoint, public: str, lan: str) -> tuple[str, Endpoint] | None:
         """The allocation of ``relayed`` to a client inside one NAT (public address or LAN),
-        else its latest one, else None."""
+        else its latest one, else None. Of several inside that NAT (a long run's TURN server
+        gave the freed port to another case behind the same NAT), the one whose client carried
+        the most DTLS inside TURN, the latest of equals: the latest alone may be a later case's
+        allocation that never carried this case's data."""
         seen = self.allocated.get(relayed) or ([self.allocations[relayed]] if relayed in self.allocations else [])
         mine = [a for a in seen if a[1][0] == public or _in_net(a[1][0], lan)]
+        if len(mine) > 1:
+            best = max(self.relayed[a] for a in mine)
+            mine = [a for a in mine if self.relayed[a] == best]
         return (mine or seen or [None])[-1]
     packets: int = 0
     markers: int = 0  # the runner's capture markers seen
 
-    def direct_between(self, a: Endpoint, b: Endpoint) -> int:
-        return self.direct[(a, b)] + self.direct[(b, a)]
+    def direct_between(self, a: Endpoint, b: Endpoint, protocol: str = "udp") -> int:
+        flows = self.direct_tcp if protocol == "tcp" else self.direct
+        return flows[(a, b)] + flows[(b, a)]
 
-    def peer_of(self, known: Endpoint, port: int) -> Endpoint | None:
+    def peer_of(self, known: Endpoint, port: int, protocol: str = "udp") -> Endpoint | None:
         """The endpoint with ``port`` that exchanged the most DTLS with ``known`` (for a stack
         whose stats give a peer-reflexive candidate's port but not its address)."""
         counts: Counter[Endpoint] = Counter()
-        for (s, d), n in self.direct.items():
+        for (s, d), n in (self.direct_tcp if protocol == "tcp" else self.direct).items():
             if s == known and d[1] == port:
                 counts[d] += n
             elif d == known and s[1] == port:
@@ -192,8 +225,7 @@ def read_capture(path: str | Path, turn: Endpoint, turn_tls: Endpoint | None = N
                 flows.direct[(src, dst)] += 1
             continue
         tls = src in tlss or dst in tlss
-        if src not in turns and dst not in turns and not tls:
-            continue
+        ice_tcp = src not in turns and dst not in turns and not tls
         st = streams.setdefault((src, dst), _Stream())
         if seg.flags & 0x02:  # SYN: the stream starts after it
             st.next_seq = (seg.seq + 1) & 0xFFFFFFFF
@@ -207,6 +239,10 @@ def read_capture(path: str | Path, turn: Endpoint, turn_tls: Endpoint | None = N
         st.next_seq = (seg.seq + len(data)) & 0xFFFFFFFF
         if tls:
             flows.tls[dst if src in tlss else src] += _tls_records(st, data)
+            continue
+        if ice_tcp:
+            if n := _rfc4571(st, data):
+                flows.direct_tcp[(src, dst)] += n
             continue
         try:
             frames = st.framer.feed(data)
@@ -234,17 +270,46 @@ def _port(c: dict[str, Any] | None) -> int | None:
     return port if isinstance(port, int) and not isinstance(port, bool) else None
 
 
-def claimed_route(selected: dict[str, Any] | None, own_lan: str, own_public: str) -> str | None:
+def unhide(selected: dict[str, Any] | None, other: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``selected`` with the address of a remote candidate its stats hide (Chromium gives a
+    remote peer-reflexive candidate's port only) taken from the other side's selected local
+    candidate, when that one is a public mapping (srflx or prflx) on the same port: a check
+    that reached this side before the other's candidates did (an answer late under load, or
+    a hairpinned check) makes the remote prflx though it is the other side's srflx candidate."""
+    remote = (selected or {}).get("remote") or {}
+    theirs = (other or {}).get("local") or {}
+    if (not selected or remote.get("address") is not None or remote.get("port") is None
+            or theirs.get("type") not in ("srflx", "prflx") or theirs.get("address") is None
+            or theirs.get("port") != remote.get("port")
+            or (theirs.get("protocol") or "udp") != (remote.get("protocol") or "udp")):
+        return selected
+    return {**selected, "remote": {**remote, "address": theirs["address"]}}
+
+
+def claimed_route(selected: dict[str, Any] | None, own_lan: str, own_public: str,
+                  other: dict[str, Any] | None = None) -> str | None:
     """The route a selected pair implies: relay, lan (remote on the peer's own LAN), hairpin
-    (remote at the peer's own NAT's public address) or direct."""
+    (remote at the peer's own NAT's public address) or direct; ``other`` (the other side's
+    selected pair) names a remote address the stats hide (:func:`unhide`)."""
     if not selected:
         return None
+    selected = unhide(selected, other) or selected
     local, remote = selected.get("local") or {}, selected.get("remote") or {}
     if local.get("type") == "relay" or remote.get("type") == "relay":
         return "relay"
     addr = remote.get("address")
+    theirs = (other or {}).get("local") or {}
+    if addr is None and theirs.get("port") == remote.get("port") and _in_net(str(theirs.get("address")), own_lan):
+        # A hidden remote whose other end is a host socket on our own LAN on that port (pion
+        # reports its host base, the NAT kept the port): the pair stays behind our NAT, through
+        # its public address when our end is that (hairpin), else on the LAN.
+        return "hairpin" if local.get("address") == own_public else "lan"
     try:
-        if addr is not None and ipaddress.ip_address(addr) in ipaddress.ip_network(own_lan):
+        # A link-local remote (fe80::/10, 169.254/16) is on the peer's own link, whatever the
+        # case's family: libnice gathers the LAN's IPv6 link-local host candidates in an IPv4
+        # case, and two peers of one LAN may select that pair.
+        if addr is not None and (ipaddress.ip_address(addr) in ipaddress.ip_network(own_lan)
+                                 or ipaddress.ip_address(addr).is_link_local):
             return "lan"
     except ValueError:
         pass
@@ -268,7 +333,8 @@ def judge(
     packets show: relay, direct, or none (nothing on the internet segment).
     """
     sel_a, sel_b = caller.get("selected"), callee.get("selected")
-    claimed = claimed_route(sel_a, caller_lan, caller_public)
+    sel_a, sel_b = unhide(sel_a, sel_b), unhide(sel_b, sel_a)
+    claimed = claimed_route(sel_a, caller_lan, caller_public, sel_b)
     if claimed is None:
         return {"route": None, "claimed": None, "packets": 0, "consistent": False, "detail": "the caller reported no selected pair"}
     if claimed == "relay":
@@ -294,14 +360,18 @@ def judge(
         a_pub = _ep((sel_b or {}).get("remote"))
         # A side whose stats hide the other's peer-reflexive address (Chromium) still gives
         # its port: the capture's flow from the known end to that port names the address.
+        # ICE-TCP (RFC 6544): the DTLS goes in RFC 4571 frames of the pair's TCP connection.
+        proto = "tcp" if ((sel_a or {}).get("local") or {}).get("protocol") == "tcp" else "udp"
         if a_pub is None and b_pub is not None and (port := _port((sel_b or {}).get("remote"))) is not None:
-            a_pub = flows.peer_of(b_pub, port)
+            a_pub = flows.peer_of(b_pub, port, proto)
         elif b_pub is None and a_pub is not None and (port := _port((sel_a or {}).get("remote"))) is not None:
-            b_pub = flows.peer_of(a_pub, port)
+            b_pub = flows.peer_of(a_pub, port, proto)
         if a_pub is None or b_pub is None:
-            return {"route": None, "claimed": claimed, "packets": 0, "consistent": False, "detail": "the callee reported no selected pair"}
-        n = flows.direct_between(a_pub, b_pub)
-        detail = f"{n} DTLS packets between {a_pub[0]}:{a_pub[1]} and {b_pub[0]}:{b_pub[1]}"
+            who = "the callee reported no selected pair" if not sel_b else "neither side's stats give the other's address"
+            return {"route": None, "claimed": claimed, "packets": 0, "consistent": False, "detail": who}
+        n = flows.direct_between(a_pub, b_pub, proto)
+        over = " over ICE-TCP (RFC 4571 frames)" if proto == "tcp" else ""
+        detail = f"{n} DTLS packets{over} between {a_pub[0]}:{a_pub[1]} and {b_pub[0]}:{b_pub[1]}"
         return {"route": "direct" if n else "none", "claimed": claimed, "packets": n, "consistent": n > 0, "detail": detail}
     # lan or hairpin: nothing of this NAT's may cross the internet segment except TURN traffic.
     n = flows.direct_involving(caller_public, exclude=[turn[0]])

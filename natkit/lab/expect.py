@@ -29,6 +29,12 @@ over it:
   learns it as a peer-reflexive candidate and sends a triggered check to it (§7.3.1.3-4). A check
   succeeds when its response gets back. The case connects when the controlling agent (the
   caller) has a succeeded pair, which it then nominates over the same path.
+* **ICE-TCP** (RFC 6544, the host path, when the sides' stacks are known): where UDP gets no
+  pair through, a stack that dials ("active") connects to one that listens on a signaled
+  passive TCP host candidate if the connection's first packet gets out of the dialer's boxes
+  (a UDP-blocking firewall lets TCP out; an egress filter only to its own ports) and into the
+  listener's (only a box without NAT and without a filter lets an unsolicited one in). Where
+  UDP works the stacks prefer it (a UDP host pair has the higher priority).
 
 The result also says which way the packets go (``lan``, ``hairpin``, ``direct`` between public
 addresses, ``relay``), which the packet evidence is checked against, and why a case fails: the
@@ -81,6 +87,9 @@ class Side:
     gives_up_without_candidates: bool = False  # fails at once when the other signals none
     turn: tuple[str, ...] | None = None  # TURN transports it allocates over (None: any)
     keepalive_s: float | None = None  # seconds between its packets on an idle selected pair
+    # ICE-TCP (RFC 6544) on the host path: "active" dials a remote passive TCP host candidate,
+    # "passive" listens on one it signals. None: not known, and the model plays UDP only.
+    tcp: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -134,7 +143,12 @@ class _Drop:
 class _Net:
     """Delivers packets through the boxes; remembers why packets were dropped."""
 
-    def __init__(self) -> None:
+    def __init__(self, tcp: bool = False) -> None:
+        # tcp: the packets are a TCP connection's first (a SYN): UDP blocking does not touch
+        # them, an egress filter passes them only to its ports, and a filtering box lets no
+        # unsolicited connection in (the lab's NATs and RFC 6092 firewalls filter TCP by
+        # conntrack; the EIF/ADF machinery is for UDP).
+        self.tcp = tcp
         self.sockets: list[_Socket] = []
         self.boxes: list[_Box] = []
         self.drops: list[_Drop] = []
@@ -174,7 +188,11 @@ class _Net:
     def outbound(self, box: _Box, src: Endpoint, dst: Endpoint) -> Endpoint | None:
         """The source of a packet from ``src`` (inside ``box``) to ``dst`` once it has left
         ``box`` (None: dropped there)."""
-        if box.block_udp:
+        if self.tcp:
+            if box.egress_tcp is not None and not (dst[1].isdigit() and int(dst[1]) in box.egress_tcp):
+                self.drops.append(_Drop("egress", box.label))
+                return None
+        elif box.block_udp:
             self.drops.append(_Drop("egress" if box.egress_tcp is not None else "blocked", box.label))
             return None
         if box.mapping is None:
@@ -193,6 +211,11 @@ class _Net:
 
     def admits(self, box: _Box, src: Endpoint, dst: Endpoint, via: _Box | None) -> bool:
         """Whether ``box``'s filter lets ``src`` reach mapping (or routed address) ``dst``."""
+        if self.tcp:
+            if box.filtering is not None:
+                self.drops.append(_Drop("filtered", box.label, box.filtering))
+                return False
+            return True
         if box.block_udp:
             self.drops.append(_Drop("egress" if box.egress_tcp is not None else "blocked", box.label))
             return False
@@ -447,7 +470,14 @@ def expect(
                     me.valid.append(remote)
 
     if not agents[0].valid:
-        return Expectation(False, None, "; ".join([*net.notes, _failure(net, path, beh)]), "stacks" if net.notes else "nats")
+        udp = _failure(net, path, beh)
+        if path == "host" and sides is not None:
+            over_tcp, note = _ice_tcp(beh, same_lan, sides)
+            if over_tcp is not None:
+                return Expectation(True, "direct", f"{over_tcp}; over UDP alone it fails: {udp.split('; needs')[0]}", "stacks")
+            if note is not None:
+                return Expectation(False, None, "; ".join([*net.notes, f"{udp} ({note})"]), "stacks")
+        return Expectation(False, None, "; ".join([*net.notes, udp]), "stacks" if net.notes else "nats")
     remote = agents[0].valid[0]
     if path == "longevity":
         return _longevity(pa, pb, sides, keepalive_s)
@@ -463,6 +493,48 @@ def expect(
         label = box.label if box else "the NAT"
         return Expectation(True, "hairpin", f"{label} hairpins packets to its own public address")
     return Expectation(True, "direct", _how(pa, pb, path))
+
+
+def _ice_tcp(beh: list[NatBehaviour | None], same_lan: bool, sides: tuple[Side, Side]) -> tuple[str | None, str | None]:
+    """ICE-TCP on the host path (RFC 6544): (why the case connects over a TCP host pair, or
+    None; else why it does not though a connection would get through, or None).
+
+    A TCP pair needs one side to dial ("active") and the other to listen on a passive host
+    candidate it signaled. The connection's first packet must get out of the dialer's
+    boxes (a UDP-blocking firewall passes TCP; an egress filter only to its ports, never to a
+    listener's ephemeral port) and into the listener's: only a box without NAT and without a
+    filter (``open``) lets an unsolicited connection in. Once up, its packets pass both ways
+    (conntrack), and the dialer's side is learned as a peer-reflexive TCP candidate."""
+    assert beh[0] is not None and beh[1] is not None
+    reasons: list[str] = []
+    notes: list[str] = []
+    for dialer, listener in ((0, 1), (1, 0)):
+        net = _Net(tcp=True)
+        pa = _build(net, "a", beh[0], None, "a")
+        pb = _build(net, "b", beh[1], pa.chain[-1] if same_lan else None, "a" if same_lan else "b")
+        d, lis = (pa, pb)[dialer], (pa, pb)[listener]
+        target = (lis.sock.local[0], "tcp-passive")
+        listening = net.add_socket(_Socket(f"{lis.sock.peer}-tcp", lis.sock.net, target))
+        got = net.deliver(d.sock, target)
+        if got is None or got[0] is not listening:
+            continue
+        ds, ls = sides[dialer], sides[listener]
+        if ds.tcp is None or ls.tcp is None:
+            continue  # not known: no claim either way
+        where = (f"{d.chain[0].label} lets TCP out and {lis.chain[0].label} (no NAT, no filter) lets the "
+                 "connection in")
+        if "active" in ds.tcp and "passive" in ls.tcp:
+            reasons.append(f"connects over ICE-TCP (RFC 6544): {ds.name} dials {ls.name}'s passive TCP host "
+                           f"candidate; {where}")
+            continue
+        if "passive" not in ds.tcp + ls.tcp:
+            continue  # neither listens: no TCP pair could form with either order, the UDP answer stands
+        lacks = [*([f"{ds.name} does not dial TCP candidates"] if "active" not in ds.tcp else []),
+                 *([f"{ls.name} signals no passive TCP candidate"] if "passive" not in ls.tcp else [])]
+        notes.append(f"ICE-TCP would get through from {ds.name} to {ls.name} ({where}), but {' and '.join(lacks)}")
+    if reasons:
+        return reasons[0], None
+    return None, "; ".join(dict.fromkeys(notes)) or None
 
 
 def _failure(net: _Net, path: str, beh: list[NatBehaviour]) -> str:

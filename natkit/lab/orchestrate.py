@@ -177,7 +177,7 @@ def case_result(
     if result.observed == "connected":
         # over IPv6 the peers' own LAN is its IPv6 prefix (two peers of one dual-stack LAN)
         lan = ra.lan_net6 if case.family == "ipv6" and ra.lan_net6 else ra.peer_lan
-        result.route = claimed_route(result.caller.selected, lan, ra.public_ip)
+        result.route = claimed_route(result.caller.selected, lan, ra.public_ip, result.callee.selected)
     return result
 
 

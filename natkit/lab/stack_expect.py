@@ -5,6 +5,8 @@ ways, both read from each adapter's :class:`~natkit.lab.stacks.capabilities.Capa
 (never from a table of outcomes):
 
 * **inside ICE** (:func:`side_of` -> :class:`~natkit.lab.expect.Side`, played by the model):
+  whether it dials ("active") or listens on ("passive") ICE-TCP host candidates (RFC 6544,
+  the host path: a UDP-blocking firewall still lets TCP out to a listener without NAT),
   which TURN transports the stack can allocate over (a ``turns:`` URL with an IP address is
   dropped by a stack without ``turn_tls_ip_literal``), whether behind no NAT it signals a srflx
   candidate equal to its host address (RFC 8445 §5.1.3 lets it drop it), and whether it gives
@@ -46,6 +48,7 @@ def side_of(name: str, caps: Capabilities, role: str, *, turn_is_ip: bool = True
         gives_up_without_candidates=role in (caps.gives_up_without_candidates or ()),
         turn=turn,
         keepalive_s=caps.keepalive_s,
+        tcp=caps.tcp_candidates,
     )
 
 

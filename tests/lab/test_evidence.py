@@ -282,3 +282,101 @@ def test_a_tls_relay_on_a_port_another_case_had_in_the_clear_is_the_tls_sessions
     pair["local"]["relay_protocol"] = "tls"
     ev = judge_browser(flows, selected=pair, callee={}, caller_lan="10.64.2.0/24", caller_public=A_PUB[0], turn=TURN)
     assert ev["consistent"] and "cannot be read" in ev["detail"], ev
+
+
+def _framed(*packets: bytes) -> bytes:
+    return b"".join(len(p).to_bytes(2, "big") + p for p in packets)
+
+
+def test_dtls_over_ice_tcp_is_read_from_rfc4571_frames(tmp_path: Path) -> None:
+    """An ICE-TCP pair (RFC 6544): STUN checks and DTLS in RFC 4571 frames of one TCP
+    connection; a TCP stream that is no ICE-TCP (the signaling's WebSocket) counts nothing."""
+    pcap = tmp_path / "i.pcap"
+    stun = Message(Method.BINDING, Class.REQUEST).encode()
+    out, back = _framed(stun, DTLS, DTLS), _framed(DTLS)
+    ws = ("203.0.113.3", 8443)
+    wrpcap(str(pcap), [
+        _tcp(A_PUB, B_PUB, 100, flags="S"), _tcp(B_PUB, A_PUB, 500, flags="SA"),
+        _tcp(A_PUB, B_PUB, 101, out[:9]), _tcp(A_PUB, B_PUB, 110, out[9:]), _tcp(B_PUB, A_PUB, 501, back),
+        _tcp(A_PUB, ws, 7, flags="S"), _tcp(A_PUB, ws, 8, b"GET / HTTP/1.1\r\n" + bytes([0, 0, 23]) * 8),
+    ])
+    flows = read_capture(pcap, TURN)
+    assert flows.direct_between(A_PUB, B_PUB, "tcp") == 3 and flows.direct_between(A_PUB, B_PUB) == 0
+    assert flows.direct_between(A_PUB, ws, "tcp") == 0
+    tcp = {"protocol": "tcp"}
+    caller = {"selected": {"local": {"type": "prflx", "address": A_PUB[0], "port": A_PUB[1], **tcp},
+                           "remote": {"type": "host", "address": B_PUB[0], "port": B_PUB[1], **tcp}}}
+    callee = {"selected": {"local": {"type": "host", "address": B_PUB[0], "port": B_PUB[1], **tcp},
+                           "remote": {"type": "prflx", "address": A_PUB[0], "port": A_PUB[1], **tcp}}}
+    ev = judge(flows, caller=caller, callee=callee, caller_lan="10.64.10.0/24", caller_public=A_PUB[0], turn=TURN)
+    assert ev["route"] == "direct" and ev["consistent"] and ev["packets"] == 3 and "ICE-TCP" in ev["detail"], ev
+    # the same pair claimed over UDP has no DTLS there
+    for side in (caller, callee):
+        for end in side["selected"].values():
+            end["protocol"] = "udp"
+    assert not judge(flows, caller=caller, callee=callee, caller_lan="10.64.10.0/24", caller_public=A_PUB[0], turn=TURN)["consistent"]
+
+
+def test_a_hairpin_pair_whose_remote_address_chromium_hides_is_named_by_the_other_side() -> None:
+    """Two Chromiums behind one hairpinning NAT: a check that arrived before the answer's
+    candidates made each remote a prflx candidate, whose address getStats hides; the other
+    side's local srflx candidate on that port names it, and the pair is a hairpin."""
+    from natkit.lab.evidence import Flows, unhide
+
+    pub = "203.0.113.26"
+    a = {"local": {"type": "srflx", "address": pub, "port": 54012}, "remote": {"type": "prflx", "address": None, "port": 50583}}
+    b = {"local": {"type": "srflx", "address": pub, "port": 50583}, "remote": {"type": "prflx", "address": None, "port": 54012}}
+    assert claimed_route(a, "10.64.12.0/24", pub) == "direct"  # alone: nothing says it is ours
+    assert claimed_route(a, "10.64.12.0/24", pub, b) == "hairpin"
+    ev = judge(Flows(), caller={"selected": a}, callee={"selected": b}, caller_lan="10.64.12.0/24", caller_public=pub, turn=TURN)
+    assert ev["claimed"] == "hairpin" and ev["consistent"], ev
+    # another port, or a host candidate, names nothing
+    assert unhide(a, {**b, "local": {**b["local"], "port": 1}}) is a
+    assert unhide(a, {**b, "local": {**b["local"], "type": "host"}}) is a
+
+
+def test_of_two_allocations_of_one_relay_port_behind_the_callers_nat_the_one_with_dtls_counts() -> None:
+    """A long run's TURN server gives a freed relay port to a later case behind the same NAT:
+    the allocation that carried DTLS is this case's, not the latest."""
+    from natkit.lab.evidence import Flows
+
+    later = (A_PUB[0], A_PUB[1] + 7)
+    flows = Flows()
+    flows.allocate(RELAYED, "udp", A_PUB)
+    flows.allocate(RELAYED, "udp", later)
+    flows.relayed[("udp", A_PUB)] += 31
+    assert flows.allocation_of(RELAYED, A_PUB[0], "10.64.2.0/24") == ("udp", A_PUB)
+    ev = judge_browser(flows, selected=_chromium_relay_pair(), callee={}, caller_lan="10.64.2.0/24",
+                       caller_public=A_PUB[0], turn=TURN)
+    assert ev["route"] == "relay" and ev["consistent"] and ev["packets"] == 31, ev
+    flows.relayed[("udp", A_PUB)] = 0  # neither carried any: the latest, as before
+    assert flows.allocation_of(RELAYED, A_PUB[0], "10.64.2.0/24") == ("udp", later)
+
+
+def test_a_link_local_pair_is_on_the_lan_whatever_the_cases_family() -> None:
+    """Two libnice peers of one LAN in an IPv4 case selected their IPv6 link-local host
+    candidates: that pair never leaves the link (it was judged direct, with 0 DTLS)."""
+    sel = {"local": {"type": "host", "address": "fe80::1092:eff:fe7a:e3a5", "port": 58605},
+           "remote": {"type": "host", "address": "fe80::60ca:42ff:feaf:d570", "port": 44065}}
+    assert claimed_route(sel, "10.64.12.0/24", "203.0.113.22") == "lan"
+    sel["remote"]["address"] = "169.254.7.1"
+    assert claimed_route(sel, "10.64.12.0/24", "203.0.113.22") == "lan"
+    sel["remote"]["address"] = "2001:db8::1"
+    assert claimed_route(sel, "10.64.12.0/24", "203.0.113.22") == "direct"
+
+
+def test_a_hidden_remote_whose_other_end_is_a_host_on_our_lan_stays_behind_our_nat() -> None:
+    """Chromium behind a hairpinning NAT with pion on its LAN (shard 4 of --full): Chromium's
+    remote is a prflx candidate without address, pion reports its host base on that port."""
+    from natkit.lab.evidence import Flows
+
+    pub, lan = "203.0.113.26", "10.64.16.0/24"
+    a = {"local": {"type": "srflx", "address": pub, "port": 33658}, "remote": {"type": "prflx", "address": None, "port": 59019}}
+    b = {"local": {"type": "host", "address": "10.64.16.11", "port": 59019}, "remote": {"type": "srflx", "address": pub, "port": 33658}}
+    assert claimed_route(a, lan, pub, b) == "hairpin"
+    ev = judge(Flows(), caller={"selected": a}, callee={"selected": b}, caller_lan=lan, caller_public=pub, turn=TURN)
+    assert ev["claimed"] == "hairpin" and ev["consistent"], ev
+    a["local"] = {"type": "host", "address": "10.64.16.10", "port": 33658}
+    assert claimed_route(a, lan, pub, b) == "lan"
+    b["local"]["port"] = 1  # not the port Chromium names: nothing is known
+    assert claimed_route(a, lan, pub, b) == "direct"

@@ -123,3 +123,47 @@ def test_firefox_gets_its_turns_url_by_name_and_is_expected_to_relay_over_tls() 
     # libnice has no TURN over TLS whatever the URL says
     e = expectation_of(topo, plan, Case(("open", "egress-443"), "relay-tls", stacks=("firefox", "libnice")))
     assert not e.connected and "libnice" in e.reason
+
+
+# Who dials whom over ICE-TCP on the host path (RFC 6544), as natkit's runs showed it
+# (`natkit lab run --stacks chromium,libnice,firefox --full --only host --only udp-blocked,open`):
+# the side behind udp-blocked dials a passive TCP host candidate behind open, and only libnice
+# listens on one.
+ICE_TCP = {("chromium", "libnice"), ("firefox", "libnice"), ("libnice", "libnice")}
+
+
+@pytest.mark.parametrize(("a", "b"), list(itertools.product(CAPS, repeat=2)))
+def test_ice_tcp_connects_a_dialer_behind_udp_blocked_to_a_listener_behind_open(a: str, b: str) -> None:
+    for caller, callee, dialer, listener in (("udp-blocked", "open", a, b), ("open", "udp-blocked", b, a)):
+        e = run(a, b, "host", caller, callee)
+        if (dialer, listener) in ICE_TCP:
+            assert e.connected and e.route == "direct" and e.decided_by == "stacks", e  # type: ignore[attr-defined]
+            assert e.reason.startswith(f"connects over ICE-TCP (RFC 6544): {dialer} dials {listener}'s passive TCP")  # type: ignore[attr-defined]
+            assert "over UDP alone it fails: udp-blocked drops UDP" in e.reason  # type: ignore[attr-defined]
+        else:
+            assert not e.connected, e  # type: ignore[attr-defined]
+            if "libnice" in (a, b):  # the pair has a listener: the reason says what is missing
+                assert "ICE-TCP would get through" in e.reason and e.decided_by == "stacks", e  # type: ignore[attr-defined]
+    # over srflx and relay no host candidate is signaled, TCP or not
+    assert run(a, b, "srflx", "udp-blocked", "open").reason == expect(NAT["udp-blocked"], NAT["open"], "srflx").reason  # type: ignore[attr-defined]
+
+
+def test_ice_tcp_needs_a_listener_without_nat_and_a_dialer_whose_firewall_lets_tcp_out() -> None:
+    for caller, callee in (("udp-blocked", "udp-blocked"), ("udp-blocked", "full-cone"), ("udp-blocked", "symmetric")):
+        e = run("chromium", "libnice", "host", caller, callee)
+        assert not e.connected and "ICE-TCP" not in e.reason, (caller, callee, e)  # type: ignore[attr-defined]
+    # egress-443 lets TCP out to 80 and 443 only, never to a listener's port
+    e = run("chromium", "libnice", "host", "egress-443", "open")
+    assert not e.connected and "ICE-TCP" not in e.reason, e  # type: ignore[attr-defined]
+    # over UDP the open listener is reachable already: UDP, not TCP, decides
+    e = run("chromium", "libnice", "host", "symmetric", "open")
+    assert e.connected and "ICE-TCP" not in e.reason  # type: ignore[attr-defined]
+
+
+def test_ice_tcp_of_a_declared_peer_and_none_of_an_unknown_one() -> None:
+    mine = Capabilities.declared("mine", "ice-tcp")
+    e = expect_stacks(NAT["udp-blocked"], NAT["open"], "host", stacks=("mine", "mine"), capabilities=(mine, mine))
+    assert e.connected and "mine dials mine's passive TCP host candidate" in e.reason
+    unknown = Capabilities.unknown("mine")
+    e = expect_stacks(NAT["udp-blocked"], NAT["open"], "host", stacks=("mine", "libnice"), capabilities=(unknown, LIBNICE))
+    assert not e.connected and "ICE-TCP" not in e.reason and "nothing is known of mine" in e.reason

@@ -32,8 +32,11 @@ PEER_CAPS = {
 class Capabilities:
     """What one stack does, as natkit runs it (``None``: not known).
 
-    * ``tcp_candidates``: ICE-TCP host candidates (RFC 6544) it gathers and signals:
-      ``()`` none, else the tcptypes (``"active"``, ``"passive"``, ``"so"``).
+    * ``tcp_candidates``: its ICE-TCP host candidates (RFC 6544), as tcptypes: ``()`` none,
+      ``"active"``: it dials a remote passive candidate (signaled or not: the listener learns
+      the dialer as a peer-reflexive TCP candidate), ``"passive"``: it listens on a TCP host
+      candidate it signals, ``"so"``: simultaneous open. The model pairs active with passive
+      on the host path.
     * ``turn``: TURN transports it can allocate over: ``"udp"``, ``"tcp"``, ``"tls"``
       (``turns:`` over TCP), ``"dtls"`` (``turns:`` over UDP).
     * ``turn_servers``: how many TURN URLs it uses at once (``None``: all it is given).
@@ -285,10 +288,14 @@ AIORTC = Capabilities(
 
 CHROMIUM = Capabilities(
     stack="Chromium (Debian chromium; libwebrtc), headless, driven over the DevTools protocol",
-    # ICE-TCP host candidates (RFC 6544): none gathered by Chromium 156 (Debian) here, with or
-    # without mDNS; libwebrtc's TCPPort (p2p/base/tcp_port.cc) only ever offers "tcptype
-    # active" (port 9) and can dial a remote passive one (w3c/webrtc-pc#1238).
-    tcp_candidates=(),
+    # ICE-TCP (RFC 6544): active only. Chromium's TCPPort (p2p/base/tcp_port.cc) does not
+    # listen (the browser gives it no server socket), so it offers "tcptype active" at most
+    # (port 9), and Chromium 156 (Debian) put no TCP candidate in its SDP in natkit's runs;
+    # but it dials a remote passive one: behind udp-blocked, with libnice behind open on the
+    # host path, it connected over TCP every time (its local candidate a prflx TCP one, the
+    # firewall's mapping), `natkit lab run --stacks chromium,libnice,firefox --full --only
+    # host --only udp-blocked,open`.
+    tcp_candidates=("active",),
     # TURN over UDP, TCP and TLS: p2p/base/turn_port.cc (PROTO_UDP/TCP/TLS).
     turn=("udp", "tcp", "tls"),
     turn_servers=None,
