@@ -1379,11 +1379,23 @@ async def test_the_c_allocate_path_follows_a_changed_password() -> None:
         await asyncio.sleep(0.6)
         old = RawClient(turn.addresses_of("udp")[0], "u", "p")
         assert (await old.allocate()).cls == Class.ERROR
-        new = RawClient(turn.addresses_of("udp")[0], "u", "new")
-        assert (await new.allocate()).cls == Class.SUCCESS
-        if served:  # (the pure-Python path: the engine alone, as always)
-            assert turn.fast is not None and turn.fast.control_stats()["allocations"] == 2
-        for c in (a, old, new):
+        # The thread may pass any one request to the engine (its error budget is earned by
+        # requests that verify, credited a tick later); one of a few clients with the new
+        # password is the thread's, or it never learned the password.
+        before = turn.fast.control_stats()["allocations"] if turn.fast is not None else 0
+        clients = [a, old]
+        for _ in range(5):
+            new = RawClient(turn.addresses_of("udp")[0], "u", "new")
+            clients.append(new)
+            assert (await new.allocate()).cls == Class.SUCCESS
+            if not served or turn.fast is None:  # (the pure-Python path: the engine alone)
+                break
+            if turn.fast.control_stats()["allocations"] > before:
+                break
+            await asyncio.sleep(0.6)
+        else:
+            raise AssertionError("the C thread served no Allocate with the changed password")
+        for c in clients:
             c.close()
 
 
