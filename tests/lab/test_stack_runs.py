@@ -150,6 +150,8 @@ def test_stack_and_peer_errors_are_one_line(tmp_path: Path) -> None:
         (["--peer", "mine=/no/such/program"], "not an executable file"),
         (["--peer", "mine=true", "--stacks", "aiortc,pion"], "--stacks: peer mine is not among the stacks"),
         (["--shard", "3/2"], "K must be 1..N"),
+        (["--stacks", "aiortc,pion", "--with", "libnice"], "--with: libnice is not among the run's stacks (aiortc,pion)"),
+        (["--stacks", "aiortc,pion", "--only", "longevity", "--with", "pion"], "--with: no case of the plan has pion"),
     ):
         proc = subprocess.run([*NATKIT, "lab", "run", *args], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and what in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
@@ -186,12 +188,13 @@ def test_a_go_peer_written_from_the_contract_alone_behind_every_nat(tmp_path: Pa
     """examples/lab-peer-go (pion, written from docs/lab-peers.md) as --peer: as caller and as
     callee behind every NAT, against aiortc and itself, with what it declares (--peer-caps):
     TURN over TLS trusting the lab CA, idling on the longevity path; every case as expected.
+    (``--with gopeer``: the cross product's cases of aiortc with itself say nothing of the peer.)
     (The longevity case idles past port-restricted's 20 s lifetime, so the lifetime
     measurement runs alongside and costs nothing extra.)"""
     assert go_peer_build is not None
     binary = go_peer_build.result(timeout=600)
     proc, data = _run("--peer", f"gopeer={binary}", "--peer-caps", "gopeer=relay-udp,relay-tcp,relay-tls,idle,keepalive=2,dtls=ecdsa",
-                      "--stacks", "aiortc,gopeer", "--full", "--only", "srflx,relay,relay-tls,longevity",
+                      "--stacks", "aiortc,gopeer", "--full", "--with", "gopeer", "--only", "srflx,relay,relay-tls,longevity",
                       "--deadline", "8", "--json", str(tmp_path / "go.json"), timeout=400)
     mine = [c for c in data.get("cases", []) if "gopeer" in (c["caller_stack"], c["callee_stack"])]
     assert mine, proc.stdout[-2000:] + proc.stderr[-2000:]
