@@ -40,7 +40,8 @@ COMPOSE_LAB_TESTS = "tests/lab/engines/test_compose_lab.py"
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """The Compose lab's tests run last, and the lab image's build starts now, in the background,
-    so that it overlaps everything before them (the build is mostly waiting on I/O)."""
+    so that it overlaps everything before them (the build is mostly waiting on I/O; the Compose
+    run itself follows it in the background: tests/lab/background.py)."""
     compose = [i for i in items if i.nodeid.startswith(COMPOSE_LAB_TESTS)]
     if not compose:
         return
@@ -48,6 +49,20 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     from tests.lab.engines.docker_lab import start_image_build
 
     start_image_build()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The long lab runs the collected tests read start now, in the background
+    (tests/lab/background.py): they overlap each other and the tests before theirs."""
+    import sys
+
+    background = sys.modules.get("tests.lab.background")  # loaded with tests/lab's conftest
+    if background is None or session.config.option.collectonly or not session.items:
+        return
+    from tests.lab.conftest import lab_root_reason
+
+    if lab_root_reason() is None:
+        background.start(session, session.config._tmp_path_factory.mktemp)  # type: ignore[attr-defined]
 
 
 def _docker_objects() -> set[str]:
@@ -71,6 +86,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import sys
+
+    background = sys.modules.get("tests.lab.background")
+    if background is not None:
+        background.stop()  # what no test waited for (-x, Ctrl-C), before the leak check
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         return  # fixtures of an interrupted run may not be torn down yet
     before_ns, before_ts, before_docker = getattr(session.config, "_natkit_before", (set(), set(), set()))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -56,12 +58,16 @@ def start_image_build() -> None:
     th.start()
 
 
-def image() -> Any:
-    """The lab image (an ImageInfo), waiting for the background build."""
+def image(cancelled: Callable[[], bool] = lambda: False) -> Any:
+    """The lab image (an ImageInfo), waiting for the background build (at most 900 s; less
+    when ``cancelled()`` turns true: the session is ending)."""
     start_image_build()
     th = _build.get("thread")
-    if th is not None:
-        th.join(900)
+    end = time.monotonic() + 900
+    while th is not None and th.is_alive() and time.monotonic() < end:
+        if cancelled():
+            pytest.skip("the session ended before the lab image was built")
+        th.join(1)
     if "error" in _build:
         raise _build["error"]
     if "info" not in _build:

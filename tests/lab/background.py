@@ -1,0 +1,145 @@
+"""The suite's long lab runs, started in the background as soon as the tests are collected and
+awaited by the tests that read them.
+
+Each run is a session fixture of tests/lab/conftest.py named like its job here. Most of a lab
+run is waiting (cases expected to fail idle to their deadline, the longevity case idles 25 s,
+the lifetime measurement waits out the mapping): the Go peer's run is 130 s for under 30 s of
+CPU. Run one after another inside their tests they were about 330 s of the suite; started
+together when the session starts (:func:`start`, at most :data:`AT_ONCE` at a time, the longest
+first) they overlap each other and every test before theirs, and a test finds its run done or
+nearly so. Each run is a ``natkit lab run`` subprocess in its own lab (namespaces carry the
+run's own tag, so labs run side by side); what a test asserts of it is unchanged.
+
+Only the runs of collected tests start (``--co`` starts none; without root none start and the
+tests skip as before). A job that ends in an exception (a failed build, a skip) re-raises it in
+every test that asks for its result. At the end of the session :func:`stop` ends what still
+runs (a run whose tests were not reached: ``-x``, Ctrl-C) before the leak check looks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Lab runs at a time. Each uses a fraction of a core on average, but its connecting cases come
+# in bursts of DTLS: two keep a 2-core box busy without starving the tests in front.
+AT_ONCE = 2
+# What a test may wait for the runs queued before its own, on top of its own run's budget.
+QUEUE_WAIT_S = 600
+# Workers per pool: the netns lab runs share AT_ONCE; the Compose run (Docker's, mostly waiting
+# for the daemon and the image build) has its own.
+POOLS = {"lab": AT_ONCE, "docker": 1}
+
+
+@dataclass(frozen=True)
+class Job:
+    """A background run: ``fn(out)`` with its own scratch directory; ``estimate_s`` (a quiet
+    2-core machine) orders the queue, longest first, so the longest run is never last;
+    ``pool``: a key of :data:`POOLS`."""
+
+    name: str
+    estimate_s: float
+    fn: Callable[[Path], Any]
+    pool: str = "lab"
+
+
+JOBS: dict[str, Job] = {}
+_futures: dict[str, Future[Any]] = {}
+_procs: set[subprocess.Popen[str]] = set()
+_lock = threading.Lock()
+_stopping = threading.Event()
+_pools: dict[str, ThreadPoolExecutor] = {}
+
+
+def job(name: str, estimate_s: float, pool: str = "lab") -> Callable[[Callable[[Path], Any]], Callable[[Path], Any]]:
+    """Register ``fn`` as the background job ``name`` (a session fixture's name)."""
+
+    def register(fn: Callable[[Path], Any]) -> Callable[[Path], Any]:
+        JOBS[name] = Job(name, estimate_s, fn, pool)
+        return fn
+
+    return register
+
+
+def run(argv: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(argv, capture_output=True, text=True)`` that :func:`stop` can end."""
+    if _stopping.is_set():
+        pytest.skip("the session is ending")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    with _lock:
+        _procs.add(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(argv, timeout, out, err) from None
+    finally:
+        with _lock:
+            _procs.discard(proc)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def start(session: pytest.Session, out: Callable[[str], Path]) -> None:
+    """Start the jobs that the collected tests ask for (their fixtures), longest first."""
+    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ()) if name in JOBS}
+    wanted -= set(_futures)
+    for name in sorted(wanted, key=lambda n: -JOBS[n].estimate_s):
+        kind = JOBS[name].pool
+        if kind not in _pools:
+            _pools[kind] = ThreadPoolExecutor(POOLS[kind], thread_name_prefix=f"{kind}-run")
+        _futures[name] = _pools[kind].submit(JOBS[name].fn, out(name))
+
+
+def stopping() -> bool:
+    """Whether the session is ending (a job that waits for something should give up)."""
+    return _stopping.is_set()
+
+
+def settle(pool: str, timeout: float) -> None:
+    """Wait (at most ``timeout`` s) until the started jobs of ``pool`` are over, however they
+    ended: for a test or a job that must not overlap them."""
+    pending = [f for n, f in _futures.items() if JOBS[n].pool == pool]
+    with contextlib.suppress(TimeoutError):
+        for _ in as_completed(pending, timeout=timeout):
+            pass
+
+
+def result(name: str, out: Callable[[str], Path]) -> Any:
+    """The job's result (its exception re-raised), waiting for it; a job that was not started
+    in the background (its test was not collected at the start) runs here."""
+    future = _futures.get(name)
+    if future is None:
+        return JOBS[name].fn(out(name))
+    return future.result()
+
+
+def stop(grace: float = 60) -> None:
+    """End the session's runs: queued ones never start, running ones get SIGTERM (a lab run
+    tears its lab down on it), then SIGKILL after ``grace`` seconds."""
+    _stopping.set()
+    for future in _futures.values():
+        future.cancel()
+    with _lock:
+        procs = list(_procs)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    end = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for pool in _pools.values():
+        pool.shutdown(wait=True)
