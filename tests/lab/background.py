@@ -23,7 +23,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +54,6 @@ class Job:
 
 
 JOBS: dict[str, Job] = {}
-_futures: dict[str, Future[Any]] = {}
-_procs: set[subprocess.Popen[str]] = set()
-_lock = threading.Lock()
-_stopping = threading.Event()
-_pools: dict[str, ThreadPoolExecutor] = {}
 
 
 def job(name: str, estimate_s: float, pool: str = "lab") -> Callable[[Callable[[Path], Any]], Callable[[Path], Any]]:
@@ -71,75 +66,96 @@ def job(name: str, estimate_s: float, pool: str = "lab") -> Callable[[Callable[[
     return register
 
 
-def run(argv: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    """``subprocess.run(argv, capture_output=True, text=True)`` that :func:`stop` can end."""
-    if _stopping.is_set():
-        pytest.skip("the session is ending")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-    with _lock:
-        _procs.add(proc)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise subprocess.TimeoutExpired(argv, timeout, out, err) from None
-    finally:
-        with _lock:
-            _procs.discard(proc)
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+class Scheduler:
+    """Jobs started in thread pools (:data:`POOLS` workers each), their subprocesses tracked
+    so that :meth:`stop` can end them. The session has one (:data:`SESSION`)."""
+
+    def __init__(self, jobs: dict[str, Job], pools: dict[str, int] | None = None) -> None:
+        self.jobs = jobs
+        self.sizes = dict(POOLS if pools is None else pools)
+        self.futures: dict[str, Future[Any]] = {}
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._procs: set[subprocess.Popen[str]] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def start(self, names: Iterable[str], out: Callable[[str], Path]) -> None:
+        """Start the named jobs (those not started yet), longest first."""
+        for name in sorted(set(names) - set(self.futures), key=lambda n: -self.jobs[n].estimate_s):
+            kind = self.jobs[name].pool
+            if kind not in self._pools:
+                self._pools[kind] = ThreadPoolExecutor(self.sizes[kind], thread_name_prefix=f"{kind}-run")
+            self.futures[name] = self._pools[kind].submit(self.jobs[name].fn, out(name))
+
+    def result(self, name: str, out: Callable[[str], Path]) -> Any:
+        """The job's result (its exception re-raised), waiting for it; a job that was not
+        started (its test was not collected at the start) runs here."""
+        future = self.futures.get(name)
+        if future is None:
+            return self.jobs[name].fn(out(name))
+        return future.result()
+
+    def settle(self, pool: str, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until the started jobs of ``pool`` are over, however
+        they ended: for a test or a job that must not overlap them."""
+        pending = [f for n, f in self.futures.items() if self.jobs[n].pool == pool]
+        with contextlib.suppress(TimeoutError):
+            for _ in as_completed(pending, timeout=timeout):
+                pass
+
+    def stopping(self) -> bool:
+        """Whether the session is ending (a job that waits for something should give up)."""
+        return self._stopping.is_set()
+
+    def run(self, argv: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """``subprocess.run(argv, capture_output=True, text=True)`` that :meth:`stop` can end."""
+        if self._stopping.is_set():
+            pytest.skip("the session is ending")
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+        with self._lock:
+            self._procs.add(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(argv, timeout, out, err) from None
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+    def stop(self, grace: float = 60) -> None:
+        """End the jobs: queued ones never start, running ones' subprocesses get SIGTERM (a
+        lab run tears its lab down on it), then SIGKILL after ``grace`` seconds."""
+        self._stopping.set()
+        for future in self.futures.values():
+            future.cancel()
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        end = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for pool in self._pools.values():
+            pool.shutdown(wait=True)
+
+
+SESSION = Scheduler(JOBS)
 
 
 def start(session: pytest.Session, out: Callable[[str], Path]) -> None:
     """Start the jobs that the collected tests ask for (their fixtures), longest first."""
-    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ()) if name in JOBS}
-    wanted -= set(_futures)
-    for name in sorted(wanted, key=lambda n: -JOBS[n].estimate_s):
-        kind = JOBS[name].pool
-        if kind not in _pools:
-            _pools[kind] = ThreadPoolExecutor(POOLS[kind], thread_name_prefix=f"{kind}-run")
-        _futures[name] = _pools[kind].submit(JOBS[name].fn, out(name))
+    SESSION.start({n for item in session.items for n in getattr(item, "fixturenames", ()) if n in JOBS}, out)
 
 
-def stopping() -> bool:
-    """Whether the session is ending (a job that waits for something should give up)."""
-    return _stopping.is_set()
-
-
-def settle(pool: str, timeout: float) -> None:
-    """Wait (at most ``timeout`` s) until the started jobs of ``pool`` are over, however they
-    ended: for a test or a job that must not overlap them."""
-    pending = [f for n, f in _futures.items() if JOBS[n].pool == pool]
-    with contextlib.suppress(TimeoutError):
-        for _ in as_completed(pending, timeout=timeout):
-            pass
-
-
-def result(name: str, out: Callable[[str], Path]) -> Any:
-    """The job's result (its exception re-raised), waiting for it; a job that was not started
-    in the background (its test was not collected at the start) runs here."""
-    future = _futures.get(name)
-    if future is None:
-        return JOBS[name].fn(out(name))
-    return future.result()
-
-
-def stop(grace: float = 60) -> None:
-    """End the session's runs: queued ones never start, running ones get SIGTERM (a lab run
-    tears its lab down on it), then SIGKILL after ``grace`` seconds."""
-    _stopping.set()
-    for future in _futures.values():
-        future.cancel()
-    with _lock:
-        procs = list(_procs)
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-    end = time.monotonic() + grace
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    for pool in _pools.values():
-        pool.shutdown(wait=True)
+result = SESSION.result
+settle = SESSION.settle
+stopping = SESSION.stopping
+run = SESSION.run
+stop = SESSION.stop
