@@ -65,6 +65,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         background.start(session, session.config._tmp_path_factory.mktemp)  # type: ignore[attr-defined]
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The background lab runs' own times (their tests only wait for them: ``--durations``
+    shows the wait, not the run)."""
+    import sys
+
+    background = sys.modules.get("tests.lab.background")
+    lines = background.report() if background is not None else []
+    if lines:
+        terminalreporter.write_sep("=", "lab runs in the background (tests/lab/background.py)")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def _docker_objects() -> set[str]:
     """Containers and networks of Compose labs (label org.natkit.lab), if a daemon answers."""
     if not os.path.exists("/var/run/docker.sock") and not os.environ.get("DOCKER_HOST"):

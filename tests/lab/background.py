@@ -78,6 +78,26 @@ class Scheduler:
         self._procs: set[subprocess.Popen[str]] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self.t0 = time.monotonic()
+        self.times: dict[str, tuple[float, float]] = {}  # job: (started, ended), s since t0
+
+    def _timed(self, name: str, out: Path) -> Any:
+        started = time.monotonic() - self.t0
+        try:
+            return self.jobs[name].fn(out)
+        finally:
+            self.times[name] = (started, time.monotonic() - self.t0)
+
+    def report(self) -> list[str]:
+        """A line per job that ran: when it started and ended (since the scheduler was made),
+        how long it took, how it ended: the suite's time budget, beside ``--durations``."""
+        lines = []
+        for name, (a, b) in sorted(self.times.items(), key=lambda kv: kv[1]):
+            future = self.futures.get(name)
+            how = "cancelled" if future is None or future.cancelled() else (
+                "ok" if future.exception() is None else type(future.exception()).__name__)
+            lines.append(f"{b - a:7.1f}s  {name} ({self.jobs[name].pool}, from {a:.1f} s to {b:.1f} s: {how})")
+        return lines
 
     def start(self, names: Iterable[str], out: Callable[[str], Path]) -> None:
         """Start the named jobs (those not started yet), longest first."""
@@ -85,14 +105,14 @@ class Scheduler:
             kind = self.jobs[name].pool
             if kind not in self._pools:
                 self._pools[kind] = ThreadPoolExecutor(self.sizes[kind], thread_name_prefix=f"{kind}-run")
-            self.futures[name] = self._pools[kind].submit(self.jobs[name].fn, out(name))
+            self.futures[name] = self._pools[kind].submit(self._timed, name, out(name))
 
     def result(self, name: str, out: Callable[[str], Path]) -> Any:
         """The job's result (its exception re-raised), waiting for it; a job that was not
         started (its test was not collected at the start) runs here."""
         future = self.futures.get(name)
         if future is None:
-            return self.jobs[name].fn(out(name))
+            return self._timed(name, out(name))
         return future.result()
 
     def settle(self, pool: str, timeout: float) -> None:
@@ -159,3 +179,4 @@ settle = SESSION.settle
 stopping = SESSION.stopping
 run = SESSION.run
 stop = SESSION.stop
+report = SESSION.report

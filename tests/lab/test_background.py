@@ -51,6 +51,9 @@ def test_two_at_a_time_longest_first_each_result_to_its_test(tmp_path: Path) -> 
     assert started[:2] == ["long", "mid"] and set(started) == {"short", "long", "mid", "bad"}
     assert at_once["max"] == 2
     sched.stop()
+    lines = sched.report()  # the CI log's account: each job's time and how it ended
+    assert len(lines) == 4 and lines[0].endswith(": ok)") and "long (lab, from " in lines[0]
+    assert any(ln.endswith(": ValueError)") and " bad " in ln for ln in lines)
 
 
 def test_a_job_not_started_runs_in_the_test_that_asks(tmp_path: Path) -> None:
