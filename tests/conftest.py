@@ -36,19 +36,41 @@ def _turnservers() -> set[str]:
 
 
 COMPOSE_LAB_TESTS = "tests/lab/engines/test_compose_lab.py"
+# Tests that compare two readings of the host's own addresses and routes: a Compose run beside
+# them adds and removes bridges with addresses on the host. They run after the Compose tests.
+HOST_READING_TESTS = "tests/lab/engines/test_hostnet.py"
+# Where the Compose run may start (tests/lab/background.py): only beside the netns lab's tests,
+# which make everything inside their namespaces and read nothing of the host's.
+LAB_TESTS = "tests/lab/"
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The Compose lab's tests run last, and the lab image's build starts now, in the background,
-    so that it overlaps everything before them (the build is mostly waiting on I/O; the Compose
-    run itself follows it in the background: tests/lab/background.py)."""
+    """The Compose lab's tests run at the end of tests/lab (last when nothing comes after),
+    followed by the tests that read the host's addresses, and the lab image's build starts
+    now, in the background, so that it overlaps everything before them (the build is mostly
+    waiting on I/O). The Compose run itself is a background job too (tests/lab/background.py):
+    it starts with the first test of tests/lab, once the image is there, and the Compose tests
+    read it; nothing after them sees Docker's bridges come and go."""
     compose = [i for i in items if i.nodeid.startswith(COMPOSE_LAB_TESTS)]
     if not compose:
         return
-    items[:] = [i for i in items if i not in compose] + compose
+    host = [i for i in items if i.nodeid.startswith(HOST_READING_TESTS)]
+    rest = [i for i in items if i not in compose and i not in host]
+    last_lab = max((k for k, i in enumerate(rest) if i.nodeid.startswith(LAB_TESTS)), default=len(rest) - 1)
+    items[:] = rest[: last_lab + 1] + compose + host + rest[last_lab + 1 :]
     from tests.lab.engines.docker_lab import start_image_build
 
     start_image_build()
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures: the Compose tests' own wait on it
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The first test of tests/lab lets the Compose run start (tests/lab/background.py)."""
+    import sys
+
+    background = sys.modules.get("tests.lab.background")
+    if background is not None and item.nodeid.startswith(LAB_TESTS):
+        background.open_gate(LAB_TESTS)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -78,6 +78,7 @@ class Scheduler:
         self._procs: set[subprocess.Popen[str]] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._gates: dict[str, threading.Event] = {}
         self.t0 = time.monotonic()
         self.times: dict[str, tuple[float, float]] = {}  # job: (started, ended), s since t0
 
@@ -123,6 +124,21 @@ class Scheduler:
             for _ in as_completed(pending, timeout=timeout):
                 pass
 
+    def _gate(self, name: str) -> threading.Event:
+        with self._lock:
+            return self._gates.setdefault(name, threading.Event())
+
+    def open_gate(self, name: str) -> None:
+        """Let the jobs waiting on gate ``name`` go on (tests/conftest.py opens ``tests/lab/``
+        when the first test there starts)."""
+        self._gate(name).set()
+
+    def wait_gate(self, name: str, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) for gate ``name``, or until the session ends."""
+        gate, end = self._gate(name), time.monotonic() + timeout
+        while not gate.wait(1) and not self._stopping.is_set() and time.monotonic() < end:
+            pass
+
     def stopping(self) -> bool:
         """Whether the session is ending (a job that waits for something should give up)."""
         return self._stopping.is_set()
@@ -149,6 +165,8 @@ class Scheduler:
         """End the jobs: queued ones never start, running ones' subprocesses get SIGTERM (a
         lab run tears its lab down on it), then SIGKILL after ``grace`` seconds."""
         self._stopping.set()
+        for gate in list(self._gates.values()):
+            gate.set()
         for future in self.futures.values():
             future.cancel()
         with self._lock:
@@ -177,6 +195,8 @@ def start(session: pytest.Session, out: Callable[[str], Path]) -> None:
 result = SESSION.result
 settle = SESSION.settle
 stopping = SESSION.stopping
+open_gate = SESSION.open_gate
+wait_gate = SESSION.wait_gate
 run = SESSION.run
 stop = SESSION.stop
 report = SESSION.report

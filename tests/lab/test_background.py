@@ -85,3 +85,20 @@ def test_stop_ends_a_running_subprocess_and_skips_the_queue(tmp_path: Path) -> N
     assert sched.stopping()
     with pytest.raises(pytest.skip.Exception, match="the session is ending"):
         sched.run(["true"], 5)
+
+
+def test_a_gate_holds_a_job_until_it_opens_or_the_session_ends() -> None:
+    sched = Scheduler({}, {"lab": 1})
+    passed = threading.Event()
+    th = threading.Thread(target=lambda: (sched.wait_gate("tests/lab/", 30), passed.set()))
+    th.start()
+    assert not passed.wait(1.5)  # held
+    sched.open_gate("tests/lab/")
+    assert passed.wait(5)
+    th.join(5)
+    t0 = time.monotonic()
+    other = threading.Thread(target=sched.wait_gate, args=("never", 30))
+    other.start()
+    sched.stop()
+    other.join(5)
+    assert not other.is_alive() and time.monotonic() - t0 < 5

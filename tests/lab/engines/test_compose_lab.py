@@ -4,9 +4,10 @@ topology with the two port-allocation NATs and the IPv6 kinds on a dual-stack in
 (Ctrl-C) and killed (kill -9) to check that nothing is left behind.
 
 The run itself is the long pole of the suite, and mostly waits on Docker: tests/conftest.py
-puts these tests last and starts the image build when the tests are collected, and the run is
-a background job of the session (tests/lab/background.py) that starts once the image is there,
-so that by the time these tests come it is done. Nothing here sends a packet outside the
+puts these tests at the end of tests/lab and starts the image build when the tests are
+collected, and the run is a background job of the session (tests/lab/background.py) that
+starts with the first test of tests/lab once the image is there, so that by the time these
+tests come it is done or nearly. Nothing here sends a packet outside the
 lab: the host's reachability is compared by its routes and ``ip route get`` for every address
 it uses (which sends nothing).
 """
@@ -128,11 +129,13 @@ def _compose_run(tmp: Path) -> dict[str, Any]:
     """The Compose tests' one run, timed: the default topology with the stacks the image runs
     (aiortc, the pion peer built on the host) and a ``--peer`` command from a ``--mount``.
 
-    A background job from the start of the session (tests/lab/background.py): it waits for the
-    image (built since collection) and for the netns lab runs of the background, then runs
-    beside the rest of the suite, which it hardly loads (it waits on Docker). Nothing else in
-    the suite changes what ``host_state`` compares (host routes, links, the lab's rules: netns
-    labs make their links inside their namespaces); the interrupted runs below wait for it."""
+    A background job of the session (tests/lab/background.py): it waits for the first test of
+    tests/lab, the image (built since collection) and the netns lab runs of the background,
+    then runs beside the netns lab's tests, which it hardly loads (it waits on Docker). These
+    tests come at the end of tests/lab (tests/conftest.py). Nothing there changes what
+    ``host_state`` compares (host routes, links, the lab's rules: netns labs make their links
+    inside their namespaces), and nothing there compares readings of the host's addresses
+    (tests/lab/engines/test_hostnet.py runs after these); the interrupted runs below wait for it."""
     require_docker()
     from natkit.errors import PrerequisiteError
     from natkit.lab.stacks.build import find_program
@@ -143,6 +146,7 @@ def _compose_run(tmp: Path) -> dict[str, Any]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"the pion peer is not built on this CI machine: {exc}")
         pytest.skip(f"the pion peer is not built here: {exc}")
+    background.wait_gate("tests/lab/", timeout=3600)  # beside the netns lab's tests only
     info = image(background.stopping)  # built in the background since collection (or found)
     background.settle("lab", timeout=900)  # the netns lab runs first: not two lab runs' CPU at once
     before = host_state()
