@@ -90,7 +90,12 @@ def test_stop_ends_a_running_subprocess_and_skips_the_queue(tmp_path: Path) -> N
 def test_a_gate_holds_a_job_until_it_opens_or_the_session_ends() -> None:
     sched = Scheduler({}, {"lab": 1})
     passed = threading.Event()
-    th = threading.Thread(target=lambda: (sched.wait_gate("tests/lab/", 30), passed.set()))
+
+    def waiter() -> None:
+        sched.wait_gate("tests/lab/", 30)
+        passed.set()
+
+    th = threading.Thread(target=waiter)
     th.start()
     assert not passed.wait(1.5)  # held
     sched.open_gate("tests/lab/")
