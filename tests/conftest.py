@@ -69,18 +69,68 @@ def _turnservers() -> set[str]:
 
 
 COMPOSE_LAB_TESTS = "tests/lab/engines/test_compose_lab.py"
+# Tests that compare two readings of the host's own addresses and routes: a Compose run beside
+# them adds and removes bridges with addresses on the host. They run after the Compose tests.
+HOST_READING_TESTS = "tests/lab/engines/test_hostnet.py"
+# Where the Compose run may start (tests/lab/background.py): only beside the netns lab's tests,
+# which make everything inside their namespaces and read nothing of the host's.
+LAB_TESTS = "tests/lab/"
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The Compose lab's tests run last, and the lab image's build starts now, in the background,
-    so that it overlaps everything before them (the build is mostly waiting on I/O)."""
+    """The Compose lab's tests run at the end of tests/lab (last when nothing comes after),
+    followed by the tests that read the host's addresses, and the lab image's build starts
+    now, in the background, so that it overlaps everything before them (the build is mostly
+    waiting on I/O). The Compose run itself is a background job too (tests/lab/background.py):
+    it starts with the first test of tests/lab, once the image is there, and the Compose tests
+    read it; nothing after them sees Docker's bridges come and go."""
     compose = [i for i in items if i.nodeid.startswith(COMPOSE_LAB_TESTS)]
     if not compose:
         return
-    items[:] = [i for i in items if i not in compose] + compose
+    host = [i for i in items if i.nodeid.startswith(HOST_READING_TESTS)]
+    rest = [i for i in items if i not in compose and i not in host]
+    last_lab = max((k for k, i in enumerate(rest) if i.nodeid.startswith(LAB_TESTS)), default=len(rest) - 1)
+    items[:] = rest[: last_lab + 1] + compose + host + rest[last_lab + 1 :]
     from tests.lab.engines.docker_lab import STACKS_TEST, start_image_build
 
     start_image_build(stacks=any(STACKS_TEST in i.nodeid for i in compose))
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures: the Compose tests' own wait on it
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The first test of tests/lab lets the Compose run start (tests/lab/background.py)."""
+    import sys
+
+    background = sys.modules.get("tests.lab.background")
+    if background is not None and item.nodeid.startswith(LAB_TESTS):
+        background.open_gate(LAB_TESTS)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The long lab runs the collected tests read start now, in the background
+    (tests/lab/background.py): they overlap each other and the tests before theirs."""
+    import sys
+
+    background = sys.modules.get("tests.lab.background")  # loaded with tests/lab's conftest
+    if background is None or session.config.option.collectonly or not session.items:
+        return
+    from tests.lab.conftest import lab_root_reason
+
+    if lab_root_reason() is None:
+        background.start(session, session.config._tmp_path_factory.mktemp)  # type: ignore[attr-defined]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The background lab runs' own times (their tests only wait for them: ``--durations``
+    shows the wait, not the run)."""
+    import sys
+
+    background = sys.modules.get("tests.lab.background")
+    lines = background.report() if background is not None else []
+    if lines:
+        terminalreporter.write_sep("=", "lab runs in the background (tests/lab/background.py)")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def _docker_objects() -> set[str]:
@@ -104,6 +154,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import sys
+
+    background = sys.modules.get("tests.lab.background")
+    if background is not None:
+        background.stop()  # what no test waited for (-x, Ctrl-C), before the leak check
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         return  # fixtures of an interrupted run may not be torn down yet
     before_ns, before_ts, before_docker = getattr(session.config, "_natkit_before", (set(), set(), set()))

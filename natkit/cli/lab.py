@@ -70,6 +70,7 @@ def register(sub: Any, verb: str, help_text: str) -> None:
         "  natkit lab run --stacks aiortc,pion --only srflx\n"
         "  natkit lab run --full --shard 2/4 --json shard2.json\n"
         "  natkit lab run --peer mine='./my-peer --role {role}'\n"
+        "  natkit lab run --peer mine='./my-peer' --full --with mine --only srflx,relay\n"
         "  natkit lab run --turn-engine coturn --browser\n"
         "  natkit lab run --engine compose --json lab.json\n"
         "  natkit lab run --engine compose --peer mine='python3 /srv/peer/peer.py' --mount /srv/peer\n",
@@ -109,6 +110,11 @@ def register(sub: Any, verb: str, help_text: str) -> None:
         "and the peers)",
     )
     run.add_argument("--full", action="store_true", help="every stack pair x every NAT pair x every path (long: see docs/benchmarks.md)")
+    run.add_argument(
+        "--with", action="append", default=[], metavar="LIST", dest="with_stacks",
+        help="only the cases in which one of these stacks (comma-separated, of the run's stacks) is caller "
+        "or callee, e.g. --full --peer mine=... --with mine: every case of the peer, none of aiortc with itself",
+    )
     run.add_argument(
         "--peer", action="append", default=[], metavar="NAME=COMMAND",
         help="run COMMAND (docs/lab-peers.md) as stack NAME, caller and callee, behind every NAT; repeatable; "
@@ -279,7 +285,7 @@ def _run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     selection = choose(topo, stack_names=args.stacks, peers=args.peer, full=args.full, only=args.only,
                        unavailable=compose_lab.stack_unavailable if compose_lab is not None else None,
-                       peer_caps=args.peer_caps)
+                       peer_caps=args.peer_caps, with_stacks=args.with_stacks)
     progress = report.Progress(sys.stderr)
     for name, why in selection.skipped:
         progress("stage", {"text": f"stack {name} left out: {why}"})

@@ -1,5 +1,5 @@
 """Which stacks and cases a run gets from its options (``--stacks``, ``--peer``, ``--full``,
-``--only``): the one function behind ``natkit lab run`` that both engines' runs share.
+``--only``, ``--with``): the one function behind ``natkit lab run`` that both engines' runs share.
 
 * no ``--stacks`` and no ``--peer``: every built-in stack that can run here (the ones that
   cannot are left out and named, with what to install, in the plan's ``skipped``);
@@ -7,8 +7,11 @@
 * ``--stacks``: exactly those (a ``--peer`` must be among them); one that cannot run stops the
   run with what to install.
 
-Then :func:`natkit.lab.matrix.select` (the default selection or ``--full``) and the ``--only``
-filter.
+Then :func:`natkit.lab.matrix.select` (the default selection or ``--full``), the ``--only``
+filter, and the ``--with`` filter: only the cases in which one of the named stacks is caller
+or callee (``--full --peer mine=... --with mine``: every case of the peer, none of the
+reference stack with itself, which is a sixth of ``--full`` over two stacks and says nothing
+of the peer).
 """
 
 from __future__ import annotations
@@ -96,11 +99,13 @@ def choose(
     only: Sequence[str] = (),
     unavailable: Unavailable | None = None,
     peer_caps: Sequence[str] = (),
+    with_stacks: Sequence[str] = (),
 ) -> Selection:
     """The run's :class:`~natkit.lab.matrix.Selection` (see the module docstring).
     ``stack_names``: ``--stacks`` values; ``peers``: ``--peer`` values (registered here);
     ``unavailable``: the engine's own reason a stack cannot run there (the Compose engine's
-    image: :func:`natkit.lab.engines.compose_lab.stack_unavailable`), besides this host's."""
+    image: :func:`natkit.lab.engines.compose_lab.stack_unavailable`), besides this host's;
+    ``with_stacks``: ``--with`` values (stacks of the run; a case stays when one takes part)."""
     added = [p.name for p in register_peers(peers, peer_caps)]
     known = [*BUILTIN, *added]
     named = parse_stacks(stack_names, known)
@@ -122,13 +127,29 @@ def choose(
         chosen, skipped = _available(BUILTIN, unavailable)
         if REFERENCE not in chosen:
             raise PrerequisiteError(f"the reference stack cannot run: {dict(skipped)[REFERENCE]}")
+    taking_part = _taking_part(with_stacks, chosen)
     selection = select(topo, chosen, full=full, skipped=skipped, dtls_ok=_dtls_ok)
     cases = [c for c in selection.cases if c.path != "longevity" or all(_idles(n) for n in c.stacks)]
     if only:
         cases = select_cases(topo, only, within=tuple(cases))
+    if taking_part:
+        cases = [c for c in cases if taking_part & set(c.stacks)]
+        if not cases:
+            raise ConfigError(f"no case of the plan has {','.join(sorted(taking_part))} taking part", param="with_stacks")
     if len(cases) == len(selection.cases):
         return selection
     return Selection(selection.kind, selection.stacks, selection.reference, tuple(cases), selection.skipped)
+
+
+def _taking_part(items: Sequence[str], chosen: Sequence[str]) -> set[str]:
+    """``--with`` values (comma-separated, repeatable) as names, each one of the run's stacks."""
+    names = {n for item in items for n in (t.strip() for t in item.split(",")) if n}
+    if items and not names:
+        raise ConfigError("name at least one stack of the run, e.g. --with mine", param="with_stacks")
+    for name in sorted(names):
+        if name not in chosen:
+            raise ConfigError(f"{name} is not among the run's stacks ({','.join(chosen)})", param="with_stacks")
+    return names
 
 
 def _idles(name: str) -> bool:

@@ -41,3 +41,42 @@ def test_a_peer_declared_without_idle_has_no_longevity_cases_and_gets_derived_ex
     assert any(c.path == "longevity" for c in sel.cases)  # the reference's own stay
     caps = stacks.capabilities_of("mine")
     assert caps.known and caps.turn == ("udp", "tcp") and caps.ipv6 is False and caps.keepalive_s == 5.0
+
+
+def test_with_keeps_the_cases_a_stack_takes_part_in_and_only_those() -> None:
+    """--full --peer mine=... --with mine: every case of the peer (as caller and as callee,
+    with the reference and with itself), none of the reference with itself."""
+    topo = load(DEFAULT_TOPOLOGY)
+    whole = choose(topo, peers=[f"mine={TRUE}"], full=True, only=["srflx,relay"])
+    stacks.STACKS.pop("mine")
+    stacks._cache.pop("mine")
+    mine = choose(topo, peers=[f"mine={TRUE}"], full=True, only=["srflx,relay"], with_stacks=["mine"])
+    assert [c for c in whole.cases if "mine" in c.stacks] == list(mine.cases)  # same cases, same order
+    assert {c.stacks for c in mine.cases} == {("aiortc", "mine"), ("mine", "aiortc"), ("mine", "mine")}
+    assert 0 < len(mine.cases) < len(whole.cases) and any(c.stacks == ("aiortc", "aiortc") for c in whole.cases)
+    assert mine.id != whole.id and mine.kind == "full" and mine.stacks == whole.stacks  # shards of it agree
+    # every NAT of the matrix, the peer behind it as caller and as callee
+    rows = {n.name for n in topo.matrix_nats}
+    for i in (0, 1):
+        assert {c.nats[i] for c in mine.cases if c.stacks[i] == "mine"} >= rows
+    # of the default selection too; two stacks named: either one
+    default = choose(topo, stack_names=["aiortc,pion"], with_stacks=["pion"])
+    assert default.cases and all("pion" in c.stacks for c in default.cases)
+    both = choose(topo, stack_names=["aiortc,pion"], with_stacks=["pion,aiortc"])
+    assert len(both.cases) == len(choose(topo, stack_names=["aiortc,pion"]).cases)
+
+
+@pytest.mark.parametrize(("with_stacks", "what"), [
+    (["libnice"], "libnice is not among the run's stacks (aiortc,pion)"),
+    (["nope"], "nope is not among the run's stacks"),
+    ([","], "name at least one stack"),
+])
+def test_with_names_stacks_of_the_run(with_stacks: list[str], what: str) -> None:
+    with pytest.raises(ConfigError, match=what.replace("(", r"\(").replace(")", r"\)")) as err:
+        choose(load(DEFAULT_TOPOLOGY), stack_names=["aiortc,pion"], with_stacks=with_stacks)
+    assert err.value.param == "with_stacks"
+
+
+def test_with_a_stack_no_case_of_the_plan_has_stops() -> None:
+    with pytest.raises(ConfigError, match="no case of the plan has pion taking part"):
+        choose(load(DEFAULT_TOPOLOGY), stack_names=["aiortc,pion"], only=["longevity"], with_stacks=["pion"])

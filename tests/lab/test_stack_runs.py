@@ -1,7 +1,8 @@
 """`natkit lab run` with several stacks, as root: shards merged equal the unsharded run's cells;
 `--peer` commands behind the NATs (the reference peer, and peers that misbehave: each case
-fails with a clear error and the run ends); `--stacks` errors; the default run (the session's
-shared one, tests/lab/conftest.py)."""
+fails with a clear error and the run ends); `--stacks` errors; a Go peer written from the
+contract; the default run. Each run is the session's, from tests/lab/conftest.py: started in the
+background when the session starts, read here."""
 
 from __future__ import annotations
 
@@ -10,38 +11,29 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from natkit.lab.matrix import BUILTIN
-from tests.lab.conftest import DEFAULT_RUN_TEST_TIMEOUT, LabRun
+from tests.lab.background import QUEUE_WAIT_S
+from tests.lab.conftest import (
+    DEFAULT_RUN_TEST_TIMEOUT,
+    GO_PEER_RUN_TIMEOUT,
+    STACK_RUN_TIMEOUT,
+    LabRun,
+)
 
+# A test here may wait for its run (tests/lab/conftest.py) behind others in the background.
 pytestmark = [pytest.mark.timeout(240), pytest.mark.root]
+RUN_TEST_TIMEOUT = 3 * STACK_RUN_TIMEOUT + 60 + QUEUE_WAIT_S
 
 needs_root = pytest.mark.skipif(
     sys.platform != "linux" or os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("dumpcap") is None,
     reason="needs root on Linux (namespaces, nftables) and dumpcap",
 )
 NATKIT = [sys.executable, "-m", "natkit"]
-REFERENCE = Path(__file__).resolve().parents[2] / "examples" / "lab-peer" / "peer.py"
-# The default selection over aiortc and pion cut down to what a merge must get right: cases
-# of every stack pair (pion x pion too), connected and failed as expected (symmetric x
-# symmetric over srflx), over the two paths that differ between stacks, probes of two NATs.
-# (Not port-restricted: its 20 s mapping lifetime is measured in every run that has it, and a
-# run this small would wait for that.)
-ONLY = ["--only", "full-cone,symmetric", "--only", "srflx,relay"]
-
-
-def _run(*args: str, timeout: float = 200) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    proc = subprocess.run([*NATKIT, "lab", "run", *args], capture_output=True, text=True, timeout=timeout)
-    out = next((args[i + 1] for i, a in enumerate(args) if a == "--json"), None)
-    data = json.loads(Path(out).read_text()) if out and Path(out).exists() else {}
-    return proc, data
 
 
 def _cells(data: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -49,34 +41,20 @@ def _cells(data: dict[str, Any]) -> list[tuple[Any, ...]]:
              c["expected"], c["observed"], c["expected_route"], c["route"], c["reason"], c["pass"]) for c in data["cases"]]
 
 
-GO_PEER_TEST = "test_a_go_peer_written_from_the_contract_alone_behind_every_nat"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def go_peer_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[Path] | None]:
-    """The Go peer's compile (about 15 s of CPU), started when this module starts so that it
-    overlaps the lab runs before the Go peer's test (they mostly wait on the network); only
-    when that test is going to run."""
-    wanted = any(item.name == GO_PEER_TEST and item.module is request.module for item in request.session.items)
-    if not wanted or needs_root.args[0]:
-        yield None
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="go-peer-build") as pool:
-        yield pool.submit(_build_go_peer, tmp_path_factory.mktemp("go-peer"))
-
-
 @needs_root
-def test_a_merge_of_shards_equals_the_unsharded_run(tmp_path: Path) -> None:
-    common = ["--stacks", "aiortc,pion", *ONLY, "--deadline", "6"]
-    whole_proc, whole = _run(*common, "--json", str(tmp_path / "all.json"))
-    assert whole_proc.returncode == 0, whole_proc.stdout[-3000:] + whole_proc.stderr[-2000:]
+@pytest.mark.timeout(RUN_TEST_TIMEOUT)
+def test_a_merge_of_shards_equals_the_unsharded_run(tmp_path: Path, shard_runs: dict[str, LabRun]) -> None:
+    """The small aiortc x pion plan whole and in two shards (tests/lab/conftest.py), merged."""
+    whole_proc, whole = shard_runs["whole"].proc, shard_runs["whole"].data
+    assert whole_proc.returncode == 0, shard_runs["whole"].explain()
     shards = []
     for k in (1, 2):
-        proc, data = _run(*common, "--shard", f"{k}/2", "--json", str(tmp_path / f"s{k}.json"))
+        run = shard_runs[f"s{k}"]
+        proc, data = run.proc, run.data
         assert proc.returncode == 0, proc.stdout[-3000:]
         assert data["shard"] == {"index": k, "count": 2} and data["plan"]["id"] == whole["plan"]["id"]
         assert 0 < len(data["cases"]) < len(whole["cases"])
-        shards.append(str(tmp_path / f"s{k}.json"))
+        shards.append(str(run.json_path))
     stacks = {(c["caller_stack"], c["callee_stack"]) for c in whole["cases"]}
     assert stacks == {("aiortc", "aiortc"), ("aiortc", "pion"), ("pion", "aiortc"), ("pion", "pion")}, stacks
     assert {c["observed"] for c in whole["cases"]} == {"connected", "failed"}
@@ -97,21 +75,12 @@ def test_a_merge_of_shards_equals_the_unsharded_run(tmp_path: Path) -> None:
 
 
 @needs_root
-def test_peer_commands_behind_every_nat_and_peers_that_misbehave(tmp_path: Path) -> None:
+@pytest.mark.timeout(RUN_TEST_TIMEOUT)
+def test_peer_commands_behind_every_nat_and_peers_that_misbehave(peer_commands_run: LabRun) -> None:
     """The reference peer connects where the NATs say; a peer that exits at once, hangs, or
-    prints garbage fails each of its cases with one clear line, and the run still ends."""
-    py = sys.executable
-    t0 = time.monotonic()
-    proc, data = _run(
-        "--peer", f"ref={py} {REFERENCE}",
-        "--peer", "dies=sh -c 'echo dying >&2; exit 3'",
-        "--peer", "hangs=sleep 600",
-        "--peer", "garbage=sh -c 'echo \"{not json\"; exit 1'",
-        "--stacks", "aiortc,ref,dies,hangs,garbage",
-        "--only", "full-cone,symmetric", "--only", "srflx",
-        "--deadline", "5", "--json", str(tmp_path / "peers.json"),
-    )
-    took = time.monotonic() - t0
+    prints garbage fails each of its cases with one clear line, and the run still ends
+    (the run: tests/lab/conftest.py; ``took`` is the run's own time)."""
+    proc, data, took = peer_commands_run.proc, peer_commands_run.data, peer_commands_run.took
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert took < 120, took
     by: dict[str, list[dict[str, Any]]] = {}
@@ -150,6 +119,8 @@ def test_stack_and_peer_errors_are_one_line(tmp_path: Path) -> None:
         (["--peer", "mine=/no/such/program"], "not an executable file"),
         (["--peer", "mine=true", "--stacks", "aiortc,pion"], "--stacks: peer mine is not among the stacks"),
         (["--shard", "3/2"], "K must be 1..N"),
+        (["--stacks", "aiortc,pion", "--with", "libnice"], "--with: libnice is not among the run's stacks (aiortc,pion)"),
+        (["--stacks", "aiortc,pion", "--only", "longevity", "--with", "pion"], "--with: no case of the plan has pion"),
     ):
         proc = subprocess.run([*NATKIT, "lab", "run", *args], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and what in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
@@ -157,42 +128,16 @@ def test_stack_and_peer_errors_are_one_line(tmp_path: Path) -> None:
         assert proc.stderr.count("--peer") <= 1, proc.stderr  # the flag named once, by the CLI
 
 
-GO_PEER = Path(__file__).resolve().parents[2] / "examples" / "lab-peer-go" / "main.go"
-
-
-def _build_go_peer(out: Path) -> Path:
-    """Compile examples/lab-peer-go offline (GOPATH mode over Debian's Go sources)."""
-    from natkit.lab.stacks.build import GOCODE, link_major_versions
-
-    if shutil.which("go") is None or not (GOCODE / "github.com/pion/webrtc").is_dir():
-        pytest.fail("the Go peer needs golang-go and golang-github-pion-webrtc.v3-dev (.ci/bootstrap installs them)")
-    src = out / "src"
-    link_major_versions(src, GOCODE)
-    main = src / "labpeergo"
-    main.mkdir(parents=True)
-    shutil.copyfile(GO_PEER, main / "main.go")
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(out), "GO111MODULE": "off",
-           "GOPATH": f"{out}{os.pathsep}{GOCODE.parent}", "GOCACHE": str(out / "cache"), "GOFLAGS": "",
-           "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
-    binary = out / "lab-peer-go"
-    proc = subprocess.run(["go", "build", "-o", str(binary), "."], cwd=main, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return binary
-
-
 @needs_root
-@pytest.mark.timeout(900)
-def test_a_go_peer_written_from_the_contract_alone_behind_every_nat(tmp_path: Path, go_peer_build: Future[Path] | None) -> None:
+@pytest.mark.timeout(600 + GO_PEER_RUN_TIMEOUT + QUEUE_WAIT_S)  # the build's budget, the run's, the queue
+def test_a_go_peer_written_from_the_contract_alone_behind_every_nat(go_peer_run: LabRun) -> None:
     """examples/lab-peer-go (pion, written from docs/lab-peers.md) as --peer: as caller and as
     callee behind every NAT, against aiortc and itself, with what it declares (--peer-caps):
     TURN over TLS trusting the lab CA, idling on the longevity path; every case as expected.
+    (``--with gopeer``: the cross product's cases of aiortc with itself say nothing of the peer.)
     (The longevity case idles past port-restricted's 20 s lifetime, so the lifetime
     measurement runs alongside and costs nothing extra.)"""
-    assert go_peer_build is not None
-    binary = go_peer_build.result(timeout=600)
-    proc, data = _run("--peer", f"gopeer={binary}", "--peer-caps", "gopeer=relay-udp,relay-tcp,relay-tls,idle,keepalive=2,dtls=ecdsa",
-                      "--stacks", "aiortc,gopeer", "--full", "--only", "srflx,relay,relay-tls,longevity",
-                      "--deadline", "8", "--json", str(tmp_path / "go.json"), timeout=400)
+    proc, data = go_peer_run.proc, go_peer_run.data  # built and run in tests/lab/conftest.py
     mine = [c for c in data.get("cases", []) if "gopeer" in (c["caller_stack"], c["callee_stack"])]
     assert mine, proc.stdout[-2000:] + proc.stderr[-2000:]
     bad = [(c["id"], c["caller_error"], c["callee_error"]) for c in mine if not c["pass"]]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -70,16 +72,17 @@ def start_image_build(*, stacks: bool = True) -> None:
     th.start()
 
 
-def image(*, stacks: bool = False) -> Any:
-    """The lab image (an ImageInfo), waiting for the background build; ``stacks``: its
-    flavour with the browsers and libnice."""
-    import time
-
+def image(cancelled: Callable[[], bool] = lambda: False, *, stacks: bool = False) -> Any:
+    """The lab image (an ImageInfo), waiting for the background build (at most 900 s; less
+    when ``cancelled()`` turns true: the session is ending); ``stacks``: its flavour with the
+    browsers and libnice."""
     key = "stacks" if stacks else "info"
     start_image_build()
     th = _build.get("thread")
     end = time.monotonic() + 900
     while th is not None and th.is_alive() and f"{key}-done" not in _build and time.monotonic() < end:
+        if cancelled():
+            pytest.skip("the session ended before the lab image was built")
         th.join(1)
     if stacks and "stacks-done" not in _build and (th is None or not th.is_alive()):
         # the background build did not include the flavour (its test was not collected first)

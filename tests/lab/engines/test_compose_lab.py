@@ -3,8 +3,11 @@ topology with the two port-allocation NATs and the IPv6 kinds on a dual-stack in
 (run once per session, asserted on from several tests), and a small lab interrupted
 (Ctrl-C) and killed (kill -9) to check that nothing is left behind.
 
-The run itself is the long pole of the suite, so tests/conftest.py puts these tests last and
-starts the image build when the tests are collected. Nothing here sends a packet outside the
+The run itself is the long pole of the suite, and mostly waits on Docker: tests/conftest.py
+puts these tests at the end of tests/lab and starts the image build when the tests are
+collected, and the run is a background job of the session (tests/lab/background.py) that
+starts with the first test of tests/lab once the image is there, so that by the time these
+tests come it is done or nearly. Nothing here sends a packet outside the
 lab: the host's reachability is compared by its routes and ``ip route get`` for every address
 it uses (which sends nothing).
 """
@@ -26,6 +29,7 @@ from natkit.lab.engines import hostnet
 from natkit.lab.engines.compose import LABEL
 from natkit.lab.engines.docker import DockerAPI
 from natkit.lab.topology import load
+from tests.lab import background
 from tests.lab.engines.docker_lab import image, require_docker
 from tests.lab.topologies import small_topology
 
@@ -120,10 +124,18 @@ def _ref_udp_blocked_relay(c: dict[str, Any]) -> bool:
     return c["path"] == "relay" and ("udp-blocked", "ref") in sides
 
 
-@pytest.fixture(scope="session")
-def compose_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@background.job("compose_run", estimate_s=130, pool="docker")
+def _compose_run(tmp: Path) -> dict[str, Any]:
     """The Compose tests' one run, timed: the default topology with the stacks the image runs
-    (aiortc, the pion peer built on the host) and a ``--peer`` command from a ``--mount``."""
+    (aiortc, the pion peer built on the host) and a ``--peer`` command from a ``--mount``.
+
+    A background job of the session (tests/lab/background.py): it waits for the first test of
+    tests/lab, the image (built since collection) and the netns lab runs of the background,
+    then runs beside the netns lab's tests, which it hardly loads (it waits on Docker). These
+    tests come at the end of tests/lab (tests/conftest.py). Nothing there changes what
+    ``host_state`` compares (host routes, links, the lab's rules: netns labs make their links
+    inside their namespaces), and nothing there compares readings of the host's addresses
+    (tests/lab/engines/test_hostnet.py runs after these); the interrupted runs below wait for it."""
     require_docker()
     from natkit.errors import PrerequisiteError
     from natkit.lab.stacks.build import find_program
@@ -134,21 +146,33 @@ def compose_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"the pion peer is not built on this CI machine: {exc}")
         pytest.skip(f"the pion peer is not built here: {exc}")
-    info = image()  # built in the background since collection (or found)
-    tmp = tmp_path_factory.mktemp("compose-run")
+    background.wait_gate("tests/lab/", timeout=3600)  # beside the netns lab's tests only
+    info = image(background.stopping)  # built in the background since collection (or found)
+    background.settle("lab", timeout=900)  # the netns lab runs first: not two lab runs' CPU at once
     before = host_state()
     t0 = time.monotonic()
     src = run_topology(tmp)
-    res = subprocess.run(
+    res = background.run(
         [*NATKIT, "lab", "run", "--engine", "compose", str(src), "--stacks", STACKS, "--peer",
          f"ref=python3 {REF_PEER}/peer.py", "--mount", REF_PEER, "--json", str(tmp / "lab.json")],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        600, cwd=ROOT,
     )
     seconds = time.monotonic() - t0
     how = f"built in {info.seconds:.0f} s" if info.built else "cached"
-    print(f"\nnatkit lab run --engine compose --stacks {STACKS}: {seconds:.1f} s (image {info.tag}, {how})")
+    load = os.getloadavg()
+    summary = (f"natkit lab run --engine compose --stacks {STACKS}: {seconds:.1f} s (image {info.tag}, {how}; "
+               f"load average at its end {load[0]:.1f} {load[1]:.1f})")
     data = json.loads((tmp / "lab.json").read_text()) if (tmp / "lab.json").exists() else {}
-    return {"res": res, "data": data, "before": before, "after": host_state(before), "seconds": seconds, "topology": src}
+    return {"res": res, "data": data, "before": before, "after": host_state(before), "seconds": seconds, "topology": src,
+            "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def compose_run(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The background job's result (its skip or failure re-raised here)."""
+    run: dict[str, Any] = background.result("compose_run", request.config._tmp_path_factory.mktemp)  # type: ignore[attr-defined]
+    print(f"\n{run['summary']}")
+    return run
 
 
 def _why(run: dict[str, Any]) -> str:
@@ -295,7 +319,8 @@ def test_every_stack_runs_in_the_containers_with_the_netns_engines_cells(tmp_pat
             if os.environ.get("CI") == "true":
                 pytest.fail(f"the {name} stack cannot run on this CI machine: {exc}")
             pytest.skip(f"the {name} stack cannot run here: {exc}")
-    info = image(stacks=True)  # built in the background since collection (or found)
+    info = image(background.stopping, stacks=True)  # built in the background since collection
+    background.settle("docker", timeout=900)  # one Compose lab at a time (the session's run first)
     assert info.stacks == ("chromium", "firefox", "libnice")
     only = [a for o in ALL_STACKS_ONLY for a in ("--only", o)]
     runs: dict[str, dict[str, Any]] = {}
@@ -392,6 +417,7 @@ def _interrupted_small(tmp_path: Path, sig: signal.Signals) -> tuple[subprocess.
     tag, the host's state before."""
     require_docker()
     image()
+    background.settle("docker", timeout=900)  # the session's Compose run is over: host_state is its own
     before = host_state()
     proc, _ = _start_small(tmp_path)
     try:
