@@ -67,10 +67,8 @@ Unavailable = Callable[[str], "str | None"]  # why a stack cannot run on the eng
 
 
 def _why_not(name: str, unavailable: Unavailable | None) -> str | None:
-    if unavailable is not None:
-        why = unavailable(name)
-        if why is not None:
-            return why
+    if unavailable is not None:  # the engine runs the stacks elsewhere (its image): its word
+        return unavailable(name)
     try:
         stacks.get(name).check()
     except PrerequisiteError as exc:
@@ -104,7 +102,8 @@ def choose(
     """The run's :class:`~natkit.lab.matrix.Selection` (see the module docstring).
     ``stack_names``: ``--stacks`` values; ``peers``: ``--peer`` values (registered here);
     ``unavailable``: the engine's own reason a stack cannot run there (the Compose engine's
-    image: :func:`natkit.lab.engines.compose_lab.stack_unavailable`), besides this host's;
+    image: :func:`natkit.lab.engines.compose_lab.stack_unavailable`), instead of this host's
+    (the stacks run in the image: a host without Chromium runs it under Compose);
     ``with_stacks``: ``--with`` values (stacks of the run; a case stays when one takes part)."""
     added = [p.name for p in register_peers(peers, peer_caps)]
     known = [*BUILTIN, *added]

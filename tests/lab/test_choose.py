@@ -80,3 +80,30 @@ def test_with_names_stacks_of_the_run(with_stacks: list[str], what: str) -> None
 def test_with_a_stack_no_case_of_the_plan_has_stops() -> None:
     with pytest.raises(ConfigError, match="no case of the plan has pion taking part"):
         choose(load(DEFAULT_TOPOLOGY), stack_names=["aiortc,pion"], only=["longevity"], with_stacks=["pion"])
+
+
+def test_an_engine_with_an_image_of_its_own_decides_which_stacks_run_not_this_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under Compose the browsers run in the image's flavour: a host without Chromium still
+    runs its cases there (the engine's ``unavailable`` is the word), and the netns engine
+    (no ``unavailable``) leaves it out with the host's reason."""
+    from natkit.errors import PrerequisiteError
+    from natkit.lab.orchestrate import check_stacks
+
+    def missing() -> None:
+        raise PrerequisiteError("chromium is not installed on this host")
+
+    monkeypatch.setattr(stacks.get("chromium"), "check", missing)
+    topo = load(DEFAULT_TOPOLOGY)
+    here = choose(topo)  # the default stacks: those this host can run
+    assert ("chromium", "chromium is not installed on this host") in here.skipped
+    assert not any("chromium" in c.stacks for c in here.cases)
+    image = choose(topo, unavailable=lambda name: None)
+    assert not image.skipped and any("chromium" in c.stacks for c in image.cases)
+    named = choose(topo, stack_names=["aiortc", "chromium"], unavailable=lambda name: None)
+    check_stacks(named.cases, on_this_host=False)  # the roles only
+    with pytest.raises(PrerequisiteError):
+        check_stacks(named.cases)
+    gone = choose(topo, unavailable=lambda name: "not in the image" if name == "chromium" else None)
+    assert ("chromium", "not in the image") in gone.skipped

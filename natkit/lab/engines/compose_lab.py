@@ -453,7 +453,7 @@ def run(
     # the containers run the commands elsewhere: their relative paths made absolute here
     peers = [CommandPeer.from_spec(spec).spec for spec in peers]
     check_peers_mounted(peers, mounts)
-    check_stacks(cases)
+    check_stacks(cases, on_this_host=False)  # they run in the image (stack_unavailable above)
     plan = ctopo.plan(cases)
     for gone in cleanup_leftovers(api):
         notify("stage", {"text": f"removed a killed run's {gone}"})
