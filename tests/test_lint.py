@@ -1,4 +1,5 @@
-"""ruff stays clean everywhere and mypy --strict on the sans-IO core (pyproject's config)."""
+"""ruff stays clean everywhere and mypy --strict where pyproject's config holds it (the sans-IO core,
+the clients, probe, check, the servers and the benchmarks)."""
 
 from __future__ import annotations
 

@@ -254,7 +254,7 @@ def stream_server(
         with natkit_server(cpu, extra=extra) as (addr, pid):
             yield ((addr[0], tls_port) if certs else addr), pid
         return
-    tls = {"tls_cert": str(certs[0]), "tls_key": str(certs[1])} if certs else {}
+    tls: dict[str, Any] = {"tls_cert": str(certs[0]), "tls_key": str(certs[1])} if certs else {}
     turn = CoturnServer(
         [("127.0.0.1", 0)], realm=REALM, users={USER: PASSWORD}, relay_ip="127.0.0.1",
         allow_peers=["127.0.0.0/8"], min_port=RELAY_PORTS[0], max_port=RELAY_PORTS[1],
@@ -447,7 +447,7 @@ class Bench:
         r = _fields(line)
         server_cpu = sum(each1.values()) - sum(each0.values())
         relayed = int(r["peer_rx"]) + int(r["client_rx"])
-        out = {
+        out: dict[str, Any] = {
             "relayed_per_s": round(float(r["relayed_per_s"])),
             "round_trips_per_s": round(float(r["round_trips_per_s"])),
             "sent": int(r["sent"]),

@@ -17,12 +17,12 @@ import os
 import socket
 import ssl
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from natkit.server import _turn_fast
 from natkit.server._stream import GuardedStream, StreamGuard
 from natkit.stun import StreamFramer, StunParseError
-from natkit.turn.actions import Action, SendToPeer
+from natkit.turn.actions import Action, SendToClient, SendToPeer
 from natkit.turn.allocation import Address, Relay
 from natkit.turn.engine import TurnEngine
 
@@ -100,7 +100,8 @@ class UdpListener:
                         if type(out) is SendToPeer:
                             out.handle.sendto(out.data, out.peer)
                         else:  # relay-to-relay: to the other allocation's client
-                            out.client.send(out.data, out.addr)
+                            to = cast(SendToClient, out)  # (type() is, for speed, does not narrow)
+                            to.client.send(to.data, to.addr)
                     continue
                 self.handle(data, addr)
         except Exception:  # a bug must not stop the listener
@@ -343,7 +344,8 @@ class StreamClient(GuardedStream):
                                 batch = batches[fd] = bytearray()
                             batch += record(out.data, out.peer)
                         else:  # relay-to-relay: to the other allocation's client
-                            out.client.send(out.data, out.addr)
+                            to = cast(SendToClient, out)  # (type() is, for speed, does not narrow)
+                            to.client.send(to.data, to.addr)
                     continue
                 actions = self.engine.handle_client(self, self.addr, frame, now, stream=True)
                 if actions:

@@ -14,10 +14,10 @@ import contextlib
 import multiprocessing
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from multiprocessing.connection import Connection, wait
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 
 class WorkerServer(AbstractAsyncContextManager[Any], Protocol):
@@ -82,17 +82,18 @@ def _worker_main(cls: type[WorkerServer], options: dict[str, Any], up: Connectio
         asyncio.run(_run_until_signal(cls(**options), ready))
 
 
-def _wait_until_up(children: list[tuple[multiprocessing.process.BaseProcess, Connection]]) -> None:
+def _wait_until_up(children: Sequence[tuple[multiprocessing.process.BaseProcess, Connection]]) -> None:
     """Until every child serves (or died): a socket joining an SO_REUSEPORT group moves some
     sources to it, so "ready" waits until the group is complete."""
     deadline = time.monotonic() + _START_TIMEOUT
     pending = {conn: proc for proc, conn in children}
     while pending and time.monotonic() < deadline:
-        for conn in wait(list(pending), timeout=0.2):
+        for ready in wait(list(pending), timeout=0.2):
+            conn = cast(Connection, ready)  # (wait() gives back what it was given)
             with contextlib.suppress(EOFError, OSError):
                 conn.recv()
             conn.close()
-            pending.pop(conn)  # type: ignore[call-overload]
+            pending.pop(conn)
         for conn, proc in list(pending.items()):
             if not proc.is_alive():
                 conn.close()
