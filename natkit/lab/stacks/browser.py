@@ -221,6 +221,19 @@ class BrowserPeer:
         _, took = await asyncio.wait_for(self.browser(config), self.start_s + 20)
         return took or 0.0
 
+    async def restart(self, config: PeerConfig) -> float:
+        """Stop the browser and start a new one now (the seconds the start took): a failed
+        case showed it at fault (:mod:`natkit.lab.retry`). The names and CA it was started
+        with stay unless ``config`` brings others."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            driver, self._driver = self._driver, None
+            if driver is not None:
+                with contextlib.suppress(Exception):
+                    await driver.close()
+        return await self.prepare(config)
+
     async def close(self) -> None:
         """Stop the browser (a later case starts a new one)."""
         driver, self._driver = self._driver, None
