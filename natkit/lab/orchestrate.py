@@ -589,7 +589,8 @@ async def _run(
                 prepared.discard((node, name))
                 return f"{name} in {node}: {why}; starting it again failed: {res['error']}"
             prepared.add((node, name))
-            return f"{name} in {node} started again ({res.get('seconds', 0):g} s) before this attempt: {why}"
+            before = f"; {res['before']}" if res.get("before") else ""
+            return f"{name} in {node} started again ({res.get('seconds', 0):g} s) before this attempt: {why}{before}"
 
         notes = await asyncio.gather(*(one(node, name, why) for (node, name), why in todo.items()))
         out.timings["restart_s"] = out.timings.get("restart_s", 0.0) + time.monotonic() - t

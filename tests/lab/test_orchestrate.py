@@ -93,7 +93,7 @@ class FakeAgent:
             elif op == "restart":
                 self.restarted.append(cmd["stack"])
                 self.broken.discard(cmd["stack"])
-                answer(cmd["id"], {"seconds": 0.2})
+                answer(cmd["id"], {"seconds": 0.2, "before": "a blank tab of it gathered 0 host candidates"})
             elif op == "cancel":
                 self.cancelled.append(cmd["target"])
                 fut = waiting.pop(cmd["target"], None)
@@ -231,7 +231,7 @@ async def test_a_browser_that_gathered_nothing_is_started_again_before_the_secon
     assert not any(f.restarted for n, f in fakes.items() if n != node)
     for c in again:
         assert len(c.restarted) == 1 and c.restarted[0].startswith(f"firefox in {node} started again")
-        assert "no candidate" in c.restarted[0], c.restarted
+        assert "no candidate" in c.restarted[0] and c.restarted[0].endswith("gathered 0 host candidates"), c.restarted
         assert "no candidate" not in (c.first_error or "")  # that stays the first attempt's own error
         assert c.to_json()["restarted"] == c.restarted
     # the restart comes before any second attempt, and the orchestration document keeps it

@@ -221,18 +221,21 @@ class BrowserPeer:
         _, took = await asyncio.wait_for(self.browser(config), self.start_s + 20)
         return took or 0.0
 
-    async def restart(self, config: PeerConfig) -> float:
-        """Stop the browser and start a new one now (the seconds the start took): a failed
-        case showed it at fault (:mod:`natkit.lab.retry`). The names and CA it was started
-        with stay unless ``config`` brings others."""
+    async def restart(self, config: PeerConfig) -> tuple[float, str]:
+        """Stop the browser and start a new one now: a failed case showed it at fault
+        (:mod:`natkit.lab.retry`). The seconds the start took, and what a blank tab of the old
+        browser gathered first (:func:`gathers`: whether the fault was the browser's own). The
+        names and CA it was started with stay unless ``config`` brings others."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
             driver, self._driver = self._driver, None
+            before = "it was not running"
             if driver is not None:
+                before = await gathers(driver) if self._alive(driver) else "it had exited"
                 with contextlib.suppress(Exception):
                     await driver.close()
-        return await self.prepare(config)
+        return await self.prepare(config), before
 
     async def close(self) -> None:
         """Stop the browser (a later case starts a new one)."""
@@ -240,6 +243,39 @@ class BrowserPeer:
         if driver is not None:
             with contextlib.suppress(Exception):
                 await driver.close()
+
+
+# A peer connection without ICE servers in a blank tab: its host candidates (the browser's
+# own gathering, whatever a case's servers, NATs or other side do).
+GATHERS = """(async () => {
+  const pc = new RTCPeerConnection({iceServers: []});
+  pc.createDataChannel("natkit");
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((resolve) => { setTimeout(resolve, 3000); pc.addEventListener(
+    "icegatheringstatechange", () => pc.iceGatheringState === "complete" && resolve()); });
+  const n = pc.localDescription.sdp.split("\\r\\n").filter((l) => l.startsWith("a=candidate:")).length;
+  const out = {candidates: n, state: pc.iceGatheringState};
+  pc.close();
+  return out;
+})()"""
+
+
+async def gathers(driver: Driver) -> str:
+    """What a blank tab of ``driver`` gathers without ICE servers, in words (for a report)."""
+    tab: str | None = None
+    try:
+        tab = await asyncio.wait_for(driver.new_tab("about:blank"), PAGE_READY_S)
+        got = await driver.evaluate(tab, GATHERS, timeout=8)
+        if not isinstance(got, dict):
+            return "a blank tab of it answered nothing"
+        return (f"a blank tab of it gathered {got.get('candidates')} host candidates "
+                f"(iceGatheringState {got.get('state')})")
+    except (BrowserError, OSError, TimeoutError) as exc:
+        return f"a blank tab of it did not answer ({type(exc).__name__}: {exc or 'timed out'})"
+    finally:
+        if tab is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(driver.close_tab(tab), CLOSE_S)
 
 
 async def run_in_tab(driver: Driver, url: str, params: dict[str, Any], deadline_s: float) -> dict[str, Any]:
