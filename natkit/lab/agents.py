@@ -20,7 +20,7 @@ Wire format, one JSON object per line: a command ``{"id": N, "op": OP, ...}``; i
                     before the cases; result: ``{"seconds"}`` (``{"error"}`` if it failed)
 ``restart``         ``stack``, ``config``: stop that and start it again (a browser a failed
                     case showed at fault, before the case runs again); result: as ``prepare``,
-                    and ``before``: what a blank tab of the old browser gathered
+                    and ``before``: what a new tab of the old browser gathered
 ``probe``           ``server`` (stun: URL), ``timeout``: ``natkit probe``; result: its JSON
 ``servers``         ``spec`` (ServersSpec as JSON): STUN, TURN, signaling until stopped
 ``stop-servers``    unwind the servers (the ``servers`` command then answers)

@@ -93,7 +93,7 @@ class FakeAgent:
             elif op == "restart":
                 self.restarted.append(cmd["stack"])
                 self.broken.discard(cmd["stack"])
-                answer(cmd["id"], {"seconds": 0.2, "before": "a blank tab of it gathered 0 host candidates"})
+                answer(cmd["id"], {"seconds": 0.2, "before": "a new tab of it gathered 0 host candidates"})
             elif op == "cancel":
                 self.cancelled.append(cmd["target"])
                 fut = waiting.pop(cmd["target"], None)
