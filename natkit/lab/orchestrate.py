@@ -567,6 +567,7 @@ async def _run(
             await browsers
         out.timings["browser_s"] = time.monotonic() - t1
         out.timings["cases_s"] = max(out.timings["cases_s"], out.timings["browser_s"])
+
     async def restart_browsers(again: Sequence[Case]) -> dict[tuple[str, str], str]:
         """Start again, before the second attempts, every browser that a failed attempt showed
         at fault (:func:`natkit.lab.retry.restarts`): (node, stack) -> what the reports say."""
