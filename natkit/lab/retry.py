@@ -10,8 +10,8 @@ attempt that showed such a fault, and that node's browser is started again first
 round whatever the number of its cases. The case's report says so (``restarted``).
 
 What counts as the browser's fault, not the network's (:func:`broken_browser`): its page
-**gathered nothing** (no candidate in its SDP, not even one it dropped for the path, and none
-known to getStats), or its **page or driver did not answer** (the tab did not load, the script
+**signaled no candidate at all** (none in its SDP, not even one it dropped for the path), or
+its **page or driver did not answer** (the tab did not load, the script
 timed out, the remote protocol went away, the browser did not start). A page that never got to
 gathering (the other side never joined) or a side cancelled once the other had failed is not.
 A relay-only page whose TURN server is unreachable also gathers nothing; it is started again
@@ -32,12 +32,11 @@ __all__ = ["UNRESPONSIVE", "broken_browser", "restarts"]
 UNRESPONSIVE = ("TimeoutError", "BrowserError", "OSError", "ConnectionError", "the page returned no report")
 
 
-def _gathered_nothing(report: Mapping[str, Any]) -> bool:
+def _signaled_nothing(report: Mapping[str, Any]) -> bool:
     counts = report.get("candidates")
     if not isinstance(counts, Mapping):
         return False  # the page never got to its description (it waited for the other side)
-    total = sum(v for v in counts.values() if isinstance(v, int) and not isinstance(v, bool))
-    return total == 0 and not report.get("local_types")
+    return sum(v for v in counts.values() if isinstance(v, int) and not isinstance(v, bool)) == 0
 
 
 def broken_browser(peer: PeerResult) -> str | None:
@@ -46,8 +45,10 @@ def broken_browser(peer: PeerResult) -> str | None:
     if peer.connected:
         return None
     report = peer.report if isinstance(peer.report, Mapping) else None
-    if report is not None and _gathered_nothing(report):
-        return "its page signaled no candidate (it gathered none)"
+    if report is not None and _signaled_nothing(report):
+        known = [str(t) for t in report.get("local_types") or []]
+        return ("its page signaled no candidate at all (its SDP had none; getStats knew "
+                + (f"local {', '.join(known)} candidates)" if known else "no local candidate either)"))
     error = str((report or {}).get("error") or peer.error or "")
     if error.startswith(UNRESPONSIVE):
         return f"its page or driver did not answer ({error})"

@@ -3,7 +3,13 @@ sides' reports as the browser peers give them."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
+import sys
 from typing import Any
+
+import pytest
 
 from natkit.lab.retry import broken_browser, restarts
 from natkit.lab.stacks.base import PeerResult
@@ -27,7 +33,12 @@ GATHERED_NOTHING = {
 
 def test_a_page_that_gathered_nothing_has_its_browser_started_again() -> None:
     why = broken_browser(_side(GATHERED_NOTHING))
-    assert why is not None and "no candidate" in why
+    assert why is not None and "no candidate at all" in why and "no local candidate either" in why
+    # candidates gathered but none in the SDP (a browser that hides its host candidates on
+    # the host path): it signaled nothing all the same
+    hidden = {**GATHERED_NOTHING, "local_types": ["host"]}
+    why = broken_browser(_side(hidden))
+    assert why is not None and "knew local host candidates" in why
 
 
 def test_a_page_that_gathered_but_did_not_connect_is_the_networks_doing() -> None:
@@ -39,6 +50,8 @@ def test_a_page_that_gathered_but_did_not_connect_is_the_networks_doing() -> Non
     # candidates in its SDP, though getStats lists none (a closed connection): it gathered
     listed = {**GATHERED_NOTHING, "candidates": {"kept": 1, "dropped": 0, "mdns": 0}}
     assert broken_browser(_side(listed)) is None
+    mdns_only = {**GATHERED_NOTHING, "candidates": {"kept": 0, "dropped": 0, "mdns": 2}}
+    assert broken_browser(_side(mdns_only)) is None
 
 
 def test_a_page_that_never_got_to_gathering_says_nothing_of_its_browser() -> None:
@@ -78,3 +91,59 @@ def test_each_browser_is_restarted_once_and_only_a_heavy_stack() -> None:
     assert list(got) == [("symmetric-1-p1", "firefox"), ("symmetric-1-p1", "chromium")]
     assert "no candidate" in got[("symmetric-1-p1", "firefox")]  # the first reason found
     assert restarts([], heavy) == {}
+
+
+# --------------------------------------------------------------------------------------------
+# a real lab: one node's Firefox comes up signaling no candidate (its first start only)
+
+needs_lab_and_firefox = pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("dumpcap") is None
+    or (shutil.which("firefox-esr") is None and shutil.which("firefox") is None),
+    reason="needs root on Linux (namespaces, nftables), dumpcap and firefox-esr",
+)
+
+
+@pytest.mark.root
+@pytest.mark.timeout(180)
+@needs_lab_and_firefox
+def test_a_real_lab_starts_a_firefox_that_signals_nothing_again_and_the_case_connects() -> None:
+    """The fault of shard 3, made on purpose: the first Firefox of a node hides its host
+    candidates (``media.peerconnection.ice.no_host``), so on the host path its SDP has none.
+    The case fails, that node's Firefox is started again (normally this time) before the second
+    attempt, and the second attempt connects."""
+    from natkit.ice.browsers.firefox import FirefoxBrowser
+    from natkit.lab import stacks
+    from natkit.lab.cases import select_cases
+    from natkit.lab.runner import run
+    from natkit.lab.stacks.firefox import FirefoxPeer
+    from natkit.lab.topology import load
+
+    class FirstStartBroken(FirefoxPeer):
+        name = "firstbrokenfox"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.launches = 0  # per agent: each node's agent has its own copy after the fork
+
+        async def launch(self, *, loopback: bool) -> FirefoxBrowser:
+            self.launches += 1
+            prefs = {"media.peerconnection.ice.no_host": True} if self.launches == 1 else None
+            return await FirefoxBrowser.launch(netns=self.netns, mdns=self.mdns, loopback=loopback,
+                                               hosts=self.hosts or None, ca_pem=self.ca_pem, prefs=prefs)
+
+    stacks.register(FirstStartBroken())
+    try:
+        topo = dataclasses.replace(load(), case_deadline_s=6.0)
+        host = next(c for c in select_cases(topo, ["open:symmetric"]) if c.path == "host")
+        case = dataclasses.replace(host, stacks=("firstbrokenfox", "aiortc"))
+        result = run(topo, cases=[case])
+    finally:
+        stacks.STACKS.pop("firstbrokenfox", None)
+        stacks._cache.pop("firstbrokenfox", None)
+    (c,) = result.cases
+    assert c.attempts == 2 and c.first_error  # its first attempt failed
+    assert c.observed == "connected" and c.passed, (c.error, c.first_error, c.restarted)
+    (note,) = c.restarted
+    assert note.startswith("firstbrokenfox in open-1-p1 started again") and "no candidate at all" in note, note
+    assert "a new tab of it gathered 0 host candidates" in note, note  # the old one was at fault
+    assert "restart_s" in result.timings
