@@ -3,7 +3,7 @@
 A browser peer (:class:`~natkit.lab.stacks.browser.BrowserPeer`) is started once per node and
 kept for every case of the run, so a browser that stops working fails every later case in its
 node, the second attempts included: in one shard of ``--full`` a Firefox signaled no candidate
-at all in any of its 68 cases (its SDP had none, ``iceGatheringState`` never completed) while
+at all in any of its 68 cases (its SDP had none, and getStats knew no local candidate) while
 the same stack in every other node connected. Before a failed case runs again
 (:mod:`natkit.lab.orchestrate`, ``RETRIES``), :func:`restarts` names each browser of a failed
 attempt that showed such a fault, and that node's browser is started again first, once per
@@ -11,11 +11,13 @@ round whatever the number of its cases. The case's report says so (``restarted``
 
 What counts as the browser's fault, not the network's (:func:`broken_browser`): its page
 **signaled no candidate at all** (none in its SDP, not even one it dropped for the path), or
-its **page or driver did not answer** (the tab did not load, the script
-timed out, the remote protocol went away, the browser did not start). A page that never got to
-gathering (the other side never joined) or a side cancelled once the other had failed is not.
-A relay-only page whose TURN server is unreachable also gathers nothing; it is started again
-too, at the cost of one browser start in a case that fails for the network's reasons anyway.
+its **page or driver did not answer** (the tab did not load, the script timed out, the remote
+protocol went away, the browser did not start). A page that never got to gathering (the other
+side never joined) or a side cancelled once the other had failed is not.
+A relay-only page whose TURN server is unreachable also signals nothing; its browser is
+started again too, at the cost of one browser start in a case that fails for the network's
+reasons anyway. What a tab of the old browser gathers without ICE servers just before it goes
+(:meth:`~natkit.lab.stacks.browser.BrowserPeer.restart`) says which it was.
 """
 
 from __future__ import annotations
