@@ -18,6 +18,9 @@ Wire format, one JSON object per line: a command ``{"id": N, "op": OP, ...}``; i
                     result: PeerResult as JSON
 ``prepare``         ``stack``, ``config``: start what the stack keeps across cases (a browser)
                     before the cases; result: ``{"seconds"}`` (``{"error"}`` if it failed)
+``restart``         ``stack``, ``config``: stop that and start it again (a browser a failed
+                    case showed at fault, before the case runs again); result: as ``prepare``,
+                    and ``before``: what a new tab of the old browser gathered
 ``probe``           ``server`` (stun: URL), ``timeout``: ``natkit probe``; result: its JSON
 ``servers``         ``spec`` (ServersSpec as JSON): STUN, TURN, signaling until stopped
 ``stop-servers``    unwind the servers (the ``servers`` command then answers)
@@ -104,6 +107,15 @@ async def _command(
         if prepare is None:
             return {"seconds": 0.0}
         return {"seconds": round(await prepare(stacks.PeerConfig.from_json(cmd["config"])), 3)}
+    if op == "restart":
+        from natkit.lab import stacks
+
+        peer = stacks.get(cmd["stack"])
+        restart = getattr(peer, "restart", None)
+        if restart is None:
+            return {"seconds": 0.0}
+        took, before = await restart(stacks.PeerConfig.from_json(cmd["config"]))
+        return {"seconds": round(took, 3), "before": before}
     if op == "probe":
         from natkit.nat.probe import probe
 

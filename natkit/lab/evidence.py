@@ -298,12 +298,8 @@ def claimed_route(selected: dict[str, Any] | None, own_lan: str, own_public: str
     if local.get("type") == "relay" or remote.get("type") == "relay":
         return "relay"
     addr = remote.get("address")
-    theirs = (other or {}).get("local") or {}
-    if addr is None and theirs.get("port") == remote.get("port") and _in_net(str(theirs.get("address")), own_lan):
-        # A hidden remote whose other end is a host socket on our own LAN on that port (pion
-        # reports its host base, the NAT kept the port): the pair stays behind our NAT, through
-        # its public address when our end is that (hairpin), else on the LAN.
-        return "hairpin" if local.get("address") == own_public else "lan"
+    if addr is None and (behind := _hidden_behind_our_nat(local, remote, other, own_lan, own_public)):
+        return behind
     try:
         # A link-local remote (fe80::/10, 169.254/16) is on the peer's own link, whatever the
         # case's family: libnice gathers the LAN's IPv6 link-local host candidates in an IPv4
@@ -316,6 +312,36 @@ def claimed_route(selected: dict[str, Any] | None, own_lan: str, own_public: str
     if addr == own_public:
         return "hairpin"
     return "direct"
+
+
+def _link_local(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_link_local
+    except ValueError:
+        return False
+
+
+def _hidden_behind_our_nat(local: dict[str, Any], remote: dict[str, Any], other: dict[str, Any] | None,
+                           own_lan: str, own_public: str) -> str | None:
+    """The route of a pair whose remote address our stats hide (Chromium's remote prflx) when
+    the other side is behind our own NAT (its local address on our LAN or at our NAT's public
+    address): what the other side says of the same packets. Its selected remote is where our
+    packets reached it from: our NAT's public address means they went out through the NAT and
+    were sent back in (hairpin), an address of our LAN that they stayed on it (lan). Without
+    that, a host socket of the other side on our LAN on the hidden remote's port (pion reports
+    its host base, the NAT kept the port) stays behind our NAT, through its public address when
+    our end is that. None when nothing says the other side is behind our NAT."""
+    theirs, seen = (other or {}).get("local") or {}, (other or {}).get("remote") or {}
+    their_addr, seen_addr = str(theirs.get("address")), seen.get("address")
+    if not (their_addr == own_public or _in_net(their_addr, own_lan)):
+        return None
+    if seen_addr == own_public:
+        return "hairpin"
+    if seen_addr is not None and (_in_net(str(seen_addr), own_lan) or _link_local(str(seen_addr))):
+        return "lan"
+    if theirs.get("port") == remote.get("port") and _in_net(their_addr, own_lan):
+        return "hairpin" if local.get("address") == own_public else "lan"
+    return None
 
 
 def judge(

@@ -39,6 +39,7 @@ from natkit.lab.expect import Expectation, expected_probe
 from natkit.lab.labca import LabCA, make_lab_ca
 from natkit.lab.nats import NatBehaviour
 from natkit.lab.results import CaseResult, ProbeResult
+from natkit.lab.retry import restarts
 from natkit.lab.servers import WEB_PORT, ServersSpec
 from natkit.lab.stacks import PeerConfig, PeerResult
 from natkit.lab.stacks.capabilities import Capabilities
@@ -84,6 +85,8 @@ HEAVY_IDLE_LIMIT = 12
 # time (RETRY_PER_CPU), in a room of its own: on a loaded machine (--full: thousands of cases,
 # dozens of processes and browsers) a connection can miss its deadline for want of CPU. Its
 # report keeps both: ``attempts`` and the first attempt's error. A real failure fails twice.
+# A browser that a failed attempt showed at fault (it gathered nothing, or did not answer:
+# natkit.lab.retry) is started again in its node before the second attempts (``restarted``).
 RETRIES = 1
 RETRY_PER_CPU = 2
 
@@ -149,6 +152,7 @@ class Orchestration:
             result = case_result(topo, plan, case, rep.get("caller", missing), rep.get("callee", missing))
             result.attempts = int(rep.get("attempts", 1))
             result.first_error = rep.get("first_error")
+            result.restarted = [str(n) for n in rep.get("restarted") or []]
             out.append(result)
         return cls(out, probes, errors, timings)
 
@@ -158,6 +162,8 @@ def case_report(c: CaseResult) -> dict[str, Any]:
     out: dict[str, Any] = {"id": c.case.id, "caller": c.caller.to_json(), "callee": c.callee.to_json()}
     if c.attempts > 1:
         out.update(attempts=c.attempts, first_error=c.first_error)
+        if c.restarted:
+            out["restarted"] = list(c.restarted)
     return out
 
 
@@ -434,18 +440,30 @@ async def _run(
     heavy = [c for c in cases if c not in light]
     prepared: set[tuple[str, str]] = set()  # (peer id, stack) started before its cases
     ready: dict[tuple[str, str], asyncio.Future[None]] = {}  # done once that start is over
+    tls: set[tuple[str, str]] = set()  # (peer id, stack) with a relay-tls case
+    for c in heavy:
+        for (_, peer), name in zip(plan.peers_of(c), c.stacks, strict=True):
+            if c.path == "relay-tls":
+                tls.add((peer.id, name))
+
+    def start_config(peer_id: str, name: str) -> PeerConfig:
+        """What a heavy stack is started with in one node (before its cases, or again)."""
+        # A stack that reaches TURN/TLS by name gets the lab's names and CA only where it
+        # has a relay-tls case: Firefox starts slower with them (a private mount
+        # namespace, an enterprise policy), 10-20 s more over a default run's nodes.
+        by_name = tls_by_name(stacks.capabilities_of(name))
+        named = not by_name or (peer_id, name) in tls
+        return PeerConfig("prepare", "host", (srv.signaling_address, srv.signaling_port), [], topo.case_deadline_s,
+                          ca_pem=ca.ca_pem if ca and named else None, hosts=srv.names() if named else {})
 
     def start_browsers(cases: Sequence[Case], at_once: int) -> asyncio.Future[Any] | None:
         """Start every heavy stack in every node its cases need, ``at_once`` at a time; each
         node's start settles its entry in ``ready`` (a case waits for its own nodes only)."""
         needed = []
-        tls: set[tuple[str, str]] = set()  # (peer id, stack) with a relay-tls case
         for c in cases:
             for (_, peer), name in zip(plan.peers_of(c), c.stacks, strict=True):
                 if stacks.get(name).heavy and (peer.id, name) not in needed:
                     needed.append((peer.id, name))
-                if c.path == "relay-tls":
-                    tls.add((peer.id, name))
         if not needed:
             return None
         notify("stage", {"text": f"starting {len(needed)} browsers"})
@@ -453,23 +471,14 @@ async def _run(
         for key in needed:
             ready[key] = loop.create_future()
         gate = asyncio.Semaphore(at_once)
-        sig = (srv.signaling_address, srv.signaling_port)
         t = time.monotonic()
 
         async def one(peer_id: str, name: str) -> None:
             peer = stacks.get(name)
-            # A stack that reaches TURN/TLS by name gets the lab's names and CA only where it
-            # has a relay-tls case: Firefox starts slower with them (a private mount
-            # namespace, an enterprise policy), 10-20 s more over a default run's nodes.
-            by_name = tls_by_name(stacks.capabilities_of(name))
-            named = not by_name or (peer_id, name) in tls
             try:
                 async with gate:
                     res = await agents[peer_id].call(
-                        peer.start_s + 30, op="prepare", stack=name,
-                        config=PeerConfig("prepare", "host", sig, [], topo.case_deadline_s,
-                                          ca_pem=ca.ca_pem if ca and named else None,
-                                          hosts=srv.names() if named else {}).to_json(),
+                        peer.start_s + 30, op="prepare", stack=name, config=start_config(peer_id, name).to_json(),
                     )
                 if "error" not in res:
                     prepared.add((peer_id, name))
@@ -561,10 +570,41 @@ async def _run(
             await browsers
         out.timings["browser_s"] = time.monotonic() - t1
         out.timings["cases_s"] = max(out.timings["cases_s"], out.timings["browser_s"])
+
+    async def restart_browsers(again: Sequence[Case]) -> dict[tuple[str, str], str]:
+        """Start again, before the second attempts, every browser that a failed attempt showed
+        at fault (:func:`natkit.lab.retry.restarts`): (node, stack) -> what the reports say."""
+        sides = []
+        for c in again:
+            (_, pa), (_, pb) = plan.peers_of(c)
+            sides.append([(pa.id, c.stacks[0], results[c].caller), (pb.id, c.stacks[1], results[c].callee)])
+        todo = restarts(sides, lambda name: stacks.get(name).heavy)
+        if not todo:
+            return {}
+        notify("stage", {"text": f"starting {len(todo)} browsers again before the second attempts"})
+        t = time.monotonic()
+        gate = asyncio.Semaphore(max(2, os.cpu_count() or 1))
+
+        async def one(node: str, name: str, why: str) -> str:
+            async with gate:
+                res = await agents[node].call(stacks.get(name).start_s + 30, op="restart", stack=name,
+                                              config=start_config(node, name).to_json())
+            if "error" in res:
+                prepared.discard((node, name))
+                return f"{name} in {node}: {why}; starting it again failed: {res['error']}"
+            prepared.add((node, name))
+            before = f"; {res['before']}" if res.get("before") else ""
+            return f"{name} in {node} started again ({res.get('seconds', 0):g} s) before this attempt: {why}{before}"
+
+        notes = await asyncio.gather(*(one(node, name, why) for (node, name), why in todo.items()))
+        out.timings["restart_s"] = out.timings.get("restart_s", 0.0) + time.monotonic() - t
+        return dict(zip(todo, notes, strict=True))
+
     for attempt in range(2, 2 + max(0, retries)):
         again = [c for c in cases if exps[c].connected and results[c].observed != "connected"]
         if not again:
             break
+        fresh = await restart_browsers(again)
         notify("stage", {"text": f"{len(again)} cases expected to connect failed: running them again, "
                                  f"{RETRY_PER_CPU * (os.cpu_count() or 1)} at a time"})
         t2 = time.monotonic()
@@ -576,6 +616,8 @@ async def _run(
 
         for c, redone in zip(again, await asyncio.gather(*(retry(c, attempt) for c in again)), strict=True):
             redone.first_error = results[c].first_error or results[c].error or "not connected"
+            (_, pa), (_, pb) = plan.peers_of(c)
+            redone.restarted = [fresh[k] for k in ((pa.id, c.stacks[0]), (pb.id, c.stacks[1])) if k in fresh]
             results[c] = redone
             notify("retry", {"case": redone})
         out.timings["retry_s"] = out.timings.get("retry_s", 0.0) + time.monotonic() - t2

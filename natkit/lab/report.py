@@ -197,7 +197,8 @@ def render(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
         for c in again[:20]:
             a, b = c["nats"]
             w(f"    {'ok ' if c['pass'] else 'BAD'} {a} x {b} {c['path']} [{c.get('caller_stack')} -> "
-              f"{c.get('callee_stack')}]: first {c.get('first_error')}\n")
+              f"{c.get('callee_stack')}]: first {c.get('first_error')}"
+              f"{''.join('; ' + str(n) for n in c.get('restarted') or [])}\n")
         if len(again) > 20:
             w(f"    ... and {len(again) - 20} more (--json: cases[].attempts, first_error)\n")
     n = len(result["cases"])

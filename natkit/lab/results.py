@@ -67,6 +67,9 @@ class CaseResult:
     # (natkit.lab.orchestrate, RETRIES): this is the second attempt, and why the first failed.
     attempts: int = 1
     first_error: str | None = None
+    # What was done between the attempts: the browsers started again because the first
+    # attempt showed them at fault (natkit.lab.retry), one line each.
+    restarted: list[str] = field(default_factory=list)
 
     @property
     def observed(self) -> str:
@@ -129,6 +132,8 @@ class CaseResult:
         if self.attempts > 1:
             out["attempts"] = self.attempts
             out["first_error"] = self.first_error
+            if self.restarted:
+                out["restarted"] = list(self.restarted)
         if self.case.stacks[0] == "chromium":
             out["browser"] = self.caller.report  # Chromium's own getStats summary (older key)
         return out

@@ -9,7 +9,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from natkit.lab.evidence import claimed_route, judge, judge_browser, read_capture
+from natkit.lab.evidence import Flows, claimed_route, judge, judge_browser, read_capture
 from natkit.stun import Attr, Class, Message, Method, encode_channel_data
 
 pytestmark = pytest.mark.timeout(30)
@@ -376,7 +376,37 @@ def test_a_hidden_remote_whose_other_end_is_a_host_on_our_lan_stays_behind_our_n
     assert claimed_route(a, lan, pub, b) == "hairpin"
     ev = judge(Flows(), caller={"selected": a}, callee={"selected": b}, caller_lan=lan, caller_public=pub, turn=TURN)
     assert ev["claimed"] == "hairpin" and ev["consistent"], ev
+    # pion's remote (where Chromium's packets reached it from) left out: the port rule alone
+    b.pop("remote")
     a["local"] = {"type": "host", "address": "10.64.16.10", "port": 33658}
     assert claimed_route(a, lan, pub, b) == "lan"
     b["local"]["port"] = 1  # not the port Chromium names: nothing is known
+    assert claimed_route(a, lan, pub, b) == "direct"
+
+
+def test_a_hidden_remote_is_named_by_where_the_other_side_saw_our_packets_come_from() -> None:
+    """chromium -> pion, same-lan, srflx (shard 4 of --full): pion, on Chromium's LAN, saw
+    Chromium's packets come from the NAT's public address: they were hairpinned, whatever port
+    the NAT gave pion's socket (the port rule alone took a NAT that does not keep ports for a
+    direct pair, and a Chromium host end for the LAN)."""
+    pub, lan = "203.0.113.26", "10.64.16.0/24"
+    # the NAT mapped pion's 10.64.16.11:59019 to 40001: Chromium learned 40001 (hidden address)
+    a = {"local": {"type": "srflx", "address": pub, "port": 33658}, "remote": {"type": "prflx", "address": None, "port": 40001}}
+    b = {"local": {"type": "host", "address": "10.64.16.11", "port": 59019}, "remote": {"type": "srflx", "address": pub, "port": 33658}}
+    assert claimed_route(a, lan, pub, b) == "hairpin"
+    ev = judge(Flows(), caller={"selected": a}, callee={"selected": b}, caller_lan=lan, caller_public=pub, turn=TURN)
+    assert ev["claimed"] == "hairpin" and ev["consistent"], ev
+    # Chromium's end a host socket, pion on the same port: still the NAT's address pion saw
+    a["local"] = {"type": "host", "address": "10.64.16.10", "port": 33658}
+    a["remote"]["port"] = b["local"]["port"]
+    assert claimed_route(a, lan, pub, b) == "hairpin"
+    # pion saw Chromium's LAN address: the pair stayed on the LAN
+    b["remote"] = {"type": "host", "address": "10.64.16.10", "port": 33658}
+    assert claimed_route(a, lan, pub, b) == "lan"
+    # the other side behind another NAT sees our public address too: that is no hairpin
+    b = {"local": {"type": "host", "address": "10.64.4.10", "port": 59019}, "remote": {"type": "srflx", "address": pub, "port": 33658}}
+    a["local"] = {"type": "srflx", "address": pub, "port": 33658}
+    assert claimed_route(a, lan, pub, b) == "direct"
+    # ... nor when the other side is behind our NAT's public address but says nothing of its remote
+    b = {"local": {"type": "srflx", "address": pub, "port": 40001}, "remote": {}}
     assert claimed_route(a, lan, pub, b) == "direct"

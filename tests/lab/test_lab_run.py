@@ -436,6 +436,11 @@ def test_render_draws_a_grid_per_path_and_names_mismatches() -> None:
     text = out.getvalue()
     assert "1 cases expected to connect failed and ran again: 1 passed on the second attempt" in text
     assert "ok  a x a host [pion -> libnice]: first not connected within 10 s" in text
+    # ... and with the browser it started again before that attempt
+    cases[0]["restarted"] = ["firefox in a-1-p1 started again (2.5 s) before this attempt: it gathered none"]
+    out = io.StringIO()
+    report.render(result, out)
+    assert "first not connected within 10 s; firefox in a-1-p1 started again (2.5 s)" in out.getvalue()
 
 
 @pytest.mark.root

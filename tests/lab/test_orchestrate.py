@@ -21,11 +21,16 @@ class FakeAgent:
     """Speaks the agent side of natkit.lab.agents: answers as the expectation model predicts."""
 
     def __init__(self, name: str, sock: socket.socket, topo: Any, plan: Any, hang: set[str],
-                 lifetime: tuple[float | None, float | None] | None = None) -> None:
+                 lifetime: tuple[float | None, float | None] | None = None,
+                 cases: list[Any] | None = None, broken: set[str] | None = None) -> None:
         self.name, self.sock, self.topo, self.plan, self.hang = name, sock, topo, plan, hang
         self.lifetime = lifetime  # what a lifetime measurement answers (None: the bracket asked)
+        self.cases = cases if cases is not None else topo.cases()
+        # stacks whose browser in this node gathers nothing, until the node restarts it
+        self.broken = set(broken or ())
         self.seen: list[dict[str, Any]] = []
         self.cancelled: list[int] = []
+        self.restarted: list[str] = []
 
     async def run(self) -> None:
         reader, writer = await asyncio.open_connection(sock=self.sock)
@@ -39,7 +44,13 @@ class FakeAgent:
             cfg = cmd["config"]
             head, _, n = cfg["room"].rpartition("~")
             base = head if n.isdigit() else cfg["room"]  # a second attempt's room: "<id>~2"
-            c = next(c for c in self.topo.cases() if c.id == base)
+            c = next(c for c in self.cases if c.id == base)
+            if cmd["stack"] in self.broken:  # the page's report of a browser that gathers nothing
+                answer(cmd["id"], {"role": cmd["role"], "path": c.path, "stack": cmd["stack"], "outcome": "failed",
+                                   "relays": None, "error": "the data channel's opening did not happen before the deadline",
+                                   "report": {"connected": False, "local_types": [], "signaled": [],
+                                              "candidates": {"kept": 0, "dropped": 0, "mdns": 0}}})
+                return
             if cfg["room"] in self.hang and cmd["role"] == "callee":
                 waiting[cmd["id"]] = fut = asyncio.get_running_loop().create_future()
                 await fut  # until the orchestrator cancels it
@@ -77,6 +88,12 @@ class FakeAgent:
                 answer(cmd["id"], {"min": lo, "max": hi})
             elif op == "case":
                 tasks.append(asyncio.ensure_future(case(cmd)))
+            elif op == "prepare":
+                answer(cmd["id"], {"seconds": 0.1})
+            elif op == "restart":
+                self.restarted.append(cmd["stack"])
+                self.broken.discard(cmd["stack"])
+                answer(cmd["id"], {"seconds": 0.2, "before": "a new tab of it gathered 0 host candidates"})
             elif op == "cancel":
                 self.cancelled.append(cmd["target"])
                 fut = waiting.pop(cmd["target"], None)
@@ -86,11 +103,16 @@ class FakeAgent:
 
 
 async def _run(only: list[str], hang: set[str], lifetime: tuple[float | None, float | None] | None = None,
-               retries: int = 1) -> tuple[Any, dict[str, FakeAgent], float, list[tuple[str, Any]]]:
+               retries: int = 1, stacks: tuple[str, str] | None = None,
+               broken: dict[str, set[str]] | None = None) -> tuple[Any, dict[str, FakeAgent], float, list[tuple[str, Any]]]:
+    import dataclasses
+
     from natkit.lab.cases import select_cases
 
     topo = load()
     cases = select_cases(topo, only)
+    if stacks is not None:
+        cases = [dataclasses.replace(c, stacks=stacks) for c in cases]
     plan = topo.plan(cases)
     names = ["srv", *(p.id for r in plan.routers for p in r.peers)]
     ours: dict[str, socket.socket] = {}
@@ -98,7 +120,7 @@ async def _run(only: list[str], hang: set[str], lifetime: tuple[float | None, fl
     for n in names:
         a, b = socket.socketpair()
         ours[n] = a
-        fakes[n] = FakeAgent(n, b, topo, plan, hang, lifetime)
+        fakes[n] = FakeAgent(n, b, topo, plan, hang, lifetime, cases, (broken or {}).get(n))
     events: list[tuple[str, Any]] = []
     runs = [asyncio.ensure_future(f.run()) for f in fakes.values()]
     t0 = time.monotonic()
@@ -192,6 +214,44 @@ async def test_a_case_expected_to_connect_that_failed_runs_again_in_a_room_of_it
     back = Orchestration.from_json(json.loads(json.dumps(orch.to_json())), topo, topo.plan(cases), cases)
     again = next(c for c in back.cases if c.case.id == room)
     assert (again.attempts, again.first_error) == (2, "gave up at once")
+
+
+async def test_a_browser_that_gathered_nothing_is_started_again_before_the_second_attempt() -> None:
+    """Shard 3 of --full: the Firefox of one node signaled no candidate in any case, the
+    second attempts included. Now that node's browser starts afresh first, once, and says so."""
+    from natkit.lab.orchestrate import Orchestration
+
+    node = "symmetric-1-p1"  # the callee of every open x symmetric case
+    orch, fakes, _, events = await _run(["open:symmetric"], set(), stacks=("aiortc", "firefox"),
+                                        broken={node: {"firefox"}})
+    again = [c for c in orch.cases if c.attempts == 2]
+    assert again and all(c.expectation.connected for c in again)
+    assert all(c.observed == "connected" for c in again)  # the fresh browser connected them
+    assert fakes[node].restarted == ["firefox"]  # once, whatever the number of its cases
+    assert not any(f.restarted for n, f in fakes.items() if n != node)
+    for c in again:
+        assert len(c.restarted) == 1 and c.restarted[0].startswith(f"firefox in {node} started again")
+        assert "no candidate" in c.restarted[0] and c.restarted[0].endswith("gathered 0 host candidates"), c.restarted
+        assert "no candidate" not in (c.first_error or "")  # that stays the first attempt's own error
+        assert c.to_json()["restarted"] == c.restarted
+    # the restart comes before any second attempt, and the orchestration document keeps it
+    ops = [(cmd["op"], cmd.get("config", {}).get("room", "")) for cmd in fakes[node].seen]
+    first_retry = next(i for i, (op, room) in enumerate(ops) if op == "case" and room.endswith("~2"))
+    assert ops.index(("restart", "prepare")) < first_retry
+    assert "restart_s" in orch.timings
+    assert any(k == "stage" and "again before the second attempts" in i["text"] for k, i in events)
+    topo = load()
+    cases = [c.case for c in orch.cases]
+    back = Orchestration.from_json(json.loads(json.dumps(orch.to_json())), topo, topo.plan(cases), cases)
+    assert [c.restarted for c in back.cases] == [c.restarted for c in orch.cases]
+
+
+async def test_a_failure_that_is_not_the_browsers_restarts_nothing() -> None:
+    room = "aiortc-firefox:open~symmetric/host"
+    orch, fakes, _, _ = await _run(["open:symmetric"], {room}, stacks=("aiortc", "firefox"))
+    case = next(c for c in orch.cases if c.case.id == room)
+    assert case.attempts == 2 and case.restarted == [] and "restarted" not in case.to_json()
+    assert not any(f.restarted for f in fakes.values())
 
 
 async def test_the_short_mapping_lifetime_is_measured_not_trusted() -> None:

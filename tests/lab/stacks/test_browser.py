@@ -250,6 +250,31 @@ async def test_a_browser_that_died_is_started_again(loopback: Loopback) -> None:
 
 
 @aio
+@pytest.mark.parametrize("stack", ["firefox", "chromium"])
+async def test_a_browser_at_fault_is_started_again_and_the_old_one_examined(loopback: Loopback, stack: str) -> None:
+    """What the orchestrator asks before a second attempt (natkit.lab.retry): a new browser
+    process, and what a new tab of the old one on the cases' page gathered (here: it worked)."""
+    _need(stack, "aiortc")
+    peer = loopback.peers[stack][1]
+    cfg = PeerConfig("prepare", "host", loopback.signaling, [], DEADLINE_S)
+    old, _ = await peer.browser(cfg)
+    took, before = await peer.restart(cfg)
+    assert took > 0 and peer._driver is not None and peer._driver is not old
+    assert before.startswith("a new tab of it gathered") and "gathered 0 " not in before, before
+    assert "iceGatheringState complete" in before, before
+    assert not old.process.root.exists() and not group_alive(old.process.process.pid)
+    # the new one takes cases
+    caller, callee, _ = await _case(loopback, "aiortc", stack, "host", [])
+    assert caller.outcome == callee.outcome == "connected", (caller.error, callee.error)
+    # a browser that had exited is only started
+    assert peer._driver is not None
+    peer._driver.process.kill()
+    await asyncio.to_thread(peer._driver.process.process.wait, 5)
+    _, before = await peer.restart(cfg)
+    assert before == "it had exited" and peer._driver.process.alive()
+
+
+@aio
 async def test_cases_in_one_browser_run_side_by_side(loopback: Loopback) -> None:
     """Three cases at once through the same two Firefox processes: a tab each, no crosstalk."""
     _need("firefox")
