@@ -249,6 +249,12 @@ def test_driver_binds_its_sources() -> None:
             assert proc.stdout is not None and proc.stdin is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 20)
             assert b"ok=6" in line, line
+            # the C thread answers an Allocate first and hands the allocation to the engine
+            # after (its queue, drained by the event loop): wait for all six, bounded
+            for _ in range(100):
+                if len(turn.engine.allocations) >= 6:
+                    break
+                await asyncio.sleep(0.05)
             sources = {a.client_addr[0] for a in turn.engine.allocations.values()}
             proc.stdin.write(b"go\n")
             await asyncio.wait_for(proc.communicate(), 20)
