@@ -142,6 +142,15 @@ class RawClient:
         self.sock.close()
 
 
+async def _adopted(turn: TurnServer, n: int) -> None:
+    """Until the engine holds ``n`` allocations (bounded): the C thread answers an Allocate
+    first and hands its allocation to the engine after, through a queue the loop drains."""
+    for _ in range(100):
+        if len(turn.engine.allocations) >= n:
+            return
+        await asyncio.sleep(0.02)
+
+
 def _peer(avoid: range = range(0)) -> socket.socket:
     """A UDP peer on loopback, on a port outside ``avoid`` (a relay's own port range, which the
     relay refuses as a peer whatever --allow-peer says)."""
@@ -390,6 +399,7 @@ async def test_external_ip_is_advertised() -> None:
         c = RawClient(turn.addresses_of("udp")[0], "u", "p")
         relayed = (await c.allocate()).get(Attr.XOR_RELAYED_ADDRESS)
         assert relayed[0] == "203.0.113.9"
+        await _adopted(turn, 1)
         assert (
             turn.engine.allocations[next(iter(turn.engine.allocations))].relays[0].address[0]
             == "127.0.0.1"
@@ -622,6 +632,7 @@ async def test_dont_fragment_sets_df_on_the_relay_socket() -> None:
     async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}) as turn:
         c = RawClient(turn.addresses_of("udp")[0], "u", "p")
         assert (await c.allocate(dont_fragment=True)).cls == Class.SUCCESS
+        await _adopted(turn, 1)
         (alloc,) = turn.engine.allocations.values()
         sock = alloc.relays[0].handle.sock
         assert sock.getsockopt(socket.IPPROTO_IP, getattr(socket, "IP_MTU_DISCOVER", 10)) == 2
