@@ -271,7 +271,7 @@ def _run(args: argparse.Namespace) -> int:
     from natkit.lab.choose import choose
     from natkit.lab.shard import parse_shard
 
-    compose_lab = None
+    compose_lab: Any = None  # the module, for the Compose engine
     if args.engine == "compose":
         from natkit.lab.engines import compose_lab
 
@@ -313,7 +313,8 @@ def _run(args: argparse.Namespace) -> int:
         from natkit.lab.html import write_html
 
         write_html(args.html, data, topo.for_compose() if args.engine == "compose" else topo)
-    return result.exit_code
+    code: int = result.exit_code
+    return code
 
 
 def _merge(args: argparse.Namespace) -> int:

@@ -167,7 +167,8 @@ class Flows:
         if len(mine) > 1:
             best = max(self.relayed[a] for a in mine)
             mine = [a for a in mine if self.relayed[a] == best]
-        return (mine or seen or [None])[-1]
+        either = mine or seen
+        return either[-1] if either else None
     packets: int = 0
     markers: int = 0  # the runner's capture markers seen
 

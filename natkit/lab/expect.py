@@ -247,7 +247,9 @@ class _Net:
             if what == "box":
                 assert isinstance(obj, _Box)
                 return self._inbound(obj, src, dst, via, depth)
-            box, target = obj  # type: ignore[misc]
+            box: _Box
+            target: _Socket
+            box, target = obj  # type: ignore[misc]  # ("routed": a box and a socket behind it)
             if not self.admits(box, src, dst, via):
                 return None
             return target, src
@@ -455,22 +457,22 @@ def expect(
     agents = [_Agent(g[0], list(gathered[1 - i][1])) for i, g in enumerate(gathered)]
 
     for _ in range(ROUNDS):
-        for me, other in ((agents[0], agents[1]), (agents[1], agents[0])):
-            for remote in list(me.remotes):
-                got = net.deliver(me.sock, remote)
+        for here, there in ((agents[0], agents[1]), (agents[1], agents[0])):
+            for remote in list(here.remotes):
+                got = net.deliver(here.sock, remote)
                 if got is None:
                     continue
                 receiver, source = got
-                if receiver is not other.sock:
+                if receiver is not there.sock:
                     continue
-                if source not in other.remotes:  # peer-reflexive: learn it, check it back
-                    other.remotes.append(source)
-                answer = net.deliver(other.sock, source)
-                if answer is not None and answer[0] is me.sock and remote not in me.valid:
-                    me.valid.append(remote)
+                if source not in there.remotes:  # peer-reflexive: learn it, check it back
+                    there.remotes.append(source)
+                answer = net.deliver(there.sock, source)
+                if answer is not None and answer[0] is here.sock and remote not in here.valid:
+                    here.valid.append(remote)
 
     if not agents[0].valid:
-        udp = _failure(net, path, beh)
+        udp = _failure(net, path, [b for b in beh if b is not None])  # (both, asserted above)
         if path == "host" and sides is not None:
             over_tcp, note = _ice_tcp(beh, same_lan, sides)
             if over_tcp is not None:

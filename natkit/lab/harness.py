@@ -163,7 +163,8 @@ class NatLab:
         """The public address of the router in front of ``where`` (None without NAT)."""
         node = self.node(where)
         router = next(r for r in self._planned().routers if any(p.id == node for p in r.peers))
-        return router.public_ip
+        ip: str | None = router.public_ip
+        return ip
 
     def node(self, where: str) -> str:
         """The node id ``where`` names (a NAT's name: its first router's first peer)."""

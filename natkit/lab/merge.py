@@ -131,7 +131,8 @@ def merge(reports: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             if kept is None or (kept.get("pass") and not p.get("pass")):
                 probes[p["nat"]] = p
         errors += [f"{tag}: {e}" for e in doc["errors"]]
-        lab = doc.get("lab") if isinstance(doc.get("lab"), dict) else {}
+        found = doc.get("lab")
+        lab: dict[str, Any] = found if isinstance(found, dict) else {}
         for r in lab.get("routers", []) if isinstance(lab.get("routers"), list) else []:
             if isinstance(r, dict) and isinstance(r.get("id"), str):
                 routers.setdefault(r["id"], r)

@@ -349,8 +349,8 @@ async def _run(
     ca = lab_ca(topo)
     spec = ServersSpec.of(topo, plan, turn_engine, (ca.chain_pem, ca.key_pem) if ca else None)
     servers_result = asyncio.ensure_future(servers.call(3600, op="servers", spec=spec.to_json()))
-    started: list[asyncio.Future[Any]] = [servers.ready, servers_result]
-    await asyncio.wait(started, timeout=SERVERS_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    first_up: list[asyncio.Future[Any]] = [servers.ready, servers_result]
+    await asyncio.wait(first_up, timeout=SERVERS_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
     if not servers.ready.done() or not servers.ready.result():
         detail = servers_result.result() if servers_result.done() else {"error": f"no answer in {SERVERS_START_TIMEOUT:g} s"}
         servers_result.cancel()

@@ -145,7 +145,7 @@ class ProbeResult:
 
     nat: str
     type: str
-    expected: dict[str, str]
+    expected: dict[str, Any]
     observed: dict[str, Any]
     passed: bool
     error: str | None = None

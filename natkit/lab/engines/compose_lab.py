@@ -446,9 +446,9 @@ def run(
         raise ConfigError("no case of this run can run under the Compose engine "
                           f"({'; '.join(w for w, _ in left_out) or 'none selected'}); use --engine netns", param="engine")
     for name in sorted({s for c in cases for s in c.stacks}, key=lambda n: (n != "aiortc", n)):
-        why = stack_unavailable(name)
-        if why is not None:
-            raise PrerequisiteError(f"the {name} stack cannot run under the Compose engine: {why}")
+        missing = stack_unavailable(name)
+        if missing is not None:
+            raise PrerequisiteError(f"the {name} stack cannot run under the Compose engine: {missing}")
     mounts = [model.check_mount(m) for m in mounts]
     # the containers run the commands elsewhere: their relative paths made absolute here
     peers = [CommandPeer.from_spec(spec).spec for spec in peers]

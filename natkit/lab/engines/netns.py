@@ -74,8 +74,9 @@ def build(lab: NetnsLab, topo: Topology, plan: Plan) -> LabNodes:
     for ip in dict.fromkeys([*srv.stun_addresses, srv.turn_address, srv.signaling_address]):
         lab.add_addr(nodes.srv, "eth0", f"{ip}/{prefix}")
     if plan.internet_net6 is not None and srv.stun_addresses6 is not None:
-        for ip in dict.fromkeys([*srv.stun_addresses6, srv.turn_address6, srv.signaling_address6]):
-            lab.add_addr(nodes.srv, "eth0", f"{ip}/64")
+        for ip6 in dict.fromkeys([*srv.stun_addresses6, srv.turn_address6, srv.signaling_address6]):
+            if ip6 is not None:
+                lab.add_addr(nodes.srv, "eth0", f"{ip6}/64")
     _impair(lab, nodes.srv, "eth0", link, "the servers")
     _impair(lab, inet, "p0", link, "the servers")
     open_routes: list[tuple[str, str, str]] = []  # (routed LAN, via public IP, router ns)

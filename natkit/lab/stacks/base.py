@@ -120,11 +120,11 @@ class Peer(Protocol):
     ``start_s`` is how long it may take to start, added to the other side's deadline.
     """
 
-    name: ClassVar[str]
+    name: str  # (a class attribute of the built-in stacks, an instance's of a --peer command)
     roles: ClassVar[tuple[str, ...]]
     heavy: ClassVar[bool]
     parallel: ClassVar[int]
-    start_s: ClassVar[float]
+    start_s: float
 
     def check(self) -> None:
         """Raise PrerequisiteError naming what to install if the stack cannot run here."""
