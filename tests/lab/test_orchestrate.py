@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from natkit.lab.orchestrate import FAILED_PEER_GRACE_S, Tally, expectation_of, orchestrate
+from natkit.lab.orchestrate import (
+    FAILED_PEER_GRACE_S,
+    Tally,
+    expectation_of,
+    orchestrate,
+    probe_inconclusive,
+)
 from natkit.lab.topology import load
 
 pytestmark = pytest.mark.timeout(60)
@@ -22,8 +28,10 @@ class FakeAgent:
 
     def __init__(self, name: str, sock: socket.socket, topo: Any, plan: Any, hang: set[str],
                  lifetime: tuple[float | None, float | None] | None = None,
-                 cases: list[Any] | None = None, broken: set[str] | None = None) -> None:
+                 cases: list[Any] | None = None, broken: set[str] | None = None,
+                 undecided: bool = False) -> None:
         self.name, self.sock, self.topo, self.plan, self.hang = name, sock, topo, plan, hang
+        self.undecided = undecided  # its first probe leaves hairpinning undecided (a loaded box)
         self.lifetime = lifetime  # what a lifetime measurement answers (None: the bracket asked)
         self.cases = cases if cases is not None else topo.cases()
         # stacks whose browser in this node gathers nothing, until the node restarts it
@@ -82,7 +90,10 @@ class FakeAgent:
                 nat = next(r.nat for r in self.plan.routers if any(p.id == self.name for p in r.peers))
                 from natkit.lab.expect import expected_probe
 
-                answer(cmd["id"], dict(expected_probe(nat.behaviour)))
+                got = dict(expected_probe(nat.behaviour))
+                if self.undecided:
+                    self.undecided, got["hairpinning"] = False, None
+                answer(cmd["id"], got)
             elif op == "lifetime":
                 lo, hi = self.lifetime or cmd["schedule"]
                 answer(cmd["id"], {"min": lo, "max": hi})
@@ -104,7 +115,8 @@ class FakeAgent:
 
 async def _run(only: list[str], hang: set[str], lifetime: tuple[float | None, float | None] | None = None,
                retries: int = 1, stacks: tuple[str, str] | None = None,
-               broken: dict[str, set[str]] | None = None) -> tuple[Any, dict[str, FakeAgent], float, list[tuple[str, Any]]]:
+               broken: dict[str, set[str]] | None = None,
+               undecided: bool = False) -> tuple[Any, dict[str, FakeAgent], float, list[tuple[str, Any]]]:
     import dataclasses
 
     from natkit.lab.cases import select_cases
@@ -120,7 +132,7 @@ async def _run(only: list[str], hang: set[str], lifetime: tuple[float | None, fl
     for n in names:
         a, b = socket.socketpair()
         ours[n] = a
-        fakes[n] = FakeAgent(n, b, topo, plan, hang, lifetime, cases, (broken or {}).get(n))
+        fakes[n] = FakeAgent(n, b, topo, plan, hang, lifetime, cases, (broken or {}).get(n), undecided)
     events: list[tuple[str, Any]] = []
     runs = [asyncio.ensure_future(f.run()) for f in fakes.values()]
     t0 = time.monotonic()
@@ -156,6 +168,21 @@ async def test_orchestrate_runs_servers_probes_and_cases_on_the_agents_it_is_giv
     assert isinstance(tally, Tally) and tally.unexpected == 0
     assert tally.connected + tally.failed_as_expected == len(orch.cases)
     assert {k for k, _ in events} == {"stage", "probe", "case"}
+
+
+async def test_a_probe_that_left_hairpinning_undecided_is_asked_again() -> None:
+    orch, fakes, _, _ = await _run(["full-cone:full-cone"], set(), undecided=True)
+    assert [p.observed["hairpinning"] for p in orch.probes] == [False]
+    assert all(p.passed for p in orch.probes)
+    assert sum(c["op"] == "probe" for f in fakes.values() for c in f.seen) == 2
+
+
+def test_only_a_verdict_the_nat_kind_names_makes_a_probe_inconclusive() -> None:
+    want = {"mapping": "endpoint-independent", "hairpinning": False}
+    assert probe_inconclusive(want, {"mapping": "unknown", "hairpinning": False})
+    assert probe_inconclusive(want, {"mapping": "endpoint-independent", "hairpinning": None})
+    assert not probe_inconclusive(want, {"mapping": "endpoint-dependent", "hairpinning": True})
+    assert not probe_inconclusive({"mapping": "endpoint-independent"}, {"mapping": "endpoint-independent"})
 
 
 async def test_an_orchestration_travels_as_json_and_comes_back_typed() -> None:
