@@ -26,6 +26,8 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
+from typing import Any
 
 CONTRACT = 1
 PINGS = 5
@@ -98,7 +100,7 @@ class WebSocket:
         with self.lock:
             self.sock.sendall(head + mask + body)
 
-    def send(self, obj: dict) -> None:
+    def send(self, obj: dict[str, Any]) -> None:
         self._frame(1, json.dumps(obj).encode())
 
     def _read(self, n: int) -> bytes:
@@ -110,7 +112,7 @@ class WebSocket:
         out, self.buffer = self.buffer[:n], self.buffer[n:]
         return out
 
-    def recv(self) -> dict | None:
+    def recv(self) -> dict[str, Any] | None:
         """The next JSON object (None for a frame that is not one); ConnectionError at the end."""
         parts = []
         while True:
@@ -187,7 +189,7 @@ class Peer:
         self.ice = json.loads(env["NATKIT_ICE_CONFIG"])
         self.url = env["NATKIT_SIGNALING_URL"]
         self.loop = GLib.MainLoop()
-        self.result: dict = {
+        self.result: dict[str, Any] = {
             "natkit_peer": CONTRACT, "connected": False, "t_connect_ms": None, "rtt_ms": None,
             "selected": None, "relay_protocol": None, "error": None,
             "stack": f"GStreamer webrtcbin {Gst.version_string().split()[-1]}" + (
@@ -197,11 +199,13 @@ class Peer:
         self.code = 1
         self.ws: WebSocket | None = None
         self.pipe: Gst.Pipeline | None = None
-        self.webrtc: Gst.Element | None = None
-        self.channel = None
-        self.ice_agent = None
-        self.nice = None
-        self.agent_pair: dict | None = None
+        # GStreamer objects (gi has no types): webrtcbin is made in setup(), before the main
+        # loop runs any handler; the channel before any handler that sends on it.
+        self.webrtc: Any = None
+        self.channel: Any = None
+        self.ice_agent: Any = None
+        self.nice: Any = None
+        self.agent_pair: dict[str, Any] | None = None
         self.local_candidates: list[tuple[int, str]] = []
         self.gathered = False
         self.local_sdp: str | None = None
@@ -218,7 +222,7 @@ class Peer:
 
     # -- plumbing --
 
-    def later(self, fn, *args) -> None:
+    def later(self, fn: Callable[..., object], *args: Any) -> None:
         """Run ``fn(*args)`` on the main loop (from any thread)."""
         def call() -> bool:
             if not self.finished:
@@ -229,7 +233,7 @@ class Peer:
             return False
         GLib.idle_add(call)
 
-    def relay(self, data: dict) -> None:
+    def relay(self, data: dict[str, Any]) -> None:
         assert self.ws is not None
         self.ws.send({"type": "relay", "data": data})
 
@@ -276,9 +280,10 @@ class Peer:
         if self.pipe is None:
             return
         done = threading.Event()
+        pipe = self.pipe
 
         def stop() -> None:
-            self.pipe.set_state(Gst.State.NULL)
+            pipe.set_state(Gst.State.NULL)
             done.set()
 
         threading.Thread(target=stop, daemon=True).start()
@@ -365,7 +370,11 @@ class Peer:
 
     def send_after_settling(self) -> None:
         # webrtcbin announces "complete" before its queued on-ice-candidate signals are out.
-        GLib.timeout_add(SETTLE_MS, lambda: self.later(self.send_description) and False)
+        def settled() -> bool:
+            self.later(self.send_description)
+            return False
+
+        GLib.timeout_add(SETTLE_MS, settled)
 
     def start_gathering_timer(self) -> None:
         limit = min(5.0, max(0.5, (self.deadline - time.monotonic()) / 2))
@@ -433,7 +442,7 @@ class Peer:
 
     # -- the data channel --
 
-    def watch_channel(self, channel) -> None:
+    def watch_channel(self, channel: Any) -> None:
         self.channel = channel
         channel.connect("on-open", lambda _c: self.later(self.on_open))
         if self.role == "callee":
@@ -446,7 +455,7 @@ class Peer:
         if channel.get_property("ready-state") == GstWebRTC.WebRTCDataChannelState.OPEN:
             self.later(self.on_open)
 
-    def on_remote_channel(self, _webrtc, channel) -> None:
+    def on_remote_channel(self, _webrtc: Any, channel: Any) -> None:
         """webrtcbin's thread: the caller's channel has arrived."""
         if self.role == "callee" and self.channel is None:
             self.watch_channel(channel)
@@ -515,7 +524,7 @@ class Peer:
         self.webrtc.emit("create-offer", None,
                          Gst.Promise.new_with_change_func(lambda p: self.later(self.set_local, "offer", p)))
 
-    def on_signal(self, msg: dict) -> None:
+    def on_signal(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         if kind == "error":
             self.fail(f"signaling server: {msg.get('error')}")
@@ -533,7 +542,7 @@ class Peer:
         elif kind == "relay" and isinstance(msg.get("data"), dict):
             self.on_peer(msg["data"])
 
-    def on_peer(self, data: dict) -> None:
+    def on_peer(self, data: dict[str, Any]) -> None:
         kind = data.get("type")
         if kind == "offer" and self.role == "callee" and self.t_start is None:
             self.t_start = time.monotonic()
@@ -564,7 +573,7 @@ class Peer:
 
     # -- what libnice selected --
 
-    def on_selected_pair(self, _agent, _stream: int, component: int, local, remote) -> None:
+    def on_selected_pair(self, _agent: Any, _stream: int, component: int, local: Any, remote: Any) -> None:
         """libnice's thread: copy the pair now (the candidates are libnice's)."""
         try:
             pair = {"local": candidate_from_nice(local), "remote": candidate_from_nice(remote)}
@@ -591,9 +600,9 @@ class Peer:
             if local.get("type") == "relay":
                 self.result["relay_protocol"] = local.get("relay_protocol")
 
-    def selected_from_stats(self) -> dict | None:
+    def selected_from_stats(self) -> dict[str, Any] | None:
         done = threading.Event()
-        box: dict = {}
+        box: dict[str, Any] = {}
 
         def got(promise: Gst.Promise) -> None:
             box["reply"] = promise.get_reply()
@@ -602,9 +611,9 @@ class Peer:
         self.webrtc.emit("get-stats", None, Gst.Promise.new_with_change_func(got))
         if not done.wait(2.0) or box.get("reply") is None:
             return None
-        stats: dict[str, dict] = {}
+        stats: dict[str, dict[str, Any]] = {}
 
-        def each(field_id, value) -> bool:
+        def each(field_id: int, value: Any) -> bool:
             if isinstance(value, Gst.Structure):
                 stats[GLib.quark_to_string(field_id)] = structure_dict(value)
             return True
@@ -622,14 +631,14 @@ class Peer:
                 return {"local": candidate_from_stats(local), "remote": candidate_from_stats(remote)}
         return None
 
-    def selected_from_agent(self) -> dict | None:
+    def selected_from_agent(self) -> dict[str, Any] | None:
         """The pair libnice's agent last announced (``new-selected-pair-full``): webrtcbin 1.22
         has no ICE stats for a data-only session, and GObject introspection cannot call
         ``nice_agent_get_selected_pair`` (its candidates are out-parameters without annotations)."""
         return self.agent_pair
 
 
-def structure_dict(s: Gst.Structure) -> dict:
+def structure_dict(s: Gst.Structure) -> dict[str, Any]:
     out = {"type": None}
     for i in range(s.n_fields()):
         name = s.nth_field_name(i)
@@ -638,7 +647,7 @@ def structure_dict(s: Gst.Structure) -> dict:
     return out
 
 
-def candidate_from_stats(s: dict) -> dict:
+def candidate_from_stats(s: dict[str, Any]) -> dict[str, Any]:
     out = {
         "type": s.get("candidate-type"),
         "address": s.get("address") or s.get("ip"),
@@ -656,13 +665,13 @@ NICE_TRANSPORTS = {0: "udp", 1: "tcp", 2: "tcp", 3: "tcp"}
 RELAYED_UDP_PREF = 30
 
 
-def candidate_from_nice(c) -> dict:
+def candidate_from_nice(c: Any) -> dict[str, Any]:
     """A libnice candidate as the contract's shape."""
     return {"type": NICE_TYPES.get(int(c.type)), "address": c.addr.dup_string(), "port": c.addr.get_port(),
             "protocol": NICE_TRANSPORTS.get(int(c.transport))}
 
 
-def relay_protocol(local: dict, gathered: list[str], stream_relay: str) -> str | None:
+def relay_protocol(local: dict[str, Any], gathered: list[str], stream_relay: str) -> str | None:
     """How our relay candidate ``local`` reaches its TURN server. GObject introspection does
     not reach the candidate's TURN server, so this reads the type preference of the candidate
     as gathered (libnice: 30 over UDP, 20 over TCP or TLS); ``stream_relay`` names the latter
@@ -674,7 +683,7 @@ def relay_protocol(local: dict, gathered: list[str], stream_relay: str) -> str |
     return None
 
 
-def stream_relay_protocol(ice: dict) -> str:
+def stream_relay_protocol(ice: dict[str, Any]) -> str:
     urls = [u for s in ice.get("iceServers") or [] for u in ([s.get("urls")] if isinstance(s.get("urls"), str) else s.get("urls") or [])]
     tcp = any(str(u).startswith("turn:") and "transport=tcp" in str(u) for u in urls)
     tls = any(str(u).startswith("turns:") for u in urls)
