@@ -39,7 +39,7 @@ from natkit.lab.expect import Expectation, expected_probe
 from natkit.lab.labca import LabCA, make_lab_ca
 from natkit.lab.nats import NatBehaviour
 from natkit.lab.results import CaseResult, ProbeResult
-from natkit.lab.retry import restarts
+from natkit.lab.retry import restarts, shows_a_browser_fault
 from natkit.lab.servers import WEB_PORT, ServersSpec
 from natkit.lab.stacks import PeerConfig, PeerResult
 from natkit.lab.stacks.capabilities import Capabilities
@@ -86,7 +86,8 @@ HEAVY_IDLE_LIMIT = 12
 # dozens of processes and browsers) a connection can miss its deadline for want of CPU. Its
 # report keeps both: ``attempts`` and the first attempt's error. A real failure fails twice.
 # A browser that a failed attempt showed at fault (it gathered nothing, or did not answer:
-# natkit.lab.retry) is started again in its node before the second attempts (``restarted``).
+# natkit.lab.retry) is started again in its node before the second attempts (``restarted``),
+# and the expected failures it took part in run again after it: their verdict was its fault's.
 RETRIES = 1
 RETRY_PER_CPU = 2
 
@@ -598,12 +599,23 @@ async def _run(
         out.timings["restart_s"] = out.timings.get("restart_s", 0.0) + time.monotonic() - t
         return dict(zip(todo, notes, strict=True))
 
+    def browsers_of(c: Case) -> tuple[tuple[str, str], tuple[str, str]]:
+        (_, pa), (_, pb) = plan.peers_of(c)
+        return (pa.id, c.stacks[0]), (pb.id, c.stacks[1])
+
     for attempt in range(2, 2 + max(0, retries)):
         again = [c for c in cases if exps[c].connected and results[c].observed != "connected"]
-        if not again:
+        # Expected failures of the first round whose browser was at fault prove nothing: they
+        # run again once that browser is started again (natkit.lab.retry).
+        doubtful = [c for c in cases if attempt == 2 and not exps[c].connected and results[c].observed != "connected"]
+        fresh = await restart_browsers(again + [c for c in doubtful if shows_a_browser_fault(c.path)])
+        redo = [c for c in doubtful if any(k in fresh for k in browsers_of(c))]
+        if not again and not redo:
             break
-        fresh = await restart_browsers(again)
-        notify("stage", {"text": f"{len(again)} cases expected to connect failed: running them again, "
+        what = [f"{len(again)} cases expected to connect failed"] if again else []
+        what += [f"{len(redo)} expected failures met a browser at fault"] if redo else []
+        again += redo
+        notify("stage", {"text": f"{' and '.join(what)}: running them again, "
                                  f"{RETRY_PER_CPU * (os.cpu_count() or 1)} at a time"})
         t2 = time.monotonic()
         retry_sem = asyncio.Semaphore(max(1, RETRY_PER_CPU * (os.cpu_count() or 1)))
@@ -614,8 +626,7 @@ async def _run(
 
         for c, redone in zip(again, await asyncio.gather(*(retry(c, attempt) for c in again)), strict=True):
             redone.first_error = results[c].first_error or results[c].error or "not connected"
-            (_, pa), (_, pb) = plan.peers_of(c)
-            redone.restarted = [fresh[k] for k in ((pa.id, c.stacks[0]), (pb.id, c.stacks[1])) if k in fresh]
+            redone.restarted = [fresh[k] for k in browsers_of(c) if k in fresh]
             results[c] = redone
             notify("retry", {"case": redone})
         out.timings["retry_s"] = out.timings.get("retry_s", 0.0) + time.monotonic() - t2

@@ -8,6 +8,9 @@ the same stack in every other node connected. Before a failed case runs again
 (:mod:`natkit.lab.orchestrate`, ``RETRIES``), :func:`restarts` names each browser of a failed
 attempt that showed such a fault, and that node's browser is started again first, once per
 round whatever the number of its cases. The case's report says so (``restarted``).
+An expected failure proves nothing about the network when a browser in it was at fault: the
+first round's expected failures name broken browsers too (:func:`shows_a_browser_fault`), and
+every expected failure a restarted browser took part in runs again after the restart.
 
 What counts as the browser's fault, not the network's (:func:`broken_browser`): its page
 **signaled no candidate at all** (none in its SDP, not even one it dropped for the path), or
@@ -27,7 +30,7 @@ from typing import Any
 
 from natkit.lab.stacks.base import PeerResult
 
-__all__ = ["UNRESPONSIVE", "broken_browser", "restarts"]
+__all__ = ["UNRESPONSIVE", "broken_browser", "restarts", "shows_a_browser_fault"]
 
 # How a browser peer's error begins when its page or driver, not the connection, failed
 # (natkit.lab.stacks.browser.run_in_tab: the exception's name; BrowserPeer.start: a start).
@@ -57,6 +60,13 @@ def broken_browser(peer: PeerResult) -> str | None:
     if " did not start" in error:
         return f"it did not start ({error})"
     return None
+
+
+def shows_a_browser_fault(path: str) -> bool:
+    """Whether an *expected* failure on ``path`` can show its browser at fault. Not a
+    relay-only page's: one whose TURN server the network blocks signals nothing, healthy or
+    not (a failure expected to connect is judged on every path: that cost is one start)."""
+    return not path.startswith("relay")
 
 
 Side = tuple[str, str, PeerResult]  # the node (peer id), the stack's name, that side's result

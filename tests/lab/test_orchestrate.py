@@ -251,9 +251,8 @@ async def test_a_browser_that_gathered_nothing_is_started_again_before_the_secon
     node = "symmetric-1-p1"  # the callee of every open x symmetric case
     orch, fakes, _, events = await _run(["open:symmetric"], set(), stacks=("aiortc", "firefox"),
                                         broken={node: {"firefox"}})
-    again = [c for c in orch.cases if c.attempts == 2]
-    assert again and all(c.expectation.connected for c in again)
-    assert all(c.observed == "connected" for c in again)  # the fresh browser connected them
+    again = [c for c in orch.cases if c.attempts == 2 and c.expectation.connected]
+    assert again and all(c.observed == "connected" for c in again)  # the fresh browser connected them
     assert fakes[node].restarted == ["firefox"]  # once, whatever the number of its cases
     assert not any(f.restarted for n, f in fakes.items() if n != node)
     for c in again:
@@ -271,6 +270,33 @@ async def test_a_browser_that_gathered_nothing_is_started_again_before_the_secon
     cases = [c.case for c in orch.cases]
     back = Orchestration.from_json(json.loads(json.dumps(orch.to_json())), topo, topo.plan(cases), cases)
     assert [c.restarted for c in back.cases] == [c.restarted for c in orch.cases]
+
+
+async def test_expected_failures_that_met_a_broken_browser_run_again_after_its_restart() -> None:
+    """Only expected failures here (symmetric x symmetric over srflx): without a second look
+    they would pass as "failed as expected" although the browser signaled nothing."""
+    orch, fakes, _, events = await _run(["symmetric:symmetric", "srflx"], set(), stacks=("aiortc", "firefox"),
+                                        broken={"symmetric-2-p1": {"firefox"}})
+    assert orch.cases and not any(c.expectation.connected for c in orch.cases)
+    assert fakes["symmetric-2-p1"].restarted == ["firefox"]
+    for c in orch.cases:
+        assert c.attempts == 2 and c.as_expected and c.observed == "failed", c
+        assert len(c.restarted) == 1 and "no candidate" in c.restarted[0]
+        assert c.first_error == "the data channel's opening did not happen before the deadline"
+    assert any(k == "stage" and "1 expected failures met a browser at fault" in i["text"] for k, i in events)
+
+
+async def test_healthy_expected_failures_run_once() -> None:
+    orch, fakes, _, _ = await _run(["symmetric:symmetric", "srflx"], set(), stacks=("aiortc", "firefox"))
+    assert orch.cases and all(c.attempts == 1 and c.as_expected for c in orch.cases)
+    assert not any(f.restarted for f in fakes.values()) and "restart_s" not in orch.timings
+
+
+def test_a_relay_only_expected_failure_shows_no_browser_fault() -> None:
+    from natkit.lab.retry import shows_a_browser_fault
+
+    assert [shows_a_browser_fault(p) for p in ("host", "srflx", "longevity", "relay", "relay-tls")] == \
+        [True, True, True, False, False]
 
 
 async def test_a_failure_that_is_not_the_browsers_restarts_nothing() -> None:
