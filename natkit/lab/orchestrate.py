@@ -607,7 +607,8 @@ async def _run(
         again = [c for c in cases if exps[c].connected and results[c].observed != "connected"]
         # Expected failures of the first round whose browser was at fault prove nothing: they
         # run again once that browser is started again (natkit.lab.retry).
-        doubtful = [c for c in cases if attempt == 2 and not exps[c].connected and results[c].observed != "connected"]
+        doubtful = [c for c in cases if not exps[c].connected and results[c].observed != "connected"] \
+            if attempt == 2 else []
         fresh = await restart_browsers(again + [c for c in doubtful if shows_a_browser_fault(c.path)])
         redo = [c for c in doubtful if any(k in fresh for k in browsers_of(c))]
         if not again and not redo:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from natkit.lab.stacks.base import PeerResult
+from natkit.lab.stacks.browser import candidate_types
 
 __all__ = ["UNRESPONSIVE", "broken_browser", "restarts", "shows_a_browser_fault"]
 
@@ -66,7 +67,7 @@ def shows_a_browser_fault(path: str) -> bool:
     """Whether an *expected* failure on ``path`` can show its browser at fault. Not a
     relay-only page's: one whose TURN server the network blocks signals nothing, healthy or
     not (a failure expected to connect is judged on every path: that cost is one start)."""
-    return not path.startswith("relay")
+    return candidate_types(path) != ["relay"]
 
 
 Side = tuple[str, str, PeerResult]  # the node (peer id), the stack's name, that side's result
