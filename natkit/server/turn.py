@@ -74,6 +74,9 @@ __all__ = ["TurnOptions", "TurnServer", "TurnService", "load_users_file"]
 log = logging.getLogger("natkit.server.turn")
 
 _RCVBUF = 4 << 20  # client listeners: every client's traffic arrives here
+# "Any port" with TCP too: the TCP listener takes the UDP one's port number, which a TCP socket
+# elsewhere may hold; so many fresh UDP ports are tried before that is an error.
+_ANY_PORT_TRIES = 20
 _RELAY_RCVBUF = 1 << 20  # each relay socket (the kernel doubles it, capped by rmem_max)
 _TICK = 0.5
 # spare relay sockets the C thread holds for the Allocates it serves (refilled below LOW)
@@ -268,6 +271,7 @@ class TurnServer(TurnService):
         self.now = time.time()
         self.addresses: list[tuple[str, Address]] = []
         self._udp: list[UdpListener] = []
+        self._held_tcp: dict[Address, socket.socket] = {}  # bound with their UDP port number
         self._listeners: dict[int, UdpListener] = {}
         self._relays: dict[int, RelaySocket] = {}
         # bound, watched relay sockets the table's thread may take for an Allocate it serves
@@ -654,6 +658,9 @@ class TurnServer(TurnService):
         for relay in list(self._relays.values()):
             self.forget_relay(relay)
         self._spares.clear()  # (closed with the others)
+        for held in self._held_tcp.values():  # a start that failed before its TCP listeners
+            held.close()
+        self._held_tcp.clear()
         self.guard.stop()
         for server in self._servers:
             server.close()
@@ -722,8 +729,7 @@ class TurnServer(TurnService):
 
     # -- listeners --------------------------------------------------------------------------
 
-    def _listen_udp(self, ip: str, port: int) -> None:
-        assert self._loop is not None
+    def _udp_socket(self, ip: str, port: int) -> socket.socket:
         sock = socket.socket(_af(_family(ip)), socket.SOCK_DGRAM)
         try:
             if sock.family == socket.AF_INET6:
@@ -735,13 +741,51 @@ class TurnServer(TurnService):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _RCVBUF)
             sock.bind((ip, port))
             sock.setblocking(False)
-        except OSError as exc:
+        except OSError:
             sock.close()
-            raise ConfigError(
-                f"cannot listen on udp {_fmt((ip, port))}: {exc.strerror or exc}; "
-                "pick another address or stop what holds it",
-                param="listen",
-            ) from None
+            raise
+        return sock
+
+    def _stream_socket(self, ip: str, port: int) -> socket.socket:
+        sock = socket.socket(_af(_family(ip)), socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if sock.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((ip, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _listen_udp(self, ip: str, port: int) -> None:
+        assert self._loop is not None
+        tries = _ANY_PORT_TRIES if port == 0 and self.tcp else 1
+        for left in range(tries - 1, -1, -1):
+            try:
+                sock = self._udp_socket(ip, port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on udp {_fmt((ip, port))}: {exc.strerror or exc}; "
+                    "pick another address or stop what holds it",
+                    param="listen",
+                ) from None
+            if tries == 1:
+                break
+            taken = sock.getsockname()[:2]
+            try:  # its TCP twin now, while the port number is ours on UDP
+                self._held_tcp[taken] = self._stream_socket(ip, taken[1])
+                break
+            except OSError:
+                sock.close()
+                if not left:
+                    raise ConfigError(
+                        f"cannot listen on udp and tcp {ip} at one port number in "
+                        f"{_ANY_PORT_TRIES} tries; give a port (--listen {ip}:PORT)",
+                        param="listen",
+                    ) from None
         listener = UdpListener(self, sock)
         self._udp.append(listener)
         if self.fast is not None:
@@ -759,16 +803,10 @@ class TurnServer(TurnService):
         if self._ssl is not None:
             plan += [("tls", (ip, self.tls_port)) for ip, _ in self.listen]
         for transport, (ip, port) in plan:
-            sock = socket.socket(_af(_family(ip)), socket.SOCK_STREAM)
+            held = self._held_tcp.pop((ip, port), None) if transport == "tcp" else None
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if self.reuse_port:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if sock.family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind((ip, port))
+                sock = held or self._stream_socket(ip, port)
             except OSError as exc:
-                sock.close()
                 raise ConfigError(
                     f"cannot listen on {transport} {_fmt((ip, port))}: {exc.strerror or exc}; "
                     "pick another address/port or stop what holds it",

@@ -1429,3 +1429,31 @@ def test_cli_no_c_allocate_flag() -> None:
     assert options_from_args(args).c_allocate is False
     args = build_parser().parse_args(["serve", "turn", "--user", "a:b"])
     assert options_from_args(args).c_allocate is True
+
+
+async def test_any_port_skips_one_whose_tcp_twin_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Port 0 with TCP: the TCP listener needs the UDP port's number, which a TCP socket
+    elsewhere may hold (an ephemeral port of a connection); another UDP port is taken then."""
+    real = TurnServer._stream_socket
+    refused: list[int] = []
+
+    def busy_twice(self: TurnServer, ip: str, port: int) -> socket.socket:
+        if len(refused) < 2:
+            refused.append(port)
+            raise OSError(98, "Address already in use")
+        return real(self, ip, port)
+
+    monkeypatch.setattr(TurnServer, "_stream_socket", busy_twice)
+    async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}) as turn:
+        (udp,), (tcp,) = turn.addresses_of("udp"), turn.addresses_of("tcp")
+        assert udp == tcp and len(refused) == 2  # two UDP ports given up, the third kept
+
+
+async def test_any_port_whose_tcp_twin_is_never_free_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def busy(self: TurnServer, ip: str, port: int) -> socket.socket:
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(TurnServer, "_stream_socket", busy)
+    with pytest.raises(ConfigError, match=r"cannot listen on udp and tcp 127\.0\.0\.1 at one port number in 20 tries"):
+        async with TurnServer([("127.0.0.1", 0)], users={"u": "p"}):
+            pass
