@@ -187,7 +187,9 @@ class DockerAPI:
 
     def remove_network(self, ident: str, tries: int = 5) -> str | None:
         """Remove a network; None, or why it could not be (after ``tries`` a second apart: the
-        daemon may still be releasing an endpoint of a container just removed)."""
+        daemon may still be releasing an endpoint of a container just removed). Endpoints
+        the daemon still counts once the containers are gone (Docker 20.10 keeps stale ones:
+        "has active endpoints") are disconnected by force between the tries."""
         for attempt in range(tries):
             try:
                 self.call("DELETE", f"/networks/{ident}")
@@ -197,8 +199,23 @@ class DockerAPI:
                     return None
                 if attempt == tries - 1:
                     return exc.message
+                if "active endpoints" in exc.message:
+                    self._disconnect_all(ident)
                 time.sleep(1.0)
         return None
+
+    def _disconnect_all(self, ident: str) -> None:
+        with contextlib.suppress(DockerError):
+            held = self.call("GET", f"/networks/{ident}").get("Containers") or {}
+            for key, ep in held.items():
+                for who in dict.fromkeys([key, str((ep or {}).get("Name") or key)]):
+                    try:
+                        self.call("POST", f"/networks/{ident}/disconnect",
+                                  body=json.dumps({"Container": who, "Force": True}).encode(),
+                                  headers={"Content-Type": "application/json"})
+                        break
+                    except DockerError:
+                        continue
 
     def wait(self, ident: str, timeout: float) -> int:
         """Block until the container exits (at most ``timeout`` s); its exit status."""

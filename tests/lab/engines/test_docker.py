@@ -48,12 +48,21 @@ class FakeDaemon:
                 line = data.split(b"\r\n", 1)[0].decode()
                 method, target, _ = line.split(" ", 2)
                 self.seen.append((method, target))
-                status, body = next(
-                    (v for k, v in self.routes.items() if target.split("?")[0].endswith(k)), (404, {"message": "no such thing"})
-                )
+                status, body = self._answer(method, target.split("?")[0])
                 raw = body if isinstance(body, bytes) else json.dumps(body).encode()
                 head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(raw)}\r\nApi-Version: 1.41\r\nConnection: close\r\n\r\n"
                 conn.sendall(head.encode() + raw)
+
+    def _answer(self, method: str, path: str) -> tuple[int, Any]:
+        """A key "METHOD /suffix" answers that method only; a list value answers in turn
+        (its last answer from then on)."""
+        for key, value in self.routes.items():
+            want, _, suffix = key.rpartition(" ")
+            if path.endswith(suffix) and want in ("", method):
+                if isinstance(value, list):
+                    return value.pop(0) if len(value) > 1 else value[0]
+                return value
+        return 404, {"message": "no such thing"}
 
     def close(self) -> None:
         self.sock.close()
@@ -141,3 +150,27 @@ def test_the_compose_tool_is_chosen_and_named(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("NATKIT_COMPOSE", str(tmp_path / "nothing"))
     with pytest.raises(PrerequisiteError, match="NATKIT_COMPOSE"):
         docker.compose_tool()
+
+
+def test_a_network_with_stale_endpoints_is_disconnected_by_force_and_removed(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker 20.10 can keep endpoints of containers already removed ("has active endpoints")."""
+    monkeypatch.setattr(docker.time, "sleep", lambda s: None)
+    stale = "error while removing network: network nk1_internet id abc has active endpoints"
+    d = daemon({
+        "/_ping": (200, b"OK"),
+        "DELETE /networks/abc": [(403, {"message": stale}), (204, b"")],
+        "GET /networks/abc": (200, {"Id": "abc", "Containers": {"ep-1": {"Name": "nk1_srv_1"}}}),
+        "POST /networks/abc/disconnect": [(404, {"message": "no such container"}), (200, b"")],
+    })
+    assert DockerAPI(str(d.path)).remove_network("abc") is None
+    calls = [(m, t.split("/", 2)[-1]) for m, t in d.seen if t != "/_ping"]
+    assert calls == [("DELETE", "networks/abc"), ("GET", "networks/abc"), ("POST", "networks/abc/disconnect"),
+                     ("POST", "networks/abc/disconnect"), ("DELETE", "networks/abc")]
+
+
+def test_a_network_that_stays_says_why(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docker.time, "sleep", lambda s: None)
+    d = daemon({"/_ping": (200, b"OK"), "DELETE /networks/abc": (403, {"message": "has active endpoints"}),
+                "GET /networks/abc": (200, {"Id": "abc", "Containers": {}})})
+    assert DockerAPI(str(d.path)).remove_network("abc", tries=3) == "has active endpoints"
+    assert [m for m, t in d.seen if t != "/_ping"].count("DELETE") == 3
