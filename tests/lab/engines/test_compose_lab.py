@@ -66,10 +66,10 @@ def host_state(before: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
-def _not_others(routes: str, tag: str) -> list[str]:
+def _not_others(routes: str | list[str], tag: str) -> list[str]:
     """The route lines but those on bridges of Compose runs other than ``tag`` (nk + 6 hex)."""
-    return [ln for ln in routes.splitlines()
-            if not ((m := re.search(r"\bdev (nk[0-9a-f]{6})-", ln)) and m.group(1) != tag)]
+    lines = routes.splitlines() if isinstance(routes, str) else routes
+    return [ln for ln in lines if not ((m := re.search(r"\bdev (nk[0-9a-f]{6})-", ln)) and m.group(1) != tag)]
 
 
 def lab_objects(tag: str | None = None) -> list[str]:
@@ -287,11 +287,12 @@ def test_nothing_is_left_and_the_host_reaches_what_it_reached(compose_run: dict[
     assert not lab_objects(tag)
     assert not [ln for ln in after["links"] if ln.startswith(tag)]
     assert after["rules"] == before["rules"] == []
-    # This run's bridges are gone; another Compose lab's (a run a test of its own brought up or
-    # took down meanwhile, tag other than ours) is not this run's to compare.
-    assert not [ln for ln in after["routes"].splitlines() if f"dev {tag}-" in ln]
-    assert _not_others(after["routes"], tag) == _not_others(before["routes"], tag)
-    assert after["routes6"] == before["routes6"] and after["forwarding6"] == before["forwarding6"]
+    # This run's bridges are gone; another Compose lab's (one a test of its own brought up, or
+    # a dead run's that this run's start cleaned away: tag other than ours) is not this run's.
+    for key in ("routes", "routes6"):
+        assert not [ln for ln in _not_others(after[key], tag) if f"dev {tag}-" in ln], key
+        assert _not_others(after[key], tag) == _not_others(before[key], tag), key
+    assert after["forwarding6"] == before["forwarding6"]
     assert after["route_get"] == before["route_get"]
     assert before["route_get"], "the host uses no address at all? (its DNS server, its package sources)"
     assert not Path(f"/run/natkit/compose/{tag}.json").exists()

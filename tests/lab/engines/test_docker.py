@@ -45,6 +45,14 @@ class FakeDaemon:
                     if not chunk:
                         break
                     data += chunk
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = next((int(ln.split(b":", 1)[1]) for ln in head.split(b"\r\n")
+                               if ln.lower().startswith(b"content-length:")), 0)
+                while len(rest) < length:  # the whole body, before the answer closes the connection
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    rest += chunk
                 line = data.split(b"\r\n", 1)[0].decode()
                 method, target, _ = line.split(" ", 2)
                 self.seen.append((method, target))
