@@ -160,18 +160,27 @@ def _states() -> dict[str, dict[str, Any]]:
     return out
 
 
+def _networks(api: DockerAPI, tag: str) -> list[dict[str, Any]]:
+    found = api.networks(f"{model.LABEL}={tag}") + api.networks(f"com.docker.compose.project={tag}")
+    return list({str(n["Id"]): n for n in found}.values())
+
+
+def _release(api: DockerAPI, tag: str) -> list[str]:
+    """Every container of run ``tag`` off its networks, one endpoint at a time per network,
+    before anything stops or removes them (:meth:`DockerAPI.release_endpoints`: else the
+    daemon may keep a network it counts an endpoint too many on)."""
+    return api.release_endpoints([str(n["Id"]) for n in _networks(api, tag)])
+
+
 def _remove_objects(api: DockerAPI, tag: str, failed: list[str] | None = None) -> list[str]:
     """Remove the containers and networks of run ``tag``; what was there. Networks the daemon
     would not remove are added to ``failed`` with its reason."""
     removed = []
+    _release(api, tag)
     for c in api.containers(f"{model.LABEL}={tag}") + api.containers(f"com.docker.compose.project={tag}"):
         api.remove_container(str(c["Id"]))
         removed.append(f"container {(c.get('Names') or [c['Id'][:12]])[0].lstrip('/')}")
-    seen = set()
-    for n in api.networks(f"{model.LABEL}={tag}") + api.networks(f"com.docker.compose.project={tag}"):
-        if n["Id"] in seen:
-            continue
-        seen.add(n["Id"])
+    for n in _networks(api, tag):
         why = api.remove_network(str(n["Id"]))
         if why is not None and failed is not None:
             failed.append(f"network {n.get('Name')} ({why})")
@@ -313,6 +322,8 @@ def _teardown(run: _Run) -> list[str]:
         if run.capture is not None:
             run.capture.close()
         down = ""
+        with contextlib.suppress(OSError, DockerError):
+            _release(run.api, run.tag)
         try:
             res = run.tool.run(run.tag, str(run.file), "down", "--volumes", "--remove-orphans", "--timeout", "3",
                                timeout=DOWN_TIMEOUT_S)

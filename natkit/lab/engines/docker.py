@@ -23,6 +23,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -210,12 +211,53 @@ class DockerAPI:
             for key, ep in held.items():
                 for who in dict.fromkeys([key, str((ep or {}).get("Name") or key)]):
                     try:
-                        self.call("POST", f"/networks/{ident}/disconnect",
-                                  body=json.dumps({"Container": who, "Force": True}).encode(),
-                                  headers={"Content-Type": "application/json"})
+                        self.disconnect(ident, who)
                         break
                     except DockerError:
                         continue
+
+    def disconnect(self, network: str, container: str) -> None:
+        """Take ``container`` off ``network`` by force; its endpoint is gone when this returns."""
+        self.call("POST", f"/networks/{network}/disconnect",
+                  body=json.dumps({"Container": container, "Force": True}).encode(),
+                  headers={"Content-Type": "application/json"})
+
+    def release_endpoints(self, networks: Sequence[str], timeout: float = 120.0) -> list[str]:
+        """Take every container off ``networks``: one endpoint at a time on each network, the
+        networks side by side. What could not be taken off (network: container: why).
+
+        Docker 20.10 keeps a count of each network's endpoints that concurrent endpoint changes
+        can leave one too high, and the network then 'has active endpoints' with none left until
+        the daemon restarts (moby/moby#42119; seen here after Compose's down, which stops and
+        removes containers in parallel). Taken off one at a time first, the containers leave
+        down nothing on the networks to race on."""
+        end = time.monotonic() + timeout
+        problems: list[str] = []
+
+        def one(network: str) -> None:
+            try:
+                held = list((self.call("GET", f"/networks/{network}").get("Containers") or {}).items())
+            except (OSError, DockerError) as exc:
+                problems.append(f"{network}: {exc}")
+                return
+            for key, ep in held:
+                if time.monotonic() > end:
+                    problems.append(f"{network}: not done within {timeout:g} s")
+                    return
+                try:
+                    self.disconnect(network, key)
+                except DockerError as exc:
+                    if exc.status != 404:
+                        problems.append(f"{network}: {(ep or {}).get('Name') or key}: {exc.message}")
+                except OSError as exc:
+                    problems.append(f"{network}: {(ep or {}).get('Name') or key}: {exc}")
+
+        threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in dict.fromkeys(networks)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()) + 1.0)
+        return problems
 
     def wait(self, ident: str, timeout: float) -> int:
         """Block until the container exits (at most ``timeout`` s); its exit status."""

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 
 from natkit.errors import PrerequisiteError
 from natkit.lab.engines import docker
-from natkit.lab.engines.docker import DockerAPI, check_daemon
+from natkit.lab.engines.docker import DockerAPI, DockerError, check_daemon
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -182,3 +183,60 @@ def test_a_network_that_stays_says_why(daemon: Any, monkeypatch: pytest.MonkeyPa
                 "GET /networks/abc": (200, {"Id": "abc", "Containers": {}})})
     assert DockerAPI(str(d.path)).remove_network("abc", tries=3) == "has active endpoints"
     assert [m for m, t in d.seen if t != "/_ping"].count("DELETE") == 3
+
+
+def _releasing(monkeypatch: pytest.MonkeyPatch, held: dict[str, dict[str, Any]], fail: dict[str, DockerError] | None = None,
+               pause: float = 0.02) -> tuple[DockerAPI, list[tuple[str, str]], dict[str, int]]:
+    """A DockerAPI whose networks hold ``held`` and whose disconnects are timed: what was taken
+    off, in order, and the most disconnects at once per network ("*": on all of them)."""
+    api = DockerAPI("/nonexistent.sock")
+    lock = threading.Lock()
+    now: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    done: list[tuple[str, str]] = []
+
+    def call(method: str, url: str, **kw: Any) -> Any:
+        assert method == "GET"
+        return {"Id": url.rsplit("/", 1)[-1], "Containers": held[url.rsplit("/", 1)[-1]]}
+
+    def disconnect(network: str, container: str) -> None:
+        with lock:
+            for key in (network, "*"):
+                now[key] = now.get(key, 0) + 1
+                peak[key] = max(peak.get(key, 0), now[key])
+        time.sleep(pause)
+        with lock:
+            for key in (network, "*"):
+                now[key] -= 1
+            done.append((network, container))
+        if fail and container in fail:
+            raise fail[container]
+
+    monkeypatch.setattr(api, "call", call)
+    monkeypatch.setattr(api, "disconnect", disconnect)
+    return api, done, peak
+
+
+def test_endpoints_are_released_one_at_a_time_per_network_the_networks_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker 20.10 miscounts a network's endpoints when they change concurrently (moby/moby#42119)."""
+    held = {"inet": {f"c{i}": {"Name": f"nk1_r{i}_1"} for i in range(6)}, "lan": {"c0": {}, "c1": {}}}
+    api, done, peak = _releasing(monkeypatch, held)
+    assert api.release_endpoints(["inet", "lan", "inet"]) == []
+    assert sorted(done) == sorted((n, c) for n, cs in held.items() for c in cs)
+    assert peak["inet"] == 1 and peak["lan"] == 1 and peak["*"] == 2
+
+
+def test_an_endpoint_that_will_not_go_is_named_and_a_gone_one_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    held = {"inet": {"c0": {"Name": "nk1_srv_1"}, "c1": {"Name": "nk1_r_1"}, "c2": {}}}
+    fail = {"c0": DockerError(500, "driver failed"), "c1": DockerError(404, "no such container")}
+    api, done, _ = _releasing(monkeypatch, held, fail)
+    assert api.release_endpoints(["inet"]) == ["inet: nk1_srv_1: driver failed"]
+    assert [c for _, c in done] == ["c0", "c1", "c2"]
+
+
+def test_releasing_endpoints_is_bounded_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    held = {"inet": {f"c{i}": {} for i in range(50)}}
+    api, done, _ = _releasing(monkeypatch, held, pause=0.05)
+    t0 = time.monotonic()
+    assert api.release_endpoints(["inet"], timeout=0.3) == ["inet: not done within 0.3 s"]
+    assert time.monotonic() - t0 < 2.0 and 3 <= len(done) < 50
