@@ -28,8 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from natkit.lab.stacks.base import PeerResult
-from natkit.lab.stacks.browser import candidate_types
+from natkit.lab.stacks.base import PeerResult, candidate_types
 
 __all__ = ["UNRESPONSIVE", "broken_browser", "restarts", "shows_a_browser_fault"]
 

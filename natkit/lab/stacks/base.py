@@ -23,7 +23,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-__all__ = ["ROLES", "Peer", "PeerConfig", "PeerResult"]
+from natkit.errors import ConfigError
+
+__all__ = ["ROLES", "Peer", "PeerConfig", "PeerResult", "candidate_types"]
 
 ROLES = ("caller", "callee")
 
@@ -134,3 +136,14 @@ class Peer(Protocol):
 
     async def start(self, role: str, config: PeerConfig) -> PeerResult:
         """Run one side of a case; never raises for a failed case."""
+
+
+def candidate_types(path: str) -> list[str]:
+    """The candidate types a peer signals on ``path``: ``relay-tls`` and kin are relays;
+    ``longevity`` connects over srflx and then idles (NATKIT_IDLE_S)."""
+    if path == "longevity":
+        return ["srflx"]
+    base = path.split("-", 1)[0]
+    if base not in ("host", "srflx", "relay"):
+        raise ConfigError(f"unknown path {path!r}; expected host, srflx, relay[-...] or longevity", param="path")
+    return [base]

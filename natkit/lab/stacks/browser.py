@@ -44,7 +44,7 @@ from urllib.parse import urlencode, urlsplit
 
 from natkit.errors import ConfigError, PrerequisiteError
 from natkit.ice.browsers.driver import BrowserError, Driver, wait_for
-from natkit.lab.stacks.base import ROLES, PeerConfig, PeerResult
+from natkit.lab.stacks.base import ROLES, PeerConfig, PeerResult, candidate_types
 from natkit.lab.stacks.capabilities import Capabilities
 
 __all__ = ["PAGE", "PAGE_PATH", "BrowserPeer", "case_params", "contract_main", "page_url", "pages"]
@@ -95,11 +95,6 @@ def page_url(
 def _check_path(path: str) -> None:
     if path not in PATH_TYPES:
         raise ConfigError(f"unknown path {path!r}; expected one of: {', '.join(PATH_TYPES)}", param="path")
-
-
-def candidate_types(path: str) -> list[str]:
-    """The candidate types a peer signals on ``path`` (``relay-tls`` and the like: relay)."""
-    return ["relay"] if path.startswith("relay") else [PATH_TYPES.get(path, path)]
 
 
 def case_params(role: str, config: PeerConfig) -> dict[str, Any]:

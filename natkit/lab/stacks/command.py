@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from natkit.errors import ConfigError, PrerequisiteError
-from natkit.lab.stacks.base import ROLES, PeerConfig, PeerResult
+from natkit.lab.stacks.base import ROLES, PeerConfig, PeerResult, candidate_types
 from natkit.lab.stacks.capabilities import Capabilities
 
 __all__ = [
@@ -63,16 +63,6 @@ STDERR_LINES = 20  # lines of stderr in the report
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
 _CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
 _PROTOCOLS = ("udp", "tcp", "tls", "dtls")
-
-
-def candidate_types(path: str) -> list[str]:
-    """The candidate types a peer signals on ``path`` (``relay-tls`` and kin signal relays)."""
-    if path == "longevity":  # srflx, then an idle period (NATKIT_IDLE_S)
-        return ["srflx"]
-    base = path.split("-", 1)[0]
-    if base not in ("host", "srflx", "relay"):
-        raise ConfigError(f"unknown path {path!r}; expected host, srflx, relay[-...] or longevity", param="path")
-    return [base]
 
 
 def signaling_url(host: str, port: int) -> str:
