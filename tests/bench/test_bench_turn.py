@@ -79,7 +79,7 @@ def test_ratios_per_round_and_their_median(both: dict) -> None:
     for i, ratios in enumerate(per_round):
         n, c = both["runs"]["natkit"][i], both["runs"]["coturn"][i]
         assert ratios[key] == pytest.approx(
-            n["channel_data"]["relayed_per_s"] / c["channel_data"]["relayed_per_s"], rel=0.01
+            n["channel_data"]["relayed_per_s"] / c["channel_data"]["relayed_per_s"], rel=0.01, abs=5e-4
         )
     assert set(both["ratios"]) >= {key, "allocations.bytes_per_allocation"}
     floors = both["target"]["floors"]
@@ -97,7 +97,8 @@ def test_per_round_null_relay_ratios(both: dict) -> None:
     first = both["null_ratios_per_round"][0]["channel_data.relayed_per_s"]
     natkit = both["runs"]["natkit"][0]["channel_data"]["relayed_per_s"]
     null = both["runs"]["null"][0]["channel_data"]["relayed_per_s"]
-    assert first == pytest.approx(natkit / null, rel=0.01)
+    # the report rounds ratios to 3 decimals: on a loaded box this ratio can be 0.04
+    assert first == pytest.approx(natkit / null, rel=0.01, abs=5e-4)
 
 
 def test_the_table_shows_both_engines_and_the_ratios(both: dict) -> None:
