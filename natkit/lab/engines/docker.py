@@ -188,9 +188,10 @@ class DockerAPI:
 
     def remove_network(self, ident: str, tries: int = 5) -> str | None:
         """Remove a network; None, or why it could not be (after ``tries`` a second apart: the
-        daemon may still be releasing an endpoint of a container just removed). Endpoints
-        the daemon still counts once the containers are gone (Docker 20.10 keeps stale ones:
-        "has active endpoints") are disconnected by force between the tries."""
+        daemon may still be releasing an endpoint of a container just removed). Endpoints it
+        still lists once their containers are gone ("has active endpoints") are taken off by
+        force between the tries; a count with no endpoint behind it
+        (:meth:`release_endpoints`) only a daemon restart mends."""
         for attempt in range(tries):
             try:
                 self.call("DELETE", f"/networks/{ident}")
@@ -201,20 +202,9 @@ class DockerAPI:
                 if attempt == tries - 1:
                     return exc.message
                 if "active endpoints" in exc.message:
-                    self._disconnect_all(ident)
+                    self.release_endpoints([ident], timeout=10.0)
                 time.sleep(1.0)
         return None
-
-    def _disconnect_all(self, ident: str) -> None:
-        with contextlib.suppress(DockerError):
-            held = self.call("GET", f"/networks/{ident}").get("Containers") or {}
-            for key, ep in held.items():
-                for who in dict.fromkeys([key, str((ep or {}).get("Name") or key)]):
-                    try:
-                        self.disconnect(ident, who)
-                        break
-                    except DockerError:
-                        continue
 
     def disconnect(self, network: str, container: str) -> None:
         """Take ``container`` off ``network`` by force; its endpoint is gone when this returns."""
@@ -244,13 +234,20 @@ class DockerAPI:
                 if time.monotonic() > end:
                     problems.append(f"{network}: not done within {timeout:g} s")
                     return
-                try:
-                    self.disconnect(network, key)
-                except DockerError as exc:
-                    if exc.status != 404:
-                        problems.append(f"{network}: {(ep or {}).get('Name') or key}: {exc.message}")
-                except OSError as exc:
-                    problems.append(f"{network}: {(ep or {}).get('Name') or key}: {exc}")
+                name = str((ep or {}).get("Name") or key)
+                # by container id; an endpoint whose container is gone is listed as "ep-<id>",
+                # and the daemon finds it by its name only
+                for who in dict.fromkeys([key, name]):
+                    try:
+                        self.disconnect(network, who)
+                        break
+                    except DockerError as exc:
+                        if exc.status != 404:
+                            problems.append(f"{network}: {name}: {exc.message}")
+                            break
+                    except OSError as exc:
+                        problems.append(f"{network}: {name}: {exc}")
+                        break
 
         threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in dict.fromkeys(networks)]
         for t in threads:

@@ -228,10 +228,11 @@ def test_endpoints_are_released_one_at_a_time_per_network_the_networks_side_by_s
 
 def test_an_endpoint_that_will_not_go_is_named_and_a_gone_one_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
     held = {"inet": {"c0": {"Name": "nk1_srv_1"}, "c1": {"Name": "nk1_r_1"}, "c2": {}}}
-    fail = {"c0": DockerError(500, "driver failed"), "c1": DockerError(404, "no such container")}
+    gone = DockerError(404, "no such container")
+    fail = {"c0": DockerError(500, "driver failed"), "c1": gone, "nk1_r_1": gone}
     api, done, _ = _releasing(monkeypatch, held, fail)
     assert api.release_endpoints(["inet"]) == ["inet: nk1_srv_1: driver failed"]
-    assert [c for _, c in done] == ["c0", "c1", "c2"]
+    assert [c for _, c in done] == ["c0", "c1", "nk1_r_1", "c2"]  # a 404 by id: by name once more
 
 
 def test_releasing_endpoints_is_bounded_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
